@@ -1,0 +1,39 @@
+# The two commands: `make run` and `make test`. Everything installs into .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= ./data
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+SIZE   ?= full
+
+.PHONY: run test bench lint clean venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip >/dev/null
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	@test -f $(DATA)/genesis.json || $(BIN)/ledgerlog --data-dir $(DATA) init
+	@echo "ledgerlog dashboard: http://$(HOST):$(PORT)/"
+	$(BIN)/ledgerlog --data-dir $(DATA) run --simulate --host $(HOST) --port $(PORT)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m benchmarks --size $(SIZE)
+
+lint: venv
+	$(BIN)/python -m pip install -q ruff mypy
+	$(BIN)/ruff check engine projections streams ops tests benchmarks
+	$(BIN)/mypy engine projections streams ops
+
+clean:
+	rm -rf $(VENV) bench-out .pytest_cache
