@@ -1,0 +1,1 @@
+"""ledgerlog engine: the log, the Avro codec, admission (the write side). Imports nothing above it."""

@@ -1,0 +1,235 @@
+"""Parsing ingest lines (PROTOCOL.md §4) into typed items; every structural fault is MALFORMED.
+
+Integers outside the Avro range are not structural faults: they parse, and ``Signed.canonical``
+raises BAD_AMOUNT when the canonical bytes are first needed (PROTOCOL.md §5: "a value outside the
+signed 64-bit range").
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+
+from .. import avro
+from ..crypto import H, canonical_json
+from ..errors import Code, Rejection
+
+__all__ = ["MAX_LINE_BYTES", "MAX_BLOCK_TXS", "Signed", "BlockLine", "ShareLine", "Item", "parse_line",
+           "KINDS"]
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_BLOCK_TXS = 10_000
+I64 = (-(1 << 63), (1 << 63) - 1)
+I32 = (-(1 << 31), (1 << 31) - 1)
+
+_ADDR = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+_WORKER = re.compile(r"([0-9a-f]{40})\.([A-Za-z0-9_-]{1,32})")
+_MAX_ID = 256
+
+
+def _malformed(msg: str) -> Rejection:
+    return Rejection(Code.MALFORMED, msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _string(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _ident(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= _MAX_ID
+
+
+def _matcher(rx: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and rx.fullmatch(v) is not None
+
+
+_addr, _hex64 = _matcher(_ADDR), _matcher(_HEX64)
+_checks = {"string": _string, "id": _ident, "address": _addr, "hex64": _hex64, "long": _is_int, "int": _is_int}
+
+#: Field kinds per signed body, in the normative order of PROTOCOL.md §2.
+BODY_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "TransactionBody": (("chain_id", "string"), ("sender", "address"), ("recipient", "address"),
+                        ("amount", "long"), ("fee", "long"), ("nonce", "long"), ("timestamp", "long"),
+                        ("memo", "string")),
+    "BlockHeader": (("chain_id", "string"), ("height", "long"), ("prev_hash", "hex64"),
+                    ("timestamp", "long"), ("producer", "address"), ("tx_root", "hex64"), ("tx_count", "int")),
+    "ReadingBody": (("chain_id", "string"), ("meter_id", "id"), ("provider_id", "id"),
+                    ("milli_kwh", "long"), ("timestamp", "long")),
+    "ProviderBody": (("chain_id", "string"), ("provider_id", "id"), ("owner", "address"), ("meter_id", "id"),
+                     ("stake", "long"), ("price_per_kwh", "long"), ("timestamp", "long")),
+    "SettlementBody": (("chain_id", "string"), ("settlement_id", "id"), ("provider_id", "id"),
+                       ("milli_kwh", "long"), ("amount", "long"), ("timestamp", "long")),
+    "PayoutBody": (("chain_id", "string"), ("payout_id", "id"), ("address", "address"), ("amount", "long"),
+                   ("round_height", "long"), ("timestamp", "long")),
+}
+#: Line type -> body schema, for the lines shaped {"type","body","pubkey","signature"}.
+SIGNED_KINDS = {"transaction": "TransactionBody", "reading": "ReadingBody", "provider": "ProviderBody",
+                "settlement": "SettlementBody", "payout": "PayoutBody"}
+KINDS = ("block", "share", *SIGNED_KINDS)
+_SIGNED_KEYS = {"type", "body", "pubkey", "signature"}
+_BLOCK_KEYS = {"type", "header", "pubkey", "signature", "transactions"}
+_TX_KEYS = {"body", "pubkey", "signature"}
+_SHARE_FIELDS = (("worker", "string"), ("job_id", "id"), ("height", "long"), ("difficulty", "long"),
+                 ("accepted", "bool"), ("timestamp", "long"))
+
+
+def _exact_keys(obj: Any, want: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise _malformed(f"{where} must be an object")
+    keys = set(obj)
+    if keys != want:
+        missing, extra = sorted(want - keys), sorted(keys - want)
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                ([f"unknown {', '.join(extra)}"] if extra else [])
+        raise _malformed(f"{where}: {'; '.join(parts)}")
+    return obj
+
+
+def _check_body(name: str, body: Any, where: str) -> dict[str, Any]:
+    spec = BODY_FIELDS[name]
+    _exact_keys(body, {f for f, _ in spec}, where)
+    for fname, kind in spec:
+        if not _checks[kind](body[fname]):
+            raise _malformed(f"{where}.{fname} must be {_KIND_TEXT[kind]}")
+    return body
+
+
+_KIND_TEXT = {"string": "a string", "id": f"a non-empty string of at most {_MAX_ID} characters",
+              "address": "a 40-character lowercase hex address", "hex64": "64 lowercase hex characters",
+              "long": "an integer", "int": "an integer"}
+
+
+def _in_range(name: str, body: dict[str, Any]) -> str | None:
+    for fname, kind in BODY_FIELDS[name]:
+        if kind in ("long", "int"):
+            lo, hi = I64 if kind == "long" else I32
+            if not lo <= body[fname] <= hi:
+                return fname
+    return None
+
+
+@dataclass(slots=True)
+class Signed:
+    """A signed body: the canonical bytes and id are computed once, on first use."""
+
+    name: str
+    body: dict[str, Any]
+    pubkey: str
+    signature: str
+    where: str = "body"
+    _canonical: bytes | None = field(default=None, repr=False)
+    sig_ok: bool | None = field(default=None, repr=False)  # filled by a bulk pre-check, if any
+
+    def canonical(self) -> bytes:
+        if self._canonical is None:
+            bad = _in_range(self.name, self.body)
+            if bad:
+                raise Rejection(Code.BAD_AMOUNT, f"{self.where}.{bad} is outside the signed 64-bit range")
+            self._canonical = avro.encode(self.name, self.body)
+        return self._canonical
+
+    @property
+    def id(self) -> str:
+        return H(self.canonical())
+
+    def signed_record(self) -> dict[str, Any]:
+        return {"body": self.body, "pubkey": self.pubkey, "signature": self.signature}
+
+
+@dataclass(slots=True)
+class BlockLine:
+    header: Signed
+    transactions: list[Signed]
+    kind: str = "block"
+
+
+@dataclass(slots=True)
+class ShareLine:
+    obj: dict[str, Any]
+    address: str
+    kind: str = "share"
+
+    @property
+    def id(self) -> str:
+        return H(canonical_json(self.obj))
+
+
+@dataclass(slots=True)
+class SignedLine:
+    kind: str
+    signed: Signed
+
+
+Item = BlockLine | ShareLine | SignedLine
+
+
+def _signed(name: str, obj: dict[str, Any], body_key: str, where: str) -> Signed:
+    body = _check_body(name, obj[body_key], f"{where}.{body_key}" if where else body_key)
+    for key, rx in (("pubkey", _HEX64), ("signature", _HEX128)):
+        if not (isinstance(obj[key], str) and rx.fullmatch(obj[key])):
+            raise _malformed(f"{where + '.' if where else ''}{key} must be lowercase hex of the right length")
+    return Signed(name, body, obj["pubkey"], obj["signature"], f"{where}.{body_key}" if where else body_key)
+
+
+def _loads(line: bytes | str) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # orjson stops at 64-bit integers; the stdlib parses any size so range faults say BAD_AMOUNT
+        return json.loads(line, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _malformed(f"not JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_line(line: bytes | str) -> Item:
+    """Parse one ingest line, raising Rejection(MALFORMED) on any structural fault."""
+    if len(line) > MAX_LINE_BYTES:
+        raise _malformed(f"line is over the {MAX_LINE_BYTES} byte limit")
+    obj = _loads(line)
+    if not isinstance(obj, dict):
+        raise _malformed("a line must be a JSON object")
+    kind = obj.get("type")
+    if kind == "block":
+        _exact_keys(obj, _BLOCK_KEYS, "block")
+        header = _signed("BlockHeader", obj, "header", "")
+        txs = obj["transactions"]
+        if not isinstance(txs, list):
+            raise _malformed("transactions must be an array")
+        if len(txs) > MAX_BLOCK_TXS:
+            raise _malformed(f"a block carries at most {MAX_BLOCK_TXS} transactions, this one {len(txs)}")
+        parsed = []
+        for i, tx in enumerate(txs):
+            _exact_keys(tx, _TX_KEYS, f"transactions[{i}]")
+            parsed.append(_signed("TransactionBody", tx, "body", f"transactions[{i}]"))
+        return BlockLine(header, parsed)
+    if kind == "share":
+        _exact_keys(obj, {"type"} | {f for f, _ in _SHARE_FIELDS}, "share")
+        for fname, fkind in _SHARE_FIELDS:
+            v = obj[fname]
+            ok = isinstance(v, bool) if fkind == "bool" else _checks[fkind](v)
+            if not ok:
+                raise _malformed(f"share.{fname} must be {'a boolean' if fkind == 'bool' else _KIND_TEXT[fkind]}")
+        m = _WORKER.fullmatch(obj["worker"])
+        if not m:
+            raise _malformed("share.worker must be <40-hex address>.<rig>, rig matching [A-Za-z0-9_-]{1,32}")
+        return ShareLine(obj, m.group(1))
+    if kind in SIGNED_KINDS:
+        _exact_keys(obj, _SIGNED_KEYS, kind)
+        return SignedLine(kind, _signed(SIGNED_KINDS[kind], obj, "body", ""))
+    if "type" not in obj:
+        raise _malformed("missing type")
+    raise _malformed(f"unknown type {kind!r}")

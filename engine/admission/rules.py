@@ -1,0 +1,312 @@
+"""The admission rules of PROTOCOL.md §5, in its check order. ``Rules.admit`` either returns the
+events a line becomes (and has changed the state's line overlay) or raises a Rejection."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import topics as T
+from ..crypto import H, address_of, tx_root, verify
+from ..errors import Code, Rejection
+from ..genesis import Genesis
+from ..movements import confirmed_nonce, movements
+from .lines import BlockLine, Item, ShareLine, Signed, SignedLine
+from .state import Account, Tip, WriteState
+
+__all__ = ["Out", "Rules"]
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One event to append: topic, partition key, event record, record timestamp."""
+
+    topic: str
+    key: str
+    event: dict[str, Any]
+    timestamp: int
+
+
+def _dup(what: str) -> Rejection:
+    return Rejection(Code.DUPLICATE, f"{what} was already admitted")
+
+
+class Rules:
+    def __init__(self, genesis: Genesis, state: WriteState) -> None:
+        self.g = genesis
+        self.st = state
+
+    # -- shared checks --------------------------------------------------------------------
+    def _chain(self, chain_id: str, where: str) -> None:
+        if chain_id != self.g.chain_id:
+            raise Rejection(Code.WRONG_CHAIN, f"{where}: chain_id {chain_id!r} is not {self.g.chain_id!r}")
+
+    def _signature(self, s: Signed, signer: str | None, where: str) -> None:
+        """The signature verifies and, when ``signer`` is given, the key is that address's."""
+        ok = s.sig_ok
+        if ok is None:
+            ok = s.sig_ok = verify(bytes.fromhex(s.pubkey), s.canonical(), bytes.fromhex(s.signature))
+        if not ok:
+            raise Rejection(Code.BAD_SIGNATURE, f"{where}: signature does not verify")
+        if signer is not None and address_of(bytes.fromhex(s.pubkey)) != signer:
+            raise Rejection(Code.BAD_SIGNATURE, f"{where}: pubkey is not the key of {signer}")
+
+    def _given_id(self, kind: str, ident: str, s: Signed, what: str) -> str:
+        body_hash = H(s.canonical())
+        seen = self.st.seen(kind, ident)
+        if seen == body_hash:
+            raise _dup(f"{what} {ident!r}")
+        if seen is not None:
+            raise Rejection(Code.CONFLICT, f"{what} {ident!r} was admitted with a different body")
+        return body_hash
+
+    def _positive(self, body: dict[str, Any], *fields: str, where: str = "body") -> None:
+        for f in fields:
+            if body[f] <= 0:
+                raise Rejection(Code.BAD_AMOUNT, f"{where}.{f} must be positive, got {body[f]}")
+
+    def _funds(self, address: str, need: int, what: str) -> None:
+        have = self.st.spendable(address)
+        if have < need:
+            raise Rejection(Code.INSUFFICIENT_FUNDS, f"{what}: {address} can spend {have}, needs {need}")
+
+    def _apply(self, topic: str, event: dict[str, Any], accounts: dict[str, Account] | None = None) -> None:
+        """Apply the shared movement rules to the state (or to a block's running accounts)."""
+        for addr, d_bal, d_staked in movements(topic, event, self.g):
+            acct = accounts[addr] if accounts is not None and addr in accounts else self.st.account(addr)
+            acct = Account(acct.balance + d_bal, acct.staked + d_staked, acct.nonce)
+            if accounts is not None:
+                accounts[addr] = acct
+            else:
+                self.st.set_account(addr, acct)
+        nonce = confirmed_nonce(topic, event)
+        if nonce is not None and accounts is not None:
+            addr, n = nonce
+            accounts[addr] = Account(accounts[addr].balance, accounts[addr].staked, max(accounts[addr].nonce, n))
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def admit(self, item: Item) -> list[Out]:
+        if isinstance(item, BlockLine):
+            return self.block(item)
+        if isinstance(item, ShareLine):
+            return self.share(item)
+        assert isinstance(item, SignedLine)
+        return getattr(self, item.kind)(item.signed)
+
+    # -- blocks -----------------------------------------------------------------------------
+    def block(self, b: BlockLine) -> list[Out]:
+        hdr = b.header.body
+        self._chain(hdr["chain_id"], "header")
+        block_hash = b.header.id
+        tip = self.st.tip()
+        height = hdr["height"]
+        if 1 <= height <= tip.height:
+            have = self.st.block_hash(height)
+            if have == block_hash:
+                raise _dup(f"block {block_hash} at height {height}")
+            raise Rejection(Code.CONFLICT, f"height {height} already has block {have}")
+        self._signature(b.header, hdr["producer"], "header")
+        if b.header.pubkey not in self.g.producers:
+            raise Rejection(Code.UNKNOWN_PRODUCER, f"producer key {b.header.pubkey} is not in genesis")
+        if height != tip.height + 1:
+            raise Rejection(Code.BAD_HEIGHT, f"height {height}, expected {tip.height + 1}")
+        if hdr["prev_hash"] != tip.hash:
+            raise Rejection(Code.BAD_PREV_HASH, f"prev_hash {hdr['prev_hash']} is not the tip {tip.hash}")
+        if hdr["timestamp"] <= tip.timestamp:
+            raise Rejection(Code.BAD_TIMESTAMP, f"timestamp {hdr['timestamp']} is not after {tip.timestamp}")
+        txids = [t.id for t in b.transactions]
+        if hdr["tx_count"] != len(txids):
+            raise Rejection(Code.BAD_TX_ROOT, f"tx_count {hdr['tx_count']} but {len(txids)} transactions")
+        root = tx_root(txids)
+        if root != hdr["tx_root"]:
+            raise Rejection(Code.BAD_TX_ROOT, f"tx_root {hdr['tx_root']} but transactions give {root}")
+
+        accounts: dict[str, Account] = {}
+        outs: list[Out] = []
+        fees = 0
+        for i, (tx, txid) in enumerate(zip(b.transactions, txids)):
+            body = tx.body
+            where = f"transaction {i} ({txid[:16]})"
+            self._check_tx(tx, where)
+            sender = body["sender"]
+            acct = accounts.get(sender) or self.st.account(sender)
+            accounts.setdefault(sender, acct)
+            accounts.setdefault(body["recipient"], self.st.account(body["recipient"]))
+            if body["nonce"] != acct.nonce + 1:
+                raise Rejection(Code.BAD_NONCE, f"{where}: nonce {body['nonce']}, expected {acct.nonce + 1}")
+            if acct.balance < body["amount"] + body["fee"]:
+                raise Rejection(Code.INSUFFICIENT_FUNDS,
+                                f"{where}: {sender} has {acct.balance}, needs {body['amount'] + body['fee']}")
+            event = {**tx.signed_record(), "txid": txid, "height": height, "index": i, "block_hash": block_hash}
+            self._apply(T.TRANSACTIONS, event, accounts)
+            fees += body["fee"]
+            outs.append(Out(T.TRANSACTIONS, sender, event, body["timestamp"]))
+
+        block_ev = {"header": hdr, "hash": block_hash, "pubkey": b.header.pubkey,
+                    "signature": b.header.signature, "txids": txids, "fees": fees,
+                    "reward": self.g.block_reward, "evicted": []}
+        self._apply(T.BLOCKS, block_ev, accounts)
+        for addr, acct in accounts.items():
+            self.st.set_account(addr, acct)
+        block_ev["evicted"] = self._settle_mempool(set(txids), {t.body["sender"] for t in b.transactions})
+        self.st.set_tip(Tip(height, block_hash, hdr["timestamp"]))
+        self.st.set_block_hash(height, block_hash)
+        if hdr["producer"] == self.g.pool.address:
+            self.st.set_pool_round(height, self.g.block_reward + fees, 0)
+        return [Out(T.BLOCKS, self.g.chain_id, block_ev, hdr["timestamp"]), *outs]
+
+    def _check_tx(self, tx: Signed, where: str) -> None:
+        body = tx.body
+        self._chain(body["chain_id"], where)
+        self._signature(tx, body["sender"], where)
+        self._positive(body, "amount", where=where)
+        if body["fee"] < self.g.min_fee:
+            raise Rejection(Code.FEE_TOO_LOW, f"{where}: fee {body['fee']} is below min_fee {self.g.min_fee}")
+
+    def _settle_mempool(self, confirmed: set[str], senders: set[str]) -> list[str]:
+        """After a block: confirmed txs leave the mempool; pending txs of its senders that can no
+        longer apply (stale nonce, gap, or unaffordable) are evicted. Returns evicted txids."""
+        for txid in confirmed:
+            if self.st.tx_status(txid) == "m":
+                self.st.set_mempool_tx(txid, None)
+            self.st.set_tx_status(txid, "c")
+        evicted = []
+        for sender in sorted(senders):
+            acct = self.st.account(sender)
+            keep, budget, expected = [], acct.balance, acct.nonce + 1
+            for nonce, txid, cost in self.st.pending(sender):
+                if txid in confirmed:
+                    continue
+                if nonce == expected and cost <= budget:
+                    keep.append((nonce, txid, cost))
+                    budget -= cost
+                    expected += 1
+                else:
+                    evicted.append(txid)
+                    self.st.set_tx_status(txid, "e")
+                    self.st.set_mempool_tx(txid, None)
+            self.st.set_pending(sender, tuple(keep))
+        return evicted
+
+    # -- mempool ----------------------------------------------------------------------------
+    def transaction(self, tx: Signed) -> list[Out]:
+        body = tx.body
+        self._chain(body["chain_id"], "body")
+        txid = tx.id
+        if self.st.tx_status(txid) is not None:
+            raise _dup(f"transaction {txid}")
+        self._check_tx(tx, "body")
+        sender = body["sender"]
+        pending = self.st.pending(sender)
+        expected = self.st.account(sender).nonce + len(pending) + 1
+        if body["nonce"] != expected:
+            raise Rejection(Code.BAD_NONCE, f"nonce {body['nonce']}, expected {expected}")
+        cost = body["amount"] + body["fee"]
+        self._funds(sender, cost, "transaction")
+        self.st.set_pending(sender, (*pending, (body["nonce"], txid, cost)))
+        self.st.set_tx_status(txid, "m")
+        self.st.set_mempool_tx(txid, {"type": "transaction", **tx.signed_record()})
+        event = {**tx.signed_record(), "txid": txid, "stamp_height": self.st.tip().height}
+        return [Out(T.MEMPOOL, sender, event, body["timestamp"])]
+
+    # -- shares -----------------------------------------------------------------------------
+    def share(self, s: ShareLine) -> list[Out]:
+        share_id = s.id
+        if self.st.seen("s", share_id) is not None:
+            raise _dup(f"share {share_id}")
+        o = s.obj
+        if o["difficulty"] <= 0:
+            raise Rejection(Code.BAD_AMOUNT, f"difficulty must be positive, got {o['difficulty']}")
+        for f in ("height", "difficulty", "timestamp"):
+            if not -(1 << 63) <= o[f] < (1 << 63):
+                raise Rejection(Code.BAD_AMOUNT, f"share.{f} is outside the signed 64-bit range")
+        self.st.mark_seen("s", share_id, share_id)
+        event = {"share_id": share_id, "worker": o["worker"], "address": s.address, "job_id": o["job_id"],
+                 "height": o["height"], "difficulty": o["difficulty"], "accepted": o["accepted"],
+                 "timestamp": o["timestamp"], "stamp_height": self.st.tip().height}
+        return [Out(T.SHARES, s.address, event, o["timestamp"])]
+
+    # -- energy -----------------------------------------------------------------------------
+    def reading(self, r: Signed) -> list[Out]:
+        body = r.body
+        self._chain(body["chain_id"], "body")
+        reading_id = r.id
+        if self.st.seen("r", reading_id) is not None:
+            raise _dup(f"reading {reading_id}")
+        self._signature(r, None, "reading")
+        if r.pubkey not in self.g.oracles:
+            raise Rejection(Code.UNKNOWN_ORACLE, f"oracle key {r.pubkey} is not in genesis")
+        self._positive(body, "milli_kwh")
+        prov = self._provider(body["provider_id"])
+        if prov["meter_id"] != body["meter_id"]:
+            raise Rejection(Code.UNKNOWN_PROVIDER,
+                            f"meter {body['meter_id']!r} is not provider {body['provider_id']!r}'s meter")
+        self.st.set_provider(body["provider_id"], {**prov, "credited": prov["credited"] + body["milli_kwh"]})
+        self.st.mark_seen("r", reading_id, reading_id)
+        event = {**r.signed_record(), "reading_id": reading_id, "stamp_height": self.st.tip().height}
+        return [Out(T.READINGS, body["provider_id"], event, body["timestamp"])]
+
+    def _provider(self, provider_id: str) -> dict[str, Any]:
+        prov = self.st.provider(provider_id)
+        if prov is None:
+            raise Rejection(Code.UNKNOWN_PROVIDER, f"no provider {provider_id!r} is registered")
+        return prov
+
+    def provider(self, p: Signed) -> list[Out]:
+        body = p.body
+        self._chain(body["chain_id"], "body")
+        pid = body["provider_id"]
+        body_hash = self._given_id("v", pid, p, "provider")
+        self._signature(p, body["owner"], "provider")
+        self._positive(body, "stake", "price_per_kwh")
+        if body["stake"] < self.g.energy.min_stake:
+            raise Rejection(Code.STAKE_TOO_LOW, f"stake {body['stake']} is below {self.g.energy.min_stake}")
+        self._funds(body["owner"], body["stake"], "stake")
+        event = {**p.signed_record(), "stamp_height": self.st.tip().height}
+        self._apply(T.PROVIDERS, event)
+        self.st.mark_seen("v", pid, body_hash)
+        self.st.set_provider(pid, {"owner": body["owner"], "meter_id": body["meter_id"],
+                                   "price_per_kwh": body["price_per_kwh"], "credited": 0, "settled": 0})
+        return [Out(T.PROVIDERS, pid, event, body["timestamp"])]
+
+    def settlement(self, s: Signed) -> list[Out]:
+        body = s.body
+        self._chain(body["chain_id"], "body")
+        sid = body["settlement_id"]
+        body_hash = self._given_id("t", sid, s, "settlement")
+        self._signature(s, self.g.energy.treasury, "settlement")
+        self._positive(body, "milli_kwh", "amount")
+        prov = self._provider(body["provider_id"])
+        unsettled = prov["credited"] - prov["settled"]
+        if body["milli_kwh"] > unsettled:
+            raise Rejection(Code.OVER_SETTLEMENT, f"milli_kwh {body['milli_kwh']} > unsettled {unsettled}")
+        due = body["milli_kwh"] * prov["price_per_kwh"] // 1000
+        if body["amount"] != due:
+            raise Rejection(Code.OVER_SETTLEMENT, f"amount {body['amount']} != milli_kwh * price // 1000 = {due}")
+        self._funds(self.g.energy.treasury, body["amount"], "settlement")
+        event = {**s.signed_record(), "owner": prov["owner"], "stamp_height": self.st.tip().height}
+        self._apply(T.SETTLEMENTS, event)
+        self.st.mark_seen("t", sid, body_hash)
+        self.st.set_provider(body["provider_id"], {**prov, "settled": prov["settled"] + body["milli_kwh"]})
+        return [Out(T.SETTLEMENTS, body["provider_id"], event, body["timestamp"])]
+
+    # -- pool payouts -----------------------------------------------------------------------
+    def payout(self, p: Signed) -> list[Out]:
+        body = p.body
+        self._chain(body["chain_id"], "body")
+        pid = body["payout_id"]
+        body_hash = self._given_id("p", pid, p, "payout")
+        self._signature(p, self.g.pool.address, "payout")
+        self._positive(body, "amount")
+        rnd = self.st.pool_round(body["round_height"])
+        if rnd is None:
+            raise Rejection(Code.BAD_ROUND, f"height {body['round_height']} is not a block of the pool")
+        cap, paid = rnd
+        if paid + body["amount"] > cap:
+            raise Rejection(Code.BAD_ROUND, f"round {body['round_height']} pays {paid} of {cap}; "
+                                            f"{body['amount']} more would exceed it")
+        self._funds(self.g.pool.address, body["amount"], "payout")
+        event = {**p.signed_record(), "stamp_height": self.st.tip().height}
+        self._apply(T.PAYOUTS, event)
+        self.st.mark_seen("p", pid, body_hash)
+        self.st.set_pool_round(body["round_height"], cap, paid + body["amount"])
+        return [Out(T.PAYOUTS, body["address"], event, body["timestamp"])]

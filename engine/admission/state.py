@@ -1,0 +1,155 @@
+"""The write side's own state (tip, accounts, mempool, ids, providers, pool rounds), read through
+a two-level overlay: changes of the line being checked, then of the batch not yet committed.
+A rejected line drops its level; a committed batch goes to the log in the same atomic write as
+its records (embedded log: one RocksDB WriteBatch)."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import orjson
+
+from ..genesis import Genesis
+from ..log.base import Log
+
+__all__ = ["Tip", "Account", "WriteState", "init_state"]
+
+_MISSING = object()
+_U64 = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Tip:
+    height: int
+    hash: str
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    balance: int = 0
+    staked: int = 0
+    nonce: int = 0
+
+
+def _k(prefix: bytes, ident: str) -> bytes:
+    return prefix + ident.encode()
+
+
+class WriteState:
+    """Typed access to the write-side state; values in the overlays are immutable objects."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._batch: dict[bytes, Any] = {}
+        self._line: dict[bytes, Any] = {}
+
+    # -- overlay mechanics ----------------------------------------------------------------
+    def _get(self, key: bytes) -> Any:
+        v = self._line.get(key, _MISSING)
+        if v is _MISSING:
+            v = self._batch.get(key, _MISSING)
+        if v is _MISSING:
+            raw = self._log.state_get(key)
+            v = None if raw is None else orjson.loads(raw)
+        return v
+
+    def _put(self, key: bytes, value: Any) -> None:
+        self._line[key] = value
+
+    def keep_line(self) -> None:
+        self._batch.update(self._line)
+        self._line.clear()
+
+    def drop_line(self) -> None:
+        self._line.clear()
+
+    def drop_batch(self) -> None:
+        self._line.clear()
+        self._batch.clear()
+
+    def take_batch(self) -> dict[bytes, bytes | None]:
+        out = {k: None if v is None else orjson.dumps(v) for k, v in self._batch.items()}
+        self._batch.clear()
+        return out
+
+    # -- tip and blocks -------------------------------------------------------------------
+    def tip(self) -> Tip:
+        h, hsh, ts = self._get(b"tip")
+        return Tip(h, hsh, ts)
+
+    def set_tip(self, tip: Tip) -> None:
+        self._put(b"tip", (tip.height, tip.hash, tip.timestamp))
+
+    def block_hash(self, height: int) -> str | None:
+        return self._get(b"bh/" + _U64.pack(height))
+
+    def set_block_hash(self, height: int, block_hash: str) -> None:
+        self._put(b"bh/" + _U64.pack(height), block_hash)
+
+    def pool_round(self, height: int) -> tuple[int, int] | None:
+        """(cap = reward + fees, paid so far) of a block the pool produced."""
+        v = self._get(b"rd/" + _U64.pack(height)) if height >= 0 else None
+        return None if v is None else (v[0], v[1])
+
+    def set_pool_round(self, height: int, cap: int, paid: int) -> None:
+        self._put(b"rd/" + _U64.pack(height), (cap, paid))
+
+    # -- accounts and mempool -------------------------------------------------------------
+    def account(self, address: str) -> Account:
+        v = self._get(_k(b"a/", address))
+        return Account() if v is None else Account(*v)
+
+    def set_account(self, address: str, acct: Account) -> None:
+        self._put(_k(b"a/", address), (acct.balance, acct.staked, acct.nonce))
+
+    def pending(self, sender: str) -> tuple[tuple[int, str, int], ...]:
+        """The sender's mempool entries (nonce, txid, amount + fee), by nonce."""
+        v = self._get(_k(b"mp/", sender))
+        return () if v is None else tuple(tuple(e) for e in v)  # type: ignore[misc]
+
+    def set_pending(self, sender: str, entries: tuple[tuple[int, str, int], ...]) -> None:
+        self._put(_k(b"mp/", sender), entries or None)
+
+    def spendable(self, address: str) -> int:
+        return self.account(address).balance - sum(e[2] for e in self.pending(address))
+
+    def tx_status(self, txid: str) -> str | None:
+        """'m' in the mempool, 'c' confirmed, 'e' evicted from the mempool, None unknown."""
+        return self._get(_k(b"tx/", txid))
+
+    def set_tx_status(self, txid: str, status: str) -> None:
+        self._put(_k(b"tx/", txid), status)
+
+    def set_mempool_tx(self, txid: str, signed: dict[str, Any] | None) -> None:
+        self._put(_k(b"mpx/", txid), signed)
+
+    def mempool(self) -> Iterator[dict[str, Any]]:
+        """Committed mempool transactions (signed lines), in no particular order."""
+        for _, raw in self._log.state_items(b"mpx/"):
+            yield orjson.loads(raw)
+
+    # -- ids, providers -------------------------------------------------------------------
+    def seen(self, kind: str, ident: str) -> str | None:
+        """Body hash under which an id of ``kind`` was admitted, if it was."""
+        return self._get(b"id/" + kind.encode() + b"/" + ident.encode())
+
+    def mark_seen(self, kind: str, ident: str, body_hash: str) -> None:
+        self._put(b"id/" + kind.encode() + b"/" + ident.encode(), body_hash)
+
+    def provider(self, provider_id: str) -> dict[str, Any] | None:
+        return self._get(_k(b"pv/", provider_id))
+
+    def set_provider(self, provider_id: str, record: dict[str, Any]) -> None:
+        self._put(_k(b"pv/", provider_id), record)
+
+
+def init_state(log: Log, genesis: Genesis) -> None:
+    """The write side at height 0: genesis tip and allocations."""
+    st = WriteState(log)
+    st.set_tip(Tip(0, genesis.hash, genesis.timestamp))
+    for addr, amount in genesis.allocations.items():
+        st.set_account(addr, Account(balance=amount))
+    st.keep_line()
+    log.append([], st.take_batch())

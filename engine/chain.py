@@ -1,0 +1,117 @@
+"""A chain on disk: its data dir, genesis, log, codec and admitter, opened or created together."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from .admission import Admitter
+from .admission.state import WriteState, init_state
+from .admission.verify import Verifier
+from .codec import Codec, Registry
+from .config import Config
+from .errors import ConfigError, LedgerError
+from .genesis import Genesis, dev_genesis
+from .log import Log, open_log
+
+__all__ = ["Chain", "init_chain", "open_chain", "write_atomic"]
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write via a temp file, fsync, rename: readers see the old file or the whole new one."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Chain:
+    """An opened chain. ``read_only`` opens the log without taking its write lock."""
+
+    def __init__(self, config: Config, *, read_only: bool = False) -> None:
+        if not os.path.exists(config.genesis_path):
+            raise ConfigError(f"{config.data_dir} holds no chain; run `ledgerlog init` first")
+        self.config = config
+        self.genesis = Genesis.load(config.genesis_path)
+        self.read_only = read_only
+        self.log: Log = open_log(config.resolved_log_url, read_only=read_only, sync=config.sync,
+                                 **dict(config.kafka))
+        try:
+            self.codec = Codec(Registry(self.log)) if read_only else Codec.register_all(self.log)
+        except LedgerError:
+            self.log.close()
+            raise
+        self._admitter: Admitter | None = None
+
+    @property
+    def admitter(self) -> Admitter:
+        if self._admitter is None:
+            if self.read_only:
+                raise ConfigError("the chain is open read-only; ingest through the running node")
+            self._admitter = Admitter(self.log, self.codec, self.genesis, chunk=self.config.ingest_chunk,
+                                      verifier=Verifier(self.config.verify_workers))
+        return self._admitter
+
+    def write_state(self) -> WriteState:
+        return self.admitter.state if self._admitter else WriteState(self.log)
+
+    def status(self) -> dict[str, Any]:
+        tip = self.write_state().tip()
+        return {"chain_id": self.genesis.chain_id, "height": tip.height, "tip_hash": tip.hash,
+                "genesis_hash": self.genesis.hash}
+
+    def close(self) -> None:
+        if self._admitter is not None:
+            self._admitter.verifier.close()
+        self.log.close()
+
+    def __enter__(self) -> "Chain":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def init_chain(config: Config, genesis: dict[str, Any] | None = None) -> Genesis:
+    """Create the data dir, log topics, schema registry and genesis state. Idempotent for the
+    same genesis; refuses a different one."""
+    os.makedirs(config.data_dir, exist_ok=True)
+    if os.path.exists(config.genesis_path):
+        existing = Genesis.load(config.genesis_path)
+        if genesis is not None and Genesis.from_dict(genesis).hash != existing.hash:
+            raise ConfigError(f"{config.data_dir} already holds chain {existing.chain_id} "
+                              f"(genesis {existing.hash[:16]}); use another --data-dir")
+        if genesis is None:
+            genesis = existing.raw
+    g = Genesis.from_dict(genesis if genesis is not None else dev_genesis(config.keys_dir))
+    log = open_log(config.resolved_log_url, sync=config.sync, **dict(config.kafka))
+    try:
+        log.create_topics(config.topic_partitions())
+        Codec.register_all(log)
+        if log.atomic_state and log.state_get(b"tip") is None:
+            init_state(log, g)
+    finally:
+        log.close()
+    if not os.path.exists(config.config_path):
+        write_atomic(config.config_path, config.to_toml().encode())
+    write_atomic(config.genesis_path, json.dumps(g.raw, indent=2, sort_keys=True).encode() + b"\n")
+    return g
+
+
+def open_chain(config: Config, *, read_only: bool = False) -> Chain:
+    return Chain(config, read_only=read_only)

@@ -1,0 +1,148 @@
+"""Confluent wire format (magic 0, 4-byte schema id, Avro binary) and the schema registry whose
+source of truth is the ``_schemas`` topic (records shaped like Confluent's own ``_schemas``)."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastavro import schemaless_reader, schemaless_writer
+
+from . import avro
+from .errors import SchemaError
+from .log.base import Log, LogRecord, Record
+from .topics import EVENT_SCHEMA, SCHEMAS, subject_of
+
+__all__ = ["SchemaVersion", "Registry", "Codec"]
+
+_HEADER = struct.Struct(">bI")
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    subject: str
+    version: int
+    id: int
+    schema: str  # the standalone Avro schema JSON text
+
+
+class Registry:
+    """Schema ids and versions, loaded from and appended to ``_schemas``."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+        self.by_id: dict[int, SchemaVersion] = {}
+        self.by_subject: dict[str, list[SchemaVersion]] = {}
+        self._parsed: dict[int, Any] = {}
+        self._read_offset = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Fold records of ``_schemas`` appended since the last look."""
+        if SCHEMAS not in self._log.topics():
+            return
+        for rec in self._log.scan(SCHEMAS, 0, self._read_offset):
+            self._add(SchemaVersion(**{k: v for k, v in orjson.loads(rec.value).items()
+                                       if k in ("subject", "version", "id", "schema")}))
+            self._read_offset = rec.offset + 1
+
+    def _add(self, sv: SchemaVersion) -> None:
+        self.by_id[sv.id] = sv
+        versions = self.by_subject.setdefault(sv.subject, [])
+        if not any(v.version == sv.version for v in versions):
+            versions.append(sv)
+            versions.sort(key=lambda v: v.version)
+
+    def latest(self, subject: str) -> SchemaVersion | None:
+        versions = self.by_subject.get(subject)
+        return versions[-1] if versions else None
+
+    def register(self, subject: str, schema_text: str) -> SchemaVersion:
+        """Register ``schema_text`` under ``subject`` unless it is already the latest version.
+
+        A new version must be backward compatible with every earlier one (readers using it can
+        decode everything already on the log); otherwise SchemaError and nothing is written.
+        """
+        with self._lock:
+            self.refresh()
+            latest = self.latest(subject)
+            if latest and json.loads(latest.schema) == json.loads(schema_text):
+                return latest
+            new = json.loads(schema_text)
+            for old in self.by_subject.get(subject, []):
+                problems = avro.check_backward_compatible(new, json.loads(old.schema))
+                if problems:
+                    raise SchemaError(f"{subject}: new schema is not backward compatible with "
+                                      f"version {old.version}: " + "; ".join(problems))
+            sv = SchemaVersion(subject, latest.version + 1 if latest else 1,
+                               max(self.by_id, default=0) + 1, schema_text)
+            key = orjson.dumps({"keytype": "SCHEMA", "subject": subject, "version": sv.version, "magic": 1})
+            value = orjson.dumps({"subject": subject, "version": sv.version, "id": sv.id,
+                                  "schema": schema_text, "deleted": False})
+            self._log.append([Record(SCHEMAS, key, value, 0, 0)])
+            self.refresh()
+            return sv
+
+    def parsed(self, schema_id: int) -> Any:
+        found = self._parsed.get(schema_id)
+        if found is None:
+            if schema_id not in self.by_id:
+                self.refresh()
+            if schema_id not in self.by_id:
+                raise SchemaError(f"unknown schema id {schema_id}")
+            found = self._parsed[schema_id] = avro.parse_text(self.by_id[schema_id].schema)
+        return found
+
+
+class Codec:
+    """Encode events for their topic with the current schema; decode any registered version
+    into the current (reader) schema."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._writer: dict[str, tuple[bytes, Any]] = {}
+        self._reader_for_id: dict[int, tuple[Any, Any]] = {}
+        for topic, name in EVENT_SCHEMA.items():
+            sv = registry.latest(subject_of(topic))
+            if sv is None:
+                raise SchemaError(f"no schema registered for {topic}; run `ledgerlog init`")
+            self._writer[topic] = (_HEADER.pack(0, sv.id), avro.parsed(name))
+        self._buf = io.BytesIO()
+
+    @classmethod
+    def register_all(cls, log: Log) -> "Codec":
+        """Register the code's current event schemas (evolution-checked) and build a codec."""
+        reg = Registry(log)
+        for topic, name in EVENT_SCHEMA.items():
+            reg.register(subject_of(topic), avro.schema_json(name))
+        return cls(reg)
+
+    def schema_id(self, topic: str) -> int:
+        return _HEADER.unpack(self._writer[topic][0])[1]
+
+    def encode(self, topic: str, event: dict[str, Any]) -> bytes:
+        header, schema = self._writer[topic]
+        buf = io.BytesIO()
+        buf.write(header)
+        schemaless_writer(buf, schema, event)
+        return buf.getvalue()
+
+    def decode(self, topic: str, value: bytes) -> dict[str, Any]:
+        if len(value) < 5 or value[0] != 0:
+            raise SchemaError(f"{topic}: value is not in the Confluent wire format")
+        schema_id = _HEADER.unpack_from(value)[1]
+        pair = self._reader_for_id.get(schema_id)
+        if pair is None:
+            writer = self.registry.parsed(schema_id)
+            current = self._writer.get(topic)
+            same = current is not None and current[0][1:] == value[1:5]
+            pair = self._reader_for_id[schema_id] = (writer, None if same or current is None else current[1])
+        return schemaless_reader(io.BytesIO(value[5:]), pair[0], pair[1])
+
+    def decode_record(self, rec: LogRecord) -> dict[str, Any]:
+        return self.decode(rec.topic, rec.value)

@@ -1,0 +1,141 @@
+"""Configuration: one frozen, typed object. Built at the edge (CLI) from, in rising precedence,
+``<data_dir>/config.toml``, ``LEDGERLOG_*`` environment variables and flags; inner code receives
+it and never reads the environment itself."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from .errors import ConfigError
+from .topics import DEFAULT_PARTITIONS
+
+__all__ = ["Config", "load_config", "SETTINGS"]
+
+#: (toml section.key, env var, Config field, type, doc) — the single table docs are made from.
+SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
+    ("log.url", "LEDGERLOG_LOG_URL", "log_url", str,
+     "embedded (RocksDB under <data_dir>/log) or kafka://HOST:PORT[,HOST:PORT]"),
+    ("log.sync", "LEDGERLOG_LOG_SYNC", "sync", bool,
+     "fsync every appended batch before acknowledging (default true)"),
+    ("log.partitions", "LEDGERLOG_PARTITIONS", "partitions", int,
+     "partitions of each keyed topic, fixed at init (ledger.blocks always has 1)"),
+    ("ingest.chunk", "LEDGERLOG_INGEST_CHUNK", "ingest_chunk", int,
+     "lines admitted per atomic, synced append"),
+    ("ingest.verify_workers", "LEDGERLOG_VERIFY_WORKERS", "verify_workers", int,
+     "processes verifying signatures in parallel (0 = one per core)"),
+    ("http.host", "LEDGERLOG_HTTP_HOST", "http_host", str, "address the node's HTTP API binds"),
+    ("http.port", "LEDGERLOG_HTTP_PORT", "http_port", int, "port of the node's HTTP API"),
+    ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
+     "bearer token for /v1/admin/*; admin is disabled when empty"),
+    ("node.log_level", "LEDGERLOG_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = "./data"
+    log_url: str = "embedded"
+    sync: bool = True
+    partitions: int = 4
+    ingest_chunk: int = 1000
+    verify_workers: int = 1
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    admin_token: str = ""
+    log_level: str = "INFO"
+    kafka: Mapping[str, str] = field(default_factory=dict)  # [kafka] section: librdkafka settings
+
+    @property
+    def genesis_path(self) -> str:
+        return os.path.join(self.data_dir, "genesis.json")
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.data_dir, "config.toml")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.data_dir, "log")
+
+    @property
+    def keys_dir(self) -> str:
+        return os.path.join(self.data_dir, "keys")
+
+    @property
+    def projections_dir(self) -> str:
+        return os.path.join(self.data_dir, "projections")
+
+    @property
+    def node_file(self) -> str:
+        return os.path.join(self.data_dir, "node.json")
+
+    @property
+    def resolved_log_url(self) -> str:
+        return f"embedded:{self.log_path}" if self.log_url == "embedded" else self.log_url
+
+    def topic_partitions(self) -> dict[str, int]:
+        return {t: (1 if d == 1 else self.partitions) for t, d in DEFAULT_PARTITIONS.items()}
+
+    def to_toml(self) -> str:
+        """The settings worth recording at init, as TOML."""
+        out, section = [], None
+        for key, _env, attr, typ, doc in SETTINGS:
+            sec, name = key.split(".")
+            if sec != section:
+                out.append(f"\n[{sec}]")
+                section = sec
+            v = getattr(self, attr)
+            text = ("true" if v else "false") if typ is bool else (str(v) if typ is int else f'"{v}"')
+            out.append(f"# {doc}\n{name} = {text}")
+        if self.kafka:
+            out.append("\n[kafka]")
+            out.extend(f'"{k}" = "{v}"' for k, v in self.kafka.items())
+        return "\n".join(out).lstrip() + "\n"
+
+
+def _convert(value: Any, typ: type, where: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif typ is int:
+        try:
+            if not isinstance(value, bool):
+                return int(value)
+        except (TypeError, ValueError):
+            pass
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+
+
+def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Config:
+    """File, then environment, then flags (non-None values), into one Config."""
+    values: dict[str, Any] = {"data_dir": data_dir}
+    path = os.path.join(data_dir, "config.toml")
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        for key, _env, attr, typ, _doc in SETTINGS:
+            sec, name = key.split(".")
+            if name in doc.get(sec, {}):
+                values[attr] = _convert(doc[sec][name], typ, f"{path} [{sec}] {name}")
+        if isinstance(doc.get("kafka"), dict):
+            values["kafka"] = {str(k): str(v) for k, v in doc["kafka"].items()}
+    for _key, var, attr, typ, _doc in SETTINGS:
+        if env.get(var):
+            values[attr] = _convert(env[var], typ, var)
+    known = {f.name for f in fields(Config)}
+    for attr, v in (flags or {}).items():
+        if v is not None and attr in known:
+            values[attr] = v
+    cfg = Config(**values)
+    if cfg.partitions < 1 or cfg.ingest_chunk < 1:
+        raise ConfigError("partitions and ingest.chunk must be at least 1")
+    return replace(cfg, verify_workers=cfg.verify_workers or (os.cpu_count() or 1))

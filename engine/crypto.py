@@ -1,0 +1,69 @@
+"""Primitives of PROTOCOL.md §1: hash H, addresses, Ed25519 keys, tx_root, canonical JSON."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+__all__ = [
+    "H", "h_bytes", "address_of", "canonical_json", "tx_root", "verify", "sign", "new_key",
+    "signing_key", "pubkey_hex", "EMPTY_ROOT",
+]
+
+EMPTY_ROOT = "0" * 64
+
+
+def h_bytes(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def H(data: bytes) -> str:
+    """blake2b-256 as lowercase hex: ids, block hashes, the genesis hash."""
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+def address_of(pubkey: bytes) -> str:
+    return hashlib.blake2b(pubkey, digest_size=20).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The genesis / share-id canonicalisation: sorted keys, no spaces, UTF-8 unescaped."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def tx_root(txids: Iterable[str]) -> str:
+    level = [bytes.fromhex(t) for t in txids]
+    if not level:
+        return EMPTY_ROOT
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [h_bytes(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0].hex()
+
+
+def verify(pubkey: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        VerifyKey(pubkey).verify(message, signature)
+        return True
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+
+
+def new_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def signing_key(seed_hex: str) -> SigningKey:
+    return SigningKey(bytes.fromhex(seed_hex))
+
+
+def pubkey_hex(key: SigningKey) -> str:
+    return bytes(key.verify_key).hex()
+
+
+def sign(key: SigningKey, message: bytes) -> str:
+    return key.sign(message).signature.hex()

@@ -1,0 +1,116 @@
+"""The log interface every backend implements (embedded RocksDB, in-memory, Kafka)."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+from ..errors import LogError
+from ..partitioner import partition_for
+
+__all__ = ["Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
+
+TopicPartition = tuple[str, int]
+#: Write-side state changes committed with an append: key -> value, or None to delete.
+StateWrites = Mapping[bytes, "bytes | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record to append. ``partition`` None means: place it by murmur2 of the key."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    timestamp: int
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp: int
+
+
+class Log(abc.ABC):
+    """A partitioned append-only log. Appends of one call are atomic across topics."""
+
+    #: Can ``append(..., state=...)`` commit write-side state in the same atomic write?
+    atomic_state: bool = False
+
+    @abc.abstractmethod
+    def create_topics(self, partitions: Mapping[str, int]) -> None:
+        """Create missing topics; an existing topic with another partition count is an error."""
+
+    @abc.abstractmethod
+    def topics(self) -> dict[str, int]:
+        """Topic name -> partition count."""
+
+    @abc.abstractmethod
+    def append(self, records: Sequence[Record], state: StateWrites | None = None) -> list[tuple[int, int]]:
+        """Append atomically; return (partition, offset) of each record, in order."""
+
+    @abc.abstractmethod
+    def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[LogRecord]:
+        """Records of one partition from ``offset`` on, at most ``max_records``."""
+
+    @abc.abstractmethod
+    def end_offsets(self, topic: str) -> list[int]:
+        """Per partition, the offset the next record will get."""
+
+    @abc.abstractmethod
+    def commit_positions(self, group: str, positions: Mapping[TopicPartition, int]) -> None:
+        """Store a consumer group's next offsets."""
+
+    @abc.abstractmethod
+    def positions(self, group: str) -> dict[TopicPartition, int]:
+        """A consumer group's stored next offsets."""
+
+    def state_get(self, key: bytes) -> bytes | None:
+        raise LogError(f"{type(self).__name__} keeps no write-side state")
+
+    def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        raise LogError(f"{type(self).__name__} keeps no write-side state")
+
+    def close(self) -> None:
+        """Release resources; the log stays readable by a new instance."""
+
+    # -- helpers shared by backends --------------------------------------------------------
+    def partition_count(self, topic: str) -> int:
+        try:
+            return self.topics()[topic]
+        except KeyError as exc:
+            raise LogError(f"unknown topic {topic!r}") from exc
+
+    def place(self, record: Record) -> int:
+        n = self.partition_count(record.topic)
+        if record.partition is None:
+            return partition_for(record.key, n)
+        if not 0 <= record.partition < n:
+            raise LogError(f"{record.topic} has no partition {record.partition}")
+        return record.partition
+
+    def scan(self, topic: str, partition: int, start: int = 0, end: int | None = None,
+             batch: int = 2000) -> Iterator[LogRecord]:
+        """Every record of a partition in [start, end), read in batches."""
+        stop = self.end_offsets(topic)[partition] if end is None else end
+        offset = start
+        while offset < stop:
+            chunk = self.read(topic, partition, offset, min(batch, stop - offset))
+            if not chunk:
+                return
+            for rec in chunk:
+                if rec.offset >= stop:
+                    return
+                yield rec
+            offset = chunk[-1].offset + 1
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

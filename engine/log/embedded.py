@@ -1,0 +1,142 @@
+"""The embedded log: one RocksDB under ``<data_dir>/log`` holding records, end offsets,
+consumer-group positions and the write-side state, so one WriteBatch commits them together."""
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Iterator, Mapping, Sequence
+
+from .. import storekeys as K
+from ..errors import LogError
+from ..rocks import WriteBatch, iter_prefix, map_error, open_store, write_options
+from .base import Log, LogRecord, Record, StateWrites, TopicPartition
+
+__all__ = ["EmbeddedLog"]
+
+_HEAD = struct.Struct(">qI")  # timestamp, key length; then key, then value
+_P = struct.Struct(">I")
+
+
+class EmbeddedLog(Log):
+    atomic_state = True
+
+    def __init__(self, path: str, *, read_only: bool = False, sync: bool = True) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._db = open_store(path, K.LOG_FORMAT, read_only=read_only)
+        self._write_opts = write_options(sync)
+        self._lock = threading.Lock()
+        self._topics = self._load_topics()
+        self._ends: dict[TopicPartition, int] = {}
+        for topic, n in self._topics.items():
+            for p in range(n):
+                raw = self._db.get(K.end_key(topic, p))
+                self._ends[(topic, p)] = K.U64.unpack(raw)[0] if raw else 0
+
+    def _load_topics(self) -> dict[str, int]:
+        return {k[2:].decode(): _P.unpack(v)[0] for k, v in iter_prefix(self._db, b"t/")}
+
+    def _write(self, wb: WriteBatch) -> None:
+        if self.read_only:
+            raise LogError(f"{self.path} is open read-only")
+        try:
+            self._db.write(wb, self._write_opts)
+        except Exception as exc:
+            raise map_error(exc, self.path) from exc
+
+    def create_topics(self, partitions: Mapping[str, int]) -> None:
+        with self._lock:
+            wb = WriteBatch(raw_mode=True)
+            for topic, n in partitions.items():
+                have = self._topics.get(topic)
+                if have is not None and have != n:
+                    raise LogError(f"topic {topic} exists with {have} partitions, not {n}")
+                if have is None:
+                    if n < 1:
+                        raise LogError(f"topic {topic} needs at least one partition")
+                    wb.put(K.topic_key(topic), _P.pack(n))
+            if not wb.is_empty():
+                self._write(wb)
+                self._topics = self._load_topics()
+                for topic, n in self._topics.items():
+                    for p in range(n):
+                        self._ends.setdefault((topic, p), 0)
+
+    def topics(self) -> dict[str, int]:
+        return dict(self._topics)
+
+    def append(self, records: Sequence[Record], state: StateWrites | None = None) -> list[tuple[int, int]]:
+        with self._lock:
+            wb = WriteBatch(raw_mode=True)
+            ends: dict[TopicPartition, int] = {}
+            out = []
+            for r in records:
+                p = self.place(r)
+                tp = (r.topic, p)
+                off = ends.get(tp, self._ends[tp])
+                ends[tp] = off + 1
+                wb.put(K.record_key(r.topic, p, off), _HEAD.pack(r.timestamp, len(r.key)) + r.key + r.value)
+                out.append((p, off))
+            for (topic, p), end in ends.items():
+                wb.put(K.end_key(topic, p), K.U64.pack(end))
+            for k, v in (state or {}).items():
+                if v is None:
+                    wb.delete(K.STATE_PREFIX + k)
+                else:
+                    wb.put(K.STATE_PREFIX + k, v)
+            if wb.is_empty():
+                return out
+            self._write(wb)
+            self._ends.update(ends)
+            return out
+
+    def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[LogRecord]:
+        if (topic, partition) not in self._ends:
+            raise LogError(f"unknown topic partition {topic}[{partition}]")
+        prefix = K.record_prefix(topic, partition)
+        out: list[LogRecord] = []
+        try:
+            for key, val in iter_prefix(self._db, prefix, K.record_key(topic, partition, max(offset, 0))):
+                ts, klen = _HEAD.unpack_from(val)
+                start = _HEAD.size
+                out.append(LogRecord(topic, partition, K.U64.unpack_from(key, len(prefix))[0],
+                                     val[start:start + klen], val[start + klen:], ts))
+                if len(out) >= max_records:
+                    break
+        except Exception as exc:
+            raise map_error(exc, self.path) from exc
+        return out
+
+    def end_offsets(self, topic: str) -> list[int]:
+        n = self.partition_count(topic)
+        return [self._ends[(topic, p)] for p in range(n)]
+
+    def commit_positions(self, group: str, positions: Mapping[TopicPartition, int]) -> None:
+        wb = WriteBatch(raw_mode=True)
+        for (topic, p), off in positions.items():
+            wb.put(K.group_key(group, topic, p), K.U64.pack(off))
+        self._write(wb)
+
+    def positions(self, group: str) -> dict[TopicPartition, int]:
+        prefix = K.group_prefix(group)
+        out = {}
+        for key, val in iter_prefix(self._db, prefix):
+            topic, _, p = key[len(prefix):].rpartition(b"\x00")
+            out[(topic.decode(), _P.unpack(p)[0])] = K.U64.unpack(val)[0]
+        return out
+
+    def state_get(self, key: bytes) -> bytes | None:
+        return self._db.get(K.STATE_PREFIX + key)
+
+    def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        n = len(K.STATE_PREFIX)
+        for k, v in iter_prefix(self._db, K.STATE_PREFIX + prefix):
+            yield k[n:], v
+
+    def raw(self):  # noqa: ANN201 - the Rdict, for snapshots, verify and stats
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None  # type: ignore[assignment]

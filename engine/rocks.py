@@ -1,0 +1,78 @@
+"""Opening RocksDB stores (rocksdict, raw bytes mode) with ledgerlog's options and error mapping."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from .errors import CorruptStoreError, FormatVersionError, StorageError, StoreLockedError
+from .storekeys import FORMAT_KEY
+
+__all__ = ["open_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error"]
+
+
+def _options(create: bool) -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(create)
+    opts.set_paranoid_checks(True)
+    opts.set_keep_log_file_num(3)
+    opts.set_max_background_jobs(2)
+    return opts
+
+
+def map_error(exc: Exception, path: str) -> StorageError:
+    text = str(exc)
+    if "lock" in text.lower() and ("LOCK" in text or "hold" in text):
+        return StoreLockedError(f"{path} is in use by another process (a running node?): {text}")
+    if "Corruption" in text or "corrupt" in text.lower() or "checksum" in text.lower():
+        return CorruptStoreError(
+            f"{path} is corrupt: {text}. Restore it from a snapshot (ledgerlog snapshot restore) "
+            "or rebuild projections from the log (ledgerlog reproject)."
+        )
+    return StorageError(f"cannot open {path}: {text}")
+
+
+def open_store(path: str, fmt: bytes, *, create: bool = True, read_only: bool = False) -> Rdict:
+    """Open (or create) a store and check its format version."""
+    if read_only or not create:
+        if not os.path.exists(os.path.join(path, "CURRENT")):
+            raise StorageError(f"no store at {path}")
+    else:
+        os.makedirs(path, exist_ok=True)
+    try:
+        if read_only:
+            db = Rdict(path, _options(False), access_type=AccessType.read_only())
+        else:
+            db = Rdict(path, _options(create))
+    except Exception as exc:  # rocksdict raises plain Exception
+        raise map_error(exc, path) from exc
+    try:
+        found = db.get(FORMAT_KEY)
+    except Exception as exc:
+        db.close()
+        raise map_error(exc, path) from exc
+    if found is None and not read_only:
+        db.put(FORMAT_KEY, fmt)
+    elif found is not None and found != fmt:
+        db.close()
+        raise FormatVersionError(f"{path} has format {found!r}; this ledgerlog reads {fmt!r}")
+    return db
+
+
+def write_options(sync: bool) -> WriteOptions:
+    wo = WriteOptions()
+    wo.sync = sync
+    return wo
+
+
+def iter_prefix(db: Rdict, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs whose key starts with ``prefix``, from ``start`` (inclusive) on."""
+    it = db.iter()
+    it.seek(start if start is not None else prefix)
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            return
+        yield key, it.value()
+        it.next()

@@ -1,0 +1,42 @@
+"""Topic names, the event schema of each, the key each is partitioned by, and default sizes."""
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["BLOCKS", "TRANSACTIONS", "MEMPOOL", "SHARES", "PROVIDERS", "READINGS", "SETTLEMENTS",
+           "PAYOUTS", "SCHEMAS", "CHECKPOINTS", "EVENT_TOPICS", "EVENT_SCHEMA", "DEFAULT_PARTITIONS",
+           "subject_of"]
+
+BLOCKS: Final = "ledger.blocks"
+TRANSACTIONS: Final = "ledger.transactions"
+MEMPOOL: Final = "ledger.mempool"
+SHARES: Final = "pool.shares"
+PROVIDERS: Final = "energy.providers"
+READINGS: Final = "energy.readings"
+SETTLEMENTS: Final = "energy.settlements"
+PAYOUTS: Final = "pool.payouts"
+SCHEMAS: Final = "_schemas"
+CHECKPOINTS: Final = "_checkpoints"
+
+#: Event topic -> the Avro record written on it (subject "<topic>-value").
+EVENT_SCHEMA: Final[dict[str, str]] = {
+    BLOCKS: "BlockAdmitted",
+    TRANSACTIONS: "TransactionConfirmed",
+    MEMPOOL: "TransactionSubmitted",
+    SHARES: "ShareSubmitted",
+    PROVIDERS: "ProviderRegistered",
+    READINGS: "ReadingRecorded",
+    SETTLEMENTS: "SettlementRecorded",
+    PAYOUTS: "PayoutRecorded",
+}
+EVENT_TOPICS: Final = tuple(EVENT_SCHEMA)
+
+#: Partitions per topic unless the config says otherwise; ledger.blocks is always 1 (total order).
+DEFAULT_PARTITIONS: Final[dict[str, int]] = {
+    BLOCKS: 1, TRANSACTIONS: 4, MEMPOOL: 4, SHARES: 4, PROVIDERS: 2, READINGS: 2, SETTLEMENTS: 2,
+    PAYOUTS: 2, SCHEMAS: 1, CHECKPOINTS: 1,
+}
+
+
+def subject_of(topic: str) -> str:
+    return f"{topic}-value"
