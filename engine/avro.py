@@ -101,6 +101,13 @@ def _type_name(t: Any) -> str:
     return t if isinstance(t, str) else "union"
 
 
+def _same_name(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
+    """Avro resolves named types by unqualified name, or by one of the reader's aliases."""
+    def short(n: str) -> str:
+        return n.rsplit(".", 1)[-1]
+    return short(writer["name"]) in {short(n) for n in (reader["name"], *reader.get("aliases", ()))}
+
+
 def check_backward_compatible(reader: Any, writer: Any, path: str = "") -> list[str]:
     """Problems that stop ``reader`` (new) from reading data written with ``writer`` (old).
 
@@ -117,6 +124,8 @@ def check_backward_compatible(reader: Any, writer: Any, path: str = "") -> list[
         return problems
     r_kind = reader["type"] if isinstance(reader, dict) else reader
     w_kind = writer["type"] if isinstance(writer, dict) else writer
+    if r_kind == w_kind and r_kind in ("record", "enum") and not _same_name(reader, writer):
+        return [f"{where}: {w_kind} {writer['name']} cannot be read as {reader['name']}"]
     if r_kind == "record" and w_kind == "record":
         problems = []
         w_fields = {f["name"]: f for f in writer["fields"]}

@@ -64,22 +64,26 @@ class Admitter:
     def admit(self, lines: Iterable[bytes | str], *, first_line: int = 1,
               progress: Callable[[int], None] | None = None) -> Summary:
         """Admit lines in order; returns once everything admitted is durable."""
+        return self.admit_numbered(enumerate(lines, first_line), progress=progress)
+
+    def admit_numbered(self, lines: Iterable[tuple[int, bytes | str]], *,
+                       progress: Callable[[int], None] | None = None) -> Summary:
+        """Like ``admit`` for (line number, line) pairs, so callers may skip blank lines."""
         total = Summary()
-        it: Iterator[bytes | str] = iter(lines)
-        number = first_line
+        it: Iterator[tuple[int, bytes | str]] = iter(lines)
         while True:
             chunk = list(islice(it, self.chunk))
             if not chunk:
                 return total
-            total.merge(self._admit_chunk(chunk, number))
-            number += len(chunk)
+            total.merge(self._admit_chunk(chunk))
             if progress:
                 progress(len(chunk))
 
-    def _admit_chunk(self, chunk: list[bytes | str], first: int) -> Summary:
+    def _admit_chunk(self, chunk: list[tuple[int, bytes | str]]) -> Summary:
         summary = Summary()
         parsed: list[Item | Rejection] = []
-        for line in chunk:
+        numbers = [n for n, _ in chunk]
+        for _, line in chunk:
             try:
                 parsed.append(parse_line(line))
             except Rejection as rej:
@@ -90,7 +94,7 @@ class Admitter:
             counts: Counter[tuple[str, str]] = Counter()
             for i, item in enumerate(parsed):
                 if isinstance(item, Rejection):
-                    self._reject(summary, counts, first + i, item)
+                    self._reject(summary, counts, numbers[i], item)
                     continue
                 try:
                     produced = self.rules.admit(item)
@@ -100,7 +104,7 @@ class Admitter:
                         summary.duplicates += 1
                         counts[("duplicate", item.kind)] += 1
                     else:
-                        self._reject(summary, counts, first + i, rej)
+                        self._reject(summary, counts, numbers[i], rej)
                     continue
                 self.state.keep_line()
                 outs.extend(produced)

@@ -180,13 +180,23 @@ def _signed(name: str, obj: dict[str, Any], body_key: str, where: str) -> Signed
     return Signed(name, body, obj["pubkey"], obj["signature"], f"{where}.{body_key}" if where else body_key)
 
 
+#: A number token of 19+ digits: orjson would read it as a float beyond the 64-bit range.
+_LONG_NUMBER = re.compile(r"[:,\[]\s*-?\d{19}")
+_LONG_NUMBER_B = re.compile(rb"[:,\[]\s*-?\d{19}")
+
+
 def _loads(line: bytes | str) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # orjson stops at 64-bit integers; the stdlib parses any size so range faults say BAD_AMOUNT
-        return json.loads(line, parse_constant=_reject_constant)
+    long_number = (_LONG_NUMBER if isinstance(line, str) else _LONG_NUMBER_B).search(line)
+    if long_number is None:
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    try:  # orjson turns integers beyond 64 bits into floats; the stdlib keeps them exact, so
+        # range faults say BAD_AMOUNT, not MALFORMED
+        obj = json.loads(line, parse_constant=_reject_constant)
+        json.dumps(obj, ensure_ascii=False).encode()  # lone surrogates (orjson refuses them too)
+        return obj
     except (ValueError, RecursionError) as exc:
         raise _malformed(f"not JSON: {exc}") from None
 
@@ -227,7 +237,7 @@ def parse_line(line: bytes | str) -> Item:
         if not m:
             raise _malformed("share.worker must be <40-hex address>.<rig>, rig matching [A-Za-z0-9_-]{1,32}")
         return ShareLine(obj, m.group(1))
-    if kind in SIGNED_KINDS:
+    if isinstance(kind, str) and kind in SIGNED_KINDS:  # a list or object type is unhashable
         _exact_keys(obj, _SIGNED_KEYS, kind)
         return SignedLine(kind, _signed(SIGNED_KINDS[kind], obj, "body", ""))
     if "type" not in obj:

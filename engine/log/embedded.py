@@ -95,6 +95,8 @@ class EmbeddedLog(Log):
             raise LogError(f"unknown topic partition {topic}[{partition}]")
         prefix = K.record_prefix(topic, partition)
         out: list[LogRecord] = []
+        if max_records <= 0:
+            return out
         try:
             for key, val in iter_prefix(self._db, prefix, K.record_key(topic, partition, max(offset, 0))):
                 ts, klen = _HEAD.unpack_from(val)
@@ -121,8 +123,8 @@ class EmbeddedLog(Log):
         prefix = K.group_prefix(group)
         out = {}
         for key, val in iter_prefix(self._db, prefix):
-            topic, _, p = key[len(prefix):].rpartition(b"\x00")
-            out[(topic.decode(), _P.unpack(p)[0])] = K.U64.unpack(val)[0]
+            rest = key[len(prefix):]  # topic, b"\x00", 4-byte partition (which may hold \x00 bytes)
+            out[(rest[:-5].decode(), _P.unpack(rest[-4:])[0])] = K.U64.unpack(val)[0]
         return out
 
     def state_get(self, key: bytes) -> bytes | None:

@@ -55,7 +55,8 @@ class MemoryLog(Log):
         parts = self._parts.get(topic)
         if parts is None or not 0 <= partition < len(parts):
             raise LogError(f"unknown topic partition {topic}[{partition}]")
-        return parts[partition][max(offset, 0):max(offset, 0) + max_records]
+        start = max(offset, 0)
+        return parts[partition][start:start + max(max_records, 0)]
 
     def end_offsets(self, topic: str) -> list[int]:
         if topic not in self._parts:

@@ -1,0 +1,1 @@
+"""Operations: CLI, HTTP API and dashboard, simulator, snapshots, re-projection, export, verify."""

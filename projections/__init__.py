@@ -1,0 +1,11 @@
+"""Projections: pure, deterministic folds of log events into key-value state.
+
+Each module declares NAME, VERSION, TOPICS, ``initial(genesis, txn)``, ``fold(genesis, events, txn)``
+and read functions over a View. The runtime (streams/) owns reading, decoding, the WriteBatch,
+positions and digests. Imports engine only.
+"""
+from . import balances, chainstate, energy, payouts
+
+ALL = {m.NAME: m for m in (chainstate, balances, energy, payouts)}
+
+__all__ = ["ALL", "balances", "chainstate", "energy", "payouts"]

@@ -1,0 +1,111 @@
+"""Chainstate: tip, blocks by height and hash, the tx index, cumulative tx count, and the mempool.
+
+Keys: ``tip`` -> [height, hash, timestamp, total_txs]; ``b/<height:8>`` -> block event;
+``bh/<hash>`` -> height; ``t/<txid>`` -> [height, index, block_hash]; ``tb/<txid>`` -> signed tx;
+``ms/<txid>`` -> [stamp_height, sender, nonce]; ``mp/<txid>`` pending marker; ``ev/<txid>`` evicted;
+``mpn`` -> pending count. Commutative: a txid is pending iff submitted and neither confirmed nor
+evicted, whichever of those events is folded first."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from engine import topics as T
+from engine.genesis import Genesis
+
+from .base import Event, Txn, View, h8, jdump, jload
+
+NAME = "chainstate"
+VERSION = 1
+TOPICS = (T.BLOCKS, T.TRANSACTIONS, T.MEMPOOL)
+
+__all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "tip", "block", "tx", "recent_blocks",
+           "mempool_size"]
+
+
+def initial(genesis: Genesis, txn: Txn) -> None:
+    txn.put(b"tip", jdump([0, genesis.hash, genesis.timestamp, 0]))
+    txn.put(b"mpn", jdump(0))
+
+
+def _leave_mempool(txn: Txn, txid: str, pending: list[int]) -> None:
+    key = b"mp/" + txid.encode()
+    if txn.get(key) is not None:
+        txn.delete(key)
+        pending[0] -= 1
+
+
+def fold(genesis: Genesis, events: Iterable[Event], txn: Txn) -> None:
+    tip = jload(txn.get(b"tip"))
+    pending = [jload(txn.get(b"mpn"))]
+    for topic, ev in events:
+        if topic == T.BLOCKS:
+            hdr = ev["header"]
+            height = hdr["height"]
+            txn.put(b"b/" + h8(height), jdump(ev))
+            txn.put(b"bh/" + ev["hash"].encode(), h8(height))
+            for i, txid in enumerate(ev["txids"]):
+                txn.put(b"t/" + txid.encode(), jdump([height, i, ev["hash"]]))
+                _leave_mempool(txn, txid, pending)
+            for txid in ev["evicted"]:
+                txn.put(b"ev/" + txid.encode(), h8(height))
+                _leave_mempool(txn, txid, pending)
+            tip[3] += len(ev["txids"])
+            if height > tip[0]:
+                tip[0:3] = [height, ev["hash"], hdr["timestamp"]]
+        elif topic == T.TRANSACTIONS:
+            txn.put(b"tb/" + ev["txid"].encode(),
+                    jdump({k: ev[k] for k in ("body", "pubkey", "signature")}))
+        elif topic == T.MEMPOOL:
+            txid = ev["txid"].encode()
+            txn.put(b"ms/" + txid, jdump([ev["stamp_height"], ev["body"]["sender"], ev["body"]["nonce"]]))
+            if txn.get(b"t/" + txid) is None and txn.get(b"ev/" + txid) is None:
+                txn.put(b"mp/" + txid, b"1")
+                pending[0] += 1
+    txn.put(b"tip", jdump(tip))
+    txn.put(b"mpn", jdump(pending[0]))
+
+
+def tip(view: View) -> dict[str, Any]:
+    height, hsh, ts, total = jload(view.get(b"tip"))
+    return {"height": height, "tip_hash": hsh, "tip_timestamp": ts, "total_txs": total}
+
+
+def block(view: View, height_or_hash: str | int) -> dict[str, Any] | None:
+    if isinstance(height_or_hash, str) and not height_or_hash.isdigit():
+        raw = view.get(b"bh/" + height_or_hash.encode())
+        if raw is None:
+            return None
+        height_or_hash = int.from_bytes(raw, "big")
+    ev = jload(view.get(b"b/" + h8(int(height_or_hash))))
+    if ev is None:
+        return None
+    return {"height": ev["header"]["height"], "hash": ev["hash"], **ev}
+
+
+def tx(view: View, txid: str) -> dict[str, Any] | None:
+    key = txid.encode()
+    loc = jload(view.get(b"t/" + key))
+    if loc is not None:
+        signed = jload(view.get(b"tb/" + key)) or {}
+        return {"txid": txid, "status": "confirmed", "height": loc[0], "index": loc[1],
+                "block_hash": loc[2], **signed}
+    sub = jload(view.get(b"ms/" + key))
+    if sub is None:
+        return None
+    status = "pending" if view.get(b"mp/" + key) is not None else "evicted"
+    return {"txid": txid, "status": status, "stamp_height": sub[0], "sender": sub[1], "nonce": sub[2]}
+
+
+def recent_blocks(view: View, limit: int = 20) -> list[dict[str, Any]]:
+    height = jload(view.get(b"tip"))[0]
+    out = []
+    for h in range(height, max(0, height - limit), -1):
+        ev = jload(view.get(b"b/" + h8(h)))
+        if ev:
+            out.append({"height": h, "hash": ev["hash"], "timestamp": ev["header"]["timestamp"],
+                        "tx_count": ev["header"]["tx_count"], "producer": ev["header"]["producer"]})
+    return out
+
+
+def mempool_size(view: View) -> int:
+    return jload(view.get(b"mpn")) or 0

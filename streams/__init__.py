@@ -1,0 +1,1 @@
+"""The runtime: reads the log, decodes, folds projections, commits state + positions together."""
