@@ -46,7 +46,7 @@ def config_of(ctx: typer.Context, **flags: Any) -> Config:
 
 
 def main() -> None:
-    from . import cli_chain, cli_keys  # noqa: F401  (register commands)
+    from . import cli_chain, cli_keys, cli_query  # noqa: F401  (register commands)
     try:
         app()
     except StoreLockedError as exc:

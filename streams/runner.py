@@ -92,7 +92,7 @@ class Runner:
         events.sort(key=lambda e: e[0])
         txn = handle.store.begin()
         handle.module.fold(self.genesis, [(t, ev) for _, t, ev in events], txn)
-        handle.store.commit(txn, new_positions)
+        handle.store.commit(txn, new_positions, height=events[-1][0] if events else None)
         handle.events += len(events)
         handle.last_commit = time.time()
         with self._cond:

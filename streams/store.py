@@ -16,6 +16,7 @@ __all__ = ["ProjectionStore", "OverlayTxn", "entry_hash"]
 _MOD = 1 << 128
 _LEN = struct.Struct(">I")
 _INIT_KEY = K.META_PREFIX + b"initialised"
+_HEIGHT_KEY = K.META_PREFIX + b"height"
 
 
 def entry_hash(key: bytes, value: bytes) -> int:
@@ -102,7 +103,14 @@ class ProjectionStore:
     def begin(self) -> OverlayTxn:
         return OverlayTxn(self.db)
 
-    def commit(self, txn: OverlayTxn, positions: dict[tuple[str, int], int], *, initialised: bool = False) -> None:
+    @property
+    def height(self) -> int:
+        """Highest event height folded so far (0 before any)."""
+        raw = self.db.get(_HEIGHT_KEY)
+        return K.U64.unpack(raw)[0] if raw else 0
+
+    def commit(self, txn: OverlayTxn, positions: dict[tuple[str, int], int], *, initialised: bool = False,
+               height: int | None = None) -> None:
         wb = WriteBatch(raw_mode=True)
         digest = self.digest
         for key, value in txn.writes.items():
@@ -120,6 +128,8 @@ class ProjectionStore:
         wb.put(K.DIGEST_KEY, f"{digest:032x}".encode())
         if initialised:
             wb.put(_INIT_KEY, b"1")
+        if height is not None and height > self.height:
+            wb.put(_HEIGHT_KEY, K.U64.pack(height))
         try:
             self.db.write(wb, self._wo)
         except Exception as exc:

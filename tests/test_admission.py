@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from conftest import (
+    Keys,
+    Lines,
+    admit,
+    admit_ok,
+    encode,
+    load_signer,
+    resign,
+    signer_from_byte,
+    snapshot,
+    supply,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +31,6 @@ from engine.admission.verify import Verifier
 from engine.crypto import EMPTY_ROOT, H
 from engine.errors import Code
 from engine.partitioner import partition_for
-
-from conftest import Keys, Lines, admit, admit_ok, encode, load_signer, resign, signer_from_byte, snapshot, supply
 
 POOR = signer_from_byte(0x11)     # a key with no funds and no genesis role
 OUTSIDER = signer_from_byte(0x22)
@@ -82,7 +93,8 @@ def case(code: Code, name: str) -> Callable:
     return register
 
 
-def edited(build: Callable[[Lines, Keys], dict], edit: Callable[[dict], Any]) -> Callable[[Lines, Keys], dict]:
+def edited(build: Callable[[Lines, Keys], dict],
+           edit: Callable[[dict], Any]) -> Callable[[Lines, Keys], dict]:
     def fn(ln: Lines, k: Keys) -> dict:
         line = build(ln, k)
         edit(line)
@@ -139,7 +151,8 @@ for _name, _build, _edit in [
     ("chain_id null", _tx, lambda ln: ln["body"].update(chain_id=None)),
     ("body as list", _tx, lambda ln: ln.update(body=list(ln["body"].values()))),
     ("header as string", _block_with_tx, lambda ln: ln.update(header="h")),
-    ("transactions as object", _block_with_tx, lambda ln: ln.update(transactions={"0": ln["transactions"][0]})),
+    ("transactions as object", _block_with_tx,
+     lambda ln: ln.update(transactions={"0": ln["transactions"][0]})),
     ("block tx as list", _block_with_tx, lambda ln: ln.update(transactions=[[1]])),
     ("tx_count as bool", _block_with_tx, lambda ln: ln["header"].update(tx_count=True)),
     ("height as float", _block_with_tx, lambda ln: ln["header"].update(height=1.0)),
@@ -227,7 +240,8 @@ case(Code.BAD_SIGNATURE, "reading")(lambda ln, k: bad_sig(ln.reading()))
 case(Code.BAD_SIGNATURE, "provider signed by another key than the owner's")(
     lambda ln, k: ln.provider(k.faucet, signer=k.treasury))
 case(Code.BAD_SIGNATURE, "provider")(lambda ln, k: bad_sig(ln.provider(k.faucet)))
-case(Code.BAD_SIGNATURE, "settlement not signed by the treasury")(lambda ln, k: ln.settlement(signer=k.faucet))
+case(Code.BAD_SIGNATURE, "settlement not signed by the treasury")(
+    lambda ln, k: ln.settlement(signer=k.faucet))
 case(Code.BAD_SIGNATURE, "settlement")(lambda ln, k: bad_sig(ln.settlement()))
 case(Code.BAD_SIGNATURE, "payout not signed by the pool")(lambda ln, k: ln.payout(signer=k.faucet))
 case(Code.BAD_SIGNATURE, "payout")(lambda ln, k: bad_sig(ln.payout()))
@@ -258,12 +272,14 @@ case(Code.BAD_HEIGHT, "negative height")(lambda ln, k: ln.block(height=-1))
 case(Code.BAD_HEIGHT, "beats bad prev_hash")(lambda ln, k: ln.block(height=2, prev_hash="0" * 64))
 case(Code.BAD_HEIGHT, "far above the tip")(lambda ln, k: block1(ln) and ln.block(height=3))
 case(Code.BAD_PREV_HASH, "height 1 not on genesis")(lambda ln, k: ln.block(prev_hash="0" * 64))
-case(Code.BAD_PREV_HASH, "height 2 on genesis")(lambda ln, k: block1(ln) and ln.block(prev_hash=ln.chain.genesis.hash))
+case(Code.BAD_PREV_HASH, "height 2 on genesis")(
+    lambda ln, k: block1(ln) and ln.block(prev_hash=ln.chain.genesis.hash))
 case(Code.BAD_PREV_HASH, "beats bad timestamp")(
     lambda ln, k: ln.block(prev_hash="1" * 64, timestamp=ln.chain.genesis.timestamp))
 case(Code.BAD_TIMESTAMP, "height 1 at the genesis timestamp")(
     lambda ln, k: ln.block(timestamp=ln.chain.genesis.timestamp))
-case(Code.BAD_TIMESTAMP, "height 1 before genesis")(lambda ln, k: ln.block(timestamp=ln.chain.genesis.timestamp - 1))
+case(Code.BAD_TIMESTAMP, "height 1 before genesis")(
+    lambda ln, k: ln.block(timestamp=ln.chain.genesis.timestamp - 1))
 case(Code.BAD_TIMESTAMP, "same as the previous block")(
     lambda ln, k: ln.block(timestamp=block1(ln)["header"]["timestamp"]))
 case(Code.BAD_TIMESTAMP, "beats bad tx_root")(
@@ -311,12 +327,14 @@ case(Code.BAD_AMOUNT, "share height 2**63")(lambda ln, k: ln.share(height=2**63)
 case(Code.BAD_AMOUNT, "share timestamp below -2**63")(lambda ln, k: ln.share(timestamp=-2**63 - 1))
 case(Code.BAD_AMOUNT, "reading milli_kwh zero")(lambda ln, k: ln.reading(milli_kwh=0))
 case(Code.BAD_AMOUNT, "reading milli_kwh 2**63")(lambda ln, k: _set(ln.reading(), milli_kwh=2**63))
-case(Code.BAD_AMOUNT, "reading beats unknown provider")(lambda ln, k: ln.reading(provider_id="nobody", milli_kwh=-1))
+case(Code.BAD_AMOUNT, "reading beats unknown provider")(
+    lambda ln, k: ln.reading(provider_id="nobody", milli_kwh=-1))
 case(Code.BAD_AMOUNT, "provider stake zero beats stake too low")(lambda ln, k: ln.provider(k.faucet, stake=0))
 case(Code.BAD_AMOUNT, "provider price zero")(lambda ln, k: ln.provider(k.faucet, price_per_kwh=0))
 case(Code.BAD_AMOUNT, "settlement milli_kwh zero")(lambda ln, k: ln.settlement(milli_kwh=0, amount=0))
 case(Code.BAD_AMOUNT, "settlement amount zero")(lambda ln, k: with_provider(ln, k) or ln.settlement(amount=0))
-case(Code.BAD_AMOUNT, "settlement beats unknown provider")(lambda ln, k: ln.settlement(provider_id="nobody", amount=-1))
+case(Code.BAD_AMOUNT, "settlement beats unknown provider")(
+    lambda ln, k: ln.settlement(provider_id="nobody", amount=-1))
 case(Code.BAD_AMOUNT, "payout amount zero")(lambda ln, k: block1(ln) and ln.payout(amount=0))
 case(Code.BAD_AMOUNT, "payout beats bad round")(lambda ln, k: ln.payout(amount=-1, round_height=5))
 case(Code.BAD_AMOUNT, "payout round_height 2**64")(lambda ln, k: _set(ln.payout(), round_height=2**64))
@@ -363,8 +381,10 @@ def _(ln: Lines, k: Keys) -> dict:
 
 
 case(Code.INSUFFICIENT_FUNDS, "mempool tx of an empty account")(lambda ln, k: ln.tx(POOR, ALICE, 5))
-case(Code.INSUFFICIENT_FUNDS, "tx in a block of an empty account")(lambda ln, k: ln.block([ln.tx(POOR, ALICE, 5)]))
-case(Code.INSUFFICIENT_FUNDS, "fee counts")(lambda ln, k: ln.fund(ALICE, amount=10_000) or ln.tx(ALICE, BOB, 9_001))
+case(Code.INSUFFICIENT_FUNDS, "tx in a block of an empty account")(
+    lambda ln, k: ln.block([ln.tx(POOR, ALICE, 5)]))
+case(Code.INSUFFICIENT_FUNDS, "fee counts")(
+    lambda ln, k: ln.fund(ALICE, amount=10_000) or ln.tx(ALICE, BOB, 9_001))
 
 
 @case(Code.INSUFFICIENT_FUNDS, "mempool: pending txs spend")
@@ -415,12 +435,15 @@ case(Code.OVER_SETTLEMENT, "more milli_kwh than unsettled")(
     lambda ln, k: with_provider(ln, k) or ln.settlement(milli_kwh=4001, amount=4001 * 250 // 1000))
 case(Code.OVER_SETTLEMENT, "nothing credited yet")(
     lambda ln, k: with_provider(ln, k, milli_kwh=0) or ln.settlement(milli_kwh=4, amount=1))
-case(Code.OVER_SETTLEMENT, "amount above price")(lambda ln, k: with_provider(ln, k) or ln.settlement(amount=1001))
-case(Code.OVER_SETTLEMENT, "amount below price")(lambda ln, k: with_provider(ln, k) or ln.settlement(amount=999))
+case(Code.OVER_SETTLEMENT, "amount above price")(
+    lambda ln, k: with_provider(ln, k) or ln.settlement(amount=1001))
+case(Code.OVER_SETTLEMENT, "amount below price")(
+    lambda ln, k: with_provider(ln, k) or ln.settlement(amount=999))
 case(Code.OVER_SETTLEMENT, "amount rounds down")(
     lambda ln, k: with_provider(ln, k, price=333) or ln.settlement(milli_kwh=1000, amount=334))
 case(Code.OVER_SETTLEMENT, "beats insufficient funds")(
-    lambda ln, k: with_provider(ln, k, price=10**15, milli_kwh=2000) or ln.settlement(milli_kwh=2001, amount=2001 * 10**12))
+    lambda ln, k: with_provider(ln, k, price=10**15, milli_kwh=2000)
+    or ln.settlement(milli_kwh=2001, amount=2001 * 10**12))
 
 
 @case(Code.OVER_SETTLEMENT, "settled milli_kwh are no longer unsettled")
@@ -472,13 +495,15 @@ case(Code.DUPLICATE, "mempool txid")(_again(_tx))
 case(Code.DUPLICATE, "mempool txid with another signature")(_again(_tx, bad_sig))
 case(Code.DUPLICATE, "block at its height")(_again(_block_with_tx))
 case(Code.DUPLICATE, "block with a bad signature")(_again(_block_with_tx, bad_sig))
-case(Code.DUPLICATE, "reading id")(_again(_setup_then(_provider_ready, lambda ln, k: ln.reading(milli_kwh=5))))
+case(Code.DUPLICATE, "reading id")(
+    _again(_setup_then(_provider_ready, lambda ln, k: ln.reading(milli_kwh=5))))
 case(Code.DUPLICATE, "reading with a bad signature")(
     _again(_setup_then(_provider_ready, lambda ln, k: ln.reading(milli_kwh=5)), bad_sig))
 case(Code.DUPLICATE, "provider_id")(_again(_provider))
 case(Code.DUPLICATE, "provider with a bad signature")(_again(_provider, bad_sig))
 case(Code.DUPLICATE, "settlement_id")(_again(_setup_then(_provider_ready, lambda ln, k: ln.settlement())))
-case(Code.DUPLICATE, "payout_id")(_again(_setup_then(lambda ln, k: block1(ln) and None, lambda ln, k: ln.payout())))
+case(Code.DUPLICATE, "payout_id")(
+    _again(_setup_then(lambda ln, k: block1(ln) and None, lambda ln, k: ln.payout())))
 case(Code.DUPLICATE, "share")(_again(_share))
 case(Code.DUPLICATE, "share with its keys in another order")(
     _again(_share, lambda ln: [ln.update({key: ln.pop(key)}) for key in sorted(ln)]))
@@ -634,7 +659,8 @@ def test_admitted_block_events(chain, keys, lines):
     ev = codec.decode_record(brec)
     assert brec.key == chain.genesis.chain_id.encode() and brec.timestamp == block["header"]["timestamp"]
     assert ev["header"] == block["header"] and ev["hash"] == chain.write_state().tip().hash
-    assert (ev["fees"], ev["reward"], ev["pubkey"]) == (2500, chain.genesis.block_reward, keys.producer.pubkey)
+    assert (ev["fees"], ev["reward"], ev["pubkey"]) == (2500, chain.genesis.block_reward,
+                                                        keys.producer.pubkey)
     for i, tx in enumerate(txs):
         sender = tx["body"]["sender"]
         p = partition_for(sender.encode(), chain.log.topics()[T.TRANSACTIONS])
@@ -721,7 +747,8 @@ def test_parallel_signature_checks_report_the_same_codes(chain, keys, lines):
     s = admit(chain, *batch)
     assert (s.accepted, s.duplicates) == (2, 0)
     assert [(r["line"], r["code"]) for r in s.rejections] == [
-        (2, "BAD_SIGNATURE"), (3, "BAD_AMOUNT"), (4, "BAD_SIGNATURE"), (5, "BAD_SIGNATURE"), (6, "WRONG_CHAIN")]
+        (2, "BAD_SIGNATURE"), (3, "BAD_AMOUNT"), (4, "BAD_SIGNATURE"), (5, "BAD_SIGNATURE"),
+        (6, "WRONG_CHAIN")]
 
 
 # -- supply invariant over a valid history ------------------------------------------------
@@ -756,8 +783,8 @@ def test_supply_invariant_over_a_history(chain, keys, lines):
         assert total == expected
     st = chain.write_state()
     assert st.tip().height == 4
-    assert st.account(ALICE.address) == Account(5_000_000 - 101_000 - 2_000_000 + 900 + 7 + 1_000_000 + 123 - 1 - 1_000,
-                                                 2_000_000, 2)
+    alice = 5_000_000 - 101_000 - 2_000_000 + 900 + 7 + 1_000_000 + 123 - 1 - 1_000
+    assert st.account(ALICE.address) == Account(alice, 2_000_000, 2)
     assert st.account(keys.treasury.address).balance == 10**15 - 900
     assert st.pending(ALICE.address) == () and st.pending(pool.address) == ()
     # invalid lines in between change nothing, so the invariant and every balance stay
@@ -770,7 +797,8 @@ def test_supply_invariant_over_a_history(chain, keys, lines):
 # -- fuzzing: mutated valid lines ---------------------------------------------------------
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6)
 INTS = st.sampled_from([0, -1, 1, 2**31, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64]) | st.integers()
@@ -801,7 +829,8 @@ def _base_line(ln: Lines, k: Keys, kind: str, data: st.DataObject) -> dict:
         n = ln.chain.write_state().account(f.address).nonce
         return ln.block([ln.tx(f, BOB, 5, nonce=n + 1 + i) for i in range(data.draw(st.integers(0, 2)))])
     if kind == "share":
-        return ln.share(job_id=data.draw(st.sampled_from(["a", "b"])), difficulty=data.draw(st.integers(1, 9)))
+        return ln.share(job_id=data.draw(st.sampled_from(["a", "b"])),
+                        difficulty=data.draw(st.integers(1, 9)))
     if kind == "reading":
         return ln.reading(milli_kwh=data.draw(st.integers(1, 10)))
     if kind == "provider":
@@ -828,7 +857,8 @@ def _mutate(line: dict, k: Keys, data: st.DataObject) -> dict | bytes:
         _get(line, path[:-1])[path[-1]] = data.draw(JSON)
     elif how in ("int", "string", "resign"):
         kinds = int if how != "string" else str
-        leaves = [p for p in paths if p and isinstance(_get(line, p), kinds) and not isinstance(_get(line, p), bool)]
+        leaves = [p for p in paths
+                  if p and isinstance(_get(line, p), kinds) and not isinstance(_get(line, p), bool)]
         if leaves:
             path = data.draw(st.sampled_from(leaves))
             value = data.draw(INTS) if kinds is int else data.draw(
@@ -838,7 +868,7 @@ def _mutate(line: dict, k: Keys, data: st.DataObject) -> dict | bytes:
             signer = data.draw(st.sampled_from([k.faucet, k.producer, k.oracle, k.treasury, ALICE]))
             try:
                 resign(line, signer)
-            except Exception:  # noqa: BLE001 - a body that no longer encodes stays as it is
+            except Exception:  # noqa: BLE001, S110 - a body that no longer encodes stays as it is
                 pass
     elif how == "bytes":
         raw = bytearray(encode(line))

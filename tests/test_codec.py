@@ -171,7 +171,8 @@ def test_codec_decodes_an_older_event_version_into_the_current_schema(log):
 
 
 INCOMPATIBLE = {
-    "new field without default": {**V1, "fields": [*V1["fields"], {"name": "x", "type": "long", "doc": "X."}]},
+    "new field without default": {**V1, "fields": [*V1["fields"],
+                                                   {"name": "x", "type": "long", "doc": "X."}]},
     "string to long": {**V1, "fields": [{"name": "id", "type": "long", "doc": "Id."}, V1["fields"][1]]},
     "long to int": {**V1, "fields": [V1["fields"][0], {"name": "n", "type": "int", "doc": "Count."}]},
     "renamed field": {**V1, "fields": [V1["fields"][0], {"name": "count", "type": "long", "doc": "C."}]},

@@ -5,8 +5,8 @@ log on a broker started for the tests (and ``persistent``/``read_only`` as it su
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings

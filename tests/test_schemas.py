@@ -25,11 +25,13 @@ PROTOCOL_BODIES: dict[str, list[tuple[str, str]]] = {
                         ("amount", "long"), ("fee", "long"), ("nonce", "long"), ("timestamp", "long"),
                         ("memo", "string")],
     "BlockHeader": [("chain_id", "string"), ("height", "long"), ("prev_hash", "string"),
-                    ("timestamp", "long"), ("producer", "string"), ("tx_root", "string"), ("tx_count", "int")],
+                    ("timestamp", "long"), ("producer", "string"), ("tx_root", "string"),
+                    ("tx_count", "int")],
     "ReadingBody": [("chain_id", "string"), ("meter_id", "string"), ("provider_id", "string"),
                     ("milli_kwh", "long"), ("timestamp", "long")],
     "ProviderBody": [("chain_id", "string"), ("provider_id", "string"), ("owner", "string"),
-                     ("meter_id", "string"), ("stake", "long"), ("price_per_kwh", "long"), ("timestamp", "long")],
+                     ("meter_id", "string"), ("stake", "long"), ("price_per_kwh", "long"),
+                     ("timestamp", "long")],
     "SettlementBody": [("chain_id", "string"), ("settlement_id", "string"), ("provider_id", "string"),
                        ("milli_kwh", "long"), ("amount", "long"), ("timestamp", "long")],
     "PayoutBody": [("chain_id", "string"), ("payout_id", "string"), ("address", "string"), ("amount", "long"),
@@ -156,7 +158,8 @@ def test_names_namespace_and_docs(name):
             assert rec.get("namespace", avro.NAMESPACE) == avro.NAMESPACE, rec["name"]
             assert isinstance(rec.get("doc"), str) and rec["doc"].strip(), f"{rec['name']} has no doc"
             for f in rec["fields"]:
-                assert isinstance(f.get("doc"), str) and f["doc"].strip(), f"{rec['name']}.{f['name']} has no doc"
+                where = f"{rec['name']}.{f['name']}"
+                assert isinstance(f.get("doc"), str) and f["doc"].strip(), f"{where} has no doc"
     assert raw(name)["namespace"] == avro.NAMESPACE
     for f in raw(name)["fields"]:
         if isinstance(f["type"], str) and "." in f["type"]:
@@ -204,11 +207,13 @@ INCOMPATIBLE = {
     "array items string to long": edit("a", {"type": "array", "items": "long"}),
     "map values long to int": edit("m", {"type": "map", "values": "int"}),
     "enum symbol removed": edit("e", {"type": "enum", "name": "E", "symbols": ["X"]}),
-    "nested field long to int": edit("h", {"type": "record", "name": "H", "fields": [{"name": "height", "type": "int"}]}),
+    "nested field long to int": edit("h", {"type": "record", "name": "H",
+                                           "fields": [{"name": "height", "type": "int"}]}),
     "nested field added without default": edit("h", {"type": "record", "name": "H", "fields": [
         {"name": "height", "type": "long"}, {"name": "round", "type": "long"}]}),
     "record renamed": edit("", "Renamed"),
-    "nested record renamed": edit("h", {"type": "record", "name": "Other", "fields": [{"name": "height", "type": "long"}]}),
+    "nested record renamed": edit("h", {"type": "record", "name": "Other",
+                                        "fields": [{"name": "height", "type": "long"}]}),
     "array to map": edit("a", {"type": "map", "values": "string"}),
 }
 

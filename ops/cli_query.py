@@ -1,0 +1,60 @@
+"""Query commands (answered from projections, with provenance) and `run`, the node."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import typer
+
+from .cli import app, config_of, emit
+from .queries import open_queries
+
+
+@app.command()
+def account(ctx: typer.Context, address: str,
+            height: Optional[int] = typer.Option(None, "--height", help="Balance as of this height.")) -> None:
+    """Balance, staked and nonce of an address."""
+    with open_queries(config_of(ctx)) as q:
+        emit(q.account(address, height))
+
+
+@app.command()
+def block(ctx: typer.Context, height_or_hash: str = typer.Argument(..., metavar="HEIGHT|HASH")) -> None:
+    """A block by height or hash."""
+    with open_queries(config_of(ctx)) as q:
+        emit(q.block(height_or_hash))
+
+
+@app.command()
+def tx(ctx: typer.Context, txid: str) -> None:
+    """A transaction: confirmed (with its block), pending or evicted."""
+    with open_queries(config_of(ctx)) as q:
+        emit(q.tx(txid))
+
+
+@app.command()
+def worker(ctx: typer.Context, address: str) -> None:
+    """A pool worker's PPLNS credit, paid and pending."""
+    with open_queries(config_of(ctx)) as q:
+        emit(q.worker(address))
+
+
+@app.command()
+def provider(ctx: typer.Context, provider_id: str) -> None:
+    """An energy provider's stake, price and settled/unsettled energy."""
+    with open_queries(config_of(ctx)) as q:
+        emit(q.provider(provider_id))
+
+
+@app.command()
+def run(ctx: typer.Context,
+        simulate: bool = typer.Option(False, "--simulate", help="Also run a live simulated workload."),
+        host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+        port: Optional[int] = typer.Option(None, "--port", help="Port (default 8080; 0 picks a free one)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
+    """Run the node: admission, projections, HTTP API and dashboard. Stops cleanly on SIGINT/SIGTERM."""
+    cfg = config_of(ctx, http_host=host, http_port=port)
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .node import Node
+    node = Node(cfg, simulate=simulate, seed=seed)
+    node.serve(cfg.http_host, cfg.http_port)

@@ -1,0 +1,164 @@
+"""The node: admission, the projection runner and the HTTP API in one process, and optionally the
+simulated workload. Stops cleanly on SIGINT/SIGTERM: stop taking requests, drain the runner,
+flush and fsync the stores, exit 0."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any, Iterable
+
+import orjson
+import uvicorn
+
+from engine.admission.rules import Out
+from engine.admission.state import Tip, WriteState
+from engine.chain import open_chain, write_atomic
+from engine import topics as T
+from engine.config import Config
+from projections import chainstate, payouts
+from streams.runner import Runner
+
+from .http import create_app
+from .metrics import NodeMetrics
+from .queries import Queries
+
+__all__ = ["Node"]
+
+log = logging.getLogger("ledgerlog.node")
+
+
+class Node:
+    def __init__(self, config: Config, *, simulate: bool = False, seed: int | None = None) -> None:
+        self.config = config
+        self.chain = open_chain(config)
+        self.genesis = self.chain.genesis
+        self.admitter = self.chain.admitter
+        try:
+            self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir)
+        except BaseException:
+            self.chain.close()
+            raise
+        self.runner.catch_up()
+        self.queries = Queries(self.runner, self.genesis.chain_id)
+        self.metrics = NodeMetrics(self)
+        self.simulate, self.seed = simulate, seed
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.server: uvicorn.Server | None = None
+        self.url: str | None = None
+        self._closed = False
+        self.admitter.listeners.append(self._on_commit)
+
+    # -- what the HTTP API and metrics read -----------------------------------------------------
+    def tip(self) -> Tip:
+        return WriteState(self.chain.log).tip()
+
+    def mempool_size(self) -> int:
+        return chainstate.mempool_size(self.runner.handles["chainstate"].store.view())
+
+    def admit_numbered(self, lines: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
+        return self.admitter.admit_numbered(lines).to_dict()
+
+    def _on_commit(self, outs: list[Out]) -> None:
+        for o in outs:
+            if o.topic == T.BLOCKS:
+                self.metrics.on_block(o.timestamp)
+        self._wake.set()
+
+    # -- background work ------------------------------------------------------------------------
+    def _fold_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.runner.step() == 0:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+        except Exception:
+            log.exception("projection runner failed; stopping the node")
+            self._stop.set()
+            if self.server:
+                self.server.should_exit = True
+
+    def _simulate(self) -> None:
+        from .simulator import Simulator
+
+        def pool_pending() -> dict[str, int]:
+            view = self.runner.handles["payouts"].store.view()
+            return {w["address"]: w["pending"] for w in payouts.workers(view, 1000)}
+
+        sim = Simulator(genesis=self.genesis, keys_dir=self.config.keys_dir,
+                        submit=lambda lines: self.admitter.admit(lines),
+                        state=lambda: WriteState(self.chain.log), pool_pending=pool_pending, seed=self.seed)
+        try:
+            sim.run(self._stop)
+        except Exception:
+            log.exception("simulator failed; the node keeps serving")
+
+    def start(self) -> None:
+        self._spawn("fold", self._fold_loop)
+        if self.simulate:
+            self._spawn("simulate", self._simulate)
+
+    def _spawn(self, name: str, target: Any) -> None:
+        t = threading.Thread(target=target, name=f"ledgerlog-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # -- serving --------------------------------------------------------------------------------
+    def serve(self, host: str, port: int) -> None:
+        """Serve HTTP until SIGINT/SIGTERM (or ``request_stop``), then shut down cleanly."""
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        bound = sock.getsockname()[1]
+        self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
+                                                    timeout_graceful_shutdown=10))
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            write_atomic(self.config.node_file, orjson.dumps({"pid": os.getpid(), "url": self.url}))
+            log.info("ledgerlog node for %s serving on %s", self.genesis.chain_id, self.url)
+            self.server.run(sockets=[sock])
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self.stop()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        if self.server:
+            self.server.should_exit = True
+
+    def stop(self) -> None:
+        """Drain and close; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        self._threads.clear()
+        try:
+            if self.runner.handles:
+                self.runner.catch_up()
+                for h in self.runner.handles.values():
+                    h.store.flush()
+        finally:
+            self.runner.close()
+            self.metrics.shutdown()
+            self.chain.close()
+            try:
+                if os.path.exists(self.config.node_file):
+                    os.unlink(self.config.node_file)
+            except OSError:
+                pass
+        log.info("ledgerlog node stopped")

@@ -1,0 +1,145 @@
+"""Queries answered from projections, each answer carrying its provenance: the projection and
+version, the log positions and height it reflects, and how many records it is behind."""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Any, Iterator
+
+from engine.config import Config
+from engine.errors import ConfigError, NotFoundError, StoreLockedError
+from projections import balances, chainstate, energy, payouts
+from streams.runner import Runner
+
+__all__ = ["Queries", "open_queries", "ADDRESS_RE", "bad_request"]
+
+ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class BadRequest(ConfigError):
+    """A query argument is malformed (HTTP 400)."""
+
+
+def bad_request(message: str) -> BadRequest:
+    return BadRequest(message)
+
+
+class Queries:
+    def __init__(self, runner: Runner, chain_id: str) -> None:
+        self.runner = runner
+        self.chain_id = chain_id
+
+    # -- read-your-writes ------------------------------------------------------------------------
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until projections reflect everything appended before this call."""
+        log = self.runner.log
+        targets = {t: log.end_offsets(t) for t in log.topics()}
+        return self.runner.wait_caught_up(targets, timeout)
+
+    def _view(self, name: str):  # noqa: ANN202
+        return self.runner.handles[name].store.view()
+
+    def provenance(self, name: str) -> dict[str, Any]:
+        h = self.runner.handles[name]
+        lag = self.runner.lag()[name]
+        return {"projection": name, "version": h.module.VERSION, "height": h.store.height,
+                "positions": self.runner.positions(name), "lag": lag, "digest": h.store.digest_hex()}
+
+    # -- answers ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        tip = chainstate.tip(self._view("chainstate"))
+        return {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
+                "lag": self.runner.lag(), "provenance": self.provenance("chainstate")}
+
+    def account(self, address: str, height: int | None = None) -> dict[str, Any]:
+        if not ADDRESS_RE.match(address):
+            raise bad_request(f"{address!r} is not a 40-hex address")
+        if height is not None and height < 0:
+            raise bad_request("height must be >= 0")
+        return {**balances.account(self._view("balances"), address, height),
+                "provenance": self.provenance("balances")}
+
+    def block(self, height_or_hash: str) -> dict[str, Any]:
+        found = chainstate.block(self._view("chainstate"), height_or_hash)
+        if found is None:
+            raise NotFoundError(f"no block {height_or_hash}")
+        return {**found, "provenance": self.provenance("chainstate")}
+
+    def tx(self, txid: str) -> dict[str, Any]:
+        found = chainstate.tx(self._view("chainstate"), txid)
+        if found is None:
+            raise NotFoundError(f"no transaction {txid}")
+        return {**found, "provenance": self.provenance("chainstate")}
+
+    def worker(self, address: str) -> dict[str, Any]:
+        if not ADDRESS_RE.match(address):
+            raise bad_request(f"{address!r} is not a 40-hex address")
+        return {**payouts.worker(self._view("payouts"), address), "provenance": self.provenance("payouts")}
+
+    def provider(self, provider_id: str) -> dict[str, Any]:
+        found = energy.provider(self._view("energy"), provider_id)
+        if found is None:
+            raise NotFoundError(f"no provider {provider_id!r}")
+        return {**found, "provenance": self.provenance("energy")}
+
+    def dashboard(self) -> dict[str, Any]:
+        cs = self._view("chainstate")
+        tip = chainstate.tip(cs)
+        recent = chainstate.recent_blocks(cs, 60)
+        now_ms = time.time() * 1000
+        span = (recent[0]["timestamp"] - recent[-1]["timestamp"]) / 1000 if len(recent) > 1 else 0
+        txs = sum(b["tx_count"] for b in recent[:-1]) if len(recent) > 1 else 0
+        log = self.runner.log
+        return {
+            "status": {"chain_id": self.chain_id, "height": tip["height"], "tip_hash": tip["tip_hash"],
+                       "tip_timestamp": tip["tip_timestamp"], "total_txs": tip["total_txs"],
+                       "mempool": chainstate.mempool_size(cs)},
+            "rates": {"blocks_per_minute": round((len(recent) - 1) * 60 / span, 2) if span > 0 else 0.0,
+                      "tps": round(txs / span, 2) if span > 0 else 0.0,
+                      "seconds_since_block": round(max(0.0, (now_ms - tip["tip_timestamp"]) / 1000), 1)},
+            "recent_blocks": recent[:20],
+            "richest": balances.richest(self._view("balances"), 10),
+            "pool": payouts.pool(self._view("payouts")),
+            "workers": payouts.workers(self._view("payouts"), 10),
+            "energy": energy.market(self._view("energy")),
+            "providers": energy.providers(self._view("energy"), 10),
+            "lag": self.runner.lag(),
+            "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
+        }
+
+
+@contextlib.contextmanager
+def open_queries(config: Config) -> Iterator[Any]:
+    """Queries for a CLI command: through the running node if there is one; otherwise fold the
+    projections up to the end of the log first (read-your-writes), never failing on a lock."""
+    from engine.chain import open_chain
+
+    from .nodeclient import NodeClient
+
+    remote = NodeClient.find(config)
+    if remote is not None:
+        yield remote
+        return
+    chain = open_chain(config, read_only=True)
+    try:
+        runner = _open_runner(chain, config)
+        try:
+            if not runner.read_only:
+                runner.catch_up()
+            yield Queries(runner, chain.genesis.chain_id)
+        finally:
+            runner.close()
+    finally:
+        chain.close()
+
+
+def _open_runner(chain: Any, config: Config) -> Runner:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir)
+        except StoreLockedError:
+            if time.monotonic() > deadline:  # someone keeps folding them: read what they hold
+                return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, read_only=True)
+            time.sleep(0.1)
