@@ -23,7 +23,7 @@ def emit(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, code: int = 1, **extra: Any) -> None:
+def fail(message: str, code: int = 1, /, **extra: Any) -> None:
     sys.stderr.write(orjson.dumps({"error": message, **extra}).decode() + "\n")
     raise typer.Exit(code)
 
@@ -48,12 +48,15 @@ def config_of(ctx: typer.Context, **flags: Any) -> Config:
 def main() -> None:
     from . import cli_chain, cli_keys, cli_query  # noqa: F401  (register commands)
     try:
-        app()
-    except StoreLockedError as exc:
-        fail(str(exc), 1, code="LOCKED")
-    except NotFoundError as exc:
-        fail(str(exc), 1, code="NOT_FOUND")
-    except ConfigError as exc:
-        fail(str(exc), 2, code="CONFIG")
-    except LedgerError as exc:
-        fail(str(exc), 1, code=type(exc).__name__)
+        try:
+            app()
+        except StoreLockedError as exc:
+            fail(str(exc), 1, code="LOCKED")
+        except NotFoundError as exc:
+            fail(str(exc), 1, code="NOT_FOUND")
+        except ConfigError as exc:
+            fail(str(exc), 2, code="CONFIG")
+        except LedgerError as exc:
+            fail(str(exc), 1, code=type(exc).__name__)
+    except typer.Exit as exc:  # raised by fail() outside the app: exit with its code, no traceback
+        sys.exit(exc.exit_code)

@@ -90,31 +90,40 @@ class Admitter:
                 parsed.append(rej)
         self.verifier.prefetch([p for p in parsed if not isinstance(p, Rejection)])
         with self._lock:
-            outs: list[Out] = []
-            counts: Counter[tuple[str, str]] = Counter()
-            for i, item in enumerate(parsed):
-                if isinstance(item, Rejection):
-                    self._reject(summary, counts, numbers[i], item)
-                    continue
-                try:
-                    produced = self.rules.admit(item)
-                except Rejection as rej:
-                    self.state.drop_line()
-                    if rej.code is Code.DUPLICATE:
-                        summary.duplicates += 1
-                        counts[("duplicate", item.kind)] += 1
-                    else:
-                        self._reject(summary, counts, numbers[i], rej)
-                    continue
-                self.state.keep_line()
-                outs.extend(produced)
-                summary.accepted += 1
-                counts[("admitted", item.kind)] += 1
+            try:
+                outs, counts = self._check_all(parsed, numbers, summary)
+            except BaseException:
+                self.state.drop_batch()  # an unexpected error: nothing of the chunk stays
+                raise
             self._commit(outs)
             self.counts.update(counts)
         for listener in self.listeners:
             listener(outs)
         return summary
+
+    def _check_all(self, parsed: list[Item | Rejection], numbers: list[int],
+                   summary: Summary) -> tuple[list[Out], Counter[tuple[str, str]]]:
+        outs: list[Out] = []
+        counts: Counter[tuple[str, str]] = Counter()
+        for i, item in enumerate(parsed):
+            if isinstance(item, Rejection):
+                self._reject(summary, counts, numbers[i], item)
+                continue
+            try:
+                produced = self.rules.admit(item)
+            except Rejection as rej:
+                self.state.drop_line()
+                if rej.code is Code.DUPLICATE:
+                    summary.duplicates += 1
+                    counts[("duplicate", item.kind)] += 1
+                else:
+                    self._reject(summary, counts, numbers[i], rej)
+                continue
+            self.state.keep_line()
+            outs.extend(produced)
+            summary.accepted += 1
+            counts[("admitted", item.kind)] += 1
+        return outs, counts
 
     @staticmethod
     def _reject(summary: Summary, counts: Counter[tuple[str, str]], line: int, rej: Rejection) -> None:
