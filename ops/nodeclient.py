@@ -56,6 +56,9 @@ class NodeClient:
         body = r.json()
         if r.status_code == 404:
             raise NotFoundError(body.get("message", "not found"))
+        if r.status_code == 400:  # the same error (and exit code) as without a node
+            from .queries import bad_request
+            raise bad_request(body.get("message", "bad request"))
         if r.status_code >= 400:
             raise LedgerError(body.get("message", f"HTTP {r.status_code}"))
         return body
