@@ -110,7 +110,9 @@ class Node:
     # -- serving --------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> None:
         """Serve HTTP until SIGINT/SIGTERM (or ``request_stop``), then shut down cleanly."""
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (it checks proto);
+        # without it keep-alive responses wait ~40 ms on delayed ACKs
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         bound = sock.getsockname()[1]

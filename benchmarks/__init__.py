@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench [SIZE=small|full]` -> a table and bench-out/results.json."""
