@@ -84,12 +84,19 @@ class ProjectionStore:
         self._wo = write_options(False)  # rebuildable from the log; positions commit atomically
         raw = self.db.get(K.DIGEST_KEY)
         self.digest = int(raw.decode(), 16) if raw else 0
+        self._positions: dict[tuple[str, int], int] | None = None
 
     @property
     def initialised(self) -> bool:
         return self.db.get(_INIT_KEY) is not None
 
     def positions(self) -> dict[tuple[str, int], int]:
+        """Consumed log positions; cached (this process is the only writer) unless read-only."""
+        if self._positions is None or self.read_only:
+            self._positions = self._load_positions()
+        return dict(self._positions)
+
+    def _load_positions(self) -> dict[tuple[str, int], int]:
         out = {}
         n = len(K.POS_PREFIX)
         for key, val in iter_prefix(self.db, K.POS_PREFIX):
@@ -135,6 +142,8 @@ class ProjectionStore:
         except Exception as exc:
             raise map_error(exc, self.path) from exc
         self.digest = digest
+        if self._positions is not None:
+            self._positions.update(positions)
 
     def digest_hex(self) -> str:
         return f"{self.digest:032x}"
