@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from engine import storekeys as K
+import projections
 from engine import topics as T
 from engine.chain import open_chain
 from engine.config import load_config
@@ -39,7 +39,7 @@ SEED = 5
 KILLS = 4
 SEED_RUN = int(os.environ.get("LEDGERLOG_CRASH_SEED") or random.SystemRandom().randrange(1 << 32))
 
-#: Fold every projection in small batches, printing a line after each committed step.
+#: Fold every projection in small batches, printing "step <events folded>" after each committed step.
 RUNNER_SNIPPET = r"""
 import sys
 from engine.chain import open_chain
@@ -49,8 +49,11 @@ cfg = load_config(sys.argv[1], {})
 chain = open_chain(cfg, read_only=True)
 runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=int(sys.argv[2]))
 print("open", flush=True)
-while runner.step():
-    print("step", flush=True)
+while True:
+    n = runner.step()
+    if not n:
+        break
+    print("step", n, flush=True)
 runner.close()
 chain.close()
 print("done", flush=True)
@@ -205,23 +208,24 @@ def test_ingest_killed_at_random_points(hist, tmp_path) -> None:
         ref_st["height"], ref_st["tip_hash"], ref_st["provenance"]["digest"]), why
 
 
-def _fold_and_kill(data: Path, rng: random.Random, steps: int, batch: int) -> tuple[bool, int]:
-    """Run the runner snippet; SIGKILL it after ``steps`` committed steps. Returns (whether it was
-    killed before it finished, steps seen)."""
+def _fold_and_kill(data: Path, rng: random.Random, until: int, batch: int) -> tuple[bool, int]:
+    """Run the runner snippet; SIGKILL it once it has folded ``until`` events (summed over the
+    projections), a random instant into the step after. Returns (killed before it finished,
+    events it reported folded)."""
     proc = subprocess.Popen([sys.executable, "-c", RUNNER_SNIPPET, str(data), str(batch)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
-    seen, finished = 0, False
+    folded, finished = 0, False
     try:
         for _ in range(100_000):
-            line = proc.stdout.readline()
-            if not line or line.strip() == b"done":
+            line = proc.stdout.readline().split()
+            if not line or line[0] == b"done":
                 finished = bool(line)
                 break
-            if line.strip() == b"step":
-                seen += 1
-                if seen >= steps:
+            if line[0] == b"step":
+                folded += int(line[1])
+                if folded >= until:
                     time.sleep(rng.uniform(0, 0.02))  # anywhere inside the next step
                     break
         proc.send_signal(signal.SIGKILL)
@@ -232,7 +236,7 @@ def _fold_and_kill(data: Path, rng: random.Random, steps: int, batch: int) -> tu
             proc.kill()
             proc.wait(timeout=30)
     assert finished or proc.returncode == -signal.SIGKILL, (proc.returncode, err[-3000:])
-    return not finished, seen
+    return not finished, folded
 
 
 def test_runner_killed_at_random_points(hist) -> None:
@@ -240,18 +244,24 @@ def test_runner_killed_at_random_points(hist) -> None:
     why = f"LEDGERLOG_CRASH_SEED={SEED_RUN}"
     data = hist["ingested"]
     assert not (data / "projections").exists()
-    killed_mid, progress = 0, []
-    for _ in range(KILLS):
-        killed, seen = _fold_and_kill(data, rng, steps=rng.randint(1, 5), batch=rng.choice((150, 300, 701)))
-        killed_mid += killed
+    with open_chain(_cfg(data), read_only=True) as chain:  # events to fold, over all projections
+        total = sum(sum(chain.log.end_offsets(t)) for m in projections.ALL.values() for t in m.TOPICS)
+    # kill at increasing random fractions of the replay; a step folds at most 4 * batch events
+    targets = sorted(rng.uniform(0.05, 0.8) for _ in range(KILLS))
+    killed_mid, lags = 0, [total]
+    for frac in targets:
+        done = total - lags[-1]
+        killed, _ = _fold_and_kill(data, rng, until=max(1, int(frac * total) - done),
+                                   batch=rng.choice((150, 300)))
         dump = projection_dump(data)
         # what a killed runner committed is consistent: the digest matches the state it covers
         for name, d in dump.items():
             assert d["digest"] == d["recomputed"], (why, name)
-        progress.append(sum(d["lag"] for d in dump.values()))
-    print("runner lag after each kill:", progress, why)
-    assert killed_mid >= 1 and progress[-1] > 0, (why, progress)
-    assert all(a >= b for a, b in zip(progress, progress[1:])), (why, progress)  # never goes back
+        lags.append(sum(d["lag"] for d in dump.values()))
+        killed_mid += killed and lags[-1] > 0
+    print("runner lag after each kill:", lags, why)
+    assert killed_mid >= 1, (why, lags)
+    assert all(a >= b for a, b in zip(lags, lags[1:])), (why, lags)  # never goes back
 
     # finish through the CLI (which folds everything before answering), then compare with a
     # clean full replay of the same history in another data dir

@@ -67,6 +67,7 @@ class NodeProc:
         self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--port", "0"],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=_env())
         self.url = self._wait_ready()
+        self.http = httpx.Client(base_url=self.url, timeout=30)
 
     def _wait_ready(self, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
@@ -96,12 +97,13 @@ class NodeProc:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30, **kw)
+        return self.http.get(path, **kw)
 
     def post(self, path: str, content: bytes) -> httpx.Response:
-        return httpx.post(self.url + path, content=content, timeout=120)
+        return self.http.post(path, content=content, timeout=120)
 
     def terminate(self, timeout: float = 60) -> int:
+        self.http.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -110,6 +112,8 @@ class NodeProc:
             self._log.close()
 
     def kill(self) -> None:
+        if hasattr(self, "http"):
+            self.http.close()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
