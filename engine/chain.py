@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from .admission import Admitter
@@ -108,7 +110,8 @@ def init_chain(config: Config, genesis: dict[str, Any] | None = None) -> Genesis
     finally:
         log.close()
     if not os.path.exists(config.config_path):
-        write_atomic(config.config_path, config.to_toml().encode())
+        cfg = config if config.admin_token else replace(config, admin_token=secrets.token_urlsafe(32))
+        write_atomic(config.config_path, cfg.to_toml().encode(), mode=0o600)
     write_atomic(config.genesis_path, json.dumps(g.raw, indent=2, sort_keys=True).encode() + b"\n")
     return g
 

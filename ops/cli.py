@@ -45,8 +45,18 @@ def config_of(ctx: typer.Context, **flags: Any) -> Config:
         raise  # unreachable
 
 
+def _register_commands() -> None:
+    """Import every ``ops/cli_*.py``: each registers its commands on ``app``."""
+    import importlib
+    import pkgutil
+
+    from . import __path__ as ops_path
+    for mod in sorted(m.name for m in pkgutil.iter_modules(ops_path) if m.name.startswith("cli_")):
+        importlib.import_module(f"{__package__}.{mod}")
+
+
 def main() -> None:
-    from . import cli_chain, cli_keys, cli_query  # noqa: F401  (register commands)
+    _register_commands()
     try:
         try:
             app()

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.errors import LedgerError, NotFoundError, SchemaError
 
+from .admin import admin_router
 from .queries import BadRequest
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def create_app(node: "Node") -> FastAPI:
         return HTMLResponse((resources.files("ops") / "static" / "index.html").read_text())
 
     _schema_registry_routes(app, node)
+    app.include_router(admin_router(node))
     return app
 
 

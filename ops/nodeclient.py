@@ -81,6 +81,18 @@ class NodeClient:
     def provider(self, provider_id: str) -> dict[str, Any]:
         return self._get(f"/v1/energy/providers/{provider_id}")
 
+    def admin(self, action: str, token: str, body: dict[str, Any] | None = None,
+              timeout: float | None = None) -> Any:
+        """POST /v1/admin/<action> with the bearer token; the action's JSON result."""
+        try:
+            r = self._http.post(f"/v1/admin/{action}", json=body or {}, timeout=timeout,
+                                headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise LedgerError(f"node at {self.url} did not answer: {exc}") from exc
+        if r.status_code >= 400:
+            raise LedgerError(f"node refused admin {action}: HTTP {r.status_code} {r.text[:300]}")
+        return r.json()
+
     def ingest(self, stream: IO[bytes]) -> dict[str, Any]:
         def chunks() -> Iterator[bytes]:
             while block := stream.read(1 << 20):

@@ -20,22 +20,24 @@ from engine.genesis import Genesis
 from engine.log.base import Log
 from engine.movements import event_height
 
+from . import layout
 from .store import ProjectionStore
 
-__all__ = ["Runner", "ProjectionHandle", "store_path"]
-
-
-def store_path(projections_dir: str, module: ModuleType, version: int | None = None) -> str:
-    """``<projections_dir>/<name>/v<version>``: versions live side by side for blue/green rebuilds."""
-    return os.path.join(projections_dir, module.NAME, f"v{module.VERSION if version is None else version}")
+__all__ = ["Runner", "ProjectionHandle"]
 
 
 @dataclass
 class ProjectionHandle:
     module: ModuleType
     store: ProjectionStore
+    version: int             # the projection version the store was built by
     events: int = 0          # folded by this runner since start
     last_commit: float = 0.0
+
+    @property
+    def stale(self) -> bool:
+        """Built by an older projection version than the code's: it must be rebuilt."""
+        return self.version != self.module.VERSION
 
     @property
     def name(self) -> str:
@@ -53,20 +55,30 @@ class Runner:
         self.read_only = read_only
         self.handles: dict[str, ProjectionHandle] = {}
         self._cond = threading.Condition()
+        self.projections_dir = projections_dir
         chosen = list(names) if names is not None else list(projections.ALL)
         try:
             for name in chosen:
                 module = projections.ALL[name]
-                path = (paths or {}).get(name) or store_path(projections_dir, module)
-                store = ProjectionStore(path, read_only=read_only)
-                self.handles[name] = ProjectionHandle(module, store)
-                if not read_only and not store.initialised:
-                    txn = store.begin()
-                    module.initial(genesis, txn)
-                    store.commit(txn, {}, initialised=True)
+                if paths and name in paths:
+                    self.handles[name] = self.open_handle(module, paths[name], module.VERSION)
+                    continue
+                path, version = layout.live_path(projections_dir, module)
+                self.handles[name] = self.open_handle(module, path, version)
+                if not read_only and layout.read_pointer(projections_dir, name, "live") is None:
+                    layout.write_pointer(projections_dir, name, "live", os.path.basename(path), version)
         except BaseException:
             self.close()
             raise
+
+    def open_handle(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
+        """Open (creating and initialising if new) one projection store."""
+        store = ProjectionStore(path, read_only=self.read_only)
+        if not self.read_only and not store.initialised:
+            txn = store.begin()
+            module.initial(self.genesis, txn)
+            store.commit(txn, {}, initialised=True)
+        return ProjectionHandle(module, store, version)
 
     # -- folding --------------------------------------------------------------------------------
     def fold_batch(self, handle: ProjectionHandle) -> int:
