@@ -25,6 +25,8 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "lines admitted per atomic, synced append"),
     ("ingest.verify_workers", "LEDGERLOG_VERIFY_WORKERS", "verify_workers", int,
      "processes verifying signatures in parallel (0 = one per core)"),
+    ("fold.batch", "LEDGERLOG_FOLD_BATCH", "fold_batch", int,
+     "records a projection folds per atomic commit"),
     ("http.host", "LEDGERLOG_HTTP_HOST", "http_host", str, "address the node's HTTP API binds"),
     ("http.port", "LEDGERLOG_HTTP_PORT", "http_port", int, "port of the node's HTTP API"),
     ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
@@ -41,6 +43,7 @@ class Config:
     partitions: int = 4
     ingest_chunk: int = 1000
     verify_workers: int = 1
+    fold_batch: int = 20_000
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     admin_token: str = ""
@@ -136,6 +139,6 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
         if v is not None and attr in known:
             values[attr] = v
     cfg = Config(**values)
-    if cfg.partitions < 1 or cfg.ingest_chunk < 1:
-        raise ConfigError("partitions and ingest.chunk must be at least 1")
+    if cfg.partitions < 1 or cfg.ingest_chunk < 1 or cfg.fold_batch < 1:
+        raise ConfigError("partitions, ingest.chunk and fold.batch must be at least 1")
     return replace(cfg, verify_workers=cfg.verify_workers or (os.cpu_count() or 1))

@@ -49,6 +49,8 @@ def check_token(request: Request, token: str) -> JSONResponse | None:
 
 
 def admin_router(node: "Node") -> APIRouter:
+    from . import actions  # noqa: F401  (registers the actions)
+
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
     @router.post("/{name}", summary="Run an admin action (reproject, snapshot, ...)")

@@ -19,6 +19,7 @@ from engine.chain import open_chain, write_atomic
 from engine import topics as T
 from engine.config import Config
 from projections import chainstate, payouts
+from streams.reproject import reproject
 from streams.runner import Runner
 
 from .http import create_app
@@ -37,10 +38,16 @@ class Node:
         self.genesis = self.chain.genesis
         self.admitter = self.chain.admitter
         try:
-            self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir)
+            self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
+                                 batch=config.fold_batch)
         except BaseException:
             self.chain.close()
             raise
+        self.fold_lock = threading.Lock()
+        stale = [n for n, h in self.runner.handles.items() if h.stale]
+        if stale:  # code moved on: rebuild those (blue/green) rather than serve stale state
+            log.info("projections %s were built by an older version; rebuilding", stale)
+            self.reproject(stale)
         self.runner.catch_up()
         self.queries = Queries(self.runner, self.genesis.chain_id)
         self.metrics = NodeMetrics(self)
@@ -63,6 +70,11 @@ class Node:
     def admit_numbered(self, lines: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
         return self.admitter.admit_numbered(lines).to_dict()
 
+    def reproject(self, names: list[str] | None = None, *, keep: bool = True) -> list[dict[str, Any]]:
+        """Rebuild beside the live stores while serving; pause folding only for the swap."""
+        return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
+                         self.runner, names, keep=keep, swap_lock=self.fold_lock)
+
     def _on_commit(self, outs: list[Out]) -> None:
         for o in outs:
             if o.topic == T.BLOCKS:
@@ -73,7 +85,9 @@ class Node:
     def _fold_loop(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.runner.step() == 0:
+                with self.fold_lock:
+                    folded = self.runner.step()
+                if folded == 0:
                     self._wake.wait(0.05)
                     self._wake.clear()
         except Exception:

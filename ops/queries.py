@@ -10,6 +10,7 @@ from typing import Any, Iterator
 from engine.config import Config
 from engine.errors import ConfigError, NotFoundError, StoreLockedError
 from projections import balances, chainstate, energy, payouts
+from streams.reproject import reproject
 from streams.runner import Runner
 
 __all__ = ["Queries", "open_queries", "ADDRESS_RE", "bad_request"]
@@ -126,6 +127,9 @@ def open_queries(config: Config) -> Iterator[Any]:
         runner = _open_runner(chain, config)
         try:
             if not runner.read_only:
+                stale = [n for n, h in runner.handles.items() if h.stale]
+                if stale:  # built by older projection code: rebuild (blue/green) before answering
+                    reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale)
                 runner.catch_up()
             yield Queries(runner, chain.genesis.chain_id)
         finally:
@@ -138,7 +142,7 @@ def _open_runner(chain: Any, config: Config) -> Runner:
     deadline = time.monotonic() + 10
     while True:
         try:
-            return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir)
+            return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, batch=config.fold_batch)
         except StoreLockedError:
             if time.monotonic() > deadline:  # someone keeps folding them: read what they hold
                 return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, read_only=True)

@@ -81,10 +81,11 @@ class Runner:
         return ProjectionHandle(module, store, version)
 
     # -- folding --------------------------------------------------------------------------------
-    def fold_batch(self, handle: ProjectionHandle) -> int:
-        """Fold up to ``batch`` new records into one projection; returns how many."""
+    def fold_batch(self, handle: ProjectionHandle, until: dict[str, list[int]] | None = None) -> int:
+        """Fold up to ``batch`` new records into one projection (not past ``until``, topic -> end
+        offsets, when given); returns how many."""
         positions = handle.store.positions()
-        parts = [(t, p, positions.get((t, p), 0), end)
+        parts = [(t, p, positions.get((t, p), 0), end if until is None else min(end, until[t][p]))
                  for t in handle.module.TOPICS for p, end in enumerate(self.log.end_offsets(t))]
         behind = [x for x in parts if x[2] < x[3]]
         if not behind:
@@ -118,17 +119,20 @@ class Runner:
             self._cond.notify_all()
         return len(events)
 
-    def step(self) -> int:
+    def step(self, until: dict[str, list[int]] | None = None) -> int:
         """One batch for every projection; returns records folded."""
-        return sum(self.fold_batch(h) for h in self.handles.values())
+        return sum(self.fold_batch(h, until) for h in self.handles.values())
 
-    def catch_up(self, max_seconds: float | None = None) -> int:
+    def catch_up(self, max_seconds: float | None = None, until: dict[str, list[int]] | None = None,
+                 progress: Any = None) -> int:
         """Fold until every projection has reached the log's end (as of each batch)."""
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         total = 0
         while True:
-            n = self.step()
+            n = self.step(until)
             total += n
+            if progress is not None and n:
+                progress(n)
             if n == 0 or (deadline is not None and time.monotonic() > deadline):
                 return total
 

@@ -1,0 +1,18 @@
+"""Admin actions a running node performs on request (POST /v1/admin/<name>)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .admin import action
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["reproject_action"]
+
+
+@action("reproject")
+def reproject_action(node: "Node", body: dict[str, Any]) -> Any:
+    """Rebuild projections beside the live ones while the node keeps serving; swap when caught up."""
+    names = body.get("names") or None
+    return {"projections": node.reproject(names, keep=bool(body.get("keep", True)))}

@@ -1,0 +1,52 @@
+"""`ledgerlog reproject`: rebuild projections from the log, blue/green — the replacement for
+"reset chainstate and resync"."""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+import projections
+from engine.chain import open_chain
+from streams.reproject import reproject as run_reproject, total_records
+from streams.runner import Runner
+
+from .cli import app, config_of, emit, fail
+from .nodeclient import NodeClient
+
+
+@app.command()
+def reproject(ctx: typer.Context,
+              names: Optional[List[str]] = typer.Argument(None, metavar="[NAME...]",
+                                                          help=f"Projections (default all): {', '.join(projections.ALL)}."),
+              keep: bool = typer.Option(True, "--keep/--discard",
+                                        help="Keep the replaced version until the next reproject, or delete it.")) -> None:
+    """Rebuild projections from the log beside the live ones, compare digests, swap atomically.
+
+    Resumes after being killed. With a node running on the data dir, the node does it (admin API)
+    and keeps answering queries meanwhile."""
+    cfg = config_of(ctx)
+    chosen = list(names) if names else list(projections.ALL)
+    unknown = [n for n in chosen if n not in projections.ALL]
+    if unknown:
+        fail(f"unknown projections {unknown}; have {sorted(projections.ALL)}", 2)
+    node = NodeClient.find(cfg)
+    if node is not None:
+        emit(node.admin("reproject", cfg.admin_token, {"names": chosen, "keep": keep}, timeout=None))
+        return
+    with open_chain(cfg, read_only=True) as chain:
+        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch)
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(total=total_records(chain.log, chosen), unit=" events", unit_scale=True,
+                       desc="reproject", file=sys.stderr)
+        try:
+            result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
+                                   keep=keep, progress=bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
+            live.close()
+    emit({"projections": result})

@@ -1,0 +1,105 @@
+"""Blue/green re-projection: rebuild projections from the log beside the live ones, compare
+digests at the same log positions, swap atomically.
+
+A rebuild goes into a new build directory recorded in the ``building`` pointer, so a killed
+rebuild resumes from its committed positions. The swap rewrites the ``live`` pointer (atomic
+rename); the replaced store becomes ``previous`` and is kept until the next successful rebuild
+(or removed at once with ``keep=False``). Whoever holds the live runner (a node, or the CLI when
+no node runs) passes it in, so queries keep being answered from the old version until the swap."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable
+
+import projections
+from engine.codec import Codec
+from engine.genesis import Genesis
+from engine.log.base import Log
+
+from . import layout
+from .runner import Runner
+
+__all__ = ["reproject", "total_records"]
+
+
+def total_records(log: Log, names: Iterable[str]) -> int:
+    """Records the named projections read from offset 0 (a rebuild's progress total)."""
+    return sum(sum(log.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS)
+
+
+def _build_dir(projections_dir: str, name: str) -> tuple[str, bool]:
+    """The build directory to (re)use for ``name``: (dir name, resumed)."""
+    module = projections.ALL[name]
+    ptr = layout.read_pointer(projections_dir, name, "building")
+    live = layout.read_pointer(projections_dir, name, "live")
+    if (ptr and ptr.get("version") == module.VERSION and (live is None or ptr["dir"] != live["dir"])
+            and os.path.isdir(os.path.join(projections_dir, name, ptr["dir"]))):
+        return ptr["dir"], True
+    if ptr:  # a rebuild by other code, or a broken pointer: start over
+        layout.clear_pointer(projections_dir, name, "building", remove_dir=not live or ptr["dir"] != live["dir"])
+    build = layout.new_build_dir(projections_dir, module)
+    layout.write_pointer(projections_dir, name, "building", build, module.VERSION)
+    return build, False
+
+
+def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
+              names: Iterable[str] | None = None, *, keep: bool = True,
+              swap_lock: threading.Lock | None = None,
+              progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection."""
+    chosen = list(names) if names is not None else list(projections.ALL)
+    unknown = [n for n in chosen if n not in projections.ALL]
+    if unknown:
+        raise ValueError(f"unknown projections {unknown}; have {sorted(projections.ALL)}")
+    builds = {n: _build_dir(projections_dir, n) for n in chosen}
+    started = time.monotonic()
+    build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch,
+                   paths={n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()})
+    try:
+        build.catch_up(progress=progress)  # the bulk, while the live runner keeps folding
+        with swap_lock or nullcontext():
+            targets = {t: log.end_offsets(t) for t in log.topics()}
+            build.catch_up(until=targets, progress=progress)
+            live.catch_up(until=targets)
+            return [_swap(projections_dir, live, build, n, builds[n], keep, time.monotonic() - started)
+                    for n in chosen]
+    finally:
+        build.close()
+
+
+def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: tuple[str, bool],
+          keep: bool, seconds: float) -> dict[str, Any]:
+    module = projections.ALL[name]
+    new = build.handles.pop(name)
+    old = live.handles.get(name)
+    before = old.store.digest_hex() if old else None
+    old_dir = os.path.basename(old.store.path) if old else None
+    summary = {"projection": name, "version": module.VERSION, "dir": built[0], "resumed": built[1],
+               "events": new.events, "seconds": round(seconds, 3), "digest_before": before,
+               "digest_after": new.store.digest_hex(), "identical": before == new.store.digest_hex(),
+               "stale_version": old.version if old and old.stale else None, "swapped": True}
+    stale_previous = layout.read_pointer(projections_dir, name, "previous")
+    layout.write_pointer(projections_dir, name, "live", built[0], module.VERSION)
+    layout.clear_pointer(projections_dir, name, "building")
+    live.handles[name] = new
+    if old is not None:
+        # queries that already hold the old store finish before it closes
+        threading.Timer(1.0, old.store.close).start()
+        if keep and old_dir != built[0]:
+            layout.write_pointer(projections_dir, name, "previous", old_dir, old.version)
+            summary["previous"] = old_dir
+        elif old_dir != built[0]:
+            threading.Timer(1.5, _remove, (projections_dir, name, old_dir)).start()
+    if stale_previous and stale_previous["dir"] not in (built[0], summary.get("previous")):
+        _remove(projections_dir, name, stale_previous["dir"])
+    if not keep:
+        layout.clear_pointer(projections_dir, name, "previous")
+    return summary
+
+
+def _remove(projections_dir: str, name: str, build_dir: str) -> None:
+    import shutil
+    shutil.rmtree(os.path.join(projections_dir, name, build_dir), ignore_errors=True)
