@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from .errors import CorruptStoreError, FormatVersionError, StorageError, StoreLockedError
 from .storekeys import FORMAT_KEY
@@ -18,6 +18,10 @@ def _options(create: bool) -> Options:
     opts.set_paranoid_checks(True)
     opts.set_keep_log_file_num(3)
     opts.set_max_background_jobs(2)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)  # point lookups of absent keys (new ids, accounts) skip files
+    table.set_block_cache(Cache(32 * 1024 * 1024))
+    opts.set_block_based_table_factory(table)
     return opts
 
 

@@ -18,9 +18,9 @@ import projections
 from engine.codec import Codec
 from engine.genesis import Genesis
 from engine.log.base import Log
-from engine.movements import event_height
 
 from . import layout
+from .feed import Feed
 from .store import ProjectionStore
 
 __all__ = ["Runner", "ProjectionHandle"]
@@ -33,6 +33,7 @@ class ProjectionHandle:
     version: int             # the projection version the store was built by
     events: int = 0          # folded by this runner since start
     last_commit: float = 0.0
+    feed: Feed | None = None  # read-ahead of its partitions, created on first fold
 
     @property
     def stale(self) -> bool:
@@ -84,35 +85,17 @@ class Runner:
     def fold_batch(self, handle: ProjectionHandle, until: dict[str, list[int]] | None = None) -> int:
         """Fold up to ``batch`` new records into one projection (not past ``until``, topic -> end
         offsets, when given); returns how many."""
-        positions = handle.store.positions()
-        parts = [(t, p, positions.get((t, p), 0), end if until is None else min(end, until[t][p]))
-                 for t in handle.module.TOPICS for p, end in enumerate(self.log.end_offsets(t))]
-        behind = [x for x in parts if x[2] < x[3]]
-        if not behind:
+        ends = {t: self.log.end_offsets(t) for t in handle.module.TOPICS}
+        if until is not None:
+            ends = {t: [min(e, u) for e, u in zip(ends[t], until[t])] for t in ends}
+        if handle.feed is None:
+            handle.feed = Feed(self.log, self.codec.decode, handle.module.TOPICS, handle.store.positions())
+        events, new_positions, height = handle.feed.take(self.batch, ends)
+        if not events:
             return 0
-        share = max(1, self.batch // len(behind))
-        events: list[tuple[int, str, dict[str, Any]]] = []
-        new_positions: dict[tuple[str, int], int] = {}
-        decode = self.codec.decode
-        reads = [(topic, end, self.log.read(topic, p, start, min(share, end - start)))
-                 for topic, p, start, end in behind]
-        # Heights never fall along a partition. A partition read only in part bounds the batch at
-        # the height it reached, so no later batch brings events below heights already folded
-        # (otherwise out-of-order history rewrites in folds become the common, quadratic case).
-        cut = min((event_height(topic, decode(topic, recs[-1].value))
-                   for topic, end, recs in reads if recs and recs[-1].offset + 1 < end), default=None)
-        for topic, _end, recs in reads:
-            for r in recs:
-                ev = decode(topic, r.value)
-                h = event_height(topic, ev)
-                if cut is not None and h > cut:
-                    break
-                events.append((h, topic, ev))
-                new_positions[(topic, r.partition)] = r.offset + 1
-        events.sort(key=lambda e: e[0])
         txn = handle.store.begin()
-        handle.module.fold(self.genesis, [(t, ev) for _, t, ev in events], txn)
-        handle.store.commit(txn, new_positions, height=events[-1][0] if events else None)
+        handle.module.fold(self.genesis, events, txn)
+        handle.store.commit(txn, new_positions, height=height)
         handle.events += len(events)
         handle.last_commit = time.time()
         with self._cond:

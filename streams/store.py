@@ -47,11 +47,15 @@ class OverlayTxn(_DbView):
     def __init__(self, db) -> None:  # noqa: ANN001
         super().__init__(db)
         self.writes: dict[bytes, bytes | None] = {}
+        self.stored: dict[bytes, bytes | None] = {}  # values read from the store, for the digest
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.writes:
             return self.writes[key]
-        return self._db.get(key)
+        if key in self.stored:
+            return self.stored[key]
+        value = self.stored[key] = self._db.get(key)
+        return value
 
     def put(self, key: bytes, value: bytes) -> None:
         self.writes[key] = value
@@ -120,8 +124,11 @@ class ProjectionStore:
                height: int | None = None) -> None:
         wb = WriteBatch(raw_mode=True)
         digest = self.digest
+        unknown = [k for k in txn.writes if k not in txn.stored]
+        olds = dict(zip(unknown, self.db[unknown])) if unknown else {}
+        olds.update((k, txn.stored[k]) for k in txn.writes if k in txn.stored)
         for key, value in txn.writes.items():
-            old = self.db.get(key)
+            old = olds[key]
             if old is not None:
                 digest -= entry_hash(key, old)
                 if value is None:
