@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -88,36 +88,128 @@ def tail(ctx: typer.Context,
          from_offset: int = typer.Option(0, "--from-offset", help="First offset (negative: from the end)."),
          partition: Optional[int] = typer.Option(None, "--partition", help="Only this partition."),
          limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records."),
-         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records.")) -> None:
-    """Print records as JSON lines: topic, partition, offset, key, timestamp, schema_id, value."""
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
+         poll_interval: float = typer.Option(0.5, "--poll-interval", min=0.01, max=60.0,
+                                             help="With --follow: longest wait between looks at the log, seconds.")) -> None:
+    """Print records as JSON lines: topic, partition, offset, key, timestamp, schema_id, value.
+
+    With --follow, keep printing records as a running node or an ingest in another process
+    appends them (per partition, in offset order) until --limit records were printed or
+    SIGINT/SIGTERM, which exit 0. Idle, the log is looked at least every --poll-interval."""
     cfg = config_of(ctx)
-    printed = 0
-    positions: dict[int, int] = {}
-    while True:
-        try:
-            chain = open_chain(cfg, read_only=True)
-        except LedgerError as exc:
-            fail(str(exc), 1)
-            raise
-        with chain:
-            if topic not in chain.log.topics():
-                fail(f"unknown topic {topic!r}; topics: {sorted(chain.log.topics())}", 2)
-            ends = chain.log.end_offsets(topic)
-            parts = [partition] if partition is not None else range(len(ends))
+    state = _TailStop()
+    previous = state.install() if follow else None
+    source: Any
+    try:
+        if follow:
+            from .export import open_follower
+            try:
+                source = open_follower(cfg)
+            except LedgerError as exc:
+                fail(str(exc), 1)
+                raise
+        else:
+            try:
+                source = open_chain(cfg, read_only=True)
+            except LedgerError as exc:
+                fail(str(exc), 1)
+                raise
+        with source:
+            log = source.log
+            if topic not in log.topics():
+                fail(f"unknown topic {topic!r}; topics: {sorted(log.topics())}", 2)
+            ends = log.end_offsets(topic)
+            parts = [partition] if partition is not None else list(range(len(ends)))
             for p in parts:
                 if p not in range(len(ends)):
                     fail(f"{topic} has no partition {p}", 2)
-                start = positions.get(p, from_offset if from_offset >= 0 else max(0, ends[p] + from_offset))
-                for rec in chain.log.scan(topic, p, start):
-                    value = chain.codec.decode(topic, rec.value) if not topic.startswith("_") else json.loads(rec.value)
-                    emit({"topic": topic, "partition": p, "offset": rec.offset, "key": rec.key.decode(errors="replace"),
-                          "timestamp": rec.timestamp, "schema_id": int.from_bytes(rec.value[1:5], "big") if not topic.startswith("_") else None,
-                          "value": value})
-                    positions[p] = rec.offset + 1
-                    printed += 1
-                    if limit is not None and printed >= limit:
-                        return
-                positions.setdefault(p, start)
-        if not follow:
-            return
-        time.sleep(0.5)
+            positions = {p: from_offset if from_offset >= 0 else max(0, ends[p] + from_offset) for p in parts}
+            printed = 0
+            if limit is not None and limit <= 0:
+                return
+            delay = _TAIL_MIN_WAIT
+            while True:
+                new = 0
+                ends = source.log.end_offsets(topic)
+                for p in parts:
+                    while positions[p] < ends[p] and not state.stop:
+                        chunk = source.log.read(topic, p, positions[p], min(500, ends[p] - positions[p]))
+                        if not chunk:
+                            break
+                        for rec in chunk:
+                            if rec.offset >= ends[p]:
+                                break
+                            emit(_tail_json(source.codec, topic, rec))
+                            positions[p] = rec.offset + 1
+                            printed += 1
+                            new += 1
+                            if limit is not None and printed >= limit:
+                                return
+                            if state.stop:
+                                break
+                if not follow or state.stop:
+                    return
+                delay = _TAIL_MIN_WAIT if new else min(delay * 2, poll_interval)
+                state.sleep(min(delay, poll_interval))
+                source.refresh()
+    except _TailStopped:
+        return
+    except BrokenPipeError:  # the reader went away (`| head`): done, quietly
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return
+    finally:
+        if previous is not None:
+            state.restore(previous)
+
+
+_TAIL_MIN_WAIT = 0.02
+
+
+class _TailStopped(Exception):
+    pass
+
+
+class _TailStop:
+    """SIGINT/SIGTERM while following: stop after the record being printed (never in the middle
+    of a line); while waiting for new records, stop at once."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.sleeping = False
+
+    def install(self) -> dict[int, Any]:
+        import signal
+        previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def restore(self, previous: dict[int, Any]) -> None:
+        import signal
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop = True
+        if self.sleeping:
+            raise _TailStopped()
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeping = True
+        try:
+            if not self.stop:
+                time.sleep(seconds)
+        finally:
+            self.sleeping = False
+        if self.stop:
+            raise _TailStopped()
+
+
+def _tail_json(codec: Any, topic: str, rec: Any) -> dict[str, Any]:
+    internal = topic.startswith("_")
+    return {"topic": topic, "partition": rec.partition, "offset": rec.offset,
+            "key": rec.key.decode(errors="replace"), "timestamp": rec.timestamp,
+            "schema_id": None if internal else int.from_bytes(rec.value[1:5], "big"),
+            "value": json.loads(rec.value) if internal else codec.decode(topic, rec.value)}
