@@ -5,6 +5,8 @@ to ``partitioner=murmur2_random``), so a log can be mirrored between them record
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 __all__ = ["murmur2", "partition_for"]
 
 _M = 0x5BD1E995
@@ -36,5 +38,6 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
+@lru_cache(maxsize=65536)  # keys repeat (senders, provider ids, chain id): hash each once
 def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
