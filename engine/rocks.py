@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import CorruptStoreError, FormatVersionError, StorageError, StoreLockedError
 from .storekeys import FORMAT_KEY
@@ -37,15 +37,23 @@ def map_error(exc: Exception, path: str) -> StorageError:
     return StorageError(f"cannot open {path}: {text}")
 
 
-def open_store(path: str, fmt: bytes, *, create: bool = True, read_only: bool = False) -> Rdict:
-    """Open (or create) a store and check its format version."""
+def open_store(path: str, fmt: bytes, *, create: bool = True, read_only: bool = False,
+               secondary_dir: str | None = None) -> Rdict:
+    """Open (or create) a store and check its format version. With ``secondary_dir``, open it as
+    a RocksDB secondary instance (read-only, no lock, ``try_catch_up_with_primary`` sees what the
+    writing process appended since)."""
+    read_only = read_only or secondary_dir is not None
     if read_only or not create:
         if not os.path.exists(os.path.join(path, "CURRENT")):
             raise StorageError(f"no store at {path}")
     else:
         os.makedirs(path, exist_ok=True)
     try:
-        if read_only:
+        if secondary_dir is not None:
+            opts = _options(False)
+            opts.set_max_open_files(-1)  # keep files open: the primary's compactions may delete them
+            db = Rdict(path, opts, access_type=AccessType.secondary(secondary_dir))
+        elif read_only:
             db = Rdict(path, _options(False), access_type=AccessType.read_only())
         else:
             db = Rdict(path, _options(create))

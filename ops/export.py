@@ -49,9 +49,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,10 +58,8 @@ from typing import Any, NamedTuple
 import orjson
 from fastavro import schemaless_reader
 from fastavro import writer as avro_writer
-from rocksdict import AccessType, Options, Rdict
 
 from engine import avro
-from engine import storekeys as K
 from engine.chain import Chain, open_chain
 from engine.codec import Codec, Registry
 from engine.config import Config, load_config
@@ -71,7 +67,6 @@ from engine.errors import ConfigError, LogError, SchemaError, StorageError
 from engine.log.base import Log
 from engine.log.embedded import EmbeddedLog
 from engine.movements import event_height
-from engine.rocks import map_error, write_options
 from engine.topics import EVENT_TOPICS, subject_of
 
 __all__ = [
@@ -403,55 +398,6 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
 # -- following a log that another process appends to -------------------------------------------
 
 
-class _SecondaryLog(EmbeddedLog):
-    """The embedded log opened as a RocksDB secondary instance: no lock, read-only, and
-    ``catch_up()`` brings it to what the primary (a node, an ingest) has written since."""
-
-    def __init__(self, path: str) -> None:
-        if not os.path.exists(os.path.join(path, "CURRENT")):
-            raise StorageError(f"no store at {path}")
-        self.path = path
-        self.read_only = True
-        self._db = None  # type: ignore[assignment]
-        self._scratch = tempfile.mkdtemp(prefix="ledgerlog-follow-")
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(False)
-        opts.set_max_open_files(-1)  # keep files open: the primary's compactions may delete them
-        opts.set_keep_log_file_num(2)
-        try:
-            self._db = Rdict(path, opts, access_type=AccessType.secondary(self._scratch))
-            found = self._db.get(K.FORMAT_KEY)
-        except Exception as exc:  # rocksdict raises plain Exception
-            self.close()
-            raise map_error(exc, path) from exc
-        if found != K.LOG_FORMAT:
-            self.close()
-            raise StorageError(f"{path} has format {found!r}; this ledgerlog reads {K.LOG_FORMAT!r}")
-        self._write_opts = write_options(False)
-        self._lock = threading.Lock()
-        self._reload()
-
-    def _reload(self) -> None:
-        topics = self._load_topics()
-        ends = {}
-        for topic, n in topics.items():
-            for p in range(n):
-                raw = self._db.get(K.end_key(topic, p))
-                ends[(topic, p)] = K.U64.unpack(raw)[0] if raw else 0
-        self._topics, self._ends = topics, ends
-
-    def catch_up(self) -> None:
-        try:
-            self._db.try_catch_up_with_primary()
-        except Exception as exc:
-            raise map_error(exc, self.path) from exc
-        self._reload()
-
-    def close(self) -> None:
-        super().close()
-        shutil.rmtree(self._scratch, ignore_errors=True)
-
-
 class LogFollower:
     """A chain's log and codec, read from another process, that ``refresh()`` advances to what
     has been appended since. ``mode`` is ``"secondary"`` (a RocksDB secondary instance: cheap
@@ -480,7 +426,7 @@ class LogFollower:
         self.mode = "reopen"
 
     def _open_secondary(self) -> None:
-        log = _SecondaryLog(self.config.log_path)
+        log = EmbeddedLog(self.config.log_path, secondary=True)
         try:
             self.codec = Codec(Registry(log))
         except BaseException:
@@ -498,7 +444,7 @@ class LogFollower:
     def refresh(self) -> None:
         """See what has been appended since the last refresh (or the open)."""
         if self.mode == "secondary":
-            assert isinstance(self._log, _SecondaryLog)
+            assert isinstance(self._log, EmbeddedLog)
             try:
                 self._log.catch_up()
             except StorageError:  # e.g. files the primary replaced: start a fresh instance

@@ -2,7 +2,9 @@
 consumer-group positions and the write-side state, so one WriteBatch commits them together."""
 from __future__ import annotations
 
+import shutil
 import struct
+import tempfile
 import threading
 from typing import Iterator, Mapping, Sequence
 
@@ -20,18 +22,41 @@ _P = struct.Struct(">I")
 class EmbeddedLog(Log):
     atomic_state = True
 
-    def __init__(self, path: str, *, read_only: bool = False, sync: bool = True) -> None:
+    def __init__(self, path: str, *, read_only: bool = False, sync: bool = True, secondary: bool = False) -> None:
+        """``secondary``: follow a log another process writes (no lock; ``catch_up()`` to see more)."""
         self.path = path
-        self.read_only = read_only
-        self._db = open_store(path, K.LOG_FORMAT, read_only=read_only)
+        self.read_only = read_only or secondary
+        self._scratch = tempfile.mkdtemp(prefix="ledgerlog-secondary-") if secondary else None
+        try:
+            self._db = open_store(path, K.LOG_FORMAT, read_only=self.read_only, secondary_dir=self._scratch)
+        except BaseException:
+            self._drop_scratch()
+            raise
         self._write_opts = write_options(sync)
         self._lock = threading.Lock()
+        self._load_ends()
+
+    def _load_ends(self) -> None:
         self._topics = self._load_topics()
         self._ends: dict[TopicPartition, int] = {}
         for topic, n in self._topics.items():
             for p in range(n):
                 raw = self._db.get(K.end_key(topic, p))
                 self._ends[(topic, p)] = K.U64.unpack(raw)[0] if raw else 0
+
+    def catch_up(self) -> None:
+        """Secondary instances: see what the writing process has appended since."""
+        if self._scratch is None:
+            return
+        try:
+            self._db.try_catch_up_with_primary()
+        except Exception as exc:
+            raise map_error(exc, self.path) from exc
+        self._load_ends()
+
+    def _drop_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _load_topics(self) -> dict[str, int]:
         return {k[2:].decode(): _P.unpack(v)[0] for k, v in iter_prefix(self._db, b"t/")}
@@ -142,3 +167,4 @@ class EmbeddedLog(Log):
         if self._db is not None:
             self._db.close()
             self._db = None  # type: ignore[assignment]
+        self._drop_scratch()
