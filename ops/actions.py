@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import snapshot  # noqa: F401  (registers the "snapshot" admin action)
 from .admin import action
 
 if TYPE_CHECKING:

@@ -15,6 +15,8 @@ __all__ = ["NodeClient"]
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0, 0) would signal our own process group
+        return False
     try:
         os.kill(pid, 0)
         return True
