@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Cache, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import CorruptStoreError, FormatVersionError, StorageError, StoreLockedError
 from .storekeys import FORMAT_KEY
@@ -18,6 +18,8 @@ def _options(create: bool) -> Options:
     opts.set_paranoid_checks(True)
     opts.set_keep_log_file_num(3)
     opts.set_max_background_jobs(2)
+    # a damaged WAL record must stop the open, not silently drop every later (acknowledged) write
+    opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)  # point lookups of absent keys (new ids, accounts) skip files
     table.set_block_cache(Cache(32 * 1024 * 1024))
@@ -88,3 +90,12 @@ def iter_prefix(db: Rdict, prefix: bytes, start: bytes | None = None) -> Iterato
             return
         yield key, it.value()
         it.next()
+    _check_status(it, db)
+
+
+def _check_status(it, db: Rdict) -> None:  # noqa: ANN001
+    """A scan stops at a damaged block without raising; its status tells. Never serve a partial read."""
+    try:
+        it.status()
+    except Exception as exc:
+        raise map_error(exc, getattr(db, "path", lambda: "store")()) from exc

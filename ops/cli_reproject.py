@@ -36,7 +36,8 @@ def reproject(ctx: typer.Context,
         emit(node.admin("reproject", cfg.admin_token, {"names": chosen, "keep": keep}, timeout=None))
         return
     with open_chain(cfg, read_only=True) as chain:
-        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch)
+        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch,
+                      names=chosen, skip_corrupt=True)  # a corrupt live store is what a rebuild replaces
         bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm

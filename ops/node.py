@@ -34,6 +34,8 @@ log = logging.getLogger("ledgerlog.node")
 class Node:
     def __init__(self, config: Config, *, simulate: bool = False, seed: int | None = None) -> None:
         self.config = config
+        from .verify import check_stores
+        check_stores(config, mode="auto")  # never serve from a damaged store: refuse, say which file
         self.chain = open_chain(config)
         self.genesis = self.chain.genesis
         self.admitter = self.chain.admitter
@@ -132,6 +134,7 @@ class Node:
         bound = sock.getsockname()[1]
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
+                                                    log_config=None,  # uvicorn logs go to our handlers
                                                     timeout_graceful_shutdown=10))
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

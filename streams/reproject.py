@@ -77,7 +77,8 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
     old = live.handles.get(name)
     before = old.store.digest_hex() if old else None
     old_dir = os.path.basename(old.store.path) if old else None
-    summary = {"projection": name, "version": module.VERSION, "dir": built[0], "resumed": built[1],
+    summary = {"projection": name, "version": module.VERSION, "replaced_corrupt": name in live.corrupt,
+               "dir": built[0], "resumed": built[1],
                "events": new.events, "seconds": round(seconds, 3), "digest_before": before,
                "digest_after": new.store.digest_hex(), "identical": before == new.store.digest_hex(),
                "stale_version": old.version if old and old.stale else None, "swapped": True}
@@ -85,6 +86,7 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
     layout.write_pointer(projections_dir, name, "live", built[0], module.VERSION)
     layout.clear_pointer(projections_dir, name, "building")
     live.handles[name] = new
+    live.corrupt.pop(name, None)
     if old is not None:
         # queries that already hold the old store finish before it closes
         threading.Timer(1.0, old.store.close).start()

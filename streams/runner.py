@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Iterable
 
+from opentelemetry import trace
+
 import projections
 from engine.codec import Codec
+from engine.errors import CorruptStoreError
 from engine.genesis import Genesis
 from engine.log.base import Log
 
@@ -24,6 +27,8 @@ from .feed import Feed
 from .store import ProjectionStore
 
 __all__ = ["Runner", "ProjectionHandle"]
+
+_tracer = trace.get_tracer("ledgerlog.streams")  # API only: no-op spans unless ops sets up the SDK
 
 
 @dataclass
@@ -50,13 +55,16 @@ class Runner:
 
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
                  names: Iterable[str] | None = None, batch: int = 20_000, read_only: bool = False,
-                 paths: dict[str, str] | None = None) -> None:
+                 paths: dict[str, str] | None = None, skip_corrupt: bool = False) -> None:
+        """``skip_corrupt``: leave out live stores that fail to open as corrupt (listed in
+        ``corrupt``) instead of failing, so a rebuild can replace them."""
         self.log, self.codec, self.genesis = log, codec, genesis
         self.batch = batch
         self.read_only = read_only
         self.handles: dict[str, ProjectionHandle] = {}
         self._cond = threading.Condition()
         self.projections_dir = projections_dir
+        self.corrupt: dict[str, str] = {}
         chosen = list(names) if names is not None else list(projections.ALL)
         try:
             for name in chosen:
@@ -65,7 +73,13 @@ class Runner:
                     self.handles[name] = self.open_handle(module, paths[name], module.VERSION)
                     continue
                 path, version = layout.live_path(projections_dir, module)
-                self.handles[name] = self.open_handle(module, path, version)
+                try:
+                    self.handles[name] = self.open_handle(module, path, version)
+                except CorruptStoreError as exc:
+                    if not skip_corrupt:
+                        raise
+                    self.corrupt[name] = str(exc)
+                    continue
                 if not read_only and layout.read_pointer(projections_dir, name, "live") is None:
                     layout.write_pointer(projections_dir, name, "live", os.path.basename(path), version)
         except BaseException:
@@ -93,9 +107,11 @@ class Runner:
         events, new_positions, height = handle.feed.take(self.batch, ends)
         if not events:
             return 0
-        txn = handle.store.begin()
-        handle.module.fold(self.genesis, events, txn)
-        handle.store.commit(txn, new_positions, height=height)
+        with _tracer.start_as_current_span("ledgerlog.fold_batch", attributes={
+                "ledgerlog.projection": handle.name, "ledgerlog.events": len(events)}):
+            txn = handle.store.begin()
+            handle.module.fold(self.genesis, events, txn)
+            handle.store.commit(txn, new_positions, height=height)
         handle.events += len(events)
         handle.last_commit = time.time()
         with self._cond:

@@ -167,3 +167,21 @@ def test_a_projection_built_by_older_code_is_rebuilt_not_served(data):
     layout.write_pointer(pdir, "balances", "live", layout.read_pointer(pdir, "balances", "live")["dir"], 0)
     cli(data, "status")
     assert layout.read_pointer(pdir, "balances", "live")["version"] == 1
+
+
+def test_reproject_replaces_a_corrupt_projection_store_and_the_node_refuses_it_before(data):
+    pdir = os.path.join(data, "projections")
+    live = os.path.join(pdir, "payouts", layout.read_pointer(pdir, "payouts", "live")["dir"])
+    sst = sorted(f for f in os.listdir(live) if f.endswith(".sst"))
+    if not sst:  # make sure the state is in table files
+        from streams.store import ProjectionStore
+        s = ProjectionStore(live)
+        s.flush()
+        s.close()
+        sst = sorted(f for f in os.listdir(live) if f.endswith(".sst"))
+    os.truncate(os.path.join(live, sst[0]), 10)
+    run = subprocess.run([LEDGERLOG, "--data-dir", data, "run", "--port", "0"], capture_output=True, timeout=60)
+    assert run.returncode == 1 and sst[0] in run.stderr.decode() and "reproject payouts" in run.stderr.decode()
+    out = cli(data, "reproject", "payouts")["projections"][0]
+    assert out["replaced_corrupt"] and out["swapped"]
+    assert cli(data, "verify")["ok"]
