@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import snapshot  # noqa: F401  (registers the "snapshot" admin action)
+from . import faucet, limits  # noqa: F401  (register faucet-*, pause and resume)
+from . import cli_storage  # noqa: F401  (registers the "compact" action)
 from .admin import action
 
 if TYPE_CHECKING:

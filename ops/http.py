@@ -1,35 +1,67 @@
 """The node's HTTP API (PROTOCOL.md §7) on FastAPI: queries from projections (read-your-writes),
-ingest through admission, Prometheus metrics, the read-only Schema Registry API and the dashboard."""
+ingest through admission, Prometheus metrics, the read-only Schema Registry API and the dashboard;
+JSON-RPC 2.0 at /rpc (ops/rpc.py), readiness at /v1/ready, the faucet (ops/faucet.py), and the
+limits every request meets: body size, rate limits, JSON error bodies (ops/limits.py)."""
 from __future__ import annotations
 
+import os
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Optional
 
+import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from engine.errors import LedgerError, NotFoundError, SchemaError
 
+from . import rpc
 from .admin import admin_router
+from .faucet import FaucetSettings, Refused, attach
+from .limits import (
+    BodyLimit,
+    HttpLimits,
+    TokenBuckets,
+    client_key,
+    controls,
+    install_error_handlers,
+    rate_limited,
+)
 from .queries import BadRequest
+from .tracing import instrument_app
 
 if TYPE_CHECKING:
     from .node import Node
 
 __all__ = ["create_app", "MAX_INGEST_BYTES"]
 
-MAX_INGEST_BYTES = 64 * 1024 * 1024
+MAX_INGEST_BYTES = HttpLimits().max_ingest_body
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
-def create_app(node: "Node") -> FastAPI:
+class FaucetRequest(BaseModel):
+    address: str = Field(pattern=r"^[0-9a-fA-F]{40}$", description="40-hex address to fund")
+
+
+def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: FaucetSettings | None = None) -> FastAPI:
+    """The app for ``node``. ``limits`` and ``faucet`` default to their LEDGERLOG_* environment
+    settings (see ops/limits.py and ops/faucet.py)."""
+    limits = limits or HttpLimits.from_env(os.environ)
+    tap = attach(node, faucet or FaucetSettings.from_env(os.environ))
+    ingest_buckets = TokenBuckets(limits.ingest_rate, limits.ingest_burst)
     app = FastAPI(title="ledgerlog", version="1", description="Event-sourced ledger node: queries read projections; "
                   "every answer carries its provenance (projection version, log positions, height, lag).")
+    app.router.redirect_slashes = False  # /v1/status/ is 404, not a redirect: one name per resource
+    install_error_handlers(app)
+    # 413 TOO_LARGE: added first, so it sits inside the other middlewares, next to the routes
+    # (a streamed body crossing the cap raises from the route's own receive)
+    app.add_middleware(BodyLimit, limit_for=lambda path: limits.max_ingest_body if path == "/v1/ingest"
+                       else limits.max_body)
 
     @app.middleware("http")
     async def _timing(request: Request, call_next: Any) -> Response:
@@ -66,6 +98,17 @@ def create_app(node: "Node") -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "chain_id": node.genesis.chain_id}
 
+    @app.get("/v1/ready", tags=["node"], summary="Readiness: 503 while a projection lags too far behind the log",
+             responses={503: {"description": "not ready: a projection lags by more than the threshold"}})
+    async def ready() -> JSONResponse:
+        lag = await run_in_threadpool(node.runner.lag)
+        lagging = sorted(n for n, v in lag.items() if v > limits.ready_max_lag)
+        body: dict[str, Any] = {"ready": not lagging, "chain_id": node.genesis.chain_id, "lag": lag,
+                                "max_lag": limits.ready_max_lag, **controls(node).to_dict()}
+        if lagging:
+            body.update(code="NOT_READY", message=f"projections {lagging} lag by more than {limits.ready_max_lag} records")
+        return JSONResponse(body, status_code=503 if lagging else 200)
+
     @app.get("/v1/status", tags=["chain"], summary="Chain id, height, tip hash, mempool and lag")
     async def status() -> Any:
         return await answer(node.queries.status)
@@ -92,16 +135,46 @@ def create_app(node: "Node") -> FastAPI:
 
     @app.post("/v1/ingest", tags=["ingest"], summary="Admit ingest lines (JSONL body)",
               responses={200: {"description": "nothing rejected"}, 422: {"description": "something rejected"},
-                         413: {"description": "body too large"}})
+                         413: {"description": "body too large"}, 429: {"description": "rate limited"},
+                         503: {"description": "ingest paused by the operator (PAUSED)"}})
     async def ingest(request: Request) -> JSONResponse:
+        if controls(node).ingest_paused:
+            return _error(503, "PAUSED", "ingest is paused by the operator")
+        wait = ingest_buckets.take(client_key(request))
+        if wait > 0:
+            return rate_limited(wait, "too many ingest requests from this client")
         body = bytearray()
-        async for chunk in request.stream():
+        async for chunk in request.stream():  # the size cap is BodyLimit's (max_ingest_body)
             body += chunk
-            if len(body) > MAX_INGEST_BYTES:
-                return _error(413, "TOO_LARGE", f"an ingest body may carry at most {MAX_INGEST_BYTES} bytes")
         lines = [(i, ln.strip()) for i, ln in enumerate(bytes(body).split(b"\n"), 1) if ln.strip()]
         summary = await run_in_threadpool(node.admit_numbered, lines)
         return JSONResponse(summary, status_code=422 if summary["rejected"] else 200)
+
+    @app.post("/v1/faucet", tags=["faucet"], summary="Grant the faucet amount to an address (a signed transaction)",
+              responses={400: {"description": "bad address"}, 429: {"description": "rate limited (Retry-After)"},
+                         503: {"description": "FAUCET_DISABLED, FAUCET_PAUSED, PAUSED or INSUFFICIENT_BALANCE"}})
+    async def faucet_grant(req: FaucetRequest, request: Request) -> Any:
+        try:
+            return await run_in_threadpool(tap.grant, req.address, client_key(request))
+        except Refused as r:
+            return r.response()
+
+    @app.get("/v1/faucet", tags=["faucet"], summary="The faucet: enabled, paused, address, amount, spendable")
+    async def faucet_status() -> Any:
+        return await run_in_threadpool(tap.status)
+
+    @app.post("/rpc", tags=["rpc"], summary="JSON-RPC 2.0 (bitcoind-style read methods; see ops/rpc.py)",
+              openapi_extra={"requestBody": rpc.openapi_body()},
+              responses={200: {"description": "a response object or a batch of them"},
+                         204: {"description": "every call was a notification"}})
+    async def rpc_endpoint(request: Request) -> Response:
+        body = await request.body()
+        server = request.scope.get("server")
+        local = (str(server[0]), int(server[1])) if server and server[1] is not None else None
+        answer = await run_in_threadpool(lambda: rpc.handle(node, body, local=local, max_lag=limits.ready_max_lag))
+        if answer is None:
+            return Response(status_code=204)
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.get("/v1/dashboard", tags=["dashboard"], summary="Everything the dashboard page shows")
     async def dashboard() -> Any:
@@ -118,6 +191,7 @@ def create_app(node: "Node") -> FastAPI:
 
     _schema_registry_routes(app, node)
     app.include_router(admin_router(node))
+    instrument_app(app)  # one trace span per request (ops/tracing.py)
     return app
 
 
@@ -134,7 +208,7 @@ def _schema_registry_routes(app: FastAPI, node: "Node") -> None:
     async def schema_by_id(schema_id: int) -> Response:
         sv = reg().by_id.get(schema_id)
         if sv is None:
-            return JSONResponse({"error_code": 40403, "message": "Schema not found"}, 404, media_type=ct)
+            return JSONResponse({"error_code": 40403, "code": "NOT_FOUND", "message": "Schema not found"}, 404, media_type=ct)
         return JSONResponse({"schema": sv.schema}, media_type=ct)
 
     @app.get("/subjects", tags=["schema registry"])
@@ -145,7 +219,7 @@ def _schema_registry_routes(app: FastAPI, node: "Node") -> None:
     async def versions(subject: str) -> Response:
         vs = reg().by_subject.get(subject)
         if not vs:
-            return JSONResponse({"error_code": 40401, "message": "Subject not found"}, 404, media_type=ct)
+            return JSONResponse({"error_code": 40401, "code": "NOT_FOUND", "message": "Subject not found"}, 404, media_type=ct)
         return JSONResponse([v.version for v in vs], media_type=ct)
 
     @app.get("/subjects/{subject}/versions/{version}", tags=["schema registry"])
@@ -153,7 +227,7 @@ def _schema_registry_routes(app: FastAPI, node: "Node") -> None:
         vs = reg().by_subject.get(subject) or []
         sv = vs[-1] if vs and version == "latest" else next((v for v in vs if str(v.version) == version), None)
         if sv is None:
-            return JSONResponse({"error_code": 40402, "message": "Version not found"}, 404, media_type=ct)
+            return JSONResponse({"error_code": 40402, "code": "NOT_FOUND", "message": "Version not found"}, 404, media_type=ct)
         return JSONResponse({"subject": sv.subject, "version": sv.version, "id": sv.id, "schema": sv.schema},
                             media_type=ct)
 
