@@ -10,6 +10,7 @@ from typing import Any
 
 from .admission import Admitter
 from .admission.state import WriteState, init_state
+from .admission.state_fold import catch_up
 from .admission.verify import Verifier
 from .codec import Codec, Registry
 from .config import Config
@@ -18,6 +19,16 @@ from .genesis import Genesis, dev_genesis
 from .log import Log, open_log
 
 __all__ = ["Chain", "init_chain", "open_chain", "write_atomic"]
+
+
+def _log_conf(config: Config, genesis_hash: str) -> dict[str, str]:
+    """Backend settings: the [kafka] table, plus where the Kafka backend keeps the write-side
+    state (``<data_dir>/state``) and the chain it serves (its transactional id names it)."""
+    conf = dict(config.kafka)
+    if config.resolved_log_url.startswith("kafka://"):
+        conf.setdefault("ledgerlog.state_dir", os.path.join(config.data_dir, "state"))
+        conf.setdefault("ledgerlog.chain", genesis_hash)
+    return conf
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -52,9 +63,11 @@ class Chain:
         self.genesis = Genesis.load(config.genesis_path)
         self.read_only = read_only
         self.log: Log = open_log(config.resolved_log_url, read_only=read_only, sync=config.sync,
-                                 **dict(config.kafka))
+                                 **_log_conf(config, self.genesis.hash))
         try:
             self.codec = Codec(Registry(self.log)) if read_only else Codec.register_all(self.log)
+            if not read_only:  # Kafka: fold what the log holds beyond the state, before admitting
+                catch_up(self.log, self.codec, self.genesis)
         except LedgerError:
             self.log.close()
             raise
@@ -101,11 +114,11 @@ def init_chain(config: Config, genesis: dict[str, Any] | None = None) -> Genesis
         if genesis is None:
             genesis = existing.raw
     g = Genesis.from_dict(genesis if genesis is not None else dev_genesis(config.keys_dir))
-    log = open_log(config.resolved_log_url, sync=config.sync, **dict(config.kafka))
+    log = open_log(config.resolved_log_url, read_only=False, sync=config.sync, **_log_conf(config, g.hash))
     try:
         log.create_topics(config.topic_partitions())
         Codec.register_all(log)
-        if log.atomic_state and log.state_get(b"tip") is None:
+        if log.keeps_state and log.state_get(b"tip") is None:
             init_state(log, g)
     finally:
         log.close()

@@ -14,6 +14,6 @@ def open_log(url: str, *, read_only: bool = False, sync: bool = True, **kafka_co
         return MemoryLog()
     if url.startswith("kafka://"):
         from .kafka import KafkaLog  # imported lazily: confluent-kafka only when used
-        return KafkaLog(url[len("kafka://"):], **kafka_conf)
+        return KafkaLog(url[len("kafka://"):], read_only=read_only, sync=sync, **kafka_conf)
     from ..errors import ConfigError
     raise ConfigError(f"unknown log url {url!r} (expected embedded:PATH, memory: or kafka://HOST:PORT)")

@@ -41,6 +41,17 @@ class Log(abc.ABC):
 
     #: Can ``append(..., state=...)`` commit write-side state in the same atomic write?
     atomic_state: bool = False
+    #: Are a partition's offsets 0, 1, 2, ... without gaps? Kafka's are not: transaction markers
+    #: (and aborted records, on a broker that hides them) take offsets no reader sees. Readers
+    #: therefore continue from the last record they read (``rec.offset + 1``), never count.
+    contiguous_offsets: bool = True
+
+    @property
+    def keeps_state(self) -> bool:
+        """Does ``state_get``/``state_items`` work? Always with ``atomic_state``; the Kafka
+        backend keeps the state in a local store beside the log, written after each append and
+        caught up from the log on open (``engine.admission.state_fold.catch_up``)."""
+        return self.atomic_state
 
     @abc.abstractmethod
     def create_topics(self, partitions: Mapping[str, int]) -> None:
@@ -60,7 +71,9 @@ class Log(abc.ABC):
 
     @abc.abstractmethod
     def end_offsets(self, topic: str) -> list[int]:
-        """Per partition, the offset the next record will get."""
+        """Per partition, the offset after its last readable record: a reader whose next offset
+        reached it has read everything. With contiguous offsets this is the offset the next
+        record gets; otherwise the next record gets at least this offset."""
 
     @abc.abstractmethod
     def commit_positions(self, group: str, positions: Mapping[TopicPartition, int]) -> None:
@@ -75,6 +88,15 @@ class Log(abc.ABC):
 
     def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         raise LogError(f"{type(self).__name__} keeps no write-side state")
+
+    def state_positions(self) -> dict[TopicPartition, int]:
+        """Next offsets the write-side state reflects (backends whose state is not atomic)."""
+        raise LogError(f"{type(self).__name__} keeps no write-side state positions")
+
+    def commit_state(self, state: StateWrites, positions: Mapping[TopicPartition, int]) -> None:
+        """Write state changes and the positions they reflect together (catch-up; non-atomic
+        backends only)."""
+        raise LogError(f"{type(self).__name__} keeps no write-side state positions")
 
     def close(self) -> None:
         """Release resources; the log stays readable by a new instance."""
@@ -96,7 +118,8 @@ class Log(abc.ABC):
 
     def scan(self, topic: str, partition: int, start: int = 0, end: int | None = None,
              batch: int = 2000) -> Iterator[LogRecord]:
-        """Every record of a partition in [start, end), read in batches."""
+        """Every record of a partition in [start, end), read in batches. Offsets may have gaps
+        (``contiguous_offsets``): each batch continues after the last record read."""
         stop = self.end_offsets(topic)[partition] if end is None else end
         offset = start
         while offset < stop:
