@@ -27,8 +27,16 @@ run: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-bench: venv
-	$(BIN)/python -m benchmarks --size $(SIZE)
+# Peers (quixstreams pins an older confluent-kafka) get their own venv, so .venv stays as tested.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --upgrade pip >/dev/null
+	$(BENCH_VENV)/bin/python -m pip install -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m benchmarks --size $(SIZE)
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy
@@ -36,4 +44,4 @@ lint: venv
 	$(BIN)/mypy engine projections streams ops
 
 clean:
-	rm -rf $(VENV) bench-out .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) bench-out .pytest_cache

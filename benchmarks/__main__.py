@@ -1,122 +1,121 @@
-"""ledgerlog's own figures on one generated history, measured in one run: signed ingest through
-admission (durable), full rebuild of all projections and of balances alone, HTTP account lookups
-from a separate load process, and the Ed25519 verify ceiling. Peers are not measured yet."""
+"""``python -m benchmarks --size tiny|small|full|N``: one run, on one generated history, of
+ledgerlog's ingest (signed, and unsigned shares), rebuild (first fold, reproject all and
+balances alone) and HTTP queries; the framework-free ceilings on the same bytes; and the peers
+(naive SQLite, eventsourcing, quixstreams, faust-streaming) folding the same transfer events.
+Prints one table and writes ``<out>/results.json``. Timings are for reading, never asserted."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
-import orjson
-from nacl.signing import SigningKey
-
-from engine.chain import init_chain, open_chain
+from engine.chain import open_chain
 from engine.config import Config
-from ops.histgen import make_genesis, write_history
-from streams.runner import Runner
 
-SIZES = {"tiny": 3_000, "small": 100_000, "full": 1_000_000}
-
-
-def verify_ceiling(n: int = 3000) -> float:
-    key = SigningKey.generate()
-    msg = b"x" * 90
-    sig = key.sign(msg).signature
-    vk = key.verify_key
-    t = time.perf_counter()
-    for _ in range(n):
-        vk.verify(msg, sig)
-    return n / (time.perf_counter() - t)
+from . import ceiling, history, report
+from .common import machine, plan_for, versions
+from .ingest import ingest
+from .peers import PEERS, run_peers
+from .peers.broker import version as tansu_version
+from .query import query
+from .rebuild import rebuild
 
 
-def rebuild(chain, names=None) -> tuple[int, float]:  # noqa: ANN001
-    d = tempfile.mkdtemp(prefix="ll-rebuild-")
+def _peer_names(spec: str) -> list[str]:
+    if spec in ("", "none"):
+        return []
+    if spec == "all":
+        return list(PEERS)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown peers {unknown}; have {', '.join(PEERS)}")
+    return names
+
+
+def _step(res: dict[str, Any], label: str) -> None:
+    print(f"[bench {time.monotonic() - res['_t0']:7.1f}s] {label}", file=sys.stderr, flush=True)
+
+
+def run(size: str, out: str, peers: list[str], keep: str | None, query_rate: float | None = None) -> dict[str, Any]:
+    plan = plan_for(size)
+    if query_rate:
+        plan = replace(plan, query_rate=query_rate)
+    work = keep or tempfile.mkdtemp(prefix="ll-bench-")
+    os.makedirs(work, exist_ok=True)
+    res: dict[str, Any] = {"_t0": time.monotonic(), "size": plan.name, "plan": plan.to_dict(),
+                           "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                           "machine": machine(), "versions": {**versions(), "tansu": tansu_version()}}
     try:
-        r = Runner(chain.log, chain.codec, chain.genesis, d, names=names)
-        t = time.perf_counter()
-        n = r.catch_up()
-        secs = time.perf_counter() - t
-        r.close()
-        return n, secs
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+        _step(res, f"generating {plan.events:,} events (signed) and {plan.unsigned_events:,} shares")
+        inputs = history.make_inputs(work, plan.events)
+        shares_path, shares_stats = history.write_shares_history(work, plan.unsigned_events)
+        res["history"] = {"signed": {**inputs["stats"], "generate_seconds": inputs["seconds"],
+                                     "bytes": inputs["bytes"]}, "shares": shares_stats}
+        data = os.path.join(work, "data")
+        _step(res, "ingest: signed history")
+        res["ingest"] = {"signed": ingest(data, inputs["genesis"], inputs["path"], inputs["stats"])}
+        _step(res, "ingest: shares")
+        res["ingest"]["unsigned"] = ingest(os.path.join(work, "shares-data"), inputs["genesis"], shares_path,
+                                           shares_stats)
+        shutil.rmtree(os.path.join(work, "shares-data"), ignore_errors=True)
+        _step(res, "rebuild: first fold, reproject all, reproject balances")
+        rb = rebuild(data)
+        res["rebuild"] = {"first_fold": rb["first_fold"], "all": rb["rebuild_all"], "balances": rb["rebuild_balances"]}
 
+        cfg = Config(data_dir=data)
+        transfers = os.path.join(work, "transfers.jsonl")
+        with open_chain(cfg, read_only=True) as chain:
+            n_transfers = history.export_transfers(chain.log, chain.codec, transfers)
+        reference = history.checksum(history.fold(history.load_events(transfers)))
+        res["history"]["transfer_events"] = n_transfers
+        res["checks"] = {"reference_checksum": reference}
 
-def query(data_dir: str, addresses: list[str], rate: float, count: int) -> dict:
-    exe = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
-    node = subprocess.Popen([exe, "--data-dir", data_dir, "run", "--port", "0"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                url = json.load(open(os.path.join(data_dir, "node.json")))["url"]
-                break
-            except (OSError, ValueError, KeyError):
-                time.sleep(0.2)
-        args = json.dumps({"url": url, "addresses": addresses, "rate": rate, "count": count, "max_seconds": 30})
-        out = subprocess.run([sys.executable, "-m", "benchmarks.load", args], capture_output=True, check=True)
-        return json.loads(out.stdout)
+        _step(res, "ceiling: fold, append, Ed25519")
+        res["ceiling"] = {"fold": ceiling.fold_ceiling(cfg.log_path, work),
+                          "append": ceiling.append_ceiling(cfg.log_path, work), "ed25519": ceiling.ed25519()}
+        res["checks"]["ceiling_checksum_ok"] = res["ceiling"]["fold"]["checksum"] == reference
+
+        _step(res, "query: node + load process")
+        addresses = [w.address for w in inputs["keys"].wallets]
+        try:
+            res["query"] = query(data, addresses, count=plan.query_count, seconds=plan.query_seconds,
+                                 rate=plan.query_rate)
+        except Exception as exc:  # noqa: BLE001 - a node that will not start is reported, not fatal
+            res["query"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+        res["peers"] = {}
+        for name in peers:
+            _step(res, f"peer: {name}")
+            res["peers"].update(run_peers([name], transfers, n_transfers, plan, work))
+        res["checks"]["peers_checksum_ok"] = {n: p.get("checksum_ok") for n, p in res["peers"].items()}
+        res["ratios"] = report.ratios(res)
     finally:
-        node.terminate()
-        node.wait(timeout=60)
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    res["seconds_total"] = round(time.monotonic() - res.pop("_t0"), 1)
+    res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = report.write(res, out)
+    print(report.table(res))
+    print(f"results: {path} ({res['seconds_total']} s)")
+    return res
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="benchmarks")
-    ap.add_argument("--size", default="small", help="tiny, small, full or a number of events")
-    ap.add_argument("--out", default="bench-out")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="small", help="tiny, small, full (1M events) or a number of events")
+    ap.add_argument("--out", default="bench-out", help="where results.json goes")
+    ap.add_argument("--peers", default="all", help=f"all, none, or a comma list of: {', '.join(PEERS)}")
+    ap.add_argument("--query-rate", type=float, help="the fixed offered query rate, requests/s (default per size)")
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir, removed)")
     args = ap.parse_args()
-    events = SIZES.get(args.size) or int(args.size)
-    work = tempfile.mkdtemp(prefix="ll-bench-")
-    res: dict = {"size_events": events, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                    "platform": platform.platform()}}
-    try:
-        genesis, keys = make_genesis(11, wallets=64)
-        hist = os.path.join(work, "history.jsonl")
-        t = time.perf_counter()
-        stats = write_history(hist, genesis, keys, events=events, seed=11)
-        res["generate_seconds"] = round(time.perf_counter() - t, 2)
-        res["history"] = stats.to_dict()
-        cfg = Config(data_dir=os.path.join(work, "data"))
-        init_chain(cfg, genesis)
-        chain = open_chain(cfg)
-        with open(hist, "rb") as f:
-            t = time.perf_counter()
-            summary = chain.admitter.admit(line.rstrip(b"\n") for line in f)
-            secs = time.perf_counter() - t
-        assert summary.rejected == 0, summary.rejections[:3]
-        res["ingest"] = {"lines": summary.accepted, "seconds": round(secs, 2),
-                         "lines_per_s": round(summary.accepted / secs), "events_per_s": round(stats.events / secs),
-                         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-        n, secs = rebuild(chain)
-        res["rebuild_all"] = {"events": n, "seconds": round(secs, 2), "events_per_s": round(n / secs)}
-        n, secs = rebuild(chain, ["balances"])
-        res["rebuild_balances"] = {"events": n, "seconds": round(secs, 2), "events_per_s": round(n / secs)}
-        r = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
-        r.catch_up()
-        r.close()
-        chain.close()
-        addresses = [w.address for w in keys.wallets]
-        res["query_max"] = query(cfg.data_dir, addresses, 0, 5000)
-        res["query_at_1000"] = query(cfg.data_dir, addresses, 1000, 5000)
-        res["ceiling"] = {"ed25519_verify_per_s_one_core": round(verify_ceiling())}
-        res["ratios"] = {"signed_ingest_vs_2core_verify": round(res["ingest"]["lines_per_s"] /
-                                                                 (2 * res["ceiling"]["ed25519_verify_per_s_one_core"]), 3)}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "wb") as f:
-        f.write(orjson.dumps(res, option=orjson.OPT_INDENT_2))
-    for k in ("ingest", "rebuild_all", "rebuild_balances", "query_max", "query_at_1000", "ceiling", "ratios"):
-        print(f"{k:18} {json.dumps(res[k])}")
+    run(args.size, args.out, _peer_names(args.peers), args.keep, args.query_rate)
 
 
 if __name__ == "__main__":

@@ -88,18 +88,25 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
     live.handles[name] = new
     live.corrupt.pop(name, None)
     if old is not None:
-        # queries that already hold the old store finish before it closes
-        threading.Timer(1.0, old.store.close).start()
+        remove = None
         if keep and old_dir != built[0]:
             layout.write_pointer(projections_dir, name, "previous", old_dir, old.version)
             summary["previous"] = old_dir
         elif old_dir != built[0]:
-            threading.Timer(1.5, _remove, (projections_dir, name, old_dir)).start()
+            remove = old_dir
+        # queries that already hold the old store finish before it closes (then, maybe, goes)
+        threading.Timer(1.0, _retire, (old.store, projections_dir, name, remove)).start()
     if stale_previous and stale_previous["dir"] not in (built[0], summary.get("previous")):
         _remove(projections_dir, name, stale_previous["dir"])
     if not keep:
         layout.clear_pointer(projections_dir, name, "previous")
     return summary
+
+
+def _retire(store: Any, projections_dir: str, name: str, remove: str | None) -> None:
+    store.close()
+    if remove:
+        _remove(projections_dir, name, remove)
 
 
 def _remove(projections_dir: str, name: str, build_dir: str) -> None:

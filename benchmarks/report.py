@@ -1,0 +1,121 @@
+"""The report: ratios of ledgerlog's figures to the ceilings and to each peer, one aligned table
+for the terminal, and results.json."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+
+__all__ = ["ratios", "table", "write"]
+
+
+def _per_s(d: Any, *path: str) -> float | None:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return float(d) if isinstance(d, (int, float)) and d > 0 else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def ratios(res: dict[str, Any]) -> dict[str, Any]:
+    """ledgerlog / ceiling and ledgerlog / each peer (None where a figure is missing)."""
+    signed = _per_s(res, "ingest", "signed", "events_per_s")
+    signatures = _per_s(res, "ingest", "signed", "signed_events_per_s")
+    unsigned = _per_s(res, "ingest", "unsigned", "events_per_s")
+    rb_all = _per_s(res, "rebuild", "all", "events_per_s")
+    rb_bal = _per_s(res, "rebuild", "balances", "events_per_s")
+    verify = _per_s(res, "ceiling", "ed25519", "verify_per_s_one_core")
+    cpus = res["machine"]["cpus"] or 1
+    out: dict[str, Any] = {
+        "rebuild_balances_vs_ceiling_fold": _ratio(rb_bal, _per_s(res, "ceiling", "fold", "events_per_s")),
+        "rebuild_all_vs_ceiling_fold": _ratio(rb_all, _per_s(res, "ceiling", "fold", "events_per_s")),
+        "ingest_unsigned_vs_ceiling_append": _ratio(unsigned, _per_s(res, "ceiling", "append", "events_per_s")),
+        "ingest_signatures_vs_verify_all_cores": _ratio(signatures, verify * cpus if verify else None),
+    }
+    for name, peer in res.get("peers", {}).items():
+        p_ingest = _per_s(peer, "ingest", "events_per_s")
+        p_rebuild = _per_s(peer, "rebuild", "events_per_s")
+        out[f"rebuild_balances_vs_{name}"] = _ratio(rb_bal, p_rebuild)
+        out[f"ingest_signed_vs_{name}"] = _ratio(signed, p_ingest)
+        out[f"ingest_unsigned_vs_{name}"] = _ratio(unsigned, p_ingest)
+    return out
+
+
+def _num(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and digits:
+        return f"{x:,.{digits}f}"
+    return f"{round(x):,}" if isinstance(x, (int, float)) else str(x)
+
+
+def _row(rows: list[tuple[str, ...]], what: str, fig: Any, ratio: float | None = None, note: str = "") -> None:
+    if not isinstance(fig, dict) or "error" in fig:
+        err = fig.get("error", "not run") if isinstance(fig, dict) else "not run"
+        rows.append((what, "-", "-", "-", "-", f"error: {err}"[:90]))
+        return
+    rows.append((what, _num(fig.get("events")), _num(fig.get("seconds"), 2), _num(fig.get("events_per_s")),
+                 "-" if ratio is None else f"{ratio:.2f}", note))
+
+
+def table(res: dict[str, Any]) -> str:
+    """One aligned table: what, events, seconds, events/s, ledgerlog / this, note."""
+    r = res.get("ratios", {})
+    rows: list[tuple[str, ...]] = []
+    ing, rb, ce = res.get("ingest", {}), res.get("rebuild", {}), res.get("ceiling", {})
+    _row(rows, "ledgerlog ingest, signed history", ing.get("signed"), None,
+         f"{_num(ing.get('signed', {}).get('lines_per_s'))} lines/s, durable")
+    _row(rows, "ledgerlog ingest, unsigned (shares)", ing.get("unsigned"), None, "durable")
+    _row(rows, "ledgerlog first fold, all projections", rb.get("first_fold"))
+    _row(rows, "ledgerlog reproject, all projections", rb.get("all"))
+    _row(rows, "ledgerlog reproject, balances", rb.get("balances"))
+    _row(rows, "ceiling: fastavro+rocksdict fold", ce.get("fold"), r.get("rebuild_balances_vs_ceiling_fold"),
+         "ratio: reproject balances / this")
+    _row(rows, "ceiling: fastavro+rocksdict append", ce.get("append"), r.get("ingest_unsigned_vs_ceiling_append"),
+         "ratio: unsigned ingest / this")
+    for name, peer in res.get("peers", {}).items():
+        cap = f", first {peer['capped_at']:,}" if isinstance(peer, dict) and peer.get("capped_at") else ""
+        ok = "" if not isinstance(peer, dict) or peer.get("checksum_ok") is not False else ", CHECKSUM MISMATCH"
+        _row(rows, f"{name} ingest", peer.get("ingest") if "error" not in peer else peer,
+             r.get(f"ingest_unsigned_vs_{name}"), f"ratio: unsigned ingest / this{cap}")
+        if "error" not in peer:
+            rb_peer = peer.get("rebuild") or {}
+            part = (f", stopped by the time bound after {rb_peer.get('seconds')} s"
+                    if rb_peer.get("complete") is False else "")
+            _row(rows, f"{name} fold / rebuild", rb_peer, r.get(f"rebuild_balances_vs_{name}"),
+                 f"ratio: reproject balances / this{cap}{part}{ok}")
+    head = ("figure", "events", "seconds", "events/s", "ledgerlog/x", "note")
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) if i in (0, 5) else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    m = res["machine"]
+    q = res.get("query", {})
+    lines.insert(0, f"ledgerlog bench  size={res['size']}  history events={_num(res['history']['signed']['events'])}  "
+                    f"cpus={m['cpus']}  load at start={m['load_average_at_start']}  python={m['python']}")
+    for key, label in (("max", "flat out"), ("fixed", "fixed rate")):
+        qd = q.get(key, {})
+        if "error" in qd or not qd:
+            lines.append(f"query {label}: error: {qd.get('error', 'not run')}")
+            continue
+        lines.append(f"query {label}: offered {_num(qd.get('offered_rate')) if qd.get('offered_rate') else 'max'}/s, "
+                     f"got {_num(qd.get('rate'))}/s ({qd['ok']}/{qd['sent']} ok), "
+                     f"p50 {qd['p50_ms']} ms, p99 {qd['p99_ms']} ms")
+    ed = ce.get("ed25519", {})
+    lines.append(f"Ed25519 per core: verify {_num(ed.get('verify_per_s_one_core'))}/s, sign "
+                 f"{_num(ed.get('sign_per_s_one_core'))}/s; signed ingest uses "
+                 f"{_num(r.get('ingest_signatures_vs_verify_all_cores'), 2)} of all cores' verify rate")
+    return "\n".join(lines)
+
+
+def write(res: dict[str, Any], out_dir: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    with open(path, "wb") as f:
+        f.write(orjson.dumps(res, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    return path

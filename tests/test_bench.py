@@ -1,0 +1,70 @@
+"""The benchmark harness keeps working: a tiny run with the cheap peer only, checked for the
+shape of results.json and for positive figures. No timing is asserted."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _positive(d: dict, *keys: str) -> None:
+    for k in keys:
+        assert isinstance(d.get(k), (int, float)) and d[k] > 0, (k, d)
+
+
+def test_tiny_run_writes_every_figure(tmp_path) -> None:
+    out = tmp_path / "bench-out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--size", "tiny", "--peers", "sqlite",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, check=False, timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert b"ledgerlog/x" in proc.stdout  # the table was printed
+    res = json.loads((out / "results.json").read_text())
+
+    assert res["size"] == "tiny"
+    m = res["machine"]
+    assert m["cpus"] >= 1 and m["python"] and m["platform"] and len(m["load_average_at_start"]) == 3
+    assert res["versions"]["ledgerlog"] and res["versions"]["fastavro"] and res["versions"]["rocksdict"]
+    assert res["history"]["signed"]["events"] >= 2000 and res["history"]["shares"]["shares"] > 0
+    assert res["history"]["transfer_events"] > 0
+
+    ingest = res["ingest"]
+    _positive(ingest["signed"], "lines", "events", "lines_per_s", "events_per_s", "signed_events_per_s")
+    _positive(ingest["unsigned"], "events", "events_per_s", "shares_per_s")
+    for key in ("first_fold", "all", "balances"):
+        _positive(res["rebuild"][key], "events", "events_per_s")
+    assert res["rebuild"]["all"]["identical_digests"] and res["rebuild"]["balances"]["identical_digests"]
+
+    for key in ("max", "fixed"):
+        q = res["query"][key]
+        assert "error" not in q, q
+        assert q["ok"] == q["sent"] > 0
+        _positive(q, "rate", "p50_ms", "p99_ms")
+
+    ceiling = res["ceiling"]
+    _positive(ceiling["fold"], "events", "events_per_s", "iterate_per_s", "iterate_decode_per_s")
+    _positive(ceiling["append"], "events", "events_per_s")
+    _positive(ceiling["ed25519"], "verify_per_s_one_core", "sign_per_s_one_core")
+    assert res["checks"]["ceiling_checksum_ok"] is True
+    assert ceiling["fold"]["events"] == res["history"]["transfer_events"]
+
+    assert list(res["peers"]) == ["sqlite"]
+    peer = res["peers"]["sqlite"]
+    assert "error" not in peer, peer
+    _positive(peer["ingest"], "events", "events_per_s")
+    _positive(peer["rebuild"], "events", "events_per_s")
+    assert peer["checksum_ok"] is True and peer["checksum"] == res["checks"]["reference_checksum"]
+
+    r = res["ratios"]
+    for key in ("rebuild_balances_vs_ceiling_fold", "rebuild_all_vs_ceiling_fold",
+                "ingest_unsigned_vs_ceiling_append", "ingest_signatures_vs_verify_all_cores",
+                "rebuild_balances_vs_sqlite", "ingest_signed_vs_sqlite", "ingest_unsigned_vs_sqlite"):
+        _positive(r, key)
+
+
+def test_unknown_peer_is_a_usage_error(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--size", "tiny", "--peers", "nosuch",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, check=False, timeout=60)
+    assert proc.returncode != 0 and b"unknown peers" in proc.stderr
