@@ -32,6 +32,14 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
     ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
      "bearer token for /v1/admin/*; admin is disabled when empty"),
     ("node.log_level", "LEDGERLOG_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("node.log_json", "LEDGERLOG_LOG_JSON", "log_json", bool,
+     "write <data_dir>/logs/node.log as JSON lines (default false: plain text)"),
+    ("node.log_max_bytes", "LEDGERLOG_LOG_MAX_BYTES", "log_max_bytes", int,
+     "rotate node.log at this size (0: never; leave rotation to logrotate + SIGHUP)"),
+    ("node.log_backups", "LEDGERLOG_LOG_BACKUPS", "log_backups", int,
+     "rotated node.log.N files kept"),
+    ("trace.otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint", str,
+     "OTLP/HTTP collector base URL for trace spans (e.g. http://127.0.0.1:4318); empty: no export"),
 )
 
 
@@ -48,6 +56,10 @@ class Config:
     http_port: int = 8080
     admin_token: str = ""
     log_level: str = "INFO"
+    log_json: bool = False
+    log_max_bytes: int = 50 * 1024 * 1024
+    log_backups: int = 5
+    otlp_endpoint: str = ""
     kafka: Mapping[str, str] = field(default_factory=dict)  # [kafka] section: librdkafka settings
 
     @property

@@ -1,7 +1,6 @@
 """Query commands (answered from projections, with provenance) and `run`, the node."""
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import typer
@@ -54,7 +53,10 @@ def run(ctx: typer.Context,
         seed: Optional[int] = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
     """Run the node: admission, projections, HTTP API and dashboard. Stops cleanly on SIGINT/SIGTERM."""
     cfg = config_of(ctx, http_host=host, http_port=port)
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logsetup import setup_logging
+    from .tracing import setup_tracing
+    setup_logging(cfg)  # stderr + <data_dir>/logs/node.log (rotated, JSON optional), SIGHUP reopens
+    setup_tracing(cfg)  # OTLP span export when trace.otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT is set
     from .node import Node
     node = Node(cfg, simulate=simulate, seed=seed)
     node.serve(cfg.http_host, cfg.http_port)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
+from opentelemetry import trace
+
 from ..codec import Codec
 from ..errors import Code, Rejection
 from ..genesis import Genesis
@@ -23,6 +25,8 @@ from .state import WriteState
 from .verify import Verifier
 
 __all__ = ["Summary", "Admitter"]
+
+_tracer = trace.get_tracer("ledgerlog.admission")  # API only: no-op spans unless ops sets up the SDK
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Admitter:
             if progress:
                 progress(len(chunk))
 
+    @_tracer.start_as_current_span("ledgerlog.admit_chunk")
     def _admit_chunk(self, chunk: list[tuple[int, bytes | str]]) -> Summary:
         summary = Summary()
         parsed: list[Item | Rejection] = []
@@ -99,6 +104,9 @@ class Admitter:
             self.counts.update(counts)
         for listener in self.listeners:
             listener(outs)
+        trace.get_current_span().set_attributes({"ledgerlog.lines": len(chunk),
+                                                 "ledgerlog.accepted": summary.accepted,
+                                                 "ledgerlog.rejected": summary.rejected})
         return summary
 
     def _check_all(self, parsed: list[Item | Rejection], numbers: list[int],
@@ -131,9 +139,11 @@ class Admitter:
         counts[("rejected", rej.code.value)] += 1
         summary.rejections.append({"line": line, "code": rej.code.value, "message": rej.message})
 
+    @_tracer.start_as_current_span("ledgerlog.log_append")
     def _commit(self, outs: list[Out]) -> None:
         records = [Record(o.topic, o.key.encode(), self.codec.encode(o.topic, o.event), o.timestamp)
                    for o in outs]
+        trace.get_current_span().set_attribute("ledgerlog.records", len(records))
         try:
             self.log.append(records, self.state.take_batch())
         except BaseException:
