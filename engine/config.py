@@ -27,6 +27,8 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "processes verifying signatures in parallel (0 = one per core)"),
     ("fold.batch", "LEDGERLOG_FOLD_BATCH", "fold_batch", int,
      "records a projection folds per atomic commit"),
+    ("fold.workers", "LEDGERLOG_FOLD_WORKERS", "fold_workers", int,
+     "processes a rebuild (reproject) spreads projections over (0 = one per core)"),
     ("http.host", "LEDGERLOG_HTTP_HOST", "http_host", str, "address the node's HTTP API binds"),
     ("http.port", "LEDGERLOG_HTTP_PORT", "http_port", int, "port of the node's HTTP API"),
     ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
@@ -52,6 +54,7 @@ class Config:
     ingest_chunk: int = 1000
     verify_workers: int = 1
     fold_batch: int = 20_000
+    fold_workers: int = 0
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     admin_token: str = ""
@@ -153,4 +156,5 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
     cfg = Config(**values)
     if cfg.partitions < 1 or cfg.ingest_chunk < 1 or cfg.fold_batch < 1:
         raise ConfigError("partitions, ingest.chunk and fold.batch must be at least 1")
-    return replace(cfg, verify_workers=cfg.verify_workers or (os.cpu_count() or 1))
+    return replace(cfg, verify_workers=cfg.verify_workers or (os.cpu_count() or 1),
+                   fold_workers=cfg.fold_workers or (os.cpu_count() or 1))

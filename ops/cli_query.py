@@ -32,13 +32,6 @@ def tx(ctx: typer.Context, txid: str) -> None:
 
 
 @app.command()
-def worker(ctx: typer.Context, address: str) -> None:
-    """A pool worker's PPLNS credit, paid and pending."""
-    with open_queries(config_of(ctx)) as q:
-        emit(q.worker(address))
-
-
-@app.command()
 def provider(ctx: typer.Context, provider_id: str) -> None:
     """An energy provider's stake, price and settled/unsettled energy."""
     with open_queries(config_of(ctx)) as q:

@@ -45,7 +45,7 @@ def reproject(ctx: typer.Context,
                        desc="reproject", file=sys.stderr)
         try:
             result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
-                                   keep=keep, progress=bar.update if bar else None)
+                                   keep=keep, workers=cfg.fold_workers, progress=bar.update if bar else None)
         finally:
             if bar:
                 bar.close()

@@ -75,7 +75,8 @@ class Node:
     def reproject(self, names: list[str] | None = None, *, keep: bool = True) -> list[dict[str, Any]]:
         """Rebuild beside the live stores while serving; pause folding only for the swap."""
         return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
-                         self.runner, names, keep=keep, swap_lock=self.fold_lock)
+                         self.runner, names, keep=keep, swap_lock=self.fold_lock,
+                         workers=self.config.fold_workers)
 
     def _on_commit(self, outs: list[Out]) -> None:
         for o in outs:

@@ -8,6 +8,7 @@ rename); the replaced store becomes ``previous`` and is kept until the next succ
 no node runs) passes it in, so queries keep being answered from the old version until the swap."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,8 +19,10 @@ import projections
 from engine.codec import Codec
 from engine.genesis import Genesis
 from engine.log.base import Log
+from engine.log.embedded import EmbeddedLog
 
 from . import layout
+from .parallel import build_parallel, groups_by_work
 from .runner import Runner
 
 __all__ = ["reproject", "total_records"]
@@ -47,7 +50,7 @@ def _build_dir(projections_dir: str, name: str) -> tuple[str, bool]:
 
 def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
               names: Iterable[str] | None = None, *, keep: bool = True,
-              swap_lock: threading.Lock | None = None,
+              swap_lock: threading.Lock | None = None, workers: int = 1,
               progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection."""
     chosen = list(names) if names is not None else list(projections.ALL)
@@ -55,11 +58,14 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
     if unknown:
         raise ValueError(f"unknown projections {unknown}; have {sorted(projections.ALL)}")
     builds = {n: _build_dir(projections_dir, n) for n in chosen}
+    paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()
-    build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch,
-                   paths={n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()})
+    folded = _build_bulk(log, genesis, projections_dir, paths, live.batch, workers, progress)
+    build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch, paths=paths)
+    for name, n in folded.items():
+        build.handles[name].events += n
     try:
-        build.catch_up(progress=progress)  # the bulk, while the live runner keeps folding
+        build.catch_up(progress=progress)  # the rest, while the live runner keeps folding
         with swap_lock or nullcontext():
             targets = {t: log.end_offsets(t) for t in log.topics()}
             build.catch_up(until=targets, progress=progress)
@@ -68,6 +74,22 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
                     for n in chosen]
     finally:
         build.close()
+
+
+def _build_bulk(log: Log, genesis: Genesis, projections_dir: str, paths: dict[str, str], batch: int,
+                workers: int, progress: Callable[[int], None] | None) -> dict[str, int]:
+    """The bulk of a rebuild in parallel processes, when the log is embedded and there are cores
+    and projections to spread; otherwise nothing (the caller folds in-process)."""
+    if workers < 2 or len(paths) < 2 or not isinstance(log, EmbeddedLog):
+        return {}
+    groups = groups_by_work(log, list(paths), workers)
+    try:
+        return build_parallel(log.path, genesis.raw, projections_dir,
+                              [{n: paths[n] for n in g} for g in groups], batch, progress)
+    except RuntimeError as exc:
+        log_ = logging.getLogger("ledgerlog.reproject")
+        log_.warning("%s; folding in this process instead", exc)
+        return {}
 
 
 def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: tuple[str, bool],
