@@ -178,6 +178,11 @@ class KafkaLog(Log):
                     raise
         try:
             self._topics = self._fetch_topics()
+            if not read_only and self._state is not None:
+                # an admitting chain: fence an earlier producer of this transactional id first, so
+                # a transaction it left open (a crash, an outage) is aborted before the state is
+                # caught up from the log; else records it shows later are appended a second time
+                self._get_producer()
         except BaseException:
             self.close()
             raise
