@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +14,7 @@ from .admission.verify import Verifier
 from .codec import Codec, Registry
 from .config import Config
 from .errors import ConfigError, LedgerError
+from .files import write_atomic
 from .genesis import Genesis, dev_genesis
 from .log import Log, open_log
 
@@ -29,28 +29,6 @@ def _log_conf(config: Config, genesis_hash: str) -> dict[str, str]:
         conf.setdefault("ledgerlog.state_dir", os.path.join(config.data_dir, "state"))
         conf.setdefault("ledgerlog.chain", genesis_hash)
     return conf
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temp file, fsync, rename: readers see the old file or the whole new one."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Chain:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +60,7 @@ from fastavro import writer as avro_writer
 
 from engine import avro
 from engine.chain import Chain, open_chain
+from engine.files import atomic_writer
 from engine.codec import Codec, Registry
 from engine.config import Config, load_config
 from engine.errors import ConfigError, LogError, SchemaError, StorageError
@@ -353,43 +353,28 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
         raise ExportError(f"no such directory: {directory}")
     with iter_events(chain_or_data_dir, topic, **range_args) as stream:
         rng = {**stream.range.to_dict(), "partitions": stream.partitions}
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(out)}.", suffix=".tmp")
         count = 0
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if fmt == "avro":
-                    def values() -> Iterator[dict[str, Any]]:
-                        nonlocal count
-                        for ev in stream:
-                            count += 1
-                            yield ev.value
-                    meta = {"ledgerlog.topic": topic,
-                            "ledgerlog.range": json.dumps(rng, separators=(",", ":")),
-                            "ledgerlog.chain_id": stream.chain.genesis.chain_id,
-                            "ledgerlog.schema_id": str(stream.schema_id)}
-                    avro_writer(f, json.loads(stream.schema_text), values(), codec="deflate",
-                                metadata=meta)
-                else:
+        with atomic_writer(out) as f:
+            if fmt == "avro":
+                def values() -> Iterator[dict[str, Any]]:
+                    nonlocal count
                     for ev in stream:
-                        f.write(orjson.dumps({"topic": ev.topic, "partition": ev.partition,
-                                              "offset": ev.offset, "key": ev.key,
-                                              "timestamp": ev.timestamp, "height": ev.height,
-                                              "value": ev.value}))
-                        f.write(b"\n")
                         count += 1
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+                        yield ev.value
+                meta = {"ledgerlog.topic": topic,
+                        "ledgerlog.range": json.dumps(rng, separators=(",", ":")),
+                        "ledgerlog.chain_id": stream.chain.genesis.chain_id,
+                        "ledgerlog.schema_id": str(stream.schema_id)}
+                avro_writer(f, json.loads(stream.schema_text), values(), codec="deflate",
+                            metadata=meta)
+            else:
+                for ev in stream:
+                    f.write(orjson.dumps({"topic": ev.topic, "partition": ev.partition,
+                                          "offset": ev.offset, "key": ev.key,
+                                          "timestamp": ev.timestamp, "height": ev.height,
+                                          "value": ev.value}))
+                    f.write(b"\n")
+                    count += 1
     return {"topic": topic, "format": fmt, "records": count, "path": out,
             "bytes": os.path.getsize(out), "range": rng,
             "schema_id": stream.schema_id}
