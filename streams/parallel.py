@@ -6,7 +6,6 @@ the work is split by the number of log records each projection reads."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
 from typing import Any, Callable
 
@@ -86,6 +85,3 @@ def build_parallel(log_path: str, genesis_raw: dict[str, Any], projections_dir: 
         raise RuntimeError(f"parallel build failed: {errors or failed or 'missing results'}")
     return out
 
-
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastavro import parse_schema, schemaless_reader
 
-from ops.histgen import encode_body, genesis_hash, make_genesis, write_genesis, write_history
+from ops.histgen import encode_body, make_genesis, write_genesis, write_history
 
 LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 EVENTS = 2500

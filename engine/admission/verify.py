@@ -5,7 +5,6 @@ the rules run; the rules then read ``Signed.sig_ok`` at the point of PROTOCOL.md
 so the codes reported are the same as with checking inline."""
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
@@ -58,6 +57,3 @@ class Verifier:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    @staticmethod
-    def default_workers() -> int:
-        return max(1, (os.cpu_count() or 1))
