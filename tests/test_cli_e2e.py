@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter, defaultdict
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import pytest
 
 from ops.histgen import encode_body, genesis_hash, make_genesis, write_genesis, write_history
+from clitools import LEDGERLOG, ok_json
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 EVENTS = 3000
 SEED = 11
 
@@ -38,11 +37,6 @@ def cli_all(data_dir: Any, *commands: tuple[str, ...]) -> list[subprocess.Comple
     must not trip over each other's locks either)."""
     with ThreadPoolExecutor(3) as pool:
         return list(pool.map(lambda args: cli(data_dir, *args), commands))
-
-
-def ok_json(proc: subprocess.CompletedProcess) -> Any:
-    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
-    return json.loads(proc.stdout)
 
 
 def H(data: bytes) -> str:

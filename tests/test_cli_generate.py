@@ -1,10 +1,8 @@
 """`ledgerlog generate` writes a deterministic history that `init --genesis` + `ingest` admit whole."""
 import json
-import os
 import subprocess
-import sys
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

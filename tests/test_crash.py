@@ -31,8 +31,8 @@ from engine.config import load_config
 from ops.histgen import make_genesis, write_genesis, write_history
 from streams.runner import Runner
 from streams.store import entry_hash
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 REPO = str(Path(__file__).resolve().parent.parent)
 EVENTS = 10_000
 SEED = 5

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +26,8 @@ from engine.config import Config
 from engine.movements import event_height
 from ops.export import ExportError, export, iter_events, open_follower, parse_time
 from ops.histgen import generate, make_genesis
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 SEED = 23
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,13 +23,13 @@ from engine.chain import init_chain, open_chain
 from engine.config import Config
 from ops.histgen import generate, make_genesis
 from streams.runner import Runner
+from clitools import LEDGERLOG
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 EVENTS = 2000
 SEED = 23
 CHUNK = 100
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 ALL = set(projections.ALL)
 
 

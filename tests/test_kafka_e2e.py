@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +20,13 @@ from engine.config import Config
 from ops.histgen import generate, make_genesis, write_genesis
 from ops.queries import open_queries
 from streams.runner import Runner
+from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka
 
 EVENTS = 2000
 SEED = 23
 CHUNK = 100
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 
 
 @dataclass

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -25,10 +24,10 @@ from engine import topics as T
 from engine.chain import init_chain, open_chain
 from engine.config import Config
 from ops.histgen import generate, make_genesis
+from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 EVENTS = 6000
 SEED = 53
 CUT_SECONDS = 8.0

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +17,8 @@ import httpx
 import pytest
 
 from ops.histgen import make_genesis, write_genesis, write_history
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +30,8 @@ from ops.histgen import make_genesis, write_genesis, write_history
 from ops.metrics import AppendTimes, storage_bytes
 from ops.tracing import setup_tracing, traces_url
 from projections import energy, payouts
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 SEED = 41
 EVENTS = 1500
 

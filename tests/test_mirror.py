@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -23,10 +22,10 @@ from engine.log.embedded import EmbeddedLog
 from ops.histgen import generate, make_genesis
 from ops.mirror import partition_digest
 from streams.runner import Runner
+from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 EVENTS = 4000
 SEED = 31
 KILL_WAIT = 60.0

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 from fastavro import parse_schema, schemaless_reader
 
 from ops.histgen import encode_body, make_genesis, write_genesis, write_history
+from clitools import LEDGERLOG, ok_json
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 EVENTS = 2500
 SEED = 23
 
@@ -46,11 +45,6 @@ def cli(data_dir: Any, *args: str, stdin: bytes | None = None, timeout: float = 
 def cli_all(data_dir: Any, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
     with ThreadPoolExecutor(3) as pool:
         return list(pool.map(lambda args: cli(data_dir, *args), commands))
-
-
-def ok_json(proc: subprocess.CompletedProcess) -> Any:
-    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
-    return json.loads(proc.stdout)
 
 
 def H(data: bytes) -> str:

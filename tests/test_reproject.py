@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -17,8 +16,8 @@ import pytest
 from engine.config import Config
 from ops.histgen import make_genesis, write_genesis, write_history
 from streams import layout
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 NAMES = ["chainstate", "balances", "energy", "payouts"]
 
 

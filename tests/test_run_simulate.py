@@ -6,27 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import httpx
+from clitools import LEDGERLOG, wait_node_url
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
-
-
-def _wait_url(data_dir: str, proc: subprocess.Popen, limit: float = 30) -> str:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        try:
-            with open(os.path.join(data_dir, "node.json")) as f:
-                url = json.load(f)["url"]
-            if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                return url
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError("node did not come up")
 
 
 def _start(data_dir: str) -> subprocess.Popen:
@@ -39,7 +23,7 @@ def test_simulated_node_moves_and_serves_the_dashboard(tmp_path):
     subprocess.run([LEDGERLOG, "--data-dir", data, "init"], check=True, capture_output=True)
     proc = _start(data)
     try:
-        url = _wait_url(data, proc)
+        url = wait_node_url(data, proc)
         deadline, height = time.monotonic() + 40, 0
         while time.monotonic() < deadline and height < 3:
             height = httpx.get(url + "/v1/status", timeout=10).json()["height"]

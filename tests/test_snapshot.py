@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -27,8 +26,8 @@ from ops.queries import Queries
 from ops.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, restore_snapshot
 from streams.runner import Runner
 from streams.store import ProjectionStore
+from clitools import LEDGERLOG, ok_json, wait_node_url
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 SEED = 23
 
 
@@ -41,26 +40,6 @@ def _env() -> dict[str, str]:
 def cli(data_dir: Any, *args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], input=stdin,
                           capture_output=True, timeout=timeout, env=_env())
-
-
-def ok_json(proc: subprocess.CompletedProcess) -> Any:
-    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
-    return json.loads(proc.stdout)
-
-
-def _wait_url(data_dir: str, proc: subprocess.Popen, limit: float = 30) -> str:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        try:
-            with open(os.path.join(data_dir, "node.json")) as f:
-                url = json.load(f)["url"]
-            if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                return url
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError("node did not come up")
 
 
 def _wait_height(url: str, height: int, limit: float = 30) -> int:
@@ -144,7 +123,7 @@ def test_snapshot_of_a_running_node_restores_and_resumes(tmp_path) -> None:
     init_chain(Config(data_dir=str(data)))  # what `ledgerlog init` does: dev chain, keys, admin token
     proc = _start(data)
     try:
-        url = _wait_url(str(data), proc)
+        url = wait_node_url(str(data), proc)
         _wait_height(url, 3)
         created = ok_json(cli(data, "snapshot", "create", "--with-keys"))  # through the node's admin API
         assert created["via"] == "node" and created["with_keys"]
@@ -189,7 +168,7 @@ def test_snapshot_of_a_running_node_restores_and_resumes(tmp_path) -> None:
     # a node on the restored data dir resumes: it extends the restored chain
     proc = _start(restored)
     try:
-        url = _wait_url(str(restored), proc)
+        url = wait_node_url(str(restored), proc)
         _wait_height(url, height + 1)
     finally:
         _stop(proc)

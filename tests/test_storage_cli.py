@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import httpx
 import pytest
 
 from ops.histgen import make_genesis, write_genesis, write_history
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 SEED = 17
 EVENTS = 1200
 

@@ -26,8 +26,8 @@ from engine.rocks import open_store
 from ops.histgen import generate, make_genesis
 from ops.verify import check_stores, verify
 from streams.runner import Runner
+from clitools import LEDGERLOG
 
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 SEED = 23
 EVENTS = 1000
 
