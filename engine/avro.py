@@ -19,9 +19,10 @@ __all__ = [
 
 NAMESPACE = "ledgerlog.v1"
 BODY_NAMES = ("TransactionBody", "BlockHeader", "ReadingBody", "ProviderBody", "SettlementBody",
-              "PayoutBody")
+              "PayoutBody", "KeyRotationBody")
 EVENT_NAMES = ("BlockAdmitted", "TransactionConfirmed", "TransactionSubmitted", "ShareSubmitted",
-               "ProviderRegistered", "ReadingRecorded", "SettlementRecorded", "PayoutRecorded")
+               "ProviderRegistered", "ReadingRecorded", "SettlementRecorded", "PayoutRecorded",
+               "KeyRotated", "AdminActionRecorded")
 
 
 def _raw(name: str, version: int | None = None) -> dict[str, Any]:

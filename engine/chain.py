@@ -44,12 +44,20 @@ class Chain:
                                  **_log_conf(config, self.genesis.hash))
         try:
             self.codec = Codec(Registry(self.log)) if read_only else Codec.register_all(self.log)
-            if not read_only:  # Kafka: fold what the log holds beyond the state, before admitting
-                catch_up(self.log, self.codec, self.genesis)
+            if not read_only:
+                self._add_new_topics()
+                catch_up(self.log, self.codec, self.genesis)  # Kafka: fold what lies beyond the state
         except LedgerError:
             self.log.close()
             raise
         self._admitter: Admitter | None = None
+
+    def _add_new_topics(self) -> None:
+        """Topics this version added (e.g. ledger.keys) on a chain an older version created."""
+        have = self.log.topics()
+        missing = {t: n for t, n in self.config.topic_partitions().items() if t not in have}
+        if missing:
+            self.log.create_topics(missing)
 
     @property
     def admitter(self) -> Admitter:

@@ -81,6 +81,7 @@ class Code(str, Enum):
     BAD_ROUND = "BAD_ROUND"
     DUPLICATE = "DUPLICATE"
     CONFLICT = "CONFLICT"
+    BAD_ROTATION = "BAD_ROTATION"  # extension (docs/PROTOCOL.md §8): a key rotation's new key is not fresh
 
 
 class Rejection(LedgerError):

@@ -2,6 +2,7 @@
 do. Used by the CLI helpers, the simulator, the history generator and tests."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -9,16 +10,31 @@ from nacl.signing import SigningKey
 from . import avro
 from .crypto import H, address_of, pubkey_hex, sign, tx_root
 
-__all__ = ["Signer", "signed_line", "block_line", "share_line"]
+__all__ = ["Signer", "signed_line", "block_line", "share_line", "rotation_line"]
 
 
 class Signer:
-    """A key with its hex pubkey and address cached."""
+    """A key with its hex pubkey and the address it signs as cached: its own address, or, for a
+    key that took over a role by a key rotation, the role identity (docs/PROTOCOL.md §8)."""
 
-    def __init__(self, key: SigningKey) -> None:
+    def __init__(self, key: SigningKey, identity: str | None = None) -> None:
         self.key = key
         self.pubkey = pubkey_hex(key)
-        self.address = address_of(bytes(key.verify_key))
+        self.address = identity or address_of(bytes(key.verify_key))
+
+    @classmethod
+    def load(cls, path: str) -> "Signer":
+        """A key file as ``init`` and key rotation write it: JSON with "seed" (and "identity")."""
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        return cls(SigningKey(bytes.fromhex(doc["seed"])), doc.get("identity"))
+
+    def to_json(self, name: str) -> str:
+        own = address_of(bytes(self.key.verify_key))
+        doc = {"name": name, "seed": self.seed, "pubkey": self.pubkey, "address": own}
+        if self.address != own:
+            doc["identity"] = self.address
+        return json.dumps(doc) + "\n"
 
     @classmethod
     def generate(cls) -> "Signer":
@@ -39,7 +55,7 @@ class Signer:
 
 
 _SCHEMA = {"transaction": "TransactionBody", "reading": "ReadingBody", "provider": "ProviderBody",
-           "settlement": "SettlementBody", "payout": "PayoutBody"}
+           "settlement": "SettlementBody", "payout": "PayoutBody", "rotation": "KeyRotationBody"}
 
 
 def signed_line(kind: str, signer: Signer, body: dict[str, Any]) -> dict[str, Any]:
@@ -64,3 +80,12 @@ def share_line(address: str, rig: str, *, job_id: str, height: int, difficulty: 
                accepted: bool = True, timestamp: int) -> dict[str, Any]:
     return {"type": "share", "worker": f"{address}.{rig}", "job_id": job_id, "height": height,
             "difficulty": difficulty, "accepted": accepted, "timestamp": timestamp}
+
+
+def rotation_line(old: Signer, new: Signer, *, chain_id: str, role: str, timestamp: int) -> dict[str, Any]:
+    """A ``rotation`` line moving ``role`` from ``old`` to ``new``, signed by both keys."""
+    body = {"chain_id": chain_id, "role": role, "old_pubkey": old.pubkey, "new_pubkey": new.pubkey,
+            "timestamp": timestamp}
+    line = signed_line("rotation", old, body)
+    line["new_signature"] = new.sign_body("KeyRotationBody", body)[1]
+    return line

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = ["BLOCKS", "TRANSACTIONS", "MEMPOOL", "SHARES", "PROVIDERS", "READINGS", "SETTLEMENTS",
-           "PAYOUTS", "SCHEMAS", "CHECKPOINTS", "EVENT_TOPICS", "EVENT_SCHEMA", "DEFAULT_PARTITIONS",
+           "PAYOUTS", "KEYS", "ADMIN", "SCHEMAS", "CHECKPOINTS", "EVENT_TOPICS", "EVENT_SCHEMA", "DEFAULT_PARTITIONS",
            "subject_of"]
 
 BLOCKS: Final = "ledger.blocks"
@@ -15,6 +15,9 @@ PROVIDERS: Final = "energy.providers"
 READINGS: Final = "energy.readings"
 SETTLEMENTS: Final = "energy.settlements"
 PAYOUTS: Final = "pool.payouts"
+#: Extensions to protocol v1 (docs/PROTOCOL.md §8): role key rotations and the admin audit trail.
+KEYS: Final = "ledger.keys"
+ADMIN: Final = "ledger.admin"
 SCHEMAS: Final = "_schemas"
 CHECKPOINTS: Final = "_checkpoints"
 
@@ -28,13 +31,15 @@ EVENT_SCHEMA: Final[dict[str, str]] = {
     READINGS: "ReadingRecorded",
     SETTLEMENTS: "SettlementRecorded",
     PAYOUTS: "PayoutRecorded",
+    KEYS: "KeyRotated",
+    ADMIN: "AdminActionRecorded",
 }
 EVENT_TOPICS: Final = tuple(EVENT_SCHEMA)
 
 #: Partitions per topic unless the config says otherwise; ledger.blocks is always 1 (total order).
 DEFAULT_PARTITIONS: Final[dict[str, int]] = {
     BLOCKS: 1, TRANSACTIONS: 4, MEMPOOL: 4, SHARES: 4, PROVIDERS: 2, READINGS: 2, SETTLEMENTS: 2,
-    PAYOUTS: 2, SCHEMAS: 1, CHECKPOINTS: 1,
+    PAYOUTS: 2, KEYS: 1, ADMIN: 1, SCHEMAS: 1, CHECKPOINTS: 1,
 }
 
 

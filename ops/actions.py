@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 from . import snapshot  # noqa: F401  (registers the "snapshot" admin action)
 from . import faucet, limits  # noqa: F401  (register faucet-*, pause and resume)
 from . import cli_storage  # noqa: F401  (registers the "compact" action)
+from . import keyrotation  # noqa: F401  (registers "rotate-key")
 from .admin import action
 
 if TYPE_CHECKING:

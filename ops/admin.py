@@ -1,15 +1,24 @@
 """The admin API under /v1/admin/: bearer token (config ``admin.token`` / LEDGERLOG_ADMIN_TOKEN),
 compared in constant time, never logged, never accepted from the query string. With no token
 configured the admin API is disabled (403). ``init`` writes a random token into config.toml
-(mode 0600), so the operator's CLI on the same data dir can reach it."""
+(mode 0600), so the operator's CLI on the same data dir can reach it.
+
+Every action that runs is recorded on ``ledger.admin`` (AdminActionRecorded: action, body,
+client, outcome) before the reply, so auditors see it; refused requests change nothing and are
+not recorded."""
 from __future__ import annotations
 
 import hmac
+import socket
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+
+import orjson
+from engine import topics as T
 
 if TYPE_CHECKING:
     from .node import Node
@@ -67,6 +76,29 @@ def admin_router(node: "Node") -> APIRouter:
             return _refuse(400, "BAD_REQUEST", "body must be JSON")
         if not isinstance(body, dict):
             return _refuse(400, "BAD_REQUEST", "body must be a JSON object")
-        return await run_in_threadpool(fn, node, body)
+        client = request.client.host if request.client else ""
+        return await run_in_threadpool(run_recorded, node, name, body, client)
 
     return router
+
+
+def run_recorded(node: "Node", name: str, body: dict[str, Any], client: str = "") -> Any:
+    """Run admin action ``name`` and record it on ``ledger.admin``, whatever its outcome."""
+    try:
+        result = ACTIONS[name](node, body)
+    except Exception as exc:
+        _record(node, name, body, client, "error", f"{type(exc).__name__}: {exc}")
+        raise
+    if isinstance(result, Response):  # a refusal the action answered itself (status >= 400)
+        outcome = "ok" if result.status_code < 400 else "error"
+        _record(node, name, body, client, outcome, bytes(result.body).decode(errors="replace"))
+    else:
+        _record(node, name, body, client, "ok", orjson.dumps(result, default=str).decode())
+    return result
+
+
+def _record(node: "Node", name: str, body: dict[str, Any], client: str, outcome: str, detail: str) -> None:
+    event = {"action": name, "params": orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str).decode(),
+             "client": client, "outcome": outcome, "detail": detail[:4096], "node": socket.gethostname(),
+             "timestamp": int(time.time() * 1000)}
+    node.admitter.record(T.ADMIN, name, event, event["timestamp"])

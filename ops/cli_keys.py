@@ -20,11 +20,34 @@ app.add_typer(keys_app, name="keys")
 
 def load_signer(path: str) -> Signer:
     try:
-        with open(path, encoding="utf-8") as f:
-            return Signer.from_seed(json.load(f)["seed"])
+        return Signer.load(path)
     except (OSError, ValueError, KeyError) as exc:
         fail(f"cannot read key file {path}: {exc}", 2)
         raise  # unreachable
+
+
+@keys_app.command("rotate")
+def keys_rotate(ctx: typer.Context, name: str = typer.Argument(..., help="Key file under <data-dir>/keys: producer, oracle, treasury, ...")) -> None:
+    """Replace a role key (producer, oracle, pool, treasury) by a fresh one, recorded on ledger.keys.
+
+    With a node running on the data dir, the node does it (admin API) and its simulator switches keys."""
+    from .keyrotation import rotate_key
+    from .nodeclient import NodeClient
+    cfg = config_of(ctx)
+    try:
+        node = NodeClient.find(cfg)
+        if node is not None:
+            try:
+                result = {**node.admin("rotate-key", cfg.admin_token, {"key": name}), "via": "node"}
+            finally:
+                node.close()
+        else:
+            with open_chain(cfg) as chain:
+                result = {**rotate_key(cfg.keys_dir, chain.genesis, chain.write_state(), chain.admitter.admit,
+                                       name), "via": "local"}
+    except LedgerError as exc:
+        fail(str(exc), 1, code="ROTATION_REFUSED")
+    emit(result)
 
 
 @keys_app.command("new")

@@ -54,6 +54,7 @@ class Node:
         self.queries = Queries(self.runner, self.genesis.chain_id)
         self.metrics = NodeMetrics(self)
         self.simulate, self.seed = simulate, seed
+        self.simulator: Any = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -71,6 +72,11 @@ class Node:
 
     def admit_numbered(self, lines: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
         return self.admitter.admit_numbered(lines).to_dict()
+
+    def keys_rotated(self) -> None:
+        """A role key file changed: the simulator signs with what the files hold now."""
+        if self.simulator is not None:
+            self.simulator.reload_keys()
 
     def reproject(self, names: list[str] | None = None, *, keep: bool = True) -> list[dict[str, Any]]:
         """Rebuild beside the live stores while serving; pause folding only for the swap."""
@@ -106,7 +112,7 @@ class Node:
             view = self.runner.handles["payouts"].store.view()
             return {w["address"]: w["pending"] for w in payouts.workers(view, 1000)}
 
-        sim = Simulator(genesis=self.genesis, keys_dir=self.config.keys_dir,
+        sim = self.simulator = Simulator(genesis=self.genesis, keys_dir=self.config.keys_dir,
                         submit=lambda lines: self.admitter.admit(lines),
                         state=lambda: WriteState(self.chain.log), pool_pending=pool_pending, seed=self.seed)
         try:

@@ -36,6 +36,7 @@ import orjson
 from nacl.signing import SigningKey
 
 from engine.admission import Summary
+from engine.admission.roles import identity_of
 from engine.admission.state import WriteState
 from engine.crypto import H
 from engine.genesis import Genesis
@@ -71,10 +72,9 @@ def wallet_signer(seed: int, i: int) -> Signer:
 
 
 def load_key(keys_dir: str, name: str) -> Signer | None:
-    """``<keys_dir>/<name>.key`` (JSON with "seed", as ``init`` writes it), or None."""
+    """``<keys_dir>/<name>.key`` (as ``init`` or a key rotation writes it), or None."""
     try:
-        with open(os.path.join(keys_dir, f"{name}.key"), encoding="utf-8") as f:
-            return Signer.from_seed(json.load(f)["seed"])
+        return Signer.load(os.path.join(keys_dir, f"{name}.key"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -110,16 +110,8 @@ class Simulator:
             (f"sim-{self.seed}-provider-{i}", self.wallets[-1 - i % wallets],
              f"sim-{self.seed}-meter-{i}", self.rng.randint(100, 300)) for i in range(PROVIDERS)]
 
-        self.producer = self._role(keys_dir, "producer", lambda s: s.pubkey in genesis.producers)
-        pool = genesis.pool.address
-        self.pool = self.producer if self.producer and self.producer.address == pool \
-            else self._role(keys_dir, "pool", lambda s: s.address == pool)
-        self.oracle = self._role(keys_dir, "oracle", lambda s: s.pubkey in genesis.oracles)
-        self.treasury = self._role(keys_dir, "treasury",
-                                   lambda s: s.address == genesis.energy.treasury)
-        self.faucet = load_key(keys_dir, "faucet")
-        if self.faucet is None:
-            log.warning("no faucet key in %s: wallets only spend what genesis gave them", keys_dir)
+        self.keys_dir = keys_dir
+        self.reload_keys()
 
         self._nonce: dict[str, int] = {}    # next nonce per sending address (wallets, faucet)
         self._spend: dict[str, int] = {}    # local spendable estimate per sending address
@@ -139,13 +131,24 @@ class Simulator:
     def miner_addresses(self) -> list[str]:
         return [addr for addr, _ in self.miners]
 
-    @staticmethod
-    def _role(keys_dir: str, name: str, fits: Callable[[Signer], bool]) -> Signer | None:
-        key = load_key(keys_dir, name)
-        if key is not None and fits(key):
+    def reload_keys(self) -> None:
+        """(Re)load the role keys from ``keys_dir``, e.g. after a key rotation."""
+        g, keys_dir = self.g, self.keys_dir
+        self.producer = self._role("producer", "producer")
+        self.pool = self.producer if self.producer and self.producer.address == g.pool.address \
+            and identity_of(self.state(), g, "pool", self.producer.pubkey) else self._role("pool", "pool")
+        self.oracle = self._role("oracle", "oracle")
+        self.treasury = self._role("treasury", "treasury")
+        self.faucet = load_key(keys_dir, "faucet")
+        if self.faucet is None:
+            log.warning("no faucet key in %s: wallets only spend what genesis gave them", keys_dir)
+
+    def _role(self, name: str, role: str) -> Signer | None:
+        """Key file ``name`` if its key holds ``role`` now (genesis, as rotated), else None."""
+        key = load_key(self.keys_dir, name)
+        if key is not None and identity_of(self.state(), self.g, role, key.pubkey) == key.address:
             return key
-        log.warning("no %s key matching genesis in %s: the simulator skips that role",
-                    name, keys_dir)
+        log.warning("no %s key holding that role in %s: the simulator skips it", name, self.keys_dir)
         return None
 
     # -- the loop ---------------------------------------------------------------------------

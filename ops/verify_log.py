@@ -15,6 +15,7 @@ from engine import topics as T
 from engine.chain import Chain
 from engine.crypto import H, address_of, canonical_json, tx_root, verify as verify_sig
 from engine.genesis import Genesis
+from engine.admission.roles import genesis_identity
 from engine.partitioner import partition_for
 from .verify_storage import Section, _checked_items, _classify, _remedy, _verified_reads
 
@@ -33,10 +34,14 @@ _RECORD_KEY: dict[str, Callable[[dict[str, Any]], str] | None] = {
     T.READINGS: lambda ev: ev["body"]["provider_id"],
     T.SETTLEMENTS: lambda ev: ev["body"]["provider_id"],
     T.PAYOUTS: lambda ev: ev["body"]["address"],
+    T.KEYS: lambda ev: ev["body"]["role"],
+    T.ADMIN: lambda ev: ev["action"],
 }
 #: Topics in the order they are checked (cross references are resolved at the end).
-_TOPIC_ORDER = (T.SCHEMAS, T.BLOCKS, T.TRANSACTIONS, T.MEMPOOL, T.PROVIDERS, T.READINGS,
-                T.SETTLEMENTS, T.PAYOUTS, T.SHARES, T.CHECKPOINTS)
+#: Key rotations come first: the signer checks of the other kinds depend on when they took effect.
+_TOPIC_ORDER = (T.SCHEMAS, T.KEYS, T.BLOCKS, T.TRANSACTIONS, T.MEMPOOL, T.PROVIDERS, T.READINGS,
+                T.SETTLEMENTS, T.PAYOUTS, T.SHARES, T.ADMIN, T.CHECKPOINTS)
+_NEVER = 1 << 63
 
 
 # -- the log --------------------------------------------------------------------------------------
@@ -138,6 +143,9 @@ class _LogChecker:
         self.settlements: dict[str, tuple[str, str, str]] = {}  # id -> provider_id, owner, where
         self.payouts: dict[str, tuple[int, str]] = {}  # id -> round_height, where
         self.share_ids: set[str] = set()
+        # (role, pubkey) -> [identity, first stamp height it signs at, last]: keys rotations named
+        self.role_keys: dict[tuple[str, str], list[Any]] = {}
+        self.rotation_ids: set[str] = set()
         self.counts: dict[str, int] = {}
         self._placement: dict[tuple[bytes, str], int] = {}  # keys repeat: murmur2 once per key
         self.read_errors = 0  # storage errors met while reading records
@@ -307,9 +315,12 @@ class _LogChecker:
         if hdr["timestamp"] <= self.tip_ts:
             self.sec.problem("BAD_TIMESTAMP", where, f"timestamp {hdr['timestamp']} is not after {self.tip_ts}")
         self._timestamp(ts, hdr["timestamp"], where)
-        if ev["pubkey"] not in self.g.producers:
-            self.sec.problem("UNKNOWN_PRODUCER", where, f"producer key {ev['pubkey']} is not in genesis")
-        self._signer(ev, hdr["producer"], where, "header")
+        identity = self._identity("producer", ev["pubkey"], h, block=True)
+        if identity is None:
+            self.sec.problem("UNKNOWN_PRODUCER", where, f"producer key {ev['pubkey']} is not in genesis "
+                                                        "(or not at this height, after key rotations)")
+        elif identity != hdr["producer"]:
+            self.sec.problem("BAD_SIGNATURE", where, f"header: pubkey is not the key of {hdr['producer']}")
         if canon is not None:
             self.sigs.add(ev["pubkey"], canon, ev["signature"], where, "header")
         txids = ev["txids"]
@@ -387,8 +398,9 @@ class _LogChecker:
         if ev["reading_id"] != reading_id:
             self.sec.problem("BAD_ID", where, f"reading_id {ev['reading_id']} but H(body) is {reading_id}")
         self._unique(self.reading_ids, reading_id, where, "reading id")
-        if ev["pubkey"] not in self.g.oracles:
-            self.sec.problem("UNKNOWN_ORACLE", where, f"oracle key {ev['pubkey']} is not in genesis")
+        if self._identity("oracle", ev["pubkey"], ev["stamp_height"]) is None:
+            self.sec.problem("UNKNOWN_ORACLE", where, f"oracle key {ev['pubkey']} is not in genesis "
+                                                      "(or not at this height, after key rotations)")
         self.sigs.add(ev["pubkey"], canon, ev["signature"], where, "reading")
         if body["milli_kwh"] <= 0:
             self.sec.problem("BAD_AMOUNT", where, f"milli_kwh {body['milli_kwh']} is not positive")
@@ -417,7 +429,7 @@ class _LogChecker:
         canon = self._canonical("SettlementBody", body, where)
         if canon is None:
             return
-        self._signer(ev, self.g.energy.treasury, where, "settlement")
+        self._role_signer(ev, "treasury", self.g.energy.treasury, where, "settlement")
         self.sigs.add(ev["pubkey"], canon, ev["signature"], where, "settlement")
         sid = body["settlement_id"]
         if sid in self.settlements:
@@ -433,7 +445,7 @@ class _LogChecker:
         canon = self._canonical("PayoutBody", body, where)
         if canon is None:
             return
-        self._signer(ev, self.g.pool.address, where, "payout")
+        self._role_signer(ev, "pool", self.g.pool.address, where, "payout")
         self.sigs.add(ev["pubkey"], canon, ev["signature"], where, "payout")
         pid = body["payout_id"]
         if pid in self.payouts:
@@ -442,6 +454,54 @@ class _LogChecker:
         if body["amount"] <= 0:
             self.sec.problem("BAD_AMOUNT", where, f"amount {body['amount']} is not positive")
         self._timestamp(ts, body["timestamp"], where)
+
+    # -- key rotations (docs/PROTOCOL.md §8) ---------------------------------------------------
+    def _identity(self, role: str, pubkey: str, stamp: int, block: bool = False) -> str | None:
+        """The identity ``pubkey`` signs for in ``role`` for an event stamped ``stamp`` (a block:
+        at height ``stamp``). A rotation stamped s is in force from block s+1; events stamped s
+        itself may carry either key (their order within a height is not kept)."""
+        span = self.role_keys.get((role, pubkey))
+        if span is None:
+            try:
+                return genesis_identity(self.g, role, pubkey)
+            except ValueError:
+                return None
+        identity, first, last = span
+        inside = first < stamp <= last if block else first <= stamp <= last
+        return identity if inside else None
+
+    def _role_signer(self, ev: dict[str, Any], role: str, identity: str, where: str, what: str) -> None:
+        if self._identity(role, ev["pubkey"], ev["stamp_height"]) != identity:
+            self.sec.problem("BAD_SIGNATURE", where, f"{what}: pubkey is not the {role} key of {identity}")
+
+    def _ledger_keys(self, where: str, ev: dict[str, Any], ts: int) -> None:
+        body = ev["body"]
+        self._chain_id(body, where)
+        canon = self._canonical("KeyRotationBody", body, where)
+        if canon is None:
+            return
+        rid = H(canon)
+        if ev["rotation_id"] != rid:
+            self.sec.problem("BAD_ID", where, f"rotation_id {ev['rotation_id']} but H(body) is {rid}")
+        self._unique(self.rotation_ids, rid, where, "rotation id")
+        role, old, new, stamp = body["role"], body["old_pubkey"], body["new_pubkey"], ev["stamp_height"]
+        if ev["pubkey"] != old:
+            self.sec.problem("BAD_SIGNATURE", where, "rotation: pubkey is not body.old_pubkey")
+        self.sigs.add(old, canon, ev["signature"], where, "rotation (old key)")
+        self.sigs.add(new, canon, ev["new_signature"], where, "rotation (new key)")
+        identity = self._identity(role, old, stamp)
+        if identity is None or identity != ev["identity"]:
+            self.sec.problem("BAD_ROTATION", where, f"rotation: {old} does not hold {role} for {ev['identity']}")
+        if (role, new) in self.role_keys or self._identity(role, new, stamp) is not None:
+            self.sec.problem("BAD_ROTATION", where, f"rotation: {new} held the {role} role already")
+        self.role_keys[(role, old)] = [ev["identity"], self.role_keys.get((role, old), [None, 0])[1], stamp]
+        self.role_keys[(role, new)] = [ev["identity"], stamp, _NEVER]
+        self._timestamp(ts, body["timestamp"], where)
+
+    def _ledger_admin(self, where: str, ev: dict[str, Any], ts: int) -> None:
+        if ev["outcome"] not in ("ok", "error"):
+            self.sec.problem("BAD_EVENT", where, f"outcome {ev['outcome']!r} is neither ok nor error")
+        self._timestamp(ts, ev["timestamp"], where)
 
     # -- cross references -------------------------------------------------------------------
     def _cross_checks(self) -> None:

@@ -559,7 +559,7 @@ def _(ln: Lines, k: Keys) -> dict:
 
 
 def test_every_code_has_cases():
-    assert {code for code, _ in CASES.values()} == set(Code)
+    assert {code for code, _ in CASES.values()} == set(Code) - {Code.BAD_ROTATION}  # §8: test_key_rotation.py
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

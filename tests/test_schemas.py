@@ -36,6 +36,9 @@ PROTOCOL_BODIES: dict[str, list[tuple[str, str]]] = {
                        ("milli_kwh", "long"), ("amount", "long"), ("timestamp", "long")],
     "PayoutBody": [("chain_id", "string"), ("payout_id", "string"), ("address", "string"), ("amount", "long"),
                    ("round_height", "long"), ("timestamp", "long")],
+    # docs/PROTOCOL.md §8, the key rotation extension
+    "KeyRotationBody": [("chain_id", "string"), ("role", "string"), ("old_pubkey", "string"),
+                        ("new_pubkey", "string"), ("timestamp", "long")],
 }
 
 

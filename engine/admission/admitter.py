@@ -139,6 +139,12 @@ class Admitter:
         counts[("rejected", rej.code.value)] += 1
         summary.rejections.append({"line": line, "code": rej.code.value, "message": rej.message})
 
+    def record(self, topic: str, key: str, event: dict[str, Any], timestamp: int) -> None:
+        """Append one event that no ingest line carries (e.g. the admin audit trail), durably and
+        in order with admission. ``event`` may use ``stamp_height``: it is set here."""
+        with self._lock:
+            self._commit([Out(topic, key, {**event, "stamp_height": self.state.tip().height}, timestamp)])
+
     @_tracer.start_as_current_span("ledgerlog.log_append")
     def _commit(self, outs: list[Out]) -> None:
         records = [Record(o.topic, o.key.encode(), self.codec.encode(o.topic, o.event), o.timestamp)

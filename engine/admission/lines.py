@@ -17,8 +17,8 @@ from .. import avro
 from ..crypto import H, canonical_json
 from ..errors import Code, Rejection
 
-__all__ = ["MAX_LINE_BYTES", "MAX_BLOCK_TXS", "Signed", "BlockLine", "ShareLine", "Item", "parse_line",
-           "KINDS"]
+__all__ = ["MAX_LINE_BYTES", "MAX_BLOCK_TXS", "Signed", "BlockLine", "ShareLine", "RotationLine", "Item",
+           "parse_line", "KINDS", "ROLES"]
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_BLOCK_TXS = 10_000
@@ -30,6 +30,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 _WORKER = re.compile(r"([0-9a-f]{40})\.([A-Za-z0-9_-]{1,32})")
 _MAX_ID = 256
+#: Roles whose signing key a ``rotation`` line can replace (docs/PROTOCOL.md §8).
+ROLES = ("producer", "oracle", "pool", "treasury")
 
 
 def _malformed(msg: str) -> Rejection:
@@ -53,7 +55,8 @@ def _matcher(rx: re.Pattern[str]) -> Callable[[Any], bool]:
 
 
 _addr, _hex64 = _matcher(_ADDR), _matcher(_HEX64)
-_checks = {"string": _string, "id": _ident, "address": _addr, "hex64": _hex64, "long": _is_int, "int": _is_int}
+_checks = {"string": _string, "id": _ident, "address": _addr, "hex64": _hex64, "long": _is_int, "int": _is_int,
+           "role": lambda v: v in ROLES}
 
 #: Field kinds per signed body, in the normative order of PROTOCOL.md §2.
 BODY_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -70,14 +73,17 @@ BODY_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
                        ("milli_kwh", "long"), ("amount", "long"), ("timestamp", "long")),
     "PayoutBody": (("chain_id", "string"), ("payout_id", "id"), ("address", "address"), ("amount", "long"),
                    ("round_height", "long"), ("timestamp", "long")),
+    "KeyRotationBody": (("chain_id", "string"), ("role", "role"), ("old_pubkey", "hex64"),
+                        ("new_pubkey", "hex64"), ("timestamp", "long")),
 }
 #: Line type -> body schema, for the lines shaped {"type","body","pubkey","signature"}.
 SIGNED_KINDS = {"transaction": "TransactionBody", "reading": "ReadingBody", "provider": "ProviderBody",
                 "settlement": "SettlementBody", "payout": "PayoutBody"}
-KINDS = ("block", "share", *SIGNED_KINDS)
+KINDS = ("block", "share", *SIGNED_KINDS, "rotation")
 _SIGNED_KEYS = {"type", "body", "pubkey", "signature"}
 _BLOCK_KEYS = {"type", "header", "pubkey", "signature", "transactions"}
 _TX_KEYS = {"body", "pubkey", "signature"}
+_ROTATION_KEYS = {"type", "body", "pubkey", "signature", "new_signature"}
 _SHARE_FIELDS = (("worker", "string"), ("job_id", "id"), ("height", "long"), ("difficulty", "long"),
                  ("accepted", "bool"), ("timestamp", "long"))
 
@@ -105,7 +111,7 @@ def _check_body(name: str, body: Any, where: str) -> dict[str, Any]:
 
 _KIND_TEXT = {"string": "a string", "id": f"a non-empty string of at most {_MAX_ID} characters",
               "address": "a 40-character lowercase hex address", "hex64": "64 lowercase hex characters",
-              "long": "an integer", "int": "an integer"}
+              "long": "an integer", "int": "an integer", "role": "one of producer, oracle, pool, treasury"}
 
 
 def _in_range(name: str, body: dict[str, Any]) -> str | None:
@@ -169,7 +175,17 @@ class SignedLine:
     signed: Signed
 
 
-Item = BlockLine | ShareLine | SignedLine
+@dataclass(slots=True)
+class RotationLine:
+    """A key rotation: ``signed`` is signed by the old key; ``new_signature`` by the new key over
+    the same canonical bytes."""
+
+    signed: Signed
+    new_signature: str
+    kind: str = "rotation"
+
+
+Item = BlockLine | ShareLine | SignedLine | RotationLine
 
 
 def _signed(name: str, obj: dict[str, Any], body_key: str, where: str) -> Signed:
@@ -240,6 +256,12 @@ def parse_line(line: bytes | str) -> Item:
     if isinstance(kind, str) and kind in SIGNED_KINDS:  # a list or object type is unhashable
         _exact_keys(obj, _SIGNED_KEYS, kind)
         return SignedLine(kind, _signed(SIGNED_KINDS[kind], obj, "body", ""))
+    if kind == "rotation":
+        _exact_keys(obj, _ROTATION_KEYS, kind)
+        signed = _signed("KeyRotationBody", obj, "body", "")
+        if not (isinstance(obj["new_signature"], str) and _HEX128.fullmatch(obj["new_signature"])):
+            raise _malformed("new_signature must be lowercase hex of the right length")
+        return RotationLine(signed, obj["new_signature"])
     if "type" not in obj:
         raise _malformed("missing type")
     raise _malformed(f"unknown type {kind!r}")

@@ -10,7 +10,8 @@ from ..crypto import H, address_of, tx_root, verify
 from ..errors import Code, Rejection
 from ..genesis import Genesis
 from ..movements import confirmed_nonce, movements
-from .lines import BlockLine, Item, ShareLine, Signed, SignedLine
+from .lines import BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
+from .roles import genesis_identity, identity_of
 from .state import Account, Tip, WriteState
 
 __all__ = ["Out", "Rules"]
@@ -64,6 +65,12 @@ class Rules:
             if body[f] <= 0:
                 raise Rejection(Code.BAD_AMOUNT, f"{where}.{f} must be positive, got {body[f]}")
 
+    def _role_signer(self, s: Signed, role: str, identity: str, where: str) -> None:
+        """The signature verifies and the key currently signs for ``identity`` in ``role``."""
+        self._signature(s, None, where)
+        if identity_of(self.st, self.g, role, s.pubkey) != identity:
+            raise Rejection(Code.BAD_SIGNATURE, f"{where}: pubkey is not the {role} key of {identity}")
+
     def _funds(self, address: str, need: int, what: str) -> None:
         have = self.st.spendable(address)
         if have < need:
@@ -89,6 +96,8 @@ class Rules:
             return self.block(item)
         if isinstance(item, ShareLine):
             return self.share(item)
+        if isinstance(item, RotationLine):
+            return self.rotation(item)
         assert isinstance(item, SignedLine)
         return getattr(self, item.kind)(item.signed)
 
@@ -104,9 +113,15 @@ class Rules:
             if have == block_hash:
                 raise _dup(f"block {block_hash} at height {height}")
             raise Rejection(Code.CONFLICT, f"height {height} already has block {have}")
-        self._signature(b.header, hdr["producer"], "header")
-        if b.header.pubkey not in self.g.producers:
-            raise Rejection(Code.UNKNOWN_PRODUCER, f"producer key {b.header.pubkey} is not in genesis")
+        self._signature(b.header, None, "header")
+        identity = identity_of(self.st, self.g, "producer", b.header.pubkey)
+        if identity is None:  # v1's order: a key that is not the producer's is BAD_SIGNATURE first
+            if address_of(bytes.fromhex(b.header.pubkey)) != hdr["producer"]:
+                raise Rejection(Code.BAD_SIGNATURE, f"header: pubkey is not the key of {hdr['producer']}")
+            raise Rejection(Code.UNKNOWN_PRODUCER, f"producer key {b.header.pubkey} is not in genesis "
+                                                   "(or was retired by a key rotation)")
+        if identity != hdr["producer"]:
+            raise Rejection(Code.BAD_SIGNATURE, f"header: pubkey is not the key of {hdr['producer']}")
         if height != tip.height + 1:
             raise Rejection(Code.BAD_HEIGHT, f"height {height}, expected {tip.height + 1}")
         if hdr["prev_hash"] != tip.hash:
@@ -233,8 +248,9 @@ class Rules:
         if self.st.seen("r", reading_id) is not None:
             raise _dup(f"reading {reading_id}")
         self._signature(r, None, "reading")
-        if r.pubkey not in self.g.oracles:
-            raise Rejection(Code.UNKNOWN_ORACLE, f"oracle key {r.pubkey} is not in genesis")
+        if identity_of(self.st, self.g, "oracle", r.pubkey) is None:
+            raise Rejection(Code.UNKNOWN_ORACLE, f"oracle key {r.pubkey} is not in genesis "
+                                                 "(or was retired by a key rotation)")
         self._positive(body, "milli_kwh")
         prov = self._provider(body["provider_id"])
         if prov["meter_id"] != body["meter_id"]:
@@ -273,7 +289,7 @@ class Rules:
         self._chain(body["chain_id"], "body")
         sid = body["settlement_id"]
         body_hash = self._given_id("t", sid, s, "settlement")
-        self._signature(s, self.g.energy.treasury, "settlement")
+        self._role_signer(s, "treasury", self.g.energy.treasury, "settlement")
         self._positive(body, "milli_kwh", "amount")
         prov = self._provider(body["provider_id"])
         unsettled = prov["credited"] - prov["settled"]
@@ -295,7 +311,7 @@ class Rules:
         self._chain(body["chain_id"], "body")
         pid = body["payout_id"]
         body_hash = self._given_id("p", pid, p, "payout")
-        self._signature(p, self.g.pool.address, "payout")
+        self._role_signer(p, "pool", self.g.pool.address, "payout")
         self._positive(body, "amount")
         rnd = self.st.pool_round(body["round_height"])
         if rnd is None:
@@ -310,3 +326,29 @@ class Rules:
         self.st.mark_seen("p", pid, body_hash)
         self.st.set_pool_round(body["round_height"], cap, paid + body["amount"])
         return [Out(T.PAYOUTS, body["address"], event, body["timestamp"])]
+
+    # -- key rotations (docs/PROTOCOL.md §8) ------------------------------------------------
+    def rotation(self, r: RotationLine) -> list[Out]:
+        s, body = r.signed, r.signed.body
+        self._chain(body["chain_id"], "body")
+        rotation_id = s.id
+        if self.st.seen("k", rotation_id) is not None:
+            raise _dup(f"key rotation {rotation_id}")
+        role, old, new = body["role"], body["old_pubkey"], body["new_pubkey"]
+        if s.pubkey != old:
+            raise Rejection(Code.BAD_SIGNATURE, "rotation: pubkey must be the old key (body.old_pubkey)")
+        self._signature(s, None, "rotation")
+        if not verify(bytes.fromhex(new), s.canonical(), bytes.fromhex(r.new_signature)):
+            raise Rejection(Code.BAD_SIGNATURE, "rotation: new_signature does not verify with new_pubkey")
+        identity = identity_of(self.st, self.g, role, old)
+        if identity is None:
+            code = {"producer": Code.UNKNOWN_PRODUCER, "oracle": Code.UNKNOWN_ORACLE}.get(role, Code.BAD_SIGNATURE)
+            raise Rejection(code, f"rotation: {old} does not hold the {role} role now")
+        if new == old or self.st.role_key(role, new) is not None or genesis_identity(self.g, role, new):
+            raise Rejection(Code.BAD_ROTATION, f"rotation: {new} holds or held the {role} role already")
+        self.st.set_role_key(role, old, identity, False)
+        self.st.set_role_key(role, new, identity, True)
+        self.st.mark_seen("k", rotation_id, rotation_id)
+        event = {**s.signed_record(), "rotation_id": rotation_id, "new_signature": r.new_signature,
+                 "identity": identity, "stamp_height": self.st.tip().height}
+        return [Out(T.KEYS, role, event, body["timestamp"])]

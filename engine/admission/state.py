@@ -144,6 +144,15 @@ class WriteState:
     def set_provider(self, provider_id: str, record: dict[str, Any]) -> None:
         self._put(_k(b"pv/", provider_id), record)
 
+    # -- role keys (rotations) ------------------------------------------------------------
+    def role_key(self, role: str, pubkey: str) -> tuple[str, bool] | None:
+        """(identity, still active) of a key a rotation named in ``role``; None if none did."""
+        v = self._get(b"rk/" + role.encode() + b"/" + pubkey.encode())
+        return None if v is None else (v[0], v[1])
+
+    def set_role_key(self, role: str, pubkey: str, identity: str, active: bool) -> None:
+        self._put(b"rk/" + role.encode() + b"/" + pubkey.encode(), (identity, active))
+
 
 def init_state(log: Log, genesis: Genesis) -> None:
     """The write side at height 0: genesis tip and allocations."""

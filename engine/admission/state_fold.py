@@ -133,6 +133,11 @@ def apply_event(state: WriteState, topic: str, event: dict[str, Any], genesis: G
             raise CorruptStoreError(f"payout {body['payout_id']!r} names round {body['round_height']}, "
                                     "which is no pool block in the write-side state")
         st.set_pool_round(body["round_height"], rnd[0], rnd[1] + body["amount"])
+    elif topic == T.KEYS:
+        body = event["body"]
+        st.set_role_key(body["role"], body["old_pubkey"], event["identity"], False)
+        st.set_role_key(body["role"], body["new_pubkey"], event["identity"], True)
+        st.mark_seen("k", event["rotation_id"], event["rotation_id"])
     else:
         return  # not an event topic of the write side
     st.keep_line()

@@ -1,0 +1,269 @@
+"""Key rotation (docs/PROTOCOL.md §8): a rotation line moves a role identity to a new key, the old
+key stops signing for it, nothing else changes; bad rotations are typed rejections that change
+nothing; the write-side fold and `verify` agree with admission; the node's admin API and the
+CLI rotate the node's own key files, and the simulator keeps producing with the new key."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import orjson
+import pytest
+from clitools import LEDGERLOG
+from conftest import Keys, Lines, admit, admit_ok, load_signer, signer_from_byte, snapshot
+from fastapi.testclient import TestClient
+
+from engine import topics as T
+from engine.admission.state import WriteState
+from engine.admission.state_fold import apply_event, seed_genesis
+from engine.chain import init_chain
+from engine.config import Config
+from engine.errors import Code
+from engine.genesis import dev_genesis
+from engine.log.memory import MemoryLog
+from engine.signing import Signer, rotation_line
+from ops.http import create_app
+from ops.node import Node
+from ops.verify import verify
+
+OUTSIDER = signer_from_byte(0x33)
+TOKEN = "r" * 32
+
+
+def successor(old: Signer) -> Signer:
+    """A fresh key that signs for ``old``'s identity."""
+    return Signer(Signer.generate().key, old.address)
+
+
+def rotate(ln: Lines, old: Signer, role: str, new: Signer | None = None) -> tuple[dict, Signer]:
+    new = new or successor(old)
+    return rotation_line(old, new, chain_id=ln.chain_id, role=role, timestamp=ln.now()), new
+
+
+def codes(s) -> list[str]:
+    return [r["code"] for r in s.rejections]
+
+
+def test_producer_rotation_moves_blocks_and_pool_rounds_to_the_new_key(chain, keys: Keys, lines: Lines):
+    admit_ok(chain, lines.block())
+    line, new = rotate(lines, keys.producer, "producer")
+    pool_line, _ = rotate(lines, keys.producer, "pool", new)
+    admit_ok(chain, line, pool_line)
+
+    assert codes(admit(chain, lines.block())) == [Code.UNKNOWN_PRODUCER.value]
+    admit_ok(chain, lines.block(producer=new))  # same producer address: still a pool round
+    tip = chain.write_state().tip()
+    assert tip.height == 2
+    assert chain.write_state().pool_round(2) is not None
+
+    assert codes(admit(chain, lines.payout("p-old", round_height=2))) == [Code.BAD_SIGNATURE.value]
+    admit_ok(chain, lines.payout("p-new", round_height=2, signer=new))
+
+    (ev,) = [chain.codec.decode(T.KEYS, r.value) for r in chain.log.scan(T.KEYS, 0, 0, 1)]
+    assert ev["body"]["role"] == "producer" and ev["identity"] == keys.producer.address
+    assert ev["pubkey"] == keys.producer.pubkey and ev["body"]["new_pubkey"] == new.pubkey
+    assert ev["stamp_height"] == 1
+
+
+def test_oracle_and_treasury_rotations(chain, keys: Keys, lines: Lines):
+    admit_ok(chain, lines.provider(keys.faucet))
+    oracle_line, oracle = rotate(lines, keys.oracle, "oracle")
+    treasury_line, treasury = rotate(lines, keys.treasury, "treasury")
+    admit_ok(chain, oracle_line, treasury_line)
+    assert codes(admit(chain, lines.reading())) == [Code.UNKNOWN_ORACLE.value]
+    admit_ok(chain, lines.reading(signer=oracle))
+    assert codes(admit(chain, lines.settlement())) == [Code.BAD_SIGNATURE.value]
+    admit_ok(chain, lines.settlement(signer=treasury))
+
+
+def _bad_old_signature(ln, k):
+    line, _ = rotate(ln, k.producer, "producer")
+    line["signature"] = ("1" if line["signature"][0] == "0" else "0") + line["signature"][1:]
+    return line
+
+
+def _bad_new_signature(ln, k):
+    line, _ = rotate(ln, k.producer, "producer")
+    line["new_signature"] = line["signature"]
+    return line
+
+
+def _pubkey_not_old(ln, k):
+    line, _ = rotate(ln, k.producer, "producer")
+    line["pubkey"] = k.oracle.pubkey
+    return line
+
+
+def _rotate_back(ln, k):
+    line, new = rotate(ln, k.producer, "producer")
+    admit_ok(ln.chain, line)
+    back, _ = rotate(ln, new, "producer", Signer(k.producer.key, k.producer.address))
+    return back
+
+
+def _role_field(ln, k):
+    line, _ = rotate(ln, k.producer, "producer")
+    line["body"]["role"] = "mayor"
+    return line
+
+
+def _wrong_chain(ln, k):
+    return rotation_line(k.producer, successor(k.producer), chain_id="other", role="producer", timestamp=ln.now())
+
+
+BAD = {
+    "old signature": (_bad_old_signature, Code.BAD_SIGNATURE),
+    "new signature": (_bad_new_signature, Code.BAD_SIGNATURE),
+    "pubkey is not old_pubkey": (_pubkey_not_old, Code.BAD_SIGNATURE),
+    "not a producer": (lambda ln, k: rotate(ln, OUTSIDER, "producer")[0], Code.UNKNOWN_PRODUCER),
+    "not an oracle": (lambda ln, k: rotate(ln, OUTSIDER, "oracle")[0], Code.UNKNOWN_ORACLE),
+    "not the treasury": (lambda ln, k: rotate(ln, k.oracle, "treasury")[0], Code.BAD_SIGNATURE),
+    "new key held the role": (_rotate_back, Code.BAD_ROTATION),
+    "new key is the old key": (lambda ln, k: rotate(ln, k.oracle, "oracle", k.oracle)[0], Code.BAD_ROTATION),
+    "unknown role": (_role_field, Code.MALFORMED),
+    "other chain": (_wrong_chain, Code.WRONG_CHAIN),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_rotations_are_typed_and_change_nothing(chain, keys, lines, name):
+    build, code = BAD[name]
+    line = build(lines, keys)
+    before = snapshot(chain)
+    s = admit(chain, line)
+    assert codes(s) == [code.value], s.rejections
+    assert snapshot(chain) == before
+
+
+def test_a_repeated_rotation_is_a_duplicate(chain, keys, lines):
+    line, _ = rotate(lines, keys.oracle, "oracle")
+    admit_ok(chain, line)
+    s = admit(chain, line)
+    assert s.duplicates == 1 and s.rejected == 0
+
+
+def test_write_side_fold_and_verify_agree_with_admission(chain, keys, lines):
+    admit_ok(chain, lines.block())
+    line, new = rotate(lines, keys.producer, "producer")
+    pool_line, _ = rotate(lines, keys.producer, "pool", new)
+    oracle_line, oracle = rotate(lines, keys.oracle, "oracle")
+    admit_ok(chain, line, pool_line, oracle_line, lines.provider(keys.faucet))
+    admit_ok(chain, lines.reading(signer=oracle), lines.block(producer=new))
+    admit_ok(chain, lines.payout("p1", round_height=2, signer=new))
+
+    # the fold over the log reproduces admission's state, rotations included
+    folded = WriteState(MemoryLog())
+    seed_genesis(folded, chain.genesis)
+    events = []
+    for topic in T.EVENT_TOPICS:
+        for p, end in enumerate(chain.log.end_offsets(topic)):
+            events += [(topic, chain.codec.decode(topic, r.value)) for r in chain.log.scan(topic, p, 0, end)]
+    from engine.admission.state_fold import order_key
+    for topic, ev in sorted(events, key=lambda te: order_key(*te)):
+        apply_event(folded, topic, ev, chain.genesis)
+    batch = folded.take_batch()
+    stored = dict(chain.log.state_items(b"rk/"))
+    assert {k: v for k, v in batch.items() if k.startswith(b"rk/")} == stored and len(stored) == 6
+
+    chain.close()  # verify opens the chain itself
+    report = verify(chain.config)
+    assert report["ok"] and report["log"]["problems"] == [], report
+
+
+def test_verify_flags_a_block_by_a_retired_key(chain, keys, lines):
+    """Records written around admission (a tampered log): verify names the retired key."""
+    line, new = rotate(lines, keys.producer, "producer")
+    admit_ok(chain, line)
+    admit_ok(chain, lines.block(producer=new))
+    forged = lines.block()  # by the retired key: admission refuses it...
+    assert codes(admit(chain, forged)) == [Code.UNKNOWN_PRODUCER.value]
+    from engine.admission.lines import parse_line
+    from engine.log.base import Record
+    item = parse_line(orjson.dumps(forged))
+    hdr = item.header.body
+    ev = {"header": hdr, "hash": item.header.id, "pubkey": item.header.pubkey,
+          "signature": item.header.signature, "txids": [], "fees": 0, "reward": chain.genesis.block_reward,
+          "evicted": []}
+    # ...so write it straight to the log, as a faulty writer could
+    chain.log.append([Record(T.BLOCKS, chain.genesis.chain_id.encode(), chain.codec.encode(T.BLOCKS, ev),
+                             hdr["timestamp"])], {})
+    chain.close()
+    report = verify(chain.config, signatures=False)
+    assert not report["ok"]
+    found = {p["code"] for p in report["log"]["problems"]}  # the write-side tip also lags the forged block
+    assert "UNKNOWN_PRODUCER" in found and found <= {"UNKNOWN_PRODUCER", "WRITE_STATE_MISMATCH"}, found
+
+
+# -- the node's own keys ----------------------------------------------------------------------
+
+@pytest.fixture
+def node(tmp_path):
+    cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token=TOKEN)
+    init_chain(cfg, dev_genesis(cfg.keys_dir))
+    n = Node(cfg, simulate=True, seed=7)
+    n.start()
+    yield n
+    n.stop()
+
+
+def _blocks_by(node: Node, pubkey: str, timeout: float = 30.0) -> int:
+    """Wait for the simulator to admit a block signed by ``pubkey``; its height."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p, end in enumerate(node.chain.log.end_offsets(T.BLOCKS)):
+            for r in node.chain.log.scan(T.BLOCKS, p, max(0, end - 5), end):
+                ev = node.chain.codec.decode(T.BLOCKS, r.value)
+                if ev["pubkey"] == pubkey:
+                    return ev["header"]["height"]
+        time.sleep(0.2)
+    raise AssertionError(f"no block by {pubkey[:16]} within {timeout}s")
+
+
+def test_admin_rotate_key_switches_the_simulator_and_is_audited(node):
+    keys_dir = node.config.keys_dir
+    old = Signer.load(os.path.join(keys_dir, "producer.key"))
+    _blocks_by(node, old.pubkey)
+    client = TestClient(create_app(node), raise_server_exceptions=False)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    refused = client.post("/v1/admin/rotate-key", json={"key": "producer"})
+    assert refused.status_code == 401
+    assert Signer.load(os.path.join(keys_dir, "producer.key")).pubkey == old.pubkey
+    assert node.chain.log.end_offsets(T.KEYS) == [0] and node.chain.log.end_offsets(T.ADMIN) == [0]
+
+    r = client.post("/v1/admin/rotate-key", json={"key": "producer"}, headers=auth)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["old_pubkey"] == old.pubkey and sorted(out["roles"]) == ["pool", "producer"]
+    new = Signer.load(os.path.join(keys_dir, "producer.key"))
+    assert new.pubkey == out["new_pubkey"] and new.address == old.address  # same identity
+    assert os.path.exists(os.path.join(keys_dir, "retired", f"producer-{old.pubkey[:16]}.key"))
+    assert not os.path.exists(os.path.join(keys_dir, "producer.key.next"))
+
+    _blocks_by(node, new.pubkey)  # the simulator produces with the new key
+    assert node.chain.log.end_offsets(T.KEYS) == [2]
+    (audit,) = [node.chain.codec.decode(T.ADMIN, rec.value) for rec in node.chain.log.scan(T.ADMIN, 0, 0, 1)]
+    assert audit["action"] == "rotate-key" and audit["outcome"] == "ok"
+    assert json.loads(audit["params"]) == {"key": "producer"} and new.pubkey in audit["detail"]
+
+    bad = client.post("/v1/admin/rotate-key", json={"key": "faucet"}, headers=auth)  # holds no role
+    assert bad.status_code == 409 and bad.json()["code"] == "ROTATION_REFUSED"
+    assert node.chain.log.end_offsets(T.KEYS) == [2]
+    (_, second) = [node.chain.codec.decode(T.ADMIN, rec.value) for rec in node.chain.log.scan(T.ADMIN, 0, 0, 2)]
+    assert second["action"] == "rotate-key" and second["outcome"] == "error"
+
+
+def test_cli_rotates_a_key_offline(tmp_path):
+    import subprocess
+    data = str(tmp_path / "data")
+    subprocess.run([LEDGERLOG, "--data-dir", data, "init"], check=True, capture_output=True)
+    old = Signer.load(os.path.join(data, "keys", "oracle.key"))
+    out = subprocess.run([LEDGERLOG, "--data-dir", data, "keys", "rotate", "oracle"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["via"] == "local" and doc["roles"] == ["oracle"] and doc["old_pubkey"] == old.pubkey
+    again = subprocess.run([LEDGERLOG, "--data-dir", data, "keys", "rotate", "faucet"], capture_output=True, text=True)
+    assert again.returncode == 1 and "holds no role" in again.stderr
+    tail = subprocess.run([LEDGERLOG, "--data-dir", data, "tail", T.KEYS], capture_output=True, text=True)
+    assert tail.returncode == 0 and doc["new_pubkey"] in tail.stdout
