@@ -2,6 +2,7 @@
 durable (each chunk of lines is one synced append), as ``ledgerlog ingest`` does it."""
 from __future__ import annotations
 
+import os
 import resource
 import time
 from typing import Any
@@ -16,7 +17,7 @@ __all__ = ["ingest"]
 
 def ingest(data_dir: str, genesis: dict[str, Any], history: str, stats: dict[str, Any]) -> dict[str, Any]:
     """Admit every line of ``history`` into a new chain at ``data_dir`` (left there, closed)."""
-    cfg = Config(data_dir=data_dir)
+    cfg = Config(data_dir=data_dir, verify_workers=os.cpu_count() or 1)  # as `ledgerlog ingest` runs
     init_chain(cfg, genesis)
     with open_chain(cfg) as chain, open(history, "rb") as f:
         t = time.perf_counter()

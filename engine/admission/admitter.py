@@ -22,9 +22,12 @@ from ..log.base import Log, Record
 from .lines import Item, parse_line
 from .rules import Out, Rules
 from .state import WriteState
-from .verify import Verifier
+from .verify import Pending, Verifier
 
 __all__ = ["Summary", "Admitter"]
+
+#: (line numbers, parsed lines or their rejections, signature checks under way)
+_Prepared = tuple[list[int], list["Item | Rejection"], "Pending | None"]
 
 _tracer = trace.get_tracer("ledgerlog.admission")  # API only: no-op spans unless ops sets up the SDK
 
@@ -72,28 +75,42 @@ class Admitter:
 
     def admit_numbered(self, lines: Iterable[tuple[int, bytes | str]], *,
                        progress: Callable[[int], None] | None = None) -> Summary:
-        """Like ``admit`` for (line number, line) pairs, so callers may skip blank lines."""
+        """Like ``admit`` for (line number, line) pairs, so callers may skip blank lines.
+
+        Pipelined: chunk k+1 is parsed and its signatures go to the verifier's pool before the
+        rules of chunk k run, so verification overlaps the sequential checks."""
         total = Summary()
         it: Iterator[tuple[int, bytes | str]] = iter(lines)
-        while True:
-            chunk = list(islice(it, self.chunk))
-            if not chunk:
-                return total
-            total.merge(self._admit_chunk(chunk))
+        ahead = self._prepare(it)
+        while ahead is not None:
+            current, ahead = ahead, None
+            if len(current[0]) == self.chunk:
+                ahead = self._prepare(it)
+            total.merge(self._admit_chunk(*current))
             if progress:
-                progress(len(chunk))
+                progress(len(current[0]))
+        return total
 
-    @_tracer.start_as_current_span("ledgerlog.admit_chunk")
-    def _admit_chunk(self, chunk: list[tuple[int, bytes | str]]) -> Summary:
-        summary = Summary()
+    def _prepare(self, it: Iterator[tuple[int, bytes | str]]) -> _Prepared | None:
+        """The next chunk's line numbers, parsed lines and pending signature checks."""
+        chunk = list(islice(it, self.chunk))
+        if not chunk:
+            return None
         parsed: list[Item | Rejection] = []
-        numbers = [n for n, _ in chunk]
         for _, line in chunk:
             try:
                 parsed.append(parse_line(line))
             except Rejection as rej:
                 parsed.append(rej)
-        self.verifier.prefetch([p for p in parsed if not isinstance(p, Rejection)])
+        pending = self.verifier.submit([p for p in parsed if not isinstance(p, Rejection)])
+        return [n for n, _ in chunk], parsed, pending
+
+    @_tracer.start_as_current_span("ledgerlog.admit_chunk")
+    def _admit_chunk(self, numbers: list[int], parsed: list[Item | Rejection],
+                     pending: Pending | None) -> Summary:
+        summary = Summary()
+        if pending is not None:
+            pending.apply()
         with self._lock:
             try:
                 outs, counts = self._check_all(parsed, numbers, summary)
@@ -104,7 +121,7 @@ class Admitter:
             self.counts.update(counts)
         for listener in self.listeners:
             listener(outs)
-        trace.get_current_span().set_attributes({"ledgerlog.lines": len(chunk),
+        trace.get_current_span().set_attributes({"ledgerlog.lines": len(numbers),
                                                  "ledgerlog.accepted": summary.accepted,
                                                  "ledgerlog.rejected": summary.rejected})
         return summary

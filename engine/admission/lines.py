@@ -14,7 +14,7 @@ from typing import Any, Callable
 import orjson
 
 from .. import avro
-from ..crypto import H, canonical_json
+from ..crypto import H, canonical_json_flat
 from ..errors import Code, Rejection
 
 __all__ = ["MAX_LINE_BYTES", "MAX_BLOCK_TXS", "Signed", "BlockLine", "ShareLine", "RotationLine", "Item",
@@ -166,7 +166,7 @@ class ShareLine:
 
     @property
     def id(self) -> str:
-        return H(canonical_json(self.obj))
+        return H(canonical_json_flat(self.obj))
 
 
 @dataclass(slots=True)

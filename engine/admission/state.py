@@ -17,6 +17,7 @@ __all__ = ["Tip", "Account", "WriteState", "init_state"]
 
 _MISSING = object()
 _U64 = struct.Struct(">Q")
+_CACHE_MAX = 200_000  # committed values kept in memory (about 50 MB at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,9 @@ class WriteState:
         self._log = log
         self._batch: dict[bytes, Any] = {}
         self._line: dict[bytes, Any] = {}
+        # committed values already read (None: absent); valid while this object is the only
+        # writer of the state, as the admitter's is. Keys a batch changes are dropped on commit.
+        self._cache: dict[bytes, Any] = {}
 
     # -- overlay mechanics ----------------------------------------------------------------
     def _get(self, key: bytes) -> Any:
@@ -51,8 +55,13 @@ class WriteState:
         if v is _MISSING:
             v = self._batch.get(key, _MISSING)
         if v is _MISSING:
+            v = self._cache.get(key, _MISSING)
+        if v is _MISSING:
             raw = self._log.state_get(key)
             v = None if raw is None else orjson.loads(raw)
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = v
         return v
 
     def _put(self, key: bytes, value: Any) -> None:
@@ -71,6 +80,8 @@ class WriteState:
 
     def take_batch(self) -> dict[bytes, bytes | None]:
         out = {k: None if v is None else orjson.dumps(v) for k, v in self._batch.items()}
+        for k in out:
+            self._cache.pop(k, None)
         self._batch.clear()
         return out
 

@@ -5,29 +5,45 @@ the rules run; the rules then read ``Signed.sig_ok`` at the point of PROTOCOL.md
 so the codes reported are the same as with checking inline."""
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Sequence
 
 from ..crypto import verify
 from ..errors import Rejection
 from .lines import BlockLine, Item, Signed, SignedLine
 
-__all__ = ["Verifier"]
+__all__ = ["Verifier", "Pending"]
 
 
 def _verify_batch(batch: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
     return [verify(pk, msg, sig) for pk, msg, sig in batch]
 
 
+class Pending:
+    """Signature checks of one chunk, running in the pool; ``apply`` waits and stores results."""
+
+    def __init__(self, targets: list[Signed], futures: list[Future[list[bool]]]) -> None:
+        self.targets = targets
+        self.futures = futures
+
+    def apply(self) -> None:
+        results = [ok for f in self.futures for ok in f.result()]
+        for s, ok in zip(self.targets, results):
+            s.sig_ok = ok
+
+
 class Verifier:
-    """Checks signatures of parsed lines; with ``workers`` > 1, in a process pool."""
+    """Checks signatures of parsed lines; with ``workers`` > 1, in a process pool, while the
+    caller goes on (``submit`` returns at once; the admitter checks the rules of the previous
+    chunk meanwhile)."""
 
     def __init__(self, workers: int = 1, min_parallel: int = 256) -> None:
         self.workers = workers
         self.min_parallel = min_parallel
         self._pool: ProcessPoolExecutor | None = None
 
-    def prefetch(self, items: Sequence[Item]) -> None:
+    def submit(self, items: Sequence[Item]) -> Pending | None:
+        """Start checking the signatures of ``items``; None when they are left to the rules."""
         signed: list[Signed] = []
         for item in items:
             if isinstance(item, BlockLine):
@@ -36,7 +52,7 @@ class Verifier:
             elif isinstance(item, SignedLine):
                 signed.append(item.signed)
         if self.workers <= 1 or len(signed) < self.min_parallel:
-            return  # inline, lazily: duplicates and early rejections then cost no verification
+            return None  # inline, lazily: duplicates and early rejections then cost no verification
         work, targets = [], []
         for s in signed:
             try:
@@ -47,13 +63,16 @@ class Verifier:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers)
         step = -(-len(work) // self.workers)
-        parts = [work[i:i + step] for i in range(0, len(work), step)]
-        results = [ok for part in self._pool.map(_verify_batch, parts) for ok in part]
-        for s, ok in zip(targets, results):
-            s.sig_ok = ok
+        return Pending(targets, [self._pool.submit(_verify_batch, work[i:i + step])
+                                 for i in range(0, len(work), step)])
+
+    def prefetch(self, items: Sequence[Item]) -> None:
+        """Check now (blocking) what ``submit`` would check in the background."""
+        pending = self.submit(items)
+        if pending is not None:
+            pending.apply()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
-
