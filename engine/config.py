@@ -3,6 +3,7 @@
 it and never reads the environment itself."""
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .topics import DEFAULT_PARTITIONS
 
-__all__ = ["Config", "load_config", "SETTINGS"]
+__all__ = ["SETTINGS", "Config", "env_values", "load_config"]
 
 #: (toml section.key, env var, Config field, type, doc) — the single table docs are made from.
 SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
@@ -31,8 +32,34 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "processes a rebuild (reproject) spreads projections over (0 = one per core)"),
     ("http.host", "LEDGERLOG_HTTP_HOST", "http_host", str, "address the node's HTTP API binds"),
     ("http.port", "LEDGERLOG_HTTP_PORT", "http_port", int, "port of the node's HTTP API"),
+    ("http.max_body", "LEDGERLOG_HTTP_MAX_BODY", "http_max_body", int,
+     "bytes a POST/PUT/PATCH body may carry, except POST /v1/ingest (413 TOO_LARGE above)"),
+    ("http.ingest_max_body", "LEDGERLOG_INGEST_MAX_BODY", "http_ingest_max_body", int,
+     "bytes a POST /v1/ingest body may carry (413 TOO_LARGE above)"),
+    ("http.ingest_rate", "LEDGERLOG_INGEST_RATE", "http_ingest_rate", float,
+     "POST /v1/ingest requests per second per client IP (0 = no limit; 429 RATE_LIMITED above)"),
+    ("http.ingest_burst", "LEDGERLOG_INGEST_BURST", "http_ingest_burst", int,
+     "POST /v1/ingest requests a client IP may make at once"),
+    ("http.ready_max_lag", "LEDGERLOG_READY_MAX_LAG", "http_ready_max_lag", int,
+     "records a projection may lag before GET /v1/ready answers 503 NOT_READY"),
     ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
      "bearer token for /v1/admin/*; admin is disabled when empty"),
+    ("faucet.enabled", "LEDGERLOG_FAUCET_ENABLED", "faucet_enabled", bool,
+     "false disables the faucet (503 FAUCET_DISABLED)"),
+    ("faucet.amount", "LEDGERLOG_FAUCET_AMOUNT", "faucet_amount", int,
+     "base units per faucet grant (the fee, min_fee, is on top)"),
+    ("faucet.key", "LEDGERLOG_FAUCET_KEY", "faucet_key", str,
+     "key file of the faucet (empty: <data_dir>/keys/faucet.key)"),
+    ("faucet.topup_key", "LEDGERLOG_FAUCET_TOPUP_KEY", "faucet_topup_key", str,
+     "key file faucet top-ups are sent from (empty: <data_dir>/keys/treasury.key)"),
+    ("faucet.ip_burst", "LEDGERLOG_FAUCET_IP_BURST", "faucet_ip_burst", int,
+     "faucet grants a client IP may get at once"),
+    ("faucet.ip_interval", "LEDGERLOG_FAUCET_IP_INTERVAL", "faucet_ip_interval", float,
+     "seconds for a client IP to earn one more faucet grant (0 = no limit)"),
+    ("faucet.address_burst", "LEDGERLOG_FAUCET_ADDRESS_BURST", "faucet_address_burst", int,
+     "faucet grants an address may get at once"),
+    ("faucet.address_interval", "LEDGERLOG_FAUCET_ADDRESS_INTERVAL", "faucet_address_interval", float,
+     "seconds for an address to earn one more faucet grant (0 = no limit)"),
     ("node.log_level", "LEDGERLOG_LOG_LEVEL", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("node.log_json", "LEDGERLOG_LOG_JSON", "log_json", bool,
      "write <data_dir>/logs/node.log as JSON lines (default false: plain text)"),
@@ -57,7 +84,20 @@ class Config:
     fold_workers: int = 0
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_max_body: int = 1024 * 1024
+    http_ingest_max_body: int = 64 * 1024 * 1024
+    http_ingest_rate: float = 20.0
+    http_ingest_burst: int = 60
+    http_ready_max_lag: int = 10_000
     admin_token: str = ""
+    faucet_enabled: bool = True
+    faucet_amount: int = 10_000_000
+    faucet_key: str = ""
+    faucet_topup_key: str = ""
+    faucet_ip_burst: int = 5
+    faucet_ip_interval: float = 60.0
+    faucet_address_burst: int = 1
+    faucet_address_interval: float = 3600.0
     log_level: str = "INFO"
     log_json: bool = False
     log_max_bytes: int = 50 * 1024 * 1024
@@ -105,7 +145,8 @@ class Config:
                 out.append(f"\n[{sec}]")
                 section = sec
             v = getattr(self, attr)
-            text = ("true" if v else "false") if typ is bool else (str(v) if typ is int else f'"{v}"')
+            text = (("true" if v else "false") if typ is bool else repr(v) if typ in (int, float)
+                    else f'"{v}"')
             out.append(f"# {doc}\n{name} = {text}")
         if self.kafka:
             out.append("\n[kafka]")
@@ -125,9 +166,23 @@ def _convert(value: Any, typ: type, where: str) -> Any:
                 return int(value)
         except (TypeError, ValueError):
             pass
+    elif typ is float:
+        try:
+            if not isinstance(value, bool):
+                out = float(value)
+                if math.isfinite(out):  # no NaN / infinity
+                    return out
+        except (TypeError, ValueError):
+            pass
     elif isinstance(value, (str, int)) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+
+
+def env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``env`` sets (non-empty ``LEDGERLOG_*`` variables of SETTINGS), by Config field."""
+    return {attr: _convert(env[var].strip(), typ, var)
+            for _key, var, attr, typ, _doc in SETTINGS if env.get(var, "").strip()}
 
 
 def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Config:
@@ -146,9 +201,7 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
                 values[attr] = _convert(doc[sec][name], typ, f"{path} [{sec}] {name}")
         if isinstance(doc.get("kafka"), dict):
             values["kafka"] = {str(k): str(v) for k, v in doc["kafka"].items()}
-    for _key, var, attr, typ, _doc in SETTINGS:
-        if env.get(var):
-            values[attr] = _convert(env[var], typ, var)
+    values.update(env_values(env))
     known = {f.name for f in fields(Config)}
     for attr, v in (flags or {}).items():
         if v is not None and attr in known:

@@ -4,7 +4,7 @@ every grant is an event on the log (``TransactionSubmitted`` on ``ledger.mempool
 until a block confirms it; the answer carries its ``txid``.
 
 - **Key**: ``<data_dir>/keys/faucet.key`` (JSON with ``"seed"``, as ``init`` writes it), or
-  ``LEDGERLOG_FAUCET_KEY``. Missing or unreadable (or ``LEDGERLOG_FAUCET_ENABLED=0``): 503
+  ``faucet.key``. Missing or unreadable (or ``faucet.enabled = false``): 503
   ``FAUCET_DISABLED``. The key is read at the first request that needs it.
 - **Nonce**: confirmed + pending + 1 from the committed write-side state. Grants are serialised
   by a lock; another writer using the same key (the dev simulator funds its wallets from it) can
@@ -17,24 +17,25 @@ until a block confirms it; the answer carries its ``txid``.
 - **Pause**: admin ``faucet-pause``/``faucet-resume`` (503 ``FAUCET_PAUSED``); the node-wide
   ``pause`` stops the faucet too (503 ``PAUSED``).
 - **Top-up**: admin ``faucet-topup {"amount"}`` sends ``amount`` from the **treasury** key
-  (``<data_dir>/keys/treasury.key`` or ``LEDGERLOG_FAUCET_TOPUP_KEY``) to the faucet address as
+  (``<data_dir>/keys/treasury.key`` or ``faucet.topup_key``) to the faucet address as
   an ordinary transaction through admission: a dev chain's treasury holds the other large
   allocation and the operator holds its key on the node. It is pending until the next block,
   and only then adds to the faucet's spendable balance. It works while ingest is paused (an
   operator's explicit action).
 
-Knobs (environment, read when the app is built, or ``FaucetSettings`` passed to ``create_app``):
+Knobs: settings of the node's ``Config`` (engine/config.py), so each is a ``config.toml`` key
+overridable by its environment variable, or ``FaucetSettings`` passed to ``create_app``:
 
-| env | default | meaning |
-|---|---|---|
-| ``LEDGERLOG_FAUCET_ENABLED`` | true | false disables the faucet (503 FAUCET_DISABLED) |
-| ``LEDGERLOG_FAUCET_AMOUNT`` | 10000000 | base units per grant (the fee, min_fee, is on top) |
-| ``LEDGERLOG_FAUCET_KEY`` | <data_dir>/keys/faucet.key | key file of the faucet |
-| ``LEDGERLOG_FAUCET_TOPUP_KEY`` | <data_dir>/keys/treasury.key | key file top-ups are sent from |
-| ``LEDGERLOG_FAUCET_IP_BURST`` | 5 | grants a client IP may get at once |
-| ``LEDGERLOG_FAUCET_IP_INTERVAL`` | 60 | seconds for a client IP to earn one more grant (0 = no limit) |
-| ``LEDGERLOG_FAUCET_ADDRESS_BURST`` | 1 | grants an address may get at once |
-| ``LEDGERLOG_FAUCET_ADDRESS_INTERVAL`` | 3600 | seconds for an address to earn one more grant (0 = no limit) |
+| config.toml | env | default | meaning |
+|---|---|---|---|
+| ``faucet.enabled`` | ``LEDGERLOG_FAUCET_ENABLED`` | true | false disables the faucet (503 FAUCET_DISABLED) |
+| ``faucet.amount`` | ``LEDGERLOG_FAUCET_AMOUNT`` | 10000000 | base units per grant (the fee, min_fee, is on top) |
+| ``faucet.key`` | ``LEDGERLOG_FAUCET_KEY`` | <data_dir>/keys/faucet.key | key file of the faucet |
+| ``faucet.topup_key`` | ``LEDGERLOG_FAUCET_TOPUP_KEY`` | <data_dir>/keys/treasury.key | key file top-ups are sent from |
+| ``faucet.ip_burst`` | ``LEDGERLOG_FAUCET_IP_BURST`` | 5 | grants a client IP may get at once |
+| ``faucet.ip_interval`` | ``LEDGERLOG_FAUCET_IP_INTERVAL`` | 60 | seconds for a client IP to earn one more grant (0 = no limit) |
+| ``faucet.address_burst`` | ``LEDGERLOG_FAUCET_ADDRESS_BURST`` | 1 | grants an address may get at once |
+| ``faucet.address_interval`` | ``LEDGERLOG_FAUCET_ADDRESS_INTERVAL`` | 3600 | seconds for an address to earn one more grant (0 = no limit) |
 """
 from __future__ import annotations
 
@@ -45,18 +46,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi.responses import JSONResponse
 
 from engine.admission.state import WriteState
+from engine.config import Config, env_values
 from engine.errors import Code
 from engine.signing import Signer, signed_line
 
 from .admin import action
-from .limits import TokenBuckets, controls, env_bool, env_float, env_int, error, rate_limited
+from .limits import TokenBuckets, controls, error, rate_limited
 from .queries import ADDRESS_RE
 
 if TYPE_CHECKING:
@@ -66,34 +68,38 @@ __all__ = ["DEFAULT_AMOUNT", "Faucet", "FaucetSettings", "Refused", "attach", "f
 
 log = logging.getLogger("ledgerlog.faucet")
 
-DEFAULT_AMOUNT = 10_000_000
+DEFAULT_AMOUNT = 10_000_000  # = Config().faucet_amount
 NONCE_RETRIES = 3
 I64_MAX = (1 << 63) - 1
 
 
+_DEFAULTS = Config()
+
+
 @dataclass(frozen=True)
 class FaucetSettings:
-    enabled: bool = True
-    amount: int = DEFAULT_AMOUNT
-    key_path: str = ""          # "" = <data_dir>/keys/faucet.key
-    topup_key_path: str = ""    # "" = <data_dir>/keys/treasury.key
-    ip_burst: int = 5
-    ip_interval: float = 60.0
-    address_burst: int = 1
-    address_interval: float = 3600.0
+    enabled: bool = _DEFAULTS.faucet_enabled
+    amount: int = _DEFAULTS.faucet_amount
+    key_path: str = _DEFAULTS.faucet_key                 # "" = <data_dir>/keys/faucet.key
+    topup_key_path: str = _DEFAULTS.faucet_topup_key     # "" = <data_dir>/keys/treasury.key
+    ip_burst: int = _DEFAULTS.faucet_ip_burst
+    ip_interval: float = _DEFAULTS.faucet_ip_interval
+    address_burst: int = _DEFAULTS.faucet_address_burst
+    address_interval: float = _DEFAULTS.faucet_address_interval
     memo: str = "faucet"
 
     @classmethod
+    def from_config(cls, config: Config) -> FaucetSettings:
+        """The settings a node's Config sets (config.toml ``[faucet]``, overridden by LEDGERLOG_FAUCET_*)."""
+        return cls(enabled=config.faucet_enabled, amount=config.faucet_amount, key_path=config.faucet_key,
+                   topup_key_path=config.faucet_topup_key, ip_burst=config.faucet_ip_burst,
+                   ip_interval=config.faucet_ip_interval, address_burst=config.faucet_address_burst,
+                   address_interval=config.faucet_address_interval)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FaucetSettings:
-        d = cls()
-        return cls(enabled=env_bool(env, "LEDGERLOG_FAUCET_ENABLED", d.enabled),
-                   amount=env_int(env, "LEDGERLOG_FAUCET_AMOUNT", d.amount),
-                   key_path=env.get("LEDGERLOG_FAUCET_KEY", "") or "",
-                   topup_key_path=env.get("LEDGERLOG_FAUCET_TOPUP_KEY", "") or "",
-                   ip_burst=env_int(env, "LEDGERLOG_FAUCET_IP_BURST", d.ip_burst),
-                   ip_interval=env_float(env, "LEDGERLOG_FAUCET_IP_INTERVAL", d.ip_interval),
-                   address_burst=env_int(env, "LEDGERLOG_FAUCET_ADDRESS_BURST", d.address_burst),
-                   address_interval=env_float(env, "LEDGERLOG_FAUCET_ADDRESS_INTERVAL", d.address_interval))
+        """The defaults overridden by ``env`` alone (no config.toml); prefer ``from_config``."""
+        return cls.from_config(replace(Config(), **env_values(env)))
 
 
 class Refused(Exception):
@@ -255,7 +261,7 @@ _FAUCETS_LOCK = threading.Lock()
 def attach(node: Node, settings: FaucetSettings | None = None) -> Faucet:
     """The node's faucet (made when the app is built; the latest app's settings win)."""
     with _FAUCETS_LOCK:
-        f = _FAUCETS[node] = Faucet(node, settings or FaucetSettings.from_env(os.environ))
+        f = _FAUCETS[node] = Faucet(node, settings or FaucetSettings.from_config(node.config))
         return f
 
 

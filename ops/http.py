@@ -4,8 +4,6 @@ JSON-RPC 2.0 at /rpc (ops/rpc.py), readiness at /v1/ready, the faucet (ops/fauce
 limits every request meets: body size, rate limits, JSON error bodies (ops/limits.py)."""
 from __future__ import annotations
 
-import os
-import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -20,6 +18,7 @@ from engine.errors import LedgerError, NotFoundError, SchemaError
 from . import rpc
 from .admin import admin_router
 from .faucet import FaucetSettings, Refused, attach
+from .http_fast import FastLane, RequestMetrics, json_response
 from .limits import (
     BodyLimit,
     HttpLimits,
@@ -49,12 +48,12 @@ class FaucetRequest(BaseModel):
 
 
 def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: FaucetSettings | None = None) -> FastAPI:
-    """The app for ``node``. ``limits`` and ``faucet`` default to their LEDGERLOG_* environment
-    settings (see ops/limits.py and ops/faucet.py)."""
-    limits = limits or HttpLimits.from_env(os.environ)
-    tap = attach(node, faucet or FaucetSettings.from_env(os.environ))
+    """The app for ``node``. ``limits`` and ``faucet`` default to the node's Config (config.toml
+    ``[http]``/``[faucet]``, overridden by LEDGERLOG_* env; see ops/limits.py and ops/faucet.py)."""
+    limits = limits or HttpLimits.from_config(node.config)
+    tap = attach(node, faucet or FaucetSettings.from_config(node.config))
     ingest_buckets = TokenBuckets(limits.ingest_rate, limits.ingest_burst)
-    app = FastAPI(title="ledgerlog", version="1", description="Event-sourced ledger node: queries read projections; "
+    app = LedgerApp(title="ledgerlog", version="1", description="Event-sourced ledger node: queries read projections; "
                   "every answer carries its provenance (projection version, log positions, height, lag).")
     app.router.redirect_slashes = False  # /v1/status/ is 404, not a redirect: one name per resource
     install_error_handlers(app)
@@ -63,14 +62,8 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
     app.add_middleware(BodyLimit, limit_for=lambda path: limits.max_ingest_body if path == "/v1/ingest"
                        else limits.max_body)
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        node.metrics.on_request(getattr(route, "path", "unmatched"), request.method, response.status_code,
-                                time.perf_counter() - start)
-        return response
+    # latency and status by route (pure ASGI: BaseHTTPMiddleware costs a task and streams per request)
+    app.add_middleware(RequestMetrics, on_request=node.metrics.on_request)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
@@ -92,7 +85,7 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
         def run() -> Any:
             node.queries.sync()
             return fn(*args)
-        return await run_in_threadpool(run)
+        return json_response(await run_in_threadpool(run))  # orjson, not jsonable_encoder
 
     @app.get("/v1/health", tags=["node"], summary="Liveness")
     async def health() -> dict[str, Any]:
@@ -178,7 +171,7 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
 
     @app.get("/v1/dashboard", tags=["dashboard"], summary="Everything the dashboard page shows")
     async def dashboard() -> Any:
-        return await run_in_threadpool(node.queries.dashboard)
+        return json_response(await run_in_threadpool(node.queries.dashboard))
 
     @app.get("/metrics", tags=["node"], summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -192,7 +185,25 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
     _schema_registry_routes(app, node)
     app.include_router(admin_router(node))
     instrument_app(app)  # one trace span per request (ops/tracing.py)
+    app.fast_lane = FastLane(node, node.metrics.on_request)  # plain GETs of the query routes
     return app
+
+
+class LedgerApp(FastAPI):
+    """The FastAPI app, with the plain GETs of the query routes answered by ``fast_lane``
+    (ops/http_fast.py) before the framework; everything else, and the OpenAPI description of
+    those routes too, is FastAPI's."""
+
+    fast_lane: FastLane | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        lane = self.fast_lane
+        if lane is not None and scope["type"] == "http":
+            hit = lane.match(scope)
+            if hit is not None:
+                await lane.serve(send, *hit)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _schema_registry_routes(app: FastAPI, node: "Node") -> None:

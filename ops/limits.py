@@ -21,16 +21,17 @@
   pipeline itself keeps running, so the node's own simulator, if enabled, keeps producing. The
   switches are in memory: a restarted node starts unpaused.
 
-Knobs (module defaults, overridable by environment variables read once when the app is built,
-or by passing ``HttpLimits`` to ``create_app``):
+Knobs: settings of the node's ``Config`` (engine/config.py), so each is a ``config.toml`` key
+overridable by its environment variable (read once, when the CLI builds the Config), or
+``HttpLimits`` passed to ``create_app``:
 
-| env | default | meaning |
-|---|---|---|
-| ``LEDGERLOG_HTTP_MAX_BODY`` | 1 MiB | bytes a POST body may carry (except ingest) |
-| ``LEDGERLOG_INGEST_MAX_BODY`` | 64 MiB | bytes a ``POST /v1/ingest`` body may carry |
-| ``LEDGERLOG_INGEST_RATE`` | 20 | ingest requests per second per client (0 = no limit) |
-| ``LEDGERLOG_INGEST_BURST`` | 60 | ingest requests a client may make at once |
-| ``LEDGERLOG_READY_MAX_LAG`` | 10000 | records a projection may lag before ``/v1/ready`` says 503 |
+| config.toml | env | default | meaning |
+|---|---|---|---|
+| ``http.max_body`` | ``LEDGERLOG_HTTP_MAX_BODY`` | 1 MiB | bytes a POST body may carry (except ingest) |
+| ``http.ingest_max_body`` | ``LEDGERLOG_INGEST_MAX_BODY`` | 64 MiB | bytes a ``POST /v1/ingest`` body may carry |
+| ``http.ingest_rate`` | ``LEDGERLOG_INGEST_RATE`` | 20 | ingest requests per second per client (0 = no limit) |
+| ``http.ingest_burst`` | ``LEDGERLOG_INGEST_BURST`` | 60 | ingest requests a client may make at once |
+| ``http.ready_max_lag`` | ``LEDGERLOG_READY_MAX_LAG`` | 10000 | records a projection may lag before ``/v1/ready`` says 503 |
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -50,7 +51,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.errors import ConfigError
+from engine.config import Config, env_values
 
 from .admin import action
 
@@ -65,9 +66,6 @@ __all__ = [
     "TokenBuckets",
     "client_key",
     "controls",
-    "env_bool",
-    "env_float",
-    "env_int",
     "error",
     "install_error_handlers",
     "rate_limited",
@@ -76,11 +74,12 @@ __all__ = [
 log = logging.getLogger("ledgerlog.http")
 
 MiB = 1024 * 1024
-MAX_BODY = 1 * MiB
-MAX_INGEST_BODY = 64 * MiB
-INGEST_RATE = 20.0
-INGEST_BURST = 60
-READY_MAX_LAG = 10_000
+_DEFAULTS = Config()
+MAX_BODY = _DEFAULTS.http_max_body                 # 1 MiB
+MAX_INGEST_BODY = _DEFAULTS.http_ingest_max_body   # 64 MiB
+INGEST_RATE = _DEFAULTS.http_ingest_rate           # 20 / s
+INGEST_BURST = _DEFAULTS.http_ingest_burst         # 60
+READY_MAX_LAG = _DEFAULTS.http_ready_max_lag       # 10,000 records
 MAX_BUCKETS = 100_000
 
 #: HTTP status -> the stable ``code`` of an error body the framework raised.
@@ -91,34 +90,6 @@ STATUS_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: 
 
 
 # -- settings -------------------------------------------------------------------------------------
-def _env(env: Mapping[str, str], name: str, conv: Callable[[str], Any], default: Any) -> Any:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return conv(raw.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: {exc}") from exc
-
-
-def env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    return _env(env, name, lambda s: int(s.replace("_", "")), default)
-
-
-def env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    return _env(env, name, float, default)
-
-
-def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    def conv(s: str) -> bool:
-        if s.lower() in ("1", "true", "yes", "on"):
-            return True
-        if s.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected a boolean")
-    return _env(env, name, conv, default)
-
-
 @dataclass(frozen=True)
 class HttpLimits:
     max_body: int = MAX_BODY
@@ -128,12 +99,16 @@ class HttpLimits:
     ready_max_lag: int = READY_MAX_LAG
 
     @classmethod
+    def from_config(cls, config: Config) -> HttpLimits:
+        """The limits a node's Config sets (config.toml ``[http]``, overridden by LEDGERLOG_* env)."""
+        return cls(max_body=config.http_max_body, max_ingest_body=config.http_ingest_max_body,
+                   ingest_rate=config.http_ingest_rate, ingest_burst=config.http_ingest_burst,
+                   ready_max_lag=config.http_ready_max_lag)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HttpLimits:
-        return cls(max_body=env_int(env, "LEDGERLOG_HTTP_MAX_BODY", MAX_BODY),
-                   max_ingest_body=env_int(env, "LEDGERLOG_INGEST_MAX_BODY", MAX_INGEST_BODY),
-                   ingest_rate=env_float(env, "LEDGERLOG_INGEST_RATE", INGEST_RATE),
-                   ingest_burst=env_int(env, "LEDGERLOG_INGEST_BURST", INGEST_BURST),
-                   ready_max_lag=env_int(env, "LEDGERLOG_READY_MAX_LAG", READY_MAX_LAG))
+        """The defaults overridden by ``env`` alone (no config.toml); prefer ``from_config``."""
+        return cls.from_config(replace(Config(), **env_values(env)))
 
 
 # -- error bodies ---------------------------------------------------------------------------------

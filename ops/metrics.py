@@ -4,6 +4,8 @@ Each node gets its own MeterProvider and Prometheus registry (several nodes can 
 process). Gauges and counters are observed from the node's state at scrape time; histograms are
 recorded as things happen. The node's own metrics are named ``ledgerlog_*``; the energy market
 keeps the names operators already alert on (``energy_*``, ``oracle_reading_latency_seconds``).
+The two per-request HTTP series are the exception: aggregated by ``HttpRequestMetrics`` in the same
+registry and exposed the same way (an SDK record on every request cost more than the request).
 
 Definitions worth stating:
 - ``ledgerlog_projection_lag_events{projection}``: log records the projection has yet to fold.
@@ -21,6 +23,8 @@ Definitions worth stating:
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import os
@@ -36,6 +40,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from engine import topics as T
 from engine.admission.rules import Out
@@ -132,14 +137,61 @@ class AppendTimes:
                 self.base = self.entries.popleft()
 
 
+class HttpRequestMetrics:
+    """``ledgerlog_http_request_duration_seconds`` (histogram, buckets ``_LATENCY_BUCKETS``) and
+    ``ledgerlog_http_requests_total`` (counter), by ``method``, ``route`` and ``status``: a
+    prometheus_client collector in the node's registry, exposed exactly as the OpenTelemetry
+    exporter exposes the node's other instruments (same names, help, sorted labels, bucket
+    bounds). They are aggregated here because they are recorded on every request: an SDK
+    ``record`` + ``add`` costs ~40 µs (attribute cleaning and hashing, locks), more than a
+    whole account lookup; this costs ~1 µs. Thread-safe."""
+
+    LABELS = ("method", "route", "status")
+
+    def __init__(self, bounds: tuple[float, ...] = _LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self._series: dict[tuple[str, str, str], list[Any]] = {}  # labels -> [bucket counts, sum]
+        self._lock = threading.Lock()
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (method, route, str(status))
+        i = bisect.bisect_left(self.bounds, seconds)  # bucket i holds (bounds[i-1], bounds[i]]
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = [[0] * (len(self.bounds) + 1), 0.0]
+            series[0][i] += 1
+            series[1] += seconds
+
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """Requests so far by (method, route, status)."""
+        with self._lock:
+            return {k: sum(v[0]) for k, v in self._series.items()}
+
+    def collect(self) -> Iterable[Any]:
+        with self._lock:
+            rows = [(k, list(v[0]), v[1]) for k, v in self._series.items()]
+        if not rows:
+            return
+        hist = HistogramMetricFamily("ledgerlog_http_request_duration_seconds", "HTTP request latency",
+                                     labels=list(self.LABELS), unit="")
+        total = CounterMetricFamily("ledgerlog_http_requests", "HTTP requests, by route and status",
+                                    labels=list(self.LABELS), unit="")
+        for labels, counts, seconds in rows:
+            cumulative = list(itertools.accumulate(counts))
+            hist.add_metric(list(labels), buckets=[(f"{b}", n) for b, n in zip((*self.bounds, "+Inf"), cumulative)],
+                            sum_value=seconds)
+            total.add_metric(list(labels), cumulative[-1])
+        yield hist
+        yield total
+
+
 class NodeMetrics:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.registry = CollectorRegistry()
         reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
         self.provider = MeterProvider(metric_readers=[reader], views=[
-            View(instrument_name="ledgerlog_http_request_duration_seconds",
-                 aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS)),
             View(instrument_name="ledgerlog_block_interval_seconds",
                  aggregation=ExplicitBucketHistogramAggregation(_INTERVAL_BUCKETS)),
             View(instrument_name="oracle_reading_latency_seconds",
@@ -189,8 +241,8 @@ class NodeMetrics:
         self.oracle_latency = m.create_histogram(
             "oracle_reading_latency_seconds", description="Admission time minus the reading's timestamp")
         self.block_interval = m.create_histogram("ledgerlog_block_interval_seconds", description="Time between consecutive blocks (header timestamps)")
-        self.http_latency = m.create_histogram("ledgerlog_http_request_duration_seconds", description="HTTP request latency")
-        self.http_requests = m.create_counter("ledgerlog_http_requests", description="HTTP requests, by route and status")
+        self.http = HttpRequestMetrics()  # per request: aggregated here, not by the SDK (see its doc)
+        self.registry.register(self.http)
         self._last_block_ts: int | None = None
         node.admitter.listeners.append(self._on_commit)
 
@@ -334,9 +386,7 @@ class NodeMetrics:
         self._last_block_ts = timestamp_ms
 
     def on_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        attrs = {"route": route, "method": method, "status": str(status)}
-        self.http_latency.record(seconds, attrs)
-        self.http_requests.add(1, attrs)
+        self.http.observe(route, method, status, seconds)
 
     def render(self) -> bytes:
         start = time.perf_counter()

@@ -23,6 +23,7 @@ from streams.reproject import reproject
 from streams.runner import Runner
 
 from .http import create_app
+from .http_transport import protocol_class
 from .metrics import NodeMetrics
 from .queries import Queries
 
@@ -142,6 +143,8 @@ class Node:
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
                                                     log_config=None,  # uvicorn logs go to our handlers
+                                                    http=protocol_class(),  # one send() per response
+                                                    proxy_headers=False,  # per-IP limits: no spoofed X-Forwarded-For
                                                     timeout_graceful_shutdown=10))
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

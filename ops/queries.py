@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from engine.config import Config
 from engine.errors import ConfigError, NotFoundError, StoreLockedError
@@ -38,14 +38,37 @@ class Queries:
         targets = {t: log.end_offsets(t) for t in log.topics()}
         return self.runner.wait_caught_up(targets, timeout)
 
+    def caught_up(self, names: Iterable[str] | None = None) -> bool:
+        """Without waiting: have the projections ``names`` (default: all) folded everything
+        appended so far? (What ``sync`` waits for, as a check; cheap on the embedded log, whose
+        end offsets are in memory.)"""
+        log = self.runner.log
+        handles = self.runner.handles
+        for h in (handles.values() if names is None else (handles[n] for n in names)):
+            pos = h.store.positions()
+            for t in h.module.TOPICS:
+                for p, end in enumerate(log.end_offsets(t)):
+                    if pos.get((t, p), 0) < end:
+                        return False
+        return True
+
     def _view(self, name: str):  # noqa: ANN202
         return self.runner.handles[name].store.view()
 
     def provenance(self, name: str) -> dict[str, Any]:
+        """Projection, version, height, positions (topic -> offset per partition), lag (records
+        not folded yet) and digest; positions and lag from one read of the stored positions."""
         h = self.runner.handles[name]
-        lag = self.runner.lag()[name]
+        log = self.runner.log
+        pos = h.store.positions()
+        positions: dict[str, list[int]] = {}
+        lag = 0
+        for t in h.module.TOPICS:
+            ends = log.end_offsets(t)
+            row = positions[t] = [pos.get((t, p), 0) for p in range(len(ends))]
+            lag += sum(ends) - sum(row)
         return {"projection": name, "version": h.module.VERSION, "height": h.store.height,
-                "positions": self.runner.positions(name), "lag": lag, "digest": h.store.digest_hex()}
+                "positions": positions, "lag": lag, "digest": h.store.digest_hex()}
 
     # -- answers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -23,15 +23,22 @@ Queries: ``GET /status`` lists owned projections (state, digest, positions, lag,
 ``GET /projections/<name>`` answers on the owner and redirects (307) elsewhere to the owner's URL,
 which faust's assignor shares among members (``external_topic_distribution``, keyed by each
 worker's ``canonical_url``). Derived events: the folds emit none (payouts are decided and
-recorded at admission with deterministic ids), so a replay or a rebalance cannot emit twice."""
+recorded at admission with deterministic ids), so a replay or a rebalance cannot emit twice.
+
+Security: the chain's ``[kafka]`` passthrough (librdkafka names: ``security.protocol``,
+``sasl.mechanisms``, ``sasl.username``/``sasl.password``, ``ssl.ca.location``, client
+certificates...) reaches faust as ``broker_credentials`` (``broker_credentials()``), so workers
+join TLS/SASL clusters with the settings the node's own clients use."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 import os
+import ssl
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,7 +54,8 @@ from engine.log.base import Log
 
 from .runner import Runner
 
-__all__ = ["NAMES", "FoldEngine", "StatusServer", "build_app", "ensure_lease_topic", "group_id", "run_worker"]
+__all__ = ["NAMES", "FoldEngine", "StatusServer", "broker_credentials", "build_app", "ensure_lease_topic",
+           "group_id", "run_worker", "ssl_context"]
 
 _log = logging.getLogger("ledgerlog.worker")
 
@@ -67,6 +75,82 @@ def _bootstrap(config: Config) -> str:
     if not url.startswith("kafka://"):
         raise ConfigError(f"`ledgerlog worker` needs a Kafka chain (log.url kafka://...), not {url!r}")
     return url[len("kafka://"):]
+
+
+# -- the [kafka] passthrough (librdkafka names) for faust/aiokafka ------------------------------------
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_PASSWORD = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _client_settings(kafka: Mapping[str, str]) -> dict[str, str]:
+    """The librdkafka settings a faust worker's clients get: the unprefixed ones, then
+    ``consumer.``-prefixed ones over them (faust is the group's consumer); ``producer.``,
+    ``admin.`` and ``ledgerlog.`` keys are for other clients."""
+    out = {k: str(v) for k, v in kafka.items() if not k.startswith(("ledgerlog.", "producer.", "consumer.", "admin."))}
+    out.update({k.removeprefix("consumer."): str(v) for k, v in kafka.items() if k.startswith("consumer.")})
+    return out
+
+
+def _false(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("false", "0", "no", "off", "none", "")
+
+
+def ssl_context(kafka: Mapping[str, str]) -> ssl.SSLContext:
+    """An SSL context from librdkafka's ``ssl.*`` settings: the CA (``ssl.ca.location``, a file or
+    a directory, or ``ssl.ca.pem``; the system's trust store otherwise), a client certificate and
+    key (``ssl.certificate.location``, ``ssl.key.location``, ``ssl.key.password``), and
+    ``ssl.endpoint.identification.algorithm=none`` / ``enable.ssl.certificate.verification=false``."""
+    conf = _client_settings(kafka)
+    ca = conf.get("ssl.ca.location", "").strip()
+    try:
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=ca if ca and not os.path.isdir(ca) else None,
+            capath=ca if ca and os.path.isdir(ca) else None, cadata=conf.get("ssl.ca.pem") or None)
+        cert = conf.get("ssl.certificate.location", "").strip()
+        if cert:
+            ctx.load_cert_chain(cert, keyfile=conf.get("ssl.key.location") or None,
+                                password=conf.get("ssl.key.password") or None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"[kafka] TLS settings: {exc}") from exc
+    if _false(conf.get("ssl.endpoint.identification.algorithm", "https")):
+        ctx.check_hostname = False
+    if _false(conf.get("enable.ssl.certificate.verification", "true")):
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def broker_credentials(kafka: Mapping[str, str]) -> Any:
+    """faust's ``broker_credentials`` for a chain's ``[kafka]`` section, or None for plaintext.
+
+    ``security.protocol`` decides, as in librdkafka (default PLAINTEXT): SSL gives
+    ``faust.SSLCredentials``; SASL_PLAINTEXT / SASL_SSL give ``faust.SASLCredentials`` (PLAIN,
+    SCRAM-SHA-256/512 with ``sasl.username``/``sasl.password``) or ``faust.GSSAPICredentials``
+    (GSSAPI, librdkafka's default mechanism; ``sasl.kerberos.service.name``), with an SSL context
+    for SASL_SSL (``ssl_context``)."""
+    import faust
+
+    conf = _client_settings(kafka)
+    protocol = conf.get("security.protocol", "PLAINTEXT").strip().upper()
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(f"[kafka] security.protocol {protocol!r}: expected one of {', '.join(_PROTOCOLS)}")
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(ssl_context(kafka))
+    tls = ssl_context(kafka) if protocol == "SASL_SSL" else None
+    mechanism = (conf.get("sasl.mechanisms") or conf.get("sasl.mechanism") or "GSSAPI").strip().upper()
+    if mechanism in _SASL_PASSWORD:
+        user, password = conf.get("sasl.username"), conf.get("sasl.password")
+        if not user or password is None:
+            raise ConfigError(f"[kafka] SASL {mechanism} needs sasl.username and sasl.password")
+        return faust.SASLCredentials(username=user, password=password, ssl_context=tls, mechanism=mechanism)
+    if mechanism == "GSSAPI":
+        return faust.GSSAPICredentials(kerberos_service_name=conf.get("sasl.kerberos.service.name", "kafka"),
+                                       kerberos_domain_name=conf.get("sasl.kerberos.domain.name") or None,
+                                       ssl_context=tls, mechanism=mechanism)
+    raise ConfigError(f"[kafka] sasl.mechanisms {mechanism!r} is not supported by `ledgerlog worker` "
+                      f"(use {', '.join(_SASL_PASSWORD)} or GSSAPI)")
 
 
 def ensure_lease_topic(config: Config, topic: str) -> None:
@@ -294,7 +378,9 @@ def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_di
     app_id = group_id(config, genesis)
     lease = f"{app_id}.leases"
     brokers = [f"kafka://{h.strip()}" for h in _bootstrap(config).split(",") if h.strip()]
+    credentials = broker_credentials(config.kafka)  # TLS / SASL from the [kafka] passthrough
     app = faust.App(app_id, broker=brokers, broker_session_timeout=session_timeout,
+                    **({"broker_credentials": credentials} if credentials is not None else {}),
                     broker_heartbeat_interval=min(1.0, session_timeout / 3), web_enabled=False,
                     canonical_url=url, topic_allow_declare=False, topic_disable_leader=True,
                     store="memory://", value_serializer="raw", consumer_auto_offset_reset="earliest",

@@ -312,6 +312,20 @@ def test_cli_commands_while_the_node_runs(world) -> None:
     assert node.get("/v1/status").json()["mempool"] >= 1
 
 
+def test_admin_actions_are_audited_with_the_real_client_address(world) -> None:
+    """On the real server: X-Forwarded-For is not trusted (per-IP limits cannot be dodged), and
+    the action is on ledger.admin with the socket's address."""
+    import tomllib
+    node, data = world["node"], world["data"]
+    token = tomllib.loads((data / "config.toml").read_text())["admin"]["token"]
+    r = node.http.post("/v1/admin/resume", headers={"Authorization": f"Bearer {token}",
+                                                    "X-Forwarded-For": "6.6.6.6"})
+    assert r.status_code == 200, r.text
+    events = [json.loads(x)["value"] for x in cli(data, "tail", "ledger.admin").stdout.splitlines()]
+    assert events and events[-1]["action"] == "resume" and events[-1]["outcome"] == "ok"
+    assert events[-1]["client"] == "127.0.0.1"
+
+
 def _digests(node: NodeProc, keys: Any, prov: str) -> dict[str, Any]:
     a = keys.wallets[0].address
     st = node.get("/v1/status").json()
@@ -340,3 +354,4 @@ def test_sigterm_then_restart_keeps_state(world) -> None:
     assert _digests(again, keys, prov) == before
     assert again.terminate() == 0, again.output()
     assert not (data / "node.json").exists()
+
