@@ -17,7 +17,7 @@ __all__ = ["ingest"]
 
 def ingest(data_dir: str, genesis: dict[str, Any], history: str, stats: dict[str, Any]) -> dict[str, Any]:
     """Admit every line of ``history`` into a new chain at ``data_dir`` (left there, closed)."""
-    cfg = Config(data_dir=data_dir, verify_workers=os.cpu_count() or 1)  # as `ledgerlog ingest` runs
+    cfg = Config(data_dir=data_dir)  # verify_workers 0: one per core, as `ledgerlog ingest` runs
     init_chain(cfg, genesis)
     with open_chain(cfg) as chain, open(history, "rb") as f:
         t = time.perf_counter()
@@ -30,5 +30,5 @@ def ingest(data_dir: str, genesis: dict[str, Any], history: str, stats: dict[str
     return {"lines": summary.accepted, "events": events, "seconds": round(secs, 3),
             "lines_per_s": rate(summary.accepted, secs), "events_per_s": rate(events, secs),
             "signed_events_per_s": rate(signed, secs), "shares_per_s": rate(stats["shares"], secs),
-            "durability": f"synced append per {cfg.ingest_chunk} lines", "verify_workers": cfg.verify_workers,
+            "durability": f"synced append per {cfg.ingest_chunk} lines", "verify_workers": cfg.verify_workers or os.cpu_count(),
             "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}

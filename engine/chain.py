@@ -65,7 +65,7 @@ class Chain:
             if self.read_only:
                 raise ConfigError("the chain is open read-only; ingest through the running node")
             self._admitter = Admitter(self.log, self.codec, self.genesis, chunk=self.config.ingest_chunk,
-                                      verifier=Verifier(self.config.verify_workers))
+                                      verifier=Verifier(self.config.verify_workers or os.cpu_count() or 1))
         return self._admitter
 
     def write_state(self) -> WriteState:

@@ -42,8 +42,14 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "POST /v1/ingest requests a client IP may make at once"),
     ("http.ready_max_lag", "LEDGERLOG_READY_MAX_LAG", "http_ready_max_lag", int,
      "records a projection may lag before GET /v1/ready answers 503 NOT_READY"),
+    ("http.keep_alive_timeout", "LEDGERLOG_HTTP_KEEP_ALIVE_TIMEOUT", "http_keep_alive_timeout", float,
+     "seconds an idle keep-alive connection stays open"),
+    ("http.max_connections", "LEDGERLOG_HTTP_MAX_CONNECTIONS", "http_max_connections", int,
+     "concurrent connections and requests served; more get 503 (0 = no limit)"),
     ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
      "bearer token for /v1/admin/*; admin is disabled when empty"),
+    ("admin.allow", "LEDGERLOG_ADMIN_ALLOW", "admin_allow", str,
+     "comma-separated client IPs or CIDR networks allowed to use /v1/admin/* (empty: any, with the token)"),
     ("faucet.enabled", "LEDGERLOG_FAUCET_ENABLED", "faucet_enabled", bool,
      "false disables the faucet (503 FAUCET_DISABLED)"),
     ("faucet.amount", "LEDGERLOG_FAUCET_AMOUNT", "faucet_amount", int,
@@ -79,7 +85,7 @@ class Config:
     sync: bool = True
     partitions: int = 4
     ingest_chunk: int = 1000
-    verify_workers: int = 1
+    verify_workers: int = 0
     fold_batch: int = 20_000
     fold_workers: int = 0
     http_host: str = "127.0.0.1"
@@ -89,7 +95,10 @@ class Config:
     http_ingest_rate: float = 20.0
     http_ingest_burst: int = 60
     http_ready_max_lag: int = 10_000
+    http_keep_alive_timeout: float = 5.0
+    http_max_connections: int = 1000
     admin_token: str = ""
+    admin_allow: str = ""
     faucet_enabled: bool = True
     faucet_amount: int = 10_000_000
     faucet_key: str = ""

@@ -1,6 +1,7 @@
 """The admin API under /v1/admin/: bearer token (config ``admin.token`` / LEDGERLOG_ADMIN_TOKEN),
-compared in constant time, never logged, never accepted from the query string. With no token
-configured the admin API is disabled (403). ``init`` writes a random token into config.toml
+compared in constant time, never logged, never accepted from the query string; optionally only
+from the client networks in ``admin.allow``. With no token configured the admin API is disabled
+(403). ``init`` writes a random token into config.toml
 (mode 0600), so the operator's CLI on the same data dir can reach it.
 
 Every action that runs is recorded on ``ledger.admin`` (AdminActionRecorded: action, body,
@@ -9,6 +10,7 @@ not recorded."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 import orjson
 from engine import topics as T
+from engine.errors import ConfigError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -42,10 +45,31 @@ def _refuse(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
-def check_token(request: Request, token: str) -> JSONResponse | None:
+def allowed_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``admin.allow``: comma-separated IPs or CIDR networks; a typo stops the node at start."""
+    try:
+        return [ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"admin.allow: {exc}") from None
+
+
+def _client_allowed(request: Request, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(request.client.host if request.client else "")
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def check_token(request: Request, token: str,
+                allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None) -> JSONResponse | None:
     """None when the request may pass; else the refusal to send."""
     if not token:
         return _refuse(403, "ADMIN_DISABLED", "admin API is disabled: set admin.token")
+    if not _client_allowed(request, allow or []):
+        return _refuse(403, "FORBIDDEN", "this client address is not in admin.allow")
     if any(k.lower() in ("token", "access_token", "admin_token") for k in request.query_params):
         return _refuse(401, "UNAUTHORIZED", "send the token in the Authorization header, not the URL")
     header = request.headers.get("authorization", "")
@@ -61,10 +85,11 @@ def admin_router(node: "Node") -> APIRouter:
     from . import actions  # noqa: F401  (registers the actions)
 
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
+    allow = allowed_networks(node.config.admin_allow)
 
     @router.post("/{name}", summary="Run an admin action (reproject, snapshot, ...)")
     async def run_action(name: str, request: Request) -> Any:
-        refused = check_token(request, node.config.admin_token)
+        refused = check_token(request, node.config.admin_token, allow)
         if refused is not None:
             return refused
         fn = ACTIONS.get(name)

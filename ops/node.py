@@ -22,6 +22,7 @@ from projections import chainstate, payouts
 from streams.reproject import reproject
 from streams.runner import Runner
 
+from .admin import allowed_networks
 from .http import create_app
 from .http_transport import protocol_class
 from .metrics import NodeMetrics
@@ -35,6 +36,7 @@ log = logging.getLogger("ledgerlog.node")
 class Node:
     def __init__(self, config: Config, *, simulate: bool = False, seed: int | None = None) -> None:
         self.config = config
+        allowed_networks(config.admin_allow)  # a typo in admin.allow stops the node here
         from .verify import check_stores
         check_stores(config, mode="auto")  # never serve from a damaged store: refuse, say which file
         self.chain = open_chain(config)
@@ -145,6 +147,8 @@ class Node:
                                                     log_config=None,  # uvicorn logs go to our handlers
                                                     http=protocol_class(),  # one send() per response
                                                     proxy_headers=False,  # per-IP limits: no spoofed X-Forwarded-For
+                                                    timeout_keep_alive=self.config.http_keep_alive_timeout,
+                                                    limit_concurrency=self.config.http_max_connections or None,
                                                     timeout_graceful_shutdown=10))
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

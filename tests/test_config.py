@@ -26,6 +26,8 @@ CASES = [
     ("http", "ingest_rate", "2.5", "LEDGERLOG_INGEST_RATE", "0", "http_ingest_rate", 2.5, 0.0),
     ("http", "ingest_burst", "7", "LEDGERLOG_INGEST_BURST", "9", "http_ingest_burst", 7, 9),
     ("http", "ready_max_lag", "11", "LEDGERLOG_READY_MAX_LAG", "12", "http_ready_max_lag", 11, 12),
+    ("http", "keep_alive_timeout", "2.5", "LEDGERLOG_HTTP_KEEP_ALIVE_TIMEOUT", "9", "http_keep_alive_timeout", 2.5, 9.0),
+    ("http", "max_connections", "50", "LEDGERLOG_HTTP_MAX_CONNECTIONS", "0", "http_max_connections", 50, 0),
     ("faucet", "enabled", "false", "LEDGERLOG_FAUCET_ENABLED", "yes", "faucet_enabled", False, True),
     ("faucet", "amount", "123", "LEDGERLOG_FAUCET_AMOUNT", "456", "faucet_amount", 123, 456),
     ("faucet", "key", '"/k/a.key"', "LEDGERLOG_FAUCET_KEY", "/k/b.key", "faucet_key", "/k/a.key", "/k/b.key"),

@@ -21,6 +21,7 @@ from engine import avro
 from engine.chain import init_chain
 from engine.config import Config
 from engine.crypto import H
+from engine.errors import ConfigError
 from engine.genesis import dev_genesis
 from ops.faucet import FaucetSettings
 from ops.http import create_app
@@ -33,8 +34,8 @@ AMOUNT = 10_000_000
 GENEROUS = FaucetSettings(ip_burst=100, address_burst=100)
 
 
-def _node(tmp_path: Any, tweak: Callable[[dict[str, Any], Config], None] | None = None) -> Node:
-    cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token=TOKEN)
+def _node(tmp_path: Any, tweak: Callable[[dict[str, Any], Config], None] | None = None, **settings: Any) -> Node:
+    cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token=TOKEN, **settings)
     g = dev_genesis(cfg.keys_dir)
     if tweak:
         tweak(g, cfg)
@@ -340,3 +341,22 @@ def test_admin_disabled_without_a_token(tmp_path):
         assert controls(n).to_dict() == {"ingest_paused": False, "faucet_paused": False}
     finally:
         n.stop()
+
+
+def test_admin_allowlist(tmp_path):
+    """admin.allow: the right token from outside the listed networks is refused and changes nothing."""
+    n = _node(tmp_path, admin_allow="10.1.0.0/16, 192.168.7.7")
+    try:
+        before = state_of(n)
+        outside = TestClient(create_app(n, limits=HttpLimits(), faucet=GENEROUS), client=("10.2.0.1", 5000))
+        r = outside.post("/v1/admin/pause", headers=AUTH)
+        assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN"
+        assert state_of(n) == before and controls(n).ingest_paused is False
+        for ip in ("10.1.200.3", "192.168.7.7"):
+            inside = TestClient(create_app(n, limits=HttpLimits(), faucet=GENEROUS), client=(ip, 5000))
+            assert inside.post("/v1/admin/pause", headers=AUTH).status_code == 200
+        assert controls(n).ingest_paused is True
+    finally:
+        n.stop()
+    with pytest.raises(ConfigError, match="admin.allow"):
+        _node(tmp_path / "typo", admin_allow="10.1.0.0/33")
