@@ -180,8 +180,10 @@ class Rules:
     def _settle_mempool(self, confirmed: set[str], senders: set[str]) -> list[str]:
         """After a block: confirmed txs leave the mempool; pending txs of its senders that can no
         longer apply (stale nonce, gap, or unaffordable) are evicted. Returns evicted txids."""
+        # a txid is in the mempool iff it is pending under its sender (one get per sender, not per tx)
+        pending = {txid for sender in senders for _, txid, _ in self.st.pending(sender)}
         for txid in confirmed:
-            if self.st.tx_status(txid) == "m":
+            if txid in pending:
                 self.st.set_mempool_tx(txid, None)
             self.st.set_tx_status(txid, "c")
         evicted = []
