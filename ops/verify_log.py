@@ -17,6 +17,7 @@ from engine.crypto import H, address_of, canonical_json, tx_root, verify as veri
 from engine.genesis import Genesis
 from engine.admission.roles import genesis_identity
 from engine.partitioner import partition_for
+from engine.procs import exit_with_parent
 from .verify_storage import Section, _checked_items, _classify, _remedy, _verified_reads
 
 
@@ -83,7 +84,7 @@ class _Signatures:
             return
         if self.workers > 1:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.workers)
+                self._pool = ProcessPoolExecutor(self.workers, initializer=exit_with_parent)
             self._pending.append((self._pool.submit(_verify_batch, work), where))
             while len(self._pending) > 2 * self.workers:
                 self._collect(*self._pending.popleft())

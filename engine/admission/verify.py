@@ -10,6 +10,7 @@ from typing import Sequence
 
 from ..crypto import verify
 from ..errors import Rejection
+from ..procs import exit_with_parent
 from .lines import BlockLine, Item, Signed, SignedLine
 
 __all__ = ["Verifier", "Pending"]
@@ -61,7 +62,7 @@ class Verifier:
             except Rejection:
                 continue  # out-of-range value: the rules report it
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers)
+            self._pool = ProcessPoolExecutor(self.workers, initializer=exit_with_parent)
         step = -(-len(work) // self.workers)
         return Pending(targets, [self._pool.submit(_verify_batch, work[i:i + step])
                                  for i in range(0, len(work), step)])
