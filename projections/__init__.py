@@ -1,7 +1,8 @@
 """Projections: pure, deterministic folds of log events into key-value state.
 
 Each module declares NAME, VERSION, TOPICS, ``initial(genesis, txn)``, ``fold(genesis, events, txn)``
-and read functions over a View. The runtime (streams/) owns reading, decoding, the WriteBatch,
+and read functions over a View; optionally FIELDS (topic -> dotted paths of the event fields its
+fold reads), so the runtime decodes only those (and the event's height). The runtime (streams/) owns reading, decoding, the WriteBatch,
 positions and digests. Imports engine only.
 """
 from . import balances, chainstate, energy, payouts

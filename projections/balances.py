@@ -14,11 +14,19 @@ from engine import topics as T
 from engine.genesis import Genesis
 from engine.movements import confirmed_nonce, event_height, movements
 
-from .base import Event, Txn, View, h8, jdump, jload
+from .base import U64, Event, Txn, View, h8, jdump, jload
 
 NAME = "balances"
 VERSION = 1
 TOPICS = (T.BLOCKS, T.TRANSACTIONS, T.PROVIDERS, T.SETTLEMENTS, T.PAYOUTS)
+#: the event fields the fold reads (engine.movements: movements, confirmed_nonce, event_height)
+FIELDS = {
+    T.BLOCKS: ("header.producer", "header.height", "reward", "fees"),
+    T.TRANSACTIONS: ("body.sender", "body.recipient", "body.amount", "body.fee", "body.nonce", "height"),
+    T.PROVIDERS: ("body.owner", "body.stake", "stamp_height"),
+    T.SETTLEMENTS: ("body.amount", "owner", "stamp_height"),
+    T.PAYOUTS: ("body.address", "body.amount", "stamp_height"),
+}
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "account", "richest"]
 
@@ -75,19 +83,25 @@ class _Batch:
             self.txn.put(key, jdump([b + d_bal, s + d_staked, max(n, nonce)]))
 
     def flush(self) -> None:
+        put, pack = self.txn.put, U64.pack
         for addr, a in self.accts.items():
-            self.txn.put(_akey(addr), jdump(a))
+            put(_akey(addr), jdump(a))
+        prefixes: dict[str, bytes] = {}
         for (addr, height), v in self.hist.items():
-            self.txn.put(_hprefix(addr) + h8(height), jdump(v))
+            prefix = prefixes.get(addr)
+            if prefix is None:
+                prefix = prefixes[addr] = _hprefix(addr)
+            put(prefix + pack(height), jdump(v))
 
 
 def fold(genesis: Genesis, events: Iterable[Event], txn: Txn) -> None:
     batch = _Batch(txn)
+    apply = batch.apply
     for topic, ev in events:
         height = event_height(topic, ev)
         nonce = confirmed_nonce(topic, ev)
         for addr, d_bal, d_staked in movements(topic, ev, genesis):
-            batch.apply(addr, height, d_bal, d_staked, nonce[1] if nonce and nonce[0] == addr else 0)
+            apply(addr, height, d_bal, d_staked, nonce[1] if nonce and nonce[0] == addr else 0)
     batch.flush()
 
 

@@ -17,6 +17,11 @@ from .base import Event, Txn, View, h8, jdump, jload
 NAME = "chainstate"
 VERSION = 1
 TOPICS = (T.BLOCKS, T.TRANSACTIONS, T.MEMPOOL)
+#: the event fields the fold reads (blocks are stored whole)
+FIELDS = {
+    T.TRANSACTIONS: ("txid", "body", "pubkey", "signature"),
+    T.MEMPOOL: ("txid", "stamp_height", "body.sender", "body.nonce"),
+}
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "tip", "block", "tx", "recent_blocks",
            "mempool_size"]
@@ -37,32 +42,37 @@ def _leave_mempool(txn: Txn, txid: str, pending: list[int]) -> None:
 def fold(genesis: Genesis, events: Iterable[Event], txn: Txn) -> None:
     tip = jload(txn.get(b"tip"))
     pending = [jload(txn.get(b"mpn"))]
+    put, get = txn.put, txn.get
     for topic, ev in events:
-        if topic == T.BLOCKS:
+        if topic == T.TRANSACTIONS:
+            put(b"tb/" + ev["txid"].encode(),
+                jdump({"body": ev["body"], "pubkey": ev["pubkey"], "signature": ev["signature"]}))
+        elif topic == T.BLOCKS:
             hdr = ev["header"]
             height = hdr["height"]
-            txn.put(b"b/" + h8(height), jdump(ev))
-            txn.put(b"bh/" + ev["hash"].encode(), h8(height))
+            bhash = ev["hash"]
+            put(b"b/" + h8(height), jdump(ev))
+            put(b"bh/" + bhash.encode(), h8(height))
             for i, txid in enumerate(ev["txids"]):
-                txn.put(b"t/" + txid.encode(), jdump([height, i, ev["hash"]]))
-                _leave_mempool(txn, txid, pending)
+                key = txid.encode()
+                put(b"t/" + key, jdump([height, i, bhash]))
+                if get(b"mp/" + key) is not None:
+                    txn.delete(b"mp/" + key)
+                    pending[0] -= 1
             for txid in ev["evicted"]:
-                txn.put(b"ev/" + txid.encode(), h8(height))
+                put(b"ev/" + txid.encode(), h8(height))
                 _leave_mempool(txn, txid, pending)
             tip[3] += len(ev["txids"])
             if height > tip[0]:
-                tip[0:3] = [height, ev["hash"], hdr["timestamp"]]
-        elif topic == T.TRANSACTIONS:
-            txn.put(b"tb/" + ev["txid"].encode(),
-                    jdump({k: ev[k] for k in ("body", "pubkey", "signature")}))
+                tip[0:3] = [height, bhash, hdr["timestamp"]]
         elif topic == T.MEMPOOL:
             txid = ev["txid"].encode()
-            txn.put(b"ms/" + txid, jdump([ev["stamp_height"], ev["body"]["sender"], ev["body"]["nonce"]]))
-            if txn.get(b"t/" + txid) is None and txn.get(b"ev/" + txid) is None:
-                txn.put(b"mp/" + txid, b"1")
+            put(b"ms/" + txid, jdump([ev["stamp_height"], ev["body"]["sender"], ev["body"]["nonce"]]))
+            if get(b"t/" + txid) is None and get(b"ev/" + txid) is None:
+                put(b"mp/" + txid, b"1")
                 pending[0] += 1
-    txn.put(b"tip", jdump(tip))
-    txn.put(b"mpn", jdump(pending[0]))
+    put(b"tip", jdump(tip))
+    put(b"mpn", jdump(pending[0]))
 
 
 def tip(view: View) -> dict[str, Any]:

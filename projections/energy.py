@@ -22,6 +22,13 @@ from .base import Event, Txn, View, jdump, jload
 NAME = "energy"
 VERSION = 1
 TOPICS = (T.PROVIDERS, T.READINGS, T.SETTLEMENTS)
+#: the event fields the fold reads
+FIELDS = {
+    T.PROVIDERS: ("body.provider_id", "body.owner", "body.meter_id", "body.stake", "body.price_per_kwh",
+                  "stamp_height"),
+    T.READINGS: ("body.provider_id", "body.milli_kwh"),
+    T.SETTLEMENTS: ("body.provider_id", "body.milli_kwh", "body.amount"),
+}
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "provider", "market", "providers"]
 

@@ -23,6 +23,12 @@ from .base import Event, Txn, View, h8, jdump, jload
 NAME = "payouts"
 VERSION = 1
 TOPICS = (T.SHARES, T.PAYOUTS, T.BLOCKS)
+#: the event fields the fold reads
+FIELDS = {
+    T.SHARES: ("address", "worker", "accepted", "difficulty", "height"),
+    T.PAYOUTS: ("body.address", "body.amount", "body.round_height"),
+    T.BLOCKS: ("header.height", "header.producer", "reward", "fees"),
+}
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "worker", "pool", "workers",
            "round_info"]

@@ -22,7 +22,7 @@ from engine.log.base import Log
 from engine.log.embedded import EmbeddedLog
 
 from . import layout
-from .parallel import build_parallel, groups_by_work
+from .parallel import ParallelBuild, groups_by_work
 from .runner import Runner
 
 __all__ = ["reproject", "total_records"]
@@ -60,7 +60,7 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
     builds = {n: _build_dir(projections_dir, n) for n in chosen}
     paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()
-    folded = _build_bulk(log, genesis, projections_dir, paths, live.batch, workers, progress)
+    folded = _build_bulk(log, codec, genesis, projections_dir, paths, live.batch, workers, progress)
     build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch, paths=paths)
     for name, n in folded.items():
         build.handles[name].events += n
@@ -76,20 +76,37 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
         build.close()
 
 
-def _build_bulk(log: Log, genesis: Genesis, projections_dir: str, paths: dict[str, str], batch: int,
-                workers: int, progress: Callable[[int], None] | None) -> dict[str, int]:
-    """The bulk of a rebuild in parallel processes, when the log is embedded and there are cores
-    and projections to spread; otherwise nothing (the caller folds in-process)."""
+def _build_bulk(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, paths: dict[str, str],
+                batch: int, workers: int, progress: Callable[[int], None] | None) -> dict[str, int]:
+    """The bulk of a rebuild in parallel, when the log is embedded and there are cores and
+    projections to spread: this process folds the costliest group of projections while child
+    processes fold the others. Otherwise nothing (the caller folds everything in-process)."""
     if workers < 2 or len(paths) < 2 or not isinstance(log, EmbeddedLog):
         return {}
     groups = groups_by_work(log, list(paths), workers)
-    try:
-        return build_parallel(log.path, genesis.raw, projections_dir,
-                              [{n: paths[n] for n in g} for g in groups], batch, progress)
-    except RuntimeError as exc:
-        log_ = logging.getLogger("ledgerlog.reproject")
-        log_.warning("%s; folding in this process instead", exc)
+    if len(groups) < 2:
         return {}
+    own = {n: paths[n] for n in groups[0]}
+    job = ParallelBuild(log.path, genesis.raw, projections_dir,
+                        [{n: paths[n] for n in g} for g in groups[1:]], batch).start()
+    folded: dict[str, int] = {}
+    try:
+        mine = Runner(log, codec, genesis, projections_dir, names=list(own), batch=batch, paths=own)
+        try:
+            def tick(n: int) -> None:
+                if progress is not None:
+                    progress(n)
+                job.poll(progress)
+            mine.catch_up(progress=tick)
+            folded.update((name, h.events) for name, h in mine.handles.items())
+        finally:
+            mine.close()
+    finally:
+        try:
+            folded.update(job.wait(progress))
+        except RuntimeError as exc:
+            logging.getLogger("ledgerlog.reproject").warning("%s; folding in this process instead", exc)
+    return folded
 
 
 def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: tuple[str, bool],

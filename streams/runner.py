@@ -7,12 +7,14 @@ point resumes from the last committed positions: exactly-once effect without bro
 """
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from opentelemetry import trace
 
@@ -23,7 +25,7 @@ from engine.genesis import Genesis
 from engine.log.base import Log
 
 from . import layout
-from .feed import Feed
+from .feed import EventDecoder, Feed, Spec, merge_specs, spec_of
 from .store import ProjectionStore
 
 __all__ = ["Runner", "ProjectionHandle"]
@@ -65,6 +67,9 @@ class Runner:
         self._cond = threading.Condition()
         self.projections_dir = projections_dir
         self.corrupt: dict[str, str] = {}
+        self._decoder = EventDecoder(codec)
+        self._feed: Feed | None = None  # shared by all handles (step)
+        self._feed_handles: list[ProjectionHandle] = []
         chosen = list(names) if names is not None else list(projections.ALL)
         try:
             for name in chosen:
@@ -96,15 +101,26 @@ class Runner:
         return ProjectionHandle(module, store, version)
 
     # -- folding --------------------------------------------------------------------------------
+    def _ends(self, topics: Iterable[str], until: dict[str, list[int]] | None) -> dict[str, list[int]]:
+        ends = {t: self.log.end_offsets(t) for t in topics}
+        if until is not None:
+            ends = {t: [min(e, u) for e, u in zip(ends[t], until[t])] for t in ends}
+        return ends
+
     def fold_batch(self, handle: ProjectionHandle, until: dict[str, list[int]] | None = None) -> int:
         """Fold up to ``batch`` new records into one projection (not past ``until``, topic -> end
         offsets, when given); returns how many."""
-        ends = {t: self.log.end_offsets(t) for t in handle.module.TOPICS}
-        if until is not None:
-            ends = {t: [min(e, u) for e, u in zip(ends[t], until[t])] for t in ends}
-        if handle.feed is None:
-            handle.feed = Feed(self.log, self.codec.decode, handle.module.TOPICS, handle.store.positions())
-        events, new_positions, height = handle.feed.take(self.batch, ends)
+        ends = self._ends(handle.module.TOPICS, until)
+        positions = handle.store.positions()
+        if handle.feed is None or not handle.feed.aligned(positions):
+            handle.feed = Feed(self.log, self._decoder, handle.module.TOPICS, positions,
+                               fields=_fields([handle.module]))
+        with _gc_paused():
+            events, new_positions, height = handle.feed.take(self.batch, ends)
+            return self._fold(handle, events, new_positions, height)
+
+    def _fold(self, handle: ProjectionHandle, events: list[tuple[str, dict[str, Any]]],
+              new_positions: dict[tuple[str, int], int], height: int) -> int:
         if not events:
             return 0
         with _tracer.start_as_current_span("ledgerlog.fold_batch", attributes={
@@ -118,9 +134,50 @@ class Runner:
             self._cond.notify_all()
         return len(events)
 
+    def _shared_feed(self, handles: list[ProjectionHandle],
+                     positions: list[dict[tuple[str, int], int]]) -> Feed:
+        """One feed for all ``handles``: every record is read and decoded once, whichever of
+        them fold it. Made anew when the handles change or one of them is behind it."""
+        feed = self._feed
+        same = len(handles) == len(self._feed_handles) and all(
+            a is b for a, b in zip(handles, self._feed_handles))
+        if feed is None or not same or not all(
+                feed.covers(h.module.TOPICS, pos) for h, pos in zip(handles, positions)):
+            topics = [t for h in handles for t in h.module.TOPICS]
+            start: dict[tuple[str, int], int] = {}
+            for h, pos in zip(handles, positions):
+                for t in h.module.TOPICS:
+                    for p in range(len(self.log.end_offsets(t))):
+                        off = pos.get((t, p), 0)
+                        start[(t, p)] = min(start.get((t, p), off), off)
+            feed = self._feed = Feed(self.log, self._decoder, topics, start,
+                                     fields=_fields([h.module for h in handles]))
+            self._feed_handles = list(handles)
+        return feed
+
     def step(self, until: dict[str, list[int]] | None = None) -> int:
-        """One batch for every projection; returns records folded."""
-        return sum(self.fold_batch(h, until) for h in self.handles.values())
+        """One batch for every projection; returns records folded (summed over projections).
+
+        The projections share one feed: up to ``batch`` records across all their partitions are
+        read, decoded once and handed to each projection that reads their topic."""
+        with _gc_paused():
+            return self._step(until)
+
+    def _step(self, until: dict[str, list[int]] | None) -> int:
+        handles = list(self.handles.values())
+        if not handles:
+            return 0
+        if len(handles) == 1:
+            return self.fold_batch(handles[0], until)
+        positions = [h.store.positions() for h in handles]
+        feed = self._shared_feed(handles, positions)
+        entries = feed.take_raw(self.batch, self._ends(feed.topics, until))
+        if not entries:
+            return 0
+        total = 0
+        for h, pos in zip(handles, positions):
+            total += self._fold(h, *feed.select(entries, h.module.TOPICS, pos))
+        return total
 
     def catch_up(self, max_seconds: float | None = None, until: dict[str, list[int]] | None = None,
                  progress: Any = None) -> int:
@@ -175,3 +232,29 @@ class Runner:
         for h in self.handles.values():
             h.store.close()
         self.handles.clear()
+
+
+def _fields(modules: list[ModuleType]) -> dict[str, Spec | None]:
+    """Per topic, the fields the modules' folds read (their ``FIELDS``; everything for a module
+    that declares none for a topic it reads)."""
+    out: dict[str, Spec | None] = {}
+    for m in modules:
+        declared = getattr(m, "FIELDS", {})
+        for t in m.TOPICS:
+            spec = spec_of(declared[t]) if t in declared else None
+            out[t] = merge_specs(out[t], spec) if t in out else spec
+    return out
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is read and folded: it allocates hundreds of
+    thousands of acyclic containers (decoded events, state rows), and the collector's passes over
+    them cost more than the fold. Collection resumes after the batch."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -1,26 +1,74 @@
 """A projection's RocksDB store: state, consumed log positions and the state digest, committed
 in one WriteBatch. The digest is an order-independent sum of H(key, value) over every state key,
-kept incrementally, so two stores with equal state have equal digests however they were built."""
+kept incrementally, so two stores with equal state have equal digests however they were built.
+
+Keeping the digest needs the previous value of every written key. A fold writes most keys blind
+(new history entries, block and transaction indexes), and while rebuilding nearly all of them are
+new, so reading them back would cost more than the fold. A store that commits many blind writes
+therefore keeps a KeyFilter of every state key it holds: a key the filter lacks is certainly
+absent, and neither the commit nor the fold's reads go to RocksDB for it."""
 from __future__ import annotations
 
 import hashlib
 import os
 import struct
-from typing import Iterator
+import sys
+from array import array
+from typing import Iterable, Iterator
 
 from engine import storekeys as K
 from engine.rocks import WriteBatch, iter_prefix, map_error, open_store, write_options
 
-__all__ = ["ProjectionStore", "OverlayTxn", "entry_hash"]
+__all__ = ["ProjectionStore", "OverlayTxn", "entry_hash", "hash_sum"]
 
 _MOD = 1 << 128
 _LEN = struct.Struct(">I")
 _INIT_KEY = K.META_PREFIX + b"initialised"
 _HEIGHT_KEY = K.META_PREFIX + b"height"
+_STATE_FROM = b"\x01"  # state keys never start with 0x00 (FORMAT_KEY and META_PREFIX do)
+_LITTLE = sys.byteorder == "little"
 
 
 def entry_hash(key: bytes, value: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(_LEN.pack(len(key)) + key + value, digest_size=16).digest(), "big")
+
+
+def hash_sum(entries: Iterable[tuple[bytes, bytes]]) -> int:
+    """``sum(entry_hash(k, v) for k, v in entries)``, without an int per entry: the 16-byte
+    digests are joined and summed as big-endian 64-bit halves."""
+    b2, pack = hashlib.blake2b, _LEN.pack
+    blob = b"".join([b2(pack(len(k)) + k + v, digest_size=16).digest() for k, v in entries])
+    if not blob:
+        return 0
+    words = array("Q", blob)
+    if _LITTLE:
+        words.byteswap()
+    return (sum(words[0::2]) << 64) + sum(words[1::2])
+
+
+class KeyFilter:
+    """A one-hash Bloom filter of byte keys (32 bits a key at capacity: about 3% false
+    positives, which only cost a read). Python's hash of bytes is salted per process, so it is
+    built and used by one process only."""
+
+    def __init__(self, capacity: int) -> None:
+        log2 = max(10, (capacity * 32 - 1).bit_length())
+        self.mask = (1 << log2) - 1
+        self.bits = bytearray(1 << (log2 - 3))
+        self.capacity = (1 << log2) >> 5
+        self.count = 0
+
+    def __contains__(self, key: bytes) -> bool:
+        h = hash(key) & self.mask
+        return bool(self.bits[h >> 3] & (1 << (h & 7)))
+
+    def add(self, keys: Iterable[bytes]) -> None:
+        bits, mask, n = self.bits, self.mask, 0
+        for key in keys:
+            h = hash(key) & mask
+            bits[h >> 3] |= 1 << (h & 7)
+            n += 1
+        self.count += n
 
 
 class _DbView:
@@ -44,16 +92,23 @@ class _DbView:
 class OverlayTxn(_DbView):
     """Uncommitted writes over the store; reads see them first."""
 
-    def __init__(self, db) -> None:  # noqa: ANN001
+    def __init__(self, db, keys: KeyFilter | None = None) -> None:  # noqa: ANN001
         super().__init__(db)
         self.writes: dict[bytes, bytes | None] = {}
         self.stored: dict[bytes, bytes | None] = {}  # values read from the store, for the digest
+        self._keys = keys  # every key the store holds is in it (when there is one)
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.writes:
             return self.writes[key]
         if key in self.stored:
             return self.stored[key]
+        keys = self._keys
+        if keys is not None:
+            h = hash(key) & keys.mask
+            if not keys.bits[h >> 3] & (1 << (h & 7)):
+                self.stored[key] = None
+                return None
         value = self.stored[key] = self._db.get(key)
         return value
 
@@ -81,6 +136,13 @@ class OverlayTxn(_DbView):
 
 
 class ProjectionStore:
+    #: a commit with this many blind writes builds the KeyFilter (small live commits never do) ...
+    FILTER_AFTER_BLIND = 1000
+    #: ... unless the store already holds more keys than this (a scan of them builds it)
+    FILTER_MAX_KEYS = 2_000_000
+    #: keys a new filter has room for, at least (4 MiB)
+    FILTER_MIN_CAPACITY = 1 << 20
+
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
@@ -89,6 +151,33 @@ class ProjectionStore:
         raw = self.db.get(K.DIGEST_KEY)
         self.digest = int(raw.decode(), 16) if raw else 0
         self._positions: dict[tuple[str, int], int] | None = None
+        self._keys: KeyFilter | None = None
+        self._keys_tried = False
+
+    def _key_filter(self, capacity: int = 0) -> KeyFilter | None:
+        """A KeyFilter of every state key in the store, from a scan of them; None if too many."""
+        try:
+            estimate = self.db.property_int_value("rocksdb.estimate-num-keys") or 0
+        except Exception:  # noqa: BLE001 - no estimate, no filter
+            return None
+        if estimate > self.FILTER_MAX_KEYS and capacity == 0:
+            return None
+        keys = KeyFilter(max(capacity, 4 * estimate, self.FILTER_MIN_CAPACITY))
+        it = self.db.iter()
+        it.seek(_STATE_FROM)
+        found = []
+        while it.valid():
+            found.append(it.key())
+            it.next()
+            if len(found) >= 50_000:
+                keys.add(found)
+                found = []
+        keys.add(found)
+        try:
+            it.status()  # a scan stops at a damaged block without raising: then no filter
+        except Exception:  # noqa: BLE001 - the reads without a filter report the damage
+            return None
+        return keys
 
     @property
     def initialised(self) -> bool:
@@ -112,7 +201,7 @@ class ProjectionStore:
         return _DbView(self.db)
 
     def begin(self) -> OverlayTxn:
-        return OverlayTxn(self.db)
+        return OverlayTxn(self.db, self._keys)
 
     @property
     def height(self) -> int:
@@ -123,27 +212,48 @@ class ProjectionStore:
     def commit(self, txn: OverlayTxn, positions: dict[tuple[str, int], int], *, initialised: bool = False,
                height: int | None = None) -> None:
         wb = WriteBatch(raw_mode=True)
-        digest = self.digest
-        unknown = [k for k in txn.writes if k not in txn.stored]
+        put, delete = wb.put, wb.delete
+        writes, stored = txn.writes, txn.stored
+        keys = self._keys
+        unknown = [k for k in writes if k not in stored]  # written blind: their old values are read
+        if keys is None and not self._keys_tried and len(unknown) >= self.FILTER_AFTER_BLIND:
+            self._keys_tried = True
+            keys = self._keys = self._key_filter()
+        if keys is not None and unknown:  # ... unless certainly absent
+            mask, bits = keys.mask, keys.bits
+            maybe = []
+            for k in unknown:
+                h = hash(k) & mask
+                if bits[h >> 3] & (1 << (h & 7)):
+                    maybe.append(k)
+            unknown = maybe
         olds = dict(zip(unknown, self.db[unknown])) if unknown else {}
-        olds.update((k, txn.stored[k]) for k in txn.writes if k in txn.stored)
-        for key, value in txn.writes.items():
-            old = olds[key]
+        gone: list[tuple[bytes, bytes]] = []
+        new: list[tuple[bytes, bytes]] = []
+        added: list[bytes] = []
+        for key, value in writes.items():
+            old = stored[key] if key in stored else olds.get(key)
             if old is not None:
-                digest -= entry_hash(key, old)
+                if old == value:
+                    continue
+                gone.append((key, old))
                 if value is None:
-                    wb.delete(key)
-            if value is not None:
-                digest += entry_hash(key, value)
-                wb.put(key, value)
-        digest %= _MOD
+                    delete(key)
+                    continue
+            elif value is None:
+                continue
+            else:
+                added.append(key)
+            new.append((key, value))
+            put(key, value)
+        digest = (self.digest + hash_sum(new) - hash_sum(gone)) % _MOD
+        put(K.DIGEST_KEY, f"{digest:032x}".encode())
         for (topic, p), off in positions.items():
-            wb.put(K.pos_key(topic, p), K.U64.pack(off))
-        wb.put(K.DIGEST_KEY, f"{digest:032x}".encode())
+            put(K.pos_key(topic, p), K.U64.pack(off))
         if initialised:
-            wb.put(_INIT_KEY, b"1")
+            put(_INIT_KEY, b"1")
         if height is not None and height > self.height:
-            wb.put(_HEIGHT_KEY, K.U64.pack(height))
+            put(_HEIGHT_KEY, K.U64.pack(height))
         try:
             self.db.write(wb, self._wo)
         except Exception as exc:
@@ -151,6 +261,10 @@ class ProjectionStore:
         self.digest = digest
         if self._positions is not None:
             self._positions.update(positions)
+        if keys is not None:
+            keys.add(added)
+            if keys.count > keys.capacity:  # room for four times as many, from a scan
+                self._keys = self._key_filter(4 * keys.count)
 
     def digest_hex(self) -> str:
         return f"{self.digest:032x}"
