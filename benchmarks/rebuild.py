@@ -19,6 +19,7 @@ from streams.reproject import reproject, total_records
 from streams.runner import Runner
 
 from .common import rate
+from .rss import RssSampler
 
 __all__ = ["rebuild"]
 
@@ -52,11 +53,13 @@ def rebuild(data_dir: str) -> dict[str, dict[str, Any]]:
                 figs = []
                 for workers in runs:
                     t = time.perf_counter()
-                    res = reproject(log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
-                                    keep=False, workers=workers)
+                    with RssSampler() as rss:  # this process and its build processes
+                        res = reproject(log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
+                                        keep=False, workers=workers)
                     secs = time.perf_counter() - t
                     figs.append(_figure(log, chosen, secs, {"identical_digests": all(r["identical"] for r in res),
-                                                            "workers": min(workers, len(chosen))}))
+                                                            "workers": min(workers, len(chosen)),
+                                                            "rss": rss.summary()}))
                 out[key] = figs[0]
                 if len(figs) > 1:
                     out[key]["one_process"] = figs[1]

@@ -41,6 +41,7 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
         p_ingest = _per_s(peer, "ingest", "events_per_s")
         p_rebuild = _per_s(peer, "rebuild", "events_per_s")
         out[f"rebuild_balances_vs_{name}"] = _ratio(rb_bal, p_rebuild)
+        out[f"rebuild_all_vs_{name}"] = _ratio(rb_all, p_rebuild)
         out[f"ingest_signed_vs_{name}"] = _ratio(signed, p_ingest)
         out[f"ingest_unsigned_vs_{name}"] = _ratio(unsigned, p_ingest)
     return out
@@ -88,7 +89,8 @@ def table(res: dict[str, Any]) -> str:
             part = (f", stopped by the time bound after {rb_peer.get('seconds')} s"
                     if rb_peer.get("complete") is False else "")
             _row(rows, f"{name} fold / rebuild", rb_peer, r.get(f"rebuild_balances_vs_{name}"),
-                 f"ratio: reproject balances / this{cap}{part}{ok}")
+                 f"ratio: reproject balances / this; all projections: "
+                 f"{_num(r.get(f'rebuild_all_vs_{name}'), 2)}{cap}{part}{ok}")
     head = ("figure", "events", "seconds", "events/s", "ledgerlog/x", "note")
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) if i in (0, 5) else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -106,6 +108,11 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"query {label}: offered {_num(qd.get('offered_rate')) if qd.get('offered_rate') else 'max'}/s, "
                      f"got {_num(qd.get('rate'))}/s ({qd['ok']}/{qd['sent']} ok), "
                      f"p50 {qd['p50_ms']} ms, p99 {qd['p99_ms']} ms")
+    for key, label in (("all", "all projections"), ("balances", "balances")):
+        mem = rb.get(key, {}).get("rss")
+        if mem:
+            lines.append(f"reproject {label}: {rb[key].get('workers')} process(es), RSS peak {mem['peak_mib']} MiB, "
+                         f"first/last quarter mean {mem['first_quarter_mean_mib']}/{mem['last_quarter_mean_mib']} MiB")
     ed = ce.get("ed25519", {})
     lines.append(f"Ed25519 per core: verify {_num(ed.get('verify_per_s_one_core'))}/s, sign "
                  f"{_num(ed.get('sign_per_s_one_core'))}/s; signed ingest uses "

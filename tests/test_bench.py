@@ -36,6 +36,8 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
     for key in ("first_fold", "all", "balances"):
         _positive(res["rebuild"][key], "events", "events_per_s")
     assert res["rebuild"]["all"]["identical_digests"] and res["rebuild"]["balances"]["identical_digests"]
+    for key in ("all", "balances"):
+        _positive(res["rebuild"][key]["rss"], "peak_mib", "first_quarter_mean_mib", "last_quarter_mean_mib", "samples")
 
     for key in ("max", "fixed"):
         q = res["query"][key]
@@ -60,7 +62,7 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
     r = res["ratios"]
     for key in ("rebuild_balances_vs_ceiling_fold", "rebuild_all_vs_ceiling_fold",
                 "ingest_unsigned_vs_ceiling_append", "ingest_signatures_vs_verify_all_cores",
-                "rebuild_balances_vs_sqlite", "ingest_signed_vs_sqlite", "ingest_unsigned_vs_sqlite"):
+                "rebuild_balances_vs_sqlite", "rebuild_all_vs_sqlite", "ingest_signed_vs_sqlite", "ingest_unsigned_vs_sqlite"):
         _positive(r, key)
 
 
