@@ -18,6 +18,10 @@ def _options(create: bool) -> Options:
     opts.set_paranoid_checks(True)
     opts.set_keep_log_file_num(3)
     opts.set_max_background_jobs(2)
+    # memory: a reproject holds the live and the building stores of every projection and the
+    # log; RocksDB's default 64 MiB memtables (x2 each) put a 1M-event rebuild past 1 GiB
+    opts.set_write_buffer_size(16 * 1024 * 1024)
+    opts.set_max_write_buffer_number(2)
     # a damaged WAL record must stop the open, not silently drop every later (acknowledged) write
     opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
     table = BlockBasedOptions()

@@ -7,6 +7,8 @@ point resumes from the last committed positions: exactly-once effect without bro
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import threading
@@ -184,13 +186,18 @@ class Runner:
         """Fold until every projection has reached the log's end (as of each batch)."""
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         total = 0
+        trimmed = time.monotonic()
         while True:
             n = self.step(until)
             total += n
             if progress is not None and n:
                 progress(n)
             if n == 0 or (deadline is not None and time.monotonic() > deadline):
+                _trim_heap()
                 return total
+            if time.monotonic() - trimmed > 2.0:
+                _trim_heap()
+                trimmed = time.monotonic()
 
     # -- positions and lag ----------------------------------------------------------------------
     def lag(self) -> dict[str, int]:
@@ -258,3 +265,21 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap back to the OS. A batch allocates and frees hundreds of MB of events and
+    rows; glibc keeps them in its arenas (measured: 387 MiB resident after a 1M-event fold with
+    every store closed, 121 MiB after a trim), which a rebuild beside a running node cannot spare."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

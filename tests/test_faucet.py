@@ -7,13 +7,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
+from servers import serve_app
 from conftest import Keys, Lines, admit_ok, encode, load_signer, signer_from_byte
 from fastapi.testclient import TestClient
 
@@ -242,22 +240,8 @@ def test_ingest_pause_and_resume(node):
 @pytest.fixture
 def server(node) -> Iterator[str]:
     """The node's app on a real uvicorn server at 127.0.0.1:<free port>, in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(node, limits=HttpLimits(), faucet=GENEROUS),
-                                        log_level="warning", access_log=False))
-    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    for _ in range(500):
-        if srv.started:
-            break
-        threading.Event().wait(0.01)
-    assert srv.started
-    yield f"127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(timeout=10)
-    sock.close()
+    with serve_app(create_app(node, limits=HttpLimits(), faucet=GENEROUS)) as (host, port):
+        yield f"{host}:{port}"
 
 
 def raw(hostport: str, method: str, path: str, headers: dict[str, str] | None = None,

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
+from servers import serve_app
 from conftest import Keys, Lines, admit_ok, encode, load_signer
 from fastapi.testclient import TestClient
 
@@ -98,20 +96,8 @@ def test_bad_content_length(node):
 
 @pytest.fixture
 def server(node) -> Iterator[tuple[str, int]]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(node, limits=SMALL), log_level="warning", access_log=False))
-    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    for _ in range(500):
-        if srv.started:
-            break
-        threading.Event().wait(0.01)
-    assert srv.started
-    yield sock.getsockname()
-    srv.should_exit = True
-    t.join(timeout=10)
-    sock.close()
+    with serve_app(create_app(node, limits=SMALL)) as addr:
+        yield addr
 
 
 def test_declared_length_is_refused_before_the_body_is_sent(server):

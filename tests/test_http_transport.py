@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import uvicorn
+from servers import serve_app
 
 from engine.chain import init_chain
 from engine.config import Config
@@ -97,22 +96,12 @@ def server(tmp_path) -> Iterator[tuple[str, int]]:
     init_chain(cfg, dev_genesis(cfg.keys_dir))
     node = Node(cfg)
     node.start()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(node, limits=HttpLimits(max_body=1024, max_ingest_body=4096)),
-                                        http=protocol_class(), log_level="warning", access_log=False))
-    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    for _ in range(500):
-        if srv.started:
-            break
-        threading.Event().wait(0.01)
-    assert srv.started
-    yield sock.getsockname()
-    srv.should_exit = True
-    t.join(timeout=10)
-    sock.close()
-    node.stop()
+    try:
+        with serve_app(create_app(node, limits=HttpLimits(max_body=1024, max_ingest_body=4096)),
+                       http=protocol_class()) as addr:
+            yield addr
+    finally:
+        node.stop()
 
 
 def test_the_api_over_the_coalescing_protocol(server):
