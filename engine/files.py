@@ -10,6 +10,7 @@ __all__ = ["atomic_writer", "write_atomic", "fsync_dir"]
 
 
 def fsync_dir(directory: str) -> None:
+    """fsync a directory (its entries) or a file, by path."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

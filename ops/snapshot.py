@@ -41,6 +41,7 @@ from rocksdict import Checkpoint
 from engine import storekeys as K
 from engine.admission.state import WriteState
 from engine.errors import ConfigError, CorruptStoreError, StorageError, StoreLockedError
+from engine.files import fsync_dir
 from engine.genesis import Genesis
 from engine.log.embedded import EmbeddedLog
 from engine.rocks import map_error, open_store
@@ -70,20 +71,12 @@ def default_dir(data_dir: str) -> str:
 
 # -- small file-system helpers ----------------------------------------------------------------------
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: str, *, files: bool = True) -> None:
     """fsync every file (unless already done), then every directory bottom-up, the root last."""
     for dirpath, _dirs, names in os.walk(root, topdown=False):
         for f in names if files else ():
-            _fsync_path(os.path.join(dirpath, f))
-        _fsync_path(dirpath)
+            fsync_dir(os.path.join(dirpath, f))
+        fsync_dir(dirpath)
 
 
 def _sha256_file(path: str) -> tuple[int, str]:
@@ -210,7 +203,7 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
     out_dir = os.path.abspath(out_dir or default_dir(cfg.data_dir))
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
-        _fsync_path(os.path.dirname(out_dir))
+        fsync_dir(os.path.dirname(out_dir))
     started = time.time()
     tmp = tempfile.mkdtemp(prefix=".tmp-snapshot-", dir=out_dir)  # mode 0700: config.toml holds a token
     try:
@@ -288,7 +281,7 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
                 if not os.path.exists(final):
                     raise
                 name, n = f"{base}-{n}", n + 1
-        _fsync_path(out_dir)
+        fsync_dir(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -452,7 +445,7 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False) -> dict[s
             else:
                 os.rmdir(target)
         os.rename(tmp, target)
-        _fsync_path(parent)
+        fsync_dir(parent)
     except BaseException:
         if replaced and not os.path.exists(target):
             os.rename(replaced, target)  # put the old data dir back

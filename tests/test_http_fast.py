@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from conftest import Keys, Lines, admit_ok, encode, load_signer, signer_from_byte
 from fastapi.testclient import TestClient
+from servers import serve_app
 
 from engine.chain import init_chain
 from engine.config import Config
@@ -249,20 +248,10 @@ def test_dumps_handles_big_integers():
 def test_load_generator_against_a_real_server(node, history, monkeypatch):
     """benchmarks.load's raw keep-alive client, flat out and at a fixed rate, on a real uvicorn."""
     import os
-    import socket
     monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks.load import run
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(node), log_level="warning", access_log=False))
-    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    try:
-        for _ in range(500):
-            if srv.started:
-                break
-            threading.Event().wait(0.01)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with serve_app(create_app(node)) as (host, port):
+        url = f"http://{host}:{port}"
         addresses = [history["alice"], history["bob"]]
         flat = asyncio.run(run(url, addresses, 0, 200, 20, connections=3))
         assert flat["sent"] == flat["ok"] == 200 and flat["errors"] == 0 and flat["connections"] == 3
@@ -271,7 +260,3 @@ def test_load_generator_against_a_real_server(node, history, monkeypatch):
         assert 0 < fixed["p50_ms"] <= fixed["p99_ms"] and fixed["service_p50_ms"] <= fixed["p99_ms"]
         bad = asyncio.run(run(url, ["nothex"], 0, 10, 20, connections=1))
         assert bad["sent"] == 10 and bad["ok"] == 0  # 400s are answers, not errors
-    finally:
-        srv.should_exit = True
-        t.join(timeout=10)
-        sock.close()
