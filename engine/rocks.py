@@ -31,6 +31,16 @@ def _options(create: bool) -> Options:
     return opts
 
 
+def _open(path: str, opts: Options, access: AccessType | None) -> Rdict:
+    # rocksdict applies ``opts`` only to column families it creates: a store opened again would
+    # run its existing "default" family on rocksdict's defaults (no Bloom filter, 64 MiB
+    # memtables, 8 MiB cache) unless the family's options are given by name
+    families = {"default": opts}
+    if access is None:
+        return Rdict(path, opts, column_families=families)
+    return Rdict(path, opts, column_families=families, access_type=access)
+
+
 def map_error(exc: Exception, path: str) -> StorageError:
     text = str(exc)
     if "lock" in text.lower() and ("LOCK" in text or "hold" in text):
@@ -58,11 +68,11 @@ def open_store(path: str, fmt: bytes, *, create: bool = True, read_only: bool = 
         if secondary_dir is not None:
             opts = _options(False)
             opts.set_max_open_files(-1)  # keep files open: the primary's compactions may delete them
-            db = Rdict(path, opts, access_type=AccessType.secondary(secondary_dir))
+            db = _open(path, opts, AccessType.secondary(secondary_dir))
         elif read_only:
-            db = Rdict(path, _options(False), access_type=AccessType.read_only())
+            db = _open(path, _options(False), AccessType.read_only())
         else:
-            db = Rdict(path, _options(create))
+            db = _open(path, _options(create), None)
     except Exception as exc:  # rocksdict raises plain Exception
         raise map_error(exc, path) from exc
     try:

@@ -10,6 +10,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_admission import ALICE, BOB, PROTOCOL_CODES, block1, with_provider
 
+from engine.errors import Rejection
+from engine.signing import share_line
+
 # -- fuzzing: mutated valid lines ---------------------------------------------------------
 
 JSON = st.recursive(
@@ -151,3 +154,24 @@ def test_fuzzed_batches_keep_the_summary_consistent(chain, keys, lines, data):
         assert snapshot(chain) == before
     total, expected = supply(chain)
     assert total == expected
+
+
+# -- the share fast path agrees with the full parse ----------------------------------------
+
+@given(st.data())
+@settings(max_examples=300, deadline=None)
+def test_share_fast_path_agrees_with_the_full_parse(data) -> None:
+    from engine.admission import lines as L
+    obj = share_line("ab" * 20, "rig1", job_id="job-1", height=1, difficulty=1024, timestamp=1)
+    for _ in range(data.draw(st.integers(0, 2))):
+        field = data.draw(st.sampled_from(sorted(obj) + ["extra"]))
+        obj[field] = data.draw(JSON | INTS)
+    line = encode(obj)
+    fast = L._well_formed_share(line)
+    try:
+        full = L._parse_full(line)
+    except Rejection:
+        assert fast is None
+        return
+    if fast is not None:
+        assert (fast.obj, fast.address, fast.id) == (full.obj, full.address, full.id)

@@ -221,10 +221,38 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_SHARE_KEYS = frozenset({"type", *(f for f, _ in _SHARE_FIELDS)})
+
+
+def _well_formed_share(line: bytes | str) -> ShareLine | None:
+    """The common case of a share line, checked in one pass; None sends the line through the
+    full parse (which names the fault). Every value here has its exact type, so orjson cannot
+    have turned an over-long integer into a float and the long-number scan is not needed."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.get("type") != "share" or obj.keys() != _SHARE_KEYS:
+        return None
+    worker, job = obj["worker"], obj["job_id"]
+    if not (type(worker) is str and type(job) is str and 0 < len(job) <= _MAX_ID and type(obj["height"]) is int
+            and type(obj["difficulty"]) is int and type(obj["accepted"]) is bool
+            and type(obj["timestamp"]) is int):
+        return None
+    m = _WORKER.fullmatch(worker)
+    return None if m is None else ShareLine(obj, m.group(1))
+
+
 def parse_line(line: bytes | str) -> Item:
     """Parse one ingest line, raising Rejection(MALFORMED) on any structural fault."""
     if len(line) > MAX_LINE_BYTES:
         raise _malformed(f"line is over the {MAX_LINE_BYTES} byte limit")
+    maybe_share = (b'"share"' if isinstance(line, bytes) else '"share"') in line  # type: ignore[operator]
+    share = _well_formed_share(line) if maybe_share else None
+    return share if share is not None else _parse_full(line)
+
+
+def _parse_full(line: bytes | str) -> Item:
     obj = _loads(line)
     if not isinstance(obj, dict):
         raise _malformed("a line must be a JSON object")
