@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import Keys, Lines, admit, admit_ok, encode, load_signer, signer_from_byte, snapshot, supply
 from test_admission import ALICE, BOB, POOR, bad_sig
 
@@ -187,6 +188,27 @@ def test_parallel_signature_checks_report_the_same_codes(chain, keys, lines):
     assert [(r["line"], r["code"]) for r in s.rejections] == [
         (2, "BAD_SIGNATURE"), (3, "BAD_AMOUNT"), (4, "BAD_SIGNATURE"), (5, "BAD_SIGNATURE"),
         (6, "WRONG_CHAIN")]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_block_confirming_mempool_transactions_reuses_their_verified_signatures(chain, keys, lines, parallel):
+    if parallel:
+        chain.admitter.verifier = Verifier(2, min_parallel=1)  # closed with the chain
+        chain.admitter.rules.signatures = chain.admitter.verifier.cache
+    cache = chain.admitter.verifier.cache
+    f = keys.faucet
+    first, second = lines.tx(f, ALICE, 5, nonce=1), lines.tx(f, BOB, 7, nonce=2)
+    admit_ok(chain, first, second)
+    # the same body under another signature is not the verified one: still checked, and refused
+    forged = {**second, "signature": bad_sig(dict(second))["signature"]}
+    before = snapshot(chain)
+    s = admit(chain, lines.block([first, forged]))
+    assert [r["code"] for r in s.rejections] == ["BAD_SIGNATURE"] and snapshot(chain) == before
+    hits = cache.hits
+    s = admit(chain, lines.block([first, second]))
+    assert s.accepted == 1
+    assert cache.hits - hits == 2  # neither was verified again
+    assert chain.write_state().tx_status(H(avro.encode("TransactionBody", second["body"]))) == "c"
 
 
 # -- supply invariant over a valid history ------------------------------------------------

@@ -62,8 +62,8 @@ class Admitter:
         self.genesis = genesis
         self.chunk = chunk
         self.state = WriteState(log)
-        self.rules = Rules(genesis, self.state)
         self.verifier = verifier or Verifier()
+        self.rules = Rules(genesis, self.state, self.verifier.cache)
         self.counts: Counter[tuple[str, str]] = Counter()  # ("admitted"|"duplicate", kind), ("rejected", code)
         self.listeners: list[Callable[[list[Out]], None]] = []
         self._lock = threading.Lock()

@@ -13,6 +13,7 @@ from ..movements import confirmed_nonce, movements
 from .lines import BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
 from .roles import genesis_identity, identity_of
 from .state import Account, Tip, WriteState
+from .verify import SignatureCache
 
 __all__ = ["Out", "Rules"]
 
@@ -32,9 +33,10 @@ def _dup(what: str) -> Rejection:
 
 
 class Rules:
-    def __init__(self, genesis: Genesis, state: WriteState) -> None:
+    def __init__(self, genesis: Genesis, state: WriteState, signatures: SignatureCache | None = None) -> None:
         self.g = genesis
         self.st = state
+        self.signatures = signatures or SignatureCache()
 
     # -- shared checks --------------------------------------------------------------------
     def _chain(self, chain_id: str, where: str) -> None:
@@ -44,6 +46,8 @@ class Rules:
     def _signature(self, s: Signed, signer: str | None, where: str) -> None:
         """The signature verifies and, when ``signer`` is given, the key is that address's."""
         ok = s.sig_ok
+        if ok is None and self.signatures.verified(s):
+            ok = s.sig_ok = True
         if ok is None:
             ok = s.sig_ok = verify(bytes.fromhex(s.pubkey), s.canonical(), bytes.fromhex(s.signature))
         if not ok:
@@ -219,6 +223,7 @@ class Rules:
             raise Rejection(Code.BAD_NONCE, f"nonce {body['nonce']}, expected {expected}")
         cost = body["amount"] + body["fee"]
         self._funds(sender, cost, "transaction")
+        self.signatures.remember(tx)  # admitted: a block confirming it skips the verification
         self.st.set_pending(sender, (*pending, (body["nonce"], txid, cost)))
         self.st.set_tx_status(txid, "m")
         self.st.set_mempool_tx(txid, {"type": "transaction", **tx.signed_record()})

@@ -13,7 +13,31 @@ from ..errors import Rejection
 from ..procs import exit_with_parent
 from .lines import BlockLine, Item, Signed, SignedLine
 
-__all__ = ["Verifier", "Pending"]
+__all__ = ["Verifier", "Pending", "SignatureCache"]
+
+
+class SignatureCache:
+    """Signatures already verified for admitted mempool submissions, so a block that confirms
+    them does not verify them again (bitcoind's signature cache). A signature's validity is a
+    pure function of (pubkey, message, signature), so a hit is always right, whatever the state
+    did since; the cache only saves work. In memory, bounded, oldest out first."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._known: dict[tuple[str, str, bytes], None] = {}
+        self.hits = 0
+
+    def remember(self, s: Signed) -> None:
+        if len(self._known) >= self.capacity:
+            del self._known[next(iter(self._known))]
+        self._known[(s.pubkey, s.signature, s.canonical())] = None
+
+    def verified(self, s: Signed) -> bool:
+        """True if this exact signed body was verified before (``s.canonical()`` may raise)."""
+        if (s.pubkey, s.signature, s.canonical()) in self._known:
+            self.hits += 1
+            return True
+        return False
 
 
 def _verify_batch(batch: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
@@ -41,6 +65,7 @@ class Verifier:
     def __init__(self, workers: int = 1, min_parallel: int = 256) -> None:
         self.workers = workers
         self.min_parallel = min_parallel
+        self.cache = SignatureCache()
         self._pool: ProcessPoolExecutor | None = None
 
     def submit(self, items: Sequence[Item]) -> Pending | None:
@@ -55,8 +80,12 @@ class Verifier:
         if self.workers <= 1 or len(signed) < self.min_parallel:
             return None  # inline, lazily: duplicates and early rejections then cost no verification
         work, targets = [], []
+        known = self.cache.verified
         for s in signed:
             try:
+                if known(s):
+                    s.sig_ok = True
+                    continue
                 work.append((bytes.fromhex(s.pubkey), s.canonical(), bytes.fromhex(s.signature)))
                 targets.append(s)
             except Rejection:
