@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import schemaless_reader
 
 from . import avro
 from .errors import SchemaError
@@ -112,7 +112,7 @@ class Codec:
             if sv is None:
                 raise SchemaError(f"no schema registered for {topic}; run `ledgerlog init`")
             self._writer[topic] = (_HEADER.pack(0, sv.id), avro.parsed(name))
-        self._buf = io.BytesIO()
+        self._encode = {topic: avro.encoder(name) for topic, name in EVENT_SCHEMA.items()}
 
     @classmethod
     def register_all(cls, log: Log) -> "Codec":
@@ -126,11 +126,7 @@ class Codec:
         return _HEADER.unpack(self._writer[topic][0])[1]
 
     def encode(self, topic: str, event: dict[str, Any]) -> bytes:
-        header, schema = self._writer[topic]
-        buf = io.BytesIO()
-        buf.write(header)
-        schemaless_writer(buf, schema, event)
-        return buf.getvalue()
+        return self._writer[topic][0] + self._encode[topic](event)
 
     def decode(self, topic: str, value: bytes) -> dict[str, Any]:
         if len(value) < 5 or value[0] != 0:
