@@ -26,9 +26,11 @@ class Unsupported(Exception):
     """The schema uses a type the generated encoders do not handle."""
 
 
-def _varint(z: int) -> bytearray:
+def _varint(z: int) -> bytes | bytearray:
     """The varint of a zig-zagged value of 128 or more. The zig-zag of a value outside the signed
     64-bit range is 2**64 or more (and of one inside it less), so the range is checked here."""
+    if z < 16384:
+        return bytes(((z & 127) | 128, z >> 7))
     if z >> 64:
         raise OverflowError("long out of range")
     out = bytearray()

@@ -5,8 +5,7 @@ its records (embedded log: one RocksDB WriteBatch)."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import orjson
 
@@ -20,15 +19,13 @@ _U64 = struct.Struct(">Q")
 _CACHE_MAX = 200_000  # committed values kept in memory (about 50 MB at most)
 
 
-@dataclass(frozen=True, slots=True)
-class Tip:
+class Tip(NamedTuple):  # tuples, not frozen dataclasses: made per line, and 4x cheaper
     height: int
     hash: str
     timestamp: int
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
+class Account(NamedTuple):
     balance: int = 0
     staked: int = 0
     nonce: int = 0
