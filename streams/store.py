@@ -47,27 +47,61 @@ def hash_sum(entries: Iterable[tuple[bytes, bytes]]) -> int:
 
 
 class KeyFilter:
-    """A one-hash Bloom filter of byte keys (32 bits a key at capacity: about 3% false
-    positives, which only cost a read). Python's hash of bytes is salted per process, so it is
-    built and used by one process only."""
+    """A Bloom filter of byte keys that grows without rescanning: one-hash layers, each with twice
+    the room of the one before (32 bits a key: about 3% false positives per full layer, which only
+    cost a read). Keys go to the newest layer; a key is in the filter if any layer has its bit.
+    Python's hash of bytes is salted per process, so it is built and used by one process only."""
 
     def __init__(self, capacity: int) -> None:
-        log2 = max(10, (capacity * 32 - 1).bit_length())
-        self.mask = (1 << log2) - 1
-        self.bits = bytearray(1 << (log2 - 3))
-        self.capacity = (1 << log2) >> 5
+        self.layers: list[tuple[int, bytearray]] = []  # (mask, bits), oldest first
         self.count = 0
+        self.capacity = 0  # keys the layers have room for
+        self.bytes = 0
+        self._room = 0  # keys the newest layer has room for
+        self._in_newest = 0
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        log2 = max(10, (capacity * 32 - 1).bit_length())
+        self.layers.append(((1 << log2) - 1, bytearray(1 << (log2 - 3))))
+        self._room, self._in_newest = (1 << log2) >> 5, 0
+        self.capacity += self._room
+        self.bytes += 1 << (log2 - 3)
 
     def __contains__(self, key: bytes) -> bool:
-        h = hash(key) & self.mask
-        return bool(self.bits[h >> 3] & (1 << (h & 7)))
+        h = hash(key)
+        for mask, bits in self.layers:
+            g = h & mask
+            if bits[g >> 3] & (1 << (g & 7)):
+                return True
+        return False
+
+    def maybe(self, keys: list[bytes]) -> list[bytes]:
+        """The keys that may be in the filter (the others certainly are not)."""
+        if len(self.layers) == 1:
+            mask, bits = self.layers[0]
+            out = []
+            for k in keys:
+                g = hash(k) & mask
+                if bits[g >> 3] & (1 << (g & 7)):
+                    out.append(k)
+            return out
+        return [k for k in keys if k in self]
 
     def add(self, keys: Iterable[bytes]) -> None:
-        bits, mask, n = self.bits, self.mask, 0
+        mask, bits = self.layers[-1]
+        n = 0
         for key in keys:
+            if self._in_newest + n >= self._room:  # full: a new layer, twice the room
+                self._in_newest += n
+                self.count += n
+                n = 0
+                self._grow(2 * self._room)
+                mask, bits = self.layers[-1]
             h = hash(key) & mask
             bits[h >> 3] |= 1 << (h & 7)
             n += 1
+        self._in_newest += n
         self.count += n
 
 
@@ -104,11 +138,9 @@ class OverlayTxn(_DbView):
         if key in self.stored:
             return self.stored[key]
         keys = self._keys
-        if keys is not None:
-            h = hash(key) & keys.mask
-            if not keys.bits[h >> 3] & (1 << (h & 7)):
-                self.stored[key] = None
-                return None
+        if keys is not None and key not in keys:
+            self.stored[key] = None
+            return None
         value = self.stored[key] = self._db.get(key)
         return value
 
@@ -142,6 +174,10 @@ class ProjectionStore:
     FILTER_MAX_KEYS = 2_000_000
     #: keys a new filter has room for, at least (4 MiB)
     FILTER_MIN_CAPACITY = 1 << 20
+    #: a filter that grows past this many bytes (about 15M keys) is dropped, so memory stays
+    #: bounded; blind writes then read their old values from RocksDB, whose own Bloom filters
+    #: answer for absent keys
+    FILTER_MAX_BYTES = 64 * 1024 * 1024
 
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
@@ -154,15 +190,15 @@ class ProjectionStore:
         self._keys: KeyFilter | None = None
         self._keys_tried = False
 
-    def _key_filter(self, capacity: int = 0) -> KeyFilter | None:
+    def _key_filter(self) -> KeyFilter | None:
         """A KeyFilter of every state key in the store, from a scan of them; None if too many."""
         try:
             estimate = self.db.property_int_value("rocksdb.estimate-num-keys") or 0
         except Exception:  # noqa: BLE001 - no estimate, no filter
             return None
-        if estimate > self.FILTER_MAX_KEYS and capacity == 0:
+        if estimate > self.FILTER_MAX_KEYS:
             return None
-        keys = KeyFilter(max(capacity, 4 * estimate, self.FILTER_MIN_CAPACITY))
+        keys = KeyFilter(max(4 * estimate, self.FILTER_MIN_CAPACITY))
         it = self.db.iter()
         it.seek(_STATE_FROM)
         found = []
@@ -220,13 +256,7 @@ class ProjectionStore:
             self._keys_tried = True
             keys = self._keys = self._key_filter()
         if keys is not None and unknown:  # ... unless certainly absent
-            mask, bits = keys.mask, keys.bits
-            maybe = []
-            for k in unknown:
-                h = hash(k) & mask
-                if bits[h >> 3] & (1 << (h & 7)):
-                    maybe.append(k)
-            unknown = maybe
+            unknown = keys.maybe(unknown)
         olds = dict(zip(unknown, self.db[unknown])) if unknown else {}
         gone: list[tuple[bytes, bytes]] = []
         new: list[tuple[bytes, bytes]] = []
@@ -263,8 +293,8 @@ class ProjectionStore:
             self._positions.update(positions)
         if keys is not None:
             keys.add(added)
-            if keys.count > keys.capacity:  # room for four times as many, from a scan
-                self._keys = self._key_filter(4 * keys.count)
+            if keys.bytes > self.FILTER_MAX_BYTES:
+                self._keys = None
 
     def digest_hex(self) -> str:
         return f"{self.digest:032x}"

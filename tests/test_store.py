@@ -34,6 +34,33 @@ def test_key_filter_has_no_false_negatives() -> None:
     assert others < 10_000 * 0.1  # about 3% false positives at capacity
 
 
+def test_key_filter_grows_by_layers_without_losing_keys() -> None:
+    f = KeyFilter(1000)
+    room = f.capacity
+    keys = [b"k%d" % i for i in range(10 * room)]
+    for i in range(0, len(keys), 777):  # adds that straddle layer boundaries
+        f.add(keys[i:i + 777])
+    assert len(f.layers) >= 3 and f.count == len(keys) <= f.capacity
+    assert all(k in f for k in keys) and f.maybe(keys) == keys
+    others = [b"other%d" % i for i in range(10_000)]
+    assert len(f.maybe(others)) < 10_000 * 0.15  # a few percent per layer
+
+
+def test_a_filter_past_its_memory_bound_is_dropped(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(ProjectionStore, "FILTER_AFTER_BLIND", 10)
+    monkeypatch.setattr(ProjectionStore, "FILTER_MIN_CAPACITY", 64)
+    monkeypatch.setattr(ProjectionStore, "FILTER_MAX_BYTES", 2048)
+    store = ProjectionStore(str(tmp_path / "s"))
+    for round_ in range(6):
+        txn = store.begin()
+        for i in range(200):
+            txn.put(b"a/%d" % (round_ * 150 + i), b"%d" % round_)  # new keys, and overwrites
+        store.commit(txn, {})
+        assert store.digest == content_digest(store)
+    assert store._keys is None and store._keys_tried
+    store.close()
+
+
 @pytest.mark.parametrize("filtered", [True, False])
 def test_digest_equals_content_through_blind_overwrites_and_deletes(tmp_path, monkeypatch, filtered: bool) -> None:
     monkeypatch.setattr(ProjectionStore, "FILTER_AFTER_BLIND", 50 if filtered else 10**9)
@@ -62,7 +89,7 @@ def test_digest_equals_content_through_blind_overwrites_and_deletes(tmp_path, mo
         assert store.digest == content_digest(store), round_
     assert (store._keys is not None) == filtered
     if filtered:
-        assert store._keys.capacity > 64
+        assert store._keys.count <= store._keys.capacity
         present = [k for k, _ in store.db.items() if not k.startswith(b"\x00")]
         txn = store.begin()
         assert all(txn.get(k) == store.db.get(k) for k in present)  # reads through the filter
