@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from rocksdict import AccessType, BlockBasedOptions, Cache, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedIndexType, BlockBasedOptions, Cache, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
 from .errors import CorruptStoreError, FormatVersionError, StorageError, StoreLockedError
 from .storekeys import FORMAT_KEY
@@ -22,17 +22,37 @@ def _options(create: bool) -> Options:
     # log; RocksDB's default 64 MiB memtables (x2 each) put a 1M-event rebuild past 1 GiB
     opts.set_write_buffer_size(16 * 1024 * 1024)
     opts.set_max_write_buffer_number(2)
-    # a damaged WAL record must stop the open, not silently drop every later (acknowledged) write
     # a Bloom filter over each memtable too: admission mostly reads absent keys (new ids), and
     # without it every read searches the memtables' skiplists in full
     opts.set_memtable_prefix_bloom_ratio(0.05)
     opts.set_memtable_whole_key_filtering(True)
+    # a damaged WAL record must stop the open, not silently drop every later (acknowledged) write
     opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)  # point lookups of absent keys (new ids, accounts) skip files
-    table.set_block_cache(Cache(32 * 1024 * 1024))
+    # memory that does not grow with the data: index and filter blocks live in one block cache
+    # shared by every store of the process (partitioned, so only the parts in use are loaded)
+    # instead of being held whole, per open table file, outside any bound
+    table.set_block_cache(_shared_cache())
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_pin_top_level_index_and_filter(True)
     opts.set_block_based_table_factory(table)
     return opts
+
+
+_CACHE: Cache | None = None
+#: the block cache every store of a process shares
+BLOCK_CACHE_BYTES = 128 * 1024 * 1024
+
+
+def _shared_cache() -> Cache:
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = Cache(BLOCK_CACHE_BYTES)
+    return _CACHE
 
 
 def _open(path: str, opts: Options, access: AccessType | None) -> Rdict:

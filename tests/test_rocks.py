@@ -1,7 +1,7 @@
 """engine/rocks.py: a store opened again (read-write, read-only, secondary) runs on ledgerlog's
 options, not rocksdict's defaults. rocksdict applies the options it is given only to column
 families it creates, so without naming "default" every reopened store lost its Bloom filter,
-its 16 MiB memtables and its 32 MiB block cache."""
+its 16 MiB memtables and the block cache shared by the process."""
 from __future__ import annotations
 
 import glob
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from engine.rocks import open_store
+from engine.rocks import BLOCK_CACHE_BYTES, open_store
 
 FMT = b"test/1"
 
@@ -31,10 +31,11 @@ def test_reopened_store_keeps_its_options(tmp_path, how: str) -> None:
     db = open_store(path, FMT, **kwargs)
     try:
         assert db.get(b"k") == b"v"
-        assert db.property_int_value("rocksdb.block-cache-capacity") == 32 * 1024 * 1024
+        assert db.property_int_value("rocksdb.block-cache-capacity") == BLOCK_CACHE_BYTES
     finally:
         db.close()
     if how == "read-write":  # a read-write open writes the options in force
         text = _latest_options_file(path)
         assert "filter_policy=bloomfilter" in text
         assert "write_buffer_size=16777216" in text
+        assert "cache_index_and_filter_blocks=true" in text and "partition_filters=true" in text
