@@ -96,6 +96,7 @@ def run(size: str, out: str, peers: list[str], keep: str | None, query_rate: flo
             res["peers"].update(run_peers([name], transfers, n_transfers, plan, work))
         res["checks"]["peers_checksum_ok"] = {n: p.get("checksum_ok") for n, p in res["peers"].items()}
         res["ratios"] = report.ratios(res)
+        res["goals"] = report.goals(res)
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ratios", "table", "write"]
+__all__ = ["goals", "ratios", "table", "write"]
 
 
 def _per_s(d: Any, *path: str) -> float | None:
@@ -44,6 +44,39 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
         out[f"rebuild_all_vs_{name}"] = _ratio(rb_all, p_rebuild)
         out[f"ingest_signed_vs_{name}"] = _ratio(signed, p_ingest)
         out[f"ingest_unsigned_vs_{name}"] = _ratio(unsigned, p_ingest)
+    return out
+
+
+def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals against this run's figures: goal, target, measured, met (None: not
+    measured in this run)."""
+    r = res.get("ratios", {})
+    q = res.get("query", {})
+    rb_all = res.get("rebuild", {}).get("all", {})
+    mem = rb_all.get("rss") or {}
+    seconds_1m = 1_000_000 / rb_all["events_per_s"] if rb_all.get("events_per_s") else None
+    flat = (mem["last_quarter_mean_mib"] <= 1.15 * mem["first_quarter_mean_mib"]) if mem else None
+    rows = [
+        ("rebuild all projections vs naive SQLite rebuild", ">= 1.5x", r.get("rebuild_all_vs_sqlite"), 1.5),
+        ("rebuild all projections vs quixstreams", ">= 10x", r.get("rebuild_all_vs_quixstreams"), 10),
+        ("rebuild all projections vs faust-streaming", ">= 10x", r.get("rebuild_all_vs_faust"), 10),
+        ("rebuild all projections vs eventsourcing", ">= 50x", r.get("rebuild_all_vs_eventsourcing"), 50),
+        ("balances rebuild vs the one-core ceiling", ">= 0.7", r.get("rebuild_balances_vs_ceiling_fold"), 0.7),
+        ("signed ingest vs the all-core Ed25519 verify rate", ">= 0.8",
+         r.get("ingest_signatures_vs_verify_all_cores"), 0.8),
+        ("unsigned ingest, events/s (durable)", ">= 60,000",
+         res.get("ingest", {}).get("unsigned", {}).get("events_per_s"), 60_000),
+        ("account lookups/s, flat out", ">= 3,000", q.get("max", {}).get("rate"), 3_000),
+    ]
+    out = [{"goal": g, "target": t, "measured": m, "met": None if m is None else m >= x} for g, t, m, x in rows]
+    p99 = q.get("fixed", {}).get("p99_ms")
+    out.append({"goal": "lookup p99 at 1,000/s offered, ms", "target": "<= 10", "measured": p99,
+                "met": None if p99 is None else p99 <= 10})
+    out.append({"goal": "reproject all of 1M events, s (from this run's rate)", "target": "<= 20",
+                "measured": None if seconds_1m is None else round(seconds_1m, 1),
+                "met": None if seconds_1m is None else seconds_1m <= 20})
+    out.append({"goal": "reproject RSS peak, MiB (flat: last quarter within 15% of the first)", "target": "< 1024, flat",
+                "measured": mem.get("peak_mib"), "met": None if not mem else mem["peak_mib"] < 1024 and flat})
     return out
 
 
@@ -113,6 +146,12 @@ def table(res: dict[str, Any]) -> str:
         if mem:
             lines.append(f"reproject {label}: {rb[key].get('workers')} process(es), RSS peak {mem['peak_mib']} MiB, "
                          f"first/last quarter mean {mem['first_quarter_mean_mib']}/{mem['last_quarter_mean_mib']} MiB")
+    lines.append("goals (issue 5):")
+    for g in res.get("goals", []):
+        mark = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
+        m = g["measured"]
+        shown = "-" if m is None else f"{m:,.0f}" if m >= 100 else f"{m:.2f}"
+        lines.append(f"  {mark:12s} {g['goal']}: {shown} (goal {g['target']})")
     ed = ce.get("ed25519", {})
     lines.append(f"Ed25519 per core: verify {_num(ed.get('verify_per_s_one_core'))}/s, sign "
                  f"{_num(ed.get('sign_per_s_one_core'))}/s; signed ingest uses "

@@ -253,7 +253,23 @@ def parse_line(line: bytes | str) -> Item:
 
 
 def _parse_full(line: bytes | str) -> Item:
-    obj = _loads(line)
+    """orjson first; a line it cannot take, or whose check fails, is parsed again exactly. An
+    integer beyond 64 bits becomes a float in orjson, which fails every check (no field takes a
+    float), so the exact parse then decides between MALFORMED and BAD_AMOUNT; a line without such
+    integers is not scanned for them at all."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _parse_obj(_loads(line))
+    try:
+        return _parse_obj(obj)
+    except Rejection:
+        if (_LONG_NUMBER if isinstance(line, str) else _LONG_NUMBER_B).search(line) is None:  # type: ignore[arg-type]
+            raise
+    return _parse_obj(_loads(line))
+
+
+def _parse_obj(obj: Any) -> Item:
     if not isinstance(obj, dict):
         raise _malformed("a line must be a JSON object")
     kind = obj.get("type")

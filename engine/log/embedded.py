@@ -90,6 +90,12 @@ class EmbeddedLog(Log):
     def topics(self) -> dict[str, int]:
         return dict(self._topics)
 
+    def partition_count(self, topic: str) -> int:  # once per appended record: no copy of topics()
+        n = self._topics.get(topic)
+        if n is None:
+            raise LogError(f"unknown topic {topic!r}")
+        return n
+
     def append(self, records: Sequence[Record], state: StateWrites | None = None) -> list[tuple[int, int]]:
         with self._lock:
             wb = WriteBatch(raw_mode=True)
