@@ -99,14 +99,19 @@ class EmbeddedLog(Log):
     def append(self, records: Sequence[Record], state: StateWrites | None = None) -> list[tuple[int, int]]:
         with self._lock:
             wb = WriteBatch(raw_mode=True)
+            put, head, u64 = wb.put, _HEAD.pack, K.U64.pack
             ends: dict[TopicPartition, int] = {}
+            prefixes: dict[TopicPartition, bytes] = {}
             out = []
             for r in records:
                 p = self.place(r)
                 tp = (r.topic, p)
-                off = ends.get(tp, self._ends[tp])
+                off = ends.get(tp)
+                if off is None:
+                    off = self._ends[tp]
+                    prefixes[tp] = K.record_prefix(r.topic, p)
                 ends[tp] = off + 1
-                wb.put(K.record_key(r.topic, p, off), _HEAD.pack(r.timestamp, len(r.key)) + r.key + r.value)
+                put(prefixes[tp] + u64(off), head(r.timestamp, len(r.key)) + r.key + r.value)
                 out.append((p, off))
             for (topic, p), end in ends.items():
                 wb.put(K.end_key(topic, p), K.U64.pack(end))
