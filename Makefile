@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 SIZE   ?= full
 
-.PHONY: run test bench lint clean venv
+.PHONY: run test bench bench-memory lint clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m benchmarks --size $(SIZE)
+
+# RSS over a long first fold and reproject (10M events: about half an hour on 2 cores)
+EVENTS ?= 10000000
+bench-memory: venv
+	$(BIN)/python -m benchmarks.memory --events $(EVENTS)
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy

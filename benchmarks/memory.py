@@ -44,6 +44,7 @@ def run(events: int, work: str) -> dict[str, Any]:
     _step(f"generating {events:,} events", t0)
     inputs = history.make_inputs(work, events)
     out["generate_seconds"] = inputs["seconds"]
+    events = out["history_events"] = inputs["stats"]["events"]  # the last block closes past N
     data = os.path.join(work, "data")
     _step("ingest", t0)
     out["ingest"] = ingest(data, inputs["genesis"], inputs["path"], inputs["stats"])

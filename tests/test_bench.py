@@ -65,6 +65,28 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
                 "rebuild_balances_vs_sqlite", "rebuild_all_vs_sqlite", "ingest_signed_vs_sqlite", "ingest_unsigned_vs_sqlite"):
         _positive(r, key)
 
+    goals = {g["goal"]: g for g in res["goals"]}
+    assert len(goals) == 11 and b"goals (issue 5):" in proc.stdout
+    assert all(g["met"] in (True, False, None) and g["target"] for g in goals.values())
+    sqlite = goals["rebuild all projections vs naive SQLite rebuild"]
+    assert sqlite["measured"] == r["rebuild_all_vs_sqlite"] and sqlite["met"] == (sqlite["measured"] >= 1.5)
+    assert goals["rebuild all projections vs quixstreams"]["met"] is None  # not run here
+
+
+def test_memory_run_samples_rss_over_fold_and_reproject(tmp_path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--events", "3000", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, check=False, timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    res = json.loads((out / "memory.json").read_text())
+    assert res["events"] == 3000 and res["ingest"]["events"] >= 3000  # the history closes its last block
+    assert res["reproject_all"]["identical_digests"] is True
+    for key in ("first_fold", "reproject_all"):
+        _positive(res[key], "seconds", "events_per_s")
+        rss = res[key]["rss"]
+        _positive(rss, "peak_mib", "first_quarter_mean_mib", "last_quarter_mean_mib", "samples")
+        assert rss["series_mib"] and max(rss["series_mib"]) == rss["peak_mib"]
+
 
 def test_unknown_peer_is_a_usage_error(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--size", "tiny", "--peers", "nosuch",
