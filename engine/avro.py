@@ -6,7 +6,8 @@ import io
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
 
