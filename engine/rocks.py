@@ -45,7 +45,7 @@ def _options(create: bool) -> Options:
 
 _CACHE: Cache | None = None
 #: the block cache every store of a process shares
-BLOCK_CACHE_BYTES = 128 * 1024 * 1024
+BLOCK_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def _shared_cache() -> Cache:

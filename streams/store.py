@@ -174,10 +174,10 @@ class ProjectionStore:
     FILTER_MAX_KEYS = 2_000_000
     #: keys a new filter has room for, at least (4 MiB)
     FILTER_MIN_CAPACITY = 1 << 20
-    #: a filter that grows past this many bytes (about 15M keys) is dropped, so memory stays
-    #: bounded; blind writes then read their old values from RocksDB, whose own Bloom filters
-    #: answer for absent keys
-    FILTER_MAX_BYTES = 64 * 1024 * 1024
+    #: a filter that grows past this many bytes (past about 7M keys) is dropped, so memory
+    #: stays bounded; blind writes then read their old values from RocksDB, whose own Bloom
+    #: filters answer for absent keys
+    FILTER_MAX_BYTES = 32 * 1024 * 1024
 
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
