@@ -11,7 +11,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
 
-from . import avro_encoder
+from . import avro_codegen
 from .errors import SchemaError
 
 __all__ = [
@@ -74,8 +74,8 @@ def parse_text(text: str) -> Any:
 
 @lru_cache(maxsize=None)
 def encoder(name: str) -> Callable[[dict[str, Any]], bytes]:
-    """The schema's generated encoder (engine/avro_encoder.py: fastavro's bytes, faster)."""
-    return avro_encoder.encoder(schema_json(name))
+    """The schema's generated encoder (engine/avro_codegen.py: fastavro's bytes, faster)."""
+    return avro_codegen.encoder(schema_json(name))
 
 
 def encode(name: str, record: dict[str, Any]) -> bytes:

@@ -26,6 +26,7 @@ from rocksdict import ReadOptions
 
 from engine import storekeys as K
 from engine import topics as T
+from engine.avro_codegen import SchemaNames, Unsupported
 from engine.codec import Codec
 from engine.log.base import Log
 from engine.log.embedded import EmbeddedLog
@@ -44,10 +45,6 @@ _INF = float("inf")
 
 
 # -- decoding -----------------------------------------------------------------------------------
-class Unsupported(Exception):
-    """The schema uses a type the generated decoders do not handle: use fastavro."""
-
-
 #: Which fields of a record to decode: field name -> the fields of it to decode (a Spec, for a
 #: record field), or None for all of it. A Spec of None decodes everything.
 Spec = dict[str, Any]
@@ -86,12 +83,8 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
     ``schemaless_reader`` gives with that schema as writer and no reader schema; with ``fields``,
     only those fields (in schema order), the others skipped undecoded."""
     lines: list[str] = []
-    named: dict[str, Any] = {}
-    count = [0]
-
-    def var() -> str:
-        count[0] += 1
-        return f"v{count[0]}"
+    names = SchemaNames()
+    var, resolve, record_ns = names.var, names.resolve, names.record_ns
 
     def long_(ind: str, target: str) -> None:
         # zig-zag varints, inline (one- and two-byte ones first: lengths of 64-char hex strings)
@@ -115,26 +108,6 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
         long_(ind, "n")
         lines.append(f"{ind}if n < 0:")
         lines.append(f"{ind}    raise ValueError('negative length')")
-
-    def fullname(name: str, ns: str | None) -> str:
-        return name if "." in name or not ns else f"{ns}.{name}"
-
-    def resolve(t: Any, ns: str | None) -> tuple[Any, str | None]:
-        """Primitive type objects as names, named references as their definition."""
-        if isinstance(t, dict) and set(t) <= {"type", "doc"} and t.get("type") in ("long", "int", "string", "boolean"):
-            return t["type"], ns
-        if isinstance(t, str) and t not in ("long", "int", "string", "boolean"):
-            full = fullname(t, ns)
-            if full not in named:
-                raise Unsupported(t)
-            return named[full], full.rpartition(".")[0] or None
-        if isinstance(t, dict) and t.get("type") == "record":
-            full = fullname(t["name"], t.get("namespace", ns))
-            named[full] = t
-        return t, ns
-
-    def record_ns(t: dict[str, Any], ns: str | None) -> str | None:
-        return fullname(t["name"], t.get("namespace", ns)).rpartition(".")[0] or None
 
     def gen(t: Any, ind: str, ns: str | None, spec: Spec | None) -> str:
         t, ns = resolve(t, ns)

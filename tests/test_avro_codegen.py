@@ -1,4 +1,4 @@
-"""engine/avro_encoder.py: the generated encoders write fastavro's bytes for every schema ledgerlog
+"""engine/avro_codegen.py: the generated encoders write fastavro's bytes for every schema ledgerlog
 registers (events and signed bodies, whose bytes are the canonical signing payload), on generated
 records including edge values (64-bit bounds, empty and non-ASCII strings, empty and long arrays);
 a datum they cannot take goes to fastavro, which raises or writes as it would."""
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import avro
-from engine.avro_encoder import Unsupported, compile_encoder, encoder
+from engine.avro_codegen import Unsupported, compile_encoder, encoder
 
 NAMES = avro.EVENT_NAMES + avro.BODY_NAMES
 LONGS = st.sampled_from([0, -1, 1, 63, 64, -64, -65, 127, 128, 2**31, -(2**31), 2**63 - 1, -(2**63)]) | st.integers(

@@ -1,12 +1,13 @@
-"""Avro binary encoders generated from a schema: plain Python over a list of byte strings, which
-beats fastavro's per-field dispatch on ledgerlog's small records (ShareSubmitted: 2.1 us against
-3.6 us). They cover what ledgerlog's schemas use (records, arrays, string, long, int, boolean);
-anything else is Unsupported and the caller uses fastavro.
+"""Plain-Python Avro code generated from a schema, for the schemas ledgerlog registers (records,
+arrays, string, long, int, boolean; anything else is Unsupported and the caller uses fastavro):
+the encoders here, and the walk over a schema's names that the decoders (streams/feed.py) share.
 
-The bytes are fastavro's (tests/test_avro_encoder.py checks every schema on generated records);
-canonical body bytes (PROTOCOL.md §1) are among them. A datum the generated code cannot take (a
-missing field, a wrong type, a long out of range) is handed to fastavro, which raises its own
-error or writes what it writes, so callers see fastavro's behaviour either way."""
+The encoders build a list of byte strings, which beats fastavro's per-field dispatch on
+ledgerlog's small records (ShareSubmitted: 2.1 us against 3.6 us). Their bytes are fastavro's
+(tests/test_avro_codegen.py checks every schema on generated records); canonical body bytes
+(PROTOCOL.md §1) are among them. A datum the generated code cannot take (a missing field, a
+wrong type, a long out of range) is handed to fastavro, which raises its own error or writes
+what it writes, so callers see fastavro's behaviour either way."""
 from __future__ import annotations
 
 import io
@@ -16,7 +17,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_writer
 
-__all__ = ["Unsupported", "compile_encoder", "encoder"]
+__all__ = ["SchemaNames", "Unsupported", "compile_encoder", "encoder"]
 
 _PRIMITIVES = ("long", "int", "string", "boolean")
 #: varints of the zig-zag values below 128: one byte each
@@ -24,7 +25,41 @@ _ONE = [bytes((z,)) for z in range(128)]
 
 
 class Unsupported(Exception):
-    """The schema uses a type the generated encoders do not handle."""
+    """The schema uses a type the generated code does not handle: use fastavro."""
+
+
+class SchemaNames:
+    """What a code generator walking a schema keeps: fresh variable names, and the named records
+    seen so far (a later use of a name is a reference to its first, inlined, definition)."""
+
+    def __init__(self) -> None:
+        self.named: dict[str, Any] = {}
+        self._count = 0
+
+    def var(self) -> str:
+        self._count += 1
+        return f"v{self._count}"
+
+    @staticmethod
+    def fullname(name: str, ns: str | None) -> str:
+        return name if "." in name or not ns else f"{ns}.{name}"
+
+    def resolve(self, t: Any, ns: str | None) -> tuple[Any, str | None]:
+        """Primitive type objects as their names, named references as their definition."""
+        if isinstance(t, dict) and set(t) <= {"type", "doc"} and t.get("type") in _PRIMITIVES:
+            return t["type"], ns
+        if isinstance(t, str) and t not in _PRIMITIVES:
+            full = self.fullname(t, ns)
+            if full not in self.named:
+                raise Unsupported(t)
+            return self.named[full], full.rpartition(".")[0] or None
+        if isinstance(t, dict) and t.get("type") == "record":
+            self.named[self.fullname(t["name"], t.get("namespace", ns))] = t
+        return t, ns
+
+    def record_ns(self, t: dict[str, Any], ns: str | None) -> str | None:
+        """The namespace a record's own fields are resolved in."""
+        return self.fullname(t["name"], t.get("namespace", ns)).rpartition(".")[0] or None
 
 
 def _varint(z: int) -> bytes | bytearray:
@@ -46,27 +81,8 @@ def compile_encoder(schema: Any) -> Callable[[dict[str, Any]], bytes]:
     """``encode(record) -> bytes`` for the Avro schema ``schema`` (parsed JSON, names inlined on
     first use as ``engine.avro.schema_json`` writes them); raises Unsupported."""
     lines: list[str] = []
-    named: dict[str, Any] = {}
-    count = [0]
-
-    def var() -> str:
-        count[0] += 1
-        return f"v{count[0]}"
-
-    def fullname(name: str, ns: str | None) -> str:
-        return name if "." in name or not ns else f"{ns}.{name}"
-
-    def resolve(t: Any, ns: str | None) -> tuple[Any, str | None]:
-        if isinstance(t, dict) and set(t) <= {"type", "doc"} and t.get("type") in _PRIMITIVES:
-            return t["type"], ns
-        if isinstance(t, str) and t not in _PRIMITIVES:
-            full = fullname(t, ns)
-            if full not in named:
-                raise Unsupported(t)
-            return named[full], full.rpartition(".")[0] or None
-        if isinstance(t, dict) and t.get("type") == "record":
-            named[fullname(t["name"], t.get("namespace", ns))] = t
-        return t, ns
+    names = SchemaNames()
+    var, resolve = names.var, names.resolve
 
     def long_(ind: str, value: str) -> None:  # ``value`` is a name: it is read twice
         z = var()
@@ -88,7 +104,7 @@ def compile_encoder(schema: Any) -> Callable[[dict[str, Any]], bytes]:
         elif t == "boolean":
             lines.append(f"{ind}a(b'\\x01' if {value} else b'\\x00')")
         elif isinstance(t, dict) and t.get("type") == "record":
-            inner = fullname(t["name"], t.get("namespace", ns)).rpartition(".")[0] or None
+            inner = names.record_ns(t, ns)
             r = var()
             lines.append(f"{ind}{r} = {value}")
             for f in t["fields"]:
