@@ -48,12 +48,9 @@ def fold(genesis: Genesis, events: Iterable[Event], txn: Txn) -> None:
     put, get = txn.put, txn.get
     for topic, ev in events:
         if topic == T.TRANSACTIONS:
-            key = ev["txid"].encode()
-            put(b"t/" + key, jdump([ev["height"], ev["index"], ev["block_hash"], ev["body"], ev["pubkey"],
-                                    ev["signature"]]))
-            if get(b"mp/" + key) is not None:
-                txn.delete(b"mp/" + key)
-                pending[0] -= 1
+            put(b"t/" + ev["txid"].encode(), jdump([ev["height"], ev["index"], ev["block_hash"], ev["body"],
+                                                    ev["pubkey"], ev["signature"]]))
+            _leave_mempool(txn, ev["txid"], pending)
         elif topic == T.BLOCKS:
             hdr = ev["header"]
             height = hdr["height"]

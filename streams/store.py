@@ -54,18 +54,15 @@ class KeyFilter:
 
     def __init__(self, capacity: int) -> None:
         self.layers: list[tuple[int, bytearray]] = []  # (mask, bits), oldest first
-        self.count = 0
+        self.count = 0     # keys added
         self.capacity = 0  # keys the layers have room for
         self.bytes = 0
-        self._room = 0  # keys the newest layer has room for
-        self._in_newest = 0
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
         log2 = max(10, (capacity * 32 - 1).bit_length())
         self.layers.append(((1 << log2) - 1, bytearray(1 << (log2 - 3))))
-        self._room, self._in_newest = (1 << log2) >> 5, 0
-        self.capacity += self._room
+        self.capacity += (1 << log2) >> 5
         self.bytes += 1 << (log2 - 3)
 
     def __contains__(self, key: bytes) -> bool:
@@ -90,19 +87,16 @@ class KeyFilter:
 
     def add(self, keys: Iterable[bytes]) -> None:
         mask, bits = self.layers[-1]
-        n = 0
+        count, capacity = self.count, self.capacity
         for key in keys:
-            if self._in_newest + n >= self._room:  # full: a new layer, twice the room
-                self._in_newest += n
-                self.count += n
-                n = 0
-                self._grow(2 * self._room)
+            if count == capacity:  # full: a new layer, with twice the room of the last
+                self._grow(2 * ((mask + 1) >> 5))
                 mask, bits = self.layers[-1]
+                capacity = self.capacity
             h = hash(key) & mask
             bits[h >> 3] |= 1 << (h & 7)
-            n += 1
-        self._in_newest += n
-        self.count += n
+            count += 1
+        self.count = count
 
 
 class _DbView:

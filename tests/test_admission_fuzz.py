@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_admission import ALICE, BOB, PROTOCOL_CODES, block1, with_provider
 
+import engine.admission.lines as lines_mod
 from engine.errors import Rejection
 from engine.signing import share_line
 
@@ -161,15 +162,14 @@ def test_fuzzed_batches_keep_the_summary_consistent(chain, keys, lines, data):
 @given(st.data())
 @settings(max_examples=300, deadline=None)
 def test_share_fast_path_agrees_with_the_full_parse(data) -> None:
-    from engine.admission import lines as L
     obj = share_line("ab" * 20, "rig1", job_id="job-1", height=1, difficulty=1024, timestamp=1)
     for _ in range(data.draw(st.integers(0, 2))):
         field = data.draw(st.sampled_from(sorted(obj) + ["extra"]))
         obj[field] = data.draw(JSON | INTS)
     line = encode(obj)
-    fast = L._well_formed_share(line)
+    fast = lines_mod._well_formed_share(line)
     try:
-        full = L._parse_full(line)
+        full = lines_mod._parse_full(line)
     except Rejection:
         assert fast is None
         return
