@@ -1,10 +1,10 @@
 """A deterministic generator of valid ledgerlog histories (PROTOCOL.md §2-§6).
 
-Independent of any simulator: a seed gives a genesis and its keys (``make_genesis``), and
-``generate`` streams JSONL ingest lines (orjson bytes, no newline) in admission order that the
-admission rules accept: blocks carrying signed transfers (some first submitted to the mempool,
-later included verbatim), pool shares (some arriving late, mined below the tip), provider
-registrations, oracle readings, treasury settlements and pool payouts.
+Independent of any simulator: a seed gives a genesis and its keys (``make_genesis``, from
+``ops.histkeys``), and ``generate`` streams JSONL ingest lines (orjson bytes, no newline) in
+admission order that the admission rules accept: blocks carrying signed transfers (some first
+submitted to the mempool, later included verbatim), pool shares (some arriving late, mined
+below the tip), provider registrations, oracle readings, treasury settlements and pool payouts.
 
 The generator keeps a plain model of the write side (balances, nonces, mempool, providers, pool
 rounds), O(accounts + providers + window) in size; lines are streamed, never collected. With
@@ -12,15 +12,13 @@ rounds), O(accounts + providers + window) in size; lines are streamed, never col
 (MALFORMED, BAD_SIGNATURE, BAD_NONCE, or a byte-identical repeat of an earlier line, which is a
 DUPLICATE); the valid lines are the same kind of stream and the model never sees the invalid ones.
 
-Same arguments -> byte-identical output. Signing dominates the cost: bodies are encoded by a
-small specialised Avro writer (identical bytes to ``engine.avro.encode``, checked by the tests)
-rather than through fastavro.
+Same arguments -> byte-identical output. Signing dominates the cost; bodies are encoded by
+``engine.avro.encode`` (exported here as ``encode_body``, the canonical bytes of a body).
 
 Used by tests, the crash test and the benchmarks; the CLI wires it as ``ledgerlog generate``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from bisect import bisect
@@ -31,10 +29,12 @@ from itertools import accumulate
 from typing import IO, Any
 
 import orjson
-from nacl.signing import SigningKey
 
-from engine.crypto import EMPTY_ROOT, canonical_json
+from engine.avro import encode as encode_body
+from engine.crypto import H, h_bytes, tx_root
 from engine.signing import Signer
+
+from .histkeys import Keys, derive_signer, genesis_hash, make_genesis, write_genesis
 
 __all__ = [
     "DEFAULT_MIX",
@@ -72,142 +72,6 @@ _MAX_BLOCK_TXS = 10_000
 _I64 = (1 << 63) - 1
 
 
-# -- keys and genesis -------------------------------------------------------------------------
-def derive_signer(seed: int, name: str) -> Signer:
-    """The key named ``name`` of history ``seed``: Ed25519 seed = blake2b-256(f"{seed}/{name}")."""
-    return Signer(SigningKey(hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=32).digest()))
-
-
-@dataclass(frozen=True)
-class Keys:
-    """The signers of a generated chain. ``producers[0]`` is ``producer``, the pool's key."""
-
-    producer: Signer
-    oracle: Signer
-    treasury: Signer
-    wallets: tuple[Signer, ...]
-    producers: tuple[Signer, ...]
-
-    @property
-    def pool(self) -> Signer:
-        return self.producer
-
-    def by_address(self) -> dict[str, Signer]:
-        out = {s.address: s for s in (*self.producers, self.oracle, self.treasury, *self.wallets)}
-        return out
-
-    def seeds(self) -> dict[str, str]:
-        """name -> Ed25519 seed hex, e.g. to write key files."""
-        out = {"producer": self.producer.seed, "oracle": self.oracle.seed, "treasury": self.treasury.seed}
-        out.update({f"producer{i}": s.seed for i, s in enumerate(self.producers[1:], 1)})
-        out.update({f"wallet{i}": s.seed for i, s in enumerate(self.wallets)})
-        return out
-
-
-def make_genesis(seed: int, *, wallets: int = 32, chain_id: str = "ledgerlog-hist",
-                 timestamp: int = 1_700_000_000_000, block_reward: int = 5_000_000_000,
-                 min_fee: int = 1000, fee_bps: int = 100, window_blocks: int = 5,
-                 payout_threshold: int = 100_000_000, min_stake: int = 1_000_000,
-                 wallet_balance: int = 1_000_000_000_000, treasury_balance: int = 10**15,
-                 extra_producers: int = 0) -> tuple[dict[str, Any], Keys]:
-    """A genesis dict (PROTOCOL.md §3) and its keys, all derived from ``seed``.
-
-    The producer's address is the pool address; ``extra_producers`` adds producer keys that are
-    not the pool (their blocks are not pool rounds). Each of the ``wallets`` wallets and the
-    treasury get an allocation."""
-    if wallets < 2:
-        raise ValueError("wallets must be at least 2")
-    producer = derive_signer(seed, "producer")
-    extra = tuple(derive_signer(seed, f"producer{i}") for i in range(1, extra_producers + 1))
-    keys = Keys(producer=producer, oracle=derive_signer(seed, "oracle"),
-                treasury=derive_signer(seed, "treasury"),
-                wallets=tuple(derive_signer(seed, f"wallet{i}") for i in range(wallets)),
-                producers=(producer, *extra))
-    allocations = {keys.treasury.address: treasury_balance}
-    for w in keys.wallets:
-        allocations[w.address] = wallet_balance
-    genesis = {
-        "chain_id": chain_id,
-        "timestamp": timestamp,
-        "block_reward": block_reward,
-        "min_fee": min_fee,
-        "producers": [p.pubkey for p in keys.producers],
-        "oracles": [keys.oracle.pubkey],
-        "pool": {"address": producer.address, "fee_bps": fee_bps, "window_blocks": window_blocks,
-                 "payout_threshold": payout_threshold},
-        "energy": {"treasury": keys.treasury.address, "min_stake": min_stake},
-        "allocations": allocations,
-    }
-    return genesis, keys
-
-
-def genesis_hash(genesis: Mapping[str, Any]) -> str:
-    return hashlib.blake2b(canonical_json(genesis), digest_size=32).hexdigest()
-
-
-# -- canonical body bytes (schemaless Avro, PROTOCOL.md §1-§2) ---------------------------------
-_BODY_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {  # (field, is a string), normative order
-    "TransactionBody": (("chain_id", True), ("sender", True), ("recipient", True), ("amount", False),
-                        ("fee", False), ("nonce", False), ("timestamp", False), ("memo", True)),
-    "BlockHeader": (("chain_id", True), ("height", False), ("prev_hash", True), ("timestamp", False),
-                    ("producer", True), ("tx_root", True), ("tx_count", False)),
-    "ReadingBody": (("chain_id", True), ("meter_id", True), ("provider_id", True),
-                    ("milli_kwh", False), ("timestamp", False)),
-    "ProviderBody": (("chain_id", True), ("provider_id", True), ("owner", True), ("meter_id", True),
-                     ("stake", False), ("price_per_kwh", False), ("timestamp", False)),
-    "SettlementBody": (("chain_id", True), ("settlement_id", True), ("provider_id", True),
-                       ("milli_kwh", False), ("amount", False), ("timestamp", False)),
-    "PayoutBody": (("chain_id", True), ("payout_id", True), ("address", True), ("amount", False),
-                   ("round_height", False), ("timestamp", False)),
-}
-
-
-_V1 = [bytes((v,)) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(1 << 14)]
-_V2 = [bytes(((v & 0x7F) | 0x80, (v >> 7) | 0x80)) for v in range(1 << 14)]  # two non-final bytes
-
-
-def _varint(n: int) -> bytes:
-    """Avro long/int: zigzag, then little-endian base-128 (tables for 14-bit groups)."""
-    z = (n << 1) ^ (n >> 63)
-    if z < 0x4000:
-        return _V1[z]
-    if z < 0x10000000:
-        return _V2[z & 0x3FFF] + _V1[z >> 14]
-    if z < 0x40000000000:
-        return _V2[z & 0x3FFF] + _V2[(z >> 14) & 0x3FFF] + _V1[z >> 28]
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-def _string(v: str) -> bytes:
-    b = v.encode()
-    return _varint(len(b)) + b
-
-
-def encode_body(name: str, body: Mapping[str, Any]) -> bytes:
-    """The canonical bytes of a body; equal to ``engine.avro.encode(name, body)``."""
-    return b"".join([_string(body[f]) if is_str else _varint(body[f]) for f, is_str in _BODY_FIELDS[name]])
-
-
-def _h(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=32).digest()
-
-
-def _tx_root(leaves: list[bytes]) -> str:
-    if not leaves:
-        return EMPTY_ROOT
-    level = leaves
-    while len(level) > 1:
-        if len(level) % 2:
-            level = [*level, level[-1]]
-        level = [_h(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
-    return level[0].hex()
-
-
 # -- the generator ----------------------------------------------------------------------------
 @dataclass
 class HistoryStats:
@@ -237,12 +101,12 @@ class HistoryStats:
 
 
 class _Tx:
-    __slots__ = ("amount", "cost", "fee", "leaf", "nonce", "rec", "recipient", "sender")
+    __slots__ = ("amount", "cost", "fee", "nonce", "rec", "recipient", "sender", "txid")
 
-    def __init__(self, sender: str, recipient: str, amount: int, fee: int, nonce: int, leaf: bytes,
+    def __init__(self, sender: str, recipient: str, amount: int, fee: int, nonce: int, txid: str,
                  rec: dict[str, Any]) -> None:
         self.sender, self.recipient, self.amount, self.fee = sender, recipient, amount, fee
-        self.cost, self.nonce, self.leaf, self.rec = amount + fee, nonce, leaf, rec
+        self.cost, self.nonce, self.txid, self.rec = amount + fee, nonce, txid, rec
 
 
 class HistoryGenerator:
@@ -327,8 +191,6 @@ class HistoryGenerator:
         self.max_payout_queue = 4096
 
         self.wallets = keys.wallets
-        self._chain_bytes = _string(self.chain_id)
-        self._addr_bytes = {w.address: _string(w.address) for w in keys.wallets}
         self.n_wallets = len(keys.wallets)
         self.miners = [w.address for w in keys.wallets[:max(1, min(miners, self.n_wallets))]]
         self.rigs = [f"rig-{i}" for i in range(max(1, rigs))]
@@ -397,7 +259,7 @@ class HistoryGenerator:
     # -- transfers --------------------------------------------------------------------------
     def _sign(self, name: str, signer: Signer, body: dict[str, Any]) -> tuple[bytes, str]:
         data = encode_body(name, body)
-        return _h(data), signer.key.sign(data).signature.hex()
+        return h_bytes(data), signer.key.sign(data).signature.hex()
 
     def _pick_sender(self, *, for_mempool: bool) -> Signer | None:
         rand, wallets, n = self._rand, self.wallets, self.n_wallets
@@ -423,13 +285,10 @@ class HistoryGenerator:
         memo = "" if rand() < 0.7 else f"m{self.stats.lines}"
         body = {"chain_id": self.chain_id, "sender": a, "recipient": recipient, "amount": amount,
                 "fee": fee, "nonce": nonce, "timestamp": ts, "memo": memo}
-        enc = self._addr_bytes
-        data = b"".join((self._chain_bytes, enc[a], enc[recipient], _varint(amount), _varint(fee),
-                         _varint(nonce), _varint(ts), _string(memo) if memo else b"\x00"))
-        leaf = hashlib.blake2b(data, digest_size=32).digest()
+        data = encode_body("TransactionBody", body)
         sig = sender.key.sign(data).signature.hex()
         self.reserved[a] = self.reserved.get(a, 0) + amount + fee
-        return _Tx(a, recipient, amount, fee, nonce, leaf,
+        return _Tx(a, recipient, amount, fee, nonce, H(data),
                    {"body": body, "pubkey": sender.pubkey, "signature": sig})
 
     def _step_transaction(self) -> Any:
@@ -491,7 +350,7 @@ class HistoryGenerator:
         bal[producer.address] = bal.get(producer.address, 0) + self.reward + fees
         header = {"chain_id": self.chain_id, "height": height, "prev_hash": self.tip_hash,
                   "timestamp": self._tick(), "producer": producer.address,
-                  "tx_root": _tx_root([t.leaf for t in txs]), "tx_count": len(txs)}
+                  "tx_root": tx_root([t.txid for t in txs]), "tx_count": len(txs)}
         block_hash, sig = self._sign("BlockHeader", producer, header)
         line = orjson.dumps({"type": "block", "header": header, "pubkey": producer.pubkey,
                              "signature": sig, "transactions": [t.rec for t in txs]})
@@ -724,9 +583,3 @@ def write_history(path: str | os.PathLike[str] | IO[bytes], genesis: Mapping[str
         with open(path, "wb") as f:  # type: ignore[arg-type]
             dump(f)
     return gen.stats
-
-
-def write_genesis(path: str | os.PathLike[str], genesis: Mapping[str, Any]) -> None:
-    """The genesis as a JSON file (keys sorted, the form ``ledgerlog init --genesis`` reads)."""
-    with open(path, "wb") as f:
-        f.write(orjson.dumps(genesis, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
