@@ -62,12 +62,17 @@ from confluent_kafka import (
 )
 from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
-from .. import storekeys as K
 from ..errors import ConfigError, LedgerError, LogError
-from ..rocks import WriteBatch, iter_prefix, map_error, open_store, write_options
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition
+from .kafka_state import STATE_FORMAT, LocalState
 
 __all__ = ["STATE_FORMAT", "TOPIC_CONFIG", "TS_HEADER", "KafkaLog"]
 
@@ -78,11 +83,7 @@ T = TypeVar("T")
 TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
                 "message.timestamp.type": "CreateTime"}
 TS_HEADER = "ledgerlog.ts"
-STATE_FORMAT = b"ledgerlog-kafka-state/1"
-_STATE = K.STATE_PREFIX          # b"s/": the same keys as the embedded log's state
-_POS = b"p/"                     # p/<topic>\0<partition u32> -> next offset (u64)
 _I64 = struct.Struct(">q")
-_P = struct.Struct(">I")
 _PROBE_WINDOW = 16
 _READ_BATCH = 10_000
 _TRANSIENT = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
@@ -110,10 +111,6 @@ def _timestamp(msg: Message, headers: list[tuple[str, bytes | None]]) -> int:
         if name == TS_HEADER and val is not None and len(val) == 8:
             return _I64.unpack(val)[0]
     return msg.timestamp()[1]
-
-
-def _pos_key(topic: str, partition: int) -> bytes:
-    return _POS + topic.encode() + b"\x00" + _P.pack(partition)
 
 
 class _AppendFailed(Exception):
@@ -168,11 +165,10 @@ class KafkaLog(Log):
         self._assigned: tuple[TopicPartition, int] | None = None     # reader at (tp, next offset)
         self._poisoned: str | None = None
         self._topics: dict[str, int] = {}
-        self._state = None
-        self._write_opts = write_options(sync)
+        self._state: LocalState | None = None
         if self.state_dir:
             try:
-                self._state = open_store(self.state_dir, STATE_FORMAT, read_only=read_only)
+                self._state = LocalState(self.state_dir, read_only=read_only, sync=sync)
             except LedgerError:
                 if not read_only:
                     raise
@@ -298,8 +294,8 @@ class KafkaLog(Log):
 
     def append(self, records: Sequence[Record], state: StateWrites | None = None) -> list[tuple[int, int]]:
         self._writable()
-        if state and self._state is None:
-            raise LogError("this kafka log keeps no write-side state (no ledgerlog.state_dir)")
+        if state:
+            self._local_state()
         placed = [self.place(r) for r in records]  # every record is valid before anything is sent
         with self._write_lock:
             if self._poisoned:
@@ -390,55 +386,38 @@ class KafkaLog(Log):
                                   f"readers on this broker ({exc}); reopen the chain to catch up")
             break
 
-    # -- write-side state -------------------------------------------------------------------
+    # -- write-side state (engine/log/kafka_state.py) ---------------------------------------
     @property
     def keeps_state(self) -> bool:  # type: ignore[override]
         return self._state is not None
 
+    def _local_state(self) -> LocalState:
+        if self._state is None:
+            raise LogError("this kafka log keeps no write-side state (no ledgerlog.state_dir)")
+        return self._state
+
     def _write_state(self, state: StateWrites, positions: Mapping[TopicPartition, int]) -> None:
-        wb = WriteBatch(raw_mode=True)
-        for k, v in state.items():
-            if v is None:
-                wb.delete(_STATE + k)
-            else:
-                wb.put(_STATE + k, v)
-        for (topic, p), off in positions.items():
-            wb.put(_pos_key(topic, p), K.U64.pack(off))
-        if wb.is_empty():
-            return
-        try:
-            self._state.write(wb, self._write_opts)  # type: ignore[union-attr]
-        except Exception as exc:
-            raise map_error(exc, self.state_dir or "") from exc
+        self._local_state().write(state, positions)
 
     def commit_state(self, state: StateWrites, positions: Mapping[TopicPartition, int]) -> None:
         self._writable()
-        if self._state is None:
-            raise LogError("this kafka log keeps no write-side state (no ledgerlog.state_dir)")
+        self._local_state()
         with self._write_lock:
             self._write_state(state, positions)
 
     def state_positions(self) -> dict[TopicPartition, int]:
-        if self._state is None:
-            raise LogError("this kafka log keeps no write-side state (no ledgerlog.state_dir)")
-        out = {}
-        for key, val in iter_prefix(self._state, _POS):
-            rest = key[len(_POS):]
-            out[(rest[:-5].decode(), _P.unpack(rest[-4:])[0])] = K.U64.unpack(val)[0]
-        return out
+        return self._local_state().positions()
 
     def state_get(self, key: bytes) -> bytes | None:
         if self._state is None:
             return super().state_get(key)
-        return self._state.get(_STATE + key)
+        return self._state.get(key)
 
     def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         if self._state is None:
             yield from super().state_items(prefix)
             return
-        n = len(_STATE)
-        for k, v in iter_prefix(self._state, _STATE + prefix):
-            yield k[n:], v
+        yield from self._state.items(prefix)
 
     # -- reading ------------------------------------------------------------------------------
     def _get_reader(self) -> Consumer:
