@@ -205,6 +205,7 @@ def test_metrics_count_lane_and_framework_requests(node, history):
     for (method, route, status), n in want.items():
         line = f'ledgerlog_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {float(n)}'
         assert line in text, line
+        # how many requests the latency histogram observed, not how long they took
         assert (f'ledgerlog_http_request_duration_seconds_count{{method="{method}",route="{route}",'
                 f'status="{status}"}} {float(n)}') in text
 
@@ -226,7 +227,8 @@ def test_http_request_metrics_buckets_and_exposition():
     reg = CollectorRegistry()
     reg.register(m)
     assert generate_latest(reg) == b""  # no series before the first request
-    for s in (0.0005, 0.001, 0.002, 0.01, 5.0):  # a value on a bound counts in that bucket
+    # bucketing of given durations (no clock involved): a value on a bound counts in that bucket
+    for s in (0.0005, 0.001, 0.002, 0.01, 5.0):
         m.observe("/r/{x}", "GET", 200, s)
     m.observe("/r/{x}", "GET", 404, 0.2)
     text = generate_latest(reg).decode()
