@@ -9,6 +9,7 @@
     ├── LogError               the log backend failed (I/O, broker unreachable, unknown topic)
     ├── SchemaError            unknown schema id, or an incompatible schema change
     ├── NotFoundError          a queried block, tx, account, ... does not exist
+    ├── ProjectionFailedError  a projection's fold raised on an event: it stopped, the rest go on
     └── Rejection              an input line was refused; carries a protocol code (PROTOCOL.md §5)
 
 Third-party errors are mapped at the boundary with ``raise ... from exc``.
@@ -19,12 +20,20 @@ from enum import Enum
 
 __all__ = [
     "LedgerError", "ConfigError", "StorageError", "StoreLockedError", "CorruptStoreError",
-    "FormatVersionError", "LogError", "SchemaError", "NotFoundError", "Rejection", "Code",
+    "FormatVersionError", "LogError", "error_code", "SchemaError", "NotFoundError", "ProjectionFailedError", "Rejection", "Code",
 ]
 
 
 class LedgerError(Exception):
     """Root of every ledgerlog error."""
+
+    #: the code users see (HTTP ``code``, CLI ``code``); the class name where none is set
+    CODE: str | None = None
+
+
+def error_code(exc: LedgerError) -> str:
+    """The code an error is reported with."""
+    return type(exc).CODE or type(exc).__name__
 
 
 class ConfigError(LedgerError):
@@ -57,6 +66,12 @@ class SchemaError(LedgerError):
 
 class NotFoundError(LedgerError):
     pass
+
+
+class ProjectionFailedError(LedgerError):
+    """A query needs a projection whose fold stopped on an event (it names where and the fix)."""
+
+    CODE = "PROJECTION_FAILED"
 
 
 class Code(str, Enum):

@@ -10,7 +10,8 @@ import orjson
 import typer
 
 from engine.config import Config, load_config
-from engine.errors import ConfigError, LedgerError, NotFoundError, StoreLockedError
+from engine.errors import ConfigError, LedgerError, NotFoundError, StoreLockedError, error_code
+from engine.intjson import dumps_any
 
 __all__ = ["app", "main", "emit", "fail", "config_of"]
 
@@ -19,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def emit(obj: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0) + b"\n")
+    sys.stdout.buffer.write(dumps_any(obj, orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0) + b"\n")
     sys.stdout.flush()
 
 
@@ -67,6 +68,6 @@ def main() -> None:
         except ConfigError as exc:
             fail(str(exc), 2, code="CONFIG")
         except LedgerError as exc:
-            fail(str(exc), 1, code=type(exc).__name__)
+            fail(str(exc), 1, code=error_code(exc))
     except typer.Exit as exc:  # raised by fail() outside the app: exit with its code, no traceback
         sys.exit(exc.exit_code)

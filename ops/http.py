@@ -13,7 +13,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine.errors import LedgerError, NotFoundError, SchemaError
+from engine.errors import LedgerError, NotFoundError, SchemaError, error_code
+from engine.intjson import dumps_any
 
 from . import rpc
 from .admin import admin_router
@@ -79,7 +80,7 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
 
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
-        return _error(503, type(exc).__name__, str(exc))
+        return _error(503, error_code(exc), str(exc))
 
     async def answer(fn: Any, *args: Any) -> Any:
         def run() -> Any:
@@ -89,7 +90,7 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
 
     @app.get("/v1/health", tags=["node"], summary="Liveness")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "chain_id": node.genesis.chain_id}
+        return node.queries.health()
 
     @app.get("/v1/ready", tags=["node"], summary="Readiness: 503 while a projection lags too far behind the log",
              responses={503: {"description": "not ready: a projection lags by more than the threshold"}})
@@ -167,7 +168,7 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
         answer = await run_in_threadpool(lambda: rpc.handle(node, body, local=local, max_lag=limits.ready_max_lag))
         if answer is None:
             return Response(status_code=204)
-        return Response(orjson.dumps(answer), media_type="application/json")
+        return Response(dumps_any(answer), media_type="application/json")
 
     @app.get("/v1/dashboard", tags=["dashboard"], summary="Everything the dashboard page shows")
     async def dashboard() -> Any:

@@ -27,17 +27,16 @@ When OpenTelemetry is set up (a global tracer or meter provider, as ``trace.otlp
 gets its SERVER span from FastAPI's own telemetry (or ``ops.tracing.TracingMiddleware``)."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from opentelemetry import metrics, trace
 from starlette.concurrency import run_in_threadpool
 
-from engine.errors import LedgerError, NotFoundError, SchemaError
+from engine.errors import LedgerError, NotFoundError, SchemaError, error_code
+from engine.intjson import dumps_any
 from engine.log.embedded import EmbeddedLog
 from engine.log.memory import MemoryLog
 
@@ -61,10 +60,7 @@ _MAX_HEIGHT_DIGITS = 18  # longer (or signed, padded, ...) heights go to FastAPI
 def dumps(body: Any) -> bytes:
     """Compact JSON, as FastAPI writes it; orjson, or the stdlib for what orjson refuses
     (integers beyond 64 bits)."""
-    try:
-        return orjson.dumps(body)
-    except TypeError:
-        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return dumps_any(body)
 
 
 def json_response(body: Any, status: int = 200) -> Any:
@@ -104,7 +100,7 @@ def _error(exc: Exception) -> tuple[int, dict[str, str]]:
         if cls is SchemaError:
             return 404, {"code": "SCHEMA_NOT_FOUND", "message": str(exc)}
         if cls is LedgerError:
-            return 503, {"code": type(exc).__name__, "message": str(exc)}
+            return 503, {"code": error_code(exc), "message": str(exc)}
     raise exc
 
 
@@ -134,7 +130,7 @@ class FastLane:
         )
 
     def _health(self) -> dict[str, Any]:
-        return {"status": "ok", "chain_id": self.node.genesis.chain_id}
+        return self.node.queries.health()
 
     def match(self, scope: Scope) -> tuple[str, tuple[str, ...] | None, Callable[..., Any], tuple[Any, ...]] | None:
         """(route, projections, answer, args) for a request the lane answers; None for FastAPI."""

@@ -218,6 +218,8 @@ class NodeMetrics:
         gauge("ledgerlog_projection_lag_events", [self._lag], description="Log records a projection has yet to fold")
         gauge("ledgerlog_projection_lag_seconds", [self._lag_seconds],
               description="Seconds the oldest record a projection has not folded has waited since it was appended (0: caught up)")
+        gauge("ledgerlog_projection_failed", [self._failed],
+              description="1 when the projection's fold raised on an event and it stopped (see /v1/status)")
         gauge("ledgerlog_projection_height", [self._proj_height], description="Highest event height a projection reflects")
         counter("ledgerlog_projection_events_folded", [self._folded], description="Events folded since start")
         # storage and process
@@ -305,6 +307,10 @@ class NodeMetrics:
             since = self.appends.oldest_unfolded(h.module.TOPICS, pos)
             yield Observation(0.0 if since is None else max(0.0, now - since), {"projection": name})
         self.appends.prune(folded)
+
+    def _failed(self, _: CallbackOptions) -> Iterable[Observation]:
+        for name, h in list(self.node.runner.handles.items()):
+            yield Observation(int(h.failed is not None), {"projection": name})
 
     def _proj_height(self, _: CallbackOptions) -> Iterable[Observation]:
         for name, h in self.node.runner.handles.items():

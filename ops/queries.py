@@ -53,7 +53,7 @@ class Queries:
         return True
 
     def _view(self, name: str):  # noqa: ANN202
-        return self.runner.handles[name].store.view()
+        return self.runner.check_usable(name).store.view()
 
     def provenance(self, name: str) -> dict[str, Any]:
         """Projection, version, height, positions (topic -> offset per partition), lag (records
@@ -71,10 +71,21 @@ class Queries:
                 "positions": positions, "lag": lag, "digest": h.store.digest_hex()}
 
     # -- answers ---------------------------------------------------------------------------------
+    def failed(self) -> dict[str, dict[str, Any]]:
+        """Projections whose fold stopped on an event: where, the error and the fix."""
+        return {n: f.to_dict() for n, f in self.runner.failures().items()}
+
+    def health(self) -> dict[str, Any]:
+        """Liveness, and what is degraded: the node answers whatever it holds."""
+        failed = self.failed()
+        return {"status": "degraded" if failed else "ok", "chain_id": self.chain_id,
+                "failed_projections": failed}
+
     def status(self) -> dict[str, Any]:
         tip = chainstate.tip(self._view("chainstate"))
         return {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
-                "lag": self.runner.lag(), "provenance": self.provenance("chainstate")}
+                "lag": self.runner.lag(), "failed_projections": self.failed(),
+                "provenance": self.provenance("chainstate")}
 
     def account(self, address: str, height: int | None = None) -> dict[str, Any]:
         if not ADDRESS_RE.match(address):
@@ -107,6 +118,11 @@ class Queries:
             raise NotFoundError(f"no provider {provider_id!r}")
         return {**found, "provenance": self.provenance("energy")}
 
+    def _part(self, name: str, read: Any) -> Any:
+        """A dashboard section read from ``name``; None while that projection is failed."""
+        h = self.runner.handles[name]
+        return None if h.failed is not None else read(h.store.view())
+
     def dashboard(self) -> dict[str, Any]:
         cs = self._view("chainstate")
         tip = chainstate.tip(cs)
@@ -123,11 +139,11 @@ class Queries:
                       "tps": round(txs / span, 2) if span > 0 else 0.0,
                       "seconds_since_block": round(max(0.0, (now_ms - tip["tip_timestamp"]) / 1000), 1)},
             "recent_blocks": recent[:20],
-            "richest": balances.richest(self._view("balances"), 10),
-            "pool": payouts.pool(self._view("payouts")),
-            "workers": payouts.workers(self._view("payouts"), 10),
-            "energy": energy.market(self._view("energy")),
-            "providers": energy.providers(self._view("energy"), 10),
+            "richest": self._part("balances", lambda v: balances.richest(v, 10)),
+            "pool": self._part("payouts", payouts.pool),
+            "workers": self._part("payouts", lambda v: payouts.workers(v, 10)),
+            "energy": self._part("energy", energy.market),
+            "providers": self._part("energy", lambda v: energy.providers(v, 10)),
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
         }

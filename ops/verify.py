@@ -47,6 +47,7 @@ import orjson
 from rocksdict import Rdict
 
 import projections
+from engine import intjson
 from engine.chain import Chain, open_chain
 from engine.config import Config
 from engine.errors import ConfigError, LedgerError, StoreLockedError
@@ -71,7 +72,7 @@ def _supply_section(chain: Chain, balances_store: ProjectionStore | None, height
         return sec
     proj: dict[str, tuple[int, int, int]] = {}
     for k, v in _checked_items(balances_store.db, b"a/"):
-        b, s, n, _h = orjson.loads(v)
+        b, s, n, _h = intjson.loads(v)
         proj[k[2:].decode()] = (b, s, n)
     total = sum(b + s for b, s, _n in proj.values())
     sec.extra["total"] = total
@@ -87,7 +88,7 @@ def _supply_section(chain: Chain, balances_store: ProjectionStore | None, height
         return sec
     ws: dict[str, tuple[int, int, int]] = {}
     for k, v in chain.log.state_items(b"a/"):
-        b, s, n = orjson.loads(v)
+        b, s, n = intjson.loads(v)
         ws[k[2:].decode()] = (b, s, n)
     ws_total = sum(b + s for b, s, _n in ws.values())
     sec.extra["write_side_total"] = ws_total

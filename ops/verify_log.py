@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from engine import avro
+from engine import avro, intjson
 from engine import storekeys as K
 from engine import topics as T
 from engine.chain import Chain
@@ -536,7 +536,7 @@ class _LogChecker:
                 self.sec.problem("BAD_ROUND", where, f"payout {pid!r}: height {round_height} is not a pool block")
         if self.log.atomic_state:
             raw = self.log.state_get(b"tip")
-            tip = orjson.loads(raw) if raw else None
+            tip = intjson.loads(raw) if raw else None
             if tip is None or tip[0] != self.height or tip[1] != self.tip_hash:
                 self.sec.problem("WRITE_STATE_MISMATCH", "write-side tip",
                                  f"write-side tip {tip and tip[:2]} is not the last block on the log "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterator, Protocol
 
-import orjson
+from engine.intjson import dumps as jdump, loads as _loads
 
 __all__ = ["View", "Txn", "Event", "U64", "h8", "jload", "jdump"]
 
@@ -23,11 +23,8 @@ def h8(n: int) -> bytes:
 
 
 def jload(raw: bytes | None) -> Any:
-    return None if raw is None else orjson.loads(raw)
-
-
-#: ``jdump(value) -> bytes``: compact JSON (orjson itself: no Python frame in hot loops)
-jdump = orjson.dumps
+    """Stored JSON state, integers of any size exactly (``jdump`` writes it)."""
+    return None if raw is None else _loads(raw)
 
 
 class View(Protocol):

@@ -256,6 +256,7 @@ class Feed:
         self._buf: list[list[Entry]] = [[] for _ in self.tps]
         self._start = [0] * len(self.tps)  # taken entries at the front of each buffer
         self._db = log.raw() if type(log) is EmbeddedLog else None
+        self.picked: list[Entry] = []  # what the last ``select`` picked: the events' coordinates
 
     # -- reading --------------------------------------------------------------------------------
     def _refill(self, i: int, end: int) -> None:
@@ -371,6 +372,7 @@ class Feed:
                 picked = [e for e in entries if want[e[1]]]
         else:
             picked = [e for e in entries if want[e[1]] and e[2] >= skip[e[1]]]
+        self.picked = picked
         names = [tp[0] for tp in tps]
         events = [(names[e[1]], e[3]) for e in picked]
         last = {e[1]: e[2] for e in picked}  # offsets rise along a partition: the last one stays

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 import projections
 from engine.codec import Codec
+from engine.errors import ProjectionFailedError
 from engine.genesis import Genesis
 from engine.log.base import Log
 from engine.log.embedded import EmbeddedLog
@@ -69,11 +70,20 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
         with swap_lock or nullcontext():
             targets = {t: log.end_offsets(t) for t in log.topics()}
             build.catch_up(until=targets, progress=progress)
+            _refuse_failed(build)
             live.catch_up(until=targets)
             return [_swap(projections_dir, live, build, n, builds[n], keep, time.monotonic() - started)
                     for n in chosen]
     finally:
         build.close()
+
+
+def _refuse_failed(build: Runner) -> None:
+    """A rebuild whose fold raised is not swapped in: the live store stays, the build resumes
+    from where it stopped once the code is fixed."""
+    failed = build.failures()
+    if failed:
+        raise ProjectionFailedError("; ".join(f.message for f in failed.values()))
 
 
 def _build_bulk(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, paths: dict[str, str],

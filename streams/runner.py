@@ -10,19 +10,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import logging
 import os
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from opentelemetry import trace
 
 import projections
 from engine.codec import Codec
-from engine.errors import CorruptStoreError
+from engine.errors import CorruptStoreError, ProjectionFailedError
 from engine.genesis import Genesis
 from engine.log.base import Log
 
@@ -30,9 +32,33 @@ from . import layout
 from .feed import EventDecoder, Feed, Spec, merge_specs, spec_of
 from .store import ProjectionStore
 
-__all__ = ["Runner", "ProjectionHandle"]
+__all__ = ["FoldFailure", "ProjectionHandle", "Runner"]
 
 _tracer = trace.get_tracer("ledgerlog.streams")  # API only: no-op spans unless ops sets up the SDK
+log = logging.getLogger("ledgerlog.runner")
+
+
+@dataclass(frozen=True)
+class FoldFailure:
+    """Where a projection's fold raised on an admitted event (a bug: PROTOCOL §7 says no event
+    may make a fold fail). The projection stops there; everything else goes on."""
+
+    projection: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    error: str
+
+    @property
+    def message(self) -> str:
+        where = (f"{self.topic}[{self.partition}] offset {self.offset}" if self.topic is not None
+                 else "a batch it could not narrow to one record")
+        return (f"projection {self.projection} stopped: its fold raised {self.error} at {where}; "
+                f"fix the projection's code, then run `ledgerlog reproject {self.projection}`")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"projection": self.projection, "topic": self.topic, "partition": self.partition,
+                "offset": self.offset, "error": self.error, "message": self.message}
 
 
 @dataclass
@@ -43,6 +69,7 @@ class ProjectionHandle:
     events: int = 0          # folded by this runner since start
     last_commit: float = 0.0
     feed: Feed | None = None  # read-ahead of its partitions, created on first fold
+    failed: FoldFailure | None = None  # its fold raised: it folds no more until rebuilt
 
     @property
     def stale(self) -> bool:
@@ -117,24 +144,66 @@ class Runner:
         if handle.feed is None or not handle.feed.aligned(positions):
             handle.feed = Feed(self.log, self._decoder, handle.module.TOPICS, positions,
                                fields=_fields([handle.module]))
+        if handle.failed is not None:
+            return 0
         with _gc_paused():
             events, new_positions, height = handle.feed.take(self.batch, ends)
-            return self._fold(handle, events, new_positions, height)
+            return self._fold(handle, handle.feed, events, new_positions, height)
 
-    def _fold(self, handle: ProjectionHandle, events: list[tuple[str, dict[str, Any]]],
+    def _fold(self, handle: ProjectionHandle, feed: Feed, events: list[tuple[str, dict[str, Any]]],
               new_positions: dict[tuple[str, int], int], height: int) -> int:
+        """Fold one batch into ``handle`` and commit it; ``feed`` picked the events (its
+        ``picked`` holds their coordinates). A fold that raises stops this projection alone."""
         if not events:
             return 0
         with _tracer.start_as_current_span("ledgerlog.fold_batch", attributes={
                 "ledgerlog.projection": handle.name, "ledgerlog.events": len(events)}):
             txn = handle.store.begin()
-            handle.module.fold(self.genesis, events, txn)
+            try:
+                handle.module.fold(self.genesis, events, txn)
+            except Exception as exc:  # noqa: BLE001 - a bug in one fold must not stop the others
+                self._stop_failed(handle, feed, events, exc)
+                return 0
             handle.store.commit(txn, new_positions, height=height)
         handle.events += len(events)
         handle.last_commit = time.time()
         with self._cond:
             self._cond.notify_all()
         return len(events)
+
+    def _stop_failed(self, handle: ProjectionHandle, feed: Feed,
+                     events: list[tuple[str, dict[str, Any]]], exc: Exception) -> None:
+        """Mark ``handle`` failed at the first event of the batch its fold raises on (found by
+        folding the batch again one event at a time into a scratch overlay: only on failure)."""
+        coords: tuple[str | None, int | None, int | None] = (None, None, None)
+        error = f"{type(exc).__name__}: {exc}"
+        scratch = handle.store.begin()
+        picked = feed.picked
+        for i, ev in enumerate(events):
+            try:
+                handle.module.fold(self.genesis, [ev], scratch)
+            except Exception as one:  # noqa: BLE001
+                if i < len(picked):
+                    topic, partition = feed.tps[picked[i][1]]
+                    coords = (topic, partition, picked[i][2])
+                error = f"{type(one).__name__}: {one}"
+                break
+        handle.failed = FoldFailure(handle.name, *coords, error)
+        handle.feed = None
+        log.error("%s", handle.failed.message, exc_info=exc)
+        with self._cond:
+            self._cond.notify_all()
+
+    def failures(self) -> dict[str, FoldFailure]:
+        """The projections whose fold raised, by name."""
+        return {n: h.failed for n, h in self.handles.items() if h.failed is not None}
+
+    def check_usable(self, name: str) -> ProjectionHandle:
+        """The handle of ``name``; ProjectionFailedError if its fold stopped on a bad event."""
+        h = self.handles[name]
+        if h.failed is not None:
+            raise ProjectionFailedError(h.failed.message)
+        return h
 
     def _shared_feed(self, handles: list[ProjectionHandle],
                      positions: list[dict[tuple[str, int], int]]) -> Feed:
@@ -166,7 +235,7 @@ class Runner:
             return self._step(until)
 
     def _step(self, until: dict[str, list[int]] | None) -> int:
-        handles = list(self.handles.values())
+        handles = [h for h in self.handles.values() if h.failed is None]
         if not handles:
             return 0
         if len(handles) == 1:
@@ -178,7 +247,7 @@ class Runner:
             return 0
         total = 0
         for h, pos in zip(handles, positions):
-            total += self._fold(h, *feed.select(entries, h.module.TOPICS, pos))
+            total += self._fold(h, feed, *feed.select(entries, h.module.TOPICS, pos))
         return total
 
     def catch_up(self, max_seconds: float | None = None, until: dict[str, list[int]] | None = None,
@@ -219,7 +288,7 @@ class Runner:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                if all(self._reached(h, targets) for h in self.handles.values()):
+                if all(self._reached(h, targets) for h in self.handles.values() if h.failed is None):
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:

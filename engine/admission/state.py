@@ -7,8 +7,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterator, NamedTuple
 
-import orjson
-
+from .. import intjson
 from ..genesis import Genesis
 from ..log.base import Log
 
@@ -55,7 +54,7 @@ class WriteState:
             v = self._cache.get(key, _MISSING)
         if v is _MISSING:
             raw = self._log.state_get(key)
-            v = None if raw is None else orjson.loads(raw)
+            v = None if raw is None else intjson.loads(raw)
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[key] = v
@@ -76,7 +75,7 @@ class WriteState:
         self._batch.clear()
 
     def take_batch(self) -> dict[bytes, bytes | None]:
-        out = {k: None if v is None else orjson.dumps(v) for k, v in self._batch.items()}
+        out = {k: None if v is None else intjson.dumps(v) for k, v in self._batch.items()}
         for k in out:
             self._cache.pop(k, None)
         self._batch.clear()
@@ -136,7 +135,7 @@ class WriteState:
     def mempool(self) -> Iterator[dict[str, Any]]:
         """Committed mempool transactions (signed lines), in no particular order."""
         for _, raw in self._log.state_items(b"mpx/"):
-            yield orjson.loads(raw)
+            yield intjson.loads(raw)
 
     # -- ids, providers -------------------------------------------------------------------
     def seen(self, kind: str, ident: str) -> str | None:
