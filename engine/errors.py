@@ -5,7 +5,8 @@
     ├── StorageError           a store cannot be used
     │   ├── StoreLockedError   another process holds the write lock
     │   ├── CorruptStoreError  checksums or structure do not hold; never served
-    │   └── FormatVersionError the store was written by an unknown format version
+    │   ├── FormatVersionError the store was written by an unknown format version
+    │   └── AheadOfLogError    a store reflects records the log no longer holds; never served
     ├── LogError               the log backend failed (I/O, broker unreachable, unknown topic)
     ├── SchemaError            unknown schema id, or an incompatible schema change
     ├── NotFoundError          a queried block, tx, account, ... does not exist
@@ -20,7 +21,7 @@ from enum import Enum
 
 __all__ = [
     "LedgerError", "ConfigError", "StorageError", "StoreLockedError", "CorruptStoreError",
-    "FormatVersionError", "LogError", "error_code", "SchemaError", "NotFoundError", "ProjectionFailedError", "Rejection", "Code",
+    "FormatVersionError", "AheadOfLogError", "LogError", "error_code", "SchemaError", "NotFoundError", "ProjectionFailedError", "Rejection", "Code",
 ]
 
 
@@ -54,6 +55,14 @@ class CorruptStoreError(StorageError):
 
 class FormatVersionError(StorageError):
     pass
+
+
+class AheadOfLogError(StorageError):
+    """A store's positions are past the log's end offsets: the log lost its tail (disk fault, a
+    restore of the log alone) or belongs to another run of the chain. Serving the store would
+    show state the log does not hold."""
+
+    CODE = "AHEAD_OF_LOG"
 
 
 class LogError(LedgerError):

@@ -10,7 +10,8 @@ import orjson
 import typer
 
 from engine.config import Config, load_config
-from engine.errors import ConfigError, LedgerError, NotFoundError, StoreLockedError, error_code
+from engine.errors import (ConfigError, LedgerError, NotFoundError, StorageError, StoreLockedError,
+                           error_code)
 from engine.intjson import dumps_any
 
 __all__ = ["app", "main", "emit", "fail", "config_of"]
@@ -67,6 +68,8 @@ def main() -> None:
             fail(str(exc), 1, code="NOT_FOUND")
         except ConfigError as exc:
             fail(str(exc), 2, code="CONFIG")
+        except StorageError as exc:
+            fail(str(exc), 2, code=error_code(exc))
         except LedgerError as exc:
             fail(str(exc), 1, code=error_code(exc))
     except typer.Exit as exc:  # raised by fail() outside the app: exit with its code, no traceback

@@ -24,9 +24,9 @@ from opentelemetry import trace
 
 import projections
 from engine.codec import Codec
-from engine.errors import CorruptStoreError, ProjectionFailedError
+from engine.errors import AheadOfLogError, CorruptStoreError, ProjectionFailedError
 from engine.genesis import Genesis
-from engine.log.base import Log
+from engine.log.base import Log, ahead_error
 
 from . import layout
 from .feed import EventDecoder, Feed, Spec, merge_specs, spec_of
@@ -87,8 +87,8 @@ class Runner:
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
                  names: Iterable[str] | None = None, batch: int = 20_000, read_only: bool = False,
                  paths: dict[str, str] | None = None, skip_corrupt: bool = False) -> None:
-        """``skip_corrupt``: leave out live stores that fail to open as corrupt (listed in
-        ``corrupt``) instead of failing, so a rebuild can replace them."""
+        """``skip_corrupt``: leave out live stores that fail to open as corrupt or ahead of the
+        log (listed in ``corrupt``) instead of failing, so a rebuild can replace them."""
         self.log, self.codec, self.genesis = log, codec, genesis
         self.batch = batch
         self.read_only = read_only
@@ -109,7 +109,7 @@ class Runner:
                 path, version = layout.live_path(projections_dir, module)
                 try:
                     self.handles[name] = self.open_handle(module, path, version)
-                except CorruptStoreError as exc:
+                except (CorruptStoreError, AheadOfLogError) as exc:
                     if not skip_corrupt:
                         raise
                     self.corrupt[name] = str(exc)
@@ -123,6 +123,12 @@ class Runner:
     def open_handle(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
         """Open (creating and initialising if new) one projection store."""
         store = ProjectionStore(path, read_only=self.read_only)
+        ahead = self.log.ahead(store.positions())
+        if ahead:  # never serve state the log does not hold
+            store.close()
+            raise ahead_error(f"projection {module.NAME}", ahead,
+                              f"rebuild it from the log with `ledgerlog reproject {module.NAME}`, "
+                              "or restore the whole data dir from a snapshot")
         if not self.read_only and not store.initialised:
             txn = store.begin()
             module.initial(self.genesis, txn)

@@ -27,7 +27,7 @@ from ..codec import Codec
 from ..crypto import H
 from ..errors import CorruptStoreError
 from ..genesis import Genesis
-from ..log.base import Log, TopicPartition
+from ..log.base import Log, TopicPartition, ahead_error
 from ..movements import confirmed_nonce, movements
 from .state import Account, Tip, WriteState
 
@@ -171,6 +171,11 @@ def catch_up(log: Log, codec: Codec, genesis: Genesis, *, batch: int = 20_000) -
         seed_genesis(st, genesis)
         dirty = True
     stored = log.state_positions()
+    ahead = log.ahead(stored)
+    if ahead:
+        raise ahead_error("the write-side state kept beside this node (<data_dir>/state)", ahead,
+                          "point [kafka] at the cluster this node wrote to, or move <data_dir>/state "
+                          "aside so the node rebuilds it from the log")
     topics = log.topics()
     feeds: list[Iterator[tuple[tuple[int, int], int, int, str, int, dict[str, Any]]]] = []
     for topic in T.EVENT_TOPICS:

@@ -5,10 +5,10 @@ import abc
 from dataclasses import dataclass
 from typing import Iterator, Mapping, NamedTuple, Sequence
 
-from ..errors import LogError
+from ..errors import AheadOfLogError, LogError
 from ..partitioner import partition_for
 
-__all__ = ["Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
+__all__ = ["ahead_error", "Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
 
 TopicPartition = tuple[str, int]
 #: Write-side state changes committed with an append: key -> value, or None to delete.
@@ -97,6 +97,16 @@ class Log(abc.ABC):
         backends only)."""
         raise LogError(f"{type(self).__name__} keeps no write-side state positions")
 
+    def ahead(self, positions: Mapping[TopicPartition, int]) -> list[tuple[str, int, int, int]]:
+        """(topic, partition, stored, end) for each position past this log's end offset."""
+        out = []
+        for (topic, p), off in sorted(positions.items()):
+            ends = self.end_offsets(topic) if topic in self.topics() else []
+            end = ends[p] if p < len(ends) else 0
+            if off > end:
+                out.append((topic, p, off, end))
+        return out
+
     def close(self) -> None:
         """Release resources; the log stays readable by a new instance."""
 
@@ -136,3 +146,11 @@ class Log(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ahead_error(what: str, ahead: list[tuple[str, int, int, int]], fix: str) -> AheadOfLogError:
+    """The refusal to serve ``what``, whose positions ``Log.ahead`` found past the log's end."""
+    where = "; ".join(f"{t}[{p}] at offset {off}, the log ends at {end}" for t, p, off, end in ahead[:3])
+    more = f" (and {len(ahead) - 3} more partitions)" if len(ahead) > 3 else ""
+    return AheadOfLogError(f"{what} reflects records the log does not hold: {where}{more} (the log "
+                           f"lost its tail, or was restored without it); {fix}")
