@@ -13,9 +13,10 @@ from .admission.state_fold import catch_up
 from .admission.verify import Verifier
 from .codec import Codec, Registry
 from .config import Config
-from .errors import ConfigError, LedgerError
+from .errors import ConfigError, GenesisMismatchError, LedgerError
 from .files import write_atomic
 from .genesis import Genesis, dev_genesis
+from .genesis_record import OnLog, check_genesis, mismatch, read_on_log, record_genesis
 from .log import Log, open_log
 
 __all__ = ["Chain", "init_chain", "open_chain", "write_atomic"]
@@ -36,7 +37,9 @@ class Chain:
 
     def __init__(self, config: Config, *, read_only: bool = False) -> None:
         if not os.path.exists(config.genesis_path):
-            raise ConfigError(f"{config.data_dir} holds no chain; run `ledgerlog init` first")
+            raise ConfigError(f"{config.data_dir} has no genesis.json: run `ledgerlog init` (it restores "
+                              "genesis.json from the log of an existing chain, and creates a chain "
+                              "where there is none)")
         self.config = config
         self.genesis = Genesis.load(config.genesis_path)
         self.read_only = read_only
@@ -46,6 +49,8 @@ class Chain:
             self.codec = Codec(Registry(self.log)) if read_only else Codec.register_all(self.log)
             if not read_only:
                 self._add_new_topics()
+            check_genesis(self.log, self.codec, self.genesis, record=not read_only)
+            if not read_only:
                 catch_up(self.log, self.codec, self.genesis)  # Kafka: fold what lies beyond the state
         except LedgerError:
             self.log.close()
@@ -88,24 +93,47 @@ class Chain:
         self.close()
 
 
+def _on_log(config: Config, genesis_hash: str) -> OnLog | None:
+    """What an existing log says of its genesis (None where there is no log yet)."""
+    url = config.resolved_log_url
+    if url.startswith("embedded:") and not os.path.exists(os.path.join(url[len("embedded:"):], "CURRENT")):
+        return None
+    log = open_log(url, read_only=True, sync=config.sync, **_log_conf(config, genesis_hash))
+    try:
+        return read_on_log(log)
+    finally:
+        log.close()
+
+
 def init_chain(config: Config, genesis: dict[str, Any] | None = None) -> Genesis:
     """Create the data dir, log topics, schema registry and genesis state. Idempotent for the
-    same genesis; refuses a different one."""
+    same genesis; never replaces a chain (PROTOCOL.md §7): a log that holds events keeps the
+    genesis it was started with, and genesis.json is restored from it when missing."""
     os.makedirs(config.data_dir, exist_ok=True)
-    if os.path.exists(config.genesis_path):
-        existing = Genesis.load(config.genesis_path)
-        if genesis is not None and Genesis.from_dict(genesis).hash != existing.hash:
-            raise ConfigError(f"{config.data_dir} already holds chain {existing.chain_id} "
-                              f"(genesis {existing.hash[:16]}); use another --data-dir")
-        if genesis is None:
-            genesis = existing.raw
-    g = Genesis.from_dict(genesis if genesis is not None else dev_genesis(config.keys_dir))
+    given = Genesis.from_dict(genesis) if genesis is not None else None
+    existing = Genesis.load(config.genesis_path) if os.path.exists(config.genesis_path) else None
+    if given is not None and existing is not None and given.hash != existing.hash:
+        raise GenesisMismatchError(f"{config.data_dir} already holds chain {existing.chain_id} "
+                                   f"(genesis {existing.hash[:16]}); use another --data-dir")
+    chosen = given or existing
+    on_log = _on_log(config, chosen.hash if chosen else "")
+    if on_log is not None and on_log.hash is not None:
+        if chosen is not None and chosen.hash != on_log.hash:
+            raise mismatch(chosen, on_log, "the given genesis" if given else "genesis.json")
+        if chosen is None and on_log.genesis is not None:
+            chosen = Genesis.from_dict(on_log.genesis)  # genesis.json was lost: the log has it
+    if chosen is None and on_log is not None and on_log.holds_events:
+        raise GenesisMismatchError(f"{config.data_dir}: the log holds events but no record of its genesis "
+                                   "and genesis.json is missing; restore genesis.json from a backup")
+    g = chosen or Genesis.from_dict(dev_genesis(config.keys_dir))
     log = open_log(config.resolved_log_url, read_only=False, sync=config.sync, **_log_conf(config, g.hash))
     try:
         log.create_topics(config.topic_partitions())
         Codec.register_all(log)
         if log.keeps_state and log.state_get(b"tip") is None:
             init_state(log, g)
+        if read_on_log(log).genesis is None:
+            record_genesis(log, g)
     finally:
         log.close()
     if not os.path.exists(config.config_path):

@@ -2,6 +2,7 @@
 
     LedgerError
     ├── ConfigError            bad config file, flag or genesis
+    │   └── GenesisMismatchError genesis.json is not the genesis the log was started with
     ├── StorageError           a store cannot be used
     │   ├── StoreLockedError   another process holds the write lock
     │   ├── CorruptStoreError  checksums or structure do not hold; never served
@@ -20,7 +21,7 @@ from __future__ import annotations
 from enum import Enum
 
 __all__ = [
-    "LedgerError", "ConfigError", "StorageError", "StoreLockedError", "CorruptStoreError",
+    "LedgerError", "ConfigError", "GenesisMismatchError", "StorageError", "StoreLockedError", "CorruptStoreError",
     "FormatVersionError", "AheadOfLogError", "LogError", "error_code", "SchemaError", "NotFoundError", "ProjectionFailedError", "Rejection", "Code",
 ]
 
@@ -38,7 +39,11 @@ def error_code(exc: LedgerError) -> str:
 
 
 class ConfigError(LedgerError):
-    pass
+    CODE = "CONFIG"
+
+
+class GenesisMismatchError(ConfigError):
+    CODE = "GENESIS_MISMATCH"
 
 
 class StorageError(LedgerError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = ["BLOCKS", "TRANSACTIONS", "MEMPOOL", "SHARES", "PROVIDERS", "READINGS", "SETTLEMENTS",
-           "PAYOUTS", "KEYS", "ADMIN", "SCHEMAS", "CHECKPOINTS", "EVENT_TOPICS", "EVENT_SCHEMA", "DEFAULT_PARTITIONS",
+           "PAYOUTS", "KEYS", "ADMIN", "SCHEMAS", "CHECKPOINTS", "GENESIS", "EVENT_TOPICS", "EVENT_SCHEMA", "DEFAULT_PARTITIONS",
            "subject_of"]
 
 BLOCKS: Final = "ledger.blocks"
@@ -20,6 +20,8 @@ KEYS: Final = "ledger.keys"
 ADMIN: Final = "ledger.admin"
 SCHEMAS: Final = "_schemas"
 CHECKPOINTS: Final = "_checkpoints"
+#: the genesis the log was started with, one record (engine/genesis_record.py)
+GENESIS: Final = "_genesis"
 
 #: Event topic -> the Avro record written on it (subject "<topic>-value").
 EVENT_SCHEMA: Final[dict[str, str]] = {
@@ -39,7 +41,7 @@ EVENT_TOPICS: Final = tuple(EVENT_SCHEMA)
 #: Partitions per topic unless the config says otherwise; ledger.blocks is always 1 (total order).
 DEFAULT_PARTITIONS: Final[dict[str, int]] = {
     BLOCKS: 1, TRANSACTIONS: 4, MEMPOOL: 4, SHARES: 4, PROVIDERS: 2, READINGS: 2, SETTLEMENTS: 2,
-    PAYOUTS: 2, KEYS: 1, ADMIN: 1, SCHEMAS: 1, CHECKPOINTS: 1,
+    PAYOUTS: 2, KEYS: 1, ADMIN: 1, SCHEMAS: 1, CHECKPOINTS: 1, GENESIS: 1,
 }
 
 

@@ -67,7 +67,7 @@ def main() -> None:
         except NotFoundError as exc:
             fail(str(exc), 1, code="NOT_FOUND")
         except ConfigError as exc:
-            fail(str(exc), 2, code="CONFIG")
+            fail(str(exc), 2, code=error_code(exc))
         except StorageError as exc:
             fail(str(exc), 2, code=error_code(exc))
         except LedgerError as exc:

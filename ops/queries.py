@@ -21,6 +21,8 @@ ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 class BadRequest(ConfigError):
     """A query argument is malformed (HTTP 400)."""
 
+    CODE = "BAD_REQUEST"
+
 
 def bad_request(message: str) -> BadRequest:
     return BadRequest(message)
