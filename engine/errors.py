@@ -3,6 +3,7 @@
     LedgerError
     ├── ConfigError            bad config file, flag or genesis
     ├── StorageError           a store cannot be used
+    │   ├── StorageUnavailableError  the disk refused a write (I/O error, full); clears by itself
     │   ├── StoreLockedError   another process holds the write lock
     │   ├── CorruptStoreError  checksums or structure do not hold; never served
     │   └── FormatVersionError the store was written by an unknown format version
@@ -11,14 +12,16 @@
     ├── NotFoundError          a queried block, tx, account, ... does not exist
     └── Rejection              an input line was refused; carries a protocol code (PROTOCOL.md §5)
 
-Third-party errors are mapped at the boundary with ``raise ... from exc``.
+Third-party errors are mapped at the boundary with ``raise ... from exc``. Storage errors carry
+file paths in their message (for the operator's log and CLI); ``code`` and ``public`` are what an
+HTTP answer says instead, without any path.
 """
 from __future__ import annotations
 
 from enum import Enum
 
 __all__ = [
-    "LedgerError", "ConfigError", "StorageError", "StoreLockedError", "CorruptStoreError",
+    "LedgerError", "ConfigError", "StorageError", "StorageUnavailableError", "StoreLockedError", "CorruptStoreError",
     "FormatVersionError", "LogError", "SchemaError", "NotFoundError", "Rejection", "Code",
 ]
 
@@ -32,19 +35,32 @@ class ConfigError(LedgerError):
 
 
 class StorageError(LedgerError):
-    pass
+    code = "STORAGE_ERROR"
+    public = "a store cannot be used; the node's log says which and why"
+
+
+class StorageUnavailableError(StorageError):
+    """The disk refused a write (EIO, ENOSPC, a read-only file system). Writes fail fast until a
+    probe of the disk succeeds, then resume without a restart; reads go on meanwhile."""
+
+    code = "STORAGE_UNAVAILABLE"
+    public = ("storage is not writable (I/O error or disk full); reads still answer, "
+              "and writes resume by themselves when the fault clears")
 
 
 class StoreLockedError(StorageError):
-    pass
+    code = "LOCKED"
+    public = "a store is in use by another process"
 
 
 class CorruptStoreError(StorageError):
-    pass
+    code = "CORRUPT"
+    public = "a store is corrupt; the node's log says which (restore a snapshot or reproject)"
 
 
 class FormatVersionError(StorageError):
-    pass
+    code = "FORMAT_VERSION"
+    public = "a store was written by an unknown format version"
 
 
 class LogError(LedgerError):

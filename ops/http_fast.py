@@ -37,7 +37,7 @@ import orjson
 from opentelemetry import metrics, trace
 from starlette.concurrency import run_in_threadpool
 
-from engine.errors import LedgerError, NotFoundError, SchemaError
+from engine.errors import LedgerError, NotFoundError, SchemaError, StorageError
 from engine.log.embedded import EmbeddedLog
 from engine.log.memory import MemoryLog
 
@@ -103,6 +103,8 @@ def _error(exc: Exception) -> tuple[int, dict[str, str]]:
             return 404, {"code": "NOT_FOUND", "message": str(exc)}
         if cls is SchemaError:
             return 404, {"code": "SCHEMA_NOT_FOUND", "message": str(exc)}
+        if cls is StorageError:  # its message names files: answer the path-free one
+            return 503, {"code": exc.code, "message": exc.public}  # type: ignore[attr-defined]
         if cls is LedgerError:
             return 503, {"code": type(exc).__name__, "message": str(exc)}
     raise exc
@@ -134,7 +136,7 @@ class FastLane:
         )
 
     def _health(self) -> dict[str, Any]:
-        return {"status": "ok", "chain_id": self.node.genesis.chain_id}
+        return self.node.health()
 
     def match(self, scope: Scope) -> tuple[str, tuple[str, ...] | None, Callable[..., Any], tuple[Any, ...]] | None:
         """(route, projections, answer, args) for a request the lane answers; None for FastAPI."""
