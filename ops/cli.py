@@ -11,6 +11,7 @@ from typing import Any, Optional
 import orjson
 import typer
 
+from engine import restorejournal
 from engine.config import Config, load_config
 from engine.errors import (
     ConfigError,
@@ -53,6 +54,12 @@ def _root(ctx: typer.Context,
 
 def config_of(ctx: typer.Context, **flags: Any) -> Config:
     obj = ctx.find_root().obj
+    try:
+        restorejournal.recover(obj["data_dir"])  # before config.toml is read: it may be mid-restore
+    except StoreLockedError as exc:
+        fail(str(exc), 1, code="LOCKED")
+    except (StorageError, OSError) as exc:
+        fail(f"cannot finish an interrupted restore of {obj['data_dir']}: {exc}", 2, code="STORAGE_ERROR")
     try:
         return load_config(obj["data_dir"], os.environ, {**obj["flags"], **flags})
     except ConfigError as exc:
