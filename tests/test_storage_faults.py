@@ -154,17 +154,17 @@ def small_fs(tmp_path) -> Any:
 def _fill(directory: Path) -> Path:
     """A file taking every free byte of ``directory``'s file system."""
     filler = directory / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
         st = os.statvfs(directory)
         try:
             os.posix_fallocate(f.fileno(), 0, max(st.f_bavail * st.f_frsize - 4096, 4096))
         except OSError:
             pass
+        f.seek(0, os.SEEK_END)
         block = b"\xff" * 65536
         try:
             for _ in range(100_000):
                 f.write(block)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
@@ -213,3 +213,20 @@ def test_a_full_disk_503_then_writes_resume_without_restart(small_fs, tmp_path) 
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_cli_on_a_full_disk_is_one_line_exit_2(small_fs, tmp_path) -> None:
+    genesis, keys = make_genesis(13, wallets=4)
+    write_history(tmp_path / "h.jsonl", genesis, keys, events=3000, seed=13)
+    data = small_fs / "data"
+    init_chain(Config(data_dir=str(data)), genesis)
+    _fill(small_fs)
+    proc = subprocess.run([LEDGERLOG, "--data-dir", str(data), "ingest", str(tmp_path / "h.jsonl")],
+                          capture_output=True, timeout=120, env=_env())
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 2, (proc.returncode, err[-3000:])
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert json.loads(err)["code"] == "STORAGE_UNAVAILABLE"
+    debug = subprocess.run([LEDGERLOG, "--debug", "--data-dir", str(data), "ingest", str(tmp_path / "h.jsonl")],
+                           capture_output=True, timeout=120, env=_env())
+    assert debug.returncode == 2 and "Traceback" in debug.stderr.decode()
