@@ -10,7 +10,7 @@ import os
 import threading
 from collections import Counter
 
-__all__ = ["HEALTH", "Health", "inject", "check", "probe", "kind_of", "PROBE_NAME"]
+__all__ = ["HEALTH", "PROBE_NAME", "Health", "check", "inject", "kind_of", "probe"]
 
 PROBE_NAME = ".ledgerlog-write-probe"
 _PROBE_BYTES = b"\0" * 4096

@@ -19,12 +19,13 @@ import fcntl
 import json
 import os
 import shutil
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import StorageError, StoreLockedError
 from .files import fsync_dir, write_atomic
 
-__all__ = ["recover", "held", "write_journal", "clear_journal", "settle", "tmp_prefix"]
+__all__ = ["clear_journal", "held", "recover", "settle", "tmp_prefix", "write_journal"]
 
 
 def _paths(data_dir: str) -> tuple[str, str, str, str]:
@@ -62,7 +63,7 @@ def held(data_dir: str) -> Iterator[None]:
 
 def write_journal(data_dir: str, new: str, old: str | None) -> None:
     """The commit point: from here on, the restore is finished by whoever opens ``data_dir``."""
-    parent, _name, journal, _lock = _paths(data_dir)
+    _parent, _name, journal, _lock = _paths(data_dir)
     write_atomic(journal, json.dumps({"new": os.path.basename(new),
                                       "old": os.path.basename(old) if old else None}).encode())
 
@@ -128,7 +129,7 @@ def settle(data_dir: str) -> str | None:
 def recover(data_dir: str) -> str | None:
     """Called first by every open of a data dir: finish a restore a dead process left, remove its
     temp dirs. Cheap when there is nothing to do. StoreLockedError while a restore runs."""
-    parent, name, journal, lock = _paths(data_dir)
+    parent, _name, journal, lock = _paths(data_dir)
     try:
         pending = os.path.exists(journal) or os.path.exists(lock) or any(e.startswith(tmp_prefix(data_dir)) for e in os.listdir(parent))
     except OSError:

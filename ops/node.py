@@ -142,8 +142,9 @@ class Node:
             if HEALTH.writable:
                 continue
             try:
-                if not getattr(self.chain.log, "writable", True):
-                    self.chain.log.recover()
+                log_ = self.chain.log
+                if not getattr(log_, "writable", True):
+                    log_.recover()  # type: ignore[attr-defined]  # the embedded log's
                 with self.fold_lock:
                     for h in self.runner.handles.values():
                         if not h.store.writable:

@@ -163,7 +163,7 @@ def _locked_tmp(out_dir: str) -> Iterator[str]:
 
 def clean_stale(directory: str) -> list[str]:
     """Remove the temp dirs of snapshots whose writer died (none holds its lock); their names."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = [e for e in os.listdir(directory) if e.startswith(_TMP_SNAPSHOT)]
     except OSError:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import LEDGERLOG, ok_json
 from test_metrics import observed_node
 
 from engine.chain import init_chain, open_chain
@@ -23,7 +24,6 @@ from engine.config import Config
 from ops.histgen import make_genesis, write_genesis, write_history
 from ops.snapshot import STEPS, create_snapshot, read_manifest, restore_snapshot
 from streams.runner import Runner
-from clitools import LEDGERLOG, ok_json
 
 SEED = 29
 ROOT = Path(__file__).resolve().parents[1]

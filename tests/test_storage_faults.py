@@ -20,13 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
+from clitools import LEDGERLOG, wait_node_url
 from test_metrics import observed_node, one, parse_metrics
 
 from engine import diskfaults
-from engine.chain import init_chain, open_chain
+from engine.chain import init_chain
 from engine.config import Config
 from ops.histgen import make_genesis, write_genesis, write_history
-from clitools import LEDGERLOG, ok_json, wait_node_url
 
 
 @pytest.fixture(autouse=True)
@@ -163,8 +163,7 @@ def _fill(directory: Path) -> Path:
         f.seek(0, os.SEEK_END)
         block = b"\xff" * 65536
         try:
-            for _ in range(100_000):
-                f.write(block)
+            f.writelines(block for _ in range(100_000))
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
@@ -184,7 +183,7 @@ def test_a_full_disk_503_then_writes_resume_without_restart(small_fs, tmp_path) 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     try:
         url = wait_node_url(str(data), proc)
-        post = lambda part: httpx.post(url + "/v1/ingest", content=b"\n".join(part) + b"\n",  # noqa: E731
+        post = lambda part: httpx.post(url + "/v1/ingest", content=b"\n".join(part) + b"\n",
                                        headers={"Content-Type": "application/x-ndjson"}, timeout=60)
         assert post(lines[:500]).status_code == 200
         filler = _fill(small_fs)
