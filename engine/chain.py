@@ -7,6 +7,7 @@ import secrets
 from dataclasses import replace
 from typing import Any
 
+from . import restorejournal
 from .admission import Admitter
 from .admission.state import WriteState, init_state
 from .admission.state_fold import catch_up
@@ -36,6 +37,7 @@ class Chain:
     """An opened chain. ``read_only`` opens the log without taking its write lock."""
 
     def __init__(self, config: Config, *, read_only: bool = False) -> None:
+        restorejournal.recover(config.data_dir)  # a restore killed half-way is finished first
         if not os.path.exists(config.genesis_path):
             raise ConfigError(f"{config.data_dir} has no genesis.json: run `ledgerlog init` (it restores "
                               "genesis.json from the log of an existing chain, and creates a chain "

@@ -75,6 +75,9 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "rotated node.log.N files kept"),
     ("trace.otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint", str,
      "OTLP/HTTP collector base URL for trace spans (e.g. http://127.0.0.1:4318); empty: no export"),
+    ("snapshot.dir", "LEDGERLOG_SNAPSHOT_DIR", "snapshot_dir", str,
+     "where snapshots go, and the only place the admin snapshot action writes (empty: "
+     "<data_dir>/snapshots; relative: under the data dir); put backups on another disk"),
 )
 
 
@@ -112,6 +115,7 @@ class Config:
     log_max_bytes: int = 50 * 1024 * 1024
     log_backups: int = 5
     otlp_endpoint: str = ""
+    snapshot_dir: str = ""
     kafka: Mapping[str, str] = field(default_factory=dict)  # [kafka] section: librdkafka settings
 
     @property
@@ -133,6 +137,11 @@ class Config:
     @property
     def projections_dir(self) -> str:
         return os.path.join(self.data_dir, "projections")
+
+    @property
+    def snapshots_dir(self) -> str:
+        """``snapshot.dir`` resolved: absolute, ``<data_dir>/snapshots`` when empty."""
+        return os.path.abspath(os.path.join(self.data_dir, self.snapshot_dir or "snapshots"))
 
     @property
     def node_file(self) -> str:

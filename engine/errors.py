@@ -4,6 +4,7 @@
     ├── ConfigError            bad config file, flag or genesis
     │   └── GenesisMismatchError genesis.json is not the genesis the log was started with
     ├── StorageError           a store cannot be used
+    │   ├── StorageUnavailableError  the disk refused a write (I/O error, full); clears by itself
     │   ├── StoreLockedError   another process holds the write lock
     │   ├── CorruptStoreError  checksums or structure do not hold; never served
     │   ├── FormatVersionError the store was written by an unknown format version
@@ -14,60 +15,80 @@
     ├── ProjectionFailedError  a projection's fold raised on an event: it stopped, the rest go on
     └── Rejection              an input line was refused; carries a protocol code (PROTOCOL.md §5)
 
-Third-party errors are mapped at the boundary with ``raise ... from exc``.
+Third-party errors are mapped at the boundary with ``raise ... from exc``. Each class's ``code``
+is what users see (HTTP ``code``, CLI ``code``; ``error_code``). Storage errors carry file paths
+in their message (for the operator's log and CLI); ``public`` is what an HTTP answer says
+instead, without any path.
 """
 from __future__ import annotations
 
 from enum import Enum
 
 __all__ = [
-    "LedgerError", "ConfigError", "GenesisMismatchError", "StorageError", "StoreLockedError", "CorruptStoreError",
-    "FormatVersionError", "AheadOfLogError", "LogError", "error_code", "SchemaError", "NotFoundError", "ProjectionFailedError", "Rejection", "Code",
+    "LedgerError", "ConfigError", "GenesisMismatchError", "StorageError", "StorageUnavailableError",
+    "StoreLockedError", "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError",
+    "SchemaError", "NotFoundError", "ProjectionFailedError", "Rejection", "Code", "error_code",
 ]
 
 
 class LedgerError(Exception):
     """Root of every ledgerlog error."""
 
-    #: the code users see (HTTP ``code``, CLI ``code``); the class name where none is set
-    CODE: str | None = None
+    #: the code users see; the class name where a class sets none
+    code: "str | Code | None" = None
 
 
 def error_code(exc: LedgerError) -> str:
-    """The code an error is reported with."""
-    return type(exc).CODE or type(exc).__name__
+    """The code an error is reported with (a Rejection's is its protocol code)."""
+    code = exc.code
+    if isinstance(code, Enum):
+        return str(code.value)
+    return code or type(exc).__name__
 
 
 class ConfigError(LedgerError):
-    CODE = "CONFIG"
+    code = "CONFIG"
 
 
 class GenesisMismatchError(ConfigError):
-    CODE = "GENESIS_MISMATCH"
+    code = "GENESIS_MISMATCH"
 
 
 class StorageError(LedgerError):
-    pass
+    code = "STORAGE_ERROR"
+    public = "a store cannot be used; the node's log says which and why"
+
+
+class StorageUnavailableError(StorageError):
+    """The disk refused a write (EIO, ENOSPC, a read-only file system). Writes fail fast until a
+    probe of the disk succeeds, then resume without a restart; reads go on meanwhile."""
+
+    code = "STORAGE_UNAVAILABLE"
+    public = ("storage is not writable (I/O error or disk full); reads still answer, "
+              "and writes resume by themselves when the fault clears")
 
 
 class StoreLockedError(StorageError):
-    pass
+    code = "LOCKED"
+    public = "a store is in use by another process"
 
 
 class CorruptStoreError(StorageError):
-    pass
+    code = "CORRUPT"
+    public = "a store is corrupt; the node's log says which (restore a snapshot or reproject)"
 
 
 class FormatVersionError(StorageError):
-    pass
+    code = "FORMAT_VERSION"
+    public = "a store was written by an unknown format version"
 
 
 class AheadOfLogError(StorageError):
     """A store's positions are past the log's end offsets: the log lost its tail (disk fault, a
-    restore of the log alone) or belongs to another run of the chain. Serving the store would
-    show state the log does not hold."""
+    restore of the log alone). Serving the store would show state the log does not hold."""
 
-    CODE = "AHEAD_OF_LOG"
+    code = "AHEAD_OF_LOG"
+    public = "a store reflects records the log does not hold; reproject or restore a snapshot"
 
 
 class LogError(LedgerError):
@@ -85,7 +106,7 @@ class NotFoundError(LedgerError):
 class ProjectionFailedError(LedgerError):
     """A query needs a projection whose fold stopped on an event (it names where and the fix)."""
 
-    CODE = "PROJECTION_FAILED"
+    code = "PROJECTION_FAILED"
 
 
 class Code(str, Enum):

@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+import threading
+import time
+from typing import Callable, Iterator
 
 from rocksdict import AccessType, BlockBasedIndexType, BlockBasedOptions, Cache, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
-from .errors import CorruptStoreError, FormatVersionError, StorageError, StoreLockedError
+from . import diskfaults
+from .errors import CorruptStoreError, FormatVersionError, StorageError, StorageUnavailableError, StoreLockedError
 from .storekeys import FORMAT_KEY
 
-__all__ = ["open_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error"]
+__all__ = ["open_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard"]
+
+#: what RocksDB (and the OS) say when the disk refuses a write rather than the data being bad
+_UNAVAILABLE = ("no space left", "input/output error", "read-only file system", "disk quota",
+                "writer has previous error", "while fsync", "while appending", "while sync")
 
 
 def _options(create: bool) -> Options:
@@ -74,7 +81,62 @@ def map_error(exc: Exception, path: str) -> StorageError:
             f"{path} is corrupt: {text}. Restore it from a snapshot (ledgerlog snapshot restore) "
             "or rebuild projections from the log (ledgerlog reproject)."
         )
+    low = text.lower()
+    if any(marker in low for marker in _UNAVAILABLE):
+        return StorageUnavailableError(f"{path}: the disk refused a write: {text}")
     return StorageError(f"cannot open {path}: {text}")
+
+
+class WriteGuard:
+    """Writes of one store. After the disk refuses one (RocksDB then stops the database), writes
+    fail fast with StorageUnavailableError; at most every ``retry_seconds`` a write first probes
+    the disk and, if the probe succeeds, ``reopen``s the store (which must reload whatever its
+    owner caches from it) and goes on. No restart is needed when the fault clears."""
+
+    retry_seconds = 1.0
+
+    def __init__(self, path: str, reopen: Callable[[], None]) -> None:
+        self.path = path
+        self._reopen = reopen
+        self.error: StorageUnavailableError | None = None
+        self._at = 0.0
+        self._lock = threading.Lock()
+
+    def write(self, db: Rdict, wb: WriteBatch, wo: WriteOptions) -> None:
+        if self.error is not None:
+            self.recover()
+        try:
+            diskfaults.check(self.path)
+            db.write(wb, wo)
+        except Exception as exc:
+            err = map_error(exc, self.path)
+            if isinstance(err, StorageUnavailableError):
+                self._failed(err)
+            raise err from exc
+
+    def _failed(self, err: StorageUnavailableError) -> None:
+        self.error, self._at = err, time.monotonic()
+        diskfaults.HEALTH.failed(self.path, str(err))
+
+    def recover(self, *, force: bool = False) -> None:
+        """Probe the disk and reopen the store; raises the fault while it holds."""
+        with self._lock:
+            if self.error is None:
+                return
+            if not force and time.monotonic() - self._at < self.retry_seconds:
+                raise self.error
+            self._at = time.monotonic()
+            try:
+                diskfaults.probe(os.path.dirname(os.path.abspath(self.path)))
+                self._reopen()
+            except (OSError, StorageError) as exc:
+                self._failed(StorageUnavailableError(f"{self.path}: the disk still refuses writes: {exc}"))
+                raise self.error from exc
+            self.error = None
+            diskfaults.HEALTH.ok(self.path)
+
+    def close(self) -> None:
+        diskfaults.HEALTH.ok(self.path)
 
 
 def open_store(path: str, fmt: bytes, *, create: bool = True, read_only: bool = False,

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 import orjson
 from engine import topics as T
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StorageUnavailableError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -101,6 +101,8 @@ def admin_router(node: "Node") -> APIRouter:
             return _refuse(400, "BAD_REQUEST", "body must be JSON")
         if not isinstance(body, dict):
             return _refuse(400, "BAD_REQUEST", "body must be a JSON object")
+        if not node.storage_status()["writable"]:  # an action that cannot be recorded does not run
+            return _refuse(503, StorageUnavailableError.code, StorageUnavailableError.public)
         client = request.client.host if request.client else ""
         return await run_in_threadpool(run_recorded, node, name, body, client)
 

@@ -4,6 +4,7 @@ JSON-RPC 2.0 at /rpc (ops/rpc.py), readiness at /v1/ready, the faucet (ops/fauce
 limits every request meets: body size, rate limits, JSON error bodies (ops/limits.py)."""
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -13,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine.errors import LedgerError, NotFoundError, SchemaError, error_code
+from engine.errors import LedgerError, NotFoundError, SchemaError, StorageError, StorageUnavailableError, error_code
 from engine.intjson import dumps_any
 
 from . import rpc
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from .node import Node
 
 __all__ = ["create_app", "MAX_INGEST_BYTES"]
+
+log = logging.getLogger("ledgerlog.http")
 
 MAX_INGEST_BYTES = HttpLimits().max_ingest_body
 
@@ -78,6 +81,11 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
     async def _schema(_: Request, exc: SchemaError) -> JSONResponse:
         return _error(404, "SCHEMA_NOT_FOUND", str(exc))
 
+    @app.exception_handler(StorageError)
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
+        log.warning("storage: %s", exc)  # the paths go to the operator's log, not the answer
+        return _error(503, exc.code, exc.public)
+
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
         return _error(503, error_code(exc), str(exc))
@@ -90,18 +98,24 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
 
     @app.get("/v1/health", tags=["node"], summary="Liveness")
     async def health() -> dict[str, Any]:
-        return node.queries.health()
+        return node.health()
 
     @app.get("/v1/ready", tags=["node"], summary="Readiness: 503 while a projection lags too far behind the log",
-             responses={503: {"description": "not ready: a projection lags by more than the threshold"}})
+             responses={503: {"description": "not ready: a projection lags by more than the threshold "
+                                              "(NOT_READY), or the disk refuses writes (STORAGE_UNAVAILABLE)"}})
     async def ready() -> JSONResponse:
         lag = await run_in_threadpool(node.runner.lag)
         lagging = sorted(n for n, v in lag.items() if v > limits.ready_max_lag)
-        body: dict[str, Any] = {"ready": not lagging, "chain_id": node.genesis.chain_id, "lag": lag,
-                                "max_lag": limits.ready_max_lag, **controls(node).to_dict()}
-        if lagging:
+        storage = node.storage_status()
+        ok = not lagging and storage["writable"]
+        body: dict[str, Any] = {"ready": ok, "chain_id": node.genesis.chain_id, "lag": lag,
+                                "max_lag": limits.ready_max_lag, "writable": storage["writable"],
+                                "storage": storage, **controls(node).to_dict()}
+        if not storage["writable"]:
+            body.update(code=StorageUnavailableError.code, message=StorageUnavailableError.public)
+        elif lagging:
             body.update(code="NOT_READY", message=f"projections {lagging} lag by more than {limits.ready_max_lag} records")
-        return JSONResponse(body, status_code=503 if lagging else 200)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/v1/status", tags=["chain"], summary="Chain id, height, tip hash, mempool and lag")
     async def status() -> Any:
@@ -130,7 +144,8 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
     @app.post("/v1/ingest", tags=["ingest"], summary="Admit ingest lines (JSONL body)",
               responses={200: {"description": "nothing rejected"}, 422: {"description": "something rejected"},
                          413: {"description": "body too large"}, 429: {"description": "rate limited"},
-                         503: {"description": "ingest paused by the operator (PAUSED)"}})
+                         503: {"description": "ingest paused by the operator (PAUSED), or the disk "
+                                               "refuses writes (STORAGE_UNAVAILABLE)"}})
     async def ingest(request: Request) -> JSONResponse:
         if controls(node).ingest_paused:
             return _error(503, "PAUSED", "ingest is paused by the operator")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, trace
 from starlette.concurrency import run_in_threadpool
 
-from engine.errors import LedgerError, NotFoundError, SchemaError, error_code
+from engine.errors import LedgerError, NotFoundError, SchemaError, StorageError, error_code
 from engine.intjson import dumps_any
 from engine.log.embedded import EmbeddedLog
 from engine.log.memory import MemoryLog
@@ -99,6 +99,8 @@ def _error(exc: Exception) -> tuple[int, dict[str, str]]:
             return 404, {"code": "NOT_FOUND", "message": str(exc)}
         if cls is SchemaError:
             return 404, {"code": "SCHEMA_NOT_FOUND", "message": str(exc)}
+        if cls is StorageError:  # its message names files: answer the path-free one
+            return 503, {"code": exc.code, "message": exc.public}  # type: ignore[attr-defined]
         if cls is LedgerError:
             return 503, {"code": error_code(exc), "message": str(exc)}
     raise exc
@@ -130,7 +132,7 @@ class FastLane:
         )
 
     def _health(self) -> dict[str, Any]:
-        return self.node.queries.health()
+        return self.node.health()
 
     def match(self, scope: Scope) -> tuple[str, tuple[str, ...] | None, Callable[..., Any], tuple[Any, ...]] | None:
         """(route, projections, answer, args) for a request the lane answers; None for FastAPI."""

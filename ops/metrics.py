@@ -19,6 +19,9 @@ Definitions worth stating:
   keys, snapshots...), summed at most every ``STORAGE_CACHE_SECONDS``.
 - ``ledgerlog_storage_capacity_bytes`` / ``ledgerlog_storage_available_bytes``: the data dir's
   filesystem (``os.statvfs``), for the disk-usage alert.
+- ``ledgerlog_storage_writable``: 0 while the disk refuses the stores' writes (EIO, ENOSPC; ingest
+  answers 503 STORAGE_UNAVAILABLE), 1 otherwise; ``ledgerlog_storage_errors_total{kind}`` counts
+  the refused writes and failed probes (``eio``, ``enospc``, ``other``).
 - ``oracle_reading_latency_seconds``: admission time minus the reading's own timestamp.
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from engine import topics as T
 from engine.admission.rules import Out
 from engine.admission.state import WriteState
+from engine.diskfaults import HEALTH
 from projections import energy, payouts
 
 if TYPE_CHECKING:
@@ -227,6 +231,10 @@ class NodeMetrics:
         gauge("ledgerlog_storage_capacity_bytes", [self._fs("capacity")], description="Size of the data dir's filesystem")
         gauge("ledgerlog_storage_available_bytes", [self._fs("available")],
               description="Bytes available to the node on the data dir's filesystem")
+        gauge("ledgerlog_storage_writable", [self._writable],
+              description="1 while the stores take writes, 0 while the disk refuses them (I/O error, full)")
+        counter("ledgerlog_storage_errors", [self._storage_errors],
+                description="Store writes the disk refused, by kind (eio, enospc, other)")
         gauge("ledgerlog_process_resident_memory_bytes", [self._rss], description="Resident set size of the node process")
         gauge("ledgerlog_process_open_fds", [self._open_fds], description="Open file descriptors of the node process")
         # mining pool (projections.payouts.pool)
@@ -339,6 +347,13 @@ class NodeMetrics:
             st = os.statvfs(self.node.config.data_dir)
             yield Observation(st.f_blocks * st.f_frsize if which == "capacity" else st.f_bavail * st.f_frsize)
         return observe
+
+    def _writable(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(1 if HEALTH.writable else 0)
+
+    def _storage_errors(self, _: CallbackOptions) -> Iterable[Observation]:
+        for kind, n in HEALTH.error_counts().items():
+            yield Observation(n, {"kind": kind})
 
     def _rss(self, _: CallbackOptions) -> Iterable[Observation]:
         try:

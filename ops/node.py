@@ -18,6 +18,8 @@ from engine.admission.state import Tip, WriteState
 from engine.chain import open_chain, write_atomic
 from engine import topics as T
 from engine.config import Config
+from engine.diskfaults import HEALTH
+from engine.errors import StorageError
 from projections import chainstate, payouts
 from streams.reproject import reproject
 from streams.runner import Runner
@@ -31,6 +33,9 @@ from .queries import Queries
 __all__ = ["Node"]
 
 log = logging.getLogger("ledgerlog.node")
+
+_MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
+_PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
 
 
 class Node:
@@ -95,10 +100,21 @@ class Node:
 
     # -- background work ------------------------------------------------------------------------
     def _fold_loop(self) -> None:
+        backoff = 0.0  # > 0 while storage errors repeat
         try:
             while not self._stop.is_set():
-                with self.fold_lock:
-                    folded = self.runner.step()
+                try:
+                    with self.fold_lock:
+                        folded = self.runner.step()
+                except StorageError as exc:  # a full or failing disk: retry, never stop the node
+                    if not backoff:
+                        log.error("projections cannot commit (%s); retrying with backoff, reads go on", exc)
+                    backoff = min(_MAX_BACKOFF, max(0.1, backoff * 2))
+                    self._stop.wait(backoff)
+                    continue
+                if backoff:
+                    log.info("projections commit again; folding resumed")
+                    backoff = 0.0
                 if folded == 0:
                     self._wake.wait(0.05)
                     self._wake.clear()
@@ -107,6 +123,37 @@ class Node:
             self._stop.set()
             if self.server:
                 self.server.should_exit = True
+
+    def health(self) -> dict[str, Any]:
+        """GET /v1/health: liveness, so 200 even while the disk refuses writes or a projection is
+        failed (a restart clears neither); ``status`` says ``degraded`` then, and what."""
+        storage = self.storage_status()
+        failed = self.queries.failed()
+        return {"status": "ok" if storage["writable"] and not failed else "degraded",
+                "chain_id": self.genesis.chain_id, "storage": storage, "failed_projections": failed}
+
+    def storage_status(self) -> dict[str, Any]:
+        """``writable`` false while the disk refuses writes (and why, without paths)."""
+        return {"writable": HEALTH.writable, "faults": HEALTH.reasons()}
+
+    def _storage_loop(self) -> None:
+        """While the disk refuses writes, probe it and reopen the stopped stores once it takes
+        them again, so writes resume (and readiness recovers) even with no write to try."""
+        while not self._stop.wait(_PROBE_SECONDS):
+            if HEALTH.writable:
+                continue
+            try:
+                log_ = self.chain.log
+                if not getattr(log_, "writable", True):
+                    log_.recover()  # type: ignore[attr-defined]  # the embedded log's
+                with self.fold_lock:
+                    for h in self.runner.handles.values():
+                        if not h.store.writable:
+                            h.store.recover()
+            except StorageError:
+                continue
+            if HEALTH.writable:
+                log.info("storage is writable again")
 
     def _simulate(self) -> None:
         from .simulator import Simulator
@@ -125,6 +172,7 @@ class Node:
 
     def start(self) -> None:
         self._spawn("fold", self._fold_loop)
+        self._spawn("storage", self._storage_loop)
         if self.simulate:
             self._spawn("simulate", self._simulate)
 
@@ -185,10 +233,14 @@ class Node:
                 self.runner.catch_up()
                 for h in self.runner.handles.values():
                     h.store.flush()
+        except StorageError as exc:  # what was committed is in the stores' WALs; the next start folds on
+            log.error("could not drain the projections at stop: %s", exc)
         finally:
-            self.runner.close()
-            self.metrics.shutdown()
-            self.chain.close()
+            for close in (self.runner.close, self.metrics.shutdown, self.chain.close):
+                try:
+                    close()
+                except StorageError as exc:
+                    log.error("closing: %s", exc)
             try:
                 if os.path.exists(self.config.node_file):
                     os.unlink(self.config.node_file)

@@ -21,7 +21,7 @@ ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 class BadRequest(ConfigError):
     """A query argument is malformed (HTTP 400)."""
 
-    CODE = "BAD_REQUEST"
+    code = "BAD_REQUEST"
 
 
 def bad_request(message: str) -> BadRequest:
@@ -76,12 +76,6 @@ class Queries:
     def failed(self) -> dict[str, dict[str, Any]]:
         """Projections whose fold stopped on an event: where, the error and the fix."""
         return {n: f.to_dict() for n, f in self.runner.failures().items()}
-
-    def health(self) -> dict[str, Any]:
-        """Liveness, and what is degraded: the node answers whatever it holds."""
-        failed = self.failed()
-        return {"status": "degraded" if failed else "ok", "chain_id": self.chain_id,
-                "failed_projections": failed}
 
     def status(self) -> dict[str, Any]:
         tip = chainstate.tip(self._view("chainstate"))

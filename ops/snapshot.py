@@ -13,18 +13,25 @@ A snapshot is a directory laid out like a data dir, so restoring is a copy::
 Consistency: RocksDB checkpoints are consistent per database. The projection stores are
 checkpointed first, then the log, so a projection is never ahead of the log it reflects; a
 restored node folds from the projections' positions up to the log's end. A snapshot is written
-under ``<out_dir>/.tmp-<name>``, every file and directory fsynced, then renamed into place.
+under ``<out_dir>/.tmp-snapshot-*`` (flock-held by its writer, so one a dead process left is
+removed by the next create or list), every file and directory fsynced, then renamed into place.
 
-Checkpoint files are hard links to the live stores' immutable SST files when on the same file
-system: never edit a snapshot's files in place.
+Independence: a checkpoint hard-links the live stores' SST files when on the same file system.
+By default every such link is replaced by a copy, so no byte of a snapshot is shared with the
+live stores; ``link=True`` keeps the links (a fast local checkpoint, *not* a backup: damage to a
+live file is damage to the snapshot). The manifest says which (``linked``).
 
 Restore verifies the manifest and every file (set, size, sha256) before it writes anything,
 copies into ``<parent>/.tmp-restore-...`` (hashing again what it copies), checks the copy opens at
-the manifest's height and positions, fsyncs and renames it into place: a data dir is either
-untouched or fully restored.
+the manifest's height and positions and fsyncs it; then a journal beside the data dir
+(engine/restorejournal.py) makes the two renames crash-safe: a restore killed at any step is
+finished by the next open of the data dir, which is never missing.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -34,13 +41,15 @@ import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from fastapi.responses import JSONResponse
 from rocksdict import Checkpoint
 
+from engine import restorejournal
 from engine import storekeys as K
 from engine.admission.state import WriteState
-from engine.errors import ConfigError, CorruptStoreError, StorageError, StoreLockedError
+from engine.errors import ConfigError, CorruptStoreError, StorageError, StorageUnavailableError, StoreLockedError
 from engine.files import fsync_dir
 from engine.genesis import Genesis
 from engine.log.embedded import EmbeddedLog
@@ -58,15 +67,35 @@ if TYPE_CHECKING:
     from .node import Node
 
 __all__ = ["FORMAT", "MANIFEST", "create_snapshot", "default_dir", "list_snapshots", "read_manifest",
-           "restore_snapshot", "summary", "verify_snapshot"]
+           "restore_snapshot", "summary", "verify_snapshot", "deep_check", "clean_stale", "inside"]
 
 FORMAT = "ledgerlog-snapshot/1"
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
+_TMP_SNAPSHOT = ".tmp-snapshot-"
+#: restore steps, in order; ``restore_snapshot(on_step=...)`` is called after each (tests kill there)
+STEPS = ("copied", "journaled", "moved_aside", "moved_in", "done")
 
 
 def default_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "snapshots")
+
+
+def inside(root: str, out: str | None) -> str | None:
+    """``out`` (absolute, or relative to ``root``) resolved, if it is ``root`` or under it
+    (symlinks resolved, so none leads out); None otherwise."""
+    base = os.path.realpath(root)
+    if not out:
+        return base
+    cand = os.path.realpath(os.path.join(base, out))
+    return cand if cand == base or cand.startswith(base + os.sep) else None
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """An OSError met while writing files, as the StorageError the CLI and HTTP map."""
+    if exc.errno in (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT):
+        return StorageUnavailableError(f"{what}: the disk refused a write: {exc}")
+    return StorageError(f"{what}: {exc}")
 
 
 # -- small file-system helpers ----------------------------------------------------------------------
@@ -117,6 +146,55 @@ def _walk_files(root: str) -> dict[str, str]:
             rel = os.path.relpath(full, root).replace(os.sep, "/")
             out[rel] = "file" if os.path.isfile(full) and not os.path.islink(full) else "other"
     return out
+
+
+@contextlib.contextmanager
+def _locked_tmp(out_dir: str) -> Iterator[str]:
+    """A new temp dir in ``out_dir`` (mode 0700), flock-held until the block ends, so a concurrent
+    ``clean_stale`` leaves it alone while this process lives."""
+    tmp = tempfile.mkdtemp(prefix=_TMP_SNAPSHOT, dir=out_dir)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        os.close(fd)
+
+
+def clean_stale(directory: str) -> list[str]:
+    """Remove the temp dirs of snapshots whose writer died (none holds its lock); their names."""
+    removed: list[str] = []
+    try:
+        entries = [e for e in os.listdir(directory) if e.startswith(_TMP_SNAPSHOT)]
+    except OSError:
+        return removed
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # being written
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _break_links(root: str) -> None:
+    """Replace every hard-linked file under ``root`` by its own copy (fsynced), so nothing is
+    shared with the live stores."""
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if os.lstat(path).st_nlink > 1:
+                tmp = path + ".copy"
+                _copy_hashed(path, tmp)
+                os.replace(tmp, path)
 
 
 def _safe_name(text: str) -> str:
@@ -179,6 +257,7 @@ def summary(manifest: dict[str, Any], path: str) -> dict[str, Any]:
             "created": datetime.fromtimestamp(created / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "size": sum(f["size"] for f in files.values()), "files": len(files),
             "with_keys": any(rel.startswith("keys/") for rel in files),
+            "independent": not manifest.get("linked", False),
             "projections": {n: {"version": p.get("version"), "digest": p.get("digest")}
                             for n, p in manifest.get("projections", {}).items()}}
 
@@ -190,102 +269,117 @@ def _offsets(log: EmbeddedLog) -> dict[str, list[int]]:
 
 
 def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *, with_keys: bool = False,
-                    lock: AbstractContextManager[Any] | None = None) -> dict[str, Any]:
+                    lock: AbstractContextManager[Any] | None = None, link: bool = False) -> dict[str, Any]:
     """Snapshot ``chain`` and the live projection stores of ``runner`` into a new directory under
-    ``out_dir`` (default ``<data_dir>/snapshots``); returns the manifest (plus ``path``).
+    ``out_dir`` (default ``snapshot.dir``); returns the manifest (plus ``path``).
 
     ``lock``, if given, is held while the projection stores are checkpointed (a node passes its
-    fold lock so a blue/green swap cannot close a store under the checkpoint)."""
+    fold lock so a blue/green swap cannot close a store under the checkpoint). ``link`` keeps the
+    checkpoints' hard links to the live SST files: fast, but not a backup."""
     log = chain.log
     if not isinstance(log, EmbeddedLog):
         raise ConfigError("snapshots need the embedded log; a Kafka log is backed up with the broker's tools")
-    cfg = chain.config
-    out_dir = os.path.abspath(out_dir or default_dir(cfg.data_dir))
-    if not os.path.isdir(out_dir):
-        os.makedirs(out_dir)
-        fsync_dir(os.path.dirname(out_dir))
-    started = time.time()
-    tmp = tempfile.mkdtemp(prefix=".tmp-snapshot-", dir=out_dir)  # mode 0700: config.toml holds a token
+    out_dir = os.path.abspath(out_dir or chain.config.snapshots_dir)
     try:
-        # 1. projections first, then the log: a projection is never ahead of the log
-        pdir = os.path.join(tmp, "projections")
-        taken: dict[str, tuple[str, int, tuple[str, ...]]] = {}  # name -> (dir, version, topics)
-        with lock or nullcontext():
-            for name, h in sorted(runner.handles.items()):
-                build = os.path.basename(os.path.normpath(h.store.path))
-                os.makedirs(os.path.join(pdir, name), exist_ok=True)
-                try:
-                    Checkpoint(h.store.db).create_checkpoint(os.path.join(pdir, name, build))
-                except Exception as exc:
-                    raise map_error(exc, h.store.path) from exc
-                taken[name] = (build, h.version, tuple(h.module.TOPICS))
-        for name, (build, version, _topics) in taken.items():
-            layout.write_pointer(pdir, name, "live", build, version)
-        try:
-            Checkpoint(log.raw()).create_checkpoint(os.path.join(tmp, "log"))
-        except Exception as exc:
-            raise map_error(exc, log.path) from exc
+        if not os.path.isdir(out_dir):
+            os.makedirs(out_dir)
+            fsync_dir(os.path.dirname(out_dir))
+        clean_stale(out_dir)
+        with _locked_tmp(out_dir) as tmp:  # mode 0700: config.toml holds a token
+            try:
+                return _create(chain, runner, tmp, out_dir, with_keys=with_keys, lock=lock, link=link)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except OSError as exc:
+        raise storage_error(exc, f"snapshot into {out_dir}") from exc
 
-        # 2. what the checkpoints hold
-        cp_log = EmbeddedLog(os.path.join(tmp, "log"), read_only=True)
+
+def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: bool,
+            lock: AbstractContextManager[Any] | None, link: bool) -> dict[str, Any]:
+    log, cfg = chain.log, chain.config
+    assert isinstance(log, EmbeddedLog)
+    started = time.time()
+    # 1. projections first, then the log: a projection is never ahead of the log
+    pdir = os.path.join(tmp, "projections")
+    taken: dict[str, tuple[str, int, tuple[str, ...]]] = {}  # name -> (dir, version, topics)
+    with lock or nullcontext():
+        for name, h in sorted(runner.handles.items()):
+            build = os.path.basename(os.path.normpath(h.store.path))
+            os.makedirs(os.path.join(pdir, name), exist_ok=True)
+            try:
+                Checkpoint(h.store.db).create_checkpoint(os.path.join(pdir, name, build))
+            except Exception as exc:
+                raise map_error(exc, h.store.path) from exc
+            taken[name] = (build, h.version, tuple(h.module.TOPICS))
+    for name, (build, version, _topics) in taken.items():
+        layout.write_pointer(pdir, name, "live", build, version)
+    try:
+        Checkpoint(log.raw()).create_checkpoint(os.path.join(tmp, "log"))
+    except Exception as exc:
+        raise map_error(exc, log.path) from exc
+    if not link:
+        _break_links(tmp)  # a backup shares no byte with the live stores
+
+    # 2. what the checkpoints hold
+    cp_log = EmbeddedLog(os.path.join(tmp, "log"), read_only=True)
+    try:
+        tip = WriteState(cp_log).tip()
+        ends = _offsets(cp_log)
+    finally:
+        cp_log.close()
+    projs: dict[str, Any] = {}
+    for name, (build, version, topics) in taken.items():
+        store = ProjectionStore(os.path.join(pdir, name, build), read_only=True)
         try:
-            tip = WriteState(cp_log).tip()
-            ends = _offsets(cp_log)
+            pos = store.positions()
+            positions = {t: [pos.get((t, p), 0) for p in range(len(ends.get(t, [])))] for t in topics}
+            projs[name] = {"dir": build, "version": version, "digest": store.digest_hex(),
+                           "height": store.height, "positions": positions}
         finally:
-            cp_log.close()
-        projs: dict[str, Any] = {}
-        for name, (build, version, topics) in taken.items():
-            store = ProjectionStore(os.path.join(pdir, name, build), read_only=True)
-            try:
-                pos = store.positions()
-                positions = {t: [pos.get((t, p), 0) for p in range(len(ends.get(t, [])))] for t in topics}
-                projs[name] = {"dir": build, "version": version, "digest": store.digest_hex(),
-                               "height": store.height, "positions": positions}
-            finally:
-                store.close()
-            for t, offs in positions.items():
-                if any(o > e for o, e in zip(offs, ends.get(t, []))):
-                    raise StorageError(f"snapshot inconsistency: projection {name} is ahead of the log on {t}")
+            store.close()
+        for t, offs in positions.items():
+            if any(o > e for o, e in zip(offs, ends.get(t, []))):
+                raise StorageError(f"snapshot inconsistency: projection {name} is ahead of the log on {t}")
 
-        # 3. genesis, config, keys
-        shutil.copy2(cfg.genesis_path, os.path.join(tmp, "genesis.json"))
-        if os.path.exists(cfg.config_path):
-            shutil.copy2(cfg.config_path, os.path.join(tmp, "config.toml"))
-        if with_keys and os.path.isdir(cfg.keys_dir):
-            shutil.copytree(cfg.keys_dir, os.path.join(tmp, "keys"), copy_function=shutil.copy2)
+    # 3. genesis, config, keys
+    shutil.copy2(cfg.genesis_path, os.path.join(tmp, "genesis.json"))
+    if os.path.exists(cfg.config_path):
+        shutil.copy2(cfg.config_path, os.path.join(tmp, "config.toml"))
+    if with_keys and os.path.isdir(cfg.keys_dir):
+        shutil.copytree(cfg.keys_dir, os.path.join(tmp, "keys"), copy_function=shutil.copy2)
 
-        # 4. manifest, fsync, rename
-        files: dict[str, dict[str, Any]] = {}
-        for rel, kind in sorted(_walk_files(tmp).items()):
-            if kind != "file":
-                raise StorageError(f"snapshot: unexpected non-regular file {rel}")
-            size, digest = _sha256_file(os.path.join(tmp, rel))
-            files[rel] = {"size": size, "sha256": digest}
-        created_ms = int(started * 1000)
-        body = {"format": FORMAT, "chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash,
-                "height": tip.height, "tip_hash": tip.hash, "created_ms": created_ms,
-                "formats": {"log": K.LOG_FORMAT.decode(), "projection": K.PROJECTION_FORMAT.decode()},
-                "log_end_offsets": ends, "projections": projs, "files": files}
-        with open(os.path.join(tmp, MANIFEST), "wb") as f:
-            f.write(_manifest_bytes(body))
-        _fsync_tree(tmp)
-        stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
-        base = f"{_safe_name(chain.genesis.chain_id)}-h{tip.height}-{stamp}"
-        name, n = base, 2
-        while True:
-            final = os.path.join(out_dir, name)
-            try:
-                os.rename(tmp, final)  # fails if a non-empty ``final`` exists
-                break
-            except OSError:
-                if not os.path.exists(final):
-                    raise
-                name, n = f"{base}-{n}", n + 1
-        fsync_dir(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {**body, "manifest_sha256": hashlib.sha256(_canonical(body)).hexdigest(), "path": final}
+    # 4. manifest, fsync, rename
+    files: dict[str, dict[str, Any]] = {}
+    for rel, kind in sorted(_walk_files(tmp).items()):
+        if kind != "file":
+            raise StorageError(f"snapshot: unexpected non-regular file {rel}")
+        size, digest = _sha256_file(os.path.join(tmp, rel))
+        files[rel] = {"size": size, "sha256": digest}
+    created_ms = int(started * 1000)
+    body = {"format": FORMAT, "chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash,
+            "height": tip.height, "tip_hash": tip.hash, "created_ms": created_ms,
+            "formats": {"log": K.LOG_FORMAT.decode(), "projection": K.PROJECTION_FORMAT.decode()},
+            "log_end_offsets": ends, "projections": projs, "files": files, "linked": link}
+    with open(os.path.join(tmp, MANIFEST), "wb") as f:
+        f.write(_manifest_bytes(body))
+    _fsync_tree(tmp)
+    stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{_safe_name(chain.genesis.chain_id)}-h{tip.height}-{stamp}"
+    name, n = base, 2
+    while True:
+        final = os.path.join(out_dir, name)
+        try:
+            os.rename(tmp, final)  # fails if a non-empty ``final`` exists
+            break
+        except OSError:
+            if not os.path.exists(final):
+                raise
+            name, n = f"{base}-{n}", n + 1
+    fsync_dir(out_dir)
+    same_fs = os.stat(final).st_dev == os.stat(cfg.data_dir).st_dev
+    return {**body, "manifest_sha256": hashlib.sha256(_canonical(body)).hexdigest(), "path": final,
+            "same_filesystem_as_data": same_fs}
 
 
 # -- list and verify --------------------------------------------------------------------------------
@@ -323,6 +417,7 @@ def list_snapshots(directory: str, *, verify: bool = False) -> list[dict[str, An
     is intact (with ``verify``: and every file too); ``error`` why not."""
     if not os.path.isdir(directory):
         return []
+    clean_stale(directory)
     out = []
     for entry in sorted(os.listdir(directory)):
         path = os.path.join(directory, entry)
@@ -381,14 +476,43 @@ def _check_restored(tmp: str, manifest: dict[str, Any]) -> None:
             store.close()
 
 
-def restore_snapshot(path: str, data_dir: str, *, force: bool = False) -> dict[str, Any]:
+def _copy_checked(src: str, manifest: dict[str, Any], dst: str, path: str) -> None:
+    """Copy every file the manifest lists from ``src`` to ``dst`` (hashing again what is copied),
+    then check the copy opens at the manifest's state and fsync its directories."""
+    for rel, want in sorted(manifest["files"].items()):
+        to = os.path.join(dst, *rel.split("/"))
+        os.makedirs(os.path.dirname(to), exist_ok=True)
+        size, digest = _copy_hashed(os.path.join(src, *rel.split("/")), to)
+        if size != want["size"] or digest != want["sha256"]:
+            raise CorruptStoreError(f"snapshot {path}: {rel} changed while being copied")
+    _check_restored(dst, manifest)
+    _fsync_tree(dst, files=False)  # each file was fsynced as it was copied
+
+
+def deep_check(path: str) -> dict[str, Any]:
+    """``verify_snapshot`` plus RocksDB's view: a scratch copy beside the snapshot is opened and
+    must hold the manifest's height, tip, end offsets and projection digests. Returns the manifest."""
+    src = os.path.abspath(path)
+    manifest = verify_snapshot(src)
+    with _locked_tmp(os.path.dirname(src)) as tmp:
+        try:
+            _copy_checked(src, manifest, tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
+                     on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Restore the snapshot at ``path`` as ``data_dir``.
 
     Refuses (before writing anything) a corrupt, truncated or incomplete snapshot
-    (CorruptStoreError), a data dir a node runs on (StoreLockedError), and a data dir that already
-    holds something unless ``force`` (ConfigError); with ``force`` the old one is moved aside to
-    ``<data_dir>.replaced-<timestamp>``."""
+    (CorruptStoreError), a data dir a node runs on or another restore works on
+    (StoreLockedError), and a data dir that already holds something unless ``force``
+    (ConfigError); with ``force`` the old one is moved aside to ``<data_dir>.replaced-<timestamp>``.
+    Crash-safe: see the module docstring. ``on_step(name)`` runs after each of STEPS."""
     started = time.monotonic()
+    step = on_step or (lambda _name: None)
     src = os.path.abspath(path)
     target = os.path.abspath(data_dir)
     if not os.path.isdir(src):
@@ -396,7 +520,48 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False) -> dict[s
     if target == src or target.startswith(src + os.sep):
         raise ConfigError(f"cannot restore {path} into itself ({data_dir})")
     manifest = verify_snapshot(src)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    with restorejournal.held(target):
+        restorejournal.settle(target)  # an earlier restore killed half-way: finish it first
+        exists, occupied = _check_target(target, data_dir, force)
+        tmp = tempfile.mkdtemp(prefix=restorejournal.tmp_prefix(target), dir=parent)
+        replaced = None
+        try:
+            _copy_checked(src, manifest, tmp, path)
+            step("copied")
+            if occupied:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+                replaced, n = f"{target}.replaced-{stamp}", 2
+                while os.path.exists(replaced):
+                    replaced, n = f"{target}.replaced-{stamp}-{n}", n + 1
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # the commit point: from here a crash is finished by the next open of the data dir
+        restorejournal.write_journal(target, tmp, replaced)
+        step("journaled")
+        if exists:
+            if occupied:
+                os.rename(target, replaced)  # type: ignore[arg-type]
+            else:
+                os.rmdir(target)
+            fsync_dir(parent)
+        step("moved_aside")
+        os.rename(tmp, target)
+        fsync_dir(parent)
+        step("moved_in")
+        restorejournal.clear_journal(target)
+        step("done")
+    return {"restored": src, "data_dir": target, "chain_id": manifest["chain_id"],
+            "genesis_hash": manifest["genesis_hash"], "height": manifest["height"],
+            "tip_hash": manifest["tip_hash"], "files": len(manifest["files"]),
+            "size": sum(f["size"] for f in manifest["files"].values()), "replaced": replaced,
+            "seconds": round(time.monotonic() - started, 3)}
 
+
+def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
+    """(exists, occupied) of the data dir to restore into; refusals as restore_snapshot says."""
     node_file = os.path.join(target, "node.json")
     try:
         with open(node_file, encoding="utf-8") as f:
@@ -421,52 +586,33 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False) -> dict[s
             raise
         except StorageError:
             pass  # a broken store is what a restore replaces
-
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-restore-{os.path.basename(target)}-", dir=parent)
-    replaced = None
-    try:
-        for rel, want in sorted(manifest["files"].items()):
-            dst = os.path.join(tmp, *rel.split("/"))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            size, digest = _copy_hashed(os.path.join(src, *rel.split("/")), dst)
-            if size != want["size"] or digest != want["sha256"]:
-                raise CorruptStoreError(f"snapshot {path}: {rel} changed while being restored")
-        _check_restored(tmp, manifest)
-        _fsync_tree(tmp, files=False)  # each file was fsynced as it was copied
-        if exists:
-            if occupied:
-                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-                replaced, n = f"{target}.replaced-{stamp}", 2
-                while os.path.exists(replaced):
-                    replaced, n = f"{target}.replaced-{stamp}-{n}", n + 1
-                os.rename(target, replaced)
-            else:
-                os.rmdir(target)
-        os.rename(tmp, target)
-        fsync_dir(parent)
-    except BaseException:
-        if replaced and not os.path.exists(target):
-            os.rename(replaced, target)  # put the old data dir back
-            replaced = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"restored": src, "data_dir": target, "chain_id": manifest["chain_id"],
-            "genesis_hash": manifest["genesis_hash"], "height": manifest["height"],
-            "tip_hash": manifest["tip_hash"], "files": len(manifest["files"]),
-            "size": sum(f["size"] for f in manifest["files"].values()), "replaced": replaced,
-            "seconds": round(time.monotonic() - started, 3)}
+    return exists, occupied
 
 
 # -- node integration -------------------------------------------------------------------------------
 
 @action("snapshot")
 def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
-    """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``)."""
-    out = body.get("out") or default_dir(node.config.data_dir)
-    if not isinstance(out, str):
-        raise ConfigError("snapshot: out must be a directory path")
-    manifest = create_snapshot(node.chain, node.runner, out, with_keys=bool(body.get("with_keys", False)),
-                               lock=getattr(node, "fold_lock", None))
-    return summary(manifest, manifest["path"])
+    """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``,
+    ``link``). ``out`` must be the node's ``snapshot.dir`` or a directory under it (absolute, or
+    relative to it): anything else is refused (400 SNAPSHOT_DIR_REFUSED) and nothing is written.
+    The answer names the snapshot (``name``, ``dir`` relative to snapshot.dir), never a path."""
+    out = body.get("out")
+    if out is not None and not isinstance(out, str):
+        return _refused(400, "BAD_REQUEST", "snapshot: out must be a directory (under snapshot.dir)")
+    root = node.config.snapshots_dir
+    where = inside(root, out)
+    if where is None:
+        return _refused(400, "SNAPSHOT_DIR_REFUSED", "snapshot: out must be the node's snapshot dir "
+                        "(snapshot.dir) or a directory under it")
+    manifest = create_snapshot(node.chain, node.runner, where, with_keys=bool(body.get("with_keys", False)),
+                               lock=getattr(node, "fold_lock", None), link=bool(body.get("link", False)))
+    result = summary(manifest, manifest["path"])
+    result.pop("path")
+    rel = os.path.relpath(os.path.dirname(manifest["path"]), os.path.realpath(root))
+    return {**result, "dir": "" if rel == "." else rel,
+            "same_filesystem_as_data": manifest["same_filesystem_as_data"]}
+
+
+def _refused(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)

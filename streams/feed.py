@@ -295,6 +295,7 @@ class Feed:
         try:
             values = list(self._db.values(from_key=K.record_key(topic, p, start), read_opt=ro))
         except Exception:  # noqa: BLE001 - Log.read maps the error
+            self._db = self.log.raw()  # the log may have reopened its store after a disk fault
             return None
         return values if len(values) == n else None
 

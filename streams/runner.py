@@ -311,9 +311,16 @@ class Runner:
         return {name: h.store.digest_hex() for name, h in self.handles.items()}
 
     def close(self) -> None:
+        """Close every store, even when one fails to (the first error is raised after)."""
+        first: BaseException | None = None
         for h in self.handles.values():
-            h.store.close()
+            try:
+                h.store.close()
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                first = first or exc
         self.handles.clear()
+        if first is not None:
+            raise first
 
 
 def _fields(modules: list[ModuleType]) -> dict[str, Spec | None]:

@@ -17,7 +17,8 @@ from array import array
 from typing import Iterable, Iterator
 
 from engine import storekeys as K
-from engine.rocks import WriteBatch, iter_prefix, map_error, open_store, write_options
+from engine.errors import StorageError
+from engine.rocks import WriteBatch, WriteGuard, iter_prefix, map_error, open_store, write_options
 
 __all__ = ["ProjectionStore", "OverlayTxn", "entry_hash", "hash_sum"]
 
@@ -178,11 +179,33 @@ class ProjectionStore:
         self.read_only = read_only
         self.db = open_store(path, K.PROJECTION_FORMAT, read_only=read_only)
         self._wo = write_options(False)  # rebuildable from the log; positions commit atomically
+        self._guard = WriteGuard(path, self._reopen)
+        self._load()
+
+    def _load(self) -> None:
         raw = self.db.get(K.DIGEST_KEY)
         self.digest = int(raw.decode(), 16) if raw else 0
         self._positions: dict[tuple[str, int], int] | None = None
         self._keys: KeyFilter | None = None
         self._keys_tried = False
+
+    def _reopen(self) -> None:
+        """After a write the disk refused: open the store anew (RocksDB keeps it stopped until
+        then) and reload digest and positions from it; read-only meanwhile if it cannot be."""
+        try:
+            self.db.close()
+        except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
+            pass
+        try:
+            self.db = open_store(self.path, K.PROJECTION_FORMAT, create=False)
+        except StorageError:
+            try:
+                self.db = open_store(self.path, K.PROJECTION_FORMAT, read_only=True)
+                self._load()
+            except StorageError:
+                pass
+            raise
+        self._load()
 
     def _key_filter(self) -> KeyFilter | None:
         """A KeyFilter of every state key in the store, from a scan of them; None if too many."""
@@ -278,10 +301,7 @@ class ProjectionStore:
             put(_INIT_KEY, b"1")
         if height is not None and height > self.height:
             put(_HEIGHT_KEY, K.U64.pack(height))
-        try:
-            self.db.write(wb, self._wo)
-        except Exception as exc:
-            raise map_error(exc, self.path) from exc
+        self._guard.write(self.db, wb, self._wo)
         self.digest = digest
         if self._positions is not None:
             self._positions.update(positions)
@@ -289,6 +309,15 @@ class ProjectionStore:
             keys.add(added)
             if keys.bytes > self.FILTER_MAX_BYTES:
                 self._keys = None
+
+    @property
+    def writable(self) -> bool:
+        """False while the disk refuses this store's writes."""
+        return self._guard.error is None
+
+    def recover(self) -> None:
+        """Probe the disk and reopen now (callers keep folds out); raises while the fault holds."""
+        self._guard.recover(force=True)
 
     def digest_hex(self) -> str:
         return f"{self.digest:032x}"
@@ -298,8 +327,12 @@ class ProjectionStore:
 
     def close(self) -> None:
         if self.db is not None:
-            self.db.close()
-            self.db = None  # type: ignore[assignment]
+            db, self.db = self.db, None  # type: ignore[assignment]
+            self._guard.close()
+            try:
+                db.close()
+            except Exception as exc:  # e.g. a full disk: the memtable cannot be flushed
+                raise map_error(exc, self.path) from exc
 
     @staticmethod
     def exists(path: str) -> bool:

@@ -147,6 +147,8 @@ def test_alert_rules_are_valid_prometheus_rule_groups() -> None:
         "p95 latency": lambda e: "histogram_quantile(0.95" in e and "ledgerlog_http_request_duration_seconds_bucket" in e,
         "rejected spike": lambda e: "ledgerlog_events_rejected_total" in e,
         "faucet low": lambda e: "ledgerlog_faucet_balance" in e,
+        "storage not writable": lambda e: re.search(r"ledgerlog_storage_writable *== *0", e),
+        "storage errors": lambda e: "ledgerlog_storage_errors_total" in e,
     }
     for what, test in wanted.items():
         assert any(test(e) for e in exprs.values()), f"no alert for {what}"

@@ -8,9 +8,11 @@ import tempfile
 import threading
 from typing import Iterator, Mapping, Sequence
 
+from rocksdict import DbClosedError
+
 from .. import storekeys as K
-from ..errors import LogError
-from ..rocks import WriteBatch, iter_prefix, map_error, open_store, write_options
+from ..errors import LogError, StorageError
+from ..rocks import WriteBatch, WriteGuard, iter_prefix, map_error, open_store, write_options
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 
 __all__ = ["EmbeddedLog"]
@@ -34,6 +36,26 @@ class EmbeddedLog(Log):
             raise
         self._write_opts = write_options(sync)
         self._lock = threading.Lock()
+        self._guard = WriteGuard(path, self._reopen)
+        self._load_ends()
+
+    def _reopen(self) -> None:
+        """After a write the disk refused: open the store anew (RocksDB keeps a database stopped
+        until then) and reload the end offsets, which a write that failed late may have moved. If
+        it cannot be opened for writing yet, it is opened read-only so reads go on."""
+        try:
+            self._db.close()
+        except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
+            pass
+        try:
+            self._db = open_store(self.path, K.LOG_FORMAT, create=False)
+        except StorageError:
+            try:
+                self._db = open_store(self.path, K.LOG_FORMAT, read_only=True)
+                self._load_ends()
+            except StorageError:
+                pass
+            raise
         self._load_ends()
 
     def _load_ends(self) -> None:
@@ -62,12 +84,21 @@ class EmbeddedLog(Log):
         return {k[2:].decode(): _P.unpack(v)[0] for k, v in iter_prefix(self._db, b"t/")}
 
     def _write(self, wb: WriteBatch) -> None:
+        """Callers hold ``_lock`` (a recovery swaps the database)."""
         if self.read_only:
             raise LogError(f"{self.path} is open read-only")
-        try:
-            self._db.write(wb, self._write_opts)
-        except Exception as exc:
-            raise map_error(exc, self.path) from exc
+        self._guard.write(self._db, wb, self._write_opts)
+
+    @property
+    def writable(self) -> bool:
+        """False while the disk refuses this log's writes."""
+        return self._guard.error is None
+
+    def recover(self) -> None:
+        """Probe the disk and reopen now (not waiting for the next write); raises while the
+        fault holds."""
+        with self._lock:
+            self._guard.recover(force=True)
 
     def create_topics(self, partitions: Mapping[str, int]) -> None:
         with self._lock:
@@ -153,7 +184,8 @@ class EmbeddedLog(Log):
         wb = WriteBatch(raw_mode=True)
         for (topic, p), off in positions.items():
             wb.put(K.group_key(group, topic, p), K.U64.pack(off))
-        self._write(wb)
+        with self._lock:
+            self._write(wb)
 
     def positions(self, group: str) -> dict[TopicPartition, int]:
         prefix = K.group_prefix(group)
@@ -164,7 +196,10 @@ class EmbeddedLog(Log):
         return out
 
     def state_get(self, key: bytes) -> bytes | None:
-        return self._db.get(K.STATE_PREFIX + key)
+        try:
+            return self._db.get(K.STATE_PREFIX + key)
+        except DbClosedError:  # swapped by a recovery meanwhile: read the new one
+            return self._db.get(K.STATE_PREFIX + key)
 
     def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         n = len(K.STATE_PREFIX)
@@ -176,6 +211,13 @@ class EmbeddedLog(Log):
 
     def close(self) -> None:
         if self._db is not None:
-            self._db.close()
-            self._db = None  # type: ignore[assignment]
+            db, self._db = self._db, None  # type: ignore[assignment]
+            self._guard.close()
+            try:
+                db.close()
+            except Exception as exc:  # e.g. a full disk: the memtable cannot be flushed (the WAL holds it)
+                raise map_error(exc, self.path) from exc
+            finally:
+                self._drop_scratch()
+            return
         self._drop_scratch()
