@@ -2,7 +2,6 @@
 "reset chainstate and resync"."""
 from __future__ import annotations
 
-import sys
 from typing import List, Optional
 
 import typer
@@ -14,6 +13,7 @@ from streams.runner import Runner
 
 from .cli import app, config_of, emit, fail
 from .nodeclient import NodeClient
+from .progress import progress_bar
 
 
 @app.command()
@@ -38,16 +38,10 @@ def reproject(ctx: typer.Context,
     with open_chain(cfg, read_only=True) as chain:
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch,
                       names=chosen, skip_corrupt=True)  # a corrupt live store is what a rebuild replaces
-        bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            bar = tqdm(total=total_records(chain.log, chosen), unit=" events", unit_scale=True,
-                       desc="reproject", file=sys.stderr)
         try:
-            result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
-                                   keep=keep, workers=cfg.fold_workers, progress=bar.update if bar else None)
+            with progress_bar("reproject", total=total_records(chain.log, chosen), unit=" events") as tick:
+                result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
+                                       keep=keep, workers=cfg.fold_workers, progress=tick)
         finally:
-            if bar:
-                bar.close()
             live.close()
     emit({"projections": result})
