@@ -2,16 +2,19 @@
 
     LedgerError
     ├── ConfigError            bad config file, flag or genesis
+    │   └── PortInUseError     the HTTP port is taken by another process (code PORT_IN_USE)
     ├── StorageError           a store cannot be used
     │   ├── StoreLockedError   another process holds the write lock
     │   ├── CorruptStoreError  checksums or structure do not hold; never served
-    │   └── FormatVersionError the store was written by an unknown format version
+    │   ├── FormatVersionError the store was written by an unknown format version
+    │   └── ReprojectRunningError  a reproject of this data dir is running (code REPROJECT_RUNNING)
     ├── LogError               the log backend failed (I/O, broker unreachable, unknown topic)
     ├── SchemaError            unknown schema id, or an incompatible schema change
     ├── NotFoundError          a queried block, tx, account, ... does not exist
     └── Rejection              an input line was refused; carries a protocol code (PROTOCOL.md §5)
 
-Third-party errors are mapped at the boundary with ``raise ... from exc``.
+Third-party errors are mapped at the boundary with ``raise ... from exc``. A class may name its
+``code`` (what the CLI's one-line error carries); otherwise the class name is used.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from enum import Enum
 
 __all__ = [
     "LedgerError", "ConfigError", "StorageError", "StoreLockedError", "CorruptStoreError",
-    "FormatVersionError", "LogError", "SchemaError", "NotFoundError", "Rejection", "Code",
+    "FormatVersionError", "ReprojectRunningError", "PortInUseError", "LogError", "SchemaError",
+    "NotFoundError", "Rejection", "Code",
 ]
 
 
@@ -45,6 +49,16 @@ class CorruptStoreError(StorageError):
 
 class FormatVersionError(StorageError):
     pass
+
+
+class ReprojectRunningError(StorageError):
+    """Another reproject of the same projections is running (in a node or another process)."""
+    code = "REPROJECT_RUNNING"
+
+
+class PortInUseError(ConfigError):
+    """The address the node should listen on is taken."""
+    code = "PORT_IN_USE"
 
 
 class LogError(LedgerError):

@@ -55,18 +55,24 @@ def _register_commands() -> None:
         importlib.import_module(f"{__package__}.{mod}")
 
 
+def _code(exc: LedgerError, default: str) -> str:
+    """The error's own ``code`` when it names one (engine/errors.py), else ``default``."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and code else default
+
+
 def main() -> None:
     _register_commands()
     try:
         try:
             app()
         except StoreLockedError as exc:
-            fail(str(exc), 1, code="LOCKED")
+            fail(str(exc), 1, code=_code(exc, "LOCKED"))
         except NotFoundError as exc:
-            fail(str(exc), 1, code="NOT_FOUND")
+            fail(str(exc), 1, code=_code(exc, "NOT_FOUND"))
         except ConfigError as exc:
-            fail(str(exc), 2, code="CONFIG")
+            fail(str(exc), 2, code=_code(exc, "CONFIG"))
         except LedgerError as exc:
-            fail(str(exc), 1, code=type(exc).__name__)
+            fail(str(exc), 1, code=_code(exc, type(exc).__name__))
     except typer.Exit as exc:  # raised by fail() outside the app: exit with its code, no traceback
         sys.exit(exc.exit_code)

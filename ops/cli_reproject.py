@@ -8,7 +8,7 @@ import typer
 
 import projections
 from engine.chain import open_chain
-from streams.reproject import reproject as run_reproject, total_records
+from streams.reproject import reproject as run_reproject, reproject_lock, total_records
 from streams.runner import Runner
 
 from .cli import app, config_of, emit, fail
@@ -25,7 +25,8 @@ def reproject(ctx: typer.Context,
     """Rebuild projections from the log beside the live ones, compare digests, swap atomically.
 
     Resumes after being killed. With a node running on the data dir, the node does it (admin API)
-    and keeps answering queries meanwhile."""
+    and keeps answering queries meanwhile. One at a time: exit 1, code REPROJECT_RUNNING, when
+    another reproject of the data dir runs."""
     cfg = config_of(ctx)
     chosen = list(names) if names else list(projections.ALL)
     unknown = [n for n in chosen if n not in projections.ALL]
@@ -35,7 +36,7 @@ def reproject(ctx: typer.Context,
     if node is not None:
         emit(node.admin("reproject", cfg.admin_token, {"names": chosen, "keep": keep}, timeout=None))
         return
-    with open_chain(cfg, read_only=True) as chain:
+    with reproject_lock(cfg.projections_dir), open_chain(cfg, read_only=True) as chain:
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch,
                       names=chosen, skip_corrupt=True)  # a corrupt live store is what a rebuild replaces
         try:
