@@ -2,7 +2,8 @@
 
     LedgerError
     ├── ConfigError            bad config file, flag or genesis
-    │   └── GenesisMismatchError genesis.json is not the genesis the log was started with
+    │   ├── GenesisMismatchError genesis.json is not the genesis the log was started with
+    │   └── PortInUseError     the HTTP port is taken by another process
     ├── StorageError           a store cannot be used
     │   ├── StorageUnavailableError  the disk refused a write (I/O error, full); clears by itself
     │   ├── StoreLockedError   another process holds the write lock
@@ -12,6 +13,7 @@
     ├── LogError               the log backend failed (I/O, broker unreachable, unknown topic)
     ├── SchemaError            unknown schema id, or an incompatible schema change
     ├── NotFoundError          a queried block, tx, account, ... does not exist
+    ├── ReprojectRunningError  a reproject of this data dir is running
     ├── ProjectionFailedError  a projection's fold raised on an event: it stopped, the rest go on
     └── Rejection              an input line was refused; carries a protocol code (PROTOCOL.md §5)
 
@@ -25,9 +27,10 @@ from __future__ import annotations
 from enum import Enum
 
 __all__ = [
-    "LedgerError", "ConfigError", "GenesisMismatchError", "StorageError", "StorageUnavailableError",
-    "StoreLockedError", "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError",
-    "SchemaError", "NotFoundError", "ProjectionFailedError", "Rejection", "Code", "error_code",
+    "LedgerError", "ConfigError", "GenesisMismatchError", "PortInUseError", "StorageError",
+    "StorageUnavailableError", "StoreLockedError", "CorruptStoreError", "FormatVersionError",
+    "AheadOfLogError", "LogError", "SchemaError", "NotFoundError", "ProjectionFailedError",
+    "ReprojectRunningError", "Rejection", "Code", "error_code",
 ]
 
 
@@ -91,6 +94,17 @@ class AheadOfLogError(StorageError):
     public = "a store reflects records the log does not hold; reproject or restore a snapshot"
 
 
+class ReprojectRunningError(LedgerError):
+    """Another reproject of the same projections is running (in a node or another process)."""
+
+    code = "REPROJECT_RUNNING"
+
+
+class PortInUseError(ConfigError):
+    """The address the node should listen on is taken."""
+    code = "PORT_IN_USE"
+
+
 class LogError(LedgerError):
     pass
 
@@ -100,7 +114,7 @@ class SchemaError(LedgerError):
 
 
 class NotFoundError(LedgerError):
-    pass
+    code = "NOT_FOUND"
 
 
 class ProjectionFailedError(LedgerError):

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from engine.errors import ReprojectRunningError
+
 from . import snapshot  # noqa: F401  (registers the "snapshot" admin action)
 from . import faucet, limits  # noqa: F401  (register faucet-*, pause and resume)
 from . import cli_storage  # noqa: F401  (registers the "compact" action)
 from . import keyrotation  # noqa: F401  (registers "rotate-key")
 from .admin import action
+from .limits import error
 
 if TYPE_CHECKING:
     from .node import Node
@@ -17,6 +20,10 @@ __all__ = ["reproject_action"]
 
 @action("reproject")
 def reproject_action(node: "Node", body: dict[str, Any]) -> Any:
-    """Rebuild projections beside the live ones while the node keeps serving; swap when caught up."""
+    """Rebuild projections beside the live ones while the node keeps serving; swap when caught up.
+    409 REPROJECT_RUNNING while another reproject of the node's projections runs."""
     names = body.get("names") or None
-    return {"projections": node.reproject(names, keep=bool(body.get("keep", True)))}
+    try:
+        return {"projections": node.reproject(names, keep=bool(body.get("keep", True)))}
+    except ReprojectRunningError as exc:
+        return error(409, exc.code, str(exc))

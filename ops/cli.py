@@ -98,9 +98,9 @@ def main() -> None:
         try:
             app()
         except StoreLockedError as exc:
-            fail(str(exc), 1, code="LOCKED")
+            fail(str(exc), 1, code=error_code(exc))
         except NotFoundError as exc:
-            fail(str(exc), 1, code="NOT_FOUND")
+            fail(str(exc), 1, code=error_code(exc))
         except ConfigError as exc:
             fail(str(exc), 2, code=error_code(exc))
         except CorruptStoreError as exc:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -13,6 +15,7 @@ from engine.errors import LedgerError, StoreLockedError
 
 from .cli import app, config_of, emit, fail
 from .lines import numbered_lines
+from .progress import progress_bar
 
 
 @app.command()
@@ -52,26 +55,39 @@ def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file 
             from .nodeclient import NodeClient
             summary = NodeClient.for_data_dir(cfg).ingest(stream)
         else:
-            with chain:
-                bar = _progress(file)
+            size = _size(stream)  # a file's bytes are a known total; a pipe's lines are not
+            with chain, progress_bar(f"ingest {os.path.basename(file)}", total=size,
+                                     unit=" lines" if size is None else "B") as tick:
                 try:
                     summary = chain.admitter.admit_numbered(
-                        numbered_lines(stream), progress=bar.update if bar else None).to_dict()
+                        numbered_lines(stream), progress=tick if size is None else _by_position(stream, tick)).to_dict()
                 except OSError as exc:
                     fail(f"I/O error while ingesting {file}: {exc}", 2)
                     raise
-                finally:
-                    if bar:
-                        bar.close()
     emit(summary)
     raise typer.Exit(1 if summary["rejected"] else 0)
 
 
-def _progress(file: str):  # noqa: ANN202
-    if not sys.stderr.isatty():
+def _size(stream: Any) -> int | None:
+    """Bytes in ``stream`` when it is a regular file (a progress total), else None."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
         return None
-    from tqdm import tqdm
-    return tqdm(desc=f"ingest {file}", unit=" lines", unit_scale=True, file=sys.stderr)
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _by_position(stream: Any, tick: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """Turn the admitter's "n more lines" into "the file position moved by k bytes"."""
+    if tick is None:
+        return None
+    done = [stream.tell()]
+
+    def advance(_lines: int) -> None:
+        now = stream.tell()
+        tick(now - done[0])
+        done[0] = now
+    return advance
 
 
 @app.command()

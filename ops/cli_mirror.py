@@ -1,8 +1,6 @@
 """`ledgerlog mirror`: copy the embedded log into Kafka, verify it, optionally switch over (ops.mirror)."""
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from engine.errors import StoreLockedError
@@ -12,6 +10,7 @@ from engine.log.embedded import EmbeddedLog
 from .cli import app, config_of, emit, fail
 from .mirror import DEFAULT_BATCH, open_target, switch_to_kafka
 from .mirror import mirror as run_mirror
+from .progress import progress_bar
 
 
 @app.command()
@@ -47,16 +46,9 @@ def mirror(ctx: typer.Context,
     with source:
         target = open_target(cfg, to, prefix, genesis.hash)
         with target:
-            bar = None
-            if sys.stderr.isatty():
-                from tqdm import tqdm
-                bar = tqdm(desc=f"mirror -> {to}", unit=" records", unit_scale=True, file=sys.stderr)
-            try:
+            with progress_bar(f"mirror -> {to}") as tick:
                 rep = run_mirror(source, target, to=to, prefix=prefix, batch=batch, max_records=max_records,
-                                 progress=bar.update if bar else None)
-            finally:
-                if bar:
-                    bar.close()
+                                 progress=tick)
             out = rep.to_dict()
             if switch:
                 if not (rep.ok and rep.complete):

@@ -46,10 +46,15 @@ def run(ctx: typer.Context,
         seed: Optional[int] = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
     """Run the node: admission, projections, HTTP API and dashboard. Stops cleanly on SIGINT/SIGTERM."""
     cfg = config_of(ctx, http_host=host, http_port=port)
+    from .node import Node, bind
+    sock = bind(cfg.http_host, cfg.http_port)  # a port in use fails now, not after the catch-up
     from .logsetup import setup_logging
     from .tracing import setup_tracing
     setup_logging(cfg)  # stderr + <data_dir>/logs/node.log (rotated, JSON optional), SIGHUP reopens
     setup_tracing(cfg)  # OTLP span export when trace.otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT is set
-    from .node import Node
-    node = Node(cfg, simulate=simulate, seed=seed)
-    node.serve(cfg.http_host, cfg.http_port)
+    try:
+        node = Node(cfg, simulate=simulate, seed=seed)
+    except BaseException:
+        sock.close()
+        raise
+    node.serve(cfg.http_host, cfg.http_port, sock)

@@ -2,18 +2,18 @@
 "reset chainstate and resync"."""
 from __future__ import annotations
 
-import sys
 from typing import List, Optional
 
 import typer
 
 import projections
 from engine.chain import open_chain
-from streams.reproject import reproject as run_reproject, total_records
+from streams.reproject import reproject as run_reproject, reproject_lock, total_records
 from streams.runner import Runner
 
 from .cli import app, config_of, emit, fail
 from .nodeclient import NodeClient
+from .progress import progress_bar
 
 
 @app.command()
@@ -25,7 +25,8 @@ def reproject(ctx: typer.Context,
     """Rebuild projections from the log beside the live ones, compare digests, swap atomically.
 
     Resumes after being killed. With a node running on the data dir, the node does it (admin API)
-    and keeps answering queries meanwhile."""
+    and keeps answering queries meanwhile. One at a time: exit 1, code REPROJECT_RUNNING, when
+    another reproject of the data dir runs."""
     cfg = config_of(ctx)
     chosen = list(names) if names else list(projections.ALL)
     unknown = [n for n in chosen if n not in projections.ALL]
@@ -35,19 +36,13 @@ def reproject(ctx: typer.Context,
     if node is not None:
         emit(node.admin("reproject", cfg.admin_token, {"names": chosen, "keep": keep}, timeout=None))
         return
-    with open_chain(cfg, read_only=True) as chain:
+    with reproject_lock(cfg.projections_dir), open_chain(cfg, read_only=True) as chain:
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch,
                       names=chosen, skip_corrupt=True)  # a corrupt live store is what a rebuild replaces
-        bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            bar = tqdm(total=total_records(chain.log, chosen), unit=" events", unit_scale=True,
-                       desc="reproject", file=sys.stderr)
         try:
-            result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
-                                   keep=keep, workers=cfg.fold_workers, progress=bar.update if bar else None)
+            with progress_bar("reproject", total=total_records(chain.log, chosen), unit=" events") as tick:
+                result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
+                                       keep=keep, workers=cfg.fold_workers, progress=tick)
         finally:
-            if bar:
-                bar.close()
             live.close()
     emit({"projections": result})

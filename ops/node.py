@@ -3,8 +3,10 @@ simulated workload. Stops cleanly on SIGINT/SIGTERM: stop taking requests, drain
 flush and fsync the stores, exit 0."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -19,7 +21,7 @@ from engine.chain import open_chain, write_atomic
 from engine import topics as T
 from engine.config import Config
 from engine.diskfaults import HEALTH
-from engine.errors import StorageError
+from engine.errors import ConfigError, PortInUseError, StorageError
 from projections import chainstate, payouts
 from streams.reproject import reproject
 from streams.runner import Runner
@@ -30,12 +32,43 @@ from .http_transport import protocol_class
 from .metrics import NodeMetrics
 from .queries import Queries
 
-__all__ = ["Node"]
+__all__ = ["Node", "bind"]
 
 log = logging.getLogger("ledgerlog.node")
 
 _MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
 _PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (``serve`` listens on it when the node is ready);
+    PortInUseError, one line naming the fix, when the port is taken."""
+    # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (it checks proto);
+    # without it keep-alive responses wait ~40 ms on delayed ACKs
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(host, port, exc) from None
+    return sock
+
+
+def _listen(sock: socket.socket, host: str, port: int) -> None:
+    """Listen before node.json is written: a node named there never refuses a connection, so a
+    refusal says node.json is stale (ops/nodeclient.py)."""
+    try:
+        sock.listen(2048)
+    except OSError as exc:  # two sockets may bind one port with SO_REUSEADDR; only one listens
+        raise _bind_error(host, port, exc) from None
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUseError(f"{host}:{port} is already in use by another process; stop it, or run on "
+                              "another port with --port N (0 picks a free one)")
+    return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port")
 
 
 class Node:
@@ -59,7 +92,8 @@ class Node:
             log.info("projections %s were built by an older version; rebuilding", stale)
             self.reproject(stale)
         self.runner.catch_up()
-        self.queries = Queries(self.runner, self.genesis.chain_id)
+        self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
+        self.queries = Queries(self.runner, self.genesis.chain_id, self.instance)
         self.metrics = NodeMetrics(self)
         self.simulate, self.seed = simulate, seed
         self.simulator: Any = None
@@ -182,13 +216,17 @@ class Node:
         self._threads.append(t)
 
     # -- serving --------------------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> None:
-        """Serve HTTP until SIGINT/SIGTERM (or ``request_stop``), then shut down cleanly."""
-        # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (it checks proto);
-        # without it keep-alive responses wait ~40 ms on delayed ACKs
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+    def serve(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        """Serve HTTP until SIGINT/SIGTERM (or ``request_stop``), then shut down cleanly; on
+        ``sock`` when given (from ``bind``), else on a socket bound to ``host``:``port``."""
+        try:
+            sock = sock or bind(host, port)
+            _listen(sock, host, port)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            self.stop()
+            raise
         bound = sock.getsockname()[1]
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
@@ -201,7 +239,8 @@ class Node:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
-            write_atomic(self.config.node_file, orjson.dumps({"pid": os.getpid(), "url": self.url}))
+            write_atomic(self.config.node_file, orjson.dumps({"pid": os.getpid(), "url": self.url,
+                                                              "instance": self.instance}))
             log.info("ledgerlog node for %s serving on %s", self.genesis.chain_id, self.url)
             self.server.run(sockets=[sock])
         finally:

@@ -11,7 +11,7 @@ import httpx
 from engine.config import Config
 from engine.errors import LedgerError, NotFoundError, StoreLockedError
 
-__all__ = ["NodeClient"]
+__all__ = ["NodeClient", "NodeRefusedError"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -26,6 +26,34 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _forget(path: str, seen: bytes) -> None:
+    """Remove the stale node.json at ``path`` if it still holds what was read (not a new node's)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() != seen:
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class NodeRefusedError(LedgerError):
+    """The node answered an error; ``code`` is the code it gave (e.g. REPROJECT_RUNNING)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, what: str, r: httpx.Response) -> "NodeRefusedError":
+        try:
+            body = r.json()
+            code, message = str(body["code"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = f"HTTP_{r.status_code}", r.text[:300]
+        return cls(f"{what}: {message}", code)
+
+
 class NodeClient:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
@@ -33,14 +61,34 @@ class NodeClient:
 
     @classmethod
     def find(cls, config: Config) -> "NodeClient | None":
+        """The node node.json names, if the node answering at its URL is that one (the same
+        ``instance`` in ``GET /v1/status``); else None: no node runs. A node.json shown stale
+        (its PID gone, nothing listening at its URL, another node there) is removed."""
         try:
-            with open(config.node_file, encoding="utf-8") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
+            with open(config.node_file, "rb") as f:
+                raw = f.read()
+            info = json.loads(raw)
+            pid, url, instance = int(info.get("pid", 0)), str(info["url"]), info.get("instance")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not _pid_alive(int(info.get("pid", 0))):
+        if not _pid_alive(pid):
+            _forget(config.node_file, raw)
             return None
-        return cls(info["url"])
+        client = cls(url)
+        try:
+            r = client._http.get("/v1/status", timeout=httpx.Timeout(15.0, connect=2.0))
+            answered = r.json().get("instance") if r.status_code == 200 else None
+        except httpx.ConnectError:  # a node listens before it writes node.json: none runs there
+            answered = None
+        except (httpx.HTTPError, ValueError, AttributeError):  # busy or odd: not ours, maybe not stale
+            client.close()
+            return None
+        if instance and answered == instance:
+            return client
+        client.close()
+        if instance:  # (a node.json without an instance is an older node's: leave it)
+            _forget(config.node_file, raw)
+        return None
 
     @classmethod
     def for_data_dir(cls, config: Config) -> "NodeClient":
@@ -92,7 +140,7 @@ class NodeClient:
         except httpx.HTTPError as exc:
             raise LedgerError(f"node at {self.url} did not answer: {exc}") from exc
         if r.status_code >= 400:
-            raise LedgerError(f"node refused admin {action}: HTTP {r.status_code} {r.text[:300]}")
+            raise NodeRefusedError.of(f"node refused admin {action}", r)
         return r.json()
 
     def ingest(self, stream: IO[bytes]) -> dict[str, Any]:

@@ -29,9 +29,10 @@ def bad_request(message: str) -> BadRequest:
 
 
 class Queries:
-    def __init__(self, runner: Runner, chain_id: str) -> None:
+    def __init__(self, runner: Runner, chain_id: str, instance: str | None = None) -> None:
         self.runner = runner
         self.chain_id = chain_id
+        self.instance = instance  # a running node's random id (node.json names it); None in the CLI
 
     # -- read-your-writes ------------------------------------------------------------------------
     def sync(self, timeout: float = 5.0) -> bool:
@@ -79,9 +80,12 @@ class Queries:
 
     def status(self) -> dict[str, Any]:
         tip = chainstate.tip(self._view("chainstate"))
-        return {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
-                "lag": self.runner.lag(), "failed_projections": self.failed(),
-                "provenance": self.provenance("chainstate")}
+        out = {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
+               "lag": self.runner.lag(), "failed_projections": self.failed(),
+               "provenance": self.provenance("chainstate")}
+        if self.instance is not None:
+            out["instance"] = self.instance
+        return out
 
     def account(self, address: str, height: int | None = None) -> dict[str, Any]:
         if not ADDRESS_RE.match(address):

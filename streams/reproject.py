@@ -8,16 +8,18 @@ rename); the replaced store becomes ``previous`` and is kept until the next succ
 no node runs) passes it in, so queries keep being answered from the old version until the swap."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import threading
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import projections
 from engine.codec import Codec
-from engine.errors import ProjectionFailedError
+from engine.errors import ProjectionFailedError, ReprojectRunningError
 from engine.genesis import Genesis
 from engine.log.base import Log
 from engine.log.embedded import EmbeddedLog
@@ -26,7 +28,45 @@ from . import layout
 from .parallel import ParallelBuild, groups_by_work
 from .runner import Runner
 
-__all__ = ["reproject", "total_records"]
+__all__ = ["reproject", "reproject_lock", "total_records"]
+
+LOCK_FILE = ".reproject.lock"
+_held: dict[str, tuple[int, int, int]] = {}  # lock path -> (owner thread, depth, fd)
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def reproject_lock(projections_dir: str) -> Iterator[None]:
+    """One reproject of ``projections_dir`` at a time, across threads (a node's admin requests)
+    and processes (an flock on ``<projections_dir>/.reproject.lock``); re-entrant in the thread
+    that holds it. ReprojectRunningError at once, never a wait, when another one holds it."""
+    os.makedirs(projections_dir, exist_ok=True)
+    path = os.path.realpath(os.path.join(projections_dir, LOCK_FILE))
+    me = threading.get_ident()
+    busy = ReprojectRunningError("a reproject of these projections is already running; "
+                                 "wait for it to finish, then run it again if still needed")
+    with _held_guard:
+        owner, depth, fd = _held.get(path, (me, 0, -1))
+        if owner != me:
+            raise busy
+        if depth == 0:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise busy from None
+        _held[path] = (me, depth + 1, fd)
+    try:
+        yield
+    finally:
+        with _held_guard:
+            owner, depth, fd = _held[path]
+            if depth > 1:
+                _held[path] = (owner, depth - 1, fd)
+            else:
+                del _held[path]
+                os.close(fd)  # releases the flock
 
 
 def total_records(log: Log, names: Iterable[str]) -> int:
@@ -53,11 +93,19 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
               names: Iterable[str] | None = None, *, keep: bool = True,
               swap_lock: threading.Lock | None = None, workers: int = 1,
               progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection."""
+    """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection.
+    ReprojectRunningError when another reproject of ``projections_dir`` runs."""
     chosen = list(names) if names is not None else list(projections.ALL)
     unknown = [n for n in chosen if n not in projections.ALL]
     if unknown:
         raise ValueError(f"unknown projections {unknown}; have {sorted(projections.ALL)}")
+    with reproject_lock(projections_dir):
+        return _reproject(log, codec, genesis, projections_dir, live, chosen, keep, swap_lock, workers, progress)
+
+
+def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
+               chosen: list[str], keep: bool, swap_lock: threading.Lock | None, workers: int,
+               progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
     builds = {n: _build_dir(projections_dir, n) for n in chosen}
     paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()

@@ -274,7 +274,7 @@ def test_tampered_projection_value_fails_digest(data) -> None:
 
 # -- a node on the data dir -----------------------------------------------------------------------
 def test_running_node_is_verified_read_only_at_live_positions(tmp_path) -> None:
-    """With node.json naming a live process, verify takes no lock and compares each live store
+    """With node.json naming a running node, verify takes no lock and compares each live store
     with a replay stopped at its own positions (here: projections behind admitted lines)."""
     data = tmp_path / "data"
     genesis, lines = _history()
@@ -287,10 +287,20 @@ def test_running_node_is_verified_read_only_at_live_positions(tmp_path) -> None:
     shutil.copytree(data / "log", tmp_path / "log-at-half")
     with open_chain(cfg) as chain:  # the rest, not folded yet
         assert chain.admitter.admit(lines[half:]).rejected == 0
-    (data / "node.json").write_text(json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:9"}))
-    report = verify(cfg)
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from servers import serve_app
+
+    instance = "c0ffee" * 5 + "00"  # a stand-in node: this process, answering node.json's instance
+    app = Starlette(routes=[Route("/v1/status", lambda _: JSONResponse({"instance": instance}))])
+    with serve_app(app) as (host, port):
+        url = f"http://{host}:{port}"
+        (data / "node.json").write_text(json.dumps({"pid": os.getpid(), "url": url, "instance": instance}))
+        report = verify(cfg)
     assert report["ok"] is True, {k: report[k]["problems"] for k in ("storage", "log", "supply", "projections")}
-    assert report["node"] == "http://127.0.0.1:9"
+    assert report["node"] == url
     projs = report["projections"]["projections"]
     assert {p["compared_at"] for p in projs.values()} == {"live positions"}, projs
     assert all(p["compared"] and not p["at_log_end"] for p in projs.values()), projs

@@ -518,6 +518,51 @@ class KafkaLog(Log):
                 pass
         return out, eof
 
+    def uncommitted_offsets(self, topic: str, partition: int, start: int, stop: int) -> list[int]:
+        """Offsets of the data records in [start, stop) as a read_uncommitted reader sees them:
+        committed, aborted and open transactions' records alike; only control records
+        (transaction markers) stay unseen. ``verify`` asks this about gaps between the records a
+        read_committed reader saw."""
+        self._check_partition(topic, partition)
+        if stop <= start:
+            return []
+        real = self._real(topic)
+        conf = {**self._common, "group.id": f"ledgerlog-probe-{uuid.uuid4().hex[:12]}",
+                "isolation.level": "read_uncommitted", "enable.auto.commit": False,
+                "enable.partition.eof": True, "auto.offset.reset": "error", "fetch.wait.max.ms": 2,
+                **self._scoped["consumer"]}
+        try:
+            c = Consumer(conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise self._fail("creating the consumer", exc) from exc
+        out: list[int] = []
+        try:
+            c.assign([KTP(real, partition, max(start, 0))])
+            deadline = time.monotonic() + self.timeout
+            while True:
+                m = c.poll(0.1)
+                if m is None:
+                    if time.monotonic() > deadline:
+                        raise self._fail(f"reading {topic}[{partition}] at {start}",
+                                         TimeoutError(f"no answer within {self.timeout:.0f} s"))
+                    continue
+                deadline = time.monotonic() + self.timeout
+                if m.error() is not None:
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        return out
+                    raise LogError(f"kafka {self.bootstrap}: reading {topic}[{partition}]: {m.error()}")
+                if m.offset() >= stop:
+                    return out
+                if m.offset() >= start:
+                    out.append(m.offset())
+        except KafkaException as exc:
+            raise self._fail(f"reading {topic}[{partition}]", exc) from exc
+        finally:
+            try:
+                c.close()
+            except (KafkaException, RuntimeError):
+                pass
+
     # -- end offsets --------------------------------------------------------------------------
     def _remember_end(self, tp: TopicPartition, listed: int | None, end: int) -> None:
         """Cache (under _ends_lock): ends only grow; ``listed`` None keeps the listed offset."""
