@@ -8,6 +8,7 @@ from . import faucet, limits  # noqa: F401  (register faucet-*, pause and resume
 from . import cli_storage  # noqa: F401  (registers the "compact" action)
 from . import keyrotation  # noqa: F401  (registers "rotate-key")
 from .admin import action
+from .queries import bad_request
 
 if TYPE_CHECKING:
     from .node import Node
@@ -15,8 +16,14 @@ if TYPE_CHECKING:
 __all__ = ["reproject_action"]
 
 
-@action("reproject")
+@action("reproject", fields={"names": list, "keep": bool})
 def reproject_action(node: "Node", body: dict[str, Any]) -> Any:
     """Rebuild projections beside the live ones while the node keeps serving; swap when caught up."""
     names = body.get("names") or None
-    return {"projections": node.reproject(names, keep=bool(body.get("keep", True)))}
+    if names is not None:
+        unknown = [n for n in names if not isinstance(n, str) or n not in node.runner.handles]
+        if unknown:
+            raise bad_request(f"names must be projections of this node ({', '.join(sorted(node.runner.handles))}); "
+                              f"unknown: {', '.join(str(n)[:40] for n in unknown[:5])}")
+    keep = body.get("keep")
+    return {"projections": node.reproject(names, keep=True if keep is None else keep)}

@@ -461,7 +461,7 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False) -> dict[s
 
 # -- node integration -------------------------------------------------------------------------------
 
-@action("snapshot")
+@action("snapshot", fields={"out": str, "with_keys": bool})
 def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
     """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``)."""
     out = body.get("out") or default_dir(node.config.data_dir)
