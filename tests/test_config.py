@@ -17,6 +17,8 @@ from engine.genesis import dev_genesis
 from ops.faucet import FaucetSettings
 from ops.limits import HttpLimits
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: (toml section, key, toml text, env var, env text, Config field, from the file, from the env)
@@ -158,8 +160,8 @@ def test_app_limits_come_from_config_toml_and_env(node_with):
     with TestClient(create_app(node)) as c:
         r = c.post("/v1/faucet", content=b"{" + b" " * 200 + b"}", headers={"content-type": "application/json"})
         assert r.status_code == 400  # under the env's cap: the body reaches validation
-        assert c.post("/v1/ingest", content=b"").status_code == 200
-        r = c.post("/v1/ingest", content=b"")
+        assert c.post("/v1/ingest", content=b"", headers=NDJSON).status_code == 200
+        r = c.post("/v1/ingest", content=b"", headers=NDJSON)
         assert r.status_code == 429 and r.json()["code"] == "RATE_LIMITED" and "retry-after" in r.headers
 
 

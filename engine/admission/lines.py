@@ -273,13 +273,17 @@ def parse_line(line: bytes | str) -> Item:
 
 
 def _parse_full(line: bytes | str) -> Item:
-    """orjson first; a line it cannot take, or whose check fails, is parsed again exactly. An
-    integer beyond 64 bits becomes a float in orjson, which fails every check (no field takes a
-    float), so the exact parse then decides between MALFORMED and BAD_AMOUNT; a line without such
-    integers is not scanned for them at all."""
+    """orjson first; a line it cannot take, or whose check fails, is parsed again exactly when it
+    holds an integer of 19+ digits (orjson turns one beyond 64 bits into a float, which fails every
+    check, so the exact parse then decides between MALFORMED and BAD_AMOUNT); any other line
+    orjson refuses is MALFORMED at once."""
     try:
         obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        # without a 19+ digit number, the stdlib cannot read what orjson could not either (NaN,
+        # lone surrogates and the like it refuses too): say so at once, junk costs microseconds
+        if (_LONG_NUMBER if isinstance(line, str) else _LONG_NUMBER_B).search(line) is None:  # type: ignore[arg-type]
+            raise _malformed(f"not JSON: {exc}") from None
         return _parse_obj(_loads(line))
     try:
         return _parse_obj(obj)
