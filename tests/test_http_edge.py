@@ -130,6 +130,13 @@ def test_40000_junk_lines_get_a_small_answer_with_exact_counts(client):
     assert {x["code"] for x in out["rejections"]} == {"MALFORMED"}
 
 
+def test_rejections_quoting_huge_lines_stay_small(client):
+    body = b"".join(b'{"type":"' + b"\\u0001" * 2000 + b'%d"}\n' % i for i in range(1200))
+    r = client.post("/v1/ingest", content=body, headers=NDJSON)
+    assert r.status_code == 422 and r.json()["rejected"] == 1200
+    assert len(r.content) < MiB, len(r.content)
+
+
 def test_few_rejections_are_not_marked_truncated(node, client):
     r = client.post("/v1/ingest", content=b"{oops\n\n" + encode(lines_for(node).block([])) + b"\n", headers=NDJSON)
     out = r.json()

@@ -29,6 +29,7 @@ __all__ = ["MAX_REJECTIONS", "Summary", "Admitter"]
 #: Rejections a summary lists (the first ones, by line); the counts stay exact past it
 #: (PROTOCOL.md §7), so a summary's size is bounded whatever the input.
 MAX_REJECTIONS = 1000
+MAX_MESSAGE = 300  # characters of a rejection's message
 
 #: (line numbers, parsed lines or their rejections, signature checks under way)
 _Prepared = tuple[list[int], list["Item | Rejection"], "Pending | None"]
@@ -55,9 +56,12 @@ class Summary:
         return out
 
     def add_rejection(self, line: int, code: str, message: str) -> None:
-        """Count one rejection; list it while there is room."""
+        """Count one rejection; list it while there is room (a message that quotes the line is
+        cut at ``MAX_MESSAGE`` characters)."""
         self.rejected += 1
         if len(self.rejections) < MAX_REJECTIONS:
+            if len(message) > MAX_MESSAGE:
+                message = message[:MAX_MESSAGE - 1] + "…"
             self.rejections.append({"line": line, "code": code, "message": message})
         else:
             self.rejections_truncated = True
