@@ -139,7 +139,8 @@ def admin_router(node: "Node") -> APIRouter:
             return _refuse(400, "BAD_REQUEST", str(exc))
         except OSError as exc:
             return _refuse(503, "IO_ERROR", f"admin {name}: {exc}")
-        return result if isinstance(result, Response) else public_json(result)
+        sent = [v for v in body.values() if isinstance(v, str)]  # e.g. a snapshot's --out: the client's own
+        return result if isinstance(result, Response) else public_json(result, keep=sent)
 
     return router
 

@@ -36,7 +36,7 @@ def split_list(spec: str) -> list[str]:
 # -- paths --------------------------------------------------------------------------------------
 _ROOTS: dict[str, str] = {}  # absolute directory -> what an answer says instead
 #: An absolute path of two or more names (not an API route, not inside a URL).
-_ABS_PATH = re.compile(r"(?<![\w:/.~-])/(?!v1/|rpc\b|schemas/|subjects/|metrics\b|openapi)"
+_ABS_PATH = re.compile(r"(?<![\w:/.~>-])/(?!v1/|rpc\b|schemas/|subjects/|metrics\b|openapi)"
                        r"(?:[^\s/'\"<>]+/)+([^\s/'\"<>]*)")
 
 
@@ -46,24 +46,32 @@ def register_root(path: str, label: str = "<data_dir>") -> None:
         _ROOTS[p.rstrip("/") or "/"] = label
 
 
-def public(text: str) -> str:
-    """``text`` without absolute filesystem paths (see the module docstring)."""
+def public(text: str, keep: Iterable[str] = ()) -> str:
+    """``text`` without absolute filesystem paths (see the module docstring), except those in
+    ``keep`` (paths the client itself sent, which tell it nothing new)."""
     if "/" not in text:
         return text
     for root in sorted(_ROOTS, key=len, reverse=True):
         if root != "/":
             text = text.replace(root, _ROOTS[root])
-    return _ABS_PATH.sub(lambda m: "…/" + m.group(1), text)
+    kept = [k for k in sorted(set(keep), key=len, reverse=True) if k.startswith("/") and k in text]
+    for i, k in enumerate(kept):
+        text = text.replace(k, f"\x00{i}\x00")
+    text = _ABS_PATH.sub(lambda m: "…/" + m.group(1), text)
+    for i, k in enumerate(kept):
+        text = text.replace(f"\x00{i}\x00", k)
+    return text
 
 
-def public_json(value: Any) -> Any:
+def public_json(value: Any, keep: Iterable[str] = ()) -> Any:
     """``value`` (JSON-like) with ``public`` applied to every string in it."""
+    keep = tuple(keep)
     if isinstance(value, str):
-        return public(value)
+        return public(value, keep)
     if isinstance(value, dict):
-        return {k: public_json(v) for k, v in value.items()}
+        return {k: public_json(v, keep) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [public_json(v) for v in value]
+        return [public_json(v, keep) for v in value]
     return value
 
 
@@ -108,7 +116,7 @@ class HostGuard:
         if name in self.allowed:
             return True
         server = scope.get("server")
-        return bool(server) and name == str(server[0]).lower()
+        return server is not None and name == str(server[0]).lower()
 
     async def refuse(self, send: Send) -> None:
         body = orjson.dumps(error_body("HOST_NOT_ALLOWED", "this node does not answer to that Host; "

@@ -37,9 +37,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class NodeClient:
-    def __init__(self, url: str, timeout: float = 30.0, ingest_max_body: int = Config().http_ingest_max_body) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, ingest_max_body: int = Config().http_ingest_max_body,
+                 data_dir: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.ingest_max_body = max(1024, ingest_max_body)
+        self.data_dir = os.path.abspath(data_dir) if data_dir else None
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     @classmethod
@@ -51,7 +53,7 @@ class NodeClient:
             return None
         if not _pid_alive(int(info.get("pid", 0))):
             return None
-        return cls(info["url"], ingest_max_body=config.http_ingest_max_body)
+        return cls(info["url"], ingest_max_body=config.http_ingest_max_body, data_dir=config.data_dir)
 
     @classmethod
     def for_data_dir(cls, config: Config) -> "NodeClient":
@@ -104,7 +106,20 @@ class NodeClient:
             raise LedgerError(f"node at {self.url} did not answer: {exc}") from exc
         if r.status_code >= 400:
             raise LedgerError(f"node refused admin {action}: HTTP {r.status_code} {r.text[:300]}")
-        return r.json()
+        return self._local_paths(r.json())
+
+    def _local_paths(self, value: Any) -> Any:
+        """The node writes its data dir as ``<data_dir>`` (no absolute path in an answer); the
+        operator's CLI on the same data dir prints the real path again."""
+        if self.data_dir is None:
+            return value
+        if isinstance(value, str):
+            return value.replace("<data_dir>", self.data_dir)
+        if isinstance(value, dict):
+            return {k: self._local_paths(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._local_paths(v) for v in value]
+        return value
 
     def ingest(self, stream: IO[bytes]) -> dict[str, Any]:
         """Admit the lines of ``stream`` through the node, in chunks of whole lines (see the
