@@ -44,8 +44,19 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "records a projection may lag before GET /v1/ready answers 503 NOT_READY"),
     ("http.keep_alive_timeout", "LEDGERLOG_HTTP_KEEP_ALIVE_TIMEOUT", "http_keep_alive_timeout", float,
      "seconds an idle keep-alive connection stays open"),
+    ("http.header_timeout", "LEDGERLOG_HTTP_HEADER_TIMEOUT", "http_header_timeout", float,
+     "seconds a connection has to send a whole request head (408 TIMEOUT, then closed)"),
+    ("http.body_timeout", "LEDGERLOG_HTTP_BODY_TIMEOUT", "http_body_timeout", float,
+     "seconds a request has to send its whole body after its head (408 TIMEOUT, then closed)"),
     ("http.max_connections", "LEDGERLOG_HTTP_MAX_CONNECTIONS", "http_max_connections", int,
-     "concurrent connections and requests served; more get 503 (0 = no limit)"),
+     "open connections; past it the longest-idle one is closed, and only when every one is "
+     "busy does a new one get 503 (0 = no limit)"),
+    ("http.allowed_origins", "LEDGERLOG_HTTP_ALLOWED_ORIGINS", "http_allowed_origins", str,
+     "comma-separated web origins (scheme://host[:port]) allowed to POST /v1/ingest from a browser "
+     "(empty: none; 403 ORIGIN_NOT_ALLOWED)"),
+    ("http.allowed_hosts", "LEDGERLOG_HTTP_ALLOWED_HOSTS", "http_allowed_hosts", str,
+     "comma-separated host names the node answers to besides its own address, localhost, "
+     "127.0.0.1 and ::1 (others: 421 HOST_NOT_ALLOWED)"),
     ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
      "bearer token for /v1/admin/*; admin is disabled when empty"),
     ("admin.allow", "LEDGERLOG_ADMIN_ALLOW", "admin_allow", str,
@@ -99,7 +110,11 @@ class Config:
     http_ingest_burst: int = 60
     http_ready_max_lag: int = 10_000
     http_keep_alive_timeout: float = 5.0
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 60.0
     http_max_connections: int = 1000
+    http_allowed_origins: str = ""
+    http_allowed_hosts: str = ""
     admin_token: str = ""
     admin_allow: str = ""
     faucet_enabled: bool = True

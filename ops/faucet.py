@@ -291,7 +291,7 @@ def faucet_resume_action(node: Node, body: dict[str, Any]) -> Any:
     return _switch(node, False)
 
 
-@action("faucet-topup")
+@action("faucet-topup", fields={"amount": int})
 def faucet_topup_action(node: Node, body: dict[str, Any]) -> Any:
     """{"amount": n}: a transaction of n from the treasury key to the faucet, through admission."""
     try:

@@ -1,18 +1,20 @@
 """The node's HTTP API (PROTOCOL.md §7) on FastAPI: queries from projections (read-your-writes),
 ingest through admission, Prometheus metrics, the read-only Schema Registry API and the dashboard;
 JSON-RPC 2.0 at /rpc (ops/rpc.py), readiness at /v1/ready, the faucet (ops/faucet.py), and the
-limits every request meets: body size, rate limits, JSON error bodies (ops/limits.py)."""
+limits every request meets: body size, rate limits, JSON error bodies (ops/limits.py), and who may
+talk to it: Host, and the content type and origin of ingest posts (ops/http_guard.py)."""
 from __future__ import annotations
 
+import io
 import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Optional
 
-import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from engine.errors import LedgerError, NotFoundError, SchemaError, StorageError, StorageUnavailableError, error_code
 from engine.intjson import dumps_any
@@ -20,7 +22,8 @@ from engine.intjson import dumps_any
 from . import rpc
 from .admin import admin_router
 from .faucet import FaucetSettings, Refused, attach
-from .http_fast import FastLane, RequestMetrics, json_response
+from .http_fast import FastLane, RequestMetrics, dumps, json_response
+from .http_guard import HostGuard, error_body, ingest_refusal, origins, register_root, split_list
 from .limits import (
     BodyLimit,
     HttpLimits,
@@ -30,7 +33,8 @@ from .limits import (
     install_error_handlers,
     rate_limited,
 )
-from .queries import BadRequest
+from .lines import numbered_lines
+from .queries import I64_MAX, BadRequest
 from .tracing import instrument_app
 
 if TYPE_CHECKING:
@@ -44,7 +48,7 @@ MAX_INGEST_BYTES = HttpLimits().max_ingest_body
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status)
+    return JSONResponse(error_body(code, message), status_code=status)
 
 
 class FaucetRequest(BaseModel):
@@ -57,6 +61,8 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
     limits = limits or HttpLimits.from_config(node.config)
     tap = attach(node, faucet or FaucetSettings.from_config(node.config))
     ingest_buckets = TokenBuckets(limits.ingest_rate, limits.ingest_burst)
+    allowed_origins = origins(node.config.http_allowed_origins)
+    register_root(node.config.data_dir)  # answers say <data_dir>, not where it is
     app = LedgerApp(title="ledgerlog", version="1", description="Event-sourced ledger node: queries read projections; "
                   "every answer carries its provenance (projection version, log positions, height, lag).")
     app.router.redirect_slashes = False  # /v1/status/ is 404, not a redirect: one name per resource
@@ -122,7 +128,7 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
         return await answer(node.queries.status)
 
     @app.get("/v1/accounts/{address}", tags=["chain"], summary="Balance, staked and nonce (optionally at a height)")
-    async def account(address: str, height: Optional[int] = Query(None, ge=0)) -> Any:
+    async def account(address: str, height: Optional[int] = Query(None, ge=0, le=I64_MAX)) -> Any:
         return await answer(node.queries.account, address, height)
 
     @app.get("/v1/blocks/{height_or_hash}", tags=["chain"], summary="A block by height or hash")
@@ -141,23 +147,37 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
     async def provider(provider_id: str) -> Any:
         return await answer(node.queries.provider, provider_id)
 
-    @app.post("/v1/ingest", tags=["ingest"], summary="Admit ingest lines (JSONL body)",
+    @app.post("/v1/ingest", tags=["ingest"], summary="Admit ingest lines (application/x-ndjson body)",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}}}},
               responses={200: {"description": "nothing rejected"}, 422: {"description": "something rejected"},
-                         413: {"description": "body too large"}, 429: {"description": "rate limited"},
+                         403: {"description": "an Origin not in http.allowed_origins (ORIGIN_NOT_ALLOWED)"},
+                         413: {"description": "body too large"},
+                         415: {"description": "not application/x-ndjson (UNSUPPORTED_MEDIA_TYPE)"},
+                         429: {"description": "rate limited"},
                          503: {"description": "ingest paused by the operator (PAUSED), or the disk "
                                                "refuses writes (STORAGE_UNAVAILABLE)"}})
-    async def ingest(request: Request) -> JSONResponse:
+    async def ingest(request: Request) -> Response:
+        refused = ingest_refusal(request.headers, allowed_origins)
+        if refused is not None:
+            return _error(*refused)
         if controls(node).ingest_paused:
             return _error(503, "PAUSED", "ingest is paused by the operator")
         wait = ingest_buckets.take(client_key(request))
         if wait > 0:
             return rate_limited(wait, "too many ingest requests from this client")
-        body = bytearray()
-        async for chunk in request.stream():  # the size cap is BodyLimit's (max_ingest_body)
-            body += chunk
-        lines = [(i, ln.strip()) for i, ln in enumerate(bytes(body).split(b"\n"), 1) if ln.strip()]
-        summary = await run_in_threadpool(node.admit_numbered, lines)
-        return JSONResponse(summary, status_code=422 if summary["rejected"] else 200)
+        chunks: list[bytes] = []
+        try:
+            async for chunk in request.stream():  # the size cap is BodyLimit's (max_ingest_body)
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone (or timed out by the server): nothing admitted, nobody to answer
+            return Response(status_code=400)
+        body = b"".join(chunks)
+        del chunks
+        # lines are read lazily, a chunk at a time, so memory is the body and one chunk's lines
+        summary = await run_in_threadpool(node.admit_numbered, numbered_lines(io.BytesIO(body)))
+        return Response(dumps(summary), status_code=422 if summary["rejected"] else 200,
+                        media_type="application/json")
 
     @app.post("/v1/faucet", tags=["faucet"], summary="Grant the faucet amount to an address (a signed transaction)",
               responses={400: {"description": "bad address"}, 429: {"description": "rate limited (Retry-After)"},
@@ -202,6 +222,7 @@ def create_app(node: "Node", *, limits: HttpLimits | None = None, faucet: Faucet
     app.include_router(admin_router(node))
     instrument_app(app)  # one trace span per request (ops/tracing.py)
     app.fast_lane = FastLane(node, node.metrics.on_request)  # plain GETs of the query routes
+    app.host_guard = HostGuard([node.config.http_host, *split_list(node.config.http_allowed_hosts)])
     return app
 
 
@@ -211,8 +232,13 @@ class LedgerApp(FastAPI):
     those routes too, is FastAPI's."""
 
     fast_lane: FastLane | None = None
+    host_guard: HostGuard | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        guard = self.host_guard
+        if guard is not None and scope["type"] in ("http", "websocket") and not guard.allows(scope):
+            await guard.refuse(send)  # DNS rebinding: a page's requests carry its own name
+            return
         lane = self.fast_lane
         if lane is not None and scope["type"] == "http":
             hit = lane.match(scope)

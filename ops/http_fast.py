@@ -40,6 +40,7 @@ from engine.intjson import dumps_any
 from engine.log.embedded import EmbeddedLog
 from engine.log.memory import MemoryLog
 
+from .http_guard import error_body
 from .queries import BadRequest
 
 if TYPE_CHECKING:
@@ -94,15 +95,15 @@ def _error(exc: Exception) -> tuple[int, dict[str, str]]:
     """The status and body the app's exception handlers give ``exc`` (most specific class first)."""
     for cls in type(exc).__mro__:
         if cls is BadRequest:
-            return 400, {"code": "BAD_REQUEST", "message": str(exc)}
+            return 400, error_body("BAD_REQUEST", str(exc))
         if cls is NotFoundError:
-            return 404, {"code": "NOT_FOUND", "message": str(exc)}
+            return 404, error_body("NOT_FOUND", str(exc))
         if cls is SchemaError:
-            return 404, {"code": "SCHEMA_NOT_FOUND", "message": str(exc)}
+            return 404, error_body("SCHEMA_NOT_FOUND", str(exc))
         if cls is StorageError:  # its message names files: answer the path-free one
-            return 503, {"code": exc.code, "message": exc.public}  # type: ignore[attr-defined]
+            return 503, error_body(exc.code, exc.public)  # type: ignore[attr-defined]
         if cls is LedgerError:
-            return 503, {"code": error_code(exc), "message": str(exc)}
+            return 503, error_body(error_code(exc), str(exc))
     raise exc
 
 

@@ -68,7 +68,7 @@ def rotate_key(keys_dir: str, genesis: Genesis, state: WriteState,
             "roles": [r for r, _ in roles]}
 
 
-@action("rotate-key")
+@action("rotate-key", fields={"key": str})
 def rotate_key_action(node: "Node", body: dict[str, Any]) -> Any:
     """Rotate a role key of the node (body ``{"key": "producer"}``); the simulator, if any, signs
     with the new key from then on."""

@@ -50,10 +50,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from engine.config import Config, env_values
 
 from .admin import action
+from .http_guard import error_body
 
 if TYPE_CHECKING:
     from .node import Node
@@ -113,7 +115,7 @@ class HttpLimits:
 
 # -- error bodies ---------------------------------------------------------------------------------
 def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status, headers=dict(headers or {}))
+    return JSONResponse(error_body(code, message), status_code=status, headers=dict(headers or {}))
 
 
 def rate_limited(retry_after: float, message: str) -> JSONResponse:
@@ -141,6 +143,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error(400, "BAD_REQUEST", _validation_message(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # the client left (or the server timed its body out): no one reads this answer
+        return error(400, "BAD_REQUEST", "the client disconnected before sending the whole request")
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
@@ -206,7 +213,7 @@ class BodyLimit:
 
 
 async def _send_json(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, code: str, message: str) -> None:
-    body = orjson.dumps({"code": code, "message": message})
+    body = orjson.dumps(error_body(code, message))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

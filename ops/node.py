@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -28,7 +29,7 @@ from streams.runner import Runner
 
 from .admin import allowed_networks
 from .http import create_app
-from .http_transport import protocol_class
+from .http_transport import EdgeSettings, protocol_class
 from .metrics import NodeMetrics
 from .queries import Queries
 
@@ -231,11 +232,13 @@ class Node:
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
                                                     log_config=None,  # uvicorn logs go to our handlers
-                                                    http=protocol_class(),  # one send() per response
+                                                    # one send() per response; header and body timeouts and
+                                                    # the connection cap (idle connections closed first)
+                                                    http=protocol_class(EdgeSettings.from_config(self.config)),
                                                     proxy_headers=False,  # per-IP limits: no spoofed X-Forwarded-For
                                                     timeout_keep_alive=self.config.http_keep_alive_timeout,
-                                                    limit_concurrency=self.config.http_max_connections or None,
                                                     timeout_graceful_shutdown=10))
+        _raise_open_files(self.config.http_max_connections)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
@@ -286,3 +289,20 @@ class Node:
             except OSError:
                 pass
         log.info("ledgerlog node stopped")
+
+
+def _raise_open_files(connections: int) -> None:
+    """Let the process hold ``connections`` sockets besides its stores' files: raise the soft
+    RLIMIT_NOFILE towards the hard one (as Go's runtime does); warn when even that is short."""
+    want = (connections or 4096) + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    except (ValueError, OSError):
+        pass
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < want:
+        log.warning("open-file limit %d is below http.max_connections + 1024 (%d); raise `ulimit -n` or "
+                    "lower http.max_connections", resource.getrlimit(resource.RLIMIT_NOFILE)[0], want)

@@ -13,9 +13,10 @@ from projections import balances, chainstate, energy, payouts
 from streams.reproject import reproject
 from streams.runner import Runner
 
-__all__ = ["Queries", "open_queries", "ADDRESS_RE", "bad_request"]
+__all__ = ["Queries", "open_queries", "ADDRESS_RE", "I64_MAX", "bad_request"]
 
 ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
+I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
 
 
 class BadRequest(ConfigError):
@@ -90,12 +91,15 @@ class Queries:
     def account(self, address: str, height: int | None = None) -> dict[str, Any]:
         if not ADDRESS_RE.match(address):
             raise bad_request(f"{address!r} is not a 40-hex address")
-        if height is not None and height < 0:
-            raise bad_request("height must be >= 0")
+        if height is not None and not 0 <= height <= I64_MAX:
+            raise bad_request(f"height must be between 0 and {I64_MAX}")
         return {**balances.account(self._view("balances"), address, height),
                 "provenance": self.provenance("balances")}
 
     def block(self, height_or_hash: str) -> dict[str, Any]:
+        if height_or_hash.isdigit() and (not height_or_hash.isascii() or len(height_or_hash) > 19
+                                         or int(height_or_hash) > I64_MAX):
+            raise bad_request(f"a block height is a decimal between 0 and {I64_MAX}")
         found = chainstate.block(self._view("chainstate"), height_or_hash)
         if found is None:
             raise NotFoundError(f"no block {height_or_hash}")

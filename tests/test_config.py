@@ -17,6 +17,8 @@ from engine.genesis import dev_genesis
 from ops.faucet import FaucetSettings
 from ops.limits import HttpLimits
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: (toml section, key, toml text, env var, env text, Config field, from the file, from the env)
@@ -28,6 +30,12 @@ CASES = [
     ("http", "ready_max_lag", "11", "LEDGERLOG_READY_MAX_LAG", "12", "http_ready_max_lag", 11, 12),
     ("http", "keep_alive_timeout", "2.5", "LEDGERLOG_HTTP_KEEP_ALIVE_TIMEOUT", "9", "http_keep_alive_timeout", 2.5, 9.0),
     ("http", "max_connections", "50", "LEDGERLOG_HTTP_MAX_CONNECTIONS", "0", "http_max_connections", 50, 0),
+    ("http", "header_timeout", "3", "LEDGERLOG_HTTP_HEADER_TIMEOUT", "4.5", "http_header_timeout", 3.0, 4.5),
+    ("http", "body_timeout", "30", "LEDGERLOG_HTTP_BODY_TIMEOUT", "90", "http_body_timeout", 30.0, 90.0),
+    ("http", "allowed_origins", '"https://a.example"', "LEDGERLOG_HTTP_ALLOWED_ORIGINS", "https://b.example",
+     "http_allowed_origins", "https://a.example", "https://b.example"),
+    ("http", "allowed_hosts", '"a.example"', "LEDGERLOG_HTTP_ALLOWED_HOSTS", "b.example,c.example",
+     "http_allowed_hosts", "a.example", "b.example,c.example"),
     ("faucet", "enabled", "false", "LEDGERLOG_FAUCET_ENABLED", "yes", "faucet_enabled", False, True),
     ("faucet", "amount", "123", "LEDGERLOG_FAUCET_AMOUNT", "456", "faucet_amount", 123, 456),
     ("faucet", "key", '"/k/a.key"', "LEDGERLOG_FAUCET_KEY", "/k/b.key", "faucet_key", "/k/a.key", "/k/b.key"),
@@ -152,8 +160,8 @@ def test_app_limits_come_from_config_toml_and_env(node_with):
     with TestClient(create_app(node)) as c:
         r = c.post("/v1/faucet", content=b"{" + b" " * 200 + b"}", headers={"content-type": "application/json"})
         assert r.status_code == 400  # under the env's cap: the body reaches validation
-        assert c.post("/v1/ingest", content=b"").status_code == 200
-        r = c.post("/v1/ingest", content=b"")
+        assert c.post("/v1/ingest", content=b"", headers=NDJSON).status_code == 200
+        r = c.post("/v1/ingest", content=b"", headers=NDJSON)
         assert r.status_code == 429 and r.json()["code"] == "RATE_LIMITED" and "retry-after" in r.headers
 
 

@@ -26,6 +26,8 @@ from ops.http import create_app
 from ops.limits import HttpLimits, controls
 from ops.node import Node
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 TOKEN = "t" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 AMOUNT = 10_000_000
@@ -210,7 +212,7 @@ def test_faucet_pause_and_resume(node):
         r = c.post("/v1/faucet", json={"address": alice})
         assert r.status_code == 503 and r.json()["code"] == "FAUCET_PAUSED"
         assert c.get("/v1/faucet").json()["paused"] is True
-        assert c.post("/v1/ingest", content=b"").status_code == 200  # ingest is not paused
+        assert c.post("/v1/ingest", content=b"", headers=NDJSON).status_code == 200  # ingest is not paused
         assert c.post("/v1/admin/faucet-resume", headers=AUTH).json()["faucet"]["paused"] is False
         assert c.post("/v1/faucet", json={"address": alice}).status_code == 200
 
@@ -220,7 +222,7 @@ def test_ingest_pause_and_resume(node):
     with client_for(node) as c:
         assert c.post("/v1/admin/pause", headers=AUTH).json() == {"ingest": {"paused": True, "was_paused": False}}
         before = end_offsets(node)
-        r = c.post("/v1/ingest", content=encode(lines.block([])) + b"\n")
+        r = c.post("/v1/ingest", content=encode(lines.block([])) + b"\n", headers=NDJSON)
         assert r.status_code == 503 and r.json()["code"] == "PAUSED"
         r = c.post("/v1/faucet", json={"address": signer_from_byte(52).address})
         assert r.status_code == 503 and r.json()["code"] == "PAUSED"
@@ -232,7 +234,7 @@ def test_ingest_pause_and_resume(node):
         assert c.post("/v1/admin/faucet-topup", json={"amount": 1000}, headers=AUTH).status_code == 200
         assert c.post("/v1/admin/pause", headers=AUTH).json()["ingest"]["was_paused"] is True
         assert c.post("/v1/admin/resume", headers=AUTH).json() == {"ingest": {"paused": False, "was_paused": True}}
-        r = c.post("/v1/ingest", content=encode(lines.block([])) + b"\n")
+        r = c.post("/v1/ingest", content=encode(lines.block([])) + b"\n", headers=NDJSON)
         assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
 
 

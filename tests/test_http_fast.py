@@ -23,6 +23,8 @@ from ops.http import create_app
 from ops.metrics import HttpRequestMetrics
 from ops.node import Node
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 
 @pytest.fixture
 def node(tmp_path) -> Iterator[Node]:
@@ -146,7 +148,7 @@ def test_read_your_writes(node, history):
         for i in range(15):
             before = c.get(f"/v1/accounts/{bob}").json()["balance"]
             tx = ln.tx(ln.keys.faucet, bob, 100 + i)
-            r = c.post("/v1/ingest", content=encode(ln.block([tx])) + b"\n")
+            r = c.post("/v1/ingest", content=encode(ln.block([tx])) + b"\n", headers=NDJSON)
             assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
             got = c.get(f"/v1/accounts/{bob}").json()
             assert got["balance"] == before + 100 + i, (i, got)

@@ -20,6 +20,8 @@ from ops.http import create_app
 from ops.limits import HttpLimits, TokenBuckets
 from ops.node import Node
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 TOKEN = "t" * 32
 SMALL = HttpLimits(max_body=1024, max_ingest_body=4096)
 
@@ -55,14 +57,14 @@ def assert_error(r: Any, status: int, code: str) -> dict[str, Any]:
 # -- 413 ------------------------------------------------------------------------------------------
 def test_declared_body_over_the_cap(node):
     with TestClient(create_app(node, limits=SMALL)) as c:
-        assert_error(c.post("/v1/ingest", content=b"x" * 4097), 413, "TOO_LARGE")
+        assert_error(c.post("/v1/ingest", content=b"x" * 4097, headers=NDJSON), 413, "TOO_LARGE")
         assert_error(c.post("/rpc", content=b"[" + b" " * 2000 + b"]"), 413, "TOO_LARGE")
         assert_error(c.post("/v1/faucet", content=b"{" + b" " * 2000 + b"}"), 413, "TOO_LARGE")
         assert_error(c.post("/v1/admin/pause", content=b" " * 2000,
                             headers={"Authorization": f"Bearer {TOKEN}"}), 413, "TOO_LARGE")
         assert_error(c.post("/nowhere", content=b" " * 2000), 413, "TOO_LARGE")
         # at the cap is fine
-        assert c.post("/v1/ingest", content=b"\n" * 4096).status_code == 200
+        assert c.post("/v1/ingest", content=b"\n" * 4096, headers=NDJSON).status_code == 200
         assert c.post("/rpc", content=b" " * 1000 + b'{"jsonrpc":"2.0","method":"getblockcount","id":1}'[:24]
                       ).status_code == 200
 
@@ -78,14 +80,14 @@ def test_streamed_body_over_the_cap(node):
             sent += 512
 
     with TestClient(create_app(node, limits=SMALL)) as c:
-        assert_error(c.post("/v1/ingest", content=chunks(8192)), 413, "TOO_LARGE")
+        assert_error(c.post("/v1/ingest", content=chunks(8192), headers=NDJSON), 413, "TOO_LARGE")
         assert_error(c.post("/rpc", content=chunks(4096)), 413, "TOO_LARGE")
         assert_error(c.post("/v1/faucet", content=chunks(4096), headers={"Content-Type": "application/json"}),
                      413, "TOO_LARGE")
         # an ingest cut off by the cap admitted nothing
-        assert_error(c.post("/v1/ingest", content=iter([good, b"\n" * 5000])), 413, "TOO_LARGE")
+        assert_error(c.post("/v1/ingest", content=iter([good, b"\n" * 5000]), headers=NDJSON), 413, "TOO_LARGE")
         assert node.chain.write_state().tip().height == 0
-        r = c.post("/v1/ingest", content=iter([good]))
+        r = c.post("/v1/ingest", content=iter([good]), headers=NDJSON)
         assert r.status_code == 200 and r.json()["accepted"] == 1
 
 
@@ -117,7 +119,7 @@ def test_chunked_upload_over_the_cap_on_a_real_server(server):
     conn = http.client.HTTPConnection(*server, timeout=10)
     try:
         conn.request("POST", "/v1/ingest", body=iter([b"\n" * 1024] * 8), encode_chunked=True,
-                     headers={"Transfer-Encoding": "chunked"})
+                     headers={"Transfer-Encoding": "chunked", "Content-Type": "application/x-ndjson"})
         resp = conn.getresponse()
         assert resp.status == 413 and json.loads(resp.read())["code"] == "TOO_LARGE"
     finally:
@@ -128,16 +130,16 @@ def test_chunked_upload_over_the_cap_on_a_real_server(server):
 def test_ingest_rate_limit_per_client(node):
     app = create_app(node, limits=HttpLimits(ingest_rate=0.01, ingest_burst=2))
     with TestClient(app, client=("10.1.1.1", 1)) as one, TestClient(app, client=("10.1.1.2", 1)) as two:
-        assert one.post("/v1/ingest", content=b"").status_code == 200
-        assert one.post("/v1/ingest", content=b"").status_code == 200
-        r = one.post("/v1/ingest", content=b"")
+        assert one.post("/v1/ingest", content=b"", headers=NDJSON).status_code == 200
+        assert one.post("/v1/ingest", content=b"", headers=NDJSON).status_code == 200
+        r = one.post("/v1/ingest", content=b"", headers=NDJSON)
         assert_error(r, 429, "RATE_LIMITED")
         assert int(r.headers["Retry-After"]) >= 1
-        assert two.post("/v1/ingest", content=b"").status_code == 200
+        assert two.post("/v1/ingest", content=b"", headers=NDJSON).status_code == 200
         assert one.get("/v1/status").status_code == 200  # queries are not limited
     unlimited = create_app(node, limits=HttpLimits(ingest_rate=0))
     with TestClient(unlimited) as c:
-        assert all(c.post("/v1/ingest", content=b"").status_code == 200 for _ in range(5))
+        assert all(c.post("/v1/ingest", content=b"", headers=NDJSON).status_code == 200 for _ in range(5))
 
 
 def test_token_buckets_refill_and_stay_bounded():
@@ -195,7 +197,7 @@ def test_error_bodies(node):
         r = c.get("/schemas/ids/999999")  # Confluent's media type and error_code, plus our code
         assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND" and r.json()["error_code"] == 40403
         # POST /v1/ingest keeps 422 for "something was rejected" (PROTOCOL.md §7)
-        r = c.post("/v1/ingest", content=b"{oops\n")
+        r = c.post("/v1/ingest", content=b"{oops\n", headers=NDJSON)
         assert r.status_code == 422 and r.json()["rejected"] == 1
 
 

@@ -20,6 +20,8 @@ from ops.http_transport import FLUSH_BYTES, CoalescingTransport, protocol_class
 from ops.limits import HttpLimits
 from ops.node import Node
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 
 class FakeTransport:
     def __init__(self) -> None:
@@ -114,11 +116,11 @@ def test_the_api_over_the_coalescing_protocol(server):
             body = r.read()
             assert r.status == status, (path, body[:200])
             assert int(r.getheader("content-length")) == len(body)
-        conn.request("POST", "/v1/ingest", body=b"\n")
+        conn.request("POST", "/v1/ingest", body=b"\n", headers=NDJSON)
         r = conn.getresponse()
         assert r.status == 200 and json.loads(r.read())["accepted"] == 0
         conn.request("POST", "/v1/ingest", body=iter([b"\n" * 1024] * 8), encode_chunked=True,
-                     headers={"Transfer-Encoding": "chunked"})
+                     headers={"Transfer-Encoding": "chunked", "Content-Type": "application/x-ndjson"})
         r = conn.getresponse()
         assert r.status == 413 and json.loads(r.read())["code"] == "TOO_LARGE"
     finally:
@@ -154,7 +156,7 @@ def test_one_write_per_response(tmp_path, coalesce):
             proto = cls(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
             proto.connection_made(fake)  # type: ignore[arg-type]
             for _ in range(3):
-                proto.data_received(b"GET /v1/accounts/" + b"0" * 40 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                proto.data_received(b"GET /v1/accounts/" + b"0" * 40 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 for _ in range(200):
                     await asyncio.sleep(0.005)
                     if fake.writes and fake.writes[-1].endswith(b"}"):

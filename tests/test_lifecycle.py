@@ -19,6 +19,8 @@ import pytest
 from ops.histgen import make_genesis, write_genesis, write_history
 from clitools import LEDGERLOG
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -140,7 +142,7 @@ def test_json_log_lines_parse(world) -> None:
     data = _init(world, "json")
     node = Node(data, LEDGERLOG_LOG_JSON="true")
     try:
-        r = httpx.post(node.url + "/v1/ingest", content=b"\n".join(world["lines"][:50]) + b"\n", timeout=60)
+        r = httpx.post(node.url + "/v1/ingest", content=b"\n".join(world["lines"][:50]) + b"\n", timeout=60, headers=NDJSON)
         assert r.status_code == 200, r.text
     finally:
         assert node.terminate() == 0, node.output()
@@ -202,7 +204,7 @@ def test_sigterm_under_ingest_load_loses_nothing_acknowledged(world) -> None:
         with httpx.Client(base_url=node.url, timeout=60) as client:
             for i, batch in enumerate(batches):
                 try:
-                    r = client.post("/v1/ingest", content=b"\n".join(batch) + b"\n")
+                    r = client.post("/v1/ingest", content=b"\n".join(batch) + b"\n", headers=NDJSON)
                 except httpx.HTTPError as exc:  # the node stopped taking requests
                     failed.append(f"batch {i}: {type(exc).__name__}")
                     return
@@ -239,12 +241,12 @@ def test_sigterm_under_ingest_load_loses_nothing_acknowledged(world) -> None:
             assert status["height"] == last_block or status["height"] in later_blocks, (status, last_block)
             if not later_blocks:
                 assert status["height"] == last_block
-            r = client.post("/v1/ingest", content=b"\n".join(acked_lines) + b"\n")
+            r = client.post("/v1/ingest", content=b"\n".join(acked_lines) + b"\n", headers=NDJSON)
             assert r.status_code == 200, r.text
             assert r.json() == {"accepted": 0, "duplicates": len(acked_lines), "rejected": 0, "rejections": []}
             # and it goes on from there: the rest of the history is admitted
             rest = [ln for b in batches[len(acked):] for ln in b]
-            r = client.post("/v1/ingest", content=b"\n".join(rest) + b"\n")
+            r = client.post("/v1/ingest", content=b"\n".join(rest) + b"\n", headers=NDJSON)
             assert r.status_code == 200, r.text
             assert r.json()["accepted"] + r.json()["duplicates"] == len(rest) and r.json()["rejected"] == 0
             final = client.get("/v1/status").json()

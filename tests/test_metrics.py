@@ -32,6 +32,8 @@ from ops.tracing import setup_tracing, traces_url
 from projections import energy, payouts
 from clitools import LEDGERLOG
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 SEED = 41
 EVENTS = 1500
 
@@ -96,9 +98,9 @@ def ingest_all(client: TestClient, lines: list[bytes]) -> None:
     """The history in two posts, then a duplicate and a malformed line (so those series exist)."""
     half = len(lines) // 2
     for part in (lines[:half], lines[half:]):
-        r = client.post("/v1/ingest", content=b"\n".join(part) + b"\n")
+        r = client.post("/v1/ingest", content=b"\n".join(part) + b"\n", headers=NDJSON)
         assert r.status_code == 200, r.text
-    r = client.post("/v1/ingest", content=lines[0] + b"\n{not json\n")
+    r = client.post("/v1/ingest", content=lines[0] + b"\n{not json\n", headers=NDJSON)
     assert r.status_code == 422 and r.json()["duplicates"] == 1 and r.json()["rejected"] == 1, r.text
 
 
@@ -292,7 +294,7 @@ def _run_node_and_ingest(tmp_path: Path, env_extra: dict[str, str]) -> None:
     try:
         url = _wait_node(data, proc)
         r = httpx.post(url + "/v1/ingest", content=b"\n".join(lines) + b"\n", timeout=60,
-                       headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+                       headers={"Content-Type": "application/x-ndjson", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
         assert r.status_code == 200, r.text
         assert httpx.get(url + "/v1/status", timeout=10).status_code == 200
     finally:

@@ -22,6 +22,8 @@ from fastavro import parse_schema, schemaless_reader
 from ops.histgen import encode_body, make_genesis, write_genesis, write_history
 from clitools import LEDGERLOG, ok_json
 
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
 EVENTS = 2500
 SEED = 23
 
@@ -94,7 +96,7 @@ class NodeProc:
         return self.http.get(path, **kw)
 
     def post(self, path: str, content: bytes) -> httpx.Response:
-        return self.http.post(path, content=content, timeout=120)
+        return self.http.post(path, content=content, timeout=120, headers=NDJSON)
 
     def terminate(self, timeout: float = 60) -> int:
         self.http.close()

@@ -28,6 +28,8 @@ from engine.chain import init_chain
 from engine.config import Config
 from ops.histgen import make_genesis, write_genesis, write_history
 
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
 
 @pytest.fixture(autouse=True)
 def _no_fault_left() -> Any:
@@ -56,16 +58,16 @@ def test_injected_fault_503_ready_metrics_reads_and_recovery(tmp_path, fault) ->
     with observed_node(tmp_path) as w:
         node, client, lines = w["node"], w["client"], w["lines"]
         first, second = lines[:200], lines[200:]
-        assert client.post("/v1/ingest", content=b"\n".join(first) + b"\n").status_code == 200
+        assert client.post("/v1/ingest", content=b"\n".join(first) + b"\n", headers=NDJSON).status_code == 200
         _until(lambda: client.get("/v1/ready").status_code == 200)
         height = client.get("/v1/status").json()["height"]
         addr = next(iter(w["genesis"]["allocations"]))
 
         diskfaults.inject(fault)
-        r = client.post("/v1/ingest", content=b"\n".join(second) + b"\n")
+        r = client.post("/v1/ingest", content=b"\n".join(second) + b"\n", headers=NDJSON)
         assert r.status_code == 503 and r.json()["code"] == "STORAGE_UNAVAILABLE", r.text
         _no_path(r.text, tmp_path)
-        r = client.post("/v1/ingest", content=b"\n".join(second) + b"\n")  # fails fast, same answer
+        r = client.post("/v1/ingest", content=b"\n".join(second) + b"\n", headers=NDJSON)  # fails fast, same answer
         assert r.status_code == 503 and r.json()["code"] == "STORAGE_UNAVAILABLE"
         ready = client.get("/v1/ready")
         assert ready.status_code == 503 and ready.json()["writable"] is False
@@ -91,7 +93,7 @@ def test_injected_fault_503_ready_metrics_reads_and_recovery(tmp_path, fault) ->
 
         diskfaults.inject(None)  # the fault clears: no restart
         _until(lambda: client.get("/v1/ready").status_code == 200)
-        r = client.post("/v1/ingest", content=b"\n".join(second) + b"\n")
+        r = client.post("/v1/ingest", content=b"\n".join(second) + b"\n", headers=NDJSON)
         assert r.status_code == 200, r.text
         assert r.json()["rejected"] == 0 and r.json()["accepted"] + r.json()["duplicates"] == len(second)
         m = parse_metrics(client.get("/metrics").text)

@@ -24,7 +24,12 @@ from .rules import Out, Rules
 from .state import WriteState
 from .verify import Pending, Verifier
 
-__all__ = ["Summary", "Admitter"]
+__all__ = ["MAX_REJECTIONS", "Summary", "Admitter"]
+
+#: Rejections a summary lists (the first ones, by line); the counts stay exact past it
+#: (PROTOCOL.md §7), so a summary's size is bounded whatever the input.
+MAX_REJECTIONS = 1000
+MAX_MESSAGE = 300  # characters of a rejection's message
 
 #: (line numbers, parsed lines or their rejections, signature checks under way)
 _Prepared = tuple[list[int], list["Item | Rejection"], "Pending | None"]
@@ -34,22 +39,40 @@ _tracer = trace.get_tracer("ledgerlog.admission")  # API only: no-op spans unles
 
 @dataclass
 class Summary:
-    """The ingest reply of PROTOCOL.md §7."""
+    """The ingest reply of PROTOCOL.md §7: exact counts, the first ``MAX_REJECTIONS`` rejections,
+    and ``rejections_truncated`` (in the dict only when true) when more were cut."""
 
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
     rejections: list[dict[str, Any]] = field(default_factory=list)
+    rejections_truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
-                "rejections": self.rejections}
+        out = {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
+               "rejections": self.rejections}
+        if self.rejections_truncated:
+            out["rejections_truncated"] = True
+        return out
+
+    def add_rejection(self, line: int, code: str, message: str) -> None:
+        """Count one rejection; list it while there is room (a message that quotes the line is
+        cut at ``MAX_MESSAGE`` characters)."""
+        self.rejected += 1
+        if len(self.rejections) < MAX_REJECTIONS:
+            if len(message) > MAX_MESSAGE:
+                message = message[:MAX_MESSAGE - 1] + "…"
+            self.rejections.append({"line": line, "code": code, "message": message})
+        else:
+            self.rejections_truncated = True
 
     def merge(self, other: "Summary") -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.rejected += other.rejected
-        self.rejections.extend(other.rejections)
+        room = MAX_REJECTIONS - len(self.rejections)
+        self.rejections.extend(other.rejections[:max(0, room)])
+        self.rejections_truncated |= other.rejections_truncated or len(other.rejections) > room
 
 
 class Admitter:
@@ -152,9 +175,8 @@ class Admitter:
 
     @staticmethod
     def _reject(summary: Summary, counts: Counter[tuple[str, str]], line: int, rej: Rejection) -> None:
-        summary.rejected += 1
         counts[("rejected", rej.code.value)] += 1
-        summary.rejections.append({"line": line, "code": rej.code.value, "message": rej.message})
+        summary.add_rejection(line, rej.code.value, rej.message)
 
     def record(self, topic: str, key: str, event: dict[str, Any], timestamp: int) -> None:
         """Append one event that no ingest line carries (e.g. the admin audit trail), durably and

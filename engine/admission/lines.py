@@ -243,23 +243,47 @@ def _well_formed_share(line: bytes | str) -> ShareLine | None:
     return None if m is None else ShareLine(obj, m.group(1))
 
 
+#: Byte-order marks (UTF-8, UTF-16 LE/BE) a line may not start with: lines are UTF-8 without one.
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
+def _check_encoding(line: bytes | str) -> None:
+    """MALFORMED for a BOM or a NUL (UTF-16 text has NULs in every ASCII character): the stdlib
+    JSON fallback would otherwise decode UTF-16 and skip a BOM. Two C-speed scans."""
+    if isinstance(line, bytes):
+        if b"\x00" in line:
+            raise _malformed("NUL byte in the line: lines are UTF-8 JSON (not UTF-16)")
+        if line.startswith(_BOMS):
+            raise _malformed("byte-order mark: lines are UTF-8 JSON without a BOM")
+    else:
+        if "\x00" in line:
+            raise _malformed("NUL character in the line")
+        if line.startswith("\ufeff"):
+            raise _malformed("byte-order mark: lines are UTF-8 JSON without a BOM")
+
+
 def parse_line(line: bytes | str) -> Item:
     """Parse one ingest line, raising Rejection(MALFORMED) on any structural fault."""
     if len(line) > MAX_LINE_BYTES:
         raise _malformed(f"line is over the {MAX_LINE_BYTES} byte limit")
+    _check_encoding(line)
     maybe_share = (b'"share"' if isinstance(line, bytes) else '"share"') in line  # type: ignore[operator]
     share = _well_formed_share(line) if maybe_share else None
     return share if share is not None else _parse_full(line)
 
 
 def _parse_full(line: bytes | str) -> Item:
-    """orjson first; a line it cannot take, or whose check fails, is parsed again exactly. An
-    integer beyond 64 bits becomes a float in orjson, which fails every check (no field takes a
-    float), so the exact parse then decides between MALFORMED and BAD_AMOUNT; a line without such
-    integers is not scanned for them at all."""
+    """orjson first; a line it cannot take, or whose check fails, is parsed again exactly when it
+    holds an integer of 19+ digits (orjson turns one beyond 64 bits into a float, which fails every
+    check, so the exact parse then decides between MALFORMED and BAD_AMOUNT); any other line
+    orjson refuses is MALFORMED at once."""
     try:
         obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        # without a 19+ digit number, the stdlib cannot read what orjson could not either (NaN,
+        # lone surrogates and the like it refuses too): say so at once, junk costs microseconds
+        if (_LONG_NUMBER if isinstance(line, str) else _LONG_NUMBER_B).search(line) is None:  # type: ignore[arg-type]
+            raise _malformed(f"not JSON: {exc}") from None
         return _parse_obj(_loads(line))
     try:
         return _parse_obj(obj)
