@@ -591,7 +591,7 @@ def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
 
 # -- node integration -------------------------------------------------------------------------------
 
-@action("snapshot", fields={"out": str, "with_keys": bool})
+@action("snapshot", fields={"out": str, "with_keys": bool, "link": bool})
 def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
     """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``,
     ``link``). ``out`` must be the node's ``snapshot.dir`` or a directory under it (absolute, or
