@@ -45,8 +45,8 @@ bench-memory: venv
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy
-	$(BIN)/ruff check engine projections streams ops tests benchmarks
-	$(BIN)/mypy engine projections streams ops
+	$(BIN)/ruff check ledgerlog tests benchmarks
+	$(BIN)/mypy ledgerlog
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) bench-out .pytest_cache

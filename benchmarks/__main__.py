@@ -15,8 +15,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.chain import open_chain
-from engine.config import Config
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import Config
 
 from . import ceiling, history, report
 from .common import machine, plan_for, versions

@@ -21,9 +21,9 @@ from fastavro import schemaless_reader, schemaless_writer
 from nacl.signing import SigningKey
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from engine import avro
-from engine import topics as T
-from engine.log.embedded import EmbeddedLog
+from ledgerlog.engine import avro
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.log.embedded import EmbeddedLog
 
 from .common import rate
 from .history import checksum

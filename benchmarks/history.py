@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
-from engine import topics as T
-from engine.codec import Codec
-from engine.log.base import Log
-from ops.histgen import make_genesis, write_history
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.log.base import Log
+from ledgerlog.ops.histgen import make_genesis, write_history
 
 __all__ = [
     "SEED",

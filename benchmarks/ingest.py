@@ -7,8 +7,8 @@ import resource
 import time
 from typing import Any
 
-from engine.chain import init_chain, open_chain
-from engine.config import Config
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
 
 from .common import rate
 

@@ -14,12 +14,12 @@ import tempfile
 import time
 from typing import Any
 
-import projections
-from engine.chain import open_chain
-from engine.config import Config
-from engine.topics import EVENT_TOPICS
-from streams.reproject import reproject
-from streams.runner import Runner
+from ledgerlog import projections
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.topics import EVENT_TOPICS
+from ledgerlog.streams.reproject import reproject
+from ledgerlog.streams.runner import Runner
 
 from . import history
 from .common import machine, rate, versions

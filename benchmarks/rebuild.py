@@ -11,12 +11,12 @@ import os
 import time
 from typing import Any
 
-import projections
-from engine.chain import open_chain
-from engine.config import Config
-from engine.log.base import Log
-from streams.reproject import reproject, total_records
-from streams.runner import Runner
+from ledgerlog import projections
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.log.base import Log
+from ledgerlog.streams.reproject import reproject, total_records
+from ledgerlog.streams.runner import Runner
 
 from .common import rate
 from .rss import RssSampler

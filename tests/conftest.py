@@ -12,11 +12,11 @@ import orjson
 import pytest
 from nacl.signing import SigningKey
 
-from engine.admission import Summary
-from engine.chain import Chain, init_chain, open_chain
-from engine.config import Config
-from engine.genesis import dev_genesis
-from engine.signing import Signer, block_line, share_line, signed_line
+from ledgerlog.engine.admission import Summary
+from ledgerlog.engine.chain import Chain, init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.engine.signing import Signer, block_line, share_line, signed_line
 
 # -- chains -------------------------------------------------------------------------------
 

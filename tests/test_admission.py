@@ -18,8 +18,8 @@ from conftest import (
     snapshot,
 )
 
-from engine.crypto import EMPTY_ROOT
-from engine.errors import Code
+from ledgerlog.engine.crypto import EMPTY_ROOT
+from ledgerlog.engine.errors import Code
 
 POOR = signer_from_byte(0x11)     # a key with no funds and no genesis role
 OUTSIDER = signer_from_byte(0x22)

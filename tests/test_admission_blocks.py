@@ -9,13 +9,13 @@ import pytest
 from conftest import Keys, Lines, admit, admit_ok, encode, load_signer, signer_from_byte, snapshot, supply
 from test_admission import ALICE, BOB, POOR, bad_sig
 
-import engine.admission.lines as lines_mod
-from engine import avro
-from engine import topics as T
-from engine.admission.state import Account
-from engine.admission.verify import Verifier
-from engine.crypto import H
-from engine.partitioner import partition_for
+import ledgerlog.engine.admission.lines as lines_mod
+from ledgerlog.engine import avro
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.admission.state import Account
+from ledgerlog.engine.admission.verify import Verifier
+from ledgerlog.engine.crypto import H
+from ledgerlog.engine.partitioner import partition_for
 
 # -- size limits (monkeypatched small) ----------------------------------------------------
 

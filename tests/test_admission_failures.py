@@ -10,9 +10,9 @@ import pytest
 from conftest import Lines, encode, snapshot, supply
 from test_admission import ALICE
 
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.errors import StorageError
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import StorageError
 
 
 def _history(lines: Lines, keys, n: int) -> list[bytes]:

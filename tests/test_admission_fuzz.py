@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_admission import ALICE, BOB, PROTOCOL_CODES, block1, with_provider
 
-import engine.admission.lines as lines_mod
-from engine.errors import Rejection
-from engine.signing import share_line
+import ledgerlog.engine.admission.lines as lines_mod
+from ledgerlog.engine.errors import Rejection
+from ledgerlog.engine.signing import share_line
 
 # -- fuzzing: mutated valid lines ---------------------------------------------------------
 

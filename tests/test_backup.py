@@ -19,11 +19,11 @@ import pytest
 from clitools import LEDGERLOG, ok_json
 from test_metrics import observed_node
 
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from ops.histgen import make_genesis, write_genesis, write_history
-from ops.snapshot import STEPS, create_snapshot, read_manifest, restore_snapshot
-from streams.runner import Runner
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.snapshot import STEPS, create_snapshot, read_manifest, restore_snapshot
+from ledgerlog.streams.runner import Runner
 
 SEED = 29
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_verify_names_a_flipped_byte_and_deep_opens_the_stores(chains, tmp_path)
 
 _KILL = """
 import os, sys
-from ops.snapshot import restore_snapshot
+from ledgerlog.ops.snapshot import restore_snapshot
 step = sys.argv[3]
 def hook(name):
     if name == step:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.crypto import canonical_json, canonical_json_flat
+from ledgerlog.engine.crypto import canonical_json, canonical_json_flat
 
 scalars = st.one_of(st.text(), st.booleans(), st.integers(), st.integers(-(1 << 63), (1 << 63) - 1))
 

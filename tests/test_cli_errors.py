@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from clitools import LEDGERLOG, ok_json, wait_node_url
-from ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
 
 TIMEOUT = 120
 
@@ -176,7 +176,7 @@ def test_the_cli_still_goes_through_the_real_node(data):
 
 
 def test_a_second_reproject_is_refused_with_a_code(data):
-    from streams.reproject import reproject_lock
+    from ledgerlog.streams.reproject import reproject_lock
 
     pdir = os.path.join(data, "projections")
     with reproject_lock(pdir):  # as a reproject in another process holds it
@@ -185,7 +185,7 @@ def test_a_second_reproject_is_refused_with_a_code(data):
 
 
 def test_admin_reproject_while_one_runs_is_409_and_the_cli_says_so(data):
-    from streams.reproject import reproject_lock
+    from ledgerlog.streams.reproject import reproject_lock
 
     node = Node(data)
     token = _admin_token(data)
@@ -222,8 +222,8 @@ def _admin_token(data: str) -> str:
 
 
 def test_reproject_lock_is_exclusive_across_threads_and_reentrant_in_one(tmp_path):
-    from engine.errors import ReprojectRunningError
-    from streams.reproject import reproject_lock
+    from ledgerlog.engine.errors import ReprojectRunningError
+    from ledgerlog.streams.reproject import reproject_lock
 
     pdir = str(tmp_path / "projections")
     os.makedirs(pdir)

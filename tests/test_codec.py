@@ -9,12 +9,12 @@ import orjson
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from engine import avro
-from engine import topics as T
-from engine.codec import Codec, Registry
-from engine.errors import SchemaError
-from engine.log import MemoryLog
-from engine.log.embedded import EmbeddedLog
+from ledgerlog.engine import avro
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.codec import Codec, Registry
+from ledgerlog.engine.errors import SchemaError
+from ledgerlog.engine.log import MemoryLog
+from ledgerlog.engine.log.embedded import EmbeddedLog
 
 SUBJECT = "test-value"
 V1 = {"type": "record", "name": "Thing", "namespace": "ledgerlog.test", "doc": "A test record.",

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-import projections
-from engine import topics as T
-from engine.chain import open_chain
-from engine.config import load_config
-from ops.histgen import make_genesis, write_genesis, write_history
-from streams.runner import Runner
-from streams.store import entry_hash
+from ledgerlog import projections
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import load_config
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.streams.runner import Runner
+from ledgerlog.streams.store import entry_hash
 from clitools import LEDGERLOG
 
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -42,9 +42,9 @@ SEED_RUN = int(os.environ.get("LEDGERLOG_CRASH_SEED") or random.SystemRandom().r
 #: Fold every projection in small batches, printing "step <events folded>" after each committed step.
 RUNNER_SNIPPET = r"""
 import sys
-from engine.chain import open_chain
-from engine.config import load_config
-from streams.runner import Runner
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import load_config
+from ledgerlog.streams.runner import Runner
 cfg = load_config(sys.argv[1], {})
 chain = open_chain(cfg, read_only=True)
 runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=int(sys.argv[2]))

@@ -20,12 +20,12 @@ import orjson
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
-from engine import topics as T
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.movements import event_height
-from ops.export import ExportError, export, iter_events, open_follower, parse_time
-from ops.histgen import generate, make_genesis
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.movements import event_height
+from ledgerlog.ops.export import ExportError, export, iter_events, open_follower, parse_time
+from ledgerlog.ops.histgen import generate, make_genesis
 from clitools import LEDGERLOG
 
 SEED = 23

@@ -9,10 +9,10 @@ from conftest import Keys, Lines, encode, load_signer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.genesis import dev_genesis
-from streams.runner import Runner
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.streams.runner import Runner
 
 I64 = (1 << 63) - 1
 #: the top of the range twice as likely: sums past 64 bits need a few of them

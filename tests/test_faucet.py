@@ -15,16 +15,16 @@ from servers import serve_app
 from conftest import Keys, Lines, admit_ok, encode, load_signer, signer_from_byte
 from fastapi.testclient import TestClient
 
-from engine import avro
-from engine.chain import init_chain
-from engine.config import Config
-from engine.crypto import H
-from engine.errors import ConfigError
-from engine.genesis import dev_genesis
-from ops.faucet import FaucetSettings
-from ops.http import create_app
-from ops.limits import HttpLimits, controls
-from ops.node import Node
+from ledgerlog.engine import avro
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.crypto import H
+from ledgerlog.engine.errors import ConfigError
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops.faucet import FaucetSettings
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.limits import HttpLimits, controls
+from ledgerlog.ops.node import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

@@ -11,10 +11,10 @@ import faust
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from engine.config import Config
-from engine.errors import ConfigError
-from engine.genesis import Genesis, dev_genesis
-from streams.faust_worker import FoldEngine, broker_credentials, build_app, ssl_context
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import ConfigError
+from ledgerlog.engine.genesis import Genesis, dev_genesis
+from ledgerlog.streams.faust_worker import FoldEngine, broker_credentials, build_app, ssl_context
 
 CA = certifi.where()
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
-import projections
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from ops.histgen import generate, make_genesis
-from streams.runner import Runner
+from ledgerlog import projections
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.streams.runner import Runner
 from clitools import LEDGERLOG
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]

@@ -16,17 +16,17 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import projections
-from engine import avro
-from engine import topics as T
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.log.base import Record
-from engine.log.embedded import EmbeddedLog
-from engine.log.memory import MemoryLog
-from ops.histgen import generate, make_genesis
-from streams.feed import EventDecoder, Feed, Unsupported, compile_decoder, merge_specs, spec_of
-from streams.runner import Runner
+from ledgerlog import projections
+from ledgerlog.engine import avro
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.log.base import Record
+from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.log.memory import MemoryLog
+from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.streams.feed import EventDecoder, Feed, Unsupported, compile_decoder, merge_specs, spec_of
+from ledgerlog.streams.runner import Runner
 
 I64 = st.integers(-(2**63), 2**63 - 1)
 I32 = st.integers(-(2**31), 2**31 - 1)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from clitools import LEDGERLOG, ok_json
-from engine.crypto import H, canonical_json
-from ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.engine.crypto import H, canonical_json
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
 
 
 def _env() -> dict[str, str]:

@@ -9,12 +9,12 @@ import orjson
 import pytest
 from fastavro import schemaless_writer
 
-from engine import avro
-from engine.admission.lines import SIGNED_KINDS
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.genesis import Genesis
-from ops.histgen import (
+from ledgerlog.engine import avro
+from ledgerlog.engine.admission.lines import SIGNED_KINDS
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.ops.histgen import (
     INVALID_KINDS,
     encode_body,
     generate,

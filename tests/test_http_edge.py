@@ -26,16 +26,16 @@ from clitools import LEDGERLOG
 from conftest import Keys, Lines, encode, load_signer
 from fastapi.testclient import TestClient
 
-from engine.admission.admitter import MAX_REJECTIONS
-from engine.admission.lines import parse_line
-from engine.chain import init_chain
-from engine.config import Config
-from engine.errors import Code, Rejection
-from engine.genesis import dev_genesis
-from ops.histgen import make_genesis, write_genesis, write_history
-from ops.http import create_app
-from ops.limits import HttpLimits, controls
-from ops.node import Node
+from ledgerlog.engine.admission.admitter import MAX_REJECTIONS
+from ledgerlog.engine.admission.lines import parse_line
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import Code, Rejection
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.limits import HttpLimits, controls
+from ledgerlog.ops.node import Node
 
 TOKEN = "t" * 32
 NDJSON = {"Content-Type": "application/x-ndjson"}

@@ -14,14 +14,14 @@ from conftest import Keys, Lines, admit_ok, encode, load_signer, signer_from_byt
 from fastapi.testclient import TestClient
 from servers import serve_app
 
-from engine.chain import init_chain
-from engine.config import Config
-from engine.errors import LogError
-from engine.genesis import dev_genesis
-from ops import http_fast
-from ops.http import create_app
-from ops.metrics import HttpRequestMetrics
-from ops.node import Node
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import LogError
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops import http_fast
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.metrics import HttpRequestMetrics
+from ledgerlog.ops.node import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

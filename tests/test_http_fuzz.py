@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from engine.chain import init_chain
-from engine.config import Config
-from engine.genesis import dev_genesis
-from ops.faucet import FaucetSettings
-from ops.http import create_app
-from ops.limits import HttpLimits
-from ops.node import Node
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops.faucet import FaucetSettings
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.limits import HttpLimits
+from ledgerlog.ops.node import Node
 
 EXAMPLES = 25  # per operation and generation mode
 

@@ -13,12 +13,12 @@ from servers import serve_app
 from conftest import Keys, Lines, admit_ok, encode, load_signer
 from fastapi.testclient import TestClient
 
-from engine.chain import init_chain
-from engine.config import Config
-from engine.genesis import dev_genesis
-from ops.http import create_app
-from ops.limits import HttpLimits, TokenBuckets
-from ops.node import Node
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.limits import HttpLimits, TokenBuckets
+from ledgerlog.ops.node import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

@@ -12,13 +12,13 @@ import pytest
 import uvicorn
 from servers import serve_app
 
-from engine.chain import init_chain
-from engine.config import Config
-from engine.genesis import dev_genesis
-from ops.http import create_app
-from ops.http_transport import FLUSH_BYTES, CoalescingTransport, protocol_class
-from ops.limits import HttpLimits
-from ops.node import Node
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.http_transport import FLUSH_BYTES, CoalescingTransport, protocol_class
+from ledgerlog.ops.limits import HttpLimits
+from ledgerlog.ops.node import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

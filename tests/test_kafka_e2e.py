@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
-from engine import topics as T
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from ops.histgen import generate, make_genesis, write_genesis
-from ops.queries import open_queries
-from streams.runner import Runner
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.histgen import generate, make_genesis, write_genesis
+from ledgerlog.ops.queries import open_queries
+from ledgerlog.streams.runner import Runner
 from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka
@@ -114,7 +114,7 @@ def test_history_on_kafka_equals_embedded(tmp_path, kafka_bootstrap, history, em
 
 def test_lost_state_write_is_caught_up_on_reopen(tmp_path, kafka_bootstrap, history, embedded,  # noqa: F811
                                                  monkeypatch):
-    from engine.log.kafka import KafkaLog
+    from ledgerlog.engine.log.kafka import KafkaLog
 
     genesis, lines = history
     cfg = _kafka_config(tmp_path, kafka_bootstrap, "crash")
@@ -183,8 +183,8 @@ def test_ends_and_reads_skip_markers_and_open_transactions(tmp_path, kafka_boots
     finds the same ends."""
     from confluent_kafka import Producer
 
-    from engine.log import Record
-    from engine.log.kafka import KafkaLog
+    from ledgerlog.engine.log import Record
+    from ledgerlog.engine.log.kafka import KafkaLog
 
     prefix = f"ends-{uuid.uuid4().hex[:10]}."
     conf = {"ledgerlog.topic_prefix": prefix}
@@ -224,9 +224,9 @@ def test_a_failed_transaction_is_aborted_and_never_forgotten(tmp_path, kafka_boo
     """A transaction that fails after its records were sent is aborted. Where the broker still
     shows aborted records to read_committed readers (Tansu 0.6 does), the log refuses further
     appends until reopened, so the write-side state can never fall behind what readers see."""
-    from engine.errors import LogError
-    from engine.log import Record
-    from engine.log.kafka import KafkaLog
+    from ledgerlog.engine.errors import LogError
+    from ledgerlog.engine.log import Record
+    from ledgerlog.engine.log.kafka import KafkaLog
 
     log = KafkaLog(kafka_bootstrap, **{"ledgerlog.topic_prefix": f"fail-{uuid.uuid4().hex[:10]}.",
                                        "ledgerlog.state_dir": str(tmp_path / "state")})

@@ -20,10 +20,10 @@ import pytest
 from kafka_broker import _can_connect, free_port
 from tcp_proxy import TcpProxy
 
-from engine import topics as T
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from ops.histgen import generate, make_genesis
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.histgen import generate, make_genesis
 from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka

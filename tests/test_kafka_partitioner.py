@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from engine.partitioner import partition_for
+from ledgerlog.engine.partitioner import partition_for
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -139,10 +139,10 @@ def test_murmur2_partitions_match_kafka(kafka_bootstrap) -> None:  # noqa: F811
 
 def test_codec_wire_format_round_trip(kafka_bootstrap, tmp_path) -> None:  # noqa: F811
     """Real admitted events (Confluent wire format: magic 0, schema id, Avro) through Kafka."""
-    from engine import topics as T
-    from engine.chain import init_chain, open_chain
-    from engine.config import Config
-    from ops.histgen import make_genesis, write_history
+    from ledgerlog.engine import topics as T
+    from ledgerlog.engine.chain import init_chain, open_chain
+    from ledgerlog.engine.config import Config
+    from ledgerlog.ops.histgen import make_genesis, write_history
 
     genesis, hkeys = make_genesis(3, wallets=4)
     cfg = Config(data_dir=str(tmp_path / "data"), sync=False)

@@ -14,18 +14,18 @@ from clitools import LEDGERLOG
 from conftest import Keys, Lines, admit, admit_ok, load_signer, signer_from_byte, snapshot
 from fastapi.testclient import TestClient
 
-from engine import topics as T
-from engine.admission.state import WriteState
-from engine.admission.state_fold import apply_event, seed_genesis
-from engine.chain import init_chain
-from engine.config import Config
-from engine.errors import Code
-from engine.genesis import dev_genesis
-from engine.log.memory import MemoryLog
-from engine.signing import Signer, rotation_line
-from ops.http import create_app
-from ops.node import Node
-from ops.verify import verify
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.admission.state import WriteState
+from ledgerlog.engine.admission.state_fold import apply_event, seed_genesis
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import Code
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.engine.log.memory import MemoryLog
+from ledgerlog.engine.signing import Signer, rotation_line
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.node import Node
+from ledgerlog.ops.verify import verify
 
 OUTSIDER = signer_from_byte(0x33)
 TOKEN = "r" * 32
@@ -159,7 +159,7 @@ def test_write_side_fold_and_verify_agree_with_admission(chain, keys, lines):
     for topic in T.EVENT_TOPICS:
         for p, end in enumerate(chain.log.end_offsets(topic)):
             events += [(topic, chain.codec.decode(topic, r.value)) for r in chain.log.scan(topic, p, 0, end)]
-    from engine.admission.state_fold import order_key
+    from ledgerlog.engine.admission.state_fold import order_key
     for topic, ev in sorted(events, key=lambda te: order_key(*te)):
         apply_event(folded, topic, ev, chain.genesis)
     batch = folded.take_batch()
@@ -178,8 +178,8 @@ def test_verify_flags_a_block_by_a_retired_key(chain, keys, lines):
     admit_ok(chain, lines.block(producer=new))
     forged = lines.block()  # by the retired key: admission refuses it...
     assert codes(admit(chain, forged)) == [Code.UNKNOWN_PRODUCER.value]
-    from engine.admission.lines import parse_line
-    from engine.log.base import Record
+    from ledgerlog.engine.admission.lines import parse_line
+    from ledgerlog.engine.log.base import Record
     item = parse_line(orjson.dumps(forged))
     hdr = item.header.body
     ev = {"header": hdr, "hash": item.header.id, "pubkey": item.header.pubkey,

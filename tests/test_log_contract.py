@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
-from engine.errors import LogError
-from engine.log import Log, MemoryLog, Record
-from engine.log.embedded import EmbeddedLog
-from engine.partitioner import partition_for
+from ledgerlog.engine.errors import LogError
+from ledgerlog.engine.log import Log, MemoryLog, Record
+from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.partitioner import partition_for
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ _RUN = uuid.uuid4().hex[:8]  # a broker given by LEDGERLOG_TEST_KAFKA may outliv
 
 
 def _kafka(tmp_path, read_only: bool = False, broker: str | None = None) -> Log:
-    from engine.log.kafka import KafkaLog
+    from ledgerlog.engine.log.kafka import KafkaLog
     test = hashlib.blake2b(str(tmp_path).encode(), digest_size=5).hexdigest()
     return KafkaLog(broker or "", read_only=read_only, sync=False, **{
         "ledgerlog.topic_prefix": f"contract-{_RUN}-{test}.",

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.merkle import (EMPTY_ROOT, Frontier, MemoryTree, ProofError, leaf_hash, node_hash,
+from ledgerlog.engine.merkle import (EMPTY_ROOT, Frontier, MemoryTree, ProofError, leaf_hash, node_hash,
                            verify_consistency, verify_inclusion)
 
 VECTORS = json.loads((pathlib.Path(__file__).parent / "data" / "rfc6962_vectors.json").read_text())

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
-from engine import topics as T
-from engine.chain import init_chain, open_chain
-from engine.config import Config, load_config
-from engine.log.embedded import EmbeddedLog
-from ops.histgen import generate, make_genesis
-from ops.mirror import partition_digest
-from streams.runner import Runner
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config, load_config
+from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.mirror import partition_digest
+from ledgerlog.streams.runner import Runner
 from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka
@@ -67,7 +67,7 @@ def _answers(data_dir: Any, genesis: dict[str, Any]) -> dict[str, Any]:
 
 
 def _target(bootstrap: str, prefix: str):
-    from engine.log.kafka import KafkaLog
+    from ledgerlog.engine.log.kafka import KafkaLog
     return KafkaLog(bootstrap, **{"ledgerlog.topic_prefix": prefix, "ledgerlog.timeout.ms": "10000"})
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastavro import parse_schema, schemaless_reader
 
-from ops.histgen import encode_body, make_genesis, write_genesis, write_history
+from ledgerlog.ops.histgen import encode_body, make_genesis, write_genesis, write_history
 from clitools import LEDGERLOG, ok_json
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
@@ -175,8 +175,8 @@ def test_ingest_over_http_then_cli_through_the_node(world) -> None:
 
 
 def test_queries_over_http(world) -> None:
-    from engine.chain import open_chain
-    from engine.config import load_config
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.engine.config import load_config
 
     node, lines, keys = world["node"], world["lines"], world["keys"]
     blocks = _blocks(lines)
@@ -264,8 +264,8 @@ def test_metrics_openapi_and_schema_registry(world) -> None:
         "/subjects/ledger.blocks-value/versions").json()
 
     # a stock Avro reader decodes a raw log record with the schema the registry serves for its id
-    from engine.chain import open_chain
-    from engine.config import load_config
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.engine.config import load_config
     with open_chain(load_config(str(world["data"]), {}), read_only=True) as chain:
         rec = chain.log.read("ledger.blocks", 0, 0, 1)[0]
     assert rec.value[0] == 0

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.partitioner import murmur2, partition_for
+from ledgerlog.engine.partitioner import murmur2, partition_for
 
 KAFKA_VECTORS = [
     ("21", -973932308),

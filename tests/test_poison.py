@@ -6,11 +6,11 @@ import orjson
 import pytest
 from conftest import admit_ok
 
-from engine.intjson import dumps, loads
-from ops.http_fast import dumps as http_dumps
-from ops.queries import Queries
-from projections import energy, payouts
-from streams.runner import Runner
+from ledgerlog.engine.intjson import dumps, loads
+from ledgerlog.ops.http_fast import dumps as http_dumps
+from ledgerlog.ops.queries import Queries
+from ledgerlog.projections import energy, payouts
+from ledgerlog.streams.runner import Runner
 
 I64 = (1 << 63) - 1
 
@@ -84,8 +84,8 @@ def _raising_on(fold, difficulty):
 
 
 def test_a_raising_fold_stops_only_its_projection(chain, lines, monkeypatch, tmp_path):
-    from engine.errors import ProjectionFailedError
-    from streams.reproject import reproject
+    from ledgerlog.engine.errors import ProjectionFailedError
+    from ledgerlog.streams.reproject import reproject
 
     worker = lines.keys.faucet.address
     admit_ok(chain, lines.block())
@@ -135,11 +135,11 @@ def test_a_failed_projection_is_reported_by_the_node(tmp_path, monkeypatch):
     from conftest import Keys, Lines, encode, load_signer
     from servers import serve_app
 
-    from engine.chain import init_chain
-    from engine.config import Config
-    from engine.genesis import dev_genesis
-    from ops.http import create_app
-    from ops.node import Node
+    from ledgerlog.engine.chain import init_chain
+    from ledgerlog.engine.config import Config
+    from ledgerlog.engine.genesis import dev_genesis
+    from ledgerlog.ops.http import create_app
+    from ledgerlog.ops.node import Node
 
     cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token="t" * 32)
     init_chain(cfg, dev_genesis(cfg.keys_dir))

@@ -11,7 +11,7 @@ import time
 CHILD = """
 import sys, time
 from concurrent.futures import ProcessPoolExecutor
-from engine.procs import exit_with_parent
+from ledgerlog.engine.procs import exit_with_parent
 pool = ProcessPoolExecutor(2, initializer=exit_with_parent)
 print(*pool.map(abs, [1, 2]), flush=True)
 print(*[p.pid for p in pool._processes.values()], flush=True)

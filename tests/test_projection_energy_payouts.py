@@ -14,12 +14,12 @@ from typing import Any, Iterator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import projections
-from engine import avro
-from engine import topics as T
-from engine.crypto import H, canonical_json
-from engine.genesis import Genesis
-from projections import energy, payouts
+from ledgerlog import projections
+from ledgerlog.engine import avro
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.crypto import H, canonical_json
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.projections import energy, payouts
 
 POOL = "a0" * 20
 OTHER = "b0" * 20

@@ -9,15 +9,15 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import projections
-from engine import avro, topics as T
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.crypto import H, canonical_json
-from ops.histgen import generate, make_genesis
-from projections import balances, chainstate
-from streams.runner import Runner
-from streams.store import ProjectionStore
+from ledgerlog import projections
+from ledgerlog.engine import avro, topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.crypto import H, canonical_json
+from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.projections import balances, chainstate
+from ledgerlog.streams.runner import Runner
+from ledgerlog.streams.store import ProjectionStore
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
-from engine.config import Config
-from ops.histgen import make_genesis, write_genesis, write_history
-from streams import layout
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.streams import layout
 from clitools import LEDGERLOG
 
 NAMES = ["chainstate", "balances", "energy", "payouts"]
@@ -154,7 +154,7 @@ def test_a_projection_built_by_older_code_is_rebuilt_not_served(data):
                                        check=True).stdout)
     assert digest["height"] > 0
     cfg = Config(data_dir=data)
-    from ops.node import Node
+    from ledgerlog.ops.node import Node
     node = Node(cfg)
     try:
         live = layout.read_pointer(pdir, "energy", "live")
@@ -173,7 +173,7 @@ def test_reproject_replaces_a_corrupt_projection_store_and_the_node_refuses_it_b
     live = os.path.join(pdir, "payouts", layout.read_pointer(pdir, "payouts", "live")["dir"])
     sst = sorted(f for f in os.listdir(live) if f.endswith(".sst"))
     if not sst:  # make sure the state is in table files
-        from streams.store import ProjectionStore
+        from ledgerlog.streams.store import ProjectionStore
         s = ProjectionStore(live)
         s.flush()
         s.close()

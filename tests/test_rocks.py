@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from engine.rocks import BLOCK_CACHE_BYTES, open_store
+from ledgerlog.engine.rocks import BLOCK_CACHE_BYTES, open_store
 
 FMT = b"test/1"
 

@@ -10,15 +10,15 @@ import pytest
 from conftest import Keys, Lines, admit_ok, load_signer, signer_from_byte
 from fastapi.testclient import TestClient
 
-from engine import avro
-from engine.chain import init_chain
-from engine.config import Config
-from engine.crypto import H, canonical_json
-from engine.genesis import dev_genesis
-from ops import rpc
-from ops.http import create_app
-from ops.limits import HttpLimits
-from ops.node import Node
+from ledgerlog.engine import avro
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.crypto import H, canonical_json
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops import rpc
+from ledgerlog.ops.http import create_app
+from ledgerlog.ops.limits import HttpLimits
+from ledgerlog.ops.node import Node
 
 TOKEN = "t" * 32
 

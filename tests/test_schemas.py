@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from engine import avro
-from engine.admission.lines import BODY_FIELDS
-from engine.topics import EVENT_SCHEMA
+from ledgerlog.engine import avro
+from ledgerlog.engine.admission.lines import BODY_FIELDS
+from ledgerlog.engine.topics import EVENT_SCHEMA
 
-ROOT = resources.files("schemas")
+ROOT = resources.files("ledgerlog.schemas")
 NAMES = sorted(p.name[:-len(".avsc")] for p in ROOT.iterdir() if p.name.endswith(".avsc"))
 
 #: PROTOCOL.md §2, transcribed: the normative field order and Avro types of the signed bodies.

@@ -9,15 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.admission.state import WriteState
-from engine.chain import Chain, init_chain, open_chain
-from engine.config import Config
-from engine.genesis import dev_genesis
-from engine.signing import signed_line
-from ops.simulator import Simulator, wallet_signer
-from projections import balances, chainstate, energy, payouts
-from projections.base import jload
-from streams.runner import Runner
+from ledgerlog.engine.admission.state import WriteState
+from ledgerlog.engine.chain import Chain, init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.engine.signing import signed_line
+from ledgerlog.ops.simulator import Simulator, wallet_signer
+from ledgerlog.projections import balances, chainstate, energy, payouts
+from ledgerlog.projections.base import jload
+from ledgerlog.streams.runner import Runner
 
 TICK = 0.5  # fake seconds per tick
 THRESHOLD = 10**7

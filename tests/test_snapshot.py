@@ -15,17 +15,17 @@ from typing import Any
 import httpx
 import pytest
 
-import ops.snapshot  # also registers the "snapshot" admin action in this process
-from engine.admission.state import WriteState
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.errors import ConfigError, CorruptStoreError, StoreLockedError
-from engine.log.embedded import EmbeddedLog
-from ops.histgen import make_genesis, write_genesis, write_history
-from ops.queries import Queries
-from ops.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, restore_snapshot
-from streams.runner import Runner
-from streams.store import ProjectionStore
+import ledgerlog.ops.snapshot  # also registers the "snapshot" admin action in this process
+from ledgerlog.engine.admission.state import WriteState
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
+from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.queries import Queries
+from ledgerlog.ops.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, restore_snapshot
+from ledgerlog.streams.runner import Runner
+from ledgerlog.streams.store import ProjectionStore
 from clitools import LEDGERLOG, ok_json, wait_node_url
 
 SEED = 23

@@ -8,14 +8,14 @@ from collections.abc import Iterator, Mapping, Sequence
 import pytest
 from conftest import admit_ok
 
-from engine import topics as T
-from engine.admission.state import WriteState
-from engine.admission.state_fold import apply_event, catch_up, order_key, seed_genesis
-from engine.chain import Chain, init_chain, open_chain
-from engine.config import Config
-from engine.log import Log, LogRecord, MemoryLog, Record
-from engine.log.base import StateWrites, TopicPartition
-from ops.histgen import generate, make_genesis
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.admission.state import WriteState
+from ledgerlog.engine.admission.state_fold import apply_event, catch_up, order_key, seed_genesis
+from ledgerlog.engine.chain import Chain, init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.log import Log, LogRecord, MemoryLog, Record
+from ledgerlog.engine.log.base import StateWrites, TopicPartition
+from ledgerlog.ops.histgen import generate, make_genesis
 
 EVENTS = 2000
 

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-import projections
-from ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog import projections
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
 from clitools import LEDGERLOG
 
 SEED = 17
@@ -126,7 +126,7 @@ def test_compact_offline_keeps_state(chain) -> None:
 
 
 def test_compact_refuses_while_another_process_holds_the_stores(chain) -> None:
-    from engine.log.embedded import EmbeddedLog
+    from ledgerlog.engine.log.embedded import EmbeddedLog
     holder = EmbeddedLog(str(chain["data"] / "log"))  # takes the RocksDB lock, as a node would
     try:
         proc = cli(chain["data"], "compact")

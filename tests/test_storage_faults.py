@@ -23,10 +23,10 @@ import pytest
 from clitools import LEDGERLOG, wait_node_url
 from test_metrics import observed_node, one, parse_metrics
 
-from engine import diskfaults
-from engine.chain import init_chain
-from engine.config import Config
-from ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.engine import diskfaults
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -120,7 +120,7 @@ def test_fold_commit_failure_retries_instead_of_stopping_the_node(tmp_path) -> N
 
 def test_cli_storage_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys) -> None:
     """In-process: an ingest whose append the disk refuses."""
-    from ops import cli
+    from ledgerlog.ops import cli
     genesis, keys = make_genesis(7, wallets=4)
     write_genesis(tmp_path / "genesis.json", genesis)
     write_history(tmp_path / "h.jsonl", genesis, keys, events=50, seed=7)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.store import KeyFilter, ProjectionStore, entry_hash, hash_sum
+from ledgerlog.streams.store import KeyFilter, ProjectionStore, entry_hash, hash_sum
 
 _MOD = 1 << 128
 

@@ -17,15 +17,15 @@ from typing import Any
 import orjson
 import pytest
 
-from engine import storekeys as K
-from engine import topics as T
-from engine.chain import init_chain, open_chain
-from engine.config import Config
-from engine.errors import CorruptStoreError
-from engine.rocks import open_store
-from ops.histgen import generate, make_genesis
-from ops.verify import check_stores, verify
-from streams.runner import Runner
+from ledgerlog.engine import storekeys as K
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import CorruptStoreError
+from ledgerlog.engine.rocks import open_store
+from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.verify import check_stores, verify
+from ledgerlog.streams.runner import Runner
 from clitools import LEDGERLOG
 
 SEED = 23
@@ -126,7 +126,7 @@ def _cli(data: Path, *args: str) -> tuple[int, str]:
     """The CLI in-process (cheaper than a process per call): (exit code, stdout)."""
     from typer.testing import CliRunner
 
-    from ops.cli import _register_commands, app
+    from ledgerlog.ops.cli import _register_commands, app
     _register_commands()
     result = CliRunner().invoke(app, ["--data-dir", str(data), *args], env={"LEDGERLOG_DATA_DIR": str(data)})
     return result.exit_code, result.stdout
@@ -181,7 +181,7 @@ def test_storage_corruption_is_found_and_named(data, store, damage) -> None:
 
 _WRITE_AND_DIE = """
 import os, sys
-from engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.log.embedded import EmbeddedLog
 log = EmbeddedLog(sys.argv[1], sync=True)
 for i in range(300):
     log.commit_positions("verify-test", {("ledger.blocks", 0): i})

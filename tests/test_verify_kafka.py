@@ -14,12 +14,12 @@ import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
 from clitools import LEDGERLOG, ok_json
-from engine import topics as T
-from engine.chain import open_chain
-from engine.config import load_config
-from engine.log.kafka import KafkaLog
-from ops.histgen import make_genesis, write_genesis, write_history
-from ops.verify import verify
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import load_config
+from ledgerlog.engine.log.kafka import KafkaLog
+from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.verify import verify
 
 pytestmark = pytest.mark.kafka
 

@@ -1,0 +1,237 @@
+"""One ``send()`` per HTTP response: uvicorn's HTTP protocols with their writes coalesced.
+
+uvicorn writes a response's status line and headers when the app sends ``http.response.start``
+and the body when it sends ``http.response.body``: two ``send()`` system calls, so two TCP
+segments, each waking the client (the first only to read the headers and wait again). For the
+small JSON answers of the query routes that doubles the per-request system-call and wake-up
+cost on both ends, which on a small VM is most of the server's CPU (profiled: ~45 % of the event
+loop's time was in those two writes).
+
+``CoalescingTransport`` wraps the connection's transport: writes made while one event-loop
+callback runs are joined and handed to the real transport at the next turn of the loop (or at
+once past ``FLUSH_BYTES``, and before ``close``/``write_eof``), so a response sent in one go goes
+out in one system call. ``protocol_class()`` is uvicorn's protocol (httptools when installed,
+else h11) with the wrapped transport; ``uvicorn.Config(app, http=protocol_class())`` uses it.
+
+The same protocol guards the edge (``EdgeSettings``), which uvicorn alone does not: its only
+timeout is keep-alive (reset by any byte, so a client trickling a header byte keeps a
+connection forever), and ``limit_concurrency`` answers 503 to every request once N connections
+are open, idle ones included, so 1,100 idle sockets starve everyone. Here:
+
+- **header timeout**: a connection has ``header_timeout`` seconds, from connecting (or from the
+  first byte after a response), to send a whole request head; then 408 ``TIMEOUT`` and closed.
+- **body timeout**: a request has ``body_timeout`` seconds after its head to send its whole body
+  (time the server itself stops reading, because the app has not consumed what came, does not
+  count); then 408 (if no answer has started) and closed.
+- **connection cap**: past ``max_connections`` open connections, the one idle longest (between
+  requests, or still sending its head) is closed to make room; only when every connection is
+  busy in a request does the new one get 503 ``OVERLOADED`` and closed. So idle and slow
+  clients cannot turn well-behaved ones away.
+Keep-alive stays uvicorn's (``timeout_keep_alive``)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from ledgerlog.engine.config import Config
+
+__all__ = ["FLUSH_BYTES", "CoalescingTransport", "EdgeSettings", "protocol_class"]
+
+FLUSH_BYTES = 64 * 1024
+
+log = logging.getLogger("ledgerlog.http")
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """Connection limits and timeouts of the node's HTTP server (see the module docstring)."""
+
+    header_timeout: float = 10.0  # seconds; 0 = none
+    body_timeout: float = 60.0    # seconds; 0 = none
+    max_connections: int = 1000   # 0 = no limit
+
+    @classmethod
+    def from_config(cls, config: Config) -> EdgeSettings:
+        return cls(header_timeout=config.http_header_timeout, body_timeout=config.http_body_timeout,
+                   max_connections=config.http_max_connections)
+
+
+class CoalescingTransport:
+    """A transport proxy that joins the writes of one loop turn (see the module docstring)."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._buffer: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._buffer:
+            self._loop.call_soon(self.flush)
+        self._buffer.append(bytes(data))
+        self._size += len(data)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._transport.get_write_buffer_size()) + self._size
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._buffer.clear()
+        self._size = 0
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
+        return getattr(self._transport, name)
+
+
+def _raw_response(status: int, reason: str, code: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error response with a JSON ``{"code","message"}`` body, closing."""
+    body = orjson.dumps({"code": code, "message": message})
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol for this environment (as ``http="auto"`` picks it), writing
+    through a ``CoalescingTransport`` and guarding the edge with ``edge`` (default settings
+    when None; see the module docstring)."""
+    try:
+        import httptools  # noqa: F401
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+    settings = edge or EdgeSettings()
+
+    class Guarded(base):  # type: ignore[misc, valid-type]
+        _head_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
+        _seen_cycle: Any = None
+        _idle_since = 0.0
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+            self._idle_since = time.monotonic()
+            self._arm_head()
+            if settings.max_connections and len(self.connections) > settings.max_connections:
+                self._make_room()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_timers()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.is_closing():
+                self._cancel_timers()
+                return
+            cycle = self.cycle
+            if cycle is not None and cycle is not self._seen_cycle:  # a request head was parsed
+                self._seen_cycle = cycle
+                self._cancel_timers()
+                if cycle.more_body and settings.body_timeout > 0 and self._body_timer is None:
+                    self._body_timer = self.loop.call_later(settings.body_timeout, self._body_expired)
+            if self._body_timer is not None and (cycle is None or not cycle.more_body):
+                self._cancel("_body_timer")
+            if self._idle():  # bytes of a next request head (or stray CRLFs): the head clock runs
+                self._arm_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._idle_since = time.monotonic()
+
+        # -- state -----------------------------------------------------------------------------
+        def _idle(self) -> bool:
+            """Between requests (or still sending a head): nothing of the app's under way."""
+            cycle = self.cycle
+            return (cycle is None or cycle.response_complete) and not getattr(self, "pipeline", None)
+
+        def _arm_head(self) -> None:
+            if settings.header_timeout > 0 and self._head_timer is None:
+                self._head_timer = self.loop.call_later(settings.header_timeout, self._head_expired)
+
+        def _cancel(self, name: str) -> None:
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+        def _cancel_timers(self) -> None:
+            self._cancel("_head_timer")
+            self._cancel("_body_timer")
+
+        # -- refusals --------------------------------------------------------------------------
+        def _close_with(self, status: int, reason: str, code: str, message: str) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(_raw_response(status, reason, code, message))
+                self.transport.close()
+            self._cancel_timers()
+
+        def _head_expired(self) -> None:
+            self._head_timer = None
+            if self._idle():
+                log.debug("closing %s: no whole request head within %s s", self.client, settings.header_timeout)
+                self._close_with(408, "Request Timeout", "TIMEOUT",
+                                 f"send a whole request head within {settings.header_timeout:g} s")
+
+        def _body_expired(self) -> None:
+            self._body_timer = None
+            cycle = self.cycle
+            if cycle is None or not cycle.more_body or self.transport.is_closing():
+                return
+            if self.flow.read_paused:  # the app has not read what came: the server's delay, not the client's
+                self._body_timer = self.loop.call_later(settings.body_timeout, self._body_expired)
+                return
+            log.debug("closing %s: request body not received within %s s", self.client, settings.body_timeout)
+            if cycle.response_started:
+                self.transport.close()
+                self._cancel_timers()
+            else:
+                self._close_with(408, "Request Timeout", "TIMEOUT",
+                                 f"send the whole request body within {settings.body_timeout:g} s of its head")
+
+        def _make_room(self) -> None:
+            """Past the cap: close the connection idle longest; if none is idle, refuse this one."""
+            idle = [c for c in self.connections if c is not self and isinstance(c, Guarded)
+                    and not c.transport.is_closing() and c._idle()]
+            if idle:
+                victim = min(idle, key=lambda c: c._idle_since)
+                log.debug("%d connections open: closing the idle one from %s", len(self.connections), victim.client)
+                victim._cancel_timers()
+                victim.transport.close()
+            else:
+                log.warning("%d connections open, all busy: refusing %s", len(self.connections), self.client)
+                self._close_with(503, "Service Unavailable", "OVERLOADED",
+                                 "the node has no free connection; retry shortly")
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    return Guarded

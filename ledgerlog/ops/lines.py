@@ -1,0 +1,29 @@
+"""Reading ingest files as numbered lines in constant memory, whatever their size."""
+from __future__ import annotations
+
+from typing import BinaryIO, Iterator
+
+from ledgerlog.engine.admission.lines import MAX_LINE_BYTES
+
+__all__ = ["numbered_lines"]
+
+
+def numbered_lines(f: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for each non-blank line. A line over ``limit`` bytes is yielded cut to
+    ``limit + 1`` bytes (so admission reports it MALFORMED) and the rest of it is skipped."""
+    number = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while True:  # drain the remainder of the over-long line
+                rest = f.readline(1 << 20)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield number, line
+            continue
+        stripped = line.strip()
+        if stripped:
+            yield number, stripped

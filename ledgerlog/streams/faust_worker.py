@@ -1,0 +1,462 @@
+"""The Kafka-mode projection worker: faust-streaming owns group membership, the runner's folds do
+the work, each worker keeping its stores in its own directory.
+
+Unit of ownership: a whole projection. Folds need whole-chain views (chainstate reads the
+one-partition ``ledger.blocks``; balances of one address come from five topics keyed differently;
+chainstate's pending count and the digests are global), so splitting a projection by event
+partition would need cross-worker joins. Instead a *lease topic* with one partition per
+projection (``sorted(projections.ALL)[p]`` owns partition ``p``) is consumed by a faust agent in
+the worker group: Kafka's group protocol and faust's assignor hand each partition to exactly one
+live member, so the projections split across workers, and a member that leaves (even by
+``kill -9``: after the session timeout) has its share reassigned to the survivors. The lease
+topic carries no records; faust's committed offsets are irrelevant.
+
+For each owned projection a fold thread runs ``streams.runner.Runner.fold_batch`` over
+``<worker_dir>/projections`` (the embedded runner's layout): read from the positions stored in
+the projection's RocksDB, decode with ledgerlog's codec, fold, commit state + positions + digest
+in one WriteBatch. The stored positions are the source of truth (exactly-once effect): a gained
+projection resumes from what *this* worker's store holds (offset 0 if it never had it), never from
+a group offset. A gained projection is ``catching_up`` until it has folded to the log end as of
+the gain, then ``serving``; only serving projections answer queries.
+
+Queries: ``GET /status`` lists owned projections (state, digest, positions, lag, catch-up time);
+``GET /projections/<name>`` answers on the owner and redirects (307) elsewhere to the owner's URL,
+which faust's assignor shares among members (``external_topic_distribution``, keyed by each
+worker's ``canonical_url``). Derived events: the folds emit none (payouts are decided and
+recorded at admission with deterministic ids), so a replay or a rebalance cannot emit twice.
+
+Security: the chain's ``[kafka]`` passthrough (librdkafka names: ``security.protocol``,
+``sasl.mechanisms``, ``sasl.username``/``sasl.password``, ``ssl.ca.location``, client
+certificates...) reaches faust as ``broker_credentials`` (``broker_credentials()``), so workers
+join TLS/SASL clusters with the settings the node's own clients use."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ledgerlog import projections
+from ledgerlog.engine.chain import write_atomic
+from ledgerlog.engine.codec import Codec, Registry
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import ConfigError, LogError
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.log import open_log
+from ledgerlog.engine.log.base import Log
+
+from .runner import Runner
+
+__all__ = ["NAMES", "FoldEngine", "StatusServer", "broker_credentials", "build_app", "ensure_lease_topic",
+           "group_id", "run_worker", "ssl_context"]
+
+_log = logging.getLogger("ledgerlog.worker")
+
+#: Lease partition p -> projection NAMES[p].
+NAMES: tuple[str, ...] = tuple(sorted(projections.ALL))
+
+
+def group_id(config: Config, genesis: Genesis) -> str:
+    """The faust app id / consumer group of a chain's workers. It starts with ``__`` so the lease
+    topic (``<group>.leases``) stays out of the chain's topic listing (``KafkaLog.topics``)."""
+    prefix = config.kafka.get("ledgerlog.topic_prefix", "")
+    return f"__ledgerlog-worker.{prefix}{genesis.hash[:16]}"
+
+
+def _bootstrap(config: Config) -> str:
+    url = config.resolved_log_url
+    if not url.startswith("kafka://"):
+        raise ConfigError(f"`ledgerlog worker` needs a Kafka chain (log.url kafka://...), not {url!r}")
+    return url[len("kafka://"):]
+
+
+# -- the [kafka] passthrough (librdkafka names) for faust/aiokafka ------------------------------------
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_PASSWORD = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _client_settings(kafka: Mapping[str, str]) -> dict[str, str]:
+    """The librdkafka settings a faust worker's clients get: the unprefixed ones, then
+    ``consumer.``-prefixed ones over them (faust is the group's consumer); ``producer.``,
+    ``admin.`` and ``ledgerlog.`` keys are for other clients."""
+    out = {k: str(v) for k, v in kafka.items() if not k.startswith(("ledgerlog.", "producer.", "consumer.", "admin."))}
+    out.update({k.removeprefix("consumer."): str(v) for k, v in kafka.items() if k.startswith("consumer.")})
+    return out
+
+
+def _false(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("false", "0", "no", "off", "none", "")
+
+
+def ssl_context(kafka: Mapping[str, str]) -> ssl.SSLContext:
+    """An SSL context from librdkafka's ``ssl.*`` settings: the CA (``ssl.ca.location``, a file or
+    a directory, or ``ssl.ca.pem``; the system's trust store otherwise), a client certificate and
+    key (``ssl.certificate.location``, ``ssl.key.location``, ``ssl.key.password``), and
+    ``ssl.endpoint.identification.algorithm=none`` / ``enable.ssl.certificate.verification=false``."""
+    conf = _client_settings(kafka)
+    ca = conf.get("ssl.ca.location", "").strip()
+    try:
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=ca if ca and not os.path.isdir(ca) else None,
+            capath=ca if ca and os.path.isdir(ca) else None, cadata=conf.get("ssl.ca.pem") or None)
+        cert = conf.get("ssl.certificate.location", "").strip()
+        if cert:
+            ctx.load_cert_chain(cert, keyfile=conf.get("ssl.key.location") or None,
+                                password=conf.get("ssl.key.password") or None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"[kafka] TLS settings: {exc}") from exc
+    if _false(conf.get("ssl.endpoint.identification.algorithm", "https")):
+        ctx.check_hostname = False
+    if _false(conf.get("enable.ssl.certificate.verification", "true")):
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def broker_credentials(kafka: Mapping[str, str]) -> Any:
+    """faust's ``broker_credentials`` for a chain's ``[kafka]`` section, or None for plaintext.
+
+    ``security.protocol`` decides, as in librdkafka (default PLAINTEXT): SSL gives
+    ``faust.SSLCredentials``; SASL_PLAINTEXT / SASL_SSL give ``faust.SASLCredentials`` (PLAIN,
+    SCRAM-SHA-256/512 with ``sasl.username``/``sasl.password``) or ``faust.GSSAPICredentials``
+    (GSSAPI, librdkafka's default mechanism; ``sasl.kerberos.service.name``), with an SSL context
+    for SASL_SSL (``ssl_context``)."""
+    import faust
+
+    conf = _client_settings(kafka)
+    protocol = conf.get("security.protocol", "PLAINTEXT").strip().upper()
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(f"[kafka] security.protocol {protocol!r}: expected one of {', '.join(_PROTOCOLS)}")
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(ssl_context(kafka))
+    tls = ssl_context(kafka) if protocol == "SASL_SSL" else None
+    mechanism = (conf.get("sasl.mechanisms") or conf.get("sasl.mechanism") or "GSSAPI").strip().upper()
+    if mechanism in _SASL_PASSWORD:
+        user, password = conf.get("sasl.username"), conf.get("sasl.password")
+        if not user or password is None:
+            raise ConfigError(f"[kafka] SASL {mechanism} needs sasl.username and sasl.password")
+        return faust.SASLCredentials(username=user, password=password, ssl_context=tls, mechanism=mechanism)
+    if mechanism == "GSSAPI":
+        return faust.GSSAPICredentials(kerberos_service_name=conf.get("sasl.kerberos.service.name", "kafka"),
+                                       kerberos_domain_name=conf.get("sasl.kerberos.domain.name") or None,
+                                       ssl_context=tls, mechanism=mechanism)
+    raise ConfigError(f"[kafka] sasl.mechanisms {mechanism!r} is not supported by `ledgerlog worker` "
+                      f"(use {', '.join(_SASL_PASSWORD)} or GSSAPI)")
+
+
+def ensure_lease_topic(config: Config, topic: str) -> None:
+    """Create the lease topic (one partition per projection) unless it exists with that many."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from ledgerlog.engine.log.kafka import TOPIC_CONFIG
+
+    conf: dict[str, Any] = {"bootstrap.servers": _bootstrap(config)}
+    for k, v in config.kafka.items():  # librdkafka settings for every client, or admin-only
+        if k.startswith(("ledgerlog.", "producer.", "consumer.")):
+            continue
+        conf[k.removeprefix("admin.")] = v
+    admin = AdminClient(conf)
+    replication = int(config.kafka.get("ledgerlog.replication", "1"))
+    fut = admin.create_topics([NewTopic(topic, len(NAMES), replication, config=dict(TOPIC_CONFIG))])[topic]
+    try:
+        fut.result(timeout=30)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            raise LogError(f"creating lease topic {topic}: {exc}") from exc
+    deadline = time.monotonic() + 30
+    while True:  # metadata may lag the creation
+        md = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if md is not None and md.error is None and md.partitions:
+            if len(md.partitions) != len(NAMES):
+                raise LogError(f"lease topic {topic} has {len(md.partitions)} partitions, not {len(NAMES)}")
+            return
+        if time.monotonic() > deadline:
+            raise LogError(f"lease topic {topic} not in the metadata after 30 s")
+        time.sleep(0.1)
+
+
+@dataclass
+class _Owned:
+    gained_at: float
+    state: str = "catching_up"           # -> "serving" once folded to the log end as of the gain
+    target: dict[str, list[int]] | None = None
+    catch_up_s: float | None = None
+    resumed_from: int = 0                # records already in this worker's store at the gain
+    snapshot: dict[str, Any] = field(default_factory=dict)
+
+
+class FoldEngine:
+    """Folds the owned projections on one thread; ownership changes come from the group."""
+
+    def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
+                 batch: int = 5000, idle_wait: float = 0.1) -> None:
+        self.log, self.codec, self.genesis = log, codec, genesis
+        self.projections_dir, self.batch, self.idle_wait = projections_dir, batch, idle_wait
+        self._lock = threading.Lock()        # ownership and snapshots
+        self._batch_lock = threading.Lock()  # held while a batch folds: a revoke waits for it
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._owned: dict[str, _Owned] = {}
+        self._runners: dict[str, Runner] = {}
+        self.gains: list[dict[str, Any]] = []  # history of gained projections and catch-up times
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="ledgerlog-fold", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def assign(self, names: set[str]) -> None:
+        """The full new assignment: newly gained projections start catching up."""
+        now = time.monotonic()
+        with self._lock:
+            for name in list(self._owned):
+                if name not in names:
+                    del self._owned[name]
+            for name in names:
+                if name not in self._owned:
+                    self._owned[name] = _Owned(gained_at=now)
+        _log.info("assigned %s", sorted(names))
+        self._wake.set()
+
+    def revoke(self, names: set[str]) -> None:
+        """Stop folding ``names``; returns once no batch of theirs is in flight."""
+        with self._lock:
+            for name in names:
+                self._owned.pop(name, None)
+        with self._batch_lock:
+            pass
+        _log.info("revoked %s", sorted(names))
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                folded = 0
+                with self._lock:
+                    names = sorted(self._owned)
+                for name in names:
+                    with self._batch_lock:
+                        with self._lock:
+                            own = self._owned.get(name)
+                        if own is None or self._stop.is_set():
+                            continue
+                        folded += self._step(name, own)
+                self._close_unowned()
+                if not folded:
+                    self._wake.wait(self.idle_wait)
+                    self._wake.clear()
+        except Exception as exc:  # noqa: BLE001 - surfaced on /status; the app's watch timer stops the worker
+            _log.exception("fold thread failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _runner(self, name: str) -> Runner:
+        r = self._runners.get(name)
+        if r is None:
+            r = self._runners[name] = Runner(self.log, self.codec, self.genesis, self.projections_dir,
+                                             names=[name], batch=self.batch)
+        return r
+
+    def _step(self, name: str, own: _Owned) -> int:
+        runner = self._runner(name)
+        handle = runner.handles[name]
+        ends = {t: self.log.end_offsets(t) for t in handle.module.TOPICS}
+        if own.target is None:
+            own.target = ends
+            own.resumed_from = sum(handle.store.positions().values())
+        n = runner.fold_batch(handle, until=ends)
+        pos = handle.store.positions()
+        if own.state == "catching_up" and Runner._reached(handle, own.target):
+            own.state = "serving"
+            own.catch_up_s = round(time.monotonic() - own.gained_at, 3)
+            with self._lock:
+                self.gains.append({"projection": name, "catch_up_s": own.catch_up_s,
+                                   "resumed_from": own.resumed_from, "target": sum(pos.values())})
+            _log.info("%s caught up in %.3f s", name, own.catch_up_s)
+        snap = {"state": own.state, "digest": handle.store.digest_hex(), "height": handle.store.height,
+                "positions": {t: [pos.get((t, p), 0) for p in range(len(e))] for t, e in ends.items()},
+                "lag": sum(max(0, e - pos.get((t, p), 0)) for t, es in ends.items() for p, e in enumerate(es)),
+                "events_folded": handle.events, "catch_up_s": own.catch_up_s, "resumed_from": own.resumed_from, "version": handle.version}
+        with self._lock:
+            own.snapshot = snap
+        return n
+
+    def _close_unowned(self) -> None:
+        with self._lock:
+            gone = [n for n in self._runners if n not in self._owned]
+        for name in gone:
+            self._runners.pop(name).close()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"owned": {n: dict(o.snapshot) or {"state": o.state} for n, o in sorted(self._owned.items())},
+                    "gains": list(self.gains), "error": self.error}
+
+    def answer(self, name: str) -> dict[str, Any] | None:
+        """The projection's provenance if this worker owns and serves it, else None."""
+        with self._lock:
+            own = self._owned.get(name)
+            return dict(own.snapshot) if own is not None and own.state == "serving" else None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        for r in self._runners.values():
+            r.close()
+        self._runners.clear()
+
+
+class StatusServer:
+    """``/status`` and ``/projections/<name>`` (owner answers, others redirect to the owner)."""
+
+    def __init__(self, engine: FoldEngine, info: dict[str, Any], host: str, port: int) -> None:
+        self.engine, self.info = engine, info
+        self.route: Any = lambda name: None  # name -> owner URL or None; set once faust runs
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0].rstrip("/")
+                if path == "/status":
+                    return self._send(200, {**server.info, **server.engine.status()})
+                if path.startswith("/projections/"):
+                    name = path[len("/projections/"):]
+                    if name not in projections.ALL:
+                        return self._send(404, {"error": f"unknown projection {name!r}"})
+                    got = server.engine.answer(name)
+                    if got is not None:
+                        return self._send(200, {"projection": name, "worker": server.info["id"], **got})
+                    owner = server.route(name)
+                    if owner and owner.rstrip("/") != server.info["url"]:
+                        self.send_response(307)
+                        self.send_header("Location", owner.rstrip("/") + path)
+                        self.end_headers()
+                        return None
+                    return self._send(503, {"error": f"{name} is not served here yet", "owner": owner})
+                return self._send(404, {"error": "not found"})
+
+            def _send(self, code: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ledgerlog-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_dir: str, url: str,
+              session_timeout: float = 6.0) -> Any:
+    """The faust app: one agent on the lease topic; assignment signals drive the fold engine."""
+    import faust
+
+    app_id = group_id(config, genesis)
+    lease = f"{app_id}.leases"
+    brokers = [f"kafka://{h.strip()}" for h in _bootstrap(config).split(",") if h.strip()]
+    credentials = broker_credentials(config.kafka)  # TLS / SASL from the [kafka] passthrough
+    app = faust.App(app_id, broker=brokers, broker_session_timeout=session_timeout,
+                    **({"broker_credentials": credentials} if credentials is not None else {}),
+                    broker_heartbeat_interval=min(1.0, session_timeout / 3), web_enabled=False,
+                    canonical_url=url, topic_allow_declare=False, topic_disable_leader=True,
+                    store="memory://", value_serializer="raw", consumer_auto_offset_reset="earliest",
+                    datadir=os.path.join(worker_dir, "faust"), autodiscover=False)
+    topic = app.topic(lease, partitions=len(NAMES), value_serializer="raw", key_serializer="raw")
+
+    @app.agent(topic, name="lease")
+    async def _lease(stream: Any) -> None:  # the lease topic carries no records
+        async for _ in stream:
+            pass
+
+    def names_of(tps: Any) -> set[str]:
+        return {NAMES[tp.partition] for tp in tps if tp.topic == lease and tp.partition < len(NAMES)}
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust: handler(sender, tps, signal=...)
+    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, engine.revoke, names_of(revoked))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        engine.assign(names_of(assigned))
+
+    def route(name: str) -> str | None:
+        p = NAMES.index(name)
+        for owner, tps in dict(getattr(app.assignor, "external_topic_distribution", None) or {}).items():
+            if p in tps.get(lease, ()):
+                return str(owner)
+        return None
+
+    @app.timer(1.0)
+    async def _watch() -> None:  # a failed fold thread takes the worker down, releasing its leases
+        if engine.error is not None:
+            await app.crash(RuntimeError(f"fold thread failed: {engine.error}"))
+
+    app.ledgerlog_route = route  # type: ignore[attr-defined]
+    app.ledgerlog_lease = lease  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(config: Config, worker_dir: str, *, worker_id: str | None = None, host: str = "127.0.0.1",
+               port: int = 0, batch: int = 5000, session_timeout: float = 6.0, loglevel: str = "WARNING") -> int:
+    """Run one worker until SIGTERM/SIGINT (or the fold thread fails: exit 1)."""
+    import faust
+
+    bootstrap = _bootstrap(config)
+    if not os.path.exists(config.genesis_path):
+        raise ConfigError(f"{config.data_dir} holds no chain; run `ledgerlog init` first")
+    genesis = Genesis.load(config.genesis_path)
+    os.makedirs(worker_dir, exist_ok=True)
+    conf = {k: v for k, v in config.kafka.items() if k != "ledgerlog.state_dir"}
+    log = open_log(f"kafka://{bootstrap}", read_only=True, sync=False, **conf)
+    engine = None
+    server = None
+    try:
+        codec = Codec(Registry(log))
+        engine = FoldEngine(log, codec, genesis, os.path.join(worker_dir, "projections"), batch=batch)
+        info: dict[str, Any] = {"id": worker_id or f"{os.uname().nodename}-{os.getpid()}", "pid": os.getpid(),
+                                "group": group_id(config, genesis), "chain_id": genesis.chain_id}
+        server = StatusServer(engine, info, host, port)
+        info["url"] = f"http://{host}:{server.port}"
+        app = build_app(config, genesis, engine, worker_dir=worker_dir, url=info["url"],
+                        session_timeout=session_timeout)
+        ensure_lease_topic(config, app.ledgerlog_lease)
+        server.route = app.ledgerlog_route
+        engine.start()
+        server.start()
+        write_atomic(os.path.join(worker_dir, "worker.json"), json.dumps(info).encode())
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0) if engine.error is None else 1
+        return 0 if engine.error is None else 1
+    finally:
+        if server is not None:
+            server.stop()
+        if engine is not None:
+            engine.stop()
+        log.close()

@@ -1,0 +1,410 @@
+"""Projections' input: topic partitions merged in event-height order, each record read and decoded
+once however many projections fold it.
+
+Each partition is read ahead in chunks and decoded once; records wait in per-partition buffers
+until a merge by height takes them. Heights never fall along a partition (admission stamps the
+tip), so taking every buffered record whose height is below the lowest height a partition with
+unread records may still hold, sorted by (height, partition), yields events in height order
+across batches, and folds stay on their append-only fast path.
+
+A Feed may serve several projections at once (the runner folds all of its projections from one
+feed): ``take_raw`` returns the merged records, ``select`` the part one projection reads.
+
+Reading: the embedded log's records are read straight from its RocksDB in one iterator pass per
+chunk (offsets are contiguous there; anything unexpected falls back to ``Log.read``). Decoding:
+records written with the topic's current schema are decoded by a function generated from that
+schema (plain Python over the bytes, which beats fastavro's per-field dispatch); other schema
+versions go through ``Codec.decode`` (fastavro, with schema resolution). Both give equal dicts,
+key order included (tests/test_feed.py)."""
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Callable
+
+from rocksdict import ReadOptions
+
+from ledgerlog.engine import storekeys as K
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.avro_codegen import SchemaNames, Unsupported
+from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.movements import event_height
+
+__all__ = ["Feed", "EventDecoder", "compile_decoder", "Unsupported", "Spec", "spec_of", "merge_specs",
+           "HEIGHT_FIELDS"]
+
+TP = tuple[str, int]
+#: a buffered record: (height, partition index in the feed, offset, event)
+Entry = tuple[int, int, int, dict[str, Any]]
+
+_KLEN = struct.Struct(">I")
+_HEAD = 12  # the embedded log's record value: timestamp (8), key length (4), key, Avro value
+_INF = float("inf")
+
+
+# -- decoding -----------------------------------------------------------------------------------
+#: Which fields of a record to decode: field name -> the fields of it to decode (a Spec, for a
+#: record field), or None for all of it. A Spec of None decodes everything.
+Spec = dict[str, Any]
+
+
+def spec_of(paths: Any) -> Spec | None:
+    """A Spec from dotted paths ("body.sender", "height"); None (everything) for None."""
+    if paths is None:
+        return None
+    out: Spec = {}
+    for path in paths:
+        node = out
+        parts = path.split(".")
+        for part in parts[:-1]:
+            if part in node and node[part] is None:
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = None
+    return out
+
+
+def merge_specs(a: Spec | None, b: Spec | None) -> Spec | None:
+    """The fields either of two specs decodes."""
+    if a is None or b is None:
+        return None
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge_specs(out[k], v) if k in out else v
+    return out
+
+
+def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[bytes, int], dict[str, Any]]:
+    """A function ``decode(buf, p)`` reading the Avro binary datum of ``schema_text`` at ``buf[p:]``
+    (records, arrays, string, long, int, boolean; otherwise Unsupported), giving what fastavro's
+    ``schemaless_reader`` gives with that schema as writer and no reader schema; with ``fields``,
+    only those fields (in schema order), the others skipped undecoded."""
+    lines: list[str] = []
+    names = SchemaNames()
+    var, resolve, record_ns = names.var, names.resolve, names.record_ns
+
+    def long_(ind: str, target: str) -> None:
+        # zig-zag varints, inline (one- and two-byte ones first: lengths of 64-char hex strings)
+        lines.append(f"{ind}b = buf[p]")
+        lines.append(f"{ind}if b < 128:")
+        lines.append(f"{ind}    {target} = (b >> 1) ^ -(b & 1)")
+        lines.append(f"{ind}    p += 1")
+        lines.append(f"{ind}else:")
+        lines.append(f"{ind}    c = buf[p + 1]")
+        lines.append(f"{ind}    m = (b & 127) | ((c & 127) << 7)")
+        lines.append(f"{ind}    p += 2")
+        lines.append(f"{ind}    s = 14")
+        lines.append(f"{ind}    while c > 127:")
+        lines.append(f"{ind}        c = buf[p]")
+        lines.append(f"{ind}        p += 1")
+        lines.append(f"{ind}        m |= (c & 127) << s")
+        lines.append(f"{ind}        s += 7")
+        lines.append(f"{ind}    {target} = (m >> 1) ^ -(m & 1)")
+
+    def length(ind: str) -> None:
+        long_(ind, "n")
+        lines.append(f"{ind}if n < 0:")
+        lines.append(f"{ind}    raise ValueError('negative length')")
+
+    def gen(t: Any, ind: str, ns: str | None, spec: Spec | None) -> str:
+        t, ns = resolve(t, ns)
+        if t in ("long", "int"):
+            v = var()
+            long_(ind, v)
+            return v
+        if t == "string":
+            v = var()
+            length(ind)
+            lines.append(f"{ind}{v} = buf[p:p + n].decode()")
+            lines.append(f"{ind}p += n")
+            return v
+        if t == "boolean":
+            v = var()
+            lines.append(f"{ind}{v} = buf[p] != 0")
+            lines.append(f"{ind}p += 1")
+            return v
+        if isinstance(t, dict) and t.get("type") == "record":
+            inner = record_ns(t, ns)
+            parts = []
+            for f in t["fields"]:
+                if spec is None or f["name"] in spec:
+                    parts.append((f["name"], gen(f["type"], ind, inner, None if spec is None else spec[f["name"]])))
+                else:
+                    skip(f["type"], ind, inner)
+            v = var()
+            lines.append(f"{ind}{v} = {{" + ", ".join(f"{k!r}: {x}" for k, x in parts) + "}")
+            return v
+        if isinstance(t, dict) and t.get("type") == "array":
+            v, c = var(), var()
+            lines.append(f"{ind}{v} = []")
+            lines.append(f"{ind}while True:")
+            long_(ind + "    ", c)
+            lines.append(f"{ind}    if {c} == 0:")
+            lines.append(f"{ind}        break")
+            lines.append(f"{ind}    if {c} < 0:  # a block with its byte size")
+            lines.append(f"{ind}        {c} = -{c}")
+            long_(ind + "        ", "_")
+            lines.append(f"{ind}    for _i in range({c}):")
+            item = gen(t["items"], ind + "        ", ns, None)
+            lines.append(f"{ind}        {v}.append({item})")
+            return v
+        raise Unsupported(repr(t)[:80])
+
+    def skip(t: Any, ind: str, ns: str | None) -> None:
+        t, ns = resolve(t, ns)
+        if t in ("long", "int"):
+            lines.append(f"{ind}while buf[p] > 127:")
+            lines.append(f"{ind}    p += 1")
+            lines.append(f"{ind}p += 1")
+        elif t == "string":
+            length(ind)
+            lines.append(f"{ind}p += n")
+        elif t == "boolean":
+            lines.append(f"{ind}p += 1")
+        elif isinstance(t, dict) and t.get("type") == "record":
+            inner = record_ns(t, ns)
+            for f in t["fields"]:
+                skip(f["type"], ind, inner)
+        elif isinstance(t, dict) and t.get("type") == "array":
+            c = var()
+            lines.append(f"{ind}while True:")
+            long_(ind + "    ", c)
+            lines.append(f"{ind}    if {c} == 0:")
+            lines.append(f"{ind}        break")
+            lines.append(f"{ind}    if {c} < 0:  # a block with its byte size: skip it whole")
+            length(ind + "        ")
+            lines.append(f"{ind}        p += n")
+            lines.append(f"{ind}        continue")
+            lines.append(f"{ind}    for _i in range({c}):")
+            lines.append(f"{ind}        pass")
+            skip(t["items"], ind + "        ", ns)
+        else:
+            raise Unsupported(repr(t)[:80])
+
+    result = gen(json.loads(schema_text), "    ", None, fields)
+    src = "\n".join(["def decode(buf, p):", *lines,
+                     "    if p > len(buf):",
+                     "        raise EOFError('truncated Avro record')",
+                     f"    return {result}", ""])
+    scope: dict[str, Any] = {}
+    exec(compile(src, "<generated avro decoder>", "exec"), scope)  # noqa: S102 - our own schema text
+    return scope["decode"]
+
+
+class EventDecoder:
+    """Per topic (and Spec), ``decode(buf, p)`` of a Confluent-framed value at ``buf[p:]`` (to
+    its end). Values of another schema version than the topic's current one are decoded whole
+    by ``Codec.decode``: a Spec only ever leaves fields out."""
+
+    def __init__(self, codec: Codec | Callable[[str, bytes], dict[str, Any]]) -> None:
+        self._codec = codec if isinstance(codec, Codec) else None
+        self._plain = codec.decode if isinstance(codec, Codec) else codec
+        self._fns: dict[tuple[str, str], Callable[[bytes, int], dict[str, Any]]] = {}
+
+    def for_topic(self, topic: str, fields: Spec | None = None) -> Callable[[bytes, int], dict[str, Any]]:
+        key = (topic, repr(fields))
+        fn = self._fns.get(key)
+        if fn is None:
+            fn = self._fns[key] = self._make(topic, fields)
+        return fn
+
+    def _make(self, topic: str, fields: Spec | None) -> Callable[[bytes, int], dict[str, Any]]:
+        plain = self._plain
+
+        def slow(buf: bytes, p: int) -> dict[str, Any]:
+            return plain(topic, buf[p:] if p else buf)
+
+        if self._codec is None:
+            return slow
+        try:
+            sid = self._codec.schema_id(topic)
+            fast = compile_decoder(self._codec.registry.by_id[sid].schema, fields)
+        except (KeyError, Unsupported):
+            return slow
+        header = struct.pack(">bI", 0, sid)
+
+        def decode(buf: bytes, p: int) -> dict[str, Any]:
+            if buf[p:p + 5] == header:
+                return fast(buf, p + 5)
+            return slow(buf, p)  # another schema version, or not the wire format (an error)
+        return decode
+
+
+# -- the feed -----------------------------------------------------------------------------------
+#: the fields ``engine.movements.event_height`` reads, decoded whatever a Spec says
+HEIGHT_FIELDS: dict[str, Spec] = {T.BLOCKS: {"header": {"height": None}}, T.TRANSACTIONS: {"height": None}}
+_STAMP: Spec = {"stamp_height": None}
+
+
+class Feed:
+    def __init__(self, log: Log, decode: Codec | EventDecoder | Callable[[str, bytes], dict[str, Any]],
+                 topics: tuple[str, ...] | list[str], positions: dict[TP, int], chunk: int = 2000,
+                 fields: dict[str, Spec | None] | None = None) -> None:
+        """``fields``: per topic, the Spec of what to decode (topics not in it: everything)."""
+        self.log, self.chunk = log, chunk
+        self.topics = tuple(dict.fromkeys(topics))
+        self._fields = {t: merge_specs(spec, HEIGHT_FIELDS.get(t, _STAMP))
+                        for t, spec in (fields or {}).items() if spec is not None}
+        self._decoder = decode if isinstance(decode, EventDecoder) else EventDecoder(decode)
+        self.tps: list[TP] = [(t, p) for t in self.topics for p in range(len(log.end_offsets(t)))]
+        self.index = {tp: i for i, tp in enumerate(self.tps)}
+        self._next = [positions.get(tp, 0) for tp in self.tps]  # next offset to read
+        self.low = list(self._next)  # next offset to take (everything before it was taken)
+        self._buf: list[list[Entry]] = [[] for _ in self.tps]
+        self._start = [0] * len(self.tps)  # taken entries at the front of each buffer
+        self._db = log.raw() if type(log) is EmbeddedLog else None
+        self.picked: list[Entry] = []  # what the last ``select`` picked: the events' coordinates
+
+    # -- reading --------------------------------------------------------------------------------
+    def _refill(self, i: int, end: int) -> None:
+        start = self._next[i]
+        if start >= end:
+            return
+        topic, p = self.tps[i]
+        n = min(self.chunk, end - start)
+        buf = self._buf[i]
+        if self._start[i]:
+            del buf[:self._start[i]]
+            self._start[i] = 0
+        dec = self._decoder.for_topic(topic, self._fields.get(topic))
+        height_of = _height_fn(topic)
+        got = self._read_embedded(topic, p, start, n) if self._db is not None else None
+        if got is not None:
+            klen = _KLEN.unpack_from
+            for off, v in enumerate(got, start):
+                ev = dec(v, _HEAD + klen(v, 8)[0])
+                buf.append((height_of(ev), i, off, ev))
+            self._next[i] = start + len(got)
+            return
+        recs = self.log.read(topic, p, start, n)
+        for r in recs:
+            ev = dec(r.value, 0)
+            buf.append((height_of(ev), i, r.offset, ev))
+        if recs:
+            self._next[i] = recs[-1].offset + 1
+
+    def _read_embedded(self, topic: str, p: int, start: int, n: int) -> list[bytes] | None:
+        """Values of offsets [start, start + n) in one iterator pass; None unless all are there
+        (then ``Log.read`` reads them, and reports a damaged store)."""
+        ro = ReadOptions()
+        ro.set_iterate_upper_bound(K.record_key(topic, p, start + n))
+        assert self._db is not None
+        try:
+            values = list(self._db.values(from_key=K.record_key(topic, p, start), read_opt=ro))
+        except Exception:  # noqa: BLE001 - Log.read maps the error
+            self._db = self.log.raw()  # the log may have reopened its store after a disk fault
+            return None
+        return values if len(values) == n else None
+
+    # -- taking ---------------------------------------------------------------------------------
+    def take_raw(self, limit: int, ends: dict[str, list[int]]) -> list[Entry]:
+        """Up to ``limit`` buffered records in (height, partition, offset) order, not past ``ends``:
+        the order a heap merge of the partitions by (height, partition) gives."""
+        tps, bufs, starts, nxt = self.tps, self._buf, self._start, self._next
+        n = len(tps)
+        stops = [ends[t][p] for t, p in tps]
+        low_water = max(1, self.chunk // 2)
+        dead = [False] * n  # a read that found nothing before the end (records not visible yet)
+        self.taken_from = list(self.low)
+        out: list[Entry] = []
+        while len(out) < limit:
+            # keep every partition with records left before its end read ahead
+            for i in range(n):
+                if not dead[i] and nxt[i] < stops[i] and len(bufs[i]) - starts[i] < low_water:
+                    before = nxt[i]
+                    self._refill(i, stops[i])
+                    dead[i] = nxt[i] == before
+            # unread records of a partition are at least as high as its last buffered one: take
+            # records below the lowest such height, and at it from partitions up to the first
+            # one that may hold more at that height
+            bound: float = _INF
+            first = n
+            for i in range(n):
+                if nxt[i] < stops[i] and not dead[i]:
+                    h = bufs[i][-1][0]
+                    if h < bound:
+                        bound, first = h, i
+            cands: list[Entry] = []
+            for i in range(n):
+                b, s = bufs[i], starts[i]
+                if s == len(b):
+                    continue
+                stop = stops[i]
+                if bound == _INF and b[-1][2] < stop:
+                    j = len(b)
+                else:
+                    j = s
+                    lim = bound + 1 if i <= first else bound  # heights are ints
+                    while j < len(b) and b[j][0] < lim and b[j][2] < stop:
+                        j += 1
+                if j > s:
+                    cands.extend(b[s:j])
+            if not cands:
+                break
+            cands.sort()  # (height, partition, offset) is unique: events are never compared
+            room = limit - len(out)
+            if len(cands) > room:
+                del cands[room:]
+            for e in cands:
+                starts[e[1]] += 1
+            out.extend(cands)
+        for e in out:
+            self.low[e[1]] = e[2] + 1
+        return out
+
+    def select(self, entries: list[Entry], topics: tuple[str, ...] | frozenset[str],
+               positions: dict[TP, int] | None = None) -> tuple[list[tuple[str, dict[str, Any]]], dict[TP, int], int]:
+        """The part of ``entries`` (the last ``take_raw``) a projection reading ``topics`` folds,
+        less what it folded already (``positions``): (events, its new positions, highest height)."""
+        tps = self.tps
+        want = [tp[0] in topics for tp in tps]
+        skip = None
+        if positions:
+            skip = [positions.get(tp, 0) for tp in tps]
+            if all(not w or s <= lo for w, s, lo in zip(want, skip, self.taken_from)):
+                skip = None
+        if skip is None:
+            if all(want):
+                picked = entries
+            else:
+                picked = [e for e in entries if want[e[1]]]
+        else:
+            picked = [e for e in entries if want[e[1]] and e[2] >= skip[e[1]]]
+        self.picked = picked
+        names = [tp[0] for tp in tps]
+        events = [(names[e[1]], e[3]) for e in picked]
+        last = {e[1]: e[2] for e in picked}  # offsets rise along a partition: the last one stays
+        height = picked[-1][0] if picked else -1
+        return events, {tps[i]: off + 1 for i, off in last.items()}, height
+
+    def take(self, limit: int, ends: dict[str, list[int]]) -> tuple[list[tuple[str, dict[str, Any]]], dict[TP, int], int]:
+        """Up to ``limit`` events in height order, not past ``ends``; (events, new positions,
+        highest height)."""
+        return self.select(self.take_raw(limit, ends), self.topics)
+
+    def covers(self, topics: tuple[str, ...], positions: dict[TP, int]) -> bool:
+        """Can a projection reading ``topics`` that folded up to ``positions`` take from this feed
+        (it reads them all, and has taken nothing that projection still has to fold)?"""
+        index = self.index
+        for t in topics:
+            if t not in self.topics:
+                return False
+        for tp, i in index.items():
+            if tp[0] in topics and positions.get(tp, 0) < self.low[i]:
+                return False
+        return True
+
+    def aligned(self, positions: dict[TP, int]) -> bool:
+        """Has this feed taken exactly what a store at ``positions`` has folded?"""
+        return all(self.low[i] == positions.get(tp, 0) for i, tp in enumerate(self.tps))
+
+
+def _height_fn(topic: str) -> Callable[[dict[str, Any]], int]:
+    if topic == T.BLOCKS:
+        return lambda ev: ev["header"]["height"]
+    if topic == T.TRANSACTIONS:
+        return lambda ev: ev["height"]
+    return lambda ev: event_height(topic, ev)

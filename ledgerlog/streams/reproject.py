@@ -1,0 +1,211 @@
+"""Blue/green re-projection: rebuild projections from the log beside the live ones, compare
+digests at the same log positions, swap atomically.
+
+A rebuild goes into a new build directory recorded in the ``building`` pointer, so a killed
+rebuild resumes from its committed positions. The swap rewrites the ``live`` pointer (atomic
+rename); the replaced store becomes ``previous`` and is kept until the next successful rebuild
+(or removed at once with ``keep=False``). Whoever holds the live runner (a node, or the CLI when
+no node runs) passes it in, so queries keep being answered from the old version until the swap."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable, Iterator
+
+from ledgerlog import projections
+from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.errors import ProjectionFailedError, ReprojectRunningError
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.embedded import EmbeddedLog
+
+from . import layout
+from .parallel import ParallelBuild, groups_by_work
+from .runner import Runner
+
+__all__ = ["reproject", "reproject_lock", "total_records"]
+
+LOCK_FILE = ".reproject.lock"
+_held: dict[str, tuple[int, int, int]] = {}  # lock path -> (owner thread, depth, fd)
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def reproject_lock(projections_dir: str) -> Iterator[None]:
+    """One reproject of ``projections_dir`` at a time, across threads (a node's admin requests)
+    and processes (an flock on ``<projections_dir>/.reproject.lock``); re-entrant in the thread
+    that holds it. ReprojectRunningError at once, never a wait, when another one holds it."""
+    os.makedirs(projections_dir, exist_ok=True)
+    path = os.path.realpath(os.path.join(projections_dir, LOCK_FILE))
+    me = threading.get_ident()
+    busy = ReprojectRunningError("a reproject of these projections is already running; "
+                                 "wait for it to finish, then run it again if still needed")
+    with _held_guard:
+        owner, depth, fd = _held.get(path, (me, 0, -1))
+        if owner != me:
+            raise busy
+        if depth == 0:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise busy from None
+        _held[path] = (me, depth + 1, fd)
+    try:
+        yield
+    finally:
+        with _held_guard:
+            owner, depth, fd = _held[path]
+            if depth > 1:
+                _held[path] = (owner, depth - 1, fd)
+            else:
+                del _held[path]
+                os.close(fd)  # releases the flock
+
+
+def total_records(log: Log, names: Iterable[str]) -> int:
+    """Records the named projections read from offset 0 (a rebuild's progress total)."""
+    return sum(sum(log.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS)
+
+
+def _build_dir(projections_dir: str, name: str) -> tuple[str, bool]:
+    """The build directory to (re)use for ``name``: (dir name, resumed)."""
+    module = projections.ALL[name]
+    ptr = layout.read_pointer(projections_dir, name, "building")
+    live = layout.read_pointer(projections_dir, name, "live")
+    if (ptr and ptr.get("version") == module.VERSION and (live is None or ptr["dir"] != live["dir"])
+            and os.path.isdir(os.path.join(projections_dir, name, ptr["dir"]))):
+        return ptr["dir"], True
+    if ptr:  # a rebuild by other code, or a broken pointer: start over
+        layout.clear_pointer(projections_dir, name, "building", remove_dir=not live or ptr["dir"] != live["dir"])
+    build = layout.new_build_dir(projections_dir, module)
+    layout.write_pointer(projections_dir, name, "building", build, module.VERSION)
+    return build, False
+
+
+def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
+              names: Iterable[str] | None = None, *, keep: bool = True,
+              swap_lock: threading.Lock | None = None, workers: int = 1,
+              progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection.
+    ReprojectRunningError when another reproject of ``projections_dir`` runs."""
+    chosen = list(names) if names is not None else list(projections.ALL)
+    unknown = [n for n in chosen if n not in projections.ALL]
+    if unknown:
+        raise ValueError(f"unknown projections {unknown}; have {sorted(projections.ALL)}")
+    with reproject_lock(projections_dir):
+        return _reproject(log, codec, genesis, projections_dir, live, chosen, keep, swap_lock, workers, progress)
+
+
+def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
+               chosen: list[str], keep: bool, swap_lock: threading.Lock | None, workers: int,
+               progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
+    builds = {n: _build_dir(projections_dir, n) for n in chosen}
+    paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
+    started = time.monotonic()
+    folded = _build_bulk(log, codec, genesis, projections_dir, paths, live.batch, workers, progress)
+    build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch, paths=paths)
+    for name, n in folded.items():
+        build.handles[name].events += n
+    try:
+        build.catch_up(progress=progress)  # the rest, while the live runner keeps folding
+        with swap_lock or nullcontext():
+            targets = {t: log.end_offsets(t) for t in log.topics()}
+            build.catch_up(until=targets, progress=progress)
+            _refuse_failed(build)
+            live.catch_up(until=targets)
+            return [_swap(projections_dir, live, build, n, builds[n], keep, time.monotonic() - started)
+                    for n in chosen]
+    finally:
+        build.close()
+
+
+def _refuse_failed(build: Runner) -> None:
+    """A rebuild whose fold raised is not swapped in: the live store stays, the build resumes
+    from where it stopped once the code is fixed."""
+    failed = build.failures()
+    if failed:
+        raise ProjectionFailedError("; ".join(f.message for f in failed.values()))
+
+
+def _build_bulk(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, paths: dict[str, str],
+                batch: int, workers: int, progress: Callable[[int], None] | None) -> dict[str, int]:
+    """The bulk of a rebuild in parallel, when the log is embedded and there are cores and
+    projections to spread: this process folds the costliest group of projections while child
+    processes fold the others. Otherwise nothing (the caller folds everything in-process)."""
+    if workers < 2 or len(paths) < 2 or not isinstance(log, EmbeddedLog):
+        return {}
+    groups = groups_by_work(log, list(paths), workers)
+    if len(groups) < 2:
+        return {}
+    own = {n: paths[n] for n in groups[0]}
+    job = ParallelBuild(log.path, genesis.raw, projections_dir,
+                        [{n: paths[n] for n in g} for g in groups[1:]], batch).start()
+    folded: dict[str, int] = {}
+    try:
+        mine = Runner(log, codec, genesis, projections_dir, names=list(own), batch=batch, paths=own)
+        try:
+            def tick(n: int) -> None:
+                if progress is not None:
+                    progress(n)
+                job.poll(progress)
+            mine.catch_up(progress=tick)
+            folded.update((name, h.events) for name, h in mine.handles.items())
+        finally:
+            mine.close()
+    finally:
+        try:
+            folded.update(job.wait(progress))
+        except RuntimeError as exc:
+            logging.getLogger("ledgerlog.reproject").warning("%s; folding in this process instead", exc)
+    return folded
+
+
+def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: tuple[str, bool],
+          keep: bool, seconds: float) -> dict[str, Any]:
+    module = projections.ALL[name]
+    new = build.handles.pop(name)
+    old = live.handles.get(name)
+    before = old.store.digest_hex() if old else None
+    old_dir = os.path.basename(old.store.path) if old else None
+    summary = {"projection": name, "version": module.VERSION, "replaced_corrupt": name in live.corrupt,
+               "dir": built[0], "resumed": built[1],
+               "events": new.events, "seconds": round(seconds, 3), "digest_before": before,
+               "digest_after": new.store.digest_hex(), "identical": before == new.store.digest_hex(),
+               "stale_version": old.version if old and old.stale else None, "swapped": True}
+    stale_previous = layout.read_pointer(projections_dir, name, "previous")
+    layout.write_pointer(projections_dir, name, "live", built[0], module.VERSION)
+    layout.clear_pointer(projections_dir, name, "building")
+    live.handles[name] = new
+    live.corrupt.pop(name, None)
+    if old is not None:
+        remove = None
+        if keep and old_dir != built[0]:
+            layout.write_pointer(projections_dir, name, "previous", old_dir, old.version)
+            summary["previous"] = old_dir
+        elif old_dir != built[0]:
+            remove = old_dir
+        # queries that already hold the old store finish before it closes (then, maybe, goes)
+        threading.Timer(1.0, _retire, (old.store, projections_dir, name, remove)).start()
+    if stale_previous and stale_previous["dir"] not in (built[0], summary.get("previous")):
+        _remove(projections_dir, name, stale_previous["dir"])
+    if not keep:
+        layout.clear_pointer(projections_dir, name, "previous")
+    return summary
+
+
+def _retire(store: Any, projections_dir: str, name: str, remove: str | None) -> None:
+    store.close()
+    if remove:
+        _remove(projections_dir, name, remove)
+
+
+def _remove(projections_dir: str, name: str, build_dir: str) -> None:
+    import shutil
+    shutil.rmtree(os.path.join(projections_dir, name, build_dir), ignore_errors=True)

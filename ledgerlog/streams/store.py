@@ -1,0 +1,339 @@
+"""A projection's RocksDB store: state, consumed log positions and the state digest, committed
+in one WriteBatch. The digest is an order-independent sum of H(key, value) over every state key,
+kept incrementally, so two stores with equal state have equal digests however they were built.
+
+Keeping the digest needs the previous value of every written key. A fold writes most keys blind
+(new history entries, block and transaction indexes), and while rebuilding nearly all of them are
+new, so reading them back would cost more than the fold. A store that commits many blind writes
+therefore keeps a KeyFilter of every state key it holds: a key the filter lacks is certainly
+absent, and neither the commit nor the fold's reads go to RocksDB for it."""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import sys
+from array import array
+from typing import Iterable, Iterator
+
+from ledgerlog.engine import storekeys as K
+from ledgerlog.engine.errors import StorageError
+from ledgerlog.engine.rocks import WriteBatch, WriteGuard, iter_prefix, map_error, open_store, write_options
+
+__all__ = ["ProjectionStore", "OverlayTxn", "entry_hash", "hash_sum"]
+
+_MOD = 1 << 128
+_LEN = struct.Struct(">I")
+_INIT_KEY = K.META_PREFIX + b"initialised"
+_HEIGHT_KEY = K.META_PREFIX + b"height"
+_STATE_FROM = b"\x01"  # state keys never start with 0x00 (FORMAT_KEY and META_PREFIX do)
+_LITTLE = sys.byteorder == "little"
+
+
+def entry_hash(key: bytes, value: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(_LEN.pack(len(key)) + key + value, digest_size=16).digest(), "big")
+
+
+def hash_sum(entries: Iterable[tuple[bytes, bytes]]) -> int:
+    """``sum(entry_hash(k, v) for k, v in entries)``, without an int per entry: the 16-byte
+    digests are joined and summed as big-endian 64-bit halves."""
+    b2, pack = hashlib.blake2b, _LEN.pack
+    blob = b"".join([b2(pack(len(k)) + k + v, digest_size=16).digest() for k, v in entries])
+    if not blob:
+        return 0
+    words = array("Q", blob)
+    if _LITTLE:
+        words.byteswap()
+    return (sum(words[0::2]) << 64) + sum(words[1::2])
+
+
+class KeyFilter:
+    """A Bloom filter of byte keys that grows without rescanning: one-hash layers, each with twice
+    the room of the one before (32 bits a key: about 3% false positives per full layer, which only
+    cost a read). Keys go to the newest layer; a key is in the filter if any layer has its bit.
+    Python's hash of bytes is salted per process, so it is built and used by one process only."""
+
+    def __init__(self, capacity: int) -> None:
+        self.layers: list[tuple[int, bytearray]] = []  # (mask, bits), oldest first
+        self.count = 0     # keys added
+        self.capacity = 0  # keys the layers have room for
+        self.bytes = 0
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        log2 = max(10, (capacity * 32 - 1).bit_length())
+        self.layers.append(((1 << log2) - 1, bytearray(1 << (log2 - 3))))
+        self.capacity += (1 << log2) >> 5
+        self.bytes += 1 << (log2 - 3)
+
+    def __contains__(self, key: bytes) -> bool:
+        h = hash(key)
+        for mask, bits in self.layers:
+            g = h & mask
+            if bits[g >> 3] & (1 << (g & 7)):
+                return True
+        return False
+
+    def maybe(self, keys: list[bytes]) -> list[bytes]:
+        """The keys that may be in the filter (the others certainly are not)."""
+        if len(self.layers) == 1:
+            mask, bits = self.layers[0]
+            out = []
+            for k in keys:
+                g = hash(k) & mask
+                if bits[g >> 3] & (1 << (g & 7)):
+                    out.append(k)
+            return out
+        return [k for k in keys if k in self]
+
+    def add(self, keys: Iterable[bytes]) -> None:
+        mask, bits = self.layers[-1]
+        count, capacity = self.count, self.capacity
+        for key in keys:
+            if count == capacity:  # full: a new layer, with twice the room of the last
+                self._grow(2 * ((mask + 1) >> 5))
+                mask, bits = self.layers[-1]
+                capacity = self.capacity
+            h = hash(key) & mask
+            bits[h >> 3] |= 1 << (h & 7)
+            count += 1
+        self.count = count
+
+
+class _DbView:
+    def __init__(self, db) -> None:  # noqa: ANN001 - rocksdict.Rdict
+        self._db = db
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def items(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        return iter_prefix(self._db, prefix, start)
+
+    def last_at_or_before(self, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
+        it = self._db.iter()
+        it.seek_for_prev(key)
+        if it.valid() and it.key().startswith(prefix):
+            return it.key(), it.value()
+        return None
+
+
+class OverlayTxn(_DbView):
+    """Uncommitted writes over the store; reads see them first."""
+
+    def __init__(self, db, keys: KeyFilter | None = None) -> None:  # noqa: ANN001
+        super().__init__(db)
+        self.writes: dict[bytes, bytes | None] = {}
+        self.stored: dict[bytes, bytes | None] = {}  # values read from the store, for the digest
+        self._keys = keys  # every key the store holds is in it (when there is one)
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        if key in self.stored:
+            return self.stored[key]
+        keys = self._keys
+        if keys is not None and key not in keys:
+            self.stored[key] = None
+            return None
+        value = self.stored[key] = self._db.get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.writes[key] = None
+
+    def items(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        lo = start if start is not None else prefix
+        merged = {k: v for k, v in iter_prefix(self._db, prefix, lo)}
+        merged.update((k, v) for k, v in self.writes.items() if k.startswith(prefix) and k >= lo)
+        for k in sorted(merged):
+            if merged[k] is not None:
+                yield k, merged[k]  # type: ignore[misc]
+
+    def last_at_or_before(self, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
+        best = None  # a linear walk: only folds' rare out-of-order paths come here
+        for k, v in self.items(prefix):
+            if k > key:
+                break
+            best = (k, v)
+        return best
+
+
+class ProjectionStore:
+    #: a commit with this many blind writes builds the KeyFilter (small live commits never do) ...
+    FILTER_AFTER_BLIND = 1000
+    #: ... unless the store already holds more keys than this (a scan of them builds it)
+    FILTER_MAX_KEYS = 2_000_000
+    #: keys a new filter has room for, at least (4 MiB)
+    FILTER_MIN_CAPACITY = 1 << 20
+    #: a filter that grows past this many bytes (past about 7M keys) is dropped, so memory
+    #: stays bounded; blind writes then read their old values from RocksDB, whose own Bloom
+    #: filters answer for absent keys
+    FILTER_MAX_BYTES = 32 * 1024 * 1024
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.db = open_store(path, K.PROJECTION_FORMAT, read_only=read_only)
+        self._wo = write_options(False)  # rebuildable from the log; positions commit atomically
+        self._guard = WriteGuard(path, self._reopen)
+        self._load()
+
+    def _load(self) -> None:
+        raw = self.db.get(K.DIGEST_KEY)
+        self.digest = int(raw.decode(), 16) if raw else 0
+        self._positions: dict[tuple[str, int], int] | None = None
+        self._keys: KeyFilter | None = None
+        self._keys_tried = False
+
+    def _reopen(self) -> None:
+        """After a write the disk refused: open the store anew (RocksDB keeps it stopped until
+        then) and reload digest and positions from it; read-only meanwhile if it cannot be."""
+        try:
+            self.db.close()
+        except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
+            pass
+        try:
+            self.db = open_store(self.path, K.PROJECTION_FORMAT, create=False)
+        except StorageError:
+            try:
+                self.db = open_store(self.path, K.PROJECTION_FORMAT, read_only=True)
+                self._load()
+            except StorageError:
+                pass
+            raise
+        self._load()
+
+    def _key_filter(self) -> KeyFilter | None:
+        """A KeyFilter of every state key in the store, from a scan of them; None if too many."""
+        try:
+            estimate = self.db.property_int_value("rocksdb.estimate-num-keys") or 0
+        except Exception:  # noqa: BLE001 - no estimate, no filter
+            return None
+        if estimate > self.FILTER_MAX_KEYS:
+            return None
+        keys = KeyFilter(max(4 * estimate, self.FILTER_MIN_CAPACITY))
+        it = self.db.iter()
+        it.seek(_STATE_FROM)
+        found = []
+        while it.valid():
+            found.append(it.key())
+            it.next()
+            if len(found) >= 50_000:
+                keys.add(found)
+                found = []
+        keys.add(found)
+        try:
+            it.status()  # a scan stops at a damaged block without raising: then no filter
+        except Exception:  # noqa: BLE001 - the reads without a filter report the damage
+            return None
+        return keys
+
+    @property
+    def initialised(self) -> bool:
+        return self.db.get(_INIT_KEY) is not None
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Consumed log positions; cached (this process is the only writer) unless read-only."""
+        if self._positions is None or self.read_only:
+            self._positions = self._load_positions()
+        return dict(self._positions)
+
+    def _load_positions(self) -> dict[tuple[str, int], int]:
+        out = {}
+        n = len(K.POS_PREFIX)
+        for key, val in iter_prefix(self.db, K.POS_PREFIX):
+            rest = key[n:]  # topic, b"\x00", 4-byte partition (which may itself hold \x00 bytes)
+            out[(rest[:-5].decode(), int.from_bytes(rest[-4:], "big"))] = K.U64.unpack(val)[0]
+        return out
+
+    def view(self) -> _DbView:
+        return _DbView(self.db)
+
+    def begin(self) -> OverlayTxn:
+        return OverlayTxn(self.db, self._keys)
+
+    @property
+    def height(self) -> int:
+        """Highest event height folded so far (0 before any)."""
+        raw = self.db.get(_HEIGHT_KEY)
+        return K.U64.unpack(raw)[0] if raw else 0
+
+    def commit(self, txn: OverlayTxn, positions: dict[tuple[str, int], int], *, initialised: bool = False,
+               height: int | None = None) -> None:
+        wb = WriteBatch(raw_mode=True)
+        put, delete = wb.put, wb.delete
+        writes, stored = txn.writes, txn.stored
+        keys = self._keys
+        unknown = [k for k in writes if k not in stored]  # written blind: their old values are read
+        if keys is None and not self._keys_tried and len(unknown) >= self.FILTER_AFTER_BLIND:
+            self._keys_tried = True
+            keys = self._keys = self._key_filter()
+        if keys is not None and unknown:  # ... unless certainly absent
+            unknown = keys.maybe(unknown)
+        olds = dict(zip(unknown, self.db[unknown])) if unknown else {}
+        gone: list[tuple[bytes, bytes]] = []
+        new: list[tuple[bytes, bytes]] = []
+        added: list[bytes] = []
+        for key, value in writes.items():
+            old = stored[key] if key in stored else olds.get(key)
+            if old is not None:
+                if old == value:
+                    continue
+                gone.append((key, old))
+                if value is None:
+                    delete(key)
+                    continue
+            elif value is None:
+                continue
+            else:
+                added.append(key)
+            new.append((key, value))
+            put(key, value)
+        digest = (self.digest + hash_sum(new) - hash_sum(gone)) % _MOD
+        put(K.DIGEST_KEY, f"{digest:032x}".encode())
+        for (topic, p), off in positions.items():
+            put(K.pos_key(topic, p), K.U64.pack(off))
+        if initialised:
+            put(_INIT_KEY, b"1")
+        if height is not None and height > self.height:
+            put(_HEIGHT_KEY, K.U64.pack(height))
+        self._guard.write(self.db, wb, self._wo)
+        self.digest = digest
+        if self._positions is not None:
+            self._positions.update(positions)
+        if keys is not None:
+            keys.add(added)
+            if keys.bytes > self.FILTER_MAX_BYTES:
+                self._keys = None
+
+    @property
+    def writable(self) -> bool:
+        """False while the disk refuses this store's writes."""
+        return self._guard.error is None
+
+    def recover(self) -> None:
+        """Probe the disk and reopen now (callers keep folds out); raises while the fault holds."""
+        self._guard.recover(force=True)
+
+    def digest_hex(self) -> str:
+        return f"{self.digest:032x}"
+
+    def flush(self) -> None:
+        self.db.flush()
+
+    def close(self) -> None:
+        if self.db is not None:
+            db, self.db = self.db, None  # type: ignore[assignment]
+            self._guard.close()
+            try:
+                db.close()
+            except Exception as exc:  # e.g. a full disk: the memtable cannot be flushed
+                raise map_error(exc, self.path) from exc
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return os.path.exists(os.path.join(path, "CURRENT"))
