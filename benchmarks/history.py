@@ -19,7 +19,7 @@ import orjson
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.log.base import Log
-from ledgerlog.ops.histgen import make_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_history
 
 __all__ = [
     "SEED",

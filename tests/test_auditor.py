@@ -20,7 +20,7 @@ from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
-from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka

@@ -21,8 +21,8 @@ from test_metrics import observed_node
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.ops.snapshot import STEPS, create_snapshot, read_manifest, restore_snapshot
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.data.snapshot import STEPS, create_snapshot, read_manifest, restore_snapshot
 from ledgerlog.streams.runner import Runner
 
 SEED = 29
@@ -126,7 +126,7 @@ def test_verify_names_a_flipped_byte_and_deep_opens_the_stores(chains, tmp_path)
 
 _KILL = """
 import os, sys
-from ledgerlog.ops.snapshot import restore_snapshot
+from ledgerlog.ops.data.snapshot import restore_snapshot
 step = sys.argv[3]
 def hook(name):
     if name == step:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from clitools import LEDGERLOG, ok_json, wait_node_url
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 
 TIMEOUT = 120
 

@@ -196,9 +196,10 @@ def test_mirror_on_a_terminal_and_on_a_pipe(loaded, kafka_bootstrap):  # noqa: F
 
 
 def test_progress_bars_come_from_one_helper():
-    """Commands get bars from ops/progress.py only (a bare tqdm without a total once crashed
-    `if bar:` on every terminal)."""
-    ops_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ops")
-    users = sorted(name for name in os.listdir(ops_dir) if name.endswith(".py")
-                   and "tqdm" in open(os.path.join(ops_dir, name), encoding="utf-8").read())
-    assert users == ["progress.py"]
+    """Commands get bars from ledgerlog/ops/cli/progress.py only (a bare tqdm without a total
+    once crashed `if bar:` on every terminal)."""
+    import pathlib
+    ops_dir = pathlib.Path(__file__).resolve().parent.parent / "ledgerlog" / "ops"
+    users = sorted(str(p.relative_to(ops_dir)) for p in ops_dir.rglob("*.py")
+                   if "tqdm" in p.read_text(encoding="utf-8"))
+    assert users == ["cli/progress.py"]

@@ -14,8 +14,8 @@ from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import SETTINGS, Config, env_values, load_config
 from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.faucet import FaucetSettings
-from ledgerlog.ops.limits import HttpLimits
+from ledgerlog.ops.node.faucet import FaucetSettings
+from ledgerlog.ops.api.limits import HttpLimits
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 
@@ -134,7 +134,7 @@ def node_with(tmp_path):
     made: list[Any] = []
 
     def make(sections: dict[str, dict[str, str]], env: dict[str, str] | None = None) -> Any:
-        from ledgerlog.ops.node import Node
+        from ledgerlog.ops.node.lifecycle import Node
         data = str(tmp_path / f"data{len(made)}")
         _write(data, sections)
         cfg = load_config(data, {"LEDGERLOG_LOG_SYNC": "0", **(env or {})})
@@ -149,7 +149,7 @@ def node_with(tmp_path):
 
 
 def test_app_limits_come_from_config_toml_and_env(node_with):
-    from ledgerlog.ops.http import create_app
+    from ledgerlog.ops.api.app import create_app
     node = node_with({"http": {"max_body": "100", "ready_max_lag": "3"}})
     with TestClient(create_app(node)) as c:
         r = c.post("/v1/faucet", content=b"{" + b" " * 200 + b"}", headers={"content-type": "application/json"})
@@ -166,7 +166,7 @@ def test_app_limits_come_from_config_toml_and_env(node_with):
 
 
 def test_faucet_settings_come_from_config_toml_and_env(node_with):
-    from ledgerlog.ops.http import create_app
+    from ledgerlog.ops.api.app import create_app
     node = node_with({"faucet": {"amount": "1234", "ip_burst": "2", "address_interval": "10"}},
                      {"LEDGERLOG_FAUCET_IP_BURST": "9"})
     with TestClient(create_app(node)) as c:

@@ -28,7 +28,7 @@ from ledgerlog import projections
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import load_config
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import entry_hash
 from clitools import LEDGERLOG

@@ -24,8 +24,8 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.movements import event_height
-from ledgerlog.ops.export import ExportError, export, iter_events, open_follower, parse_time
-from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.data.export import ExportError, export, iter_events, open_follower, parse_time
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from clitools import LEDGERLOG
 
 SEED = 23

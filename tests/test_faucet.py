@@ -21,10 +21,10 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.crypto import H
 from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.faucet import FaucetSettings
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.limits import HttpLimits, controls
-from ledgerlog.ops.node import Node
+from ledgerlog.ops.node.faucet import FaucetSettings
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import HttpLimits, controls
+from ledgerlog.ops.node.lifecycle import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

@@ -24,7 +24,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.log.base import Record
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.log.memory import MemoryLog
-from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.streams.feed import EventDecoder, Feed, Unsupported, compile_decoder, merge_specs, spec_of
 from ledgerlog.streams.runner import Runner
 

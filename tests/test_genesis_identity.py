@@ -15,7 +15,7 @@ import pytest
 
 from clitools import LEDGERLOG, ok_json
 from ledgerlog.engine.crypto import H, canonical_json
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 
 
 def _env() -> dict[str, str]:

@@ -14,7 +14,7 @@ from ledgerlog.engine.admission.lines import SIGNED_KINDS
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.genesis import Genesis
-from ledgerlog.ops.histgen import (
+from ledgerlog.ops.devtools.histgen import (
     INVALID_KINDS,
     encode_body,
     generate,

@@ -32,10 +32,10 @@ from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import Code, Rejection
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.limits import HttpLimits, controls
-from ledgerlog.ops.node import Node
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import HttpLimits, controls
+from ledgerlog.ops.node.lifecycle import Node
 
 TOKEN = "t" * 32
 NDJSON = {"Content-Type": "application/x-ndjson"}

@@ -18,10 +18,10 @@ from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import LogError
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops import http_fast
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.metrics import HttpRequestMetrics
-from ledgerlog.ops.node import Node
+from ledgerlog.ops.api import fast as http_fast
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.node.metrics import HttpRequestMetrics
+from ledgerlog.ops.node.lifecycle import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

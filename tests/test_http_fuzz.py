@@ -18,10 +18,10 @@ from schemathesis import GenerationMode
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.faucet import FaucetSettings
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.limits import HttpLimits
-from ledgerlog.ops.node import Node
+from ledgerlog.ops.node.faucet import FaucetSettings
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import HttpLimits
+from ledgerlog.ops.node.lifecycle import Node
 
 EXAMPLES = 25  # per operation and generation mode
 

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.limits import HttpLimits, TokenBuckets
-from ledgerlog.ops.node import Node
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import HttpLimits, TokenBuckets
+from ledgerlog.ops.node.lifecycle import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

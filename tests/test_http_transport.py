@@ -15,10 +15,10 @@ from servers import serve_app
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.http_transport import FLUSH_BYTES, CoalescingTransport, protocol_class
-from ledgerlog.ops.limits import HttpLimits
-from ledgerlog.ops.node import Node
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.transport import FLUSH_BYTES, CoalescingTransport, protocol_class
+from ledgerlog.ops.api.limits import HttpLimits
+from ledgerlog.ops.node.lifecycle import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 

@@ -23,7 +23,7 @@ from tcp_proxy import TcpProxy
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
-from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka

@@ -142,7 +142,7 @@ def test_codec_wire_format_round_trip(kafka_bootstrap, tmp_path) -> None:  # noq
     from ledgerlog.engine import topics as T
     from ledgerlog.engine.chain import init_chain, open_chain
     from ledgerlog.engine.config import Config
-    from ledgerlog.ops.histgen import make_genesis, write_history
+    from ledgerlog.ops.devtools.histgen import make_genesis, write_history
 
     genesis, hkeys = make_genesis(3, wallets=4)
     cfg = Config(data_dir=str(tmp_path / "data"), sync=False)

@@ -23,9 +23,9 @@ from ledgerlog.engine.errors import Code
 from ledgerlog.engine.genesis import dev_genesis
 from ledgerlog.engine.log.memory import MemoryLog
 from ledgerlog.engine.signing import Signer, rotation_line
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.node import Node
-from ledgerlog.ops.verify import verify
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.node.lifecycle import Node
+from ledgerlog.ops.verify.checks import verify
 
 OUTSIDER = signer_from_byte(0x33)
 TOKEN = "r" * 32

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from clitools import LEDGERLOG
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only

@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.ops.metrics import AppendTimes, storage_bytes
-from ledgerlog.ops.tracing import setup_tracing, traces_url
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.node.metrics import AppendTimes, storage_bytes
+from ledgerlog.ops.node.tracing import setup_tracing, traces_url
 from ledgerlog.projections import energy, payouts
 from clitools import LEDGERLOG
 
@@ -72,8 +72,8 @@ def one(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **lab
 def observed_node(root: Path, *, start: bool = True) -> Iterator[dict[str, Any]]:
     """A node on a generated chain with a faucet key, a TestClient over its HTTP app, and the
     history lines (not yet ingested)."""
-    from ledgerlog.ops.http import create_app
-    from ledgerlog.ops.node import Node
+    from ledgerlog.ops.api.app import create_app
+    from ledgerlog.ops.node.lifecycle import Node
 
     genesis, keys, lines = history(root)
     data = root / "data"
@@ -381,7 +381,7 @@ def test_tracing_middleware_makes_one_server_span_per_request() -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind, StatusCode
 
-    from ledgerlog.ops.tracing import TracingMiddleware, native_http_spans
+    from ledgerlog.ops.node.tracing import TracingMiddleware, native_http_spans
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -19,8 +19,8 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config, load_config
 from ledgerlog.engine.log.embedded import EmbeddedLog
-from ledgerlog.ops.histgen import generate, make_genesis
-from ledgerlog.ops.mirror import partition_digest
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
+from ledgerlog.ops.data.mirror import partition_digest
 from ledgerlog.streams.runner import Runner
 from clitools import LEDGERLOG
 

@@ -16,10 +16,10 @@ import yaml
 from test_metrics import ingest_all, observed_node, parse_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-DASHBOARD = ROOT / "ops" / "monitoring" / "grafana-dashboard.json"
-ALERTS = ROOT / "ops" / "monitoring" / "alerts.yml"
-UNIT = ROOT / "ops" / "deploy" / "ledgerlog.service"
-LOGROTATE = ROOT / "ops" / "deploy" / "logrotate"
+DASHBOARD = ROOT / "ledgerlog" / "ops" / "monitoring" / "grafana-dashboard.json"
+ALERTS = ROOT / "ledgerlog" / "ops" / "monitoring" / "alerts.yml"
+UNIT = ROOT / "ledgerlog" / "ops" / "deploy" / "ledgerlog.service"
+LOGROTATE = ROOT / "ledgerlog" / "ops" / "deploy" / "logrotate"
 
 #: Metrics that are not the node's: Prometheus' own scrape health, and node_exporter's.
 EXTERNAL = re.compile(r"^(up|node_[a-z0-9_]+)$")

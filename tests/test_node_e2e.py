@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastavro import parse_schema, schemaless_reader
 
-from ledgerlog.ops.histgen import encode_body, make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import encode_body, make_genesis, write_genesis, write_history
 from clitools import LEDGERLOG, ok_json
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only

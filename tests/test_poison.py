@@ -7,8 +7,8 @@ import pytest
 from conftest import admit_ok
 
 from ledgerlog.engine.intjson import dumps, loads
-from ledgerlog.ops.http_fast import dumps as http_dumps
-from ledgerlog.ops.queries import Queries
+from ledgerlog.ops.api.fast import dumps as http_dumps
+from ledgerlog.ops.query.queries import Queries
 from ledgerlog.projections import energy, payouts
 from ledgerlog.streams.runner import Runner
 
@@ -138,8 +138,8 @@ def test_a_failed_projection_is_reported_by_the_node(tmp_path, monkeypatch):
     from ledgerlog.engine.chain import init_chain
     from ledgerlog.engine.config import Config
     from ledgerlog.engine.genesis import dev_genesis
-    from ledgerlog.ops.http import create_app
-    from ledgerlog.ops.node import Node
+    from ledgerlog.ops.api.app import create_app
+    from ledgerlog.ops.node.lifecycle import Node
 
     cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token="t" * 32)
     init_chain(cfg, dev_genesis(cfg.keys_dir))

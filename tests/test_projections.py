@@ -14,7 +14,7 @@ from ledgerlog.engine import avro, topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.crypto import H, canonical_json
-from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.projections import balances, chainstate
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import ProjectionStore

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ledgerlog.engine.config import Config
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.streams import layout
 from clitools import LEDGERLOG
 
@@ -154,7 +154,7 @@ def test_a_projection_built_by_older_code_is_rebuilt_not_served(data):
                                        check=True).stdout)
     assert digest["height"] > 0
     cfg = Config(data_dir=data)
-    from ledgerlog.ops.node import Node
+    from ledgerlog.ops.node.lifecycle import Node
     node = Node(cfg)
     try:
         live = layout.read_pointer(pdir, "energy", "live")

@@ -15,10 +15,10 @@ from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.crypto import H, canonical_json
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops import rpc
-from ledgerlog.ops.http import create_app
-from ledgerlog.ops.limits import HttpLimits
-from ledgerlog.ops.node import Node
+from ledgerlog.ops.api import rpc
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import HttpLimits
+from ledgerlog.ops.node.lifecycle import Node
 
 TOKEN = "t" * 32
 

@@ -14,7 +14,7 @@ from ledgerlog.engine.chain import Chain, init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.genesis import dev_genesis
 from ledgerlog.engine.signing import signed_line
-from ledgerlog.ops.simulator import Simulator, wallet_signer
+from ledgerlog.ops.devtools.simulator import Simulator, wallet_signer
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.projections.base import jload
 from ledgerlog.streams.runner import Runner

@@ -15,15 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-import ledgerlog.ops.snapshot  # also registers the "snapshot" admin action in this process
+from ledgerlog.ops.data import snapshot as snapshot_mod
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
 from ledgerlog.engine.log.embedded import EmbeddedLog
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.ops.queries import Queries
-from ledgerlog.ops.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, restore_snapshot
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.query.queries import Queries
+from ledgerlog.ops.data.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, restore_snapshot
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import ProjectionStore
 from clitools import LEDGERLOG, ok_json, wait_node_url
@@ -337,7 +337,7 @@ def test_restore_refuses_unexpected_files_and_cli_exits_1(small_snapshot, tmp_pa
 def test_restore_is_all_or_nothing(small_snapshot, tmp_path, monkeypatch) -> None:
     """A failure half-way through the copy leaves no data dir (or the old one, with --force)."""
     snap = small_snapshot["path"]
-    real, calls = ops.snapshot._copy_hashed, []
+    real, calls = snapshot_mod._copy_hashed, []
 
     def failing(src: str, dst: str) -> tuple[int, str]:
         calls.append(src)
@@ -345,24 +345,24 @@ def test_restore_is_all_or_nothing(small_snapshot, tmp_path, monkeypatch) -> Non
             raise OSError("disk full (simulated)")
         return real(src, dst)
 
-    monkeypatch.setattr(ops.snapshot, "_copy_hashed", failing)
+    monkeypatch.setattr(snapshot_mod, "_copy_hashed", failing)
     target = str(tmp_path / "target")
     with pytest.raises(OSError):
         restore_snapshot(snap, target)
     assert not os.path.exists(target) and os.listdir(tmp_path) == []
-    monkeypatch.setattr(ops.snapshot, "_copy_hashed", real)
+    monkeypatch.setattr(snapshot_mod, "_copy_hashed", real)
     restore_snapshot(snap, target)
     marker = os.path.join(target, "genesis.json")
     with open(marker, "rb") as f:
         before = f.read()
     calls.clear()
-    monkeypatch.setattr(ops.snapshot, "_copy_hashed", failing)
+    monkeypatch.setattr(snapshot_mod, "_copy_hashed", failing)
     with pytest.raises(OSError):
         restore_snapshot(snap, target, force=True)
     assert sorted(os.listdir(tmp_path)) == ["target"]
     with open(marker, "rb") as f:
         assert f.read() == before
-    monkeypatch.setattr(ops.snapshot, "_copy_hashed", real)
+    monkeypatch.setattr(snapshot_mod, "_copy_hashed", real)
     with pytest.raises(ConfigError):
         restore_snapshot(snap, target)
     with pytest.raises(ConfigError):

@@ -15,7 +15,7 @@ from ledgerlog.engine.chain import Chain, init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.log import Log, LogRecord, MemoryLog, Record
 from ledgerlog.engine.log.base import StateWrites, TopicPartition
-from ledgerlog.ops.histgen import generate, make_genesis
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
 
 EVENTS = 2000
 

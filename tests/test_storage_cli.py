@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from ledgerlog import projections
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from clitools import LEDGERLOG
 
 SEED = 17

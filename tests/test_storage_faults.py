@@ -26,7 +26,7 @@ from test_metrics import observed_node, one, parse_metrics
 from ledgerlog.engine import diskfaults
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 

@@ -23,8 +23,8 @@ from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import CorruptStoreError
 from ledgerlog.engine.rocks import open_store
-from ledgerlog.ops.histgen import generate, make_genesis
-from ledgerlog.ops.verify import check_stores, verify
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
+from ledgerlog.ops.verify.checks import check_stores, verify
 from ledgerlog.streams.runner import Runner
 from clitools import LEDGERLOG
 

@@ -18,8 +18,8 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import load_config
 from ledgerlog.engine.log.kafka import KafkaLog
-from ledgerlog.ops.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.ops.verify import verify
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.verify.checks import verify
 
 pytestmark = pytest.mark.kafka
 

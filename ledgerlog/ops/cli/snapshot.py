@@ -1,0 +1,119 @@
+"""`ledgerlog snapshot create|list|verify|restore`: consistent snapshots of a chain (log, write-side
+state, projections), taken while the node runs, independent copies unless --link, checked file by
+file, and their verified, crash-safe restore."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
+
+from ledgerlog.ops.cli import app, config_of, emit, fail
+from ledgerlog.ops.node.client import NodeClient
+
+# ops.snapshot is imported inside the commands: it pulls in the admin API (FastAPI), which every
+# other command would otherwise pay for at start-up. The node registers its "snapshot" admin
+# action by importing ops.snapshot itself.
+
+snapshot_app = typer.Typer(help="Snapshots of the chain: create, list, verify, restore.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+
+
+@snapshot_app.command("create")
+def snapshot_create(ctx: typer.Context,
+                    out: Optional[str] = typer.Option(None, "--out", help="Directory to write the snapshot in (default snapshot.dir, i.e. <data-dir>/snapshots). With a node running it must be under snapshot.dir."),
+                    with_keys: bool = typer.Option(False, "--with-keys", help="Also copy <data-dir>/keys (secrets!)."),
+                    link: bool = typer.Option(False, "--link", help="Hard-link the live SST files instead of copying them: a fast local checkpoint, NOT a backup.")) -> None:
+    """Snapshot the log, write-side state and projections; prints the snapshot's summary.
+
+    Every file is copied (an independent backup) unless --link. With a node running on the data
+    dir, the node takes it (admin API) and keeps running."""
+    from ledgerlog.ops.data.snapshot import create_snapshot, inside, summary
+    cfg = config_of(ctx)
+    out_dir = os.path.abspath(out) if out else cfg.snapshots_dir
+    node = NodeClient.find(cfg)
+    if node is not None:
+        try:
+            if inside(cfg.snapshots_dir, out_dir) is None:
+                fail(f"a running node writes snapshots only under snapshot.dir ({cfg.snapshots_dir}); "
+                     f"set snapshot.dir (config.toml or LEDGERLOG_SNAPSHOT_DIR) and restart the node, "
+                     f"or stop it to snapshot elsewhere", 2, code="SNAPSHOT_DIR_REFUSED")
+            result = node.admin("snapshot", cfg.admin_token, {"out": out_dir, "with_keys": with_keys,
+                                                               "link": link}, timeout=None)
+        finally:
+            node.close()
+        where = os.path.join(os.path.realpath(cfg.snapshots_dir), result.pop("dir", ""))
+        emit({**result, "path": os.path.join(where, result["name"]), "via": "node"})
+        return
+    from ledgerlog.streams.runner import Runner
+    try:
+        chain = open_chain(cfg)
+    except StoreLockedError as exc:
+        fail(f"{exc}; no node answers for {cfg.data_dir}: wait for that process to finish", 1, code="LOCKED")
+        raise
+    with chain:
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+        try:
+            runner.catch_up()
+            manifest = create_snapshot(chain, runner, out_dir, with_keys=with_keys, link=link)
+        finally:
+            runner.close()
+    emit({**summary(manifest, manifest["path"]), "via": "local",
+          "same_filesystem_as_data": manifest["same_filesystem_as_data"]})
+
+
+@snapshot_app.command("list")
+def snapshot_list(ctx: typer.Context,
+                  directory: Optional[str] = typer.Option(None, "--dir", help="Directory holding snapshots (default snapshot.dir, i.e. <data-dir>/snapshots)."),
+                  verify: bool = typer.Option(False, "--verify", help="Also check every file's size and sha256.")) -> None:
+    """List snapshots, oldest first; "ok" is false for an unreadable or (with --verify) corrupt one."""
+    from ledgerlog.ops.data.snapshot import list_snapshots
+    d = directory or config_of(ctx).snapshots_dir
+    if directory and not os.path.isdir(directory):
+        fail(f"no directory {directory}", 2)
+    emit({"dir": os.path.abspath(d), "snapshots": list_snapshots(d, verify=verify)})
+
+
+@snapshot_app.command("restore")
+def snapshot_restore(ctx: typer.Context,
+                     path: str = typer.Argument(..., help="The snapshot directory."),
+                     force: bool = typer.Option(False, "--force", help="Replace an existing data dir (moved aside to <data-dir>.replaced-<time>).")) -> None:
+    """Verify a snapshot and restore it as --data-dir: all or nothing.
+
+    Exit 1 when the snapshot is corrupt, truncated or incomplete, or a node runs on the data dir;
+    2 on a usage error (no snapshot there, the data dir is not empty without --force)."""
+    from ledgerlog.ops.data.snapshot import restore_snapshot
+    data_dir = ctx.find_root().obj["data_dir"]
+    try:
+        result = restore_snapshot(path, data_dir, force=force)
+    except CorruptStoreError as exc:
+        fail(str(exc), 1, code="CORRUPT")
+        raise
+    except StoreLockedError as exc:
+        fail(str(exc), 1, code="LOCKED")
+        raise
+    except ConfigError as exc:
+        fail(str(exc), 2, code="USAGE")
+        raise
+    emit(result)
+
+
+@snapshot_app.command("verify")
+def snapshot_verify(path: str = typer.Argument(..., help="The snapshot directory."),
+                    deep: bool = typer.Option(False, "--deep", help="Also open a scratch copy with RocksDB and check "
+                                              "its height, tip, offsets and projection digests (costs a copy).")) -> None:
+    """Check a snapshot: its manifest, and every file's size and sha256 (and with --deep, RocksDB's view).
+
+    Exit 0 when it holds; 1 naming the first bad file; 2 when there is no snapshot at PATH."""
+    from ledgerlog.ops.data.snapshot import deep_check, summary, verify_snapshot
+    if not os.path.isdir(path):
+        fail(f"no snapshot at {path}", 2, code="USAGE")
+    try:
+        manifest = deep_check(path) if deep else verify_snapshot(path)
+    except CorruptStoreError as exc:
+        fail(str(exc), 1, code="CORRUPT")
+        raise
+    emit({**summary(manifest, path), "ok": True, "deep": deep})

@@ -1,0 +1,618 @@
+"""Snapshots: a consistent copy of a chain (log + write-side state + projections) taken while the
+node runs, and its restore.
+
+A snapshot is a directory laid out like a data dir, so restoring is a copy::
+
+    <chain_id>-h<height>-<yyyymmddThhmmssZ>/
+        manifest.json                      format, chain, height, positions, every file's sha256
+        genesis.json  config.toml  [keys/]
+        log/                               RocksDB checkpoint of the embedded log
+        projections/<name>/live            pointer {"dir", "version"}
+        projections/<name>/<dir>/          RocksDB checkpoint of the live projection store
+
+Consistency: RocksDB checkpoints are consistent per database. The projection stores are
+checkpointed first, then the log, so a projection is never ahead of the log it reflects; a
+restored node folds from the projections' positions up to the log's end. A snapshot is written
+under ``<out_dir>/.tmp-snapshot-*`` (flock-held by its writer, so one a dead process left is
+removed by the next create or list), every file and directory fsynced, then renamed into place.
+
+Independence: a checkpoint hard-links the live stores' SST files when on the same file system.
+By default every such link is replaced by a copy, so no byte of a snapshot is shared with the
+live stores; ``link=True`` keeps the links (a fast local checkpoint, *not* a backup: damage to a
+live file is damage to the snapshot). The manifest says which (``linked``).
+
+Restore verifies the manifest and every file (set, size, sha256) before it writes anything,
+copies into ``<parent>/.tmp-restore-...`` (hashing again what it copies), checks the copy opens at
+the manifest's height and positions and fsyncs it; then a journal beside the data dir
+(engine/restorejournal.py) makes the two renames crash-safe: a restore killed at any step is
+finished by the next open of the data dir, which is never missing.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from fastapi.responses import JSONResponse
+from rocksdict import Checkpoint
+
+from ledgerlog.engine import restorejournal
+from ledgerlog.engine import storekeys as K
+from ledgerlog.engine.admission.state import WriteState
+from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StorageError, StorageUnavailableError, StoreLockedError
+from ledgerlog.engine.files import fsync_dir
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.rocks import map_error, open_store
+from ledgerlog.streams import layout
+from ledgerlog.streams.store import ProjectionStore
+
+from ledgerlog.ops.api.admin import action
+from ledgerlog.ops.node.client import _pid_alive
+
+if TYPE_CHECKING:
+    from ledgerlog.engine.chain import Chain
+    from ledgerlog.streams.runner import Runner
+
+    from ledgerlog.ops.node.lifecycle import Node
+
+__all__ = ["FORMAT", "MANIFEST", "create_snapshot", "default_dir", "list_snapshots", "read_manifest",
+           "restore_snapshot", "summary", "verify_snapshot", "deep_check", "clean_stale", "inside"]
+
+FORMAT = "ledgerlog-snapshot/1"
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+_TMP_SNAPSHOT = ".tmp-snapshot-"
+#: restore steps, in order; ``restore_snapshot(on_step=...)`` is called after each (tests kill there)
+STEPS = ("copied", "journaled", "moved_aside", "moved_in", "done")
+
+
+def default_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "snapshots")
+
+
+def inside(root: str, out: str | None) -> str | None:
+    """``out`` (absolute, or relative to ``root``) resolved, if it is ``root`` or under it
+    (symlinks resolved, so none leads out); None otherwise."""
+    base = os.path.realpath(root)
+    if not out:
+        return base
+    cand = os.path.realpath(os.path.join(base, out))
+    return cand if cand == base or cand.startswith(base + os.sep) else None
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """An OSError met while writing files, as the StorageError the CLI and HTTP map."""
+    if exc.errno in (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT):
+        return StorageUnavailableError(f"{what}: the disk refused a write: {exc}")
+    return StorageError(f"{what}: {exc}")
+
+
+# -- small file-system helpers ----------------------------------------------------------------------
+
+def _fsync_tree(root: str, *, files: bool = True) -> None:
+    """fsync every file (unless already done), then every directory bottom-up, the root last."""
+    for dirpath, _dirs, names in os.walk(root, topdown=False):
+        for f in names if files else ():
+            fsync_dir(os.path.join(dirpath, f))
+        fsync_dir(dirpath)
+
+
+def _sha256_file(path: str) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _copy_hashed(src: str, dst: str) -> tuple[int, str]:
+    """Copy ``src`` to a new file ``dst`` (mode kept), fsynced; the size and sha256 of the bytes
+    actually written."""
+    h = hashlib.sha256()
+    size = 0
+    mode = os.stat(src).st_mode & 0o777
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+        while block := fin.read(_CHUNK):
+            h.update(block)
+            size += len(block)
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.chmod(dst, mode)
+    return size, h.hexdigest()
+
+
+def _walk_files(root: str) -> dict[str, str]:
+    """relpath (with ``/``) -> kind for everything under ``root`` that is not a directory:
+    ``file`` for regular files, ``other`` for symlinks, sockets, ..."""
+    out: dict[str, str] = {}
+    for dirpath, dirs, files in os.walk(root, followlinks=False):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            out[rel] = "file" if os.path.isfile(full) and not os.path.islink(full) else "other"
+    return out
+
+
+@contextlib.contextmanager
+def _locked_tmp(out_dir: str) -> Iterator[str]:
+    """A new temp dir in ``out_dir`` (mode 0700), flock-held until the block ends, so a concurrent
+    ``clean_stale`` leaves it alone while this process lives."""
+    tmp = tempfile.mkdtemp(prefix=_TMP_SNAPSHOT, dir=out_dir)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        os.close(fd)
+
+
+def clean_stale(directory: str) -> list[str]:
+    """Remove the temp dirs of snapshots whose writer died (none holds its lock); their names."""
+    removed: list[str] = []
+    try:
+        entries = [e for e in os.listdir(directory) if e.startswith(_TMP_SNAPSHOT)]
+    except OSError:
+        return removed
+    for entry in entries:
+        path = os.path.join(directory, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # being written
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _break_links(root: str) -> None:
+    """Replace every hard-linked file under ``root`` by its own copy (fsynced), so nothing is
+    shared with the live stores."""
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if os.lstat(path).st_nlink > 1:
+                tmp = path + ".copy"
+                _copy_hashed(path, tmp)
+                os.replace(tmp, path)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text) or "chain"
+
+
+# -- the manifest -----------------------------------------------------------------------------------
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _manifest_bytes(body: dict[str, Any]) -> bytes:
+    """The manifest as written: ``body`` plus ``manifest_sha256`` (over the canonical body), in
+    one exact rendering, so any changed byte is detected."""
+    doc = {**body, "manifest_sha256": hashlib.sha256(_canonical(body)).hexdigest()}
+    return json.dumps(doc, sort_keys=True, indent=2).encode() + b"\n"
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The snapshot's manifest, checked against its own checksum; CorruptStoreError otherwise."""
+    mpath = os.path.join(path, MANIFEST)
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise CorruptStoreError(f"{path} is not a usable snapshot: {MANIFEST} is missing") from None
+    except OSError as exc:
+        raise CorruptStoreError(f"{path}: cannot read {MANIFEST}: {exc}") from exc
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptStoreError(f"{path}: {MANIFEST} is corrupt or truncated ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise CorruptStoreError(f"{path}: {MANIFEST} is not a {FORMAT} manifest (format {found!r})")
+    body = {k: v for k, v in doc.items() if k != "manifest_sha256"}
+    if doc.get("manifest_sha256") != hashlib.sha256(_canonical(body)).hexdigest() or _manifest_bytes(body) != raw:
+        raise CorruptStoreError(f"{path}: {MANIFEST} is corrupt (its checksum does not match)")
+    files = doc.get("files")
+    if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+            for v in files.values()):
+        raise CorruptStoreError(f"{path}: {MANIFEST} has no valid file list")
+    for rel in files:
+        parts = rel.split("/")
+        if rel.startswith("/") or ".." in parts or "" in parts or rel == MANIFEST:
+            raise CorruptStoreError(f"{path}: {MANIFEST} lists an invalid path {rel!r}")
+    return doc
+
+
+def summary(manifest: dict[str, Any], path: str) -> dict[str, Any]:
+    """What ``snapshot create`` and ``snapshot list`` print about a snapshot."""
+    files = manifest.get("files", {})
+    created = manifest.get("created_ms", 0)
+    return {"name": os.path.basename(os.path.normpath(path)), "path": os.path.abspath(path),
+            "chain_id": manifest.get("chain_id"), "genesis_hash": manifest.get("genesis_hash"),
+            "height": manifest.get("height"), "tip_hash": manifest.get("tip_hash"),
+            "created_ms": created,
+            "created": datetime.fromtimestamp(created / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "size": sum(f["size"] for f in files.values()), "files": len(files),
+            "with_keys": any(rel.startswith("keys/") for rel in files),
+            "independent": not manifest.get("linked", False),
+            "projections": {n: {"version": p.get("version"), "digest": p.get("digest")}
+                            for n, p in manifest.get("projections", {}).items()}}
+
+
+# -- create ---------------------------------------------------------------------------------------
+
+def _offsets(log: EmbeddedLog) -> dict[str, list[int]]:
+    return {t: log.end_offsets(t) for t in sorted(log.topics())}
+
+
+def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *, with_keys: bool = False,
+                    lock: AbstractContextManager[Any] | None = None, link: bool = False) -> dict[str, Any]:
+    """Snapshot ``chain`` and the live projection stores of ``runner`` into a new directory under
+    ``out_dir`` (default ``snapshot.dir``); returns the manifest (plus ``path``).
+
+    ``lock``, if given, is held while the projection stores are checkpointed (a node passes its
+    fold lock so a blue/green swap cannot close a store under the checkpoint). ``link`` keeps the
+    checkpoints' hard links to the live SST files: fast, but not a backup."""
+    log = chain.log
+    if not isinstance(log, EmbeddedLog):
+        raise ConfigError("snapshots need the embedded log; a Kafka log is backed up with the broker's tools")
+    out_dir = os.path.abspath(out_dir or chain.config.snapshots_dir)
+    try:
+        if not os.path.isdir(out_dir):
+            os.makedirs(out_dir)
+            fsync_dir(os.path.dirname(out_dir))
+        clean_stale(out_dir)
+        with _locked_tmp(out_dir) as tmp:  # mode 0700: config.toml holds a token
+            try:
+                return _create(chain, runner, tmp, out_dir, with_keys=with_keys, lock=lock, link=link)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except OSError as exc:
+        raise storage_error(exc, f"snapshot into {out_dir}") from exc
+
+
+def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: bool,
+            lock: AbstractContextManager[Any] | None, link: bool) -> dict[str, Any]:
+    log, cfg = chain.log, chain.config
+    assert isinstance(log, EmbeddedLog)
+    started = time.time()
+    # 1. projections first, then the log: a projection is never ahead of the log
+    pdir = os.path.join(tmp, "projections")
+    taken: dict[str, tuple[str, int, tuple[str, ...]]] = {}  # name -> (dir, version, topics)
+    with lock or nullcontext():
+        for name, h in sorted(runner.handles.items()):
+            build = os.path.basename(os.path.normpath(h.store.path))
+            os.makedirs(os.path.join(pdir, name), exist_ok=True)
+            try:
+                Checkpoint(h.store.db).create_checkpoint(os.path.join(pdir, name, build))
+            except Exception as exc:
+                raise map_error(exc, h.store.path) from exc
+            taken[name] = (build, h.version, tuple(h.module.TOPICS))
+    for name, (build, version, _topics) in taken.items():
+        layout.write_pointer(pdir, name, "live", build, version)
+    try:
+        Checkpoint(log.raw()).create_checkpoint(os.path.join(tmp, "log"))
+    except Exception as exc:
+        raise map_error(exc, log.path) from exc
+    if not link:
+        _break_links(tmp)  # a backup shares no byte with the live stores
+
+    # 2. what the checkpoints hold
+    cp_log = EmbeddedLog(os.path.join(tmp, "log"), read_only=True)
+    try:
+        tip = WriteState(cp_log).tip()
+        ends = _offsets(cp_log)
+    finally:
+        cp_log.close()
+    projs: dict[str, Any] = {}
+    for name, (build, version, topics) in taken.items():
+        store = ProjectionStore(os.path.join(pdir, name, build), read_only=True)
+        try:
+            pos = store.positions()
+            positions = {t: [pos.get((t, p), 0) for p in range(len(ends.get(t, [])))] for t in topics}
+            projs[name] = {"dir": build, "version": version, "digest": store.digest_hex(),
+                           "height": store.height, "positions": positions}
+        finally:
+            store.close()
+        for t, offs in positions.items():
+            if any(o > e for o, e in zip(offs, ends.get(t, []))):
+                raise StorageError(f"snapshot inconsistency: projection {name} is ahead of the log on {t}")
+
+    # 3. genesis, config, keys
+    shutil.copy2(cfg.genesis_path, os.path.join(tmp, "genesis.json"))
+    if os.path.exists(cfg.config_path):
+        shutil.copy2(cfg.config_path, os.path.join(tmp, "config.toml"))
+    if with_keys and os.path.isdir(cfg.keys_dir):
+        shutil.copytree(cfg.keys_dir, os.path.join(tmp, "keys"), copy_function=shutil.copy2)
+
+    # 4. manifest, fsync, rename
+    files: dict[str, dict[str, Any]] = {}
+    for rel, kind in sorted(_walk_files(tmp).items()):
+        if kind != "file":
+            raise StorageError(f"snapshot: unexpected non-regular file {rel}")
+        size, digest = _sha256_file(os.path.join(tmp, rel))
+        files[rel] = {"size": size, "sha256": digest}
+    created_ms = int(started * 1000)
+    body = {"format": FORMAT, "chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash,
+            "height": tip.height, "tip_hash": tip.hash, "created_ms": created_ms,
+            "formats": {"log": K.LOG_FORMAT.decode(), "projection": K.PROJECTION_FORMAT.decode()},
+            "log_end_offsets": ends, "projections": projs, "files": files, "linked": link}
+    with open(os.path.join(tmp, MANIFEST), "wb") as f:
+        f.write(_manifest_bytes(body))
+    _fsync_tree(tmp)
+    stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{_safe_name(chain.genesis.chain_id)}-h{tip.height}-{stamp}"
+    name, n = base, 2
+    while True:
+        final = os.path.join(out_dir, name)
+        try:
+            os.rename(tmp, final)  # fails if a non-empty ``final`` exists
+            break
+        except OSError:
+            if not os.path.exists(final):
+                raise
+            name, n = f"{base}-{n}", n + 1
+    fsync_dir(out_dir)
+    same_fs = os.stat(final).st_dev == os.stat(cfg.data_dir).st_dev
+    return {**body, "manifest_sha256": hashlib.sha256(_canonical(body)).hexdigest(), "path": final,
+            "same_filesystem_as_data": same_fs}
+
+
+# -- list and verify --------------------------------------------------------------------------------
+
+def verify_snapshot(path: str) -> dict[str, Any]:
+    """Check the manifest and that the snapshot holds exactly its files, each with the recorded
+    size and sha256. Returns the manifest; CorruptStoreError naming the first bad file."""
+    manifest = read_manifest(path)
+    expected = manifest["files"]
+    found = _walk_files(path)
+    found.pop(MANIFEST, None)
+    for rel in sorted(expected):
+        if rel not in found:
+            raise CorruptStoreError(f"snapshot {path} is incomplete: {rel} is missing")
+    for rel, kind in sorted(found.items()):
+        if rel not in expected:
+            raise CorruptStoreError(f"snapshot {path} holds an unexpected file {rel} (not in its manifest)")
+        if kind != "file":
+            raise CorruptStoreError(f"snapshot {path}: {rel} is not a regular file")
+    for rel, want in sorted(expected.items()):  # sizes first: cheap, and names truncation as such
+        size = os.path.getsize(os.path.join(path, rel))
+        if size != want["size"]:
+            what = "truncated" if size < want["size"] else "longer than recorded"
+            raise CorruptStoreError(f"snapshot {path}: {rel} is {what} ({size} bytes, manifest says {want['size']})")
+    for rel, want in sorted(expected.items()):
+        _size, digest = _sha256_file(os.path.join(path, rel))
+        if digest != want["sha256"]:
+            raise CorruptStoreError(f"snapshot {path}: {rel} is corrupt (sha256 {digest[:16]}..., "
+                                    f"manifest says {want['sha256'][:16]}...)")
+    return manifest
+
+
+def list_snapshots(directory: str, *, verify: bool = False) -> list[dict[str, Any]]:
+    """Summaries of the snapshots in ``directory`` (oldest first). ``ok`` says whether the manifest
+    is intact (with ``verify``: and every file too); ``error`` why not."""
+    if not os.path.isdir(directory):
+        return []
+    clean_stale(directory)
+    out = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if entry.startswith(".") or not os.path.isdir(path) or os.path.islink(path):
+            continue  # temp dirs of snapshots being written (or left by a crash)
+        try:
+            manifest = verify_snapshot(path) if verify else read_manifest(path)
+        except CorruptStoreError as exc:
+            out.append({"name": entry, "path": os.path.abspath(path), "ok": False, "error": str(exc),
+                        "created_ms": int(os.stat(path).st_mtime * 1000)})
+            continue
+        out.append({**summary(manifest, path), "ok": True})
+    return sorted(out, key=lambda s: (s.get("created_ms") or 0, s["name"]))
+
+
+# -- restore --------------------------------------------------------------------------------------
+
+def _holds_chain(data_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(data_dir, p)) for p in ("genesis.json", "log"))
+
+
+def _check_restored(tmp: str, manifest: dict[str, Any]) -> None:
+    """The copy opens, at the manifest's chain, height, tip and positions."""
+    try:
+        g = Genesis.load(os.path.join(tmp, "genesis.json"))
+    except Exception as exc:
+        raise CorruptStoreError(f"snapshot genesis.json does not load: {exc}") from exc
+    if g.hash != manifest.get("genesis_hash") or g.chain_id != manifest.get("chain_id"):
+        raise CorruptStoreError("snapshot genesis.json is not the manifest's chain")
+    try:
+        log = EmbeddedLog(os.path.join(tmp, "log"), read_only=True)
+    except StorageError as exc:
+        raise CorruptStoreError(f"snapshot log does not open: {exc}") from exc
+    try:
+        tip = WriteState(log).tip()
+        ends = _offsets(log)
+    finally:
+        log.close()
+    if tip.height != manifest.get("height") or tip.hash != manifest.get("tip_hash") \
+            or ends != manifest.get("log_end_offsets"):
+        raise CorruptStoreError(f"snapshot log is at height {tip.height}, not the manifest's {manifest.get('height')}")
+    pdir = os.path.join(tmp, "projections")
+    for name, p in manifest.get("projections", {}).items():
+        if (layout.read_pointer(pdir, name, "live") or {}).get("dir") != p["dir"]:
+            raise CorruptStoreError(f"snapshot projection {name}: live pointer does not name {p['dir']}")
+        try:
+            store = ProjectionStore(os.path.join(pdir, name, p["dir"]), read_only=True)
+        except StorageError as exc:
+            raise CorruptStoreError(f"snapshot projection {name} does not open: {exc}") from exc
+        try:
+            pos = store.positions()
+            got = {t: [pos.get((t, i), 0) for i in range(len(offs))] for t, offs in p["positions"].items()}
+            if store.digest_hex() != p["digest"] or got != p["positions"]:
+                raise CorruptStoreError(f"snapshot projection {name} does not match its manifest entry")
+        finally:
+            store.close()
+
+
+def _copy_checked(src: str, manifest: dict[str, Any], dst: str, path: str) -> None:
+    """Copy every file the manifest lists from ``src`` to ``dst`` (hashing again what is copied),
+    then check the copy opens at the manifest's state and fsync its directories."""
+    for rel, want in sorted(manifest["files"].items()):
+        to = os.path.join(dst, *rel.split("/"))
+        os.makedirs(os.path.dirname(to), exist_ok=True)
+        size, digest = _copy_hashed(os.path.join(src, *rel.split("/")), to)
+        if size != want["size"] or digest != want["sha256"]:
+            raise CorruptStoreError(f"snapshot {path}: {rel} changed while being copied")
+    _check_restored(dst, manifest)
+    _fsync_tree(dst, files=False)  # each file was fsynced as it was copied
+
+
+def deep_check(path: str) -> dict[str, Any]:
+    """``verify_snapshot`` plus RocksDB's view: a scratch copy beside the snapshot is opened and
+    must hold the manifest's height, tip, end offsets and projection digests. Returns the manifest."""
+    src = os.path.abspath(path)
+    manifest = verify_snapshot(src)
+    with _locked_tmp(os.path.dirname(src)) as tmp:
+        try:
+            _copy_checked(src, manifest, tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
+                     on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Restore the snapshot at ``path`` as ``data_dir``.
+
+    Refuses (before writing anything) a corrupt, truncated or incomplete snapshot
+    (CorruptStoreError), a data dir a node runs on or another restore works on
+    (StoreLockedError), and a data dir that already holds something unless ``force``
+    (ConfigError); with ``force`` the old one is moved aside to ``<data_dir>.replaced-<timestamp>``.
+    Crash-safe: see the module docstring. ``on_step(name)`` runs after each of STEPS."""
+    started = time.monotonic()
+    step = on_step or (lambda _name: None)
+    src = os.path.abspath(path)
+    target = os.path.abspath(data_dir)
+    if not os.path.isdir(src):
+        raise ConfigError(f"no snapshot at {path}")
+    if target == src or target.startswith(src + os.sep):
+        raise ConfigError(f"cannot restore {path} into itself ({data_dir})")
+    manifest = verify_snapshot(src)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    with restorejournal.held(target):
+        restorejournal.settle(target)  # an earlier restore killed half-way: finish it first
+        exists, occupied = _check_target(target, data_dir, force)
+        tmp = tempfile.mkdtemp(prefix=restorejournal.tmp_prefix(target), dir=parent)
+        replaced = None
+        try:
+            _copy_checked(src, manifest, tmp, path)
+            step("copied")
+            if occupied:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+                replaced, n = f"{target}.replaced-{stamp}", 2
+                while os.path.exists(replaced):
+                    replaced, n = f"{target}.replaced-{stamp}-{n}", n + 1
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # the commit point: from here a crash is finished by the next open of the data dir
+        restorejournal.write_journal(target, tmp, replaced)
+        step("journaled")
+        if exists:
+            if occupied:
+                os.rename(target, replaced)  # type: ignore[arg-type]
+            else:
+                os.rmdir(target)
+            fsync_dir(parent)
+        step("moved_aside")
+        os.rename(tmp, target)
+        fsync_dir(parent)
+        step("moved_in")
+        restorejournal.clear_journal(target)
+        step("done")
+    return {"restored": src, "data_dir": target, "chain_id": manifest["chain_id"],
+            "genesis_hash": manifest["genesis_hash"], "height": manifest["height"],
+            "tip_hash": manifest["tip_hash"], "files": len(manifest["files"]),
+            "size": sum(f["size"] for f in manifest["files"].values()), "replaced": replaced,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
+    """(exists, occupied) of the data dir to restore into; refusals as restore_snapshot says."""
+    node_file = os.path.join(target, "node.json")
+    try:
+        with open(node_file, encoding="utf-8") as f:
+            pid = int(json.load(f).get("pid", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        pid = 0
+    if pid > 0 and _pid_alive(pid):
+        raise StoreLockedError(f"a node (pid {pid}) runs on {data_dir}; stop it before restoring "
+                               f"(or remove a stale {node_file})")
+    exists = os.path.exists(target)
+    if exists and not os.path.isdir(target):
+        raise ConfigError(f"{data_dir} exists and is not a directory")
+    occupied = exists and bool(os.listdir(target))
+    if occupied and not force:
+        what = "already holds a chain" if _holds_chain(target) else "is not empty"
+        raise ConfigError(f"{data_dir} {what}; restore into a new --data-dir, or pass --force to move "
+                          f"it aside (to {data_dir}.replaced-<time>)")
+    if occupied and os.path.exists(os.path.join(target, "log", "CURRENT")):
+        try:  # a process without node.json (an ingest, ...) may hold the log
+            open_store(os.path.join(target, "log"), K.LOG_FORMAT, create=False).close()
+        except StoreLockedError:
+            raise
+        except StorageError:
+            pass  # a broken store is what a restore replaces
+    return exists, occupied
+
+
+# -- node integration -------------------------------------------------------------------------------
+
+@action("snapshot", fields={"out": str, "with_keys": bool, "link": bool})
+def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
+    """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``,
+    ``link``). ``out`` must be the node's ``snapshot.dir`` or a directory under it (absolute, or
+    relative to it): anything else is refused (400 SNAPSHOT_DIR_REFUSED) and nothing is written.
+    The answer names the snapshot (``name``, ``dir`` relative to snapshot.dir), never a path."""
+    out = body.get("out")
+    if out is not None and not isinstance(out, str):
+        return _refused(400, "BAD_REQUEST", "snapshot: out must be a directory (under snapshot.dir)")
+    root = node.config.snapshots_dir
+    where = inside(root, out)
+    if where is None:
+        return _refused(400, "SNAPSHOT_DIR_REFUSED", "snapshot: out must be the node's snapshot dir "
+                        "(snapshot.dir) or a directory under it")
+    manifest = create_snapshot(node.chain, node.runner, where, with_keys=bool(body.get("with_keys", False)),
+                               lock=getattr(node, "fold_lock", None), link=bool(body.get("link", False)))
+    result = summary(manifest, manifest["path"])
+    result.pop("path")
+    rel = os.path.relpath(os.path.dirname(manifest["path"]), os.path.realpath(root))
+    return {**result, "dir": "" if rel == "." else rel,
+            "same_filesystem_as_data": manifest["same_filesystem_as_data"]}
+
+
+def _refused(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)

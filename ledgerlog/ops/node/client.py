@@ -1,0 +1,251 @@
+"""Talking to the node that runs on a data dir (its address is in ``<data_dir>/node.json``), so CLI
+commands work, and read their writes, while the node holds the stores' locks.
+
+``ingest`` streams a file of any size: it posts whole lines in chunks under the node's body cap
+(``http.ingest_max_body``), one after another, each acknowledged once durable, and merges the
+answers into one summary whose line numbers are the file's."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import IO, Any, Iterator
+
+import httpx
+
+from ledgerlog.engine.admission.admitter import Summary
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import LedgerError, NotFoundError, StoreLockedError
+
+__all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError"]
+
+#: Bytes of whole lines one ingest POST carries at most (less when the node's cap is lower).
+CHUNK_BYTES = 8 * 1024 * 1024
+_RETRIES = 20  # 429s waited out per chunk
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0, 0) would signal our own process group
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _forget(path: str, seen: bytes) -> None:
+    """Remove the stale node.json at ``path`` if it still holds what was read (not a new node's)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() != seen:
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class NodeRefusedError(LedgerError):
+    """The node answered an error; ``code`` is the code it gave (e.g. REPROJECT_RUNNING)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, what: str, r: httpx.Response) -> "NodeRefusedError":
+        try:
+            body = r.json()
+            code, message = str(body["code"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = f"HTTP_{r.status_code}", r.text[:300]
+        return cls(f"{what}: {message}", code)
+
+
+class NodeClient:
+    def __init__(self, url: str, timeout: float = 30.0, ingest_max_body: int = Config().http_ingest_max_body,
+                 data_dir: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.ingest_max_body = max(1024, ingest_max_body)
+        self.data_dir = os.path.abspath(data_dir) if data_dir else None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    @classmethod
+    def find(cls, config: Config) -> "NodeClient | None":
+        """The node node.json names, if the node answering at its URL is that one (the same
+        ``instance`` in ``GET /v1/status``); else None: no node runs. A node.json shown stale
+        (its PID gone, nothing listening at its URL, another node there) is removed."""
+        try:
+            with open(config.node_file, "rb") as f:
+                raw = f.read()
+            info = json.loads(raw)
+            pid, url, instance = int(info.get("pid", 0)), str(info["url"]), info.get("instance")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not _pid_alive(pid):
+            _forget(config.node_file, raw)
+            return None
+        client = cls(url, ingest_max_body=config.http_ingest_max_body, data_dir=config.data_dir)
+        try:
+            r = client._http.get("/v1/status", timeout=httpx.Timeout(15.0, connect=2.0))
+            answered = r.json().get("instance") if r.status_code == 200 else None
+        except httpx.ConnectError:  # a node listens before it writes node.json: none runs there
+            answered = None
+        except (httpx.HTTPError, ValueError, AttributeError):  # busy or odd: not ours, maybe not stale
+            client.close()
+            return None
+        if instance and answered == instance:
+            return client
+        client.close()
+        if instance:  # (a node.json without an instance is an older node's: leave it)
+            _forget(config.node_file, raw)
+        return None
+
+    @classmethod
+    def for_data_dir(cls, config: Config) -> "NodeClient":
+        client = cls.find(config)
+        if client is None:
+            raise StoreLockedError(f"{config.data_dir} is locked by another process and no node "
+                                   "answers for it; wait for that process to finish")
+        return client
+
+    def _get(self, path: str, **params: Any) -> dict[str, Any]:
+        try:
+            r = self._http.get(path, params={k: v for k, v in params.items() if v is not None})
+        except httpx.HTTPError as exc:
+            raise LedgerError(f"node at {self.url} did not answer: {exc}") from exc
+        body = r.json()
+        if r.status_code == 404:
+            raise NotFoundError(body.get("message", "not found"))
+        if r.status_code == 400:  # the same error (and exit code) as without a node
+            from ledgerlog.ops.query.queries import bad_request
+            raise bad_request(body.get("message", "bad request"))
+        if r.status_code >= 400:
+            raise LedgerError(body.get("message", f"HTTP {r.status_code}"))
+        return body
+
+    def status(self) -> dict[str, Any]:
+        return self._get("/v1/status")
+
+    def account(self, address: str, height: int | None = None) -> dict[str, Any]:
+        return self._get(f"/v1/accounts/{address}", height=height)
+
+    def block(self, height_or_hash: str) -> dict[str, Any]:
+        return self._get(f"/v1/blocks/{height_or_hash}")
+
+    def tx(self, txid: str) -> dict[str, Any]:
+        return self._get(f"/v1/tx/{txid}")
+
+    def worker(self, address: str) -> dict[str, Any]:
+        return self._get(f"/v1/pool/workers/{address}")
+
+    def provider(self, provider_id: str) -> dict[str, Any]:
+        return self._get(f"/v1/energy/providers/{provider_id}")
+
+    def admin(self, action: str, token: str, body: dict[str, Any] | None = None,
+              timeout: float | None = None) -> Any:
+        """POST /v1/admin/<action> with the bearer token; the action's JSON result."""
+        try:
+            r = self._http.post(f"/v1/admin/{action}", json=body or {}, timeout=timeout,
+                                headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise LedgerError(f"node at {self.url} did not answer: {exc}") from exc
+        if r.status_code >= 400:
+            raise NodeRefusedError.of(f"node refused admin {action}", r)
+        return self._local_paths(r.json())
+
+    def _local_paths(self, value: Any) -> Any:
+        """The node writes its data dir as ``<data_dir>`` (no absolute path in an answer); the
+        operator's CLI on the same data dir prints the real path again."""
+        if self.data_dir is None:
+            return value
+        if isinstance(value, str):
+            return value.replace("<data_dir>", self.data_dir)
+        if isinstance(value, dict):
+            return {k: self._local_paths(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._local_paths(v) for v in value]
+        return value
+
+    def ingest(self, stream: IO[bytes]) -> dict[str, Any]:
+        """Admit the lines of ``stream`` through the node, in chunks of whole lines (see the
+        module docstring); the merged summary. A failure names the lines already admitted."""
+        total = Summary()
+        for first, lines, local in _chunks(stream, self.ingest_max_body):
+            for part in self._post_lines(first, lines):
+                total.merge(part)
+            if local:  # lines too long for any request: rejected here, numbered as the file's
+                total.merge(Summary(rejected=len(local), rejections=local))
+        total.rejections.sort(key=lambda r: r["line"])
+        return total.to_dict()
+
+    def _post_lines(self, first: int, lines: list[bytes]) -> Iterator[Summary]:
+        """POST ``lines`` (file lines ``first``..); halves them while the node answers 413."""
+        answer = self._post(first, lines)
+        if answer is not None:
+            yield answer
+            return
+        if len(lines) < 2:
+            raise LedgerError(f"node at {self.url} refused line {first} as too large (HTTP 413)")
+        half = len(lines) // 2
+        yield from self._post_lines(first, lines[:half])
+        yield from self._post_lines(first + half, lines[half:])
+
+    def _post(self, first: int, lines: list[bytes]) -> Summary | None:
+        """One POST; its summary with file line numbers, or None on 413 (nothing was admitted)."""
+        last = first + len(lines) - 1
+        done = f"lines before {first} were admitted; run the ingest again to finish (admitted lines count as duplicates)"
+        for _ in range(_RETRIES):
+            try:
+                r = self._http.post("/v1/ingest", content=b"".join(lines), timeout=None,
+                                    headers={"Content-Type": "application/x-ndjson"})
+            except httpx.HTTPError as exc:
+                raise LedgerError(f"node at {self.url} did not answer for lines {first}-{last}: {exc}; {done}") from exc
+            if r.status_code == 429:
+                time.sleep(min(30.0, float(r.headers.get("retry-after", "1") or 1)))
+                continue
+            if r.status_code == 413:
+                return None
+            if r.status_code not in (200, 422):
+                raise LedgerError(f"node refused lines {first}-{last}: HTTP {r.status_code} {r.text[:200]}; {done}")
+            body = r.json()
+            return Summary(accepted=body["accepted"], duplicates=body["duplicates"], rejected=body["rejected"],
+                           rejections=[{**x, "line": x["line"] + first - 1} for x in body["rejections"]],
+                           rejections_truncated=bool(body.get("rejections_truncated")))
+        raise LedgerError(f"node kept answering 429 for lines {first}-{last}; {done}")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _chunks(stream: IO[bytes], cap: int) -> Iterator[tuple[int, list[bytes], list[dict[str, Any]]]]:
+    """(first line number, whole lines of at most ``min(cap, CHUNK_BYTES)`` bytes together, the
+    rejections of lines longer than ``cap``). Such a line is sent as an empty line, so the node's
+    numbering stays the file's; a line over the chunk size but within ``cap`` goes alone."""
+    target = min(cap, CHUNK_BYTES)
+    first, number, size = 1, 0, 0
+    lines: list[bytes] = []
+    local: list[dict[str, Any]] = []
+    while True:
+        line = stream.readline(cap + 1)
+        if not line:
+            break
+        number += 1
+        if not line.endswith(b"\n"):
+            if len(line) > cap:  # over-long: skip the rest of it
+                while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass
+            line += b"\n"  # (or the last line, without a newline)
+        if len(line) > cap:
+            local.append({"line": number, "code": "MALFORMED",
+                          "message": f"line is over the node's {cap} byte request limit (http.ingest_max_body)"})
+            line = b"\n"
+        if lines and size + len(line) > target:
+            yield first, lines, local
+            first, lines, local, size = number, [], [], 0
+        lines.append(line)
+        size += len(line)
+    if lines or local:
+        yield first, lines, local

@@ -1,0 +1,300 @@
+"""The faucet: ``POST /v1/faucet {"address"}`` grants a fixed amount to an address, as a signed
+transaction from the faucet key admitted through the node's admitter like any other line. So
+every grant is an event on the log (``TransactionSubmitted`` on ``ledger.mempool``), pending
+until a block confirms it; the answer carries its ``txid``.
+
+- **Key**: ``<data_dir>/keys/faucet.key`` (JSON with ``"seed"``, as ``init`` writes it), or
+  ``faucet.key``. Missing or unreadable (or ``faucet.enabled = false``): 503
+  ``FAUCET_DISABLED``. The key is read at the first request that needs it.
+- **Nonce**: confirmed + pending + 1 from the committed write-side state. Grants are serialised
+  by a lock; another writer using the same key (the dev simulator funds its wallets from it) can
+  still win a nonce, so a ``BAD_NONCE`` is retried a few times with a fresh nonce.
+- **Balance**: the faucet's spendable balance (balance minus pending costs) must cover
+  amount + min_fee, else 503 ``INSUFFICIENT_BALANCE``.
+- **Rate limits**: token buckets per client IP and per address (see ops/limits.py); 429
+  ``RATE_LIMITED`` with ``Retry-After``. Only a grant that was admitted takes tokens: a refused
+  request (400, 429, 503) costs none.
+- **Pause**: admin ``faucet-pause``/``faucet-resume`` (503 ``FAUCET_PAUSED``); the node-wide
+  ``pause`` stops the faucet too (503 ``PAUSED``).
+- **Top-up**: admin ``faucet-topup {"amount"}`` sends ``amount`` from the **treasury** key
+  (``<data_dir>/keys/treasury.key`` or ``faucet.topup_key``) to the faucet address as
+  an ordinary transaction through admission: a dev chain's treasury holds the other large
+  allocation and the operator holds its key on the node. It is pending until the next block,
+  and only then adds to the faucet's spendable balance. It works while ingest is paused (an
+  operator's explicit action).
+
+Knobs: settings of the node's ``Config`` (engine/config.py), so each is a ``config.toml`` key
+overridable by its environment variable, or ``FaucetSettings`` passed to ``create_app``:
+
+| config.toml | env | default | meaning |
+|---|---|---|---|
+| ``faucet.enabled`` | ``LEDGERLOG_FAUCET_ENABLED`` | true | false disables the faucet (503 FAUCET_DISABLED) |
+| ``faucet.amount`` | ``LEDGERLOG_FAUCET_AMOUNT`` | 10000000 | base units per grant (the fee, min_fee, is on top) |
+| ``faucet.key`` | ``LEDGERLOG_FAUCET_KEY`` | <data_dir>/keys/faucet.key | key file of the faucet |
+| ``faucet.topup_key`` | ``LEDGERLOG_FAUCET_TOPUP_KEY`` | <data_dir>/keys/treasury.key | key file top-ups are sent from |
+| ``faucet.ip_burst`` | ``LEDGERLOG_FAUCET_IP_BURST`` | 5 | grants a client IP may get at once |
+| ``faucet.ip_interval`` | ``LEDGERLOG_FAUCET_IP_INTERVAL`` | 60 | seconds for a client IP to earn one more grant (0 = no limit) |
+| ``faucet.address_burst`` | ``LEDGERLOG_FAUCET_ADDRESS_BURST`` | 1 | grants an address may get at once |
+| ``faucet.address_interval`` | ``LEDGERLOG_FAUCET_ADDRESS_INTERVAL`` | 3600 | seconds for an address to earn one more grant (0 = no limit) |
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi.responses import JSONResponse
+
+from ledgerlog.engine.admission.state import WriteState
+from ledgerlog.engine.config import Config, env_values
+from ledgerlog.engine.errors import Code
+from ledgerlog.engine.signing import Signer, signed_line
+
+from ledgerlog.ops.api.admin import action
+from ledgerlog.ops.api.limits import TokenBuckets, controls, error, rate_limited
+from ledgerlog.ops.query.queries import ADDRESS_RE
+
+if TYPE_CHECKING:
+    from ledgerlog.ops.node.lifecycle import Node
+
+__all__ = ["DEFAULT_AMOUNT", "Faucet", "FaucetSettings", "Refused", "attach", "faucet_for"]
+
+log = logging.getLogger("ledgerlog.faucet")
+
+DEFAULT_AMOUNT = 10_000_000  # = Config().faucet_amount
+NONCE_RETRIES = 3
+I64_MAX = (1 << 63) - 1
+
+
+_DEFAULTS = Config()
+
+
+@dataclass(frozen=True)
+class FaucetSettings:
+    enabled: bool = _DEFAULTS.faucet_enabled
+    amount: int = _DEFAULTS.faucet_amount
+    key_path: str = _DEFAULTS.faucet_key                 # "" = <data_dir>/keys/faucet.key
+    topup_key_path: str = _DEFAULTS.faucet_topup_key     # "" = <data_dir>/keys/treasury.key
+    ip_burst: int = _DEFAULTS.faucet_ip_burst
+    ip_interval: float = _DEFAULTS.faucet_ip_interval
+    address_burst: int = _DEFAULTS.faucet_address_burst
+    address_interval: float = _DEFAULTS.faucet_address_interval
+    memo: str = "faucet"
+
+    @classmethod
+    def from_config(cls, config: Config) -> FaucetSettings:
+        """The settings a node's Config sets (config.toml ``[faucet]``, overridden by LEDGERLOG_FAUCET_*)."""
+        return cls(enabled=config.faucet_enabled, amount=config.faucet_amount, key_path=config.faucet_key,
+                   topup_key_path=config.faucet_topup_key, ip_burst=config.faucet_ip_burst,
+                   ip_interval=config.faucet_ip_interval, address_burst=config.faucet_address_burst,
+                   address_interval=config.faucet_address_interval)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FaucetSettings:
+        """The defaults overridden by ``env`` alone (no config.toml); prefer ``from_config``."""
+        return cls.from_config(replace(Config(), **env_values(env)))
+
+
+class Refused(Exception):
+    """A request the faucet answers with an error (status, code, message[, retry_after])."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def response(self) -> JSONResponse:
+        if self.retry_after is not None:
+            return rate_limited(self.retry_after, self.message)
+        return error(self.status, self.code, self.message)
+
+
+def _load_key(path: str) -> Signer | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return Signer.from_seed(json.load(f)["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _rate(interval: float) -> float:
+    return 1.0 / interval if interval > 0 else 0.0
+
+
+class Faucet:
+    def __init__(self, node: Node, settings: FaucetSettings | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.settings = settings or FaucetSettings()
+        s = self.settings
+        self.by_ip = TokenBuckets(_rate(s.ip_interval), s.ip_burst, clock=clock)
+        self.by_address = TokenBuckets(_rate(s.address_interval), s.address_burst, clock=clock)
+        self._lock = threading.Lock()
+        self._signer: Signer | None = None
+
+    # -- keys and state ---------------------------------------------------------------------------
+    @property
+    def key_path(self) -> str:
+        return self.settings.key_path or os.path.join(self.node.config.keys_dir, "faucet.key")
+
+    @property
+    def topup_key_path(self) -> str:
+        return self.settings.topup_key_path or os.path.join(self.node.config.keys_dir, "treasury.key")
+
+    def signer(self) -> Signer | None:
+        if self._signer is None and self.settings.enabled:
+            self._signer = _load_key(self.key_path)
+        return self._signer
+
+    def _state(self) -> WriteState:
+        return WriteState(self.node.chain.log)  # committed write-side state
+
+    @property
+    def fee(self) -> int:
+        return self.node.genesis.min_fee
+
+    def status(self) -> dict[str, Any]:
+        signer = self.signer()
+        s = self.settings
+        out: dict[str, Any] = {"enabled": signer is not None, "paused": controls(self.node).faucet_paused,
+                               "ingest_paused": controls(self.node).ingest_paused, "amount": s.amount,
+                               "fee": self.fee,
+                               "limits": {"ip_burst": s.ip_burst, "ip_interval_seconds": s.ip_interval,
+                                          "address_burst": s.address_burst,
+                                          "address_interval_seconds": s.address_interval}}
+        if signer is not None:
+            out["address"] = signer.address
+            out["spendable"] = self._state().spendable(signer.address)
+        return out
+
+    # -- granting ---------------------------------------------------------------------------------
+    def grant(self, address: Any, client: str) -> dict[str, Any]:
+        """Admit a grant to ``address``; raises ``Refused``."""
+        if not isinstance(address, str) or not ADDRESS_RE.match(address.strip().lower()):
+            raise Refused(400, "BAD_REQUEST", "address must be a 40-hex address")
+        address = address.strip().lower()
+        signer = self.signer()
+        if signer is None:
+            why = "disabled by configuration" if not self.settings.enabled else f"no faucet key at {self.key_path}"
+            raise Refused(503, "FAUCET_DISABLED", f"the faucet is {why}")
+        c = controls(self.node)
+        if c.ingest_paused:
+            raise Refused(503, "PAUSED", "ingest is paused by the operator")
+        if c.faucet_paused:
+            raise Refused(503, "FAUCET_PAUSED", "the faucet is paused by the operator")
+        if address == signer.address:
+            raise Refused(400, "BAD_REQUEST", "the faucet does not pay itself")
+        with self._lock:
+            wait = max(self.by_ip.wait(client), self.by_address.wait(address))
+            if wait > 0:
+                which = "this client" if self.by_ip.wait(client) > 0 else "this address"
+                raise Refused(429, "RATE_LIMITED", f"too many faucet grants for {which}", retry_after=wait)
+            granted = _send(self.node, signer, address, self.settings.amount, self.settings.memo,
+                            insufficient=lambda have, need: Refused(
+                                503, "INSUFFICIENT_BALANCE",
+                                f"the faucet can spend {have}, a grant needs {need}; ask the operator for a top-up"))
+            self.by_ip.take(client)
+            self.by_address.take(address)
+        log.info("faucet granted %d to %s (tx %s)", self.settings.amount, address, granted["txid"])
+        return granted
+
+    def topup(self, amount: Any) -> dict[str, Any]:
+        """Send ``amount`` from the top-up (treasury) key to the faucet; raises ``Refused``."""
+        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= I64_MAX:
+            raise Refused(400, "BAD_REQUEST", "amount must be a positive integer (base units)")
+        signer = self.signer()
+        if signer is None:
+            raise Refused(503, "FAUCET_DISABLED", f"the faucet is disabled (no key at {self.key_path})")
+        source = _load_key(self.topup_key_path)
+        if source is None:
+            raise Refused(503, "TOPUP_KEY_MISSING", f"no top-up (treasury) key at {self.topup_key_path}")
+        if source.address == signer.address:
+            raise Refused(400, "BAD_REQUEST", "the top-up key is the faucet key")
+        with self._lock:
+            sent = _send(self.node, source, signer.address, amount, "faucet top-up",
+                         insufficient=lambda have, need: Refused(
+                             409, "INSUFFICIENT_FUNDS", f"the treasury can spend {have}, the top-up needs {need}"))
+        log.info("faucet top-up of %d from %s (tx %s)", amount, source.address, sent["txid"])
+        return {**sent, "note": "pending: adds to the faucet's spendable balance once a block confirms it"}
+
+
+def _send(node: Node, signer: Signer, to: str, amount: int, memo: str,
+          insufficient: Callable[[int, int], Refused]) -> dict[str, Any]:
+    """Build, sign and admit one transaction; retry a lost nonce race a few times."""
+    fee = node.genesis.min_fee
+    last = ""
+    for _ in range(NONCE_RETRIES):
+        st = WriteState(node.chain.log)
+        have, need = st.spendable(signer.address), amount + fee
+        if have < need:
+            raise insufficient(have, need)
+        nonce = st.account(signer.address).nonce + len(st.pending(signer.address)) + 1
+        body = {"chain_id": node.genesis.chain_id, "sender": signer.address, "recipient": to,
+                "amount": amount, "fee": fee, "nonce": nonce, "timestamp": int(time.time() * 1000),
+                "memo": memo}
+        txid, _ = signer.sign_body("TransactionBody", body)
+        summary = node.admitter.admit([orjson.dumps(signed_line("transaction", signer, body))])
+        if summary.accepted == 1:
+            return {"txid": txid, "sender": signer.address, "recipient": to, "amount": amount, "fee": fee,
+                    "nonce": nonce, "status": "pending"}
+        rej = summary.rejections[0] if summary.rejections else {"code": "DUPLICATE", "message": "duplicate"}
+        last = f"{rej['code']}: {rej['message']}"
+        if rej["code"] == Code.INSUFFICIENT_FUNDS.value:
+            raise insufficient(WriteState(node.chain.log).spendable(signer.address), amount + fee)
+        if rej["code"] not in (Code.BAD_NONCE.value, Code.DUPLICATE.value):
+            break
+    log.error("faucet transaction refused by admission: %s", last)
+    raise Refused(503, "FAUCET_REJECTED", f"admission refused the transaction ({last})")
+
+
+# -- one faucet per node (admin actions find it from the node) ------------------------------------
+_FAUCETS: weakref.WeakKeyDictionary[Any, Faucet] = weakref.WeakKeyDictionary()
+_FAUCETS_LOCK = threading.Lock()
+
+
+def attach(node: Node, settings: FaucetSettings | None = None) -> Faucet:
+    """The node's faucet (made when the app is built; the latest app's settings win)."""
+    with _FAUCETS_LOCK:
+        f = _FAUCETS[node] = Faucet(node, settings or FaucetSettings.from_config(node.config))
+        return f
+
+
+def faucet_for(node: Node) -> Faucet:
+    with _FAUCETS_LOCK:
+        f = _FAUCETS.get(node)
+    return f if f is not None else attach(node)
+
+
+# -- admin actions -------------------------------------------------------------------------------
+def _switch(node: Node, paused: bool) -> dict[str, Any]:
+    c = controls(node)
+    with c.lock:
+        was, c.faucet_paused = c.faucet_paused, paused
+    log.warning("faucet %s by admin", "paused" if paused else "resumed")
+    return {"faucet": {"paused": paused, "was_paused": was}}
+
+
+@action("faucet-pause")
+def faucet_pause_action(node: Node, body: dict[str, Any]) -> Any:
+    """Stop faucet grants (503 FAUCET_PAUSED) until faucet-resume."""
+    return _switch(node, True)
+
+
+@action("faucet-resume")
+def faucet_resume_action(node: Node, body: dict[str, Any]) -> Any:
+    return _switch(node, False)
+
+
+@action("faucet-topup", fields={"amount": int})
+def faucet_topup_action(node: Node, body: dict[str, Any]) -> Any:
+    """{"amount": n}: a transaction of n from the treasury key to the faucet, through admission."""
+    try:
+        return faucet_for(node).topup(body.get("amount"))
+    except Refused as r:
+        return r.response()

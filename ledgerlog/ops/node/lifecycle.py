@@ -1,0 +1,308 @@
+"""The node: admission, the projection runner and the HTTP API in one process, and optionally the
+simulated workload. Stops cleanly on SIGINT/SIGTERM: stop taking requests, drain the runner,
+flush and fsync the stores, exit 0."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import secrets
+import signal
+import socket
+import threading
+from typing import Any, Iterable
+
+import orjson
+import uvicorn
+
+from ledgerlog.engine.admission.rules import Out
+from ledgerlog.engine.admission.state import Tip, WriteState
+from ledgerlog.engine.chain import open_chain, write_atomic
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.diskfaults import HEALTH
+from ledgerlog.engine.errors import ConfigError, PortInUseError, StorageError
+from ledgerlog.projections import chainstate, payouts
+from ledgerlog.streams.reproject import reproject
+from ledgerlog.streams.runner import Runner
+
+from ledgerlog.ops.api.admin import allowed_networks
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.transport import EdgeSettings, protocol_class
+from ledgerlog.ops.node.metrics import NodeMetrics
+from ledgerlog.ops.query.queries import Queries
+
+__all__ = ["Node", "bind"]
+
+log = logging.getLogger("ledgerlog.node")
+
+_MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
+_PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (``serve`` listens on it when the node is ready);
+    PortInUseError, one line naming the fix, when the port is taken."""
+    # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (it checks proto);
+    # without it keep-alive responses wait ~40 ms on delayed ACKs
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(host, port, exc) from None
+    return sock
+
+
+def _listen(sock: socket.socket, host: str, port: int) -> None:
+    """Listen before node.json is written: a node named there never refuses a connection, so a
+    refusal says node.json is stale (ops/nodeclient.py)."""
+    try:
+        sock.listen(2048)
+    except OSError as exc:  # two sockets may bind one port with SO_REUSEADDR; only one listens
+        raise _bind_error(host, port, exc) from None
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUseError(f"{host}:{port} is already in use by another process; stop it, or run on "
+                              "another port with --port N (0 picks a free one)")
+    return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port")
+
+
+class Node:
+    def __init__(self, config: Config, *, simulate: bool = False, seed: int | None = None) -> None:
+        self.config = config
+        allowed_networks(config.admin_allow)  # a typo in admin.allow stops the node here
+        from ledgerlog.ops.verify.checks import check_stores
+        check_stores(config, mode="auto")  # never serve from a damaged store: refuse, say which file
+        self.chain = open_chain(config)
+        self.genesis = self.chain.genesis
+        self.admitter = self.chain.admitter
+        try:
+            self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
+                                 batch=config.fold_batch)
+        except BaseException:
+            self.chain.close()
+            raise
+        self.fold_lock = threading.Lock()
+        stale = [n for n, h in self.runner.handles.items() if h.stale]
+        if stale:  # code moved on: rebuild those (blue/green) rather than serve stale state
+            log.info("projections %s were built by an older version; rebuilding", stale)
+            self.reproject(stale)
+        self.runner.catch_up()
+        self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
+        self.queries = Queries(self.runner, self.genesis.chain_id, self.instance)
+        self.metrics = NodeMetrics(self)
+        self.simulate, self.seed = simulate, seed
+        self.simulator: Any = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.server: uvicorn.Server | None = None
+        self.url: str | None = None
+        self._closed = False
+        self.admitter.listeners.append(self._on_commit)
+
+    # -- what the HTTP API and metrics read -----------------------------------------------------
+    def tip(self) -> Tip:
+        return WriteState(self.chain.log).tip()
+
+    def mempool_size(self) -> int:
+        return chainstate.mempool_size(self.runner.handles["chainstate"].store.view())
+
+    def admit_numbered(self, lines: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
+        return self.admitter.admit_numbered(lines).to_dict()
+
+    def keys_rotated(self) -> None:
+        """A role key file changed: the simulator signs with what the files hold now."""
+        if self.simulator is not None:
+            self.simulator.reload_keys()
+
+    def reproject(self, names: list[str] | None = None, *, keep: bool = True) -> list[dict[str, Any]]:
+        """Rebuild beside the live stores while serving; pause folding only for the swap."""
+        return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
+                         self.runner, names, keep=keep, swap_lock=self.fold_lock,
+                         workers=self.config.fold_workers)
+
+    def _on_commit(self, outs: list[Out]) -> None:
+        for o in outs:
+            if o.topic == T.BLOCKS:
+                self.metrics.on_block(o.timestamp)
+        self._wake.set()
+
+    # -- background work ------------------------------------------------------------------------
+    def _fold_loop(self) -> None:
+        backoff = 0.0  # > 0 while storage errors repeat
+        try:
+            while not self._stop.is_set():
+                try:
+                    with self.fold_lock:
+                        folded = self.runner.step()
+                except StorageError as exc:  # a full or failing disk: retry, never stop the node
+                    if not backoff:
+                        log.error("projections cannot commit (%s); retrying with backoff, reads go on", exc)
+                    backoff = min(_MAX_BACKOFF, max(0.1, backoff * 2))
+                    self._stop.wait(backoff)
+                    continue
+                if backoff:
+                    log.info("projections commit again; folding resumed")
+                    backoff = 0.0
+                if folded == 0:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+        except Exception:
+            log.exception("projection runner failed; stopping the node")
+            self._stop.set()
+            if self.server:
+                self.server.should_exit = True
+
+    def health(self) -> dict[str, Any]:
+        """GET /v1/health: liveness, so 200 even while the disk refuses writes or a projection is
+        failed (a restart clears neither); ``status`` says ``degraded`` then, and what."""
+        storage = self.storage_status()
+        failed = self.queries.failed()
+        return {"status": "ok" if storage["writable"] and not failed else "degraded",
+                "chain_id": self.genesis.chain_id, "storage": storage, "failed_projections": failed}
+
+    def storage_status(self) -> dict[str, Any]:
+        """``writable`` false while the disk refuses writes (and why, without paths)."""
+        return {"writable": HEALTH.writable, "faults": HEALTH.reasons()}
+
+    def _storage_loop(self) -> None:
+        """While the disk refuses writes, probe it and reopen the stopped stores once it takes
+        them again, so writes resume (and readiness recovers) even with no write to try."""
+        while not self._stop.wait(_PROBE_SECONDS):
+            if HEALTH.writable:
+                continue
+            try:
+                log_ = self.chain.log
+                if not getattr(log_, "writable", True):
+                    log_.recover()  # type: ignore[attr-defined]  # the embedded log's
+                with self.fold_lock:
+                    for h in self.runner.handles.values():
+                        if not h.store.writable:
+                            h.store.recover()
+            except StorageError:
+                continue
+            if HEALTH.writable:
+                log.info("storage is writable again")
+
+    def _simulate(self) -> None:
+        from ledgerlog.ops.devtools.simulator import Simulator
+
+        def pool_pending() -> dict[str, int]:
+            view = self.runner.handles["payouts"].store.view()
+            return {w["address"]: w["pending"] for w in payouts.workers(view, 1000)}
+
+        sim = self.simulator = Simulator(genesis=self.genesis, keys_dir=self.config.keys_dir,
+                        submit=lambda lines: self.admitter.admit(lines),
+                        state=lambda: WriteState(self.chain.log), pool_pending=pool_pending, seed=self.seed)
+        try:
+            sim.run(self._stop)
+        except Exception:
+            log.exception("simulator failed; the node keeps serving")
+
+    def start(self) -> None:
+        self._spawn("fold", self._fold_loop)
+        self._spawn("storage", self._storage_loop)
+        if self.simulate:
+            self._spawn("simulate", self._simulate)
+
+    def _spawn(self, name: str, target: Any) -> None:
+        t = threading.Thread(target=target, name=f"ledgerlog-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # -- serving --------------------------------------------------------------------------------
+    def serve(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        """Serve HTTP until SIGINT/SIGTERM (or ``request_stop``), then shut down cleanly; on
+        ``sock`` when given (from ``bind``), else on a socket bound to ``host``:``port``."""
+        try:
+            sock = sock or bind(host, port)
+            _listen(sock, host, port)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            self.stop()
+            raise
+        bound = sock.getsockname()[1]
+        self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
+                                                    log_config=None,  # uvicorn logs go to our handlers
+                                                    # one send() per response; header and body timeouts and
+                                                    # the connection cap (idle connections closed first)
+                                                    http=protocol_class(EdgeSettings.from_config(self.config)),
+                                                    proxy_headers=False,  # per-IP limits: no spoofed X-Forwarded-For
+                                                    timeout_keep_alive=self.config.http_keep_alive_timeout,
+                                                    timeout_graceful_shutdown=10))
+        _raise_open_files(self.config.http_max_connections)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            write_atomic(self.config.node_file, orjson.dumps({"pid": os.getpid(), "url": self.url,
+                                                              "instance": self.instance}))
+            log.info("ledgerlog node for %s serving on %s", self.genesis.chain_id, self.url)
+            self.server.run(sockets=[sock])
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self.stop()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        if self.server:
+            self.server.should_exit = True
+
+    def stop(self) -> None:
+        """Drain and close; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        self._threads.clear()
+        try:
+            if self.runner.handles:
+                self.runner.catch_up()
+                for h in self.runner.handles.values():
+                    h.store.flush()
+        except StorageError as exc:  # what was committed is in the stores' WALs; the next start folds on
+            log.error("could not drain the projections at stop: %s", exc)
+        finally:
+            for close in (self.runner.close, self.metrics.shutdown, self.chain.close):
+                try:
+                    close()
+                except StorageError as exc:
+                    log.error("closing: %s", exc)
+            try:
+                if os.path.exists(self.config.node_file):
+                    os.unlink(self.config.node_file)
+            except OSError:
+                pass
+        log.info("ledgerlog node stopped")
+
+
+def _raise_open_files(connections: int) -> None:
+    """Let the process hold ``connections`` sockets besides its stores' files: raise the soft
+    RLIMIT_NOFILE towards the hard one (as Go's runtime does); warn when even that is short."""
+    want = (connections or 4096) + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    except (ValueError, OSError):
+        pass
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < want:
+        log.warning("open-file limit %d is below http.max_connections + 1024 (%d); raise `ulimit -n` or "
+                    "lower http.max_connections", resource.getrlimit(resource.RLIMIT_NOFILE)[0], want)

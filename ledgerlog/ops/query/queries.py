@@ -1,0 +1,192 @@
+"""Queries answered from projections, each answer carrying its provenance: the projection and
+version, the log positions and height it reflects, and how many records it is behind."""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Any, Iterable, Iterator
+
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import ConfigError, NotFoundError, StoreLockedError
+from ledgerlog.projections import balances, chainstate, energy, payouts
+from ledgerlog.streams.reproject import reproject
+from ledgerlog.streams.runner import Runner
+
+__all__ = ["Queries", "open_queries", "ADDRESS_RE", "I64_MAX", "bad_request"]
+
+ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
+I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
+
+
+class BadRequest(ConfigError):
+    """A query argument is malformed (HTTP 400)."""
+
+    code = "BAD_REQUEST"
+
+
+def bad_request(message: str) -> BadRequest:
+    return BadRequest(message)
+
+
+class Queries:
+    def __init__(self, runner: Runner, chain_id: str, instance: str | None = None) -> None:
+        self.runner = runner
+        self.chain_id = chain_id
+        self.instance = instance  # a running node's random id (node.json names it); None in the CLI
+
+    # -- read-your-writes ------------------------------------------------------------------------
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until projections reflect everything appended before this call."""
+        log = self.runner.log
+        targets = {t: log.end_offsets(t) for t in log.topics()}
+        return self.runner.wait_caught_up(targets, timeout)
+
+    def caught_up(self, names: Iterable[str] | None = None) -> bool:
+        """Without waiting: have the projections ``names`` (default: all) folded everything
+        appended so far? (What ``sync`` waits for, as a check; cheap on the embedded log, whose
+        end offsets are in memory.)"""
+        log = self.runner.log
+        handles = self.runner.handles
+        for h in (handles.values() if names is None else (handles[n] for n in names)):
+            pos = h.store.positions()
+            for t in h.module.TOPICS:
+                for p, end in enumerate(log.end_offsets(t)):
+                    if pos.get((t, p), 0) < end:
+                        return False
+        return True
+
+    def _view(self, name: str):  # noqa: ANN202
+        return self.runner.check_usable(name).store.view()
+
+    def provenance(self, name: str) -> dict[str, Any]:
+        """Projection, version, height, positions (topic -> offset per partition), lag (records
+        not folded yet) and digest; positions and lag from one read of the stored positions."""
+        h = self.runner.handles[name]
+        log = self.runner.log
+        pos = h.store.positions()
+        positions: dict[str, list[int]] = {}
+        lag = 0
+        for t in h.module.TOPICS:
+            ends = log.end_offsets(t)
+            row = positions[t] = [pos.get((t, p), 0) for p in range(len(ends))]
+            lag += sum(ends) - sum(row)
+        return {"projection": name, "version": h.module.VERSION, "height": h.store.height,
+                "positions": positions, "lag": lag, "digest": h.store.digest_hex()}
+
+    # -- answers ---------------------------------------------------------------------------------
+    def failed(self) -> dict[str, dict[str, Any]]:
+        """Projections whose fold stopped on an event: where, the error and the fix."""
+        return {n: f.to_dict() for n, f in self.runner.failures().items()}
+
+    def status(self) -> dict[str, Any]:
+        tip = chainstate.tip(self._view("chainstate"))
+        out = {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
+               "lag": self.runner.lag(), "failed_projections": self.failed(),
+               "provenance": self.provenance("chainstate")}
+        if self.instance is not None:
+            out["instance"] = self.instance
+        return out
+
+    def account(self, address: str, height: int | None = None) -> dict[str, Any]:
+        if not ADDRESS_RE.match(address):
+            raise bad_request(f"{address!r} is not a 40-hex address")
+        if height is not None and not 0 <= height <= I64_MAX:
+            raise bad_request(f"height must be between 0 and {I64_MAX}")
+        return {**balances.account(self._view("balances"), address, height),
+                "provenance": self.provenance("balances")}
+
+    def block(self, height_or_hash: str) -> dict[str, Any]:
+        if height_or_hash.isdigit() and (not height_or_hash.isascii() or len(height_or_hash) > 19
+                                         or int(height_or_hash) > I64_MAX):
+            raise bad_request(f"a block height is a decimal between 0 and {I64_MAX}")
+        found = chainstate.block(self._view("chainstate"), height_or_hash)
+        if found is None:
+            raise NotFoundError(f"no block {height_or_hash}")
+        return {**found, "provenance": self.provenance("chainstate")}
+
+    def tx(self, txid: str) -> dict[str, Any]:
+        found = chainstate.tx(self._view("chainstate"), txid)
+        if found is None:
+            raise NotFoundError(f"no transaction {txid}")
+        return {**found, "provenance": self.provenance("chainstate")}
+
+    def worker(self, address: str) -> dict[str, Any]:
+        if not ADDRESS_RE.match(address):
+            raise bad_request(f"{address!r} is not a 40-hex address")
+        return {**payouts.worker(self._view("payouts"), address), "provenance": self.provenance("payouts")}
+
+    def provider(self, provider_id: str) -> dict[str, Any]:
+        found = energy.provider(self._view("energy"), provider_id)
+        if found is None:
+            raise NotFoundError(f"no provider {provider_id!r}")
+        return {**found, "provenance": self.provenance("energy")}
+
+    def _part(self, name: str, read: Any) -> Any:
+        """A dashboard section read from ``name``; None while that projection is failed."""
+        h = self.runner.handles[name]
+        return None if h.failed is not None else read(h.store.view())
+
+    def dashboard(self) -> dict[str, Any]:
+        cs = self._view("chainstate")
+        tip = chainstate.tip(cs)
+        recent = chainstate.recent_blocks(cs, 60)
+        now_ms = time.time() * 1000
+        span = (recent[0]["timestamp"] - recent[-1]["timestamp"]) / 1000 if len(recent) > 1 else 0
+        txs = sum(b["tx_count"] for b in recent[:-1]) if len(recent) > 1 else 0
+        log = self.runner.log
+        return {
+            "status": {"chain_id": self.chain_id, "height": tip["height"], "tip_hash": tip["tip_hash"],
+                       "tip_timestamp": tip["tip_timestamp"], "total_txs": tip["total_txs"],
+                       "mempool": chainstate.mempool_size(cs)},
+            "rates": {"blocks_per_minute": round((len(recent) - 1) * 60 / span, 2) if span > 0 else 0.0,
+                      "tps": round(txs / span, 2) if span > 0 else 0.0,
+                      "seconds_since_block": round(max(0.0, (now_ms - tip["tip_timestamp"]) / 1000), 1)},
+            "recent_blocks": recent[:20],
+            "richest": self._part("balances", lambda v: balances.richest(v, 10)),
+            "pool": self._part("payouts", payouts.pool),
+            "workers": self._part("payouts", lambda v: payouts.workers(v, 10)),
+            "energy": self._part("energy", energy.market),
+            "providers": self._part("energy", lambda v: energy.providers(v, 10)),
+            "lag": self.runner.lag(),
+            "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
+        }
+
+
+@contextlib.contextmanager
+def open_queries(config: Config) -> Iterator[Any]:
+    """Queries for a CLI command: through the running node if there is one; otherwise fold the
+    projections up to the end of the log first (read-your-writes), never failing on a lock."""
+    from ledgerlog.engine.chain import open_chain
+
+    from ledgerlog.ops.node.client import NodeClient
+
+    remote = NodeClient.find(config)
+    if remote is not None:
+        yield remote
+        return
+    chain = open_chain(config, read_only=True)
+    try:
+        runner = _open_runner(chain, config)
+        try:
+            if not runner.read_only:
+                stale = [n for n, h in runner.handles.items() if h.stale]
+                if stale:  # built by older projection code: rebuild (blue/green) before answering
+                    reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale)
+                runner.catch_up()
+            yield Queries(runner, chain.genesis.chain_id)
+        finally:
+            runner.close()
+    finally:
+        chain.close()
+
+
+def _open_runner(chain: Any, config: Config) -> Runner:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, batch=config.fold_batch)
+        except StoreLockedError:
+            if time.monotonic() > deadline:  # someone keeps folding them: read what they hold
+                return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, read_only=True)
+            time.sleep(0.1)
