@@ -30,6 +30,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── Unsupported                   UNSUPPORTED_SCHEMA 500 2  a schema the generated codecs do not take (fastavro then does)
     ├── NodeUnreachableError          NODE_UNREACHABLE 503 2  the running node did not answer
     ├── NodeRefusedError              NODE_REFUSED 502 1  the running node answered an error (``code`` is its code)
+    ├── NodeRunningError              NODE_RUNNING 409 1  a node runs on the data dir and the command cannot go through it
     ├── UnauthorizedError             UNAUTHORIZED 401 1  no or a misplaced admin token
     ├── ForbiddenError                FORBIDDEN 403 1     a wrong token or a client outside admin.allow
     │   ├── AdminDisabledError        ADMIN_DISABLED 403 1  no admin.token is set
@@ -64,7 +65,7 @@ __all__ = [
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
     "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "SchemaError", "NotFoundError",
     "ReprojectRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
-    "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError",
+    "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
     "UnauthorizedError", "ForbiddenError", "AdminDisabledError", "OriginNotAllowedError",
     "MethodNotAllowedError", "TooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
     "RateLimitedError", "UnavailableError", "PausedError", "NotReadyError", "FaucetDisabledError",
@@ -338,6 +339,13 @@ class NodeRefusedError(LedgerError):
         super().__init__(message)
         if code is not None:
             self.code = code  # type: ignore[misc]
+
+
+class NodeRunningError(LedgerError):
+    """A node runs on the data dir and the command cannot go through it (stop it, or set admin.token)."""
+
+    code = "NODE_RUNNING"
+    http_status = 409
 
 
 # -- the HTTP edge ------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def create_app(node: NodeContext, *, limits: HttpLimits | None = None, faucet: F
     app.add_middleware(RequestMetrics, on_request=node.metrics.on_request)
     mount(app, edge, ROUTES)
     instrument_app(app)  # one trace span per request (ops/node/tracing.py)
-    app.fast_lane = FastLane(node, ROUTES, node.metrics.on_request)  # plain GETs of the query routes
+    app.fast_lane = FastLane(node, node.metrics.on_request, ROUTES)  # plain GETs of the query routes
     app.host_guard = HostGuard([node.config.http_host, *split_list(node.config.http_allowed_hosts)])
     return app
 

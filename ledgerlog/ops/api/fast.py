@@ -102,7 +102,10 @@ class _Lane:
 class FastLane:
     """Plain GETs of the query routes, answered directly (see the module docstring)."""
 
-    def __init__(self, node: NodeContext, routes: tuple[Route, ...], on_request: Callable[[str, str, int, float], None]) -> None:
+    def __init__(self, node: NodeContext, on_request: Callable[[str, str, int, float], None],
+                 routes: tuple[Route, ...] | None = None) -> None:
+        if routes is None:
+            from ledgerlog.ops.api.routes import ROUTES as routes  # the routes import this module's peers
         self.queries = node.queries
         self.on_request = on_request
         self.inline = node.chain.log.end_offsets_in_memory
