@@ -36,6 +36,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     │   ├── AdminDisabledError        ADMIN_DISABLED 403 1  no admin.token is set
     │   └── OriginNotAllowedError     ORIGIN_NOT_ALLOWED 403 1  a web origin not in http.allowed_origins
     ├── MethodNotAllowedError         METHOD_NOT_ALLOWED 405 2  the route takes other methods
+    ├── RequestTimeoutError           TIMEOUT 408 2       a request head or body not sent in time (closed)
     ├── TooLargeError                 TOO_LARGE 413 2     a request body over its cap
     ├── UnsupportedMediaTypeError     UNSUPPORTED_MEDIA_TYPE 415 2  ingest takes application/x-ndjson only
     ├── HostNotAllowedError           HOST_NOT_ALLOWED 421 1  a Host header that is not the node's
@@ -43,6 +44,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── UnavailableError              UNAVAILABLE 503 1   the node cannot do that now
     │   ├── PausedError               PAUSED 503 1        external writes are paused by the operator
     │   ├── NotReadyError             NOT_READY 503 1     a projection lags too far behind the log
+    │   ├── OverloadedError           OVERLOADED 503 1    every connection is busy in a request
     │   ├── FaucetDisabledError       FAUCET_DISABLED 503 1
     │   ├── FaucetPausedError         FAUCET_PAUSED 503 1
     │   ├── InsufficientBalanceError  INSUFFICIENT_BALANCE 503 1  the faucet cannot pay a grant
@@ -67,7 +69,7 @@ __all__ = [
     "ReprojectRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
     "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
     "UnauthorizedError", "ForbiddenError", "AdminDisabledError", "OriginNotAllowedError",
-    "MethodNotAllowedError", "TooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
+    "MethodNotAllowedError", "RequestTimeoutError", "OverloadedError", "TooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
     "RateLimitedError", "UnavailableError", "PausedError", "NotReadyError", "FaucetDisabledError",
     "FaucetPausedError", "InsufficientBalanceError", "TopupKeyMissingError", "FaucetRejectedError",
     "InternalError", "Code", "error_code", "storage_error", "public_message", "error_classes", "error_class_for",
@@ -373,6 +375,12 @@ class MethodNotAllowedError(LedgerError):
     exit_code = 2
 
 
+class RequestTimeoutError(LedgerError):
+    code = "TIMEOUT"
+    http_status = 408
+    exit_code = 2
+
+
 class TooLargeError(LedgerError):
     code = "TOO_LARGE"
     http_status = 413
@@ -412,6 +420,10 @@ class PausedError(UnavailableError):
 
 class NotReadyError(UnavailableError):
     code = "NOT_READY"
+
+
+class OverloadedError(UnavailableError):
+    code = "OVERLOADED"
 
 
 class FaucetDisabledError(UnavailableError):
