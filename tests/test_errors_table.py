@@ -19,7 +19,6 @@ import os
 import pkgutil
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 

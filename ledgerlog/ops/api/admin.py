@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Action", "AdminAction", "allowed_networks", "body_problem", "check_token", "endpoint", "run_recorded"]
 
-#: function(node, body) -> JSON-able result
-AdminAction = Callable[["NodeContext", dict[str, Any]], Any]
+#: function(node, body) -> JSON-able result (the node as its module types it)
+AdminAction = Callable[[Any, dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ class FastLane:
     def __init__(self, node: NodeContext, on_request: Callable[[str, str, int, float], None],
                  routes: tuple[Route, ...] | None = None) -> None:
         if routes is None:
-            from ledgerlog.ops.api.routes import ROUTES as routes  # the routes import this module's peers
+            from ledgerlog.ops.api.routes import ROUTES  # the routes import this module's peers
+            routes = ROUTES
         self.queries = node.queries
         self.on_request = on_request
         self.inline = node.chain.log.end_offsets_in_memory

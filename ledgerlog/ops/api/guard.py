@@ -134,7 +134,7 @@ def error_response(exc: BaseException, media_type: str = "application/json", **e
     return Response(orjson.dumps({**extra, **body}), status_code=status, headers=headers, media_type=media_type)
 
 
-async def send_error(send: Send, exc: BaseException, *, close: bool = False) -> None:
+async def send_error(send: Callable[[Any], Awaitable[None]], exc: BaseException, *, close: bool = False) -> None:
     """Answer ``exc`` on a raw ASGI ``send`` (middleware that runs before the framework)."""
     status, body, headers = error_answer(exc)
     data = orjson.dumps(body)

@@ -65,7 +65,7 @@ from ledgerlog.projections.base import jload
 from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import NodeContext as Node
 
 __all__ = [
     "INTERNAL_ERROR",

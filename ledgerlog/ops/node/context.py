@@ -24,18 +24,37 @@ __all__ = ["NodeContext"]
 class NodeContext(Protocol):
     """A running node as the API sees it."""
 
-    config: Config
-    genesis: Genesis
-    chain: Chain
-    admitter: Admitter
-    runner: Runner
-    queries: Queries
-    metrics: NodeMetrics
-    #: run-time switches (pause, faucet pause), set by admin actions
-    controls: Controls
-    #: the admin actions table (ops/node/actions.py ``ACTIONS``)
-    actions: Mapping[str, Action]
-    url: str | None
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def genesis(self) -> Genesis: ...
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def admitter(self) -> Admitter: ...
+
+    @property
+    def runner(self) -> Runner: ...
+
+    @property
+    def queries(self) -> Queries: ...
+
+    @property
+    def metrics(self) -> NodeMetrics: ...
+
+    @property
+    def controls(self) -> Controls:
+        """Run-time switches (pause, faucet pause), set by admin actions."""
+
+    @property
+    def actions(self) -> Mapping[str, Action]:
+        """The admin actions table (ops/node/actions.py ``ACTIONS``)."""
+
+    @property
+    def url(self) -> str | None: ...
 
     def health(self) -> dict[str, Any]: ...
 
