@@ -118,7 +118,7 @@ def test_the_other_forms_go_to_fastapi(node, history):
         return {"type": "http", "method": method, "path": path, "query_string": qs, "headers": [], "root_path": ""}
 
     assert lane.match(scope("GET", f"/v1/accounts/{a}")) is not None
-    assert lane.match(scope("GET", f"/v1/accounts/{a}", b"height=12"))[3] == (a, 12)
+    assert lane.match(scope("GET", f"/v1/accounts/{a}", b"height=12"))[1] == (a, 12)
     for method, path, qs in [("HEAD", f"/v1/accounts/{a}", b""), ("POST", "/v1/status", b""),
                              ("GET", f"/v1/accounts/{a}", b"height=-1"), ("GET", f"/v1/accounts/{a}", b"height=007"),
                              ("GET", f"/v1/accounts/{a}", b"height=1&x=2"), ("GET", f"/v1/accounts/{a}", b"h=1"),
@@ -184,7 +184,7 @@ def test_errors(node, history, monkeypatch, caplog):
         monkeypatch.setattr(node.queries, "account", gone)
         app.fast_lane = type(app.fast_lane)(node, node.metrics.on_request)
         r = c.get(f"/v1/accounts/{a}")
-        assert r.status_code == 503 and r.json() == {"code": "LogError", "message": "the log is away"}
+        assert r.status_code == 503 and r.json() == {"code": "LOG_ERROR", "message": "the log is away"}
     counts = node.metrics.http.counts()
     assert counts[("GET", "/v1/accounts/{address}", "500")] == 1
     assert counts[("GET", "/v1/accounts/{address}", "503")] == 1

@@ -17,15 +17,13 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_writer
 
+from ledgerlog.engine.errors import Unsupported  # the schema uses a type the generated code does not handle
+
 __all__ = ["SchemaNames", "Unsupported", "compile_encoder", "encoder"]
 
 _PRIMITIVES = ("long", "int", "string", "boolean")
 #: varints of the zig-zag values below 128: one byte each
 _ONE = [bytes((z,)) for z in range(128)]
-
-
-class Unsupported(Exception):
-    """The schema uses a type the generated code does not handle: use fastavro."""
 
 
 class SchemaNames:

@@ -1,64 +1,175 @@
-"""Every error ledgerlog raises on purpose derives from LedgerError.
+"""Every error ledgerlog raises on purpose derives from LedgerError; this module is the one table
+of them: each class says its ``code`` (what users see), ``http_status`` (what the API answers)
+and ``exit_code`` (what the CLI exits with: 1 refused or verification failed, 2 usage, config,
+I/O or storage). The tree (code, HTTP status, exit code):
 
-    LedgerError
-    ├── ConfigError            bad config file, flag or genesis
-    │   ├── GenesisMismatchError genesis.json is not the genesis the log was started with
-    │   └── PortInUseError     the HTTP port is taken by another process
-    ├── StorageError           a store cannot be used
-    │   ├── StorageUnavailableError  the disk refused a write (I/O error, full); clears by itself
-    │   ├── StoreLockedError   another process holds the write lock
-    │   ├── CorruptStoreError  checksums or structure do not hold; never served
-    │   ├── FormatVersionError the store was written by an unknown format version
-    │   └── AheadOfLogError    a store reflects records the log no longer holds; never served
-    ├── LogError               the log backend failed (I/O, broker unreachable, unknown topic)
-    ├── SchemaError            unknown schema id, or an incompatible schema change
-    ├── NotFoundError          a queried block, tx, account, ... does not exist
-    ├── ReprojectRunningError  a reproject of this data dir is running
-    ├── ProjectionFailedError  a projection's fold raised on an event: it stopped, the rest go on
-    └── Rejection              an input line was refused; carries a protocol code (PROTOCOL.md §5)
+    LedgerError                       LEDGER_ERROR 503 1  a ledger error no subclass names
+    ├── UsageError                    USAGE 400 2         a command was used wrongly (arguments, flags)
+    │   └── ExportError               BAD_EXPORT 400 2    an export's topic, range or format does not fit the log
+    ├── BadRequest                    BAD_REQUEST 400 2   a query argument or request body is malformed
+    │   └── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
+    ├── ConfigError                   CONFIG 400 2        bad config file, flag or genesis
+    │   ├── GenesisMismatchError      GENESIS_MISMATCH 400 2  genesis.json is not the one the log started with
+    │   └── PortInUseError            PORT_IN_USE 400 2   the HTTP port is taken by another process
+    ├── StorageError                  STORAGE_ERROR 503 2 a store cannot be used
+    │   ├── StorageUnavailableError   STORAGE_UNAVAILABLE 503 2  the disk refused a write; clears by itself
+    │   ├── StoreLockedError          LOCKED 503 1        another process holds the write lock
+    │   ├── CorruptStoreError         CORRUPT 503 1       checksums or structure do not hold; never served
+    │   ├── FormatVersionError        FORMAT_VERSION 503 2  the store was written by an unknown format version
+    │   └── AheadOfLogError           AHEAD_OF_LOG 503 2  a store reflects records the log no longer holds
+    ├── LogError                      LOG_ERROR 503 1     the log backend failed or does not hold what was asked
+    ├── SchemaError                   SCHEMA_ERROR 503 1  unknown schema id, or a value not in the wire format
+    ├── NotFoundError                 NOT_FOUND 404 1     a queried block, tx, account, route ... does not exist
+    ├── ReprojectRunningError         REPROJECT_RUNNING 409 1  a reproject of this data dir is running
+    ├── RotationRefusedError          ROTATION_REFUSED 409 1   a key rotation cannot be done
+    ├── InsufficientFundsError        INSUFFICIENT_FUNDS 409 1  the sending key cannot pay (faucet top-up)
+    ├── ProjectionFailedError         PROJECTION_FAILED 503 1  a projection's fold stopped on an event
+    ├── Rejection                     REJECTED 422 1      an input line was refused; its code is the protocol's (§5)
+    ├── ProofError                    BAD_PROOF 422 1     a Merkle proof does not verify
+    ├── RpcError                      RPC_ERROR 400 1     a JSON-RPC call failed; ``rpc_code`` is its JSON-RPC code
+    ├── Unsupported                   UNSUPPORTED_SCHEMA 500 2  a schema the generated codecs do not take (fastavro then does)
+    ├── NodeUnreachableError          NODE_UNREACHABLE 503 2  the running node did not answer
+    ├── NodeRefusedError              NODE_REFUSED 502 1  the running node answered an error (``code`` is its code)
+    ├── NodeRunningError              NODE_RUNNING 409 1  a node runs on the data dir and the command cannot go through it
+    ├── UnauthorizedError             UNAUTHORIZED 401 1  no or a misplaced admin token
+    ├── ForbiddenError                FORBIDDEN 403 1     a wrong token or a client outside admin.allow
+    │   ├── AdminDisabledError        ADMIN_DISABLED 403 1  no admin.token is set
+    │   └── OriginNotAllowedError     ORIGIN_NOT_ALLOWED 403 1  a web origin not in http.allowed_origins
+    ├── MethodNotAllowedError         METHOD_NOT_ALLOWED 405 2  the route takes other methods
+    ├── RequestTimeoutError           TIMEOUT 408 2       a request head or body not sent in time (closed)
+    ├── TooLargeError                 TOO_LARGE 413 2     a request body over its cap
+    ├── UnsupportedMediaTypeError     UNSUPPORTED_MEDIA_TYPE 415 2  ingest takes application/x-ndjson only
+    ├── HostNotAllowedError           HOST_NOT_ALLOWED 421 1  a Host header that is not the node's
+    ├── RateLimitedError              RATE_LIMITED 429 1  too many requests; ``retry_after`` seconds
+    ├── UnavailableError              UNAVAILABLE 503 1   the node cannot do that now
+    │   ├── PausedError               PAUSED 503 1        external writes are paused by the operator
+    │   ├── NotReadyError             NOT_READY 503 1     a projection lags too far behind the log
+    │   ├── OverloadedError           OVERLOADED 503 1    every connection is busy in a request
+    │   ├── FaucetDisabledError       FAUCET_DISABLED 503 1
+    │   ├── FaucetPausedError         FAUCET_PAUSED 503 1
+    │   ├── InsufficientBalanceError  INSUFFICIENT_BALANCE 503 1  the faucet cannot pay a grant
+    │   ├── TopupKeyMissingError      TOPUP_KEY_MISSING 503 1
+    │   └── FaucetRejectedError       FAUCET_REJECTED 503 1  admission refused the faucet's transaction
+    └── InternalError                 INTERNAL 500 2      a bug: anything not raised on purpose
 
-Third-party errors are mapped at the boundary with ``raise ... from exc``. Each class's ``code``
-is what users see (HTTP ``code``, CLI ``code``; ``error_code``). Storage errors carry file paths
-in their message (for the operator's log and CLI); ``public`` is what an HTTP answer says
-instead, without any path.
+Third-party errors are mapped at the boundary with ``raise ... from exc``. Where a message may
+name files (storage errors), ``public`` is what an HTTP answer says instead; every other message
+is answered through the API's path scrubber (ops/api/guard.py ``public``).
 """
 from __future__ import annotations
 
+import errno
 from enum import Enum
+from typing import ClassVar
 
 __all__ = [
-    "LedgerError", "ConfigError", "GenesisMismatchError", "PortInUseError", "StorageError",
-    "StorageUnavailableError", "StoreLockedError", "CorruptStoreError", "FormatVersionError",
-    "AheadOfLogError", "LogError", "SchemaError", "NotFoundError", "ProjectionFailedError",
-    "ReprojectRunningError", "Rejection", "Code", "error_code",
+    "LedgerError", "UsageError", "ExportError", "BadRequest", "SnapshotDirRefusedError", "ConfigError",
+    "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
+    "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "SchemaError", "NotFoundError",
+    "ReprojectRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
+    "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
+    "UnauthorizedError", "ForbiddenError", "AdminDisabledError", "OriginNotAllowedError",
+    "MethodNotAllowedError", "RequestTimeoutError", "OverloadedError", "TooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
+    "RateLimitedError", "UnavailableError", "PausedError", "NotReadyError", "FaucetDisabledError",
+    "FaucetPausedError", "InsufficientBalanceError", "TopupKeyMissingError", "FaucetRejectedError",
+    "InternalError", "Code", "error_code", "storage_error", "public_message", "error_classes", "error_class_for",
 ]
 
 
 class LedgerError(Exception):
     """Root of every ledgerlog error."""
 
-    #: the code users see; the class name where a class sets none
-    code: "str | Code | None" = None
+    #: the code users see (HTTP ``code``, CLI ``code``); an instance may carry a finer one
+    code: ClassVar[str] = "LEDGER_ERROR"
+    #: the HTTP status the API answers it with
+    http_status: ClassVar[int] = 503
+    #: the CLI's exit status: 1 refused or verification failed, 2 usage, config, I/O or storage
+    exit_code: ClassVar[int] = 1
+    #: a path-free message an HTTP answer gives instead of ``str(exc)`` (None: the message, scrubbed)
+    public: ClassVar[str | None] = None
 
 
-def error_code(exc: LedgerError) -> str:
+def error_code(exc: BaseException) -> str:
     """The code an error is reported with (a Rejection's is its protocol code)."""
-    code = exc.code
+    code = getattr(exc, "code", None) if isinstance(exc, LedgerError) else InternalError.code
     if isinstance(code, Enum):
         return str(code.value)
-    return code or type(exc).__name__
+    return str(code or LedgerError.code)
+
+
+def public_message(exc: LedgerError) -> str:
+    """What an answer may say about ``exc``: its class's ``public`` text, else its message."""
+    return type(exc).public or str(exc)
+
+
+def error_classes() -> list[type[LedgerError]]:
+    """Every LedgerError class defined so far (this table and any subclass elsewhere)."""
+    out: list[type[LedgerError]] = []
+    todo: list[type[LedgerError]] = [LedgerError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def error_class_for(code: str) -> type[LedgerError] | None:
+    """The class that owns ``code`` (defines it itself), if any."""
+    for cls in error_classes():
+        if cls.__dict__.get("code") == code:
+            return cls
+    return None
+
+
+# -- usage and bad input --------------------------------------------------------------------------
+class UsageError(LedgerError):
+    """A command was used wrongly: arguments, flags, a missing file named on the command line."""
+
+    code = "USAGE"
+    http_status = 400
+    exit_code = 2
+
+
+class ExportError(UsageError):
+    """An export's topic, partitions, range or format does not fit the log."""
+
+    code = "BAD_EXPORT"
+
+
+class BadRequest(LedgerError):
+    """A query argument or request body is malformed."""
+
+    code = "BAD_REQUEST"
+    http_status = 400
+    exit_code = 2
+
+
+class SnapshotDirRefusedError(BadRequest):
+    """A running node writes snapshots only under its snapshot.dir."""
+
+    code = "SNAPSHOT_DIR_REFUSED"
 
 
 class ConfigError(LedgerError):
     code = "CONFIG"
+    http_status = 400
+    exit_code = 2
 
 
 class GenesisMismatchError(ConfigError):
     code = "GENESIS_MISMATCH"
 
 
+class PortInUseError(ConfigError):
+    """The address the node should listen on is taken."""
+
+    code = "PORT_IN_USE"
+
+
+# -- storage ----------------------------------------------------------------------------------------
 class StorageError(LedgerError):
     code = "STORAGE_ERROR"
+    exit_code = 2
     public = "a store cannot be used; the node's log says which and why"
 
 
@@ -73,11 +184,13 @@ class StorageUnavailableError(StorageError):
 
 class StoreLockedError(StorageError):
     code = "LOCKED"
+    exit_code = 1
     public = "a store is in use by another process"
 
 
 class CorruptStoreError(StorageError):
     code = "CORRUPT"
+    exit_code = 1
     public = "a store is corrupt; the node's log says which (restore a snapshot or reproject)"
 
 
@@ -94,27 +207,50 @@ class AheadOfLogError(StorageError):
     public = "a store reflects records the log does not hold; reproject or restore a snapshot"
 
 
-class ReprojectRunningError(LedgerError):
-    """Another reproject of the same projections is running (in a node or another process)."""
-
-    code = "REPROJECT_RUNNING"
+_UNWRITABLE = frozenset({errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT})
 
 
-class PortInUseError(ConfigError):
-    """The address the node should listen on is taken."""
-    code = "PORT_IN_USE"
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """An OSError met while reading or writing files, as the StorageError it stands for (raise it
+    ``from exc``): a disk that refuses writes is StorageUnavailableError."""
+    if exc.errno in _UNWRITABLE:
+        return StorageUnavailableError(f"{what}: the disk refused a write: {exc}")
+    return StorageError(f"{what}: {exc}")
 
 
+# -- the log, schemas, queries ------------------------------------------------------------------------
 class LogError(LedgerError):
-    pass
+    code = "LOG_ERROR"
 
 
 class SchemaError(LedgerError):
-    pass
+    code = "SCHEMA_ERROR"
 
 
 class NotFoundError(LedgerError):
     code = "NOT_FOUND"
+    http_status = 404
+
+
+class ReprojectRunningError(LedgerError):
+    """Another reproject of the same projections is running (in a node or another process)."""
+
+    code = "REPROJECT_RUNNING"
+    http_status = 409
+
+
+class RotationRefusedError(LedgerError):
+    """A role key cannot be rotated (no role, several identities, admission refused it)."""
+
+    code = "ROTATION_REFUSED"
+    http_status = 409
+
+
+class InsufficientFundsError(LedgerError):
+    """The sending key cannot pay (a faucet top-up from the treasury)."""
+
+    code = "INSUFFICIENT_FUNDS"
+    http_status = 409
 
 
 class ProjectionFailedError(LedgerError):
@@ -151,7 +287,169 @@ class Code(str, Enum):
 class Rejection(LedgerError):
     """An input line was refused. Nothing of it reached the log."""
 
+    code = "REJECTED"
+    http_status = 422
+
     def __init__(self, code: Code, message: str) -> None:
         super().__init__(f"{code.value}: {message}")
-        self.code = code
+        self.code = code  # type: ignore[misc]  # the protocol code of this refusal
         self.message = message
+
+
+class ProofError(LedgerError, ValueError):
+    """A Merkle inclusion or consistency proof does not verify."""
+
+    code = "BAD_PROOF"
+    http_status = 422
+
+
+class RpcError(LedgerError):
+    """A JSON-RPC call failed; ``rpc_code`` is its JSON-RPC error code (ops/api/rpc.py)."""
+
+    code = "RPC_ERROR"
+    http_status = 400
+
+    def __init__(self, rpc_code: int, message: str) -> None:
+        super().__init__(message)
+        self.rpc_code = rpc_code
+        self.message = message
+
+
+class Unsupported(LedgerError):
+    """A schema construct the generated Avro codecs do not take; callers fall back to fastavro."""
+
+    code = "UNSUPPORTED_SCHEMA"
+    http_status = 500
+    exit_code = 2
+
+
+# -- the running node, seen from a client -------------------------------------------------------------
+class NodeUnreachableError(LedgerError):
+    """The node named in node.json did not answer."""
+
+    code = "NODE_UNREACHABLE"
+    exit_code = 2
+
+
+class NodeRefusedError(LedgerError):
+    """The node answered an error; ``code`` is the code it gave (e.g. REPROJECT_RUNNING)."""
+
+    code = "NODE_REFUSED"
+    http_status = 502
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+
+
+class NodeRunningError(LedgerError):
+    """A node runs on the data dir and the command cannot go through it (stop it, or set admin.token)."""
+
+    code = "NODE_RUNNING"
+    http_status = 409
+
+
+# -- the HTTP edge ------------------------------------------------------------------------------------
+class UnauthorizedError(LedgerError):
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class ForbiddenError(LedgerError):
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class AdminDisabledError(ForbiddenError):
+    code = "ADMIN_DISABLED"
+
+
+class OriginNotAllowedError(ForbiddenError):
+    code = "ORIGIN_NOT_ALLOWED"
+
+
+class MethodNotAllowedError(LedgerError):
+    code = "METHOD_NOT_ALLOWED"
+    http_status = 405
+    exit_code = 2
+
+
+class RequestTimeoutError(LedgerError):
+    code = "TIMEOUT"
+    http_status = 408
+    exit_code = 2
+
+
+class TooLargeError(LedgerError):
+    code = "TOO_LARGE"
+    http_status = 413
+    exit_code = 2
+
+
+class UnsupportedMediaTypeError(LedgerError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+    exit_code = 2
+
+
+class HostNotAllowedError(LedgerError):
+    code = "HOST_NOT_ALLOWED"
+    http_status = 421
+
+
+class RateLimitedError(LedgerError):
+    """Too many requests from a client (or for an address); ``retry_after`` seconds to wait."""
+
+    code = "RATE_LIMITED"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_seconds = max(1, -int(-retry_after // 1))  # whole seconds, at least 1
+        super().__init__(f"{message}; retry in {self.retry_seconds} s")
+        self.retry_after = retry_after
+
+
+class UnavailableError(LedgerError):
+    code = "UNAVAILABLE"
+
+
+class PausedError(UnavailableError):
+    code = "PAUSED"
+
+
+class NotReadyError(UnavailableError):
+    code = "NOT_READY"
+
+
+class OverloadedError(UnavailableError):
+    code = "OVERLOADED"
+
+
+class FaucetDisabledError(UnavailableError):
+    code = "FAUCET_DISABLED"
+
+
+class FaucetPausedError(UnavailableError):
+    code = "FAUCET_PAUSED"
+
+
+class InsufficientBalanceError(UnavailableError):
+    code = "INSUFFICIENT_BALANCE"
+
+
+class TopupKeyMissingError(UnavailableError):
+    code = "TOPUP_KEY_MISSING"
+
+
+class FaucetRejectedError(UnavailableError):
+    code = "FAUCET_REJECTED"
+
+
+class InternalError(LedgerError):
+    """Anything not raised on purpose, as users see it: a bug (details only in the log)."""
+
+    code = "INTERNAL"
+    http_status = 500
+    exit_code = 2
+    public = "internal error; see the node's log"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
+from ledgerlog.engine.errors import ProofError  # a proof does not verify, or was asked for beyond the tree
+
 __all__ = ["EMPTY_ROOT", "leaf_hash", "node_hash", "split", "root_of", "inclusion_proof",
            "consistency_proof", "verify_inclusion", "verify_consistency", "Frontier",
            "MemoryTree", "ProofError"]
@@ -16,10 +18,6 @@ __all__ = ["EMPTY_ROOT", "leaf_hash", "node_hash", "split", "root_of", "inclusio
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 #: ``subtree(start, end) -> bytes``: the Merkle tree hash of leaves [start, end)
 Subtree = Callable[[int, int], bytes]
-
-
-class ProofError(ValueError):
-    """A proof does not verify, or was asked for beyond the tree."""
 
 
 def leaf_hash(data: bytes) -> bytes:

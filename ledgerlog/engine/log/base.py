@@ -44,6 +44,9 @@ class Log(abc.ABC):
     #: (and aborted records, on a broker that hides them) take offsets no reader sees. Readers
     #: therefore continue from the last record they read (``rec.offset + 1``), never count.
     contiguous_offsets: bool = True
+    #: Is ``end_offsets`` answered from memory (no I/O, no broker round trip)? Then a reader may
+    #: check it on every request without blocking (the HTTP fast lane does).
+    end_offsets_in_memory: bool = False
 
     @property
     def keeps_state(self) -> bool:

@@ -23,6 +23,7 @@ _P = struct.Struct(">I")
 
 class EmbeddedLog(Log):
     atomic_state = True
+    end_offsets_in_memory = True
 
     def __init__(self, path: str, *, read_only: bool = False, sync: bool = True, secondary: bool = False) -> None:
         """``secondary``: follow a log another process writes (no lock; ``catch_up()`` to see more)."""

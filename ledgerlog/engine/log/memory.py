@@ -12,6 +12,7 @@ __all__ = ["MemoryLog"]
 
 class MemoryLog(Log):
     atomic_state = True
+    end_offsets_in_memory = True
 
     def __init__(self) -> None:
         self._parts: dict[str, list[list[LogRecord]]] = {}

@@ -6,10 +6,12 @@ from the client networks in ``admin.allow``. With no token configured the admin 
 
 Every action that runs is recorded on ``ledger.admin`` (AdminActionRecorded: action, body,
 client, outcome) before the reply, so auditors see it; refused requests change nothing and are
-not recorded. Each action declares the body fields it takes and their types: an unknown field or
-a value of the wrong type is 400 ``BAD_REQUEST`` before anything runs; an action's own
-``ConfigError`` (a bad value) is 400 and an ``OSError`` 503 ``IO_ERROR``; no answer carries an
-absolute filesystem path (ops/http_guard.py ``public``)."""
+not recorded. The actions are one explicit table (``node.actions``, ops/node/actions.py
+``ACTIONS``: name -> ``Action(fn, fields)``); each declares the body fields it takes and their
+types: an unknown field or a value of the wrong type is 400 ``BAD_REQUEST`` before anything runs.
+An action raises LedgerErrors, answered as the error table says (a ``ConfigError`` 400 ``CONFIG``);
+an ``OSError`` is mapped to the StorageError it stands for (503); no answer carries an absolute
+filesystem path (ops/api/guard.py ``public``)."""
 from __future__ import annotations
 
 import hmac
@@ -17,42 +19,49 @@ import ipaddress
 import json
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 import orjson
 from ledgerlog.engine import topics as T
-from ledgerlog.engine.errors import ConfigError, StorageUnavailableError
+from ledgerlog.engine.errors import (
+    AdminDisabledError,
+    BadRequest,
+    ConfigError,
+    ForbiddenError,
+    NotFoundError,
+    StorageUnavailableError,
+    UnauthorizedError,
+    storage_error,
+)
 
-from ledgerlog.ops.api.guard import error_body, public_json
+from ledgerlog.ops.api.guard import public_json
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import NodeContext
 
-__all__ = ["admin_router", "AdminAction"]
+__all__ = ["Action", "AdminAction", "allowed_networks", "body_problem", "check_token", "endpoint", "run_recorded"]
 
-#: name -> function(node, body) -> JSON-able result; filled by the modules that own the actions.
-AdminAction = Callable[["Node", dict[str, Any]], Any]
-ACTIONS: dict[str, AdminAction] = {}
-#: name -> the body fields the action takes and their JSON types (null is "not given").
-FIELDS: dict[str, dict[str, type]] = {}
+#: function(node, body) -> JSON-able result (the node as its module types it)
+AdminAction = Callable[[Any, dict[str, Any]], Any]
 
 
-def action(name: str, fields: dict[str, type] | None = None) -> Callable[[AdminAction], AdminAction]:
-    """Register ``fn`` as admin action ``name`` taking the body ``fields`` (none by default)."""
-    def register(fn: AdminAction) -> AdminAction:
-        ACTIONS[name] = fn
-        FIELDS[name] = dict(fields or {})
-        return fn
-    return register
+@dataclass(frozen=True)
+class Action:
+    """An admin action: its function and the body fields it takes with their JSON types (null is
+    "not given")."""
+
+    fn: AdminAction
+    fields: Mapping[str, type] = field(default_factory=dict)
 
 
-def body_problem(name: str, body: dict[str, Any]) -> str | None:
-    """Why ``body`` does not fit action ``name``'s fields; None when it does."""
-    fields = FIELDS.get(name, {})
+def body_problem(action: Action, name: str, body: dict[str, Any]) -> str | None:
+    """Why ``body`` does not fit ``action``'s fields; None when it does."""
+    fields = action.fields
     unknown = sorted(set(body) - set(fields))
     if unknown:
         takes = ", ".join(sorted(fields)) or "no fields"
@@ -65,11 +74,6 @@ def body_problem(name: str, body: dict[str, Any]) -> str | None:
 
 
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "an array", dict: "an object"}
-
-
-def _refuse(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def allowed_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -91,60 +95,52 @@ def _client_allowed(request: Request, networks: list[ipaddress.IPv4Network | ipa
 
 
 def check_token(request: Request, token: str,
-                allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None) -> JSONResponse | None:
-    """None when the request may pass; else the refusal to send."""
+                allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None) -> None:
+    """Raise unless the request may pass (403 ADMIN_DISABLED or FORBIDDEN, 401 UNAUTHORIZED)."""
     if not token:
-        return _refuse(403, "ADMIN_DISABLED", "admin API is disabled: set admin.token")
+        raise AdminDisabledError("admin API is disabled: set admin.token")
     if not _client_allowed(request, allow or []):
-        return _refuse(403, "FORBIDDEN", "this client address is not in admin.allow")
+        raise ForbiddenError("this client address is not in admin.allow")
     if any(k.lower() in ("token", "access_token", "admin_token") for k in request.query_params):
-        return _refuse(401, "UNAUTHORIZED", "send the token in the Authorization header, not the URL")
+        raise UnauthorizedError("send the token in the Authorization header, not the URL")
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
-        return _refuse(401, "UNAUTHORIZED", "missing bearer token")
+        raise UnauthorizedError("missing bearer token")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return _refuse(403, "FORBIDDEN", "wrong token")
-    return None
+        raise ForbiddenError("wrong token")
 
 
-def admin_router(node: "Node") -> APIRouter:
-    from ledgerlog.ops.node import actions  # noqa: F401  (registers the actions)
-
-    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+def endpoint(node: NodeContext) -> Callable[..., Any]:
+    """The endpoint of ``POST /v1/admin/{name}``: runs an action of ``node.actions``."""
     allow = allowed_networks(node.config.admin_allow)
 
-    @router.post("/{name}", summary="Run an admin action (reproject, snapshot, ...)")
     async def run_action(name: str, request: Request) -> Any:
-        refused = check_token(request, node.config.admin_token, allow)
-        if refused is not None:
-            return refused
-        fn = ACTIONS.get(name)
-        if fn is None:
-            return _refuse(404, "NOT_FOUND", f"no admin action {name[:64]!r}; have {sorted(ACTIONS)}")
+        check_token(request, node.config.admin_token, allow)
+        action = node.actions.get(name)
+        if action is None:
+            raise NotFoundError(f"no admin action {name[:64]!r}; have {sorted(node.actions)}")
         try:
             raw = await request.body()
             body = json.loads(raw, parse_constant=_no_constant) if raw.strip() else {}
         except (ValueError, RecursionError):
-            return _refuse(400, "BAD_REQUEST", "body must be JSON")
+            raise BadRequest("body must be JSON") from None
         if not isinstance(body, dict):
-            return _refuse(400, "BAD_REQUEST", "body must be a JSON object")
-        problem = body_problem(name, body)
+            raise BadRequest("body must be a JSON object")
+        problem = body_problem(action, name, body)
         if problem is not None:
-            return _refuse(400, "BAD_REQUEST", problem)
+            raise BadRequest(problem)
         if not node.storage_status()["writable"]:  # an action that cannot be recorded does not run
-            return _refuse(503, StorageUnavailableError.code, StorageUnavailableError.public)
+            raise StorageUnavailableError(StorageUnavailableError.public)
         client = request.client.host if request.client else ""
         try:
             result = await run_in_threadpool(run_recorded, node, name, body, client)
-        except ConfigError as exc:  # a value the action cannot use (BadRequest is one)
-            return _refuse(400, "BAD_REQUEST", str(exc))
-        except OSError as exc:
-            return _refuse(503, "IO_ERROR", f"admin {name}: {exc}")
+        except OSError as exc:  # a file the action wrote or read: the storage error it stands for
+            raise storage_error(exc, f"admin {name}") from exc
         sent = [v for v in body.values() if isinstance(v, str)]  # e.g. a snapshot's --out: the client's own
-        return result if isinstance(result, Response) else public_json(result, keep=sent)
+        return public_json(result, keep=sent)
 
-    return router
+    return run_action
 
 
 def _no_constant(name: str) -> Any:
@@ -159,22 +155,18 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
 
 
-def run_recorded(node: "Node", name: str, body: dict[str, Any], client: str = "") -> Any:
+def run_recorded(node: NodeContext, name: str, body: dict[str, Any], client: str = "") -> Any:
     """Run admin action ``name`` and record it on ``ledger.admin``, whatever its outcome."""
     try:
-        result = ACTIONS[name](node, body)
+        result = node.actions[name].fn(node, body)
     except Exception as exc:
         _record(node, name, body, client, "error", f"{type(exc).__name__}: {exc}")
         raise
-    if isinstance(result, Response):  # a refusal the action answered itself (status >= 400)
-        outcome = "ok" if result.status_code < 400 else "error"
-        _record(node, name, body, client, outcome, bytes(result.body).decode(errors="replace"))
-    else:
-        _record(node, name, body, client, "ok", _dumps(result))
+    _record(node, name, body, client, "ok", _dumps(result))
     return result
 
 
-def _record(node: "Node", name: str, body: dict[str, Any], client: str, outcome: str, detail: str) -> None:
+def _record(node: NodeContext, name: str, body: dict[str, Any], client: str, outcome: str, detail: str) -> None:
     event = {"action": name, "params": _dumps(body),
              "client": client, "outcome": outcome, "detail": detail[:4096], "node": socket.gethostname(),
              "timestamp": int(time.time() * 1000)}

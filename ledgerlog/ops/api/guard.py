@@ -4,24 +4,54 @@
   connection reached, ``localhost``, ``127.0.0.1``, ``[::1]``, ``http.host`` and the names in
   ``http.allowed_hosts``) gets 421 ``HOST_NOT_ALLOWED``: a web page on a rebinding domain
   resolves to 127.0.0.1 but its requests still say their own name.
-- **Writes from browsers** (``ingest_refusal``): ``POST /v1/ingest`` takes
+- **Writes from browsers** (``check_ingest_headers``): ``POST /v1/ingest`` takes
   ``Content-Type: application/x-ndjson`` only (415 ``UNSUPPORTED_MEDIA_TYPE``; a form or
   ``text/plain`` post is what a page can send without asking) and an ``Origin``, when present,
   must be in ``http.allowed_origins`` (403 ``ORIGIN_NOT_ALLOWED``; none by default).
 - **Paths** (``public``): the message of every error body, and an admin action's result, pass
   through ``public``, which writes the data dir as ``<data_dir>`` and any other absolute
-  filesystem path as ``…/<its last name>``."""
+  filesystem path as ``…/<its last name>``.
+- **Errors** (``error_answer``, ``install_error_handlers``): the one builder of error answers.
+  Every error is a LedgerError answered as its class says (engine/errors.py: ``http_status``,
+  ``code``, ``public``) in the one shape ``{"code","message"}``; the framework's own errors too
+  (unknown route 404 ``NOT_FOUND``, 405 ``METHOD_NOT_ALLOWED``, validation errors 400
+  ``BAD_REQUEST``), and anything unexpected is 500 ``INTERNAL`` with its traceback in the log only."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
-__all__ = ["NDJSON", "HostGuard", "error_body", "host_name", "ingest_refusal", "public", "public_json",
-           "register_root", "split_list"]
+from ledgerlog.engine.errors import (
+    BadRequest,
+    HostNotAllowedError,
+    InternalError,
+    LedgerError,
+    MethodNotAllowedError,
+    NotFoundError,
+    OriginNotAllowedError,
+    RateLimitedError,
+    StorageError,
+    TooLargeError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+    error_code,
+    public_message,
+)
+
+__all__ = ["NDJSON", "HostGuard", "error_answer", "error_body", "error_response", "host_name", "check_ingest_headers",
+           "install_error_handlers", "public", "public_json", "register_root", "send_error", "split_list"]
+
+log = logging.getLogger("ledgerlog.http")
 
 NDJSON = "application/x-ndjson"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -80,6 +110,84 @@ def error_body(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": public(message)}
 
 
+# -- errors ---------------------------------------------------------------------------------------
+def error_answer(exc: BaseException) -> tuple[int, dict[str, str], dict[str, str]]:
+    """(status, body, headers) answering ``exc``, as its class in the error table says; anything
+    that is not a LedgerError is a bug: 500 INTERNAL, its traceback in the log, not the answer."""
+    if not isinstance(exc, LedgerError):
+        log.error("unexpected error answering a request", exc_info=exc)
+        exc = InternalError()
+    elif isinstance(exc, StorageError):
+        log.warning("storage: %s", exc)  # the paths go to the operator's log, not the answer
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(exc.retry_seconds)
+    elif isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return exc.http_status, error_body(error_code(exc), public_message(exc)), headers
+
+
+def error_response(exc: BaseException, media_type: str = "application/json", **extra: Any) -> Response:
+    """The Response answering ``exc`` (``extra`` fields added to the body, e.g. Schema Registry's
+    ``error_code``)."""
+    status, body, headers = error_answer(exc)
+    return Response(orjson.dumps({**extra, **body}), status_code=status, headers=headers, media_type=media_type)
+
+
+async def send_error(send: Callable[[Any], Awaitable[None]], exc: BaseException, *, close: bool = False) -> None:
+    """Answer ``exc`` on a raw ASGI ``send`` (middleware that runs before the framework)."""
+    status, body, headers = error_answer(exc)
+    data = orjson.dumps(body)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+           *((k.lower().encode(), v.encode()) for k, v in headers.items())]
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+#: HTTP status the framework raises -> the table's class answering it
+_FRAMEWORK = {404: NotFoundError, 405: MethodNotAllowedError, 413: TooLargeError, 415: UnsupportedMediaTypeError}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The app's one exception handler: every error, the framework's included, through
+    ``error_answer``."""
+
+    @app.exception_handler(LedgerError)
+    async def _ledger(_: Request, exc: LedgerError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        cls = _FRAMEWORK.get(exc.status_code, BadRequest if exc.status_code < 500 else InternalError)
+        detail = exc.detail if isinstance(exc.detail, str) and exc.detail else cls.__name__
+        response = error_response(cls(detail))
+        response.headers.update(exc.headers or {})  # e.g. 405's Allow
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequest(_validation_message(exc)))  # FastAPI would say 422
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+        # the client left (or the server timed its body out): no one reads this answer
+        return error_response(BadRequest("the client disconnected before sending the whole request"))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> Response:
+        return error_response(exc)  # 500 INTERNAL; the traceback goes to the log
+
+
 # -- Host -----------------------------------------------------------------------------------------
 def host_name(value: str) -> str | None:
     """The host of a ``Host`` header, lowercased, without port, brackets or a trailing dot."""
@@ -119,25 +227,21 @@ class HostGuard:
         return server is not None and name == str(server[0]).lower()
 
     async def refuse(self, send: Send) -> None:
-        body = orjson.dumps(error_body("HOST_NOT_ALLOWED", "this node does not answer to that Host; "
-                                       "add the name to http.allowed_hosts"))
-        await send({"type": "http.response.start", "status": 421,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, HostNotAllowedError("this node does not answer to that Host; "
+                                                   "add the name to http.allowed_hosts"))
 
 
 # -- writes from browsers -------------------------------------------------------------------------
-def ingest_refusal(headers: Any, allowed_origins: frozenset[str]) -> tuple[int, str, str] | None:
-    """(status, code, message) refusing a ``POST /v1/ingest`` by its headers; None to go on."""
+def check_ingest_headers(headers: Any, allowed_origins: frozenset[str]) -> None:
+    """Refuse a ``POST /v1/ingest`` by its headers (415 or 403, see the module docstring)."""
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != NDJSON:
-        return 415, "UNSUPPORTED_MEDIA_TYPE", f"send ingest lines with Content-Type: {NDJSON}"
+        raise UnsupportedMediaTypeError(f"send ingest lines with Content-Type: {NDJSON}")
     origin = headers.get("origin")
     if origin is not None and origin.strip().lower().rstrip("/") not in allowed_origins:
-        return 403, "ORIGIN_NOT_ALLOWED", "this web origin may not post ingest lines; add it to http.allowed_origins"
-    return None
+        raise OriginNotAllowedError("this web origin may not post ingest lines; add it to http.allowed_origins")
 
 
 def origins(spec: str) -> frozenset[str]:
-    """``http.allowed_origins`` as the set ``ingest_refusal`` checks."""
+    """``http.allowed_origins`` as the set ``check_ingest_headers`` checks."""
     return frozenset(o.lower().rstrip("/") for o in split_list(spec))

@@ -11,15 +11,11 @@
   (``request.client.host``); ``X-Forwarded-For`` is not trusted. Buckets live in memory, are
   per node process and start full after a restart; at most ``MAX_BUCKETS`` keys are kept (least
   recently used dropped first).
-- **Error bodies**: every error the app produces is JSON ``{"code","message"}`` with a stable
-  code, including FastAPI's own: request validation errors are 400 ``BAD_REQUEST`` (FastAPI
-  would answer 422; ``POST /v1/ingest`` keeps 422 for "something was rejected", PROTOCOL.md §7),
-  unknown routes 404 ``NOT_FOUND``, wrong methods 405 ``METHOD_NOT_ALLOWED`` (with ``Allow``),
-  and anything unexpected 500 ``INTERNAL`` with no traceback in the body (it goes to the log).
-- **Switches** (``controls(node)``): ``pause``/``resume`` stop and restart external writes
+- **Error bodies**: answered by ops/api/guard.py (``error_answer``), from the error table.
+- **Switches** (``node.controls``, a ``Controls``): ``pause``/``resume`` stop and restart external writes
   (``POST /v1/ingest`` answers 503 ``{"code":"PAUSED"}``, and so does the faucet); the admission
   pipeline itself keeps running, so the node's own simulator, if enabled, keeps producing. The
-  switches are in memory: a restarted node starts unpaused.
+  switches are in memory, on the node object: a restarted node starts unpaused.
 
 Knobs: settings of the node's ``Config`` (engine/config.py), so each is a ``config.toml`` key
 overridable by its environment variable (read once, when the CLI builds the Config), or
@@ -36,29 +32,23 @@ overridable by its environment variable (read once, when the CLI builds the Conf
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from ledgerlog.engine.config import Config, env_values
+from ledgerlog.engine.errors import BadRequest, TooLargeError
 
-from ledgerlog.ops.api.admin import action
-from ledgerlog.ops.api.guard import error_body
+from ledgerlog.ops.api.guard import send_error
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import NodeContext
 
 __all__ = [
     "MAX_BUCKETS",
@@ -68,9 +58,8 @@ __all__ = [
     "TokenBuckets",
     "client_key",
     "controls",
-    "error",
-    "install_error_handlers",
-    "rate_limited",
+    "pause_action",
+    "resume_action",
 ]
 
 log = logging.getLogger("ledgerlog.http")
@@ -83,12 +72,6 @@ INGEST_RATE = _DEFAULTS.http_ingest_rate           # 20 / s
 INGEST_BURST = _DEFAULTS.http_ingest_burst         # 60
 READY_MAX_LAG = _DEFAULTS.http_ready_max_lag       # 10,000 records
 MAX_BUCKETS = 100_000
-
-#: HTTP status -> the stable ``code`` of an error body the framework raised.
-STATUS_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
-                405: "METHOD_NOT_ALLOWED", 406: "NOT_ACCEPTABLE", 408: "TIMEOUT", 409: "CONFLICT",
-                411: "LENGTH_REQUIRED", 413: "TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
-                422: "BAD_REQUEST", 429: "RATE_LIMITED", 500: "INTERNAL", 503: "UNAVAILABLE"}
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -113,52 +96,10 @@ class HttpLimits:
         return cls.from_config(replace(Config(), **env_values(env)))
 
 
-# -- error bodies ---------------------------------------------------------------------------------
-def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=dict(headers or {}))
-
-
-def rate_limited(retry_after: float, message: str) -> JSONResponse:
-    seconds = max(1, math.ceil(retry_after))
-    return error(429, "RATE_LIMITED", f"{message}; retry in {seconds} s", {"Retry-After": str(seconds)})
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """JSON ``{"code","message"}`` for the framework's own errors and for anything unexpected."""
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = STATUS_CODES.get(exc.status_code, "ERROR" if exc.status_code >= 400 else "OK")
-        message = exc.detail if isinstance(exc.detail, str) else code.lower().replace("_", " ")
-        return error(exc.status_code, code, message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(400, "BAD_REQUEST", _validation_message(exc))
-
-    @app.exception_handler(ClientDisconnect)
-    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
-        # the client left (or the server timed its body out): no one reads this answer
-        return error(400, "BAD_REQUEST", "the client disconnected before sending the whole request")
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        # the server logs the traceback (Starlette re-raises after answering); the body has none
-        return error(500, "INTERNAL", "internal error; see the node's log")
-
-
 # -- body size ------------------------------------------------------------------------------------
 class _TooLarge(StarletteHTTPException):
     """Raised from ``receive`` when a streamed body crosses the cap: an HTTPException, so FastAPI's
-    body parsing re-raises it and the JSON error handler answers 413."""
+    body parsing re-raises it and the error handler answers 413 ``TOO_LARGE``."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"a request body here may carry at most {limit} bytes")
@@ -181,10 +122,10 @@ class BodyLimit:
         if declared:
             text = declared[0].decode("latin-1").strip()
             if not text.isdigit() or len(declared) > 1:
-                await _send_json(send, 400, "BAD_REQUEST", "invalid Content-Length")
+                await send_error(send, BadRequest("invalid Content-Length"), close=True)
                 return
             if int(text) > limit:
-                await _send_json(send, 413, "TOO_LARGE", f"a request body here may carry at most {limit} bytes")
+                await send_error(send, TooLargeError(f"a request body here may carry at most {limit} bytes"), close=True)
                 return
         received = 0
         started = False
@@ -209,15 +150,7 @@ class BodyLimit:
         except _TooLarge:
             if started:
                 raise
-            await _send_json(send, 413, "TOO_LARGE", f"a request body here may carry at most {limit} bytes")
-
-
-async def _send_json(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, code: str, message: str) -> None:
-    body = orjson.dumps(error_body(code, message))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+            await send_error(send, TooLargeError(f"a request body here may carry at most {limit} bytes"), close=True)
 
 
 # -- rate limits ----------------------------------------------------------------------------------
@@ -287,32 +220,24 @@ class Controls:
         return {"ingest_paused": self.ingest_paused, "faucet_paused": self.faucet_paused}
 
 
-_CONTROLS: weakref.WeakKeyDictionary[Any, Controls] = weakref.WeakKeyDictionary()
-_CONTROLS_LOCK = threading.Lock()
+def controls(node: NodeContext) -> Controls:
+    """The node's switches (made with the node, ``node.controls``)."""
+    return node.controls
 
 
-def controls(node: Node) -> Controls:
-    with _CONTROLS_LOCK:
-        c = _CONTROLS.get(node)
-        if c is None:
-            c = _CONTROLS[node] = Controls()
-        return c
-
-
-@action("pause")
-def pause_action(node: Node, body: dict[str, Any]) -> Any:
+def pause_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """Stop external writes: POST /v1/ingest (and the faucet) answer 503 PAUSED. The node keeps
     folding and serving queries; its own simulator, if running, keeps admitting."""
-    c = controls(node)
+    c = node.controls
     with c.lock:
         was, c.ingest_paused = c.ingest_paused, True
     log.warning("ingest paused by admin")
     return {"ingest": {"paused": True, "was_paused": was}}
 
 
-@action("resume")
-def resume_action(node: Node, body: dict[str, Any]) -> Any:
-    c = controls(node)
+def resume_action(node: NodeContext, body: dict[str, Any]) -> Any:
+    """Let external writes in again."""
+    c = node.controls
     with c.lock:
         was, c.ingest_paused = c.ingest_paused, False
     log.warning("ingest resumed by admin")

@@ -58,14 +58,14 @@ from typing import TYPE_CHECKING, Any
 
 from ledgerlog.engine import avro
 from ledgerlog.engine.crypto import canonical_json
-from ledgerlog.engine.errors import NotFoundError
+from ledgerlog.engine.errors import BadRequest, NotFoundError, RpcError
 from ledgerlog.projections import chainstate
 from ledgerlog.projections.base import jload
 
-from ledgerlog.ops.query.queries import ADDRESS_RE, BadRequest
+from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import NodeContext as Node
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -95,13 +95,6 @@ OUT_OF_RANGE = -8    # bitcoind RPC_INVALID_PARAMETER
 MAX_BATCH = 1000
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED = object()
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _version() -> str:
@@ -369,7 +362,7 @@ def _call(ctx: Ctx, req: Any) -> dict[str, Any] | None:
         fn, spec = entry
         result = fn(ctx, **_bind(params, spec))
     except RpcError as exc:
-        return None if notification else _error(rid, exc.code, exc.message)
+        return None if notification else _error(rid, exc.rpc_code, exc.message)
     except NotFoundError as exc:
         return None if notification else _error(rid, NOT_FOUND, str(exc))
     except BadRequest as exc:

@@ -34,9 +34,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from ledgerlog.engine.errors import LedgerError, OverloadedError, RequestTimeoutError
+
+from ledgerlog.ops.api.guard import error_answer
 
 if TYPE_CHECKING:
     from ledgerlog.engine.config import Config
@@ -114,11 +119,12 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def _raw_response(status: int, reason: str, code: str, message: str) -> bytes:
-    """A whole HTTP/1.1 error response with a JSON ``{"code","message"}`` body, closing."""
-    body = orjson.dumps({"code": code, "message": message})
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+def _raw_response(exc: LedgerError) -> bytes:
+    """A whole HTTP/1.1 response answering ``exc`` (ops/api/guard.py ``error_answer``), closing."""
+    status, body, _ = error_answer(exc)
+    data = orjson.dumps(body)
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\nconnection: close\r\n\r\n").encode() + data
 
 
 def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
@@ -190,9 +196,9 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             self._cancel("_body_timer")
 
         # -- refusals --------------------------------------------------------------------------
-        def _close_with(self, status: int, reason: str, code: str, message: str) -> None:
+        def _close_with(self, exc: LedgerError) -> None:
             if not self.transport.is_closing():
-                self.transport.write(_raw_response(status, reason, code, message))
+                self.transport.write(_raw_response(exc))
                 self.transport.close()
             self._cancel_timers()
 
@@ -200,8 +206,8 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             self._head_timer = None
             if self._idle():
                 log.debug("closing %s: no whole request head within %s s", self.client, settings.header_timeout)
-                self._close_with(408, "Request Timeout", "TIMEOUT",
-                                 f"send a whole request head within {settings.header_timeout:g} s")
+                self._close_with(RequestTimeoutError(
+                    f"send a whole request head within {settings.header_timeout:g} s"))
 
         def _body_expired(self) -> None:
             self._body_timer = None
@@ -216,8 +222,8 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                 self.transport.close()
                 self._cancel_timers()
             else:
-                self._close_with(408, "Request Timeout", "TIMEOUT",
-                                 f"send the whole request body within {settings.body_timeout:g} s of its head")
+                self._close_with(RequestTimeoutError(
+                    f"send the whole request body within {settings.body_timeout:g} s of its head"))
 
         def _make_room(self) -> None:
             """Past the cap: close the connection idle longest; if none is idle, refuse this one."""
@@ -230,8 +236,7 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                 victim.transport.close()
             else:
                 log.warning("%d connections open, all busy: refusing %s", len(self.connections), self.client)
-                self._close_with(503, "Service Unavailable", "OVERLOADED",
-                                 "the node has no free connection; retry shortly")
+                self._close_with(OverloadedError("the node has no free connection; retry shortly"))
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
     return Guarded

@@ -1,12 +1,14 @@
-"""The ``ledgerlog`` command line (PROTOCOL.md §7). Output is JSON; exit 0 ok, 1 a refusal or
-failure the output explains, 2 a usage or I/O error."""
+"""The ``ledgerlog`` command line (PROTOCOL.md §7). Output is JSON. A failure is one line of JSON
+on stderr, ``{"error": ..., "code": ...}``, and the exit status its class in the error table
+(engine/errors.py) says: 1 refused or a verification failed, 2 usage, config, I/O or storage; a
+command's own result may also exit 1 (rejected lines, a failed verification), its output saying
+why. Anything unexpected is code INTERNAL, exit 2. A traceback only with ``--debug``."""
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import traceback
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import orjson
 import typer
@@ -14,14 +16,14 @@ import typer
 from ledgerlog.engine import restorejournal
 from ledgerlog.engine.config import Config, load_config
 from ledgerlog.engine.errors import (
-    ConfigError,
-    CorruptStoreError,
+    InternalError,
     LedgerError,
-    NotFoundError,
     StorageError,
-    StorageUnavailableError,
     StoreLockedError,
+    UsageError,
+    error_class_for,
     error_code,
+    storage_error,
 )
 from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.engine.rocks import map_error
@@ -39,9 +41,11 @@ def emit(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, code: int = 1, /, **extra: Any) -> None:
-    sys.stderr.write(orjson.dumps({"error": message, **extra}).decode() + "\n")
-    raise typer.Exit(code)
+def fail(message: str, exit_code: int = 2, /, code: str | None = None) -> NoReturn:
+    """Raise the error of the table that owns ``code`` (without one: UsageError for exit 2, else
+    LedgerError) with ``message``; ``main`` prints it. Prefer raising the LedgerError itself."""
+    cls = error_class_for(code) if code else (UsageError if exit_code == 2 else LedgerError)
+    raise (cls if cls is not None and cls.__init__ is Exception.__init__ else UsageError)(message)
 
 
 @app.callback()
@@ -58,15 +62,13 @@ def config_of(ctx: typer.Context, **flags: Any) -> Config:
     obj = ctx.find_root().obj
     try:
         restorejournal.recover(obj["data_dir"])  # before config.toml is read: it may be mid-restore
-    except StoreLockedError as exc:
-        fail(str(exc), 1, code="LOCKED")
-    except (StorageError, OSError) as exc:
-        fail(f"cannot finish an interrupted restore of {obj['data_dir']}: {exc}", 2, code="STORAGE_ERROR")
-    try:
-        return load_config(obj["data_dir"], os.environ, {**obj["flags"], **flags})
-    except ConfigError as exc:
-        fail(str(exc), 2)
-        raise  # unreachable
+    except StoreLockedError:
+        raise
+    except StorageError as exc:
+        raise StorageError(f"cannot finish an interrupted restore of {obj['data_dir']}: {exc}") from exc
+    except OSError as exc:
+        raise storage_error(exc, f"cannot finish an interrupted restore of {obj['data_dir']}") from exc
+    return load_config(obj["data_dir"], os.environ, {**obj["flags"], **flags})
 
 
 def _register_commands() -> None:
@@ -75,47 +77,45 @@ def _register_commands() -> None:
                    reproject, snapshot, storage, verify, worker)
 
 
-def _storage_error(exc: BaseException) -> StorageError | None:
-    """A storage fault as a StorageError: what the OS or RocksDB raised outside a mapped call."""
-    if isinstance(exc, StorageError):
+def as_ledger_error(exc: BaseException) -> LedgerError:
+    """``exc`` as the error of the table users see: a LedgerError as it is; a storage fault the OS
+    or RocksDB raised outside a mapped call as its StorageError; a usage error of the command
+    line parser as USAGE; anything else INTERNAL (a bug)."""
+    if isinstance(exc, LedgerError):
         return exc
     if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT):
-            return StorageUnavailableError(f"the disk refused a write: {exc}")
-        return StorageError(f"I/O error: {exc}")
+        return storage_error(exc, "I/O error")
     if type(exc) is Exception and str(exc).startswith("IO error"):  # rocksdict's plain Exception
         return map_error(exc, "a store")
-    return None
+    if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):  # the parser's (click's)
+        return UsageError(exc.format_message())
+    if isinstance(exc, typer.Abort):
+        return UsageError("aborted")
+    return InternalError(f"internal error ({type(exc).__name__}); run again with --debug for the traceback")
+
+
+def report(exc: BaseException) -> int:
+    """Print ``exc`` as the one line users see (its traceback first with --debug); its exit status."""
+    err = as_ledger_error(exc)
+    if _DEBUG[0] or "--debug" in sys.argv:  # argv too: a usage error may come before --debug is parsed
+        traceback.print_exception(exc, file=sys.stderr)
+    message = " ".join(str(err).split()) or err.code
+    sys.stderr.write(orjson.dumps({"error": message, "code": error_code(err)}).decode() + "\n")
+    return err.exit_code
 
 
 def main() -> None:
     _register_commands()
     try:
-        try:
-            app()
-        except StoreLockedError as exc:
-            fail(str(exc), 1, code=error_code(exc))
-        except NotFoundError as exc:
-            fail(str(exc), 1, code=error_code(exc))
-        except ConfigError as exc:
-            fail(str(exc), 2, code=error_code(exc))
-        except CorruptStoreError as exc:
-            fail(str(exc), 1, code=error_code(exc))
-        except LedgerError as exc:
-            if isinstance(exc, StorageError):  # a full or failing disk, a store ahead of its log: exit 2
-                fail(_one_line(exc), 2, code=error_code(exc))
-            fail(str(exc), 1, code=error_code(exc))
-        except Exception as exc:
-            mapped = _storage_error(exc)
-            if mapped is None:
-                raise
-            fail(_one_line(mapped), 2, code=mapped.code)
-    except typer.Exit as exc:  # raised by fail() outside the app: exit with its code, no traceback
-        sys.exit(exc.exit_code)
-
-
-def _one_line(exc: BaseException) -> str:
-    """The error's message on one line; with --debug its traceback first."""
-    if _DEBUG[0]:
-        traceback.print_exception(exc, file=sys.stderr)
-    return " ".join(str(exc).split())
+        # standalone_mode=False: click's own errors (a bad flag, a missing argument) reach report()
+        rv = app(standalone_mode=False)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure: one line, the table's exit status
+        if isinstance(exc, KeyboardInterrupt):
+            sys.exit(130)
+        if type(exc).__name__ == "NoArgsIsHelpError" and hasattr(exc, "show"):
+            exc.show()  # `ledgerlog` alone: the help, as click prints it
+            sys.exit(2)
+        sys.exit(report(exc))
+    sys.exit(rv if isinstance(rv, int) else 0)

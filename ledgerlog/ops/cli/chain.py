@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from ledgerlog.engine.chain import init_chain, open_chain
-from ledgerlog.engine.errors import LedgerError, StoreLockedError
+from ledgerlog.engine.errors import StoreLockedError
 
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.data.lines import numbered_lines
@@ -119,17 +119,9 @@ def tail(ctx: typer.Context,
     try:
         if follow:
             from ledgerlog.ops.data.export import open_follower
-            try:
-                source = open_follower(cfg)
-            except LedgerError as exc:
-                fail(str(exc), 1)
-                raise
+            source = open_follower(cfg)
         else:
-            try:
-                source = open_chain(cfg, read_only=True)
-            except LedgerError as exc:
-                fail(str(exc), 1)
-                raise
+            source = open_chain(cfg, read_only=True)
         with source:
             log = source.log
             if topic not in log.topics():

@@ -6,9 +6,10 @@ import os
 import typer
 
 from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.errors import storage_error
 
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.data.export import FORMATS, ExportError
+from ledgerlog.ops.data.export import FORMATS
 from ledgerlog.ops.data.export import export as export_events
 
 _EXT = {".avro": "avro", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -45,10 +46,6 @@ def export(ctx: typer.Context,
             summary = export_events(chain, topic, fmt, out, from_height=from_height, to_height=to_height,
                                     from_offset=from_offset, to_offset=to_offset, from_time=from_time,
                                     to_time=to_time, partitions=partition or None)
-        except ExportError as exc:
-            fail(str(exc), 2)
-            raise
-        except OSError as exc:
-            fail(f"cannot write {out}: {exc}", 2)
-            raise
+        except OSError as exc:  # an ExportError goes up as it is (BAD_EXPORT, exit 2)
+            raise storage_error(exc, f"cannot write {out}") from exc
     emit(summary)

@@ -18,7 +18,6 @@ from ledgerlog.engine.rocks import Rdict, iter_prefix, open_store
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
 
-from ledgerlog.ops.api.admin import action
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.node.metrics import storage_bytes
 from ledgerlog.ops.node.client import NodeClient
@@ -186,7 +185,6 @@ def compact_offline(cfg: Config) -> dict[str, Any]:
     return {"compacted": results, "through_node": False}
 
 
-@action("compact")
 def compact_action(node: Node, body: dict[str, Any]) -> Any:
     """Compact the running node's log and live projection stores. Each projection is compacted
     under the fold lock (no blue/green swap may close it meanwhile); the log is never closed while

@@ -63,7 +63,7 @@ from ledgerlog.engine.chain import Chain, open_chain
 from ledgerlog.engine.files import atomic_writer
 from ledgerlog.engine.codec import Codec, Registry
 from ledgerlog.engine.config import Config, load_config
-from ledgerlog.engine.errors import ConfigError, LogError, SchemaError, StorageError
+from ledgerlog.engine.errors import ConfigError, ExportError, LogError, SchemaError, StorageError
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.movements import event_height
@@ -83,11 +83,6 @@ __all__ = [
 
 FORMATS = ("avro", "jsonl")
 _KINDS = ("offset", "height", "time")
-
-
-class ExportError(ValueError):
-    """Bad arguments: unknown topic or partition, mixed range kinds, a reversed range, an
-    unknown format. (The CLI reports it as a usage error, exit 2.)"""
 
 
 class Event(NamedTuple):

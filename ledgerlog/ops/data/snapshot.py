@@ -30,7 +30,6 @@ finished by the next open of the data dir, which is never missing.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -43,13 +42,20 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from fastapi.responses import JSONResponse
 from rocksdict import Checkpoint
 
 from ledgerlog.engine import restorejournal
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.admission.state import WriteState
-from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StorageError, StorageUnavailableError, StoreLockedError
+from ledgerlog.engine.errors import (
+    BadRequest,
+    ConfigError,
+    CorruptStoreError,
+    SnapshotDirRefusedError,
+    StorageError,
+    StoreLockedError,
+    storage_error,
+)
 from ledgerlog.engine.files import fsync_dir
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.embedded import EmbeddedLog
@@ -57,7 +63,6 @@ from ledgerlog.engine.rocks import map_error, open_store
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
 
-from ledgerlog.ops.api.admin import action
 from ledgerlog.ops.node.client import _pid_alive
 
 if TYPE_CHECKING:
@@ -89,13 +94,6 @@ def inside(root: str, out: str | None) -> str | None:
         return base
     cand = os.path.realpath(os.path.join(base, out))
     return cand if cand == base or cand.startswith(base + os.sep) else None
-
-
-def storage_error(exc: OSError, what: str) -> StorageError:
-    """An OSError met while writing files, as the StorageError the CLI and HTTP map."""
-    if exc.errno in (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT):
-        return StorageUnavailableError(f"{what}: the disk refused a write: {exc}")
-    return StorageError(f"{what}: {exc}")
 
 
 # -- small file-system helpers ----------------------------------------------------------------------
@@ -591,7 +589,6 @@ def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
 
 # -- node integration -------------------------------------------------------------------------------
 
-@action("snapshot", fields={"out": str, "with_keys": bool, "link": bool})
 def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
     """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``,
     ``link``). ``out`` must be the node's ``snapshot.dir`` or a directory under it (absolute, or
@@ -599,12 +596,12 @@ def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
     The answer names the snapshot (``name``, ``dir`` relative to snapshot.dir), never a path."""
     out = body.get("out")
     if out is not None and not isinstance(out, str):
-        return _refused(400, "BAD_REQUEST", "snapshot: out must be a directory (under snapshot.dir)")
+        raise BadRequest("snapshot: out must be a directory (under snapshot.dir)")
     root = node.config.snapshots_dir
     where = inside(root, out)
     if where is None:
-        return _refused(400, "SNAPSHOT_DIR_REFUSED", "snapshot: out must be the node's snapshot dir "
-                        "(snapshot.dir) or a directory under it")
+        raise SnapshotDirRefusedError("snapshot: out must be the node's snapshot dir (snapshot.dir) "
+                                      "or a directory under it")
     manifest = create_snapshot(node.chain, node.runner, where, with_keys=bool(body.get("with_keys", False)),
                                lock=getattr(node, "fold_lock", None), link=bool(body.get("link", False)))
     result = summary(manifest, manifest["path"])
@@ -613,6 +610,3 @@ def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
     return {**result, "dir": "" if rel == "." else rel,
             "same_filesystem_as_data": manifest["same_filesystem_as_data"]}
 
-
-def _refused(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status)

@@ -1,26 +1,26 @@
-"""Admin actions a running node performs on request (POST /v1/admin/<name>)."""
+"""Admin actions a running node performs on request (POST /v1/admin/<name>): one explicit table,
+``ACTIONS``, name -> ``Action(function, body fields)``. The functions are plain functions of the
+modules that own them; the node carries this table (``node.actions``) and the admin endpoint
+(ops/api/admin.py) reads it there."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ledgerlog.engine.errors import ReprojectRunningError
+from ledgerlog.engine.errors import BadRequest
 
-from ledgerlog.ops.data import snapshot  # noqa: F401  (registers the "snapshot" admin action)
-from ledgerlog.ops.node import faucet  # noqa: F401  (register faucet-*, pause and resume)
-from ledgerlog.ops.api import limits
-from ledgerlog.ops.cli import storage as cli_storage  # noqa: F401  (registers the "compact" action)
-from ledgerlog.ops.node import keyrotation  # noqa: F401  (registers "rotate-key")
-from ledgerlog.ops.api.admin import action
-from ledgerlog.ops.api.limits import error
-from ledgerlog.ops.query.queries import bad_request
+from ledgerlog.ops.api.admin import Action
+from ledgerlog.ops.api.limits import pause_action, resume_action
+from ledgerlog.ops.cli.storage import compact_action
+from ledgerlog.ops.data.snapshot import snapshot_action
+from ledgerlog.ops.node.faucet import faucet_pause_action, faucet_resume_action, faucet_topup_action
+from ledgerlog.ops.node.keyrotation import rotate_key_action
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.lifecycle import Node
 
-__all__ = ["reproject_action"]
+__all__ = ["ACTIONS", "reproject_action"]
 
 
-@action("reproject", fields={"names": list, "keep": bool})
 def reproject_action(node: "Node", body: dict[str, Any]) -> Any:
     """Rebuild projections beside the live ones while the node keeps serving; swap when caught up.
     409 REPROJECT_RUNNING while another reproject of the node's projections runs."""
@@ -28,10 +28,20 @@ def reproject_action(node: "Node", body: dict[str, Any]) -> Any:
     if names is not None:
         unknown = [n for n in names if not isinstance(n, str) or n not in node.runner.handles]
         if unknown:
-            raise bad_request(f"names must be projections of this node ({', '.join(sorted(node.runner.handles))}); "
-                              f"unknown: {', '.join(str(n)[:40] for n in unknown[:5])}")
+            raise BadRequest(f"names must be projections of this node ({', '.join(sorted(node.runner.handles))}); "
+                             f"unknown: {', '.join(str(n)[:40] for n in unknown[:5])}")
     keep = body.get("keep")
-    try:
-        return {"projections": node.reproject(names, keep=True if keep is None else keep)}
-    except ReprojectRunningError as exc:
-        return error(409, exc.code, str(exc))
+    return {"projections": node.reproject(names, keep=True if keep is None else keep)}
+
+
+ACTIONS: dict[str, Action] = {
+    "reproject": Action(reproject_action, {"names": list, "keep": bool}),
+    "snapshot": Action(snapshot_action, {"out": str, "with_keys": bool, "link": bool}),
+    "compact": Action(compact_action),
+    "pause": Action(pause_action),
+    "resume": Action(resume_action),
+    "faucet-pause": Action(faucet_pause_action),
+    "faucet-resume": Action(faucet_resume_action),
+    "faucet-topup": Action(faucet_topup_action, {"amount": int}),
+    "rotate-key": Action(rotate_key_action, {"key": str}),
+}

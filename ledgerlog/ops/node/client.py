@@ -15,9 +15,16 @@ import httpx
 
 from ledgerlog.engine.admission.admitter import Summary
 from ledgerlog.engine.config import Config
-from ledgerlog.engine.errors import LedgerError, NotFoundError, StoreLockedError
+from ledgerlog.engine.errors import (
+    LedgerError,
+    NodeRefusedError,
+    NodeUnreachableError,
+    StoreLockedError,
+    TooLargeError,
+    error_class_for,
+)
 
-__all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError"]
+__all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError", "node_error"]
 
 #: Bytes of whole lines one ingest POST carries at most (less when the node's cap is lower).
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -47,21 +54,19 @@ def _forget(path: str, seen: bytes) -> None:
         pass
 
 
-class NodeRefusedError(LedgerError):
-    """The node answered an error; ``code`` is the code it gave (e.g. REPROJECT_RUNNING)."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    @classmethod
-    def of(cls, what: str, r: httpx.Response) -> "NodeRefusedError":
-        try:
-            body = r.json()
-            code, message = str(body["code"]), str(body["message"])
-        except (ValueError, KeyError, TypeError):
-            code, message = f"HTTP_{r.status_code}", r.text[:300]
-        return cls(f"{what}: {message}", code)
+def node_error(what: str, r: httpx.Response) -> LedgerError:
+    """The error a node's error answer stands for: the table's class of its code (so the CLI
+    reports and exits as it would without a node), else NodeRefusedError carrying the code."""
+    try:
+        body = r.json()
+        code, message = str(body["code"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = f"HTTP_{r.status_code}", r.text[:300]
+    cls = error_class_for(code)
+    text = f"{what}: {message}" if what else message
+    if cls is not None and cls.__init__ is Exception.__init__:  # a plain-message class
+        return cls(text)
+    return NodeRefusedError(text, code)
 
 
 class NodeClient:
@@ -115,16 +120,10 @@ class NodeClient:
         try:
             r = self._http.get(path, params={k: v for k, v in params.items() if v is not None})
         except httpx.HTTPError as exc:
-            raise LedgerError(f"node at {self.url} did not answer: {exc}") from exc
-        body = r.json()
-        if r.status_code == 404:
-            raise NotFoundError(body.get("message", "not found"))
-        if r.status_code == 400:  # the same error (and exit code) as without a node
-            from ledgerlog.ops.query.queries import bad_request
-            raise bad_request(body.get("message", "bad request"))
-        if r.status_code >= 400:
-            raise LedgerError(body.get("message", f"HTTP {r.status_code}"))
-        return body
+            raise NodeUnreachableError(f"node at {self.url} did not answer: {exc}") from exc
+        if r.status_code >= 400:  # the same error (and exit code) as without a node
+            raise node_error("", r)
+        return r.json()
 
     def status(self) -> dict[str, Any]:
         return self._get("/v1/status")
@@ -151,9 +150,9 @@ class NodeClient:
             r = self._http.post(f"/v1/admin/{action}", json=body or {}, timeout=timeout,
                                 headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
-            raise LedgerError(f"node at {self.url} did not answer: {exc}") from exc
+            raise NodeUnreachableError(f"node at {self.url} did not answer: {exc}") from exc
         if r.status_code >= 400:
-            raise NodeRefusedError.of(f"node refused admin {action}", r)
+            raise node_error(f"node refused admin {action}", r)
         return self._local_paths(r.json())
 
     def _local_paths(self, value: Any) -> Any:
@@ -188,7 +187,7 @@ class NodeClient:
             yield answer
             return
         if len(lines) < 2:
-            raise LedgerError(f"node at {self.url} refused line {first} as too large (HTTP 413)")
+            raise TooLargeError(f"node at {self.url} refused line {first} as too large (HTTP 413)")
         half = len(lines) // 2
         yield from self._post_lines(first, lines[:half])
         yield from self._post_lines(first + half, lines[half:])
@@ -202,19 +201,19 @@ class NodeClient:
                 r = self._http.post("/v1/ingest", content=b"".join(lines), timeout=None,
                                     headers={"Content-Type": "application/x-ndjson"})
             except httpx.HTTPError as exc:
-                raise LedgerError(f"node at {self.url} did not answer for lines {first}-{last}: {exc}; {done}") from exc
+                raise NodeUnreachableError(f"node at {self.url} did not answer for lines {first}-{last}: {exc}; {done}") from exc
             if r.status_code == 429:
                 time.sleep(min(30.0, float(r.headers.get("retry-after", "1") or 1)))
                 continue
             if r.status_code == 413:
                 return None
             if r.status_code not in (200, 422):
-                raise LedgerError(f"node refused lines {first}-{last}: HTTP {r.status_code} {r.text[:200]}; {done}")
+                raise node_error(f"node refused lines {first}-{last} ({done})", r)
             body = r.json()
             return Summary(accepted=body["accepted"], duplicates=body["duplicates"], rejected=body["rejected"],
                            rejections=[{**x, "line": x["line"] + first - 1} for x in body["rejections"]],
                            rejections_truncated=bool(body.get("rejections_truncated")))
-        raise LedgerError(f"node kept answering 429 for lines {first}-{last}; {done}")
+        raise NodeRefusedError(f"node kept answering 429 for lines {first}-{last}; {done}", "RATE_LIMITED")
 
     def close(self) -> None:
         self._http.close()

@@ -50,15 +50,25 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from fastapi.responses import JSONResponse
 
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.config import Config, env_values
-from ledgerlog.engine.errors import Code
+from ledgerlog.engine.errors import (
+    BadRequest,
+    Code,
+    FaucetDisabledError,
+    FaucetPausedError,
+    FaucetRejectedError,
+    InsufficientBalanceError,
+    InsufficientFundsError,
+    LedgerError,
+    PausedError,
+    RateLimitedError,
+    TopupKeyMissingError,
+)
 from ledgerlog.engine.signing import Signer, signed_line
 
-from ledgerlog.ops.api.admin import action
-from ledgerlog.ops.api.limits import TokenBuckets, controls, error, rate_limited
+from ledgerlog.ops.api.limits import TokenBuckets, controls
 from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
@@ -102,17 +112,9 @@ class FaucetSettings:
         return cls.from_config(replace(Config(), **env_values(env)))
 
 
-class Refused(Exception):
-    """A request the faucet answers with an error (status, code, message[, retry_after])."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
-
-    def response(self) -> JSONResponse:
-        if self.retry_after is not None:
-            return rate_limited(self.retry_after, self.message)
-        return error(self.status, self.code, self.message)
+#: what the faucet raises when it refuses a request: a LedgerError of the error table
+#: (BadRequest, FaucetDisabledError, PausedError, RateLimitedError, ...; engine/errors.py)
+Refused = LedgerError
 
 
 def _load_key(path: str) -> Signer | None:
@@ -175,29 +177,28 @@ class Faucet:
 
     # -- granting ---------------------------------------------------------------------------------
     def grant(self, address: Any, client: str) -> dict[str, Any]:
-        """Admit a grant to ``address``; raises ``Refused``."""
+        """Admit a grant to ``address``; raises the LedgerError refusing it."""
         if not isinstance(address, str) or not ADDRESS_RE.match(address.strip().lower()):
-            raise Refused(400, "BAD_REQUEST", "address must be a 40-hex address")
+            raise BadRequest("address must be a 40-hex address")
         address = address.strip().lower()
         signer = self.signer()
         if signer is None:
             why = "disabled by configuration" if not self.settings.enabled else f"no faucet key at {self.key_path}"
-            raise Refused(503, "FAUCET_DISABLED", f"the faucet is {why}")
+            raise FaucetDisabledError(f"the faucet is {why}")
         c = controls(self.node)
         if c.ingest_paused:
-            raise Refused(503, "PAUSED", "ingest is paused by the operator")
+            raise PausedError("ingest is paused by the operator")
         if c.faucet_paused:
-            raise Refused(503, "FAUCET_PAUSED", "the faucet is paused by the operator")
+            raise FaucetPausedError("the faucet is paused by the operator")
         if address == signer.address:
-            raise Refused(400, "BAD_REQUEST", "the faucet does not pay itself")
+            raise BadRequest("the faucet does not pay itself")
         with self._lock:
             wait = max(self.by_ip.wait(client), self.by_address.wait(address))
             if wait > 0:
                 which = "this client" if self.by_ip.wait(client) > 0 else "this address"
-                raise Refused(429, "RATE_LIMITED", f"too many faucet grants for {which}", retry_after=wait)
+                raise RateLimitedError(f"too many faucet grants for {which}", wait)
             granted = _send(self.node, signer, address, self.settings.amount, self.settings.memo,
-                            insufficient=lambda have, need: Refused(
-                                503, "INSUFFICIENT_BALANCE",
+                            insufficient=lambda have, need: InsufficientBalanceError(
                                 f"the faucet can spend {have}, a grant needs {need}; ask the operator for a top-up"))
             self.by_ip.take(client)
             self.by_address.take(address)
@@ -205,27 +206,27 @@ class Faucet:
         return granted
 
     def topup(self, amount: Any) -> dict[str, Any]:
-        """Send ``amount`` from the top-up (treasury) key to the faucet; raises ``Refused``."""
+        """Send ``amount`` from the top-up (treasury) key to the faucet; raises the LedgerError refusing it."""
         if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= I64_MAX:
-            raise Refused(400, "BAD_REQUEST", "amount must be a positive integer (base units)")
+            raise BadRequest("amount must be a positive integer (base units)")
         signer = self.signer()
         if signer is None:
-            raise Refused(503, "FAUCET_DISABLED", f"the faucet is disabled (no key at {self.key_path})")
+            raise FaucetDisabledError(f"the faucet is disabled (no key at {self.key_path})")
         source = _load_key(self.topup_key_path)
         if source is None:
-            raise Refused(503, "TOPUP_KEY_MISSING", f"no top-up (treasury) key at {self.topup_key_path}")
+            raise TopupKeyMissingError(f"no top-up (treasury) key at {self.topup_key_path}")
         if source.address == signer.address:
-            raise Refused(400, "BAD_REQUEST", "the top-up key is the faucet key")
+            raise BadRequest("the top-up key is the faucet key")
         with self._lock:
             sent = _send(self.node, source, signer.address, amount, "faucet top-up",
-                         insufficient=lambda have, need: Refused(
-                             409, "INSUFFICIENT_FUNDS", f"the treasury can spend {have}, the top-up needs {need}"))
+                         insufficient=lambda have, need: InsufficientFundsError(
+                             f"the treasury can spend {have}, the top-up needs {need}"))
         log.info("faucet top-up of %d from %s (tx %s)", amount, source.address, sent["txid"])
         return {**sent, "note": "pending: adds to the faucet's spendable balance once a block confirms it"}
 
 
 def _send(node: Node, signer: Signer, to: str, amount: int, memo: str,
-          insufficient: Callable[[int, int], Refused]) -> dict[str, Any]:
+          insufficient: Callable[[int, int], LedgerError]) -> dict[str, Any]:
     """Build, sign and admit one transaction; retry a lost nonce race a few times."""
     fee = node.genesis.min_fee
     last = ""
@@ -250,7 +251,7 @@ def _send(node: Node, signer: Signer, to: str, amount: int, memo: str,
         if rej["code"] not in (Code.BAD_NONCE.value, Code.DUPLICATE.value):
             break
     log.error("faucet transaction refused by admission: %s", last)
-    raise Refused(503, "FAUCET_REJECTED", f"admission refused the transaction ({last})")
+    raise FaucetRejectedError(f"admission refused the transaction ({last})")
 
 
 # -- one faucet per node (admin actions find it from the node) ------------------------------------
@@ -280,21 +281,16 @@ def _switch(node: Node, paused: bool) -> dict[str, Any]:
     return {"faucet": {"paused": paused, "was_paused": was}}
 
 
-@action("faucet-pause")
 def faucet_pause_action(node: Node, body: dict[str, Any]) -> Any:
     """Stop faucet grants (503 FAUCET_PAUSED) until faucet-resume."""
     return _switch(node, True)
 
 
-@action("faucet-resume")
 def faucet_resume_action(node: Node, body: dict[str, Any]) -> Any:
+    """Let faucet grants out again."""
     return _switch(node, False)
 
 
-@action("faucet-topup", fields={"amount": int})
 def faucet_topup_action(node: Node, body: dict[str, Any]) -> Any:
     """{"amount": n}: a transaction of n from the treasury key to the faucet, through admission."""
-    try:
-        return faucet_for(node).topup(body.get("amount"))
-    except Refused as r:
-        return r.response()
+    return faucet_for(node).topup(body.get("amount"))

@@ -20,12 +20,10 @@ from ledgerlog.engine.admission import Summary
 from ledgerlog.engine.admission.lines import ROLES
 from ledgerlog.engine.admission.roles import identity_of
 from ledgerlog.engine.admission.state import WriteState
-from ledgerlog.engine.errors import ConfigError
+from ledgerlog.engine.errors import BadRequest, ConfigError, RotationRefusedError
 from ledgerlog.engine.files import fsync_dir, write_atomic
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.signing import Signer, rotation_line
-
-from ledgerlog.ops.api.admin import action
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.lifecycle import Node
@@ -68,18 +66,16 @@ def rotate_key(keys_dir: str, genesis: Genesis, state: WriteState,
             "roles": [r for r, _ in roles]}
 
 
-@action("rotate-key", fields={"key": str})
 def rotate_key_action(node: "Node", body: dict[str, Any]) -> Any:
     """Rotate a role key of the node (body ``{"key": "producer"}``); the simulator, if any, signs
     with the new key from then on."""
-    from ledgerlog.ops.api.limits import error
     name = body.get("key")
     if not isinstance(name, str):
-        return error(400, "BAD_REQUEST", 'body must name a key file: {"key": "producer"}')
+        raise BadRequest('body must name a key file: {"key": "producer"}')
     try:
         result = rotate_key(node.config.keys_dir, node.genesis, WriteState(node.chain.log),
                             lambda lines: node.admitter.admit(lines), name)
     except ConfigError as exc:
-        return error(409, "ROTATION_REFUSED", str(exc))
+        raise RotationRefusedError(str(exc)) from exc
     node.keys_rotated()
     return result

@@ -29,6 +29,7 @@ from ledgerlog.streams.runner import Runner
 
 from ledgerlog.ops.api.admin import allowed_networks
 from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import Controls
 from ledgerlog.ops.api.transport import EdgeSettings, protocol_class
 from ledgerlog.ops.node.metrics import NodeMetrics
 from ledgerlog.ops.query.queries import Queries
@@ -96,6 +97,9 @@ class Node:
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance)
         self.metrics = NodeMetrics(self)
+        self.controls = Controls()  # run-time switches (pause, faucet pause); a restart starts unpaused
+        from ledgerlog.ops.node.actions import ACTIONS  # the actions import command modules that import the node's
+        self.actions = ACTIONS  # the admin actions (POST /v1/admin/<name>)
         self.simulate, self.seed = simulate, seed
         self.simulator: Any = None
         self._stop = threading.Event()

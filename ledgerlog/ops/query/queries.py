@@ -8,21 +8,15 @@ import time
 from typing import Any, Iterable, Iterator
 
 from ledgerlog.engine.config import Config
-from ledgerlog.engine.errors import ConfigError, NotFoundError, StoreLockedError
+from ledgerlog.engine.errors import BadRequest, NotFoundError, StoreLockedError
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.reproject import reproject
 from ledgerlog.streams.runner import Runner
 
-__all__ = ["Queries", "open_queries", "ADDRESS_RE", "I64_MAX", "bad_request"]
+__all__ = ["Queries", "open_queries", "ADDRESS_RE", "I64_MAX", "BadRequest", "bad_request"]
 
 ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
-
-
-class BadRequest(ConfigError):
-    """A query argument is malformed (HTTP 400)."""
-
-    code = "BAD_REQUEST"
 
 
 def bad_request(message: str) -> BadRequest:

@@ -1,0 +1,129 @@
+"""The node's HTTP routes in one table (PROTOCOL.md §7). ``mount`` declares every route of the
+table on the FastAPI app; ``FastLane`` (ops/api/fast.py) compiles the query routes of the same
+table into its matcher. So what a route is (method, path, the projections it reads, its query
+parameters and their bounds) is written once, and so is how its errors are answered (the error
+table, through ops/api/guard.py)."""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from fastapi import FastAPI, Query
+from starlette.concurrency import run_in_threadpool
+
+from ledgerlog.ops.api import handlers as h
+from ledgerlog.ops.api.handlers import json_response
+from ledgerlog.ops.query.queries import I64_MAX
+
+if TYPE_CHECKING:
+    from ledgerlog.ops.node.context import NodeContext
+
+__all__ = ["Edge", "Param", "ROUTES", "Route", "mount", "path_params"]
+
+Edge = h.Edge
+
+
+@dataclass(frozen=True)
+class Param:
+    """An optional integer query parameter and its bounds (out of them: 400 BAD_REQUEST)."""
+
+    name: str
+    ge: int = 0
+    le: int = I64_MAX
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route. A query route has ``answer``: ``answer(node)`` is the function answering it,
+    called with the path parameters then the query ``params``, after the projections it
+    ``reads`` caught up (``()``: all of them; None: no waiting). Any other route has
+    ``endpoint``: ``endpoint(edge)`` makes its FastAPI endpoint."""
+
+    method: str
+    path: str
+    tags: tuple[str, ...]
+    summary: str = ""
+    answer: Callable[[NodeContext], Callable[..., Any]] | None = None
+    reads: tuple[str, ...] | None = None
+    params: tuple[Param, ...] = ()
+    endpoint: Callable[[h.Edge], Callable[..., Any]] | None = None
+    openapi: dict[str, Any] = field(default_factory=dict)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/health", ("node",), "Liveness", answer=lambda n: n.health),
+    Route("GET", "/v1/ready", ("node",), "Readiness: 503 while a projection lags too far behind the log",
+          endpoint=h.ready, openapi={"responses": {503: {"description": "not ready: a projection lags by more "
+                                     "than the threshold (NOT_READY), or the disk refuses writes (STORAGE_UNAVAILABLE)"}}}),
+    Route("GET", "/v1/status", ("chain",), "Chain id, height, tip hash, mempool and lag",
+          answer=lambda n: n.queries.status, reads=()),
+    Route("GET", "/v1/accounts/{address}", ("chain",), "Balance, staked and nonce (optionally at a height)",
+          answer=lambda n: n.queries.account, reads=("balances",), params=(Param("height"),)),
+    Route("GET", "/v1/blocks/{height_or_hash}", ("chain",), "A block by height or hash",
+          answer=lambda n: n.queries.block, reads=("chainstate",)),
+    Route("GET", "/v1/tx/{txid}", ("chain",), "A transaction: confirmed, pending or evicted",
+          answer=lambda n: n.queries.tx, reads=("chainstate",)),
+    Route("GET", "/v1/pool/workers/{address}", ("pool",), "A worker's PPLNS credit, paid and pending",
+          answer=lambda n: n.queries.worker, reads=("payouts",)),
+    Route("GET", "/v1/energy/providers/{provider_id}", ("energy",), "An energy provider",
+          answer=lambda n: n.queries.provider, reads=("energy",)),
+    Route("POST", "/v1/ingest", ("ingest",), "Admit ingest lines (application/x-ndjson body)", endpoint=h.ingest,
+          openapi=h.INGEST_OPENAPI),
+    Route("POST", "/v1/faucet", ("faucet",), "Grant the faucet amount to an address (a signed transaction)",
+          endpoint=h.faucet_grant, openapi=h.FAUCET_OPENAPI),
+    Route("GET", "/v1/faucet", ("faucet",), "The faucet: enabled, paused, address, amount, spendable",
+          endpoint=h.faucet_status),
+    Route("POST", "/rpc", ("rpc",), "JSON-RPC 2.0 (bitcoind-style read methods; see ops/api/rpc.py)",
+          endpoint=h.rpc_endpoint, openapi=h.RPC_OPENAPI),
+    Route("GET", "/v1/dashboard", ("dashboard",), "Everything the dashboard page shows", endpoint=h.dashboard),
+    Route("GET", "/metrics", ("node",), "Prometheus metrics", endpoint=h.metrics),
+    Route("GET", "/", (), endpoint=h.index, openapi={"include_in_schema": False}),
+    Route("GET", "/schemas/ids/{schema_id}", ("schema registry",), endpoint=h.schema_by_id),
+    Route("GET", "/subjects", ("schema registry",), endpoint=h.subjects),
+    Route("GET", "/subjects/{subject}/versions", ("schema registry",), endpoint=h.versions),
+    Route("GET", "/subjects/{subject}/versions/{version}", ("schema registry",), endpoint=h.version),
+    Route("POST", "/v1/admin/{name}", ("admin",), "Run an admin action (reproject, snapshot, ...)",
+          endpoint=h.admin_action),
+)
+
+
+def path_params(path: str) -> list[str]:
+    """The parameter names of a path template, in order."""
+    return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+
+
+def _query_endpoint(route: Route, edge: h.Edge) -> Callable[..., Any]:
+    """The FastAPI endpoint of a query route: its parameters declared (FastAPI validates them and
+    describes them in /openapi.json), its answer read after the projections caught up."""
+    assert route.answer is not None
+    fn = route.answer(edge.node)
+    names = path_params(route.path)
+    queries = edge.node.queries
+
+    def synced(args: tuple[Any, ...]) -> Any:
+        queries.sync()
+        return fn(*args)
+
+    async def endpoint(**kw: Any) -> Any:
+        args = tuple(kw[n] for n in names) + tuple(kw[p.name] for p in route.params)
+        if route.reads is None:
+            return json_response(fn(*args))
+        return json_response(await run_in_threadpool(synced, args))  # orjson, not jsonable_encoder
+
+    kw_only = inspect.Parameter.KEYWORD_ONLY
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, kw_only, annotation=str) for n in names]
+        + [inspect.Parameter(p.name, kw_only, annotation=Optional[int], default=Query(None, ge=p.ge, le=p.le))
+           for p in route.params])
+    endpoint.__name__ = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "") or "root"
+    return endpoint
+
+
+def mount(app: FastAPI, edge: h.Edge, routes: tuple[Route, ...] = ROUTES) -> None:
+    """Declare every route of ``routes`` on ``app``."""
+    for route in routes:
+        endpoint = _query_endpoint(route, edge) if route.answer is not None else route.endpoint(edge)  # type: ignore[misc]
+        app.add_api_route(route.path, endpoint, methods=[route.method], tags=list(route.tags) or None,
+                          summary=route.summary or None, **route.openapi)
