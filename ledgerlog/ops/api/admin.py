@@ -109,8 +109,6 @@ def check_token(request: Request, token: str,
 
 
 def admin_router(node: "Node") -> APIRouter:
-    from ledgerlog.ops.node import actions  # noqa: F401  (registers the actions)
-
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
     allow = allowed_networks(node.config.admin_allow)
 

@@ -21,7 +21,7 @@ from ledgerlog.engine.intjson import dumps_any
 
 from ledgerlog.ops.api import rpc
 from ledgerlog.ops.api.admin import admin_router
-from ledgerlog.ops.node.faucet import FaucetSettings, Refused, attach
+from ledgerlog.ops.api.faucet import FaucetSettings, Refused, attach
 from ledgerlog.ops.api.fast import FastLane, RequestMetrics, dumps, json_response
 from ledgerlog.ops.api.guard import HostGuard, error_body, ingest_refusal, origins, register_root, split_list
 from ledgerlog.ops.api.limits import (
@@ -35,7 +35,7 @@ from ledgerlog.ops.api.limits import (
 )
 from ledgerlog.ops.data.lines import numbered_lines
 from ledgerlog.ops.query.queries import I64_MAX, BadRequest
-from ledgerlog.ops.node.tracing import instrument_app
+from ledgerlog.ops.api.tracing import instrument_app
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.lifecycle import Node

@@ -12,7 +12,7 @@ from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
 
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.node.client import NodeClient
+from ledgerlog.ops.query.client import NodeClient
 
 # ops.snapshot is imported inside the commands: it pulls in the admin API (FastAPI), which every
 # other command would otherwise pay for at start-up. The node registers its "snapshot" admin

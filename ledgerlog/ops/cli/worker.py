@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.query.queries import open_queries
+from ledgerlog.ops.query.client import open_queries
 
 
 @app.command()

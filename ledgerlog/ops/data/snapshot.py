@@ -58,13 +58,13 @@ from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
 
 from ledgerlog.ops.api.admin import action
-from ledgerlog.ops.node.client import _pid_alive
+from ledgerlog.ops.query.client import pid_alive
 
 if TYPE_CHECKING:
     from ledgerlog.engine.chain import Chain
     from ledgerlog.streams.runner import Runner
 
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import NodeContext
 
 __all__ = ["FORMAT", "MANIFEST", "create_snapshot", "default_dir", "list_snapshots", "read_manifest",
            "restore_snapshot", "summary", "verify_snapshot", "deep_check", "clean_stale", "inside"]
@@ -568,7 +568,7 @@ def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
             pid = int(json.load(f).get("pid", 0))
     except (OSError, ValueError, TypeError, AttributeError):
         pid = 0
-    if pid > 0 and _pid_alive(pid):
+    if pid > 0 and pid_alive(pid):
         raise StoreLockedError(f"a node (pid {pid}) runs on {data_dir}; stop it before restoring "
                                f"(or remove a stale {node_file})")
     exists = os.path.exists(target)
@@ -592,7 +592,7 @@ def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
 # -- node integration -------------------------------------------------------------------------------
 
 @action("snapshot", fields={"out": str, "with_keys": bool, "link": bool})
-def snapshot_action(node: Node, body: dict[str, Any]) -> Any:
+def snapshot_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``,
     ``link``). ``out`` must be the node's ``snapshot.dir`` or a directory under it (absolute, or
     relative to it): anything else is refused (400 SNAPSHOT_DIR_REFUSED) and nothing is written.

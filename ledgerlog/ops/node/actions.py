@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any
 from ledgerlog.engine.errors import ReprojectRunningError
 
 from ledgerlog.ops.data import snapshot  # noqa: F401  (registers the "snapshot" admin action)
-from ledgerlog.ops.node import faucet  # noqa: F401  (register faucet-*, pause and resume)
+from ledgerlog.ops.api import faucet  # noqa: F401  (register faucet-*, pause and resume)
 from ledgerlog.ops.api import limits
-from ledgerlog.ops.cli import storage as cli_storage  # noqa: F401  (registers the "compact" action)
+from ledgerlog.ops.data import storage  # noqa: F401  (registers the "compact" action)
 from ledgerlog.ops.node import keyrotation  # noqa: F401  (registers "rotate-key")
 from ledgerlog.ops.api.admin import action
 from ledgerlog.ops.api.limits import error

@@ -28,7 +28,7 @@ from ledgerlog.engine.signing import Signer, rotation_line
 from ledgerlog.ops.api.admin import action
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import NodeContext
 
 __all__ = ["rotate_key"]
 
@@ -69,7 +69,7 @@ def rotate_key(keys_dir: str, genesis: Genesis, state: WriteState,
 
 
 @action("rotate-key", fields={"key": str})
-def rotate_key_action(node: "Node", body: dict[str, Any]) -> Any:
+def rotate_key_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """Rotate a role key of the node (body ``{"key": "producer"}``); the simulator, if any, signs
     with the new key from then on."""
     from ledgerlog.ops.api.limits import error

@@ -29,7 +29,9 @@ from ledgerlog.streams.runner import Runner
 
 from ledgerlog.ops.api.admin import allowed_networks
 from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
 from ledgerlog.ops.api.transport import EdgeSettings, protocol_class
+from ledgerlog.ops.node import actions  # noqa: F401  (registers the admin actions the node performs)
 from ledgerlog.ops.node.metrics import NodeMetrics
 from ledgerlog.ops.query.queries import Queries
 
@@ -58,7 +60,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _listen(sock: socket.socket, host: str, port: int) -> None:
     """Listen before node.json is written: a node named there never refuses a connection, so a
-    refusal says node.json is stale (ops/nodeclient.py)."""
+    refusal says node.json is stale (ops/query/client.py)."""
     try:
         sock.listen(2048)
     except OSError as exc:  # two sockets may bind one port with SO_REUSEADDR; only one listens
@@ -96,6 +98,7 @@ class Node:
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance)
         self.metrics = NodeMetrics(self)
+        self.faucet = Faucet(self, FaucetSettings.from_config(config))  # create_app may give it other settings
         self.simulate, self.seed = simulate, seed
         self.simulator: Any = None
         self._stop = threading.Event()

@@ -267,7 +267,7 @@ def _skipped(name: str, why: str) -> Section:
 
 
 def _node_running(config: Config) -> str | None:
-    from ledgerlog.ops.node.client import NodeClient
+    from ledgerlog.ops.query.client import NodeClient
     client = NodeClient.find(config)
     if client is None:
         return None
