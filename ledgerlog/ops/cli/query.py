@@ -46,7 +46,8 @@ def run(ctx: typer.Context,
         seed: Optional[int] = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
     """Run the node: admission, projections, HTTP API and dashboard. Stops cleanly on SIGINT/SIGTERM."""
     cfg = config_of(ctx, http_host=host, http_port=port)
-    from ledgerlog.ops.node.lifecycle import Node, bind
+    from ledgerlog.ops.api.server import bind
+    from ledgerlog.ops.node.lifecycle import Node
     sock = bind(cfg.http_host, cfg.http_port)  # a port in use fails now, not after the catch-up
     from ledgerlog.ops.node.logsetup import setup_logging
     from ledgerlog.ops.api.tracing import setup_tracing
