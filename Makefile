@@ -44,9 +44,10 @@ bench-memory: venv
 	$(BIN)/python -m benchmarks.memory --events $(EVENTS)
 
 lint: venv
-	$(BIN)/python -m pip install -q ruff mypy
+	$(BIN)/python -m pip install -q ruff mypy import-linter
 	$(BIN)/ruff check ledgerlog tests benchmarks
 	$(BIN)/mypy ledgerlog
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) bench-out .pytest_cache

@@ -22,7 +22,8 @@ from test_metrics import observed_node
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.ops.data.snapshot import STEPS, create_snapshot, read_manifest, restore_snapshot
+from ledgerlog.ops.data.restore import STEPS, restore_snapshot
+from ledgerlog.ops.data.snapshot import create_snapshot, read_manifest
 from ledgerlog.streams.runner import Runner
 
 SEED = 29
@@ -126,7 +127,7 @@ def test_verify_names_a_flipped_byte_and_deep_opens_the_stores(chains, tmp_path)
 
 _KILL = """
 import os, sys
-from ledgerlog.ops.data.snapshot import restore_snapshot
+from ledgerlog.ops.data.restore import restore_snapshot
 step = sys.argv[3]
 def hook(name):
     if name == step:

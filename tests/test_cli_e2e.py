@@ -260,7 +260,7 @@ def test_every_account_at_several_heights_in_process(world) -> None:
     """The same comparison for every address and several heights, through the query layer the
     CLI uses (in-process: one open instead of hundreds of processes)."""
     from ledgerlog.engine.config import load_config
-    from ledgerlog.ops.query.queries import open_queries
+    from ledgerlog.ops.query.client import open_queries
     ref = world["ref"]
     heights = sorted({0, 1, ref.tip // 3, ref.tip // 2, ref.tip - 1, ref.tip, ref.tip + 5})
     with open_queries(load_config(str(world["data"]), {})) as q:

@@ -14,7 +14,7 @@ from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import SETTINGS, Config, env_values, load_config
 from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.node.faucet import FaucetSettings
+from ledgerlog.ops.api.faucet import FaucetSettings
 from ledgerlog.ops.api.limits import HttpLimits
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only

@@ -21,7 +21,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.crypto import H
 from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.node.faucet import FaucetSettings
+from ledgerlog.ops.api.faucet import FaucetSettings
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.api.limits import HttpLimits, controls
 from ledgerlog.ops.node.lifecycle import Node
@@ -346,3 +346,17 @@ def test_admin_allowlist(tmp_path):
         n.stop()
     with pytest.raises(ConfigError, match="admin.allow"):
         _node(tmp_path / "typo", admin_allow="10.1.0.0/33")
+
+
+def test_the_faucet_lives_on_its_node(node) -> None:
+    """One faucet per node, held by the node (no module-level registry); an app built with other
+    settings gives the node a faucet with those, which the admin actions then use too."""
+    import weakref
+
+    from ledgerlog.ops.api import faucet as faucet_module
+
+    assert not [k for k, v in vars(faucet_module).items() if isinstance(v, weakref.WeakKeyDictionary)]
+    assert node.faucet.settings == FaucetSettings.from_config(node.config)
+    custom = FaucetSettings(amount=AMOUNT + 1, ip_burst=7)
+    create_app(node, limits=HttpLimits(), faucet=custom)
+    assert node.faucet.settings == custom and node.faucet.node is node

@@ -1,4 +1,4 @@
-"""`ledgerlog worker` on Kafka: two workers split the projections through a consumer group; one is
+"""`ledgerlog stream-worker` on Kafka: two workers split the projections through a consumer group; one is
 killed (-9) while events are still being appended; the survivor takes over its share, catches up
 from its own local stores (from offset 0 for what it never had) and ends with every projection's
 digest equal to the embedded runner's over the same history. A restarted worker rejoins and
@@ -61,7 +61,7 @@ class Worker:
         self.err = open(os.path.join(os.path.dirname(wdir), f"{wid}.err"), "ab")  # noqa: SIM115 - the process's stderr
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
         env["LEDGERLOG_LOG_LEVEL"] = "WARNING"
-        self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "worker", "--worker-dir", wdir, "--id", wid,
+        self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "stream-worker", "--worker-dir", wdir, "--id", wid,
                                       "--batch", "200"],
                                      stdout=subprocess.DEVNULL, stderr=self.err, stdin=subprocess.DEVNULL, env=env)
         self.url: str | None = None

@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.genesis import dev_genesis
-from ledgerlog.ops.node.faucet import FaucetSettings
+from ledgerlog.ops.api.faucet import FaucetSettings
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.api.limits import HttpLimits
 from ledgerlog.ops.node.lifecycle import Node

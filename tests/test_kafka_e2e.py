@@ -18,7 +18,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import generate, make_genesis, write_genesis
-from ledgerlog.ops.query.queries import open_queries
+from ledgerlog.ops.query.client import open_queries
 from ledgerlog.streams.runner import Runner
 from clitools import LEDGERLOG
 

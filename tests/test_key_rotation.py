@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 from clitools import LEDGERLOG
-from conftest import Keys, Lines, admit, admit_ok, load_signer, signer_from_byte, snapshot
+from conftest import Keys, Lines, admit, admit_ok, signer_from_byte, snapshot
 from fastapi.testclient import TestClient
 
 from ledgerlog.engine import topics as T

@@ -27,8 +27,9 @@ from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.ops.node.metrics import AppendTimes, storage_bytes
-from ledgerlog.ops.node.tracing import setup_tracing, traces_url
+from ledgerlog.ops.data.storage import storage_bytes
+from ledgerlog.ops.node.metrics import AppendTimes
+from ledgerlog.ops.api.tracing import setup_tracing, traces_url
 from ledgerlog.projections import energy, payouts
 from clitools import LEDGERLOG
 
@@ -381,7 +382,7 @@ def test_tracing_middleware_makes_one_server_span_per_request() -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind, StatusCode
 
-    from ledgerlog.ops.node.tracing import TracingMiddleware, native_http_spans
+    from ledgerlog.ops.api.tracing import TracingMiddleware, native_http_spans
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -20,6 +20,7 @@ DASHBOARD = ROOT / "ledgerlog" / "ops" / "monitoring" / "grafana-dashboard.json"
 ALERTS = ROOT / "ledgerlog" / "ops" / "monitoring" / "alerts.yml"
 UNIT = ROOT / "ledgerlog" / "ops" / "deploy" / "ledgerlog.service"
 LOGROTATE = ROOT / "ledgerlog" / "ops" / "deploy" / "logrotate"
+WORKER_UNIT = ROOT / "ledgerlog" / "ops" / "deploy" / "ledgerlog-stream-worker@.service"
 
 #: Metrics that are not the node's: Prometheus' own scrape health, and node_exporter's.
 EXTERNAL = re.compile(r"^(up|node_[a-z0-9_]+)$")
@@ -180,8 +181,8 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(tmp_path) -> None
     assert not missing, f"used but not exported: {missing}"
 
 
-def test_systemd_unit() -> None:
-    text = UNIT.read_text()
+def unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit's sections: key -> values, in order."""
     sections: dict[str, dict[str, list[str]]] = {}
     current = None
     for line in text.splitlines():
@@ -195,6 +196,12 @@ def test_systemd_unit() -> None:
         key, _, value = line.partition("=")
         assert current and key and _, line
         sections[current].setdefault(key, []).append(value)
+    return sections
+
+
+def test_systemd_unit() -> None:
+    text = UNIT.read_text()
+    sections = unit_sections(text)
     svc = sections["Service"]
     assert set(sections) == {"Unit", "Service", "Install"}
     assert svc["Type"] == ["simple"] and svc["KillSignal"] == ["SIGTERM"] and svc["Restart"] == ["on-failure"]
@@ -212,6 +219,27 @@ def test_systemd_unit() -> None:
     unit = Path(sys.executable).parent / "ledgerlog"
     copy = Path(__import__("tempfile").mkdtemp()) / "ledgerlog.service"
     copy.write_text(text.replace(svc["ExecStart"][0].split()[0], str(unit)))
+    proc = subprocess.run([analyze, "verify", str(copy)], check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_stream_worker_unit() -> None:
+    """The template unit runs `ledgerlog stream-worker` (not `worker`, the pool query) per instance."""
+    text = WORKER_UNIT.read_text()
+    sections = unit_sections(text)
+    svc = sections["Service"]
+    assert set(sections) == {"Unit", "Service", "Install"}
+    assert re.fullmatch(r"\S*ledgerlog --data-dir \S+ stream-worker --worker-dir \S*%i( .*)?", svc["ExecStart"][0])
+    assert svc["KillSignal"] == ["SIGTERM"] and svc["Restart"] == ["on-failure"]
+    assert svc["RestartPreventExitStatus"] == ["2"]
+    worker_dir = re.search(r"--worker-dir (\S+)", svc["ExecStart"][0]).group(1)
+    assert any(worker_dir.startswith(p) for p in svc["ReadWritePaths"][0].split())
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed: the unit was checked by the parser above only")
+    import sys
+    copy = Path(__import__("tempfile").mkdtemp()) / "ledgerlog-stream-worker@.service"
+    copy.write_text(text.replace(svc["ExecStart"][0].split()[0], str(Path(sys.executable).parent / "ledgerlog")))
     proc = subprocess.run([analyze, "verify", str(copy)], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ledgerlog.ops.data import restore as restore_mod
 from ledgerlog.ops.data import snapshot as snapshot_mod
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.chain import init_chain, open_chain
@@ -23,7 +24,8 @@ from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedE
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.ops.query.queries import Queries
-from ledgerlog.ops.data.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, restore_snapshot
+from ledgerlog.ops.data.restore import restore_snapshot
+from ledgerlog.ops.data.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import ProjectionStore
 from clitools import LEDGERLOG, ok_json, wait_node_url
@@ -345,7 +347,7 @@ def test_restore_is_all_or_nothing(small_snapshot, tmp_path, monkeypatch) -> Non
             raise OSError("disk full (simulated)")
         return real(src, dst)
 
-    monkeypatch.setattr(snapshot_mod, "_copy_hashed", failing)
+    monkeypatch.setattr(restore_mod, "_copy_hashed", failing)  # what restore copies with
     target = str(tmp_path / "target")
     with pytest.raises(OSError):
         restore_snapshot(snap, target)
@@ -356,7 +358,7 @@ def test_restore_is_all_or_nothing(small_snapshot, tmp_path, monkeypatch) -> Non
     with open(marker, "rb") as f:
         before = f.read()
     calls.clear()
-    monkeypatch.setattr(snapshot_mod, "_copy_hashed", failing)
+    monkeypatch.setattr(restore_mod, "_copy_hashed", failing)  # what restore copies with
     with pytest.raises(OSError):
         restore_snapshot(snap, target, force=True)
     assert sorted(os.listdir(tmp_path)) == ["target"]

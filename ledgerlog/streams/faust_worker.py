@@ -19,11 +19,11 @@ projection resumes from what *this* worker's store holds (offset 0 if it never h
 a group offset. A gained projection is ``catching_up`` until it has folded to the log end as of
 the gain, then ``serving``; only serving projections answer queries.
 
-Queries: ``GET /status`` lists owned projections (state, digest, positions, lag, catch-up time);
-``GET /projections/<name>`` answers on the owner and redirects (307) elsewhere to the owner's URL,
-which faust's assignor shares among members (``external_topic_distribution``, keyed by each
-worker's ``canonical_url``). Derived events: the folds emit none (payouts are decided and
-recorded at admission with deterministic ids), so a replay or a rebalance cannot emit twice.
+Queries (served by ops/worker/http.py; the process is ops/worker/run.py): ``FoldEngine.status``
+and ``answer``; the owner's URL, which faust's assignor shares among members
+(``external_topic_distribution``, keyed by each worker's ``canonical_url``), is
+``app.ledgerlog_route``. Derived events: the folds emit none (payouts are decided and recorded
+at admission with deterministic ids), so a replay or a rebalance cannot emit twice.
 
 Security: the chain's ``[kafka]`` passthrough (librdkafka names: ``security.protocol``,
 ``sasl.mechanisms``, ``sasl.username``/``sasl.password``, ``ssl.ca.location``, client
@@ -32,7 +32,6 @@ join TLS/SASL clusters with the settings the node's own clients use."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -40,22 +39,19 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ledgerlog import projections
-from ledgerlog.engine.chain import write_atomic
-from ledgerlog.engine.codec import Codec, Registry
+from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError, LogError
 from ledgerlog.engine.genesis import Genesis
-from ledgerlog.engine.log import open_log
 from ledgerlog.engine.log.base import Log
 
 from .runner import Runner
 
-__all__ = ["NAMES", "FoldEngine", "StatusServer", "broker_credentials", "build_app", "ensure_lease_topic",
-           "group_id", "run_worker", "ssl_context"]
+__all__ = ["NAMES", "FoldEngine", "broker_credentials", "build_app", "ensure_lease_topic",
+           "group_id", "ssl_context"]
 
 _log = logging.getLogger("ledgerlog.worker")
 
@@ -317,59 +313,6 @@ class FoldEngine:
         self._runners.clear()
 
 
-class StatusServer:
-    """``/status`` and ``/projections/<name>`` (owner answers, others redirect to the owner)."""
-
-    def __init__(self, engine: FoldEngine, info: dict[str, Any], host: str, port: int) -> None:
-        self.engine, self.info = engine, info
-        self.route: Any = lambda name: None  # name -> owner URL or None; set once faust runs
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt: str, *args: Any) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0].rstrip("/")
-                if path == "/status":
-                    return self._send(200, {**server.info, **server.engine.status()})
-                if path.startswith("/projections/"):
-                    name = path[len("/projections/"):]
-                    if name not in projections.ALL:
-                        return self._send(404, {"error": f"unknown projection {name!r}"})
-                    got = server.engine.answer(name)
-                    if got is not None:
-                        return self._send(200, {"projection": name, "worker": server.info["id"], **got})
-                    owner = server.route(name)
-                    if owner and owner.rstrip("/") != server.info["url"]:
-                        self.send_response(307)
-                        self.send_header("Location", owner.rstrip("/") + path)
-                        self.end_headers()
-                        return None
-                    return self._send(503, {"error": f"{name} is not served here yet", "owner": owner})
-                return self._send(404, {"error": "not found"})
-
-            def _send(self, code: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ledgerlog-http", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_dir: str, url: str,
               session_timeout: float = 6.0) -> Any:
     """The faust app: one agent on the lease topic; assignment signals drive the fold engine."""
@@ -418,45 +361,3 @@ def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_di
     app.ledgerlog_route = route  # type: ignore[attr-defined]
     app.ledgerlog_lease = lease  # type: ignore[attr-defined]
     return app
-
-
-def run_worker(config: Config, worker_dir: str, *, worker_id: str | None = None, host: str = "127.0.0.1",
-               port: int = 0, batch: int = 5000, session_timeout: float = 6.0, loglevel: str = "WARNING") -> int:
-    """Run one worker until SIGTERM/SIGINT (or the fold thread fails: exit 1)."""
-    import faust
-
-    bootstrap = _bootstrap(config)
-    if not os.path.exists(config.genesis_path):
-        raise ConfigError(f"{config.data_dir} holds no chain; run `ledgerlog init` first")
-    genesis = Genesis.load(config.genesis_path)
-    os.makedirs(worker_dir, exist_ok=True)
-    conf = {k: v for k, v in config.kafka.items() if k != "ledgerlog.state_dir"}
-    log = open_log(f"kafka://{bootstrap}", read_only=True, sync=False, **conf)
-    engine = None
-    server = None
-    try:
-        codec = Codec(Registry(log))
-        engine = FoldEngine(log, codec, genesis, os.path.join(worker_dir, "projections"), batch=batch)
-        info: dict[str, Any] = {"id": worker_id or f"{os.uname().nodename}-{os.getpid()}", "pid": os.getpid(),
-                                "group": group_id(config, genesis), "chain_id": genesis.chain_id}
-        server = StatusServer(engine, info, host, port)
-        info["url"] = f"http://{host}:{server.port}"
-        app = build_app(config, genesis, engine, worker_dir=worker_dir, url=info["url"],
-                        session_timeout=session_timeout)
-        ensure_lease_topic(config, app.ledgerlog_lease)
-        server.route = app.ledgerlog_route
-        engine.start()
-        server.start()
-        write_atomic(os.path.join(worker_dir, "worker.json"), json.dumps(info).encode())
-        worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-        try:
-            worker.execute_from_commandline()
-        except SystemExit as exc:
-            return int(exc.code or 0) if engine.error is None else 1
-        return 0 if engine.error is None else 1
-    finally:
-        if server is not None:
-            server.stop()
-        if engine is not None:
-            engine.stop()
-        log.close()

@@ -24,7 +24,7 @@ from ledgerlog.ops.data.lines import numbered_lines
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
-    from ledgerlog.ops.node.faucet import Faucet
+    from ledgerlog.ops.api.faucet import Faucet
 
 __all__ = ["Edge", "dumps", "json_response"]
 

@@ -52,7 +52,7 @@ def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file 
         try:
             chain = open_chain(cfg)
         except StoreLockedError:
-            from ledgerlog.ops.node.client import NodeClient
+            from ledgerlog.ops.query.client import NodeClient
             summary = NodeClient.for_data_dir(cfg).ingest(stream)
         else:
             size = _size(stream)  # a file's bytes are a known total; a pipe's lines are not
@@ -93,7 +93,7 @@ def _by_position(stream: Any, tick: Callable[[int], None] | None) -> Callable[[i
 @app.command()
 def status(ctx: typer.Context) -> None:
     """Chain id, height, tip hash (and provenance)."""
-    from ledgerlog.ops.query.queries import open_queries
+    from ledgerlog.ops.query.client import open_queries
     with open_queries(config_of(ctx)) as q:
         emit(q.status())
 

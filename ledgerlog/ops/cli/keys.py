@@ -32,7 +32,7 @@ def keys_rotate(ctx: typer.Context, name: str = typer.Argument(..., help="Key fi
 
     With a node running on the data dir, the node does it (admin API) and its simulator switches keys."""
     from ledgerlog.ops.node.keyrotation import rotate_key
-    from ledgerlog.ops.node.client import NodeClient
+    from ledgerlog.ops.query.client import NodeClient
     cfg = config_of(ctx)
     try:
         node = NodeClient.find(cfg)

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from ledgerlog.ops.cli import app, config_of, emit
-from ledgerlog.ops.query.queries import open_queries
+from ledgerlog.ops.query.client import open_queries
 
 
 @app.command()
@@ -46,10 +46,11 @@ def run(ctx: typer.Context,
         seed: Optional[int] = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
     """Run the node: admission, projections, HTTP API and dashboard. Stops cleanly on SIGINT/SIGTERM."""
     cfg = config_of(ctx, http_host=host, http_port=port)
-    from ledgerlog.ops.node.lifecycle import Node, bind
+    from ledgerlog.ops.api.server import bind
+    from ledgerlog.ops.node.lifecycle import Node
     sock = bind(cfg.http_host, cfg.http_port)  # a port in use fails now, not after the catch-up
     from ledgerlog.ops.node.logsetup import setup_logging
-    from ledgerlog.ops.node.tracing import setup_tracing
+    from ledgerlog.ops.api.tracing import setup_tracing
     setup_logging(cfg)  # stderr + <data_dir>/logs/node.log (rotated, JSON optional), SIGHUP reopens
     setup_tracing(cfg)  # OTLP span export when trace.otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT is set
     try:

@@ -12,7 +12,7 @@ from ledgerlog.streams.reproject import reproject as run_reproject, reproject_lo
 from ledgerlog.streams.runner import Runner
 
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.node.client import NodeClient
+from ledgerlog.ops.query.client import NodeClient
 from ledgerlog.ops.cli.progress import progress_bar
 
 

@@ -12,7 +12,7 @@ from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
 
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.node.client import NodeClient
+from ledgerlog.ops.query.client import NodeClient
 
 # ops.snapshot is imported inside the commands: it pulls in the admin API (FastAPI), which every
 # other command would otherwise pay for at start-up. The node registers its "snapshot" admin
@@ -85,7 +85,7 @@ def snapshot_restore(ctx: typer.Context,
 
     Exit 1 when the snapshot is corrupt, truncated or incomplete, or a node runs on the data dir;
     2 on a usage error (no snapshot there, the data dir is not empty without --force)."""
-    from ledgerlog.ops.data.snapshot import restore_snapshot
+    from ledgerlog.ops.data.restore import restore_snapshot
     data_dir = ctx.find_root().obj["data_dir"]
     try:
         result = restore_snapshot(path, data_dir, force=force)
@@ -108,7 +108,8 @@ def snapshot_verify(path: str = typer.Argument(..., help="The snapshot directory
     """Check a snapshot: its manifest, and every file's size and sha256 (and with --deep, RocksDB's view).
 
     Exit 0 when it holds; 1 naming the first bad file; 2 when there is no snapshot at PATH."""
-    from ledgerlog.ops.data.snapshot import deep_check, summary, verify_snapshot
+    from ledgerlog.ops.data.restore import deep_check
+    from ledgerlog.ops.data.snapshot import summary, verify_snapshot
     if not os.path.isdir(path):
         fail(f"no snapshot at {path}", 2, code="USAGE")
     try:

@@ -22,7 +22,6 @@ crash. Per-tick work and memory are bounded (wallet count, per-tick caps, a boun
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from ledgerlog.engine.errors import BadRequest
 
 from ledgerlog.ops.api.admin import Action
+from ledgerlog.ops.api.faucet import faucet_pause_action, faucet_resume_action, faucet_topup_action
 from ledgerlog.ops.api.limits import pause_action, resume_action
-from ledgerlog.ops.cli.storage import compact_action
 from ledgerlog.ops.data.snapshot import snapshot_action
-from ledgerlog.ops.node.faucet import faucet_pause_action, faucet_resume_action, faucet_topup_action
+from ledgerlog.ops.data.storage import compact_action
 from ledgerlog.ops.node.keyrotation import rotate_key_action
 
 if TYPE_CHECKING:

@@ -1,7 +1,9 @@
-"""What the HTTP edge (ops/api/*) needs of a node: a Protocol, so the API is typed against these
-attributes only, not the concrete Node (ops/node/lifecycle.py), and a test may pass a stand-in."""
+"""What a node's features and its HTTP edge need of a running node, as Protocols: they type
+against these, not against ``Node`` (ops/node/lifecycle.py), so they import nothing of the node
+that runs them, and a test may pass a stand-in."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -14,30 +16,39 @@ if TYPE_CHECKING:
     from ledgerlog.streams.runner import Runner
 
     from ledgerlog.ops.api.admin import Action
+    from ledgerlog.ops.api.faucet import Faucet
     from ledgerlog.ops.api.limits import Controls
     from ledgerlog.ops.node.metrics import NodeMetrics
     from ledgerlog.ops.query.queries import Queries
 
-__all__ = ["NodeContext"]
+__all__ = ["ChainContext", "NodeContext"]
 
 
-class NodeContext(Protocol):
-    """A running node as the API sees it."""
+class ChainContext(Protocol):
+    """A node's chain: its settings, log and admission (what the faucet and key rotation use)."""
 
     @property
     def config(self) -> Config: ...
 
     @property
-    def genesis(self) -> Genesis: ...
+    def chain(self) -> Chain: ...
 
     @property
-    def chain(self) -> Chain: ...
+    def genesis(self) -> Genesis: ...
 
     @property
     def admitter(self) -> Admitter: ...
 
+
+class NodeContext(ChainContext, Protocol):
+    """A running node: its projections (``fold_lock`` held while one is swapped or compacted),
+    queries, metrics, switches, admin actions and faucet."""
+
     @property
     def runner(self) -> Runner: ...
+
+    @property
+    def fold_lock(self) -> threading.Lock: ...
 
     @property
     def queries(self) -> Queries: ...
@@ -54,6 +65,9 @@ class NodeContext(Protocol):
         """The admin actions table (ops/node/actions.py ``ACTIONS``)."""
 
     @property
+    def faucet(self) -> Faucet: ...
+
+    @property
     def url(self) -> str | None: ...
 
     def health(self) -> dict[str, Any]: ...
@@ -63,3 +77,7 @@ class NodeContext(Protocol):
     def admit_numbered(self, lines: Iterable[tuple[int, bytes]]) -> dict[str, Any]: ...
 
     def tip(self) -> Tip: ...
+
+    def mempool_size(self) -> int: ...
+
+    def keys_rotated(self) -> None: ...

@@ -26,7 +26,7 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.signing import Signer, rotation_line
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import NodeContext
 
 __all__ = ["rotate_key"]
 
@@ -66,7 +66,7 @@ def rotate_key(keys_dir: str, genesis: Genesis, state: WriteState,
             "roles": [r for r, _ in roles]}
 
 
-def rotate_key_action(node: "Node", body: dict[str, Any]) -> Any:
+def rotate_key_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """Rotate a role key of the node (body ``{"key": "producer"}``); the simulator, if any, signs
     with the new key from then on."""
     name = body.get("key")

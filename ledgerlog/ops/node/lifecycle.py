@@ -3,10 +3,8 @@ simulated workload. Stops cleanly on SIGINT/SIGTERM: stop taking requests, drain
 flush and fsync the stores, exit 0."""
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import resource
 import secrets
 import signal
 import socket
@@ -22,55 +20,27 @@ from ledgerlog.engine.chain import open_chain, write_atomic
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
-from ledgerlog.engine.errors import ConfigError, PortInUseError, StorageError
+from ledgerlog.engine.errors import StorageError
 from ledgerlog.projections import chainstate, payouts
 from ledgerlog.streams.reproject import reproject
 from ledgerlog.streams.runner import Runner
 
 from ledgerlog.ops.api.admin import allowed_networks
 from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
 from ledgerlog.ops.api.limits import Controls
-from ledgerlog.ops.api.transport import EdgeSettings, protocol_class
+from ledgerlog.ops.api.server import bind, listen, raise_open_files, uvicorn_server
+from ledgerlog.ops.api.transport import EdgeSettings
+from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
 from ledgerlog.ops.query.queries import Queries
 
-__all__ = ["Node", "bind"]
+__all__ = ["Node"]
 
 log = logging.getLogger("ledgerlog.node")
 
 _MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
 _PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host``:``port`` (``serve`` listens on it when the node is ready);
-    PortInUseError, one line naming the fix, when the port is taken."""
-    # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (it checks proto);
-    # without it keep-alive responses wait ~40 ms on delayed ACKs
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise _bind_error(host, port, exc) from None
-    return sock
-
-
-def _listen(sock: socket.socket, host: str, port: int) -> None:
-    """Listen before node.json is written: a node named there never refuses a connection, so a
-    refusal says node.json is stale (ops/nodeclient.py)."""
-    try:
-        sock.listen(2048)
-    except OSError as exc:  # two sockets may bind one port with SO_REUSEADDR; only one listens
-        raise _bind_error(host, port, exc) from None
-
-
-def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
-    if exc.errno == errno.EADDRINUSE:
-        return PortInUseError(f"{host}:{port} is already in use by another process; stop it, or run on "
-                              "another port with --port N (0 picks a free one)")
-    return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port")
 
 
 class Node:
@@ -98,8 +68,8 @@ class Node:
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance)
         self.metrics = NodeMetrics(self)
         self.controls = Controls()  # run-time switches (pause, faucet pause); a restart starts unpaused
-        from ledgerlog.ops.node.actions import ACTIONS  # the actions import command modules that import the node's
         self.actions = ACTIONS  # the admin actions (POST /v1/admin/<name>)
+        self.faucet = Faucet(self, FaucetSettings.from_config(config))  # create_app may give it other settings
         self.simulate, self.seed = simulate, seed
         self.simulator: Any = None
         self._stop = threading.Event()
@@ -226,7 +196,7 @@ class Node:
         ``sock`` when given (from ``bind``), else on a socket bound to ``host``:``port``."""
         try:
             sock = sock or bind(host, port)
-            _listen(sock, host, port)
+            listen(sock, host, port)
         except BaseException:
             if sock is not None:
                 sock.close()
@@ -234,15 +204,9 @@ class Node:
             raise
         bound = sock.getsockname()[1]
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self), log_level="warning", access_log=False,
-                                                    log_config=None,  # uvicorn logs go to our handlers
-                                                    # one send() per response; header and body timeouts and
-                                                    # the connection cap (idle connections closed first)
-                                                    http=protocol_class(EdgeSettings.from_config(self.config)),
-                                                    proxy_headers=False,  # per-IP limits: no spoofed X-Forwarded-For
-                                                    timeout_keep_alive=self.config.http_keep_alive_timeout,
-                                                    timeout_graceful_shutdown=10))
-        _raise_open_files(self.config.http_max_connections)
+        self.server = uvicorn_server(create_app(self), EdgeSettings.from_config(self.config),
+                                     keep_alive=self.config.http_keep_alive_timeout)
+        raise_open_files(self.config.http_max_connections)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
@@ -293,20 +257,3 @@ class Node:
             except OSError:
                 pass
         log.info("ledgerlog node stopped")
-
-
-def _raise_open_files(connections: int) -> None:
-    """Let the process hold ``connections`` sockets besides its stores' files: raise the soft
-    RLIMIT_NOFILE towards the hard one (as Go's runtime does); warn when even that is short."""
-    want = (connections or 4096) + 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= want:
-        return
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
-    except (ValueError, OSError):
-        pass
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < want:
-        log.warning("open-file limit %d is below http.max_connections + 1024 (%d); raise `ulimit -n` or "
-                    "lower http.max_connections", resource.getrlimit(resource.RLIMIT_NOFILE)[0], want)

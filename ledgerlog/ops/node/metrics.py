@@ -51,10 +51,12 @@ from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.projections import energy, payouts
 
-if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+from ledgerlog.ops.data.storage import storage_bytes
 
-__all__ = ["STORAGE_CACHE_SECONDS", "AppendTimes", "NodeMetrics", "storage_bytes"]
+if TYPE_CHECKING:
+    from ledgerlog.ops.node.context import NodeContext
+
+__all__ = ["STORAGE_CACHE_SECONDS", "AppendTimes", "NodeMetrics"]
 
 log = logging.getLogger("ledgerlog.metrics")
 
@@ -65,36 +67,6 @@ STORAGE_CACHE_SECONDS = 5.0
 MAX_PROVIDER_SERIES = 500   # energy_settlements_total{provider}: the providers with most energy
 _MAX_APPEND_ENTRIES = 10_000  # with _APPEND_GRAIN: about 17 minutes without a scrape
 _APPEND_GRAIN = 0.1           # appends closer than this share one entry
-
-
-def storage_bytes(data_dir: str) -> dict[tuple[str, str], int]:
-    """Bytes of the files under ``data_dir`` by (component, projection): ("log", ""),
-    ("projection", name) for everything under projections/<name>/, ("other", "")."""
-    out: dict[tuple[str, str], int] = {("log", ""): 0, ("other", ""): 0}
-    root = os.path.abspath(data_dir)
-
-    def walk(path: str, key: tuple[str, str] | None, depth: int) -> None:
-        try:
-            entries = list(os.scandir(path))
-        except OSError:
-            return
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    k = key
-                    if k is None and depth == 0 and e.name == "log":
-                        k = ("log", "")
-                    elif k is None and depth == 1 and os.path.basename(path) == "projections":
-                        k = ("projection", e.name)
-                    walk(e.path, k, depth + 1)
-                elif e.is_file(follow_symlinks=False):
-                    k = key or ("other", "")
-                    out[k] = out.get(k, 0) + e.stat(follow_symlinks=False).st_size
-            except OSError:  # a file RocksDB removed meanwhile
-                continue
-
-    walk(root, None, 0)
-    return out
 
 
 class AppendTimes:
@@ -191,7 +163,7 @@ class HttpRequestMetrics:
 
 
 class NodeMetrics:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.registry = CollectorRegistry()
         reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)

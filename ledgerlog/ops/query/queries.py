@@ -2,18 +2,15 @@
 version, the log positions and height it reflects, and how many records it is behind."""
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-from ledgerlog.engine.config import Config
-from ledgerlog.engine.errors import BadRequest, NotFoundError, StoreLockedError
+from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.projections import balances, chainstate, energy, payouts
-from ledgerlog.streams.reproject import reproject
 from ledgerlog.streams.runner import Runner
 
-__all__ = ["Queries", "open_queries", "ADDRESS_RE", "I64_MAX", "BadRequest", "bad_request"]
+__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "BadRequest", "bad_request"]
 
 ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
@@ -145,42 +142,3 @@ class Queries:
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
         }
-
-
-@contextlib.contextmanager
-def open_queries(config: Config) -> Iterator[Any]:
-    """Queries for a CLI command: through the running node if there is one; otherwise fold the
-    projections up to the end of the log first (read-your-writes), never failing on a lock."""
-    from ledgerlog.engine.chain import open_chain
-
-    from ledgerlog.ops.node.client import NodeClient
-
-    remote = NodeClient.find(config)
-    if remote is not None:
-        yield remote
-        return
-    chain = open_chain(config, read_only=True)
-    try:
-        runner = _open_runner(chain, config)
-        try:
-            if not runner.read_only:
-                stale = [n for n, h in runner.handles.items() if h.stale]
-                if stale:  # built by older projection code: rebuild (blue/green) before answering
-                    reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale)
-                runner.catch_up()
-            yield Queries(runner, chain.genesis.chain_id)
-        finally:
-            runner.close()
-    finally:
-        chain.close()
-
-
-def _open_runner(chain: Any, config: Config) -> Runner:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, batch=config.fold_batch)
-        except StoreLockedError:
-            if time.monotonic() > deadline:  # someone keeps folding them: read what they hold
-                return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, read_only=True)
-            time.sleep(0.1)

@@ -43,7 +43,6 @@ import tempfile
 import time
 from typing import Any
 
-import orjson
 from rocksdict import Rdict
 
 from ledgerlog import projections
@@ -267,7 +266,7 @@ def _skipped(name: str, why: str) -> Section:
 
 
 def _node_running(config: Config) -> str | None:
-    from ledgerlog.ops.node.client import NodeClient
+    from ledgerlog.ops.query.client import NodeClient
     client = NodeClient.find(config)
     if client is None:
         return None

@@ -1,11 +1,13 @@
 """Talking to the node that runs on a data dir (its address is in ``<data_dir>/node.json``), so CLI
-commands work, and read their writes, while the node holds the stores' locks.
+commands work, and read their writes, while the node holds the stores' locks; ``open_queries``
+answers through that node when one runs, else from the local projections.
 
 ``ingest`` streams a file of any size: it posts whole lines in chunks under the node's body cap
 (``http.ingest_max_body``), one after another, each acknowledged once durable, and merges the
 answers into one summary whose line numbers are the file's."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,15 +25,20 @@ from ledgerlog.engine.errors import (
     TooLargeError,
     error_class_for,
 )
+from ledgerlog.streams.reproject import reproject
+from ledgerlog.streams.runner import Runner
 
-__all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError", "node_error"]
+from ledgerlog.ops.query.queries import Queries
+
+__all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError", "node_error", "open_queries", "pid_alive"]
 
 #: Bytes of whole lines one ingest POST carries at most (less when the node's cap is lower).
 CHUNK_BYTES = 8 * 1024 * 1024
 _RETRIES = 20  # 429s waited out per chunk
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (ours or another user's)."""
     if pid <= 0:  # kill(0, 0) would signal our own process group
         return False
     try:
@@ -89,7 +96,7 @@ class NodeClient:
             pid, url, instance = int(info.get("pid", 0)), str(info["url"]), info.get("instance")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             _forget(config.node_file, raw)
             return None
         client = cls(url, ingest_max_body=config.http_ingest_max_body, data_dir=config.data_dir)
@@ -248,3 +255,40 @@ def _chunks(stream: IO[bytes], cap: int) -> Iterator[tuple[int, list[bytes], lis
         size += len(line)
     if lines or local:
         yield first, lines, local
+
+
+@contextlib.contextmanager
+def open_queries(config: Config) -> Iterator[Any]:
+    """Queries for a CLI command: through the running node if there is one; otherwise fold the
+    projections up to the end of the log first (read-your-writes), never failing on a lock."""
+    from ledgerlog.engine.chain import open_chain
+
+    remote = NodeClient.find(config)
+    if remote is not None:
+        yield remote
+        return
+    chain = open_chain(config, read_only=True)
+    try:
+        runner = _open_runner(chain, config)
+        try:
+            if not runner.read_only:
+                stale = [n for n, h in runner.handles.items() if h.stale]
+                if stale:  # built by older projection code: rebuild (blue/green) before answering
+                    reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale)
+                runner.catch_up()
+            yield Queries(runner, chain.genesis.chain_id)
+        finally:
+            runner.close()
+    finally:
+        chain.close()
+
+
+def _open_runner(chain: Any, config: Config) -> Runner:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, batch=config.fold_batch)
+        except StoreLockedError:
+            if time.monotonic() > deadline:  # someone keeps folding them: read what they hold
+                return Runner(chain.log, chain.codec, chain.genesis, config.projections_dir, read_only=True)
+            time.sleep(0.1)

@@ -44,7 +44,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -72,7 +71,7 @@ from ledgerlog.ops.api.limits import TokenBuckets, controls
 from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.lifecycle import Node
+    from ledgerlog.ops.node.context import ChainContext, NodeContext
 
 __all__ = ["DEFAULT_AMOUNT", "Faucet", "FaucetSettings", "Refused", "attach", "faucet_for"]
 
@@ -130,7 +129,7 @@ def _rate(interval: float) -> float:
 
 
 class Faucet:
-    def __init__(self, node: Node, settings: FaucetSettings | None = None, *,
+    def __init__(self, node: ChainContext, settings: FaucetSettings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.settings = settings or FaucetSettings()
@@ -225,7 +224,7 @@ class Faucet:
         return {**sent, "note": "pending: adds to the faucet's spendable balance once a block confirms it"}
 
 
-def _send(node: Node, signer: Signer, to: str, amount: int, memo: str,
+def _send(node: ChainContext, signer: Signer, to: str, amount: int, memo: str,
           insufficient: Callable[[int, int], LedgerError]) -> dict[str, Any]:
     """Build, sign and admit one transaction; retry a lost nonce race a few times."""
     fee = node.genesis.min_fee
@@ -254,26 +253,20 @@ def _send(node: Node, signer: Signer, to: str, amount: int, memo: str,
     raise FaucetRejectedError(f"admission refused the transaction ({last})")
 
 
-# -- one faucet per node (admin actions find it from the node) ------------------------------------
-_FAUCETS: weakref.WeakKeyDictionary[Any, Faucet] = weakref.WeakKeyDictionary()
-_FAUCETS_LOCK = threading.Lock()
+# -- one faucet per node, held by the node (admin actions find it there) --------------------------
+def attach(node: NodeContext, settings: FaucetSettings | None = None) -> Faucet:
+    """Give ``node`` a new faucet (the node makes one; an app built with other settings replaces it)."""
+    node.faucet = Faucet(node, settings or FaucetSettings.from_config(node.config))
+    return node.faucet
 
 
-def attach(node: Node, settings: FaucetSettings | None = None) -> Faucet:
-    """The node's faucet (made when the app is built; the latest app's settings win)."""
-    with _FAUCETS_LOCK:
-        f = _FAUCETS[node] = Faucet(node, settings or FaucetSettings.from_config(node.config))
-        return f
-
-
-def faucet_for(node: Node) -> Faucet:
-    with _FAUCETS_LOCK:
-        f = _FAUCETS.get(node)
-    return f if f is not None else attach(node)
+def faucet_for(node: NodeContext) -> Faucet:
+    """The node's faucet."""
+    return node.faucet
 
 
 # -- admin actions -------------------------------------------------------------------------------
-def _switch(node: Node, paused: bool) -> dict[str, Any]:
+def _switch(node: NodeContext, paused: bool) -> dict[str, Any]:
     c = controls(node)
     with c.lock:
         was, c.faucet_paused = c.faucet_paused, paused
@@ -281,16 +274,16 @@ def _switch(node: Node, paused: bool) -> dict[str, Any]:
     return {"faucet": {"paused": paused, "was_paused": was}}
 
 
-def faucet_pause_action(node: Node, body: dict[str, Any]) -> Any:
+def faucet_pause_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """Stop faucet grants (503 FAUCET_PAUSED) until faucet-resume."""
     return _switch(node, True)
 
 
-def faucet_resume_action(node: Node, body: dict[str, Any]) -> Any:
+def faucet_resume_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """Let faucet grants out again."""
     return _switch(node, False)
 
 
-def faucet_topup_action(node: Node, body: dict[str, Any]) -> Any:
+def faucet_topup_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """{"amount": n}: a transaction of n from the treasury key to the faucet, through admission."""
     return faucet_for(node).topup(body.get("amount"))

@@ -1,0 +1,189 @@
+"""Restoring a snapshot (ops/data/snapshot.py) as a data dir, crash-safe, and the deep check that
+opens a scratch restore.
+
+Restore verifies the manifest and every file (set, size, sha256) before it writes anything,
+copies into ``<parent>/.tmp-restore-...`` (hashing again what it copies), checks the copy opens at
+the manifest's height and positions and fsyncs it; then a journal beside the data dir
+(engine/restorejournal.py) makes the two renames crash-safe: a restore killed at any step is
+finished by the next open of the data dir, which is never missing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import Any, Callable
+
+from ledgerlog.engine import restorejournal
+from ledgerlog.engine import storekeys as K
+from ledgerlog.engine.admission.state import WriteState
+from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StorageError, StoreLockedError
+from ledgerlog.engine.files import fsync_dir
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.rocks import open_store
+from ledgerlog.streams import layout
+from ledgerlog.streams.store import ProjectionStore
+
+from ledgerlog.ops.data.snapshot import STEPS, _copy_hashed, _fsync_tree, _locked_tmp, _offsets, verify_snapshot
+from ledgerlog.ops.query.client import pid_alive
+
+__all__ = ["STEPS", "deep_check", "restore_snapshot"]
+
+
+# -- restore --------------------------------------------------------------------------------------
+
+def _holds_chain(data_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(data_dir, p)) for p in ("genesis.json", "log"))
+
+
+def _check_restored(tmp: str, manifest: dict[str, Any]) -> None:
+    """The copy opens, at the manifest's chain, height, tip and positions."""
+    try:
+        g = Genesis.load(os.path.join(tmp, "genesis.json"))
+    except Exception as exc:
+        raise CorruptStoreError(f"snapshot genesis.json does not load: {exc}") from exc
+    if g.hash != manifest.get("genesis_hash") or g.chain_id != manifest.get("chain_id"):
+        raise CorruptStoreError("snapshot genesis.json is not the manifest's chain")
+    try:
+        log = EmbeddedLog(os.path.join(tmp, "log"), read_only=True)
+    except StorageError as exc:
+        raise CorruptStoreError(f"snapshot log does not open: {exc}") from exc
+    try:
+        tip = WriteState(log).tip()
+        ends = _offsets(log)
+    finally:
+        log.close()
+    if tip.height != manifest.get("height") or tip.hash != manifest.get("tip_hash") \
+            or ends != manifest.get("log_end_offsets"):
+        raise CorruptStoreError(f"snapshot log is at height {tip.height}, not the manifest's {manifest.get('height')}")
+    pdir = os.path.join(tmp, "projections")
+    for name, p in manifest.get("projections", {}).items():
+        if (layout.read_pointer(pdir, name, "live") or {}).get("dir") != p["dir"]:
+            raise CorruptStoreError(f"snapshot projection {name}: live pointer does not name {p['dir']}")
+        try:
+            store = ProjectionStore(os.path.join(pdir, name, p["dir"]), read_only=True)
+        except StorageError as exc:
+            raise CorruptStoreError(f"snapshot projection {name} does not open: {exc}") from exc
+        try:
+            pos = store.positions()
+            got = {t: [pos.get((t, i), 0) for i in range(len(offs))] for t, offs in p["positions"].items()}
+            if store.digest_hex() != p["digest"] or got != p["positions"]:
+                raise CorruptStoreError(f"snapshot projection {name} does not match its manifest entry")
+        finally:
+            store.close()
+
+
+def _copy_checked(src: str, manifest: dict[str, Any], dst: str, path: str) -> None:
+    """Copy every file the manifest lists from ``src`` to ``dst`` (hashing again what is copied),
+    then check the copy opens at the manifest's state and fsync its directories."""
+    for rel, want in sorted(manifest["files"].items()):
+        to = os.path.join(dst, *rel.split("/"))
+        os.makedirs(os.path.dirname(to), exist_ok=True)
+        size, digest = _copy_hashed(os.path.join(src, *rel.split("/")), to)
+        if size != want["size"] or digest != want["sha256"]:
+            raise CorruptStoreError(f"snapshot {path}: {rel} changed while being copied")
+    _check_restored(dst, manifest)
+    _fsync_tree(dst, files=False)  # each file was fsynced as it was copied
+
+
+def deep_check(path: str) -> dict[str, Any]:
+    """``verify_snapshot`` plus RocksDB's view: a scratch copy beside the snapshot is opened and
+    must hold the manifest's height, tip, end offsets and projection digests. Returns the manifest."""
+    src = os.path.abspath(path)
+    manifest = verify_snapshot(src)
+    with _locked_tmp(os.path.dirname(src)) as tmp:
+        try:
+            _copy_checked(src, manifest, tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
+                     on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Restore the snapshot at ``path`` as ``data_dir``.
+
+    Refuses (before writing anything) a corrupt, truncated or incomplete snapshot
+    (CorruptStoreError), a data dir a node runs on or another restore works on
+    (StoreLockedError), and a data dir that already holds something unless ``force``
+    (ConfigError); with ``force`` the old one is moved aside to ``<data_dir>.replaced-<timestamp>``.
+    Crash-safe: see the module docstring. ``on_step(name)`` runs after each of STEPS."""
+    started = time.monotonic()
+    step = on_step or (lambda _name: None)
+    src = os.path.abspath(path)
+    target = os.path.abspath(data_dir)
+    if not os.path.isdir(src):
+        raise ConfigError(f"no snapshot at {path}")
+    if target == src or target.startswith(src + os.sep):
+        raise ConfigError(f"cannot restore {path} into itself ({data_dir})")
+    manifest = verify_snapshot(src)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    with restorejournal.held(target):
+        restorejournal.settle(target)  # an earlier restore killed half-way: finish it first
+        exists, occupied = _check_target(target, data_dir, force)
+        tmp = tempfile.mkdtemp(prefix=restorejournal.tmp_prefix(target), dir=parent)
+        replaced = None
+        try:
+            _copy_checked(src, manifest, tmp, path)
+            step("copied")
+            if occupied:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+                replaced, n = f"{target}.replaced-{stamp}", 2
+                while os.path.exists(replaced):
+                    replaced, n = f"{target}.replaced-{stamp}-{n}", n + 1
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # the commit point: from here a crash is finished by the next open of the data dir
+        restorejournal.write_journal(target, tmp, replaced)
+        step("journaled")
+        if exists:
+            if occupied:
+                os.rename(target, replaced)  # type: ignore[arg-type]
+            else:
+                os.rmdir(target)
+            fsync_dir(parent)
+        step("moved_aside")
+        os.rename(tmp, target)
+        fsync_dir(parent)
+        step("moved_in")
+        restorejournal.clear_journal(target)
+        step("done")
+    return {"restored": src, "data_dir": target, "chain_id": manifest["chain_id"],
+            "genesis_hash": manifest["genesis_hash"], "height": manifest["height"],
+            "tip_hash": manifest["tip_hash"], "files": len(manifest["files"]),
+            "size": sum(f["size"] for f in manifest["files"].values()), "replaced": replaced,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
+    """(exists, occupied) of the data dir to restore into; refusals as restore_snapshot says."""
+    node_file = os.path.join(target, "node.json")
+    try:
+        with open(node_file, encoding="utf-8") as f:
+            pid = int(json.load(f).get("pid", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        pid = 0
+    if pid > 0 and pid_alive(pid):
+        raise StoreLockedError(f"a node (pid {pid}) runs on {data_dir}; stop it before restoring "
+                               f"(or remove a stale {node_file})")
+    exists = os.path.exists(target)
+    if exists and not os.path.isdir(target):
+        raise ConfigError(f"{data_dir} exists and is not a directory")
+    occupied = exists and bool(os.listdir(target))
+    if occupied and not force:
+        what = "already holds a chain" if _holds_chain(target) else "is not empty"
+        raise ConfigError(f"{data_dir} {what}; restore into a new --data-dir, or pass --force to move "
+                          f"it aside (to {data_dir}.replaced-<time>)")
+    if occupied and os.path.exists(os.path.join(target, "log", "CURRENT")):
+        try:  # a process without node.json (an ingest, ...) may hold the log
+            open_store(os.path.join(target, "log"), K.LOG_FORMAT, create=False).close()
+        except StoreLockedError:
+            raise
+        except StorageError:
+            pass  # a broken store is what a restore replaces
+    return exists, occupied
