@@ -3,7 +3,6 @@ consumer-group positions and the write-side state, so one WriteBatch commits the
 from __future__ import annotations
 
 import shutil
-import struct
 import tempfile
 import threading
 from typing import Iterator, Mapping, Sequence
@@ -17,8 +16,7 @@ from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 
 __all__ = ["EmbeddedLog"]
 
-_HEAD = struct.Struct(">qI")  # timestamp, key length; then key, then value
-_P = struct.Struct(">I")
+_HEAD = K.RECORD_HEAD  # the record layout (storekeys): timestamp, key length; then key, then value
 
 
 class EmbeddedLog(Log):
@@ -81,7 +79,8 @@ class EmbeddedLog(Log):
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _load_topics(self) -> dict[str, int]:
-        return {k[2:].decode(): _P.unpack(v)[0] for k, v in iter_prefix(self._db, b"t/")}
+        n = len(K.TOPIC_PREFIX)
+        return {k[n:].decode(): K.U32.unpack(v)[0] for k, v in iter_prefix(self._db, K.TOPIC_PREFIX)}
 
     def _write(self, wb: WriteBatch) -> None:
         """Callers hold ``_lock`` (a recovery swaps the database)."""
@@ -110,7 +109,7 @@ class EmbeddedLog(Log):
                 if have is None:
                     if n < 1:
                         raise LogError(f"topic {topic} needs at least one partition")
-                    wb.put(K.topic_key(topic), _P.pack(n))
+                    wb.put(K.topic_key(topic), K.U32.pack(n))
             if not wb.is_empty():
                 self._write(wb)
                 self._topics = self._load_topics()
@@ -191,8 +190,7 @@ class EmbeddedLog(Log):
         prefix = K.group_prefix(group)
         out = {}
         for key, val in iter_prefix(self._db, prefix):
-            rest = key[len(prefix):]  # topic, b"\x00", 4-byte partition (which may hold \x00 bytes)
-            out[(rest[:-5].decode(), _P.unpack(rest[-4:])[0])] = K.U64.unpack(val)[0]
+            out[K.split_topic_partition(key[len(prefix):])] = K.U64.unpack(val)[0]
         return out
 
     def state_get(self, key: bytes) -> bytes | None:

@@ -2,7 +2,6 @@
 PROTOCOL.md (ids, signatures, hash links, tx roots, placement, cross references)."""
 from __future__ import annotations
 
-import struct
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterator
@@ -21,7 +20,6 @@ from ledgerlog.engine.procs import exit_with_parent
 from ledgerlog.ops.verify.storage import Section, _checked_items, _classify, _remedy, _verified_reads
 
 
-_HEAD = struct.Struct(">qI")  # embedded log record value: timestamp, key length; key; value
 _SIG_BATCH = 4096
 _PARALLEL_MIN = 2048
 
@@ -200,12 +198,12 @@ class _LogChecker:
                 expected = off + 1
                 if off >= end:
                     self.sec.problem("BEYOND_END", f"{where}@{off}", f"record at or past the end offset {end}")
-                if len(val) < _HEAD.size or len(val) < _HEAD.size + _HEAD.unpack_from(val)[1]:
+                rec = K.split_record_value(val)
+                if rec is None:
                     self.sec.problem("BAD_RECORD", f"{where}@{off}", "record value is shorter than its header says")
                     continue
-                ts, klen = _HEAD.unpack_from(val)
-                start = _HEAD.size
-                yield off, val[start:start + klen], ts, val[start + klen:]
+                ts, rkey, value = rec
+                yield off, rkey, ts, value
         except Exception as exc:
             self.read_errors += 1
             code, file = _classify(str(exc), self.chain.config.log_path)
@@ -239,13 +237,12 @@ class _LogChecker:
         if raw is None:
             return
         it = raw().iter(_verified_reads())
-        it.seek(b"r/")
-        while it.valid() and it.key().startswith(b"r/"):
+        it.seek(K.RECORD_PREFIX)
+        while it.valid() and it.key().startswith(K.RECORD_PREFIX):
             key = it.key()
-            topic_b, part = key[2:-13], key[-12:-8]
-            topic = topic_b.decode(errors="replace")
-            p = int.from_bytes(part, "big") if len(part) == 4 else -1
-            if len(key) < 15 or key[-13:-12] != b"\x00" or p >= self.topics.get(topic, 0) or p < 0:
+            parsed = K.parse_record_key(key)
+            topic, p = (parsed[0], parsed[1]) if parsed else (key[len(K.RECORD_PREFIX):].decode(errors="replace"), -1)
+            if parsed is None or p >= self.topics.get(topic, 0):
                 self.sec.problem("STRAY_RECORD", f"{topic}[{p}]", f"record key {key[:80]!r} belongs to no topic partition")
                 it.next()
                 continue
