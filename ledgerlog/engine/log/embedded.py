@@ -7,7 +7,7 @@ import tempfile
 import threading
 from typing import Iterator, Mapping, Sequence
 
-from rocksdict import DbClosedError
+from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
 from ..errors import LogError, StorageError
@@ -20,11 +20,16 @@ _HEAD = K.RECORD_HEAD  # the record layout (storekeys): timestamp, key length; t
 
 
 class EmbeddedLog(Log):
+    """Records, ends, group positions and write-side state in one local RocksDB."""
+
     atomic_state = True
+    ends_are_local = True
+    supports_parallel_rebuild = True
+    supports_checkpoint = True
 
     def __init__(self, path: str, *, read_only: bool = False, sync: bool = True, secondary: bool = False) -> None:
         """``secondary``: follow a log another process writes (no lock; ``catch_up()`` to see more)."""
-        self.path = path
+        self.path: str = path
         self.read_only = read_only or secondary
         self._scratch = tempfile.mkdtemp(prefix="ledgerlog-secondary-") if secondary else None
         try:
@@ -204,8 +209,14 @@ class EmbeddedLog(Log):
         for k, v in iter_prefix(self._db, K.STATE_PREFIX + prefix):
             yield k[n:], v
 
-    def raw(self):  # noqa: ANN201 - the Rdict, for snapshots, verify and stats
+    def raw(self) -> Rdict:
         return self._db
+
+    def checkpoint(self, dest: str) -> None:
+        try:
+            Checkpoint(self._db).create_checkpoint(dest)
+        except Exception as exc:
+            raise map_error(exc, self.path) from exc
 
     def close(self) -> None:
         if self._db is not None:

@@ -11,7 +11,10 @@ __all__ = ["MemoryLog"]
 
 
 class MemoryLog(Log):
+    """Topics as lists in memory, for tests."""
+
     atomic_state = True
+    ends_are_local = True
 
     def __init__(self) -> None:
         self._parts: dict[str, list[list[LogRecord]]] = {}

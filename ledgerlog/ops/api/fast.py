@@ -37,8 +37,6 @@ from starlette.concurrency import run_in_threadpool
 
 from ledgerlog.engine.errors import LedgerError, NotFoundError, SchemaError, StorageError, error_code
 from ledgerlog.engine.intjson import dumps_any
-from ledgerlog.engine.log.embedded import EmbeddedLog
-from ledgerlog.engine.log.memory import MemoryLog
 
 from ledgerlog.ops.api.guard import error_body
 from ledgerlog.ops.query.queries import BadRequest
@@ -116,7 +114,7 @@ class FastLane:
         self.node = node
         self.queries = node.queries
         self.on_request = on_request
-        self.inline = isinstance(node.chain.log, (EmbeddedLog, MemoryLog))  # end offsets in memory
+        self.inline = node.chain.log.ends_are_local  # end offsets in memory
         q = node.queries
         everything: tuple[str, ...] = ()  # () = every projection
         self.exact: dict[str, tuple[str, tuple[str, ...] | None, Callable[..., Any]]] = {

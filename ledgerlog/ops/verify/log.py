@@ -171,9 +171,9 @@ class _LogChecker:
 
     def _records(self, topic: str, p: int, end: int) -> Iterator[tuple[int, bytes, int, bytes]]:
         """(offset, key, timestamp, value) of a partition; gaps and strays become problems."""
-        raw = getattr(self.log, "raw", None)
+        db = self.log.raw()
         where = f"{topic}[{p}]"
-        if raw is None:  # another backend: through the log interface
+        if db is None:  # another backend: through the log interface
             expected = 0
             for rec in self.log.scan(topic, p, 0, end):
                 if rec.offset != expected and not self._gap_explained(topic, p, expected, rec.offset):
@@ -183,7 +183,6 @@ class _LogChecker:
             if expected < end and not self._gap_explained(topic, p, expected, end):
                 self.sec.problem("OFFSET_GAP", where, f"offsets {expected}..{end - 1} are missing (end offset {end})")
             return
-        db = raw()
         prefix = K.record_prefix(topic, p)
         n = len(prefix)
         expected = 0
@@ -224,19 +223,19 @@ class _LogChecker:
             return False
         if stop - start == 1:
             return True
-        probe = getattr(self.log, "uncommitted_offsets", None)
+        probe = self.log.uncommitted_offsets(topic, p, start, stop)
         if probe is None:
             return False
-        seen = set(probe(topic, p, start, stop))
+        seen = set(probe)
         holes = [o for o in range(start, stop) if o not in seen]
         return all(b - a > 1 for a, b in zip(holes, holes[1:]))
 
     def _stray_records(self) -> None:
         """Records under a topic partition the log does not have."""
-        raw = getattr(self.log, "raw", None)
-        if raw is None:
+        db = self.log.raw()
+        if db is None:
             return
-        it = raw().iter(_verified_reads())
+        it = db.iter(_verified_reads())
         it.seek(K.RECORD_PREFIX)
         while it.valid() and it.key().startswith(K.RECORD_PREFIX):
             key = it.key()
