@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 from ..errors import LogError
-from .kafka_config import KafkaConfig, Role
+from .kafka_config import KafkaConfig, Role, Setting
 
 __all__ = ["Broker", "kafka_error", "transient"]
 
@@ -54,8 +54,9 @@ class Broker:
         """A topic's (or group's) name on the broker."""
         return self.prefix + topic
 
-    def client_conf(self, role: Role, defaults: Mapping[str, object] | None = None) -> dict[str, object]:
-        """librdkafka settings of one client, reporting its errors here."""
+    def client_conf(self, role: Role, defaults: Mapping[str, Setting] | None = None) -> dict[str, Any]:
+        """librdkafka settings of one client, reporting its errors here (values: strings,
+        numbers, the logger and the error callback)."""
         return {"logger": _log, "error_cb": self._on_error, **self.config.librdkafka(role, defaults)}
 
     def _on_error(self, err: KafkaError) -> None:

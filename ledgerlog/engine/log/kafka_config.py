@@ -18,13 +18,15 @@ from typing import Literal
 
 from ..errors import ConfigError
 
-__all__ = ["KafkaConfig", "PROTOCOLS", "ROLES", "Role", "Sasl", "Security", "Tls"]
+__all__ = ["KafkaConfig", "PROTOCOLS", "ROLES", "Role", "Sasl", "Security", "Setting", "Tls"]
 
 #: ``security.protocol`` values (librdkafka matches them case-insensitively).
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 Role = Literal["producer", "consumer", "admin"]
 ROLES: tuple[Role, ...] = ("producer", "consumer", "admin")
 _FALSE = ("false", "0", "no", "off", "none", "")
+#: A librdkafka setting's value, as the clients take it.
+Setting = str | int | float | bool
 
 
 def _off(value: str | None) -> bool:
@@ -153,7 +155,7 @@ class KafkaConfig:
                 continue
             head, _, rest = k.partition(".")
             if head in ROLES and rest:
-                scoped.setdefault(head, {})[rest] = v  # type: ignore[index]  # head is a Role here
+                scoped.setdefault(head, {})[rest] = v
             else:
                 common[k] = v
         try:
@@ -173,7 +175,7 @@ class KafkaConfig:
         """A copy with some fields changed (e.g. another prefix, a state dir)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
-    def librdkafka(self, role: Role, defaults: Mapping[str, object] | None = None) -> dict[str, object]:
+    def librdkafka(self, role: Role, defaults: Mapping[str, Setting] | None = None) -> dict[str, Setting]:
         """One client's librdkafka settings: the brokers, security and shared settings, then
         ``defaults`` (the backend's choices for that client), then the client's own settings."""
         return {"bootstrap.servers": self.bootstrap, **self.security.librdkafka(), **self.client,

@@ -26,9 +26,13 @@ _PROBE_WINDOW = 16
 _READ_BATCH = 10_000
 
 
-def _timestamp(msg: Message, headers: list[tuple[str, bytes | None]]) -> int:
-    for name, val in headers:
-        if name == TS_HEADER and val is not None and len(val) == 8:
+Headers = list[tuple[str, "str | bytes | None"]] | dict[str, "str | bytes | None"]
+
+
+def _timestamp(msg: Message, headers: Headers) -> int:
+    """The record's timestamp: the TS_HEADER's where it has one, else Kafka's."""
+    for name, val in (headers.items() if isinstance(headers, dict) else headers):
+        if name == TS_HEADER and isinstance(val, bytes) and len(val) == 8:
             return int(I64.unpack(val)[0])
     return int(msg.timestamp()[1])
 
@@ -119,7 +123,7 @@ class Reader:
                 err = m.error()
                 if err is None:
                     off = m.offset()
-                    if off < offset or m.partition() != partition or m.topic() != real:
+                    if off is None or off < offset or m.partition() != partition or m.topic() != real:
                         continue  # left over from an earlier assignment
                     hdrs = m.headers()
                     append(LogRecord(topic, partition, off, m.key() or b"", m.value() or b"",

@@ -197,11 +197,11 @@ class _LogChecker:
                 expected = off + 1
                 if off >= end:
                     self.sec.problem("BEYOND_END", f"{where}@{off}", f"record at or past the end offset {end}")
-                rec = K.split_record_value(val)
-                if rec is None:
+                stored = K.split_record_value(val)
+                if stored is None:
                     self.sec.problem("BAD_RECORD", f"{where}@{off}", "record value is shorter than its header says")
                     continue
-                ts, rkey, value = rec
+                ts, rkey, value = stored
                 yield off, rkey, ts, value
         except Exception as exc:
             self.read_errors += 1
