@@ -30,7 +30,7 @@ from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import load_config
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.streams.runner import Runner
-from ledgerlog.streams.store import entry_hash
+from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
 from clitools import LEDGERLOG
 
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -111,7 +111,7 @@ def projection_dump(data: Path) -> dict[str, Any]:
         try:
             for name, h in runner.handles.items():
                 state = [(k, v) for k, v in h.store.db.items() if not k.startswith(b"\x00")]
-                recomputed = sum(entry_hash(k, v) for k, v in state) % (1 << 128)
+                recomputed = sum(entry_hash(k, v) for k, v in state) % DIGEST_MOD
                 out[name] = {"digest": h.store.digest_hex(), "recomputed": f"{recomputed:032x}",
                              "positions": runner.positions(name), "lag": runner.lag()[name], "state": state}
         finally:

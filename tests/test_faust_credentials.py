@@ -1,6 +1,7 @@
-"""The Kafka worker hands faust the chain's TLS/SASL settings: the ``[kafka]`` passthrough
-(librdkafka names) mapped to faust's ``broker_credentials`` (streams/faust_worker.py). No broker
-is needed: the mapping, and what faust's aiokafka driver makes of it, are checked directly."""
+"""The Kafka worker hands faust the chain's TLS/SASL settings: the connection config built from
+the ``[kafka]`` table (librdkafka names) mapped to faust's ``broker_credentials``
+(streams/faust_worker.py). No broker is needed: the mapping, and what faust's aiokafka driver
+makes of it, are checked directly."""
 from __future__ import annotations
 
 import datetime
@@ -14,9 +15,21 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import Genesis, dev_genesis
-from ledgerlog.streams.faust_worker import FoldEngine, broker_credentials, build_app, ssl_context
+from ledgerlog.engine.log.kafka_config import KafkaConfig
+from ledgerlog.streams.faust_worker import FoldEngine, build_app
+from ledgerlog.streams.faust_worker import broker_credentials as _credentials
+from ledgerlog.streams.faust_worker import ssl_context as _ssl_context
 
 CA = certifi.where()
+
+
+def broker_credentials(table: dict[str, str]):  # noqa: ANN201 - faust's credentials or None
+    """The credentials for a ``[kafka]`` table, through the connection config built from it."""
+    return _credentials(KafkaConfig.from_table("b1:9093", table))
+
+
+def ssl_context(table: dict[str, str]) -> ssl.SSLContext:
+    return _ssl_context(KafkaConfig.from_table("b1:9093", table).security.tls)
 
 
 def test_plaintext_gives_no_credentials():

@@ -233,7 +233,7 @@ def test_a_failed_transaction_is_aborted_and_never_forgotten(tmp_path, kafka_boo
     try:
         log.create_topics({"t": 1})
         log.append([Record("t", b"k", b"kept", 1, 0)], state={b"tip": b"1"})
-        real = log._get_producer()
+        real = log._tx.get_producer()
 
         class FlushFails:  # delivers, then reports one record undelivered
             def __getattr__(self, name: str) -> Any:
@@ -243,10 +243,10 @@ def test_a_failed_transaction_is_aborted_and_never_forgotten(tmp_path, kafka_boo
                 real.flush(timeout)
                 return 1
 
-        log._producer = FlushFails()  # type: ignore[assignment]
+        log._tx.producer = FlushFails()  # type: ignore[assignment]
         with pytest.raises(LogError, match="append failed"):
             log.append([Record("t", b"k", b"doomed", 2, 0)], state={b"tip": b"2"})
-        log._producer = real
+        log._tx.producer = real
         assert log.state_get(b"tip") == b"1"
         seen = [r.value for r in log.scan("t", 0)]
         if b"doomed" in seen:  # the broker does not hide aborted records

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledgerlog.streams.store import KeyFilter, ProjectionStore, entry_hash, hash_sum
+from ledgerlog.engine.digest import DIGEST_MOD, entry_hash, hash_sum
+from ledgerlog.streams.store import KeyFilter, ProjectionStore
 
-_MOD = 1 << 128
 
 
 def content_digest(store: ProjectionStore) -> int:
-    return sum(entry_hash(k, v) for k, v in store.db.items() if not k.startswith(b"\x00")) % _MOD
+    return sum(entry_hash(k, v) for k, v in store.db.items() if not k.startswith(b"\x00")) % DIGEST_MOD
 
 
 @given(st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=300)), max_size=50))

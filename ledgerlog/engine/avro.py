@@ -7,7 +7,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader
 
@@ -31,9 +31,10 @@ def _raw(name: str, version: int | None = None) -> dict[str, Any]:
     root = resources.files("ledgerlog.schemas")
     path = root / (f"registered/{name}.v{version}.avsc" if version else f"{name}.avsc")
     try:
-        return json.loads(path.read_text())
+        doc: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise SchemaError(f"no schema file for {name}") from exc
+    return doc
 
 
 def _inline(node: Any, seen: set[str]) -> Any:
@@ -84,7 +85,8 @@ def encode(name: str, record: dict[str, Any]) -> bytes:
 
 
 def decode(name: str, data: bytes) -> dict[str, Any]:
-    return schemaless_reader(io.BytesIO(data), parsed(name), None)
+    """A record schema's datum decodes to a dict (fastavro types it as any Avro value)."""
+    return cast("dict[str, Any]", schemaless_reader(io.BytesIO(data), parsed(name), None))
 
 
 def registered_versions(name: str) -> list[dict[str, Any]]:
@@ -104,7 +106,7 @@ _PROMOTIONS = {"int": {"int"}, "long": {"int", "long"}, "float": {"int", "long",
 
 def _type_name(t: Any) -> str:
     if isinstance(t, dict):
-        return t["type"] if t["type"] not in ("record", "enum", "fixed") else t.get("name", t["type"])
+        return str(t["type"] if t["type"] not in ("record", "enum", "fixed") else t.get("name", t["type"]))
     return t if isinstance(t, str) else "union"
 
 

@@ -125,7 +125,8 @@ def compile_encoder(schema: Any) -> Callable[[dict[str, Any]], bytes]:
                      "    return b''.join(o)", ""])
     scope: dict[str, Any] = {"ONE": _ONE, "varint": _varint}
     exec(compile(src, "<generated avro encoder>", "exec"), scope)  # noqa: S102 - our own schema text
-    return scope["encode"]
+    encode: Callable[[dict[str, Any]], bytes] = scope["encode"]
+    return encode
 
 
 def encoder(schema_text: str) -> Callable[[dict[str, Any]], bytes]:

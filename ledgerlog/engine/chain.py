@@ -18,19 +18,22 @@ from .errors import ConfigError, GenesisMismatchError, LedgerError
 from .files import write_atomic
 from .genesis import Genesis, dev_genesis
 from .genesis_record import OnLog, check_genesis, mismatch, read_on_log, record_genesis
-from .log import Log, open_log
+from .log import KafkaConfig, Log, open_log
 
-__all__ = ["Chain", "init_chain", "open_chain", "write_atomic"]
+__all__ = ["Chain", "init_chain", "kafka_config", "open_chain", "write_atomic"]
 
 
-def _log_conf(config: Config, genesis_hash: str) -> dict[str, str]:
-    """Backend settings: the [kafka] table, plus where the Kafka backend keeps the write-side
-    state (``<data_dir>/state``) and the chain it serves (its transactional id names it)."""
-    conf = dict(config.kafka)
-    if config.resolved_log_url.startswith("kafka://"):
-        conf.setdefault("ledgerlog.state_dir", os.path.join(config.data_dir, "state"))
-        conf.setdefault("ledgerlog.chain", genesis_hash)
-    return conf
+def kafka_config(config: Config, genesis_hash: str) -> KafkaConfig | None:
+    """A Kafka chain's connection config: the [kafka] table, plus (unless it sets them) where the
+    backend keeps the write-side state (``<data_dir>/state``) and the chain it serves (its
+    transactional id names it). None when the log is not on Kafka."""
+    kafka = config.kafka_connection()
+    if kafka is None:
+        return None
+    table = config.kafka
+    return kafka.replace(
+        state_dir=kafka.state_dir if "ledgerlog.state_dir" in table else os.path.join(config.data_dir, "state"),
+        chain=kafka.chain if "ledgerlog.chain" in table else (genesis_hash or None))
 
 
 class Chain:
@@ -46,7 +49,7 @@ class Chain:
         self.genesis = Genesis.load(config.genesis_path)
         self.read_only = read_only
         self.log: Log = open_log(config.resolved_log_url, read_only=read_only, sync=config.sync,
-                                 **_log_conf(config, self.genesis.hash))
+                                 kafka=kafka_config(config, self.genesis.hash))
         try:
             self.codec = Codec(Registry(self.log)) if read_only else Codec.register_all(self.log)
             if not read_only:
@@ -100,7 +103,7 @@ def _on_log(config: Config, genesis_hash: str) -> OnLog | None:
     url = config.resolved_log_url
     if url.startswith("embedded:") and not os.path.exists(os.path.join(url[len("embedded:"):], "CURRENT")):
         return None
-    log = open_log(url, read_only=True, sync=config.sync, **_log_conf(config, genesis_hash))
+    log = open_log(url, read_only=True, sync=config.sync, kafka=kafka_config(config, genesis_hash))
     try:
         return read_on_log(log)
     finally:
@@ -128,7 +131,7 @@ def init_chain(config: Config, genesis: dict[str, Any] | None = None) -> Genesis
         raise GenesisMismatchError(f"{config.data_dir}: the log holds events but no record of its genesis "
                                    "and genesis.json is missing; restore genesis.json from a backup")
     g = chosen or Genesis.from_dict(dev_genesis(config.keys_dir))
-    log = open_log(config.resolved_log_url, read_only=False, sync=config.sync, **_log_conf(config, g.hash))
+    log = open_log(config.resolved_log_url, read_only=False, sync=config.sync, kafka=kafka_config(config, g.hash))
     try:
         log.create_topics(config.topic_partitions())
         Codec.register_all(log)

@@ -7,7 +7,7 @@ import json
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from fastavro import schemaless_reader
@@ -123,7 +123,8 @@ class Codec:
         return cls(reg)
 
     def schema_id(self, topic: str) -> int:
-        return _HEADER.unpack(self._writer[topic][0])[1]
+        sid: int = _HEADER.unpack(self._writer[topic][0])[1]
+        return sid
 
     def encode(self, topic: str, event: dict[str, Any]) -> bytes:
         return self._writer[topic][0] + self._encode[topic](event)
@@ -138,7 +139,8 @@ class Codec:
             current = self._writer.get(topic)
             same = current is not None and current[0][1:] == value[1:5]
             pair = self._reader_for_id[schema_id] = (writer, None if same or current is None else current[1])
-        return schemaless_reader(io.BytesIO(value[5:]), pair[0], pair[1])
+        # an event schema is a record: its datum is a dict (fastavro types it as any Avro value)
+        return cast("dict[str, Any]", schemaless_reader(io.BytesIO(value[5:]), pair[0], pair[1]))
 
     def decode_record(self, rec: LogRecord) -> dict[str, Any]:
         return self.decode(rec.topic, rec.value)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .log.kafka_config import KafkaConfig
 from .topics import DEFAULT_PARTITIONS
 
 __all__ = ["SETTINGS", "Config", "env_values", "load_config"]
@@ -165,6 +166,14 @@ class Config:
     @property
     def resolved_log_url(self) -> str:
         return f"embedded:{self.log_path}" if self.log_url == "embedded" else self.log_url
+
+    def kafka_connection(self) -> KafkaConfig | None:
+        """The ``[kafka]`` table as a typed connection config for the log URL's brokers (None
+        when the log is not on Kafka); ConfigError if a value is invalid."""
+        url = self.resolved_log_url
+        if not url.startswith("kafka://"):
+            return None
+        return KafkaConfig.from_table(url[len("kafka://"):], self.kafka)
 
     def topic_partitions(self) -> dict[str, int]:
         return {t: (1 if d == 1 else self.partitions) for t, d in DEFAULT_PARTITIONS.items()}

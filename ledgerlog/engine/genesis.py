@@ -52,7 +52,7 @@ class Genesis:
             v = obj.get(key)
             if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
                 raise ConfigError(f"genesis: {where}{key} must be a {typ.__name__}")
-            if typ is int and not 0 <= v <= I64_MAX:
+            if typ is int and not (isinstance(v, int) and 0 <= v <= I64_MAX):
                 raise ConfigError(f"genesis: {where}{key} must be between 0 and 2^63-1")
             return v
 

@@ -41,8 +41,11 @@ def confirmed_nonce(topic: str, ev: dict[str, Any]) -> tuple[str, int] | None:
 
 def event_height(topic: str, ev: dict[str, Any]) -> int:
     """The height an event takes effect at: its block's, or the tip when it was admitted."""
+    h: int
     if topic == T.BLOCKS:
-        return ev["header"]["height"]
-    if topic == T.TRANSACTIONS:
-        return ev["height"]
-    return ev["stamp_height"]
+        h = ev["header"]["height"]
+    elif topic == T.TRANSACTIONS:
+        h = ev["height"]
+    else:
+        h = ev["stamp_height"]
+    return h

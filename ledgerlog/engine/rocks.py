@@ -6,7 +6,8 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from rocksdict import AccessType, BlockBasedIndexType, BlockBasedOptions, Cache, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (AccessType, BlockBasedIndexType, BlockBasedOptions, Cache, DBRecoveryMode, Options, Rdict,
+                       RdictIter, WriteBatch, WriteOptions)
 
 from . import diskfaults
 from .errors import CorruptStoreError, FormatVersionError, StorageError, StorageUnavailableError, StoreLockedError
@@ -193,7 +194,7 @@ def iter_prefix(db: Rdict, prefix: bytes, start: bytes | None = None) -> Iterato
     _check_status(it, db)
 
 
-def _check_status(it, db: Rdict) -> None:  # noqa: ANN001
+def _check_status(it: RdictIter, db: Rdict) -> None:
     """A scan stops at a damaged block without raising; its status tells. Never serve a partial read."""
     try:
         it.status()

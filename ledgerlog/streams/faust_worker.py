@@ -25,10 +25,11 @@ and ``answer``; the owner's URL, which faust's assignor shares among members
 ``app.ledgerlog_route``. Derived events: the folds emit none (payouts are decided and recorded
 at admission with deterministic ids), so a replay or a rebalance cannot emit twice.
 
-Security: the chain's ``[kafka]`` passthrough (librdkafka names: ``security.protocol``,
-``sasl.mechanisms``, ``sasl.username``/``sasl.password``, ``ssl.ca.location``, client
-certificates...) reaches faust as ``broker_credentials`` (``broker_credentials()``), so workers
-join TLS/SASL clusters with the settings the node's own clients use."""
+Security: the chain's connection config (``KafkaConfig``, from its ``[kafka]`` table in librdkafka
+names: ``security.protocol``, ``sasl.mechanisms``, ``sasl.username``/``sasl.password``,
+``ssl.ca.location``, client certificates...) reaches faust as ``broker_credentials``
+(``broker_credentials()``), so workers join TLS/SASL clusters with the settings the node's own
+clients use."""
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,6 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError, LogError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.kafka_config import KafkaConfig, Tls
 
 from .runner import Runner
 
@@ -62,88 +63,72 @@ NAMES: tuple[str, ...] = tuple(sorted(projections.ALL))
 def group_id(config: Config, genesis: Genesis) -> str:
     """The faust app id / consumer group of a chain's workers. It starts with ``__`` so the lease
     topic (``<group>.leases``) stays out of the chain's topic listing (``KafkaLog.topics``)."""
-    prefix = config.kafka.get("ledgerlog.topic_prefix", "")
+    prefix = connection(config).topic_prefix
     return f"__ledgerlog-worker.{prefix}{genesis.hash[:16]}"
 
 
-def _bootstrap(config: Config) -> str:
-    url = config.resolved_log_url
-    if not url.startswith("kafka://"):
-        raise ConfigError(f"`ledgerlog worker` needs a Kafka chain (log.url kafka://...), not {url!r}")
-    return url[len("kafka://"):]
+def connection(config: Config) -> KafkaConfig:
+    """The chain's Kafka connection config (brokers, TLS, SASL); ConfigError off Kafka."""
+    kafka = config.kafka_connection()
+    if kafka is None:
+        raise ConfigError(f"`ledgerlog stream-worker` needs a Kafka chain (log.url kafka://...), not {config.resolved_log_url!r}")
+    return kafka
 
 
-# -- the [kafka] passthrough (librdkafka names) for faust/aiokafka ------------------------------------
-_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# -- TLS / SASL for faust/aiokafka, from the chain's connection config ------------------------------
 _SASL_PASSWORD = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _client_settings(kafka: Mapping[str, str]) -> dict[str, str]:
-    """The librdkafka settings a faust worker's clients get: the unprefixed ones, then
-    ``consumer.``-prefixed ones over them (faust is the group's consumer); ``producer.``,
-    ``admin.`` and ``ledgerlog.`` keys are for other clients."""
-    out = {k: str(v) for k, v in kafka.items() if not k.startswith(("ledgerlog.", "producer.", "consumer.", "admin."))}
-    out.update({k.removeprefix("consumer."): str(v) for k, v in kafka.items() if k.startswith("consumer.")})
-    return out
-
-
-def _false(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in ("false", "0", "no", "off", "none", "")
-
-
-def ssl_context(kafka: Mapping[str, str]) -> ssl.SSLContext:
-    """An SSL context from librdkafka's ``ssl.*`` settings: the CA (``ssl.ca.location``, a file or
-    a directory, or ``ssl.ca.pem``; the system's trust store otherwise), a client certificate and
-    key (``ssl.certificate.location``, ``ssl.key.location``, ``ssl.key.password``), and
+def ssl_context(tls: Tls) -> ssl.SSLContext:
+    """An SSL context from the TLS settings: the CA (``ssl.ca.location``, a file or a directory,
+    or ``ssl.ca.pem``; the system's trust store otherwise), a client certificate and key
+    (``ssl.certificate.location``, ``ssl.key.location``, ``ssl.key.password``), and
     ``ssl.endpoint.identification.algorithm=none`` / ``enable.ssl.certificate.verification=false``."""
-    conf = _client_settings(kafka)
-    ca = conf.get("ssl.ca.location", "").strip()
+    ca = tls.ca_location
     try:
         ctx = ssl.create_default_context(
             ssl.Purpose.SERVER_AUTH, cafile=ca if ca and not os.path.isdir(ca) else None,
-            capath=ca if ca and os.path.isdir(ca) else None, cadata=conf.get("ssl.ca.pem") or None)
-        cert = conf.get("ssl.certificate.location", "").strip()
-        if cert:
-            ctx.load_cert_chain(cert, keyfile=conf.get("ssl.key.location") or None,
-                                password=conf.get("ssl.key.password") or None)
+            capath=ca if ca and os.path.isdir(ca) else None, cadata=tls.ca_pem or None)
+        if tls.certificate_location:
+            ctx.load_cert_chain(tls.certificate_location, keyfile=tls.key_location or None,
+                                password=tls.key_password or None)
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"[kafka] TLS settings: {exc}") from exc
-    if _false(conf.get("ssl.endpoint.identification.algorithm", "https")):
+    if not tls.check_hostname:
         ctx.check_hostname = False
-    if _false(conf.get("enable.ssl.certificate.verification", "true")):
+    if not tls.verify_certificate:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
-def broker_credentials(kafka: Mapping[str, str]) -> Any:
-    """faust's ``broker_credentials`` for a chain's ``[kafka]`` section, or None for plaintext.
+def broker_credentials(kafka: KafkaConfig) -> Any:
+    """faust's ``broker_credentials`` for a chain's connection config, or None for plaintext.
 
-    ``security.protocol`` decides, as in librdkafka (default PLAINTEXT): SSL gives
+    The worker is its group's consumer, so ``consumer.``-prefixed settings apply over the
+    shared ones. ``security.protocol`` decides, as in librdkafka: SSL gives
     ``faust.SSLCredentials``; SASL_PLAINTEXT / SASL_SSL give ``faust.SASLCredentials`` (PLAIN,
     SCRAM-SHA-256/512 with ``sasl.username``/``sasl.password``) or ``faust.GSSAPICredentials``
     (GSSAPI, librdkafka's default mechanism; ``sasl.kerberos.service.name``), with an SSL context
     for SASL_SSL (``ssl_context``)."""
     import faust
 
-    conf = _client_settings(kafka)
-    protocol = conf.get("security.protocol", "PLAINTEXT").strip().upper()
-    if protocol not in _PROTOCOLS:
-        raise ConfigError(f"[kafka] security.protocol {protocol!r}: expected one of {', '.join(_PROTOCOLS)}")
-    if protocol == "PLAINTEXT":
+    sec = kafka.security_for("consumer")
+    if sec.protocol == "PLAINTEXT":
         return None
-    if protocol == "SSL":
-        return faust.SSLCredentials(ssl_context(kafka))
-    tls = ssl_context(kafka) if protocol == "SASL_SSL" else None
-    mechanism = (conf.get("sasl.mechanisms") or conf.get("sasl.mechanism") or "GSSAPI").strip().upper()
+    if sec.protocol == "SSL":
+        return faust.SSLCredentials(ssl_context(sec.tls))
+    tls = ssl_context(sec.tls) if sec.uses_tls else None
+    sasl = sec.sasl
+    mechanism = sasl.mechanism or "GSSAPI"
     if mechanism in _SASL_PASSWORD:
-        user, password = conf.get("sasl.username"), conf.get("sasl.password")
-        if not user or password is None:
+        if not sasl.username or sasl.password is None:
             raise ConfigError(f"[kafka] SASL {mechanism} needs sasl.username and sasl.password")
-        return faust.SASLCredentials(username=user, password=password, ssl_context=tls, mechanism=mechanism)
+        return faust.SASLCredentials(username=sasl.username, password=sasl.password, ssl_context=tls,
+                                     mechanism=mechanism)
     if mechanism == "GSSAPI":
-        return faust.GSSAPICredentials(kerberos_service_name=conf.get("sasl.kerberos.service.name", "kafka"),
-                                       kerberos_domain_name=conf.get("sasl.kerberos.domain.name") or None,
+        return faust.GSSAPICredentials(kerberos_service_name=sasl.kerberos_service_name or "kafka",
+                                       kerberos_domain_name=sasl.kerberos_domain_name or None,
                                        ssl_context=tls, mechanism=mechanism)
     raise ConfigError(f"[kafka] sasl.mechanisms {mechanism!r} is not supported by `ledgerlog worker` "
                       f"(use {', '.join(_SASL_PASSWORD)} or GSSAPI)")
@@ -156,13 +141,9 @@ def ensure_lease_topic(config: Config, topic: str) -> None:
 
     from ledgerlog.engine.log.kafka import TOPIC_CONFIG
 
-    conf: dict[str, Any] = {"bootstrap.servers": _bootstrap(config)}
-    for k, v in config.kafka.items():  # librdkafka settings for every client, or admin-only
-        if k.startswith(("ledgerlog.", "producer.", "consumer.")):
-            continue
-        conf[k.removeprefix("admin.")] = v
-    admin = AdminClient(conf)
-    replication = int(config.kafka.get("ledgerlog.replication", "1"))
+    kafka = connection(config)
+    admin = AdminClient(kafka.librdkafka("admin"))
+    replication = kafka.replication
     fut = admin.create_topics([NewTopic(topic, len(NAMES), replication, config=dict(TOPIC_CONFIG))])[topic]
     try:
         fut.result(timeout=30)
@@ -320,8 +301,8 @@ def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_di
 
     app_id = group_id(config, genesis)
     lease = f"{app_id}.leases"
-    brokers = [f"kafka://{h.strip()}" for h in _bootstrap(config).split(",") if h.strip()]
-    credentials = broker_credentials(config.kafka)  # TLS / SASL from the [kafka] passthrough
+    brokers = [f"kafka://{h.strip()}" for h in connection(config).bootstrap.split(",") if h.strip()]
+    credentials = broker_credentials(connection(config))  # TLS / SASL from the [kafka] table
     app = faust.App(app_id, broker=brokers, broker_session_timeout=session_timeout,
                     **({"broker_credentials": credentials} if credentials is not None else {}),
                     broker_heartbeat_interval=min(1.0, session_timeout / 3), web_enabled=False,

@@ -29,7 +29,6 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.avro_codegen import SchemaNames, Unsupported
 from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.log.base import Log
-from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.movements import event_height
 
 __all__ = ["Feed", "EventDecoder", "compile_decoder", "Unsupported", "Spec", "spec_of", "merge_specs",
@@ -39,8 +38,7 @@ TP = tuple[str, int]
 #: a buffered record: (height, partition index in the feed, offset, event)
 Entry = tuple[int, int, int, dict[str, Any]]
 
-_KLEN = struct.Struct(">I")
-_HEAD = 12  # the embedded log's record value: timestamp (8), key length (4), key, Avro value
+_HEAD = K.RECORD_HEAD  # the embedded log's record value: timestamp, key length; key, Avro value
 _INF = float("inf")
 
 
@@ -255,7 +253,7 @@ class Feed:
         self.low = list(self._next)  # next offset to take (everything before it was taken)
         self._buf: list[list[Entry]] = [[] for _ in self.tps]
         self._start = [0] * len(self.tps)  # taken entries at the front of each buffer
-        self._db = log.raw() if type(log) is EmbeddedLog else None
+        self._db = log.raw()  # the embedded store: read record values straight from it
         self.picked: list[Entry] = []  # what the last ``select`` picked: the events' coordinates
 
     # -- reading --------------------------------------------------------------------------------
@@ -273,9 +271,9 @@ class Feed:
         height_of = _height_fn(topic)
         got = self._read_embedded(topic, p, start, n) if self._db is not None else None
         if got is not None:
-            klen = _KLEN.unpack_from
+            head, size = _HEAD.unpack_from, _HEAD.size
             for off, v in enumerate(got, start):
-                ev = dec(v, _HEAD + klen(v, 8)[0])
+                ev = dec(v, size + head(v)[1])
                 buf.append((height_of(ev), i, off, ev))
             self._next[i] = start + len(got)
             return

@@ -22,7 +22,6 @@ from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.errors import ProjectionFailedError, ReprojectRunningError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
-from ledgerlog.engine.log.embedded import EmbeddedLog
 
 from . import layout
 from .parallel import ParallelBuild, groups_by_work
@@ -139,7 +138,7 @@ def _build_bulk(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     """The bulk of a rebuild in parallel, when the log is embedded and there are cores and
     projections to spread: this process folds the costliest group of projections while child
     processes fold the others. Otherwise nothing (the caller folds everything in-process)."""
-    if workers < 2 or len(paths) < 2 or not isinstance(log, EmbeddedLog):
+    if workers < 2 or len(paths) < 2 or not log.supports_parallel_rebuild or log.path is None:
         return {}
     groups = groups_by_work(log, list(paths), workers)
     if len(groups) < 2:

@@ -9,42 +9,19 @@ therefore keeps a KeyFilter of every state key it holds: a key the filter lacks 
 absent, and neither the commit nor the fold's reads go to RocksDB for it."""
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
-import sys
-from array import array
 from typing import Iterable, Iterator
 
 from ledgerlog.engine import storekeys as K
+from ledgerlog.engine.digest import digest_hex, update_digest
 from ledgerlog.engine.errors import StorageError
 from ledgerlog.engine.rocks import WriteBatch, WriteGuard, iter_prefix, map_error, open_store, write_options
 
-__all__ = ["ProjectionStore", "OverlayTxn", "entry_hash", "hash_sum"]
+__all__ = ["ProjectionStore", "OverlayTxn"]
 
-_MOD = 1 << 128
-_LEN = struct.Struct(">I")
 _INIT_KEY = K.META_PREFIX + b"initialised"
 _HEIGHT_KEY = K.META_PREFIX + b"height"
 _STATE_FROM = b"\x01"  # state keys never start with 0x00 (FORMAT_KEY and META_PREFIX do)
-_LITTLE = sys.byteorder == "little"
-
-
-def entry_hash(key: bytes, value: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(_LEN.pack(len(key)) + key + value, digest_size=16).digest(), "big")
-
-
-def hash_sum(entries: Iterable[tuple[bytes, bytes]]) -> int:
-    """``sum(entry_hash(k, v) for k, v in entries)``, without an int per entry: the 16-byte
-    digests are joined and summed as big-endian 64-bit halves."""
-    b2, pack = hashlib.blake2b, _LEN.pack
-    blob = b"".join([b2(pack(len(k)) + k + v, digest_size=16).digest() for k, v in entries])
-    if not blob:
-        return 0
-    words = array("Q", blob)
-    if _LITTLE:
-        words.byteswap()
-    return (sum(words[0::2]) << 64) + sum(words[1::2])
 
 
 class KeyFilter:
@@ -293,8 +270,8 @@ class ProjectionStore:
                 added.append(key)
             new.append((key, value))
             put(key, value)
-        digest = (self.digest + hash_sum(new) - hash_sum(gone)) % _MOD
-        put(K.DIGEST_KEY, f"{digest:032x}".encode())
+        digest = update_digest(self.digest, new, gone)
+        put(K.DIGEST_KEY, digest_hex(digest).encode())
         for (topic, p), off in positions.items():
             put(K.pos_key(topic, p), K.U64.pack(off))
         if initialised:
@@ -320,7 +297,7 @@ class ProjectionStore:
         self._guard.recover(force=True)
 
     def digest_hex(self) -> str:
-        return f"{self.digest:032x}"
+        return digest_hex(self.digest)
 
     def flush(self) -> None:
         self.db.flush()

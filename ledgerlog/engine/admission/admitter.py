@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 from opentelemetry import trace
 
 from ..codec import Codec
-from ..errors import Code, Rejection
+from ..errors import Code, Rejection, error_code
 from ..genesis import Genesis
 from ..log.base import Log, Record
 from .lines import Item, parse_line
@@ -175,8 +175,9 @@ class Admitter:
 
     @staticmethod
     def _reject(summary: Summary, counts: Counter[tuple[str, str]], line: int, rej: Rejection) -> None:
-        counts[("rejected", rej.code.value)] += 1
-        summary.add_rejection(line, rej.code.value, rej.message)
+        code = error_code(rej)  # its protocol code
+        counts[("rejected", code)] += 1
+        summary.add_rejection(line, code, rej.message)
 
     def record(self, topic: str, key: str, event: dict[str, Any], timestamp: int) -> None:
         """Append one event that no ingest line carries (e.g. the admin audit trail), durably and

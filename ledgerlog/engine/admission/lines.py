@@ -55,7 +55,7 @@ def _matcher(rx: re.Pattern[str]) -> Callable[[Any], bool]:
 
 
 _addr, _hex64 = _matcher(_ADDR), _matcher(_HEX64)
-_checks = {"string": _string, "id": _ident, "address": _addr, "hex64": _hex64, "long": _is_int, "int": _is_int,
+_checks: dict[str, Callable[[Any], bool]] = {"string": _string, "id": _ident, "address": _addr, "hex64": _hex64, "long": _is_int, "int": _is_int,
            "role": lambda v: v in ROLES}
 
 #: Field kinds per signed body, in the normative order of PROTOCOL.md §2.
@@ -106,7 +106,8 @@ def _check_body(name: str, body: Any, where: str) -> dict[str, Any]:
     for fname, kind in spec:
         if not _checks[kind](body[fname]):
             raise _malformed(f"{where}.{fname} must be {_KIND_TEXT[kind]}")
-    return body
+    checked: dict[str, Any] = body  # a dict with exactly the body's fields
+    return checked
 
 
 _KIND_TEXT = {"string": "a string", "id": f"a non-empty string of at most {_MAX_ID} characters",
@@ -202,7 +203,7 @@ _LONG_NUMBER_B = re.compile(rb"[:,\[]\s*-?\d{19}")
 
 
 def _loads(line: bytes | str) -> Any:
-    long_number = (_LONG_NUMBER if isinstance(line, str) else _LONG_NUMBER_B).search(line)
+    long_number = _LONG_NUMBER.search(line) if isinstance(line, str) else _LONG_NUMBER_B.search(line)
     if long_number is None:
         try:
             return orjson.loads(line)

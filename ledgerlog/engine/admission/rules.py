@@ -2,7 +2,7 @@
 events a line becomes (and has changed the state's line overlay) or raises a Rejection."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from .. import topics as T
 from ..crypto import H, address_of, tx_root, verify
@@ -101,7 +101,8 @@ class Rules:
         if isinstance(item, RotationLine):
             return self.rotation(item)
         assert isinstance(item, SignedLine)
-        return getattr(self, item.kind)(item.signed)
+        rule: Callable[[Signed], list[Out]] = getattr(self, item.kind)
+        return rule(item.signed)
 
     # -- blocks -----------------------------------------------------------------------------
     def block(self, b: BlockLine) -> list[Out]:

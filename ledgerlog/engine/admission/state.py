@@ -90,7 +90,8 @@ class WriteState:
         self._put(b"tip", (tip.height, tip.hash, tip.timestamp))
 
     def block_hash(self, height: int) -> str | None:
-        return self._get(b"bh/" + _U64.pack(height))
+        h: str | None = self._get(b"bh/" + _U64.pack(height))
+        return h
 
     def set_block_hash(self, height: int, block_hash: str) -> None:
         self._put(b"bh/" + _U64.pack(height), block_hash)
@@ -114,7 +115,7 @@ class WriteState:
     def pending(self, sender: str) -> tuple[tuple[int, str, int], ...]:
         """The sender's mempool entries (nonce, txid, amount + fee), by nonce."""
         v = self._get(_k(b"mp/", sender))
-        return () if v is None else tuple(tuple(e) for e in v)  # type: ignore[misc]
+        return () if v is None else tuple(tuple(e) for e in v)
 
     def set_pending(self, sender: str, entries: tuple[tuple[int, str, int], ...]) -> None:
         self._put(_k(b"mp/", sender), entries or None)
@@ -124,7 +125,8 @@ class WriteState:
 
     def tx_status(self, txid: str) -> str | None:
         """'m' in the mempool, 'c' confirmed, 'e' evicted from the mempool, None unknown."""
-        return self._get(_k(b"tx/", txid))
+        status: str | None = self._get(_k(b"tx/", txid))
+        return status
 
     def set_tx_status(self, txid: str, status: str) -> None:
         self._put(_k(b"tx/", txid), status)
@@ -140,13 +142,15 @@ class WriteState:
     # -- ids, providers -------------------------------------------------------------------
     def seen(self, kind: str, ident: str) -> str | None:
         """Body hash under which an id of ``kind`` was admitted, if it was."""
-        return self._get(b"id/" + kind.encode() + b"/" + ident.encode())
+        body_hash: str | None = self._get(b"id/" + kind.encode() + b"/" + ident.encode())
+        return body_hash
 
     def mark_seen(self, kind: str, ident: str, body_hash: str) -> None:
         self._put(b"id/" + kind.encode() + b"/" + ident.encode(), body_hash)
 
     def provider(self, provider_id: str) -> dict[str, Any] | None:
-        return self._get(_k(b"pv/", provider_id))
+        pv: dict[str, Any] | None = self._get(_k(b"pv/", provider_id))
+        return pv
 
     def set_provider(self, provider_id: str, record: dict[str, Any]) -> None:
         self._put(_k(b"pv/", provider_id), record)

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Sequence
 
 from ..errors import AheadOfLogError, LogError
 from ..partitioner import partition_for
+
+if TYPE_CHECKING:
+    from rocksdict import Rdict
 
 __all__ = ["ahead_error", "Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
 
@@ -44,9 +47,15 @@ class Log(abc.ABC):
     #: (and aborted records, on a broker that hides them) take offsets no reader sees. Readers
     #: therefore continue from the last record they read (``rec.offset + 1``), never count.
     contiguous_offsets: bool = True
-    #: Is ``end_offsets`` answered from memory (no I/O, no broker round trip)? Then a reader may
-    #: check it on every request without blocking (the HTTP fast lane does).
-    end_offsets_in_memory: bool = False
+    #: Are end offsets known in memory, so asking for them is cheap (no broker round trip)?
+    ends_are_local: bool = False
+    #: Can other processes open this log read-only by ``path`` while it is open (as a RocksDB
+    #: secondary), so a rebuild can spread projections over child processes?
+    supports_parallel_rebuild: bool = False
+    #: Can ``checkpoint`` copy this log (snapshots)? A Kafka log is backed up with the broker's tools.
+    supports_checkpoint: bool = False
+    #: Where the log is stored on this machine (None: not in a local directory).
+    path: str | None = None
 
     @property
     def keeps_state(self) -> bool:
@@ -112,6 +121,35 @@ class Log(abc.ABC):
 
     def close(self) -> None:
         """Release resources; the log stays readable by a new instance."""
+
+    # -- capabilities some backends have (callers ask these, never the backend's type) -----------
+    def raw(self) -> Rdict | None:
+        """The RocksDB store holding the records (the embedded backend), for the fast read path,
+        snapshots, stats, compaction and verify; None on backends without one."""
+        return None
+
+    def checkpoint(self, dest: str) -> None:
+        """Write a consistent copy of the log, openable as a log, to the new directory ``dest``
+        (``supports_checkpoint`` backends only)."""
+        raise LogError(f"{type(self).__name__} cannot be checkpointed")
+
+    def catch_up(self) -> None:
+        """See what another process appended since the open (a read-only follower); a no-op
+        where every read sees the latest records."""
+
+    @property
+    def writable(self) -> bool:
+        """False while the disk refuses this log's writes (``recover`` probes it)."""
+        return True
+
+    def recover(self) -> None:
+        """Probe the disk and reopen after a refused write; raises while the fault holds."""
+
+    def uncommitted_offsets(self, topic: str, partition: int, start: int, stop: int) -> list[int] | None:
+        """Offsets of the data records in [start, stop) that a reader of uncommitted data sees
+        (aborted and open transactions' records too; never transaction markers), for ``verify``
+        to explain gaps in non-contiguous offsets; None where the backend cannot tell."""
+        return None
 
     # -- helpers shared by backends --------------------------------------------------------
     def partition_count(self, topic: str) -> int:

@@ -3,12 +3,11 @@ consumer-group positions and the write-side state, so one WriteBatch commits the
 from __future__ import annotations
 
 import shutil
-import struct
 import tempfile
 import threading
 from typing import Iterator, Mapping, Sequence
 
-from rocksdict import DbClosedError
+from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
 from ..errors import LogError, StorageError
@@ -17,17 +16,20 @@ from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 
 __all__ = ["EmbeddedLog"]
 
-_HEAD = struct.Struct(">qI")  # timestamp, key length; then key, then value
-_P = struct.Struct(">I")
+_HEAD = K.RECORD_HEAD  # the record layout (storekeys): timestamp, key length; then key, then value
 
 
 class EmbeddedLog(Log):
+    """Records, ends, group positions and write-side state in one local RocksDB."""
+
     atomic_state = True
-    end_offsets_in_memory = True
+    ends_are_local = True
+    supports_parallel_rebuild = True
+    supports_checkpoint = True
 
     def __init__(self, path: str, *, read_only: bool = False, sync: bool = True, secondary: bool = False) -> None:
         """``secondary``: follow a log another process writes (no lock; ``catch_up()`` to see more)."""
-        self.path = path
+        self.path: str = path
         self.read_only = read_only or secondary
         self._scratch = tempfile.mkdtemp(prefix="ledgerlog-secondary-") if secondary else None
         try:
@@ -82,7 +84,8 @@ class EmbeddedLog(Log):
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _load_topics(self) -> dict[str, int]:
-        return {k[2:].decode(): _P.unpack(v)[0] for k, v in iter_prefix(self._db, b"t/")}
+        n = len(K.TOPIC_PREFIX)
+        return {k[n:].decode(): K.U32.unpack(v)[0] for k, v in iter_prefix(self._db, K.TOPIC_PREFIX)}
 
     def _write(self, wb: WriteBatch) -> None:
         """Callers hold ``_lock`` (a recovery swaps the database)."""
@@ -111,7 +114,7 @@ class EmbeddedLog(Log):
                 if have is None:
                     if n < 1:
                         raise LogError(f"topic {topic} needs at least one partition")
-                    wb.put(K.topic_key(topic), _P.pack(n))
+                    wb.put(K.topic_key(topic), K.U32.pack(n))
             if not wb.is_empty():
                 self._write(wb)
                 self._topics = self._load_topics()
@@ -192,8 +195,7 @@ class EmbeddedLog(Log):
         prefix = K.group_prefix(group)
         out = {}
         for key, val in iter_prefix(self._db, prefix):
-            rest = key[len(prefix):]  # topic, b"\x00", 4-byte partition (which may hold \x00 bytes)
-            out[(rest[:-5].decode(), _P.unpack(rest[-4:])[0])] = K.U64.unpack(val)[0]
+            out[K.split_topic_partition(key[len(prefix):])] = K.U64.unpack(val)[0]
         return out
 
     def state_get(self, key: bytes) -> bytes | None:
@@ -207,8 +209,14 @@ class EmbeddedLog(Log):
         for k, v in iter_prefix(self._db, K.STATE_PREFIX + prefix):
             yield k[n:], v
 
-    def raw(self):  # noqa: ANN201 - the Rdict, for snapshots, verify and stats
+    def raw(self) -> Rdict:
         return self._db
+
+    def checkpoint(self, dest: str) -> None:
+        try:
+            Checkpoint(self._db).create_checkpoint(dest)
+        except Exception as exc:
+            raise map_error(exc, self.path) from exc
 
     def close(self) -> None:
         if self._db is not None:

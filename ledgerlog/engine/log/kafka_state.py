@@ -4,7 +4,6 @@ cannot commit it with a transaction, so ``KafkaLog.append`` writes it right afte
 ``engine.admission.state_fold.catch_up`` folds in whatever the log holds beyond the positions."""
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator, Mapping
 
 from .. import storekeys as K
@@ -13,14 +12,9 @@ from .base import StateWrites, TopicPartition
 
 __all__ = ["STATE_FORMAT", "LocalState"]
 
-STATE_FORMAT = b"ledgerlog-kafka-state/1"
+STATE_FORMAT = K.KAFKA_STATE_FORMAT
 _STATE = K.STATE_PREFIX          # b"s/": the same keys as the embedded log's state
-_POS = b"p/"                     # p/<topic>\0<partition u32> -> next offset (u64)
-_P = struct.Struct(">I")
-
-
-def _pos_key(topic: str, partition: int) -> bytes:
-    return _POS + topic.encode() + b"\x00" + _P.pack(partition)
+_POS = K.KAFKA_POS_PREFIX
 
 
 class LocalState:
@@ -38,7 +32,7 @@ class LocalState:
             else:
                 wb.put(_STATE + k, v)
         for (topic, p), off in positions.items():
-            wb.put(_pos_key(topic, p), K.U64.pack(off))
+            wb.put(K.kafka_pos_key(topic, p), K.U64.pack(off))
         if wb.is_empty():
             return
         try:
@@ -49,8 +43,7 @@ class LocalState:
     def positions(self) -> dict[TopicPartition, int]:
         out = {}
         for key, val in iter_prefix(self._db, _POS):
-            rest = key[len(_POS):]
-            out[(rest[:-5].decode(), _P.unpack(rest[-4:])[0])] = K.U64.unpack(val)[0]
+            out[K.split_topic_partition(key[len(_POS):])] = K.U64.unpack(val)[0]
         return out
 
     def get(self, key: bytes) -> bytes | None:

@@ -11,8 +11,10 @@ __all__ = ["MemoryLog"]
 
 
 class MemoryLog(Log):
+    """Topics as lists in memory, for tests."""
+
     atomic_state = True
-    end_offsets_in_memory = True
+    ends_are_local = True
 
     def __init__(self) -> None:
         self._parts: dict[str, list[list[LogRecord]]] = {}

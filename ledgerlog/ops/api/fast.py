@@ -15,7 +15,7 @@ as ``?height=-1``, is FastAPI's). Errors are answered by the one builder, ops/ap
 ``error_answer``, as the app's exception handler answers them; metrics series are the same
 (``route`` is the route template).
 
-Read-your-writes: on a log whose end offsets are in memory (``Log.end_offsets_in_memory``), the
+Read-your-writes: on a log whose end offsets are in memory (``Log.ends_are_local``), the
 lane first checks, without blocking, that the projections the route reads have folded everything
 appended so far; if they have (the usual case), it answers on the event loop. If not, or on Kafka
 (where end offsets are a broker round trip), it waits and reads in the thread pool as the
@@ -109,7 +109,7 @@ class FastLane:
             routes = ROUTES
         self.queries = node.queries
         self.on_request = on_request
-        self.inline = node.chain.log.end_offsets_in_memory
+        self.inline = node.chain.log.ends_are_local
         self.exact: dict[str, _Lane] = {}
         self.prefixed: list[tuple[str, _Lane]] = []  # path prefix -> the route of its one last segment
         for r in routes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ledgerlog.engine.chain import _log_conf
+from ledgerlog.engine.chain import kafka_config
 from ledgerlog.engine.crypto import H, canonical_json
 from ledgerlog.engine.genesis_record import read_on_log
 from ledgerlog.engine.log import open_log
@@ -20,7 +20,7 @@ def genesis_show(ctx: typer.Context,
                  hash_only: bool = typer.Option(False, "--hash", help="Print only {chain_id, genesis_hash}.")) -> None:
     """Print the genesis recorded on the log (as genesis.json holds it; `> genesis.json` restores it)."""
     cfg = config_of(ctx)
-    log = open_log(cfg.resolved_log_url, read_only=True, sync=cfg.sync, **_log_conf(cfg, ""))
+    log = open_log(cfg.resolved_log_url, read_only=True, sync=cfg.sync, kafka=kafka_config(cfg, ""))
     try:
         on_log = read_on_log(log)
     finally:

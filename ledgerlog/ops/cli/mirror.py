@@ -54,6 +54,6 @@ def mirror(ctx: typer.Context,
                 if not (rep.ok and rep.complete):
                     out["switched"] = False
                 else:
-                    out.update(switch_to_kafka(cfg, source, target, rep, to, prefix))
+                    out.update(switch_to_kafka(cfg, source, rep, to, prefix))
     emit(out)
     raise typer.Exit(0 if rep.ok or (max_records is not None and not rep.complete) else 1)

@@ -424,7 +424,7 @@ class LogFollower:
     def refresh(self) -> None:
         """See what has been appended since the last refresh (or the open)."""
         if self.mode == "secondary":
-            assert isinstance(self._log, EmbeddedLog)
+            assert self._log is not None
             try:
                 self._log.catch_up()
             except StorageError:  # e.g. files the primary replaced: start a fresh instance

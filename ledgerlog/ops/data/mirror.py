@@ -35,7 +35,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError, LogError
 from ledgerlog.engine.log.base import Log, Record
-from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.log.kafka_config import KafkaConfig
 
 __all__ = ["MirrorReport", "mirror", "open_target", "partition_digest", "rewrite_config", "switch_to_kafka"]
 
@@ -90,21 +90,19 @@ def _bootstrap(url: str) -> str:
     return url[len("kafka://"):]
 
 
-def target_conf(cfg: Config, prefix: str, genesis_hash: str) -> dict[str, str]:
-    """The target's KafkaLog settings: the data dir's [kafka] table (security settings etc.)
-    without the write-side keys, this prefix, and a transactional id of its own (the mirror
-    fences a killed mirror of the same chain and prefix, never a node)."""
-    conf = {k: v for k, v in cfg.kafka.items()
-            if k not in ("ledgerlog.state_dir", "ledgerlog.chain", "ledgerlog.transactional.id")}
-    conf["ledgerlog.topic_prefix"] = prefix
-    conf["ledgerlog.transactional.id"] = (
-        f"ledgerlog-mirror-{prefix}{hashlib.blake2b(genesis_hash.encode(), digest_size=8).hexdigest()}")
-    return conf
+def target_config(cfg: Config, to: str, prefix: str, genesis_hash: str) -> KafkaConfig:
+    """The target's connection config: the data dir's [kafka] table (security settings etc.)
+    for the brokers of ``to``, without the write-side settings, with this prefix and a
+    transactional id of its own (the mirror fences a killed mirror of the same chain and prefix,
+    never a node)."""
+    txid = f"ledgerlog-mirror-{prefix}{hashlib.blake2b(genesis_hash.encode(), digest_size=8).hexdigest()}"
+    return KafkaConfig.from_table(_bootstrap(to), cfg.kafka).replace(
+        state_dir=None, chain=None, topic_prefix=prefix, transactional_id=txid)
 
 
-def open_target(cfg: Config, to: str, prefix: str, genesis_hash: str, **extra: str) -> Log:
+def open_target(cfg: Config, to: str, prefix: str, genesis_hash: str) -> Log:
     from ledgerlog.engine.log.kafka import KafkaLog  # confluent-kafka only when used
-    return KafkaLog(_bootstrap(to), sync=cfg.sync, **{**target_conf(cfg, prefix, genesis_hash), **extra})  # type: ignore[arg-type]
+    return KafkaLog(target_config(cfg, to, prefix, genesis_hash), sync=cfg.sync)
 
 
 def _ordered_topics(source: Log) -> list[tuple[str, int]]:
@@ -222,8 +220,7 @@ def _aside(path: str, tag: str) -> str | None:
     return dest
 
 
-def switch_to_kafka(cfg: Config, source: EmbeddedLog, target: Log, rep: MirrorReport,
-                    to: str, prefix: str) -> dict[str, Any]:
+def switch_to_kafka(cfg: Config, source: Log, rep: MirrorReport, to: str, prefix: str) -> dict[str, Any]:
     """After a verified, complete mirror of ``source`` (opened writable: no node runs): build the
     Kafka write-side state by catch-up, compare it with the embedded one, then move projections
     aside and rewrite config.toml. Nothing is switched unless every check passed."""
@@ -237,10 +234,8 @@ def switch_to_kafka(cfg: Config, source: EmbeddedLog, target: Log, rep: MirrorRe
     genesis = Genesis.load(cfg.genesis_path)
     state_dir = os.path.join(cfg.data_dir, "state")
     moved_state = _aside(state_dir, "old")
-    assert isinstance(target, KafkaLog)
-    klog = KafkaLog(target.bootstrap, sync=cfg.sync,
-                    **{**target_conf(cfg, prefix, genesis.hash), "ledgerlog.state_dir": state_dir,
-                       "ledgerlog.chain": genesis.hash})  # type: ignore[arg-type]
+    klog = KafkaLog(target_config(cfg, to, prefix, genesis.hash).replace(state_dir=state_dir, chain=genesis.hash),
+                    sync=cfg.sync)
     try:
         folded = catch_up(klog, Codec(Registry(klog)), genesis)
         same = list(klog.state_items(b"")) == list(source.state_items(b""))

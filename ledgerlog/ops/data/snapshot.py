@@ -51,6 +51,7 @@ from ledgerlog.engine.errors import (
     storage_error,
 )
 from ledgerlog.engine.files import fsync_dir
+from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import map_error
 from ledgerlog.streams import layout
@@ -254,7 +255,7 @@ def summary(manifest: dict[str, Any], path: str) -> dict[str, Any]:
 
 # -- create ---------------------------------------------------------------------------------------
 
-def _offsets(log: EmbeddedLog) -> dict[str, list[int]]:
+def _offsets(log: Log) -> dict[str, list[int]]:
     return {t: log.end_offsets(t) for t in sorted(log.topics())}
 
 
@@ -267,7 +268,7 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
     fold lock so a blue/green swap cannot close a store under the checkpoint). ``link`` keeps the
     checkpoints' hard links to the live SST files: fast, but not a backup."""
     log = chain.log
-    if not isinstance(log, EmbeddedLog):
+    if not log.supports_checkpoint:
         raise ConfigError("snapshots need the embedded log; a Kafka log is backed up with the broker's tools")
     out_dir = os.path.abspath(out_dir or chain.config.snapshots_dir)
     try:
@@ -288,7 +289,6 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
 def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: bool,
             lock: AbstractContextManager[Any] | None, link: bool) -> dict[str, Any]:
     log, cfg = chain.log, chain.config
-    assert isinstance(log, EmbeddedLog)
     started = time.time()
     # 1. projections first, then the log: a projection is never ahead of the log
     pdir = os.path.join(tmp, "projections")
@@ -304,10 +304,7 @@ def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: 
             taken[name] = (build, h.version, tuple(h.module.TOPICS))
     for name, (build, version, _topics) in taken.items():
         layout.write_pointer(pdir, name, "live", build, version)
-    try:
-        Checkpoint(log.raw()).create_checkpoint(os.path.join(tmp, "log"))
-    except Exception as exc:
-        raise map_error(exc, log.path) from exc
+    log.checkpoint(os.path.join(tmp, "log"))
     if not link:
         _break_links(tmp)  # a backup shares no byte with the live stores
 

@@ -95,17 +95,16 @@ def _count(items: Any) -> tuple[int, int]:
 
 
 def _log_stats(cfg: Config, exact: bool) -> dict[str, Any]:
-    log = open_log(cfg.resolved_log_url, read_only=True, sync=cfg.sync, **dict(cfg.kafka))
+    log = open_log(cfg.resolved_log_url, read_only=True, sync=cfg.sync, kafka=cfg.kafka_connection())
     try:
         topics: dict[str, Any] = {}
         for topic, n in sorted(log.topics().items()):
             ends = log.end_offsets(topic)
             topics[topic] = {"partitions": n, "records": sum(ends), "end_offsets": ends}
         out: dict[str, Any] = {"url": cfg.log_url, "topics": topics}
-        raw = getattr(log, "raw", None)
-        if raw is None:
+        db = log.raw()
+        if db is None:
             return out
-        db = raw()
         out.update(path=os.path.abspath(cfg.log_path), bytes=dir_bytes(cfg.log_path), **_props(db))
         if exact:
             for topic, info in topics.items():
@@ -190,12 +189,12 @@ def compact_offline(cfg: Config) -> dict[str, Any]:
     if not os.path.exists(cfg.genesis_path):
         raise ConfigError(f"{cfg.data_dir} holds no chain; run `ledgerlog init` first")
     results = []
-    log = open_log(cfg.resolved_log_url, sync=cfg.sync, **dict(cfg.kafka))  # type: ignore[arg-type]
+    log = open_log(cfg.resolved_log_url, sync=cfg.sync, kafka=cfg.kafka_connection())
     try:
-        raw = getattr(log, "raw", None)
-        if raw is None:
+        db = log.raw()
+        if db is None:
             raise StorageError(f"the {cfg.log_url} log is compacted by its brokers, not by ledgerlog")
-        results.append(_compact(raw(), cfg.log_path, "log"))
+        results.append(_compact(db, cfg.log_path, "log"))
     finally:
         log.close()
     for name in projections.ALL:
@@ -216,9 +215,9 @@ def compact_action(node: NodeContext, body: dict[str, Any]) -> Any:
     under the fold lock (no blue/green swap may close it meanwhile); the log is never closed while
     the node runs, so admission goes on."""
     results = []
-    raw = getattr(node.chain.log, "raw", None)
-    if raw is not None:
-        results.append(_compact(raw(), node.config.log_path, "log"))
+    db = node.chain.log.raw()
+    if db is not None:
+        results.append(_compact(db, node.config.log_path, "log"))
     for name in list(node.runner.handles):
         with node.fold_lock:
             h = node.runner.handles.get(name)

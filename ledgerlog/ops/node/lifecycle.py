@@ -153,8 +153,8 @@ class Node:
                 continue
             try:
                 log_ = self.chain.log
-                if not getattr(log_, "writable", True):
-                    log_.recover()  # type: ignore[attr-defined]  # the embedded log's
+                if not log_.writable:
+                    log_.recover()
                 with self.fold_lock:
                     for h in self.runner.handles.values():
                         if not h.store.writable:

@@ -49,16 +49,15 @@ from ledgerlog import projections
 from ledgerlog.engine import intjson
 from ledgerlog.engine.chain import Chain, open_chain
 from ledgerlog.engine.config import Config
+from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
 from ledgerlog.engine.errors import ConfigError, LedgerError, StoreLockedError
 from ledgerlog.streams import layout
 from ledgerlog.streams.runner import Runner
-from ledgerlog.streams.store import ProjectionStore, entry_hash
+from ledgerlog.streams.store import ProjectionStore
 from ledgerlog.ops.verify.log import _LogChecker
 from ledgerlog.ops.verify.storage import (AUTO_FULL_BYTES, MAX_PROBLEMS, Section, _checked_items, _classify, _remedy, _storage_section, _verified_reads, check_stores)
 
 __all__ = ["verify", "check_stores", "MAX_PROBLEMS", "AUTO_FULL_BYTES"]
-
-_MOD = 1 << 128
 
 # -- supply ---------------------------------------------------------------------------------------
 def _supply_section(chain: Chain, balances_store: ProjectionStore | None, height: int) -> Section:
@@ -124,7 +123,7 @@ def _content_digest(db: Rdict) -> tuple[int, int]:
         if not k.startswith(b"\x00"):
             digest += entry_hash(k, v)
             n += 1
-    return digest % _MOD, n
+    return digest % DIGEST_MOD, n
 
 
 def _show(b: bytes | None, limit: int = 120) -> str | None:

@@ -2,7 +2,6 @@
 PROTOCOL.md (ids, signatures, hash links, tx roots, placement, cross references)."""
 from __future__ import annotations
 
-import struct
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterator
@@ -21,7 +20,6 @@ from ledgerlog.engine.procs import exit_with_parent
 from ledgerlog.ops.verify.storage import Section, _checked_items, _classify, _remedy, _verified_reads
 
 
-_HEAD = struct.Struct(">qI")  # embedded log record value: timestamp, key length; key; value
 _SIG_BATCH = 4096
 _PARALLEL_MIN = 2048
 
@@ -173,9 +171,9 @@ class _LogChecker:
 
     def _records(self, topic: str, p: int, end: int) -> Iterator[tuple[int, bytes, int, bytes]]:
         """(offset, key, timestamp, value) of a partition; gaps and strays become problems."""
-        raw = getattr(self.log, "raw", None)
+        db = self.log.raw()
         where = f"{topic}[{p}]"
-        if raw is None:  # another backend: through the log interface
+        if db is None:  # another backend: through the log interface
             expected = 0
             for rec in self.log.scan(topic, p, 0, end):
                 if rec.offset != expected and not self._gap_explained(topic, p, expected, rec.offset):
@@ -185,7 +183,6 @@ class _LogChecker:
             if expected < end and not self._gap_explained(topic, p, expected, end):
                 self.sec.problem("OFFSET_GAP", where, f"offsets {expected}..{end - 1} are missing (end offset {end})")
             return
-        db = raw()
         prefix = K.record_prefix(topic, p)
         n = len(prefix)
         expected = 0
@@ -200,12 +197,12 @@ class _LogChecker:
                 expected = off + 1
                 if off >= end:
                     self.sec.problem("BEYOND_END", f"{where}@{off}", f"record at or past the end offset {end}")
-                if len(val) < _HEAD.size or len(val) < _HEAD.size + _HEAD.unpack_from(val)[1]:
+                stored = K.split_record_value(val)
+                if stored is None:
                     self.sec.problem("BAD_RECORD", f"{where}@{off}", "record value is shorter than its header says")
                     continue
-                ts, klen = _HEAD.unpack_from(val)
-                start = _HEAD.size
-                yield off, val[start:start + klen], ts, val[start + klen:]
+                ts, rkey, value = stored
+                yield off, rkey, ts, value
         except Exception as exc:
             self.read_errors += 1
             code, file = _classify(str(exc), self.chain.config.log_path)
@@ -226,26 +223,25 @@ class _LogChecker:
             return False
         if stop - start == 1:
             return True
-        probe = getattr(self.log, "uncommitted_offsets", None)
+        probe = self.log.uncommitted_offsets(topic, p, start, stop)
         if probe is None:
             return False
-        seen = set(probe(topic, p, start, stop))
+        seen = set(probe)
         holes = [o for o in range(start, stop) if o not in seen]
         return all(b - a > 1 for a, b in zip(holes, holes[1:]))
 
     def _stray_records(self) -> None:
         """Records under a topic partition the log does not have."""
-        raw = getattr(self.log, "raw", None)
-        if raw is None:
+        db = self.log.raw()
+        if db is None:
             return
-        it = raw().iter(_verified_reads())
-        it.seek(b"r/")
-        while it.valid() and it.key().startswith(b"r/"):
+        it = db.iter(_verified_reads())
+        it.seek(K.RECORD_PREFIX)
+        while it.valid() and it.key().startswith(K.RECORD_PREFIX):
             key = it.key()
-            topic_b, part = key[2:-13], key[-12:-8]
-            topic = topic_b.decode(errors="replace")
-            p = int.from_bytes(part, "big") if len(part) == 4 else -1
-            if len(key) < 15 or key[-13:-12] != b"\x00" or p >= self.topics.get(topic, 0) or p < 0:
+            parsed = K.parse_record_key(key)
+            topic, p = (parsed[0], parsed[1]) if parsed else (key[len(K.RECORD_PREFIX):].decode(errors="replace"), -1)
+            if parsed is None or p >= self.topics.get(topic, 0):
                 self.sec.problem("STRAY_RECORD", f"{topic}[{p}]", f"record key {key[:80]!r} belongs to no topic partition")
                 it.next()
                 continue

@@ -12,16 +12,15 @@ from rocksdict import AccessType, DBRecoveryMode, Options, ReadOptions, Rdict
 from ledgerlog import projections
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.config import Config
+from ledgerlog.engine.digest import DIGEST_MOD, digest_hex, entry_hash
 from ledgerlog.engine.errors import CorruptStoreError
 from ledgerlog.streams import layout
-from ledgerlog.streams.store import entry_hash
 
 
 #: Problems listed per section (all are counted in ``problem_count``).
 MAX_PROBLEMS = 50
 #: ``check_stores(mode="auto")`` reads every key when the stores' live files total at most this.
 AUTO_FULL_BYTES = 256 * 1024 * 1024
-_MOD = 1 << 128
 
 
 
@@ -247,7 +246,7 @@ def _check_store(name: str, kind: str, path: str, full: bool) -> tuple[dict[str,
                 bad(code, file, f"reading every key failed after {keys} keys: {exc}")
             info["keys"], info["key_bytes"] = keys, nbytes
             if kind == "projection" and not problems:
-                info["content_digest"] = f"{digest % _MOD:032x}"
+                info["content_digest"] = digest_hex(digest % DIGEST_MOD)
     finally:
         db.close()
     return info, problems

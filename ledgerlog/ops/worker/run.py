@@ -13,7 +13,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log import open_log
-from ledgerlog.streams.faust_worker import FoldEngine, _bootstrap, build_app, ensure_lease_topic, group_id
+from ledgerlog.streams.faust_worker import FoldEngine, build_app, connection, ensure_lease_topic, group_id
 
 from ledgerlog.ops.worker.http import WorkerHttp
 
@@ -25,13 +25,13 @@ def run_worker(config: Config, worker_dir: str, *, worker_id: str | None = None,
     """Run one worker until SIGTERM/SIGINT (or the fold thread fails: exit 1)."""
     import faust
 
-    bootstrap = _bootstrap(config)
+    bootstrap = connection(config).bootstrap
     if not os.path.exists(config.genesis_path):
         raise ConfigError(f"{config.data_dir} holds no chain; run `ledgerlog init` first")
     genesis = Genesis.load(config.genesis_path)
     os.makedirs(worker_dir, exist_ok=True)
-    conf = {k: v for k, v in config.kafka.items() if k != "ledgerlog.state_dir"}
-    log = open_log(f"kafka://{bootstrap}", read_only=True, sync=False, **conf)
+    log = open_log(f"kafka://{bootstrap}", read_only=True, sync=False,
+                   kafka=connection(config).replace(state_dir=None))
     engine = None
     server = None
     try:

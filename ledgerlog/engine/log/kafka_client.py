@@ -1,0 +1,85 @@
+"""What the parts of the Kafka backend share: the connection config, topic-name prefixing, client
+settings, error wrapping and bounded retries (with backoff) of transient broker errors."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaError, KafkaException
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+
+from ..errors import LogError
+from .kafka_config import KafkaConfig, Role, Setting
+
+__all__ = ["Broker", "kafka_error", "transient"]
+
+_log = logging.getLogger("ledgerlog.kafka")
+T = TypeVar("T")
+
+_TRANSIENT = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
+              KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_COORDINATOR,
+              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+              KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+              KafkaError.CONCURRENT_TRANSACTIONS, KafkaError._WAIT_COORD}
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries, if any."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+def transient(exc: BaseException) -> bool:
+    """Is ``exc`` worth retrying (a timeout, or a retriable, non-fatal broker error)?"""
+    if isinstance(exc, TimeoutError):
+        return True
+    err = kafka_error(exc)
+    return err is not None and not err.fatal() and (err.retriable() or err.code() in _TRANSIENT)
+
+
+class Broker:
+    """One log's view of the cluster: names on the broker, client settings, failures as LogError."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self.bootstrap = config.bootstrap
+        self.prefix = config.topic_prefix
+        self.timeout = config.timeout
+        self.retries = config.retries
+        self.last_error: str | None = None
+
+    def real(self, topic: str) -> str:
+        """A topic's (or group's) name on the broker."""
+        return self.prefix + topic
+
+    def client_conf(self, role: Role, defaults: Mapping[str, Setting] | None = None) -> dict[str, Any]:
+        """librdkafka settings of one client, reporting its errors here (values: strings,
+        numbers, the logger and the error callback)."""
+        return {"logger": _log, "error_cb": self._on_error, **self.config.librdkafka(role, defaults)}
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.last_error = str(err)
+        if err.fatal():
+            _log.error("kafka fatal error: %s", err)
+
+    def fail(self, what: str, exc: BaseException) -> LogError:
+        """The LogError for a failed operation, with the last error a client reported."""
+        extra = f" (last client error: {self.last_error})" if self.last_error else ""
+        return LogError(f"kafka {self.bootstrap}: {what}: {exc}{extra}")
+
+    def retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` with bounded retries and backoff on transient broker errors."""
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(self.retries) | stop_after_delay(self.timeout),
+                                    reraise=True,
+                                    wait=wait_exponential(multiplier=0.1, max=2.0),
+                                    retry=retry_if_exception(transient)):
+                with attempt:
+                    return fn()
+        except LogError:
+            raise
+        except (KafkaException, TimeoutError, RuntimeError, ValueError, TypeError) as exc:
+            raise self.fail(what, exc) from exc
+        raise AssertionError("unreachable")
