@@ -229,3 +229,33 @@ def test_cli_on_a_full_disk_is_one_line_exit_2(small_fs, tmp_path) -> None:
     debug = subprocess.run([LEDGERLOG, "--debug", "--data-dir", str(data), "ingest", str(tmp_path / "h.jsonl")],
                            capture_output=True, timeout=120, env=_env())
     assert debug.returncode == 2 and "Traceback" in debug.stderr.decode()
+
+
+# -- the faults file: the same seam, switched from outside the process (the torture harness) -----
+
+def test_faults_file_switches_the_seam_from_outside(tmp_path, monkeypatch) -> None:
+    """LEDGERLOG_FAULTS_FILE names a file: "EIO" or "ENOSPC" (optionally a path prefix) in it makes
+    writes and probes under that prefix fail; an empty or absent file clears the fault."""
+    faults = tmp_path / "faults"
+    store = tmp_path / "data" / "log"
+    other = tmp_path / "data" / "projections"
+    monkeypatch.setenv(diskfaults.FAULTS_FILE_ENV, str(faults))
+    diskfaults.check(str(store))  # no file: no fault
+    faults.write_text("ENOSPC\n")
+    with pytest.raises(Exception, match=os.strerror(errno.ENOSPC)):
+        diskfaults.check(str(store))
+    with pytest.raises(OSError) as exc:
+        diskfaults.probe(str(tmp_path))
+    assert exc.value.errno == errno.ENOSPC
+    faults.write_text(f"EIO {store}\n")  # only under the log
+    with pytest.raises(Exception, match=os.strerror(errno.EIO)):
+        diskfaults.check(str(store))
+    diskfaults.check(str(other))
+    faults.write_text("")
+    diskfaults.check(str(store))
+    faults.write_text("ENOSPC\n")
+    faults.unlink()
+    diskfaults.check(str(store))
+    monkeypatch.delenv(diskfaults.FAULTS_FILE_ENV)
+    faults.write_text("EIO\n")
+    diskfaults.check(str(store))  # the variable unset: the file means nothing
