@@ -259,3 +259,46 @@ def test_faults_file_switches_the_seam_from_outside(tmp_path, monkeypatch) -> No
     monkeypatch.delenv(diskfaults.FAULTS_FILE_ENV)
     faults.write_text("EIO\n")
     diskfaults.check(str(store))  # the variable unset: the file means nothing
+
+
+def test_reads_racing_a_log_reopen_never_fail(tmp_path) -> None:
+    """The node's storage loop reopens the log when a fault clears while HTTP threads read the
+    write-side state and the fold reads records: no read may fail (it answered 500 once)."""
+    import threading
+
+    from engine.errors import StorageUnavailableError
+    from engine.log.base import Record
+    from engine.log.embedded import EmbeddedLog
+
+    log = EmbeddedLog(str(tmp_path / "log"), sync=False)
+    log.create_topics({"t": 1})
+    log.append([Record("t", b"k", b"v" * 100, 1)], {b"k": b"v"})
+    stop, errors = threading.Event(), []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                assert log.state_get(b"k") == b"v"
+                assert len(log.read("t", 0, 0)) == 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(30):
+            diskfaults.inject(errno.EIO)
+            with pytest.raises(StorageUnavailableError):
+                log.append([Record("t", b"k", b"x", 2)])
+            diskfaults.inject(None)
+            log.recover()  # what the storage loop does once the disk takes writes again
+            if errors:
+                break
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        log.close()
+    assert errors == []
