@@ -77,7 +77,7 @@ def test_ingest_killed_at_random_points(hist, tmp_path) -> None:
     committed = [0]
     killed_mid = 0
     for frac in targets:
-        proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "ingest", str(hist["hpath"])],
+        proc = subprocess.Popen([*LEDGERLOG, "--data-dir", str(data), "ingest", str(hist["hpath"])],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=kit.env(LEDGERLOG_INGEST_CHUNK=str(rng.choice((17, 64, 250)))))
         try:

@@ -24,7 +24,9 @@ __all__ = ["LEDGERLOG", "REPO", "RUNNER_SNIPPET", "cli", "config", "env", "kill"
            "log_dump", "ok_json", "projection_dump", "start_node", "stop_node", "wait_node_url"]
 
 REPO = str(Path(__file__).resolve().parents[2])
-LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
+#: The `ledgerlog` command of this source tree (not whatever the venv's script points at): the
+#: CLI's main, run by this interpreter with this tree first on PYTHONPATH (see ``env``).
+LEDGERLOG = [sys.executable, "-c", "import sys; from ops.cli import main; sys.argv[0] = 'ledgerlog'; sys.exit(main())"]
 
 #: Fold every projection in small batches, printing "step <events folded>" after each committed step.
 RUNNER_SNIPPET = r"""
@@ -48,16 +50,18 @@ print("done", flush=True)
 
 
 def env(**extra: str) -> dict[str, str]:
-    """This process's environment without LEDGERLOG_* settings, plus ``extra``."""
+    """This process's environment without LEDGERLOG_* settings, with this tree first on
+    PYTHONPATH, plus ``extra``."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
     out.pop("PYTHONDONTWRITEBYTECODE", None)
+    out["PYTHONPATH"] = os.pathsep.join([REPO, *(p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p)])
     out.update(extra)
     return out
 
 
 def cli(data_dir: Any, *args: str, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess:
     """Run `ledgerlog --data-dir DATA_DIR ARGS...` to completion, capturing its output."""
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], check=False, capture_output=True,
+    return subprocess.run([*LEDGERLOG, "--data-dir", str(data_dir), *args], check=False, capture_output=True,
                           timeout=timeout, env=env(**extra))
 
 
@@ -82,7 +86,7 @@ def kill(proc: subprocess.Popen) -> bool:
 
 def start_node(data: Any, **extra: str) -> subprocess.Popen:
     """`ledgerlog run` on 127.0.0.1, a free port; output discarded (node.log keeps it)."""
-    return subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--host", "127.0.0.1", "--port", "0"],
+    return subprocess.Popen([*LEDGERLOG, "--data-dir", str(data), "run", "--host", "127.0.0.1", "--port", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(**extra))
 
 
