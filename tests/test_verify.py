@@ -316,3 +316,31 @@ def test_running_node_is_verified_read_only_at_live_positions(tmp_path) -> None:
     assert report["ok"] is False and report["storage"]["ok"] and report["log"]["ok"] and report["supply"]["ok"]
     ahead = {p["where"] for p in report["projections"]["problems"] if p["code"] == "POSITIONS_AHEAD"}
     assert ahead == {f"{n} live store" for n in ("chainstate", "balances", "energy", "payouts")}, ahead
+
+
+def test_a_projection_store_killed_while_being_created_is_not_damage(data) -> None:
+    """A node SIGKILLed at start-up between RocksDB creating a projection store and the store's
+    format key being written leaves an empty store without one (found by `make torture`): the
+    next start must initialise and fold it, not refuse it as CORRUPT."""
+    from engine.rocks import _open, _options
+    from projections import energy
+    from streams import layout
+
+    cfg = _cfg(data)
+    before = _digests(cfg)
+    shutil.rmtree(data / "projections" / "energy")
+    path, _ = layout.live_path(cfg.projections_dir, energy)
+    _open(path, _options(True), None).close()  # created, never written
+    assert check_stores(cfg, "auto")["stores"]["energy"]["missing"] is True  # does not raise
+    assert verify(cfg)["storage"]["stores"]["energy"]["ok"]
+    assert _digests(cfg) == before  # opened, initialised and folded from the log
+
+
+def _digests(cfg: Config) -> dict[str, str]:
+    with open_chain(cfg) as chain:
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+        try:
+            runner.catch_up()
+            return runner.digests()
+        finally:
+            runner.close()

@@ -85,9 +85,10 @@ def kill(proc: subprocess.Popen) -> bool:
 
 
 def start_node(data: Any, **extra: str) -> subprocess.Popen:
-    """`ledgerlog run` on 127.0.0.1, a free port; output discarded (node.log keeps it)."""
-    return subprocess.Popen([*LEDGERLOG, "--data-dir", str(data), "run", "--host", "127.0.0.1", "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(**extra))
+    """`ledgerlog run` on 127.0.0.1, a free port; its stderr appended to ``<data>.stderr``."""
+    with open(f"{data}.stderr", "ab") as err:
+        return subprocess.Popen([*LEDGERLOG, "--data-dir", str(data), "run", "--host", "127.0.0.1", "--port", "0"],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env(**extra))
 
 
 def wait_node_url(data: Any, proc: subprocess.Popen, limit: float = 60) -> str | None:

@@ -122,8 +122,9 @@ def _start(data: Path, o: Outcome, **extra: str) -> tuple[subprocess.Popen, str 
     proc = start_node(data, **NODE_ENV, **extra)
     url = wait_node_url(data, proc, limit=90)
     if url is None:
-        o.errors.append(f"the node did not come up (exit {proc.poll()})")
         kill(proc)
+        said = Path(f"{data}.stderr").read_bytes().decode(errors="replace").strip().splitlines()[-1:]
+        o.errors.append(f"the node did not come up (exit {proc.returncode}): {said}")
     return proc, url
 
 
