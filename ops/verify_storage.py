@@ -183,7 +183,7 @@ def _check_store(name: str, kind: str, path: str, full: bool) -> tuple[dict[str,
                          "store": name, "path": path, "file": file, "remedy": _remedy(kind, name, path)})
 
     current = os.path.join(path, "CURRENT")
-    if not os.path.isdir(path) or (kind == "projection" and not os.listdir(path)):
+    if not os.path.isdir(path) or (kind == "projection" and _never_created(path)):
         if kind == "log":
             bad("MISSING_STORE", path, f"the log store {path} does not exist")
         else:
@@ -256,6 +256,13 @@ def _check_store(name: str, kind: str, path: str, full: bool) -> tuple[dict[str,
     finally:
         db.close()
     return info, problems
+
+
+def _never_created(path: str) -> bool:
+    """An empty projection dir, or one RocksDB was killed while creating: CURRENT is renamed into
+    place last, and no table file can exist before it."""
+    names = os.listdir(path)
+    return "CURRENT" not in names and not any(n.endswith(".sst") for n in names)
 
 
 def _holds_nothing(db: Rdict) -> bool:
