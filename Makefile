@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 SIZE   ?= full
 
-.PHONY: run test bench bench-memory lint clean venv
+.PHONY: run test bench bench-memory torture lint clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: $(BENCH_VENV)/.installed
 EVENTS ?= 10000000
 bench-memory: venv
 	$(BIN)/python -m benchmarks.memory --events $(EVENTS)
+
+# A bounded chaos run: kill -9 (ingest, a node mid-POST and mid-fold, reproject, snapshot create and
+# restore), injected EIO/ENOSPC, poison and junk input; then lost / duplicated / digests / answers.
+# TRIALS per kind; no trial starts after SECONDS (about 3 minutes on 2 cores). bench-out/torture.json
+TRIALS  ?= 3
+SECONDS ?= 300
+torture: venv
+	$(BIN)/python -m benchmarks.torture --trials $(TRIALS) --seconds $(SECONDS)
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy import-linter

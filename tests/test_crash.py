@@ -25,98 +25,24 @@ from typing import Any
 import pytest
 
 from ledgerlog import projections
-from ledgerlog.engine import topics as T
+from benchmarks.torture import kit
+from benchmarks.torture.kit import (
+    LEDGERLOG,
+    REPO,
+    RUNNER_SNIPPET,
+    cli,
+    lines_in_log,
+    log_dump,
+    ok_json,
+    projection_dump,
+)
 from ledgerlog.engine.chain import open_chain
-from ledgerlog.engine.config import load_config
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
-from ledgerlog.streams.runner import Runner
-from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
-from clitools import LEDGERLOG
 
-REPO = str(Path(__file__).resolve().parent.parent)
 EVENTS = 10_000
 SEED = 5
 KILLS = 4
 SEED_RUN = int(os.environ.get("LEDGERLOG_CRASH_SEED") or random.SystemRandom().randrange(1 << 32))
-
-#: Fold every projection in small batches, printing "step <events folded>" after each committed step.
-RUNNER_SNIPPET = r"""
-import sys
-from ledgerlog.engine.chain import open_chain
-from ledgerlog.engine.config import load_config
-from ledgerlog.streams.runner import Runner
-cfg = load_config(sys.argv[1], {})
-chain = open_chain(cfg, read_only=True)
-runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=int(sys.argv[2]))
-print("open", flush=True)
-while True:
-    n = runner.step()
-    if not n:
-        break
-    print("step", n, flush=True)
-runner.close()
-chain.close()
-print("done", flush=True)
-"""
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(extra)
-    return env
-
-
-def cli(data_dir: Any, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], capture_output=True,
-                          timeout=timeout, env=_env(**env))
-
-
-def ok_json(proc: subprocess.CompletedProcess) -> Any:
-    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
-    return json.loads(proc.stdout)
-
-
-def _cfg(data: Path):  # noqa: ANN202
-    return load_config(str(data), {})
-
-
-def lines_in_log(data: Path) -> int | None:
-    """How many ingest lines the log holds: one event per line, except a block line, which also
-    writes one ledger.transactions event per transaction. None if the log cannot be read now."""
-    try:
-        with open_chain(_cfg(data), read_only=True) as chain:
-            log = chain.log
-            return sum(sum(log.end_offsets(t)) for t in T.EVENT_TOPICS if t != T.TRANSACTIONS)
-    except Exception:  # e.g. opened while the writer renames files: try again later
-        return None
-
-
-def log_dump(data: Path) -> tuple[dict[str, list[int]], list[tuple[bytes, bytes]], dict[str, list[Any]]]:
-    """End offsets, write-side state and every record of every topic."""
-    with open_chain(_cfg(data), read_only=True) as chain:
-        log = chain.log
-        ends = {t: log.end_offsets(t) for t in sorted(log.topics())}
-        state = list(log.state_items(b""))
-        records = {t: [(r.partition, r.offset, r.key, r.value, r.timestamp)
-                       for p in range(len(ends[t])) for r in log.scan(t, p)] for t in ends}
-    return ends, state, records
-
-
-def projection_dump(data: Path) -> dict[str, Any]:
-    """Per projection: stored digest, digest recomputed from its state, positions, and state."""
-    out = {}
-    with open_chain(_cfg(data), read_only=True) as chain:
-        runner = Runner(chain.log, chain.codec, chain.genesis, _cfg(data).projections_dir, read_only=True)
-        try:
-            for name, h in runner.handles.items():
-                state = [(k, v) for k, v in h.store.db.items() if not k.startswith(b"\x00")]
-                recomputed = sum(entry_hash(k, v) for k, v in state) % DIGEST_MOD
-                out[name] = {"digest": h.store.digest_hex(), "recomputed": f"{recomputed:032x}",
-                             "positions": runner.positions(name), "lag": runner.lag()[name], "state": state}
-        finally:
-            runner.close()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +77,9 @@ def test_ingest_killed_at_random_points(hist, tmp_path) -> None:
     committed = [0]
     killed_mid = 0
     for frac in targets:
-        proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "ingest", str(hist["hpath"])],
+        proc = subprocess.Popen([*LEDGERLOG, "--data-dir", str(data), "ingest", str(hist["hpath"])],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=_env(LEDGERLOG_INGEST_CHUNK=str(rng.choice((17, 64, 250)))))
+                                env=kit.env(LEDGERLOG_INGEST_CHUNK=str(rng.choice((17, 64, 250)))))
         try:
             target = max(committed[-1] + 1, int(frac * n))
             deadline = time.monotonic() + 90
@@ -213,7 +139,7 @@ def _fold_and_kill(data: Path, rng: random.Random, until: int, batch: int) -> tu
     projections), a random instant into the step after. Returns (killed before it finished,
     events it reported folded)."""
     proc = subprocess.Popen([sys.executable, "-c", RUNNER_SNIPPET, str(data), str(batch)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kit.env())
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
     folded, finished = 0, False
@@ -244,7 +170,7 @@ def test_runner_killed_at_random_points(hist) -> None:
     why = f"LEDGERLOG_CRASH_SEED={SEED_RUN}"
     data = hist["ingested"]
     assert not (data / "projections").exists()
-    with open_chain(_cfg(data), read_only=True) as chain:  # events to fold, over all projections
+    with open_chain(kit.config(data), read_only=True) as chain:  # events to fold, over all projections
         total = sum(sum(chain.log.end_offsets(t)) for m in projections.ALL.values() for t in m.TOPICS)
     # kill at increasing random fractions of the replay; a step folds at most 4 * batch events
     targets = sorted(rng.uniform(0.05, 0.8) for _ in range(KILLS))

@@ -231,3 +231,76 @@ def test_cli_on_a_full_disk_is_one_line_exit_2(small_fs, tmp_path) -> None:
     debug = subprocess.run([LEDGERLOG, "--debug", "--data-dir", str(data), "ingest", str(tmp_path / "h.jsonl")],
                            capture_output=True, timeout=120, env=_env())
     assert debug.returncode == 2 and "Traceback" in debug.stderr.decode()
+
+
+# -- the faults file: the same seam, switched from outside the process (the torture harness) -----
+
+def test_faults_file_switches_the_seam_from_outside(tmp_path, monkeypatch) -> None:
+    """LEDGERLOG_FAULTS_FILE names a file: "EIO" or "ENOSPC" (optionally a path prefix) in it makes
+    writes and probes under that prefix fail; an empty or absent file clears the fault."""
+    faults = tmp_path / "faults"
+    store = tmp_path / "data" / "log"
+    other = tmp_path / "data" / "projections"
+    monkeypatch.setenv(diskfaults.FAULTS_FILE_ENV, str(faults))
+    diskfaults.check(str(store))  # no file: no fault
+    faults.write_text("ENOSPC\n")
+    with pytest.raises(Exception, match=os.strerror(errno.ENOSPC)):
+        diskfaults.check(str(store))
+    with pytest.raises(OSError) as exc:
+        diskfaults.probe(str(tmp_path))
+    assert exc.value.errno == errno.ENOSPC
+    faults.write_text(f"EIO {store}\n")  # only under the log
+    with pytest.raises(Exception, match=os.strerror(errno.EIO)):
+        diskfaults.check(str(store))
+    diskfaults.check(str(other))
+    faults.write_text("")
+    diskfaults.check(str(store))
+    faults.write_text("ENOSPC\n")
+    faults.unlink()
+    diskfaults.check(str(store))
+    monkeypatch.delenv(diskfaults.FAULTS_FILE_ENV)
+    faults.write_text("EIO\n")
+    diskfaults.check(str(store))  # the variable unset: the file means nothing
+
+
+def test_reads_racing_a_log_reopen_never_fail(tmp_path) -> None:
+    """The node's storage loop reopens the log when a fault clears while HTTP threads read the
+    write-side state and the fold reads records: no read may fail (it answered 500 once)."""
+    import threading
+
+    from ledgerlog.engine.errors import StorageUnavailableError
+    from ledgerlog.engine.log.base import Record
+    from ledgerlog.engine.log.embedded import EmbeddedLog
+
+    log = EmbeddedLog(str(tmp_path / "log"), sync=False)
+    log.create_topics({"t": 1})
+    log.append([Record("t", b"k", b"v" * 100, 1)], {b"k": b"v"})
+    stop, errors = threading.Event(), []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                assert log.state_get(b"k") == b"v"
+                assert len(log.read("t", 0, 0)) == 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(30):
+            diskfaults.inject(errno.EIO)
+            with pytest.raises(StorageUnavailableError):
+                log.append([Record("t", b"k", b"x", 2)])
+            diskfaults.inject(None)
+            log.recover()  # what the storage loop does once the disk takes writes again
+            if errors:
+                break
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        log.close()
+    assert errors == []

@@ -316,3 +316,44 @@ def test_running_node_is_verified_read_only_at_live_positions(tmp_path) -> None:
     assert report["ok"] is False and report["storage"]["ok"] and report["log"]["ok"] and report["supply"]["ok"]
     ahead = {p["where"] for p in report["projections"]["problems"] if p["code"] == "POSITIONS_AHEAD"}
     assert ahead == {f"{n} live store" for n in ("chainstate", "balances", "energy", "payouts")}, ahead
+
+
+@pytest.mark.parametrize("step", ["no CURRENT yet", "no format key yet"])
+def test_a_projection_store_killed_while_being_created_is_not_damage(data, step) -> None:
+    """A node SIGKILLed at start-up while RocksDB creates a projection store (before CURRENT is
+    renamed into place) or right after (before the format key is written) leaves a store that
+    never held anything (found by `make torture`): the next start initialises and folds it
+    rather than refusing it as CORRUPT."""
+    from ledgerlog.engine.rocks import _open, _options
+    from ledgerlog.projections import energy
+    from ledgerlog.streams import layout
+
+    cfg = _cfg(data)
+    before = _digests(cfg)
+    shutil.rmtree(data / "projections" / "energy")
+    path, _ = layout.live_path(cfg.projections_dir, energy)
+    _open(path, _options(True), None).close()  # created, never written
+    if step == "no CURRENT yet":
+        os.unlink(os.path.join(path, "CURRENT"))
+    assert check_stores(cfg, "auto")["stores"]["energy"]["missing"] is True  # does not raise
+    assert verify(cfg)["storage"]["stores"]["energy"]["ok"]
+    assert _digests(cfg) == before  # opened, initialised and folded from the log
+
+
+def test_a_projection_store_missing_current_with_tables_is_damage(data) -> None:
+    """The exception above is narrow: a store that holds table files but lost CURRENT is damage."""
+    store = _store_dir(data, "balances")
+    assert list(store.glob("*.sst"))
+    (store / "CURRENT").unlink()
+    with pytest.raises(CorruptStoreError, match="CURRENT"):
+        check_stores(_cfg(data), "quick")
+
+
+def _digests(cfg: Config) -> dict[str, str]:
+    with open_chain(cfg) as chain:
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+        try:
+            runner.catch_up()
+            return runner.digests()
+        finally:
+            runner.close()

@@ -2,7 +2,12 @@
 probe that says when writes may resume, and the seam tests use to inject EIO or ENOSPC.
 
 RocksDB stops a database after a failed write (a full disk, an fsync that failed) until it is
-reopened; engine/rocks.py's ``WriteGuard`` does that once ``probe`` of the disk succeeds again."""
+reopened; engine/rocks.py's ``WriteGuard`` does that once ``probe`` of the disk succeeds again.
+
+A process started with ``LEDGERLOG_FAULTS_FILE=PATH`` also takes its fault from that file, so a
+test can switch a node's faults from outside (``make torture``): ``EIO`` or ``ENOSPC``, optionally
+followed by a path prefix; an empty or absent file means no fault. Test-only: never set it in
+production."""
 from __future__ import annotations
 
 import errno
@@ -10,12 +15,15 @@ import os
 import threading
 from collections import Counter
 
-__all__ = ["HEALTH", "PROBE_NAME", "Health", "check", "inject", "kind_of", "probe"]
+__all__ = ["FAULTS_FILE_ENV", "HEALTH", "PROBE_NAME", "Health", "check", "inject", "kind_of", "probe"]
 
 PROBE_NAME = ".ledgerlog-write-probe"
 _PROBE_BYTES = b"\0" * 4096
 
 _injected: tuple[int, str] | None = None  # (errno, path prefix) writes and probes fail with (tests)
+FAULTS_FILE_ENV = "LEDGERLOG_FAULTS_FILE"
+_ERRNOS = {"EIO": errno.EIO, "ENOSPC": errno.ENOSPC}
+_read: tuple[tuple[str, int, int, int], tuple[int, str] | None] | None = None  # (file identity, its fault)
 
 
 def inject(err: int | None, under: str = "") -> None:
@@ -27,8 +35,33 @@ def inject(err: int | None, under: str = "") -> None:
     _injected = None if err is None else (err, os.path.abspath(under) if under else "")
 
 
+def _from_file() -> tuple[int, str] | None:
+    """The fault ``LEDGERLOG_FAULTS_FILE`` names now (re-read only when the file changes)."""
+    global _read
+    name = os.environ.get(FAULTS_FILE_ENV)
+    if not name:
+        return None
+    try:
+        st = os.stat(name)
+    except OSError:
+        return None
+    ident = (name, st.st_ino, st.st_mtime_ns, st.st_size)
+    if _read is not None and _read[0] == ident:
+        return _read[1]
+    try:
+        with open(name, encoding="utf-8") as f:
+            words = f.read().split(maxsplit=1)
+    except (OSError, ValueError):
+        words = []
+    fault = None
+    if words and words[0].upper() in _ERRNOS:
+        fault = (_ERRNOS[words[0].upper()], os.path.abspath(words[1].strip()) if len(words) > 1 else "")
+    _read = (ident, fault)
+    return fault
+
+
 def _hit(path: str) -> int | None:
-    fault = _injected
+    fault = _injected or _from_file()
     if fault is None or not os.path.abspath(path).startswith(fault[1]):
         return None
     return fault[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from typing import Iterator, Mapping, Sequence
+import time
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 from rocksdict import Checkpoint, DbClosedError, Rdict
 
@@ -17,6 +18,13 @@ from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 __all__ = ["EmbeddedLog"]
 
 _HEAD = K.RECORD_HEAD  # the record layout (storekeys): timestamp, key length; then key, then value
+_T = TypeVar("_T")
+
+
+def _borrowed(exc: BaseException) -> bool:
+    """rocksdict's "Already (mutably) borrowed": another thread is inside the same handle (a
+    close() during a recovery holds it while a read comes in)."""
+    return isinstance(exc, RuntimeError) and "borrowed" in str(exc)
 
 
 class EmbeddedLog(Log):
@@ -46,10 +54,16 @@ class EmbeddedLog(Log):
         """After a write the disk refused: open the store anew (RocksDB keeps a database stopped
         until then) and reload the end offsets, which a write that failed late may have moved. If
         it cannot be opened for writing yet, it is opened read-only so reads go on."""
-        try:
-            self._db.close()
-        except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
-            pass
+        for _ in range(1000):  # a reader on another thread may hold it for a moment
+            try:
+                self._db.close()
+            except RuntimeError as exc:
+                if _borrowed(exc):
+                    time.sleep(0.001)
+                    continue
+            except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
+                pass
+            break
         try:
             self._db = open_store(self.path, K.LOG_FORMAT, create=False)
         except StorageError:
@@ -161,21 +175,43 @@ class EmbeddedLog(Log):
             self._ends.update(ends)
             return out
 
+    def _reading(self, read: Callable[[Rdict], _T]) -> _T:
+        """``read(db)``, again on the new database if a recovery swapped it meanwhile (rocksdict
+        raises DbClosedError, or RuntimeError while close() holds it): a reader never fails
+        because the disk came back."""
+        for _ in range(3):
+            db = self._db
+            try:
+                return read(db)
+            except (DbClosedError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not _borrowed(exc):
+                    raise
+                with self._lock:  # held by the recovery until the new database is in place
+                    pass
+        return read(self._db)
+
     def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[LogRecord]:
         if (topic, partition) not in self._ends:
             raise LogError(f"unknown topic partition {topic}[{partition}]")
+        if max_records <= 0:
+            return []
+        return self._reading(lambda db: self._read(db, topic, partition, offset, max_records))
+
+    def _read(self, db: Rdict, topic: str, partition: int, offset: int, max_records: int) -> list[LogRecord]:
         prefix = K.record_prefix(topic, partition)
         out: list[LogRecord] = []
-        if max_records <= 0:
-            return out
         try:
-            for key, val in iter_prefix(self._db, prefix, K.record_key(topic, partition, max(offset, 0))):
+            for key, val in iter_prefix(db, prefix, K.record_key(topic, partition, max(offset, 0))):
                 ts, klen = _HEAD.unpack_from(val)
                 start = _HEAD.size
                 out.append(LogRecord(topic, partition, K.U64.unpack_from(key, len(prefix))[0],
                                      val[start:start + klen], val[start + klen:], ts))
                 if len(out) >= max_records:
                     break
+        except (DbClosedError, RuntimeError) as exc:
+            if isinstance(exc, DbClosedError) or _borrowed(exc):
+                raise  # swapped by a recovery: _reading reads again
+            raise map_error(exc, self.path) from exc
         except Exception as exc:
             raise map_error(exc, self.path) from exc
         return out
@@ -199,10 +235,11 @@ class EmbeddedLog(Log):
         return out
 
     def state_get(self, key: bytes) -> bytes | None:
+        full = K.STATE_PREFIX + key
         try:
-            return self._db.get(K.STATE_PREFIX + key)
-        except DbClosedError:  # swapped by a recovery meanwhile: read the new one
-            return self._db.get(K.STATE_PREFIX + key)
+            return self._db.get(full)
+        except (DbClosedError, RuntimeError):  # swapped by a recovery meanwhile: read the new one
+            return self._reading(lambda db: db.get(full))
 
     def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         n = len(K.STATE_PREFIX)

@@ -182,7 +182,7 @@ def _check_store(name: str, kind: str, path: str, full: bool) -> tuple[dict[str,
                          "store": name, "path": path, "file": file, "remedy": _remedy(kind, name, path)})
 
     current = os.path.join(path, "CURRENT")
-    if not os.path.isdir(path) or (kind == "projection" and not os.listdir(path)):
+    if not os.path.isdir(path) or (kind == "projection" and _never_created(path)):
         if kind == "log":
             bad("MISSING_STORE", path, f"the log store {path} does not exist")
         else:
@@ -230,6 +230,11 @@ def _check_store(name: str, kind: str, path: str, full: bool) -> tuple[dict[str,
             bad(code, file, f"reading the format key failed: {exc}")
             return info, problems
         want = K.LOG_FORMAT if kind == "log" else K.PROJECTION_FORMAT
+        if fmt is None and kind == "projection" and not problems and _holds_nothing(db):
+            # created but never written (a process killed right after RocksDB made it): opening
+            # it writes the format key and folds it from the log, like a store not built yet
+            info["missing"] = True
+            return info, problems
         if fmt != want:
             bad("FORMAT", path, f"format key is {fmt!r}, expected {want!r}")
         if full and not problems:
@@ -250,6 +255,19 @@ def _check_store(name: str, kind: str, path: str, full: bool) -> tuple[dict[str,
     finally:
         db.close()
     return info, problems
+
+
+def _never_created(path: str) -> bool:
+    """An empty projection dir, or one RocksDB was killed while creating: CURRENT is renamed into
+    place last, and no table file can exist before it."""
+    names = os.listdir(path)
+    return "CURRENT" not in names and not any(n.endswith(".sst") for n in names)
+
+
+def _holds_nothing(db: Rdict) -> bool:
+    it = db.iter()
+    it.seek_to_first()
+    return not it.valid()
 
 
 def _damaged_files(path: str, files: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
