@@ -54,7 +54,7 @@ class RssSampler:
             self.samples.append((time.monotonic() - t0, tree_rss()))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 

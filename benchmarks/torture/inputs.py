@@ -9,7 +9,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ledgerlog.engine.admission.lines import BlockLine, RotationLine, ShareLine, SignedLine, parse_line
+from ledgerlog.engine.admission.lines import (
+    BlockLine,
+    RotationLine,
+    ShareLine,
+    SignedLine,
+    parse_line,
+)
 from ledgerlog.engine.errors import Rejection
 from ledgerlog.engine.signing import share_line, signed_line
 from ledgerlog.ops.devtools.histgen import Keys, derive_signer, make_genesis, write_history

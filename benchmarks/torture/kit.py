@@ -17,8 +17,8 @@ import httpx
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import Config, load_config
-from ledgerlog.streams.runner import Runner
 from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
+from ledgerlog.streams.runner import Runner
 
 __all__ = ["LEDGERLOG", "REPO", "RUNNER_SNIPPET", "cli", "config", "env", "kill", "lines_in_log",
            "log_dump", "ok_json", "projection_dump", "start_node", "stop_node", "wait_node_url"]

@@ -248,7 +248,7 @@ def trial_fold(st: Stage, o: Outcome, d: Path, rng: random.Random) -> None:
             pass
         ready = (data / "node.json").exists()
         o.kills += 1
-        o.mid += kill(proc) and not ready and 0 < _lag_left(data)
+        o.mid += kill(proc) and not ready and _lag_left(data) > 0
     proc, url = _start(data, o)
     if url is None:
         return

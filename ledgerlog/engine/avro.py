@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
-from importlib import resources
 from collections.abc import Callable
+from functools import cache
+from importlib import resources
 from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader
@@ -58,13 +58,13 @@ def _inline(node: Any, seen: set[str]) -> Any:
     return node
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_json(name: str) -> str:
     """The standalone schema text (nested records inlined), as registered on ``_schemas``."""
     return json.dumps(_inline(_raw(name), set()), separators=(",", ":"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def parsed(name: str) -> Any:
     return parse_schema(json.loads(schema_json(name)))
 
@@ -73,7 +73,7 @@ def parse_text(text: str) -> Any:
     return parse_schema(json.loads(text))
 
 
-@lru_cache(maxsize=None)
+@cache
 def encoder(name: str) -> Callable[[dict[str, Any]], bytes]:
     """The schema's generated encoder (engine/avro_codegen.py: fastavro's bytes, faster)."""
     return avro_codegen.encoder(schema_json(name))

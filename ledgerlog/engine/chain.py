@@ -91,7 +91,7 @@ class Chain:
             self._admitter.verifier.close()
         self.log.close()
 
-    def __enter__(self) -> "Chain":
+    def __enter__(self) -> Chain:
         return self
 
     def __exit__(self, *exc: object) -> None:

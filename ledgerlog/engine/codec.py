@@ -115,7 +115,7 @@ class Codec:
         self._encode = {topic: avro.encoder(name) for topic, name in EVENT_SCHEMA.items()}
 
     @classmethod
-    def register_all(cls, log: Log) -> "Codec":
+    def register_all(cls, log: Log) -> Codec:
         """Register the code's current event schemas (evolution-checked) and build a codec."""
         reg = Registry(log)
         for topic, name in EVENT_SCHEMA.items():

@@ -71,7 +71,7 @@ def check(path: str) -> None:
     """Raise what RocksDB raises for a failed synced write, if a fault is injected."""
     err = _hit(path)
     if err is not None:
-        raise Exception(f"IO error: {os.strerror(err)}: While fsync: a file under {path}")  # noqa: TRY002
+        raise Exception(f"IO error: {os.strerror(err)}: While fsync: a file under {path}")
 
 
 def probe(directory: str) -> None:

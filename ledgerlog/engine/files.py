@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 __all__ = ["atomic_writer", "write_atomic", "fsync_dir"]
 

@@ -47,7 +47,7 @@ class Genesis:
     hash: str
 
     @classmethod
-    def from_dict(cls, g: dict[str, Any]) -> "Genesis":
+    def from_dict(cls, g: dict[str, Any]) -> Genesis:
         def need(obj: dict[str, Any], key: str, typ: type, where: str = "") -> Any:
             v = obj.get(key)
             if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
@@ -83,7 +83,7 @@ class Genesis:
         )
 
     @classmethod
-    def load(cls, path: str) -> "Genesis":
+    def load(cls, path: str) -> Genesis:
         try:
             with open(path, encoding="utf-8") as f:
                 return cls.from_dict(json.load(f))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
-from ledgerlog.engine.errors import ProofError  # a proof does not verify, or was asked for beyond the tree
+from ledgerlog.engine.errors import (
+    ProofError,  # a proof does not verify, or was asked for beyond the tree
+)
 
 __all__ = ["EMPTY_ROOT", "leaf_hash", "node_hash", "split", "root_of", "inclusion_proof",
            "consistency_proof", "verify_inclusion", "verify_consistency", "Frontier",
@@ -159,7 +161,7 @@ class Frontier:
     (one per set bit of the size). Appending is O(log n); ``completed`` lists the (level, index,
     hash) of every complete aligned subtree an append finished, for a store of node hashes."""
 
-    __slots__ = ("size", "nodes")
+    __slots__ = ("nodes", "size")
 
     def __init__(self, size: int = 0, nodes: Iterable[bytes] = ()) -> None:
         self.size = size
@@ -187,7 +189,7 @@ class Frontier:
             h = node_hash(left, h)
         return h
 
-    def copy(self) -> "Frontier":
+    def copy(self) -> Frontier:
         return Frontier(self.size, self.nodes)
 
 

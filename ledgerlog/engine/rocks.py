@@ -4,13 +4,29 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-from rocksdict import (AccessType, BlockBasedIndexType, BlockBasedOptions, Cache, DBRecoveryMode, Options, Rdict,
-                       RdictIter, WriteBatch, WriteOptions)
+from rocksdict import (
+    AccessType,
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    DBRecoveryMode,
+    Options,
+    Rdict,
+    RdictIter,
+    WriteBatch,
+    WriteOptions,
+)
 
 from . import diskfaults
-from .errors import CorruptStoreError, FormatVersionError, StorageError, StorageUnavailableError, StoreLockedError
+from .errors import (
+    CorruptStoreError,
+    FormatVersionError,
+    StorageError,
+    StorageUnavailableError,
+    StoreLockedError,
+)
 from .storekeys import FORMAT_KEY
 
 __all__ = ["open_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard"]

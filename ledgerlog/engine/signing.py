@@ -23,7 +23,7 @@ class Signer:
         self.address = identity or address_of(bytes(key.verify_key))
 
     @classmethod
-    def load(cls, path: str) -> "Signer":
+    def load(cls, path: str) -> Signer:
         """A key file as ``init`` and key rotation write it: JSON with "seed" (and "identity")."""
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -37,11 +37,11 @@ class Signer:
         return json.dumps(doc) + "\n"
 
     @classmethod
-    def generate(cls) -> "Signer":
+    def generate(cls) -> Signer:
         return cls(SigningKey.generate())
 
     @classmethod
-    def from_seed(cls, seed_hex: str) -> "Signer":
+    def from_seed(cls, seed_hex: str) -> Signer:
         return cls(SigningKey(bytes.fromhex(seed_hex)))
 
     @property

@@ -8,7 +8,8 @@ every later history entry (rare; the runner folds in height order)."""
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis

@@ -6,9 +6,11 @@ order); the property tests check it."""
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
-from ledgerlog.engine.intjson import dumps as jdump, loads as _loads
+from ledgerlog.engine.intjson import dumps as jdump
+from ledgerlog.engine.intjson import loads as _loads
 
 __all__ = ["View", "Txn", "Event", "U64", "h8", "jload", "jdump"]
 

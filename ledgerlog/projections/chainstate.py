@@ -10,7 +10,8 @@ Version 2 writes a confirmed transaction as one row from its own event (which ca
 index and block hash), not a location row from the block plus a body row: a third fewer rows."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis

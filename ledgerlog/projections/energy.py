@@ -12,7 +12,8 @@ then the order of folding does not matter."""
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from itertools import product
-from typing import Any, Callable
+from typing import Any
 
 from ledgerlog import projections
 from ledgerlog.engine.log.base import Log
@@ -72,7 +73,7 @@ def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, pat
         runner.catch_up(progress=tick)
         results.put({name: h.events for name, h in runner.handles.items()})
         runner.close()
-    except BaseException as exc:  # reported to the parent, which falls back to folding itself
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which falls back to folding itself
         results.put({"error": f"{type(exc).__name__}: {exc}"})
     finally:
         log.close()

@@ -14,8 +14,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from ledgerlog import projections
 from ledgerlog.engine.codec import Codec
@@ -185,7 +186,7 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
     live.corrupt.pop(name, None)
     if old is not None:
         remove = None
-        if keep and old_dir != built[0]:
+        if keep and old_dir is not None and old_dir != built[0]:
             layout.write_pointer(projections_dir, name, "previous", old_dir, old.version)
             summary["previous"] = old_dir
         elif old_dir != built[0]:

@@ -10,12 +10,19 @@ absent, and neither the commit nor the fold's reads go to RocksDB for it."""
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.digest import digest_hex, update_digest
 from ledgerlog.engine.errors import StorageError
-from ledgerlog.engine.rocks import WriteBatch, WriteGuard, iter_prefix, map_error, open_store, write_options
+from ledgerlog.engine.rocks import (
+    WriteBatch,
+    WriteGuard,
+    iter_prefix,
+    map_error,
+    open_store,
+    write_options,
+)
 
 __all__ = ["ProjectionStore", "OverlayTxn"]
 
@@ -78,7 +85,7 @@ class KeyFilter:
 
 
 class _DbView:
-    def __init__(self, db) -> None:  # noqa: ANN001 - rocksdict.Rdict
+    def __init__(self, db) -> None:
         self._db = db
 
     def get(self, key: bytes) -> bytes | None:
@@ -98,7 +105,7 @@ class _DbView:
 class OverlayTxn(_DbView):
     """Uncommitted writes over the store; reads see them first."""
 
-    def __init__(self, db, keys: KeyFilter | None = None) -> None:  # noqa: ANN001
+    def __init__(self, db, keys: KeyFilter | None = None) -> None:
         super().__init__(db)
         self.writes: dict[bytes, bytes | None] = {}
         self.stored: dict[bytes, bytes | None] = {}  # values read from the store, for the digest
@@ -124,11 +131,12 @@ class OverlayTxn(_DbView):
 
     def items(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         lo = start if start is not None else prefix
-        merged = {k: v for k, v in iter_prefix(self._db, prefix, lo)}
+        merged: dict[bytes, bytes | None] = dict(iter_prefix(self._db, prefix, lo))
         merged.update((k, v) for k, v in self.writes.items() if k.startswith(prefix) and k >= lo)
         for k in sorted(merged):
-            if merged[k] is not None:
-                yield k, merged[k]  # type: ignore[misc]
+            v = merged[k]
+            if v is not None:
+                yield k, v
 
     def last_at_or_before(self, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
         best = None  # a linear walk: only folds' rare out-of-order paths come here
@@ -251,7 +259,7 @@ class ProjectionStore:
             keys = self._keys = self._key_filter()
         if keys is not None and unknown:  # ... unless certainly absent
             unknown = keys.maybe(unknown)
-        olds = dict(zip(unknown, self.db[unknown])) if unknown else {}
+        olds: dict[bytes, bytes | None] = dict(zip(unknown, self.db[unknown])) if unknown else {}  # type: ignore[index, arg-type]  # rocksdict's multi-get
         gone: list[tuple[bytes, bytes]] = []
         new: list[tuple[bytes, bytes]] = []
         added: list[bytes] = []

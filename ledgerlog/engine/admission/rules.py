@@ -2,7 +2,8 @@
 events a line becomes (and has changed the state's line overlay) or raises a Rejection."""
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .. import topics as T
 from ..crypto import H, address_of, tx_root, verify

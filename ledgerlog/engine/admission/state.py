@@ -5,7 +5,8 @@ its records (embedded log: one RocksDB WriteBatch)."""
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from .. import intjson
 from ..genesis import Genesis

@@ -5,8 +5,8 @@ the rules run; the rules then read ``Signed.sig_ok`` at the point of PROTOCOL.md
 so the codes reported are the same as with checking inline."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Sequence
 
 from ..crypto import h_bytes, verify
 from ..errors import Rejection

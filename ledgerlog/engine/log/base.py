@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import AheadOfLogError, LogError
 from ..partitioner import partition_for
@@ -182,7 +183,7 @@ class Log(abc.ABC):
                 yield rec
             offset = chunk[-1].offset + 1
 
-    def __enter__(self) -> "Log":
+    def __enter__(self) -> Log:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,7 +6,8 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from rocksdict import Checkpoint, DbClosedError, Rdict
 

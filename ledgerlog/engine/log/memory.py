@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from ..errors import LogError
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition

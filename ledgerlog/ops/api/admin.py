@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-import orjson
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.errors import (
     AdminDisabledError,
@@ -38,7 +38,6 @@ from ledgerlog.engine.errors import (
     UnauthorizedError,
     storage_error,
 )
-
 from ledgerlog.ops.api.guard import public_json
 
 if TYPE_CHECKING:
@@ -167,7 +166,7 @@ def run_recorded(node: NodeContext, name: str, body: dict[str, Any], client: str
 
 
 def _record(node: NodeContext, name: str, body: dict[str, Any], client: str, outcome: str, detail: str) -> None:
-    event = {"action": name, "params": _dumps(body),
+    event: dict[str, Any] = {"action": name, "params": _dumps(body),
              "client": client, "outcome": outcome, "detail": detail[:4096], "node": socket.gethostname(),
              "timestamp": int(time.time() * 1000)}
     node.admitter.record(T.ADMIN, name, event, event["timestamp"])

@@ -11,10 +11,16 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from ledgerlog.ops.api.fast import FastLane, RequestMetrics
-from ledgerlog.ops.api.guard import HostGuard, install_error_handlers, origins, register_root, split_list
+from ledgerlog.ops.api.faucet import FaucetSettings, attach
+from ledgerlog.ops.api.guard import (
+    HostGuard,
+    install_error_handlers,
+    origins,
+    register_root,
+    split_list,
+)
 from ledgerlog.ops.api.limits import BodyLimit, HttpLimits, TokenBuckets
 from ledgerlog.ops.api.routes import ROUTES, Edge, mount
-from ledgerlog.ops.api.faucet import FaucetSettings, attach
 from ledgerlog.ops.api.tracing import instrument_app
 
 if TYPE_CHECKING:

@@ -66,7 +66,6 @@ from ledgerlog.engine.errors import (
     TopupKeyMissingError,
 )
 from ledgerlog.engine.signing import Signer, signed_line
-
 from ledgerlog.ops.api.limits import TokenBuckets, controls
 from ledgerlog.ops.query.queries import ADDRESS_RE
 
@@ -129,7 +128,7 @@ def _rate(interval: float) -> float:
 
 
 class Faucet:
-    def __init__(self, node: ChainContext, settings: FaucetSettings | None = None, *,
+    def __init__(self, node: NodeContext, settings: FaucetSettings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.settings = settings or FaucetSettings()

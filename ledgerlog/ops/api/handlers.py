@@ -5,26 +5,32 @@ LedgerErrors and answered by the app's one handler (ops/api/guard.py)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ledgerlog.engine.errors import NotFoundError, NotReadyError, PausedError, RateLimitedError, StorageUnavailableError
+from ledgerlog.engine.errors import (
+    NotFoundError,
+    NotReadyError,
+    PausedError,
+    RateLimitedError,
+    StorageUnavailableError,
+)
 from ledgerlog.engine.intjson import dumps_any
-
 from ledgerlog.ops.api import admin, rpc
 from ledgerlog.ops.api.guard import check_ingest_headers, error_response
 from ledgerlog.ops.api.limits import HttpLimits, TokenBuckets, client_key
 from ledgerlog.ops.data.lines import numbered_lines
 
 if TYPE_CHECKING:
-    from ledgerlog.ops.node.context import NodeContext
     from ledgerlog.ops.api.faucet import Faucet
+    from ledgerlog.ops.node.context import NodeContext
 
 __all__ = ["Edge", "dumps", "json_response"]
 

@@ -44,7 +44,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledgerlog.engine.config import Config, env_values
 from ledgerlog.engine.errors import BadRequest, TooLargeError
-
 from ledgerlog.ops.api.guard import send_error
 
 if TYPE_CHECKING:

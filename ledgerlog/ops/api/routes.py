@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query
 from starlette.concurrency import run_in_threadpool
@@ -115,7 +115,7 @@ def _query_endpoint(route: Route, edge: h.Edge) -> Callable[..., Any]:
     kw_only = inspect.Parameter.KEYWORD_ONLY
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(n, kw_only, annotation=str) for n in names]
-        + [inspect.Parameter(p.name, kw_only, annotation=Optional[int], default=Query(None, ge=p.ge, le=p.le))
+        + [inspect.Parameter(p.name, kw_only, annotation=int | None, default=Query(None, ge=p.ge, le=p.le))
            for p in route.params])
     endpoint.__name__ = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "") or "root"
     return endpoint

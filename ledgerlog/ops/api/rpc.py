@@ -59,10 +59,9 @@ from typing import TYPE_CHECKING, Any
 from ledgerlog.engine import avro
 from ledgerlog.engine.crypto import canonical_json
 from ledgerlog.engine.errors import BadRequest, NotFoundError, RpcError
+from ledgerlog.ops.query.queries import ADDRESS_RE
 from ledgerlog.projections import chainstate
 from ledgerlog.projections.base import jload
-
-from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext as Node
@@ -302,7 +301,7 @@ def gettimesyncinfo(ctx: Ctx) -> dict[str, Any]:
 
 def getnetworkinfo(ctx: Ctx) -> dict[str, Any]:
     ver = _version()
-    nums = [int(p) if p.isdigit() else 0 for p in (ver.split(".") + ["0", "0"])[:3]]
+    nums = [int(p) if p.isdigit() else 0 for p in ([*ver.split("."), "0", "0"])[:3]]
     local = []
     if ctx.node.url:
         m = re.match(r"^https?://\[?([^\]]+?)\]?:(\d+)$", ctx.node.url)

@@ -12,7 +12,6 @@ from typing import Any
 import uvicorn
 
 from ledgerlog.engine.errors import ConfigError, PortInUseError
-
 from ledgerlog.ops.api.transport import EdgeSettings, protocol_class
 
 __all__ = ["bind", "listen", "raise_open_files", "uvicorn_server"]

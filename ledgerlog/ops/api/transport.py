@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ledgerlog.engine.errors import LedgerError, OverloadedError, RequestTimeoutError
-
 from ledgerlog.ops.api.guard import error_answer
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import orjson
 import typer
@@ -52,7 +52,7 @@ def fail(message: str, exit_code: int = 2, /, code: str | None = None) -> NoRetu
 def _root(ctx: typer.Context,
           data_dir: str = typer.Option("./data", "--data-dir", envvar="LEDGERLOG_DATA_DIR",
                                        help="Chain data directory."),
-          log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
+          log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
           debug: bool = typer.Option(False, "--debug", help="Print a traceback with a storage or I/O error.")) -> None:
     ctx.obj = {"data_dir": data_dir, "flags": {"log_level": log_level}}
     _DEBUG[0] = debug
@@ -73,8 +73,20 @@ def config_of(ctx: typer.Context, **flags: Any) -> Config:
 
 def _register_commands() -> None:
     """Import the command groups: each module adds its commands to ``app``."""
-    from . import (chain, export, generate, genesis, keys, mirror, query,  # noqa: F401
-                   reproject, snapshot, storage, verify, worker)
+    from . import (  # noqa: F401
+        chain,
+        export,
+        generate,
+        genesis,
+        keys,
+        mirror,
+        query,
+        reproject,
+        snapshot,
+        storage,
+        verify,
+        worker,
+    )
 
 
 def as_ledger_error(exc: BaseException) -> LedgerError:

@@ -6,23 +6,23 @@ import os
 import stat
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.errors import StoreLockedError
-
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.data.lines import numbered_lines
 from ledgerlog.ops.cli.progress import progress_bar
+from ledgerlog.ops.data.lines import numbered_lines
 
 
 @app.command()
 def init(ctx: typer.Context,
-         genesis: Optional[str] = typer.Option(None, "--genesis", help="Genesis JSON; default: a new dev chain with keys under <data-dir>/keys."),
-         log: Optional[str] = typer.Option(None, "--log", help="Log backend: embedded (default) or kafka://HOST:PORT[,...]."),
-         partitions: Optional[int] = typer.Option(None, "--partitions", help="Partitions per keyed topic (default 4).")) -> None:
+         genesis: str | None = typer.Option(None, "--genesis", help="Genesis JSON; default: a new dev chain with keys under <data-dir>/keys."),
+         log: str | None = typer.Option(None, "--log", help="Log backend: embedded (default) or kafka://HOST:PORT[,...]."),
+         partitions: int | None = typer.Option(None, "--partitions", help="Partitions per keyed topic (default 4).")) -> None:
     """Create a chain in the data dir (idempotent for the same genesis)."""
     cfg = config_of(ctx, log_url=log, partitions=partitions)
     doc = None
@@ -44,7 +44,7 @@ def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file 
     Exit 0 when nothing was rejected, 1 when something was, 2 on a usage or I/O error."""
     cfg = config_of(ctx)
     try:
-        stream = sys.stdin.buffer if file == "-" else open(file, "rb")
+        stream = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115 - closed after the ingest
     except OSError as exc:
         fail(f"cannot open {file}: {exc}", 2)
         raise
@@ -102,8 +102,8 @@ def status(ctx: typer.Context) -> None:
 def tail(ctx: typer.Context,
          topic: str = typer.Argument(..., help="Topic name, e.g. ledger.transactions."),
          from_offset: int = typer.Option(0, "--from-offset", help="First offset (negative: from the end)."),
-         partition: Optional[int] = typer.Option(None, "--partition", help="Only this partition."),
-         limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records."),
+         partition: int | None = typer.Option(None, "--partition", help="Only this partition."),
+         limit: int | None = typer.Option(None, "--limit", help="Stop after this many records."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
          poll_interval: float = typer.Option(0.5, "--poll-interval", min=0.01, max=60.0,
                                              help="With --follow: longest wait between looks at the log, seconds.")) -> None:

@@ -7,7 +7,6 @@ import typer
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import storage_error
-
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.data.export import FORMATS
 from ledgerlog.ops.data.export import export as export_events

@@ -1,8 +1,6 @@
 """`ledgerlog generate`: a deterministic, valid history (and its genesis) for trials and benchmarks."""
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ledgerlog.ops.cli import app, emit, fail
@@ -15,7 +13,7 @@ def generate(events: int = typer.Option(10_000, "--events", help="Roughly how ma
              wallets: int = typer.Option(32, "--wallets"),
              invalid_every: int = typer.Option(0, "--invalid-every", help="Make every Nth line invalid (0: none)."),
              out: str = typer.Option(..., "--out", help="JSONL file of ingest lines (- for stdout)."),
-             genesis_out: Optional[str] = typer.Option(None, "--genesis-out", help="Where to write its genesis.")) -> None:
+             genesis_out: str | None = typer.Option(None, "--genesis-out", help="Where to write its genesis.")) -> None:
     """Write a generated history: blocks of signed transfers, mempool txs, shares (some late),
     providers, readings, settlements and pool payouts. `init --genesis` it, then `ingest` it."""
     if events < 1 or wallets < 2 or invalid_every < 0:

@@ -8,7 +8,6 @@ from ledgerlog.engine.chain import kafka_config
 from ledgerlog.engine.crypto import H, canonical_json
 from ledgerlog.engine.genesis_record import read_on_log
 from ledgerlog.engine.log import open_log
-
 from ledgerlog.ops.cli import app, config_of, emit, fail
 
 genesis_app = typer.Typer(help="The genesis recorded on the log.", no_args_is_help=True)

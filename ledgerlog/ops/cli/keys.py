@@ -4,14 +4,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional
 
 import typer
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import LedgerError
 from ledgerlog.engine.signing import Signer, signed_line
-
 from ledgerlog.ops.cli import app, config_of, emit, fail
 
 keys_app = typer.Typer(help="Ed25519 keys.", no_args_is_help=True)
@@ -51,7 +49,7 @@ def keys_rotate(ctx: typer.Context, name: str = typer.Argument(..., help="Key fi
 
 
 @keys_app.command("new")
-def keys_new(out: Optional[str] = typer.Option(None, "--out", help="Write the key here (mode 0600).")) -> None:
+def keys_new(out: str | None = typer.Option(None, "--out", help="Write the key here (mode 0600).")) -> None:
     """Generate a key; prints seed (secret), pubkey and address."""
     s = Signer.generate()
     doc = {"seed": s.seed, "pubkey": s.pubkey, "address": s.address}
@@ -75,7 +73,7 @@ def _pending_nonce(ctx: typer.Context, address: str) -> int:
         raise
 
 
-def _chain_id(ctx: typer.Context, chain_id: Optional[str]) -> str:
+def _chain_id(ctx: typer.Context, chain_id: str | None) -> str:
     if chain_id:
         return chain_id
     cfg = config_of(ctx)
@@ -92,11 +90,11 @@ def sign_tx(ctx: typer.Context,
             key: str = typer.Option(..., "--key", help="Sender key file (from `keys new --out`)."),
             to: str = typer.Option(..., "--to", help="Recipient address."),
             amount: int = typer.Option(..., "--amount", help="Base units."),
-            fee: Optional[int] = typer.Option(None, "--fee", help="Default: genesis min_fee."),
-            nonce: Optional[int] = typer.Option(None, "--nonce", help="Default: next nonce from the chain."),
+            fee: int | None = typer.Option(None, "--fee", help="Default: genesis min_fee."),
+            nonce: int | None = typer.Option(None, "--nonce", help="Default: next nonce from the chain."),
             memo: str = typer.Option("", "--memo"),
-            chain_id: Optional[str] = typer.Option(None, "--chain-id"),
-            timestamp: Optional[int] = typer.Option(None, "--timestamp", help="ms; default now.")) -> None:
+            chain_id: str | None = typer.Option(None, "--chain-id"),
+            timestamp: int | None = typer.Option(None, "--timestamp", help="ms; default now.")) -> None:
     """Print a signed `transaction` ingest line (pipe it to `ledgerlog ingest -`)."""
     signer = load_signer(key)
     if fee is None:

@@ -6,11 +6,10 @@ import typer
 from ledgerlog.engine.errors import StoreLockedError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.embedded import EmbeddedLog
-
 from ledgerlog.ops.cli import app, config_of, emit, fail
+from ledgerlog.ops.cli.progress import progress_bar
 from ledgerlog.ops.data.mirror import DEFAULT_BATCH, open_target, switch_to_kafka
 from ledgerlog.ops.data.mirror import mirror as run_mirror
-from ledgerlog.ops.cli.progress import progress_bar
 
 
 @app.command()

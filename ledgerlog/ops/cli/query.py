@@ -1,8 +1,6 @@
 """Query commands (answered from projections, with provenance) and `run`, the node."""
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ledgerlog.ops.cli import app, config_of, emit
@@ -11,7 +9,7 @@ from ledgerlog.ops.query.client import open_queries
 
 @app.command()
 def account(ctx: typer.Context, address: str,
-            height: Optional[int] = typer.Option(None, "--height", help="Balance as of this height.")) -> None:
+            height: int | None = typer.Option(None, "--height", help="Balance as of this height.")) -> None:
     """Balance, staked and nonce of an address."""
     with open_queries(config_of(ctx)) as q:
         emit(q.account(address, height))
@@ -41,16 +39,16 @@ def provider(ctx: typer.Context, provider_id: str) -> None:
 @app.command()
 def run(ctx: typer.Context,
         simulate: bool = typer.Option(False, "--simulate", help="Also run a live simulated workload."),
-        host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
-        port: Optional[int] = typer.Option(None, "--port", help="Port (default 8080; 0 picks a free one)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
+        host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+        port: int | None = typer.Option(None, "--port", help="Port (default 8080; 0 picks a free one)."),
+        seed: int | None = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
     """Run the node: admission, projections, HTTP API and dashboard. Stops cleanly on SIGINT/SIGTERM."""
     cfg = config_of(ctx, http_host=host, http_port=port)
     from ledgerlog.ops.api.server import bind
     from ledgerlog.ops.node.lifecycle import Node
     sock = bind(cfg.http_host, cfg.http_port)  # a port in use fails now, not after the catch-up
-    from ledgerlog.ops.node.logsetup import setup_logging
     from ledgerlog.ops.api.tracing import setup_tracing
+    from ledgerlog.ops.node.logsetup import setup_logging
     setup_logging(cfg)  # stderr + <data_dir>/logs/node.log (rotated, JSON optional), SIGHUP reopens
     setup_tracing(cfg)  # OTLP span export when trace.otlp_endpoint / OTEL_EXPORTER_OTLP_ENDPOINT is set
     try:

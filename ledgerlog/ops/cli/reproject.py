@@ -2,23 +2,21 @@
 "reset chainstate and resync"."""
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import open_chain
-from ledgerlog.streams.reproject import reproject as run_reproject, reproject_lock, total_records
-from ledgerlog.streams.runner import Runner
-
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.query.client import NodeClient
 from ledgerlog.ops.cli.progress import progress_bar
+from ledgerlog.ops.query.client import NodeClient
+from ledgerlog.streams.reproject import reproject as run_reproject
+from ledgerlog.streams.reproject import reproject_lock, total_records
+from ledgerlog.streams.runner import Runner
 
 
 @app.command()
 def reproject(ctx: typer.Context,
-              names: Optional[List[str]] = typer.Argument(None, metavar="[NAME...]",
+              names: list[str] | None = typer.Argument(None, metavar="[NAME...]",
                                                           help=f"Projections (default all): {', '.join(projections.ALL)}."),
               keep: bool = typer.Option(True, "--keep/--discard",
                                         help="Keep the replaced version until the next reproject, or delete it.")) -> None:

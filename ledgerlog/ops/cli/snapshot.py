@@ -4,13 +4,11 @@ file, and their verified, crash-safe restore."""
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import typer
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
-
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.query.client import NodeClient
 
@@ -24,7 +22,7 @@ app.add_typer(snapshot_app, name="snapshot")
 
 @snapshot_app.command("create")
 def snapshot_create(ctx: typer.Context,
-                    out: Optional[str] = typer.Option(None, "--out", help="Directory to write the snapshot in (default snapshot.dir, i.e. <data-dir>/snapshots). With a node running it must be under snapshot.dir."),
+                    out: str | None = typer.Option(None, "--out", help="Directory to write the snapshot in (default snapshot.dir, i.e. <data-dir>/snapshots). With a node running it must be under snapshot.dir."),
                     with_keys: bool = typer.Option(False, "--with-keys", help="Also copy <data-dir>/keys (secrets!)."),
                     link: bool = typer.Option(False, "--link", help="Hard-link the live SST files instead of copying them: a fast local checkpoint, NOT a backup.")) -> None:
     """Snapshot the log, write-side state and projections; prints the snapshot's summary.
@@ -67,7 +65,7 @@ def snapshot_create(ctx: typer.Context,
 
 @snapshot_app.command("list")
 def snapshot_list(ctx: typer.Context,
-                  directory: Optional[str] = typer.Option(None, "--dir", help="Directory holding snapshots (default snapshot.dir, i.e. <data-dir>/snapshots)."),
+                  directory: str | None = typer.Option(None, "--dir", help="Directory holding snapshots (default snapshot.dir, i.e. <data-dir>/snapshots)."),
                   verify: bool = typer.Option(False, "--verify", help="Also check every file's size and sha256.")) -> None:
     """List snapshots, oldest first; "ok" is false for an unreadable or (with --verify) corrupt one."""
     from ledgerlog.ops.data.snapshot import list_snapshots

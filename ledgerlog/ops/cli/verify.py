@@ -2,8 +2,6 @@
 against a fresh replay, and the stores' files and checksums (ops/verify.py)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ledgerlog.ops.cli import app, config_of, emit
@@ -13,7 +11,7 @@ from ledgerlog.ops.cli import app, config_of, emit
 def verify_command(ctx: typer.Context,
                    skip_signatures: bool = typer.Option(False, "--skip-signatures",
                                                         help="Do not verify Ed25519 signatures (ids, hashes and links are still checked)."),
-                   scratch_dir: Optional[str] = typer.Option(None, "--scratch-dir",
+                   scratch_dir: str | None = typer.Option(None, "--scratch-dir",
                                                              help="Where the fresh replay is built (default: the system temp dir); removed afterwards.")) -> None:
     """Verify the data dir; prints a JSON report. Exit 0 when everything holds, 1 on any failure.
 

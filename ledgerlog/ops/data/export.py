@@ -60,10 +60,10 @@ from fastavro import writer as avro_writer
 
 from ledgerlog.engine import avro
 from ledgerlog.engine.chain import Chain, open_chain
-from ledgerlog.engine.files import atomic_writer
 from ledgerlog.engine.codec import Codec, Registry
 from ledgerlog.engine.config import Config, load_config
 from ledgerlog.engine.errors import ConfigError, ExportError, LogError, SchemaError, StorageError
+from ledgerlog.engine.files import atomic_writer
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.movements import event_height

@@ -1,7 +1,8 @@
 """Reading ingest files as numbered lines in constant memory, whatever their size."""
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from ledgerlog.engine.admission.lines import MAX_LINE_BYTES
 

@@ -13,8 +13,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Callable
+from typing import Any
 
 from ledgerlog.engine import restorejournal
 from ledgerlog.engine import storekeys as K
@@ -24,11 +25,17 @@ from ledgerlog.engine.files import fsync_dir
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import open_store
+from ledgerlog.ops.data.snapshot import (
+    STEPS,
+    _copy_hashed,
+    _fsync_tree,
+    _locked_tmp,
+    _offsets,
+    verify_snapshot,
+)
+from ledgerlog.ops.query.client import pid_alive
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
-
-from ledgerlog.ops.data.snapshot import STEPS, _copy_hashed, _fsync_tree, _locked_tmp, _offsets, verify_snapshot
-from ledgerlog.ops.query.client import pid_alive
 
 __all__ = ["STEPS", "deep_check", "restore_snapshot"]
 

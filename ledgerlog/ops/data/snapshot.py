@@ -34,9 +34,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from rocksdict import Checkpoint
 
@@ -57,12 +58,10 @@ from ledgerlog.engine.rocks import map_error
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
 
-
 if TYPE_CHECKING:
     from ledgerlog.engine.chain import Chain
-    from ledgerlog.streams.runner import Runner
-
     from ledgerlog.ops.node.context import NodeContext
+    from ledgerlog.streams.runner import Runner
 
 __all__ = ["FORMAT", "MANIFEST", "create_snapshot", "default_dir", "list_snapshots", "read_manifest",
            "summary", "verify_snapshot", "clean_stale", "inside", "STEPS"]

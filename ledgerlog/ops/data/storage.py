@@ -12,14 +12,12 @@ from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.errors import ConfigError, StorageError
 from ledgerlog.engine.log import open_log
 from ledgerlog.engine.rocks import Rdict, iter_prefix, open_store
+from ledgerlog.ops.query.client import NodeClient
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
 
-from ledgerlog.ops.query.client import NodeClient
-
 if TYPE_CHECKING:
     from ledgerlog.engine.config import Config
-
     from ledgerlog.ops.node.context import NodeContext
 
 __all__ = ["compact_action", "compact_offline", "dir_bytes", "storage_bytes", "storage_stats"]

@@ -33,8 +33,13 @@ import orjson
 from ledgerlog.engine.avro import encode as encode_body
 from ledgerlog.engine.crypto import H, h_bytes, tx_root
 from ledgerlog.engine.signing import Signer
-
-from ledgerlog.ops.devtools.histkeys import Keys, derive_signer, genesis_hash, make_genesis, write_genesis
+from ledgerlog.ops.devtools.histkeys import (
+    Keys,
+    derive_signer,
+    genesis_hash,
+    make_genesis,
+    write_genesis,
+)
 
 __all__ = [
     "DEFAULT_MIX",
@@ -396,7 +401,7 @@ class HistoryGenerator:
         while self.rounds and self.rounds[0][0] < lowest_future:
             h, r = self.rounds.popleft()
             d = r - r * self.fee_bps // 10000
-            window = {}
+            window: dict[str, int] = {}
             for sh in range(max(1, h - self.window + 1), h + 1):
                 for a, w in self.weights.get(sh, {}).items():
                     window[a] = window.get(a, 0) + w

@@ -29,7 +29,8 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from nacl.signing import SigningKey

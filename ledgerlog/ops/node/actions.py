@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ledgerlog.engine.errors import BadRequest
-
 from ledgerlog.ops.api.admin import Action
 from ledgerlog.ops.api.faucet import faucet_pause_action, faucet_resume_action, faucet_topup_action
 from ledgerlog.ops.api.limits import pause_action, resume_action
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["ACTIONS", "reproject_action"]
 
 
-def reproject_action(node: "Node", body: dict[str, Any]) -> Any:
+def reproject_action(node: Node, body: dict[str, Any]) -> Any:
     """Rebuild projections beside the live ones while the node keeps serving; swap when caught up.
     409 REPROJECT_RUNNING while another reproject of the node's projections runs."""
     names = body.get("names") or None

@@ -13,13 +13,12 @@ if TYPE_CHECKING:
     from ledgerlog.engine.chain import Chain
     from ledgerlog.engine.config import Config
     from ledgerlog.engine.genesis import Genesis
-    from ledgerlog.streams.runner import Runner
-
     from ledgerlog.ops.api.admin import Action
     from ledgerlog.ops.api.faucet import Faucet
     from ledgerlog.ops.api.limits import Controls
     from ledgerlog.ops.node.metrics import NodeMetrics
     from ledgerlog.ops.query.queries import Queries
+    from ledgerlog.streams.runner import Runner
 
 __all__ = ["ChainContext", "NodeContext"]
 
@@ -64,8 +63,7 @@ class NodeContext(ChainContext, Protocol):
     def actions(self) -> Mapping[str, Action]:
         """The admin actions table (ops/node/actions.py ``ACTIONS``)."""
 
-    @property
-    def faucet(self) -> Faucet: ...
+    faucet: Faucet  # replaced when an app is built with other faucet settings
 
     @property
     def url(self) -> str | None: ...

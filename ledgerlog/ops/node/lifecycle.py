@@ -9,22 +9,19 @@ import secrets
 import signal
 import socket
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 import uvicorn
 
+from ledgerlog.engine import topics as T
 from ledgerlog.engine.admission.rules import Out
 from ledgerlog.engine.admission.state import Tip, WriteState
 from ledgerlog.engine.chain import open_chain, write_atomic
-from ledgerlog.engine import topics as T
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.engine.errors import StorageError
-from ledgerlog.projections import chainstate, payouts
-from ledgerlog.streams.reproject import reproject
-from ledgerlog.streams.runner import Runner
-
 from ledgerlog.ops.api.admin import allowed_networks
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
@@ -34,6 +31,9 @@ from ledgerlog.ops.api.transport import EdgeSettings
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
 from ledgerlog.ops.query.queries import Queries
+from ledgerlog.projections import chainstate, payouts
+from ledgerlog.streams.reproject import reproject
+from ledgerlog.streams.runner import Runner
 
 __all__ = ["Node"]
 

@@ -49,9 +49,8 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.admission.rules import Out
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.diskfaults import HEALTH
-from ledgerlog.projections import energy, payouts
-
 from ledgerlog.ops.data.storage import storage_bytes
+from ledgerlog.projections import energy, payouts
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext

@@ -11,7 +11,8 @@ import contextlib
 import json
 import os
 import time
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 import httpx
 
@@ -25,10 +26,9 @@ from ledgerlog.engine.errors import (
     TooLargeError,
     error_class_for,
 )
+from ledgerlog.ops.query.queries import Queries
 from ledgerlog.streams.reproject import reproject
 from ledgerlog.streams.runner import Runner
-
-from ledgerlog.ops.query.queries import Queries
 
 __all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError", "node_error", "open_queries", "pid_alive"]
 
@@ -85,7 +85,7 @@ class NodeClient:
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     @classmethod
-    def find(cls, config: Config) -> "NodeClient | None":
+    def find(cls, config: Config) -> NodeClient | None:
         """The node node.json names, if the node answering at its URL is that one (the same
         ``instance`` in ``GET /v1/status``); else None: no node runs. A node.json shown stale
         (its PID gone, nothing listening at its URL, another node there) is removed."""
@@ -116,7 +116,7 @@ class NodeClient:
         return None
 
     @classmethod
-    def for_data_dir(cls, config: Config) -> "NodeClient":
+    def for_data_dir(cls, config: Config) -> NodeClient:
         client = cls.find(config)
         if client is None:
             raise StoreLockedError(f"{config.data_dir} is locked by another process and no node "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.projections import balances, chainstate, energy, payouts
@@ -47,7 +48,7 @@ class Queries:
                         return False
         return True
 
-    def _view(self, name: str):  # noqa: ANN202
+    def _view(self, name: str):
         return self.runner.check_usable(name).store.view()
 
     def provenance(self, name: str) -> dict[str, Any]:

@@ -51,11 +51,21 @@ from ledgerlog.engine.chain import Chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
 from ledgerlog.engine.errors import ConfigError, LedgerError, StoreLockedError
+from ledgerlog.ops.verify.log import _LogChecker
+from ledgerlog.ops.verify.storage import (
+    AUTO_FULL_BYTES,
+    MAX_PROBLEMS,
+    Section,
+    _checked_items,
+    _classify,
+    _remedy,
+    _storage_section,
+    _verified_reads,
+    check_stores,
+)
 from ledgerlog.streams import layout
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import ProjectionStore
-from ledgerlog.ops.verify.log import _LogChecker
-from ledgerlog.ops.verify.storage import (AUTO_FULL_BYTES, MAX_PROBLEMS, Section, _checked_items, _classify, _remedy, _storage_section, _verified_reads, check_stores)
 
 __all__ = ["verify", "check_stores", "MAX_PROBLEMS", "AUTO_FULL_BYTES"]
 

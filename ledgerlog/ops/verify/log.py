@@ -2,23 +2,31 @@
 PROTOCOL.md (ids, signatures, hash links, tx roots, placement, cross references)."""
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 
 from ledgerlog.engine import avro, intjson
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine import topics as T
-from ledgerlog.engine.chain import Chain
-from ledgerlog.engine.crypto import H, address_of, canonical_json, tx_root, verify as verify_sig
-from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.admission.roles import genesis_identity
+from ledgerlog.engine.chain import Chain
+from ledgerlog.engine.crypto import H, address_of, canonical_json, tx_root
+from ledgerlog.engine.crypto import verify as verify_sig
+from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.engine.procs import exit_with_parent
-from ledgerlog.ops.verify.storage import Section, _checked_items, _classify, _remedy, _verified_reads
-
+from ledgerlog.ops.verify.storage import (
+    Section,
+    _checked_items,
+    _classify,
+    _remedy,
+    _verified_reads,
+)
 
 _SIG_BATCH = 4096
 _PARALLEL_MIN = 2048
@@ -228,7 +236,7 @@ class _LogChecker:
             return False
         seen = set(probe)
         holes = [o for o in range(start, stop) if o not in seen]
-        return all(b - a > 1 for a, b in zip(holes, holes[1:]))
+        return all(b - a > 1 for a, b in itertools.pairwise(holes))
 
     def _stray_records(self) -> None:
         """Records under a topic partition the log does not have."""

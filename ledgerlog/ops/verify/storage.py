@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from rocksdict import AccessType, DBRecoveryMode, Options, ReadOptions, Rdict
+from rocksdict import AccessType, DBRecoveryMode, Options, Rdict, ReadOptions
 
 from ledgerlog import projections
 from ledgerlog.engine import storekeys as K
@@ -15,7 +16,6 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.digest import DIGEST_MOD, digest_hex, entry_hash
 from ledgerlog.engine.errors import CorruptStoreError
 from ledgerlog.streams import layout
-
 
 #: Problems listed per section (all are counted in ``problem_count``).
 MAX_PROBLEMS = 50
@@ -47,7 +47,7 @@ class Section:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append({"code": code, "where": where, "message": message, **extra})
 
-    def done(self) -> "Section":
+    def done(self) -> Section:
         """Stop the section's clock."""
         if self._seconds is None:
             self._seconds = time.monotonic() - self._t0
@@ -82,7 +82,7 @@ def _open_ro(path: str) -> Rdict:
 def _verified_reads() -> ReadOptions:
     ro = ReadOptions()
     ro.set_verify_checksums(True)
-    ro.fill_cache(False)
+    ro.fill_cache(False)  # type: ignore[call-arg]  # rocksdict's stub lacks the argument
     return ro
 
 
@@ -334,7 +334,8 @@ def check_stores(config: Config, mode: str = "quick") -> dict[str, Any]:
                 info, found = _check_store(name, kind, path, full=True)
                 stores[name], problems = info, problems + found
     if problems:
-        parts, remedies = [], {}
+        parts: list[str] = []
+        remedies: dict[str, str] = {}
         for p in problems:
             parts.append(f"{p['store']} store: {p['file']}: {p['code']}: {p['message']}")
             remedies.setdefault(p["store"], p["remedy"])

@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ledgerlog import projections
-
 from ledgerlog.ops.api.guard import error_body, install_error_handlers
 from ledgerlog.ops.api.server import bind, listen, uvicorn_server
 from ledgerlog.ops.api.transport import EdgeSettings

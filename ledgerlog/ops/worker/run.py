@@ -13,9 +13,14 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log import open_log
-from ledgerlog.streams.faust_worker import FoldEngine, build_app, connection, ensure_lease_topic, group_id
-
 from ledgerlog.ops.worker.http import WorkerHttp
+from ledgerlog.streams.faust_worker import (
+    FoldEngine,
+    build_app,
+    connection,
+    ensure_lease_topic,
+    group_id,
+)
 
 __all__ = ["run_worker"]
 
