@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+REPO = Path(__file__).resolve().parent.parent  # the repository root (tests/ is its child)
 LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
 
 

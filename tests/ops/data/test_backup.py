@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clitools import LEDGERLOG, ok_json
-from test_metrics import observed_node
+from clitools import LEDGERLOG, REPO, ok_json
+from nodetools import observed_node
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
@@ -26,7 +26,7 @@ from ledgerlog.ops.data.snapshot import STEPS, create_snapshot, read_manifest, r
 from ledgerlog.streams.runner import Runner
 
 SEED = 29
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def _env() -> dict[str, str]:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from clitools import REPO
+
 CHILD = """
 import sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +32,7 @@ def _alive(pid: int) -> bool:
 
 def test_workers_exit_when_the_parent_is_killed():
     proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=str(REPO))
     try:
         proc.stdout.readline()  # the pool has run work
         workers = [int(p) for p in proc.stdout.readline().split()]

@@ -1,7 +1,7 @@
 """Schemathesis against the app's own OpenAPI description: generated requests (valid and invalid)
 for every operation never get a 5xx, and every error is a JSON body with a stable ``code``.
 Bounded: a fixed number of examples per operation and mode, no deadline, no database of
-examples. The admin API is left out (its actions have side effects; tests/test_faucet.py covers
+examples. The admin API is left out (its actions have side effects; tests/ops/node/test_faucet.py covers
 its refusals)."""
 from __future__ import annotations
 

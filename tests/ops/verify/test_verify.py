@@ -26,7 +26,7 @@ from ledgerlog.engine.rocks import open_store
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.ops.verify.checks import check_stores, verify
 from ledgerlog.streams.runner import Runner
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, REPO
 
 SEED = 23
 EVENTS = 1000
@@ -193,7 +193,7 @@ def test_corrupt_write_ahead_log_is_found(data) -> None:
     """A bad record in the middle of the log's WAL: RocksDB's default (point-in-time) recovery
     would drop it and everything after it without a word; the checks refuse it."""
     subprocess.run([sys.executable, "-c", _WRITE_AND_DIE, str(data / "log")], check=True, timeout=60,
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                   cwd=str(REPO))
     wals = [p for p in sorted((data / "log").glob("*.log")) if p.stat().st_size > 0]
     assert wals, "the writes did not stay in a write-ahead log"
     _flip(wals[0], 0.5)

@@ -13,6 +13,7 @@ import pytest
 from conftest import Keys, Lines, admit_ok, encode, load_signer, signer_from_byte
 from fastapi.testclient import TestClient
 from servers import serve_app
+from clitools import REPO
 
 from ledgerlog.engine.chain import init_chain
 from ledgerlog.engine.config import Config
@@ -251,8 +252,7 @@ def test_dumps_handles_big_integers():
 
 def test_load_generator_against_a_real_server(node, history, monkeypatch):
     """benchmarks.load's raw keep-alive client, flat out and at a fixed rate, on a real uvicorn."""
-    import os
-    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.syspath_prepend(str(REPO))
     from benchmarks.load import run
     with serve_app(create_app(node)) as (host, port):
         url = f"http://{host}:{port}"

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from clitools import LEDGERLOG, wait_node_url
-from test_metrics import observed_node, one, parse_metrics
+from nodetools import observed_node, one, parse_metrics
 
 from ledgerlog.engine import diskfaults
 from ledgerlog.engine.chain import init_chain

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-from test_metrics import ingest_all, observed_node, parse_metrics
+from clitools import REPO
+from nodetools import ingest_all, observed_node, parse_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 DASHBOARD = ROOT / "ledgerlog" / "ops" / "monitoring" / "grafana-dashboard.json"
 ALERTS = ROOT / "ledgerlog" / "ops" / "monitoring" / "alerts.yml"
 UNIT = ROOT / "ledgerlog" / "ops" / "deploy" / "ledgerlog.service"

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import pytest
+from clitools import REPO
 from fastapi.testclient import TestClient
 
 from ledgerlog.engine.chain import init_chain
@@ -19,7 +20,7 @@ from ledgerlog.ops.api.limits import HttpLimits
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 
 #: (toml section, key, toml text, env var, env text, Config field, from the file, from the env)
 CASES = [

@@ -5,16 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import pathlib
 
 import pytest
 from hypothesis import given, settings
+from clitools import REPO
 from hypothesis import strategies as st
 
 from ledgerlog.engine.merkle import (EMPTY_ROOT, Frontier, MemoryTree, ProofError, leaf_hash, node_hash,
                            verify_consistency, verify_inclusion)
 
-VECTORS = json.loads((pathlib.Path(__file__).parent / "data" / "rfc6962_vectors.json").read_text())
+VECTORS = json.loads((REPO / "tests" / "data" / "rfc6962_vectors.json").read_text())
 #: the leaves of the reference tree those vectors (and RFC 6962's reference code) are built on
 LEAVES = [bytes.fromhex(x) for x in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657",
                                      "606162636465666768696a6b6c6d6e6f")]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture, for the mirror test)
 
-from clitools import LEDGERLOG, ok_json
+from clitools import LEDGERLOG, REPO, ok_json
 
 EVENTS = 600
 SEED = 5
@@ -198,8 +198,7 @@ def test_mirror_on_a_terminal_and_on_a_pipe(loaded, kafka_bootstrap):  # noqa: F
 def test_progress_bars_come_from_one_helper():
     """Commands get bars from ledgerlog/ops/cli/progress.py only (a bare tqdm without a total
     once crashed `if bar:` on every terminal)."""
-    import pathlib
-    ops_dir = pathlib.Path(__file__).resolve().parent.parent / "ledgerlog" / "ops"
+    ops_dir = REPO / "ledgerlog" / "ops"
     users = sorted(str(p.relative_to(ops_dir)) for p in ops_dir.rglob("*.py")
                    if "tqdm" in p.read_text(encoding="utf-8"))
     assert users == ["cli/progress.py"]
