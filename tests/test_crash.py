@@ -31,7 +31,8 @@ from ledgerlog.engine.config import load_config
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import entry_hash
-from clitools import LEDGERLOG
+import clitools
+from clitools import LEDGERLOG, cli_env
 
 REPO = str(Path(__file__).resolve().parent.parent)
 EVENTS = 10_000
@@ -60,16 +61,8 @@ print("done", flush=True)
 """
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(extra)
-    return env
-
-
 def cli(data_dir: Any, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], capture_output=True,
-                          timeout=timeout, env=_env(**env))
+    return clitools.cli(data_dir, *args, timeout=timeout, env=cli_env(**env))
 
 
 def ok_json(proc: subprocess.CompletedProcess) -> Any:
@@ -153,7 +146,7 @@ def test_ingest_killed_at_random_points(hist, tmp_path) -> None:
     for frac in targets:
         proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "ingest", str(hist["hpath"])],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=_env(LEDGERLOG_INGEST_CHUNK=str(rng.choice((17, 64, 250)))))
+                                env=cli_env(LEDGERLOG_INGEST_CHUNK=str(rng.choice((17, 64, 250)))))
         try:
             target = max(committed[-1] + 1, int(frac * n))
             deadline = time.monotonic() + 90
@@ -213,7 +206,7 @@ def _fold_and_kill(data: Path, rng: random.Random, until: int, batch: int) -> tu
     projections), a random instant into the step after. Returns (killed before it finished,
     events it reported folded)."""
     proc = subprocess.Popen([sys.executable, "-c", RUNNER_SNIPPET, str(data), str(batch)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
     folded, finished = 0, False

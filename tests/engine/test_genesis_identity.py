@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,18 +12,9 @@ from typing import Any
 
 import pytest
 
-from clitools import LEDGERLOG, ok_json
+from clitools import cli, ok_json
 from ledgerlog.engine.crypto import H, canonical_json
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-
-
-def cli(data: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data), *args], capture_output=True,
-                          timeout=120, env=_env())
 
 
 def _tree(data: Path) -> dict[str, str]:

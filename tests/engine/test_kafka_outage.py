@@ -24,7 +24,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, cli_env
 
 pytestmark = pytest.mark.kafka
 
@@ -32,10 +32,6 @@ EVENTS = 6000
 SEED = 53
 CUT_SECONDS = 8.0
 TIMEOUT_MS = "5000"
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
 
 
 @pytest.fixture
@@ -71,7 +67,7 @@ def proxied_broker(tmp_path) -> Iterator[tuple[str, TcpProxy]]:
 
 def _ingest(data: Any, path: Any, timeout: float = 240) -> subprocess.Popen:
     return subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "ingest", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, dict[str, Any] | None, str]:

@@ -4,7 +4,6 @@ exit 2, naming topic, partition, both offsets and the fix; verify reports it; re
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,21 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from clitools import LEDGERLOG, ok_json, wait_node_url
+from clitools import LEDGERLOG, cli, cli_env, ok_json, wait_node_url
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 
 EVENTS = 600
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
-def cli(data: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data), *args], capture_output=True,
-                          timeout=timeout, env=_env())
 
 
 def _refused(proc: subprocess.CompletedProcess) -> dict[str, Any]:
@@ -90,7 +78,7 @@ def test_a_lost_wal_tail_after_kill_9_is_refused_at_open(halves, tmp_path):
     data, first, second = halves
     out = open(tmp_path / "node.out", "wb")
     proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--port", "0"],
-                            stdout=out, stderr=subprocess.STDOUT, env=_env())
+                            stdout=out, stderr=subprocess.STDOUT, env=cli_env())
     try:
         url = wait_node_url(str(data), proc)
         headers = {"content-type": "application/x-ndjson"}

@@ -23,7 +23,7 @@ from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.streams.runner import Runner
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, cli_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -59,8 +59,7 @@ class Worker:
     def __init__(self, data: str, wdir: str, wid: str) -> None:
         self.wdir, self.wid = wdir, wid
         self.err = open(os.path.join(os.path.dirname(wdir), f"{wid}.err"), "ab")  # noqa: SIM115 - the process's stderr
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-        env["LEDGERLOG_LOG_LEVEL"] = "WARNING"
+        env = cli_env(LEDGERLOG_LOG_LEVEL="WARNING")
         self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "worker", "--worker-dir", wdir, "--id", wid,
                                       "--batch", "200"],
                                      stdout=subprocess.DEVNULL, stderr=self.err, stdin=subprocess.DEVNULL, env=env)

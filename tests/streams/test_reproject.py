@@ -16,14 +16,14 @@ import pytest
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.streams import layout
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, cli_env
 
 NAMES = ["chainstate", "balances", "energy", "payouts"]
 
 
 def cli(data: str, *args: str, env: dict | None = None, check: bool = True) -> dict:
     out = subprocess.run([LEDGERLOG, "--data-dir", data, *args], capture_output=True, check=False,
-                         env={**os.environ, **(env or {})})
+                         env=cli_env(**(env or {})))
     if check:
         assert out.returncode == 0, out.stderr.decode()
     return json.loads(out.stdout) if out.stdout.strip() else {}
@@ -75,7 +75,7 @@ def test_reproject_killed_at_random_points_resumes_with_same_digests(data):
     rng = random.Random(int(os.environ.get("LEDGERLOG_CRASH_SEED", "11")))
     resumed_any = False
     for _ in range(3):
-        proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "reproject"], env={**os.environ, **env},
+        proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "reproject"], env=cli_env(**env),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20  # kill once a rebuild is under way, at a random point
         while time.monotonic() < deadline and proc.poll() is None and not any(

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, cli_env
 from conftest import Keys, Lines, encode, load_signer
 from fastapi.testclient import TestClient
 
@@ -267,8 +267,7 @@ def _raise_nofile(want: int) -> None:
 def node_process(root: Path, env: dict[str, str], genesis: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """A `ledgerlog run --port 0` on 127.0.0.1 over a new data dir, with ``env`` set."""
     data = root / "data"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    full = {**base, "LEDGERLOG_LOG_SYNC": "0", **env}
+    full = cli_env(LEDGERLOG_LOG_SYNC="0", **env)
     init = [LEDGERLOG, "--data-dir", str(data), "init"] + (["--genesis", str(genesis)] if genesis else [])
     subprocess.run(init, check=True, capture_output=True, env=full, timeout=120)
     with open(root / "node.log", "ab") as log:
@@ -435,7 +434,7 @@ def test_cli_ingests_a_file_larger_than_the_nodes_body_cap_in_chunks(tmp_path):
     assert src.stat().st_size > 4 * cap
     env = {"LEDGERLOG_INGEST_MAX_BODY": str(cap), "LEDGERLOG_INGEST_RATE": "0"}
     with node_process(tmp_path, env, genesis=gpath) as (url, _proc):
-        full = {**{k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}, **env}
+        full = cli_env(**env)
         out = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "data"), "ingest", str(src)],
                              check=False, capture_output=True, env=full, timeout=300)
         assert out.returncode == 1, out.stderr[-2000:]

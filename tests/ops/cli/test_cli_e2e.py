@@ -15,21 +15,10 @@ from typing import Any
 import pytest
 
 from ledgerlog.ops.devtools.histgen import encode_body, genesis_hash, make_genesis, write_genesis, write_history
-from clitools import LEDGERLOG, ok_json
+from clitools import cli, ok_json
 
 EVENTS = 3000
 SEED = 11
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # let CLI processes reuse compiled modules
-    return env
-
-
-def cli(data_dir: Any, *args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], input=stdin,
-                          capture_output=True, timeout=timeout, env=_env())
 
 
 def cli_all(data_dir: Any, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:

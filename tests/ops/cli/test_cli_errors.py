@@ -14,21 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from clitools import LEDGERLOG, ok_json, wait_node_url
+from clitools import LEDGERLOG, cli, cli_env, ok_json, wait_node_url
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 
 TIMEOUT = 120
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
-def cli(data: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", data, *args], capture_output=True, timeout=TIMEOUT,
-                          env=_env(), stdin=subprocess.DEVNULL)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, exit_code: int, code: str) -> dict[str, Any]:
@@ -64,7 +53,7 @@ class Node:
 
     def __init__(self, data: str) -> None:
         self.data = data
-        self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "run", "--port", "0"], env=_env(),
+        self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "run", "--port", "0"], env=cli_env(),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:
             self.url = wait_node_url(data, self.proc, limit=60)

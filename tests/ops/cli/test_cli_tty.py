@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture, for the mirror test)
 
-from clitools import LEDGERLOG, REPO, ok_json
+from clitools import LEDGERLOG, REPO, cli_env, ok_json
 
 EVENTS = 600
 SEED = 5
@@ -25,10 +25,7 @@ DEADLINE = 120.0
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(COLUMNS="100", LINES="30", TERM="xterm")
-    return env
+    return cli_env(COLUMNS="100", LINES="30", TERM="xterm")
 
 
 def on_tty(*args: str, stdin: bytes | None = None, limit: float = DEADLINE,

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clitools import LEDGERLOG, REPO, ok_json
+import clitools
+from clitools import REPO, cli_env, ok_json
 from nodetools import observed_node
 
 from ledgerlog.engine.chain import init_chain, open_chain
@@ -30,13 +31,12 @@ ROOT = REPO
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
+    """cli_env() with this checkout first on PYTHONPATH (the killed restores run ``python -c``)."""
+    return cli_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
 def cli(data_dir: Any, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], capture_output=True, timeout=120, env=_env())
+    return clitools.cli(data_dir, *args, env=_env())
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import fastavro
@@ -26,20 +27,13 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.movements import event_height
 from ledgerlog.ops.data.export import ExportError, export, iter_events, open_follower, parse_time
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
-from clitools import LEDGERLOG
+import clitools
+from clitools import LEDGERLOG, cli_env
 
 SEED = 23
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
-def cli(data_dir: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], check=False, capture_output=True,
-                          timeout=timeout, env=_env())
+cli = partial(clitools.cli, timeout=60)  # exports of these small chains are quick
 
 
 # -- a chain with a generated history, and the log decoded directly ---------------------------
@@ -348,10 +342,10 @@ def test_tail_follow_prints_what_another_process_appends(tmp_path):
     (tmp_path / "rest.jsonl").write_bytes(b"\n".join(rest) + b"\n")
     base = [LEDGERLOG, "--data-dir", cfg.data_dir, "tail"]
     follow = subprocess.Popen(base + [T.TRANSACTIONS, "--follow", "--poll-interval", "0.1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
     limit = blocks_before + 3
     limited = subprocess.Popen(base + [T.BLOCKS, "-f", "--limit", str(limit)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
     try:
         out, out_limited = _Output(follow), _Output(limited)
         out.wait_for(txs_before)

@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.ops.data.mirror import partition_digest
 from ledgerlog.streams.runner import Runner
-from clitools import LEDGERLOG
+import clitools
+from clitools import LEDGERLOG, cli_env
 
 pytestmark = pytest.mark.kafka
 
@@ -31,13 +33,7 @@ SEED = 31
 KILL_WAIT = 60.0
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-
-
-def cli(data_dir: Any, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], capture_output=True,
-                          timeout=timeout, env=_env(), check=False)
+cli = partial(clitools.cli, timeout=180)  # mirroring into Kafka takes longer
 
 
 def ok_json(proc: subprocess.CompletedProcess) -> Any:
@@ -105,7 +101,7 @@ def test_mirror_resume_and_switch(tmp_path, kafka_bootstrap):  # noqa: F811
                         "--batch", "500"))
     assert not first["complete"] and first["copied"] == 3000 and not first["ok"]
     proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "mirror", "--to", to, "--topic-prefix", prefix,
-                             "--batch", "100"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+                             "--batch", "100"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     try:
         seen = 0
         with _target(kafka_bootstrap, prefix) as tgt:

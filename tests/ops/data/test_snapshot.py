@@ -26,20 +26,9 @@ from ledgerlog.ops.query.queries import Queries
 from ledgerlog.ops.data.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, restore_snapshot
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import ProjectionStore
-from clitools import LEDGERLOG, ok_json, wait_node_url
+from clitools import LEDGERLOG, cli, cli_env, ok_json, wait_node_url
 
 SEED = 23
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
-def cli(data_dir: Any, *args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], input=stdin,
-                          capture_output=True, timeout=timeout, env=_env())
 
 
 def _wait_height(url: str, height: int, limit: float = 30) -> int:
@@ -54,7 +43,7 @@ def _wait_height(url: str, height: int, limit: float = 30) -> int:
 
 def _start(data_dir: Any) -> subprocess.Popen:
     return subprocess.Popen([LEDGERLOG, "--data-dir", str(data_dir), "run", "--simulate", "--host", "127.0.0.1",
-                             "--port", "0", "--seed", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                             "--port", "0", "--seed", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -5,11 +5,11 @@ digests unchanged by compaction."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,14 @@ import pytest
 
 from ledgerlog import projections
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
-from clitools import LEDGERLOG
+import clitools
+from clitools import LEDGERLOG, cli_env
 
 SEED = 17
 EVENTS = 1200
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("LEDGERLOG_", "OTEL_"))}
-
-
-def cli(data: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data), *args], check=False, capture_output=True,
-                          timeout=300, env=_env())
+cli = partial(clitools.cli, timeout=300)  # compaction takes its time
 
 
 def ok_json(proc: subprocess.CompletedProcess) -> Any:
@@ -54,7 +49,7 @@ def chain(tmp_path_factory) -> dict[str, Any]:
 def _start_node(data: Path, out: Path) -> tuple[subprocess.Popen, str]:
     with open(out, "ab") as f:  # the child keeps its own descriptor
         proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--port", "0"],
-                                stdout=f, stderr=subprocess.STDOUT, env=_env())
+                                stdout=f, stderr=subprocess.STDOUT, env=cli_env())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, out.read_text()[-3000:]

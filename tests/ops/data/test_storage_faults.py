@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clitools import LEDGERLOG, wait_node_url
+from clitools import LEDGERLOG, cli_env, wait_node_url
 from nodetools import observed_node, one, parse_metrics
 
 from ledgerlog.engine import diskfaults
@@ -171,10 +171,6 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-
-
 def test_a_full_disk_503_then_writes_resume_without_restart(small_fs, tmp_path) -> None:
     genesis, keys = make_genesis(11, wallets=6)
     write_history(tmp_path / "h.jsonl", genesis, keys, events=6000, seed=11)
@@ -182,7 +178,7 @@ def test_a_full_disk_503_then_writes_resume_without_restart(small_fs, tmp_path) 
     data = small_fs / "data"
     init_chain(Config(data_dir=str(data)), genesis)
     proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--host", "127.0.0.1", "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
     try:
         url = wait_node_url(str(data), proc)
         post = lambda part: httpx.post(url + "/v1/ingest", content=b"\n".join(part) + b"\n",
@@ -223,11 +219,11 @@ def test_cli_on_a_full_disk_is_one_line_exit_2(small_fs, tmp_path) -> None:
     init_chain(Config(data_dir=str(data)), genesis)
     _fill(small_fs)
     proc = subprocess.run([LEDGERLOG, "--data-dir", str(data), "ingest", str(tmp_path / "h.jsonl")],
-                          capture_output=True, timeout=120, env=_env())
+                          capture_output=True, timeout=120, env=cli_env())
     err = proc.stderr.decode().strip()
     assert proc.returncode == 2, (proc.returncode, err[-3000:])
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert json.loads(err)["code"] == "STORAGE_UNAVAILABLE"
     debug = subprocess.run([LEDGERLOG, "--debug", "--data-dir", str(data), "ingest", str(tmp_path / "h.jsonl")],
-                           capture_output=True, timeout=120, env=_env())
+                           capture_output=True, timeout=120, env=cli_env())
     assert debug.returncode == 2 and "Traceback" in debug.stderr.decode()

@@ -17,16 +17,9 @@ import httpx
 import pytest
 
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, cli_env
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
-
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGERLOG_", "OTEL_"))}
-    env.update(extra)
-    return env
 
 
 class Node:
@@ -37,7 +30,7 @@ class Node:
         self.out = open(data.parent / f"stdout-{time.monotonic_ns()}.txt", "wb")  # noqa: SIM115
         args = [LEDGERLOG, "--data-dir", str(data)] + (["--log-level", log_level] if log_level else []) + \
             ["run", "--port", "0"]
-        self.proc = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT, env=_env(**env))
+        self.proc = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT, env=cli_env(**env))
         self.url = self._wait_ready()
 
     def _wait_ready(self, limit: float = 60) -> str:
@@ -99,7 +92,7 @@ def world(tmp_path_factory) -> dict[str, Any]:
 def _init(world: dict[str, Any], name: str) -> Path:
     data = world["root"] / name
     proc = subprocess.run([LEDGERLOG, "--data-dir", str(data), "init", "--genesis", str(world["root"] / "genesis.json")],
-                          check=False, capture_output=True, env=_env())
+                          check=False, capture_output=True, env=cli_env())
     assert proc.returncode == 0, proc.stderr
     return data
 

@@ -7,7 +7,6 @@ shared with the monitoring, backup and storage fault tests."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -26,7 +25,7 @@ from ledgerlog.ops.devtools.histgen import write_genesis
 from ledgerlog.ops.node.metrics import AppendTimes, storage_bytes
 from ledgerlog.ops.node.tracing import setup_tracing, traces_url
 from ledgerlog.projections import energy, payouts
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, cli_env
 from nodetools import history, ingest_all, observed_node, one, parse_metrics
 
 
@@ -210,8 +209,7 @@ def _run_node_and_ingest(tmp_path: Path, env_extra: dict[str, str]) -> None:
     data = tmp_path / "data"
     gpath = tmp_path / "genesis.json"
     write_genesis(gpath, genesis)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGERLOG_", "OTEL_"))}
-    env.update(env_extra)
+    env = cli_env(**env_extra)
     subprocess.run([LEDGERLOG, "--data-dir", str(data), "init", "--genesis", str(gpath)], check=True,
                    capture_output=True, env=env)
     out = open(tmp_path / "node.out", "wb")  # noqa: SIM115  (closed after the node exits)

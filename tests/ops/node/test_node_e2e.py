@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 from fastavro import parse_schema, schemaless_reader
 
 from ledgerlog.ops.devtools.histgen import encode_body, make_genesis, write_genesis, write_history
-from clitools import LEDGERLOG, ok_json
+from clitools import LEDGERLOG, cli, cli_env, ok_json
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
 
@@ -31,17 +30,6 @@ SEED = 23
 PROTOCOL_PATHS = {("get", "/v1/health"), ("get", "/v1/status"), ("get", "/v1/accounts/{}"),
                   ("get", "/v1/blocks/{}"), ("get", "/v1/tx/{}"), ("get", "/v1/pool/workers/{}"),
                   ("get", "/v1/energy/providers/{}"), ("post", "/v1/ingest"), ("get", "/metrics")}
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # let CLI processes reuse compiled modules
-    return env
-
-
-def cli(data_dir: Any, *args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], input=stdin,
-                          capture_output=True, timeout=timeout, env=_env())
 
 
 def cli_all(data_dir: Any, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
@@ -61,7 +49,7 @@ class NodeProc:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--port", "0"],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=_env())
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=cli_env())
         self.url = self._wait_ready()
         self.http = httpx.Client(base_url=self.url, timeout=30)
 

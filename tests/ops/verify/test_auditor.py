@@ -21,7 +21,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
-from clitools import LEDGERLOG
+from clitools import LEDGERLOG, cli_env
 
 pytestmark = pytest.mark.kafka
 
@@ -29,14 +29,10 @@ EVENTS = 1500
 SEED = 41
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-
-
 def _start_node(data: Any, log_path: Any, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--port", "0"],
-                                stdout=log, stderr=subprocess.STDOUT, env=_env())
+                                stdout=log, stderr=subprocess.STDOUT, env=cli_env())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -26,7 +26,7 @@ from ledgerlog.engine.rocks import open_store
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.ops.verify.checks import check_stores, verify
 from ledgerlog.streams.runner import Runner
-from clitools import LEDGERLOG, REPO
+from clitools import LEDGERLOG, REPO, cli_env
 
 SEED = 23
 EVENTS = 1000
@@ -34,12 +34,6 @@ EVENTS = 1000
 
 def _cfg(data: Path) -> Config:
     return Config(data_dir=str(data), sync=False, verify_workers=1)
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
 
 
 def _fold_and_flush(cfg: Config) -> None:
@@ -104,7 +98,7 @@ def _codes(section: dict[str, Any]) -> set[str]:
 # -- clean ----------------------------------------------------------------------------------------
 def test_clean_data_dir_verifies(data) -> None:
     proc = subprocess.run([LEDGERLOG, "--data-dir", str(data), "verify"], capture_output=True,
-                          timeout=120, env=_env())
+                          timeout=120, env=cli_env())
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     report = json.loads(proc.stdout)
     assert report["ok"] is True

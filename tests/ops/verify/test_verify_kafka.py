@@ -5,15 +5,15 @@ inside a transaction, which offsets cannot show, fails other checks."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
+from functools import partial
 from typing import Any, Iterator
 
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
-from clitools import LEDGERLOG, ok_json
+import clitools
+from clitools import ok_json
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import load_config
@@ -26,12 +26,7 @@ pytestmark = pytest.mark.kafka
 CHUNK = 20  # lines per append, so per Kafka transaction: many commit markers
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
-
-
-def cli(data: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([LEDGERLOG, "--data-dir", data, *args], capture_output=True, timeout=300, env=_env())
+cli = partial(clitools.cli, timeout=300)  # verify reads the whole Kafka log
 
 
 @pytest.fixture(scope="module")
