@@ -17,12 +17,12 @@ from typing import Any
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import Config
+from ledgerlog.ops.devtools.tansu import version as tansu_version
 
 from . import ceiling, history, report
 from .common import machine, plan_for, versions
 from .ingest import ingest
 from .peers import PEERS, run_peers
-from .peers.broker import version as tansu_version
 from .query import query
 from .rebuild import rebuild
 

@@ -6,11 +6,32 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+REPO = Path(__file__).resolve().parent.parent  # the repository root (tests/ is its child)
 LEDGERLOG = os.path.join(os.path.dirname(sys.executable), "ledgerlog")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a `ledgerlog` subprocess: os.environ without the caller's LEDGERLOG_* and
+    OTEL_* settings (a test sets what it means, as ``extra``) and without PYTHONDONTWRITEBYTECODE
+    (so CLI processes reuse compiled modules)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGERLOG_", "OTEL_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(extra)
+    return env
+
+
+def cli(data_dir: str | os.PathLike[str], *args: str, stdin: bytes | None = None, timeout: float = 120,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`ledgerlog --data-dir DATA_DIR ARGS...` run to its end with its output captured, ``stdin`` as
+    its input (else an empty stdin), in ``env`` (default cli_env())."""
+    feed: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    return subprocess.run([LEDGERLOG, "--data-dir", str(data_dir), *args], capture_output=True, timeout=timeout,
+                          env=cli_env() if env is None else env, check=False, **feed)
 
 
 def ok_json(proc: subprocess.CompletedProcess) -> Any:

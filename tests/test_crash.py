@@ -10,6 +10,7 @@ replay one). Kills are placed by observed progress, not by timing, so each run i
 it still has work to do."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -24,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from ledgerlog import projections
 from benchmarks.torture import kit
 from benchmarks.torture.kit import (
     LEDGERLOG,
@@ -36,6 +36,7 @@ from benchmarks.torture.kit import (
     ok_json,
     projection_dump,
 )
+from ledgerlog import projections
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 
@@ -117,7 +118,7 @@ def test_ingest_killed_at_random_points(hist, tmp_path) -> None:
     assert summary["rejected"] == 0 and summary["rejections"] == [], (why, summary)
     assert summary["duplicates"] == committed[-1], (why, summary, committed)
     # accepted over all runs: what each killed run committed, plus the last run's own count
-    per_run = [b - a for a, b in zip(committed, committed[1:])] + [summary["accepted"]]
+    per_run = [b - a for a, b in itertools.pairwise(committed)] + [summary["accepted"]]
     assert all(x >= 0 for x in per_run) and sum(per_run) == n, (why, per_run, n)
     assert summary["accepted"] + summary["duplicates"] == n
 
@@ -187,7 +188,7 @@ def test_runner_killed_at_random_points(hist) -> None:
         killed_mid += killed and lags[-1] > 0
     print("runner lag after each kill:", lags, why)
     assert killed_mid >= 1, (why, lags)
-    assert all(a >= b for a, b in zip(lags, lags[1:])), (why, lags)  # never goes back
+    assert all(a >= b for a, b in itertools.pairwise(lags)), (why, lags)  # never goes back
 
     # finish through the CLI (which folds everything before answering), then compare with a
     # clean full replay of the same history in another data dir

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from clitools import LEDGERLOG, cli_env
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
 from ledgerlog.engine import topics as T
@@ -20,7 +21,6 @@ from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import generate, make_genesis, write_genesis
 from ledgerlog.ops.query.client import open_queries
 from ledgerlog.streams.runner import Runner
-from clitools import LEDGERLOG
 
 pytestmark = pytest.mark.kafka
 
@@ -157,7 +157,7 @@ def test_cli_init_ingest_and_query_on_kafka(tmp_path, kafka_bootstrap, history, 
         f'[log]\nurl = "{url}"\n\n[kafka]\n"ledgerlog.topic_prefix" = "cli-{uuid.uuid4().hex[:10]}."\n')
     write_genesis(tmp_path / "genesis.json", genesis)
     (tmp_path / "history.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERLOG_")}
+    env = cli_env()
 
     def cli(*args: str) -> Any:
         proc = subprocess.run([LEDGERLOG, "--data-dir", str(data), *args], capture_output=True,

@@ -4,27 +4,27 @@ loss makes the run exit 1, a tampered projection makes digests differ and answer
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from clitools import REPO
 
-from ledgerlog import projections
 from benchmarks.torture import kit
 from benchmarks.torture.checks import Replay, judge, replay, served_cli
 from benchmarks.torture.inputs import make_workload
 from benchmarks.torture.stage import acknowledged, write_lines
 from benchmarks.torture.trials import KINDS
+from ledgerlog import projections
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.rocks import open_store
 from ledgerlog.ops.devtools.histgen import write_genesis
 from ledgerlog.projections.base import jdump, jload
 from ledgerlog.streams.layout import live_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 
 def _torture(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -7,8 +7,9 @@ import os
 import tempfile
 from typing import Any
 
+from ledgerlog.ops.devtools.tansu import tansu
+
 from ..common import Plan, run_json
-from .broker import tansu
 
 __all__ = ["PEERS", "run_peers"]
 

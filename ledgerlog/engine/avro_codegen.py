@@ -4,7 +4,7 @@ the encoders here, and the walk over a schema's names that the decoders (streams
 
 The encoders build a list of byte strings, which beats fastavro's per-field dispatch on
 ledgerlog's small records (ShareSubmitted: 2.1 us against 3.6 us). Their bytes are fastavro's
-(tests/test_avro_codegen.py checks every schema on generated records); canonical body bytes
+(tests/engine/test_avro_codegen.py checks every schema on generated records); canonical body bytes
 (PROTOCOL.md §1) are among them. A datum the generated code cannot take (a missing field, a
 wrong type, a long out of range) is handed to fastavro, which raises its own error or writes
 what it writes, so callers see fastavro's behaviour either way."""

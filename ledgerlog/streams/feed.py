@@ -15,7 +15,7 @@ chunk (offsets are contiguous there; anything unexpected falls back to ``Log.rea
 records written with the topic's current schema are decoded by a function generated from that
 schema (plain Python over the bytes, which beats fastavro's per-field dispatch); other schema
 versions go through ``Codec.decode`` (fastavro, with schema resolution). Both give equal dicts,
-key order included (tests/test_feed.py)."""
+key order included (tests/streams/test_feed.py)."""
 from __future__ import annotations
 
 import json

@@ -1,0 +1,447 @@
+"""The HTTP edge holds (PROTOCOL.md §7, DESIGN "Trust at the edges"): idle and slow clients cannot
+starve others (connection cap that closes idle connections first, header, keep-alive and body
+timeouts), POST /v1/ingest takes application/x-ndjson only and no foreign Origin, its answer and
+the node's memory stay small whatever the body, a foreign Host is refused (DNS rebinding),
+out-of-range numbers are 400 (never 500), no answer carries an absolute path, BOM / UTF-16 / NUL
+lines are MALFORMED, and the CLI ingests a file larger than the node's body cap in chunks.
+
+Socket tests run real `ledgerlog run` processes on 127.0.0.1; every loop is bounded."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from clitools import LEDGERLOG, cli_env
+from conftest import Keys, Lines, encode, load_signer
+from fastapi.testclient import TestClient
+
+from ledgerlog.engine.admission.admitter import MAX_REJECTIONS
+from ledgerlog.engine.admission.lines import parse_line
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import Code, Rejection
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import HttpLimits, controls
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.node.lifecycle import Node
+
+TOKEN = "t" * 32
+NDJSON = {"Content-Type": "application/x-ndjson"}
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+MiB = 1024 * 1024
+
+
+# -- an in-process node and app -------------------------------------------------------------------
+@pytest.fixture
+def node(tmp_path) -> Iterator[Node]:
+    cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token=TOKEN,
+                 http_allowed_origins="https://wallet.example", http_allowed_hosts="ledger.example")
+    init_chain(cfg, dev_genesis(cfg.keys_dir))
+    n = Node(cfg)
+    n.start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def client(node) -> Iterator[TestClient]:
+    with TestClient(create_app(node, limits=HttpLimits(ingest_rate=0)), raise_server_exceptions=False) as c:
+        yield c
+
+
+def lines_for(node: Node) -> Lines:
+    return Lines(node.chain, Keys(*(load_signer(node.config, n) for n in ("producer", "oracle", "treasury", "faucet"))))
+
+
+def assert_error(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    body = r.json()
+    assert body["code"] == code and isinstance(body["message"], str) and body["message"], body
+    return body
+
+
+def height(c: TestClient) -> int:
+    return c.get("/v1/status").json()["height"]
+
+
+# -- POST /v1/ingest: content type and origin -----------------------------------------------------
+@pytest.mark.parametrize("headers", [{}, {"Content-Type": "text/plain"}, {"Content-Type": "application/json"},
+                                     {"Content-Type": "application/x-www-form-urlencoded"},
+                                     {"Content-Type": "multipart/form-data; boundary=x"}])
+def test_ingest_refuses_other_content_types_and_admits_nothing(node, client, headers):
+    line = encode(lines_for(node).block([])) + b"\n"
+    before = height(client)
+    assert_error(client.post("/v1/ingest", content=line, headers=headers), 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert height(client) == before
+    r = client.post("/v1/ingest", content=line, headers={"Content-Type": "application/x-ndjson; charset=utf-8"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert height(client) == before + 1
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1:8080"])
+def test_ingest_refuses_a_foreign_origin_and_admits_nothing(node, client, origin):
+    line = encode(lines_for(node).block([])) + b"\n"
+    before = height(client)
+    assert_error(client.post("/v1/ingest", content=line, headers={**NDJSON, "Origin": origin}),
+                 403, "ORIGIN_NOT_ALLOWED")
+    assert height(client) == before
+    r = client.post("/v1/ingest", content=line, headers={**NDJSON, "Origin": "https://wallet.example"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+
+
+def test_no_origin_is_allowed_by_default(tmp_path):
+    cfg = Config(data_dir=str(tmp_path / "d"), sync=False)
+    init_chain(cfg, dev_genesis(cfg.keys_dir))
+    n = Node(cfg)
+    n.start()
+    try:
+        with TestClient(create_app(n)) as c:
+            assert_error(c.post("/v1/ingest", content=b"\n", headers={**NDJSON, "Origin": "https://wallet.example"}),
+                         403, "ORIGIN_NOT_ALLOWED")
+            assert c.post("/v1/ingest", content=b"\n", headers=NDJSON).status_code == 200
+    finally:
+        n.stop()
+
+
+# -- POST /v1/ingest: the answer stays small -------------------------------------------------------
+def test_40000_junk_lines_get_a_small_answer_with_exact_counts(client):
+    body = b"".join(b'{"type":"share","junk":"' + b"j" * 70 + b'","n":%d}\n' % i for i in range(40_000))
+    assert len(body) > 3 * MiB
+    r = client.post("/v1/ingest", content=body, headers=NDJSON)
+    assert r.status_code == 422
+    assert len(r.content) < MiB
+    out = r.json()
+    assert out["rejected"] == 40_000 and out["accepted"] == 0 and out["duplicates"] == 0
+    assert out["rejections_truncated"] is True
+    assert len(out["rejections"]) == MAX_REJECTIONS == 1000
+    assert [x["line"] for x in out["rejections"]] == list(range(1, 1001))
+    assert {x["code"] for x in out["rejections"]} == {"MALFORMED"}
+
+
+def test_rejections_quoting_huge_lines_stay_small(client):
+    body = b"".join(b'{"type":"' + b"\\u0001" * 2000 + b'%d"}\n' % i for i in range(1200))
+    r = client.post("/v1/ingest", content=body, headers=NDJSON)
+    assert r.status_code == 422 and r.json()["rejected"] == 1200
+    assert len(r.content) < MiB, len(r.content)
+
+
+def test_few_rejections_are_not_marked_truncated(node, client):
+    r = client.post("/v1/ingest", content=b"{oops\n\n" + encode(lines_for(node).block([])) + b"\n", headers=NDJSON)
+    out = r.json()
+    assert r.status_code == 422 and out["accepted"] == 1 and out["rejected"] == 1
+    assert "rejections_truncated" not in out and out["rejections"][0]["line"] == 1
+
+
+def test_the_admitters_summary_keeps_at_most_1000_rejections(node):
+    summary = node.admitter.admit([b"junk"] * 2500)
+    assert summary.rejected == 2500 and len(summary.rejections) == MAX_REJECTIONS
+    assert summary.to_dict()["rejections_truncated"] is True
+    assert summary.rejections[-1]["line"] == MAX_REJECTIONS
+
+
+# -- lines: BOM, UTF-16, NUL -----------------------------------------------------------------------
+def _variants(line: bytes) -> dict[str, bytes]:
+    text = line.decode()
+    return {"bom": b"\xef\xbb\xbf" + line, "utf16le": text.encode("utf-16-le"),
+            "utf16-bom": text.encode("utf-16"), "utf16be": text.encode("utf-16-be"),
+            "nul-inside": line[:-1] + b"\x00" + line[-1:], "nul-after": line + b"\x00",
+            "str-bom": ("\ufeff" + text).encode()}
+
+
+def test_bom_utf16_and_nul_lines_are_malformed(node):
+    line = encode(lines_for(node).block([]))
+    parse_line(line)  # the plain line is fine
+    for name, bad in _variants(line).items():
+        with pytest.raises(Rejection) as exc:
+            parse_line(bad)
+        assert exc.value.code is Code.MALFORMED, name
+    with pytest.raises(Rejection) as exc:
+        parse_line("\ufeff" + line.decode())
+    assert exc.value.code is Code.MALFORMED
+    share = b'{"type":"share","worker":"' + b"a" * 40 + b'.rig","job_id":"j","height":1,"difficulty":1,' \
+            b'"accepted":true,"timestamp":1}'
+    for name, bad in _variants(share).items():
+        with pytest.raises(Rejection) as exc:
+            parse_line(bad)
+        assert exc.value.code is Code.MALFORMED, name
+
+
+def test_bom_and_nul_lines_over_http_are_malformed_and_change_nothing(node, client):
+    line = encode(lines_for(node).block([]))
+    before = height(client)
+    body = b"\xef\xbb\xbf" + line + b"\n" + line[:-1] + b"\x00}\n"
+    r = client.post("/v1/ingest", content=body, headers=NDJSON)
+    assert r.status_code == 422 and r.json()["rejected"] == 2 and r.json()["accepted"] == 0, r.text
+    assert {x["code"] for x in r.json()["rejections"]} == {"MALFORMED"}
+    assert height(client) == before
+
+
+# -- Host header (DNS rebinding) -------------------------------------------------------------------
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "localhost.evil",
+                                  "ledger.example.evil", "[::2]:80", ""])
+def test_a_foreign_host_is_refused(client, host):
+    assert_error(client.get("/v1/status", headers={"Host": host}), 421, "HOST_NOT_ALLOWED")
+    assert_error(client.post("/v1/ingest", content=b"\n", headers={**NDJSON, "Host": host}), 421, "HOST_NOT_ALLOWED")
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8080", "127.0.0.1", "127.0.0.1:9", "[::1]", "[::1]:8080",
+                                  "LEDGER.example", "ledger.example:443", "testserver"])
+def test_the_nodes_own_names_are_served(client, host):
+    assert client.get("/v1/status", headers={"Host": host}).status_code == 200
+
+
+# -- out-of-range numbers: 400, never 500 ---------------------------------------------------------
+BIG = "99999999999999999999999"
+
+
+@pytest.mark.parametrize("path", [f"/v1/accounts/{'a' * 40}?height={BIG}", f"/v1/accounts/{'a' * 40}?height=9223372036854775808",
+                                  f"/v1/blocks/{BIG}", "/v1/blocks/9223372036854775808", "/v1/blocks/\u00b2",
+                                  f"/v1/accounts/{'a' * 40}?height=-1"])
+def test_out_of_range_numbers_in_paths_and_queries_are_400(client, path):
+    assert_error(client.get(path), 400, "BAD_REQUEST")
+
+
+def test_in_range_heights_still_answer(node, client):
+    assert client.get(f"/v1/accounts/{'a' * 40}?height=9223372036854775807").status_code == 200
+    assert client.post("/v1/ingest", content=encode(lines_for(node).block([])), headers=NDJSON).status_code == 200
+    assert client.get("/v1/blocks/1").status_code == 200
+    assert_error(client.get("/v1/blocks/9223372036854775807"), 404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize("name,body", [
+    ("faucet-topup", {"amount": 10**30}), ("faucet-topup", {"amount": 1e30}), ("faucet-topup", {"amount": -(10**30)}),
+    ("faucet-topup", {"amount": 5, "extra": 1}), ("pause", {"zzz": 1}), ("reproject", {"names": ["nope"]}),
+    ("reproject", {"names": "chainstate"}), ("reproject", {"keep": 10**30}), ("snapshot", {"out": 5}),
+    ("rotate-key", {"key": 10**30}), ("compact", {"a": 1}), ("faucet-pause", {"x": None})])
+def test_bad_admin_bodies_are_400_and_change_nothing(node, client, name, body):
+    r = client.post(f"/v1/admin/{name}", content=json.dumps(body), headers={**ADMIN, "Content-Type": "application/json"})
+    assert_error(r, 400, "BAD_REQUEST")
+    assert not controls(node).ingest_paused and not controls(node).faucet_paused
+
+
+@pytest.mark.parametrize("name", ["nope", BIG, "faucet-topup-" + BIG])
+def test_unknown_admin_actions_are_404(client, name):
+    assert_error(client.post(f"/v1/admin/{name}", content=b"{}", headers=ADMIN), 404, "NOT_FOUND")
+
+
+def test_rpc_with_a_huge_id_is_not_500(client):
+    r = client.post("/rpc", content=b'{"jsonrpc":"2.0","method":"getblockcount","params":[],"id":%s}' % BIG.encode())
+    assert r.status_code < 500, r.text
+
+
+# -- no absolute path in any answer ---------------------------------------------------------------
+def test_no_absolute_path_in_answers(node, client):
+    root = os.path.realpath(node.config.data_dir)
+    answers = [client.post("/v1/admin/rotate-key", json={"key": "nope"}, headers=ADMIN),
+               client.post("/v1/admin/rotate-key", json={"key": "../../etc/passwd"}, headers=ADMIN),
+               client.post("/v1/admin/compact", json={}, headers=ADMIN),
+               client.post("/v1/admin/snapshot", json={"out": "/proc/no/such/dir"}, headers=ADMIN)]
+    for r in answers:
+        assert r.status_code != 500, r.text
+        assert root not in r.text and node.config.data_dir not in r.text, r.text
+        assert not re.search(r'(?<![\w:/.])/(tmp|home|root|proc|var|usr|etc)/', r.text), r.text
+
+
+# -- the real node: connections and timeouts ------------------------------------------------------
+def _raise_nofile(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < want:
+        pytest.skip(f"needs {want} open files; the hard limit is {hard}")
+
+
+@contextmanager
+def node_process(root: Path, env: dict[str, str], genesis: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A `ledgerlog run --port 0` on 127.0.0.1 over a new data dir, with ``env`` set."""
+    data = root / "data"
+    full = cli_env(LEDGERLOG_LOG_SYNC="0", **env)
+    init = [LEDGERLOG, "--data-dir", str(data), "init"] + (["--genesis", str(genesis)] if genesis else [])
+    subprocess.run(init, check=True, capture_output=True, env=full, timeout=120)
+    with open(root / "node.log", "ab") as log:
+        proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--port", "0"], stdout=log,
+                                stderr=subprocess.STDOUT, env=full)
+    try:
+        url = None
+        for _ in range(600):  # 60 s
+            assert proc.poll() is None, (root / "node.log").read_text()[-3000:]
+            try:
+                info = json.loads((data / "node.json").read_text())
+                if info.get("pid") == proc.pid and httpx.get(info["url"] + "/v1/health", timeout=2).status_code == 200:
+                    url = info["url"]
+                    break
+            except (OSError, ValueError, httpx.HTTPError):
+                pass
+            time.sleep(0.1)
+        assert url, (root / "node.log").read_text()[-3000:]
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _addr(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset), without blocking."""
+    sock.setblocking(False)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_1100_idle_sockets_and_a_slowloris_client_do_not_starve_others(tmp_path):
+    """Past http.max_connections the idle connections are closed first, so a well-behaved
+    client is served at once while 1,100 idle sockets and a slowloris client stay connected
+    (the header timeout is long here, so eviction is what frees the room)."""
+    _raise_nofile(4096)
+    with node_process(tmp_path, {"LEDGERLOG_HTTP_HEADER_TIMEOUT": "120"}) as (url, _proc):
+        addr = _addr(url)
+        idle: list[socket.socket] = []
+        slow = socket.create_connection(addr, timeout=5)
+        slow.sendall(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        try:
+            for _ in range(1100):
+                idle.append(socket.create_connection(addr, timeout=5))
+            slow.sendall(b"X")  # still trickling its head
+            with httpx.Client(base_url=url, timeout=3) as c:  # "within a second", with slack
+                for _ in range(5):
+                    r = c.get("/v1/status")
+                    assert r.status_code == 200, r.text
+                    assert c.post("/v1/ingest", content=b"\n", headers=NDJSON).status_code == 200
+            closed = sum(_closed_by_peer(s) for s in idle)
+            assert closed >= 100, closed  # at least the ones over the cap (1,000) were closed
+        finally:
+            for s in idle:
+                s.close()
+            slow.close()
+
+
+def _wait_closed(sock: socket.socket, drip: bytes, rounds: int = 60, every: float = 0.25) -> bytes:
+    """Send ``drip`` every ``every`` seconds until the server closes; what it answered."""
+    got = b""
+    sock.settimeout(every)
+    for _ in range(rounds):
+        try:
+            sock.sendall(drip)
+        except OSError:
+            return got
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return got
+        if not data:
+            return got
+        got += data
+    raise AssertionError(f"the server kept a slow client for {rounds * every:.0f} s")
+
+
+def test_slow_clients_are_timed_out(tmp_path):
+    env = {"LEDGERLOG_HTTP_HEADER_TIMEOUT": "1", "LEDGERLOG_HTTP_BODY_TIMEOUT": "1",
+           "LEDGERLOG_HTTP_KEEP_ALIVE_TIMEOUT": "1"}
+    with node_process(tmp_path, env) as (url, _proc):
+        addr = _addr(url)
+        # slowloris: a header byte every quarter second, never a whole head
+        loris = socket.create_connection(addr, timeout=5)
+        loris.sendall(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        answer = _wait_closed(loris, b"a")
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "TIMEOUT"
+        loris.close()
+        # a connection that never sends anything
+        silent = socket.create_connection(addr, timeout=5)
+        assert _wait_closed(silent, b"") is not None
+        silent.close()
+        # CRLFs between requests never make a request but must not keep the connection either
+        crlf = socket.create_connection(addr, timeout=5)
+        assert _wait_closed(crlf, b"\r\n") is not None
+        crlf.close()
+        # a slow body: the head is whole, the body trickles
+        body = socket.create_connection(addr, timeout=5)
+        body.sendall(b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
+                     b"Content-Length: 100000\r\n\r\n")
+        answer = _wait_closed(body, b"\n")
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        body.close()
+        # and a well-behaved client is served meanwhile and after
+        assert httpx.get(url + "/v1/status", timeout=3).status_code == 200
+
+
+# -- the real node: memory and answer size ------------------------------------------------------
+def _rss(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_memory_stays_bounded_for_millions_of_tiny_junk_lines(tmp_path):
+    with node_process(tmp_path, {"LEDGERLOG_INGEST_RATE": "0"}) as (url, proc):
+        httpx.get(url + "/v1/status", timeout=10)
+        before = _rss(proc.pid, "VmRSS")
+        body = b"x\n" * 2_000_000  # 4 MB
+        r = httpx.post(url + "/v1/ingest", content=body, headers=NDJSON, timeout=300)
+        assert r.status_code == 422, r.text[:300]
+        assert len(r.content) < MiB
+        out = r.json()
+        assert out["rejected"] == 2_000_000 and out["rejections_truncated"] is True
+        assert len(out["rejections"]) == 1000
+        grew = _rss(proc.pid, "VmHWM") - before
+        assert grew < 100 * MiB, f"peak RSS grew by {grew / MiB:.0f} MiB for a 4 MB body"
+
+
+# -- the CLI streams a large file to a running node in chunks ---------------------------------------
+def test_cli_ingests_a_file_larger_than_the_nodes_body_cap_in_chunks(tmp_path):
+    genesis, keys = make_genesis(7, wallets=4)
+    gpath, hpath = tmp_path / "genesis.json", tmp_path / "history.jsonl"
+    write_genesis(gpath, genesis)
+    write_history(hpath, genesis, keys, events=1500, seed=7)
+    good = hpath.read_bytes().splitlines()
+    cap = 64 * 1024
+    # junk at known lines, blank lines kept (line numbers count them), a line over the cap
+    lines = [*good[:2], b"{junk", *good[2:], b"", b"x" * (cap + 10), b"not json"]
+    src = tmp_path / "big.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    assert src.stat().st_size > 4 * cap
+    env = {"LEDGERLOG_INGEST_MAX_BODY": str(cap), "LEDGERLOG_INGEST_RATE": "0"}
+    with node_process(tmp_path, env, genesis=gpath) as (url, _proc):
+        full = cli_env(**env)
+        out = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "data"), "ingest", str(src)],
+                             check=False, capture_output=True, env=full, timeout=300)
+        assert out.returncode == 1, out.stderr[-2000:]
+        summary = json.loads(out.stdout)
+        assert summary["accepted"] == len(good) and summary["duplicates"] == 0, summary
+        assert summary["rejected"] == 3
+        assert [(x["line"], x["code"]) for x in summary["rejections"]] == [
+            (3, "MALFORMED"), (len(lines) - 1, "MALFORMED"), (len(lines), "MALFORMED")], summary
+        status = httpx.get(url + "/v1/status", timeout=10).json()
+        assert status["height"] == sum(1 for ln in good if b'"type":"block"' in ln.replace(b" ", b""))

@@ -1,0 +1,175 @@
+"""ops/http_transport.py: the writes of one loop turn leave in one system call; nothing is lost,
+reordered or held back; and uvicorn's protocol over it serves the node's API unchanged."""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from servers import serve_app
+
+from ledgerlog.engine.chain import init_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.genesis import dev_genesis
+from ledgerlog.ops.api.app import create_app
+from ledgerlog.ops.api.limits import HttpLimits
+from ledgerlog.ops.api.transport import FLUSH_BYTES, CoalescingTransport, protocol_class
+from ledgerlog.ops.node.lifecycle import Node
+
+NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = self.eof = self.aborted = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def get_write_buffer_size(self) -> int:
+        return 7
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def test_writes_of_one_turn_are_joined():
+    async def main() -> None:
+        fake = FakeTransport()
+        t = CoalescingTransport(fake, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(b"")
+        t.write(bytearray(b"body"))
+        assert fake.writes == [] and t.get_write_buffer_size() == 7 + 23
+        await asyncio.sleep(0)
+        assert fake.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        t.writelines([b"a", b"b"])
+        await asyncio.sleep(0)
+        assert fake.writes[-1] == b"ab"
+        t.write(b"x" * (FLUSH_BYTES + 1))  # big: out at once
+        assert fake.writes[-1] == b"x" * (FLUSH_BYTES + 1)
+        t.write(b"last")
+        t.close()  # flushed before closing
+        assert fake.writes[-1] == b"last" and fake.closed
+        await asyncio.sleep(0)
+        assert fake.writes[-1] == b"last"  # nothing twice, nothing after close
+        # delegated
+        assert t.get_extra_info("peername") == ("127.0.0.1", 1) and t.is_closing()
+        t.pause_reading()
+        assert fake.paused
+        other = FakeTransport()
+        u = CoalescingTransport(other, asyncio.get_running_loop())
+        u.write(b"y")
+        u.write_eof()
+        assert other.writes == [b"y"] and other.eof
+        u.write(b"dropped")
+        u.abort()
+        await asyncio.sleep(0)
+        assert other.writes == [b"y"] and other.aborted
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[tuple[str, int]]:
+    cfg = Config(data_dir=str(tmp_path / "data"), sync=False)
+    init_chain(cfg, dev_genesis(cfg.keys_dir))
+    node = Node(cfg)
+    node.start()
+    try:
+        with serve_app(create_app(node, limits=HttpLimits(max_body=1024, max_ingest_body=4096)),
+                       http=protocol_class()) as addr:
+            yield addr
+    finally:
+        node.stop()
+
+
+def test_the_api_over_the_coalescing_protocol(server):
+    conn = http.client.HTTPConnection(*server, timeout=10)
+    try:
+        for path, status in [("/v1/health", 200), ("/v1/status", 200), ("/v1/accounts/" + "0" * 40, 200),
+                             ("/v1/accounts/bad", 400), ("/nowhere", 404), ("/metrics", 200), ("/openapi.json", 200)]:
+            conn.request("GET", path)  # one keep-alive connection throughout
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == status, (path, body[:200])
+            assert int(r.getheader("content-length")) == len(body)
+        conn.request("POST", "/v1/ingest", body=b"\n", headers=NDJSON)
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["accepted"] == 0
+        conn.request("POST", "/v1/ingest", body=iter([b"\n" * 1024] * 8), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked", "Content-Type": "application/x-ndjson"})
+        r = conn.getresponse()
+        assert r.status == 413 and json.loads(r.read())["code"] == "TOO_LARGE"
+    finally:
+        conn.close()
+    conn = http.client.HTTPConnection(*server, timeout=10)
+    try:
+        conn.request("GET", "/v1/status", headers={"Connection": "close"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["height"] == 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_one_write_per_response(tmp_path, coalesce):
+    """Through uvicorn's own protocol (httptools or h11, whichever is installed) on a recording
+    transport: with the coalescing protocol a response is one write; without it, more."""
+    from uvicorn.server import ServerState
+    cfg = Config(data_dir=str(tmp_path / "data"), sync=False)
+    init_chain(cfg, dev_genesis(cfg.keys_dir))
+    node = Node(cfg)
+    node.start()
+    try:
+        config = uvicorn.Config(create_app(node), log_level="warning", access_log=False, lifespan="off")
+        config.load()
+        cls = protocol_class() if coalesce else config.http_protocol_class
+
+        async def main() -> list[bytes]:
+            fake = FakeTransport()
+            fake.get_extra_info = lambda name, default=None: {  # type: ignore[method-assign]
+                "peername": ("127.0.0.1", 5), "sockname": ("127.0.0.1", 80)}.get(name, default)
+            fake.resume_reading = lambda: None  # type: ignore[attr-defined]
+            proto = cls(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+            proto.connection_made(fake)  # type: ignore[arg-type]
+            for _ in range(3):
+                proto.data_received(b"GET /v1/accounts/" + b"0" * 40 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                for _ in range(200):
+                    await asyncio.sleep(0.005)
+                    if fake.writes and fake.writes[-1].endswith(b"}"):
+                        break
+            proto.connection_lost(None)
+            return fake.writes
+
+        writes = asyncio.run(main())
+    finally:
+        node.stop()
+    answers = [w for w in writes if w.startswith(b"HTTP/1.1 200")]
+    if coalesce:
+        assert len(writes) == len(answers) == 3
+        assert all(json.loads(w.partition(b"\r\n\r\n")[2])["address"] == "0" * 40 for w in writes)
+    else:
+        assert len(writes) >= 6  # status line and headers, then the body

@@ -1,0 +1,182 @@
+"""`ledgerlog stream-worker` on Kafka: two workers split the projections through a consumer group; one is
+killed (-9) while events are still being appended; the survivor takes over its share, catches up
+from its own local stores (from offset 0 for what it never had) and ends with every projection's
+digest equal to the embedded runner's over the same history. A restarted worker rejoins and
+resumes from its stored positions with the same digests."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from clitools import LEDGERLOG, cli_env
+from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
+
+from ledgerlog import projections
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
+from ledgerlog.streams.runner import Runner
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+EVENTS = 2000
+SEED = 23
+CHUNK = 100
+ALL = set(projections.ALL)
+
+
+@pytest.fixture(scope="module")
+def history() -> tuple[dict[str, Any], list[bytes]]:
+    genesis, keys = make_genesis(SEED, wallets=12)
+    return genesis, list(generate(genesis, keys, events=EVENTS, seed=SEED, invalid_every=97))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, history) -> dict[str, str]:
+    """Digests of the embedded runner over the embedded log of the same history."""
+    genesis, lines = history
+    cfg = Config(data_dir=str(tmp_path_factory.mktemp("embedded") / "data"), sync=False, ingest_chunk=CHUNK)
+    init_chain(cfg, genesis)
+    with open_chain(cfg) as chain:
+        chain.admitter.admit(lines)
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+        try:
+            runner.catch_up()
+            return runner.digests()
+        finally:
+            runner.close()
+
+
+class Worker:
+    def __init__(self, data: str, wdir: str, wid: str) -> None:
+        self.wdir, self.wid = wdir, wid
+        self.err = open(os.path.join(os.path.dirname(wdir), f"{wid}.err"), "ab")
+        env = cli_env(LEDGERLOG_LOG_LEVEL="WARNING")
+        self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "stream-worker", "--worker-dir", wdir, "--id", wid,
+                                      "--batch", "200"],
+                                     stdout=subprocess.DEVNULL, stderr=self.err, stdin=subprocess.DEVNULL, env=env)
+        self.url: str | None = None
+
+    def status(self) -> dict[str, Any] | None:
+        if self.url is None:
+            try:
+                with open(os.path.join(self.wdir, "worker.json"), encoding="utf-8") as f:
+                    info = json.load(f)
+                if info["pid"] != self.proc.pid:
+                    return None
+                self.url = info["url"]
+            except (OSError, ValueError, KeyError):
+                return None
+        code, body, _ = get(self.url, "/status")
+        return body if code == 200 else None
+
+    def serving(self) -> dict[str, str]:
+        st = self.status() or {"owned": {}}
+        return {n: o["digest"] for n, o in st["owned"].items() if o.get("state") == "serving" and o.get("lag") == 0}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.err.close()
+
+    def tail(self) -> str:
+        with open(self.err.name, "rb") as f:
+            return f.read()[-3000:].decode(errors="replace")
+
+
+def get(url: str, path: str) -> tuple[int, Any, str | None]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, (json.loads(data) if data else None), resp.getheader("Location")
+    except OSError:
+        return 0, None, None
+    finally:
+        conn.close()
+
+
+def wait_for(what: str, cond: Callable[[], Any], timeout: float, workers: list[Worker]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        for w in workers:
+            assert w.proc.poll() is None, f"worker {w.wid} exited {w.proc.returncode}: {w.tail()}"
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}: " + " | ".join(
+        f"{w.wid}: {w.status()} {w.tail()[-1500:]}" for w in workers))
+
+
+def test_two_workers_split_survive_kill_and_match_embedded(tmp_path, kafka_bootstrap, history,  # noqa: F811
+                                                           reference):
+    genesis, lines = history
+    data = str(tmp_path / "data")
+    cfg = Config(data_dir=data, log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=CHUNK,
+                 kafka={"ledgerlog.topic_prefix": f"fw-{uuid.uuid4().hex[:10]}."})
+    init_chain(cfg, genesis)  # writes config.toml (log.url, [kafka]) for the worker processes
+    first = 800
+    workers: list[Worker] = []
+    try:
+        with open_chain(cfg) as chain:
+            chain.admitter.admit(lines[:first])
+            a = Worker(data, str(tmp_path / "wA"), "A")
+            b = Worker(data, str(tmp_path / "wB"), "B")
+            workers = [a, b]
+
+            def split() -> bool:  # each owns (and serves) a share, together all of them
+                sa, sb = a.serving(), b.serving()
+                return bool(sa) and bool(sb) and not (sa.keys() & sb.keys()) and (sa.keys() | sb.keys()) == ALL
+            wait_for("the two workers to split the projections", split, 60, workers)
+            owned_a, owned_b = set(a.serving()), set(b.serving())
+
+            # a query for B's projection at A is routed (redirected) to B
+            name = min(owned_b)
+            code, _, location = get(a.url, f"/projections/{name}")  # type: ignore[arg-type]
+            assert code == 307 and location == f"{b.url}/projections/{name}"
+            code, body, _ = get(b.url, f"/projections/{name}")  # type: ignore[arg-type]
+            assert code == 200 and body["worker"] == "B" and body["projection"] == name
+
+            # mid-stream: more history arrives; A is killed while it is being appended
+            chain.admitter.admit(lines[first:first + 2 * CHUNK])
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(timeout=10)
+            killed_at = time.monotonic()
+            chain.admitter.admit(lines[first + 2 * CHUNK:])
+        workers = [b]
+        wait_for("the survivor to fold everything to the embedded digests",
+                 lambda: b.serving() == reference, 60, workers)
+        took = time.monotonic() - killed_at
+        gains = {g["projection"]: g for g in (b.status() or {})["gains"]}
+        for name in owned_a:  # taken over: caught up in B's own store, which never had them
+            assert gains[name]["resumed_from"] == 0, gains
+        print(f"\nsplit A={sorted(owned_a)} B={sorted(owned_b)}; survivor done {took:.1f} s after kill -9; "
+              f"catch-up: {[(g['projection'], g['catch_up_s'], g['target']) for g in gains.values()]}")
+
+        # A restarts on its own directory: rejoins, resumes from its stored positions, same digests
+        a = Worker(data, str(tmp_path / "wA"), "A")
+        workers = [a, b]
+
+        def rejoined() -> bool:
+            sa, sb = a.serving(), b.serving()
+            return (bool(sa) and bool(sb) and not (sa.keys() & sb.keys()) and {**sa, **sb} == reference)
+        wait_for("the restarted worker to rejoin with equal digests", rejoined, 60, workers)
+    finally:
+        for w in workers:
+            w.stop()
