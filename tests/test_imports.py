@@ -27,3 +27,16 @@ def test_every_import_contract_is_kept() -> None:
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "BROKEN" not in run.stdout
+
+
+def test_one_namespace_from_any_directory(tmp_path) -> None:
+    """Installed, ledgerlog's packages import as ledgerlog.*; nothing generic (engine, ops, ...)
+    lands at the top level of site-packages."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ok = subprocess.run([sys.executable, "-c", "import ledgerlog.engine, ledgerlog.ops.cli, ledgerlog.schemas"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    for name in ("engine", "ops", "streams", "projections", "schemas"):
+        bad = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "ModuleNotFoundError" in bad.stderr, name

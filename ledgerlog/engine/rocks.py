@@ -29,7 +29,7 @@ from .errors import (
 )
 from .storekeys import FORMAT_KEY
 
-__all__ = ["open_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard"]
+__all__ = ["open_store", "reopen_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard"]
 
 #: what RocksDB (and the OS) say when the disk refuses a write rather than the data being bad
 _UNAVAILABLE = ("no space left", "input/output error", "read-only file system", "disk quota",
@@ -189,6 +189,20 @@ def open_store(path: str, fmt: bytes, *, create: bool = True, read_only: bool = 
         db.close()
         raise FormatVersionError(f"{path} has format {found!r}; this ledgerlog reads {fmt!r}")
     return db
+
+
+def reopen_store(path: str, fmt: bytes, loaded: Callable[[Rdict], None]) -> None:
+    """Open a store anew after the disk refused a write (RocksDB keeps it stopped until then):
+    ``loaded(db)`` takes the new handle; if it cannot be opened for writing yet, it takes a
+    read-only one, so reads go on, and the StorageError is raised."""
+    try:
+        loaded(open_store(path, fmt, create=False))
+    except StorageError:
+        try:
+            loaded(open_store(path, fmt, read_only=True))
+        except StorageError:
+            pass
+        raise
 
 
 def write_options(sync: bool) -> WriteOptions:

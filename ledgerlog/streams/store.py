@@ -14,13 +14,14 @@ from collections.abc import Iterable, Iterator
 
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.digest import digest_hex, update_digest
-from ledgerlog.engine.errors import StorageError
 from ledgerlog.engine.rocks import (
+    Rdict,
     WriteBatch,
     WriteGuard,
     iter_prefix,
     map_error,
     open_store,
+    reopen_store,
     write_options,
 )
 
@@ -181,16 +182,10 @@ class ProjectionStore:
             self.db.close()
         except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
             pass
-        try:
-            self.db = open_store(self.path, K.PROJECTION_FORMAT, create=False)
-        except StorageError:
-            try:
-                self.db = open_store(self.path, K.PROJECTION_FORMAT, read_only=True)
-                self._load()
-            except StorageError:
-                pass
-            raise
-        self._load()
+        def loaded(db: Rdict) -> None:
+            self.db = db
+            self._load()
+        reopen_store(self.path, K.PROJECTION_FORMAT, loaded)
 
     def _key_filter(self) -> KeyFilter | None:
         """A KeyFilter of every state key in the store, from a scan of them; None if too many."""

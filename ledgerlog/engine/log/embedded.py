@@ -12,8 +12,16 @@ from typing import TypeVar
 from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
-from ..errors import LogError, StorageError
-from ..rocks import WriteBatch, WriteGuard, iter_prefix, map_error, open_store, write_options
+from ..errors import LogError
+from ..rocks import (
+    WriteBatch,
+    WriteGuard,
+    iter_prefix,
+    map_error,
+    open_store,
+    reopen_store,
+    write_options,
+)
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 
 __all__ = ["EmbeddedLog"]
@@ -65,16 +73,10 @@ class EmbeddedLog(Log):
             except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
                 pass
             break
-        try:
-            self._db = open_store(self.path, K.LOG_FORMAT, create=False)
-        except StorageError:
-            try:
-                self._db = open_store(self.path, K.LOG_FORMAT, read_only=True)
-                self._load_ends()
-            except StorageError:
-                pass
-            raise
-        self._load_ends()
+        def loaded(db: Rdict) -> None:
+            self._db = db
+            self._load_ends()
+        reopen_store(self.path, K.LOG_FORMAT, loaded)
 
     def _load_ends(self) -> None:
         self._topics = self._load_topics()
