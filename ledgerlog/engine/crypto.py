@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -11,7 +11,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 __all__ = [
-    "H", "h_bytes", "address_of", "canonical_json", "canonical_json_flat", "tx_root", "verify", "sign", "new_key",
+    "H", "h_bytes", "address_of", "canonical_json", "canonical_json_flat", "tx_root", "tx_branch", "tx_root_from", "verify", "sign", "new_key",
     "signing_key", "pubkey_hex", "EMPTY_ROOT",
 ]
 
@@ -56,6 +56,32 @@ def tx_root(txids: Iterable[str]) -> str:
             level.append(level[-1])
         level = [h_bytes(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
     return level[0].hex()
+
+
+def tx_branch(txids: Sequence[str], index: int) -> list[str]:
+    """The siblings from the leaf at ``index`` up to ``tx_root`` (PROTOCOL.md §2: an odd level's
+    last node pairs with itself), as hex: with the txid they rebuild the root (``tx_root_from``)."""
+    level = [bytes.fromhex(t) for t in txids]
+    if not 0 <= index < len(level):
+        raise ValueError(f"index {index} is outside a block of {len(level)} transactions")
+    branch = []
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        branch.append(level[index ^ 1].hex())
+        level = [h_bytes(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
+        index //= 2
+    return branch
+
+
+def tx_root_from(txid: str, index: int, branch: Sequence[str]) -> str:
+    """The tx_root that ``branch`` leads to from ``txid`` at ``index``."""
+    node = bytes.fromhex(txid)
+    for sibling in branch:
+        pair = (node, bytes.fromhex(sibling)) if index % 2 == 0 else (bytes.fromhex(sibling), node)
+        node = h_bytes(pair[0] + pair[1])
+        index //= 2
+    return node.hex()
 
 
 def verify(pubkey: bytes, message: bytes, signature: bytes) -> bool:

@@ -80,6 +80,7 @@ def _register_commands() -> None:
         genesis,
         keys,
         mirror,
+        proof,
         query,
         reproject,
         snapshot,

@@ -106,8 +106,10 @@ def tail(ctx: typer.Context,
          limit: int | None = typer.Option(None, "--limit", help="Stop after this many records."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
          poll_interval: float = typer.Option(0.5, "--poll-interval", min=0.01, max=60.0,
-                                             help="With --follow: longest wait between looks at the log, seconds.")) -> None:
-    """Print records as JSON lines: topic, partition, offset, key, timestamp, schema_id, value.
+                                             help="With --follow: longest wait between looks at the log, seconds."),
+         raw: bool = typer.Option(False, "--raw", help="The exact stored bytes, as hex (what an auditor hashes).")) -> None:
+    """Print records as JSON lines: topic, partition, offset, key, timestamp, schema_id, value;
+    with --raw: topic, partition, offset, timestamp, key_hex, value_hex (PROTOCOL.md §9).
 
     With --follow, keep printing records as a running node or an ingest in another process
     appends them (per partition, in offset order) until --limit records were printed or
@@ -147,7 +149,7 @@ def tail(ctx: typer.Context,
                         for rec in chunk:
                             if rec.offset >= ends[p]:
                                 break
-                            emit(_tail_json(source.codec, topic, rec))
+                            emit(_raw_json(topic, rec) if raw else _tail_json(source.codec, topic, rec))
                             positions[p] = rec.offset + 1
                             printed += 1
                             new += 1
@@ -173,6 +175,12 @@ def tail(ctx: typer.Context,
 
 
 _TAIL_MIN_WAIT = 0.02
+
+
+def _raw_json(topic: str, rec: Any) -> dict[str, Any]:
+    """A record as stored: the key and value bytes exactly (the value in the Confluent wire format)."""
+    return {"topic": topic, "partition": rec.partition, "offset": rec.offset, "timestamp": rec.timestamp,
+            "key_hex": rec.key.hex(), "value_hex": rec.value.hex()}
 
 
 class _TailStopped(Exception):

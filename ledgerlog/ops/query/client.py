@@ -144,6 +144,9 @@ class NodeClient:
     def tx(self, txid: str) -> dict[str, Any]:
         return self._get(f"/v1/tx/{txid}")
 
+    def tx_proof(self, txid: str) -> dict[str, Any]:
+        return self._get(f"/v1/tx/{txid}/proof")
+
     def worker(self, address: str) -> dict[str, Any]:
         return self._get(f"/v1/pool/workers/{address}")
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
@@ -102,6 +103,21 @@ class Queries:
         if found is None:
             raise NotFoundError(f"no transaction {txid}")
         return {**found, "provenance": self.provenance("chainstate")}
+
+    def tx_proof(self, txid: str) -> dict[str, Any]:
+        """That a confirmed transaction is in its block (PROTOCOL.md §9): the branch from its txid
+        to the block header's tx_root."""
+        view = self._view("chainstate")
+        found = chainstate.tx(view, txid)
+        if found is None or found["status"] != "confirmed":
+            raise NotFoundError(f"no confirmed transaction {txid}")
+        blk = chainstate.block(view, found["height"])
+        if blk is None:
+            raise NotFoundError(f"block {found['height']} of transaction {txid} is not folded yet")
+        return {"txid": txid, "height": found["height"], "block_hash": blk["hash"],
+                "tx_root": blk["header"]["tx_root"], "index": found["index"],
+                "branch": tx_branch(blk["txids"], found["index"]),
+                "provenance": self.provenance("chainstate")}
 
     def worker(self, address: str) -> dict[str, Any]:
         if not ADDRESS_RE.match(address):

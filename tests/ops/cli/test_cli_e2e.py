@@ -313,6 +313,25 @@ def test_tail_blocks(world) -> None:
     assert unknown.returncode == 2
 
 
+def test_tail_raw_prints_the_stored_bytes(world) -> None:
+    """`tail --raw` (PROTOCOL.md §9): the exact key and value bytes the log holds, any topic."""
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.engine.config import load_config
+
+    proc, schemas = cli_all(world["data"], ("tail", "ledger.transactions", "--raw", "--limit", "5"),
+                            ("tail", "_schemas", "--raw", "--limit", "1"))
+    recs = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(recs) == 5 and all(set(r) == {"topic", "partition", "offset", "timestamp", "key_hex", "value_hex"}
+                                  for r in recs)
+    with open_chain(load_config(str(world["data"]), {}), read_only=True) as chain:
+        for r in recs:
+            [stored] = chain.log.read(r["topic"], r["partition"], r["offset"], 1)
+            assert (bytes.fromhex(r["key_hex"]), bytes.fromhex(r["value_hex"]), r["timestamp"]) == (
+                stored.key, stored.value, stored.timestamp)
+            assert bytes.fromhex(r["value_hex"])[0] == 0  # Confluent framing: magic byte 0
+    assert json.loads(schemas.stdout)["topic"] == "_schemas"
+
+
 def test_keys_sign_tx_and_ingest_from_stdin(world) -> None:
     data, keys, root = world["data"], world["keys"], world["root"]
     new_key = root / "new.key"

@@ -264,6 +264,25 @@ def test_metrics_openapi_and_schema_registry(world) -> None:
     assert ev["header"] == _blocks(world["lines"])[0]["header"]
 
 
+def test_tx_inclusion_proofs_over_http_and_cli(world) -> None:
+    """`GET /v1/tx/{txid}/proof` and `ledgerlog proof tx`: the branch rebuilds the tx_root of the
+    block header, whose hash is the block's (PROTOCOL.md §2, §9)."""
+    from ledgerlog.engine.crypto import tx_root_from
+
+    node = world["node"]
+    block = next(b for b in _blocks(world["lines"]) if len(b["transactions"]) >= 3)
+    txids = [H(encode_body("TransactionBody", t["body"])) for t in block["transactions"]]
+    for i, txid in enumerate(txids):
+        proof = node.get(f"/v1/tx/{txid}/proof").json()
+        assert (proof["height"], proof["index"], proof["tx_root"]) == (
+            block["header"]["height"], i, block["header"]["tx_root"])
+        assert tx_root_from(txid, i, proof["branch"]) == block["header"]["tx_root"]
+    via_cli = ok_json(cli(world["data"], "proof", "tx", txids[0]))  # through the running node
+    assert via_cli["branch"] == node.get(f"/v1/tx/{txids[0]}/proof").json()["branch"]
+    missing = node.get(f"/v1/tx/{'0' * 64}/proof")
+    assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND"
+
+
 def test_cli_commands_while_the_node_runs(world) -> None:
     node, data, keys, lines = world["node"], world["data"], world["keys"], world["lines"]
     blk = next(b for b in _blocks(lines) if b["transactions"])
