@@ -53,7 +53,7 @@ def _root(ctx: typer.Context,
           data_dir: str = typer.Option("./data", "--data-dir", envvar="LEDGERLOG_DATA_DIR",
                                        help="Chain data directory."),
           log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
-          debug: bool = typer.Option(False, "--debug", help="Print a traceback with a storage or I/O error.")) -> None:
+          debug: bool = typer.Option(False, "--debug", help="Print the traceback behind any error (errors are one line without it).")) -> None:
     ctx.obj = {"data_dir": data_dir, "flags": {"log_level": log_level}}
     _DEBUG[0] = debug
 
