@@ -51,6 +51,18 @@ def chain(chain_factory) -> Chain:
     return chain_factory()
 
 
+def folded_digests(cfg: Config) -> dict[str, str]:
+    """The live projections' digests once folded to the end of the data dir's log."""
+    from ledgerlog.streams.runner import Runner
+    with open_chain(cfg) as chain:
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+        try:
+            runner.catch_up()
+            return runner.digests()
+        finally:
+            runner.close()
+
+
 def load_signer(config: Config, name: str) -> Signer:
     """A dev key written by ``init``: ``<data_dir>/keys/<name>.key`` (JSON with "seed")."""
     with open(os.path.join(config.keys_dir, f"{name}.key"), encoding="utf-8") as f:

@@ -66,13 +66,13 @@ from ledgerlog.engine.errors import (
     TopupKeyMissingError,
 )
 from ledgerlog.engine.signing import Signer, signed_line
-from ledgerlog.ops.api.limits import TokenBuckets, controls
+from ledgerlog.ops.api.limits import TokenBuckets
 from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import ChainContext, NodeContext
 
-__all__ = ["DEFAULT_AMOUNT", "Faucet", "FaucetSettings", "Refused", "attach", "faucet_for"]
+__all__ = ["DEFAULT_AMOUNT", "Faucet", "FaucetSettings", "Refused", "attach"]
 
 log = logging.getLogger("ledgerlog.faucet")
 
@@ -162,8 +162,8 @@ class Faucet:
     def status(self) -> dict[str, Any]:
         signer = self.signer()
         s = self.settings
-        out: dict[str, Any] = {"enabled": signer is not None, "paused": controls(self.node).faucet_paused,
-                               "ingest_paused": controls(self.node).ingest_paused, "amount": s.amount,
+        out: dict[str, Any] = {"enabled": signer is not None, "paused": self.node.controls.faucet_paused,
+                               "ingest_paused": self.node.controls.ingest_paused, "amount": s.amount,
                                "fee": self.fee,
                                "limits": {"ip_burst": s.ip_burst, "ip_interval_seconds": s.ip_interval,
                                           "address_burst": s.address_burst,
@@ -183,7 +183,7 @@ class Faucet:
         if signer is None:
             why = "disabled by configuration" if not self.settings.enabled else f"no faucet key at {self.key_path}"
             raise FaucetDisabledError(f"the faucet is {why}")
-        c = controls(self.node)
+        c = self.node.controls
         if c.ingest_paused:
             raise PausedError("ingest is paused by the operator")
         if c.faucet_paused:
@@ -259,14 +259,10 @@ def attach(node: NodeContext, settings: FaucetSettings | None = None) -> Faucet:
     return node.faucet
 
 
-def faucet_for(node: NodeContext) -> Faucet:
-    """The node's faucet."""
-    return node.faucet
-
 
 # -- admin actions -------------------------------------------------------------------------------
 def _switch(node: NodeContext, paused: bool) -> dict[str, Any]:
-    c = controls(node)
+    c = node.controls
     with c.lock:
         was, c.faucet_paused = c.faucet_paused, paused
     log.warning("faucet %s by admin", "paused" if paused else "resumed")
@@ -285,4 +281,4 @@ def faucet_resume_action(node: NodeContext, body: dict[str, Any]) -> Any:
 
 def faucet_topup_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """{"amount": n}: a transaction of n from the treasury key to the faucet, through admission."""
-    return faucet_for(node).topup(body.get("amount"))
+    return node.faucet.topup(body.get("amount"))

@@ -37,10 +37,8 @@ __all__ = ["Edge", "dumps", "json_response"]
 Endpoint = Callable[..., Any]
 
 
-def dumps(body: Any) -> bytes:
-    """Compact JSON, as FastAPI writes it; orjson, or the stdlib for what orjson refuses
-    (integers beyond 64 bits)."""
-    return dumps_any(body)
+#: compact JSON as FastAPI writes it; integers beyond 64 bits too
+dumps = dumps_any
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -56,7 +56,6 @@ __all__ = [
     "HttpLimits",
     "TokenBuckets",
     "client_key",
-    "controls",
     "pause_action",
     "resume_action",
 ]
@@ -217,11 +216,6 @@ class Controls:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ingest_paused": self.ingest_paused, "faucet_paused": self.faucet_paused}
-
-
-def controls(node: NodeContext) -> Controls:
-    """The node's switches (made with the node, ``node.controls``)."""
-    return node.controls
 
 
 def pause_action(node: NodeContext, body: dict[str, Any]) -> Any:

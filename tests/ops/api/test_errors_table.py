@@ -33,7 +33,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import LedgerError, error_class_for, error_classes
 from ledgerlog.engine.genesis import dev_genesis
 from ledgerlog.ops.api.app import create_app
-from ledgerlog.ops.api.limits import HttpLimits, controls
+from ledgerlog.ops.api.limits import HttpLimits
 from ledgerlog.ops.api.routes import ROUTES, path_params
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.ops.node.lifecycle import Node
@@ -276,7 +276,7 @@ def test_every_route_answers_bad_input_in_the_one_shape(node, client, route):
             for body in BAD_BODIES if not admin else BAD_BODIES[1:]:  # an empty body runs an admin action
                 for ct in ("application/json", "application/x-ndjson"):
                     assert_shape(client.post(path, content=body, headers={**admin, "Content-Type": ct}), route.path)
-    assert not controls(node).ingest_paused and not controls(node).faucet_paused
+    assert not node.controls.ingest_paused and not node.controls.faucet_paused
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
@@ -300,7 +300,7 @@ def test_every_admin_action_refuses_unknown_fields(node, client):
     for name in node.actions:
         r = client.post(f"/v1/admin/{name}", content=b'{"zz_unknown": 1}', headers=admin)
         assert r.status_code == 400 and r.json()["code"] == "BAD_REQUEST", (name, r.text)
-    assert not controls(node).ingest_paused and not controls(node).faucet_paused
+    assert not node.controls.ingest_paused and not node.controls.faucet_paused
 
 
 def test_the_schema_registry_keeps_its_confluent_error_code(client):

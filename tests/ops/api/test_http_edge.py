@@ -33,7 +33,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import Code, Rejection
 from ledgerlog.engine.genesis import dev_genesis
 from ledgerlog.ops.api.app import create_app
-from ledgerlog.ops.api.limits import HttpLimits, controls
+from ledgerlog.ops.api.limits import HttpLimits
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.ops.node.lifecycle import Node
 
@@ -228,7 +228,7 @@ def test_in_range_heights_still_answer(node, client):
 def test_bad_admin_bodies_are_400_and_change_nothing(node, client, name, body):
     r = client.post(f"/v1/admin/{name}", content=json.dumps(body), headers={**ADMIN, "Content-Type": "application/json"})
     assert_error(r, 400, "BAD_REQUEST")
-    assert not controls(node).ingest_paused and not controls(node).faucet_paused
+    assert not node.controls.ingest_paused and not node.controls.faucet_paused
 
 
 @pytest.mark.parametrize("name", ["nope", BIG, "faucet-topup-" + BIG])

@@ -16,6 +16,7 @@ from typing import Any
 import clitools
 import pytest
 from clitools import LEDGERLOG, cli_env
+from conftest import folded_digests
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
 from ledgerlog.engine import topics as T
@@ -24,7 +25,6 @@ from ledgerlog.engine.config import Config, load_config
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.ops.data.mirror import partition_digest
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
-from ledgerlog.streams.runner import Runner
 
 pytestmark = pytest.mark.kafka
 
@@ -39,16 +39,6 @@ cli = partial(clitools.cli, timeout=180)  # mirroring into Kafka takes longer
 def ok_json(proc: subprocess.CompletedProcess) -> Any:
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
     return json.loads(proc.stdout)
-
-
-def _digests(cfg: Config) -> dict[str, str]:
-    with open_chain(cfg) as chain:
-        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
-        try:
-            runner.catch_up()
-            return runner.digests()
-        finally:
-            runner.close()
 
 
 def _answers(data_dir: Any, genesis: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +73,7 @@ def test_mirror_resume_and_switch(tmp_path, kafka_bootstrap):  # noqa: F811
         summary = chain.admitter.admit(lines).to_dict()
     assert summary["rejected"] == 0 and summary["accepted"] > 500
     before = _answers(data, genesis)
-    digests_before = _digests(cfg)
+    digests_before = folded_digests(cfg)
     to = f"kafka://{kafka_bootstrap}"
 
     # 1. a whole mirror, verified
@@ -137,7 +127,7 @@ def test_mirror_resume_and_switch(tmp_path, kafka_bootstrap):  # noqa: F811
     assert os.path.isdir(data / "state") and any(n.startswith("projections.embedded-") for n in os.listdir(data))
     after = _answers(data, genesis)
     assert after == before
-    assert _digests(kcfg) == digests_before
+    assert folded_digests(kcfg) == digests_before
     # the switched chain keeps admitting: the same lines again are all duplicates
     hist = tmp_path / "h.jsonl"
     hist.write_bytes(b"\n".join(lines) + b"\n")

@@ -23,7 +23,7 @@ from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import dev_genesis
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.api.faucet import FaucetSettings
-from ledgerlog.ops.api.limits import HttpLimits, controls
+from ledgerlog.ops.api.limits import HttpLimits
 from ledgerlog.ops.node.lifecycle import Node
 
 NDJSON = {"Content-Type": "application/x-ndjson"}  # POST /v1/ingest takes this type only
@@ -264,7 +264,7 @@ def raw(hostport: str, method: str, path: str, headers: dict[str, str] | None = 
 
 
 def state_of(node: Node) -> tuple[Any, ...]:
-    return (dict(controls(node).to_dict()), end_offsets(node))
+    return (dict(node.controls.to_dict()), end_offsets(node))
 
 
 REFUSALS = [
@@ -310,7 +310,7 @@ def test_admin_refusals_change_nothing(node, server):
     assert state_of(node) == before
     # and the real thing works on the same server
     assert raw(server, "POST", "/v1/admin/pause", AUTH)[0] == 200
-    assert controls(node).ingest_paused is True
+    assert node.controls.ingest_paused is True
     assert raw(server, "POST", "/v1/admin/resume", AUTH)[0] == 200
 
 
@@ -324,7 +324,7 @@ def test_admin_disabled_without_a_token(tmp_path):
             for name in ("pause", "faucet-pause", "faucet-topup"):
                 r = c.post(f"/v1/admin/{name}", json={"amount": 1}, headers={"Authorization": "Bearer "})
                 assert r.status_code == 403 and r.json()["code"] == "ADMIN_DISABLED"
-        assert controls(n).to_dict() == {"ingest_paused": False, "faucet_paused": False}
+        assert n.controls.to_dict() == {"ingest_paused": False, "faucet_paused": False}
     finally:
         n.stop()
 
@@ -337,11 +337,11 @@ def test_admin_allowlist(tmp_path):
         outside = TestClient(create_app(n, limits=HttpLimits(), faucet=GENEROUS), client=("10.2.0.1", 5000))
         r = outside.post("/v1/admin/pause", headers=AUTH)
         assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN"
-        assert state_of(n) == before and controls(n).ingest_paused is False
+        assert state_of(n) == before and n.controls.ingest_paused is False
         for ip in ("10.1.200.3", "192.168.7.7"):
             inside = TestClient(create_app(n, limits=HttpLimits(), faucet=GENEROUS), client=(ip, 5000))
             assert inside.post("/v1/admin/pause", headers=AUTH).status_code == 200
-        assert controls(n).ingest_paused is True
+        assert n.controls.ingest_paused is True
     finally:
         n.stop()
     with pytest.raises(ConfigError, match=r"admin\.allow"):

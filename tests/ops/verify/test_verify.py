@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from clitools import LEDGERLOG, REPO, cli_env
+from conftest import folded_digests
 
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine import topics as T
@@ -322,7 +323,7 @@ def test_a_projection_store_killed_while_being_created_is_not_damage(data, step)
     from ledgerlog.streams import layout
 
     cfg = _cfg(data)
-    before = _digests(cfg)
+    before = folded_digests(cfg)
     shutil.rmtree(data / "projections" / "energy")
     path, _ = layout.live_path(cfg.projections_dir, energy)
     _open(path, _options(True), None).close()  # created, never written
@@ -330,7 +331,7 @@ def test_a_projection_store_killed_while_being_created_is_not_damage(data, step)
         os.unlink(os.path.join(path, "CURRENT"))
     assert check_stores(cfg, "auto")["stores"]["energy"]["missing"] is True  # does not raise
     assert verify(cfg)["storage"]["stores"]["energy"]["ok"]
-    assert _digests(cfg) == before  # opened, initialised and folded from the log
+    assert folded_digests(cfg) == before  # opened, initialised and folded from the log
 
 
 def test_a_projection_store_missing_current_with_tables_is_damage(data) -> None:
@@ -342,11 +343,3 @@ def test_a_projection_store_missing_current_with_tables_is_damage(data) -> None:
         check_stores(_cfg(data), "quick")
 
 
-def _digests(cfg: Config) -> dict[str, str]:
-    with open_chain(cfg) as chain:
-        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
-        try:
-            runner.catch_up()
-            return runner.digests()
-        finally:
-            runner.close()
