@@ -15,7 +15,7 @@ from . import avro_codegen
 from .errors import SchemaError
 
 __all__ = [
-    "NAMESPACE", "BODY_NAMES", "EVENT_NAMES", "schema_json", "parsed", "encode", "decode",
+    "NAMESPACE", "BODY_NAMES", "EVENT_NAMES", "HEAD_NAMES", "schema_json", "parsed", "encode", "decode",
     "check_backward_compatible", "registered_versions",
 ]
 
@@ -25,6 +25,8 @@ BODY_NAMES = ("TransactionBody", "BlockHeader", "ReadingBody", "ProviderBody", "
 EVENT_NAMES = ("BlockAdmitted", "TransactionConfirmed", "TransactionSubmitted", "ShareSubmitted",
                "ProviderRegistered", "ReadingRecorded", "SettlementRecorded", "PayoutRecorded",
                "KeyRotated", "AdminActionRecorded")
+#: The verifiable log's records (PROTOCOL.md §9): TreeHead is signed, SignedTreeHead is on _checkpoints.
+HEAD_NAMES = ("TreeHead", "SignedTreeHead")
 
 
 def _raw(name: str, version: int | None = None) -> dict[str, Any]:

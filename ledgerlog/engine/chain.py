@@ -9,7 +9,7 @@ from typing import Any
 
 from . import restorejournal
 from .admission import Admitter
-from .admission.state import WriteState, init_state
+from .admission.state import WriteState, init_state, record_log_origin
 from .admission.state_fold import catch_up
 from .admission.verify import Verifier
 from .codec import Codec, Registry
@@ -19,6 +19,7 @@ from .files import write_atomic
 from .genesis import Genesis, dev_genesis
 from .genesis_record import OnLog, check_genesis, mismatch, read_on_log, record_genesis
 from .log import KafkaConfig, Log, open_log
+from .treehead import HeadPublisher, load_log_key
 
 __all__ = ["Chain", "init_chain", "kafka_config", "open_chain", "write_atomic"]
 
@@ -57,10 +58,36 @@ class Chain:
             check_genesis(self.log, self.codec, self.genesis, record=not read_only)
             if not read_only:
                 catch_up(self.log, self.codec, self.genesis)  # Kafka: fold what lies beyond the state
+            self.heads = self._head_publisher()
         except LedgerError:
             self.log.close()
             raise
         self._admitter: Admitter | None = None
+
+    def _head_publisher(self) -> HeadPublisher:
+        """The tree heads (PROTOCOL.md §9): a writer's open publishes them with the log key (made
+        here for a chain made before log keys were); a read-only open only reads them."""
+        signer = load_log_key(self.config.keys_dir, create=not self.read_only)
+        if self.read_only:
+            return HeadPublisher(self.log, self.codec, self.genesis.chain_id, None)
+        assert signer is not None
+        if self.log.keeps_state:
+            record_log_origin(self.log, signer.pubkey)
+        return HeadPublisher(self.log, self.codec, self.genesis.chain_id, signer)
+
+    @property
+    def log_pubkey(self) -> str | None:
+        """The key that signs this chain's tree heads now."""
+        if self.heads.signer is not None:
+            return self.heads.signer.pubkey
+        signer = load_log_key(self.config.keys_dir, create=False)
+        return signer.pubkey if signer else None
+
+    def reload_log_key(self) -> None:
+        """Sign heads with the key file's key from now on (after a rotation of role ``log``)."""
+        signer = load_log_key(self.config.keys_dir, create=False)
+        if not self.read_only and signer is not None:
+            self.heads.signer = signer
 
     def _add_new_topics(self) -> None:
         """Topics this version added (e.g. ledger.keys) on a chain an older version created."""
@@ -84,12 +111,17 @@ class Chain:
     def status(self) -> dict[str, Any]:
         tip = self.write_state().tip()
         return {"chain_id": self.genesis.chain_id, "height": tip.height, "tip_hash": tip.hash,
-                "genesis_hash": self.genesis.hash}
+                "genesis_hash": self.genesis.hash, "log_pubkey": self.log_pubkey}
 
     def close(self) -> None:
-        if self._admitter is not None:
-            self._admitter.verifier.close()
-        self.log.close()
+        """Publish the heads of what grew (a clean stop, PROTOCOL.md §9), then close the log."""
+        try:
+            if self.heads.signer is not None and self.log.writable:
+                self.heads.publish()
+        finally:
+            if self._admitter is not None:
+                self._admitter.verifier.close()
+            self.log.close()
 
     def __enter__(self) -> Chain:
         return self
@@ -137,6 +169,9 @@ def init_chain(config: Config, genesis: dict[str, Any] | None = None) -> Genesis
         Codec.register_all(log)
         if log.keeps_state and log.state_get(b"tip") is None:
             init_state(log, g)
+        log_key = load_log_key(config.keys_dir, create=True)  # signs the tree heads (PROTOCOL.md §9)
+        if log.keeps_state and log_key is not None:
+            record_log_origin(log, log_key.pubkey)
         if read_on_log(log).genesis is None:
             record_genesis(log, g)
     finally:

@@ -15,7 +15,7 @@ from fastavro import schemaless_reader
 from . import avro
 from .errors import SchemaError
 from .log.base import Log, LogRecord, Record
-from .topics import EVENT_SCHEMA, SCHEMAS, subject_of
+from .topics import EVENT_SCHEMA, RECORD_SCHEMA, SCHEMAS, subject_of
 
 __all__ = ["SchemaVersion", "Registry", "Codec"]
 
@@ -100,25 +100,27 @@ class Registry:
 
 
 class Codec:
-    """Encode events for their topic with the current schema; decode any registered version
-    into the current (reader) schema."""
+    """Encode events (and signed tree heads) for their topic with the current schema; decode any
+    registered version into the current (reader) schema."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._writer: dict[str, tuple[bytes, Any]] = {}
         self._reader_for_id: dict[int, tuple[Any, Any]] = {}
-        for topic, name in EVENT_SCHEMA.items():
+        for topic, name in RECORD_SCHEMA.items():
             sv = registry.latest(subject_of(topic))
             if sv is None:
+                if topic not in EVENT_SCHEMA:
+                    continue  # tree heads: a chain an older version made gets it at its next writable open
                 raise SchemaError(f"no schema registered for {topic}; run `ledgerlog init`")
             self._writer[topic] = (_HEADER.pack(0, sv.id), avro.parsed(name))
-        self._encode = {topic: avro.encoder(name) for topic, name in EVENT_SCHEMA.items()}
+        self._encode = {topic: avro.encoder(name) for topic, name in RECORD_SCHEMA.items()}
 
     @classmethod
     def register_all(cls, log: Log) -> Codec:
-        """Register the code's current event schemas (evolution-checked) and build a codec."""
+        """Register the code's current record schemas (evolution-checked) and build a codec."""
         reg = Registry(log)
-        for topic, name in EVENT_SCHEMA.items():
+        for topic, name in RECORD_SCHEMA.items():
             reg.register(subject_of(topic), avro.schema_json(name))
         return cls(reg)
 

@@ -28,6 +28,8 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "lines admitted per atomic, synced append"),
     ("ingest.verify_workers", "LEDGERLOG_VERIFY_WORKERS", "verify_workers", int,
      "processes verifying signatures in parallel (0 = one per core)"),
+    ("heads.interval", "LEDGERLOG_HEADS_INTERVAL", "head_interval", float,
+     "seconds between signed tree heads of a growing partition on _checkpoints (PROTOCOL.md §9)"),
     ("fold.batch", "LEDGERLOG_FOLD_BATCH", "fold_batch", int,
      "records a projection folds per atomic commit"),
     ("fold.workers", "LEDGERLOG_FOLD_WORKERS", "fold_workers", int,
@@ -102,6 +104,7 @@ class Config:
     partitions: int = 4
     ingest_chunk: int = 1000
     verify_workers: int = 0
+    head_interval: float = 1.0
     fold_batch: int = 20_000
     fold_workers: int = 0
     http_host: str = "127.0.0.1"

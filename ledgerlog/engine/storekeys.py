@@ -10,7 +10,7 @@ import struct
 __all__ = ["FORMAT_KEY", "LOG_FORMAT", "PROJECTION_FORMAT", "KAFKA_STATE_FORMAT", "topic_key", "end_key",
            "record_key", "record_prefix", "RECORD_PREFIX", "RECORD_HEAD", "record_value", "split_record_value",
            "parse_record_key", "group_key", "group_prefix", "split_topic_partition", "STATE_PREFIX", "TOPIC_PREFIX",
-           "U32", "U64", "POS_PREFIX", "pos_key", "DIGEST_KEY", "META_PREFIX", "KAFKA_POS_PREFIX", "kafka_pos_key"]
+           "U32", "U64", "TREE_STATE_PREFIX", "TREE_NODE_PREFIX", "TREE_CHUNK_PREFIX", "POS_PREFIX", "pos_key", "DIGEST_KEY", "META_PREFIX", "KAFKA_POS_PREFIX", "kafka_pos_key"]
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
@@ -25,6 +25,10 @@ KAFKA_STATE_FORMAT = b"ledgerlog-kafka-state/1"
 STATE_PREFIX = b"s/"          # write-side state, committed in the same batch as the records
 TOPIC_PREFIX = b"t/"          # t/<topic> -> partition count (u32)
 RECORD_PREFIX = b"r/"         # r/<topic>\0<partition u32><offset u64> -> RECORD_HEAD, key, value
+# Merkle trees (engine/logtree.py), in the log store on the embedded log, in the state store on Kafka
+TREE_STATE_PREFIX = b"h/"     # h/<topic>\0<partition u32> -> the partition's frontier (TreeState)
+TREE_NODE_PREFIX = b"n/"      # n/<topic>\0<partition u32><level u8><index u64> -> subtree hash
+TREE_CHUNK_PREFIX = b"c/"     # c/<topic>\0<partition u32><chunk u64> -> offset of its first leaf (Kafka)
 #: A record's value: timestamp (i64), key length (u32); then the key, then the value.
 RECORD_HEAD = struct.Struct(">qI")
 

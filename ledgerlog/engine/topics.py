@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = ["BLOCKS", "TRANSACTIONS", "MEMPOOL", "SHARES", "PROVIDERS", "READINGS", "SETTLEMENTS",
-           "PAYOUTS", "KEYS", "ADMIN", "SCHEMAS", "CHECKPOINTS", "GENESIS", "EVENT_TOPICS", "EVENT_SCHEMA", "DEFAULT_PARTITIONS",
+           "PAYOUTS", "KEYS", "ADMIN", "SCHEMAS", "CHECKPOINTS", "GENESIS", "EVENT_TOPICS", "EVENT_SCHEMA", "RECORD_SCHEMA", "DEFAULT_PARTITIONS",
            "subject_of"]
 
 BLOCKS: Final = "ledger.blocks"
@@ -37,6 +37,8 @@ EVENT_SCHEMA: Final[dict[str, str]] = {
     ADMIN: "AdminActionRecorded",
 }
 EVENT_TOPICS: Final = tuple(EVENT_SCHEMA)
+#: Every topic whose values are Avro records of ours: the events and the signed tree heads (§9).
+RECORD_SCHEMA: Final[dict[str, str]] = {**EVENT_SCHEMA, CHECKPOINTS: "SignedTreeHead"}
 
 #: Partitions per topic unless the config says otherwise; ledger.blocks is always 1 (total order).
 DEFAULT_PARTITIONS: Final[dict[str, int]] = {

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ledgerlog.engine import avro
 from ledgerlog.engine.avro_codegen import Unsupported, compile_encoder, encoder
 
-NAMES = avro.EVENT_NAMES + avro.BODY_NAMES
+NAMES = avro.EVENT_NAMES + avro.BODY_NAMES + avro.HEAD_NAMES
 LONGS = st.sampled_from([0, -1, 1, 63, 64, -64, -65, 127, 128, 2**31, -(2**31), 2**63 - 1, -(2**63)]) | st.integers(
     -(2**63), 2**63 - 1)
 

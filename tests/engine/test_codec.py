@@ -126,7 +126,7 @@ def test_register_all_twice_writes_nothing_new(log):
     first = Codec.register_all(log)
     end = log.end_offsets(T.SCHEMAS)
     second = Codec.register_all(log)
-    assert log.end_offsets(T.SCHEMAS) == end == [len(T.EVENT_TOPICS)]
+    assert log.end_offsets(T.SCHEMAS) == end == [len(T.RECORD_SCHEMA)]
     assert {t: second.schema_id(t) for t in T.EVENT_TOPICS} == {t: first.schema_id(t) for t in T.EVENT_TOPICS}
 
 

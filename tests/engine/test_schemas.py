@@ -75,7 +75,7 @@ def sample(schema: Any) -> Any:
 
 
 def test_the_schema_files_are_the_bodies_and_events():
-    assert set(NAMES) == set(avro.BODY_NAMES) | set(avro.EVENT_NAMES)
+    assert set(NAMES) == set(avro.BODY_NAMES) | set(avro.EVENT_NAMES) | set(avro.HEAD_NAMES)
     assert set(EVENT_SCHEMA.values()) == set(avro.EVENT_NAMES)
     assert set(PROTOCOL_BODIES) == set(avro.BODY_NAMES)
 

@@ -32,7 +32,7 @@ _HEX128 = re.compile(r"[0-9a-f]{128}")
 _WORKER = re.compile(r"([0-9a-f]{40})\.([A-Za-z0-9_-]{1,32})")
 _MAX_ID = 256
 #: Roles whose signing key a ``rotation`` line can replace (docs/PROTOCOL.md §8).
-ROLES = ("producer", "oracle", "pool", "treasury")
+ROLES = ("producer", "oracle", "pool", "treasury", "log")
 
 
 def _malformed(msg: str) -> Rejection:

@@ -11,7 +11,10 @@ from ..crypto import address_of
 from ..genesis import Genesis
 from .state import WriteState
 
-__all__ = ["genesis_identity", "identity_of"]
+__all__ = ["LOG_IDENTITY", "genesis_identity", "identity_of"]
+
+#: The identity of the log key (PROTOCOL.md §9): the log itself, whichever key signs its heads.
+LOG_IDENTITY = "log"
 
 
 def genesis_identity(g: Genesis, role: str, pubkey: str) -> str | None:
@@ -25,6 +28,8 @@ def genesis_identity(g: Genesis, role: str, pubkey: str) -> str | None:
         return addr if addr == g.pool.address else None
     if role == "treasury":
         return addr if addr == g.energy.treasury else None
+    if role == "log":
+        return None  # no genesis names the log key: the node records its first one (log_origin)
     raise ValueError(f"unknown role {role!r}")
 
 
@@ -35,4 +40,6 @@ def identity_of(st: WriteState, g: Genesis, role: str, pubkey: str) -> str | Non
     if rotated is not None:
         identity, active = rotated
         return identity if active else None
+    if role == "log":
+        return LOG_IDENTITY if pubkey == st.log_origin() else None
     return genesis_identity(g, role, pubkey)

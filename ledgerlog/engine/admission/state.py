@@ -165,6 +165,24 @@ class WriteState:
     def set_role_key(self, role: str, pubkey: str, identity: str, active: bool) -> None:
         self._put(b"rk/" + role.encode() + b"/" + pubkey.encode(), (identity, active))
 
+    def log_origin(self) -> str | None:
+        """The first log key (PROTOCOL.md §9): it holds the ``log`` role until a rotation moves it.
+        No genesis names it; the node records it at its first start (``record_log_origin``)."""
+        v = self._get(b"lk")
+        return None if v is None else str(v)
+
+    def set_log_origin(self, pubkey: str) -> None:
+        self._put(b"lk", pubkey)
+
+
+def record_log_origin(log: Log, pubkey: str) -> None:
+    """Record ``pubkey`` as the chain's first log key unless one is recorded already."""
+    st = WriteState(log)
+    if st.log_origin() is None:
+        st.set_log_origin(pubkey)
+        st.keep_line()
+        log.append([], state=st.take_batch())
+
 
 def init_state(log: Log, genesis: Genesis) -> None:
     """The write side at height 0: genesis tip and allocations."""

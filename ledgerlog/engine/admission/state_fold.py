@@ -135,6 +135,8 @@ def apply_event(state: WriteState, topic: str, event: dict[str, Any], genesis: G
         st.set_pool_round(body["round_height"], rnd[0], rnd[1] + body["amount"])
     elif topic == T.KEYS:
         body = event["body"]
+        if body["role"] == "log" and st.log_origin() is None:
+            st.set_log_origin(body["old_pubkey"])
         st.set_role_key(body["role"], body["old_pubkey"], event["identity"], False)
         st.set_role_key(body["role"], body["new_pubkey"], event["identity"], True)
         st.mark_seen("k", event["rotation_id"], event["rotation_id"])

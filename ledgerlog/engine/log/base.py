@@ -12,6 +12,8 @@ from ..partitioner import partition_for
 if TYPE_CHECKING:
     from rocksdict import Rdict
 
+    from ..logtree import Trees
+
 __all__ = ["ahead_error", "Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
 
 TopicPartition = tuple[str, int]
@@ -57,6 +59,9 @@ class Log(abc.ABC):
     supports_checkpoint: bool = False
     #: Where the log is stored on this machine (None: not in a local directory).
     path: str | None = None
+    #: The partitions' Merkle trees (engine/logtree.py), kept up to date with the records; None
+    #: on a backend that keeps none (a Kafka log opened without a local state store).
+    trees: Trees | None = None
 
     @property
     def keeps_state(self) -> bool:

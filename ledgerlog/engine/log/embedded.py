@@ -13,6 +13,7 @@ from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
 from ..errors import LogError
+from ..logtree import TreeFold, TreeState, Trees, has_tree
 from ..rocks import (
     WriteBatch,
     WriteGuard,
@@ -37,7 +38,8 @@ def _borrowed(exc: BaseException) -> bool:
 
 
 class EmbeddedLog(Log):
-    """Records, ends, group positions and write-side state in one local RocksDB."""
+    """Records, ends, group positions, write-side state and the partitions' Merkle trees in one
+    local RocksDB: an append's records, state and tree nodes are one WriteBatch."""
 
     atomic_state = True
     ends_are_local = True
@@ -57,7 +59,10 @@ class EmbeddedLog(Log):
         self._write_opts = write_options(sync)
         self._lock = threading.Lock()
         self._guard = WriteGuard(path, self._reopen)
+        self.trees = Trees(lambda key: self._reading(lambda db: db.get(key)), self.read, contiguous=True)
         self._load_ends()
+        if not self.read_only:
+            self._grow_trees()
 
     def _reopen(self) -> None:
         """After a write the disk refused: open the store anew (RocksDB keeps a database stopped
@@ -85,6 +90,24 @@ class EmbeddedLog(Log):
             for p in range(n):
                 raw = self._db.get(K.end_key(topic, p))
                 self._ends[(topic, p)] = K.U64.unpack(raw)[0] if raw else 0
+        self.trees.load(self._ends)
+
+    def _grow_trees(self, batch: int = 20_000) -> None:
+        """Bring every tree up to its partition's end: once, for a log written before trees were
+        kept (every append keeps them since); a no-op otherwise."""
+        for (topic, p), end in self._ends.items():
+            if not has_tree(topic):
+                continue
+            while (at := self.trees.state(topic, p).next_offset) < end:
+                fold = self.trees.fold(topic, p)
+                for rec in self.read(topic, p, at, batch):
+                    fold.add(rec.offset, rec.key, rec.timestamp, rec.value)
+                wb = WriteBatch(raw_mode=True)
+                for k, v in fold.writes().items():
+                    wb.put(k, v)
+                with self._lock:
+                    self._write(wb)
+                self.trees.commit({(topic, p): fold.state})
 
     def catch_up(self) -> None:
         """Secondary instances: see what the writing process has appended since."""
@@ -138,6 +161,7 @@ class EmbeddedLog(Log):
                 for topic, n in self._topics.items():
                     for p in range(n):
                         self._ends.setdefault((topic, p), 0)
+                self.trees.load(self._ends)
 
     def topics(self) -> dict[str, int]:
         return dict(self._topics)
@@ -154,6 +178,7 @@ class EmbeddedLog(Log):
             put, head, u64 = wb.put, _HEAD.pack, K.U64.pack
             ends: dict[TopicPartition, int] = {}
             prefixes: dict[TopicPartition, bytes] = {}
+            folds: dict[TopicPartition, TreeFold | None] = {}
             out = []
             for r in records:
                 p = self.place(r)
@@ -162,11 +187,21 @@ class EmbeddedLog(Log):
                 if off is None:
                     off = self._ends[tp]
                     prefixes[tp] = K.record_prefix(r.topic, p)
+                    folds[tp] = self.trees.fold(r.topic, p) if has_tree(r.topic) else None
                 ends[tp] = off + 1
                 put(prefixes[tp] + u64(off), head(r.timestamp, len(r.key)) + r.key + r.value)
+                fold = folds[tp]
+                if fold is not None:
+                    fold.add(off, r.key, r.timestamp, r.value)
                 out.append((p, off))
             for (topic, p), end in ends.items():
                 wb.put(K.end_key(topic, p), K.U64.pack(end))
+            grown: dict[TopicPartition, TreeState] = {}
+            for tp, fold in folds.items():
+                if fold is not None:
+                    for k, v in fold.writes().items():
+                        put(k, v)
+                    grown[tp] = fold.state
             for k, v in (state or {}).items():
                 if v is None:
                     wb.delete(K.STATE_PREFIX + k)
@@ -176,6 +211,7 @@ class EmbeddedLog(Log):
                 return out
             self._write(wb)
             self._ends.update(ends)
+            self.trees.commit(grown)
             return out
 
     def _reading(self, read: Callable[[Rdict], _T]) -> _T:

@@ -5,6 +5,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 from ..errors import LogError
+from ..logtree import Trees, has_tree
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 
 __all__ = ["MemoryLog"]
@@ -21,6 +22,8 @@ class MemoryLog(Log):
         self._groups: dict[str, dict[TopicPartition, int]] = {}
         self._state: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
+        self._tree_store: dict[bytes, bytes] = {}
+        self.trees = Trees(self._tree_store.get, self.read, contiguous=True)
 
     def create_topics(self, partitions: Mapping[str, int]) -> None:
         with self._lock:
@@ -32,6 +35,7 @@ class MemoryLog(Log):
                     if n < 1:
                         raise LogError(f"topic {topic} needs at least one partition")
                     self._parts[topic] = [[] for _ in range(n)]
+            self.trees.load((t, p) for t, parts in self._parts.items() for p in range(len(parts)))
 
     def topics(self) -> dict[str, int]:
         return {t: len(p) for t, p in self._parts.items()}
@@ -45,8 +49,15 @@ class MemoryLog(Log):
                 off = ends.get((r.topic, p), len(self._parts[r.topic][p]))
                 ends[(r.topic, p)] = off + 1
                 out.append((p, off))
+            folds = {}
             for (r, p), (_, off) in zip(placed, out):
                 self._parts[r.topic][p].append(LogRecord(r.topic, p, off, r.key, r.value, r.timestamp))
+                if has_tree(r.topic):
+                    fold = folds.get((r.topic, p)) or folds.setdefault((r.topic, p), self.trees.fold(r.topic, p))
+                    fold.add(off, r.key, r.timestamp, r.value)
+            for fold in folds.values():
+                self._tree_store.update(fold.writes())
+            self.trees.commit({tp: fold.state for tp, fold in folds.items()})
             for k, v in (state or {}).items():
                 if v is None:
                     self._state.pop(k, None)

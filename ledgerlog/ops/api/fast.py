@@ -113,7 +113,7 @@ class FastLane:
         self.exact: dict[str, _Lane] = {}
         self.prefixed: list[tuple[str, _Lane]] = []  # path prefix -> the route of its one last segment
         for r in routes:
-            if r.method != "GET" or r.answer is None:
+            if r.method != "GET" or r.answer is None or any(p.text for p in r.params):
                 continue
             lane = _Lane(r.path, r.reads, r.answer(node), tuple((p.name, p.ge, p.le) for p in r.params))
             prefix, brace, rest = r.path.partition("{")

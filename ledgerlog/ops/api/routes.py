@@ -27,11 +27,13 @@ Edge = h.Edge
 
 @dataclass(frozen=True)
 class Param:
-    """An optional integer query parameter and its bounds (out of them: 400 BAD_REQUEST)."""
+    """An optional query parameter: an integer and its bounds (out of them: 400 BAD_REQUEST), or
+    with ``text`` a string of at most 255 characters (such routes are FastAPI's, not the lane's)."""
 
     name: str
     ge: int = 0
     le: int = I64_MAX
+    text: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,18 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/tx/{txid}/proof", ("chain", "proofs"),
           "That a confirmed transaction is in its block: the branch to the header's tx_root",
           answer=lambda n: n.queries.tx_proof, reads=("chainstate",)),
+    Route("GET", "/v1/proofs/inclusion", ("proofs",),
+          "RFC 6962 inclusion proof of a record (index or offset) in a partition's tree of tree_size leaves",
+          answer=lambda n: n.queries.inclusion_proof,
+          params=(Param("topic", text=True), Param("partition", le=2**31 - 1), Param("index"), Param("offset"),
+                  Param("tree_size"))),
+    Route("GET", "/v1/proofs/consistency", ("proofs",),
+          "RFC 6962 consistency proof between a partition's trees of first and second leaves",
+          answer=lambda n: n.queries.consistency_proof,
+          params=(Param("topic", text=True), Param("partition", le=2**31 - 1), Param("first"), Param("second"))),
+    Route("GET", "/v1/tree-heads", ("proofs",), "The newest signed tree head of a partition",
+          answer=lambda n: n.queries.tree_head,
+          params=(Param("topic", text=True), Param("partition", le=2**31 - 1))),
     Route("GET", "/v1/pool/workers/{address}", ("pool",), "A worker's PPLNS credit, paid and pending",
           answer=lambda n: n.queries.worker, reads=("payouts",)),
     Route("GET", "/v1/energy/providers/{provider_id}", ("energy",), "An energy provider",
@@ -118,7 +132,9 @@ def _query_endpoint(route: Route, edge: h.Edge) -> Callable[..., Any]:
     kw_only = inspect.Parameter.KEYWORD_ONLY
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(n, kw_only, annotation=str) for n in names]
-        + [inspect.Parameter(p.name, kw_only, annotation=int | None, default=Query(None, ge=p.ge, le=p.le))
+        + [inspect.Parameter(p.name, kw_only, annotation=str | None, default=Query(None, max_length=255))
+           if p.text else
+           inspect.Parameter(p.name, kw_only, annotation=int | None, default=Query(None, ge=p.ge, le=p.le))
            for p in route.params])
     endpoint.__name__ = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "") or "root"
     return endpoint

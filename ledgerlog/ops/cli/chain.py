@@ -11,8 +11,10 @@ from typing import Any
 
 import typer
 
+from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.errors import StoreLockedError
+from ledgerlog.engine.treehead import load_log_key
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.cli.progress import progress_bar
 from ledgerlog.ops.data.lines import numbered_lines
@@ -33,8 +35,10 @@ def init(ctx: typer.Context,
         except (OSError, ValueError) as exc:
             fail(f"cannot read {genesis}: {exc}", 2)
     g = init_chain(cfg, doc)
+    log_key = load_log_key(cfg.keys_dir, create=False)
     emit({"chain_id": g.chain_id, "genesis_hash": g.hash, "data_dir": cfg.data_dir,
-          "log": cfg.log_url, "keys": cfg.keys_dir if doc is None else None})
+          "log": cfg.log_url, "keys": cfg.keys_dir if doc is None else None,
+          "log_pubkey": log_key.pubkey if log_key else None})
 
 
 @app.command()
@@ -224,7 +228,7 @@ class _TailStop:
 
 
 def _tail_json(codec: Any, topic: str, rec: Any) -> dict[str, Any]:
-    internal = topic.startswith("_")
+    internal = topic.startswith("_") and topic != T.CHECKPOINTS  # _schemas, _genesis: JSON values
     return {"topic": topic, "partition": rec.partition, "offset": rec.offset,
             "key": rec.key.decode(errors="replace"), "timestamp": rec.timestamp,
             "schema_id": None if internal else int.from_bytes(rec.value[1:5], "big"),

@@ -65,7 +65,8 @@ class Node:
             self.reproject(stale)
         self.runner.catch_up()
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
-        self.queries = Queries(self.runner, self.genesis.chain_id, self.instance)
+        self.queries = Queries(self.runner, self.genesis.chain_id, self.instance, heads=self.chain.heads,
+                               log_pubkey=self.chain.log_pubkey)
         self.metrics = NodeMetrics(self)
         self.controls = Controls()  # run-time switches (pause, faucet pause); a restart starts unpaused
         self.actions = ACTIONS  # the admin actions (POST /v1/admin/<name>)
@@ -91,9 +92,11 @@ class Node:
         return self.admitter.admit_numbered(lines).to_dict()
 
     def keys_rotated(self) -> None:
-        """A role key file changed: the simulator signs with what the files hold now."""
+        """A role key file changed: the simulator and the tree heads sign with what the files hold now."""
         if self.simulator is not None:
             self.simulator.reload_keys()
+        self.chain.reload_log_key()
+        self.queries.log_pubkey = self.chain.log_pubkey
 
     def reproject(self, names: list[str] | None = None, *, keep: bool = True) -> list[dict[str, Any]]:
         """Rebuild beside the live stores while serving; pause folding only for the swap."""
@@ -182,8 +185,21 @@ class Node:
     def start(self) -> None:
         self._spawn("fold", self._fold_loop)
         self._spawn("storage", self._storage_loop)
+        self._spawn("heads", self._heads_loop)
         if self.simulate:
             self._spawn("simulate", self._simulate)
+
+    def _heads_loop(self) -> None:
+        """Publish the signed head of every partition that grew, each ``head_interval`` seconds
+        (PROTOCOL.md §9); the last ones at the clean stop (Chain.close)."""
+        heads = self.chain.heads
+        while not self._stop.wait(self.config.head_interval):
+            if not self.chain.log.writable:
+                continue  # the disk refuses writes: the storage loop recovers it, heads follow
+            try:
+                heads.publish()
+            except Exception:  # noqa: BLE001 - never stop the node; the head-age alert fires
+                log.exception("could not publish tree heads; retrying")
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=f"ledgerlog-{name}", daemon=True)

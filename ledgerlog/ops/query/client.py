@@ -279,7 +279,7 @@ def open_queries(config: Config) -> Iterator[Any]:
                 if stale:  # built by older projection code: rebuild (blue/green) before answering
                     reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale)
                 runner.catch_up()
-            yield Queries(runner, chain.genesis.chain_id)
+            yield Queries(runner, chain.genesis.chain_id, heads=chain.heads, log_pubkey=chain.log_pubkey)
         finally:
             runner.close()
     finally:

@@ -512,6 +512,10 @@ class _LogChecker:
             self.sec.problem("BAD_SIGNATURE", where, "rotation: pubkey is not body.old_pubkey")
         self.sigs.add(old, canon, ev["signature"], where, "rotation (old key)")
         self.sigs.add(new, canon, ev["new_signature"], where, "rotation (new key)")
+        if role == "log" and not any(r == "log" for r, _ in self.role_keys):
+            # the first log key is in no genesis: auditors pin it (PROTOCOL.md §9); its first
+            # rotation names it, and every later one must start from the key before
+            self.role_keys[(role, old)] = [ev["identity"], 0, _NEVER]
         identity = self._identity(role, old, stamp)
         if identity is None or identity != ev["identity"]:
             self.sec.problem("BAD_ROTATION", where, f"rotation: {old} does not hold {role} for {ev['identity']}")

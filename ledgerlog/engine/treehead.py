@@ -1,0 +1,135 @@
+"""Signed tree heads (PROTOCOL.md §9): the log key, making and checking heads, and publishing the
+head of every partition that grew on ``_checkpoints``.
+
+A head is a ``TreeHead`` signed with Ed25519 over its canonical body bytes by the log key
+(``<keys_dir>/log.key``); published as a ``SignedTreeHead`` keyed ``"<topic>/<partition>"``.
+Per partition, published tree sizes never decrease: the publisher starts from the newest head
+already on ``_checkpoints`` and publishes a partition only when its tree grew past it."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from . import avro
+from .codec import Codec
+from .errors import ProofError
+from .files import write_atomic
+from .log.base import Log, Record
+from .logtree import TreeState, has_tree
+from .signing import Signer
+from .topics import CHECKPOINTS
+
+__all__ = ["LOG_KEY", "log_key_path", "load_log_key", "head_key", "make_head", "sign_head",
+           "check_head_signature", "HeadPublisher"]
+
+#: The log key's file name under the keys dir.
+LOG_KEY = "log"
+
+
+def log_key_path(keys_dir: str) -> str:
+    return os.path.join(keys_dir, f"{LOG_KEY}.key")
+
+
+def load_log_key(keys_dir: str, *, create: bool) -> Signer | None:
+    """The node's log key; made (0600) when missing and ``create``, else None when missing."""
+    path = log_key_path(keys_dir)
+    if not os.path.exists(path):
+        if not create:
+            return None
+        os.makedirs(keys_dir, mode=0o700, exist_ok=True)
+        write_atomic(path, Signer.generate().to_json(LOG_KEY).encode(), mode=0o600)
+    return Signer.load(path)
+
+
+def head_key(topic: str, partition: int) -> bytes:
+    return f"{topic}/{partition}".encode()
+
+
+def make_head(chain_id: str, topic: str, partition: int, state: TreeState, timestamp: int) -> dict[str, Any]:
+    return {"chain_id": chain_id, "topic": topic, "partition": partition, "tree_size": state.size,
+            "root_hash": state.root().hex(), "timestamp": timestamp}
+
+
+def sign_head(signer: Signer, head: dict[str, Any]) -> dict[str, Any]:
+    """A SignedTreeHead: the head and the log key's signature over its canonical bytes."""
+    return {"head": head, "pubkey": signer.pubkey,
+            "signature": signer.key.sign(avro.encode("TreeHead", head)).signature.hex()}
+
+
+def check_head_signature(signed: dict[str, Any], pubkeys: Iterable[str]) -> None:
+    """Raise ProofError unless a key of ``pubkeys`` signed the head."""
+    pub = signed.get("pubkey", "")
+    if pub not in set(pubkeys):
+        raise ProofError(f"tree head signed by {pub[:16]}..., which is not a log key of this chain")
+    try:
+        VerifyKey(bytes.fromhex(pub)).verify(avro.encode("TreeHead", signed["head"]),
+                                              bytes.fromhex(signed["signature"]))
+    except (BadSignatureError, ValueError) as exc:
+        raise ProofError("tree head signature does not verify") from exc
+
+
+class HeadPublisher:
+    """Publishes the signed head of each partition whose tree grew since its last head; without
+    a ``signer`` (a reader's open) it only reads the published heads."""
+
+    def __init__(self, log: Log, codec: Codec, chain_id: str, signer: Signer | None) -> None:
+        self.log, self.codec, self.chain_id, self.signer = log, codec, chain_id, signer
+        self._lock = threading.Lock()
+        #: (topic, partition) -> the newest head on _checkpoints (SignedTreeHead)
+        self.latest: dict[tuple[str, int], dict[str, Any]] = {}
+        #: heads this process published
+        self.published = 0
+        self._read_to = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Fold heads appended to ``_checkpoints`` since the last look (by anyone)."""
+        if CHECKPOINTS not in self.log.topics():
+            return
+        for rec in self.log.scan(CHECKPOINTS, 0, self._read_to):
+            self._read_to = rec.offset + 1
+            try:
+                signed = self.codec.decode(CHECKPOINTS, rec.value)
+            except Exception:  # noqa: BLE001 - a foreign record is the auditor's business, not ours
+                continue
+            head = signed["head"]
+            tp = (head["topic"], head["partition"])
+            have = self.latest.get(tp)
+            if have is None or head["tree_size"] >= have["head"]["tree_size"]:
+                self.latest[tp] = signed
+
+    def due(self) -> list[tuple[str, int, TreeState]]:
+        """Partitions whose tree is larger than their newest head."""
+        trees = self.log.trees
+        if trees is None:
+            return []
+        out = []
+        for (topic, p), st in sorted(trees.states().items()):
+            have = self.latest.get((topic, p))
+            if has_tree(topic) and st.size > (have["head"]["tree_size"] if have else 0):
+                out.append((topic, p, st))
+        return out
+
+    def publish(self, now: Callable[[], float] = time.time) -> int:
+        """Sign and append the heads that are due (one append); returns how many."""
+        if self.signer is None:
+            raise ProofError("tree heads are published by the chain's writer, which holds the log key")
+        with self._lock:
+            due = self.due()
+            if not due:
+                return 0
+            ts = int(now() * 1000)
+            signer = self.signer
+            signed = [sign_head(signer, make_head(self.chain_id, t, p, st, ts)) for t, p, st in due]
+            self.log.append([Record(CHECKPOINTS, head_key(t, p), self.codec.encode(CHECKPOINTS, s), ts, 0)
+                             for (t, p, _), s in zip(due, signed)])
+            for (t, p, _), s in zip(due, signed):
+                self.latest[(t, p)] = s
+            self.published += len(signed)
+            return len(signed)
