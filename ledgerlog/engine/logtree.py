@@ -30,6 +30,9 @@ _LEAF_HEAD = struct.Struct(">I")
 _TS = struct.Struct(">Q")
 _STATE = struct.Struct(">QQQ")
 _NODE = struct.Struct(">BQ")
+_LEAF_PREFIX = struct.Struct(">BI")  # the leaf hash's 0x00, then u32be(len(key))
+_CHUNK_MASK = CHUNK - 1
+_U64_MASK = (1 << 64) - 1
 
 #: ``read(topic, partition, offset, max_records)``: data records from ``offset`` (Log.read)
 Reader = Callable[[str, int, int, int], list]
@@ -47,8 +50,7 @@ def leaf_input(key: bytes, timestamp: int, value: bytes) -> bytes:
 
 def leaf_of(key: bytes, timestamp: int, value: bytes) -> bytes:
     """The leaf hash of a record: SHA-256(0x00 ‖ leaf_input)."""
-    return hashlib.sha256(b"\x00" + _LEAF_HEAD.pack(len(key)) + key
-                          + _TS.pack(timestamp & 0xFFFFFFFFFFFFFFFF) + value).digest()
+    return hashlib.sha256(_LEAF_PREFIX.pack(0, len(key)) + key + _TS.pack(timestamp & _U64_MASK) + value).digest()
 
 
 def _tp(topic: str, partition: int) -> bytes:
@@ -92,14 +94,31 @@ class TreeFold:
         self._contiguous = contiguous
 
     def add(self, offset: int, key: bytes, timestamp: int, value: bytes) -> None:
-        f = self._frontier
-        if f.size % CHUNK == 0:
-            self._chunk = offset
-            if not self._contiguous:
-                self._writes[K.TREE_CHUNK_PREFIX + self._tp + K.U64.pack(f.size >> CHUNK_LEVEL)] = K.U64.pack(offset)
-        for level, index, h in f.append(leaf_of(key, timestamp, value)):
-            if level >= CHUNK_LEVEL:
-                self._writes[K.TREE_NODE_PREFIX + self._tp + _NODE.pack(level, index)] = h
+        self.extend(((offset, key, timestamp, value),))
+
+    def extend(self, records: Iterable[tuple[int, bytes, int, bytes]]) -> None:
+        """Append (offset, key, timestamp, value) records as leaves: the frontier's carries
+        written out inline, this being on every append's path."""
+        f, writes, tp = self._frontier, self._writes, self._tp
+        nodes, size, sha, head, u64 = f.nodes, f.size, hashlib.sha256, _LEAF_PREFIX.pack, _TS.pack
+        node_key, chunk_key = K.TREE_NODE_PREFIX + tp, K.TREE_CHUNK_PREFIX + tp
+        offset = self._next - 1
+        for offset, key, ts, value in records:
+            if not size & _CHUNK_MASK:
+                self._chunk = offset
+                if not self._contiguous:
+                    writes[chunk_key + K.U64.pack(size >> CHUNK_LEVEL)] = K.U64.pack(offset)
+            h = sha(head(0, len(key)) + key + u64(ts & _U64_MASK) + value).digest()
+            carry, level = size, 0
+            while carry & 1:  # merge with the equal-sized complete subtree on the left
+                h = sha(b"\x01" + nodes.pop() + h).digest()
+                carry >>= 1
+                level += 1
+                if level >= CHUNK_LEVEL:
+                    writes[node_key + _NODE.pack(level, size >> level)] = h
+            nodes.append(h)
+            size += 1
+        f.size = size
         self._next = offset + 1
 
     @property

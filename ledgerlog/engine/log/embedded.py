@@ -13,7 +13,7 @@ from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
 from ..errors import LogError
-from ..logtree import TreeFold, TreeState, Trees, has_tree
+from ..logtree import TreeState, Trees, has_tree
 from ..rocks import (
     WriteBatch,
     WriteGuard,
@@ -100,8 +100,7 @@ class EmbeddedLog(Log):
                 continue
             while (at := self.trees.state(topic, p).next_offset) < end:
                 fold = self.trees.fold(topic, p)
-                for rec in self.read(topic, p, at, batch):
-                    fold.add(rec.offset, rec.key, rec.timestamp, rec.value)
+                fold.extend((r.offset, r.key, r.timestamp, r.value) for r in self.read(topic, p, at, batch))
                 wb = WriteBatch(raw_mode=True)
                 for k, v in fold.writes().items():
                     wb.put(k, v)
@@ -178,7 +177,7 @@ class EmbeddedLog(Log):
             put, head, u64 = wb.put, _HEAD.pack, K.U64.pack
             ends: dict[TopicPartition, int] = {}
             prefixes: dict[TopicPartition, bytes] = {}
-            folds: dict[TopicPartition, TreeFold | None] = {}
+            leaves: dict[TopicPartition, list[tuple[int, bytes, int, bytes]] | None] = {}
             out = []
             for r in records:
                 p = self.place(r)
@@ -187,21 +186,23 @@ class EmbeddedLog(Log):
                 if off is None:
                     off = self._ends[tp]
                     prefixes[tp] = K.record_prefix(r.topic, p)
-                    folds[tp] = self.trees.fold(r.topic, p) if has_tree(r.topic) else None
+                    leaves[tp] = [] if has_tree(r.topic) else None
                 ends[tp] = off + 1
                 put(prefixes[tp] + u64(off), head(r.timestamp, len(r.key)) + r.key + r.value)
-                fold = folds[tp]
-                if fold is not None:
-                    fold.add(off, r.key, r.timestamp, r.value)
+                grows = leaves[tp]
+                if grows is not None:
+                    grows.append((off, r.key, r.timestamp, r.value))
                 out.append((p, off))
             for (topic, p), end in ends.items():
                 wb.put(K.end_key(topic, p), K.U64.pack(end))
             grown: dict[TopicPartition, TreeState] = {}
-            for tp, fold in folds.items():
-                if fold is not None:
+            for (topic, p), grows in leaves.items():
+                if grows:
+                    fold = self.trees.fold(topic, p)
+                    fold.extend(grows)
                     for k, v in fold.writes().items():
                         put(k, v)
-                    grown[tp] = fold.state
+                    grown[(topic, p)] = fold.state
             for k, v in (state or {}).items():
                 if v is None:
                     wb.delete(K.STATE_PREFIX + k)
