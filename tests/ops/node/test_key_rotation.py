@@ -267,3 +267,38 @@ def test_cli_rotates_a_key_offline(tmp_path):
     assert again.returncode == 1 and "holds no role" in again.stderr
     tail = subprocess.run([LEDGERLOG, "--data-dir", data, "tail", T.KEYS], capture_output=True, text=True)
     assert tail.returncode == 0 and doc["new_pubkey"] in tail.stdout
+
+
+def test_rotating_the_log_key_signs_new_heads_with_it_and_old_heads_stay_verifiable(node):
+    from ledgerlog.engine.treehead import check_head_signature
+
+    keys_dir = node.config.keys_dir
+    old = Signer.load(os.path.join(keys_dir, "log.key"))
+    assert node.queries.status()["log_pubkey"] == old.pubkey
+    _blocks_by(node, Signer.load(os.path.join(keys_dir, "producer.key")).pubkey)
+    assert node.chain.heads.publish() >= 1 or node.chain.heads.latest  # the heads loop may have beaten us
+    before = dict(node.chain.heads.latest)
+
+    client = TestClient(create_app(node), raise_server_exceptions=False)
+    r = client.post("/v1/admin/rotate-key", json={"key": "log"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["roles"] == ["log"] and r.json()["identity"] == "log"
+    new = Signer.load(os.path.join(keys_dir, "log.key"))
+    assert r.json()["new_pubkey"] == new.pubkey != old.pubkey
+    assert client.get("/v1/status").json()["log_pubkey"] == new.pubkey
+
+    (ev,) = [node.chain.codec.decode(T.KEYS, rec.value) for rec in node.chain.log.scan(T.KEYS, 0)]
+    assert (ev["body"]["role"], ev["body"]["old_pubkey"], ev["body"]["new_pubkey"]) == ("log", old.pubkey, new.pubkey)
+    node.chain.heads.publish()  # ledger.keys grew: its head is due, signed by the new key
+    after = node.chain.heads.latest[(T.KEYS, 0)]
+    assert after["pubkey"] == new.pubkey
+    check_head_signature(after, [old.pubkey, new.pubkey])
+    for signed in before.values():
+        assert signed["pubkey"] == old.pubkey
+        check_head_signature(signed, [old.pubkey])
+
+    again = client.post("/v1/admin/rotate-key", json={"key": "log"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert again.status_code == 200  # the new key holds the role now, so it can be rotated in turn
+    node.stop()
+    report = verify(node.config, signatures=True)  # verify replays both log rotations from the first key
+    assert report["ok"] and report["log"]["problems"] == [], report["log"]["problems"]
