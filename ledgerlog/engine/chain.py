@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from dataclasses import replace
@@ -19,9 +20,11 @@ from .files import write_atomic
 from .genesis import Genesis, dev_genesis
 from .genesis_record import OnLog, check_genesis, mismatch, read_on_log, record_genesis
 from .log import KafkaConfig, Log, open_log
-from .treehead import HeadPublisher, load_log_key
+from .treehead import HeadPublisher, load_log_key, log_key_path
 
 __all__ = ["Chain", "init_chain", "kafka_config", "open_chain", "write_atomic"]
+
+logger = logging.getLogger("ledgerlog.chain")
 
 
 def kafka_config(config: Config, genesis_hash: str) -> KafkaConfig | None:
@@ -67,19 +70,34 @@ class Chain:
     def _head_publisher(self) -> HeadPublisher:
         """The tree heads (PROTOCOL.md §9): a writer's open publishes them with the log key (made
         here for a chain made before log keys were); a read-only open only reads them."""
-        signer = load_log_key(self.config.keys_dir, create=not self.read_only)
         if self.read_only:
             return HeadPublisher(self.log, self.codec, self.genesis.chain_id, None)
+        recorded = self._recorded_log_key()
+        missing = not os.path.exists(log_key_path(self.config.keys_dir))
+        signer = load_log_key(self.config.keys_dir, create=True)
         assert signer is not None
+        if missing and recorded is not None:
+            logger.warning("the log key %s... is not in %s (a restore without --with-keys?): new tree heads "
+                           "are signed by a new key, %s..., which no key rotation names; auditors must pin "
+                           "it anew. Put the old keys/log.key back and restart to keep the old key.",
+                           recorded[:16], self.config.keys_dir, signer.pubkey[:16])
         if self.log.keeps_state:
             record_log_origin(self.log, signer.pubkey)
         return HeadPublisher(self.log, self.codec, self.genesis.chain_id, signer)
 
+    def _recorded_log_key(self) -> str | None:
+        """The key the chain's state says holds the log role now (None without state)."""
+        return WriteState(self.log).log_key_now() if self.log.keeps_state else None
+
     @property
     def log_pubkey(self) -> str | None:
-        """The key that signs this chain's tree heads now."""
+        """The key that signs this chain's tree heads now: the writer's, else the one the chain's
+        state names (so a reader needs no key file), else the key file's."""
         if self.heads.signer is not None:
             return self.heads.signer.pubkey
+        recorded = self._recorded_log_key()
+        if recorded is not None:
+            return recorded
         signer = load_log_key(self.config.keys_dir, create=False)
         return signer.pubkey if signer else None
 

@@ -174,6 +174,14 @@ class WriteState:
     def set_log_origin(self, pubkey: str) -> None:
         self._put(b"lk", pubkey)
 
+    def log_key_now(self) -> str | None:
+        """The key holding the ``log`` role now: the newest rotation's, else the first log key."""
+        prefix = b"rk/log/"
+        for key, raw in self._log.state_items(prefix):
+            if intjson.loads(raw)[1]:  # (identity, active): exactly one key is active after a rotation
+                return key[len(prefix):].decode()
+        return self.log_origin()
+
 
 def record_log_origin(log: Log, pubkey: str) -> None:
     """Record ``pubkey`` as the chain's first log key unless one is recorded already."""
