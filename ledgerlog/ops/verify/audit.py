@@ -76,6 +76,7 @@ class _Partition:
     next_check: int = 0
     good: int = 0              # the largest size whose root matched
     good_root: bytes = EMPTY_ROOT
+    matched: int = -1          # the size of the last check that matched (-1: none yet)
     heads_ok: int = 0
     keys: set[str] = field(default_factory=set)
     last_offset: int = -1
@@ -94,7 +95,7 @@ class _Partition:
             if self.problem is not None:
                 continue
             root = self.frontier.root()
-            if root != chk.root and self.good == size:
+            if root != chk.root and self.matched == size:
                 self.fail("ROOT_MISMATCH", size, f"the records match another head at tree size {size}, not "
                                                  f"{chk.what}: two roots for one tree size", tree_size=size)
                 continue
@@ -105,7 +106,7 @@ class _Partition:
                           f"{self.good}, holds; with only roots the change is known to lie in that range)",
                           tree_size=size)
                 continue
-            self.good, self.good_root = size, root
+            self.good, self.good_root, self.matched = size, root, size
             if chk.pubkey is not None:
                 self.heads_ok += 1
                 self.keys.add(chk.pubkey)
@@ -242,7 +243,7 @@ class Auditor:
     # -- pass 2: the trees ---------------------------------------------------------------------
     def add(self, rec: LogRecord) -> None:
         """The next record of its partition (partitions may interleave; each in offset order)."""
-        part = self.parts.get((rec.topic, rec.partition)) or self._part(rec.topic, rec.partition)
+        part = self._part(rec.topic, rec.partition)
         n = part.frontier.size
         if rec.offset <= part.last_offset:
             part.fail("OUT_OF_ORDER", n, f"offset {rec.offset} follows offset {part.last_offset}: records "

@@ -22,7 +22,7 @@ from ledgerlog.engine import storekeys as K
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.signing import Signer
-from ledgerlog.engine.treehead import sign_head
+from ledgerlog.engine.treehead import head_key, sign_head
 
 EVENTS = 700
 SEED = 29
@@ -337,7 +337,9 @@ def test_a_wrong_pinned_key_fails(chain, tmp_path):
 def _head_line(lines: list[Line], signed: dict[str, Any], template: Line) -> Line:
     cp = [x for x in lines if x["topic"] == T.CHECKPOINTS]
     value = bytes.fromhex(template["value_hex"])[:5] + avro.encode("SignedTreeHead", signed)
-    return {**template, "offset": cp[-1]["offset"] + 1, "value_hex": value.hex()}
+    h = signed["head"]
+    return {**template, "offset": cp[-1]["offset"] + 1, "key_hex": head_key(h["topic"], h["partition"]).hex(),
+            "value_hex": value.hex()}
 
 
 def test_a_head_signed_by_a_foreign_key_fails(chain, tmp_path):
@@ -357,6 +359,32 @@ def test_a_head_whose_root_was_changed_fails_its_signature(chain, tmp_path):
     lines[lines.index(cp[0])] = {**_head_line(lines, signed, cp[0]), "offset": cp[0]["offset"]}
     f = _failure(*_audit_lines(lines, tmp_path, chain["pubkey"]))
     assert (f["code"], f["topic"], f["partition"], f["index"]) == ("BAD_SIGNATURE", T.CHECKPOINTS, 0, 0)
+
+
+def test_a_head_record_that_is_not_a_signed_tree_head_fails(chain, tmp_path):
+    lines = list(chain["lines"])
+    cp = [i for i, x in enumerate(lines) if x["topic"] == T.CHECKPOINTS]
+    lines[cp[2]] = {**lines[cp[2]], "value_hex": lines[cp[2]]["value_hex"] + "00"}  # a trailing byte
+    lines[cp[3]] = {**lines[cp[3]], "key_hex": b"ledger.blocks/7".hex()}  # under another partition's key
+    rc, report = _audit_lines(lines, tmp_path, chain["pubkey"])
+    f = _failure(rc, report)
+    assert (f["code"], f["topic"], f["partition"], f["index"]) == ("BAD_HEAD", T.CHECKPOINTS, 0, 2)
+    assert [(p["code"], p["index"]) for p in report["problems"][:2]] == [("BAD_HEAD", 2), ("BAD_HEAD", 3)]
+
+
+def test_two_roots_signed_for_one_tree_size_fail(chain, tmp_path):
+    """The log key itself signing a second history (equivocation): the records match one root."""
+    lines = list(chain["lines"])
+    cp = [x for x in lines if x["topic"] == T.CHECKPOINTS]
+    topic, p, sizes = _target(lines)
+    signer = Signer.load(os.path.join(chain["data"], "keys", "log.key"))
+    head = {"chain_id": ok_json(cli(chain["data"], "status"))["chain_id"], "topic": topic, "partition": p,
+            "tree_size": sizes[-1], "root_hash": "22" * 32, "timestamp": 1}
+    lines.append(_head_line(lines, sign_head(signer, head), cp[-1]))
+    f = _failure(*_audit_lines(lines, tmp_path, chain["pubkey"]))
+    assert (f["code"], f["topic"], f["partition"], f["index"], f.get("tree_size")) == (
+        "ROOT_MISMATCH", topic, p, sizes[-1], sizes[-1])
+    assert "two roots" in f["message"], f
 
 
 def test_a_log_key_rotation_audits_with_the_first_key_pinned(history, tmp_path):
