@@ -5,7 +5,8 @@ I/O or storage). The tree (code, HTTP status, exit code):
 
     LedgerError                       LEDGER_ERROR 503 1  a ledger error no subclass names
     ├── UsageError                    USAGE 400 2         a command was used wrongly (arguments, flags)
-    │   └── ExportError               BAD_EXPORT 400 2    an export's topic, range or format does not fit the log
+    │   ├── ExportError               BAD_EXPORT 400 2    an export's topic, range or format does not fit the log
+    │   └── AuditInputError           BAD_AUDIT_INPUT 400 2  audit's records or state file cannot be read or parsed
     ├── BadRequest                    BAD_REQUEST 400 2   a query argument or request body is malformed
     │   └── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
     ├── ConfigError                   CONFIG 400 2        bad config file, flag or genesis
@@ -63,7 +64,7 @@ from enum import Enum
 from typing import ClassVar
 
 __all__ = [
-    "LedgerError", "UsageError", "ExportError", "BadRequest", "SnapshotDirRefusedError", "ConfigError",
+    "LedgerError", "UsageError", "ExportError", "AuditInputError", "BadRequest", "SnapshotDirRefusedError", "ConfigError",
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
     "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "SchemaError", "NotFoundError",
     "ReprojectRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
@@ -134,6 +135,13 @@ class ExportError(UsageError):
     """An export's topic, partitions, range or format does not fit the log."""
 
     code = "BAD_EXPORT"
+
+
+class AuditInputError(UsageError):
+    """`ledgerlog audit`'s records (a file, stdin) or state file cannot be read, or a line of them
+    is not a record as `tail --raw` prints it."""
+
+    code = "BAD_AUDIT_INPUT"
 
 
 class BadRequest(LedgerError):

@@ -74,6 +74,7 @@ def config_of(ctx: typer.Context, **flags: Any) -> Config:
 def _register_commands() -> None:
     """Import the command groups: each module adds its commands to ``app``."""
     from . import (  # noqa: F401
+        audit,
         chain,
         export,
         generate,

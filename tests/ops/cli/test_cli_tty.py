@@ -175,6 +175,24 @@ def test_command_on_a_pipe_draws_no_progress(name, loaded, tmp_path):
     assert res.stdout.count(b"\n") == 1 and isinstance(json.loads(res.stdout), dict)
 
 
+# -- audit ------------------------------------------------------------------------------------
+
+
+def test_audit_on_a_terminal_draws_a_bar_and_on_a_pipe_none(loaded, tmp_path):
+    pubkey = ok_json(on_pipe("--data-dir", loaded, "status"))["log_pubkey"]
+    rc, out, err = on_tty("--data-dir", loaded, "audit", "--log-pubkey", pubkey)
+    assert rc == 0, err.decode(errors="replace")[-3000:]
+    assert tty_json(out)["ok"] is True
+    assert b"Traceback" not in err and b"audit" in err and b"100%" in err  # the log's ends are the total
+    res = on_pipe("--data-dir", loaded, "audit", "--log-pubkey", pubkey)
+    assert res.returncode == 0 and res.stderr == b"", res.stderr[-3000:]
+    assert res.stdout.count(b"\n") == 1 and json.loads(res.stdout)["ok"] is True
+    raw = on_pipe("--data-dir", loaded, "tail", "ledger.transactions", "--raw").stdout
+    rc, out, err = on_tty("audit", "--log-pubkey", pubkey, "--records", "-", stdin=raw)  # no total: records
+    assert rc == 1 and b"Traceback" not in err and b"audit" in err, err.decode(errors="replace")[-3000:]
+    assert tty_json(out)["failure"]["code"] == "NO_HEADS"
+
+
 # -- mirror (needs a Kafka broker) -------------------------------------------------------------
 
 

@@ -1,0 +1,57 @@
+"""`ledgerlog audit` (PROTOCOL.md §9): check the log's records against its signed tree heads,
+trusting only a pinned log key (ops/verify/audit.py)."""
+from __future__ import annotations
+
+import re
+
+import typer
+
+from ledgerlog.engine.errors import UsageError
+from ledgerlog.ops.cli import app, config_of, emit
+from ledgerlog.ops.cli.progress import progress_bar
+
+_PUBKEY = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@app.command("audit")
+def audit_command(ctx: typer.Context,
+                  log_pubkey: str = typer.Option(..., "--log-pubkey",
+                                                 help="The log key pinned out of band (`status` log_pubkey), hex."),
+                  state: str | None = typer.Option(None, "--state",
+                                                   help="Heads remembered from earlier audits: checked, then updated when everything holds."),
+                  kafka: str | None = typer.Option(None, "--kafka", help="Audit a Kafka cluster's log: HOST:PORT[,...]."),
+                  topic_prefix: str = typer.Option("", "--topic-prefix",
+                                                   help="With --kafka: the chain's topic prefix (its ledgerlog.topic_prefix)."),
+                  records: str | None = typer.Option(None, "--records",
+                                                     help="Audit JSON lines as `tail --raw` prints them (all topics, _checkpoints included), or - for stdin.")) -> None:
+    """Recompute every partition's Merkle tree and check every signed tree head against it; prints
+    a JSON report. Exit 0 when everything holds, 1 naming the first topic, partition and index
+    where records and heads disagree, 2 on a usage or input error.
+
+    Reads the data dir's log unless --kafka or --records is given. Heads count when signed by the
+    pinned key or a key reached from it by log-key rotations on ledger.keys."""
+    from ledgerlog.engine.log import KafkaConfig, open_log
+    from ledgerlog.ops.verify.audit_io import LogSource, RecordsSource, run_audit
+
+    if not _PUBKEY.fullmatch(log_pubkey):
+        raise UsageError(f"--log-pubkey must be an Ed25519 public key, 64 hex digits, not {log_pubkey[:80]!r}")
+    if kafka is not None and records is not None:
+        raise UsageError("give --kafka or --records, not both")
+    if topic_prefix and kafka is None:
+        raise UsageError("--topic-prefix goes with --kafka")
+    source: LogSource | RecordsSource
+    if records is not None:
+        source = RecordsSource(records)
+    elif kafka is not None:
+        conn = KafkaConfig.from_table(kafka, {"ledgerlog.topic_prefix": topic_prefix})
+        source = LogSource(open_log(f"kafka://{kafka}", read_only=True, kafka=conn), f"kafka://{kafka}/{topic_prefix}")
+    else:
+        cfg = config_of(ctx)
+        source = LogSource(open_log(cfg.resolved_log_url, read_only=True, kafka=cfg.kafka_connection()), cfg.data_dir)
+    try:
+        report = run_audit(source, log_pubkey.lower(), state,
+                           lambda total: progress_bar("audit", total=total, unit=" records"))
+    finally:
+        source.close()
+    emit(report)
+    raise typer.Exit(0 if report["ok"] else 1)
