@@ -18,7 +18,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from . import storekeys as K
-from .merkle import EMPTY_ROOT, Frontier, ProofError, consistency_proof, inclusion_proof, node_hash, split
+from .log.base import LogRecord
+from .merkle import (
+    EMPTY_ROOT,
+    Frontier,
+    ProofError,
+    consistency_proof,
+    inclusion_proof,
+    node_hash,
+    split,
+)
 from .topics import CHECKPOINTS, SCHEMAS
 
 __all__ = ["CHUNK_LEVEL", "CHUNK", "has_tree", "leaf_input", "leaf_of", "TreeState", "Trees", "TreeFold"]
@@ -35,7 +44,7 @@ _CHUNK_MASK = CHUNK - 1
 _U64_MASK = (1 << 64) - 1
 
 #: ``read(topic, partition, offset, max_records)``: data records from ``offset`` (Log.read)
-Reader = Callable[[str, int, int, int], list]
+Reader = Callable[[str, int, int, int], "list[LogRecord]"]
 
 
 def has_tree(topic: str) -> bool:
@@ -84,7 +93,7 @@ class TreeFold:
     """One partition's tree growing by appended records; ``writes()`` are the store changes
     (frontier and completed nodes) to commit with the records, ``state`` the result."""
 
-    __slots__ = ("_tp", "_frontier", "_next", "_chunk", "_writes", "_contiguous")
+    __slots__ = ("_chunk", "_contiguous", "_frontier", "_next", "_tp", "_writes")
 
     def __init__(self, topic: str, partition: int, start: TreeState, contiguous: bool) -> None:
         self._tp = _tp(topic, partition)

@@ -13,7 +13,7 @@ from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
 from ..errors import LogError
-from ..logtree import TreeState, Trees, has_tree
+from ..logtree import Trees, TreeState, has_tree
 from ..rocks import (
     WriteBatch,
     WriteGuard,
@@ -45,6 +45,7 @@ class EmbeddedLog(Log):
     ends_are_local = True
     supports_parallel_rebuild = True
     supports_checkpoint = True
+    trees: Trees
 
     def __init__(self, path: str, *, read_only: bool = False, sync: bool = True, secondary: bool = False) -> None:
         """``secondary``: follow a log another process writes (no lock; ``catch_up()`` to see more)."""
@@ -200,8 +201,8 @@ class EmbeddedLog(Log):
                 if grows:
                     fold = self.trees.fold(topic, p)
                     fold.extend(grows)
-                    for k, v in fold.writes().items():
-                        put(k, v)
+                    for node_key, node in fold.writes().items():
+                        put(node_key, node)
                     grown[(topic, p)] = fold.state
             for k, v in (state or {}).items():
                 if v is None:

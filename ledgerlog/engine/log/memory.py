@@ -5,7 +5,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 from ..errors import LogError
-from ..logtree import Trees, has_tree
+from ..logtree import TreeFold, Trees, has_tree
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 
 __all__ = ["MemoryLog"]
@@ -16,6 +16,7 @@ class MemoryLog(Log):
 
     atomic_state = True
     ends_are_local = True
+    trees: Trees
 
     def __init__(self) -> None:
         self._parts: dict[str, list[list[LogRecord]]] = {}
@@ -49,7 +50,7 @@ class MemoryLog(Log):
                 off = ends.get((r.topic, p), len(self._parts[r.topic][p]))
                 ends[(r.topic, p)] = off + 1
                 out.append((p, off))
-            folds = {}
+            folds: dict[TopicPartition, TreeFold] = {}
             for (r, p), (_, off) in zip(placed, out):
                 self._parts[r.topic][p].append(LogRecord(r.topic, p, off, r.key, r.value, r.timestamp))
                 if has_tree(r.topic):

@@ -198,7 +198,7 @@ class Node:
                 continue  # the disk refuses writes: the storage loop recovers it, heads follow
             try:
                 heads.publish()
-            except Exception:  # noqa: BLE001 - never stop the node; the head-age alert fires
+            except Exception:
                 log.exception("could not publish tree heads; retrying")
 
     def _spawn(self, name: str, target: Any) -> None:
