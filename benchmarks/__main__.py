@@ -25,6 +25,7 @@ from .ingest import ingest
 from .peers import PEERS, run_peers
 from .query import query
 from .rebuild import rebuild
+from .trees import trees
 
 
 def _peer_names(spec: str) -> list[str]:
@@ -65,6 +66,9 @@ def run(size: str, out: str, peers: list[str], keep: str | None, query_rate: flo
         res["ingest"]["unsigned"] = ingest(os.path.join(work, "shares-data"), inputs["genesis"], shares_path,
                                            shares_stats)
         shutil.rmtree(os.path.join(work, "shares-data"), ignore_errors=True)
+        _step(res, "verifiable log: ingest with and without trees, proofs, tree storage")
+        res["trees"] = trees(work, inputs["genesis"], shares_path, shares_stats, signed_data=data,
+                             proofs=plan.query_count, seconds=plan.query_seconds)
         _step(res, "rebuild: first fold, reproject all, reproject balances")
         rb = rebuild(data)
         res["rebuild"] = {"first_fold": rb["first_fold"], "all": rb["rebuild_all"], "balances": rb["rebuild_balances"]}

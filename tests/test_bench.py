@@ -66,7 +66,13 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
         _positive(r, key)
 
     goals = {g["goal"]: g for g in res["goals"]}
-    assert len(goals) == 11 and b"goals (issue 5):" in proc.stdout
+    assert len(goals) == 12 and b"goals (issues 5, 15):" in proc.stdout
+    trees = res["trees"]
+    _positive(trees["ingest_unsigned_events_per_s"], "with_trees", "without_trees")
+    _positive(trees["proofs"]["inclusion"], "proofs", "per_s", "p99_ms")
+    _positive(trees["proofs"]["consistency"], "proofs", "per_s", "p99_ms")
+    _positive(trees["storage"], "records", "tree_bytes", "tree_bytes_per_million_records")
+    assert b"verifiable log: unsigned ingest" in proc.stdout
     assert all(g["met"] in (True, False, None) and g["target"] for g in goals.values())
     sqlite = goals["rebuild all projections vs naive SQLite rebuild"]
     assert sqlite["measured"] == r["rebuild_all_vs_sqlite"] and sqlite["met"] == (sqlite["measured"] >= 1.5)
