@@ -175,6 +175,10 @@ class Trees:
         self._states = merged  # replaced, never mutated: readers on other threads see one or the other
 
     # -- reading ------------------------------------------------------------------------------
+    def node(self, topic: str, partition: int, level: int, index: int) -> bytes | None:
+        """The stored hash of the complete subtree (level >= CHUNK_LEVEL, index), if any."""
+        return self._get(K.TREE_NODE_PREFIX + _tp(topic, partition) + _NODE.pack(level, index))
+
     def _sized(self, topic: str, partition: int, size: int, what: str) -> TreeState:
         st = self.state(topic, partition)
         if (topic, partition) not in self._states:

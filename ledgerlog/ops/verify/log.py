@@ -18,6 +18,8 @@ from ledgerlog.engine.chain import Chain
 from ledgerlog.engine.crypto import H, address_of, canonical_json, tx_root
 from ledgerlog.engine.crypto import verify as verify_sig
 from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.logtree import CHUNK_LEVEL, has_tree, leaf_of
+from ledgerlog.engine.merkle import Frontier
 from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.engine.procs import exit_with_parent
 from ledgerlog.ops.verify.storage import (
@@ -257,11 +259,31 @@ class _LogChecker:
 
     def _partition(self, topic: str, p: int, end: int) -> None:
         n = 0
+        tree = Frontier() if has_tree(topic) and self.log.trees is not None else None
+        mismatched: list[tuple[int, int]] = []
         for off, key, ts, value in self._records(topic, p, end):
             n += 1
             self._record(topic, p, off, key, ts, value)
+            if tree is not None:
+                for level, index, h in tree.append(leaf_of(key, ts, value)):
+                    if level >= CHUNK_LEVEL and self.log.trees.node(topic, p, level, index) != h:  # type: ignore[union-attr]
+                        mismatched.append((level, index))
         self.sec.checked += n
         self.counts[topic] = self.counts.get(topic, 0) + n
+        if tree is not None:
+            self._tree(topic, p, tree, mismatched)
+
+    def _tree(self, topic: str, p: int, tree: Frontier, mismatched: list[tuple[int, int]]) -> None:
+        """The partition's stored Merkle tree (PROTOCOL.md §9) against the one its records make."""
+        stored = self.log.trees.state(topic, p)  # type: ignore[union-attr]
+        if (stored.size, stored.root()) == (tree.size, tree.root()) and not mismatched:
+            return
+        first = f"; first stored subtree that differs: level {mismatched[0][0]}, index {mismatched[0][1]}" if mismatched else ""
+        self.sec.problem("TREE_MISMATCH", f"{topic}[{p}]",
+                         f"the stored Merkle tree ({stored.size} leaves, root {stored.root().hex()[:16]}...) is not "
+                         f"the tree of the {tree.size} records ({tree.root().hex()[:16]}...){first}: records were "
+                         "changed outside ledgerlog or the tree store is damaged; `ledgerlog audit` tells which "
+                         "against the published heads")
 
     def _record(self, topic: str, p: int, off: int, key: bytes, ts: int, value: bytes) -> None:
         where = f"{topic}[{p}]@{off}"

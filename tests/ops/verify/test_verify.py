@@ -242,6 +242,20 @@ def test_tampered_log_record_fails_signature_and_id(data) -> None:
 
     skipped = verify(cfg, signatures=False)  # ids still catch it without signatures
     assert "BAD_ID" in _codes(skipped["log"]) and "BAD_SIGNATURE" not in _codes(skipped["log"])
+    trees = [p for p in report["log"]["problems"] if p["code"] == "TREE_MISMATCH"]
+    assert [p["where"] for p in trees] == [f"{T.TRANSACTIONS}[0]"], trees  # the Merkle tree no longer fits
+
+
+def test_a_damaged_tree_store_is_named(data) -> None:
+    cfg = _cfg(data)
+    with open_chain(cfg) as chain:
+        raw = chain.log.raw()
+        (node_key,) = [k for k in raw.keys(from_key=K.TREE_NODE_PREFIX) if k.startswith(K.TREE_NODE_PREFIX)][:1]
+        raw.put(node_key, b"\x00" * 32)
+        raw.flush()
+    report = verify(cfg, signatures=False)
+    problems = report["log"]["problems"]
+    assert [p["code"] for p in problems] == ["TREE_MISMATCH"] and "level" in problems[0]["message"], problems
 
 
 def test_tampered_projection_value_fails_digest(data) -> None:
