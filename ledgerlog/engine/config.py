@@ -137,6 +137,7 @@ class Config:
     otlp_endpoint: str = ""
     snapshot_dir: str = ""
     kafka: Mapping[str, str] = field(default_factory=dict)  # [kafka] section: librdkafka settings
+    config_file: str = ""  # --config PATH: the config file read instead of <data_dir>/config.toml
 
     @property
     def genesis_path(self) -> str:
@@ -144,7 +145,8 @@ class Config:
 
     @property
     def config_path(self) -> str:
-        return os.path.join(self.data_dir, "config.toml")
+        """``--config PATH`` (LEDGERLOG_CONFIG) if given, else ``<data_dir>/config.toml``."""
+        return self.config_file or os.path.join(self.data_dir, "config.toml")
 
     @property
     def log_path(self) -> str:
@@ -231,10 +233,12 @@ def env_values(env: Mapping[str, str]) -> dict[str, Any]:
             for _key, var, attr, typ, _doc in SETTINGS if env.get(var, "").strip()}
 
 
-def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Config:
-    """File, then environment, then flags (non-None values), into one Config."""
-    values: dict[str, Any] = {"data_dir": data_dir}
-    path = os.path.join(data_dir, "config.toml")
+def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] | None = None,
+                config_file: str | None = None) -> Config:
+    """File (``config_file``, else ``<data_dir>/config.toml``), then environment, then flags
+    (non-None values), into one Config."""
+    values: dict[str, Any] = {"data_dir": data_dir, "config_file": config_file or ""}
+    path = config_file or os.path.join(data_dir, "config.toml")
     if os.path.exists(path):
         try:
             with open(path, "rb") as f:

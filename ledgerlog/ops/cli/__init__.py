@@ -13,9 +13,11 @@ from typing import Any, NoReturn
 import orjson
 import typer
 
+from ledgerlog import __version__
 from ledgerlog.engine import restorejournal
 from ledgerlog.engine.config import Config, load_config
 from ledgerlog.engine.errors import (
+    ConfigError,
     InternalError,
     LedgerError,
     StorageError,
@@ -48,13 +50,23 @@ def fail(message: str, exit_code: int = 2, /, code: str | None = None) -> NoRetu
     raise (cls if cls is not None and cls.__init__ is Exception.__init__ else UsageError)(message)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"ledgerlog {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(ctx: typer.Context,
           data_dir: str = typer.Option("./data", "--data-dir", envvar="LEDGERLOG_DATA_DIR",
                                        help="Chain data directory."),
+          config: str | None = typer.Option(None, "--config", envvar="LEDGERLOG_CONFIG",
+                                            help="Config file to read instead of <data-dir>/config.toml."),
           log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
-          debug: bool = typer.Option(False, "--debug", help="Print the traceback behind any error (errors are one line without it).")) -> None:
-    ctx.obj = {"data_dir": data_dir, "flags": {"log_level": log_level}}
+          debug: bool = typer.Option(False, "--debug", help="Print the traceback behind any error (errors are one line without it)."),
+          _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                        help="Print the version and exit.")) -> None:
+    ctx.obj = {"data_dir": data_dir, "config": config, "flags": {"log_level": log_level}}
     _DEBUG[0] = debug
 
 
@@ -68,7 +80,11 @@ def config_of(ctx: typer.Context, **flags: Any) -> Config:
         raise StorageError(f"cannot finish an interrupted restore of {obj['data_dir']}: {exc}") from exc
     except OSError as exc:
         raise storage_error(exc, f"cannot finish an interrupted restore of {obj['data_dir']}") from exc
-    return load_config(obj["data_dir"], os.environ, {**obj["flags"], **flags})
+    named = obj.get("config")
+    if named and not os.path.isfile(named) and ctx.info_name != "init":  # init writes it
+        raise ConfigError(f"no config file {named} (--config / LEDGERLOG_CONFIG); `ledgerlog --config {named} init` "
+                          "writes one")
+    return load_config(obj["data_dir"], os.environ, {**obj["flags"], **flags}, config_file=named)
 
 
 def _register_commands() -> None:

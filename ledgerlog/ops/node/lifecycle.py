@@ -66,7 +66,7 @@ class Node:
         self.runner.catch_up()
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance, heads=self.chain.heads,
-                               log_pubkey=self.chain.log_pubkey)
+                               log_pubkey=self.chain.log_pubkey, syncing_lag=config.http_ready_max_lag)
         self.metrics = NodeMetrics(self)
         self.controls = Controls()  # run-time switches (pause, faucet pause); a restart starts unpaused
         self.actions = ACTIONS  # the admin actions (POST /v1/admin/<name>)

@@ -279,7 +279,8 @@ def open_queries(config: Config) -> Iterator[Any]:
                 if stale:  # built by older projection code: rebuild (blue/green) before answering
                     reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale)
                 runner.catch_up()
-            yield Queries(runner, chain.genesis.chain_id, heads=chain.heads, log_pubkey=chain.log_pubkey)
+            yield Queries(runner, chain.genesis.chain_id, heads=chain.heads, log_pubkey=chain.log_pubkey,
+                          syncing_lag=config.http_ready_max_lag)
         finally:
             runner.close()
     finally:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ledgerlog import __version__
 from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError, ProofError
 from ledgerlog.engine.logtree import Trees, has_tree
@@ -26,12 +27,14 @@ def bad_request(message: str) -> BadRequest:
 
 class Queries:
     def __init__(self, runner: Runner, chain_id: str, instance: str | None = None,
-                 heads: HeadPublisher | None = None, log_pubkey: str | None = None) -> None:
+                 heads: HeadPublisher | None = None, log_pubkey: str | None = None,
+                 syncing_lag: int = 10_000) -> None:
         self.runner = runner
         self.chain_id = chain_id
         self.instance = instance  # a running node's random id (node.json names it); None in the CLI
         self.heads = heads  # the signed tree heads on _checkpoints (PROTOCOL.md §9)
         self.log_pubkey = log_pubkey  # the key signing them now
+        self.syncing_lag = syncing_lag  # records of lag above which status says "syncing" (http.ready_max_lag)
 
     # -- read-your-writes ------------------------------------------------------------------------
     def sync(self, timeout: float = 5.0) -> bool:
@@ -79,9 +82,11 @@ class Queries:
 
     def status(self) -> dict[str, Any]:
         tip = chainstate.tip(self._view("chainstate"))
+        lag = self.runner.lag()
         out = {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
-               "lag": self.runner.lag(), "failed_projections": self.failed(),
-               "provenance": self.provenance("chainstate")}
+               "lag": lag, "syncing": any(v > self.syncing_lag for v in lag.values()),
+               "failed_projections": self.failed(), "provenance": self.provenance("chainstate"),
+               "version": __version__}
         if self.instance is not None:
             out["instance"] = self.instance
         out["log_pubkey"] = self.log_pubkey
