@@ -1,11 +1,14 @@
 """Helpers for tests that drive the real `ledgerlog` command and node processes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +57,26 @@ def wait_node_url(data_dir: str, proc: subprocess.Popen, limit: float = 30) -> s
             pass
         time.sleep(0.2)
     raise AssertionError("node did not come up")
+
+
+@contextlib.contextmanager
+def running_node(data_dir: str | os.PathLike[str], env: dict[str, str] | None = None,
+                 limit: float = 60) -> Iterator[str]:
+    """`ledgerlog run --port 0` on ``data_dir`` (output to ``<data_dir>.node.log``) in ``env``
+    (default cli_env()); yields its URL once it answers, stops it with SIGTERM (exit 0) after."""
+    log_path = f"{os.fspath(data_dir).rstrip(os.sep)}.node.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data_dir), "run", "--port", "0"],
+                                env=cli_env() if env is None else env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield wait_node_url(str(data_dir), proc, limit=limit)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    assert proc.returncode == 0, Path(log_path).read_text(errors="replace")[-3000:]

@@ -52,15 +52,15 @@ def one(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **lab
 
 
 @contextlib.contextmanager
-def observed_node(root: Path, *, start: bool = True) -> Iterator[dict[str, Any]]:
+def observed_node(root: Path, *, start: bool = True, **config: Any) -> Iterator[dict[str, Any]]:
     """A node on a generated chain with a faucet key, a TestClient over its HTTP app, and the
-    history lines (not yet ingested)."""
+    history lines (not yet ingested); ``config`` overrides Config fields (e.g. head_interval)."""
     from ledgerlog.ops.api.app import create_app
     from ledgerlog.ops.node.lifecycle import Node
 
     genesis, keys, lines = history(root)
     data = root / "data"
-    cfg = Config(data_dir=str(data), sync=False)
+    cfg = Config(data_dir=str(data), sync=False, **config)
     init_chain(cfg, genesis)
     write_faucet_key(data, keys.wallets[0])
     node = Node(cfg)

@@ -23,6 +23,11 @@ Definitions worth stating:
   answers 503 STORAGE_UNAVAILABLE), 1 otherwise; ``ledgerlog_storage_errors_total{kind}`` counts
   the refused writes and failed probes (``eio``, ``enospc``, ``other``).
 - ``oracle_reading_latency_seconds``: admission time minus the reading's own timestamp.
+- ``ledgerlog_tree_size{topic,partition}``: leaves of a partition's Merkle tree (PROTOCOL.md §9);
+  ``ledgerlog_tree_head_age_seconds{topic,partition}``: for a partition whose tree is ahead of its
+  newest signed head, now minus that head's timestamp (the node's start when it has none yet); 0
+  when the newest head covers the whole tree. ``ledgerlog_tree_heads_published_total``: heads this
+  node signed and appended to ``_checkpoints``.
 """
 from __future__ import annotations
 
@@ -175,6 +180,7 @@ class NodeMetrics:
         self._storage: tuple[float, dict[tuple[str, str], int]] = (0.0, {})
         self._storage_lock = threading.Lock()
         self._faucet: tuple[float, str | None] = (-1.0, None)  # (key file mtime, address)
+        self._started = time.time()  # the head age of a partition that has no head yet counts from here
         log_ = node.chain.log
         self.appends = AppendTimes(lambda: {t: tuple(log_.end_offsets(t)) for t in log_.topics()})
         m = self.provider.get_meter("ledgerlog")
@@ -197,6 +203,12 @@ class NodeMetrics:
               description="1 when the projection's fold raised on an event and it stopped (see /v1/status)")
         gauge("ledgerlog_projection_height", [self._proj_height], description="Highest event height a projection reflects")
         counter("ledgerlog_projection_events_folded", [self._folded], description="Events folded since start")
+        # the verifiable log (PROTOCOL.md §9)
+        counter("ledgerlog_tree_heads_published", [self._heads_published],
+                description="Signed tree heads this node appended to _checkpoints")
+        gauge("ledgerlog_tree_size", [self._tree_size], description="Leaves (data records) of a partition's Merkle tree")
+        gauge("ledgerlog_tree_head_age_seconds", [self._head_age],
+              description="Seconds since the newest signed head of a partition whose tree is ahead of it (0: covered)")
         # storage and process
         gauge("ledgerlog_storage_bytes", [self._storage_bytes], description="Bytes on disk per component of the data dir")
         gauge("ledgerlog_storage_capacity_bytes", [self._fs("capacity")], description="Size of the data dir's filesystem")
@@ -298,6 +310,26 @@ class NodeMetrics:
     def _folded(self, _: CallbackOptions) -> Iterable[Observation]:
         for name, h in self.node.runner.handles.items():
             yield Observation(h.events, {"projection": name})
+
+    # -- the verifiable log -------------------------------------------------------------------------
+    def _heads_published(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.node.chain.heads.published)
+
+    def _tree_states(self) -> dict[tuple[str, int], Any]:
+        trees = self.node.chain.log.trees
+        return {} if trees is None else trees.states()  # (a Kafka log keeps none yet)
+
+    def _tree_size(self, _: CallbackOptions) -> Iterable[Observation]:
+        for (topic, p), st in sorted(self._tree_states().items()):
+            yield Observation(st.size, {"topic": topic, "partition": str(p)})
+
+    def _head_age(self, _: CallbackOptions) -> Iterable[Observation]:
+        now = time.time()
+        latest = dict(self.node.chain.heads.latest)
+        for (topic, p), st in sorted(self._tree_states().items()):
+            head = latest.get((topic, p))
+            size, at = (head["head"]["tree_size"], head["head"]["timestamp"] / 1000) if head else (0, self._started)
+            yield Observation(max(0.0, now - at) if st.size > size else 0.0, {"topic": topic, "partition": str(p)})
 
     # -- storage and process ----------------------------------------------------------------------
     def storage(self) -> dict[tuple[str, str], int]:

@@ -147,6 +147,18 @@ class NodeClient:
     def tx_proof(self, txid: str) -> dict[str, Any]:
         return self._get(f"/v1/tx/{txid}/proof")
 
+    def inclusion_proof(self, topic: str | None = None, partition: int | None = None, index: int | None = None,
+                        offset: int | None = None, tree_size: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/proofs/inclusion", topic=topic, partition=partition, index=index, offset=offset,
+                         tree_size=tree_size)
+
+    def consistency_proof(self, topic: str | None = None, partition: int | None = None,
+                          first: int | None = None, second: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/proofs/consistency", topic=topic, partition=partition, first=first, second=second)
+
+    def tree_head(self, topic: str | None = None, partition: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/tree-heads", topic=topic, partition=partition)
+
     def worker(self, address: str) -> dict[str, Any]:
         return self._get(f"/v1/pool/workers/{address}")
 

@@ -126,6 +126,60 @@ def test_projection_lag_in_events_and_seconds(tmp_path) -> None:
         assert not node.metrics.appends.entries  # pruned once every projection passed them
 
 
+def test_tree_sizes_heads_published_and_head_age(tmp_path) -> None:
+    """ledgerlog_tree_size is each partition's leaves (its records, on the embedded log);
+    ledgerlog_tree_head_age_seconds is 0 where the newest head covers the tree, else now minus
+    that head's timestamp; ledgerlog_tree_heads_published_total counts what the node signed."""
+    with observed_node(tmp_path, start=False) as w:  # no heads loop: heads are published below
+        node, lines = w["node"], w["lines"]
+        log, heads = node.chain.log, node.chain.heads
+
+        def scrape() -> tuple[dict[str, Any], float, float]:
+            before = time.time()
+            m = parse_metrics(node.metrics.render().decode())
+            return m, before, time.time()
+
+        def check_sizes(m: dict[str, Any]) -> dict[tuple[str, int], Any]:
+            states = log.trees.states()
+            assert len(states) > 20 and ("_checkpoints", 0) not in states and ("_schemas", 0) not in states
+            for (t, p), st in states.items():
+                assert one(m, "ledgerlog_tree_size", topic=t, partition=str(p)) == st.size == log.end_offsets(t)[p]
+            assert len(m["ledgerlog_tree_size"]) == len(m["ledgerlog_tree_head_age_seconds"]) == len(states)
+            return states
+
+        assert node.admitter.admit(lines[:len(lines) // 2]).rejected == 0
+        m, _, _ = scrape()
+        states = check_sizes(m)
+        assert one(m, "ledgerlog_tree_heads_published_total") == heads.published == 0
+        def covered(tp: tuple[str, int]) -> int:
+            return heads.latest[tp]["head"]["tree_size"] if tp in heads.latest else 0
+
+        ahead = {tp for tp, st in states.items() if st.size > covered(tp)}
+        assert ("ledger.blocks", 0) in ahead
+        for (t, p) in states:
+            age = one(m, "ledgerlog_tree_head_age_seconds", topic=t, partition=str(p))
+            assert (age > 0) == ((t, p) in ahead), (t, p, age)  # no head yet: counted from the node's start
+
+        published = heads.publish()
+        assert published == len(ahead)
+        m, _, _ = scrape()
+        assert one(m, "ledgerlog_tree_heads_published_total") == published
+        assert {v for _, v in m["ledgerlog_tree_head_age_seconds"]} == {0.0}
+
+        assert node.admitter.admit(lines[len(lines) // 2:]).rejected == 0
+        m, before, after = scrape()
+        states = check_sizes(m)
+        grown = {tp for tp, st in states.items() if st.size > covered(tp)}
+        assert ("ledger.blocks", 0) in grown and len(grown) < len(states)
+        for (t, p) in states:
+            age = one(m, "ledgerlog_tree_head_age_seconds", topic=t, partition=str(p))
+            if (t, p) in grown and (t, p) in heads.latest:
+                at = heads.latest[(t, p)]["head"]["timestamp"] / 1000
+                assert before - at - 0.001 <= age <= after - at + 0.001, (t, p, age)
+            else:
+                assert (age > 0) == ((t, p) in grown), (t, p, age)
+
+
 def test_append_times_oldest_unfolded() -> None:
     now = [100.0]
     ends = {"a": (0, 0), "b": (0,)}

@@ -25,6 +25,9 @@ WORKER_UNIT = ROOT / "ledgerlog" / "ops" / "deploy" / "ledgerlog-stream-worker@.
 
 #: Metrics that are not the node's: Prometheus' own scrape health, and node_exporter's.
 EXTERNAL = re.compile(r"^(up|node_[a-z0-9_]+)$")
+#: Metrics `ledgerlog audit --metrics-file` writes for node_exporter's textfile collector (the
+#: alerts' comment and ops/monitoring/README.md say so), not the node's /metrics.
+AUDIT_TEXTFILE = {"ledgerlog_audit_failed"}
 
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
              "and", "or", "unless", "inf", "nan", "atan2", "start", "end"}
@@ -151,6 +154,8 @@ def test_alert_rules_are_valid_prometheus_rule_groups() -> None:
         "faucet low": lambda e: "ledgerlog_faucet_balance" in e,
         "storage not writable": lambda e: re.search(r"ledgerlog_storage_writable *== *0", e),
         "storage errors": lambda e: "ledgerlog_storage_errors_total" in e,
+        "tree head stale": lambda e: re.search(r"ledgerlog_tree_head_age_seconds *> *60\b", e),
+        "audit failed": lambda e: re.search(r"ledgerlog_audit_failed *> *0\b", e),
     }
     for what, test in wanted.items():
         assert any(test(e) for e in exprs.values()), f"no alert for {what}"
@@ -170,8 +175,11 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(tmp_path) -> None
         if m:
             used.setdefault(m.group(1), set()).add(f"variable {v['name']}")
     external = {n for n in used if EXTERNAL.match(n)}
-    assert external == {"up"}  # explicitly not ours
-    ours = set(used) - external
+    assert external == {"up", "node_textfile_mtime_seconds"}  # explicitly not ours
+    assert set(used) & AUDIT_TEXTFILE == AUDIT_TEXTFILE
+    readme = (ROOT / "ledgerlog" / "ops" / "monitoring" / "README.md").read_text()
+    assert all(f"`{n}`" in readme and f"`{n}`" in ALERTS.read_text() for n in AUDIT_TEXTFILE)
+    ours = set(used) - external - AUDIT_TEXTFILE
     assert len(ours) >= 25, sorted(ours)
 
     with observed_node(tmp_path) as w:
