@@ -3,10 +3,11 @@ trusting only a pinned log key (ops/verify/audit.py)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import typer
 
-from ledgerlog.engine.errors import UsageError
+from ledgerlog.engine.errors import UsageError, storage_error
 from ledgerlog.ops.cli import app, config_of, emit
 from ledgerlog.ops.cli.progress import progress_bar
 
@@ -23,7 +24,9 @@ def audit_command(ctx: typer.Context,
                   topic_prefix: str = typer.Option("", "--topic-prefix",
                                                    help="With --kafka: the chain's topic prefix (its ledgerlog.topic_prefix)."),
                   records: str | None = typer.Option(None, "--records",
-                                                     help="Audit JSON lines as `tail --raw` prints them (all topics, _checkpoints included), or - for stdin.")) -> None:
+                                                     help="Audit JSON lines as `tail --raw` prints them (all topics, _checkpoints included), or - for stdin."),
+                  metrics_file: str | None = typer.Option(None, "--metrics-file",
+                                                          help="Also write the outcome as Prometheus text there (node_exporter's textfile collector).")) -> None:
     """Recompute every partition's Merkle tree and check every signed tree head against it; prints
     a JSON report. Exit 0 when everything holds, 1 naming the first topic, partition and index
     where records and heads disagree, 2 on a usage or input error.
@@ -53,5 +56,24 @@ def audit_command(ctx: typer.Context,
                            lambda total: progress_bar("audit", total=total, unit=" records"))
     finally:
         source.close()
+    if metrics_file:
+        write_metrics(metrics_file, report)
     emit(report)
     raise typer.Exit(0 if report["ok"] else 1)
+
+
+def write_metrics(path: str, report: dict[str, Any]) -> None:
+    """The audit's outcome for Prometheus (alert LedgerlogAuditFailed), written atomically as the
+    textfile collector needs: ledgerlog_audit_failed, _records and _last_run_timestamp_seconds."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    reg = CollectorRegistry()
+    Gauge("ledgerlog_audit_failed", "1 when the last audit found a record or head that does not hold, else 0",
+          registry=reg).set(0 if report["ok"] else 1)
+    Gauge("ledgerlog_audit_records", "Records the last audit checked", registry=reg).set(report.get("records", 0))
+    Gauge("ledgerlog_audit_last_run_timestamp_seconds", "When the last audit finished, seconds since the epoch",
+          registry=reg).set_to_current_time()
+    try:
+        write_to_textfile(path, reg)
+    except OSError as exc:
+        raise storage_error(exc, f"cannot write the metrics file {path}") from exc

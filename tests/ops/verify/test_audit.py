@@ -146,6 +146,21 @@ def test_a_clean_log_audits_over_the_data_dir_and_its_raw_records(chain, tmp_pat
     assert rc == 0 and over_stdin["partitions"] == over_lines["partitions"]
 
 
+def test_the_outcome_is_written_for_prometheus(chain, tmp_path):
+    prom = tmp_path / "ledgerlog_audit.prom"
+    rc, _ = _audit("--data-dir", chain["data"], "audit", "--log-pubkey", chain["pubkey"], "--metrics-file", str(prom))
+    text = prom.read_text()
+    assert rc == 0 and "ledgerlog_audit_failed 0.0" in text and "# TYPE ledgerlog_audit_records gauge" in text
+    lines = [dict(x) for x in chain["lines"]]
+    topic, p, _sizes = _target(lines)
+    row = lines[_positions(lines, topic, p)[0]]
+    row["value_hex"] = row["value_hex"][:-2] + ("00" if row["value_hex"][-2:] != "00" else "01")
+    records = _write(lines, tmp_path / "bad.jsonl")
+    rc, _ = _audit("audit", "--log-pubkey", chain["pubkey"], "--records", str(records), "--metrics-file", str(prom))
+    assert rc == 1 and "ledgerlog_audit_failed 1.0" in prom.read_text()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("ledgerlog_audit.prom.")]  # no temp file left
+
+
 def test_lines_may_interleave_partitions(chain, tmp_path):
     """Round-robin over the partitions (each still in offset order), as a merged consumer prints."""
     queues: dict[tuple[str, int], list[Line]] = {}
