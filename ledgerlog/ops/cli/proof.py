@@ -1,13 +1,21 @@
 """`ledgerlog proof ...`: proofs an auditor checks without trusting the node (PROTOCOL.md §9).
 
-Each command asks the running node when there is one, else reads the data dir (read-only); the
-answers are the node's HTTP answers, and arguments beyond the log are 400 ``BAD_REQUEST`` (exit 2)."""
+Each command asks the running node when there is one, else reads the data dir (read-only; the
+log proofs need no projection, so they fold nothing first); the answers are the node's HTTP
+answers, and arguments beyond the log are 400 ``BAD_REQUEST`` (exit 2)."""
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import typer
 
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import Config
 from ledgerlog.ops.cli import app, config_of, emit
-from ledgerlog.ops.query.client import open_queries
+from ledgerlog.ops.query.client import NodeClient, open_queries
+from ledgerlog.ops.query.proofs import LogProofs
 
 proof_app = typer.Typer(help="Proofs an auditor checks without trusting the node.", no_args_is_help=True)
 app.add_typer(proof_app, name="proof")
@@ -24,6 +32,17 @@ def proof_tx(ctx: typer.Context, txid: str) -> None:
         emit(q.tx_proof(txid))
 
 
+@contextmanager
+def _log_proofs(config: Config) -> Iterator[Any]:
+    """The running node, else the data dir's log opened read-only."""
+    remote = NodeClient.find(config)
+    if remote is not None:
+        yield remote
+        return
+    with open_chain(config, read_only=True) as chain:
+        yield LogProofs(chain.log, chain.heads)
+
+
 @proof_app.command("inclusion")
 def proof_inclusion(ctx: typer.Context, topic: str = _TOPIC, partition: int = _PARTITION,
                     index: int | None = typer.Option(None, "--index", help="The leaf (the index-th record)."),
@@ -32,7 +51,7 @@ def proof_inclusion(ctx: typer.Context, topic: str = _TOPIC, partition: int = _P
                                                          help="In the tree of this many leaves (default: all).")) -> None:
     """RFC 6962 inclusion proof of one record: {topic, partition, index, offset, tree_size,
     leaf_hash, audit_path}; check it against the root of a signed head of tree_size leaves."""
-    with open_queries(config_of(ctx)) as q:
+    with _log_proofs(config_of(ctx)) as q:
         emit(q.inclusion_proof(topic, partition, index, offset, tree_size))
 
 
@@ -43,7 +62,7 @@ def proof_consistency(ctx: typer.Context, topic: str = _TOPIC, partition: int = 
                                                         help="Leaves of the newer tree (default: all).")) -> None:
     """RFC 6962 consistency proof: {topic, partition, first, second, proof}; that the tree of
     first leaves is a prefix of the tree of second leaves (nothing below it was rewritten)."""
-    with open_queries(config_of(ctx)) as q:
+    with _log_proofs(config_of(ctx)) as q:
         emit(q.consistency_proof(topic, partition, first, second))
 
 
@@ -51,5 +70,5 @@ def proof_consistency(ctx: typer.Context, topic: str = _TOPIC, partition: int = 
 def proof_head(ctx: typer.Context, topic: str = _TOPIC, partition: int = _PARTITION) -> None:
     """The newest signed tree head of a partition on _checkpoints: {head: {chain_id, topic,
     partition, tree_size, root_hash, timestamp}, pubkey, signature}."""
-    with open_queries(config_of(ctx)) as q:
+    with _log_proofs(config_of(ctx)) as q:
         emit(q.tree_head(topic, partition))

@@ -44,8 +44,8 @@ def rotate_key(keys_dir: str, genesis: Genesis, state: WriteState,
         raise ConfigError(f"cannot read key file {path}: {exc}") from None
     roles = [(r, ident) for r in ROLES if (ident := identity_of(state, genesis, r, old.pubkey)) is not None]
     if not roles:
-        raise ConfigError(f"key {name} ({old.pubkey[:16]}...) holds no role (producer, oracle, pool, "
-                          "treasury) on this chain: nothing to rotate")
+        raise ConfigError(f"key {name} ({old.pubkey[:16]}...) holds no role ({', '.join(ROLES)}) on "
+                          "this chain: nothing to rotate")
     identities = {ident for _, ident in roles}
     if len(identities) > 1:
         raise ConfigError(f"key {name} signs for several identities {sorted(identities)}; rotate by hand")

@@ -9,9 +9,9 @@ from typing import Any
 
 from ledgerlog import __version__
 from ledgerlog.engine.crypto import tx_branch
-from ledgerlog.engine.errors import BadRequest, NotFoundError, ProofError
-from ledgerlog.engine.logtree import Trees, has_tree
+from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.engine.treehead import HeadPublisher
+from ledgerlog.ops.query.proofs import LogProofs
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
 
@@ -32,8 +32,10 @@ class Queries:
         self.runner = runner
         self.chain_id = chain_id
         self.instance = instance  # a running node's random id (node.json names it); None in the CLI
-        self.heads = heads  # the signed tree heads on _checkpoints (PROTOCOL.md §9)
-        self.log_pubkey = log_pubkey  # the key signing them now
+        self.log_pubkey = log_pubkey  # the key signing the tree heads now
+        proofs = LogProofs(runner.log, heads)  # PROTOCOL.md §9: answered from the log, no projection
+        self.inclusion_proof, self.consistency_proof, self.tree_head = (
+            proofs.inclusion_proof, proofs.consistency_proof, proofs.tree_head)
         self.syncing_lag = syncing_lag  # records of lag above which status says "syncing" (http.ready_max_lag)
 
     # -- read-your-writes ------------------------------------------------------------------------
@@ -129,65 +131,6 @@ class Queries:
                 "tx_root": blk["header"]["tx_root"], "index": found["index"],
                 "branch": tx_branch(blk["txids"], found["index"]),
                 "provenance": self.provenance("chainstate")}
-
-    # -- the verifiable log (PROTOCOL.md §9) -----------------------------------------------------
-    def _trees(self, topic: str | None, partition: int | None) -> tuple[Trees, str, int]:
-        """The trees of the log, once ``topic`` and ``partition`` name a verifiable partition."""
-        log = self.runner.log
-        trees = log.trees
-        if trees is None:
-            raise NotFoundError("this log keeps no Merkle trees (a Kafka log opened without its state store)")
-        if not topic or partition is None:
-            raise bad_request("topic and partition are required")
-        n = log.topics().get(topic)
-        if n is None or not has_tree(topic):
-            raise bad_request(f"{topic!r} is not a verifiable topic of this log")
-        if not 0 <= partition < n:
-            raise bad_request(f"{topic} has partitions 0..{n - 1}, not {partition}")
-        return trees, topic, partition
-
-    def inclusion_proof(self, topic: str | None = None, partition: int | None = None, index: int | None = None,
-                        offset: int | None = None, tree_size: int | None = None) -> dict[str, Any]:
-        """RFC 6962 §2.1.1: the audit path of leaf ``index`` (or of the record at ``offset``) in the
-        tree of ``tree_size`` leaves (default: the whole partition)."""
-        trees, topic, partition = self._trees(topic, partition)
-        size = trees.state(topic, partition).size if tree_size is None else tree_size
-        try:
-            if (index is None) == (offset is None):
-                raise bad_request("give index or offset (one of them)")
-            if index is None:
-                index = trees.index_of(topic, partition, offset)  # type: ignore[arg-type]
-            at, leaf, path = trees.inclusion(topic, partition, index, size)
-        except ProofError as exc:
-            raise bad_request(str(exc)) from exc
-        return {"topic": topic, "partition": partition, "index": index, "offset": at, "tree_size": size,
-                "leaf_hash": leaf.hex(), "audit_path": [h.hex() for h in path]}
-
-    def consistency_proof(self, topic: str | None = None, partition: int | None = None,
-                          first: int | None = None, second: int | None = None) -> dict[str, Any]:
-        """RFC 6962 §2.1.2: that the tree of ``first`` leaves is a prefix of that of ``second``
-        (default: the whole partition)."""
-        trees, topic, partition = self._trees(topic, partition)
-        if first is None:
-            raise bad_request("first is required")
-        second = trees.state(topic, partition).size if second is None else second
-        try:
-            proof = trees.consistency(topic, partition, first, second)
-        except ProofError as exc:
-            raise bad_request(str(exc)) from exc
-        return {"topic": topic, "partition": partition, "first": first, "second": second,
-                "proof": [h.hex() for h in proof]}
-
-    def tree_head(self, topic: str | None = None, partition: int | None = None) -> dict[str, Any]:
-        """The newest signed tree head of a partition, as published on ``_checkpoints``."""
-        self._trees(topic, partition)
-        if self.heads is None:
-            raise NotFoundError("no tree heads are read here")
-        self.heads.refresh()
-        found = self.heads.latest.get((topic, partition))  # type: ignore[arg-type]
-        if found is None:
-            raise NotFoundError(f"no tree head of {topic}[{partition}] is published yet")
-        return found
 
     def worker(self, address: str) -> dict[str, Any]:
         if not ADDRESS_RE.match(address):
