@@ -328,15 +328,16 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
     ``out_path``; returns ``{"topic", "format", "records", "path", "bytes", "range",
     "schema_id"}``.
 
-    ``avro``: an Avro Object Container File (deflate) whose schema is the topic's latest
-    registered schema and whose records are the decoded event values, readable by any Avro
-    tool (fastavro, DuckDB, Spark, avro-tools) without ledgerlog. File metadata:
-    ``ledgerlog.topic``, ``ledgerlog.range`` (JSON: kind, from, to, partitions),
-    ``ledgerlog.chain_id``, ``ledgerlog.schema_id``. Log positions are not in the records: use
-    ``jsonl`` (or ``iter_events``) when you need them.
+    ``avro``: an Avro Object Container File (deflate), readable by any Avro tool (fastavro,
+    DuckDB, Spark, avro-tools) without ledgerlog, whose records (``ledgerlog.export.Record``)
+    keep the coordinates that join them back to the log: ``topic``, ``partition``, ``offset``,
+    ``key``, ``timestamp`` (ms), ``height``, ``schema_id`` (the schema the record was written
+    with), and ``value``: the decoded event, in the topic's latest registered schema. File
+    metadata: ``ledgerlog.topic``, ``ledgerlog.range`` (JSON: kind, from, to, partitions),
+    ``ledgerlog.chain_id``, ``ledgerlog.schema_id`` (the value schema's id).
 
     ``jsonl``: one JSON object per line: ``{"topic","partition","offset","key","timestamp",
-    "height","value"}``.
+    "height","schema_id","value"}``.
 
     The file is written to a temporary file beside ``out_path``, fsynced and renamed over it:
     ``out_path`` is either untouched or complete."""
@@ -355,24 +356,36 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
                     nonlocal count
                     for ev in stream:
                         count += 1
-                        yield ev.value
+                        yield ev._asdict()
                 meta = {"ledgerlog.topic": topic,
                         "ledgerlog.range": json.dumps(rng, separators=(",", ":")),
                         "ledgerlog.chain_id": stream.chain.genesis.chain_id,
                         "ledgerlog.schema_id": str(stream.schema_id)}
-                avro_writer(f, json.loads(stream.schema_text), values(), codec="deflate",
+                avro_writer(f, export_schema(json.loads(stream.schema_text)), values(), codec="deflate",
                             metadata=meta)
             else:
                 for ev in stream:
-                    f.write(orjson.dumps({"topic": ev.topic, "partition": ev.partition,
-                                          "offset": ev.offset, "key": ev.key,
-                                          "timestamp": ev.timestamp, "height": ev.height,
-                                          "value": ev.value}))
+                    f.write(orjson.dumps(ev._asdict()))
                     f.write(b"\n")
                     count += 1
     return {"topic": topic, "format": fmt, "records": count, "path": out,
             "bytes": os.path.getsize(out), "range": rng,
             "schema_id": stream.schema_id}
+
+
+def export_schema(value_schema: dict[str, Any]) -> dict[str, Any]:
+    """The Avro schema of an exported record: the log coordinates, then the event as ``value``."""
+    return {"type": "record", "name": "Record", "namespace": "ledgerlog.export",
+            "doc": "One event of a ledgerlog topic with the coordinates that join it back to the log.",
+            "fields": [
+                {"name": "topic", "type": "string"},
+                {"name": "partition", "type": "int"},
+                {"name": "offset", "type": "long"},
+                {"name": "key", "type": "string", "doc": "The record key (sender, chain id, worker, ...)."},
+                {"name": "timestamp", "type": "long", "doc": "Record timestamp, ms since the Unix epoch."},
+                {"name": "schema_id", "type": "int", "doc": "Registry id of the schema the value was written with."},
+                {"name": "height", "type": "long", "doc": "The height the event takes effect at."},
+                {"name": "value", "type": value_schema}]}
 
 
 # -- following a log that another process appends to -------------------------------------------
