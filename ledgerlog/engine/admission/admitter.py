@@ -20,7 +20,7 @@ from ..codec import Codec
 from ..errors import Code, Rejection, error_code
 from ..genesis import Genesis
 from ..log.base import Log, Record
-from .lines import Item, parse_line
+from .lines import Item, item_id, parse_line
 from .rules import Out, Rules
 from .state import WriteState
 from .verify import Pending, Verifier
@@ -48,12 +48,16 @@ class Summary:
     rejected: int = 0
     rejections: list[dict[str, Any]] = field(default_factory=list)
     rejections_truncated: bool = False
+    #: when asked for: {"line", "kind", "id"} of every admitted line, in order
+    ids: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
-               "rejections": self.rejections}
+        out: dict[str, Any] = {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
+                               "rejections": self.rejections}
         if self.rejections_truncated:
             out["rejections_truncated"] = True
+        if self.ids is not None:
+            out["ids"] = self.ids
         return out
 
     def add_rejection(self, line: int, code: str, message: str) -> None:
@@ -74,6 +78,8 @@ class Summary:
         room = MAX_REJECTIONS - len(self.rejections)
         self.rejections.extend(other.rejections[:max(0, room)])
         self.rejections_truncated |= other.rejections_truncated or len(other.rejections) > room
+        if self.ids is not None and other.ids is not None:
+            self.ids.extend(other.ids)
 
 
 class Admitter:
@@ -98,19 +104,20 @@ class Admitter:
         return self.admit_numbered(enumerate(lines, first_line), progress=progress)
 
     def admit_numbered(self, lines: Iterable[tuple[int, bytes | str]], *,
-                       progress: Callable[[int], None] | None = None) -> Summary:
-        """Like ``admit`` for (line number, line) pairs, so callers may skip blank lines.
+                       progress: Callable[[int], None] | None = None, ids: bool = False) -> Summary:
+        """Like ``admit`` for (line number, line) pairs, so callers may skip blank lines; with
+        ``ids`` the summary lists the id of every admitted line.
 
         Pipelined: chunk k+1 is parsed and its signatures go to the verifier's pool before the
         rules of chunk k run, so verification overlaps the sequential checks."""
-        total = Summary()
+        total = Summary(ids=[] if ids else None)
         it: Iterator[tuple[int, bytes | str]] = iter(lines)
         ahead = self._prepare(it)
         while ahead is not None:
             current, ahead = ahead, None
             if len(current[0]) == self.chunk:
                 ahead = self._prepare(it)
-            total.merge(self._admit_chunk(*current))
+            total.merge(self._admit_chunk(*current, ids=ids))
             if progress:
                 progress(len(current[0]))
         return total
@@ -131,8 +138,8 @@ class Admitter:
 
     @_tracer.start_as_current_span("ledgerlog.admit_chunk")
     def _admit_chunk(self, numbers: list[int], parsed: list[Item | Rejection],
-                     pending: Pending | None) -> Summary:
-        summary = Summary()
+                     pending: Pending | None, *, ids: bool = False) -> Summary:
+        summary = Summary(ids=[] if ids else None)
         if pending is not None:
             pending.apply()
         with self._lock:
@@ -171,6 +178,8 @@ class Admitter:
             self.state.keep_line()
             outs.extend(produced)
             summary.accepted += 1
+            if summary.ids is not None:
+                summary.ids.append({"line": numbers[i], "kind": item.kind, "id": item_id(item)})
             counts[("admitted", item.kind)] += 1
         return outs, counts
 

@@ -189,6 +189,21 @@ class RotationLine:
 
 Item = BlockLine | ShareLine | SignedLine | RotationLine
 
+#: Bodies whose id is a field of the body (given), not H(body): PROTOCOL.md §2
+_GIVEN_ID = {"provider": "provider_id", "settlement": "settlement_id", "payout": "payout_id"}
+
+
+def item_id(item: Item) -> str:
+    """The id an admitted line is known by: block hash, txid, reading, share or rotation id, or
+    the provider, settlement or payout id its body gives."""
+    if isinstance(item, BlockLine):
+        return item.header.id
+    if isinstance(item, ShareLine):
+        return item.id
+    if isinstance(item, SignedLine) and item.kind in _GIVEN_ID:
+        return str(item.signed.body[_GIVEN_ID[item.kind]])
+    return item.signed.id
+
 
 def _signed(name: str, obj: dict[str, Any], body_key: str, where: str) -> Signed:
     body = _check_body(name, obj[body_key], f"{where}.{body_key}" if where else body_key)

@@ -104,7 +104,8 @@ def ingest(edge: Edge) -> Endpoint:
         body = b"".join(chunks)
         del chunks
         # lines are read lazily, a chunk at a time, so memory is the body and one chunk's lines
-        summary = await run_in_threadpool(node.admit_numbered, numbered_lines(io.BytesIO(body)))
+        ids = request.query_params.get("ids", "").lower() in ("1", "true", "yes")  # list admitted ids
+        summary = await run_in_threadpool(node.admit_numbered, numbered_lines(io.BytesIO(body)), ids)
         return json_response(summary, 422 if summary["rejected"] else 200)
     return ingest
 

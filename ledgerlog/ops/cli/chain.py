@@ -42,8 +42,9 @@ def init(ctx: typer.Context,
 
 
 @app.command()
-def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file of ingest lines, or - for stdin.")) -> None:
-    """Admit ingest lines; prints {"accepted","duplicates","rejected","rejections"}.
+def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file of ingest lines, or - for stdin."),
+           ids: bool = typer.Option(False, "--ids", help='Also list each admitted line\'s id: "ids": [{"line","kind","id"}].')) -> None:
+    """Admit ingest lines; prints {"accepted","duplicates","rejected","rejections"} (and "ids").
 
     Exit 0 when nothing was rejected, 1 when something was, 2 on a usage or I/O error."""
     cfg = config_of(ctx)
@@ -57,14 +58,15 @@ def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file 
             chain = open_chain(cfg)
         except StoreLockedError:
             from ledgerlog.ops.query.client import NodeClient
-            summary = NodeClient.for_data_dir(cfg).ingest(stream)
+            summary = NodeClient.for_data_dir(cfg).ingest(stream, ids)
         else:
             size = _size(stream)  # a file's bytes are a known total; a pipe's lines are not
             with chain, progress_bar(f"ingest {os.path.basename(file)}", total=size,
                                      unit=" lines" if size is None else "B") as tick:
                 try:
                     summary = chain.admitter.admit_numbered(
-                        numbered_lines(stream), progress=tick if size is None else _by_position(stream, tick)).to_dict()
+                        numbered_lines(stream), progress=tick if size is None else _by_position(stream, tick),
+                        ids=ids).to_dict()
                 except OSError as exc:
                     fail(f"I/O error while ingesting {file}: {exc}", 2)
                     raise

@@ -88,8 +88,8 @@ class Node:
     def mempool_size(self) -> int:
         return chainstate.mempool_size(self.runner.handles["chainstate"].store.view())
 
-    def admit_numbered(self, lines: Iterable[tuple[int, bytes]]) -> dict[str, Any]:
-        return self.admitter.admit_numbered(lines).to_dict()
+    def admit_numbered(self, lines: Iterable[tuple[int, bytes]], ids: bool = False) -> dict[str, Any]:
+        return self.admitter.admit_numbered(lines, ids=ids).to_dict()
 
     def keys_rotated(self) -> None:
         """A role key file changed: the simulator and the tree heads sign with what the files hold now."""

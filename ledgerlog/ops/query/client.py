@@ -190,37 +190,39 @@ class NodeClient:
             return [self._local_paths(v) for v in value]
         return value
 
-    def ingest(self, stream: IO[bytes]) -> dict[str, Any]:
+    def ingest(self, stream: IO[bytes], ids: bool = False) -> dict[str, Any]:
         """Admit the lines of ``stream`` through the node, in chunks of whole lines (see the
-        module docstring); the merged summary. A failure names the lines already admitted."""
-        total = Summary()
+        module docstring); the merged summary (with ``ids``, the admitted ids). A failure names
+        the lines already admitted."""
+        total = Summary(ids=[] if ids else None)
         for first, lines, local in _chunks(stream, self.ingest_max_body):
-            for part in self._post_lines(first, lines):
+            for part in self._post_lines(first, lines, ids):
                 total.merge(part)
             if local:  # lines too long for any request: rejected here, numbered as the file's
                 total.merge(Summary(rejected=len(local), rejections=local))
         total.rejections.sort(key=lambda r: r["line"])
         return total.to_dict()
 
-    def _post_lines(self, first: int, lines: list[bytes]) -> Iterator[Summary]:
+    def _post_lines(self, first: int, lines: list[bytes], ids: bool) -> Iterator[Summary]:
         """POST ``lines`` (file lines ``first``..); halves them while the node answers 413."""
-        answer = self._post(first, lines)
+        answer = self._post(first, lines, ids)
         if answer is not None:
             yield answer
             return
         if len(lines) < 2:
             raise TooLargeError(f"node at {self.url} refused line {first} as too large (HTTP 413)")
         half = len(lines) // 2
-        yield from self._post_lines(first, lines[:half])
-        yield from self._post_lines(first + half, lines[half:])
+        yield from self._post_lines(first, lines[:half], ids)
+        yield from self._post_lines(first + half, lines[half:], ids)
 
-    def _post(self, first: int, lines: list[bytes]) -> Summary | None:
+    def _post(self, first: int, lines: list[bytes], ids: bool) -> Summary | None:
         """One POST; its summary with file line numbers, or None on 413 (nothing was admitted)."""
         last = first + len(lines) - 1
         done = f"lines before {first} were admitted; run the ingest again to finish (admitted lines count as duplicates)"
         for _ in range(_RETRIES):
             try:
                 r = self._http.post("/v1/ingest", content=b"".join(lines), timeout=None,
+                                    params={"ids": "true"} if ids else None,
                                     headers={"Content-Type": "application/x-ndjson"})
             except httpx.HTTPError as exc:
                 raise NodeUnreachableError(f"node at {self.url} did not answer for lines {first}-{last}: {exc}; {done}") from exc
@@ -234,7 +236,8 @@ class NodeClient:
             body = r.json()
             return Summary(accepted=body["accepted"], duplicates=body["duplicates"], rejected=body["rejected"],
                            rejections=[{**x, "line": x["line"] + first - 1} for x in body["rejections"]],
-                           rejections_truncated=bool(body.get("rejections_truncated")))
+                           rejections_truncated=bool(body.get("rejections_truncated")),
+                           ids=[{**x, "line": x["line"] + first - 1} for x in body["ids"]] if ids else None)
         raise NodeRefusedError(f"node kept answering 429 for lines {first}-{last}; {done}", "RATE_LIMITED")
 
     def close(self) -> None:

@@ -32,3 +32,53 @@ def test_a_named_config_file_is_the_one_read(tmp_path):
     from_env = cli(data, "status", env={**cli_env(), "LEDGERLOG_CONFIG": str(conf)})
     one_line_error(from_env, 2, "CONFIG")  # the environment names the same file
     ok_json(cli(data, "status"))  # without it: <data-dir>/config.toml, which does not exist
+
+
+def _ids_on_the_log(data) -> set[str]:
+    """Every id an event on the log is known by (block hashes, txids, body ids, given ids)."""
+    from ledgerlog.engine import topics as T
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.engine.config import Config
+    found: set[str] = set()
+    with open_chain(Config(data_dir=str(data)), read_only=True) as chain:
+        for topic in T.EVENT_TOPICS:
+            for p in range(len(chain.log.end_offsets(topic))):
+                for rec in chain.log.scan(topic, p):
+                    ev = chain.codec.decode(topic, rec.value)
+                    body = ev.get("body", {})
+                    found.update(str(v) for k, v in {**ev, **body}.items()
+                                 if k in ("hash", "txid", "reading_id", "share_id", "rotation_id", "provider_id",
+                                          "settlement_id", "payout_id", "id"))
+    return found
+
+
+def test_ingest_ids_lists_every_admitted_line_offline_and_through_a_node(tmp_path):
+    from clitools import running_node
+
+    from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+    genesis, keys = make_genesis(5, wallets=8)
+    write_genesis(str(tmp_path / "g.json"), genesis)
+    stats = write_history(str(tmp_path / "h.jsonl"), genesis, keys, events=600, seed=5)
+    lines = (tmp_path / "h.jsonl").read_bytes().splitlines(keepends=True)
+    half = len(lines) // 2
+    (tmp_path / "a.jsonl").write_bytes(b"".join(lines[:half]))
+    (tmp_path / "b.jsonl").write_bytes(b"".join(lines[:half + 1] + lines[half:]))  # one line again: a duplicate
+    data = tmp_path / "data"
+    ok_json(cli(data, "init", "--genesis", str(tmp_path / "g.json")))
+
+    offline = ok_json(cli(data, "ingest", "--ids", str(tmp_path / "a.jsonl")))
+    assert len(offline["ids"]) == offline["accepted"] == half
+    assert [x["line"] for x in offline["ids"]] == list(range(1, half + 1))
+    plain = ok_json(cli(data, "ingest", str(tmp_path / "a.jsonl")))
+    assert "ids" not in plain and plain["duplicates"] == half
+
+    with running_node(data):
+        through = ok_json(cli(data, "ingest", "--ids", str(tmp_path / "b.jsonl")))
+    assert through["duplicates"] == half + 1 and len(through["ids"]) == through["accepted"] == len(lines) - half
+    # numbered as in the file: line half+1 is new, half+2 repeats it
+    assert [x["line"] for x in through["ids"]] == [half + 1, *range(half + 3, len(lines) + 2)]
+    kinds = {x["kind"] for x in offline["ids"] + through["ids"]}
+    assert {"block", "transaction", "share"} <= kinds, (kinds, stats)
+    on_log = _ids_on_the_log(data)
+    missing = [x for x in offline["ids"] + through["ids"] if x["id"] not in on_log]
+    assert not missing, missing[:5]
