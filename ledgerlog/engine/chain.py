@@ -20,6 +20,7 @@ from .files import write_atomic
 from .genesis import Genesis, dev_genesis
 from .genesis_record import OnLog, check_genesis, mismatch, read_on_log, record_genesis
 from .log import KafkaConfig, Log, open_log
+from .rocks import configure as configure_rocks
 from .treehead import HeadPublisher, load_log_key, log_key_path
 
 __all__ = ["Chain", "init_chain", "kafka_config", "open_chain", "write_atomic"]
@@ -50,6 +51,7 @@ class Chain:
                               "genesis.json from the log of an existing chain, and creates a chain "
                               "where there is none)")
         self.config = config
+        configure_rocks(config.rocks_tuning())
         self.genesis = Genesis.load(config.genesis_path)
         self.read_only = read_only
         self.log: Log = open_log(config.resolved_log_url, read_only=read_only, sync=config.sync,

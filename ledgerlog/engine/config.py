@@ -12,6 +12,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .log.kafka_config import KafkaConfig
+from .rocks import RocksTuning
+from .rocks import configure as configure_rocks
 from .topics import DEFAULT_PARTITIONS
 
 __all__ = ["SETTINGS", "Config", "env_values", "load_config"]
@@ -30,6 +32,14 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "processes verifying signatures in parallel (0 = one per core)"),
     ("heads.interval", "LEDGERLOG_HEADS_INTERVAL", "head_interval", float,
      "seconds between signed tree heads of a growing partition on _checkpoints (PROTOCOL.md §9)"),
+    ("rocksdb.block_cache_mb", "LEDGERLOG_ROCKSDB_BLOCK_CACHE_MB", "rocksdb_block_cache_mb", int,
+     "MiB of block cache shared by every RocksDB store of a process (index, filter and data blocks)"),
+    ("rocksdb.write_buffer_mb", "LEDGERLOG_ROCKSDB_WRITE_BUFFER_MB", "rocksdb_write_buffer_mb", int,
+     "MiB per memtable; each open store holds up to two (log, projections, and builds during a reproject)"),
+    ("rocksdb.max_open_files", "LEDGERLOG_ROCKSDB_MAX_OPEN_FILES", "rocksdb_max_open_files", int,
+     "table files a store keeps open (-1: all, RocksDB's default)"),
+    ("rocksdb.compression", "LEDGERLOG_ROCKSDB_COMPRESSION", "rocksdb_compression", str,
+     "none, snappy, lz4, lz4hc, zstd or zlib for every level, or a comma-separated list, one per level"),
     ("fold.batch", "LEDGERLOG_FOLD_BATCH", "fold_batch", int,
      "records a projection folds per atomic commit"),
     ("fold.workers", "LEDGERLOG_FOLD_WORKERS", "fold_workers", int,
@@ -105,6 +115,10 @@ class Config:
     ingest_chunk: int = 1000
     verify_workers: int = 0
     head_interval: float = 1.0
+    rocksdb_block_cache_mb: int = 64
+    rocksdb_write_buffer_mb: int = 16
+    rocksdb_max_open_files: int = -1
+    rocksdb_compression: str = "snappy"
     fold_batch: int = 20_000
     fold_workers: int = 0
     http_host: str = "127.0.0.1"
@@ -138,6 +152,10 @@ class Config:
     snapshot_dir: str = ""
     kafka: Mapping[str, str] = field(default_factory=dict)  # [kafka] section: librdkafka settings
     config_file: str = ""  # --config PATH: the config file read instead of <data_dir>/config.toml
+
+    def rocks_tuning(self) -> RocksTuning:
+        return RocksTuning(self.rocksdb_block_cache_mb, self.rocksdb_write_buffer_mb, self.rocksdb_max_open_files,
+                           self.rocksdb_compression)
 
     @property
     def genesis_path(self) -> str:
@@ -259,5 +277,9 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
     cfg = Config(**values)
     if cfg.partitions < 1 or cfg.ingest_chunk < 1 or cfg.fold_batch < 1:
         raise ConfigError("partitions, ingest.chunk and fold.batch must be at least 1")
+    try:
+        configure_rocks(cfg.rocks_tuning())  # every store this process opens from now on
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return replace(cfg, verify_workers=cfg.verify_workers or (os.cpu_count() or 1),
                    fold_workers=cfg.fold_workers or (os.cpu_count() or 1))

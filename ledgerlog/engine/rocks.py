@@ -5,12 +5,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from rocksdict import (
     AccessType,
     BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
+    DBCompressionType,
     DBRecoveryMode,
     Options,
     Rdict,
@@ -29,7 +31,53 @@ from .errors import (
 )
 from .storekeys import FORMAT_KEY
 
-__all__ = ["open_store", "reopen_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard"]
+__all__ = ["open_store", "reopen_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard",
+           "RocksTuning", "configure", "tuning", "COMPRESSIONS"]
+
+#: compression names (``rocksdb.compression``) and their RocksDB types
+COMPRESSIONS = {"none": DBCompressionType.none, "snappy": DBCompressionType.snappy, "lz4": DBCompressionType.lz4,
+                "lz4hc": DBCompressionType.lz4hc, "zstd": DBCompressionType.zstd, "zlib": DBCompressionType.zlib}
+
+
+@dataclass(frozen=True)
+class RocksTuning:
+    """The RocksDB sizes every store of a process opens with (``[rocksdb]`` in config.toml).
+
+    Memory they imply: ``block_cache_mb`` once per process (index, filter and data blocks of every
+    store share it), plus up to 2 x ``write_buffer_mb`` of memtables per open store (the log, four
+    projections; twice the projections while a reproject builds beside them)."""
+
+    block_cache_mb: int = 64
+    write_buffer_mb: int = 16
+    max_open_files: int = -1  # -1: keep every table file open (RocksDB's default; the node raises its limit)
+    compression: str = "snappy"  # one name for every level, or one per level: "none,none,lz4,lz4,zstd"
+
+    def levels(self) -> list[str]:
+        names = [c.strip() for c in self.compression.split(",")]
+        bad = [n for n in names if n not in COMPRESSIONS]
+        if bad or not names:
+            raise ValueError(f"rocksdb.compression: unknown {bad}; one of {sorted(COMPRESSIONS)}, "
+                             "or a comma-separated list of them, one per level")
+        return names
+
+    def check(self) -> None:
+        if self.block_cache_mb < 1 or self.write_buffer_mb < 1 or self.max_open_files == 0 or self.max_open_files < -1:
+            raise ValueError("rocksdb.block_cache_mb and write_buffer_mb must be at least 1, max_open_files "
+                             "-1 (unlimited) or at least 1")
+        self.levels()
+
+
+_TUNING = [RocksTuning()]
+
+
+def configure(t: RocksTuning) -> None:
+    """Open later stores with ``t`` (the process's block cache is sized by the first store open)."""
+    t.check()
+    _TUNING[0] = t
+
+
+def tuning() -> RocksTuning:
+    return _TUNING[0]
 
 #: what RocksDB (and the OS) say when the disk refuses a write rather than the data being bad
 _UNAVAILABLE = ("no space left", "input/output error", "read-only file system", "disk quota",
@@ -44,8 +92,15 @@ def _options(create: bool) -> Options:
     opts.set_max_background_jobs(2)
     # memory: a reproject holds the live and the building stores of every projection and the
     # log; RocksDB's default 64 MiB memtables (x2 each) put a 1M-event rebuild past 1 GiB
-    opts.set_write_buffer_size(16 * 1024 * 1024)
+    t = tuning()
+    opts.set_write_buffer_size(t.write_buffer_mb * 1024 * 1024)
     opts.set_max_write_buffer_number(2)
+    opts.set_max_open_files(t.max_open_files)
+    levels = [COMPRESSIONS[n]() for n in t.levels()]
+    if len(levels) == 1:
+        opts.set_compression_type(levels[0])
+    else:
+        opts.set_compression_per_level(levels)
     # a Bloom filter over each memtable too: admission mostly reads absent keys (new ids), and
     # without it every read searches the memtables' skiplists in full
     opts.set_memtable_prefix_bloom_ratio(0.05)
@@ -67,16 +122,16 @@ def _options(create: bool) -> Options:
     return opts
 
 
-_CACHE: Cache | None = None
-#: the block cache every store of a process shares
-BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+_CACHE: tuple[int, Cache] | None = None
 
 
 def _shared_cache() -> Cache:
+    """The block cache every store of a process shares (made anew when the tuning changed it)."""
     global _CACHE
-    if _CACHE is None:
-        _CACHE = Cache(BLOCK_CACHE_BYTES)
-    return _CACHE
+    size = tuning().block_cache_mb * 1024 * 1024
+    if _CACHE is None or _CACHE[0] != size:
+        _CACHE = (size, Cache(size))
+    return _CACHE[1]
 
 
 def _open(path: str, opts: Options, access: AccessType | None) -> Rdict:

@@ -53,9 +53,11 @@ def groups_by_work(log: Log, names: list[str], workers: int) -> list[list[str]]:
 
 
 def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, paths: dict[str, str],
-           batch: int, counter: Any, results: Any) -> None:
+           batch: int, counter: Any, results: Any, tuning: Any) -> None:
     from ledgerlog.engine.procs import exit_with_parent
     exit_with_parent()  # a killed reproject must not leave builds running (and stores locked)
+    from ledgerlog.engine import rocks
+    rocks.configure(tuning)  # the parent's RocksDB sizes (spawned: nothing is inherited)
     from ledgerlog.engine.codec import Codec, Registry
     from ledgerlog.engine.genesis import Genesis
     from ledgerlog.engine.log.embedded import EmbeddedLog
@@ -88,8 +90,9 @@ class ParallelBuild:
                  groups: list[dict[str, str]], batch: int) -> None:
         ctx = mp.get_context("spawn")  # the caller may have threads (a node): never fork them
         self._counter, self._results = ctx.Value("q", 0), ctx.Queue()
+        from ledgerlog.engine.rocks import tuning
         self._procs = [ctx.Process(target=_child, args=(log_path, genesis_raw, projections_dir, g, batch,
-                                                        self._counter, self._results),
+                                                        self._counter, self._results, tuning()),
                                    daemon=True, name=f"ledgerlog-build-{i}") for i, g in enumerate(groups)]
         self._expected = sum(len(g) for g in groups)
         self._seen = 0

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from ledgerlog.engine.rocks import BLOCK_CACHE_BYTES, open_store
+from ledgerlog.engine.rocks import open_store, tuning
 
 FMT = b"test/1"
 
@@ -31,7 +31,7 @@ def test_reopened_store_keeps_its_options(tmp_path, how: str) -> None:
     db = open_store(path, FMT, **kwargs)
     try:
         assert db.get(b"k") == b"v"
-        assert db.property_int_value("rocksdb.block-cache-capacity") == BLOCK_CACHE_BYTES
+        assert db.property_int_value("rocksdb.block-cache-capacity") == tuning().block_cache_mb * 1024 * 1024
     finally:
         db.close()
     if how == "read-write":  # a read-write open writes the options in force
@@ -39,3 +39,34 @@ def test_reopened_store_keeps_its_options(tmp_path, how: str) -> None:
         assert "filter_policy=bloomfilter" in text
         assert "write_buffer_size=16777216" in text
         assert "cache_index_and_filter_blocks=true" in text and "partition_filters=true" in text
+
+
+def test_the_config_tunes_every_store(tmp_path) -> None:
+    """[rocksdb] in config.toml: block cache, memtable size, open files and compression per level."""
+    from ledgerlog.engine import rocks
+    from ledgerlog.engine.chain import init_chain, open_chain
+    from ledgerlog.engine.config import load_config
+    from ledgerlog.engine.errors import ConfigError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.toml").write_text('[rocksdb]\nblock_cache_mb = 8\nwrite_buffer_mb = 4\nmax_open_files = 300\n'
+                                      'compression = "none,none,lz4,lz4,zstd,zstd,zstd"\n')
+    before = rocks.tuning()
+    try:
+        cfg = load_config(str(data), {})
+        init_chain(cfg)
+        with open_chain(cfg) as chain:
+            db = chain.log.raw()
+            assert db.property_int_value("rocksdb.block-cache-capacity") == 8 << 20
+        text = _latest_options_file(cfg.log_path)
+        assert "write_buffer_size=4194304" in text and "max_open_files=300" in text
+        assert "compression_per_level=kNoCompression:kNoCompression:kLZ4Compression:kLZ4Compression:kZSTD" in text
+        env = load_config(str(data), {"LEDGERLOG_ROCKSDB_COMPRESSION": "zstd"})
+        assert env.rocks_tuning().levels() == ["zstd"]
+        for bad in ({"LEDGERLOG_ROCKSDB_COMPRESSION": "brotli"}, {"LEDGERLOG_ROCKSDB_BLOCK_CACHE_MB": "0"},
+                    {"LEDGERLOG_ROCKSDB_MAX_OPEN_FILES": "0"}):
+            with pytest.raises(ConfigError, match="rocksdb"):
+                load_config(str(data), bad)
+    finally:
+        rocks.configure(before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ledgerlog import projections
@@ -170,7 +171,20 @@ def storage_stats(cfg: Config, *, exact: bool = False) -> dict[str, Any]:
                        "used_ratio": round(1 - available / capacity, 4) if capacity else None},
         "log": log_info,
         "projections": _projection_stats(cfg, ends, exact),
+        "rocksdb": rocksdb_settings(cfg),
     }
+
+
+def rocksdb_settings(cfg: Config) -> dict[str, Any]:
+    """The RocksDB tuning in force ([rocksdb]) and the memory it implies for a node: the shared
+    block cache plus two memtables per store (log and 4 projections; 9 stores while a reproject
+    builds beside them)."""
+    t = cfg.rocks_tuning()
+    stores, during_reproject = 5, 9
+    return {**asdict(t), "compression_per_level": t.levels(),
+            "memory_bytes": {"block_cache": t.block_cache_mb << 20,
+                             "memtables_max": stores * 2 * (t.write_buffer_mb << 20),
+                             "memtables_max_during_reproject": during_reproject * 2 * (t.write_buffer_mb << 20)}}
 
 
 # -- compaction ---------------------------------------------------------------------------------
