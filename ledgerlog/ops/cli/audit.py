@@ -9,7 +9,7 @@ import typer
 
 from ledgerlog.engine.errors import UsageError, storage_error
 from ledgerlog.ops.cli import app, config_of, emit
-from ledgerlog.ops.cli.progress import progress_bar
+from ledgerlog.ops.cli.progress import progress_bar, quiet_option
 
 _PUBKEY = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -26,7 +26,8 @@ def audit_command(ctx: typer.Context,
                   records: str | None = typer.Option(None, "--records",
                                                      help="Audit JSON lines as `tail --raw` prints them (all topics, _checkpoints included), or - for stdin."),
                   metrics_file: str | None = typer.Option(None, "--metrics-file",
-                                                          help="Also write the outcome as Prometheus text there (node_exporter's textfile collector).")) -> None:
+                                                          help="Also write the outcome as Prometheus text there (node_exporter's textfile collector)."),
+                  quiet: bool = quiet_option()) -> None:
     """Recompute every partition's Merkle tree and check every signed tree head against it; prints
     a JSON report. Exit 0 when everything holds, 1 naming the first topic, partition and index
     where records and heads disagree, 2 on a usage or input error.
@@ -53,7 +54,7 @@ def audit_command(ctx: typer.Context,
         source = LogSource(open_log(cfg.resolved_log_url, read_only=True, kafka=cfg.kafka_connection()), cfg.data_dir)
     try:
         report = run_audit(source, log_pubkey.lower(), state,
-                           lambda total: progress_bar("audit", total=total, unit=" records"))
+                           lambda total: progress_bar("audit", total=total, unit=" records", quiet=quiet))
     finally:
         source.close()
     if metrics_file:

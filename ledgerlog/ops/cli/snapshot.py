@@ -10,6 +10,7 @@ import typer
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
 from ledgerlog.ops.cli import app, config_of, emit, fail
+from ledgerlog.ops.cli.progress import admin_with_progress, progress_bar, quiet_option
 from ledgerlog.ops.query.client import NodeClient
 
 # ops.snapshot is imported inside the commands: it pulls in the admin API (FastAPI), which every
@@ -24,7 +25,8 @@ app.add_typer(snapshot_app, name="snapshot")
 def snapshot_create(ctx: typer.Context,
                     out: str | None = typer.Option(None, "--out", help="Directory to write the snapshot in (default snapshot.dir, i.e. <data-dir>/snapshots). With a node running it must be under snapshot.dir."),
                     with_keys: bool = typer.Option(False, "--with-keys", help="Also copy <data-dir>/keys (secrets!)."),
-                    link: bool = typer.Option(False, "--link", help="Hard-link the live SST files instead of copying them: a fast local checkpoint, NOT a backup.")) -> None:
+                    link: bool = typer.Option(False, "--link", help="Hard-link the live SST files instead of copying them: a fast local checkpoint, NOT a backup."),
+                    quiet: bool = quiet_option()) -> None:
     """Snapshot the log, write-side state and projections; prints the snapshot's summary.
 
     Every file is copied (an independent backup) unless --link. With a node running on the data
@@ -39,8 +41,9 @@ def snapshot_create(ctx: typer.Context,
                 fail(f"a running node writes snapshots only under snapshot.dir ({cfg.snapshots_dir}); "
                      f"set snapshot.dir (config.toml or LEDGERLOG_SNAPSHOT_DIR) and restart the node, "
                      f"or stop it to snapshot elsewhere", 2, code="SNAPSHOT_DIR_REFUSED")
-            result = node.admin("snapshot", cfg.admin_token, {"out": out_dir, "with_keys": with_keys,
-                                                               "link": link}, timeout=None)
+            result = admin_with_progress(node, "snapshot", cfg.admin_token,
+                                         {"out": out_dir, "with_keys": with_keys, "link": link},
+                                         "snapshot", unit="B", quiet=quiet)
         finally:
             node.close()
         where = os.path.join(os.path.realpath(cfg.snapshots_dir), result.pop("dir", ""))
@@ -56,7 +59,8 @@ def snapshot_create(ctx: typer.Context,
         runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
         try:
             runner.catch_up()
-            manifest = create_snapshot(chain, runner, out_dir, with_keys=with_keys, link=link)
+            with progress_bar("snapshot", unit="B", quiet=quiet) as bar:
+                manifest = create_snapshot(chain, runner, out_dir, with_keys=with_keys, link=link, progress=bar)
         finally:
             runner.close()
     emit({**summary(manifest, manifest["path"]), "via": "local",
@@ -78,7 +82,8 @@ def snapshot_list(ctx: typer.Context,
 @snapshot_app.command("restore")
 def snapshot_restore(ctx: typer.Context,
                      path: str = typer.Argument(..., help="The snapshot directory."),
-                     force: bool = typer.Option(False, "--force", help="Replace an existing data dir (moved aside to <data-dir>.replaced-<time>).")) -> None:
+                     force: bool = typer.Option(False, "--force", help="Replace an existing data dir (moved aside to <data-dir>.replaced-<time>)."),
+                     quiet: bool = quiet_option()) -> None:
     """Verify a snapshot and restore it as --data-dir: all or nothing.
 
     Exit 1 when the snapshot is corrupt, truncated or incomplete, or a node runs on the data dir;
@@ -86,7 +91,8 @@ def snapshot_restore(ctx: typer.Context,
     from ledgerlog.ops.data.restore import restore_snapshot
     data_dir = ctx.find_root().obj["data_dir"]
     try:
-        result = restore_snapshot(path, data_dir, force=force)
+        with progress_bar("restore", unit="B", quiet=quiet) as bar:
+            result = restore_snapshot(path, data_dir, force=force, progress=bar)
     except CorruptStoreError as exc:
         fail(str(exc), 1, code="CORRUPT")
         raise
@@ -102,16 +108,23 @@ def snapshot_restore(ctx: typer.Context,
 @snapshot_app.command("verify")
 def snapshot_verify(path: str = typer.Argument(..., help="The snapshot directory."),
                     deep: bool = typer.Option(False, "--deep", help="Also open a scratch copy with RocksDB and check "
-                                              "its height, tip, offsets and projection digests (costs a copy).")) -> None:
+                                              "its height, tip, offsets and projection digests (costs a copy)."),
+                    quiet: bool = quiet_option()) -> None:
     """Check a snapshot: its manifest, and every file's size and sha256 (and with --deep, RocksDB's view).
 
     Exit 0 when it holds; 1 naming the first bad file; 2 when there is no snapshot at PATH."""
-    from ledgerlog.ops.data.restore import deep_check
+    from ledgerlog.ops.data.restore import deep_check, snapshot_bytes
     from ledgerlog.ops.data.snapshot import summary, verify_snapshot
     if not os.path.isdir(path):
         fail(f"no snapshot at {path}", 2, code="USAGE")
     try:
-        manifest = deep_check(path) if deep else verify_snapshot(path)
+        with progress_bar("snapshot", unit="B", quiet=quiet) as bar:
+            if deep:
+                manifest = deep_check(path, bar)
+            else:
+                if bar is not None:
+                    bar.set_total(snapshot_bytes(path))
+                manifest = verify_snapshot(path, bar)
     except CorruptStoreError as exc:
         fail(str(exc), 1, code="CORRUPT")
         raise

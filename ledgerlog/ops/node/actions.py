@@ -13,6 +13,7 @@ from ledgerlog.ops.api.limits import pause_action, resume_action
 from ledgerlog.ops.data.snapshot import snapshot_action
 from ledgerlog.ops.data.storage import compact_action
 from ledgerlog.ops.node.keyrotation import rotate_key_action
+from ledgerlog.streams.reproject import total_records
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.lifecycle import Node
@@ -22,7 +23,8 @@ __all__ = ["ACTIONS", "reproject_action"]
 
 def reproject_action(node: Node, body: dict[str, Any]) -> Any:
     """Rebuild projections beside the live ones while the node keeps serving; swap when caught up.
-    409 REPROJECT_RUNNING while another reproject of the node's projections runs."""
+    409 REPROJECT_RUNNING while another reproject of the node's projections runs. Its progress
+    (events folded of the log's records) shows as job ``job`` (or a new id) in GET /v1/status."""
     names = body.get("names") or None
     if names is not None:
         unknown = [n for n in names if not isinstance(n, str) or n not in node.runner.handles]
@@ -30,12 +32,14 @@ def reproject_action(node: Node, body: dict[str, Any]) -> Any:
             raise BadRequest(f"names must be projections of this node ({', '.join(sorted(node.runner.handles))}); "
                              f"unknown: {', '.join(str(n)[:40] for n in unknown[:5])}")
     keep = body.get("keep")
-    return {"projections": node.reproject(names, keep=True if keep is None else keep)}
+    total = total_records(node.chain.log, names or list(node.runner.handles))
+    with node.jobs.run("reproject", body.get("job"), total=total, unit="events") as job:
+        return {"projections": node.reproject(names, keep=True if keep is None else keep, progress=job)}
 
 
 ACTIONS: dict[str, Action] = {
-    "reproject": Action(reproject_action, {"names": list, "keep": bool}),
-    "snapshot": Action(snapshot_action, {"out": str, "with_keys": bool, "link": bool}),
+    "reproject": Action(reproject_action, {"names": list, "keep": bool, "job": str}),
+    "snapshot": Action(snapshot_action, {"out": str, "with_keys": bool, "link": bool, "job": str}),
     "compact": Action(compact_action),
     "pause": Action(pause_action),
     "resume": Action(resume_action),

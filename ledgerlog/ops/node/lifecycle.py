@@ -28,6 +28,7 @@ from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
 from ledgerlog.ops.api.limits import Controls
 from ledgerlog.ops.api.server import bind, listen, raise_open_files, uvicorn_server
 from ledgerlog.ops.api.transport import EdgeSettings
+from ledgerlog.ops.jobs import Jobs, Progress
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
 from ledgerlog.ops.query.queries import Queries
@@ -65,8 +66,10 @@ class Node:
             self.reproject(stale)
         self.runner.catch_up()
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
+        self.jobs = Jobs()  # long admin actions' progress, shown by GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance, heads=self.chain.heads,
-                               log_pubkey=self.chain.log_pubkey, syncing_lag=config.http_ready_max_lag)
+                               log_pubkey=self.chain.log_pubkey, syncing_lag=config.http_ready_max_lag,
+                               jobs=self.jobs.to_dict)
         self.metrics = NodeMetrics(self)
         self.controls = Controls()  # run-time switches (pause, faucet pause); a restart starts unpaused
         self.actions = ACTIONS  # the admin actions (POST /v1/admin/<name>)
@@ -98,11 +101,12 @@ class Node:
         self.chain.reload_log_key()
         self.queries.log_pubkey = self.chain.log_pubkey
 
-    def reproject(self, names: list[str] | None = None, *, keep: bool = True) -> list[dict[str, Any]]:
+    def reproject(self, names: list[str] | None = None, *, keep: bool = True,
+                  progress: Progress | None = None) -> list[dict[str, Any]]:
         """Rebuild beside the live stores while serving; pause folding only for the swap."""
         return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
                          self.runner, names, keep=keep, swap_lock=self.fold_lock,
-                         workers=self.config.fold_workers)
+                         workers=self.config.fold_workers, progress=progress)
 
     def _on_commit(self, outs: list[Out]) -> None:
         for o in outs:

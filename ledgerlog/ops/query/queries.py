@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ledgerlog import __version__
@@ -28,7 +28,7 @@ def bad_request(message: str) -> BadRequest:
 class Queries:
     def __init__(self, runner: Runner, chain_id: str, instance: str | None = None,
                  heads: HeadPublisher | None = None, log_pubkey: str | None = None,
-                 syncing_lag: int = 10_000) -> None:
+                 syncing_lag: int = 10_000, jobs: Callable[[], dict[str, Any]] | None = None) -> None:
         self.runner = runner
         self.chain_id = chain_id
         self.instance = instance  # a running node's random id (node.json names it); None in the CLI
@@ -37,6 +37,7 @@ class Queries:
         self.inclusion_proof, self.consistency_proof, self.tree_head = (
             proofs.inclusion_proof, proofs.consistency_proof, proofs.tree_head)
         self.syncing_lag = syncing_lag  # records of lag above which status says "syncing" (http.ready_max_lag)
+        self.jobs = jobs  # a node's long admin actions (ops/jobs.py Jobs.to_dict); None in the CLI
 
     # -- read-your-writes ------------------------------------------------------------------------
     def sync(self, timeout: float = 5.0) -> bool:
@@ -92,6 +93,8 @@ class Queries:
         if self.instance is not None:
             out["instance"] = self.instance
         out["log_pubkey"] = self.log_pubkey
+        if self.jobs is not None:
+            out["jobs"] = self.jobs()
         return out
 
     def account(self, address: str, height: int | None = None) -> dict[str, Any]:

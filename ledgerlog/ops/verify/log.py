@@ -32,6 +32,7 @@ from ledgerlog.ops.verify.storage import (
 
 _SIG_BATCH = 4096
 _PARALLEL_MIN = 2048
+_PROGRESS_STEP = 1024  # records between progress reports
 
 #: Partition key of each event topic (what the admitter keys records by).
 _RECORD_KEY: dict[str, Callable[[dict[str, Any]], str] | None] = {
@@ -158,6 +159,7 @@ class _LogChecker:
         self.counts: dict[str, int] = {}
         self._placement: dict[tuple[bytes, str], int] = {}  # keys repeat: murmur2 once per key
         self.read_errors = 0  # storage errors met while reading records
+        self.progress: Callable[[int], None] | None = None  # told of the records read, in steps
 
     def _partition_of(self, key: bytes, topic: str) -> int:
         p = self._placement.get((key, topic))
@@ -263,11 +265,15 @@ class _LogChecker:
         mismatched: list[tuple[int, int]] = []
         for off, key, ts, value in self._records(topic, p, end):
             n += 1
+            if self.progress is not None and not n % _PROGRESS_STEP:
+                self.progress(_PROGRESS_STEP)
             self._record(topic, p, off, key, ts, value)
             if tree is not None:
                 for level, index, h in tree.append(leaf_of(key, ts, value)):
                     if level >= CHUNK_LEVEL and self.log.trees.node(topic, p, level, index) != h:  # type: ignore[union-attr]
                         mismatched.append((level, index))
+        if self.progress is not None:
+            self.progress(n % _PROGRESS_STEP)
         self.sec.checked += n
         self.counts[topic] = self.counts.get(topic, 0) + n
         if tree is not None:
