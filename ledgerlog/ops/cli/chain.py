@@ -54,16 +54,19 @@ def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file 
     except OSError as exc:
         fail(f"cannot open {file}: {exc}", 2)
         raise
+    size = _size(stream)  # a file's bytes are a known total; a pipe's lines are not
+    bar = progress_bar(f"ingest {os.path.basename(file)}", total=size, unit=" lines" if size is None else "B",
+                       quiet=quiet)
     with stream:
         try:
             chain = open_chain(cfg)
-        except StoreLockedError:
+        except StoreLockedError:  # a node runs on the data dir: through it
             from ledgerlog.ops.query.client import NodeClient
-            summary = NodeClient.for_data_dir(cfg).ingest(stream, ids)
+            node = NodeClient.for_data_dir(cfg)
+            with bar as tick:
+                summary = node.ingest(stream, ids, progress=tick if size is None else _by_position(stream, tick))
         else:
-            size = _size(stream)  # a file's bytes are a known total; a pipe's lines are not
-            with chain, progress_bar(f"ingest {os.path.basename(file)}", total=size,
-                                     unit=" lines" if size is None else "B", quiet=quiet) as tick:
+            with chain, bar as tick:
                 try:
                     summary = chain.admitter.admit_numbered(
                         numbered_lines(stream), progress=tick if size is None else _by_position(stream, tick),

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import httpx
@@ -190,16 +190,19 @@ class NodeClient:
             return [self._local_paths(v) for v in value]
         return value
 
-    def ingest(self, stream: IO[bytes], ids: bool = False) -> dict[str, Any]:
+    def ingest(self, stream: IO[bytes], ids: bool = False,
+               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Admit the lines of ``stream`` through the node, in chunks of whole lines (see the
         module docstring); the merged summary (with ``ids``, the admitted ids). A failure names
-        the lines already admitted."""
+        the lines already admitted. ``progress(n)``: after each chunk, the lines it held."""
         total = Summary(ids=[] if ids else None)
         for first, lines, local in _chunks(stream, self.ingest_max_body):
             for part in self._post_lines(first, lines, ids):
                 total.merge(part)
             if local:  # lines too long for any request: rejected here, numbered as the file's
                 total.merge(Summary(rejected=len(local), rejections=local))
+            if progress is not None:
+                progress(len(lines))
         total.rejections.sort(key=lambda r: r["line"])
         return total.to_dict()
 

@@ -357,6 +357,20 @@ def test_a_job_the_node_runs_draws_the_nodes_progress(action, loaded):
         no_bar(err)
 
 
+def test_ingest_through_a_node_draws_the_file_size(tmp_path, history):
+    data = _fresh(tmp_path, history)
+    lines = _lines(history["history"])
+    with running_node(data):
+        rc, out, err = on_tty("--data-dir", data, "ingest", history["history"])
+        assert rc == 0 and tty_json(out)["accepted"] == lines, err.decode(errors="replace")[-3000:]
+        assert final_bar(err, b"ingest history.jsonl")["total"] == sized(os.path.getsize(history["history"]), "B")
+        res = on_pipe("--data-dir", data, "ingest", history["history"])  # all duplicates now
+        assert res.returncode == 0 and res.stderr == b"" and json.loads(res.stdout)["duplicates"] == lines
+        rc, out, err = on_tty("--data-dir", data, "-q", "ingest", history["history"])
+        assert rc == 0 and tty_json(out)["duplicates"] == lines
+        no_bar(err)
+
+
 def test_progress_bars_come_from_one_helper():
     """Commands get bars from ledgerlog/ops/cli/progress.py only (a bare tqdm without a total
     once crashed `if bar:` on every terminal)."""

@@ -68,7 +68,7 @@ def test_jobs_mark_failures_and_keep_the_last_finished_ones():
         raise RuntimeError("disk on fire")
     assert {k: jobs.to_dict()["boom"][k] for k in ("state", "done", "total")} == \
         {"state": "failed", "done": 3, "total": 10}  # a failed job keeps what it had done
-    for i in range(40):
+    for _i in range(40):
         with jobs.run("snapshot", total=5) as job:
             job(7)  # more than announced: a finished job's total covers what it did
     shown = jobs.to_dict()
