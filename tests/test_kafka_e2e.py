@@ -47,7 +47,8 @@ def _fold(cfg: Config) -> tuple[list[tuple[bytes, bytes]], dict[str, str]]:
         runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
         try:
             runner.catch_up()
-            return list(chain.log.state_items(b"")), runner.digests()
+            # b"lk": the chain's first log key (PROTOCOL.md §9), made per data dir: not the history's
+            return [kv for kv in chain.log.state_items(b"") if kv[0] != b"lk"], runner.digests()
         finally:
             runner.close()
 

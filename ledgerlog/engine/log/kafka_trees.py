@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import LedgerError
-from ..logtree import TreeState, Trees, has_tree
+from ..logtree import Trees, TreeState, has_tree
 from .base import LogRecord, Record, TopicPartition, ahead_error
 
 if TYPE_CHECKING:
