@@ -13,12 +13,17 @@ from it) covers committed records only. Three ways keep the trees up to the log:
   other record can lie between them, and they are folded as produced; otherwise (first append to
   a partition since the open, another writer's records or an aborted transaction in between)
   the partition is read back from the tree's next offset to the append's end and folded as read;
-- on open (``catch_up``): every tree is brought to its partition's end (records whose tree write
-  a crash lost, other writers' records, a state dir deleted: the trees are rebuilt from the log);
+- on a writer's open (``catch_up``): every tree is brought to its partition's end (records whose
+  tree write a crash lost, other writers' records, a state dir deleted: the trees are rebuilt
+  from the log), and a tree past the end is refused;
 - ``KafkaLog.catch_up_trees`` (the head publisher calls it before publishing) does the same.
 
+Measured on Tansu (2 cores, ingest chunks of 1000 lines, ~3,400 records an append): folding as
+produced costs ~20 ms an append (~5% of ingest), reading back every append ~35%.
+
 Tree writes are not synced: the log is their source, and a tree the store lost is caught up on
-open. A read-only open never writes: what it folds stays in memory."""
+open. A read-only open reads the stored trees and never writes: what ``catch_up_trees`` folds
+there stays in memory."""
 from __future__ import annotations
 
 import logging
