@@ -131,7 +131,7 @@ def test_every_tampering_is_caught_and_named(stopped_chain):
     extra = {**lines[pos[i]], "value_hex": lines[pos[i]]["value_hex"][:-2] + "00"}
     later = [{**x, "offset": x["offset"] + 1} for x in inserted[pos[i]:] if (x["topic"], x["partition"]) == (topic, p)]
     rest = [x for x in inserted[pos[i]:] if (x["topic"], x["partition"]) != (topic, p)]
-    inserted = inserted[:pos[i]] + [extra] + later + rest
+    inserted = [*inserted[:pos[i]], extra, *later, *rest]
     _named(_audit_lines(c, inserted, "inserted")[1], topic, p, i)
 
     cut = [x for k, x in enumerate(lines) if k not in set(pos[sizes[-1] - 3:])]  # behind the last head
