@@ -133,10 +133,11 @@ class Chain:
         return {"chain_id": self.genesis.chain_id, "height": tip.height, "tip_hash": tip.hash,
                 "genesis_hash": self.genesis.hash, "log_pubkey": self.log_pubkey}
 
-    def close(self) -> None:
-        """Publish the heads of what grew (a clean stop, PROTOCOL.md §9), then close the log."""
+    def close(self, *, publish: bool = True) -> None:
+        """Publish the heads of what grew (a clean stop, PROTOCOL.md §9; ``publish`` False: not
+        a clean stop), then close the log."""
         try:
-            if self.heads.signer is not None and self.log.writable:
+            if publish and self.heads.signer is not None and self.log.writable:
                 self.heads.publish()
         except LedgerError as exc:  # the records are durable; the next writer publishes their heads
             logger.warning("could not publish tree heads at close: %s", exc)
@@ -148,8 +149,10 @@ class Chain:
     def __enter__(self) -> Chain:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        """Leaving by an exception is no clean stop: the next writer publishes the heads (an
+        ingest that failed on a cut broker does not wait for it again to publish them)."""
+        self.close(publish=exc_type is None)
 
 
 def _on_log(config: Config, genesis_hash: str) -> OnLog | None:

@@ -35,7 +35,7 @@ class Registry:
 
     def __init__(self, log: Log) -> None:
         self._log = log
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.by_id: dict[int, SchemaVersion] = {}
         self.by_subject: dict[str, list[SchemaVersion]] = {}
         self._parsed: dict[int, Any] = {}
@@ -44,12 +44,13 @@ class Registry:
 
     def refresh(self) -> None:
         """Fold records of ``_schemas`` appended since the last look."""
-        if SCHEMAS not in self._log.topics():
-            return
-        for rec in self._log.scan(SCHEMAS, 0, self._read_offset):
-            self._add(SchemaVersion(**{k: v for k, v in orjson.loads(rec.value).items()
-                                       if k in ("subject", "version", "id", "schema")}))
-            self._read_offset = rec.offset + 1
+        with self._lock:
+            if SCHEMAS not in self._log.topics():
+                return
+            for rec in self._log.scan(SCHEMAS, 0, self._read_offset):
+                self._add(SchemaVersion(**{k: v for k, v in orjson.loads(rec.value).items()
+                                           if k in ("subject", "version", "id", "schema")}))
+                self._read_offset = rec.offset + 1
 
     def _add(self, sv: SchemaVersion) -> None:
         self.by_id[sv.id] = sv
@@ -62,6 +63,22 @@ class Registry:
         versions = self.by_subject.get(subject)
         return versions[-1] if versions else None
 
+    def view(self) -> tuple[dict[int, SchemaVersion], dict[str, list[SchemaVersion]]]:
+        """(versions by id, versions by subject), refreshed: copies a reader may keep while
+        versions are added."""
+        with self._lock:
+            self.refresh()
+            return dict(self.by_id), {s: list(vs) for s, vs in self.by_subject.items()}
+
+    def incompatibilities(self, subject: str, schema: Any, versions: list[SchemaVersion] | None = None) -> list[str]:
+        """Why a reader of ``schema`` (parsed JSON) cannot read data written with ``versions`` of
+        ``subject`` (default: every version, which ``register`` requires); [] when it can."""
+        problems = []
+        for old in self.by_subject.get(subject, []) if versions is None else versions:
+            problems += [f"version {old.version}: {p}"
+                         for p in avro.check_backward_compatible(schema, json.loads(old.schema))]
+        return problems
+
     def register(self, subject: str, schema_text: str) -> SchemaVersion:
         """Register ``schema_text`` under ``subject`` unless it is already the latest version.
 
@@ -73,12 +90,10 @@ class Registry:
             latest = self.latest(subject)
             if latest and json.loads(latest.schema) == json.loads(schema_text):
                 return latest
-            new = json.loads(schema_text)
-            for old in self.by_subject.get(subject, []):
-                problems = avro.check_backward_compatible(new, json.loads(old.schema))
-                if problems:
-                    raise SchemaError(f"{subject}: new schema is not backward compatible with "
-                                      f"version {old.version}: " + "; ".join(problems))
+            problems = self.incompatibilities(subject, json.loads(schema_text))
+            if problems:
+                raise SchemaError(f"{subject}: new schema is not backward compatible with "
+                                  + "; ".join(problems))
             sv = SchemaVersion(subject, latest.version + 1 if latest else 1,
                                max(self.by_id, default=0) + 1, schema_text)
             key = orjson.dumps({"keytype": "SCHEMA", "subject": subject, "version": sv.version, "magic": 1})

@@ -21,6 +21,9 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── LogError                      LOG_ERROR 503 1     the log backend failed or does not hold what was asked
     ├── SchemaError                   SCHEMA_ERROR 503 1  unknown schema id, or a value not in the wire format
     ├── NotFoundError                 NOT_FOUND 404 1     a queried block, tx, account, route ... does not exist
+    ├── InvalidSchemaError            INVALID_SCHEMA 422 1  a schema sent to the Schema Registry API is not Avro (42201)
+    ├── InvalidVersionError           INVALID_VERSION 422 1  a Schema Registry version that is neither 1.. nor latest (42202)
+    ├── RegistryReadOnlyError         REGISTRY_READ_ONLY 422 1  the Schema Registry API does not register, delete or configure (42205)
     ├── ReprojectRunningError         REPROJECT_RUNNING 409 1  a reproject of this data dir is running
     ├── RotationRefusedError          ROTATION_REFUSED 409 1   a key rotation cannot be done
     ├── InsufficientFundsError        INSUFFICIENT_FUNDS 409 1  the sending key cannot pay (faucet top-up)
@@ -39,7 +42,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── MethodNotAllowedError         METHOD_NOT_ALLOWED 405 2  the route takes other methods
     ├── RequestTimeoutError           TIMEOUT 408 2       a request head or body not sent in time (closed)
     ├── TooLargeError                 TOO_LARGE 413 2     a request body over its cap
-    ├── UnsupportedMediaTypeError     UNSUPPORTED_MEDIA_TYPE 415 2  ingest takes application/x-ndjson only
+    ├── UnsupportedMediaTypeError     UNSUPPORTED_MEDIA_TYPE 415 2  a body of a type the route does not take
     ├── HostNotAllowedError           HOST_NOT_ALLOWED 421 1  a Host header that is not the node's
     ├── RateLimitedError              RATE_LIMITED 429 1  too many requests; ``retry_after`` seconds
     ├── UnavailableError              UNAVAILABLE 503 1   the node cannot do that now
@@ -52,6 +55,10 @@ I/O or storage). The tree (code, HTTP status, exit code):
     │   ├── TopupKeyMissingError      TOPUP_KEY_MISSING 503 1
     │   └── FaucetRejectedError       FAUCET_REJECTED 503 1  admission refused the faucet's transaction
     └── InternalError                 INTERNAL 500 2      a bug: anything not raised on purpose
+
+The Schema Registry API answers Confluent's numeric ``error_code`` beside ``code`` (its clients
+read it): ``registry_error`` makes the error for one of ``REGISTRY_ERRORS``; any other error on
+those routes carries its HTTP status as ``error_code``, as Confluent's server does (ops/api/guard.py).
 
 Third-party errors are mapped at the boundary with ``raise ... from exc``. Where a message may
 name files (storage errors), ``public`` is what an HTTP answer says instead; every other message
@@ -67,6 +74,7 @@ __all__ = [
     "LedgerError", "UsageError", "ExportError", "AuditInputError", "BadRequest", "SnapshotDirRefusedError", "ConfigError",
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
     "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "SchemaError", "NotFoundError",
+    "InvalidSchemaError", "InvalidVersionError", "RegistryReadOnlyError", "REGISTRY_ERRORS", "registry_error",
     "ReprojectRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
     "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
     "UnauthorizedError", "ForbiddenError", "AdminDisabledError", "OriginNotAllowedError",
@@ -88,6 +96,8 @@ class LedgerError(Exception):
     exit_code: ClassVar[int] = 1
     #: a path-free message an HTTP answer gives instead of ``str(exc)`` (None: the message, scrubbed)
     public: ClassVar[str | None] = None
+    #: Confluent's ``error_code`` when the Schema Registry API raised it (``registry_error``)
+    registry_code: int | None = None
 
 
 def error_code(exc: BaseException) -> str:
@@ -238,6 +248,49 @@ class SchemaError(LedgerError):
 class NotFoundError(LedgerError):
     code = "NOT_FOUND"
     http_status = 404
+
+
+# -- the Schema Registry API (ops/api/registry.py) -----------------------------------------------------
+class InvalidSchemaError(LedgerError):
+    """A schema sent to the Schema Registry API (lookup, compatibility) is not Avro, or not a
+    request body the API takes."""
+
+    code = "INVALID_SCHEMA"
+    http_status = 422
+
+
+class InvalidVersionError(LedgerError):
+    """A Schema Registry version that is neither a number from 1 to 2**31-1 nor ``latest``."""
+
+    code = "INVALID_VERSION"
+    http_status = 422
+
+
+class RegistryReadOnlyError(LedgerError):
+    """The Schema Registry API is read-only: ledgerlog registers the schemas of its code itself
+    (backward compatible with every earlier version), so registering, deleting and configuring
+    through the API are refused, as Confluent refuses them in READONLY mode (422, 42205)."""
+
+    code = "REGISTRY_READ_ONLY"
+    http_status = 422
+
+
+#: Confluent's ``error_code`` of each Schema Registry failure -> the class answering it
+REGISTRY_ERRORS: dict[int, type[LedgerError]] = {
+    40401: NotFoundError,          # subject not found
+    40402: NotFoundError,          # version not found
+    40403: NotFoundError,          # schema not found
+    42201: InvalidSchemaError,     # invalid schema
+    42202: InvalidVersionError,    # invalid version
+    42205: RegistryReadOnlyError,  # operation not permitted
+}
+
+
+def registry_error(registry_code: int, message: str) -> LedgerError:
+    """The error a Schema Registry request fails with, carrying Confluent's ``registry_code``."""
+    exc = REGISTRY_ERRORS[registry_code](message)
+    exc.registry_code = registry_code
+    return exc
 
 
 class ReprojectRunningError(LedgerError):

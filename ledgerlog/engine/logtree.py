@@ -16,9 +16,9 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import storekeys as K
-from .log.base import LogRecord
 from .merkle import (
     EMPTY_ROOT,
     Frontier,
@@ -29,6 +29,9 @@ from .merkle import (
     split,
 )
 from .topics import CHECKPOINTS, SCHEMAS
+
+if TYPE_CHECKING:
+    from .log.base import LogRecord
 
 __all__ = ["CHUNK_LEVEL", "CHUNK", "has_tree", "leaf_input", "leaf_of", "TreeState", "Trees", "TreeFold"]
 

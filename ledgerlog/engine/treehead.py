@@ -4,7 +4,15 @@ head of every partition that grew on ``_checkpoints``.
 A head is a ``TreeHead`` signed with Ed25519 over its canonical body bytes by the log key
 (``<keys_dir>/log.key``); published as a ``SignedTreeHead`` keyed ``"<topic>/<partition>"``.
 Per partition, published tree sizes never decrease: the publisher starts from the newest head
-already on ``_checkpoints`` and publishes a partition only when its tree grew past it."""
+already on ``_checkpoints`` and publishes a partition only when its tree grew past it.
+
+On Kafka, heads are published in a transaction of their own (``publish`` is one append), after
+the transactions of the records they cover have committed: the trees follow committed records
+only (engine/log/kafka_trees.py), and ``publish`` first catches them up to what the log holds
+(``Log.catch_up_trees``), so a head never covers a record a read_committed reader cannot see.
+The records' own transaction cannot carry their head: the leaves are fixed only once it commits
+(commit markers and any other writer's records take offsets, known after the commit), and heads
+are made per interval and at a clean stop, not per append."""
 from __future__ import annotations
 
 import os
@@ -121,6 +129,7 @@ class HeadPublisher:
         if self.signer is None:
             raise ProofError("tree heads are published by the chain's writer, which holds the log key")
         with self._lock:
+            self.log.catch_up_trees()
             due = self.due()
             if not due:
                 return 0

@@ -143,9 +143,14 @@ class Log(abc.ABC):
         """See what another process appended since the open (a read-only follower); a no-op
         where every read sees the latest records."""
 
+    def catch_up_trees(self) -> None:
+        """Bring ``trees`` up to the records the log holds now (the head publisher calls it
+        before publishing); a no-op where every append keeps them in its own write."""
+
     @property
     def writable(self) -> bool:
-        """False while the disk refuses this log's writes (``recover`` probes it)."""
+        """False while this log refuses writes: the disk refuses them (``recover`` probes it), or
+        a Kafka transaction of unknown outcome (until reopened)."""
         return True
 
     def recover(self) -> None:

@@ -24,6 +24,9 @@
   records beyond the stored positions, which ``state_fold.catch_up`` folds in on the next open.
   A failure that may leave records readable without their state (an unknown transaction
   outcome, or aborted records a broker still shows) refuses further appends until reopened.
+- Merkle trees (PROTOCOL.md §9, kafka_trees.py): kept in the same local store, by following
+  the log: folded after each committed append, caught up on open and by ``catch_up_trees``.
+  Without a state dir the log keeps none (``trees`` is None).
 - ``read_only``: no producer is ever created (so no transactional id is fenced), the state store
   is opened read-only, and writes raise LogError.
 
@@ -38,7 +41,8 @@ Configuration: ``KafkaLog(config)`` with a ``KafkaConfig`` (kafka_config.py: bro
 other librdkafka settings and this backend's options), or ``KafkaLog(bootstrap, **table)`` with
 a ``[kafka]`` table's keys. The parts: kafka_client.py (shared plumbing), kafka_topics.py
 (admin: topics, end offsets, group positions), kafka_produce.py (transactions), kafka_read.py
-(reading, end offsets, the read_uncommitted probe), kafka_state.py (the local state store).
+(reading, end offsets, the read_uncommitted probe), kafka_state.py (the local state store),
+kafka_trees.py (the trees kept in it).
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 from ..errors import LedgerError, LogError
+from ..logtree import has_tree
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 from .kafka_client import Broker
 from .kafka_config import KafkaConfig
@@ -53,6 +58,7 @@ from .kafka_produce import Transactions
 from .kafka_read import TS_HEADER, Reader
 from .kafka_state import STATE_FORMAT, LocalState
 from .kafka_topics import TOPIC_CONFIG, Topics
+from .kafka_trees import KafkaTrees
 
 __all__ = ["STATE_FORMAT", "TOPIC_CONFIG", "TS_HEADER", "KafkaConfig", "KafkaLog"]
 
@@ -85,6 +91,7 @@ class KafkaLog(Log):
         self._topics = Topics(self._broker)
         self._reader = Reader(self._broker, self._topics)
         self._tx = Transactions(self._broker, self._reader.read)
+        self._trees: KafkaTrees | None = None
         if self.state_dir:
             try:
                 self._state = LocalState(self.state_dir, read_only=read_only, sync=sync)
@@ -92,12 +99,18 @@ class KafkaLog(Log):
                 if not read_only:
                     raise
         try:
-            self._topics.fetch()
+            topics = self._topics.fetch()
+            if self._state is not None:
+                self._trees = KafkaTrees(self, self._state, writable=not read_only)
+                self._trees.load(topics)
+                self.trees = self._trees.trees
             if not read_only and self._state is not None:
                 # an admitting chain: fence an earlier producer of this transactional id first, so
-                # a transaction it left open (a crash, an outage) is aborted before the state is
-                # caught up from the log; else records it shows later are appended a second time
+                # a transaction it left open (a crash, an outage) is aborted before the state and
+                # the trees are caught up from the log; else records it shows later are appended
+                # a second time
                 self._tx.get_producer()
+                self._catch_up_trees(check_ahead=True)
         except BaseException:
             self.close()
             raise
@@ -116,6 +129,9 @@ class KafkaLog(Log):
     def create_topics(self, partitions: Mapping[str, int]) -> None:
         self._writable()
         self._topics.create(partitions)
+        if self._trees is not None:
+            with self._write_lock:
+                self._trees.load(self._topics.fetch())
 
     # -- append -------------------------------------------------------------------------------
     def append(self, records: Sequence[Record], state: StateWrites | None = None) -> list[tuple[int, int]]:
@@ -138,7 +154,27 @@ class KafkaLog(Log):
                     self._tx.poisoned = (f"the write-side state could not be written after a committed "
                                          f"append ({exc}); reopen the chain to catch it up from the log")
                     raise
+            if self._trees is not None and out:
+                self._trees.appended(records, out)
             return out
+
+    @property
+    def writable(self) -> bool:
+        """False once a failed transaction made this log refuse appends until reopened."""
+        return self._tx.poisoned is None
+
+    # -- Merkle trees (kafka_trees.py) --------------------------------------------------------
+    def catch_up_trees(self) -> None:
+        """Fold what the log holds beyond the trees (another writer's records; an append whose
+        tree upkeep failed); the head publisher calls it before publishing."""
+        self._catch_up_trees(check_ahead=False)
+
+    def _catch_up_trees(self, *, check_ahead: bool) -> None:
+        if self._trees is None:
+            return
+        ends = {t: self.end_offsets(t) for t in self.topics() if has_tree(t)}  # outside the lock
+        with self._write_lock:
+            self._trees.catch_up(ends, check_ahead=check_ahead)
 
     # -- write-side state (kafka_state.py) ----------------------------------------------------
     @property
@@ -198,6 +234,7 @@ class KafkaLog(Log):
         self._tx.close()
         self._reader.close()
         self._topics.close()
+        self._trees = None
         if self._state is not None:
             self._state.close()
             self._state = None

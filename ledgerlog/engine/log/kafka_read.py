@@ -82,24 +82,30 @@ class Reader:
                 self._remember_end(tp, None, out[-1].offset + 1)
         return out
 
-    def _fetch(self, tp: TopicPartition, offset: int, max_records: int,
-               stop_at: int | None) -> tuple[list[LogRecord], int | None]:
+    def _fetch(self, tp: TopicPartition, offset: int, max_records: int, stop_at: int | None,
+               *, fresh: bool = False) -> tuple[list[LogRecord], int | None]:
         """Records of ``tp`` from ``offset`` until ``max_records``, the partition's end (EOF, whose
-        offset is returned) or a record at or past ``stop_at``-1 (nothing readable lies beyond)."""
+        offset is returned) or a record at or past ``stop_at``-1 (nothing readable lies beyond).
+        ``fresh``: never continue a kept prefetch, whose queued EOF may predate newer records."""
         b = self.broker
         topic, partition = tp
         real = b.real(topic)
         c = self._get_consumer()
-        if self._assigned != (tp, offset):
+
+        def assign(at: int) -> None:
             try:
                 if real not in self._consumer_topics:
                     # librdkafka waits ~1 s for a topic's metadata on its first assign; asking first
                     # takes a millisecond
                     c.list_topics(real, timeout=b.timeout)
                     self._consumer_topics.add(real)
-                c.assign([KTP(real, partition, offset)])
+                c.assign([KTP(real, partition, at)])
             except KafkaException as exc:
                 raise b.fail(f"assigning {topic}[{partition}]", exc) from exc
+
+        continued = not fresh and self._assigned == (tp, offset)
+        if not continued:
+            assign(offset)
         self._assigned = None
         out: list[LogRecord] = []
         append = out.append
@@ -134,6 +140,12 @@ class Reader:
                         eof = m.offset()
                 else:
                     raise LogError(f"kafka {b.bootstrap}: reading {topic}[{partition}]: {err}")
+            if eof is not None and continued and stop_at is not None and offset < stop_at:
+                # the kept prefetch queued this EOF before the records up to stop_at were
+                # written: read them afresh (once)
+                continued, eof = False, None
+                assign(offset)
+                continue
             if eof is not None or (stop_at is not None and offset >= stop_at):
                 break
         if len(out) >= max_records and eof is None:
@@ -244,12 +256,12 @@ class Reader:
         decides."""
         if listed <= known:
             with self._read_lock:
-                recs, _ = self._fetch(tp, known, 1 << 62, None)
+                recs, _ = self._fetch(tp, known, 1 << 62, None, fresh=True)
             return recs[-1].offset + 1 if recs else known
         lo, hi = max(known, listed - _PROBE_WINDOW), None
         while True:
             with self._read_lock:
-                recs, _eof = self._fetch(tp, lo, 1 << 62, hi)
+                recs, _eof = self._fetch(tp, lo, 1 << 62, hi, fresh=True)
             if recs:
                 return recs[-1].offset + 1
             if lo <= known:

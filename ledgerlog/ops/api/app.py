@@ -65,7 +65,7 @@ class LedgerApp(FastAPI):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         guard = self.host_guard
         if guard is not None and scope["type"] in ("http", "websocket") and not guard.allows(scope):
-            await guard.refuse(send)  # DNS rebinding: a page's requests carry its own name
+            await guard.refuse(send, scope.get("path", ""))  # DNS rebinding: a page's requests carry its own name
             return
         lane = self.fast_lane
         if lane is not None and scope["type"] == "http":

@@ -15,7 +15,10 @@
   Every error is a LedgerError answered as its class says (engine/errors.py: ``http_status``,
   ``code``, ``public``) in the one shape ``{"code","message"}``; the framework's own errors too
   (unknown route 404 ``NOT_FOUND``, 405 ``METHOD_NOT_ALLOWED``, validation errors 400
-  ``BAD_REQUEST``), and anything unexpected is 500 ``INTERNAL`` with its traceback in the log only."""
+  ``BAD_REQUEST``), and anything unexpected is 500 ``INTERNAL`` with its traceback in the log only.
+  On the Schema Registry API's paths (``registry_path``) the body also carries Confluent's
+  ``error_code`` (the error's ``registry_code``, else its HTTP status, as Confluent's server
+  answers generic errors) and the type is Confluent's ``application/vnd.schemaregistry.v1+json``."""
 from __future__ import annotations
 
 import logging
@@ -48,12 +51,16 @@ from ledgerlog.engine.errors import (
     public_message,
 )
 
-__all__ = ["NDJSON", "HostGuard", "error_answer", "error_body", "error_response", "host_name", "check_ingest_headers",
+__all__ = ["NDJSON", "REGISTRY_MEDIA", "HostGuard", "registry_path", "error_answer", "error_body", "error_response", "host_name", "check_ingest_headers",
            "install_error_handlers", "public", "public_json", "register_root", "send_error", "split_list"]
 
 log = logging.getLogger("ledgerlog.http")
 
 NDJSON = "application/x-ndjson"
+#: Confluent's Schema Registry media type: what its API answers (requests may also send JSON)
+REGISTRY_MEDIA = "application/vnd.schemaregistry.v1+json"
+#: the first path segments of the Schema Registry API (ops/api/registry.py)
+_REGISTRY_ROOTS = frozenset({"subjects", "schemas", "config", "mode", "compatibility"})
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -66,7 +73,7 @@ def split_list(spec: str) -> list[str]:
 # -- paths --------------------------------------------------------------------------------------
 _ROOTS: dict[str, str] = {}  # absolute directory -> what an answer says instead
 #: An absolute path of two or more names (not an API route, not inside a URL).
-_ABS_PATH = re.compile(r"(?<![\w:/.~>-])/(?!v1/|rpc\b|schemas/|subjects/|metrics\b|openapi)"
+_ABS_PATH = re.compile(r"(?<![\w:/.~>-])/(?!v1/|rpc\b|schemas/|subjects/|compatibility/|metrics\b|openapi)"
                        r"(?:[^\s/'\"<>]+/)+([^\s/'\"<>]*)")
 
 
@@ -111,9 +118,15 @@ def error_body(code: str, message: str) -> dict[str, str]:
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def error_answer(exc: BaseException) -> tuple[int, dict[str, str], dict[str, str]]:
-    """(status, body, headers) answering ``exc``, as its class in the error table says; anything
-    that is not a LedgerError is a bug: 500 INTERNAL, its traceback in the log, not the answer."""
+def registry_path(path: str) -> bool:
+    """Whether ``path`` is one of the Schema Registry API's (its errors carry ``error_code``)."""
+    return path.split("/", 2)[1] in _REGISTRY_ROOTS if path.startswith("/") else False
+
+
+def error_answer(exc: BaseException, path: str = "") -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) answering ``exc`` on ``path``, as its class in the error table says;
+    anything that is not a LedgerError is a bug: 500 INTERNAL, its traceback in the log, not the
+    answer."""
     if not isinstance(exc, LedgerError):
         log.error("unexpected error answering a request", exc_info=exc)
         exc = InternalError()
@@ -124,21 +137,28 @@ def error_answer(exc: BaseException) -> tuple[int, dict[str, str], dict[str, str
         headers["Retry-After"] = str(exc.retry_seconds)
     elif isinstance(exc, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
-    return exc.http_status, error_body(error_code(exc), public_message(exc)), headers
+    body: dict[str, Any] = error_body(error_code(exc), public_message(exc))
+    if registry_path(path):
+        body = {"error_code": exc.registry_code or exc.http_status, **body}
+    return exc.http_status, body, headers
 
 
-def error_response(exc: BaseException, media_type: str = "application/json", **extra: Any) -> Response:
-    """The Response answering ``exc`` (``extra`` fields added to the body, e.g. Schema Registry's
-    ``error_code``)."""
-    status, body, headers = error_answer(exc)
-    return Response(orjson.dumps({**extra, **body}), status_code=status, headers=headers, media_type=media_type)
+def _media(path: str) -> str:
+    return REGISTRY_MEDIA if registry_path(path) else "application/json"
 
 
-async def send_error(send: Callable[[Any], Awaitable[None]], exc: BaseException, *, close: bool = False) -> None:
+def error_response(exc: BaseException, path: str = "") -> Response:
+    """The Response answering ``exc`` on ``path``."""
+    status, body, headers = error_answer(exc, path)
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=_media(path))
+
+
+async def send_error(send: Callable[[Any], Awaitable[None]], exc: BaseException, *, close: bool = False,
+                     path: str = "") -> None:
     """Answer ``exc`` on a raw ASGI ``send`` (middleware that runs before the framework)."""
-    status, body, headers = error_answer(exc)
+    status, body, headers = error_answer(exc, path)
     data = orjson.dumps(body)
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+    raw = [(b"content-type", _media(path).encode()), (b"content-length", str(len(data)).encode()),
            *((k.lower().encode(), v.encode()) for k, v in headers.items())]
     if close:
         raw.append((b"connection", b"close"))
@@ -163,29 +183,30 @@ def install_error_handlers(app: FastAPI) -> None:
     ``error_answer``."""
 
     @app.exception_handler(LedgerError)
-    async def _ledger(_: Request, exc: LedgerError) -> Response:
-        return error_response(exc)
+    async def _ledger(request: Request, exc: LedgerError) -> Response:
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         cls = _FRAMEWORK.get(exc.status_code, BadRequest if exc.status_code < 500 else InternalError)
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail else cls.__name__
-        response = error_response(cls(detail))
+        response = error_response(cls(detail), request.url.path)
         response.headers.update(exc.headers or {})  # e.g. 405's Allow
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(BadRequest(_validation_message(exc)))  # FastAPI would say 422
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequest(_validation_message(exc)), request.url.path)  # FastAPI would say 422
 
     @app.exception_handler(ClientDisconnect)
-    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
         # the client left (or the server timed its body out): no one reads this answer
-        return error_response(BadRequest("the client disconnected before sending the whole request"))
+        return error_response(BadRequest("the client disconnected before sending the whole request"),
+                              request.url.path)
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> Response:
-        return error_response(exc)  # 500 INTERNAL; the traceback goes to the log
+    async def _internal(request: Request, exc: Exception) -> Response:
+        return error_response(exc, request.url.path)  # 500 INTERNAL; the traceback goes to the log
 
 
 # -- Host -----------------------------------------------------------------------------------------
@@ -226,9 +247,9 @@ class HostGuard:
         server = scope.get("server")
         return server is not None and name == str(server[0]).lower()
 
-    async def refuse(self, send: Send) -> None:
+    async def refuse(self, send: Send, path: str = "") -> None:
         await send_error(send, HostNotAllowedError("this node does not answer to that Host; "
-                                                   "add the name to http.allowed_hosts"))
+                                                   "add the name to http.allowed_hosts"), path=path)
 
 
 # -- writes from browsers -------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The endpoints of the routes that are not plain queries (ops/api/routes.py lists them all):
-readiness, ingest, the faucet, JSON-RPC, the dashboard, metrics, the read-only Schema Registry
-API and admin actions. Each ``name(edge)`` makes the endpoint for one app; errors are raised as
+readiness, ingest, the faucet, JSON-RPC, the dashboard, metrics and admin actions (the Schema
+Registry API's are in ops/api/registry.py). Each ``name(edge)`` makes the endpoint for one app; errors are raised as
 LedgerErrors and answered by the app's one handler (ops/api/guard.py)."""
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ledgerlog.engine.errors import (
-    NotFoundError,
     NotReadyError,
     PausedError,
     RateLimitedError,
@@ -24,7 +23,7 @@ from ledgerlog.engine.errors import (
 )
 from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.ops.api import admin, rpc
-from ledgerlog.ops.api.guard import check_ingest_headers, error_response
+from ledgerlog.ops.api.guard import check_ingest_headers
 from ledgerlog.ops.api.limits import HttpLimits, TokenBuckets, client_key
 from ledgerlog.ops.data.lines import numbered_lines
 
@@ -168,55 +167,6 @@ def index(edge: Edge) -> Endpoint:
     async def index() -> HTMLResponse:
         return HTMLResponse((resources.files("ledgerlog.ops") / "static" / "index.html").read_text())
     return index
-
-
-# -- the read-only part of Confluent's Schema Registry API, so stock Avro deserializers work --------
-_REGISTRY = "application/vnd.schemaregistry.v1+json"
-
-
-def _registry(edge: Edge) -> Any:
-    r = edge.node.chain.codec.registry
-    r.refresh()
-    return r
-
-
-def _registry_answer(body: Any) -> Response:
-    return Response(dumps(body), media_type=_REGISTRY)
-
-
-def _registry_missing(error_code: int, message: str) -> Response:
-    """Not found, with Confluent's ``error_code`` beside the one error shape."""
-    return error_response(NotFoundError(message), media_type=_REGISTRY, error_code=error_code)
-
-
-def schema_by_id(edge: Edge) -> Endpoint:
-    async def schema_by_id(schema_id: int) -> Response:
-        sv = _registry(edge).by_id.get(schema_id)
-        return _registry_missing(40403, "Schema not found") if sv is None else _registry_answer({"schema": sv.schema})
-    return schema_by_id
-
-
-def subjects(edge: Edge) -> Endpoint:
-    async def subjects() -> Response:
-        return _registry_answer(sorted(_registry(edge).by_subject))
-    return subjects
-
-
-def versions(edge: Edge) -> Endpoint:
-    async def versions(subject: str) -> Response:
-        vs = _registry(edge).by_subject.get(subject)
-        return _registry_missing(40401, "Subject not found") if not vs else _registry_answer([v.version for v in vs])
-    return versions
-
-
-def version(edge: Edge) -> Endpoint:
-    async def version(subject: str, version: str) -> Response:
-        vs = _registry(edge).by_subject.get(subject) or []
-        sv = vs[-1] if vs and version == "latest" else next((v for v in vs if str(v.version) == version), None)
-        if sv is None:
-            return _registry_missing(40402, "Version not found")
-        return _registry_answer({"subject": sv.subject, "version": sv.version, "id": sv.id, "schema": sv.schema})
-    return version
 
 
 def admin_action(edge: Edge) -> Endpoint:

@@ -115,15 +115,17 @@ class BodyLimit:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope.get("path", ""))
+        path = scope.get("path", "")
+        limit = self.limit_for(path)
         declared = [v for k, v in scope.get("headers", ()) if k.lower() == b"content-length"]
         if declared:
             text = declared[0].decode("latin-1").strip()
             if not text.isdigit() or len(declared) > 1:
-                await send_error(send, BadRequest("invalid Content-Length"), close=True)
+                await send_error(send, BadRequest("invalid Content-Length"), close=True, path=path)
                 return
             if int(text) > limit:
-                await send_error(send, TooLargeError(f"a request body here may carry at most {limit} bytes"), close=True)
+                await send_error(send, TooLargeError(f"a request body here may carry at most {limit} bytes"),
+                                 close=True, path=path)
                 return
         received = 0
         started = False
@@ -148,7 +150,8 @@ class BodyLimit:
         except _TooLarge:
             if started:
                 raise
-            await send_error(send, TooLargeError(f"a request body here may carry at most {limit} bytes"), close=True)
+            await send_error(send, TooLargeError(f"a request body here may carry at most {limit} bytes"),
+                             close=True, path=path)
 
 
 # -- rate limits ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Query
 from starlette.concurrency import run_in_threadpool
 
 from ledgerlog.ops.api import handlers as h
+from ledgerlog.ops.api import registry as reg
 from ledgerlog.ops.api.handlers import json_response
 from ledgerlog.ops.query.queries import I64_MAX
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["Edge", "Param", "ROUTES", "Route", "mount", "path_params"]
 
 Edge = h.Edge
+_SR = ("schema registry",)
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,42 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/dashboard", ("dashboard",), "Everything the dashboard page shows", endpoint=h.dashboard),
     Route("GET", "/metrics", ("node",), "Prometheus metrics", endpoint=h.metrics),
     Route("GET", "/", (), endpoint=h.index, openapi={"include_in_schema": False}),
-    Route("GET", "/schemas/ids/{schema_id}", ("schema registry",), endpoint=h.schema_by_id),
-    Route("GET", "/subjects", ("schema registry",), endpoint=h.subjects),
-    Route("GET", "/subjects/{subject}/versions", ("schema registry",), endpoint=h.versions),
-    Route("GET", "/subjects/{subject}/versions/{version}", ("schema registry",), endpoint=h.version),
+    # Confluent's Schema Registry API over _schemas (ops/api/registry.py: read-only, BACKWARD_TRANSITIVE)
+    Route("GET", "/schemas/types", _SR, "Schema types: [\"AVRO\"]", endpoint=reg.schema_types,
+          openapi=reg.openapi("the schema types", codes=())),
+    Route("GET", "/schemas/ids/{schema_id}", _SR, "The schema of an id", endpoint=reg.schema_by_id,
+          openapi=reg.openapi("{schema}", codes=(404,))),
+    Route("GET", "/schemas/ids/{schema_id}/schema", _SR, "The schema of an id, raw", endpoint=reg.schema_text_by_id,
+          openapi=reg.openapi("the schema's JSON", codes=(404,))),
+    Route("GET", "/schemas/ids/{schema_id}/subjects", _SR, "The subjects registered with an id",
+          endpoint=reg.schema_subjects, openapi=reg.openapi("subject names", codes=(404,))),
+    Route("GET", "/schemas/ids/{schema_id}/versions", _SR, "The subject versions registered with an id",
+          endpoint=reg.schema_versions, openapi=reg.openapi("[{subject, version}]", codes=(404,))),
+    Route("GET", "/subjects", _SR, "Subject names", endpoint=reg.subjects, openapi=reg.openapi("subject names", codes=())),
+    Route("POST", "/subjects/{subject}", _SR, "Look up the version registered with a schema", endpoint=reg.lookup,
+          openapi=reg.openapi("{subject, version, id, schema}; 40403 when no version has it", body=True)),
+    Route("GET", "/subjects/{subject}/versions", _SR, "A subject's versions", endpoint=reg.versions,
+          openapi=reg.openapi("version numbers", codes=(404,))),
+    Route("GET", "/subjects/{subject}/versions/{version}", _SR, "A version (a number or latest)", endpoint=reg.version,
+          openapi=reg.openapi("{subject, version, id, schema}")),
+    Route("GET", "/subjects/{subject}/versions/{version}/schema", _SR, "A version's schema, raw",
+          endpoint=reg.version_schema, openapi=reg.openapi("the schema's JSON")),
+    Route("POST", "/compatibility/subjects/{subject}/versions/{version}", _SR,
+          "Whether a schema can read what a version wrote", endpoint=reg.compatibility,
+          openapi=reg.openapi("{is_compatible} (and messages with verbose=true)", body=True)),
+    Route("POST", "/compatibility/subjects/{subject}/versions", _SR,
+          "Whether a schema can read what every version wrote", endpoint=reg.compatibility_all,
+          openapi=reg.openapi("{is_compatible} (and messages with verbose=true)", body=True)),
+    Route("GET", "/config", _SR, "The compatibility level: BACKWARD_TRANSITIVE", endpoint=reg.config,
+          openapi=reg.openapi("{compatibilityLevel}", codes=())),
+    Route("GET", "/config/{subject}", _SR, "A subject's compatibility level", endpoint=reg.subject_config,
+          openapi=reg.openapi("{compatibilityLevel}", codes=(404,))),
+    Route("GET", "/mode", _SR, "The registry's mode: READONLY", endpoint=reg.mode,
+          openapi=reg.openapi("{mode}", codes=())),
+    Route("GET", "/mode/{subject}", _SR, "A subject's mode", endpoint=reg.subject_mode,
+          openapi=reg.openapi("{mode}", codes=(404,))),
+    *(Route(method, path, _SR, f"Refused: {what} (422, error_code 42205)", endpoint=reg.read_only(path, what),
+            openapi=reg.REFUSED_OPENAPI) for method, path, what in reg.WRITES),
     Route("POST", "/v1/admin/{name}", ("admin",), "Run an admin action (reproject, snapshot, ...)",
           endpoint=h.admin_action),
 )

@@ -2,8 +2,8 @@
 
 Each node gets its own MeterProvider and Prometheus registry (several nodes can live in one test
 process). Gauges and counters are observed from the node's state at scrape time; histograms are
-recorded as things happen. The node's own metrics are named ``ledgerlog_*``; the energy market
-keeps the names operators already alert on (``energy_*``, ``oracle_reading_latency_seconds``).
+recorded as things happen. Every metric is named ``ledgerlog_*``, ending in its unit where it has
+one (Prometheus base units: seconds, bytes, joules; ``promtool check metrics`` passes on the text).
 The two per-request HTTP series are the exception: aggregated by ``HttpRequestMetrics`` in the same
 registry and exposed the same way (an SDK record on every request cost more than the request).
 
@@ -22,7 +22,10 @@ Definitions worth stating:
 - ``ledgerlog_storage_writable``: 0 while the disk refuses the stores' writes (EIO, ENOSPC; ingest
   answers 503 STORAGE_UNAVAILABLE), 1 otherwise; ``ledgerlog_storage_errors_total{kind}`` counts
   the refused writes and failed probes (``eio``, ``enospc``, ``other``).
-- ``oracle_reading_latency_seconds``: admission time minus the reading's own timestamp.
+- ``ledgerlog_oracle_reading_latency_seconds``: admission time minus the reading's own timestamp.
+- ``ledgerlog_energy_traded_joules_total``: settled energy in joules (1 kWh = 3.6 MJ, so a
+  milli-kWh is 3600 J); ``ledgerlog_energy_average_price_per_kwh`` stays per kWh, the unit
+  prices are set in (base units of the coin).
 - ``ledgerlog_tree_size{topic,partition}``: leaves of a partition's Merkle tree (PROTOCOL.md §9);
   ``ledgerlog_tree_head_age_seconds{topic,partition}``: for a partition whose tree is ahead of its
   newest signed head, now minus that head's timestamp (the node's start when it has none yet); 0
@@ -60,7 +63,7 @@ from ledgerlog.projections import energy, payouts
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
 
-__all__ = ["STORAGE_CACHE_SECONDS", "AppendTimes", "NodeMetrics"]
+__all__ = ["JOULES_PER_MILLI_KWH", "STORAGE_CACHE_SECONDS", "AppendTimes", "NodeMetrics"]
 
 log = logging.getLogger("ledgerlog.metrics")
 
@@ -68,7 +71,8 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _INTERVAL_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 _READING_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
 STORAGE_CACHE_SECONDS = 5.0
-MAX_PROVIDER_SERIES = 500   # energy_settlements_total{provider}: the providers with most energy
+JOULES_PER_MILLI_KWH = 3600  # 1 kWh = 3.6e6 J
+MAX_PROVIDER_SERIES = 500   # ledgerlog_energy_settlements_total{provider}: the providers with most energy
 _MAX_APPEND_ENTRIES = 10_000  # with _APPEND_GRAIN: about 17 minutes without a scrape
 _APPEND_GRAIN = 0.1           # appends closer than this share one entry
 
@@ -174,7 +178,7 @@ class NodeMetrics:
         self.provider = MeterProvider(metric_readers=[reader], views=[
             View(instrument_name="ledgerlog_block_interval_seconds",
                  aggregation=ExplicitBucketHistogramAggregation(_INTERVAL_BUCKETS)),
-            View(instrument_name="oracle_reading_latency_seconds",
+            View(instrument_name="ledgerlog_oracle_reading_latency_seconds",
                  aggregation=ExplicitBucketHistogramAggregation(_READING_BUCKETS)),
         ])
         self._storage: tuple[float, dict[tuple[str, str], int]] = (0.0, {})
@@ -188,8 +192,8 @@ class NodeMetrics:
         # chain and admission
         gauge("ledgerlog_node_info", [self._info], description="1, labelled with the chain id")
         gauge("ledgerlog_chain_height", [self._height], description="Tip height admitted")
-        gauge("ledgerlog_seconds_since_last_block", [self._since_block], description="Seconds since the tip block's timestamp")
-        gauge("ledgerlog_mempool_size", [self._mempool], description="Transactions waiting in the mempool")
+        gauge("ledgerlog_last_block_age_seconds", [self._since_block], description="Seconds since the tip block's timestamp")
+        gauge("ledgerlog_mempool_transactions", [self._mempool], description="Transactions waiting in the mempool")
         counter("ledgerlog_events_admitted", [self._counts("admitted", "kind")], description="Lines admitted, by kind")
         counter("ledgerlog_events_rejected", [self._counts("rejected", "code")], description="Lines rejected, by code")
         counter("ledgerlog_events_duplicate", [self._counts("duplicate", "kind")], description="Duplicate lines, by kind")
@@ -225,14 +229,14 @@ class NodeMetrics:
         counter("ledgerlog_pool_shares", [self._pool("shares")], description="Valid pool shares folded")
         gauge("ledgerlog_pool_pending_payouts", [self._pool("pending")], description="Credited but unpaid pool rewards (base units)")
         counter("ledgerlog_pool_paid", [self._pool("paid")], description="Pool rewards paid out (base units)")
-        # energy market: names operators already alert on
-        gauge("energy_providers_count", [self._market("providers")], description="Registered energy providers")
-        gauge("energy_avg_price", [self._market("average_price_per_kwh")],
+        # energy market
+        gauge("ledgerlog_energy_providers", [self._market("providers")], description="Registered energy providers")
+        gauge("ledgerlog_energy_average_price_per_kwh", [self._market("average_price_per_kwh")],
               description="Average price per kWh over registered providers (base units)")
-        counter("energy_kwh_traded_total", [self._kwh_traded], description="Settled (traded) energy, kWh")
-        counter("energy_settlements_total", [self._settlements], description="Settlements recorded, by provider")
+        counter("ledgerlog_energy_traded_joules", [self._joules_traded], description="Settled (traded) energy, joules")
+        counter("ledgerlog_energy_settlements", [self._settlements], description="Settlements recorded, by provider")
         self.oracle_latency = m.create_histogram(
-            "oracle_reading_latency_seconds", description="Admission time minus the reading's timestamp")
+            "ledgerlog_oracle_reading_latency_seconds", description="Admission time minus the reading's timestamp")
         self.block_interval = m.create_histogram("ledgerlog_block_interval_seconds", description="Time between consecutive blocks (header timestamps)")
         self.http = HttpRequestMetrics()  # per request: aggregated here, not by the SDK (see its doc)
         self.registry.register(self.http)
@@ -387,8 +391,8 @@ class NodeMetrics:
             yield Observation(energy.market(self._view("energy"))[key])
         return observe
 
-    def _kwh_traded(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(energy.market(self._view("energy"))["traded_milli_kwh"] / 1000)
+    def _joules_traded(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(energy.market(self._view("energy"))["traded_milli_kwh"] * JOULES_PER_MILLI_KWH)
 
     def _settlements(self, _: CallbackOptions) -> Iterable[Observation]:
         for p in energy.providers(self._view("energy"), MAX_PROVIDER_SERIES):

@@ -305,7 +305,8 @@ def test_every_admin_action_refuses_unknown_fields(node, client):
 
 def test_the_schema_registry_keeps_its_confluent_error_code(client):
     r = client.get("/schemas/ids/987654")
-    assert r.status_code == 404 and r.json() == {"error_code": 40403, "code": "NOT_FOUND", "message": "Schema not found"}
+    assert r.status_code == 404 and r.json() == {"error_code": 40403, "code": "NOT_FOUND",
+                                                 "message": "Schema 987654 not found"}
     assert r.headers["content-type"].startswith("application/vnd.schemaregistry.v1+json")
 
 

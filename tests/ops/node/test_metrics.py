@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from clitools import LEDGERLOG, cli_env
 from fastapi.testclient import TestClient
 from nodetools import history, ingest_all, observed_node, one, parse_metrics
@@ -50,8 +49,8 @@ def test_metrics_after_a_generated_history(tmp_path) -> None:
         # chain and admission
         assert one(m, "ledgerlog_chain_height") == blocks[-1]["header"]["height"]
         assert one(m, "ledgerlog_node_info", chain_id=w["genesis"]["chain_id"]) == 1
-        assert one(m, "ledgerlog_seconds_since_last_block") >= time.time() - blocks[-1]["header"]["timestamp"] / 1000 - 5
-        assert one(m, "ledgerlog_mempool_size") == node.mempool_size()
+        assert one(m, "ledgerlog_last_block_age_seconds") >= time.time() - blocks[-1]["header"]["timestamp"] / 1000 - 5
+        assert one(m, "ledgerlog_mempool_transactions") == node.mempool_size()
         assert one(m, "ledgerlog_events_admitted_total", kind="block") == len(blocks)
         assert one(m, "ledgerlog_events_rejected_total", code="MALFORMED") == 1
         assert one(m, "ledgerlog_events_duplicate_total", kind=objs[0]["type"]) == 1
@@ -73,17 +72,17 @@ def test_metrics_after_a_generated_history(tmp_path) -> None:
         assert one(m, "ledgerlog_pool_pending_payouts") == pool["pending"]
         assert one(m, "ledgerlog_pool_paid_total") == pool["paid"]
         market = energy.market(node.runner.handles["energy"].store.view())
-        assert one(m, "energy_providers_count") == len(providers) == market["providers"]
-        assert one(m, "energy_avg_price") == market["average_price_per_kwh"] > 0
-        assert one(m, "energy_kwh_traded_total") == pytest.approx(sum(s["milli_kwh"] for s in settlements) / 1000)
+        assert one(m, "ledgerlog_energy_providers") == len(providers) == market["providers"]
+        assert one(m, "ledgerlog_energy_average_price_per_kwh") == market["average_price_per_kwh"] > 0
+        assert one(m, "ledgerlog_energy_traded_joules_total") == sum(s["milli_kwh"] for s in settlements) * 3600
         per_provider: dict[str, int] = {}
         for s in settlements:
             per_provider[s["provider_id"]] = per_provider.get(s["provider_id"], 0) + 1
-        got = {lab["provider"]: v for lab, v in m["energy_settlements_total"] if v}
+        got = {lab["provider"]: v for lab, v in m["ledgerlog_energy_settlements_total"] if v}
         assert got == per_provider
-        assert one(m, "oracle_reading_latency_seconds_count") == len(readings)
+        assert one(m, "ledgerlog_oracle_reading_latency_seconds_count") == len(readings)
         # readings carry 2023 timestamps: all in the top bucket, never negative
-        assert one(m, "oracle_reading_latency_seconds_sum") > 0
+        assert one(m, "ledgerlog_oracle_reading_latency_seconds_sum") > 0
 
         # storage and process
         sizes = {(lab["component"], lab.get("projection", "")): v for lab, v in m["ledgerlog_storage_bytes"]}
