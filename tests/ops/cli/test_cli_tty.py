@@ -91,7 +91,7 @@ def tty_json(out: bytes) -> Any:
 
 
 #: one drawing of a bar with a known total: "desc[ phase]: pct%|bar| n/total unit [elapsed, ETA t, rate]"
-_SIZED_BAR = re.compile(rb"(?P<desc>[^\r\n|:]+): +(?P<pct>\d+)%\|[^|\r\n]*\| (?P<n>[\d.]+[kMGTPEZY]?)/"
+_SIZED_BAR = re.compile(rb"(?P<desc>[^\r\n|]+?): +(?P<pct>\d+)%\|[^|\r\n]*\| (?P<n>[\d.]+[kMGTPEZY]?)/"
                         rb"(?P<total>[\d.]+[kMGTPEZY]?)(?P<unit>[^\[\r\n]*)\[[^,\]]+, ETA (?P<eta>[^,\]]+),")
 
 
