@@ -165,14 +165,18 @@ class WriteState:
     def set_role_key(self, role: str, pubkey: str, identity: str, active: bool) -> None:
         self._put(b"rk/" + role.encode() + b"/" + pubkey.encode(), (identity, active))
 
+    #: the state key of the first log key: recorded by the writer that opens the chain, not by
+    #: admission, so a fold of the log (Kafka catch-up) has it only once a log rotation names it
+    LOG_ORIGIN = b"lk"
+
     def log_origin(self) -> str | None:
         """The first log key (PROTOCOL.md §9): it holds the ``log`` role until a rotation moves it.
         No genesis names it; the node records it at its first start (``record_log_origin``)."""
-        v = self._get(b"lk")
+        v = self._get(self.LOG_ORIGIN)
         return None if v is None else str(v)
 
     def set_log_origin(self, pubkey: str) -> None:
-        self._put(b"lk", pubkey)
+        self._put(self.LOG_ORIGIN, pubkey)
 
     def log_key_now(self) -> str | None:
         """The key holding the ``log`` role now: the newest rotation's, else the first log key."""
