@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Query
 from starlette.concurrency import run_in_threadpool
 
+from ledgerlog.ops.api import docs
 from ledgerlog.ops.api import handlers as h
 from ledgerlog.ops.api.handlers import json_response
 from ledgerlog.ops.query.queries import I64_MAX
@@ -97,6 +98,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/dashboard", ("dashboard",), "Everything the dashboard page shows", endpoint=h.dashboard),
     Route("GET", "/metrics", ("node",), "Prometheus metrics", endpoint=h.metrics),
     Route("GET", "/", (), endpoint=h.index, openapi={"include_in_schema": False}),
+    Route("GET", "/docs", (), endpoint=docs.swagger, openapi={"include_in_schema": False}),
+    Route("GET", "/favicon.ico", (), endpoint=docs.favicon, openapi={"include_in_schema": False}),
     Route("GET", "/schemas/ids/{schema_id}", ("schema registry",), endpoint=h.schema_by_id),
     Route("GET", "/subjects", ("schema registry",), endpoint=h.subjects),
     Route("GET", "/subjects/{subject}/versions", ("schema registry",), endpoint=h.versions),
