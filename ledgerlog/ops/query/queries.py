@@ -12,15 +12,14 @@ from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.engine.treehead import HeadPublisher
 from ledgerlog.ops.query.proofs import LogProofs
-from ledgerlog.ops.query.series import SERIES_BLOCKS, Samples, block_series
+from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, block_series
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
 
-__all__ = ["Queries", "ADDRESS_RE", "COIN_DECIMALS", "I64_MAX", "BadRequest", "bad_request"]
+__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "BadRequest", "bad_request"]
 
 ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
-COIN_DECIMALS = 8  # the display denomination: 1 coin = 10^8 base units (docs/DESIGN.md)
 
 
 def bad_request(message: str) -> BadRequest:

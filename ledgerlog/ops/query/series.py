@@ -8,9 +8,10 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["SERIES_BLOCKS", "Samples", "block_series"]
+__all__ = ["COIN_DECIMALS", "SERIES_BLOCKS", "Samples", "block_series"]
 
 SERIES_BLOCKS = 60  # blocks in the dashboard's series (and its recent-blocks read)
+COIN_DECIMALS = 8  # the dashboard's denomination: 1 coin = 10^8 base units (docs/DESIGN.md)
 
 
 class Samples:

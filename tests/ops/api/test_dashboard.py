@@ -9,8 +9,7 @@ from importlib import resources
 
 from nodetools import ingest_all, observed_node
 
-from ledgerlog.ops.query.queries import COIN_DECIMALS
-from ledgerlog.ops.query.series import SERIES_BLOCKS, Samples, block_series
+from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, block_series
 
 
 def _blocks(*heights: int) -> list[dict[str, int]]:
