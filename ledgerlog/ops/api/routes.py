@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Query
 from starlette.concurrency import run_in_threadpool
 
+from ledgerlog.ops.api import docs
 from ledgerlog.ops.api import handlers as h
 from ledgerlog.ops.api import registry as reg
 from ledgerlog.ops.api.handlers import json_response
@@ -99,6 +100,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/dashboard", ("dashboard",), "Everything the dashboard page shows", endpoint=h.dashboard),
     Route("GET", "/metrics", ("node",), "Prometheus metrics", endpoint=h.metrics),
     Route("GET", "/", (), endpoint=h.index, openapi={"include_in_schema": False}),
+    Route("GET", "/docs", (), endpoint=docs.swagger, openapi={"include_in_schema": False}),
+    Route("GET", "/favicon.ico", (), endpoint=docs.favicon, openapi={"include_in_schema": False}),
     # Confluent's Schema Registry API over _schemas (ops/api/registry.py: read-only, BACKWARD_TRANSITIVE)
     Route("GET", "/schemas/types", _SR, "Schema types: [\"AVRO\"]", endpoint=reg.schema_types,
           openapi=reg.openapi("the schema types", codes=())),

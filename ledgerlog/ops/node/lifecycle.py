@@ -41,6 +41,7 @@ log = logging.getLogger("ledgerlog.node")
 
 _MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
 _PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
+_SAMPLE_SECONDS = 0.2  # how often the dashboard's per-height samples are taken (ops/query/series.py)
 
 
 class Node:
@@ -186,6 +187,7 @@ class Node:
         self._spawn("fold", self._fold_loop)
         self._spawn("storage", self._storage_loop)
         self._spawn("heads", self._heads_loop)
+        self._spawn("samples", self._samples_loop)
         if self.simulate:
             self._spawn("simulate", self._simulate)
 
@@ -200,6 +202,14 @@ class Node:
                 heads.publish()
             except Exception:
                 log.exception("could not publish tree heads; retrying")
+
+    def _samples_loop(self) -> None:
+        """Sample what the dashboard's series show per height but no projection keeps."""
+        while not self._stop.wait(_SAMPLE_SECONDS):
+            try:
+                self.queries.sample()
+            except Exception:  # a failed projection or a closing store: no sample this time
+                log.debug("dashboard sample skipped", exc_info=True)
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=f"ledgerlog-{name}", daemon=True)

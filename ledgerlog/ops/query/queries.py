@@ -12,6 +12,7 @@ from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.engine.treehead import HeadPublisher
 from ledgerlog.ops.query.proofs import LogProofs
+from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, block_series
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
 
@@ -37,6 +38,7 @@ class Queries:
         self.inclusion_proof, self.consistency_proof, self.tree_head = (
             proofs.inclusion_proof, proofs.consistency_proof, proofs.tree_head)
         self.syncing_lag = syncing_lag  # records of lag above which status says "syncing" (http.ready_max_lag)
+        self.samples = Samples()  # per-height figures no projection keeps; a running node fills it (sample)
 
     # -- read-your-writes ------------------------------------------------------------------------
     def sync(self, timeout: float = 5.0) -> bool:
@@ -148,10 +150,18 @@ class Queries:
         h = self.runner.handles[name]
         return None if h.failed is not None else read(h.store.view())
 
+    def sample(self) -> None:
+        """Note the mempool size and the energy credited at the tip as it is now (for the
+        dashboard's series; the node calls this a few times a second)."""
+        cs = self._view("chainstate")
+        credited = self._part("energy", lambda v: energy.market(v)["credited_milli_kwh"])
+        self.samples.record(chainstate.tip(cs)["height"], chainstate.mempool_size(cs), credited)
+
     def dashboard(self) -> dict[str, Any]:
         cs = self._view("chainstate")
         tip = chainstate.tip(cs)
-        recent = chainstate.recent_blocks(cs, 60)
+        recent = chainstate.recent_blocks(cs, SERIES_BLOCKS)
+        market = self._part("energy", energy.market)
         now_ms = time.time() * 1000
         span = (recent[0]["timestamp"] - recent[-1]["timestamp"]) / 1000 if len(recent) > 1 else 0
         txs = sum(b["tx_count"] for b in recent[:-1]) if len(recent) > 1 else 0
@@ -164,10 +174,12 @@ class Queries:
                       "tps": round(txs / span, 2) if span > 0 else 0.0,
                       "seconds_since_block": round(max(0.0, (now_ms - tip["tip_timestamp"]) / 1000), 1)},
             "recent_blocks": recent[:20],
+            "series": block_series(recent, self.samples, market["credited_milli_kwh"] if market else None),
+            "coin": {"decimals": COIN_DECIMALS},
             "richest": self._part("balances", lambda v: balances.richest(v, 10)),
             "pool": self._part("payouts", payouts.pool),
             "workers": self._part("payouts", lambda v: payouts.workers(v, 10)),
-            "energy": self._part("energy", energy.market),
+            "energy": market,
             "providers": self._part("energy", lambda v: energy.providers(v, 10)),
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
