@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["UNITS", "format_duration", "parse_duration"]
+__all__ = ["UNITS", "parse_duration"]
 
 #: unit -> seconds
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -19,10 +19,3 @@ def parse_duration(text: str) -> int:
                          f"or 2w")
     return int(m.group(1)) * UNITS[m.group(2)]
 
-
-def format_duration(seconds: int) -> str:
-    """The shortest ``parse_duration`` spelling of a whole number of seconds."""
-    for unit, size in sorted(UNITS.items(), key=lambda u: -u[1]):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

@@ -23,7 +23,13 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError, StoreLockedError, UsageError
 from ledgerlog.ops.data import snapshot as snapshot_mod
 from ledgerlog.ops.data.restore import restore_snapshot
-from ledgerlog.ops.data.snapshot import MANIFEST, create_snapshot, list_snapshots, read_manifest, reading
+from ledgerlog.ops.data.snapshot import (
+    MANIFEST,
+    create_snapshot,
+    list_snapshots,
+    read_manifest,
+    reading,
+)
 from ledgerlog.ops.data.snapshot_prune import _claim, apply_prune, plan_prune, prune_snapshots
 from ledgerlog.ops.devtools.histgen import make_genesis, write_history
 from ledgerlog.streams.runner import Runner
