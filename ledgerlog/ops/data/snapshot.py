@@ -21,7 +21,8 @@ By default every such link is replaced by a copy, so no byte of a snapshot is sh
 live stores; ``link=True`` keeps the links (a fast local checkpoint, *not* a backup: damage to a
 live file is damage to the snapshot). The manifest says which (``linked``).
 
-Restoring one is ops/data/restore.py's.
+Restoring one is ops/data/restore.py's; deleting old ones ops/data/snapshot_prune.py's, which
+deletes only a snapshot it can flock exclusively: readers (restore, verify) hold ``reading``.
 """
 from __future__ import annotations
 
