@@ -31,6 +31,7 @@ from ledgerlog.ops.data.snapshot import (
     _fsync_tree,
     _locked_tmp,
     _offsets,
+    reading,
     verify_snapshot,
 )
 from ledgerlog.ops.query.client import pid_alive
@@ -100,12 +101,13 @@ def deep_check(path: str) -> dict[str, Any]:
     """``verify_snapshot`` plus RocksDB's view: a scratch copy beside the snapshot is opened and
     must hold the manifest's height, tip, end offsets and projection digests. Returns the manifest."""
     src = os.path.abspath(path)
-    manifest = verify_snapshot(src)
-    with _locked_tmp(os.path.dirname(src)) as tmp:
-        try:
-            _copy_checked(src, manifest, tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with reading(src):  # snapshot prune leaves it alone meanwhile
+        manifest = verify_snapshot(src)
+        with _locked_tmp(os.path.dirname(src)) as tmp:
+            try:
+                _copy_checked(src, manifest, tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
@@ -114,8 +116,8 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
     """Restore the snapshot at ``path`` as ``data_dir``.
 
     Refuses (before writing anything) a corrupt, truncated or incomplete snapshot
-    (CorruptStoreError), a data dir a node runs on or another restore works on
-    (StoreLockedError), and a data dir that already holds something unless ``force``
+    (CorruptStoreError), a data dir a node runs on or another restore works on, or a snapshot
+    ``snapshot prune`` is deleting (StoreLockedError; the snapshot is read under ``reading``), and a data dir that already holds something unless ``force``
     (ConfigError); with ``force`` the old one is moved aside to ``<data_dir>.replaced-<timestamp>``.
     Crash-safe: see the module docstring. ``on_step(name)`` runs after each of STEPS."""
     started = time.monotonic()
@@ -126,6 +128,12 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
         raise ConfigError(f"no snapshot at {path}")
     if target == src or target.startswith(src + os.sep):
         raise ConfigError(f"cannot restore {path} into itself ({data_dir})")
+    with reading(src):  # snapshot prune leaves it alone meanwhile
+        return _restore(src, path, target, data_dir, force, step, started)
+
+
+def _restore(src: str, path: str, target: str, data_dir: str, force: bool, step: Callable[[str], None],
+             started: float) -> dict[str, Any]:
     manifest = verify_snapshot(src)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)

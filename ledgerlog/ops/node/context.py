@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ledgerlog.ops.api.faucet import Faucet
     from ledgerlog.ops.api.limits import Controls
     from ledgerlog.ops.node.metrics import NodeMetrics
+    from ledgerlog.ops.node.snapshots import SnapshotSchedule
     from ledgerlog.ops.query.queries import Queries
     from ledgerlog.streams.runner import Runner
 
@@ -64,6 +65,10 @@ class NodeContext(ChainContext, Protocol):
         """The admin actions table (ops/node/actions.py ``ACTIONS``)."""
 
     faucet: Faucet  # replaced when an app is built with other faucet settings
+
+    @property
+    def snapshots(self) -> SnapshotSchedule:
+        """Scheduled snapshots (``[snapshot] every``) and what the metrics say of snapshots."""
 
     @property
     def url(self) -> str | None: ...

@@ -30,6 +30,7 @@ from ledgerlog.ops.api.server import bind, listen, raise_open_files, uvicorn_ser
 from ledgerlog.ops.api.transport import EdgeSettings
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
+from ledgerlog.ops.node.snapshots import SnapshotSchedule
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.projections import chainstate, payouts
 from ledgerlog.streams.reproject import reproject
@@ -54,6 +55,7 @@ class Node:
         self.genesis = self.chain.genesis
         self.admitter = self.chain.admitter
         try:
+            self.snapshots = SnapshotSchedule(config, self.chain)  # snapshot.every on a Kafka log: ConfigError
             self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
                                  batch=config.fold_batch)
         except BaseException:
@@ -188,6 +190,8 @@ class Node:
         self._spawn("storage", self._storage_loop)
         self._spawn("heads", self._heads_loop)
         self._spawn("samples", self._samples_loop)
+        if self.snapshots.every:
+            self._spawn("snapshots", lambda: self.snapshots.run(self, self._stop))
         if self.simulate:
             self._spawn("simulate", self._simulate)
 
