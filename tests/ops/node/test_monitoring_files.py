@@ -151,6 +151,9 @@ def test_alert_rules_are_valid_prometheus_rule_groups() -> None:
         "faucet low": lambda e: "ledgerlog_faucet_balance" in e,
         "storage not writable": lambda e: re.search(r"ledgerlog_storage_writable *== *0", e),
         "storage errors": lambda e: "ledgerlog_storage_errors_total" in e,
+        "settlement stall": lambda e: "ledgerlog_energy_seconds_since_settlement" in e
+        and "ledgerlog_energy_unsettled_joules" in e,
+        "provider fulfilment time": lambda e: "ledgerlog_energy_provider_unsettled_age_seconds" in e,
     }
     for what, test in wanted.items():
         assert any(test(e) for e in exprs.values()), f"no alert for {what}"
