@@ -169,7 +169,7 @@ def test_energy_endpoints_equal_a_replay_now_and_at_every_height(market_node):
             body.pop("provenance")
             assert body == {**want["providers"][pid], **at}, (pid, height)
     now = replay(events, genesis, None)
-    assert now["market"]["settlements"] == 5 and 0 < now["market"]["unsettled_milli_kwh"]
+    assert now["market"]["settlements"] == 5 and now["market"]["unsettled_milli_kwh"] > 0
     assert now["parameters"] == {"min_stake": 2_000_000, "max_price_per_kwh": 900}
     assert replay(events, genesis, 0)["parameters"]["min_stake"] == genesis.energy.min_stake
 
@@ -213,7 +213,7 @@ def test_bad_parameters_answer_400(market_node, path, params):
 
 
 def test_heights_beyond_the_tip_answer_the_present(market_node):
-    client, events, genesis, tip = market_node
+    client, events, genesis, _ = market_node
     want = replay(events, genesis, None)
     assert _get(client, "/v1/energy/market", height=I64_MAX) == {**want["market"], "height": I64_MAX}
     assert {n: v["value"] for n, v in _get(client, "/v1/energy/governance", height=I64_MAX)["parameters"].items()} \

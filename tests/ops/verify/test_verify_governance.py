@@ -8,8 +8,8 @@ from typing import Any
 from conftest import admit, admit_ok, signer_from_byte
 
 from ledgerlog.engine import topics as T
-from ledgerlog.engine.crypto import H
 from ledgerlog.engine.avro import encode as avro_encode
+from ledgerlog.engine.crypto import H
 from ledgerlog.engine.log.base import Record
 from ledgerlog.ops.verify.checks import verify
 
