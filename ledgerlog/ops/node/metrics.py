@@ -63,6 +63,7 @@ from ledgerlog.engine.admission.rules import Out
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.ops.data.storage import storage_bytes
+from ledgerlog.ops.node.energy_metrics import SettlementGauges
 from ledgerlog.projections import energy, payouts
 
 if TYPE_CHECKING:
@@ -247,6 +248,15 @@ class NodeMetrics:
               description="Average price per kWh over registered providers (base units)")
         counter("ledgerlog_energy_traded_joules", [self._joules_traded], description="Settled (traded) energy, joules")
         counter("ledgerlog_energy_settlements", [self._settlements], description="Settlements recorded, by provider")
+        settle = SettlementGauges(node)  # settlement backlog and lag (ops/node/energy_metrics.py)
+        gauge("ledgerlog_energy_unsettled_joules", [settle.unsettled],
+              description="Energy credited but not settled yet, all providers (1 milli-kWh = 3600 J)")
+        gauge("ledgerlog_energy_provider_unsettled_age_seconds", [settle.provider_ages],
+              description="Per provider: seconds since its oldest energy not settled yet was credited (chain time)")
+        gauge("ledgerlog_energy_settlement_lag_seconds", [settle.lag],
+              description="Seconds since the oldest energy not settled yet was credited, all providers (0: all settled)")
+        gauge("ledgerlog_energy_last_settlement_age_seconds", [settle.since_settlement],
+              description="Seconds since the chain time of the newest settlement (of genesis before any)")
         self.oracle_latency = m.create_histogram(
             "ledgerlog_oracle_reading_latency_seconds", description="Admission time minus the reading's timestamp")
         self.block_interval = m.create_histogram("ledgerlog_block_interval_seconds", description="Time between consecutive blocks (header timestamps)")

@@ -162,8 +162,18 @@ class NodeClient:
     def worker(self, address: str) -> dict[str, Any]:
         return self._get(f"/v1/pool/workers/{address}")
 
-    def provider(self, provider_id: str) -> dict[str, Any]:
-        return self._get(f"/v1/energy/providers/{provider_id}")
+    def provider(self, provider_id: str, height: int | None = None) -> dict[str, Any]:
+        return self._get(f"/v1/energy/providers/{provider_id}", height=height)
+
+    def providers(self, limit: int | None = None, after: str | None = None,
+                  height: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/energy/providers", limit=limit, after=after, height=height)
+
+    def market(self, height: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/energy/market", height=height)
+
+    def governance(self, height: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/energy/governance", height=height)
 
     def admin(self, action: str, token: str, body: dict[str, Any] | None = None,
               timeout: float | None = None) -> Any:

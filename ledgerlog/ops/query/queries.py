@@ -16,14 +16,30 @@ from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, bl
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
 
-__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "BadRequest", "bad_request"]
+__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "MAX_PROVIDER_ID", "PROVIDERS_PAGE", "PROVIDERS_PAGE_MAX",
+           "BadRequest", "bad_request"]
 
 ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
 
 
+#: providers a page of ``GET /v1/energy/providers`` holds by default, and at most
+PROVIDERS_PAGE, PROVIDERS_PAGE_MAX = 100, 1000
+MAX_PROVIDER_ID = 256  # characters (engine/admission/lines.py)
+
+
 def bad_request(message: str) -> BadRequest:
     return BadRequest(message)
+
+
+def _check_height(height: int | None) -> None:
+    if height is not None and not 0 <= height <= I64_MAX:
+        raise bad_request(f"height must be between 0 and {I64_MAX}")
+
+
+def _at(height: int | None) -> dict[str, int]:
+    """The ``height`` an as-of answer was asked for (nothing for answers about now)."""
+    return {} if height is None else {"height": height}
 
 
 class Queries:
@@ -139,11 +155,40 @@ class Queries:
             raise bad_request(f"{address!r} is not a 40-hex address")
         return {**payouts.worker(self._view("payouts"), address), "provenance": self.provenance("payouts")}
 
-    def provider(self, provider_id: str) -> dict[str, Any]:
-        found = energy.provider(self._view("energy"), provider_id)
+    def provider(self, provider_id: str, height: int | None = None) -> dict[str, Any]:
+        _check_height(height)
+        found = energy.provider(self._view("energy"), provider_id, height)
         if found is None:
-            raise NotFoundError(f"no provider {provider_id!r}")
-        return {**found, "provenance": self.provenance("energy")}
+            raise NotFoundError(f"no provider {provider_id!r}" + ("" if height is None else f" at height {height}"))
+        return {**found, **_at(height), "provenance": self.provenance("energy")}
+
+    # -- the energy market (docs/PROTOCOL.md §8.5) ------------------------------------------------
+    def providers(self, limit: int | None = None, after: str | None = None,
+                  height: int | None = None) -> dict[str, Any]:
+        """A page of providers in provider_id order (UTF-8 bytes), after the cursor ``after``;
+        ``next_after`` is the cursor of the next page (null on the last)."""
+        limit = PROVIDERS_PAGE if limit is None else limit
+        if not 1 <= limit <= PROVIDERS_PAGE_MAX:
+            raise bad_request(f"limit must be between 1 and {PROVIDERS_PAGE_MAX}")
+        if after is not None and not 0 < len(after) <= MAX_PROVIDER_ID:
+            raise bad_request(f"after is a provider_id: 1 to {MAX_PROVIDER_ID} characters")
+        _check_height(height)
+        rows = energy.page(self._view("energy"), limit + 1, after, height)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"providers": rows, "count": len(rows), "limit": limit,
+                "next_after": rows[-1]["provider_id"] if more else None, **_at(height),
+                "provenance": self.provenance("energy")}
+
+    def market(self, height: int | None = None) -> dict[str, Any]:
+        _check_height(height)
+        return {**energy.market(self._view("energy"), height), **_at(height), "provenance": self.provenance("energy")}
+
+    def governance(self, height: int | None = None) -> dict[str, Any]:
+        """The governance parameters in force now or as of ``height``."""
+        _check_height(height)
+        return {"parameters": energy.parameters(self._view("energy"), self.runner.genesis, height), **_at(height),
+                "provenance": self.provenance("energy")}
 
     def _part(self, name: str, read: Any) -> Any:
         """A dashboard section read from ``name``; None while that projection is failed."""
