@@ -343,6 +343,10 @@ class Code(str, Enum):
     DUPLICATE = "DUPLICATE"
     CONFLICT = "CONFLICT"
     BAD_ROTATION = "BAD_ROTATION"  # extension (docs/PROTOCOL.md §8): a key rotation's new key is not fresh
+    # extension (docs/PROTOCOL.md §8.5): governance parameters
+    UNKNOWN_PARAMETER = "UNKNOWN_PARAMETER"  # a governance line names no parameter the chain has
+    BAD_PARAMETER = "BAD_PARAMETER"  # a governance value outside its parameter's range
+    PRICE_TOO_HIGH = "PRICE_TOO_HIGH"  # a registration's price_per_kwh above max_price_per_kwh
 
 
 class Rejection(LedgerError):

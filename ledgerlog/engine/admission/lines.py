@@ -76,10 +76,11 @@ BODY_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
                    ("round_height", "long"), ("timestamp", "long")),
     "KeyRotationBody": (("chain_id", "string"), ("role", "role"), ("old_pubkey", "hex64"),
                         ("new_pubkey", "hex64"), ("timestamp", "long")),
+    "GovernanceBody": (("chain_id", "string"), ("parameter", "id"), ("value", "long"), ("timestamp", "long")),
 }
 #: Line type -> body schema, for the lines shaped {"type","body","pubkey","signature"}.
 SIGNED_KINDS = {"transaction": "TransactionBody", "reading": "ReadingBody", "provider": "ProviderBody",
-                "settlement": "SettlementBody", "payout": "PayoutBody"}
+                "settlement": "SettlementBody", "payout": "PayoutBody", "governance": "GovernanceBody"}
 KINDS = ("block", "share", *SIGNED_KINDS, "rotation")
 _SIGNED_KEYS = {"type", "body", "pubkey", "signature"}
 _BLOCK_KEYS = {"type", "header", "pubkey", "signature", "transactions"}

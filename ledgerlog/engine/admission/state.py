@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from .. import intjson
 from ..genesis import Genesis
+from ..governance import PARAMETERS
 from ..log.base import Log
 
 __all__ = ["Tip", "Account", "WriteState", "init_state"]
@@ -155,6 +156,23 @@ class WriteState:
 
     def set_provider(self, provider_id: str, record: dict[str, Any]) -> None:
         self._put(_k(b"pv/", provider_id), record)
+
+    # -- governance parameters (docs/PROTOCOL.md §8.5) ----------------------------------
+    def parameter(self, name: str, genesis: Genesis) -> int:
+        """A governance parameter's value now (its genesis value until a change)."""
+        v = self._get(b"gv/" + name.encode())
+        return PARAMETERS[name].initial(genesis) if v is None else int(v[0])
+
+    def set_parameter(self, name: str, value: int, seq: int) -> None:
+        self._put(b"gv/" + name.encode(), (value, seq))
+
+    def governance_seq(self) -> int:
+        """The seq of the last governance change admitted (0: none yet)."""
+        v = self._get(b"gseq")
+        return 0 if v is None else int(v)
+
+    def set_governance_seq(self, seq: int) -> None:
+        self._put(b"gseq", seq)
 
     # -- role keys (rotations) ------------------------------------------------------------
     def role_key(self, role: str, pubkey: str) -> tuple[str, bool] | None:

@@ -1,9 +1,10 @@
-"""`ledgerlog snapshot create|list|verify|restore`: consistent snapshots of a chain (log, write-side
-state, projections), taken while the node runs, independent copies unless --link, checked file by
-file, and their verified, crash-safe restore."""
+"""`ledgerlog snapshot create|list|verify|restore|prune`: consistent snapshots of a chain (log,
+write-side state, projections), taken while the node runs, independent copies unless --link,
+checked file by file, their verified, crash-safe restore, and their retention."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import typer
 
@@ -17,7 +18,7 @@ from ledgerlog.ops.query.client import NodeClient
 # other command would otherwise pay for at start-up. The node registers its "snapshot" admin
 # action by importing ops.snapshot itself.
 
-snapshot_app = typer.Typer(help="Snapshots of the chain: create, list, verify, restore.", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Snapshots of the chain: create, list, verify, restore, prune.", no_args_is_help=True)
 app.add_typer(snapshot_app, name="snapshot")
 
 
@@ -79,6 +80,53 @@ def snapshot_list(ctx: typer.Context,
     emit({"dir": os.path.abspath(d), "snapshots": list_snapshots(d, verify=verify)})
 
 
+@snapshot_app.command("prune")
+def snapshot_prune(ctx: typer.Context,
+                   keep: int = typer.Option(..., "--keep", min=1, help="Keep the newest N snapshots of each chain (1 or more: the newest is never deleted)."),
+                   older_than: str | None = typer.Option(None, "--older-than", help="Delete one beyond the newest N only once it is older than this: 30m, 12h, 7d, 2w."),
+                   directory: str | None = typer.Option(None, "--dir", help="Directory holding snapshots (default snapshot.dir). With a node running it must be under snapshot.dir."),
+                   dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be deleted; delete nothing.")) -> None:
+    """Delete old snapshots: those beyond the newest --keep that are also older than --older-than.
+
+    Never the newest, never one a restore or verify is reading, never anything but an intact
+    snapshot directly in the directory. Prints what was kept (and why), deleted and ignored, and
+    the bytes freed; exit 1 when a deletion failed. With a node running, the node prunes (admin
+    action snapshot-prune, recorded on ledger.admin)."""
+    from ledgerlog.engine.durations import parse_duration
+    from ledgerlog.ops.cli.progress import progress_bar
+    from ledgerlog.ops.data.snapshot import inside
+    from ledgerlog.ops.data.snapshot_prune import apply_prune, plan_prune
+    cfg = config_of(ctx)
+    try:
+        seconds = None if older_than is None else parse_duration(older_than)
+    except ValueError as exc:
+        fail(f"--older-than: {exc}", 2, code="USAGE")
+    if directory and not os.path.isdir(directory):
+        fail(f"no directory {directory}", 2, code="USAGE")
+    where = os.path.abspath(directory) if directory else cfg.snapshots_dir
+    node = NodeClient.find(cfg)
+    if node is not None:
+        try:
+            if inside(cfg.snapshots_dir, where) is None:
+                fail(f"a running node prunes only under snapshot.dir ({cfg.snapshots_dir}); stop it to prune "
+                     f"{where}", 2, code="SNAPSHOT_DIR_REFUSED")
+            result = node.admin("snapshot-prune", cfg.admin_token, {"keep": keep, "older_than": older_than,
+                                "dry_run": dry_run, "dir": where}, timeout=None)
+        finally:
+            node.close()
+        base = os.path.realpath(cfg.snapshots_dir)
+        result["dir"] = os.path.join(base, result["dir"]) if result["dir"] else base
+        emit({**result, "via": "node"})
+    else:
+        plan = plan_prune(where, keep, seconds)
+        bar = progress_bar("snapshot prune", total=plan.bytes, unit="B") if plan.doomed and not dry_run \
+            else nullcontext(None)
+        with bar as tick:
+            result = apply_prune(plan, dry_run=dry_run, on_deleted=tick)
+        emit({**result, "older_than": older_than, "via": "local"})
+    raise typer.Exit(1 if result["failed"] else 0)
+
+
 @snapshot_app.command("restore")
 def snapshot_restore(ctx: typer.Context,
                      path: str = typer.Argument(..., help="The snapshot directory."),
@@ -114,11 +162,11 @@ def snapshot_verify(path: str = typer.Argument(..., help="The snapshot directory
 
     Exit 0 when it holds; 1 naming the first bad file; 2 when there is no snapshot at PATH."""
     from ledgerlog.ops.data.restore import deep_check, snapshot_bytes
-    from ledgerlog.ops.data.snapshot import summary, verify_snapshot
+    from ledgerlog.ops.data.snapshot import reading, summary, verify_snapshot
     if not os.path.isdir(path):
         fail(f"no snapshot at {path}", 2, code="USAGE")
     try:
-        with progress_bar("snapshot", unit="B", quiet=quiet) as bar:
+        with reading(path), progress_bar("snapshot", unit="B", quiet=quiet) as bar:  # reading: prune leaves it be
             if deep:
                 manifest = deep_check(path, bar)
             else:
@@ -127,5 +175,11 @@ def snapshot_verify(path: str = typer.Argument(..., help="The snapshot directory
                 manifest = verify_snapshot(path, bar)
     except CorruptStoreError as exc:
         fail(str(exc), 1, code="CORRUPT")
+        raise
+    except StoreLockedError as exc:
+        fail(str(exc), 1, code="LOCKED")
+        raise
+    except ConfigError as exc:
+        fail(str(exc), 2, code="USAGE")
         raise
     emit({**summary(manifest, path), "ok": True, "deep": deep})

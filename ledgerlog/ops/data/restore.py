@@ -32,6 +32,7 @@ from ledgerlog.ops.data.snapshot import (
     _locked_tmp,
     _offsets,
     read_manifest,
+    reading,
     verify_snapshot,
 )
 from ledgerlog.ops.jobs import Progress
@@ -111,14 +112,15 @@ def deep_check(path: str, progress: Progress | None = None) -> dict[str, Any]:
     must hold the manifest's height, tip, end offsets and projection digests. Returns the manifest.
     ``progress`` is told the bytes to hash and copy, then of each block."""
     src = os.path.abspath(path)
-    if progress is not None:
-        progress.set_total(2 * snapshot_bytes(src))
-    manifest = verify_snapshot(src, progress)
-    with _locked_tmp(os.path.dirname(src)) as tmp:
-        try:
-            _copy_checked(src, manifest, tmp, path, progress)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with reading(src):  # snapshot prune leaves it alone meanwhile
+        if progress is not None:
+            progress.set_total(2 * snapshot_bytes(src))
+        manifest = verify_snapshot(src, progress)
+        with _locked_tmp(os.path.dirname(src)) as tmp:
+            try:
+                _copy_checked(src, manifest, tmp, path, progress)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
@@ -128,8 +130,8 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
     """Restore the snapshot at ``path`` as ``data_dir``.
 
     Refuses (before writing anything) a corrupt, truncated or incomplete snapshot
-    (CorruptStoreError), a data dir a node runs on or another restore works on
-    (StoreLockedError), and a data dir that already holds something unless ``force``
+    (CorruptStoreError), a data dir a node runs on or another restore works on, or a snapshot
+    ``snapshot prune`` is deleting (StoreLockedError; the snapshot is read under ``reading``), and a data dir that already holds something unless ``force``
     (ConfigError); with ``force`` the old one is moved aside to ``<data_dir>.replaced-<timestamp>``.
     Crash-safe: see the module docstring. ``on_step(name)`` runs after each of STEPS;
     ``progress`` is told the bytes to verify and copy, then of each block."""
@@ -141,6 +143,12 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
         raise ConfigError(f"no snapshot at {path}")
     if target == src or target.startswith(src + os.sep):
         raise ConfigError(f"cannot restore {path} into itself ({data_dir})")
+    with reading(src):  # snapshot prune leaves it alone meanwhile
+        return _restore(src, path, target, data_dir, force, step, started, progress)
+
+
+def _restore(src: str, path: str, target: str, data_dir: str, force: bool, step: Callable[[str], None],
+             started: float, progress: Progress | None) -> dict[str, Any]:
     if progress is not None:
         progress.set_total(2 * snapshot_bytes(src))
     manifest = verify_snapshot(src, progress)

@@ -21,7 +21,8 @@ By default every such link is replaced by a copy, so no byte of a snapshot is sh
 live stores; ``link=True`` keeps the links (a fast local checkpoint, *not* a backup: damage to a
 live file is damage to the snapshot). The manifest says which (``linked``).
 
-Restoring one is ops/data/restore.py's.
+Restoring one is ops/data/restore.py's; deleting old ones ops/data/snapshot_prune.py's, which
+deletes only a snapshot it can flock exclusively: readers (restore, verify) hold ``reading``.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from ledgerlog.engine.errors import (
     CorruptStoreError,
     SnapshotDirRefusedError,
     StorageError,
+    StoreLockedError,
     storage_error,
 )
 from ledgerlog.engine.files import fsync_dir
@@ -65,7 +67,7 @@ if TYPE_CHECKING:
     from ledgerlog.streams.runner import Runner
 
 __all__ = ["FORMAT", "MANIFEST", "create_snapshot", "default_dir", "list_snapshots", "read_manifest",
-           "summary", "verify_snapshot", "clean_stale", "inside", "STEPS"]
+           "summary", "verify_snapshot", "clean_stale", "inside", "reading", "STEPS"]
 
 FORMAT = "ledgerlog-snapshot/1"
 MANIFEST = "manifest.json"
@@ -152,6 +154,32 @@ def _locked_tmp(out_dir: str) -> Iterator[str]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def reading(path: str) -> Iterator[None]:
+    """Hold a shared flock on the snapshot directory ``path`` while it is read (restore, verify), so
+    ``snapshot prune`` (ops/data/snapshot_prune.py), which takes it exclusively, leaves it alone.
+    StoreLockedError while a prune deletes it; ConfigError when it was pruned meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ConfigError(f"no snapshot at {path} ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(f"snapshot {path} is being deleted (snapshot prune)") from None
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise ConfigError(f"no snapshot at {path}: it was pruned")  # between our open and our lock
+        yield
     finally:
         os.close(fd)
 
@@ -468,6 +496,7 @@ def snapshot_action(node: NodeContext, body: dict[str, Any]) -> Any:
         manifest = create_snapshot(node.chain, node.runner, where, with_keys=bool(body.get("with_keys", False)),
                                    lock=getattr(node, "fold_lock", None), link=bool(body.get("link", False)),
                                    progress=job)
+    node.snapshots.note_success(manifest["created_ms"])  # the schedule's clock restarts from it
     result = summary(manifest, manifest["path"])
     result.pop("path")
     rel = os.path.relpath(os.path.dirname(manifest["path"]), os.path.realpath(root))

@@ -11,6 +11,7 @@ from ledgerlog.ops.api.admin import Action
 from ledgerlog.ops.api.faucet import faucet_pause_action, faucet_resume_action, faucet_topup_action
 from ledgerlog.ops.api.limits import pause_action, resume_action
 from ledgerlog.ops.data.snapshot import snapshot_action
+from ledgerlog.ops.data.snapshot_prune import snapshot_prune_action
 from ledgerlog.ops.data.storage import compact_action
 from ledgerlog.ops.node.keyrotation import rotate_key_action
 from ledgerlog.streams.reproject import total_records
@@ -40,6 +41,7 @@ def reproject_action(node: Node, body: dict[str, Any]) -> Any:
 ACTIONS: dict[str, Action] = {
     "reproject": Action(reproject_action, {"names": list, "keep": bool, "job": str}),
     "snapshot": Action(snapshot_action, {"out": str, "with_keys": bool, "link": bool, "job": str}),
+    "snapshot-prune": Action(snapshot_prune_action, {"keep": int, "older_than": str, "dry_run": bool, "dir": str}),
     "compact": Action(compact_action),
     "pause": Action(pause_action),
     "resume": Action(resume_action),

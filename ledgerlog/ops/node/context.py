@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ledgerlog.ops.api.limits import Controls
     from ledgerlog.ops.jobs import Jobs
     from ledgerlog.ops.node.metrics import NodeMetrics
+    from ledgerlog.ops.node.snapshots import SnapshotSchedule
     from ledgerlog.ops.query.queries import Queries
     from ledgerlog.streams.runner import Runner
 
@@ -69,6 +70,10 @@ class NodeContext(ChainContext, Protocol):
         """Long admin actions' progress (``jobs`` in ``GET /v1/status``)."""
 
     faucet: Faucet  # replaced when an app is built with other faucet settings
+
+    @property
+    def snapshots(self) -> SnapshotSchedule:
+        """Scheduled snapshots (``[snapshot] every``) and what the metrics say of snapshots."""
 
     @property
     def url(self) -> str | None: ...

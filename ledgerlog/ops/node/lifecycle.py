@@ -31,6 +31,7 @@ from ledgerlog.ops.api.transport import EdgeSettings
 from ledgerlog.ops.jobs import Jobs, Progress
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
+from ledgerlog.ops.node.snapshots import SnapshotSchedule
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.projections import chainstate, payouts
 from ledgerlog.streams.reproject import reproject
@@ -42,6 +43,7 @@ log = logging.getLogger("ledgerlog.node")
 
 _MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
 _PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
+_SAMPLE_SECONDS = 0.2  # how often the dashboard's per-height samples are taken (ops/query/series.py)
 
 
 class Node:
@@ -54,6 +56,7 @@ class Node:
         self.genesis = self.chain.genesis
         self.admitter = self.chain.admitter
         try:
+            self.snapshots = SnapshotSchedule(config, self.chain)  # snapshot.every on a Kafka log: ConfigError
             self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
                                  batch=config.fold_batch)
         except BaseException:
@@ -190,6 +193,9 @@ class Node:
         self._spawn("fold", self._fold_loop)
         self._spawn("storage", self._storage_loop)
         self._spawn("heads", self._heads_loop)
+        self._spawn("samples", self._samples_loop)
+        if self.snapshots.every:
+            self._spawn("snapshots", lambda: self.snapshots.run(self, self._stop))
         if self.simulate:
             self._spawn("simulate", self._simulate)
 
@@ -204,6 +210,14 @@ class Node:
                 heads.publish()
             except Exception:
                 log.exception("could not publish tree heads; retrying")
+
+    def _samples_loop(self) -> None:
+        """Sample what the dashboard's series show per height but no projection keeps."""
+        while not self._stop.wait(_SAMPLE_SECONDS):
+            try:
+                self.queries.sample()
+            except Exception:  # a failed projection or a closing store: no sample this time
+                log.debug("dashboard sample skipped", exc_info=True)
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=f"ledgerlog-{name}", daemon=True)
