@@ -93,6 +93,7 @@ def _register_commands() -> None:
         audit,
         chain,
         export,
+        faucet,
         generate,
         genesis,
         keys,
