@@ -20,7 +20,7 @@ request with STORAGE_ERROR, as does a damaged file (remove it to start the limit
 Why not a library: pyrate-limiter's SQLiteBucket counts one table per bucket (every row, not per
 key), so per-IP limits would need a table per IP, and it takes a token as it tests, while the
 faucet tests both limits first and takes only after admission accepted the grant; ``limits``
-stores in memory, Redis, Memcached or MongoDB, nothing on a local disk."""
+stores in memory or in a server (Redis, Memcached, MongoDB, etcd), nothing on a local disk."""
 from __future__ import annotations
 
 import logging
