@@ -8,7 +8,8 @@ I/O or storage). The tree (code, HTTP status, exit code):
     │   ├── ExportError               BAD_EXPORT 400 2    an export's topic, range or format does not fit the log
     │   └── AuditInputError           BAD_AUDIT_INPUT 400 2  audit's records or state file cannot be read or parsed
     ├── BadRequest                    BAD_REQUEST 400 2   a query argument or request body is malformed
-    │   └── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
+    │   ├── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
+    │   └── BadKeyError               BAD_KEY 400 2       a key file or seed given to import is malformed
     ├── ConfigError                   CONFIG 400 2        bad config file, flag or genesis
     │   ├── GenesisMismatchError      GENESIS_MISMATCH 400 2  genesis.json is not the one the log started with
     │   └── PortInUseError            PORT_IN_USE 400 2   the HTTP port is taken by another process
@@ -71,7 +72,7 @@ from enum import Enum
 from typing import ClassVar
 
 __all__ = [
-    "LedgerError", "UsageError", "ExportError", "AuditInputError", "BadRequest", "SnapshotDirRefusedError", "ConfigError",
+    "LedgerError", "UsageError", "ExportError", "AuditInputError", "BadRequest", "SnapshotDirRefusedError", "BadKeyError", "ConfigError",
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
     "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "SchemaError", "NotFoundError",
     "InvalidSchemaError", "InvalidVersionError", "RegistryReadOnlyError", "REGISTRY_ERRORS", "registry_error",
@@ -166,6 +167,13 @@ class SnapshotDirRefusedError(BadRequest):
     """A running node writes snapshots only under its snapshot.dir."""
 
     code = "SNAPSHOT_DIR_REFUSED"
+
+
+class BadKeyError(BadRequest):
+    """A key file or seed given to import (the faucet's) is malformed: not JSON with a 64-hex
+    seed, or its pubkey/address are not the seed's. Its message never quotes the seed."""
+
+    code = "BAD_KEY"
 
 
 class ConfigError(LedgerError):

@@ -96,6 +96,7 @@ def _register_commands() -> None:
         audit,
         chain,
         export,
+        faucet,
         generate,
         genesis,
         keys,

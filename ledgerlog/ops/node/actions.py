@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ledgerlog.engine.errors import BadRequest
 from ledgerlog.ops.api.admin import Action
-from ledgerlog.ops.api.faucet import faucet_pause_action, faucet_resume_action, faucet_topup_action
+from ledgerlog.ops.api.faucet import (
+    faucet_import_key_action,
+    faucet_pause_action,
+    faucet_resume_action,
+    faucet_rotate_key_action,
+    faucet_topup_action,
+)
 from ledgerlog.ops.api.limits import pause_action, resume_action
 from ledgerlog.ops.data.snapshot import snapshot_action
 from ledgerlog.ops.data.snapshot_prune import snapshot_prune_action
@@ -48,5 +54,7 @@ ACTIONS: dict[str, Action] = {
     "faucet-pause": Action(faucet_pause_action),
     "faucet-resume": Action(faucet_resume_action),
     "faucet-topup": Action(faucet_topup_action, {"amount": int}),
+    "faucet-import-key": Action(faucet_import_key_action, {"seed": str}, secret=frozenset({"seed"})),
+    "faucet-rotate-key": Action(faucet_rotate_key_action),
     "rotate-key": Action(rotate_key_action, {"key": str}),
 }

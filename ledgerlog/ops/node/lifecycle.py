@@ -280,7 +280,7 @@ class Node:
         except StorageError as exc:  # what was committed is in the stores' WALs; the next start folds on
             log.error("could not drain the projections at stop: %s", exc)
         finally:
-            for close in (self.runner.close, self.metrics.shutdown, self.chain.close):
+            for close in (self.faucet.close, self.runner.close, self.metrics.shutdown, self.chain.close):
                 try:
                     close()
                 except StorageError as exc:
