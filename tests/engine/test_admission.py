@@ -154,6 +154,7 @@ for _name, _build, _edit in [
     ("signature not hex", _tx, lambda ln: ln.update(signature="zz" + ln["signature"][2:])),
     ("signature too long", _tx, lambda ln: ln.update(signature=ln["signature"] + "00")),
     ("sender uppercase hex", _tx, lambda ln: ln["body"].update(sender=ln["body"]["sender"].upper())),
+    ("sender with a final newline", _tx, lambda ln: ln["body"].update(sender=ln["body"]["sender"] + "\n")),
     ("recipient 41 chars", _tx, lambda ln: ln["body"].update(recipient=ln["body"]["recipient"] + "0")),
     ("prev_hash not hex", _block_with_tx, lambda ln: ln["header"].update(prev_hash="g" * 64)),
     ("tx_root 63 chars", _block_with_tx, lambda ln: ln["header"].update(tx_root="0" * 63)),
