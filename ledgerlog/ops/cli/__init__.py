@@ -98,6 +98,7 @@ def _register_commands() -> None:
         keys,
         mirror,
         proof,
+        prune,
         query,
         reproject,
         snapshot,

@@ -32,6 +32,11 @@ Values are decoded into the topic's latest registered schema (``<topic>-value`` 
 ``_schemas``), the schema an Avro export carries in its header, so records written with older
 schema versions come out in the current shape.
 
+A pruned log (`ledgerlog prune`) holds no event below its prune height: a range reaching below
+it (an offset below a partition's start, a height below the prune height) is refused with
+``PrunedError`` (PRUNED); without a range, or by time, reading starts at the log's start and
+``export``'s summary says ``pruned`` (height, archive).
+
 Height ranges use an invariant of the write side: along one partition, event heights never
 decrease (admission is sequential and stamps the tip, which only grows). The start of a range
 is found by bisection, the scan stops past its end, and a decrease, should one ever be met,
@@ -267,6 +272,7 @@ def iter_events(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, *
             if bad:
                 raise ExportError(f"{topic} has partitions 0..{n - 1}, not {bad}")
         decoder = _Decoder(chain.codec.registry, topic)
+        _check_pruned(log, topic, parts, rng)
         ends = log.end_offsets(topic)  # the snapshot
         gen = _events(log, topic, parts, ends, rng, decoder)
     except BaseException:
@@ -276,15 +282,32 @@ def iter_events(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, *
     return EventStream(gen, owned, chain, topic, rng, parts, decoder)
 
 
+def _check_pruned(log: Log, topic: str, parts: list[int], rng: _Range) -> None:
+    """A range reaching below what a pruned log still holds is refused (PRUNED), never cut short
+    silently: an offset below a partition's start, a height below the prune height. (Without a
+    range, or by time, an export starts at the log's start; its summary names the prune.)"""
+    point = log.prune_point()
+    if point is None:
+        return
+    if rng.kind == "height" and rng.lo is not None and rng.lo < point.height:
+        raise point.error(f"events of {topic} from height {rng.lo}")
+    if rng.kind == "offset" and rng.lo is not None:
+        starts = log.start_offsets(topic)
+        below = [p for p in parts if rng.lo < starts[p]]
+        if below:
+            raise point.error(f"{topic} from offset {rng.lo} (partition {below[0]} starts at offset {starts[below[0]]})")
+
+
 def _events(log: Log, topic: str, parts: list[int], ends: list[int], rng: _Range,
             decode: _Decoder) -> Iterator[Event]:
+    starts = log.start_offsets(topic)
     for p in parts:
-        start, stop = 0, ends[p]
+        start, stop = starts[p], ends[p]
         if rng.kind == "offset":
-            start = rng.lo or 0
+            start = max(start, rng.lo or 0)
             stop = min(stop, rng.hi + 1) if rng.hi is not None else stop
         elif rng.kind == "height" and rng.lo is not None:
-            start = _first_at_height(log, topic, p, stop, rng.lo, decode)
+            start = _first_at_height(log, topic, p, start, stop, rng.lo, decode)
         prev = -1
         for rec in log.scan(topic, p, start, stop):
             if rng.kind == "time" and not rng.contains(rec.timestamp):
@@ -302,10 +325,10 @@ def _events(log: Log, topic: str, parts: list[int], ends: list[int], rng: _Range
                         sid, h, value)
 
 
-def _first_at_height(log: Log, topic: str, p: int, end: int, height: int, decode: _Decoder) -> int:
-    """The first offset of partition ``p`` whose event height is >= ``height`` (heights are
-    non-decreasing along a partition), or ``end``."""
-    lo, hi = 0, end
+def _first_at_height(log: Log, topic: str, p: int, lo: int, end: int, height: int, decode: _Decoder) -> int:
+    """The first offset of partition ``p`` in [lo, end) whose event height is >= ``height``
+    (heights are non-decreasing along a partition), or ``end``."""
+    hi = end
     while lo < hi:
         mid = (lo + hi) // 2
         recs = log.read(topic, p, mid, 1)
@@ -368,9 +391,10 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
                     f.write(orjson.dumps(ev._asdict()))
                     f.write(b"\n")
                     count += 1
+    point = stream.chain.log.prune_point()
     return {"topic": topic, "format": fmt, "records": count, "path": out,
             "bytes": os.path.getsize(out), "range": rng,
-            "schema_id": stream.schema_id}
+            "schema_id": stream.schema_id, "pruned": point.to_dict() if point is not None else None}
 
 
 def export_schema(value_schema: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from ledgerlog.engine.errors import BadRequest
 from ledgerlog.ops.api.admin import Action
 from ledgerlog.ops.api.faucet import faucet_pause_action, faucet_resume_action, faucet_topup_action
 from ledgerlog.ops.api.limits import pause_action, resume_action
+from ledgerlog.ops.data.prune import prune_action
 from ledgerlog.ops.data.snapshot import snapshot_action
 from ledgerlog.ops.data.storage import compact_action
 from ledgerlog.ops.node.keyrotation import rotate_key_action
@@ -36,6 +37,7 @@ def reproject_action(node: Node, body: dict[str, Any]) -> Any:
 ACTIONS: dict[str, Action] = {
     "reproject": Action(reproject_action, {"names": list, "keep": bool}),
     "snapshot": Action(snapshot_action, {"out": str, "with_keys": bool, "link": bool}),
+    "prune": Action(prune_action, {"before_height": int, "archive": str}),
     "compact": Action(compact_action),
     "pause": Action(pause_action),
     "resume": Action(resume_action),

@@ -88,17 +88,31 @@ class Queries:
         out = {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
                "lag": lag, "syncing": any(v > self.syncing_lag for v in lag.values()),
                "failed_projections": self.failed(), "provenance": self.provenance("chainstate"),
-               "version": __version__}
+               "version": __version__, "pruned": self.pruned()}
         if self.instance is not None:
             out["instance"] = self.instance
         out["log_pubkey"] = self.log_pubkey
         return out
+
+    # -- a pruned log (engine/prunepoint.py): nothing below its prune height is served -------------
+    def _below_prune(self, height: int, what: str) -> None:
+        """PrunedError (410 PRUNED) when ``height`` lies below the log's prune height."""
+        point = self.runner.log.prune_point()
+        if point is not None and height < point.height:
+            raise point.error(what)
+
+    def pruned(self) -> dict[str, Any] | None:
+        """Where the log was pruned (height, archive, tip below it), None if it never was."""
+        point = self.runner.log.prune_point()
+        return point.to_dict() if point is not None else None
 
     def account(self, address: str, height: int | None = None) -> dict[str, Any]:
         if not ADDRESS_RE.match(address):
             raise bad_request(f"{address!r} is not a 40-hex address")
         if height is not None and not 0 <= height <= I64_MAX:
             raise bad_request(f"height must be between 0 and {I64_MAX}")
+        if height is not None:
+            self._below_prune(height, f"the balance of {address} at height {height}")
         return {**balances.account(self._view("balances"), address, height),
                 "provenance": self.provenance("balances")}
 
@@ -106,16 +120,28 @@ class Queries:
         if height_or_hash.isdigit() and (not height_or_hash.isascii() or len(height_or_hash) > 19
                                          or int(height_or_hash) > I64_MAX):
             raise bad_request(f"a block height is a decimal between 0 and {I64_MAX}")
+        if height_or_hash.isdigit():
+            self._below_prune(int(height_or_hash), f"block {height_or_hash}")
         found = chainstate.block(self._view("chainstate"), height_or_hash)
         if found is None:
             raise NotFoundError(f"no block {height_or_hash}")
+        self._below_prune(found["height"], f"block {found['hash']} (height {found['height']})")
         return {**found, "provenance": self.provenance("chainstate")}
 
     def tx(self, txid: str) -> dict[str, Any]:
         found = chainstate.tx(self._view("chainstate"), txid)
         if found is None:
             raise NotFoundError(f"no transaction {txid}")
+        self._below_tx(found)
         return {**found, "provenance": self.provenance("chainstate")}
+
+    def _below_tx(self, found: dict[str, Any]) -> None:
+        """A transaction confirmed (or evicted, submitted) below the prune height; a pending one
+        is the mempool's current state, whatever its height."""
+        if found["status"] == "pending":
+            return
+        height = found["height"] if found["status"] == "confirmed" else found["stamp_height"]
+        self._below_prune(height, f"transaction {found['txid']} ({found['status']} at height {height})")
 
     def tx_proof(self, txid: str) -> dict[str, Any]:
         """That a confirmed transaction is in its block (PROTOCOL.md §9): the branch from its txid
@@ -124,6 +150,7 @@ class Queries:
         found = chainstate.tx(view, txid)
         if found is None or found["status"] != "confirmed":
             raise NotFoundError(f"no confirmed transaction {txid}")
+        self._below_tx(found)
         blk = chainstate.block(view, found["height"])
         if blk is None:
             raise NotFoundError(f"block {found['height']} of transaction {txid} is not folded yet")
@@ -151,7 +178,8 @@ class Queries:
     def dashboard(self) -> dict[str, Any]:
         cs = self._view("chainstate")
         tip = chainstate.tip(cs)
-        recent = chainstate.recent_blocks(cs, 60)
+        point = self.runner.log.prune_point()
+        recent = [b for b in chainstate.recent_blocks(cs, 60) if point is None or b["height"] >= point.height]
         now_ms = time.time() * 1000
         span = (recent[0]["timestamp"] - recent[-1]["timestamp"]) / 1000 if len(recent) > 1 else 0
         txs = sum(b["tx_count"] for b in recent[:-1]) if len(recent) > 1 else 0
