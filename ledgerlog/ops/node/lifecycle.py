@@ -30,6 +30,7 @@ from ledgerlog.ops.api.server import bind, listen, raise_open_files, uvicorn_ser
 from ledgerlog.ops.api.transport import EdgeSettings
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
+from ledgerlog.ops.node.retention import retention_loop
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.projections import chainstate, payouts
 from ledgerlog.streams.reproject import reproject
@@ -186,6 +187,8 @@ class Node:
         self._spawn("fold", self._fold_loop)
         self._spawn("storage", self._storage_loop)
         self._spawn("heads", self._heads_loop)
+        if self.config.retention_keep_heights > 0:
+            self._spawn("retention", lambda: retention_loop(self, self._stop))
         if self.simulate:
             self._spawn("simulate", self._simulate)
 
