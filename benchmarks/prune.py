@@ -17,8 +17,8 @@ from typing import Any
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.data.lines import numbered_lines
-from ledgerlog.ops.data.prune import dir_bytes, prune
-from ledgerlog.ops.data.storage import compact_offline
+from ledgerlog.ops.data.prune import prune
+from ledgerlog.ops.data.storage import compact_offline, dir_bytes
 from ledgerlog.ops.devtools.histgen import make_genesis, write_history
 from ledgerlog.streams.reproject import reproject
 from ledgerlog.streams.runner import Runner

@@ -21,7 +21,6 @@ starts from the anchor, which equals folding the records it still has); running 
 again finishes it."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -40,6 +39,7 @@ from ledgerlog.engine.prunepoint import PRUNED_TOPICS, PrunePoint
 from ledgerlog.ops.data.archive import write_archive
 from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.ops.data.snapshot import inside
+from ledgerlog.ops.data.storage import dir_bytes
 from ledgerlog.streams import layout
 from ledgerlog.streams.anchor import Anchor, remove_others
 from ledgerlog.streams.anchorbuild import build_anchor
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ledgerlog.engine.codec import Codec
     from ledgerlog.ops.node.context import NodeContext
 
-__all__ = ["STEPS", "PrunePlan", "plan_prune", "prune", "prune_action", "prune_lock", "dir_bytes", "first_at_height"]
+__all__ = ["STEPS", "PrunePlan", "first_at_height", "prune", "prune_action"]
 
 STEPS = ("caught_up", "archived", "anchored", "pruned", "done")
 log = logging.getLogger("ledgerlog.prune")
@@ -119,20 +119,6 @@ class PrunePlan:
         rec = log_.read(T.BLOCKS, 0, at - 1, 1)[0]
         ev = codec.decode(T.BLOCKS, rec.value)
         return ev["header"]["height"], ev["hash"], ev["header"]["timestamp"]
-
-
-def plan_prune(chain: Chain, height: int) -> PrunePlan:
-    return PrunePlan(chain, height)
-
-
-def dir_bytes(path: str) -> int:
-    """Bytes of the regular files under ``path``."""
-    total = 0
-    for dirpath, _dirs, names in os.walk(path):
-        for n in names:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, n)).st_size
-    return total
 
 
 def _relative(path: str, data_dir: str) -> str:
