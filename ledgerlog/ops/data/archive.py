@@ -33,6 +33,7 @@ from ledgerlog.engine.files import fsync_dir
 from ledgerlog.engine.log.base import Log, LogRecord, TopicPartition
 from ledgerlog.engine.movements import event_height
 from ledgerlog.streams.anchor import fsync_tree
+from ledgerlog.streams.feed import HEIGHT_FIELDS, EventDecoder
 
 __all__ = ["FORMAT", "MANIFEST", "RECORD_SCHEMA", "archive_dirs", "archive_records", "read_archive", "verify_archive", "write_archive"]
 
@@ -88,6 +89,7 @@ def write_archive(log: Log, codec: Codec, dest: str, ranges: Mapping[TopicPartit
         if stale.startswith(f".tmp-{os.path.basename(dest)}-"):
             shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(dest)}-")
+    decoder = EventDecoder(codec)  # decodes only the fields a height is read from
     try:
         files: dict[str, Any] = {}
         for (topic, p), (lo, hi) in sorted(ranges.items()):
@@ -95,16 +97,17 @@ def write_archive(log: Log, codec: Codec, dest: str, ranges: Mapping[TopicPartit
                 continue
             name = _file_name(topic, p)
             count = [0]
+            decode = decoder.for_topic(topic, HEIGHT_FIELDS.get(topic, {"stamp_height": None}))
 
-            def rows(topic: str = topic, p: int = p, lo: int = lo, hi: int = hi,
-                     count: list[int] = count) -> Iterator[dict[str, Any]]:
+            def rows(topic: str = topic, p: int = p, lo: int = lo, hi: int = hi, count: list[int] = count,
+                     decode: Callable[[bytes, int], dict[str, Any]] = decode) -> Iterator[dict[str, Any]]:
                 for rec in log.scan(topic, p, lo, hi):
                     count[0] += 1
                     if progress is not None and count[0] % 1000 == 0:
                         progress(1000)
                     yield {"topic": topic, "partition": p, "offset": rec.offset, "timestamp": rec.timestamp,
                            "key": rec.key, "value": rec.value,
-                           "height": event_height(topic, codec.decode(topic, rec.value))}
+                           "height": event_height(topic, decode(rec.value, 0))}
             with open(os.path.join(tmp, name), "wb") as f:
                 avro_writer(f, RECORD_SCHEMA, rows(), codec="deflate",
                             metadata={"ledgerlog.chain_id": chain_id, "ledgerlog.topic": topic,
