@@ -14,7 +14,8 @@ Steps, each crash-safe (``on_step(name)`` after each, for tests):
    (streams/anchor.py), from which reproject and verify start from now on;
 4. ``pruned``: the log stores each deleted record's leaf hash, then in one synced write its new
    start offsets and prune point with a range deletion of the records, then compacts that range;
-5. ``done``: older anchors and resumable rebuilds (which would need deleted records) are removed.
+5. ``done``: older anchors and resumable rebuilds (which would need deleted records) are removed
+   (a rebuild left behind the start is also started over by ``reproject`` itself).
 
 Killed before 4 completes, the log still holds everything and serves as before (a new projection
 starts from the anchor, which equals folding the records it still has); running the same prune
@@ -144,6 +145,7 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
         plan = PrunePlan(chain, height)
         summary: dict[str, Any] = {"height": height, "tip": plan.tip.height, "records": plan.records}
         if plan.done:
+            remove_others(cfg.anchor_dir)  # (a prune killed right after its deletion left them)
             return {**summary, "noop": True, "log_start": _starts(plan), "seconds": 0.0}
         bytes_before = dir_bytes(cfg.log_path) if os.path.isdir(cfg.log_path) else None
         # 1. the live projections past the prune positions (their next records stay on the log)

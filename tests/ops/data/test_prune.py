@@ -339,3 +339,24 @@ def test_a_prune_killed_at_each_step_leaves_a_chain_that_serves_and_the_rerun_fi
     left = sorted(e.name for d in (victim, victim / "archive", victim / "anchor") if d.exists()
                   for e in d.iterdir() if e.name.startswith(".tmp"))
     assert left == []
+
+
+def test_a_rebuild_left_behind_the_prune_starts_over_from_the_anchor(chains, tmp_path) -> None:
+    from ledgerlog.streams import layout
+    victim = tmp_path / "data"
+    shutil.copytree(chains["full"], victim)
+    cfg = _cfg(victim)
+    with open_chain(cfg) as chain:  # a reproject of chainstate killed early: its build folded 10 blocks
+        build = os.path.join(cfg.projections_dir, "chainstate", "v9-killed")
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["chainstate"],
+                        paths={"chainstate": build})
+        try:
+            runner.catch_up(until={t: [min(e, 10) for e in chain.log.end_offsets(t)] for t in chain.log.topics()})
+        finally:
+            runner.close()
+        layout.write_pointer(cfg.projections_dir, "chainstate", "building", "v9-killed", 2)
+    proc = subprocess.run([sys.executable, "-c", _KILL, str(victim), str(chains["height"]), "pruned"],
+                          capture_output=True, timeout=300, env=_env())
+    assert proc.returncode == 9, proc.stderr.decode()[-3000:]
+    [rebuilt] = ok_json(cli(victim, "reproject", "chainstate"))["projections"]
+    assert rebuilt["identical"] and rebuilt["resumed"] is False and rebuilt["dir"] != "v9-killed"
