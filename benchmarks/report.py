@@ -73,8 +73,8 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     out = [{"goal": g, "target": t, "measured": m, "met": None if m is None else m >= x} for g, t, m, x in rows]
     p99 = q.get("fixed", {}).get("p99_ms")
-    cost = res.get("trees", {}).get("ingest_cost")
-    out.append({"goal": "Merkle tree upkeep's cost to unsigned ingest (issue 15)", "target": "<= 0.10",
+    cost = res.get("trees", {}).get("upkeep_share")
+    out.append({"goal": "Merkle tree upkeep's share of unsigned ingest time (issue 15)", "target": "<= 0.10",
                 "measured": cost, "met": None if cost is None else cost <= 0.10})
     out.append({"goal": "lookup p99 at 1,000/s offered, ms", "target": "<= 10", "measured": p99,
                 "met": None if p99 is None else p99 <= 10})
@@ -157,7 +157,8 @@ def table(res: dict[str, Any]) -> str:
     if tr:
         pr, sto, ing_t = tr["proofs"], tr["storage"], tr["ingest_unsigned_events_per_s"]
         lines.append(f"verifiable log: unsigned ingest {_num(ing_t['with_trees'])}/s with trees, "
-                     f"{_num(ing_t['without_trees'])}/s without (cost {tr['ingest_cost']:.1%}); proofs/s "
+                     f"{_num(ing_t['without_trees'])}/s without (difference {tr['ingest_cost']:.1%}; upkeep measured "
+                     f"inside the ingest: {tr['upkeep_share']:.1%} of its time); proofs/s "
                      f"inclusion {_num(pr['inclusion']['per_s'])} (p50 {pr['inclusion']['p50_ms']} ms, p99 "
                      f"{pr['inclusion']['p99_ms']} ms), consistency {_num(pr['consistency']['per_s'])}; tree store "
                      f"{_num(sto['tree_bytes_per_million_records'])} bytes per 1M records "

@@ -213,6 +213,13 @@ class Lines:
         body.update(over)
         return signed_line("payout", signer or self.keys.producer, body)
 
+    def governance(self, parameter: str = "min_stake", value: int = 2_000_000, *, signer: Signer | None = None,
+                   **over: Any) -> dict[str, Any]:
+        """A parameter change (docs/PROTOCOL.md §8.5), by the treasury unless ``signer``."""
+        body = {"chain_id": self.chain_id, "parameter": parameter, "value": value, "timestamp": self.now()}
+        body.update(over)
+        return signed_line("governance", signer or self.keys.treasury, body)
+
     def share(self, address: str | Signer | None = None, rig: str = "rig1", *, job_id: str = "job-1",
               height: int = 1, difficulty: int = 1024, **over: Any) -> dict[str, Any]:
         addr = address.address if isinstance(address, Signer) else (address or self.keys.faucet.address)

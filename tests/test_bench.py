@@ -69,6 +69,7 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
     assert len(goals) == 12 and b"goals (issues 5, 15):" in proc.stdout
     trees = res["trees"]
     _positive(trees["ingest_unsigned_events_per_s"], "with_trees", "without_trees")
+    _positive(trees, "upkeep_share")
     _positive(trees["proofs"]["inclusion"], "proofs", "per_s", "p99_ms")
     _positive(trees["proofs"]["consistency"], "proofs", "per_s", "p99_ms")
     _positive(trees["storage"], "records", "tree_bytes", "tree_bytes_per_million_records")

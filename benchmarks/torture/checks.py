@@ -96,11 +96,12 @@ def log_ids(data: Path) -> Counter[LineId]:
 
 
 def normal(answer: Any) -> Any:
-    """An answer as JSON values, without what differs by who serves it (provenance, instance)."""
+    """An answer as JSON values, without what differs by who serves it (provenance, instance, and
+    the log key: a replay into another data dir signs its tree heads with its own)."""
     doc = json.loads(http_dumps(answer)) if not isinstance(answer, (bytes, str)) else json.loads(answer)
     if isinstance(doc, dict):
-        doc.pop("provenance", None)
-        doc.pop("instance", None)
+        for field in ("provenance", "instance", "log_pubkey"):
+            doc.pop(field, None)
     return doc
 
 

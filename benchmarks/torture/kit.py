@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from ledgerlog.engine import topics as T
+from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import Config, load_config
 from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
@@ -130,11 +131,13 @@ def lines_in_log(data: Path) -> int | None:
 
 
 def log_dump(data: Path) -> tuple[dict[str, list[int]], list[tuple[bytes, bytes]], dict[str, list[Any]]]:
-    """End offsets, write-side state and every record of every topic."""
+    """End offsets, write-side state and every record of every topic; not what each data dir
+    makes its own: the signed tree heads on _checkpoints (its log key, its clock) and the state's
+    record of that key."""
     with open_chain(config(data), read_only=True) as chain:
         log = chain.log
-        ends = {t: log.end_offsets(t) for t in sorted(log.topics())}
-        state = list(log.state_items(b""))
+        ends = {t: log.end_offsets(t) for t in sorted(log.topics()) if t != T.CHECKPOINTS}
+        state = [(k, v) for k, v in log.state_items(b"") if k != WriteState.LOG_ORIGIN]
         records = {t: [(r.partition, r.offset, r.key, r.value, r.timestamp)
                        for p in range(len(ends[t])) for r in log.scan(t, p)] for t in ends}
     return ends, state, records

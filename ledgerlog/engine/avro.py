@@ -21,10 +21,10 @@ __all__ = [
 
 NAMESPACE = "ledgerlog.v1"
 BODY_NAMES = ("TransactionBody", "BlockHeader", "ReadingBody", "ProviderBody", "SettlementBody",
-              "PayoutBody", "KeyRotationBody")
+              "PayoutBody", "KeyRotationBody", "GovernanceBody")
 EVENT_NAMES = ("BlockAdmitted", "TransactionConfirmed", "TransactionSubmitted", "ShareSubmitted",
                "ProviderRegistered", "ReadingRecorded", "SettlementRecorded", "PayoutRecorded",
-               "KeyRotated", "AdminActionRecorded")
+               "KeyRotated", "AdminActionRecorded", "GovernanceChanged")
 #: The verifiable log's records (PROTOCOL.md §9): TreeHead is signed, SignedTreeHead is on _checkpoints.
 HEAD_NAMES = ("TreeHead", "SignedTreeHead")
 

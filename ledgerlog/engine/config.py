@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .durations import parse_duration
 from .errors import ConfigError
 from .log.kafka_config import KafkaConfig
 from .rocks import RocksTuning
@@ -103,6 +104,14 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
     ("snapshot.dir", "LEDGERLOG_SNAPSHOT_DIR", "snapshot_dir", str,
      "where snapshots go, and the only place the admin snapshot action writes (empty: "
      "<data_dir>/snapshots; relative: under the data dir); put backups on another disk"),
+    ("snapshot.every", "LEDGERLOG_SNAPSHOT_EVERY", "snapshot_every", str,
+     "the node snapshots its chain this often, like 6h (30s, 30m, 12h, 7d, 2w; empty or 0: never), "
+     "then prunes per snapshot.keep and snapshot.keep_for (embedded log only)"),
+    ("snapshot.keep", "LEDGERLOG_SNAPSHOT_KEEP", "snapshot_keep", int,
+     "scheduled pruning keeps at least this many newest snapshots of the chain (1 or more)"),
+    ("snapshot.keep_for", "LEDGERLOG_SNAPSHOT_KEEP_FOR", "snapshot_keep_for", str,
+     "scheduled pruning deletes a snapshot beyond the newest snapshot.keep only once it is older "
+     "than this, like 7d (empty: as soon as it is beyond them)"),
     ("retention.keep_heights", "LEDGERLOG_RETENTION_KEEP_HEIGHTS", "retention_keep_heights", int,
      "a running node prunes the log below tip - keep_heights (archiving first; 0 = never prune)"),
     ("retention.archive_dir", "LEDGERLOG_RETENTION_ARCHIVE_DIR", "retention_archive_dir", str,
@@ -159,6 +168,9 @@ class Config:
     log_backups: int = 5
     otlp_endpoint: str = ""
     snapshot_dir: str = ""
+    snapshot_every: str = ""
+    snapshot_keep: int = 7
+    snapshot_keep_for: str = "7d"
     retention_keep_heights: int = 0
     retention_archive_dir: str = ""
     retention_interval: float = 60.0
@@ -195,6 +207,16 @@ class Config:
     def snapshots_dir(self) -> str:
         """``snapshot.dir`` resolved: absolute, ``<data_dir>/snapshots`` when empty."""
         return os.path.abspath(os.path.join(self.data_dir, self.snapshot_dir or "snapshots"))
+
+    @property
+    def snapshot_every_seconds(self) -> int:
+        """``snapshot.every`` in seconds, 0 when scheduled snapshots are off; ConfigError if malformed."""
+        return _duration(self.snapshot_every, "snapshot.every", zero_off=True)
+
+    @property
+    def snapshot_keep_for_seconds(self) -> int | None:
+        """``snapshot.keep_for`` in seconds, None when empty (no age condition); ConfigError if malformed."""
+        return _duration(self.snapshot_keep_for, "snapshot.keep_for") if self.snapshot_keep_for else None
 
     @property
     def archive_dir(self) -> str:
@@ -241,6 +263,15 @@ class Config:
             out.append("\n[kafka]")
             out.extend(f'"{k}" = "{v}"' for k, v in self.kafka.items())
         return "\n".join(out).lstrip() + "\n"
+
+
+def _duration(text: str, key: str, *, zero_off: bool = False) -> int:
+    if zero_off and text.strip() in ("", "0"):
+        return 0
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _convert(value: Any, typ: type, where: str) -> Any:
@@ -300,6 +331,9 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
     cfg = Config(**values)
     if cfg.partitions < 1 or cfg.ingest_chunk < 1 or cfg.fold_batch < 1:
         raise ConfigError("partitions, ingest.chunk and fold.batch must be at least 1")
+    if cfg.snapshot_keep < 1:
+        raise ConfigError("snapshot.keep must be at least 1 (the newest snapshot is never pruned)")
+    _ = (cfg.snapshot_every_seconds, cfg.snapshot_keep_for_seconds)  # a malformed duration: ConfigError now
     if cfg.retention_keep_heights < 0 or cfg.retention_max_heights < 1 or not cfg.retention_interval > 0:
         raise ConfigError("retention.keep_heights must be 0 (off) or more, retention.max_heights at least 1, "
                           "retention.interval above 0")

@@ -9,7 +9,8 @@ I/O or storage). The tree (code, HTTP status, exit code):
     │   ├── PruneHeightError          BAD_PRUNE_HEIGHT 400 2  a prune height above the tip, or not above the last prune
     │   └── AuditInputError           BAD_AUDIT_INPUT 400 2  audit's records or state file cannot be read or parsed
     ├── BadRequest                    BAD_REQUEST 400 2   a query argument or request body is malformed
-    │   └── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
+    │   ├── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
+    │   └── BadKeyError               BAD_KEY 400 2       a key file or seed given to import is malformed
     ├── ConfigError                   CONFIG 400 2        bad config file, flag or genesis
     │   ├── GenesisMismatchError      GENESIS_MISMATCH 400 2  genesis.json is not the one the log started with
     │   └── PortInUseError            PORT_IN_USE 400 2   the HTTP port is taken by another process
@@ -75,7 +76,8 @@ from enum import Enum
 from typing import ClassVar
 
 __all__ = [
-    "LedgerError", "UsageError", "ExportError", "PruneHeightError", "AuditInputError", "BadRequest", "SnapshotDirRefusedError", "ConfigError",
+    "LedgerError", "UsageError", "ExportError", "PruneHeightError", "AuditInputError", "BadRequest",
+    "SnapshotDirRefusedError", "BadKeyError", "ConfigError",
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
     "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "PruneUnsupportedError", "PrunedError",
     "SchemaError", "NotFoundError",
@@ -178,6 +180,13 @@ class SnapshotDirRefusedError(BadRequest):
     """A running node writes snapshots only under its snapshot.dir."""
 
     code = "SNAPSHOT_DIR_REFUSED"
+
+
+class BadKeyError(BadRequest):
+    """A key file or seed given to import (the faucet's) is malformed: not JSON with a 64-hex
+    seed, or its pubkey/address are not the seed's. Its message never quotes the seed."""
+
+    code = "BAD_KEY"
 
 
 class ConfigError(LedgerError):
@@ -379,6 +388,10 @@ class Code(str, Enum):
     DUPLICATE = "DUPLICATE"
     CONFLICT = "CONFLICT"
     BAD_ROTATION = "BAD_ROTATION"  # extension (docs/PROTOCOL.md §8): a key rotation's new key is not fresh
+    # extension (docs/PROTOCOL.md §8.5): governance parameters
+    UNKNOWN_PARAMETER = "UNKNOWN_PARAMETER"  # a governance line names no parameter the chain has
+    BAD_PARAMETER = "BAD_PARAMETER"  # a governance value outside its parameter's range
+    PRICE_TOO_HIGH = "PRICE_TOO_HIGH"  # a registration's price_per_kwh above max_price_per_kwh
 
 
 class Rejection(LedgerError):

@@ -10,7 +10,7 @@ from nacl.signing import SigningKey
 from . import avro
 from .crypto import H, address_of, pubkey_hex, sign, tx_root
 
-__all__ = ["Signer", "signed_line", "block_line", "share_line", "rotation_line"]
+__all__ = ["Signer", "signed_line", "block_line", "share_line", "rotation_line", "governance_line"]
 
 
 class Signer:
@@ -55,11 +55,12 @@ class Signer:
 
 
 _SCHEMA = {"transaction": "TransactionBody", "reading": "ReadingBody", "provider": "ProviderBody",
-           "settlement": "SettlementBody", "payout": "PayoutBody", "rotation": "KeyRotationBody"}
+           "settlement": "SettlementBody", "payout": "PayoutBody", "rotation": "KeyRotationBody",
+           "governance": "GovernanceBody"}
 
 
 def signed_line(kind: str, signer: Signer, body: dict[str, Any]) -> dict[str, Any]:
-    """A ``transaction``/``reading``/``provider``/``settlement``/``payout`` line."""
+    """A ``transaction``/``reading``/``provider``/``settlement``/``payout``/``governance`` line."""
     _, sig = signer.sign_body(_SCHEMA[kind], body)
     return {"type": kind, "body": body, "pubkey": signer.pubkey, "signature": sig}
 
@@ -89,3 +90,10 @@ def rotation_line(old: Signer, new: Signer, *, chain_id: str, role: str, timesta
     line = signed_line("rotation", old, body)
     line["new_signature"] = new.sign_body("KeyRotationBody", body)[1]
     return line
+
+
+def governance_line(treasury: Signer, *, chain_id: str, parameter: str, value: int, timestamp: int) -> dict[str, Any]:
+    """A ``governance`` line (docs/PROTOCOL.md §8.5) setting ``parameter`` to ``value``, signed by
+    the treasury's current key."""
+    body = {"chain_id": chain_id, "parameter": parameter, "value": value, "timestamp": timestamp}
+    return signed_line("governance", treasury, body)

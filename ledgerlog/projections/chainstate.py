@@ -112,7 +112,8 @@ def recent_blocks(view: View, limit: int = 20) -> list[dict[str, Any]]:
         ev = jload(view.get(b"b/" + h8(h)))
         if ev:
             out.append({"height": h, "hash": ev["hash"], "timestamp": ev["header"]["timestamp"],
-                        "tx_count": ev["header"]["tx_count"], "producer": ev["header"]["producer"]})
+                        "tx_count": ev["header"]["tx_count"], "producer": ev["header"]["producer"],
+                        "fees": ev["fees"]})
     return out
 
 

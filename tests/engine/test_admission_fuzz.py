@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from test_admission import ALICE, BOB, PROTOCOL_CODES, block1, with_provider
 
 import ledgerlog.engine.admission.lines as lines_mod
+from ledgerlog.engine.crypto import H, canonical_json
 from ledgerlog.engine.errors import Rejection
 from ledgerlog.engine.signing import share_line
 
@@ -157,21 +158,21 @@ def test_fuzzed_batches_keep_the_summary_consistent(chain, keys, lines, data):
     assert total == expected
 
 
-# -- the share fast path agrees with the full parse ----------------------------------------
+# -- a parsed share is the line's own object (its id is H of that object, PROTOCOL.md §5) ------
 
 @given(st.data())
 @settings(max_examples=300, deadline=None)
-def test_share_fast_path_agrees_with_the_full_parse(data) -> None:
+def test_parsed_share_is_the_lines_object(data) -> None:
     obj = share_line("ab" * 20, "rig1", job_id="job-1", height=1, difficulty=1024, timestamp=1)
     for _ in range(data.draw(st.integers(0, 2))):
         field = data.draw(st.sampled_from([*sorted(obj), "extra"]))
         obj[field] = data.draw(JSON | INTS)
     line = encode(obj)
-    fast = lines_mod._well_formed_share(line)
     try:
-        full = lines_mod._parse_full(line)
-    except Rejection:
-        assert fast is None
+        share = lines_mod.parse_line(line)
+    except Rejection as rej:
+        assert rej.code.value == "MALFORMED"
         return
-    if fast is not None:
-        assert (fast.obj, fast.address, fast.id) == (full.obj, full.address, full.id)
+    assert isinstance(share, lines_mod.ShareLine)
+    assert share.obj == json.loads(line) and share.address == obj["worker"].split(".")[0]
+    assert share.id == H(canonical_json(json.loads(line)))

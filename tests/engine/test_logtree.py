@@ -105,7 +105,7 @@ def test_a_log_written_before_trees_grows_them_once_at_a_writable_open(tmp_path)
         log.append([Record("pool.shares", b"w", b"v%d" % i, i, 1) for i in range(2 * CHUNK + 3)])
         want = log.trees.state("pool.shares", 1)
         db = log.raw()
-        for key in [k for k in db if k.startswith((K.TREE_STATE_PREFIX, K.TREE_NODE_PREFIX))]:
+        for key in [k for k in db.keys() if k.startswith((K.TREE_STATE_PREFIX, K.TREE_NODE_PREFIX))]:  # noqa: SIM118 - Rdict iterates items
             del db[key]  # as an older version left it
     with EmbeddedLog(path, read_only=True) as log:
         assert log.trees.state("pool.shares", 1).size == 0

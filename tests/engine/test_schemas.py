@@ -39,6 +39,8 @@ PROTOCOL_BODIES: dict[str, list[tuple[str, str]]] = {
     # docs/PROTOCOL.md §8, the key rotation extension
     "KeyRotationBody": [("chain_id", "string"), ("role", "string"), ("old_pubkey", "string"),
                         ("new_pubkey", "string"), ("timestamp", "long")],
+    # docs/PROTOCOL.md §8.5, governance parameters
+    "GovernanceBody": [("chain_id", "string"), ("parameter", "string"), ("value", "long"), ("timestamp", "long")],
 }
 
 

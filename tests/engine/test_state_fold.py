@@ -122,6 +122,8 @@ def test_fold_covers_mempool_evictions_and_every_kind(chain, keys, lines):
     admit_ok(chain, lines.block([lines.tx(f, keys.oracle, 7, nonce=1)]))  # evicts t1, keeps t2
     admit_ok(chain, lines.tx(f, t, 8, nonce=3), lines.provider(f), lines.reading())
     admit_ok(chain, lines.settlement(amount=1000), lines.payout(address=t, amount=10, round_height=1))
+    admit_ok(chain, lines.governance("min_stake", 5), lines.governance("max_price_per_kwh", 900),
+             lines.governance("min_stake", 7))  # §8.5: the last change of a parameter is in force
     admit_ok(chain, lines.tx(t, f, 9, nonce=1), lines.tx(t, f, 9, nonce=2))
     admit_ok(chain, lines.block([t2, lines.tx(f, t, 3, nonce=3)]))  # confirms t2, evicts the pending 3
     assert chain.write_state().pending(f.address) == ()
@@ -129,6 +131,7 @@ def test_fold_covers_mempool_evictions_and_every_kind(chain, keys, lines):
     want = [(k, v) for k, v in chain.log.state_items(b"") if k != b"lk"]  # lk: the node's first log key, not folded
     assert sum(k.startswith(b"mpx/") for k, _ in want) == 2
     assert sorted(v for k, v in want if k.startswith(b"tx/")).count(b'"e"') == 2
+    assert dict(want)[b"gv/min_stake"] == b"[7,3]" and dict(want)[b"gseq"] == b"3"
     assert _fold_from_genesis(chain) == want
 
 

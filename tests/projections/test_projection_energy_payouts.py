@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledgerlog import projections
-from ledgerlog.engine import avro
+from ledgerlog.engine import avro, governance
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.crypto import H, canonical_json
 from ledgerlog.engine.genesis import Genesis
@@ -132,6 +132,12 @@ def settlement(sid: str, pid: str, milli_kwh: int, amount: int, owner: str,
                                "signature": "00" * 64, "stamp_height": stamp})
 
 
+def change(parameter: str, value: int, seq: int, stamp: int) -> tuple[str, dict[str, Any]]:
+    body = {"chain_id": "test", "parameter": parameter, "value": value, "timestamp": 9}
+    return _ev(T.GOVERNANCE, {"body": body, "change_id": H(canonical_json(body)), "pubkey": "55" * 32,
+                              "signature": "00" * 64, "previous": 0, "seq": seq, "stamp_height": stamp})
+
+
 def run(module: Any, g: Genesis, batches: list[list[tuple[str, dict[str, Any]]]]) -> MemTxn:
     """Initialise, then fold each batch (only the module's topics, as the runtime would)."""
     txn = MemTxn()
@@ -213,14 +219,17 @@ def check_payouts(g: Genesis, txn: MemTxn, events: list[tuple[str, dict[str, Any
     assert [w["pending"] for w in listed] == sorted((w["pending"] for w in listed), reverse=True)
 
 
-def ref_energy(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def ref_energy(events: list[tuple[str, dict[str, Any]]], height: int | None = None) -> dict[str, Any]:
+    """Providers and market of PROTOCOL §6 (and the average price of docs/PROTOCOL.md §8.5) from
+    the events stamped ``height`` or lower (all of them without a height)."""
+    mine = [(t, ev) for t, ev in events if t in (T.PROVIDERS, T.READINGS, T.SETTLEMENTS)
+            and (height is None or ev["stamp_height"] <= height)]
     provs: dict[str, dict[str, Any]] = defaultdict(lambda: {
         "registered": False, "owner": None, "meter_id": None, "stake": None, "price_per_kwh": None,
         "registered_height": None, "credited_milli_kwh": 0, "settled_milli_kwh": 0,
         "settled_amount": 0, "readings": 0, "settlements": 0})
-    for topic, ev in events:
-        if topic not in energy.TOPICS:
-            continue
+    credits: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for topic, ev in mine:
         b = ev["body"]
         p = provs[b["provider_id"]]
         if topic == T.PROVIDERS:
@@ -229,28 +238,52 @@ def ref_energy(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         elif topic == T.READINGS:
             p["credited_milli_kwh"] += b["milli_kwh"]
             p["readings"] += 1
+            credits[b["provider_id"]].append((ev["stamp_height"], b["milli_kwh"]))
         elif topic == T.SETTLEMENTS:
             p["settled_milli_kwh"] += b["milli_kwh"]
             p["settled_amount"] += b["amount"]
             p["settlements"] += 1
+
+    def since(pid: str, settled: int) -> int | None:  # FIFO: the oldest credit not settled
+        total = 0
+        for h, mkwh in sorted(credits[pid]):
+            total += mkwh
+            if total > settled:
+                return h
+        return None
+
     out = {pid: {**p, "provider_id": pid,
-                 "unsettled_milli_kwh": p["credited_milli_kwh"] - p["settled_milli_kwh"]}
+                 "unsettled_milli_kwh": p["credited_milli_kwh"] - p["settled_milli_kwh"],
+                 "unsettled_since_height": since(pid, p["settled_milli_kwh"])}
            for pid, p in provs.items()}
     reg = [p for p in out.values() if p["registered"]]
     credited = sum(p["credited_milli_kwh"] for p in out.values())
     settled = sum(p["settled_milli_kwh"] for p in out.values())
+    reg_credited = sum(p["credited_milli_kwh"] for p in reg)
+    mean = sum(p["price_per_kwh"] for p in reg) // len(reg) if reg else 0
+    average = (sum(p["price_per_kwh"] * p["credited_milli_kwh"] for p in reg) // reg_credited
+               if reg_credited else mean)
     market = {"providers": len(reg), "credited_milli_kwh": credited, "traded_milli_kwh": settled,
               "settled_milli_kwh": settled, "unsettled_milli_kwh": credited - settled,
               "settled_amount": sum(p["settled_amount"] for p in out.values()),
-              "average_price_per_kwh":
-                  sum(p["price_per_kwh"] for p in reg) // len(reg) if reg else 0,
+              "average_price_per_kwh": average, "mean_price_per_kwh": mean,
               "total_stake": sum(p["stake"] for p in reg),
               "readings": sum(p["readings"] for p in out.values()),
               "settlements": sum(p["settlements"] for p in out.values())}
     return {"providers": out, "market": market}
 
 
-def check_energy(txn: MemTxn, events: list[tuple[str, dict[str, Any]]]) -> None:
+def ref_parameters(g: Genesis, events: list[tuple[str, dict[str, Any]]], height: int) -> dict[str, int]:
+    values = governance.genesis_values(g)
+    changes = sorted((ev["seq"], ev) for t, ev in events if t == T.GOVERNANCE and ev["stamp_height"] <= height)
+    for _, ev in changes:
+        values[ev["body"]["parameter"]] = ev["body"]["value"]
+    return values
+
+
+def check_energy(txn: MemTxn, events: list[tuple[str, dict[str, Any]]], g: Genesis | None = None) -> None:
+    """Now and as of every height: each provider, the market, every page and the parameters
+    equal the reference computed from the events."""
     ref = ref_energy(events)
     assert energy.market(txn) == ref["market"]
     for pid, want in ref["providers"].items():
@@ -259,13 +292,32 @@ def check_energy(txn: MemTxn, events: list[tuple[str, dict[str, Any]]]) -> None:
     assert {p["provider_id"] for p in listed} == set(ref["providers"])
     credited = [p["credited_milli_kwh"] for p in listed]
     assert credited == sorted(credited, reverse=True)
+    top = max((ev.get("stamp_height", 0) for _, ev in events), default=0)
+    for h in range(top + 2):
+        at = ref_energy(events, h)
+        assert energy.market(txn, h) == at["market"], h
+        for pid in PIDS:
+            assert energy.provider(txn, pid, h) == at["providers"].get(pid), (pid, h)
+        for limit in (1, 2, 100):  # every page, each provider exactly once, in id order
+            seen, after = [], None
+            for _ in range(len(PIDS) + 1):
+                rows = energy.page(txn, limit, after, h)
+                seen += rows
+                if len(rows) < limit:
+                    break
+                after = rows[-1]["provider_id"]
+            assert seen == [at["providers"][pid] for pid in sorted(at["providers"])]
+        if g is not None:
+            params = energy.parameters(txn, g, h)
+            assert {n: v["value"] for n, v in params.items()} == ref_parameters(g, events, h)
+    assert energy.market(txn, top + 1) == ref["market"]  # the history ends where "now" is
 
 
 # -- the module contract ------------------------------------------------------------------------
 def test_registered_in_all_in_order() -> None:
     assert list(projections.ALL) == ["chainstate", "balances", "energy", "payouts"]
-    assert energy.NAME == "energy" and energy.VERSION == 1
-    assert set(energy.TOPICS) == {T.PROVIDERS, T.READINGS, T.SETTLEMENTS}
+    assert energy.NAME == "energy" and energy.VERSION == 2
+    assert set(energy.TOPICS) == {T.PROVIDERS, T.READINGS, T.SETTLEMENTS, T.GOVERNANCE}
     assert payouts.NAME == "payouts" and payouts.VERSION == 1
     assert set(payouts.TOPICS) == {T.SHARES, T.PAYOUTS, T.BLOCKS}
 
@@ -372,14 +424,66 @@ def test_energy_by_hand_readings_before_registration() -> None:
     assert p == {"provider_id": "solar-1", "registered": True, "owner": A, "meter_id": "m-solar-1",
                  "stake": 10**6, "price_per_kwh": 120, "registered_height": 4,
                  "credited_milli_kwh": 2000, "settled_milli_kwh": 1200, "unsettled_milli_kwh": 800,
-                 "settled_amount": 144, "readings": 2, "settlements": 1}
+                 "settled_amount": 144, "readings": 2, "settlements": 1, "unsettled_since_height": 0}
     m = energy.market(txn)
-    assert m["providers"] == 2 and m["average_price_per_kwh"] == (120 + 91) // 2
+    # weighted by credited energy: (120 * 2000 + 91 * 10) // 2010; the plain mean beside it
+    assert m["providers"] == 2 and m["average_price_per_kwh"] == 240910 // 2010 == 119
+    assert m["mean_price_per_kwh"] == (120 + 91) // 2
     assert m["traded_milli_kwh"] == 1200 and m["credited_milli_kwh"] == 2010
     assert m["settled_amount"] == 144 and m["total_stake"] == 3 * 10**6
     assert energy.provider(txn, "nobody") is None
     assert [p["provider_id"] for p in energy.providers(txn, 1)] == ["solar-1"]
     check_energy(txn, early + rest)
+
+
+def test_energy_history_fifo_and_average_by_hand() -> None:
+    g = genesis()
+    events = [provider("solar-1", A, 10**6, 100, stamp=1), provider("wind-2", B, 10**6, 300, stamp=1),
+              reading("solar-1", 1000, 1, stamp=2), reading("solar-1", 500, 2, stamp=4),
+              reading("wind-2", 3000, 3, stamp=4), settlement("s1", "solar-1", 1200, 120, A, stamp=6)]
+    txn = run(energy, g, [events])
+    assert energy.market(txn, 0) == {**energy.market(txn, 0), "providers": 0, "average_price_per_kwh": 0}
+    at1 = energy.market(txn, 1)
+    assert at1["providers"] == 2 and at1["average_price_per_kwh"] == 200  # nothing credited: the mean
+    assert energy.market(txn, 2)["average_price_per_kwh"] == 100  # only solar-1 has energy
+    assert energy.market(txn, 4)["average_price_per_kwh"] == (100 * 1500 + 300 * 3000) // 4500 == 233
+    solar = energy.provider(txn, "solar-1", 5)
+    assert solar is not None and solar["unsettled_milli_kwh"] == 1500 and solar["unsettled_since_height"] == 2
+    solar = energy.provider(txn, "solar-1")  # 1200 settled: the first reading (height 2) is paid
+    assert solar is not None and solar["unsettled_milli_kwh"] == 300 and solar["unsettled_since_height"] == 4
+    assert energy.provider(txn, "solar-1", 0) is None  # nothing of it by height 0
+    assert energy.last_settlement_height(txn) == 6
+    check_energy(txn, events, g)
+
+
+def test_market_totals_beyond_64_bits_are_exact() -> None:
+    big = (1 << 63) - 1
+    events = [provider("solar-1", A, 10**6, big, stamp=1), provider("wind-2", B, 10**6, big - 1, stamp=1)]
+    events += [reading(pid, big, ts, stamp=2) for ts, pid in enumerate(("solar-1", "wind-2", "solar-1"))]
+    txn = run(energy, genesis(), [events])
+    m = energy.market(txn)
+    assert m["credited_milli_kwh"] == 3 * big
+    assert m["average_price_per_kwh"] == (big * 2 * big + (big - 1) * big) // (3 * big)
+    assert energy.market(txn, 2) == m
+    check_energy(txn, events)
+
+
+def test_governance_values_by_height() -> None:
+    g = genesis()
+    events = [change("min_stake", 500, 1, 3), change("min_stake", 700, 2, 3),
+              change("max_price_per_kwh", 90, 3, 5)]
+    txn = MemTxn()
+    energy.initial(g, txn)
+    for ev in reversed(events):  # any order: the seq decides within a height
+        energy.fold(g, [ev], txn)
+    before = energy.parameters(txn, g, 2)
+    assert before["min_stake"] == {"value": 1, "since_height": 0, "change_id": None, "seq": None}
+    assert before["max_price_per_kwh"]["value"] == governance.I64_MAX
+    at3 = energy.parameters(txn, g, 3)["min_stake"]
+    assert (at3["value"], at3["since_height"], at3["seq"]) == (700, 3, 2)
+    assert energy.parameters(txn, g, 4)["max_price_per_kwh"]["value"] == governance.I64_MAX
+    assert energy.parameters(txn, g)["max_price_per_kwh"]["value"] == 90
+    check_energy(txn, events, g)
 
 
 # -- commutativity: any interleaving and any batching gives the same bytes -----------------------
@@ -403,11 +507,16 @@ def scenarios(draw: Any) -> tuple[Genesis, list[tuple[str, dict[str, Any]]]]:
                                draw(st.integers(1, 500)), stamp=draw(st.integers(0, n))))
     for i in range(draw(st.integers(0, 12))):
         pid = draw(st.sampled_from(PIDS))
+        stamp = draw(st.integers(0, n))
         if draw(st.booleans()):
-            events.append(reading(pid, draw(st.integers(1, 10**5)), ts=i))
+            events.append(reading(pid, draw(st.integers(1, 10**5)), ts=i, stamp=stamp))
         else:
             mkwh = draw(st.integers(1, 10**4))
-            events.append(settlement(f"s{i}", pid, mkwh, mkwh * 7 // 1000, ADDRS[0]))
+            events.append(settlement(f"s{i}", pid, mkwh, mkwh * 7 // 1000, ADDRS[0], stamp=stamp))
+    stamps = sorted(draw(st.lists(st.integers(0, n), max_size=4)))
+    for seq, stamp in enumerate(stamps, 1):  # seqs follow stamps, as admission makes them
+        events.append(change(draw(st.sampled_from(sorted(governance.PARAMETERS))),
+                             draw(st.integers(1, 10**6)), seq, stamp))
     return g, events
 
 
@@ -427,7 +536,7 @@ def test_any_order_and_batching_gives_identical_state(scn: Any, data: Any) -> No
         singles = run(module, g, [[e] for e in reversed(events)])
         assert singles.d == want.d, module.NAME
         states[module.NAME] = got
-    check_energy(states["energy"], events)
+    check_energy(states["energy"], events, g)
     check_payouts(g, states["payouts"], events)
     for key, _ in states["payouts"].items(b"r/"):
         entry = payouts.round_info(states["payouts"], int.from_bytes(key[2:], "big"))

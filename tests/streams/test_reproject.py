@@ -16,6 +16,7 @@ from clitools import LEDGERLOG, cli_env
 
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.projections import energy
 from ledgerlog.streams import layout
 
 NAMES = ["chainstate", "balances", "energy", "payouts"]
@@ -158,7 +159,7 @@ def test_a_projection_built_by_older_code_is_rebuilt_not_served(data):
     node = Node(cfg)
     try:
         live = layout.read_pointer(pdir, "energy", "live")
-        assert live["version"] == 1 and live["dir"] != ptr["dir"]
+        assert live["version"] == energy.VERSION and live["dir"] != ptr["dir"]
         assert not node.runner.handles["energy"].stale
     finally:
         node.stop()

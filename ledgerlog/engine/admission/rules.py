@@ -9,6 +9,7 @@ from .. import topics as T
 from ..crypto import H, address_of, tx_root, verify
 from ..errors import Code, Rejection
 from ..genesis import Genesis
+from ..governance import PARAMETERS, out_of_range
 from ..movements import confirmed_nonce, movements
 from .lines import BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
 from .roles import genesis_identity, identity_of
@@ -281,8 +282,13 @@ class Rules:
         body_hash = self._given_id("v", pid, p, "provider")
         self._signature(p, body["owner"], "provider")
         self._positive(body, "stake", "price_per_kwh")
-        if body["stake"] < self.g.energy.min_stake:
-            raise Rejection(Code.STAKE_TOO_LOW, f"stake {body['stake']} is below {self.g.energy.min_stake}")
+        min_stake = self.st.parameter("min_stake", self.g)  # as governance left it (§8.5)
+        if body["stake"] < min_stake:
+            raise Rejection(Code.STAKE_TOO_LOW, f"stake {body['stake']} is below min_stake {min_stake}")
+        max_price = self.st.parameter("max_price_per_kwh", self.g)
+        if body["price_per_kwh"] > max_price:
+            raise Rejection(Code.PRICE_TOO_HIGH,
+                            f"price_per_kwh {body['price_per_kwh']} is above max_price_per_kwh {max_price}")
         self._funds(body["owner"], body["stake"], "stake")
         event = {**p.signed_record(), "stamp_height": self.st.tip().height}
         self._apply(T.PROVIDERS, event)
@@ -333,6 +339,31 @@ class Rules:
         self.st.mark_seen("p", pid, body_hash)
         self.st.set_pool_round(body["round_height"], cap, paid + body["amount"])
         return [Out(T.PAYOUTS, body["address"], event, body["timestamp"])]
+
+    # -- governance (docs/PROTOCOL.md §8.5) -------------------------------------------------
+    def governance(self, c: Signed) -> list[Out]:
+        """A market parameter changed by the current treasury key, in force from now on."""
+        body = c.body
+        self._chain(body["chain_id"], "body")
+        change_id = c.id
+        if self.st.seen("g", change_id) is not None:
+            raise _dup(f"governance change {change_id}")
+        self._role_signer(c, "treasury", self.g.energy.treasury, "governance")
+        name, value = body["parameter"], body["value"]
+        if name not in PARAMETERS:
+            raise Rejection(Code.UNKNOWN_PARAMETER, f"governance: no parameter {name!r} "
+                                                    f"(the parameters are {', '.join(PARAMETERS)})")
+        why = out_of_range(name, value)
+        if why is not None:
+            raise Rejection(Code.BAD_PARAMETER, f"governance: {why}")
+        previous = self.st.parameter(name, self.g)
+        seq = self.st.governance_seq() + 1
+        self.st.set_parameter(name, value, seq)
+        self.st.set_governance_seq(seq)
+        self.st.mark_seen("g", change_id, change_id)
+        event = {**c.signed_record(), "change_id": change_id, "previous": previous, "seq": seq,
+                 "stamp_height": self.st.tip().height}
+        return [Out(T.GOVERNANCE, name, event, body["timestamp"])]
 
     # -- key rotations (docs/PROTOCOL.md §8) ------------------------------------------------
     def rotation(self, r: RotationLine) -> list[Out]:

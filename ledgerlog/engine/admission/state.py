@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from .. import intjson
 from ..genesis import Genesis
+from ..governance import PARAMETERS
 from ..log.base import Log
 
 __all__ = ["Tip", "Account", "WriteState", "init_state"]
@@ -156,6 +157,23 @@ class WriteState:
     def set_provider(self, provider_id: str, record: dict[str, Any]) -> None:
         self._put(_k(b"pv/", provider_id), record)
 
+    # -- governance parameters (docs/PROTOCOL.md §8.5) ----------------------------------
+    def parameter(self, name: str, genesis: Genesis) -> int:
+        """A governance parameter's value now (its genesis value until a change)."""
+        v = self._get(b"gv/" + name.encode())
+        return PARAMETERS[name].initial(genesis) if v is None else int(v[0])
+
+    def set_parameter(self, name: str, value: int, seq: int) -> None:
+        self._put(b"gv/" + name.encode(), (value, seq))
+
+    def governance_seq(self) -> int:
+        """The seq of the last governance change admitted (0: none yet)."""
+        v = self._get(b"gseq")
+        return 0 if v is None else int(v)
+
+    def set_governance_seq(self, seq: int) -> None:
+        self._put(b"gseq", seq)
+
     # -- role keys (rotations) ------------------------------------------------------------
     def role_key(self, role: str, pubkey: str) -> tuple[str, bool] | None:
         """(identity, still active) of a key a rotation named in ``role``; None if none did."""
@@ -165,14 +183,18 @@ class WriteState:
     def set_role_key(self, role: str, pubkey: str, identity: str, active: bool) -> None:
         self._put(b"rk/" + role.encode() + b"/" + pubkey.encode(), (identity, active))
 
+    #: the state key of the first log key: recorded by the writer that opens the chain, not by
+    #: admission, so a fold of the log (Kafka catch-up) has it only once a log rotation names it
+    LOG_ORIGIN = b"lk"
+
     def log_origin(self) -> str | None:
         """The first log key (PROTOCOL.md §9): it holds the ``log`` role until a rotation moves it.
         No genesis names it; the node records it at its first start (``record_log_origin``)."""
-        v = self._get(b"lk")
+        v = self._get(self.LOG_ORIGIN)
         return None if v is None else str(v)
 
     def set_log_origin(self, pubkey: str) -> None:
-        self._put(b"lk", pubkey)
+        self._put(self.LOG_ORIGIN, pubkey)
 
     def log_key_now(self) -> str | None:
         """The key holding the ``log`` role now: the newest rotation's, else the first log key."""

@@ -133,6 +133,12 @@ def apply_event(state: WriteState, topic: str, event: dict[str, Any], genesis: G
             raise CorruptStoreError(f"payout {body['payout_id']!r} names round {body['round_height']}, "
                                     "which is no pool block in the write-side state")
         st.set_pool_round(body["round_height"], rnd[0], rnd[1] + body["amount"])
+    elif topic == T.GOVERNANCE:
+        body = event["body"]
+        if event["seq"] > st.governance_seq():  # one partition: seqs arrive in order
+            st.set_governance_seq(event["seq"])
+        st.set_parameter(body["parameter"], body["value"], event["seq"])
+        st.mark_seen("g", event["change_id"], event["change_id"])
     elif topic == T.KEYS:
         body = event["body"]
         if body["role"] == "log" and st.log_origin() is None:

@@ -6,7 +6,8 @@ from the client networks in ``admin.allow``. With no token configured the admin 
 
 Every action that runs is recorded on ``ledger.admin`` (AdminActionRecorded: action, body,
 client, outcome) before the reply, so auditors see it; refused requests change nothing and are
-not recorded. The actions are one explicit table (``node.actions``, ops/node/actions.py
+not recorded. Body fields an action declares ``secret`` (a key's seed) are recorded as
+``"<redacted>"``. The actions are one explicit table (``node.actions``, ops/node/actions.py
 ``ACTIONS``: name -> ``Action(fn, fields)``); each declares the body fields it takes and their
 types: an unknown field or a value of the wrong type is 400 ``BAD_REQUEST`` before anything runs.
 An action raises LedgerErrors, answered as the error table says (a ``ConfigError`` 400 ``CONFIG``);
@@ -51,11 +52,12 @@ AdminAction = Callable[[Any, dict[str, Any]], Any]
 
 @dataclass(frozen=True)
 class Action:
-    """An admin action: its function and the body fields it takes with their JSON types (null is
-    "not given")."""
+    """An admin action: its function, the body fields it takes with their JSON types (null is
+    "not given"), and those of them that are secrets (redacted in the audit record)."""
 
     fn: AdminAction
     fields: Mapping[str, type] = field(default_factory=dict)
+    secret: frozenset[str] = frozenset()
 
 
 def body_problem(action: Action, name: str, body: dict[str, Any]) -> str | None:
@@ -165,8 +167,13 @@ def run_recorded(node: NodeContext, name: str, body: dict[str, Any], client: str
     return result
 
 
+REDACTED = "<redacted>"
+
+
 def _record(node: NodeContext, name: str, body: dict[str, Any], client: str, outcome: str, detail: str) -> None:
-    event: dict[str, Any] = {"action": name, "params": _dumps(body),
+    secret = node.actions[name].secret
+    params = {k: REDACTED if k in secret and v is not None else v for k, v in body.items()}
+    event: dict[str, Any] = {"action": name, "params": _dumps(params),
              "client": client, "outcome": outcome, "detail": detail[:4096], "node": socket.gethostname(),
              "timestamp": int(time.time() * 1000)}
     node.admitter.record(T.ADMIN, name, event, event["timestamp"])

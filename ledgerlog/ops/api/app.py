@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
+from ledgerlog.ops.api.docs import mount_static
 from ledgerlog.ops.api.fast import FastLane, RequestMetrics
 from ledgerlog.ops.api.faucet import FaucetSettings, attach
 from ledgerlog.ops.api.guard import (
@@ -39,7 +40,8 @@ def create_app(node: NodeContext, *, limits: HttpLimits | None = None, faucet: F
                 TokenBuckets(limits.ingest_rate, limits.ingest_burst), origins(node.config.http_allowed_origins))
     register_root(node.config.data_dir)  # answers say <data_dir>, not where it is
     app = LedgerApp(title="ledgerlog", version="1", description="Event-sourced ledger node: queries read projections; "
-                    "every answer carries its provenance (projection version, log positions, height, lag).")
+                    "every answer carries its provenance (projection version, log positions, height, lag).",
+                    docs_url=None, redoc_url=None)  # /docs is in the route table, offline (ops/api/docs.py)
     app.router.redirect_slashes = False  # /v1/status/ is 404, not a redirect: one name per resource
     install_error_handlers(app)
     # 413 TOO_LARGE: added first, so it sits inside the other middlewares, next to the routes
@@ -49,6 +51,7 @@ def create_app(node: NodeContext, *, limits: HttpLimits | None = None, faucet: F
     # latency and status by route (pure ASGI: BaseHTTPMiddleware costs a task and streams per request)
     app.add_middleware(RequestMetrics, on_request=node.metrics.on_request)
     mount(app, edge, ROUTES)
+    mount_static(app)
     instrument_app(app)  # one trace span per request (ops/node/tracing.py)
     app.fast_lane = FastLane(node, node.metrics.on_request, ROUTES)  # plain GETs of the query routes
     app.host_guard = HostGuard([node.config.http_host, *split_list(node.config.http_allowed_hosts)])

@@ -5,15 +5,19 @@ until a block confirms it; the answer carries its ``txid``.
 
 - **Key**: ``<data_dir>/keys/faucet.key`` (JSON with ``"seed"``, as ``init`` writes it), or
   ``faucet.key``. Missing or unreadable (or ``faucet.enabled = false``): 503
-  ``FAUCET_DISABLED``. The key is read at the first request that needs it.
+  ``FAUCET_DISABLED``. The file is read again whenever it changes, so a key imported or rotated
+  (admin ``faucet-import-key {"seed"}``, ``faucet-rotate-key``; ``ledgerlog faucet import-key``,
+  ``rotate-key``; ops/api/faucet_keys.py) is used without a restart, and a rotation a crash
+  interrupted is finished or undone before the key is read.
 - **Nonce**: confirmed + pending + 1 from the committed write-side state. Grants are serialised
   by a lock; another writer using the same key (the dev simulator funds its wallets from it) can
   still win a nonce, so a ``BAD_NONCE`` is retried a few times with a fresh nonce.
 - **Balance**: the faucet's spendable balance (balance minus pending costs) must cover
   amount + min_fee, else 503 ``INSUFFICIENT_BALANCE``.
-- **Rate limits**: token buckets per client IP and per address (see ops/limits.py); 429
-  ``RATE_LIMITED`` with ``Retry-After``. Only a grant that was admitted takes tokens: a refused
-  request (400, 429, 503) costs none.
+- **Rate limits**: per client IP and per address, ``burst`` grants at once and one more every
+  ``interval`` (token buckets), kept in ``<data_dir>/faucet/grants.sqlite`` so a restart keeps
+  them (ops/api/faucet_grants.py); 429 ``RATE_LIMITED`` with ``Retry-After``. Only a grant that
+  was admitted counts: a refused request (400, 429, 503) costs none.
 - **Pause**: admin ``faucet-pause``/``faucet-resume`` (503 ``FAUCET_PAUSED``); the node-wide
   ``pause`` stops the faucet too (503 ``PAUSED``).
 - **Top-up**: admin ``faucet-topup {"amount"}`` sends ``amount`` from the **treasury** key
@@ -39,7 +43,6 @@ overridable by its environment variable, or ``FaucetSettings`` passed to ``creat
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -65,8 +68,9 @@ from ledgerlog.engine.errors import (
     RateLimitedError,
     TopupKeyMissingError,
 )
-from ledgerlog.engine.signing import Signer, signed_line
-from ledgerlog.ops.api.limits import TokenBuckets
+from ledgerlog.engine.signing import Signer
+from ledgerlog.ops.api import faucet_keys
+from ledgerlog.ops.api.faucet_grants import GrantLimits, grants_path
 from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
@@ -77,7 +81,7 @@ __all__ = ["DEFAULT_AMOUNT", "Faucet", "FaucetSettings", "Refused", "attach"]
 log = logging.getLogger("ledgerlog.faucet")
 
 DEFAULT_AMOUNT = 10_000_000  # = Config().faucet_amount
-NONCE_RETRIES = 3
+NONCE_RETRIES = faucet_keys.NONCE_RETRIES
 I64_MAX = (1 << 63) - 1
 
 
@@ -115,28 +119,35 @@ class FaucetSettings:
 Refused = LedgerError
 
 
-def _load_key(path: str) -> Signer | None:
+_load_key = faucet_keys.read_key
+
+
+def _file_id(path: str) -> tuple[int, int, int] | None:
+    """What tells a changed key file: (inode, mtime ns, size); None when absent."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return Signer.from_seed(json.load(f)["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
+        st = os.stat(path)
+    except OSError:
         return None
-
-
-def _rate(interval: float) -> float:
-    return 1.0 / interval if interval > 0 else 0.0
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 class Faucet:
     def __init__(self, node: NodeContext, settings: FaucetSettings | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.node = node
         self.settings = settings or FaucetSettings()
         s = self.settings
-        self.by_ip = TokenBuckets(_rate(s.ip_interval), s.ip_burst, clock=clock)
-        self.by_address = TokenBuckets(_rate(s.address_interval), s.address_burst, clock=clock)
-        self._lock = threading.Lock()
+        self.limits = GrantLimits(grants_path(node.config.data_dir),
+                                  {"ip": (s.ip_burst, s.ip_interval), "address": (s.address_burst, s.address_interval)},
+                                  clock=clock)
+        self._lock = threading.Lock()       # one grant, top-up or key change at a time
+        self._key_lock = threading.RLock()  # the key file and the signer read from it
         self._signer: Signer | None = None
+        self._key_id: tuple[int, int, int] | None = None
+
+    def close(self) -> None:
+        """Close the grant records (reopened if the faucet is used again)."""
+        self.limits.close()
 
     # -- keys and state ---------------------------------------------------------------------------
     @property
@@ -148,9 +159,21 @@ class Faucet:
         return self.settings.topup_key_path or os.path.join(self.node.config.keys_dir, "treasury.key")
 
     def signer(self) -> Signer | None:
-        if self._signer is None and self.settings.enabled:
-            self._signer = _load_key(self.key_path)
-        return self._signer
+        """The faucet key as the file holds it now (re-read when it changed; an interrupted
+        rotation finished or undone first); None when disabled or unreadable."""
+        if not self.settings.enabled:
+            return None
+        with self._key_lock:
+            path = self.key_path
+            if os.path.exists(faucet_keys.next_path(path)):
+                done = faucet_keys.recover(path, self._state())
+                log.warning("faucet key rotation interrupted earlier: %s", done)
+            key_id = _file_id(path)
+            if key_id != self._key_id or (self._signer is None and key_id is not None):
+                self._signer, self._key_id = _load_key(path), key_id
+                if self._signer is not None:
+                    log.info("faucet key loaded: address %s", self._signer.address)
+            return self._signer
 
     def _state(self) -> WriteState:
         return WriteState(self.node.chain.log)  # committed write-side state
@@ -191,15 +214,15 @@ class Faucet:
         if address == signer.address:
             raise BadRequest("the faucet does not pay itself")
         with self._lock:
-            wait = max(self.by_ip.wait(client), self.by_address.wait(address))
-            if wait > 0:
-                which = "this client" if self.by_ip.wait(client) > 0 else "this address"
-                raise RateLimitedError(f"too many faucet grants for {which}", wait)
+            by_ip, by_address = self.limits.wait("ip", client), self.limits.wait("address", address)
+            if max(by_ip, by_address) > 0:
+                which = "this client" if by_ip > 0 else "this address"
+                raise RateLimitedError(f"too many faucet grants for {which}", max(by_ip, by_address))
             granted = _send(self.node, signer, address, self.settings.amount, self.settings.memo,
                             insufficient=lambda have, need: InsufficientBalanceError(
                                 f"the faucet can spend {have}, a grant needs {need}; ask the operator for a top-up"))
-            self.by_ip.take(client)
-            self.by_address.take(address)
+            self.limits.take("ip", client)
+            self.limits.take("address", address)
         log.info("faucet granted %d to %s (tx %s)", self.settings.amount, address, granted["txid"])
         return granted
 
@@ -222,6 +245,37 @@ class Faucet:
         log.info("faucet top-up of %d from %s (tx %s)", amount, source.address, sent["txid"])
         return {**sent, "note": "pending: adds to the faucet's spendable balance once a block confirms it"}
 
+    # -- key changes ------------------------------------------------------------------------------
+    def import_key(self, seed: Any) -> dict[str, Any]:
+        """Make the key of ``seed`` the faucet key (the old file kept under retired/); used from
+        the next grant on. Raises BadKeyError for a malformed seed."""
+        new = faucet_keys.signer_of_seed(seed)
+        if not self.settings.enabled:
+            raise FaucetDisabledError("the faucet is disabled by configuration")
+        with self._lock, self._key_lock:
+            result = faucet_keys.install(self.key_path, new, self._state())
+            self._key_id = None
+            signer = self.signer()
+        if signer is None or signer.pubkey != new.pubkey:
+            raise FaucetDisabledError("the imported key was written but cannot be read back")
+        log.warning("faucet key imported by admin: address %s (was %s)", new.address, result["previous_address"])
+        return {**result, "spendable": self._state().spendable(new.address)}
+
+    def rotate_key(self) -> dict[str, Any]:
+        """A fresh faucet key that takes the spendable balance by a transaction from the old one
+        (ops/api/faucet_keys.py ``rotate``); used from the next grant on."""
+        if not self.settings.enabled:
+            raise FaucetDisabledError("the faucet is disabled by configuration")
+        with self._lock, self._key_lock:
+            try:
+                result = faucet_keys.rotate(self.node, self.key_path)
+            finally:
+                self._key_id = None  # whatever happened, read the file (and any .next) again
+            self.signer()
+        log.warning("faucet key rotated by admin: %s -> %s (transfer %s)", result["old_address"],
+                    result["new_address"], result["txid"])
+        return result
+
 
 def _send(node: ChainContext, signer: Signer, to: str, amount: int, memo: str,
           insufficient: Callable[[int, int], LedgerError]) -> dict[str, Any]:
@@ -233,12 +287,8 @@ def _send(node: ChainContext, signer: Signer, to: str, amount: int, memo: str,
         have, need = st.spendable(signer.address), amount + fee
         if have < need:
             raise insufficient(have, need)
-        nonce = st.account(signer.address).nonce + len(st.pending(signer.address)) + 1
-        body = {"chain_id": node.genesis.chain_id, "sender": signer.address, "recipient": to,
-                "amount": amount, "fee": fee, "nonce": nonce, "timestamp": int(time.time() * 1000),
-                "memo": memo}
-        txid, _ = signer.sign_body("TransactionBody", body)
-        summary = node.admitter.admit([orjson.dumps(signed_line("transaction", signer, body))])
+        txid, nonce, line = faucet_keys.transfer_line(node, signer, to, amount, memo, st)
+        summary = node.admitter.admit([orjson.dumps(line)])
         if summary.accepted == 1:
             return {"txid": txid, "sender": signer.address, "recipient": to, "amount": amount, "fee": fee,
                     "nonce": nonce, "status": "pending"}
@@ -255,7 +305,10 @@ def _send(node: ChainContext, signer: Signer, to: str, amount: int, memo: str,
 # -- one faucet per node, held by the node (admin actions find it there) --------------------------
 def attach(node: NodeContext, settings: FaucetSettings | None = None) -> Faucet:
     """Give ``node`` a new faucet (the node makes one; an app built with other settings replaces it)."""
+    previous = getattr(node, "faucet", None)
     node.faucet = Faucet(node, settings or FaucetSettings.from_config(node.config))
+    if isinstance(previous, Faucet):
+        previous.close()
     return node.faucet
 
 
@@ -282,3 +335,19 @@ def faucet_resume_action(node: NodeContext, body: dict[str, Any]) -> Any:
 def faucet_topup_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """{"amount": n}: a transaction of n from the treasury key to the faucet, through admission."""
     return node.faucet.topup(body.get("amount"))
+
+
+def faucet_import_key_action(node: NodeContext, body: dict[str, Any]) -> Any:
+    """{"seed": hex}: make that key the faucet key (the seed is redacted in the audit record)."""
+    if body.get("seed") is None:
+        raise BadRequest('body must carry the key\'s seed: {"seed": "<64 hex digits>"}')
+    result = node.faucet.import_key(body["seed"])
+    node.keys_rotated()  # the simulator, if any, funds its wallets from the new key
+    return result
+
+
+def faucet_rotate_key_action(node: NodeContext, body: dict[str, Any]) -> Any:
+    """A fresh faucet key; the spendable balance moves to it by a transaction from the old key."""
+    result = node.faucet.rotate_key()
+    node.keys_rotated()
+    return result

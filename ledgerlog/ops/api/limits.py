@@ -6,7 +6,8 @@
   as it streams and refused as soon as it crosses the cap. Either way: 413
   ``{"code":"TOO_LARGE"}``, and the handler never sees the body.
 - **Rate limits** (``TokenBuckets``): in-memory token buckets per key (client IP for
-  ``POST /v1/ingest`` and the faucet, address for the faucet). A refused request gets 429
+  ``POST /v1/ingest``; the faucet keeps its per-IP and per-address limits on disk, by the same
+  rule: ops/api/faucet_grants.py). A refused request gets 429
   ``{"code":"RATE_LIMITED"}`` with ``Retry-After`` (whole seconds). The client is the TCP peer
   (``request.client.host``); ``X-Forwarded-For`` is not trusted. Buckets live in memory, are
   per node process and start full after a restart; at most ``MAX_BUCKETS`` keys are kept (least

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Query
 from starlette.concurrency import run_in_threadpool
 
+from ledgerlog.ops.api import docs
 from ledgerlog.ops.api import handlers as h
 from ledgerlog.ops.api import registry as reg
 from ledgerlog.ops.api.handlers import json_response
-from ledgerlog.ops.query.queries import I64_MAX
+from ledgerlog.ops.query.queries import I64_MAX, MAX_PROVIDER_ID, PROVIDERS_PAGE_MAX
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
@@ -30,12 +31,13 @@ _SR = ("schema registry",)
 @dataclass(frozen=True)
 class Param:
     """An optional query parameter: an integer and its bounds (out of them: 400 BAD_REQUEST), or
-    with ``text`` a string of at most 255 characters (such routes are FastAPI's, not the lane's)."""
+    with ``text`` a string of at most ``max_length`` characters (such routes are FastAPI's, not the lane's)."""
 
     name: str
     ge: int = 0
     le: int = I64_MAX
     text: bool = False
+    max_length: int = 255
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,17 @@ ROUTES: tuple[Route, ...] = (
           params=(Param("topic", text=True), Param("partition", le=2**31 - 1))),
     Route("GET", "/v1/pool/workers/{address}", ("pool",), "A worker's PPLNS credit, paid and pending",
           answer=lambda n: n.queries.worker, reads=("payouts",)),
-    Route("GET", "/v1/energy/providers/{provider_id}", ("energy",), "An energy provider",
-          answer=lambda n: n.queries.provider, reads=("energy",)),
+    Route("GET", "/v1/energy/providers/{provider_id}", ("energy",), "An energy provider (optionally at a height)",
+          answer=lambda n: n.queries.provider, reads=("energy",), params=(Param("height"),)),
+    Route("GET", "/v1/energy/providers", ("energy",),
+          "Energy providers in provider_id order, a page at a time (cursor: after=next_after)",
+          answer=lambda n: n.queries.providers, reads=("energy",),
+          params=(Param("limit", ge=1, le=PROVIDERS_PAGE_MAX), Param("after", text=True, max_length=MAX_PROVIDER_ID),
+                  Param("height"))),
+    Route("GET", "/v1/energy/market", ("energy",), "Energy market totals and average price (optionally at a height)",
+          answer=lambda n: n.queries.market, reads=("energy",), params=(Param("height"),)),
+    Route("GET", "/v1/energy/governance", ("energy",), "Governance parameters in force (optionally at a height)",
+          answer=lambda n: n.queries.governance, reads=("energy",), params=(Param("height"),)),
     Route("POST", "/v1/ingest", ("ingest",), "Admit ingest lines (application/x-ndjson body)", endpoint=h.ingest,
           openapi=h.INGEST_OPENAPI),
     Route("POST", "/v1/faucet", ("faucet",), "Grant the faucet amount to an address (a signed transaction)",
@@ -99,6 +110,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/dashboard", ("dashboard",), "Everything the dashboard page shows", endpoint=h.dashboard),
     Route("GET", "/metrics", ("node",), "Prometheus metrics", endpoint=h.metrics),
     Route("GET", "/", (), endpoint=h.index, openapi={"include_in_schema": False}),
+    Route("GET", "/docs", (), endpoint=docs.swagger, openapi={"include_in_schema": False}),
+    Route("GET", "/favicon.ico", (), endpoint=docs.favicon, openapi={"include_in_schema": False}),
     # Confluent's Schema Registry API over _schemas (ops/api/registry.py: read-only, BACKWARD_TRANSITIVE)
     Route("GET", "/schemas/types", _SR, "Schema types: [\"AVRO\"]", endpoint=reg.schema_types,
           openapi=reg.openapi("the schema types", codes=())),
@@ -166,7 +179,7 @@ def _query_endpoint(route: Route, edge: h.Edge) -> Callable[..., Any]:
     kw_only = inspect.Parameter.KEYWORD_ONLY
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(n, kw_only, annotation=str) for n in names]
-        + [inspect.Parameter(p.name, kw_only, annotation=str | None, default=Query(None, max_length=255))
+        + [inspect.Parameter(p.name, kw_only, annotation=str | None, default=Query(None, max_length=p.max_length))
            if p.text else
            inspect.Parameter(p.name, kw_only, annotation=int | None, default=Query(None, ge=p.ge, le=p.le))
            for p in route.params])

@@ -64,10 +64,13 @@ def _root(ctx: typer.Context,
                                             help="Config file to read instead of <data-dir>/config.toml."),
           log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
           debug: bool = typer.Option(False, "--debug", help="Print the traceback behind any error (errors are one line without it)."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Draw no progress bars, even on a terminal (pipes never get one)."),
           _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                         help="Print the version and exit.")) -> None:
     ctx.obj = {"data_dir": data_dir, "config": config, "flags": {"log_level": log_level}}
     _DEBUG[0] = debug
+    from ledgerlog.ops.cli.progress import set_quiet
+    set_quiet(quiet)
 
 
 def config_of(ctx: typer.Context, **flags: Any) -> Config:
@@ -93,6 +96,7 @@ def _register_commands() -> None:
         audit,
         chain,
         export,
+        faucet,
         generate,
         genesis,
         keys,

@@ -9,7 +9,7 @@ import typer
 
 from ledgerlog.engine.errors import UsageError, storage_error
 from ledgerlog.ops.cli import app, config_of, emit
-from ledgerlog.ops.cli.progress import progress_bar
+from ledgerlog.ops.cli.progress import progress_bar, quiet_option
 
 _PUBKEY = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -29,7 +29,8 @@ def audit_command(ctx: typer.Context,
                                                           help="Also write the outcome as Prometheus text there (node_exporter's textfile collector)."),
                   archive: list[str] | None = typer.Option(None, "--archive",
                                                            help="A pruned log's archive (h<H>/), or a directory of them (repeatable): "
-                                                                "its records are replayed below the log's start.")) -> None:
+                                                                "its records are replayed below the log's start."),
+                  quiet: bool = quiet_option()) -> None:
     """Recompute every partition's Merkle tree and check every signed tree head against it; prints
     a JSON report. Exit 0 when everything holds, 1 naming the first topic, partition and index
     where records and heads disagree, 2 on a usage or input error.
@@ -66,7 +67,7 @@ def audit_command(ctx: typer.Context,
                            archives)
     try:
         report = run_audit(source, log_pubkey.lower(), state,
-                           lambda total: progress_bar("audit", total=total, unit=" records"))
+                           lambda total: progress_bar("audit", total=total, unit=" records", quiet=quiet))
     finally:
         source.close()
     if metrics_file:

@@ -16,7 +16,7 @@ from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.errors import StoreLockedError
 from ledgerlog.engine.treehead import load_log_key
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.cli.progress import progress_bar
+from ledgerlog.ops.cli.progress import progress_bar, quiet_option
 from ledgerlog.ops.data.lines import numbered_lines
 
 
@@ -43,7 +43,8 @@ def init(ctx: typer.Context,
 
 @app.command()
 def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file of ingest lines, or - for stdin."),
-           ids: bool = typer.Option(False, "--ids", help='Also list each admitted line\'s id: "ids": [{"line","kind","id"}].')) -> None:
+           ids: bool = typer.Option(False, "--ids", help='Also list each admitted line\'s id: "ids": [{"line","kind","id"}].'),
+           quiet: bool = quiet_option()) -> None:
     """Admit ingest lines; prints {"accepted","duplicates","rejected","rejections"} (and "ids").
 
     Exit 0 when nothing was rejected, 1 when something was, 2 on a usage or I/O error."""
@@ -53,16 +54,19 @@ def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file 
     except OSError as exc:
         fail(f"cannot open {file}: {exc}", 2)
         raise
+    size = _size(stream)  # a file's bytes are a known total; a pipe's lines are not
+    bar = progress_bar(f"ingest {os.path.basename(file)}", total=size, unit=" lines" if size is None else "B",
+                       quiet=quiet)
     with stream:
         try:
             chain = open_chain(cfg)
-        except StoreLockedError:
+        except StoreLockedError:  # a node runs on the data dir: through it
             from ledgerlog.ops.query.client import NodeClient
-            summary = NodeClient.for_data_dir(cfg).ingest(stream, ids)
+            node = NodeClient.for_data_dir(cfg)
+            with bar as tick:
+                summary = node.ingest(stream, ids, progress=tick if size is None else _by_position(stream, tick))
         else:
-            size = _size(stream)  # a file's bytes are a known total; a pipe's lines are not
-            with chain, progress_bar(f"ingest {os.path.basename(file)}", total=size,
-                                     unit=" lines" if size is None else "B") as tick:
+            with chain, bar as tick:
                 try:
                     summary = chain.admitter.admit_numbered(
                         numbered_lines(stream), progress=tick if size is None else _by_position(stream, tick),

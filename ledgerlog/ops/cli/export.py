@@ -8,6 +8,7 @@ import typer
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import storage_error
 from ledgerlog.ops.cli import app, config_of, emit, fail
+from ledgerlog.ops.cli.progress import progress_bar, quiet_option
 from ledgerlog.ops.data.export import FORMATS
 from ledgerlog.ops.data.export import export as export_events
 
@@ -25,7 +26,8 @@ def export(ctx: typer.Context,
            to_offset: int | None = typer.Option(None, "--to-offset", help="Last offset, per partition (inclusive)."),
            from_time: str | None = typer.Option(None, "--from-time", help="First record time: ms since the epoch or ISO 8601 (UTC if no zone)."),
            to_time: str | None = typer.Option(None, "--to-time", help="Last record time (inclusive)."),
-           partition: list[int] | None = typer.Option(None, "--partition", help="Only this partition (repeatable).")) -> None:
+           partition: list[int] | None = typer.Option(None, "--partition", help="Only this partition (repeatable)."),
+           quiet: bool = quiet_option()) -> None:
     """Export a topic's events to a file; prints {"topic","format","records","path","bytes",...}.
 
     One range kind at a time (heights, offsets or times; none = the whole topic), inclusive,
@@ -40,11 +42,11 @@ def export(ctx: typer.Context,
         fail(f"unknown --format {fmt!r}; one of {list(FORMATS)}", 2)
     assert fmt is not None
     cfg = config_of(ctx)
-    with open_chain(cfg, read_only=True) as chain:
+    with open_chain(cfg, read_only=True) as chain, progress_bar(f"export {topic}", quiet=quiet) as bar:
         try:
             summary = export_events(chain, topic, fmt, out, from_height=from_height, to_height=to_height,
                                     from_offset=from_offset, to_offset=to_offset, from_time=from_time,
-                                    to_time=to_time, partitions=partition or None)
+                                    to_time=to_time, partitions=partition or None, progress=bar)
         except OSError as exc:  # an ExportError goes up as it is (BAD_EXPORT, exit 2)
             raise storage_error(exc, f"cannot write {out}") from exc
     emit(summary)

@@ -112,11 +112,12 @@ def sign_tx(ctx: typer.Context,
 
 @app.command("sign")
 def sign(ctx: typer.Context,
-         kind: str = typer.Argument(..., help="transaction, reading, provider, settlement or payout."),
+         kind: str = typer.Argument(..., help="transaction, reading, provider, settlement, payout or governance "
+                                              "(a treasury-signed parameter change: docs/PROTOCOL.md §8.5)."),
          key: str = typer.Option(..., "--key", help="Signer key file."),
          body: str = typer.Option(..., "--body", help="The body as JSON; chain_id and timestamp are filled if absent.")) -> None:
     """Sign any body kind and print its ingest line."""
-    if kind not in ("transaction", "reading", "provider", "settlement", "payout"):
+    if kind not in ("transaction", "reading", "provider", "settlement", "payout", "governance"):
         fail(f"unknown kind {kind!r}", 2)
     try:
         doc = json.loads(body)

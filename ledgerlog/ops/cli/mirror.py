@@ -7,7 +7,7 @@ from ledgerlog.engine.errors import StoreLockedError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.ops.cli import app, config_of, emit, fail
-from ledgerlog.ops.cli.progress import progress_bar
+from ledgerlog.ops.cli.progress import progress_bar, quiet_option
 from ledgerlog.ops.data.mirror import DEFAULT_BATCH, open_target, switch_to_kafka
 from ledgerlog.ops.data.mirror import mirror as run_mirror
 
@@ -22,6 +22,7 @@ def mirror(ctx: typer.Context,
                                        help="After a verified mirror, point config.toml at Kafka (the node must be stopped)."),
            max_records: int | None = typer.Option(None, "--max-records", min=1, hidden=True,
                                                      help="Copy at most this many records, then stop (no verification)."),
+           quiet: bool = quiet_option(),
            ) -> None:
     """Mirror the embedded log into Kafka topics (same partitions, keys, order, timestamps and
     value bytes, `_schemas` first), resuming from what the target holds; then compare record
@@ -45,7 +46,7 @@ def mirror(ctx: typer.Context,
     with source:
         target = open_target(cfg, to, prefix, genesis.hash)
         with target:
-            with progress_bar(f"mirror -> {to}") as tick:
+            with progress_bar(f"mirror -> {to}", quiet=quiet) as tick:
                 rep = run_mirror(source, target, to=to, prefix=prefix, batch=batch, max_records=max_records,
                                  progress=tick)
             out = rep.to_dict()

@@ -11,7 +11,7 @@ import typer
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import NodeRunningError
 from ledgerlog.ops.cli import app, config_of, emit
-from ledgerlog.ops.cli.progress import progress_bar
+from ledgerlog.ops.cli.progress import admin_with_progress, progress_bar, quiet_option
 from ledgerlog.ops.query.client import NodeClient
 
 __all__ = ["prune_command", "archive_verify"]
@@ -35,15 +35,16 @@ def _paths(value: Any, data_dir: str) -> Any:
 def prune_command(ctx: typer.Context,
                   before_height: int = typer.Option(..., "--before-height", help="Delete every event below this height (at most the tip)."),
                   archive: str | None = typer.Option(None, "--archive", help="Directory the archive is written under, as h<H>/ "
-                                                     "(default retention.archive_dir, i.e. <data-dir>/archive).")) -> None:
+                                                     "(default retention.archive_dir, i.e. <data-dir>/archive)."),
+                  quiet: bool = quiet_option()) -> None:
     """Prune the log below a height: archive the records (Avro OCF + manifest with checksums), record
     the anchor reproject and verify start from, then delete them. Queries below the height answer
     410 PRUNED; proofs and tree heads stay valid.
 
     With a node running on the data dir, the node does it (admin API, action `prune`) and keeps
-    serving. Running it again at the same height finishes an interrupted prune, else changes nothing."""
-    from ledgerlog.ops.data.prune import PrunePlan, prune
-    from ledgerlog.streams.anchorbuild import records_to_fold
+    serving (its progress drawn from the node's status). Running it again at the same height
+    finishes an interrupted prune, else changes nothing."""
+    from ledgerlog.ops.data.prune import prune
     from ledgerlog.streams.runner import Runner
     cfg = config_of(ctx)
     node = NodeClient.find(cfg)
@@ -53,17 +54,16 @@ def prune_command(ctx: typer.Context,
                 raise NodeRunningError(f"a node is running on {cfg.data_dir} ({node.url}); stop it first, or set "
                                        "admin.token (LEDGERLOG_ADMIN_TOKEN) so the prune runs through the node")
             body = {"before_height": before_height, "archive": os.path.abspath(archive) if archive else None}
-            emit({**node.admin("prune", cfg.admin_token, body, timeout=None), "via": "node"})
+            emit({**admin_with_progress(node, "prune", cfg.admin_token, body, f"prune below {before_height}",
+                                        quiet=quiet), "via": "node"})
         finally:
             node.close()
         return
     with open_chain(cfg) as chain:
         runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch)
         try:
-            plan = PrunePlan(chain, before_height)
-            total = 0 if plan.done else 2 * plan.records + records_to_fold(cfg.anchor_dir, plan.targets)
-            with progress_bar(f"prune below {before_height}", total=total or None, unit=" records") as tick:
-                result = prune(chain, runner, before_height, archive_parent=archive, progress=tick)
+            with progress_bar(f"prune below {before_height}", unit=" records", quiet=quiet) as bar:
+                result = prune(chain, runner, before_height, archive_parent=archive, progress=bar)
         finally:
             runner.close()
     emit({**_paths(result, cfg.data_dir), "via": "local"})

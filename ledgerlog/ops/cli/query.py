@@ -5,6 +5,7 @@ import typer
 
 from ledgerlog.ops.cli import app, config_of, emit
 from ledgerlog.ops.query.client import open_queries
+from ledgerlog.ops.query.queries import PROVIDERS_PAGE, PROVIDERS_PAGE_MAX
 
 
 @app.command()
@@ -29,11 +30,49 @@ def tx(ctx: typer.Context, txid: str) -> None:
         emit(q.tx(txid))
 
 
+_HEIGHT = typer.Option(None, "--height", help="As of this height.")
+
+
 @app.command()
-def provider(ctx: typer.Context, provider_id: str) -> None:
+def provider(ctx: typer.Context, provider_id: str, height: int | None = _HEIGHT) -> None:
     """An energy provider's stake, price and settled/unsettled energy."""
     with open_queries(config_of(ctx)) as q:
-        emit(q.provider(provider_id))
+        emit(q.provider(provider_id, height))
+
+
+@app.command()
+def providers(ctx: typer.Context,
+              limit: int | None = typer.Option(None, "--limit", help=f"Providers per page (1-{PROVIDERS_PAGE_MAX}, "
+                                                                     f"default {PROVIDERS_PAGE})."),
+              after: str | None = typer.Option(None, "--after", help="Start after this provider_id (a page's next_after)."),
+              height: int | None = _HEIGHT,
+              every: bool = typer.Option(False, "--all", help="Follow the pages to the end: every provider.")) -> None:
+    """Energy providers in provider_id order, a page at a time (or --all of them)."""
+    with open_queries(config_of(ctx)) as q:
+        page = q.providers(limit, after, height)
+        if not every:
+            emit(page)
+            return
+        rows = list(page["providers"])
+        while page["next_after"] is not None:  # the cursor only moves forward: this ends
+            page = q.providers(limit, page["next_after"], height)
+            rows += page["providers"]
+        emit({"providers": rows, "count": len(rows), **({"height": height} if height is not None else {}),
+              "provenance": page["provenance"]})
+
+
+@app.command()
+def market(ctx: typer.Context, height: int | None = _HEIGHT) -> None:
+    """Energy market totals: providers, credited / settled / unsettled milli-kWh, average price."""
+    with open_queries(config_of(ctx)) as q:
+        emit(q.market(height))
+
+
+@app.command()
+def governance(ctx: typer.Context, height: int | None = _HEIGHT) -> None:
+    """Governance parameters in force (min_stake, max_price_per_kwh) and the change that set each."""
+    with open_queries(config_of(ctx)) as q:
+        emit(q.governance(height))
 
 
 @app.command()

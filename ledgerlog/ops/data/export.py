@@ -73,6 +73,7 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.movements import event_height
 from ledgerlog.engine.topics import EVENT_TOPICS, subject_of
+from ledgerlog.ops.jobs import Progress
 
 __all__ = [
     "FORMATS",
@@ -88,6 +89,7 @@ __all__ = [
 
 FORMATS = ("avro", "jsonl")
 _KINDS = ("offset", "height", "time")
+_PROGRESS_STEP = 1024  # records between progress reports
 
 
 class Event(NamedTuple):
@@ -246,12 +248,13 @@ def iter_events(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, *
                 from_offset: int | None = None, to_offset: int | None = None,
                 from_height: int | None = None, to_height: int | None = None,
                 from_time: int | str | datetime | None = None, to_time: int | str | datetime | None = None,
-                partitions: Iterable[int] | None = None) -> EventStream:
+                partitions: Iterable[int] | None = None, progress: Progress | None = None) -> EventStream:
     """The events of ``topic`` in one range (see the module doc), by partition then offset.
 
     ``chain_or_data_dir``: an open ``Chain`` (left open) or a data dir (opened read-only and
     closed when the stream ends). ``partitions``: only these (default: all). Arguments are
-    checked now (``ExportError``); records are read as the stream is consumed."""
+    checked now (``ExportError``); records are read as the stream is consumed. ``progress`` is
+    told the records the range spans (the partitions' offsets in it) and of each one passed."""
     rng = _range(from_offset, to_offset, from_height, to_height, from_time, to_time)
     if isinstance(chain_or_data_dir, Chain):
         chain, owned = chain_or_data_dir, None
@@ -274,7 +277,7 @@ def iter_events(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, *
         decoder = _Decoder(chain.codec.registry, topic)
         _check_pruned(log, topic, parts, rng)
         ends = log.end_offsets(topic)  # the snapshot
-        gen = _events(log, topic, parts, ends, rng, decoder)
+        gen = _events(log, topic, parts, ends, rng, decoder, progress)
     except BaseException:
         if owned is not None:
             owned.close()
@@ -298,18 +301,28 @@ def _check_pruned(log: Log, topic: str, parts: list[int], rng: _Range) -> None:
             raise point.error(f"{topic} from offset {rng.lo} (partition {below[0]} starts at offset {starts[below[0]]})")
 
 
+def _bounds(log: Log, topic: str, p: int, start: int, end: int, rng: _Range, decode: _Decoder) -> tuple[int, int]:
+    """The offsets [start, stop) of partition ``p`` a scan of ``rng`` reads (a height range may
+    stop earlier); ``start``: the first offset the log holds (past a prune)."""
+    if rng.kind == "offset":
+        return max(start, rng.lo or 0), min(end, rng.hi + 1) if rng.hi is not None else end
+    if rng.kind == "height" and rng.lo is not None:
+        return _first_at_height(log, topic, p, start, end, rng.lo, decode), end
+    return start, end
+
+
 def _events(log: Log, topic: str, parts: list[int], ends: list[int], rng: _Range,
-            decode: _Decoder) -> Iterator[Event]:
+            decode: _Decoder, progress: Progress | None = None) -> Iterator[Event]:
     starts = log.start_offsets(topic)
-    for p in parts:
-        start, stop = starts[p], ends[p]
-        if rng.kind == "offset":
-            start = max(start, rng.lo or 0)
-            stop = min(stop, rng.hi + 1) if rng.hi is not None else stop
-        elif rng.kind == "height" and rng.lo is not None:
-            start = _first_at_height(log, topic, p, start, stop, rng.lo, decode)
-        prev = -1
+    spans = [(p, *_bounds(log, topic, p, starts[p], ends[p], rng, decode)) for p in parts]
+    if progress is not None:
+        progress.set_total(sum(max(0, stop - start) for _p, start, stop in spans))
+    for p, start, stop in spans:
+        prev, seen = -1, 0
         for rec in log.scan(topic, p, start, stop):
+            seen += 1
+            if progress is not None and not seen % _PROGRESS_STEP:
+                progress(_PROGRESS_STEP)
             if rng.kind == "time" and not rng.contains(rec.timestamp):
                 continue
             sid, value = decode(rec.value)
@@ -323,6 +336,8 @@ def _events(log: Log, topic: str, parts: list[int], ends: list[int], rng: _Range
                 prev = h
             yield Event(topic, p, rec.offset, rec.key.decode("utf-8", "replace"), rec.timestamp,
                         sid, h, value)
+        if progress is not None:  # the rest of the span: read, or past the end of a height range
+            progress(max(0, stop - start) - seen + seen % _PROGRESS_STEP)
 
 
 def _first_at_height(log: Log, topic: str, p: int, lo: int, end: int, height: int, decode: _Decoder) -> int:
@@ -346,7 +361,8 @@ def _first_at_height(log: Log, topic: str, p: int, lo: int, end: int, height: in
 
 
 def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: str,
-           out_path: str | os.PathLike[str], **range_args: Any) -> dict[str, Any]:
+           out_path: str | os.PathLike[str], *, progress: Progress | None = None,
+           **range_args: Any) -> dict[str, Any]:
     """Write the events of ``topic`` in a range (``iter_events`` keyword arguments) to
     ``out_path``; returns ``{"topic", "format", "records", "path", "bytes", "range",
     "schema_id"}``.
@@ -363,14 +379,14 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
     "height","schema_id","value"}``.
 
     The file is written to a temporary file beside ``out_path``, fsynced and renamed over it:
-    ``out_path`` is either untouched or complete."""
+    ``out_path`` is either untouched or complete. ``progress``: as ``iter_events``."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; one of {list(FORMATS)}")
     out = os.path.abspath(os.fspath(out_path))
     directory = os.path.dirname(out)
     if not os.path.isdir(directory):
         raise ExportError(f"no such directory: {directory}")
-    with iter_events(chain_or_data_dir, topic, **range_args) as stream:
+    with iter_events(chain_or_data_dir, topic, progress=progress, **range_args) as stream:
         rng = {**stream.range.to_dict(), "partitions": stream.partitions}
         count = 0
         with atomic_writer(out) as f:

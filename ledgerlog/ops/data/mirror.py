@@ -27,7 +27,7 @@ import json
 import os
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError, LogError
 from ledgerlog.engine.log.base import Log, Record
 from ledgerlog.engine.log.kafka_config import KafkaConfig
+from ledgerlog.ops.jobs import Progress
 
 __all__ = ["MirrorReport", "mirror", "open_target", "partition_digest", "rewrite_config", "switch_to_kafka"]
 
@@ -113,10 +114,12 @@ def _ordered_topics(source: Log) -> list[tuple[str, int]]:
 
 def mirror(source: Log, target: Log, *, to: str, prefix: str, batch: int = DEFAULT_BATCH,
            max_records: int | None = None, verify: bool = True,
-           progress: Callable[[int], None] | None = None) -> MirrorReport:
+           progress: Progress | None = None) -> MirrorReport:
     """Copy what ``source`` holds now into ``target`` (resuming from the target's counts), then
     verify counts and hashes per partition. ``max_records`` stops the copy early (tests, or a
-    bounded run); the report then says ``complete: false`` and verifies nothing."""
+    bounded run); the report then says ``complete: false`` and verifies nothing. ``progress``
+    is told the source's records (twice with ``verify``: copied, then hashed on both sides) and
+    of those dealt with (a record the target holds already counts as copied)."""
     if not source.contiguous_offsets:
         raise LogError("the mirror's source must have contiguous offsets (the embedded log)")
     point = source.prune_point()
@@ -126,6 +129,9 @@ def mirror(source: Log, target: Log, *, to: str, prefix: str, batch: int = DEFAU
     topics = _ordered_topics(source)
     ends = {t: source.end_offsets(t) for t, _n in topics}
     rep.records = sum(sum(e) for e in ends.values())
+    if progress is not None:
+        progress.set_total(rep.records * (2 if verify else 1))
+        progress.describe("copy")
     target.create_topics({t: n for t, n in topics})
     fence = getattr(target, "_get_producer", None)
     if fence is not None:   # fence (abort) a killed mirror's transaction before counting
@@ -140,6 +146,8 @@ def mirror(source: Log, target: Log, *, to: str, prefix: str, batch: int = DEFAU
                 raise LogError(f"{prefix}{topic}[{p}] holds {have} records, more than the source's {end}: "
                                "the target is not a mirror of this log (another --topic-prefix?)")
             rep.already += have
+            if progress is not None and have:
+                progress(have)
             offset = have
             while offset < end and (budget is None or budget > 0):
                 want = min(batch, end - offset, budget if budget is not None else batch)
@@ -159,10 +167,14 @@ def mirror(source: Log, target: Log, *, to: str, prefix: str, batch: int = DEFAU
     rep.complete = rep.already + rep.copied == rep.records
     if verify and rep.complete:
         t1 = time.monotonic()
+        if progress is not None:
+            progress.describe("verify")
         for topic, n in topics:
             for p in range(n):
                 sc, sh = partition_digest(source, topic, p, ends[topic][p])
                 tc, th = partition_digest(target, topic, p)
+                if progress is not None:
+                    progress(ends[topic][p])
                 rep.partitions.append({"topic": topic, "partition": p, "source": sc, "target": tc,
                                        "source_hash": sh, "target_hash": th, "ok": sc == tc and sh == th})
         rep.verify_seconds = time.monotonic() - t1
@@ -223,6 +235,12 @@ def _aside(path: str, tag: str) -> str | None:
     return dest
 
 
+def _admitted(log: Log) -> list[tuple[bytes, bytes]]:
+    """The write-side state admission made (without the writer's record of its first log key)."""
+    from ledgerlog.engine.admission.state import WriteState
+    return [(k, v) for k, v in log.state_items(b"") if k != WriteState.LOG_ORIGIN]
+
+
 def switch_to_kafka(cfg: Config, source: Log, rep: MirrorReport, to: str, prefix: str) -> dict[str, Any]:
     """After a verified, complete mirror of ``source`` (opened writable: no node runs): build the
     Kafka write-side state by catch-up, compare it with the embedded one, then move projections
@@ -241,7 +259,8 @@ def switch_to_kafka(cfg: Config, source: Log, rep: MirrorReport, to: str, prefix
                     sync=cfg.sync)
     try:
         folded = catch_up(klog, Codec(Registry(klog)), genesis)
-        same = list(klog.state_items(b"")) == list(source.state_items(b""))
+        # the first log key is the writer's record, not a fold's: the next open records it again
+        same = _admitted(klog) == _admitted(source)
     finally:
         klog.close()
     if not same:

@@ -43,12 +43,13 @@ from ledgerlog.ops.data.snapshot import inside
 from ledgerlog.ops.data.storage import dir_bytes
 from ledgerlog.streams import layout
 from ledgerlog.streams.anchor import Anchor, remove_others
-from ledgerlog.streams.anchorbuild import build_anchor
+from ledgerlog.streams.anchorbuild import build_anchor, records_to_fold
 from ledgerlog.streams.reproject import reproject_lock
 from ledgerlog.streams.runner import Runner
 
 if TYPE_CHECKING:
     from ledgerlog.engine.codec import Codec
+    from ledgerlog.ops.jobs import Progress
     from ledgerlog.ops.node.context import NodeContext
 
 __all__ = ["STEPS", "PrunePlan", "first_at_height", "prune", "prune_action"]
@@ -129,12 +130,14 @@ def _relative(path: str, data_dir: str) -> str:
 
 
 def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | None = None,
-          fold_lock: Lock | None = None, progress: Callable[[int], None] | None = None,
+          fold_lock: Lock | None = None, progress: Progress | None = None,
           on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Prune ``chain``'s log below ``height`` (see the module docstring); ``runner`` holds the live
     projections (a node's, folding meanwhile: ``fold_lock`` pauses it while they are brought past
     the prune positions). The archive goes to ``<archive_parent>/h<height>`` (default
-    ``retention.archive_dir``). Returns a summary."""
+    ``retention.archive_dir``). ``progress`` is told the records it goes through: archived, folded
+    into the anchor, their leaf hashes stored (phases ``archive``, ``anchor``, ``delete``).
+    Returns a summary."""
     cfg, log_ = chain.config, chain.log
     step = on_step or (lambda _name: None)
     why = log_.prune_refusal()
@@ -148,6 +151,8 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
             remove_others(cfg.anchor_dir)  # (a prune killed right after its deletion left them)
             return {**summary, "noop": True, "log_start": _starts(plan), "seconds": 0.0}
         bytes_before = dir_bytes(cfg.log_path) if os.path.isdir(cfg.log_path) else None
+        if progress is not None:
+            progress.set_total(2 * plan.records + records_to_fold(cfg.anchor_dir, plan.targets))
         # 1. the live projections past the prune positions (their next records stay on the log)
         with fold_lock or nullcontext():
             runner.catch_up(until=plan.targets)
@@ -155,6 +160,7 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
                 h.store.flush()
         step("caught_up")
         # 2. the archive
+        _phase(progress, "archive")
         t0 = time.monotonic()
         dest = os.path.join(os.path.abspath(archive_parent or cfg.archive_dir), f"h{height}")
         manifest = write_archive(log_, chain.codec, dest, plan.ranges, height=height,
@@ -165,6 +171,7 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
                               "manifest_sha256": manifest["manifest_sha256"], "seconds": round(time.monotonic() - t0, 3)}
         step("archived")
         # 3. the anchor
+        _phase(progress, "anchor")
         t0 = time.monotonic()
         tip = plan.tip_below(log_, chain.codec, chain.genesis.hash, chain.genesis.timestamp)
         anchor = build_anchor(log_, chain.codec, chain.genesis, cfg.anchor_dir, height, plan.targets,
@@ -174,6 +181,7 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
         summary["anchor"] = {**anchor.to_dict(), "seconds": round(time.monotonic() - t0, 3)}
         step("anchored")
         # 4. the log
+        _phase(progress, "delete")
         t0 = time.monotonic()
         archive_name = _relative(dest, cfg.data_dir)
         point = PrunePoint(height, {tp: hi for tp, (_lo, hi) in plan.ranges.items()}, {}, tip, archive_name,
@@ -193,6 +201,11 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
         summary["log_bytes"] = {"before": bytes_before, "after": after, "reclaimed": bytes_before - after}
     log.info("pruned the log below height %s: %s records archived in %s", height, plan.records, archive_name)
     return summary
+
+
+def _phase(progress: Progress | None, name: str) -> None:
+    if progress is not None:
+        progress.describe(name)
 
 
 def _starts(plan: PrunePlan) -> dict[str, list[int]]:
@@ -223,4 +236,6 @@ def prune_action(node: NodeContext, body: dict[str, Any]) -> Any:
     if height is None:
         raise BadRequest("prune: before_height is required")
     parent = archive_parent_for(node.config, body.get("archive"))
-    return prune(node.chain, node.runner, height, archive_parent=parent, fold_lock=node.fold_lock)
+    with node.jobs.run("prune", body.get("job")) as job:  # its progress, in GET /v1/status jobs
+        return prune(node.chain, node.runner, height, archive_parent=parent, fold_lock=node.fold_lock,
+                     progress=job)

@@ -31,8 +31,11 @@ from ledgerlog.ops.data.snapshot import (
     _fsync_tree,
     _locked_tmp,
     _offsets,
+    read_manifest,
+    reading,
     verify_snapshot,
 )
+from ledgerlog.ops.jobs import Progress
 from ledgerlog.ops.query.client import pid_alive
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
@@ -83,41 +86,55 @@ def _check_restored(tmp: str, manifest: dict[str, Any]) -> None:
             store.close()
 
 
-def _copy_checked(src: str, manifest: dict[str, Any], dst: str, path: str) -> None:
+def _copy_checked(src: str, manifest: dict[str, Any], dst: str, path: str,
+                  progress: Progress | None = None) -> None:
     """Copy every file the manifest lists from ``src`` to ``dst`` (hashing again what is copied),
     then check the copy opens at the manifest's state and fsync its directories."""
+    if progress is not None:
+        progress.describe("copy")
     for rel, want in sorted(manifest["files"].items()):
         to = os.path.join(dst, *rel.split("/"))
         os.makedirs(os.path.dirname(to), exist_ok=True)
-        size, digest = _copy_hashed(os.path.join(src, *rel.split("/")), to)
+        size, digest = _copy_hashed(os.path.join(src, *rel.split("/")), to, progress)
         if size != want["size"] or digest != want["sha256"]:
             raise CorruptStoreError(f"snapshot {path}: {rel} changed while being copied")
     _check_restored(dst, manifest)
     _fsync_tree(dst, files=False)  # each file was fsynced as it was copied
 
 
-def deep_check(path: str) -> dict[str, Any]:
+def snapshot_bytes(path: str) -> int:
+    """Bytes of the files the snapshot's manifest lists (what a verify hashes, a restore copies)."""
+    return sum(f["size"] for f in read_manifest(path)["files"].values())
+
+
+def deep_check(path: str, progress: Progress | None = None) -> dict[str, Any]:
     """``verify_snapshot`` plus RocksDB's view: a scratch copy beside the snapshot is opened and
-    must hold the manifest's height, tip, end offsets and projection digests. Returns the manifest."""
+    must hold the manifest's height, tip, end offsets and projection digests. Returns the manifest.
+    ``progress`` is told the bytes to hash and copy, then of each block."""
     src = os.path.abspath(path)
-    manifest = verify_snapshot(src)
-    with _locked_tmp(os.path.dirname(src)) as tmp:
-        try:
-            _copy_checked(src, manifest, tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with reading(src):  # snapshot prune leaves it alone meanwhile
+        if progress is not None:
+            progress.set_total(2 * snapshot_bytes(src))
+        manifest = verify_snapshot(src, progress)
+        with _locked_tmp(os.path.dirname(src)) as tmp:
+            try:
+                _copy_checked(src, manifest, tmp, path, progress)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
 def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
-                     on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     on_step: Callable[[str], None] | None = None,
+                     progress: Progress | None = None) -> dict[str, Any]:
     """Restore the snapshot at ``path`` as ``data_dir``.
 
     Refuses (before writing anything) a corrupt, truncated or incomplete snapshot
-    (CorruptStoreError), a data dir a node runs on or another restore works on
-    (StoreLockedError), and a data dir that already holds something unless ``force``
+    (CorruptStoreError), a data dir a node runs on or another restore works on, or a snapshot
+    ``snapshot prune`` is deleting (StoreLockedError; the snapshot is read under ``reading``), and a data dir that already holds something unless ``force``
     (ConfigError); with ``force`` the old one is moved aside to ``<data_dir>.replaced-<timestamp>``.
-    Crash-safe: see the module docstring. ``on_step(name)`` runs after each of STEPS."""
+    Crash-safe: see the module docstring. ``on_step(name)`` runs after each of STEPS;
+    ``progress`` is told the bytes to verify and copy, then of each block."""
     started = time.monotonic()
     step = on_step or (lambda _name: None)
     src = os.path.abspath(path)
@@ -126,7 +143,15 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
         raise ConfigError(f"no snapshot at {path}")
     if target == src or target.startswith(src + os.sep):
         raise ConfigError(f"cannot restore {path} into itself ({data_dir})")
-    manifest = verify_snapshot(src)
+    with reading(src):  # snapshot prune leaves it alone meanwhile
+        return _restore(src, path, target, data_dir, force, step, started, progress)
+
+
+def _restore(src: str, path: str, target: str, data_dir: str, force: bool, step: Callable[[str], None],
+             started: float, progress: Progress | None) -> dict[str, Any]:
+    if progress is not None:
+        progress.set_total(2 * snapshot_bytes(src))
+    manifest = verify_snapshot(src, progress)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     with restorejournal.held(target):
@@ -135,7 +160,7 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
         tmp = tempfile.mkdtemp(prefix=restorejournal.tmp_prefix(target), dir=parent)
         replaced = None
         try:
-            _copy_checked(src, manifest, tmp, path)
+            _copy_checked(src, manifest, tmp, path, progress)
             step("copied")
             if occupied:
                 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

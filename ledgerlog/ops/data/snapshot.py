@@ -22,7 +22,8 @@ By default every such link is replaced by a copy, so no byte of a snapshot is sh
 live stores; ``link=True`` keeps the links (a fast local checkpoint, *not* a backup: damage to a
 live file is damage to the snapshot). The manifest says which (``linked``).
 
-Restoring one is ops/data/restore.py's.
+Restoring one is ops/data/restore.py's; deleting old ones ops/data/snapshot_prune.py's, which
+deletes only a snapshot it can flock exclusively: readers (restore, verify) hold ``reading``.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from ledgerlog.engine.errors import (
     CorruptStoreError,
     SnapshotDirRefusedError,
     StorageError,
+    StoreLockedError,
     storage_error,
 )
 from ledgerlog.engine.files import fsync_dir
@@ -57,6 +59,7 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import map_error
 from ledgerlog.ops.data.locks import prune_lock
+from ledgerlog.ops.jobs import Progress
 from ledgerlog.streams import layout
 from ledgerlog.streams.anchor import Anchor
 from ledgerlog.streams.store import ProjectionStore
@@ -67,7 +70,7 @@ if TYPE_CHECKING:
     from ledgerlog.streams.runner import Runner
 
 __all__ = ["FORMAT", "MANIFEST", "create_snapshot", "default_dir", "list_snapshots", "read_manifest",
-           "summary", "verify_snapshot", "clean_stale", "inside", "STEPS"]
+           "summary", "verify_snapshot", "clean_stale", "inside", "reading", "STEPS"]
 
 FORMAT = "ledgerlog-snapshot/1"
 MANIFEST = "manifest.json"
@@ -101,19 +104,21 @@ def _fsync_tree(root: str, *, files: bool = True) -> None:
         fsync_dir(dirpath)
 
 
-def _sha256_file(path: str) -> tuple[int, str]:
+def _sha256_file(path: str, progress: Progress | None = None) -> tuple[int, str]:
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
             h.update(block)
             size += len(block)
+            if progress is not None:
+                progress(len(block))
     return size, h.hexdigest()
 
 
-def _copy_hashed(src: str, dst: str) -> tuple[int, str]:
+def _copy_hashed(src: str, dst: str, progress: Progress | None = None) -> tuple[int, str]:
     """Copy ``src`` to a new file ``dst`` (mode kept), fsynced; the size and sha256 of the bytes
-    actually written."""
+    actually written (``progress`` told of each block)."""
     h = hashlib.sha256()
     size = 0
     mode = os.stat(src).st_mode & 0o777
@@ -123,6 +128,8 @@ def _copy_hashed(src: str, dst: str) -> tuple[int, str]:
             h.update(block)
             size += len(block)
             fout.write(block)
+            if progress is not None:
+                progress(len(block))
         fout.flush()
         os.fsync(fout.fileno())
     os.chmod(dst, mode)
@@ -154,6 +161,32 @@ def _locked_tmp(out_dir: str) -> Iterator[str]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def reading(path: str) -> Iterator[None]:
+    """Hold a shared flock on the snapshot directory ``path`` while it is read (restore, verify), so
+    ``snapshot prune`` (ops/data/snapshot_prune.py), which takes it exclusively, leaves it alone.
+    StoreLockedError while a prune deletes it; ConfigError when it was pruned meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ConfigError(f"no snapshot at {path} ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(f"snapshot {path} is being deleted (snapshot prune)") from None
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise ConfigError(f"no snapshot at {path}: it was pruned")  # between our open and our lock
+        yield
+    finally:
+        os.close(fd)
+
+
 def clean_stale(directory: str) -> list[str]:
     """Remove the temp dirs of snapshots whose writer died (none holds its lock); their names."""
     removed: list[str] = []
@@ -178,7 +211,7 @@ def clean_stale(directory: str) -> list[str]:
     return removed
 
 
-def _break_links(root: str) -> None:
+def _break_links(root: str, progress: Progress | None = None) -> None:
     """Replace every hard-linked file under ``root`` by its own copy (fsynced), so nothing is
     shared with the live stores."""
     for dirpath, _dirs, names in os.walk(root):
@@ -186,8 +219,19 @@ def _break_links(root: str) -> None:
             path = os.path.join(dirpath, name)
             if os.lstat(path).st_nlink > 1:
                 tmp = path + ".copy"
-                _copy_hashed(path, tmp)
+                _copy_hashed(path, tmp, progress)
                 os.replace(tmp, path)
+
+
+def _bytes_under(root: str, *, linked_only: bool = False) -> int:
+    """Bytes of the files under ``root`` (only the hard-linked ones: what ``_break_links`` copies)."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            if not linked_only or st.st_nlink > 1:
+                total += st.st_size
+    return total
 
 
 def _safe_name(text: str) -> str:
@@ -262,13 +306,15 @@ def _offsets(log: Log) -> dict[str, list[int]]:
 
 
 def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *, with_keys: bool = False,
-                    lock: AbstractContextManager[Any] | None = None, link: bool = False) -> dict[str, Any]:
+                    lock: AbstractContextManager[Any] | None = None, link: bool = False,
+                    progress: Progress | None = None) -> dict[str, Any]:
     """Snapshot ``chain`` and the live projection stores of ``runner`` into a new directory under
     ``out_dir`` (default ``snapshot.dir``); returns the manifest (plus ``path``).
 
     ``lock``, if given, is held while the projection stores are checkpointed (a node passes its
     fold lock so a blue/green swap cannot close a store under the checkpoint). ``link`` keeps the
-    checkpoints' hard links to the live SST files: fast, but not a backup."""
+    checkpoints' hard links to the live SST files: fast, but not a backup. ``progress`` is told
+    the bytes to copy and hash once the checkpoints are taken, then of each block."""
     log = chain.log
     if not log.supports_checkpoint:
         raise ConfigError("snapshots need the embedded log; a Kafka log is backed up with the broker's tools")
@@ -280,7 +326,8 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
         clean_stale(out_dir)
         with prune_lock(chain.config.data_dir), _locked_tmp(out_dir) as tmp:  # mode 0700: config.toml holds a token
             try:
-                return _create(chain, runner, tmp, out_dir, with_keys=with_keys, lock=lock, link=link)
+                return _create(chain, runner, tmp, out_dir, with_keys=with_keys, lock=lock, link=link,
+                               progress=progress)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -289,7 +336,7 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
 
 
 def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: bool,
-            lock: AbstractContextManager[Any] | None, link: bool) -> dict[str, Any]:
+            lock: AbstractContextManager[Any] | None, link: bool, progress: Progress | None) -> dict[str, Any]:
     log, cfg = chain.log, chain.config
     started = time.time()
     # 1. projections first, then the log: a projection is never ahead of the log
@@ -311,8 +358,12 @@ def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: 
     if anchor is not None:
         shutil.copytree(anchor.path, os.path.join(tmp, "anchor", anchor.dir), copy_function=shutil.copy2)
         shutil.copy2(os.path.join(cfg.anchor_dir, "CURRENT"), os.path.join(tmp, "anchor", "CURRENT"))
+    copied = 0 if link else _bytes_under(tmp, linked_only=True)
+    if progress is not None:  # copies of the linked files, then a hash of every file
+        progress.set_total(copied + _bytes_under(tmp))
+        progress.describe("copy")
     if not link:
-        _break_links(tmp)  # a backup shares no byte with the live stores
+        _break_links(tmp, progress)  # a backup shares no byte with the live stores
 
     # 2. what the checkpoints hold
     cp_log = EmbeddedLog(os.path.join(tmp, "log"), read_only=True)
@@ -344,10 +395,13 @@ def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: 
 
     # 4. manifest, fsync, rename
     files: dict[str, dict[str, Any]] = {}
+    if progress is not None:  # genesis, config and keys joined the files to hash
+        progress.set_total(copied + _bytes_under(tmp))
+        progress.describe("hash")
     for rel, kind in sorted(_walk_files(tmp).items()):
         if kind != "file":
             raise StorageError(f"snapshot: unexpected non-regular file {rel}")
-        size, digest = _sha256_file(os.path.join(tmp, rel))
+        size, digest = _sha256_file(os.path.join(tmp, rel), progress)
         files[rel] = {"size": size, "sha256": digest}
     created_ms = int(started * 1000)
     body = {"format": FORMAT, "chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash,
@@ -377,9 +431,10 @@ def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: 
 
 # -- list and verify --------------------------------------------------------------------------------
 
-def verify_snapshot(path: str) -> dict[str, Any]:
+def verify_snapshot(path: str, progress: Progress | None = None) -> dict[str, Any]:
     """Check the manifest and that the snapshot holds exactly its files, each with the recorded
-    size and sha256. Returns the manifest; CorruptStoreError naming the first bad file."""
+    size and sha256. Returns the manifest; CorruptStoreError naming the first bad file.
+    ``progress`` is told of each block hashed (the manifest's sizes are the total)."""
     manifest = read_manifest(path)
     expected = manifest["files"]
     found = _walk_files(path)
@@ -397,8 +452,10 @@ def verify_snapshot(path: str) -> dict[str, Any]:
         if size != want["size"]:
             what = "truncated" if size < want["size"] else "longer than recorded"
             raise CorruptStoreError(f"snapshot {path}: {rel} is {what} ({size} bytes, manifest says {want['size']})")
+    if progress is not None:
+        progress.describe("verify")
     for rel, want in sorted(expected.items()):
-        _size, digest = _sha256_file(os.path.join(path, rel))
+        _size, digest = _sha256_file(os.path.join(path, rel), progress)
         if digest != want["sha256"]:
             raise CorruptStoreError(f"snapshot {path}: {rel} is corrupt (sha256 {digest[:16]}..., "
                                     f"manifest says {want['sha256'][:16]}...)")
@@ -432,7 +489,8 @@ def snapshot_action(node: NodeContext, body: dict[str, Any]) -> Any:
     """Snapshot the running node's chain and live projections (body: ``out``, ``with_keys``,
     ``link``). ``out`` must be the node's ``snapshot.dir`` or a directory under it (absolute, or
     relative to it): anything else is refused (400 SNAPSHOT_DIR_REFUSED) and nothing is written.
-    The answer names the snapshot (``name``, ``dir`` relative to snapshot.dir), never a path."""
+    The answer names the snapshot (``name``, ``dir`` relative to snapshot.dir), never a path.
+    Its progress (bytes copied and hashed) shows as job ``job`` (or a new id) in GET /v1/status."""
     out = body.get("out")
     if out is not None and not isinstance(out, str):
         raise BadRequest("snapshot: out must be a directory (under snapshot.dir)")
@@ -441,8 +499,11 @@ def snapshot_action(node: NodeContext, body: dict[str, Any]) -> Any:
     if where is None:
         raise SnapshotDirRefusedError("snapshot: out must be the node's snapshot dir (snapshot.dir) "
                                       "or a directory under it")
-    manifest = create_snapshot(node.chain, node.runner, where, with_keys=bool(body.get("with_keys", False)),
-                               lock=getattr(node, "fold_lock", None), link=bool(body.get("link", False)))
+    with node.jobs.run("snapshot", body.get("job"), unit="B") as job:
+        manifest = create_snapshot(node.chain, node.runner, where, with_keys=bool(body.get("with_keys", False)),
+                                   lock=getattr(node, "fold_lock", None), link=bool(body.get("link", False)),
+                                   progress=job)
+    node.snapshots.note_success(manifest["created_ms"])  # the schedule's clock restarts from it
     result = summary(manifest, manifest["path"])
     result.pop("path")
     rel = os.path.relpath(os.path.dirname(manifest["path"]), os.path.realpath(root))

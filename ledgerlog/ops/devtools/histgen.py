@@ -23,7 +23,7 @@ import os
 import random
 from bisect import bisect
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import IO, Any
@@ -566,21 +566,29 @@ def generate(genesis: Mapping[str, Any], keys: Keys, *, events: int, seed: int, 
 
 
 def write_history(path: str | os.PathLike[str] | IO[bytes], genesis: Mapping[str, Any], keys: Keys, *,
-                  events: int, seed: int, invalid_every: int = 0, **options: Any) -> HistoryStats:
-    """Write a generated history as JSONL to ``path`` (or a binary file object); returns its stats."""
+                  events: int, seed: int, invalid_every: int = 0,
+                  progress: Callable[[int], None] | None = None, **options: Any) -> HistoryStats:
+    """Write a generated history as JSONL to ``path`` (or a binary file object); returns its stats.
+    ``progress`` is told of the events written, a batch of lines at a time."""
     gen = generate(genesis, keys, events=events, seed=seed, invalid_every=invalid_every, **options)
+    told = [0]
+
+    def write(f: IO[bytes], buf: list[bytes]) -> None:
+        if buf:
+            buf.append(b"")
+            f.write(b"\n".join(buf))
+            buf.clear()
+        if progress is not None:
+            progress(gen.stats.events - told[0])
+            told[0] = gen.stats.events
 
     def dump(f: IO[bytes]) -> None:
         buf: list[bytes] = []
         for line in gen:
             buf.append(line)
             if len(buf) >= 1024:
-                buf.append(b"")
-                f.write(b"\n".join(buf))
-                buf.clear()
-        if buf:
-            buf.append(b"")
-            f.write(b"\n".join(buf))
+                write(f, buf)
+        write(f, buf)
 
     if hasattr(path, "write"):
         dump(path)  # type: ignore[arg-type]

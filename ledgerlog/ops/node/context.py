@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from ledgerlog.ops.api.admin import Action
     from ledgerlog.ops.api.faucet import Faucet
     from ledgerlog.ops.api.limits import Controls
+    from ledgerlog.ops.jobs import Jobs
     from ledgerlog.ops.node.metrics import NodeMetrics
+    from ledgerlog.ops.node.snapshots import SnapshotSchedule
     from ledgerlog.ops.query.queries import Queries
     from ledgerlog.streams.runner import Runner
 
@@ -63,7 +65,15 @@ class NodeContext(ChainContext, Protocol):
     def actions(self) -> Mapping[str, Action]:
         """The admin actions table (ops/node/actions.py ``ACTIONS``)."""
 
+    @property
+    def jobs(self) -> Jobs:
+        """Long admin actions' progress (``jobs`` in ``GET /v1/status``)."""
+
     faucet: Faucet  # replaced when an app is built with other faucet settings
+
+    @property
+    def snapshots(self) -> SnapshotSchedule:
+        """Scheduled snapshots (``[snapshot] every``) and what the metrics say of snapshots."""
 
     @property
     def url(self) -> str | None: ...

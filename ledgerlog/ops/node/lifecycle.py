@@ -28,9 +28,11 @@ from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
 from ledgerlog.ops.api.limits import Controls
 from ledgerlog.ops.api.server import bind, listen, raise_open_files, uvicorn_server
 from ledgerlog.ops.api.transport import EdgeSettings
+from ledgerlog.ops.jobs import Jobs, Progress
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
 from ledgerlog.ops.node.retention import retention_loop
+from ledgerlog.ops.node.snapshots import SnapshotSchedule
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.projections import chainstate, payouts
 from ledgerlog.streams.reproject import reproject
@@ -42,6 +44,7 @@ log = logging.getLogger("ledgerlog.node")
 
 _MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
 _PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
+_SAMPLE_SECONDS = 0.2  # how often the dashboard's per-height samples are taken (ops/query/series.py)
 
 
 class Node:
@@ -54,6 +57,7 @@ class Node:
         self.genesis = self.chain.genesis
         self.admitter = self.chain.admitter
         try:
+            self.snapshots = SnapshotSchedule(config, self.chain)  # snapshot.every on a Kafka log: ConfigError
             self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
                                  batch=config.fold_batch)
         except BaseException:
@@ -66,8 +70,10 @@ class Node:
             self.reproject(stale)
         self.runner.catch_up()
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
+        self.jobs = Jobs()  # long admin actions' progress, shown by GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance, heads=self.chain.heads,
-                               log_pubkey=self.chain.log_pubkey, syncing_lag=config.http_ready_max_lag)
+                               log_pubkey=self.chain.log_pubkey, syncing_lag=config.http_ready_max_lag,
+                               jobs=self.jobs.to_dict)
         self.metrics = NodeMetrics(self)
         self.controls = Controls()  # run-time switches (pause, faucet pause); a restart starts unpaused
         self.actions = ACTIONS  # the admin actions (POST /v1/admin/<name>)
@@ -99,11 +105,12 @@ class Node:
         self.chain.reload_log_key()
         self.queries.log_pubkey = self.chain.log_pubkey
 
-    def reproject(self, names: list[str] | None = None, *, keep: bool = True) -> list[dict[str, Any]]:
+    def reproject(self, names: list[str] | None = None, *, keep: bool = True,
+                  progress: Progress | None = None) -> list[dict[str, Any]]:
         """Rebuild beside the live stores while serving; pause folding only for the swap."""
         return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
                          self.runner, names, keep=keep, swap_lock=self.fold_lock,
-                         workers=self.config.fold_workers)
+                         workers=self.config.fold_workers, progress=progress)
 
     def _on_commit(self, outs: list[Out]) -> None:
         for o in outs:
@@ -187,6 +194,9 @@ class Node:
         self._spawn("fold", self._fold_loop)
         self._spawn("storage", self._storage_loop)
         self._spawn("heads", self._heads_loop)
+        self._spawn("samples", self._samples_loop)
+        if self.snapshots.every:
+            self._spawn("snapshots", lambda: self.snapshots.run(self, self._stop))
         if self.config.retention_keep_heights > 0:
             self._spawn("retention", lambda: retention_loop(self, self._stop))
         if self.simulate:
@@ -203,6 +213,14 @@ class Node:
                 heads.publish()
             except Exception:
                 log.exception("could not publish tree heads; retrying")
+
+    def _samples_loop(self) -> None:
+        """Sample what the dashboard's series show per height but no projection keeps."""
+        while not self._stop.wait(_SAMPLE_SECONDS):
+            try:
+                self.queries.sample()
+            except Exception:  # a failed projection or a closing store: no sample this time
+                log.debug("dashboard sample skipped", exc_info=True)
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=f"ledgerlog-{name}", daemon=True)
@@ -265,7 +283,7 @@ class Node:
         except StorageError as exc:  # what was committed is in the stores' WALs; the next start folds on
             log.error("could not drain the projections at stop: %s", exc)
         finally:
-            for close in (self.runner.close, self.metrics.shutdown, self.chain.close):
+            for close in (self.faucet.close, self.runner.close, self.metrics.shutdown, self.chain.close):
                 try:
                     close()
                 except StorageError as exc:

@@ -31,6 +31,11 @@ Definitions worth stating:
   newest signed head, now minus that head's timestamp (the node's start when it has none yet); 0
   when the newest head covers the whole tree. ``ledgerlog_tree_heads_published_total``: heads this
   node signed and appended to ``_checkpoints``.
+- ``ledgerlog_snapshot_last_success_timestamp_seconds``: when the last snapshot of the chain this
+  node took (on schedule or by the admin action) was created; at start the newest of the chain in
+  snapshot.dir, else the node's start (so "none for 2x ``ledgerlog_snapshot_interval_seconds``"
+  counts from there). ``ledgerlog_snapshot_failures_total{stage}``: scheduled snapshots
+  (``create``) and prunes (``prune``) that failed.
 - ``ledgerlog_pruned_below_height``: the height below which the log was pruned (no event below
   it is held any more; 0 while it never was); ``ledgerlog_prunes_total{outcome}``: retention runs
   of this node (``ok``, ``error``; docs/OPERATIONS.md, "Retention").
@@ -61,6 +66,7 @@ from ledgerlog.engine.admission.rules import Out
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.ops.data.storage import storage_bytes
+from ledgerlog.ops.node.energy_metrics import SettlementGauges
 from ledgerlog.projections import energy, payouts
 
 if TYPE_CHECKING:
@@ -230,6 +236,13 @@ class NodeMetrics:
               description="1 while the stores take writes, 0 while the disk refuses them (I/O error, full)")
         counter("ledgerlog_storage_errors", [self._storage_errors],
                 description="Store writes the disk refused, by kind (eio, enospc, other)")
+        # snapshots (ops/node/snapshots.py)
+        gauge("ledgerlog_snapshot_interval_seconds", [self._snapshot_interval],
+              description="snapshot.every in seconds (0: scheduled snapshots are off)")
+        gauge("ledgerlog_snapshot_last_success_timestamp_seconds", [self._snapshot_last],
+              description="Unix time of the last successful snapshot of the chain (the node's start when none is known)")
+        counter("ledgerlog_snapshot_failures", [self._snapshot_failures],
+                description="Scheduled snapshots (stage create) and prunes (stage prune) that failed")
         gauge("ledgerlog_process_resident_memory_bytes", [self._rss], description="Resident set size of the node process")
         gauge("ledgerlog_process_open_fds", [self._open_fds], description="Open file descriptors of the node process")
         # mining pool (projections.payouts.pool)
@@ -243,6 +256,15 @@ class NodeMetrics:
               description="Average price per kWh over registered providers (base units)")
         counter("ledgerlog_energy_traded_joules", [self._joules_traded], description="Settled (traded) energy, joules")
         counter("ledgerlog_energy_settlements", [self._settlements], description="Settlements recorded, by provider")
+        settle = SettlementGauges(node)  # settlement backlog and lag (ops/node/energy_metrics.py)
+        gauge("ledgerlog_energy_unsettled_joules", [settle.unsettled],
+              description="Energy credited but not settled yet, all providers (1 milli-kWh = 3600 J)")
+        gauge("ledgerlog_energy_provider_unsettled_age_seconds", [settle.provider_ages],
+              description="Per provider: seconds since its oldest energy not settled yet was credited (chain time)")
+        gauge("ledgerlog_energy_settlement_lag_seconds", [settle.lag],
+              description="Seconds since the oldest energy not settled yet was credited, all providers (0: all settled)")
+        gauge("ledgerlog_energy_last_settlement_age_seconds", [settle.since_settlement],
+              description="Seconds since the chain time of the newest settlement (of genesis before any)")
         self.oracle_latency = m.create_histogram(
             "ledgerlog_oracle_reading_latency_seconds", description="Admission time minus the reading's timestamp")
         self.block_interval = m.create_histogram("ledgerlog_block_interval_seconds", description="Time between consecutive blocks (header timestamps)")
@@ -377,6 +399,16 @@ class NodeMetrics:
     def _storage_errors(self, _: CallbackOptions) -> Iterable[Observation]:
         for kind, n in HEALTH.error_counts().items():
             yield Observation(n, {"kind": kind})
+
+    def _snapshot_interval(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.node.snapshots.every)
+
+    def _snapshot_last(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.node.snapshots.last_success_or_start())
+
+    def _snapshot_failures(self, _: CallbackOptions) -> Iterable[Observation]:
+        for stage, n in dict(self.node.snapshots.failures).items():
+            yield Observation(n, {"stage": stage})
 
     def _rss(self, _: CallbackOptions) -> Iterable[Observation]:
         try:

@@ -41,8 +41,9 @@ def retention_run(node: NodeContext) -> dict[str, Any] | None:
     height = retention_target(node)
     if height is None:
         return None
-    result = prune(node.chain, node.runner, height, archive_parent=node.config.archive_dir,
-                   fold_lock=node.fold_lock)
+    with node.jobs.run("retention") as job:  # its progress, in GET /v1/status jobs
+        result = prune(node.chain, node.runner, height, archive_parent=node.config.archive_dir,
+                       fold_lock=node.fold_lock, progress=job)
     log.info("retention: pruned below height %s (%s records, archive %s)", height, result.get("records"),
              (result.get("archive") or {}).get("path"))
     return result

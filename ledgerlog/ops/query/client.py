@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import httpx
@@ -22,6 +22,7 @@ from ledgerlog.engine.errors import (
     LedgerError,
     NodeRefusedError,
     NodeUnreachableError,
+    SchemaError,
     StoreLockedError,
     TooLargeError,
     error_class_for,
@@ -162,8 +163,18 @@ class NodeClient:
     def worker(self, address: str) -> dict[str, Any]:
         return self._get(f"/v1/pool/workers/{address}")
 
-    def provider(self, provider_id: str) -> dict[str, Any]:
-        return self._get(f"/v1/energy/providers/{provider_id}")
+    def provider(self, provider_id: str, height: int | None = None) -> dict[str, Any]:
+        return self._get(f"/v1/energy/providers/{provider_id}", height=height)
+
+    def providers(self, limit: int | None = None, after: str | None = None,
+                  height: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/energy/providers", limit=limit, after=after, height=height)
+
+    def market(self, height: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/energy/market", height=height)
+
+    def governance(self, height: int | None = None) -> dict[str, Any]:
+        return self._get("/v1/energy/governance", height=height)
 
     def admin(self, action: str, token: str, body: dict[str, Any] | None = None,
               timeout: float | None = None) -> Any:
@@ -190,16 +201,19 @@ class NodeClient:
             return [self._local_paths(v) for v in value]
         return value
 
-    def ingest(self, stream: IO[bytes], ids: bool = False) -> dict[str, Any]:
+    def ingest(self, stream: IO[bytes], ids: bool = False,
+               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Admit the lines of ``stream`` through the node, in chunks of whole lines (see the
         module docstring); the merged summary (with ``ids``, the admitted ids). A failure names
-        the lines already admitted."""
+        the lines already admitted. ``progress(n)``: after each chunk, the lines it held."""
         total = Summary(ids=[] if ids else None)
         for first, lines, local in _chunks(stream, self.ingest_max_body):
             for part in self._post_lines(first, lines, ids):
                 total.merge(part)
             if local:  # lines too long for any request: rejected here, numbered as the file's
                 total.merge(Summary(rejected=len(local), rejections=local))
+            if progress is not None:
+                progress(len(lines))
         total.rejections.sort(key=lambda r: r["line"])
         return total.to_dict()
 
@@ -279,13 +293,12 @@ def _chunks(stream: IO[bytes], cap: int) -> Iterator[tuple[int, list[bytes], lis
 def open_queries(config: Config) -> Iterator[Any]:
     """Queries for a CLI command: through the running node if there is one; otherwise fold the
     projections up to the end of the log first (read-your-writes), never failing on a lock."""
-    from ledgerlog.engine.chain import open_chain
 
     remote = NodeClient.find(config)
     if remote is not None:
         yield remote
         return
-    chain = open_chain(config, read_only=True)
+    chain = _open_upgraded(config)
     try:
         runner = _open_runner(chain, config)
         try:
@@ -300,6 +313,32 @@ def open_queries(config: Config) -> Iterator[Any]:
             runner.close()
     finally:
         chain.close()
+
+
+def _open_upgraded(config: Config) -> Any:
+    """The chain read-only, after one writable open if an older version made it (topics or schemas
+    this version adds are missing: the writable open adds them, as a node's start would)."""
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.engine.topics import RECORD_SCHEMA, subject_of
+
+    try:
+        chain = open_chain(config, read_only=True)
+    except SchemaError:
+        chain = None
+    if chain is not None:
+        topics = chain.log.topics()
+        registry = chain.codec.registry
+        if (all(t in topics for t in config.topic_partitions())
+                and all(registry.latest(subject_of(t)) is not None for t in RECORD_SCHEMA)):
+            return chain
+        chain.close()
+    try:
+        open_chain(config).close()
+    except StoreLockedError as exc:
+        raise SchemaError(f"{config.data_dir} was made by an older ledgerlog and another process holds it; "
+                          "start the node (or run the command again once that process is done) so this "
+                          "version can add its topics and schemas") from exc
+    return open_chain(config, read_only=True)
 
 
 def _open_runner(chain: Any, config: Config) -> Runner:

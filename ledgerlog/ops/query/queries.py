@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ledgerlog import __version__
@@ -12,23 +12,40 @@ from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.engine.treehead import HeadPublisher
 from ledgerlog.ops.query.proofs import LogProofs
+from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, block_series
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
 
-__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "BadRequest", "bad_request"]
+__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "MAX_PROVIDER_ID", "PROVIDERS_PAGE", "PROVIDERS_PAGE_MAX",
+           "BadRequest", "bad_request"]
 
 ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
+
+
+#: providers a page of ``GET /v1/energy/providers`` holds by default, and at most
+PROVIDERS_PAGE, PROVIDERS_PAGE_MAX = 100, 1000
+MAX_PROVIDER_ID = 256  # characters (engine/admission/lines.py)
 
 
 def bad_request(message: str) -> BadRequest:
     return BadRequest(message)
 
 
+def _check_height(height: int | None) -> None:
+    if height is not None and not 0 <= height <= I64_MAX:
+        raise bad_request(f"height must be between 0 and {I64_MAX}")
+
+
+def _at(height: int | None) -> dict[str, int]:
+    """The ``height`` an as-of answer was asked for (nothing for answers about now)."""
+    return {} if height is None else {"height": height}
+
+
 class Queries:
     def __init__(self, runner: Runner, chain_id: str, instance: str | None = None,
                  heads: HeadPublisher | None = None, log_pubkey: str | None = None,
-                 syncing_lag: int = 10_000) -> None:
+                 syncing_lag: int = 10_000, jobs: Callable[[], dict[str, Any]] | None = None) -> None:
         self.runner = runner
         self.chain_id = chain_id
         self.instance = instance  # a running node's random id (node.json names it); None in the CLI
@@ -37,6 +54,8 @@ class Queries:
         self.inclusion_proof, self.consistency_proof, self.tree_head = (
             proofs.inclusion_proof, proofs.consistency_proof, proofs.tree_head)
         self.syncing_lag = syncing_lag  # records of lag above which status says "syncing" (http.ready_max_lag)
+        self.jobs = jobs  # a node's long admin actions (ops/jobs.py Jobs.to_dict); None in the CLI
+        self.samples = Samples()  # per-height figures no projection keeps; a running node fills it (sample)
 
     # -- read-your-writes ------------------------------------------------------------------------
     def sync(self, timeout: float = 5.0) -> bool:
@@ -92,6 +111,8 @@ class Queries:
         if self.instance is not None:
             out["instance"] = self.instance
         out["log_pubkey"] = self.log_pubkey
+        if self.jobs is not None:
+            out["jobs"] = self.jobs()
         return out
 
     # -- a pruned log (engine/prunepoint.py): nothing below its prune height is served -------------
@@ -100,6 +121,12 @@ class Queries:
         point = self.runner.log.prune_point()
         if point is not None and height < point.height:
             raise point.error(what)
+
+    def _as_of(self, height: int | None, what: str) -> None:
+        """Check an as-of ``height`` (BAD_REQUEST out of range; PRUNED below the prune height)."""
+        _check_height(height)
+        if height is not None:
+            self._below_prune(height, f"{what} as of height {height}")
 
     def pruned(self) -> dict[str, Any] | None:
         """Where the log was pruned (height, archive, tip below it), None if it never was."""
@@ -164,22 +191,59 @@ class Queries:
             raise bad_request(f"{address!r} is not a 40-hex address")
         return {**payouts.worker(self._view("payouts"), address), "provenance": self.provenance("payouts")}
 
-    def provider(self, provider_id: str) -> dict[str, Any]:
-        found = energy.provider(self._view("energy"), provider_id)
+    def provider(self, provider_id: str, height: int | None = None) -> dict[str, Any]:
+        self._as_of(height, f"provider {provider_id!r}")
+        found = energy.provider(self._view("energy"), provider_id, height)
         if found is None:
-            raise NotFoundError(f"no provider {provider_id!r}")
-        return {**found, "provenance": self.provenance("energy")}
+            raise NotFoundError(f"no provider {provider_id!r}" + ("" if height is None else f" at height {height}"))
+        return {**found, **_at(height), "provenance": self.provenance("energy")}
+
+    # -- the energy market (docs/PROTOCOL.md §8.5) ------------------------------------------------
+    def providers(self, limit: int | None = None, after: str | None = None,
+                  height: int | None = None) -> dict[str, Any]:
+        """A page of providers in provider_id order (UTF-8 bytes), after the cursor ``after``;
+        ``next_after`` is the cursor of the next page (null on the last)."""
+        limit = PROVIDERS_PAGE if limit is None else limit
+        if not 1 <= limit <= PROVIDERS_PAGE_MAX:
+            raise bad_request(f"limit must be between 1 and {PROVIDERS_PAGE_MAX}")
+        if after is not None and not 0 < len(after) <= MAX_PROVIDER_ID:
+            raise bad_request(f"after is a provider_id: 1 to {MAX_PROVIDER_ID} characters")
+        self._as_of(height, "the providers")
+        rows = energy.page(self._view("energy"), limit + 1, after, height)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"providers": rows, "count": len(rows), "limit": limit,
+                "next_after": rows[-1]["provider_id"] if more else None, **_at(height),
+                "provenance": self.provenance("energy")}
+
+    def market(self, height: int | None = None) -> dict[str, Any]:
+        self._as_of(height, "the energy market")
+        return {**energy.market(self._view("energy"), height), **_at(height), "provenance": self.provenance("energy")}
+
+    def governance(self, height: int | None = None) -> dict[str, Any]:
+        """The governance parameters in force now or as of ``height``."""
+        self._as_of(height, "the governance parameters")
+        return {"parameters": energy.parameters(self._view("energy"), self.runner.genesis, height), **_at(height),
+                "provenance": self.provenance("energy")}
 
     def _part(self, name: str, read: Any) -> Any:
         """A dashboard section read from ``name``; None while that projection is failed."""
         h = self.runner.handles[name]
         return None if h.failed is not None else read(h.store.view())
 
+    def sample(self) -> None:
+        """Note the mempool size and the energy credited at the tip as it is now (for the
+        dashboard's series; the node calls this a few times a second)."""
+        cs = self._view("chainstate")
+        credited = self._part("energy", lambda v: energy.market(v)["credited_milli_kwh"])
+        self.samples.record(chainstate.tip(cs)["height"], chainstate.mempool_size(cs), credited)
+
     def dashboard(self) -> dict[str, Any]:
         cs = self._view("chainstate")
         tip = chainstate.tip(cs)
-        point = self.runner.log.prune_point()
-        recent = [b for b in chainstate.recent_blocks(cs, 60) if point is None or b["height"] >= point.height]
+        point = self.runner.log.prune_point()  # nothing below a prune is served
+        recent = [b for b in chainstate.recent_blocks(cs, SERIES_BLOCKS) if point is None or b["height"] >= point.height]
+        market = self._part("energy", energy.market)
         now_ms = time.time() * 1000
         span = (recent[0]["timestamp"] - recent[-1]["timestamp"]) / 1000 if len(recent) > 1 else 0
         txs = sum(b["tx_count"] for b in recent[:-1]) if len(recent) > 1 else 0
@@ -192,10 +256,12 @@ class Queries:
                       "tps": round(txs / span, 2) if span > 0 else 0.0,
                       "seconds_since_block": round(max(0.0, (now_ms - tip["tip_timestamp"]) / 1000), 1)},
             "recent_blocks": recent[:20],
+            "series": block_series(recent, self.samples, market["credited_milli_kwh"] if market else None),
+            "coin": {"decimals": COIN_DECIMALS},
             "richest": self._part("balances", lambda v: balances.richest(v, 10)),
             "pool": self._part("payouts", payouts.pool),
             "workers": self._part("payouts", lambda v: payouts.workers(v, 10)),
-            "energy": self._part("energy", energy.market),
+            "energy": market,
             "providers": self._part("energy", lambda v: energy.providers(v, 10)),
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},

@@ -51,6 +51,7 @@ from ledgerlog.engine.chain import Chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
 from ledgerlog.engine.errors import ConfigError, LedgerError, StoreLockedError
+from ledgerlog.ops.jobs import Progress
 from ledgerlog.ops.verify.log import _LogChecker
 from ledgerlog.ops.verify.storage import (
     AUTO_FULL_BYTES,
@@ -65,6 +66,7 @@ from ledgerlog.ops.verify.storage import (
 )
 from ledgerlog.streams import layout
 from ledgerlog.streams.anchor import Anchor
+from ledgerlog.streams.reproject import total_records
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import ProjectionStore
 
@@ -316,8 +318,10 @@ def _node_running(config: Config) -> str | None:
     return client.url
 
 
-def _catch_up_live(chain: Chain, config: Config, storage: dict[str, dict[str, Any]]) -> list[str]:
-    """Bring the sound, current-version live projections to the end of the log (no node runs)."""
+def _catch_up_live(chain: Chain, config: Config, storage: dict[str, dict[str, Any]],
+                   progress: Progress | None = None) -> list[str]:
+    """Bring the sound, current-version live projections to the end of the log (no node runs);
+    ``progress`` is told what that adds to the job and of each batch folded."""
     names = []
     for name, module in projections.ALL.items():
         _path, version = layout.live_path(config.projections_dir, module)
@@ -332,7 +336,10 @@ def _catch_up_live(chain: Chain, config: Config, storage: dict[str, dict[str, An
     except LedgerError as exc:
         return [f"live projections could not be opened to catch up ({exc}): compared at their own positions"]
     try:
-        runner.catch_up()
+        if progress is not None:
+            progress.describe("catch-up")
+            progress.set_total(_planned(chain) + sum(runner.lag().values()))
+        runner.catch_up(progress=progress)
         for h in runner.handles.values():
             h.store.flush()
     except LedgerError as exc:
@@ -342,10 +349,16 @@ def _catch_up_live(chain: Chain, config: Config, storage: dict[str, dict[str, An
     return []
 
 
+def _planned(chain: Chain) -> int:
+    """Records verify reads for sure: every record of the log once, and again in the replay."""
+    log = chain.log
+    return sum(sum(log.end_offsets(t)) for t in log.topics()) + total_records(log, projections.ALL)
+
+
 def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None = None,
-           workers: int | None = None) -> dict[str, Any]:
+           workers: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Check the data dir (see the module doc); returns the report. Raises ConfigError when the
-    data dir holds no chain."""
+    data dir holds no chain. ``progress`` is told of the records checked and replayed."""
     t0 = time.monotonic()
     if not os.path.exists(config.genesis_path):
         raise ConfigError(f"{config.data_dir} holds no chain; run `ledgerlog init` first")
@@ -355,6 +368,8 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
                               "signatures": "verified" if signatures else "skipped"}
     notes: list[str] = []
 
+    if progress is not None:
+        progress.describe("storage")
     storage_sec, storage = _storage_section(config)
     log_ok = storage.get("log", {}).get("ok", config.log_url != "embedded")
     try:
@@ -370,10 +385,15 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
         replay: Runner | None = None
         try:
             report.update({"chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash})
+            if progress is not None:
+                progress.set_total(_planned(chain))
             if node_url is None and log_ok:
-                notes += _catch_up_live(chain, config, storage)
+                notes += _catch_up_live(chain, config, storage, progress)
             log_sec = Section("log")
             checker = _LogChecker(chain, log_sec, signatures, workers)
+            if progress is not None:
+                progress.describe("log")
+            checker.progress = progress
             checker.run()
             report["height"] = checker.height
             sections.append(log_sec.done())
@@ -389,12 +409,16 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
                                 paths={n: os.path.join(scratch, n) for n in projections.ALL},
                                 anchor_dir=config.anchor_dir)  # a pruned log: from the anchor
                 t_replay = time.monotonic()
-                replay.catch_up()
+                if progress is not None:
+                    progress.describe("replay")
+                replay.catch_up(progress=progress)
                 report["replay_seconds"] = round(time.monotonic() - t_replay, 3)
             except Exception as exc:
                 why = f"replaying the log failed: {type(exc).__name__}: {exc}"
                 sections += [_skipped("supply", why), _skipped("projections", why)]
             else:
+                if progress is not None:
+                    progress.describe("projections")
                 sections.append(_supply_section(chain, replay.handles["balances"].store, checker.height).done())
                 sections.append(_projections_section(chain, config, replay, scratch, storage,
                                                      node_url is not None).done())

@@ -18,6 +18,7 @@ from ledgerlog.engine.chain import Chain
 from ledgerlog.engine.crypto import H, address_of, canonical_json, tx_root
 from ledgerlog.engine.crypto import verify as verify_sig
 from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.governance import PARAMETERS, out_of_range
 from ledgerlog.engine.logtree import CHUNK_LEVEL, has_tree, leaf_of
 from ledgerlog.engine.merkle import Frontier
 from ledgerlog.engine.partitioner import partition_for
@@ -33,6 +34,7 @@ from ledgerlog.ops.verify.storage import (
 
 _SIG_BATCH = 4096
 _PARALLEL_MIN = 2048
+_PROGRESS_STEP = 1024  # records between progress reports
 
 #: Partition key of each event topic (what the admitter keys records by).
 _RECORD_KEY: dict[str, Callable[[dict[str, Any]], str] | None] = {
@@ -46,10 +48,12 @@ _RECORD_KEY: dict[str, Callable[[dict[str, Any]], str] | None] = {
     T.PAYOUTS: lambda ev: ev["body"]["address"],
     T.KEYS: lambda ev: ev["body"]["role"],
     T.ADMIN: lambda ev: ev["action"],
+    T.GOVERNANCE: lambda ev: ev["body"]["parameter"],
 }
 #: Topics in the order they are checked (cross references are resolved at the end).
-#: Key rotations come first: the signer checks of the other kinds depend on when they took effect.
-_TOPIC_ORDER = (T.SCHEMAS, T.KEYS, T.BLOCKS, T.TRANSACTIONS, T.MEMPOOL, T.PROVIDERS, T.READINGS,
+#: Key rotations come first: the signer checks of the other kinds depend on when they took effect;
+#: then governance changes, which the registrations' checks depend on.
+_TOPIC_ORDER = (T.SCHEMAS, T.KEYS, T.GOVERNANCE, T.BLOCKS, T.TRANSACTIONS, T.MEMPOOL, T.PROVIDERS, T.READINGS,
                 T.SETTLEMENTS, T.PAYOUTS, T.SHARES, T.ADMIN, T.CHECKPOINTS)
 _NEVER = 1 << 63
 
@@ -156,9 +160,15 @@ class _LogChecker:
         # (role, pubkey) -> [identity, first stamp height it signs at, last]: keys rotations named
         self.role_keys: dict[tuple[str, str], list[Any]] = {}
         self.rotation_ids: set[str] = set()
+        # governance (docs/PROTOCOL.md §8.5): parameter -> [(stamp_height, value)] in seq order
+        self.changes: dict[str, list[tuple[int, int]]] = {n: [] for n in PARAMETERS}
+        self.change_ids: set[str] = set()
+        self.gov_seq = 0
+        self.gov_stamp = 0
         self.counts: dict[str, int] = {}
         self._placement: dict[tuple[bytes, str], int] = {}  # keys repeat: murmur2 once per key
         self.read_errors = 0  # storage errors met while reading records
+        self.progress: Callable[[int], None] | None = None  # told of the records read, in steps
         point = self.log.prune_point()
         self.pruned = PrunedPrefix(self.log, point, chain.config.anchor_dir) if point is not None else None
         if point is not None:  # the chain continues from the last block below the prune
@@ -282,11 +292,15 @@ class _LogChecker:
                         mismatched.append((level, index))
         for off, key, ts, value in self._records(topic, p, end):
             n += 1
+            if self.progress is not None and not n % _PROGRESS_STEP:
+                self.progress(_PROGRESS_STEP)
             self._record(topic, p, off, key, ts, value)
             if tree is not None:
                 for level, index, h in tree.append(leaf_of(key, ts, value)):
                     if level >= CHUNK_LEVEL and self.log.trees.node(topic, p, level, index) != h:  # type: ignore[union-attr]
                         mismatched.append((level, index))
+        if self.progress is not None:
+            self.progress(n % _PROGRESS_STEP)
         self.sec.checked += n
         self.counts[topic] = self.counts.get(topic, 0) + n
         if tree is not None:
@@ -483,8 +497,14 @@ class _LogChecker:
         if pid in self.providers:
             self.sec.problem("DUPLICATE_ID", where, f"provider_id {pid!r} is registered more than once")
         self.providers[pid] = body["owner"]
-        if body["stake"] < self.g.energy.min_stake or body["price_per_kwh"] <= 0:
+        stamp = ev["stamp_height"]
+        if body["price_per_kwh"] <= 0 or body["stake"] <= 0:
             self.sec.problem("BAD_AMOUNT", where, f"stake {body['stake']} / price {body['price_per_kwh']} is not admissible")
+        elif body["stake"] < min(self._in_force("min_stake", stamp)):
+            self.sec.problem("STAKE_TOO_LOW", where, f"stake {body['stake']} is below min_stake at height {stamp}")
+        elif body["price_per_kwh"] > max(self._in_force("max_price_per_kwh", stamp)):
+            self.sec.problem("PRICE_TOO_HIGH", where, f"price {body['price_per_kwh']} is above max_price_per_kwh "
+                                                      f"at height {stamp}")
         self._timestamp(ts, body["timestamp"], where)
 
     def _energy_settlements(self, where: str, ev: dict[str, Any], ts: int) -> None:
@@ -518,6 +538,50 @@ class _LogChecker:
         if body["amount"] <= 0:
             self.sec.problem("BAD_AMOUNT", where, f"amount {body['amount']} is not positive")
         self._timestamp(ts, body["timestamp"], where)
+
+    # -- governance (docs/PROTOCOL.md §8.5) ---------------------------------------------------
+    def _in_force(self, name: str, stamp: int) -> list[int]:
+        """The values ``name`` may have had for an event stamped ``stamp``: the one in force at the
+        end of height stamp-1 and any set at stamp itself (the order of events within a height is
+        kept only per partition, so a registration stamped with a change may precede it)."""
+        before = PARAMETERS[name].initial(self.g)
+        at: list[int] = []
+        for s, value in self.changes[name]:
+            if s < stamp:
+                before = value
+            elif s == stamp:
+                at.append(value)
+        return [before, *at]
+
+    def _ledger_governance(self, where: str, ev: dict[str, Any], ts: int) -> None:
+        body = ev["body"]
+        self._chain_id(body, where)
+        canon = self._canonical("GovernanceBody", body, where)
+        if canon is None:
+            return
+        cid = H(canon)
+        if ev["change_id"] != cid:
+            self.sec.problem("BAD_ID", where, f"change_id {ev['change_id']} but H(body) is {cid}")
+        self._unique(self.change_ids, cid, where, "governance change id")
+        self._role_signer(ev, "treasury", self.g.energy.treasury, where, "governance")
+        self.sigs.add(ev["pubkey"], canon, ev["signature"], where, "governance")
+        name, value, stamp = body["parameter"], body["value"], ev["stamp_height"]
+        if ev["seq"] != self.gov_seq + 1 or stamp < self.gov_stamp:
+            self.sec.problem("BAD_EVENT", where, f"governance seq {ev['seq']} at height {stamp} does not follow "
+                                                 f"seq {self.gov_seq} at height {self.gov_stamp}")
+        self.gov_seq, self.gov_stamp = ev["seq"], max(stamp, self.gov_stamp)
+        self._timestamp(ts, body["timestamp"], where)
+        if name not in PARAMETERS:
+            self.sec.problem("UNKNOWN_PARAMETER", where, f"governance: no parameter {name!r}")
+            return
+        why = out_of_range(name, value)
+        if why is not None:
+            self.sec.problem("BAD_PARAMETER", where, f"governance: {why}")
+        history = self.changes[name]
+        previous = history[-1][1] if history else PARAMETERS[name].initial(self.g)
+        if ev["previous"] != previous:
+            self.sec.problem("BAD_EVENT", where, f"governance: previous {ev['previous']}, but {name} was {previous}")
+        history.append((stamp, value))
 
     # -- key rotations (docs/PROTOCOL.md §8) ---------------------------------------------------
     def _identity(self, role: str, pubkey: str, stamp: int, block: bool = False) -> str | None:

@@ -82,3 +82,18 @@ def test_ingest_ids_lists_every_admitted_line_offline_and_through_a_node(tmp_pat
     on_log = _ids_on_the_log(data)
     missing = [x for x in offline["ids"] + through["ids"] if x["id"] not in on_log]
     assert not missing, missing[:5]
+
+
+def test_a_chain_an_older_version_made_is_upgraded_by_the_first_query(tmp_path):
+    """Topics this version adds (ledger.governance) are created by the first command, even a query."""
+    from ledgerlog.engine import storekeys as K
+    from ledgerlog.engine.log.embedded import EmbeddedLog
+    data = tmp_path / "data"
+    ok_json(cli(data, "init"))
+    with EmbeddedLog(str(data / "log")) as log:  # as a chain made before ledger.governance existed
+        log.raw().delete(K.topic_key("ledger.governance"))
+    with EmbeddedLog(str(data / "log"), read_only=True) as log:
+        assert "ledger.governance" not in log.topics()
+    assert ok_json(cli(data, "governance"))
+    with EmbeddedLog(str(data / "log"), read_only=True) as log:
+        assert "ledger.governance" in log.topics()

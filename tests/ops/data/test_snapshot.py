@@ -330,11 +330,11 @@ def test_restore_is_all_or_nothing(small_snapshot, tmp_path, monkeypatch) -> Non
     snap = small_snapshot["path"]
     real, calls = snapshot_mod._copy_hashed, []
 
-    def failing(src: str, dst: str) -> tuple[int, str]:
+    def failing(src: str, dst: str, progress: Any = None) -> tuple[int, str]:
         calls.append(src)
         if len(calls) == 5:
             raise OSError("disk full (simulated)")
-        return real(src, dst)
+        return real(src, dst, progress)
 
     monkeypatch.setattr(restore_mod, "_copy_hashed", failing)  # what restore copies with
     target = str(tmp_path / "target")

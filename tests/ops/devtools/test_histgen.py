@@ -86,7 +86,8 @@ def test_encoding_matches_engine_avro(chain_keys):
         for name, body in pairs:
             seen.add(name)
             assert encode_body(name, body) == _fastavro(name, body)
-    assert seen == {"BlockHeader", *SIGNED_KINDS.values()}
+    # every signed kind but governance changes (docs/PROTOCOL.md §8.5), which histories do not make
+    assert seen == {"BlockHeader", *SIGNED_KINDS.values()} - {"GovernanceBody"}
     extremes = {"chain_id": "é" * 200, "sender": "a" * 40, "recipient": "b" * 40, "amount": (1 << 63) - 1,
                 "fee": -(1 << 63), "nonce": 0, "timestamp": -1, "memo": "x" * 20000}
     assert encode_body("TransactionBody", extremes) == _fastavro("TransactionBody", extremes)

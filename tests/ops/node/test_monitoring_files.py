@@ -158,6 +158,9 @@ def test_alert_rules_are_valid_prometheus_rule_groups() -> None:
         "storage errors": lambda e: "ledgerlog_storage_errors_total" in e,
         "tree head stale": lambda e: re.search(r"ledgerlog_tree_head_age_seconds *> *60\b", e),
         "audit failed": lambda e: re.search(r"ledgerlog_audit_failed *> *0\b", e),
+        "settlement stall": lambda e: "ledgerlog_energy_last_settlement_age_seconds" in e
+        and "ledgerlog_energy_unsettled_joules" in e,
+        "provider fulfilment time": lambda e: "ledgerlog_energy_provider_unsettled_age_seconds" in e,
     }
     for what, test in wanted.items():
         assert any(test(e) for e in exprs.values()), f"no alert for {what}"
