@@ -4,9 +4,10 @@ local state store), so every reader of the log knows what it no longer holds.
 
 Which topics are pruned: the event topics whose events carry heights and that projections or
 queries read (``PRUNED_TOPICS``). Kept whole: ``_genesis``, ``_schemas`` and ``_checkpoints``
-(the chain's identity, its schemas and its signed tree heads) and the two small extension topics
-``ledger.keys`` (key rotations: verify and audit replay every one to know which key signed what)
-and ``ledger.admin`` (the operators' audit trail)."""
+(the chain's identity, its schemas and its signed tree heads) and the small extension topics
+``ledger.keys`` (key rotations: verify and audit replay every one to know which key signed what),
+``ledger.admin`` (the operators' audit trail) and ``ledger.governance`` (verify replays every
+parameter change to check registrations against it)."""
 from __future__ import annotations
 
 import json
