@@ -42,7 +42,8 @@ other librdkafka settings and this backend's options), or ``KafkaLog(bootstrap, 
 a ``[kafka]`` table's keys. The parts: kafka_client.py (shared plumbing), kafka_topics.py
 (admin: topics, end offsets, group positions), kafka_produce.py (transactions), kafka_read.py
 (reading, end offsets, the read_uncommitted probe), kafka_state.py (the local state store),
-kafka_trees.py (the trees kept in it).
+kafka_trees.py (the trees kept in it), kafka_prune.py (DeleteRecords, only where enabled; a
+partition's start is the broker's low watermark).
 """
 from __future__ import annotations
 
