@@ -112,6 +112,15 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
     ("snapshot.keep_for", "LEDGERLOG_SNAPSHOT_KEEP_FOR", "snapshot_keep_for", str,
      "scheduled pruning deletes a snapshot beyond the newest snapshot.keep only once it is older "
      "than this, like 7d (empty: as soon as it is beyond them)"),
+    ("retention.keep_heights", "LEDGERLOG_RETENTION_KEEP_HEIGHTS", "retention_keep_heights", int,
+     "a running node prunes the log below tip - keep_heights (archiving first; 0 = never prune)"),
+    ("retention.archive_dir", "LEDGERLOG_RETENTION_ARCHIVE_DIR", "retention_archive_dir", str,
+     "where prunes archive the records they delete, h<H>/ per prune (empty: <data_dir>/archive; "
+     "relative: under the data dir); the only place the admin prune action archives to"),
+    ("retention.interval", "LEDGERLOG_RETENTION_INTERVAL", "retention_interval", float,
+     "seconds between a node's retention checks"),
+    ("retention.max_heights", "LEDGERLOG_RETENTION_MAX_HEIGHTS", "retention_max_heights", int,
+     "heights one retention run prunes at most, so each run's work is bounded (later runs go on)"),
 )
 
 
@@ -162,6 +171,10 @@ class Config:
     snapshot_every: str = ""
     snapshot_keep: int = 7
     snapshot_keep_for: str = "7d"
+    retention_keep_heights: int = 0
+    retention_archive_dir: str = ""
+    retention_interval: float = 60.0
+    retention_max_heights: int = 10_000
     kafka: Mapping[str, str] = field(default_factory=dict)  # [kafka] section: librdkafka settings
     config_file: str = ""  # --config PATH: the config file read instead of <data_dir>/config.toml
 
@@ -204,6 +217,16 @@ class Config:
     def snapshot_keep_for_seconds(self) -> int | None:
         """``snapshot.keep_for`` in seconds, None when empty (no age condition); ConfigError if malformed."""
         return _duration(self.snapshot_keep_for, "snapshot.keep_for") if self.snapshot_keep_for else None
+
+    @property
+    def archive_dir(self) -> str:
+        """``retention.archive_dir`` resolved: absolute, ``<data_dir>/archive`` when empty."""
+        return os.path.abspath(os.path.join(self.data_dir, self.retention_archive_dir or "archive"))
+
+    @property
+    def anchor_dir(self) -> str:
+        """Where a pruned log's anchor is (streams/anchor.py)."""
+        return os.path.join(self.data_dir, "anchor")
 
     @property
     def node_file(self) -> str:
@@ -311,6 +334,9 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
     if cfg.snapshot_keep < 1:
         raise ConfigError("snapshot.keep must be at least 1 (the newest snapshot is never pruned)")
     _ = (cfg.snapshot_every_seconds, cfg.snapshot_keep_for_seconds)  # a malformed duration: ConfigError now
+    if cfg.retention_keep_heights < 0 or cfg.retention_max_heights < 1 or not cfg.retention_interval > 0:
+        raise ConfigError("retention.keep_heights must be 0 (off) or more, retention.max_heights at least 1, "
+                          "retention.interval above 0")
     try:
         configure_rocks(cfg.rocks_tuning())  # every store this process opens from now on
     except ValueError as exc:

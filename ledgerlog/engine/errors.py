@@ -6,6 +6,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     LedgerError                       LEDGER_ERROR 503 1  a ledger error no subclass names
     ├── UsageError                    USAGE 400 2         a command was used wrongly (arguments, flags)
     │   ├── ExportError               BAD_EXPORT 400 2    an export's topic, range or format does not fit the log
+    │   ├── PruneHeightError          BAD_PRUNE_HEIGHT 400 2  a prune height above the tip, or not above the last prune
     │   └── AuditInputError           BAD_AUDIT_INPUT 400 2  audit's records or state file cannot be read or parsed
     ├── BadRequest                    BAD_REQUEST 400 2   a query argument or request body is malformed
     │   ├── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
@@ -20,12 +21,15 @@ I/O or storage). The tree (code, HTTP status, exit code):
     │   ├── FormatVersionError        FORMAT_VERSION 503 2  the store was written by an unknown format version
     │   └── AheadOfLogError           AHEAD_OF_LOG 503 2  a store reflects records the log no longer holds
     ├── LogError                      LOG_ERROR 503 1     the log backend failed or does not hold what was asked
+    │   └── PruneUnsupportedError     PRUNE_UNSUPPORTED 501 2  this log backend (or broker) cannot delete records
+    ├── PrunedError                   PRUNED 410 1        what was asked lies below the log's prune point (archived)
     ├── SchemaError                   SCHEMA_ERROR 503 1  unknown schema id, or a value not in the wire format
     ├── NotFoundError                 NOT_FOUND 404 1     a queried block, tx, account, route ... does not exist
     ├── InvalidSchemaError            INVALID_SCHEMA 422 1  a schema sent to the Schema Registry API is not Avro (42201)
     ├── InvalidVersionError           INVALID_VERSION 422 1  a Schema Registry version that is neither 1.. nor latest (42202)
     ├── RegistryReadOnlyError         REGISTRY_READ_ONLY 422 1  the Schema Registry API does not register, delete or configure (42205)
     ├── ReprojectRunningError         REPROJECT_RUNNING 409 1  a reproject of this data dir is running
+    ├── PruneRunningError             PRUNE_RUNNING 409 1  a prune of this data dir is running
     ├── RotationRefusedError          ROTATION_REFUSED 409 1   a key rotation cannot be done
     ├── InsufficientFundsError        INSUFFICIENT_FUNDS 409 1  the sending key cannot pay (faucet top-up)
     ├── ProjectionFailedError         PROJECTION_FAILED 503 1  a projection's fold stopped on an event
@@ -72,11 +76,13 @@ from enum import Enum
 from typing import ClassVar
 
 __all__ = [
-    "LedgerError", "UsageError", "ExportError", "AuditInputError", "BadRequest", "SnapshotDirRefusedError", "BadKeyError", "ConfigError",
+    "LedgerError", "UsageError", "ExportError", "PruneHeightError", "AuditInputError", "BadRequest",
+    "SnapshotDirRefusedError", "BadKeyError", "ConfigError",
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
-    "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "SchemaError", "NotFoundError",
+    "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "PruneUnsupportedError", "PrunedError",
+    "SchemaError", "NotFoundError",
     "InvalidSchemaError", "InvalidVersionError", "RegistryReadOnlyError", "REGISTRY_ERRORS", "registry_error",
-    "ReprojectRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
+    "ReprojectRunningError", "PruneRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
     "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
     "UnauthorizedError", "ForbiddenError", "AdminDisabledError", "OriginNotAllowedError",
     "MethodNotAllowedError", "RequestTimeoutError", "OverloadedError", "TooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
@@ -146,6 +152,13 @@ class ExportError(UsageError):
     """An export's topic, partitions, range or format does not fit the log."""
 
     code = "BAD_EXPORT"
+
+
+class PruneHeightError(UsageError):
+    """`ledgerlog prune --before-height H`: H above the chain's tip, or not above the height an
+    earlier prune already removed the log below."""
+
+    code = "BAD_PRUNE_HEIGHT"
 
 
 class AuditInputError(UsageError):
@@ -249,6 +262,23 @@ class LogError(LedgerError):
     code = "LOG_ERROR"
 
 
+class PruneUnsupportedError(LogError):
+    """The log cannot delete records below a height: a backend without the capability, or a Kafka
+    cluster on which DeleteRecords is not enabled (the message says why)."""
+
+    code = "PRUNE_UNSUPPORTED"
+    http_status = 501
+    exit_code = 2
+
+
+class PrunedError(LedgerError):
+    """What was asked (a height, block, transaction or offset) lies below the log's prune point:
+    the log no longer holds it; the message names the prune height and where it was archived."""
+
+    code = "PRUNED"
+    http_status = 410
+
+
 class SchemaError(LedgerError):
     code = "SCHEMA_ERROR"
 
@@ -305,6 +335,13 @@ class ReprojectRunningError(LedgerError):
     """Another reproject of the same projections is running (in a node or another process)."""
 
     code = "REPROJECT_RUNNING"
+    http_status = 409
+
+
+class PruneRunningError(LedgerError):
+    """Another prune of the same data dir is running (in a node or another process)."""
+
+    code = "PRUNE_RUNNING"
     http_status = 409
 
 

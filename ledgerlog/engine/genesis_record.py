@@ -41,7 +41,8 @@ def read_on_log(log: Log, codec: Codec | None = None) -> OnLog:
         recs = log.read(T.GENESIS, 0, 0, 1)
         recorded = json.loads(recs[0].value) if recs else None
     prev = None
-    if T.BLOCKS in topics and log.end_offsets(T.BLOCKS)[0] > 0:
+    if T.BLOCKS in topics and log.end_offsets(T.BLOCKS)[0] > 0 and log.start_offsets(T.BLOCKS)[0] == 0:
+        # (a log pruned past block 1 has its genesis record: a prune opens the chain for writing)
         first = log.read(T.BLOCKS, 0, 0, 1)
         if first:
             prev = (codec or Codec(Registry(log))).decode(T.BLOCKS, first[0].value)["header"]["prev_hash"]

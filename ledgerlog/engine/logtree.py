@@ -9,7 +9,12 @@ lowest levels are not stored, which keeps the store small (about 6 bytes a recor
 
 Leaves are the data records in offset order. Where offsets are contiguous (the embedded log)
 index = offset; elsewhere (Kafka: transaction markers take offsets) the store also keeps the
-offset of each chunk's first leaf, so index and offset map in O(log n)."""
+offset of each chunk's first leaf, so index and offset map in O(log n).
+
+A pruned log (engine/prunepoint.py) no longer holds the records below its start; before they are
+deleted the hash of each of their leaves is stored (``l/``, ``pruned_leaf``), and ``leaves``
+reads those instead of records below the start, so roots, inclusion proofs (leaf hash and path)
+and consistency proofs of any size stay what they were."""
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +38,8 @@ from .topics import CHECKPOINTS, SCHEMAS
 if TYPE_CHECKING:
     from .log.base import LogRecord
 
-__all__ = ["CHUNK_LEVEL", "CHUNK", "has_tree", "leaf_input", "leaf_of", "TreeState", "Trees", "TreeFold"]
+__all__ = ["CHUNK_LEVEL", "CHUNK", "has_tree", "leaf_input", "leaf_of", "pruned_leaf", "Pruned", "TreeState", "Trees",
+           "TreeFold"]
 
 #: Subtrees of 2**CHUNK_LEVEL leaves and more are stored; smaller ones are hashed from records.
 CHUNK_LEVEL = 4
@@ -48,6 +54,19 @@ _U64_MASK = (1 << 64) - 1
 
 #: ``read(topic, partition, offset, max_records)``: data records from ``offset`` (Log.read)
 Reader = Callable[[str, int, int, int], "list[LogRecord]"]
+#: ``pruned(topic, partition)``: (leaves below the log start, offset of the first leaf kept)
+Pruned = Callable[[str, int], tuple[int, int]]
+
+
+def _not_pruned(topic: str, partition: int) -> tuple[int, int]:
+    return 0, 0
+
+
+def pruned_leaf(topic: str, partition: int, index: int, offset: int, leaf: bytes,
+                contiguous: bool) -> tuple[bytes, bytes]:
+    """(key, value) storing the hash of pruned leaf ``index`` (and, where offsets are not
+    contiguous, its offset)."""
+    return K.leaf_key(topic, partition, index), leaf if contiguous else leaf + K.U64.pack(offset)
 
 
 def has_tree(topic: str) -> bool:
@@ -147,9 +166,11 @@ class Trees:
 
     ``get`` reads the store the trees are kept in; ``read`` reads records (``Log.read``)."""
 
-    def __init__(self, get: Callable[[bytes], bytes | None], read: Reader, *, contiguous: bool) -> None:
+    def __init__(self, get: Callable[[bytes], bytes | None], read: Reader, *, contiguous: bool,
+                 pruned: Pruned = _not_pruned) -> None:
         self._get = get
         self._read = read
+        self._pruned = pruned
         self.contiguous = contiguous
         self._states: dict[tuple[str, int], TreeState] = {}
 
@@ -202,16 +223,38 @@ class Trees:
             raise ProofError(f"{topic}[{partition}]: the tree store lacks chunk {chunk}")
         return int(K.U64.unpack(raw)[0])
 
+    def stored_leaves(self, topic: str, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        """(offset, leaf hash) of pruned leaves [start, end), from the hashes stored at the prune."""
+        out = []
+        for index in range(start, end):
+            raw = self._get(K.leaf_key(topic, partition, index))
+            if raw is None or len(raw) not in (32, 40):
+                raise ProofError(f"{topic}[{partition}]: the tree store lacks the hash of pruned leaf {index}")
+            out.append((index if len(raw) == 32 else int(K.U64.unpack_from(raw, 32)[0]), raw[:32]))
+        return out
+
     def leaves(self, topic: str, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
-        """(offset, leaf hash) of leaves [start, end), all within one chunk."""
+        """(offset, leaf hash) of leaves [start, end), all within one chunk: below the log start
+        (a pruned log) the stored hashes, above it hashed from the records."""
+        kept, kept_offset = self._pruned(topic, partition)
+        below: list[tuple[int, bytes]] = []
+        if start < kept:
+            below = self.stored_leaves(topic, partition, start, min(end, kept))
+            if end <= kept:
+                return below
+            start = kept
         chunk = start >> CHUNK_LEVEL
+        base = chunk * CHUNK
         first = self.chunk_offset(topic, partition, chunk)
-        recs = self._read(topic, partition, first, CHUNK)[:min(CHUNK, self.state(topic, partition).size - chunk * CHUNK)]
-        pos = start - chunk * CHUNK
+        if base < kept:  # the chunk begins below the log start: read from the first leaf kept
+            base, first = kept, kept_offset
+        top = min((chunk + 1) * CHUNK, self.state(topic, partition).size)
+        recs = self._read(topic, partition, first, top - base)[:top - base]
+        pos = start - base
         picked = recs[pos:pos + (end - start)]
         if len(picked) != end - start:
             raise ProofError(f"{topic}[{partition}]: the log holds fewer records than its tree")
-        return [(r.offset, leaf_of(r.key, r.timestamp, r.value)) for r in picked]
+        return below + [(r.offset, leaf_of(r.key, r.timestamp, r.value)) for r in picked]
 
     def _subtree_fn(self, topic: str, partition: int) -> Callable[[int, int], bytes]:
         tp = _tp(topic, partition)

@@ -10,7 +10,8 @@ import struct
 __all__ = ["FORMAT_KEY", "LOG_FORMAT", "PROJECTION_FORMAT", "KAFKA_STATE_FORMAT", "topic_key", "end_key",
            "record_key", "record_prefix", "RECORD_PREFIX", "RECORD_HEAD", "record_value", "split_record_value",
            "parse_record_key", "group_key", "group_prefix", "split_topic_partition", "STATE_PREFIX", "TOPIC_PREFIX",
-           "U32", "U64", "TREE_STATE_PREFIX", "TREE_NODE_PREFIX", "TREE_CHUNK_PREFIX", "POS_PREFIX", "pos_key", "DIGEST_KEY", "META_PREFIX", "KAFKA_POS_PREFIX", "kafka_pos_key"]
+           "U32", "U64", "TREE_STATE_PREFIX", "TREE_NODE_PREFIX", "TREE_CHUNK_PREFIX", "TREE_LEAF_PREFIX", "leaf_key", "LOG_START_PREFIX", "log_start_key", "PRUNE_KEY",
+           "POS_PREFIX", "pos_key", "DIGEST_KEY", "META_PREFIX", "KAFKA_POS_PREFIX", "kafka_pos_key"]
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
@@ -29,6 +30,11 @@ RECORD_PREFIX = b"r/"         # r/<topic>\0<partition u32><offset u64> -> RECORD
 TREE_STATE_PREFIX = b"h/"     # h/<topic>\0<partition u32> -> the partition's frontier (TreeState)
 TREE_NODE_PREFIX = b"n/"      # n/<topic>\0<partition u32><level u8><index u64> -> subtree hash
 TREE_CHUNK_PREFIX = b"c/"     # c/<topic>\0<partition u32><chunk u64> -> offset of its first leaf (Kafka)
+TREE_LEAF_PREFIX = b"l/"      # l/<topic>\0<partition u32><index u64> -> leaf hash of a pruned record (32
+                              # bytes; then its offset, u64, where offsets are not contiguous)
+# Pruning (engine/prunepoint.py): in the log store on the embedded log, in the state store on Kafka
+LOG_START_PREFIX = b"lo/"     # lo/<topic>\0<partition u32> -> first offset the log still holds (u64)
+PRUNE_KEY = b"x/prune"        # the log's prune point (JSON): height, start offsets, tip below it, archive
 #: A record's value: timestamp (i64), key length (u32); then the key, then the value.
 RECORD_HEAD = struct.Struct(">qI")
 
@@ -39,6 +45,14 @@ def topic_key(topic: str) -> bytes:
 
 def end_key(topic: str, partition: int) -> bytes:
     return b"e/" + topic.encode() + b"\x00" + _P.pack(partition)
+
+
+def leaf_key(topic: str, partition: int, index: int) -> bytes:
+    return TREE_LEAF_PREFIX + topic.encode() + b"\x00" + _P.pack(partition) + U64.pack(index)
+
+
+def log_start_key(topic: str, partition: int) -> bytes:
+    return LOG_START_PREFIX + topic.encode() + b"\x00" + _P.pack(partition)
 
 
 def record_prefix(topic: str, partition: int) -> bytes:

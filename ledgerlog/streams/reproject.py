@@ -27,6 +27,7 @@ from ledgerlog.engine.log.base import Log
 from . import layout
 from .parallel import ParallelBuild, groups_by_work
 from .runner import Runner
+from .store import ProjectionStore
 
 __all__ = ["reproject", "reproject_lock", "total_records"]
 
@@ -74,13 +75,28 @@ def total_records(log: Log, names: Iterable[str]) -> int:
     return sum(sum(log.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS)
 
 
-def _build_dir(projections_dir: str, name: str) -> tuple[str, bool]:
-    """The build directory to (re)use for ``name``: (dir name, resumed)."""
+def _behind_start(log: Log, path: str, topics: tuple[str, ...]) -> bool:
+    """Has the build at ``path`` folded less than a pruned log still holds (it cannot go on)?"""
+    point = log.prune_point()
+    if point is None or not ProjectionStore.exists(path):
+        return False
+    store = ProjectionStore(path, read_only=True)
+    try:
+        pos = store.positions()
+    finally:
+        store.close()
+    return any(pos.get(tp, 0) < start for tp, start in point.starts.items() if tp[0] in topics)
+
+
+def _build_dir(projections_dir: str, name: str, log: Log) -> tuple[str, bool]:
+    """The build directory to (re)use for ``name``: (dir name, resumed). A build killed before a
+    prune that deleted what it would fold next starts over (from the anchor)."""
     module = projections.ALL[name]
     ptr = layout.read_pointer(projections_dir, name, "building")
     live = layout.read_pointer(projections_dir, name, "live")
     if (ptr and ptr.get("version") == module.VERSION and (live is None or ptr["dir"] != live["dir"])
-            and os.path.isdir(os.path.join(projections_dir, name, ptr["dir"]))):
+            and os.path.isdir(os.path.join(projections_dir, name, ptr["dir"]))
+            and not _behind_start(log, os.path.join(projections_dir, name, ptr["dir"]), module.TOPICS)):
         return ptr["dir"], True
     if ptr:  # a rebuild by other code, or a broken pointer: start over
         layout.clear_pointer(projections_dir, name, "building", remove_dir=not live or ptr["dir"] != live["dir"])
@@ -106,7 +122,7 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
 def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
                chosen: list[str], keep: bool, swap_lock: threading.Lock | None, workers: int,
                progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
-    builds = {n: _build_dir(projections_dir, n) for n in chosen}
+    builds = {n: _build_dir(projections_dir, n, log) for n in chosen}
     paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()
     folded = _build_bulk(log, codec, genesis, projections_dir, paths, live.batch, workers, progress)

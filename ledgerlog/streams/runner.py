@@ -24,11 +24,17 @@ from opentelemetry import trace
 
 from ledgerlog import projections
 from ledgerlog.engine.codec import Codec
-from ledgerlog.engine.errors import AheadOfLogError, CorruptStoreError, ProjectionFailedError
+from ledgerlog.engine.errors import (
+    AheadOfLogError,
+    CorruptStoreError,
+    ProjectionFailedError,
+    PrunedError,
+)
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log, ahead_error
 
 from . import layout
+from .anchor import Anchor, anchor_root, seed
 from .feed import EventDecoder, Feed, Spec, merge_specs, spec_of
 from .store import ProjectionStore
 
@@ -86,10 +92,14 @@ class Runner:
 
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
                  names: Iterable[str] | None = None, batch: int = 20_000, read_only: bool = False,
-                 paths: dict[str, str] | None = None, skip_corrupt: bool = False) -> None:
-        """``skip_corrupt``: leave out live stores that fail to open as corrupt or ahead of the
-        log (listed in ``corrupt``) instead of failing, so a rebuild can replace them."""
+                 paths: dict[str, str] | None = None, skip_corrupt: bool = False,
+                 anchor_dir: str | None = None) -> None:
+        """``skip_corrupt``: leave out live stores that fail to open as corrupt, ahead of the log
+        or behind its start (listed in ``corrupt``) instead of failing, so a rebuild can replace
+        them. ``anchor_dir``: where the anchor of a pruned log is (default: beside
+        ``projections_dir``); a store created new starts as a copy of its anchor store."""
         self.log, self.codec, self.genesis = log, codec, genesis
+        self.anchor_dir = anchor_dir or anchor_root(projections_dir)
         self.batch = batch
         self.read_only = read_only
         self.handles: dict[str, ProjectionHandle] = {}
@@ -109,7 +119,7 @@ class Runner:
                 path, version = layout.live_path(projections_dir, module)
                 try:
                     self.handles[name] = self.open_handle(module, path, version)
-                except (CorruptStoreError, AheadOfLogError) as exc:
+                except (CorruptStoreError, AheadOfLogError, PrunedError) as exc:
                     if not skip_corrupt:
                         raise
                     self.corrupt[name] = str(exc)
@@ -121,7 +131,17 @@ class Runner:
             raise
 
     def open_handle(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
-        """Open (creating and initialising if new) one projection store."""
+        """Open (creating and initialising if new) one projection store. On a pruned log a new
+        store starts as a copy of the anchor's (a fold from offset 0 would miss what was pruned)."""
+        if not self.read_only and not ProjectionStore.exists(path):
+            anchor = Anchor.load(self.anchor_dir)
+            if anchor is not None and (anchor.covers(module) or self._pruned(module)):
+                seed(anchor, module, path)
+            elif self._pruned(module):
+                point = self.log.prune_point()
+                raise PrunedError(f"projection {module.NAME} cannot be built from offset 0: the log was pruned "
+                                  f"below height {point.height if point else '?'} and there is no anchor at "
+                                  f"{self.anchor_dir}; restore the data dir from a snapshot")
         store = ProjectionStore(path, read_only=self.read_only)
         ahead = self.log.ahead(store.positions())
         if ahead:  # never serve state the log does not hold
@@ -129,11 +149,34 @@ class Runner:
             raise ahead_error(f"projection {module.NAME}", ahead,
                               f"rebuild it from the log with `ledgerlog reproject {module.NAME}`, "
                               "or restore the whole data dir from a snapshot")
+        behind = self._behind_start(module, store)
+        if behind:  # it could fold no further: the records it needs next were pruned
+            store.close()
+            t, p, off, start = behind
+            raise PrunedError(f"projection {module.NAME} has folded {t}[{p}] up to offset {off}, below the "
+                              f"log's start {start} (pruned): rebuild it from the anchor with "
+                              f"`ledgerlog reproject {module.NAME}`")
         if not self.read_only and not store.initialised:
             txn = store.begin()
             module.initial(self.genesis, txn)
             store.commit(txn, {}, initialised=True)
         return ProjectionHandle(module, store, version)
+
+    def _pruned(self, module: ModuleType) -> bool:
+        """Has the log lost records of a topic ``module`` reads?"""
+        point = self.log.prune_point()
+        return point is not None and any(off > 0 for (t, _p), off in point.starts.items() if t in module.TOPICS)
+
+    def _behind_start(self, module: ModuleType, store: ProjectionStore) -> tuple[str, int, int, int] | None:
+        """(topic, partition, stored offset, log start) where ``store`` has not reached the start."""
+        point = self.log.prune_point()
+        if point is None:
+            return None
+        pos = store.positions()
+        for (t, p), start in sorted(point.starts.items()):
+            if t in module.TOPICS and pos.get((t, p), 0) < start:
+                return t, p, pos.get((t, p), 0), start
+        return None
 
     # -- folding --------------------------------------------------------------------------------
     def _ends(self, topics: Iterable[str], until: dict[str, list[int]] | None) -> dict[str, list[int]]:

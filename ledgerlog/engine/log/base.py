@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import AheadOfLogError, LogError
+from ..errors import AheadOfLogError, LogError, PruneUnsupportedError
 from ..partitioner import partition_for
 
 if TYPE_CHECKING:
     from rocksdict import Rdict
 
     from ..logtree import Trees
+    from ..prunepoint import PrunePoint
 
 __all__ = ["ahead_error", "Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
 
@@ -134,6 +135,26 @@ class Log(abc.ABC):
         snapshots, stats, compaction and verify; None on backends without one."""
         return None
 
+    # -- pruning (engine/prunepoint.py) ----------------------------------------------------------
+    def start_offsets(self, topic: str) -> list[int]:
+        """Per partition, the first offset the log still holds (0 until it is pruned)."""
+        return [0] * self.partition_count(topic)
+
+    def prune_point(self) -> PrunePoint | None:
+        """Where the log was last pruned; None if it never was."""
+        return None
+
+    def prune_refusal(self) -> str | None:
+        """Why this log cannot delete records below a point (None: it can)."""
+        return f"the {type(self).__name__} backend cannot delete records"
+
+    def prune(self, point: PrunePoint, progress: Callable[[int], None] | None = None) -> None:
+        """Delete every record below ``point.starts`` (per partition), first storing the leaf hash
+        of each (so proofs stay valid) and then the start offsets and ``point`` itself; idempotent,
+        so a prune killed half-way is finished by running it again. ``progress(n)``: n more
+        records handled."""
+        raise PruneUnsupportedError(self.prune_refusal() or "this log cannot delete records")
+
     def checkpoint(self, dest: str) -> None:
         """Write a consistent copy of the log, openable as a log, to the new directory ``dest``
         (``supports_checkpoint`` backends only)."""
@@ -177,12 +198,13 @@ class Log(abc.ABC):
             raise LogError(f"{record.topic} has no partition {record.partition}")
         return record.partition
 
-    def scan(self, topic: str, partition: int, start: int = 0, end: int | None = None,
+    def scan(self, topic: str, partition: int, start: int | None = None, end: int | None = None,
              batch: int = 2000) -> Iterator[LogRecord]:
-        """Every record of a partition in [start, end), read in batches. Offsets may have gaps
+        """Every record of a partition in [start, end), read in batches; ``start`` None: from the
+        first record the log holds (its start offset, past any prune). Offsets may have gaps
         (``contiguous_offsets``): each batch continues after the last record read."""
         stop = self.end_offsets(topic)[partition] if end is None else end
-        offset = start
+        offset = self.start_offsets(topic)[partition] if start is None else start
         while offset < stop:
             chunk = self.read(topic, partition, offset, min(batch, stop - offset))
             if not chunk:

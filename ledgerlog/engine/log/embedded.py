@@ -7,13 +7,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
-from ..errors import LogError
-from ..logtree import Trees, TreeState, has_tree
+from ..errors import LogError, PrunedError
+from ..logtree import Trees, TreeState, has_tree, leaf_of, pruned_leaf
+from ..prunepoint import PrunePoint
 from ..rocks import (
     WriteBatch,
     WriteGuard,
@@ -60,7 +62,10 @@ class EmbeddedLog(Log):
         self._write_opts = write_options(sync)
         self._lock = threading.Lock()
         self._guard = WriteGuard(path, self._reopen)
-        self.trees = Trees(lambda key: self._reading(lambda db: db.get(key)), self.read, contiguous=True)
+        self._starts: dict[TopicPartition, int] = {}
+        self._prune: PrunePoint | None = None
+        self.trees = Trees(lambda key: self._reading(lambda db: db.get(key)), self.read, contiguous=True,
+                           pruned=self._pruned_leaves)
         self._load_ends()
         if not self.read_only:
             self._grow_trees()
@@ -91,6 +96,11 @@ class EmbeddedLog(Log):
             for p in range(n):
                 raw = self._db.get(K.end_key(topic, p))
                 self._ends[(topic, p)] = K.U64.unpack(raw)[0] if raw else 0
+        n = len(K.LOG_START_PREFIX)
+        self._starts = {K.split_topic_partition(k[n:]): K.U64.unpack(v)[0]
+                        for k, v in iter_prefix(self._db, K.LOG_START_PREFIX)}
+        raw_point = self._db.get(K.PRUNE_KEY)
+        self._prune = PrunePoint.decode(raw_point) if raw_point else None
         self.trees.load(self._ends)
 
     def _grow_trees(self, batch: int = 20_000) -> None:
@@ -236,6 +246,9 @@ class EmbeddedLog(Log):
             raise LogError(f"unknown topic partition {topic}[{partition}]")
         if max_records <= 0:
             return []
+        start = self._starts.get((topic, partition), 0)
+        if offset < start:
+            raise self._below_start(topic, partition, offset, start)
         return self._reading(lambda db: self._read(db, topic, partition, offset, max_records))
 
     def _read(self, db: Rdict, topic: str, partition: int, offset: int, max_records: int) -> list[LogRecord]:
@@ -260,6 +273,87 @@ class EmbeddedLog(Log):
     def end_offsets(self, topic: str) -> list[int]:
         n = self.partition_count(topic)
         return [self._ends[(topic, p)] for p in range(n)]
+
+    # -- pruning --------------------------------------------------------------------------------
+    def start_offsets(self, topic: str) -> list[int]:
+        n = self.partition_count(topic)
+        return [self._starts.get((topic, p), 0) for p in range(n)]
+
+    def prune_point(self) -> PrunePoint | None:
+        return self._prune
+
+    def prune_refusal(self) -> str | None:
+        return f"{self.path} is open read-only" if self.read_only else None
+
+    def _pruned_leaves(self, topic: str, partition: int) -> tuple[int, int]:
+        start = self._starts.get((topic, partition), 0)
+        return start, start  # index = offset
+
+    def _below_start(self, topic: str, partition: int, offset: int, start: int) -> Exception:
+        what = f"offset {offset} of {topic}[{partition}] (the log starts at offset {start})"
+        if self._prune is not None:
+            return self._prune.error(what)
+        return PrunedError(f"{what}: the log no longer holds it")
+
+    def prune(self, point: PrunePoint, progress: Callable[[int], None] | None = None) -> None:
+        """Store the leaf hashes of the records below ``point.starts``, then, in one synced
+        write, the new start offsets and ``point`` with a range deletion of those records; then
+        compact the deleted ranges so their space is reclaimed. Killed anywhere, the log is
+        either as before (leaf hashes aside, which are only read below the start) or pruned."""
+        if self.read_only:
+            raise LogError(f"{self.path} is open read-only")
+        todo: dict[TopicPartition, tuple[int, int]] = {}
+        for tp, stop in point.starts.items():
+            if tp not in self._ends:
+                raise LogError(f"unknown topic partition {tp[0]}[{tp[1]}]")
+            if stop > self._ends[tp]:
+                raise LogError(f"cannot prune {tp[0]}[{tp[1]}] below offset {stop}: it ends at {self._ends[tp]}")
+            have = self._starts.get(tp, 0)
+            if stop > have:
+                todo[tp] = (have, stop)
+        for (topic, p), (lo, hi) in sorted(todo.items()):
+            if has_tree(topic):
+                self._store_leaves(topic, p, lo, hi, progress)
+            elif progress is not None:
+                progress(hi - lo)
+        starts = {**self._starts, **{tp: hi for tp, (_lo, hi) in todo.items()}}
+        point = replace(point, starts={tp: starts.get(tp, 0) for tp in point.starts},
+                        leaves={tp: starts.get(tp, 0) for tp in point.starts if has_tree(tp[0])})
+        wb = WriteBatch(raw_mode=True)
+        for (topic, p), (_lo, hi) in todo.items():
+            wb.put(K.log_start_key(topic, p), K.U64.pack(hi))
+            wb.delete_range(K.record_key(topic, p, 0), K.record_key(topic, p, hi))
+        wb.put(K.PRUNE_KEY, point.encode())
+        with self._lock:
+            if self.read_only:
+                raise LogError(f"{self.path} is open read-only")
+            self._guard.write(self._db, wb, write_options(True))
+            self._starts = starts
+            self._prune = point
+        for (topic, p), (_lo, hi) in sorted(todo.items()):
+            try:
+                self._db.compact_range(K.record_key(topic, p, 0), K.record_key(topic, p, hi))
+            except Exception as exc:
+                raise map_error(exc, self.path) from exc
+
+    def _store_leaves(self, topic: str, partition: int, lo: int, hi: int,
+                      progress: Callable[[int], None] | None, batch: int = 20_000) -> None:
+        """The leaf hash of every record of [lo, hi), a write per ``batch`` records."""
+        if self.trees.state(topic, partition).next_offset < hi:
+            raise LogError(f"{topic}[{partition}]: its Merkle tree ends before offset {hi}; cannot prune there")
+        at = lo
+        while at < hi:
+            recs = self.read(topic, partition, at, min(batch, hi - at))
+            if not recs or recs[0].offset != at:
+                raise LogError(f"{topic}[{partition}]: offset {at} holds no record; cannot prune there")
+            wb = WriteBatch(raw_mode=True)
+            for r in recs:
+                wb.put(*pruned_leaf(topic, partition, r.offset, r.offset, leaf_of(r.key, r.timestamp, r.value), True))
+            with self._lock:
+                self._write(wb)
+            at = recs[-1].offset + 1
+            if progress is not None:
+                progress(len(recs))
 
     def commit_positions(self, group: str, positions: Mapping[TopicPartition, int]) -> None:
         wb = WriteBatch(raw_mode=True)

@@ -42,19 +42,22 @@ other librdkafka settings and this backend's options), or ``KafkaLog(bootstrap, 
 a ``[kafka]`` table's keys. The parts: kafka_client.py (shared plumbing), kafka_topics.py
 (admin: topics, end offsets, group positions), kafka_produce.py (transactions), kafka_read.py
 (reading, end offsets, the read_uncommitted probe), kafka_state.py (the local state store),
-kafka_trees.py (the trees kept in it).
+kafka_trees.py (the trees kept in it), kafka_prune.py (DeleteRecords, only where enabled; a
+partition's start is the broker's low watermark).
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from ..errors import LedgerError, LogError
 from ..logtree import has_tree
+from ..prunepoint import PrunePoint
 from .base import Log, LogRecord, Record, StateWrites, TopicPartition
 from .kafka_client import Broker
 from .kafka_config import KafkaConfig
 from .kafka_produce import Transactions
+from .kafka_prune import KafkaPrune
 from .kafka_read import TS_HEADER, Reader
 from .kafka_state import STATE_FORMAT, LocalState
 from .kafka_topics import TOPIC_CONFIG, Topics
@@ -98,6 +101,7 @@ class KafkaLog(Log):
             except LedgerError:
                 if not read_only:
                     raise
+        self._prune = KafkaPrune(self, self._topics, self._state)
         try:
             topics = self._topics.fetch()
             if self._state is not None:
@@ -212,7 +216,28 @@ class KafkaLog(Log):
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[LogRecord]:
+        self._prune.check_read(topic, partition, offset)
         return self._reader.read(topic, partition, offset, max_records)
+
+    # -- pruning (kafka_prune.py) -------------------------------------------------------------
+    def start_offsets(self, topic: str) -> list[int]:
+        """The broker's low watermarks (past the prune point this node recorded)."""
+        return self._prune.start_offsets(topic)
+
+    def prune_point(self) -> PrunePoint | None:
+        return self._prune.point
+
+    def prune_refusal(self) -> str | None:
+        return self._prune.refusal()
+
+    def pruned_leaves(self, topic: str, partition: int) -> tuple[int, int]:
+        """(leaves below the start, the start offset) of a partition (the trees read the stored
+        hashes of those leaves)."""
+        return self._prune.pruned_leaves(topic, partition)
+
+    def prune(self, point: PrunePoint, progress: Callable[[int], None] | None = None) -> None:
+        with self._write_lock:
+            self._prune.prune(point, progress)
 
     def end_offsets(self, topic: str) -> list[int]:
         return self._reader.end_offsets(topic)

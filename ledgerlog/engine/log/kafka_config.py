@@ -3,7 +3,7 @@ librdkafka settings and ledgerlog's own options, built once at the edge from a c
 table (librdkafka names) and passed in; the log's clients and the faust worker read it alike.
 
 Keys of the table: ``ledgerlog.*`` are the backend's options (``topic_prefix``, ``replication``,
-``transactional.id``, ``state_dir``, ``chain``, ``timeout.ms``, ``retries``); ``producer.X``,
+``transactional.id``, ``state_dir``, ``chain``, ``timeout.ms``, ``retries``, ``delete_records``); ``producer.X``,
 ``consumer.X`` and ``admin.X`` go to that client only (over every other setting); anything else
 goes to every client. Imports nothing from confluent-kafka, so configs are built and checked
 without it."""
@@ -143,6 +143,9 @@ class KafkaConfig:
     transactional_id: str | None = None  # None: derived from the chain (``resolved_transactional_id``)
     state_dir: str | None = None     # the local write-side state store; None: none is kept
     chain: str | None = None         # the chain served (its genesis hash): names the transactional id
+    #: may ``ledgerlog prune`` send DeleteRecords to this cluster (ledgerlog.delete_records)? Off by
+    #: default: Tansu 0.6 advertises the API but its broker panics on it (not yet implemented)
+    delete_records: bool = False
 
     @classmethod
     def from_table(cls, bootstrap: str, table: Mapping[str, str]) -> KafkaConfig:
@@ -169,7 +172,8 @@ class KafkaConfig:
                    scoped=MappingProxyType({r: _frozen(s) for r, s in scoped.items()}),
                    topic_prefix=own.get("topic_prefix", ""), replication=replication, timeout=timeout,
                    retries=retries, transactional_id=own.get("transactional.id") or None,
-                   state_dir=own.get("state_dir") or None, chain=own.get("chain") or None)
+                   state_dir=own.get("state_dir") or None, chain=own.get("chain") or None,
+                   delete_records=not _off(own.get("delete_records", "false")))
 
     def replace(self, **changes: object) -> KafkaConfig:
         """A copy with some fields changed (e.g. another prefix, a state dir)."""

@@ -17,8 +17,9 @@ __all__ = ["STATE_FORMAT", "LocalState"]
 STATE_FORMAT = K.KAFKA_STATE_FORMAT
 _STATE = K.STATE_PREFIX          # b"s/": the same keys as the embedded log's state
 _POS = K.KAFKA_POS_PREFIX
-#: The tree keys ``raw_put`` may write (logtree.py's): never the state or the positions.
-_RAW = (K.TREE_STATE_PREFIX, K.TREE_NODE_PREFIX, K.TREE_CHUNK_PREFIX)
+#: The keys ``raw_put`` may write (logtree.py's trees, the hashes of pruned leaves, the prune
+#: point): never the state or the positions.
+_RAW = (K.TREE_STATE_PREFIX, K.TREE_NODE_PREFIX, K.TREE_CHUNK_PREFIX, K.TREE_LEAF_PREFIX, K.PRUNE_KEY)
 
 
 class LocalState:
@@ -63,9 +64,10 @@ class LocalState:
         """A tree key's value (``h/``, ``n/``, ``c/``: the full key)."""
         return self._db.get(key)
 
-    def raw_put(self, writes: Mapping[bytes, bytes]) -> None:
-        """Tree keys in one WriteBatch, not synced: the trees are rebuilt from the log if a crash
-        loses them (kafka_trees.py catches up on open)."""
+    def raw_put(self, writes: Mapping[bytes, bytes], *, sync: bool = False) -> None:
+        """Tree keys in one WriteBatch, not synced unless ``sync``: the trees are rebuilt from the
+        log if a crash loses them (kafka_trees.py catches up on open); what a prune stores (the
+        hashes of the leaves it deletes, its prune point) is synced."""
         wb = WriteBatch(raw_mode=True)
         for k, v in writes.items():
             if not k.startswith(_RAW):
@@ -74,7 +76,7 @@ class LocalState:
         if wb.is_empty():
             return
         try:
-            self._db.write(wb, self._unsynced)
+            self._db.write(wb, write_options(True) if sync else self._unsynced)
         except Exception as exc:
             raise map_error(exc, self.path) from exc
 

@@ -102,14 +102,16 @@ class Topics:
                                f"after {b.timeout:.0f} s")
             time.sleep(0.05)
 
-    def list_offsets(self, topic: str, n: int, committed: bool = True) -> list[int]:
-        """The broker's end offsets: last stable offsets (read_committed) or high watermarks."""
+    def list_offsets(self, topic: str, n: int, committed: bool = True, earliest: bool = False) -> list[int]:
+        """The broker's end offsets: last stable offsets (read_committed) or high watermarks; with
+        ``earliest``, the low watermarks (where a partition starts after DeleteRecords)."""
         b = self.broker
         real = b.real(topic)
         level = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
+        spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
 
         def query() -> list[int]:
-            futures = self.admin.list_offsets({KTP(real, p): OffsetSpec.latest() for p in range(n)},
+            futures = self.admin.list_offsets({KTP(real, p): spec for p in range(n)},
                                               isolation_level=level, request_timeout=b.timeout)
             got = {tp.partition: f.result(timeout=b.timeout).offset for tp, f in futures.items()}
             return [got[p] for p in range(n)]

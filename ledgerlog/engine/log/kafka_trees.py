@@ -52,7 +52,7 @@ class KafkaTrees:
         self._log = log
         self._store = store
         self._overlay: dict[bytes, bytes] | None = None if writable else {}
-        self.trees = Trees(self._get, log.read, contiguous=False)
+        self.trees = Trees(self._get, log.read, contiguous=False, pruned=log.pruned_leaves)
         self._loaded: set[TopicPartition] = set()
         #: partitions whose tree ends with this process's own last append to them, verified: the
         #: tree's next offset then (where that transaction's commit marker lies)

@@ -20,13 +20,15 @@ Errors (``error.code``):
 | -32603 | internal error (details only in the node's log) |
 | -5 | not found: no block with that hash; an address that is not 40 lowercase hex (bitcoind's RPC_INVALID_ADDRESS_OR_KEY) |
 | -8 | out of range / invalid value: height below 0 or above the tip, verbosity not 0-2, a block id that is neither a height nor 64 hex (bitcoind's RPC_INVALID_PARAMETER) |
+| -1 | a block (or a balance as of a height) below the height the log was pruned at: "Block not available (pruned data)" (bitcoind's RPC_MISC_ERROR) |
 
 Methods (times: bitcoind fields in seconds, ``*_ms`` extras in milliseconds; amounts in base units):
 
 - ``getblockchaininfo()``: ``chain`` (the chain id), ``blocks`` (height the projections reflect),
   ``headers`` (height admitted), ``bestblockhash``, ``time`` and ``mediantime`` (median of the
   last 11 block timestamps), ``initialblockdownload`` (a projection lags by more than the
-  readiness threshold), ``pruned``, ``warnings``; extras: ``chain_id``, ``genesis_hash``,
+  readiness threshold), ``pruned`` (and ``pruneheight``: the lowest height whose block is still
+  held), ``warnings``; extras: ``chain_id``, ``genesis_hash``,
   ``time_ms``, ``mediantime_ms``, ``total_txs``, ``mempool``, ``lag``, ``provenance``.
 - ``getblockcount()``, ``getbestblockhash()``.
 - ``getblockhash(height)``: the hash at ``height``; 0 is the genesis hash (block 1's prev_hash).
@@ -58,7 +60,8 @@ from typing import TYPE_CHECKING, Any
 
 from ledgerlog.engine import avro
 from ledgerlog.engine.crypto import canonical_json
-from ledgerlog.engine.errors import BadRequest, NotFoundError, RpcError
+from ledgerlog.engine.errors import BadRequest, NotFoundError, PrunedError, RpcError
+from ledgerlog.ops.api.guard import public
 from ledgerlog.ops.query.queries import ADDRESS_RE
 from ledgerlog.projections import chainstate
 from ledgerlog.projections.base import jload
@@ -89,6 +92,7 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 NOT_FOUND = -5       # bitcoind RPC_INVALID_ADDRESS_OR_KEY
+MISC_ERROR = -1      # bitcoind RPC_MISC_ERROR (a pruned block)
 OUT_OF_RANGE = -8    # bitcoind RPC_INVALID_PARAMETER
 
 MAX_BATCH = 1000
@@ -164,6 +168,14 @@ class Ctx:
             raise RpcError(OUT_OF_RANGE, "Block height out of range")
         return height
 
+    def check_held(self, height: int) -> int:
+        """``height`` unless its block lies below the log's prune point (the genesis, 0, is kept)."""
+        point = self.node.chain.log.prune_point()
+        if height > 0 and point is not None and height < point.height:
+            raise RpcError(MISC_ERROR, f"Block not available (pruned data): the log was pruned below height "
+                                       f"{point.height}")
+        return height
+
 
 def getblockchaininfo(ctx: Ctx) -> dict[str, Any]:
     node, tip = ctx.node, ctx.tip()
@@ -174,7 +186,9 @@ def getblockchaininfo(ctx: Ctx) -> dict[str, Any]:
     return {"chain": node.genesis.chain_id, "blocks": tip["height"],
             "headers": max(node.tip().height, tip["height"]), "bestblockhash": tip["tip_hash"],
             "time": tip["tip_timestamp"] // 1000, "mediantime": median // 1000,
-            "initialblockdownload": any(v > ctx.max_lag for v in lag.values()), "pruned": False,
+            "initialblockdownload": any(v > ctx.max_lag for v in lag.values()),
+            "pruned": (point := node.chain.log.prune_point()) is not None,
+            **({"pruneheight": point.height} if point is not None else {}),
             "warnings": "",
             "chain_id": node.genesis.chain_id, "genesis_hash": node.genesis.hash,
             "time_ms": tip["tip_timestamp"], "mediantime_ms": median, "total_txs": tip["total_txs"],
@@ -191,7 +205,7 @@ def getbestblockhash(ctx: Ctx) -> str:
 
 
 def getblockhash(ctx: Ctx, height: Any) -> str:
-    h = ctx.check_height(_int(height, "height"))
+    h = ctx.check_held(ctx.check_height(_int(height, "height")))
     if h == 0:
         return ctx.node.genesis.hash
     found = chainstate.block(ctx.cs, h)
@@ -228,7 +242,7 @@ def _verbosity(value: Any) -> int:
 
 def getblock(ctx: Ctx, blockhash: Any, verbosity: Any = 1) -> Any:
     v = _verbosity(verbosity)
-    height = _resolve(ctx, blockhash)
+    height = ctx.check_held(_resolve(ctx, blockhash))
     tip_height = ctx.tip()["height"]
     g = ctx.node.genesis
     nxt = None
@@ -364,6 +378,8 @@ def _call(ctx: Ctx, req: Any) -> dict[str, Any] | None:
         return None if notification else _error(rid, exc.rpc_code, exc.message)
     except NotFoundError as exc:
         return None if notification else _error(rid, NOT_FOUND, str(exc))
+    except PrunedError as exc:
+        return None if notification else _error(rid, MISC_ERROR, f"pruned data: {public(str(exc))}")
     except BadRequest as exc:
         return None if notification else _error(rid, OUT_OF_RANGE, str(exc))
     except Exception as exc:

@@ -102,6 +102,7 @@ def _register_commands() -> None:
         keys,
         mirror,
         proof,
+        prune,
         query,
         reproject,
         snapshot,

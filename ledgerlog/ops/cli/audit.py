@@ -27,14 +27,22 @@ def audit_command(ctx: typer.Context,
                                                      help="Audit JSON lines as `tail --raw` prints them (all topics, _checkpoints included), or - for stdin."),
                   metrics_file: str | None = typer.Option(None, "--metrics-file",
                                                           help="Also write the outcome as Prometheus text there (node_exporter's textfile collector)."),
+                  archive: list[str] | None = typer.Option(None, "--archive",
+                                                           help="A pruned log's archive (h<H>/), or a directory of them (repeatable): "
+                                                                "its records are replayed below the log's start."),
                   quiet: bool = quiet_option()) -> None:
     """Recompute every partition's Merkle tree and check every signed tree head against it; prints
     a JSON report. Exit 0 when everything holds, 1 naming the first topic, partition and index
     where records and heads disagree, 2 on a usage or input error.
 
     Reads the data dir's log unless --kafka or --records is given. Heads count when signed by the
-    pinned key or a key reached from it by log-key rotations on ledger.keys."""
+    pinned key or a key reached from it by log-key rotations on ledger.keys.
+
+    A pruned log: with --archive the archived records are checked first, like any other; without,
+    the pruned prefix counts by the leaf hashes the log stored when it pruned, reported as
+    pruned.not_audited (never as verified)."""
     from ledgerlog.engine.log import KafkaConfig, open_log
+    from ledgerlog.ops.data.archive import archive_dirs
     from ledgerlog.ops.verify.audit_io import LogSource, RecordsSource, run_audit
 
     if not _PUBKEY.fullmatch(log_pubkey):
@@ -44,14 +52,19 @@ def audit_command(ctx: typer.Context,
     if topic_prefix and kafka is None:
         raise UsageError("--topic-prefix goes with --kafka")
     source: LogSource | RecordsSource
+    archives = [d for a in archive or [] for d in archive_dirs(a)]
+    if archives and records is not None:
+        raise UsageError("--archive goes with a log (the data dir's or --kafka), not --records")
     if records is not None:
         source = RecordsSource(records)
     elif kafka is not None:
         conn = KafkaConfig.from_table(kafka, {"ledgerlog.topic_prefix": topic_prefix})
-        source = LogSource(open_log(f"kafka://{kafka}", read_only=True, kafka=conn), f"kafka://{kafka}/{topic_prefix}")
+        source = LogSource(open_log(f"kafka://{kafka}", read_only=True, kafka=conn), f"kafka://{kafka}/{topic_prefix}",
+                           archives)
     else:
         cfg = config_of(ctx)
-        source = LogSource(open_log(cfg.resolved_log_url, read_only=True, kafka=cfg.kafka_connection()), cfg.data_dir)
+        source = LogSource(open_log(cfg.resolved_log_url, read_only=True, kafka=cfg.kafka_connection()), cfg.data_dir,
+                           archives)
     try:
         report = run_audit(source, log_pubkey.lower(), state,
                            lambda total: progress_bar("audit", total=total, unit=" records", quiet=quiet))

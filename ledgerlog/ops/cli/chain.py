@@ -111,7 +111,8 @@ def status(ctx: typer.Context) -> None:
 @app.command()
 def tail(ctx: typer.Context,
          topic: str = typer.Argument(..., help="Topic name, e.g. ledger.transactions."),
-         from_offset: int = typer.Option(0, "--from-offset", help="First offset (negative: from the end)."),
+         from_offset: int | None = typer.Option(None, "--from-offset", help="First offset (negative: from the end; "
+                                                "default: the first the log holds, past any prune)."),
          partition: int | None = typer.Option(None, "--partition", help="Only this partition."),
          limit: int | None = typer.Option(None, "--limit", help="Stop after this many records."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
@@ -143,7 +144,9 @@ def tail(ctx: typer.Context,
             for p in parts:
                 if p not in range(len(ends)):
                     fail(f"{topic} has no partition {p}", 2)
-            positions = {p: from_offset if from_offset >= 0 else max(0, ends[p] + from_offset) for p in parts}
+            starts = log.start_offsets(topic)  # below a pruned log's start: PRUNED, naming it
+            positions = {p: starts[p] if from_offset is None else from_offset if from_offset >= 0
+                         else max(starts[p], ends[p] + from_offset) for p in parts}
             printed = 0
             if limit is not None and limit <= 0:
                 return

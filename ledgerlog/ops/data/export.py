@@ -32,6 +32,11 @@ Values are decoded into the topic's latest registered schema (``<topic>-value`` 
 ``_schemas``), the schema an Avro export carries in its header, so records written with older
 schema versions come out in the current shape.
 
+A pruned log (`ledgerlog prune`) holds no event below its prune height: a range reaching below
+it (an offset below a partition's start, a height below the prune height) is refused with
+``PrunedError`` (PRUNED); without a range, or by time, reading starts at the log's start and
+``export``'s summary says ``pruned`` (height, archive).
+
 Height ranges use an invariant of the write side: along one partition, event heights never
 decrease (admission is sequential and stamps the tip, which only grows). The start of a range
 is found by bisection, the scan stops past its end, and a decrease, should one ever be met,
@@ -270,6 +275,7 @@ def iter_events(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, *
             if bad:
                 raise ExportError(f"{topic} has partitions 0..{n - 1}, not {bad}")
         decoder = _Decoder(chain.codec.registry, topic)
+        _check_pruned(log, topic, parts, rng)
         ends = log.end_offsets(topic)  # the snapshot
         gen = _events(log, topic, parts, ends, rng, decoder, progress)
     except BaseException:
@@ -279,19 +285,36 @@ def iter_events(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, *
     return EventStream(gen, owned, chain, topic, rng, parts, decoder)
 
 
-def _bounds(log: Log, topic: str, p: int, end: int, rng: _Range, decode: _Decoder) -> tuple[int, int]:
+def _check_pruned(log: Log, topic: str, parts: list[int], rng: _Range) -> None:
+    """A range reaching below what a pruned log still holds is refused (PRUNED), never cut short
+    silently: an offset below a partition's start, a height below the prune height. (Without a
+    range, or by time, an export starts at the log's start; its summary names the prune.)"""
+    point = log.prune_point()
+    if point is None:
+        return
+    if rng.kind == "height" and rng.lo is not None and rng.lo < point.height:
+        raise point.error(f"events of {topic} from height {rng.lo}")
+    if rng.kind == "offset" and rng.lo is not None:
+        starts = log.start_offsets(topic)
+        below = [p for p in parts if rng.lo < starts[p]]
+        if below:
+            raise point.error(f"{topic} from offset {rng.lo} (partition {below[0]} starts at offset {starts[below[0]]})")
+
+
+def _bounds(log: Log, topic: str, p: int, start: int, end: int, rng: _Range, decode: _Decoder) -> tuple[int, int]:
     """The offsets [start, stop) of partition ``p`` a scan of ``rng`` reads (a height range may
-    stop earlier)."""
+    stop earlier); ``start``: the first offset the log holds (past a prune)."""
     if rng.kind == "offset":
-        return rng.lo or 0, min(end, rng.hi + 1) if rng.hi is not None else end
+        return max(start, rng.lo or 0), min(end, rng.hi + 1) if rng.hi is not None else end
     if rng.kind == "height" and rng.lo is not None:
-        return _first_at_height(log, topic, p, end, rng.lo, decode), end
-    return 0, end
+        return _first_at_height(log, topic, p, start, end, rng.lo, decode), end
+    return start, end
 
 
 def _events(log: Log, topic: str, parts: list[int], ends: list[int], rng: _Range,
             decode: _Decoder, progress: Progress | None = None) -> Iterator[Event]:
-    spans = [(p, *_bounds(log, topic, p, ends[p], rng, decode)) for p in parts]
+    starts = log.start_offsets(topic)
+    spans = [(p, *_bounds(log, topic, p, starts[p], ends[p], rng, decode)) for p in parts]
     if progress is not None:
         progress.set_total(sum(max(0, stop - start) for _p, start, stop in spans))
     for p, start, stop in spans:
@@ -317,10 +340,10 @@ def _events(log: Log, topic: str, parts: list[int], ends: list[int], rng: _Range
             progress(max(0, stop - start) - seen + seen % _PROGRESS_STEP)
 
 
-def _first_at_height(log: Log, topic: str, p: int, end: int, height: int, decode: _Decoder) -> int:
-    """The first offset of partition ``p`` whose event height is >= ``height`` (heights are
-    non-decreasing along a partition), or ``end``."""
-    lo, hi = 0, end
+def _first_at_height(log: Log, topic: str, p: int, lo: int, end: int, height: int, decode: _Decoder) -> int:
+    """The first offset of partition ``p`` in [lo, end) whose event height is >= ``height``
+    (heights are non-decreasing along a partition), or ``end``."""
+    hi = end
     while lo < hi:
         mid = (lo + hi) // 2
         recs = log.read(topic, p, mid, 1)
@@ -384,9 +407,10 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
                     f.write(orjson.dumps(ev._asdict()))
                     f.write(b"\n")
                     count += 1
+    point = stream.chain.log.prune_point()
     return {"topic": topic, "format": fmt, "records": count, "path": out,
             "bytes": os.path.getsize(out), "range": rng,
-            "schema_id": stream.schema_id}
+            "schema_id": stream.schema_id, "pruned": point.to_dict() if point is not None else None}
 
 
 def export_schema(value_schema: dict[str, Any]) -> dict[str, Any]:

@@ -122,6 +122,9 @@ def mirror(source: Log, target: Log, *, to: str, prefix: str, batch: int = DEFAU
     of those dealt with (a record the target holds already counts as copied)."""
     if not source.contiguous_offsets:
         raise LogError("the mirror's source must have contiguous offsets (the embedded log)")
+    point = source.prune_point()
+    if point is not None:  # the target's offsets (and Merkle leaves) would be renumbered
+        raise point.error("a mirror needs the whole log from offset 0")
     rep = MirrorReport(to=to, topic_prefix=prefix)
     topics = _ordered_topics(source)
     ends = {t: source.end_offsets(t) for t, _n in topics}

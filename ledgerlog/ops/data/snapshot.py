@@ -7,6 +7,7 @@ A snapshot is a directory laid out like a data dir, so restoring is a copy::
         manifest.json                      format, chain, height, positions, every file's sha256
         genesis.json  config.toml  [keys/]
         log/                               RocksDB checkpoint of the embedded log
+        anchor/                            a pruned log's anchor (streams/anchor.py), when there is one
         projections/<name>/live            pointer {"dir", "version"}
         projections/<name>/<dir>/          RocksDB checkpoint of the live projection store
 
@@ -57,8 +58,10 @@ from ledgerlog.engine.files import fsync_dir
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import map_error
+from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.ops.jobs import Progress
 from ledgerlog.streams import layout
+from ledgerlog.streams.anchor import Anchor
 from ledgerlog.streams.store import ProjectionStore
 
 if TYPE_CHECKING:
@@ -321,7 +324,7 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
             os.makedirs(out_dir)
             fsync_dir(os.path.dirname(out_dir))
         clean_stale(out_dir)
-        with _locked_tmp(out_dir) as tmp:  # mode 0700: config.toml holds a token
+        with prune_lock(chain.config.data_dir), _locked_tmp(out_dir) as tmp:  # mode 0700: config.toml holds a token
             try:
                 return _create(chain, runner, tmp, out_dir, with_keys=with_keys, lock=lock, link=link,
                                progress=progress)
@@ -351,6 +354,10 @@ def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: 
     for name, (build, version, _topics) in taken.items():
         layout.write_pointer(pdir, name, "live", build, version)
     log.checkpoint(os.path.join(tmp, "log"))
+    anchor = Anchor.load(cfg.anchor_dir)  # a pruned log's anchor (taken after the log: never behind it)
+    if anchor is not None:
+        shutil.copytree(anchor.path, os.path.join(tmp, "anchor", anchor.dir), copy_function=shutil.copy2)
+        shutil.copy2(os.path.join(cfg.anchor_dir, "CURRENT"), os.path.join(tmp, "anchor", "CURRENT"))
     copied = 0 if link else _bytes_under(tmp, linked_only=True)
     if progress is not None:  # copies of the linked files, then a hash of every file
         progress.set_total(copied + _bytes_under(tmp))

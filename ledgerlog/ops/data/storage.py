@@ -98,9 +98,13 @@ def _log_stats(cfg: Config, exact: bool) -> dict[str, Any]:
     try:
         topics: dict[str, Any] = {}
         for topic, n in sorted(log.topics().items()):
-            ends = log.end_offsets(topic)
-            topics[topic] = {"partitions": n, "records": sum(ends), "end_offsets": ends}
-        out: dict[str, Any] = {"url": cfg.log_url, "topics": topics}
+            ends, starts = log.end_offsets(topic), log.start_offsets(topic)
+            topics[topic] = {"partitions": n, "records": sum(ends) - sum(starts), "end_offsets": ends}
+            if any(starts):  # pruned (ops/data/prune.py): the first offsets the log still holds
+                topics[topic]["start_offsets"] = starts
+        point = log.prune_point()
+        out: dict[str, Any] = {"url": cfg.log_url, "topics": topics,
+                               "pruned": point.to_dict() if point is not None else None}
         db = log.raw()
         if db is None:
             return out

@@ -16,6 +16,7 @@ from ledgerlog.ops.api.faucet import (
     faucet_topup_action,
 )
 from ledgerlog.ops.api.limits import pause_action, resume_action
+from ledgerlog.ops.data.prune import prune_action
 from ledgerlog.ops.data.snapshot import snapshot_action
 from ledgerlog.ops.data.snapshot_prune import snapshot_prune_action
 from ledgerlog.ops.data.storage import compact_action
@@ -48,6 +49,7 @@ ACTIONS: dict[str, Action] = {
     "reproject": Action(reproject_action, {"names": list, "keep": bool, "job": str}),
     "snapshot": Action(snapshot_action, {"out": str, "with_keys": bool, "link": bool, "job": str}),
     "snapshot-prune": Action(snapshot_prune_action, {"keep": int, "older_than": str, "dry_run": bool, "dir": str}),
+    "prune": Action(prune_action, {"before_height": int, "archive": str, "job": str}),
     "compact": Action(compact_action),
     "pause": Action(pause_action),
     "resume": Action(resume_action),

@@ -31,6 +31,7 @@ from ledgerlog.ops.api.transport import EdgeSettings
 from ledgerlog.ops.jobs import Jobs, Progress
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
+from ledgerlog.ops.node.retention import retention_loop
 from ledgerlog.ops.node.snapshots import SnapshotSchedule
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.projections import chainstate, payouts
@@ -196,6 +197,8 @@ class Node:
         self._spawn("samples", self._samples_loop)
         if self.snapshots.every:
             self._spawn("snapshots", lambda: self.snapshots.run(self, self._stop))
+        if self.config.retention_keep_heights > 0:
+            self._spawn("retention", lambda: retention_loop(self, self._stop))
         if self.simulate:
             self._spawn("simulate", self._simulate)
 

@@ -36,6 +36,9 @@ Definitions worth stating:
   snapshot.dir, else the node's start (so "none for 2x ``ledgerlog_snapshot_interval_seconds``"
   counts from there). ``ledgerlog_snapshot_failures_total{stage}``: scheduled snapshots
   (``create``) and prunes (``prune``) that failed.
+- ``ledgerlog_pruned_below_height``: the height below which the log was pruned (no event below
+  it is held any more; 0 while it never was); ``ledgerlog_prunes_total{outcome}``: retention runs
+  of this node (``ok``, ``error``; docs/OPERATIONS.md, "Retention").
 """
 from __future__ import annotations
 
@@ -219,6 +222,11 @@ class NodeMetrics:
         gauge("ledgerlog_tree_size", [self._tree_size], description="Leaves (data records) of a partition's Merkle tree")
         gauge("ledgerlog_tree_head_age_seconds", [self._head_age],
               description="Seconds since the newest signed head of a partition whose tree is ahead of it (0: covered)")
+        # retention (ops/node/retention.py)
+        gauge("ledgerlog_pruned_below_height", [self._pruned_below],
+              description="Height below which the log was pruned (0: never pruned)")
+        counter("ledgerlog_prunes", [self._prunes], description="Retention runs of this node, by outcome (ok, error)")
+        self.prunes: dict[str, int] = {"ok": 0, "error": 0}
         # storage and process
         gauge("ledgerlog_storage_bytes", [self._storage_bytes], description="Bytes on disk per component of the data dir")
         gauge("ledgerlog_storage_capacity_bytes", [self._fs("capacity")], description="Size of the data dir's filesystem")
@@ -356,6 +364,14 @@ class NodeMetrics:
             head = latest.get((topic, p))
             size, at = (head["head"]["tree_size"], head["head"]["timestamp"] / 1000) if head else (0, self._started)
             yield Observation(max(0.0, now - at) if st.size > size else 0.0, {"topic": topic, "partition": str(p)})
+
+    def _pruned_below(self, _: CallbackOptions) -> Iterable[Observation]:
+        point = self.node.chain.log.prune_point()
+        yield Observation(point.height if point is not None else 0)
+
+    def _prunes(self, _: CallbackOptions) -> Iterable[Observation]:
+        for outcome, n in sorted(self.prunes.items()):
+            yield Observation(n, {"outcome": outcome})
 
     # -- storage and process ----------------------------------------------------------------------
     def storage(self) -> dict[tuple[str, str], int]:

@@ -107,7 +107,7 @@ class Queries:
         out = {"chain_id": self.chain_id, **tip, "mempool": chainstate.mempool_size(self._view("chainstate")),
                "lag": lag, "syncing": any(v > self.syncing_lag for v in lag.values()),
                "failed_projections": self.failed(), "provenance": self.provenance("chainstate"),
-               "version": __version__}
+               "version": __version__, "pruned": self.pruned()}
         if self.instance is not None:
             out["instance"] = self.instance
         out["log_pubkey"] = self.log_pubkey
@@ -115,11 +115,31 @@ class Queries:
             out["jobs"] = self.jobs()
         return out
 
+    # -- a pruned log (engine/prunepoint.py): nothing below its prune height is served -------------
+    def _below_prune(self, height: int, what: str) -> None:
+        """PrunedError (410 PRUNED) when ``height`` lies below the log's prune height."""
+        point = self.runner.log.prune_point()
+        if point is not None and height < point.height:
+            raise point.error(what)
+
+    def _as_of(self, height: int | None, what: str) -> None:
+        """Check an as-of ``height`` (BAD_REQUEST out of range; PRUNED below the prune height)."""
+        _check_height(height)
+        if height is not None:
+            self._below_prune(height, f"{what} as of height {height}")
+
+    def pruned(self) -> dict[str, Any] | None:
+        """Where the log was pruned (height, archive, tip below it), None if it never was."""
+        point = self.runner.log.prune_point()
+        return point.to_dict() if point is not None else None
+
     def account(self, address: str, height: int | None = None) -> dict[str, Any]:
         if not ADDRESS_RE.match(address):
             raise bad_request(f"{address!r} is not a 40-hex address")
         if height is not None and not 0 <= height <= I64_MAX:
             raise bad_request(f"height must be between 0 and {I64_MAX}")
+        if height is not None:
+            self._below_prune(height, f"the balance of {address} at height {height}")
         return {**balances.account(self._view("balances"), address, height),
                 "provenance": self.provenance("balances")}
 
@@ -127,16 +147,28 @@ class Queries:
         if height_or_hash.isdigit() and (not height_or_hash.isascii() or len(height_or_hash) > 19
                                          or int(height_or_hash) > I64_MAX):
             raise bad_request(f"a block height is a decimal between 0 and {I64_MAX}")
+        if height_or_hash.isdigit():
+            self._below_prune(int(height_or_hash), f"block {height_or_hash}")
         found = chainstate.block(self._view("chainstate"), height_or_hash)
         if found is None:
             raise NotFoundError(f"no block {height_or_hash}")
+        self._below_prune(found["height"], f"block {found['hash']} (height {found['height']})")
         return {**found, "provenance": self.provenance("chainstate")}
 
     def tx(self, txid: str) -> dict[str, Any]:
         found = chainstate.tx(self._view("chainstate"), txid)
         if found is None:
             raise NotFoundError(f"no transaction {txid}")
+        self._below_tx(found)
         return {**found, "provenance": self.provenance("chainstate")}
+
+    def _below_tx(self, found: dict[str, Any]) -> None:
+        """A transaction confirmed (or evicted, submitted) below the prune height; a pending one
+        is the mempool's current state, whatever its height."""
+        if found["status"] == "pending":
+            return
+        height = found["height"] if found["status"] == "confirmed" else found["stamp_height"]
+        self._below_prune(height, f"transaction {found['txid']} ({found['status']} at height {height})")
 
     def tx_proof(self, txid: str) -> dict[str, Any]:
         """That a confirmed transaction is in its block (PROTOCOL.md §9): the branch from its txid
@@ -145,6 +177,7 @@ class Queries:
         found = chainstate.tx(view, txid)
         if found is None or found["status"] != "confirmed":
             raise NotFoundError(f"no confirmed transaction {txid}")
+        self._below_tx(found)
         blk = chainstate.block(view, found["height"])
         if blk is None:
             raise NotFoundError(f"block {found['height']} of transaction {txid} is not folded yet")
@@ -159,7 +192,7 @@ class Queries:
         return {**payouts.worker(self._view("payouts"), address), "provenance": self.provenance("payouts")}
 
     def provider(self, provider_id: str, height: int | None = None) -> dict[str, Any]:
-        _check_height(height)
+        self._as_of(height, f"provider {provider_id!r}")
         found = energy.provider(self._view("energy"), provider_id, height)
         if found is None:
             raise NotFoundError(f"no provider {provider_id!r}" + ("" if height is None else f" at height {height}"))
@@ -175,7 +208,7 @@ class Queries:
             raise bad_request(f"limit must be between 1 and {PROVIDERS_PAGE_MAX}")
         if after is not None and not 0 < len(after) <= MAX_PROVIDER_ID:
             raise bad_request(f"after is a provider_id: 1 to {MAX_PROVIDER_ID} characters")
-        _check_height(height)
+        self._as_of(height, "the providers")
         rows = energy.page(self._view("energy"), limit + 1, after, height)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -184,12 +217,12 @@ class Queries:
                 "provenance": self.provenance("energy")}
 
     def market(self, height: int | None = None) -> dict[str, Any]:
-        _check_height(height)
+        self._as_of(height, "the energy market")
         return {**energy.market(self._view("energy"), height), **_at(height), "provenance": self.provenance("energy")}
 
     def governance(self, height: int | None = None) -> dict[str, Any]:
         """The governance parameters in force now or as of ``height``."""
-        _check_height(height)
+        self._as_of(height, "the governance parameters")
         return {"parameters": energy.parameters(self._view("energy"), self.runner.genesis, height), **_at(height),
                 "provenance": self.provenance("energy")}
 
@@ -208,7 +241,8 @@ class Queries:
     def dashboard(self) -> dict[str, Any]:
         cs = self._view("chainstate")
         tip = chainstate.tip(cs)
-        recent = chainstate.recent_blocks(cs, SERIES_BLOCKS)
+        point = self.runner.log.prune_point()  # nothing below a prune is served
+        recent = [b for b in chainstate.recent_blocks(cs, SERIES_BLOCKS) if point is None or b["height"] >= point.height]
         market = self._part("energy", energy.market)
         now_ms = time.time() * 1000
         span = (recent[0]["timestamp"] - recent[-1]["timestamp"]) / 1000 if len(recent) > 1 else 0

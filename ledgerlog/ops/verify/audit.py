@@ -81,6 +81,8 @@ class _Partition:
     keys: set[str] = field(default_factory=set)
     last_offset: int = -1
     problem: Problem | None = None
+    archived: int = 0       # leaves of a pruned prefix read from an archive (their records checked)
+    not_audited: int = 0    # leaves of a pruned prefix known only by their stored hash
 
     def fail(self, code: str, index: int, message: str, **extra: Any) -> None:
         if self.problem is None:
@@ -257,6 +259,23 @@ class Auditor:
         if part.next_check < len(part.checks) and part.checks[part.next_check].size == n + 1:
             part.settle()
 
+    def add_archived(self, rec: LogRecord) -> None:
+        """A record of a pruned prefix, read from an archive: checked like any other."""
+        self.add(rec)
+        self._part(rec.topic, rec.partition).archived += 1
+
+    def add_unaudited(self, topic: str, partition: int, offset: int, leaf: bytes) -> None:
+        """A leaf of a pruned prefix known only by the hash the log stored when it pruned it: it
+        counts towards the roots (a head that matches proves the hash is the head's leaf), but its
+        record is not audited (no archive was given)."""
+        part = self._part(topic, partition)
+        n = part.frontier.size
+        part.last_offset = max(part.last_offset, offset)
+        part.frontier.append(leaf)
+        part.not_audited += 1
+        if part.next_check < len(part.checks) and part.checks[part.next_check].size == n + 1:
+            part.settle()
+
     def end(self, topic: str, partition: int, end_offset: int) -> None:
         """A contiguous log says the partition ends at ``end_offset``: records past the last one
         read are missing."""
@@ -295,6 +314,8 @@ class Auditor:
             partitions[f"{topic}/{p}"] = {
                 "leaves": part.frontier.size, "heads_checked": part.heads_ok, "verified_size": part.good,
                 "root_hash": part.good_root.hex(), "unanchored": max(0, part.frontier.size - part.good)}
+            if part.archived or part.not_audited:
+                partitions[f"{topic}/{p}"].update({"pruned_archived": part.archived, "pruned_not_audited": part.not_audited})
         used = set().union(*(p.keys for p in self.parts.values())) if self.parts else set()
         out: dict[str, Any] = {
             "ok": not problems,
@@ -302,6 +323,8 @@ class Auditor:
             "records": sum(p.frontier.size for p in self.parts.values()),
             "heads": {"published": self.published, "checked": sum(p.heads_ok for p in self.parts.values())},
             "unanchored": sum(v["unanchored"] for v in partitions.values()),
+            "pruned": {"archived": sum(p.archived for p in self.parts.values()),
+                       "not_audited": sum(p.not_audited for p in self.parts.values())},
             "keys": {"pinned": self.pinned, "accepted": self.accepted,
                      "used": [k for k in self.accepted if k in used]},
             "contiguous_offsets": self.contiguous,

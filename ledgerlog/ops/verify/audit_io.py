@@ -10,18 +10,19 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
 from ledgerlog.engine import topics as T
-from ledgerlog.engine.errors import AuditInputError
+from ledgerlog.engine.errors import AuditInputError, LedgerError
 from ledgerlog.engine.files import write_atomic
 from ledgerlog.engine.log.base import Log, LogRecord
 from ledgerlog.engine.logtree import has_tree
-from ledgerlog.ops.verify.audit import Auditor, Remembered
+from ledgerlog.ops.data.archive import archive_records, verify_archive
+from ledgerlog.ops.verify.audit import Auditor, Problem, Remembered
 
-__all__ = ["LogSource", "RecordsSource", "load_state", "save_state", "run_audit"]
+__all__ = ["Archived", "LogSource", "RecordsSource", "Unaudited", "load_state", "save_state", "run_audit"]
 
 #: the topics of the first pass: the heads, the log-key rotations, and _schemas (whose offsets
 #: tell a gap-free log from Kafka's)
@@ -29,13 +30,43 @@ _FIRST = (T.SCHEMAS, T.CHECKPOINTS, T.KEYS)
 _TICK = 512
 
 
-class LogSource:
-    """A log opened read-only (embedded or Kafka): topics, partitions and end offsets are its own."""
+class Unaudited(NamedTuple):
+    """A leaf of a pruned prefix known only by the hash the log stored for it (no archive)."""
 
-    def __init__(self, log: Log, name: str) -> None:
+    topic: str
+    partition: int
+    offset: int
+    leaf: bytes
+
+
+class Archived(NamedTuple):
+    """A record of a pruned prefix, read back from an archive."""
+
+    record: LogRecord
+
+
+Item = LogRecord | Unaudited | Archived
+
+
+class LogSource:
+    """A log opened read-only (embedded or Kafka): topics, partitions and end offsets are its own.
+    A pruned log's prefix comes from ``archives`` (archive directories: ops/data/archive.py), else
+    from the leaf hashes the log stored when it pruned (not audited)."""
+
+    def __init__(self, log: Log, name: str, archives: list[str] | None = None) -> None:
         self.log, self.name = log, name
         self.topics = log.topics()
         self.contiguous: bool | None = log.contiguous_offsets
+        self.problems: list[tuple[str, str, int, str]] = []  # (code, topic, partition, message)
+        self._archived: dict[tuple[str, int], list[tuple[str, str]]] = {}  # tp -> (archive, file)
+        for d in archives or []:
+            try:
+                manifest = verify_archive(d)
+            except LedgerError as exc:
+                self.problems.append(("ARCHIVE_CORRUPT", T.CHECKPOINTS, 0, f"archive {d}: {exc}"))
+                continue
+            for fname, meta in sorted(manifest["files"].items(), key=lambda kv: kv[1]["first_offset"]):
+                self._archived.setdefault((meta["topic"], meta["partition"]), []).append((d, fname))
 
     def first_pass(self) -> Iterator[LogRecord]:
         for topic in _FIRST:
@@ -51,10 +82,29 @@ class LogSource:
             return None  # Kafka's ends count transaction markers
         return sum(sum(self.log.end_offsets(t)) for t in self.tree_topics(named))
 
-    def records(self, named: set[str]) -> Iterator[LogRecord]:
+    def records(self, named: set[str]) -> Iterator[Item]:
         for topic in self.tree_topics(named):
+            starts = self.log.start_offsets(topic)
             for p in range(self.topics[topic]):
+                if starts[p]:
+                    yield from self._prefix(topic, p, starts[p])
                 yield from self.log.scan(topic, p)
+
+    def _prefix(self, topic: str, p: int, start: int) -> Iterator[Item]:
+        """The pruned records below ``start``: from the archives as far as they reach, then the
+        stored leaf hashes."""
+        fed, nxt = 0, 0
+        for d, fname in self._archived.get((topic, p), []):
+            for rec in archive_records(os.path.join(d, fname)):
+                if nxt <= rec.offset < start:
+                    yield Archived(rec)
+                    fed, nxt = fed + 1, rec.offset + 1
+        point, trees = self.log.prune_point(), self.log.trees
+        kept = point.leaves.get((topic, p), 0) if point is not None else 0
+        if fed < kept and trees is not None:
+            for lo in range(fed, kept, 10_000):
+                for off, leaf in trees.stored_leaves(topic, p, lo, min(kept, lo + 10_000)):
+                    yield Unaudited(topic, p, off, leaf)
 
     def ends(self, named: set[str]) -> Iterator[tuple[str, int, int]]:
         for topic in self.tree_topics(named):
@@ -94,7 +144,7 @@ class RecordsSource:
     def total(self, named: set[str]) -> int | None:
         return None
 
-    def records(self, named: set[str]) -> Iterator[LogRecord]:
+    def records(self, named: set[str]) -> Iterator[Item]:
         return (r for r in self._lines() if has_tree(r.topic))
 
     def ends(self, named: set[str]) -> Iterator[tuple[str, int, int]]:
@@ -164,12 +214,19 @@ def run_audit(source: Source, log_pubkey: str, state: str | None = None,
     which is updated when everything holds); ``bar(total)`` gives a progress tick."""
     chain, remembered = load_state(state) if state else (None, {})
     auditor = Auditor(log_pubkey, remembered, chain)
+    for code, topic, p, message in getattr(source, "problems", []):
+        auditor.problems.append(Problem(code, topic, p, 0, message))
     auditor.heads_pass(source.first_pass(), source.contiguous)
     named = {t for t, _ in auditor.parts}
     with (bar(source.total(named)) if bar else contextlib.nullcontext()) as tick:
         n = 0
-        for rec in source.records(named):
-            auditor.add(rec)
+        for item in source.records(named):
+            if isinstance(item, Unaudited):
+                auditor.add_unaudited(*item)
+            elif isinstance(item, Archived):
+                auditor.add_archived(item.record)
+            else:
+                auditor.add(item)
             n += 1
             if tick is not None and n == _TICK:
                 tick(n)

@@ -65,6 +65,7 @@ from ledgerlog.ops.verify.storage import (
     check_stores,
 )
 from ledgerlog.streams import layout
+from ledgerlog.streams.anchor import Anchor
 from ledgerlog.streams.reproject import total_records
 from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.store import ProjectionStore
@@ -244,7 +245,8 @@ def _projections_section(chain: Chain, config: Config, replay: Runner, scratch: 
             try:
                 if not at_replay:  # a running node (or an interrupted fold) holds it elsewhere
                     capped = Runner(_CappedLog(cur.log, positions), cur.codec, cur.genesis,  # type: ignore[arg-type]
-                                    scratch, names=[name], paths={name: os.path.join(scratch, f"{name}-at-live")})
+                                    scratch, names=[name], paths={name: os.path.join(scratch, f"{name}-at-live")},
+                                    anchor_dir=config.anchor_dir)
                     capped.catch_up()
                     against, against_db = capped.handles[name].store.digest, capped.handles[name].store.db
                     entry["compared_at"] = "live positions"
@@ -263,10 +265,41 @@ def _projections_section(chain: Chain, config: Config, replay: Runner, scratch: 
             if cur is not chain:
                 cur.close()
     sec.extra["projections"] = result
+    _anchor_digests(config, sec)
     if node_running:
         sec.notes.append("a node is running: live stores were read read-only and compared with a replay "
                          "stopped at their own positions")
     return sec
+
+
+def _anchor_digests(config: Config, sec: Section) -> None:
+    """A pruned log's anchor (replays start from it): each store's content must hash to the digest
+    anchor.json recorded when the prune folded it (ANCHOR_DIGEST otherwise)."""
+    try:
+        anchor = Anchor.load(config.anchor_dir)
+    except LedgerError as exc:
+        sec.problem("ANCHOR_DAMAGED", "anchor", str(exc))
+        return
+    if anchor is None:
+        return
+    for name, meta in sorted(anchor.projections.items()):
+        try:
+            store = ProjectionStore(anchor.store_path(name), read_only=True)
+        except LedgerError as exc:
+            sec.problem("ANCHOR_DAMAGED", f"anchor {name}", f"cannot open {anchor.store_path(name)}: {exc}")
+            continue
+        try:
+            content, _n = _content_digest(store.db)
+        finally:
+            store.close()
+        sec.checked += 1
+        if f"{content:032x}" != meta["digest"]:
+            sec.problem("ANCHOR_DIGEST", f"anchor {name}", f"the anchor store's state hashes to {content:032x}, "
+                        f"anchor.json recorded {meta['digest']} at the prune: it was changed since (tampering or "
+                        "corruption); replays starting from it are not to be trusted")
+    sec.extra["anchor"] = anchor.to_dict()
+    sec.notes.append(f"replays start from the anchor at height {anchor.height} (the log was pruned below it); its "
+                     "stores were checked against the digests recorded at the prune")
 
 
 # -- the whole check ------------------------------------------------------------------------------
@@ -373,7 +406,8 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
                 return _finish(report, sections, notes, t0)
             try:
                 replay = Runner(chain.log, chain.codec, chain.genesis, scratch,
-                                paths={n: os.path.join(scratch, n) for n in projections.ALL})
+                                paths={n: os.path.join(scratch, n) for n in projections.ALL},
+                                anchor_dir=config.anchor_dir)  # a pruned log: from the anchor
                 t_replay = time.monotonic()
                 if progress is not None:
                     progress.describe("replay")

@@ -23,6 +23,7 @@ from ledgerlog.engine.logtree import CHUNK_LEVEL, has_tree, leaf_of
 from ledgerlog.engine.merkle import Frontier
 from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.engine.procs import exit_with_parent
+from ledgerlog.ops.verify.pruned import PrunedPrefix
 from ledgerlog.ops.verify.storage import (
     Section,
     _checked_items,
@@ -168,6 +169,10 @@ class _LogChecker:
         self._placement: dict[tuple[bytes, str], int] = {}  # keys repeat: murmur2 once per key
         self.read_errors = 0  # storage errors met while reading records
         self.progress: Callable[[int], None] | None = None  # told of the records read, in steps
+        point = self.log.prune_point()
+        self.pruned = PrunedPrefix(self.log, point, chain.config.anchor_dir) if point is not None else None
+        if point is not None:  # the chain continues from the last block below the prune
+            self.height, self.tip_hash, self.tip_ts = point.tip
 
     def _partition_of(self, key: bytes, topic: str) -> int:
         p = self._placement.get((key, topic))
@@ -185,17 +190,26 @@ class _LogChecker:
         self._stray_records()
         self.sigs.flush()
         self.sigs.close()
-        self._cross_checks()
+        try:
+            self._cross_checks()
+        finally:
+            if self.pruned is not None:
+                self.pruned.close()
         self.sec.extra.update({"records": self.counts, "height": self.height, "tip_hash": self.tip_hash,
                                "signatures_verified": self.sigs.count if self.sigs.enabled else None})
+        if self.pruned is not None:
+            self.sec.extra["pruned"] = self.pruned.report()
+            self.sec.notes.append(f"the log was pruned below height {self.pruned.point.height}: events below it "
+                                  "are not re-checked (see pruned)")
 
     def _records(self, topic: str, p: int, end: int) -> Iterator[tuple[int, bytes, int, bytes]]:
         """(offset, key, timestamp, value) of a partition; gaps and strays become problems."""
         db = self.log.raw()
         where = f"{topic}[{p}]"
+        start = self.pruned.start(topic, p) if self.pruned is not None else 0
         if db is None:  # another backend: through the log interface
-            expected = 0
-            for rec in self.log.scan(topic, p, 0, end):
+            expected = start
+            for rec in self.log.scan(topic, p, start, end):
                 if rec.offset != expected and not self._gap_explained(topic, p, expected, rec.offset):
                     self.sec.problem("OFFSET_GAP", where, f"offsets {expected}..{rec.offset - 1} are missing")
                 expected = rec.offset + 1
@@ -205,7 +219,7 @@ class _LogChecker:
             return
         prefix = K.record_prefix(topic, p)
         n = len(prefix)
-        expected = 0
+        expected = start
         try:
             for key, val in _checked_items(db, prefix):
                 if len(key) != n + 8:
@@ -271,6 +285,11 @@ class _LogChecker:
         n = 0
         tree = Frontier() if has_tree(topic) and self.log.trees is not None else None
         mismatched: list[tuple[int, int]] = []
+        if tree is not None and self.pruned is not None:  # the pruned leaves, as stored at the prune
+            for leaf in self.pruned.leaves(topic, p):
+                for level, index, h in tree.append(leaf):
+                    if level >= CHUNK_LEVEL and self.log.trees.node(topic, p, level, index) != h:  # type: ignore[union-attr]
+                        mismatched.append((level, index))
         for off, key, ts, value in self._records(topic, p, end):
             n += 1
             if self.progress is not None and not n % _PROGRESS_STEP:
@@ -633,6 +652,10 @@ class _LogChecker:
         for h, (_hash, _producer, block_fees, where) in self.blocks.items():
             if block_fees != fees.get(h, 0):
                 self.sec.problem("BAD_FEES", where, f"fees {block_fees}, its transactions pay {fees.get(h, 0)}")
+        if self.pruned is not None:  # providers registered below the prune: the anchor has them
+            for pid in {pid for pid, _w in self.readings} | {s[0] for s in self.settlements.values()}:
+                if pid not in self.providers and (owner := self.pruned.provider_owner(pid)) is not None:
+                    self.providers[pid] = owner
         for pid, where in self.readings:
             if pid not in self.providers:
                 self.sec.problem("UNKNOWN_PROVIDER", where, f"reading for unregistered provider {pid!r}")
@@ -644,6 +667,9 @@ class _LogChecker:
                                                      f"is owned by {self.providers[pid]}")
         for pid, (round_height, where) in self.payouts.items():
             block = self.blocks.get(round_height)
+            if block is None and self.pruned is not None:  # a round below the prune: the anchor has it
+                producer = self.pruned.block_producer(round_height)
+                block = ("", producer, 0, "") if producer is not None else None
             if block is None or block[1] != self.g.pool.address:
                 self.sec.problem("BAD_ROUND", where, f"payout {pid!r}: height {round_height} is not a pool block")
         if self.log.atomic_state:
