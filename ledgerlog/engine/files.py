@@ -42,3 +42,12 @@ def atomic_writer(path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     with atomic_writer(path, mode) as f:
         f.write(data)
+
+
+def fsync_tree(root: str, *, files: bool = True) -> None:
+    """fsync every file (unless ``files`` is False: already done), then every directory
+    bottom-up, the root last: a directory tree made in a temp dir is durable before its rename."""
+    for dirpath, _dirs, names in os.walk(root, topdown=False):
+        for f in names if files else ():
+            fsync_dir(os.path.join(dirpath, f))
+        fsync_dir(dirpath)

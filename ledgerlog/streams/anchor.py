@@ -29,9 +29,9 @@ from types import ModuleType
 from typing import Any
 
 from ledgerlog.engine.errors import CorruptStoreError, PrunedError
-from ledgerlog.engine.files import fsync_dir, write_atomic
+from ledgerlog.engine.files import fsync_dir, fsync_tree, write_atomic
 
-__all__ = ["ANCHOR_FILE", "Anchor", "anchor_root", "fsync_tree", "seed", "write_anchor", "remove_others"]
+__all__ = ["ANCHOR_FILE", "Anchor", "anchor_root", "seed", "write_anchor", "remove_others"]
 
 ANCHOR_FILE = "anchor.json"
 CURRENT = "CURRENT"
@@ -41,14 +41,6 @@ TMP_PREFIX = ".tmp-h"
 def anchor_root(projections_dir: str) -> str:
     """Where a data dir's anchor lives, beside its projections."""
     return os.path.join(os.path.dirname(os.path.abspath(projections_dir)), "anchor")
-
-
-def fsync_tree(root: str) -> None:
-    """fsync every file, then every directory bottom-up, the root last."""
-    for dirpath, _dirs, names in os.walk(root, topdown=False):
-        for f in names:
-            fsync_dir(os.path.join(dirpath, f))
-        fsync_dir(dirpath)
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,9 @@ from fastavro import writer as avro_writer
 
 from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.errors import CorruptStoreError, UsageError
-from ledgerlog.engine.files import fsync_dir
+from ledgerlog.engine.files import fsync_dir, fsync_tree
 from ledgerlog.engine.log.base import Log, LogRecord, TopicPartition
 from ledgerlog.engine.movements import event_height
-from ledgerlog.streams.anchor import fsync_tree
 from ledgerlog.streams.feed import HEIGHT_FIELDS, EventDecoder
 
 __all__ = ["FORMAT", "MANIFEST", "RECORD_SCHEMA", "archive_dirs", "archive_records", "read_archive", "verify_archive", "write_archive"]

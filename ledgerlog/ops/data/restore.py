@@ -21,14 +21,13 @@ from ledgerlog.engine import restorejournal
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StorageError, StoreLockedError
-from ledgerlog.engine.files import fsync_dir
+from ledgerlog.engine.files import fsync_dir, fsync_tree
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import open_store
 from ledgerlog.ops.data.snapshot import (
     STEPS,
     _copy_hashed,
-    _fsync_tree,
     _locked_tmp,
     _offsets,
     read_manifest,
@@ -99,7 +98,7 @@ def _copy_checked(src: str, manifest: dict[str, Any], dst: str, path: str,
         if size != want["size"] or digest != want["sha256"]:
             raise CorruptStoreError(f"snapshot {path}: {rel} changed while being copied")
     _check_restored(dst, manifest)
-    _fsync_tree(dst, files=False)  # each file was fsynced as it was copied
+    fsync_tree(dst, files=False)  # each file was fsynced as it was copied
 
 
 def snapshot_bytes(path: str) -> int:

@@ -54,7 +54,7 @@ from ledgerlog.engine.errors import (
     StoreLockedError,
     storage_error,
 )
-from ledgerlog.engine.files import fsync_dir
+from ledgerlog.engine.files import fsync_dir, fsync_tree
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import map_error
@@ -95,14 +95,6 @@ def inside(root: str, out: str | None) -> str | None:
 
 
 # -- small file-system helpers ----------------------------------------------------------------------
-
-def _fsync_tree(root: str, *, files: bool = True) -> None:
-    """fsync every file (unless already done), then every directory bottom-up, the root last."""
-    for dirpath, _dirs, names in os.walk(root, topdown=False):
-        for f in names if files else ():
-            fsync_dir(os.path.join(dirpath, f))
-        fsync_dir(dirpath)
-
 
 def _sha256_file(path: str, progress: Progress | None = None) -> tuple[int, str]:
     h = hashlib.sha256()
@@ -410,7 +402,7 @@ def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: 
             "log_end_offsets": ends, "projections": projs, "files": files, "linked": link}
     with open(os.path.join(tmp, MANIFEST), "wb") as f:
         f.write(_manifest_bytes(body))
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
     base = f"{_safe_name(chain.genesis.chain_id)}-h{tip.height}-{stamp}"
     name, n = base, 2
