@@ -13,7 +13,7 @@ from typing import TypeVar
 from rocksdict import Checkpoint, DbClosedError, Rdict
 
 from .. import storekeys as K
-from ..errors import LogError, PrunedError
+from ..errors import LogError, PrunedError, StorageError, StoreLockedError
 from ..logtree import Trees, TreeState, has_tree, leaf_of, pruned_leaf
 from ..prunepoint import PrunePoint
 from ..rocks import (
@@ -61,6 +61,7 @@ class EmbeddedLog(Log):
             raise
         self._write_opts = write_options(sync)
         self._lock = threading.Lock()
+        self._closing = False  # a recovery is closing the database to open it anew (_reopen)
         self._guard = WriteGuard(path, self._reopen)
         self._starts: dict[TopicPartition, int] = {}
         self._prune: PrunePoint | None = None
@@ -73,8 +74,17 @@ class EmbeddedLog(Log):
     def _reopen(self) -> None:
         """After a write the disk refused: open the store anew (RocksDB keeps a database stopped
         until then) and reload the end offsets, which a write that failed late may have moved. If
-        it cannot be opened for writing yet, it is opened read-only so reads go on."""
-        for _ in range(1000):  # a reader on another thread may hold it for a moment
+        it cannot be opened for writing yet, it is opened read-only so reads go on. Meanwhile new
+        reads wait (``_closing``): readers on other threads borrowing the handle back to back
+        could otherwise keep close() from ever getting it, and the reopen would find it locked."""
+        self._closing = True
+        try:
+            self._close_and_reopen()
+        finally:
+            self._closing = False
+
+    def _close_and_reopen(self) -> None:
+        for _ in range(5000):  # a reader already inside holds it for a moment
             try:
                 self._db.close()
             except RuntimeError as exc:
@@ -86,7 +96,16 @@ class EmbeddedLog(Log):
             break
         def loaded(db: Rdict) -> None:
             self._db = db
+            self._closing = False  # the new database is in place: reads go on (_load_ends reads too)
             self._load_ends()
+        for _ in range(400):  # the closed handle holds the LOCK until a read still iterating it lets go
+            try:
+                loaded(open_store(self.path, K.LOG_FORMAT, create=False))
+                return
+            except StoreLockedError:
+                time.sleep(0.005)
+            except StorageError:
+                break
         reopen_store(self.path, K.LOG_FORMAT, loaded)
 
     def _load_ends(self) -> None:
@@ -231,6 +250,9 @@ class EmbeddedLog(Log):
         raises DbClosedError, or RuntimeError while close() holds it): a reader never fails
         because the disk came back."""
         for _ in range(3):
+            if self._closing:  # a recovery is swapping the database: wait for the new one
+                with self._lock:
+                    pass
             db = self._db
             try:
                 return read(db)
@@ -371,6 +393,8 @@ class EmbeddedLog(Log):
 
     def state_get(self, key: bytes) -> bytes | None:
         full = K.STATE_PREFIX + key
+        if self._closing:
+            return self._reading(lambda db: db.get(full))
         try:
             return self._db.get(full)
         except (DbClosedError, RuntimeError):  # swapped by a recovery meanwhile: read the new one
