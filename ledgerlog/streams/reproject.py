@@ -122,6 +122,8 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
 def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
                chosen: list[str], keep: bool, swap_lock: threading.Lock | None, workers: int,
                progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
+    for name in chosen:
+        _settle_retirements(projections_dir, name)  # a store swapped out just now may sit in a build dir
     builds = {n: _build_dir(projections_dir, n, log) for n in chosen}
     paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()
@@ -208,7 +210,10 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
         elif old_dir != built[0]:
             remove = old_dir
         # queries that already hold the old store finish before it closes (then, maybe, goes)
-        threading.Timer(1.0, _retire, (old.store, projections_dir, name, remove)).start()
+        timer = threading.Timer(1.0, _retire, (old.store, projections_dir, name, remove))
+        with _RETIRING_LOCK:
+            _RETIRING[os.path.abspath(old.store.path)] = timer
+        timer.start()
     if stale_previous and stale_previous["dir"] not in (built[0], summary.get("previous")):
         _remove(projections_dir, name, stale_previous["dir"])
     if not keep:
@@ -216,10 +221,29 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
     return summary
 
 
+#: store path -> the timer that closes it: stores swapped out, which queries may still be reading
+_RETIRING: dict[str, threading.Timer] = {}
+_RETIRING_LOCK = threading.Lock()
+
+
 def _retire(store: Any, projections_dir: str, name: str, remove: str | None) -> None:
-    store.close()
+    try:
+        store.close()
+    finally:
+        with _RETIRING_LOCK:
+            _RETIRING.pop(os.path.abspath(store.path), None)
     if remove:
         _remove(projections_dir, name, remove)
+
+
+def _settle_retirements(projections_dir: str, name: str) -> None:
+    """Wait for the stores of ``name`` swapped out less than a second ago to close: a rebuild
+    right after may reuse or remove their directories, which their open handles still lock."""
+    prefix = os.path.abspath(os.path.join(projections_dir, name)) + os.sep
+    with _RETIRING_LOCK:
+        pending = [t for path, t in _RETIRING.items() if path.startswith(prefix)]
+    for timer in pending:
+        timer.join()
 
 
 def _remove(projections_dir: str, name: str, build_dir: str) -> None:

@@ -185,3 +185,27 @@ def test_reproject_replaces_a_corrupt_projection_store_and_the_node_refuses_it_b
     out = cli(data, "reproject", "payouts")["projections"][0]
     assert out["replaced_corrupt"] and out["swapped"]
     assert cli(data, "verify")["ok"]
+
+
+def test_reprojects_back_to_back_retire_the_old_stores_cleanly(data, monkeypatch):
+    """A second reproject of one projection within the first one's retire delay (1 s): the store the
+    first swapped out is still open when the second removes its directory; it must be closed first."""
+    from ledgerlog.engine.config import load_config
+    from ledgerlog.ops.node.lifecycle import Node
+
+    failures: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(repr(args.exc_value)))
+    node = Node(load_config(data, {}))
+    try:
+        for _ in range(3):
+            (out,) = node.reproject(["balances"], keep=True)
+            assert out["identical"] and out["swapped"]
+        time.sleep(1.5)  # the retire timers have run
+        assert failures == []
+        kept = sorted(os.listdir(os.path.join(data, "projections", "balances")))
+        live = layout.read_pointer(os.path.join(data, "projections"), "balances", "live")["dir"]
+        previous = layout.read_pointer(os.path.join(data, "projections"), "balances", "previous")["dir"]
+        assert live in kept and previous in kept
+        assert len([d for d in kept if d.startswith("v")]) == 2, kept  # live + previous; older ones removed
+    finally:
+        node.stop()
