@@ -397,7 +397,7 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
             checker.run()
             report["height"] = checker.height
             sections.append(log_sec.done())
-            if not log_ok or checker.read_errors:
+            if not log_ok or checker.reader.read_errors:
                 # a RocksDB iterator stops quietly at a bad block: a replay would fold part of the
                 # log and blame the projections
                 why = ("the log store is damaged (see storage and log): a replay would fold only part "

@@ -2,38 +2,28 @@
 PROTOCOL.md (ids, signatures, hash links, tx roots, placement, cross references)."""
 from __future__ import annotations
 
-import itertools
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ledgerlog.engine import avro, intjson
-from ledgerlog.engine import storekeys as K
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.admission.roles import genesis_identity
 from ledgerlog.engine.chain import Chain
 from ledgerlog.engine.crypto import H, address_of, canonical_json, tx_root
-from ledgerlog.engine.crypto import verify as verify_sig
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.governance import PARAMETERS, out_of_range
 from ledgerlog.engine.logtree import CHUNK_LEVEL, has_tree, leaf_of
 from ledgerlog.engine.merkle import Frontier
 from ledgerlog.engine.partitioner import partition_for
-from ledgerlog.engine.procs import exit_with_parent
 from ledgerlog.ops.verify.pruned import PrunedPrefix
+from ledgerlog.ops.verify.records import RecordReader
+from ledgerlog.ops.verify.signatures import Signatures
 from ledgerlog.ops.verify.storage import (
     Section,
-    _checked_items,
-    _classify,
-    _remedy,
-    _verified_reads,
 )
 
-_SIG_BATCH = 4096
-_PARALLEL_MIN = 2048
 _PROGRESS_STEP = 1024  # records between progress reports
 
 #: Partition key of each event topic (what the admitter keys records by).
@@ -59,77 +49,6 @@ _NEVER = 1 << 63
 
 
 # -- the log --------------------------------------------------------------------------------------
-def _verify_batch(batch: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    return [verify_sig(pk, msg, sig) for pk, msg, sig in batch]
-
-
-class _Signatures:
-    """Signature checks queued in batches; with several workers the batches run in a process pool
-    while this process goes on decoding records."""
-
-    def __init__(self, sec: Section, workers: int, enabled: bool) -> None:
-        self.sec = sec
-        self.workers = workers
-        self.enabled = enabled
-        self.count = 0
-        self._work: list[tuple[bytes, bytes, bytes]] = []
-        self._where: list[tuple[str, str]] = []
-        self._pool: ProcessPoolExecutor | None = None
-        self._pending: deque[tuple[Future[list[bool]], list[tuple[str, str]]]] = deque()
-
-    def add(self, pubkey: str, message: bytes, signature: str, where: str, what: str) -> None:
-        if not self.enabled:
-            return
-        try:
-            item = (bytes.fromhex(pubkey), message, bytes.fromhex(signature))
-        except (ValueError, TypeError):
-            self.sec.problem("BAD_SIGNATURE", where, f"{what}: pubkey or signature is not hex")
-            return
-        self._work.append(item)
-        self._where.append((where, what))
-        if len(self._work) >= _SIG_BATCH:
-            self._submit()
-
-    def _submit(self) -> None:
-        work, where = self._work, self._where
-        self._work, self._where = [], []
-        if not work:
-            return
-        if self.workers > 1:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.workers, initializer=exit_with_parent)
-            self._pending.append((self._pool.submit(_verify_batch, work), where))
-            while len(self._pending) > 2 * self.workers:
-                self._collect(*self._pending.popleft())
-        else:
-            self._report(_verify_batch(work), where)
-
-    def _collect(self, future: Future[list[bool]], where: list[tuple[str, str]]) -> None:
-        self._report(future.result(), where)
-
-    def _report(self, results: list[bool], where: list[tuple[str, str]]) -> None:
-        self.count += len(results)
-        for ok, (w, what) in zip(results, where):
-            if not ok:
-                self.sec.problem("BAD_SIGNATURE", w, f"{what}: signature does not verify")
-
-    def flush(self) -> None:
-        """Run what is queued and wait for every batch."""
-        if self._pool is None and len(self._work) < _PARALLEL_MIN:
-            work, where = self._work, self._where
-            self._work, self._where = [], []
-            self._report(_verify_batch(work), where)
-        else:
-            self._submit()
-        while self._pending:
-            self._collect(*self._pending.popleft())
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-
 class _LogChecker:
     """Reads every record once, checks it on its own, and keeps what the cross checks need."""
 
@@ -139,7 +58,7 @@ class _LogChecker:
         self.codec = chain.codec
         self.g: Genesis = chain.genesis
         self.sec = sec
-        self.sigs = _Signatures(sec, workers, signatures)
+        self.sigs = Signatures(sec, workers, signatures)
         self.topics = self.log.topics()
         # blocks
         self.height = 0
@@ -167,7 +86,7 @@ class _LogChecker:
         self.gov_stamp = 0
         self.counts: dict[str, int] = {}
         self._placement: dict[tuple[bytes, str], int] = {}  # keys repeat: murmur2 once per key
-        self.read_errors = 0  # storage errors met while reading records
+        self.reader = RecordReader(self.log, self.sec, chain.config.log_path, self.topics)
         self.progress: Callable[[int], None] | None = None  # told of the records read, in steps
         point = self.log.prune_point()
         self.pruned = PrunedPrefix(self.log, point, chain.config.anchor_dir) if point is not None else None
@@ -187,7 +106,7 @@ class _LogChecker:
             ends = self.log.end_offsets(topic)
             for p, end in enumerate(ends):
                 self._partition(topic, p, end)
-        self._stray_records()
+        self.reader.stray_records()
         self.sigs.flush()
         self.sigs.close()
         try:
@@ -202,85 +121,6 @@ class _LogChecker:
             self.sec.notes.append(f"the log was pruned below height {self.pruned.point.height}: events below it "
                                   "are not re-checked (see pruned)")
 
-    def _records(self, topic: str, p: int, end: int) -> Iterator[tuple[int, bytes, int, bytes]]:
-        """(offset, key, timestamp, value) of a partition; gaps and strays become problems."""
-        db = self.log.raw()
-        where = f"{topic}[{p}]"
-        start = self.pruned.start(topic, p) if self.pruned is not None else 0
-        if db is None:  # another backend: through the log interface
-            expected = start
-            for rec in self.log.scan(topic, p, start, end):
-                if rec.offset != expected and not self._gap_explained(topic, p, expected, rec.offset):
-                    self.sec.problem("OFFSET_GAP", where, f"offsets {expected}..{rec.offset - 1} are missing")
-                expected = rec.offset + 1
-                yield rec.offset, rec.key, rec.timestamp, rec.value
-            if expected < end and not self._gap_explained(topic, p, expected, end):
-                self.sec.problem("OFFSET_GAP", where, f"offsets {expected}..{end - 1} are missing (end offset {end})")
-            return
-        prefix = K.record_prefix(topic, p)
-        n = len(prefix)
-        expected = start
-        try:
-            for key, val in _checked_items(db, prefix):
-                if len(key) != n + 8:
-                    self.sec.problem("BAD_RECORD", where, f"record key {key!r} is not <prefix><offset:8>")
-                    continue
-                off = K.U64.unpack_from(key, n)[0]
-                if off != expected:
-                    self.sec.problem("OFFSET_GAP", where, f"offsets {expected}..{off - 1} are missing")
-                expected = off + 1
-                if off >= end:
-                    self.sec.problem("BEYOND_END", f"{where}@{off}", f"record at or past the end offset {end}")
-                stored = K.split_record_value(val)
-                if stored is None:
-                    self.sec.problem("BAD_RECORD", f"{where}@{off}", "record value is shorter than its header says")
-                    continue
-                ts, rkey, value = stored
-                yield off, rkey, ts, value
-        except Exception as exc:
-            self.read_errors += 1
-            code, file = _classify(str(exc), self.chain.config.log_path)
-            self.sec.problem(code, f"{where}@{expected}", f"reading the log failed: {exc}", file=file,
-                             remedy=_remedy("log", "log", self.chain.config.log_path))
-            return
-        if expected < end:
-            self.sec.problem("OFFSET_GAP", where, f"offsets {expected}..{end - 1} are missing (end offset {end})")
-
-    def _gap_explained(self, topic: str, p: int, start: int, stop: int) -> bool:
-        """Are offsets start..stop-1, which no reader saw, what the backend puts between records?
-        Never on a contiguous log. On Kafka every append is a transaction that ends with a commit
-        marker on each partition it wrote: one unseen offset after a record is that marker. A
-        longer gap must be an aborted transaction's records (seen read_uncommitted) and their
-        markers: never two unseen offsets in a row. A record lost inside a transaction looks
-        like a marker to this check; the hash links, tx roots and cross references catch it."""
-        if self.log.contiguous_offsets or stop <= start:
-            return False
-        if stop - start == 1:
-            return True
-        probe = self.log.uncommitted_offsets(topic, p, start, stop)
-        if probe is None:
-            return False
-        seen = set(probe)
-        holes = [o for o in range(start, stop) if o not in seen]
-        return all(b - a > 1 for a, b in itertools.pairwise(holes))
-
-    def _stray_records(self) -> None:
-        """Records under a topic partition the log does not have."""
-        db = self.log.raw()
-        if db is None:
-            return
-        it = db.iter(_verified_reads())
-        it.seek(K.RECORD_PREFIX)
-        while it.valid() and it.key().startswith(K.RECORD_PREFIX):
-            key = it.key()
-            parsed = K.parse_record_key(key)
-            topic, p = (parsed[0], parsed[1]) if parsed else (key[len(K.RECORD_PREFIX):].decode(errors="replace"), -1)
-            if parsed is None or p >= self.topics.get(topic, 0):
-                self.sec.problem("STRAY_RECORD", f"{topic}[{p}]", f"record key {key[:80]!r} belongs to no topic partition")
-                it.next()
-                continue
-            it.seek(K.record_prefix(topic, p) + b"\xff" * 9)  # past this partition
-
     def _partition(self, topic: str, p: int, end: int) -> None:
         n = 0
         tree = Frontier() if has_tree(topic) and self.log.trees is not None else None
@@ -290,7 +130,7 @@ class _LogChecker:
                 for level, index, h in tree.append(leaf):
                     if level >= CHUNK_LEVEL and self.log.trees.node(topic, p, level, index) != h:  # type: ignore[union-attr]
                         mismatched.append((level, index))
-        for off, key, ts, value in self._records(topic, p, end):
+        for off, key, ts, value in self.reader.records(topic, p, self.pruned.start(topic, p) if self.pruned is not None else 0, end):
             n += 1
             if self.progress is not None and not n % _PROGRESS_STEP:
                 self.progress(_PROGRESS_STEP)
