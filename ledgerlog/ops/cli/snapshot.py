@@ -4,7 +4,8 @@ checked file by file, their verified, crash-safe restore, and their retention.""
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import typer
 
@@ -138,9 +139,16 @@ def snapshot_restore(ctx: typer.Context,
     2 on a usage error (no snapshot there, the data dir is not empty without --force)."""
     from ledgerlog.ops.data.restore import restore_snapshot
     data_dir = ctx.find_root().obj["data_dir"]
+    with _snapshot_errors(), progress_bar("restore", unit="B", quiet=quiet) as bar:
+        result = restore_snapshot(path, data_dir, force=force, progress=bar)
+    emit(result)
+
+
+@contextmanager
+def _snapshot_errors() -> Iterator[None]:
+    """A corrupt or locked snapshot exits 1 (CORRUPT, LOCKED); a bad path or target 2 (USAGE)."""
     try:
-        with progress_bar("restore", unit="B", quiet=quiet) as bar:
-            result = restore_snapshot(path, data_dir, force=force, progress=bar)
+        yield
     except CorruptStoreError as exc:
         fail(str(exc), 1, code="CORRUPT")
         raise
@@ -150,7 +158,6 @@ def snapshot_restore(ctx: typer.Context,
     except ConfigError as exc:
         fail(str(exc), 2, code="USAGE")
         raise
-    emit(result)
 
 
 @snapshot_app.command("verify")
@@ -165,21 +172,12 @@ def snapshot_verify(path: str = typer.Argument(..., help="The snapshot directory
     from ledgerlog.ops.data.snapshot import reading, summary, verify_snapshot
     if not os.path.isdir(path):
         fail(f"no snapshot at {path}", 2, code="USAGE")
-    try:
-        with reading(path), progress_bar("snapshot", unit="B", quiet=quiet) as bar:  # reading: prune leaves it be
-            if deep:
-                manifest = deep_check(path, bar)
-            else:
-                if bar is not None:
-                    bar.set_total(snapshot_bytes(path))
-                manifest = verify_snapshot(path, bar)
-    except CorruptStoreError as exc:
-        fail(str(exc), 1, code="CORRUPT")
-        raise
-    except StoreLockedError as exc:
-        fail(str(exc), 1, code="LOCKED")
-        raise
-    except ConfigError as exc:
-        fail(str(exc), 2, code="USAGE")
-        raise
+    # reading: snapshot prune leaves it be meanwhile
+    with _snapshot_errors(), reading(path), progress_bar("snapshot", unit="B", quiet=quiet) as bar:
+        if deep:
+            manifest = deep_check(path, bar)
+        else:
+            if bar is not None:
+                bar.set_total(snapshot_bytes(path))
+            manifest = verify_snapshot(path, bar)
     emit({**summary(manifest, path), "ok": True, "deep": deep})
