@@ -20,7 +20,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.tansu import version as tansu_version
 
 from . import ceiling, history, report
-from .common import machine, plan_for, versions
+from .common import MIN_SECONDS_ENV, machine, plan_for, versions
 from .ingest import ingest
 from .peers import PEERS, run_peers
 from .query import query
@@ -48,6 +48,7 @@ def run(size: str, out: str, peers: list[str], keep: str | None, query_rate: flo
     plan = plan_for(size)
     if query_rate:
         plan = replace(plan, query_rate=query_rate)
+    os.environ[MIN_SECONDS_ENV] = str(plan.min_seconds)  # steady() here and in child processes
     work = keep or tempfile.mkdtemp(prefix="ll-bench-")
     os.makedirs(work, exist_ok=True)
     res: dict[str, Any] = {"_t0": time.monotonic(), "size": plan.name, "plan": plan.to_dict(),

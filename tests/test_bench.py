@@ -99,3 +99,14 @@ def test_unknown_peer_is_a_usage_error(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--size", "tiny", "--peers", "nosuch",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, check=False, timeout=60)
     assert proc.returncode != 0 and b"unknown peers" in proc.stderr
+
+
+def test_steady_repeats_each_run_to_the_floor_and_reports_the_median() -> None:
+    from benchmarks.common import steady
+
+    passes = iter([(10, 0.5)] * 4 + [(30, 1.0)] * 2 + [(5, 1.0)] * 2)  # runs: 40/2s, 60/2s, 10/2s
+    fig = steady(lambda: next(passes), runs=3, min_seconds=2.0)
+    assert fig["runs_per_s"] == [20.0, 30.0, 5.0]
+    assert fig["per_s"] == 20.0 and fig["units"] == 40 and fig["seconds"] == 2.0
+    assert fig["spread"] == round((30 - 5) / 20, 3)
+    assert steady(lambda: (7, 0.01), runs=1, min_seconds=0.0)["runs_per_s"] == [700.0]
