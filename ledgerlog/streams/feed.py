@@ -80,7 +80,11 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
     """A function ``decode(buf, p)`` reading the Avro binary datum of ``schema_text`` at ``buf[p:]``
     (records, arrays, string, long, int, boolean; otherwise Unsupported), giving what fastavro's
     ``schemaless_reader`` gives with that schema as writer and no reader schema; with ``fields``,
-    only those fields (in schema order), the others skipped undecoded."""
+    only those fields (in schema order).
+
+    What a Spec leaves out costs as little as it can: a skipped string or array block is jumped
+    over by its length (no bytes are copied and no str made), a skipped number only has its bytes
+    stepped over, and nothing after the last field wanted is read at all."""
     lines: list[str] = []
     names = SchemaNames()
     var, resolve, record_ns = names.var, names.resolve, names.record_ns
@@ -108,7 +112,21 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
         lines.append(f"{ind}if n < 0:")
         lines.append(f"{ind}    raise ValueError('negative length')")
 
-    def gen(t: Any, ind: str, ns: str | None, spec: Spec | None) -> str:
+    def skip_bytes(ind: str) -> None:
+        # a length (one byte below 64) and that many bytes, stepped over
+        lines.append(f"{ind}b = buf[p]")
+        lines.append(f"{ind}if b < 128 and not b & 1:")
+        lines.append(f"{ind}    p += 1 + (b >> 1)")
+        lines.append(f"{ind}else:")
+        length(ind + "    ")
+        lines.append(f"{ind}    p += n")
+
+    def wanted(spec: Spec | None, t: dict[str, Any]) -> list[bool]:
+        return [spec is None or f["name"] in spec for f in t["fields"]]
+
+    def gen(t: Any, ind: str, ns: str | None, spec: Spec | None, tail: bool = False) -> str:
+        """Code reading a ``t`` into a fresh variable, returned; ``tail``: nothing after this
+        value is read, so its own unwanted trailing fields need not be stepped over."""
         t, ns = resolve(t, ns)
         if t in ("long", "int"):
             v = var()
@@ -127,10 +145,16 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
             return v
         if isinstance(t, dict) and t.get("type") == "record":
             inner = record_ns(t, ns)
+            want = wanted(spec, t)
+            last = max((i for i, w in enumerate(want) if w), default=-1)
             parts = []
-            for f in t["fields"]:
-                if spec is None or f["name"] in spec:
-                    parts.append((f["name"], gen(f["type"], ind, inner, None if spec is None else spec[f["name"]])))
+            for i, f in enumerate(t["fields"]):
+                if want[i]:
+                    sub = None if spec is None else spec[f["name"]]
+                    parts.append((f["name"], gen(f["type"], ind, inner, sub, tail and i == last)))
+                elif tail and i > last:
+                    resolve(f["type"], inner)  # names it defines may be used later: keep them known
+                    _define(f["type"], inner)
                 else:
                     skip(f["type"], ind, inner)
             v = var()
@@ -152,6 +176,17 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
             return v
         raise Unsupported(repr(t)[:80])
 
+    def _define(t: Any, ns: str | None) -> None:
+        """Walk a type no code reads, so the named records it defines are known to later fields."""
+        t, ns = resolve(t, ns)
+        if isinstance(t, dict) and t.get("type") == "record":
+            for f in t["fields"]:
+                _define(f["type"], record_ns(t, ns))
+        elif isinstance(t, dict) and t.get("type") == "array":
+            _define(t["items"], ns)
+        elif t not in ("long", "int", "string", "boolean"):
+            raise Unsupported(repr(t)[:80])
+
     def skip(t: Any, ind: str, ns: str | None) -> None:
         t, ns = resolve(t, ns)
         if t in ("long", "int"):
@@ -159,8 +194,7 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
             lines.append(f"{ind}    p += 1")
             lines.append(f"{ind}p += 1")
         elif t == "string":
-            length(ind)
-            lines.append(f"{ind}p += n")
+            skip_bytes(ind)
         elif t == "boolean":
             lines.append(f"{ind}p += 1")
         elif isinstance(t, dict) and t.get("type") == "record":
@@ -183,7 +217,7 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
         else:
             raise Unsupported(repr(t)[:80])
 
-    result = gen(json.loads(schema_text), "    ", None, fields)
+    result = gen(json.loads(schema_text), "    ", None, fields, tail=fields is not None)
     src = "\n".join(["def decode(buf, p):", *lines,
                      "    if p > len(buf):",
                      "        raise EOFError('truncated Avro record')",

@@ -67,7 +67,7 @@ def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, pat
     log = EmbeddedLog(log_path, secondary=True)
     try:
         runner = Runner(log, Codec(Registry(log)), Genesis.from_dict(genesis_raw), projections_dir,
-                        names=list(paths), batch=batch, paths=paths)
+                        names=list(paths), batch=batch, paths=paths, bulk=True)
 
         def tick(n: int) -> None:
             with counter.get_lock():

@@ -128,11 +128,12 @@ def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, l
     paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()
     folded = _build_bulk(log, codec, genesis, projections_dir, paths, live.batch, workers, progress)
-    build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch, paths=paths)
+    build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch, paths=paths, bulk=True)
     for name, n in folded.items():
         build.handles[name].events += n
     try:
         build.catch_up(progress=progress)  # the rest, while the live runner keeps folding
+        build.end_bulk()  # the stores go live: flushed, and logged writes from here on
         with swap_lock or nullcontext():
             targets = {t: log.end_offsets(t) for t in log.topics()}
             build.catch_up(until=targets, progress=progress)
@@ -167,7 +168,7 @@ def _build_bulk(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
                         [{n: paths[n] for n in g} for g in groups[1:]], batch).start()
     folded: dict[str, int] = {}
     try:
-        mine = Runner(log, codec, genesis, projections_dir, names=list(own), batch=batch, paths=own)
+        mine = Runner(log, codec, genesis, projections_dir, names=list(own), batch=batch, paths=own, bulk=True)
         try:
             def tick(n: int) -> None:
                 if progress is not None:

@@ -93,15 +93,17 @@ class Runner:
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
                  names: Iterable[str] | None = None, batch: int = 20_000, read_only: bool = False,
                  paths: dict[str, str] | None = None, skip_corrupt: bool = False,
-                 anchor_dir: str | None = None) -> None:
+                 anchor_dir: str | None = None, bulk: bool = False) -> None:
         """``skip_corrupt``: leave out live stores that fail to open as corrupt, ahead of the log
         or behind its start (listed in ``corrupt``) instead of failing, so a rebuild can replace
         them. ``anchor_dir``: where the anchor of a pruned log is (default: beside
-        ``projections_dir``); a store created new starts as a copy of its anchor store."""
+        ``projections_dir``); a store created new starts as a copy of its anchor store. ``bulk``:
+        the stores write without RocksDB's write-ahead log until ``end_bulk`` (a rebuild)."""
         self.log, self.codec, self.genesis = log, codec, genesis
         self.anchor_dir = anchor_dir or anchor_root(projections_dir)
         self.batch = batch
         self.read_only = read_only
+        self.bulk = bulk
         self.handles: dict[str, ProjectionHandle] = {}
         self._cond = threading.Condition()
         self.projections_dir = projections_dir
@@ -142,7 +144,7 @@ class Runner:
                 raise PrunedError(f"projection {module.NAME} cannot be built from offset 0: the log was pruned "
                                   f"below height {point.height if point else '?'} and there is no anchor at "
                                   f"{self.anchor_dir}; restore the data dir from a snapshot")
-        store = ProjectionStore(path, read_only=self.read_only)
+        store = ProjectionStore(path, read_only=self.read_only, bulk=self.bulk)
         ahead = self.log.ahead(store.positions())
         if ahead:  # never serve state the log does not hold
             store.close()
@@ -349,6 +351,12 @@ class Runner:
         pos = h.store.positions()
         return all(pos.get((t, p), 0) >= end for t in h.module.TOPICS
                    for p, end in enumerate(targets.get(t, [])))
+
+    def end_bulk(self) -> None:
+        """Flush the stores written in bulk; they write with RocksDB's write-ahead log from now on."""
+        self.bulk = False
+        for h in self.handles.values():
+            h.store.end_bulk()
 
     def digests(self) -> dict[str, str]:
         return {name: h.store.digest_hex() for name, h in self.handles.items()}
