@@ -2,8 +2,10 @@
 
 Each module declares NAME, VERSION, TOPICS, ``initial(genesis, txn)``, ``fold(genesis, events, txn)``
 and read functions over a View; optionally FIELDS (topic -> dotted paths of the event fields its
-fold reads), so the runtime decodes only those (and the event's height). The runtime (streams/) owns reading, decoding, the WriteBatch,
-positions and digests. Imports engine only.
+fold reads), so the runtime decodes only those (and the event's height); optionally SHARDABLE
+(its state splits by a key into disjoint shards: ``initial`` and ``fold`` then take a ``shard``
+and keep only what it owns, see base.Shard). The runtime (streams/) owns reading, decoding, the
+WriteBatch, positions and digests. Imports engine only.
 """
 from . import balances, chainstate, energy, payouts
 

@@ -4,7 +4,10 @@ Keys: ``a/<addr>`` -> [balance, staked, nonce, last_height];
 ``h/<addr>/<height:8>`` -> [balance, staked, nonce] as of that height, so "balance at H" is one
 seek to the last entry <= H. Money moves by engine.movements, the same rules admission applies.
 Commutative across partitions: an event older than an account's latest entry adds its delta to
-every later history entry (rare; the runner folds in height order)."""
+every later history entry (rare; the runner folds in height order). Every key belongs to one
+account, so the state splits by account into shards (``SHARDABLE``): a shard folds every event
+but keeps only its accounts' movements, and the shards' states are disjoint and add up to the
+whole (a rebuild folds them in parallel processes)."""
 from __future__ import annotations
 
 import heapq
@@ -15,10 +18,11 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.movements import confirmed_nonce, event_height, movements
 
-from .base import U64, Event, Txn, View, h8, jdump, jload
+from .base import U64, Event, Shard, Txn, View, h8, jdump, jload, shard_of
 
 NAME = "balances"
 VERSION = 1
+SHARDABLE = True
 TOPICS = (T.BLOCKS, T.TRANSACTIONS, T.PROVIDERS, T.SETTLEMENTS, T.PAYOUTS)
 #: the event fields the fold reads (engine.movements: movements, confirmed_nonce, event_height)
 FIELDS = {
@@ -40,8 +44,10 @@ def _hprefix(addr: str) -> bytes:
     return b"h/" + addr.encode() + b"/"
 
 
-def initial(genesis: Genesis, txn: Txn) -> None:
+def initial(genesis: Genesis, txn: Txn, shard: Shard | None = None) -> None:
     for addr, amount in sorted(genesis.allocations.items()):
+        if shard is not None and shard_of(addr, shard[1]) != shard[0]:
+            continue
         txn.put(_akey(addr), jdump([amount, 0, 0, 0]))
         txn.put(_hprefix(addr) + h8(0), jdump([amount, 0, 0]))
 
@@ -95,13 +101,21 @@ class _Batch:
             put(prefix + pack(height), jdump(v))
 
 
-def fold(genesis: Genesis, events: Iterable[Event], txn: Txn) -> None:
+def fold(genesis: Genesis, events: Iterable[Event], txn: Txn, shard: Shard | None = None) -> None:
+    """Fold ``events``; with ``shard``, only the movements of the accounts that shard owns."""
     batch = _Batch(txn)
     apply = batch.apply
+    owned: dict[str, bool] = {}
     for topic, ev in events:
         height = event_height(topic, ev)
         nonce = confirmed_nonce(topic, ev)
         for addr, d_bal, d_staked in movements(topic, ev, genesis):
+            if shard is not None:
+                mine = owned.get(addr)
+                if mine is None:
+                    mine = owned[addr] = shard_of(addr, shard[1]) == shard[0]
+                if not mine:
+                    continue
             apply(addr, height, d_bal, d_staked, nonce[1] if nonce and nonce[0] == addr else 0)
     batch.flush()
 

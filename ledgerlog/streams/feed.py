@@ -18,6 +18,8 @@ versions go through ``Codec.decode`` (fastavro, with schema resolution). Both gi
 key order included (tests/streams/test_feed.py)."""
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import struct
 from collections.abc import Callable
@@ -85,7 +87,72 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
     What a Spec leaves out costs as little as it can: a skipped string or array block is jumped
     over by its length (no bytes are copied and no str made), a skipped number only has its bytes
     stepped over, and nothing after the last field wanted is read at all."""
+    scope: dict[str, Any] = {}
+    exec(_decoder_code(schema_text, repr(fields)), scope)
+    return scope["decode"]  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=256)
+def _decoder_code(schema_text: str, fields_repr: str) -> Any:
+    lines, result, _ = _generate(schema_text, ast.literal_eval(fields_repr), "    ")
+    src = "\n".join(["def decode(buf, p):", *lines,
+                     "    if p > len(buf):",
+                     "        raise EOFError('truncated Avro record')",
+                     f"    return {result}", ""])
+    return compile(src, "<generated avro decoder>", "exec")
+
+
+#: a chunk decoder: (record values of consecutive offsets, first offset, partition index, buffer)
+ChunkDecoder = Callable[[list[bytes], int, int, list[Any]], None]
+
+
+def compile_chunk_decoder(schema_text: str, fields: Spec | None, height: str, header: bytes,
+                          slow: Callable[[bytes, int], dict[str, Any]],
+                          height_of: Callable[[dict[str, Any]], int]) -> ChunkDecoder:
+    """A function ``decode_chunk(values, off, i, out)`` that decodes embedded-log record values
+    (RECORD_HEAD, key, Confluent-framed Avro) of consecutive offsets from ``off`` and appends
+    ``(height, i, offset, event)`` to ``out``: ``compile_decoder``'s code in one loop, the framing
+    checked inline and the height (the dotted path ``height``, which ``fields`` must decode) taken
+    from its variable, with no call per record. A value not framed with ``header`` (another schema
+    version) goes to ``slow(buf, p)`` and ``height_of``."""
+    code = _chunk_code(schema_text, repr(fields), height)
+    scope: dict[str, Any] = {"header": header, "slow": slow, "height_of": height_of}
+    exec(code, scope)
+    return scope["decode_chunk"]  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=256)
+def _chunk_code(schema_text: str, fields_repr: str, height: str) -> Any:
+    """The compiled module code of a chunk decoder (compiled once per process: every feed, and
+    so every runner a rebuild makes, uses it again)."""
+    fields = ast.literal_eval(fields_repr)
+    lines, result, leaves = _generate(schema_text, fields, "        ")
+    if height not in leaves:
+        raise Unsupported(f"{height} is not decoded")
+    src = "\n".join([
+        "def decode_chunk(values, off, i, out, header=header, slow=slow, height_of=height_of, len=len):",
+        "    for buf in values:",
+        f"        p = {_HEAD.size} + ((buf[8] << 24) | (buf[9] << 16) | (buf[10] << 8) | buf[11])",
+        "        if buf[p:p + 5] != header:",
+        "            ev = slow(buf, p)",
+        "            out.append((height_of(ev), i, off, ev))",
+        "            off += 1",
+        "            continue",
+        "        p += 5",
+        *lines,
+        "        if p > len(buf):",
+        "            raise EOFError('truncated Avro record')",
+        f"        out.append(({leaves[height]}, i, off, {result}))",
+        "        off += 1", ""])
+    # the defaults are bound when the module code runs, from the scope it runs in
+    return compile(src, "<generated avro chunk decoder>", "exec")
+
+
+def _generate(schema_text: str, fields: Spec | None, base: str) -> tuple[list[str], str, dict[str, str]]:
+    """Lines (indented by ``base``) reading the datum at ``buf[p:]`` and advancing ``p``; the
+    variable holding the result; the variable of each decoded number or string, by dotted path."""
     lines: list[str] = []
+    leaves: dict[str, str] = {}
     names = SchemaNames()
     var, resolve, record_ns = names.var, names.resolve, names.record_ns
 
@@ -124,16 +191,16 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
     def wanted(spec: Spec | None, t: dict[str, Any]) -> list[bool]:
         return [spec is None or f["name"] in spec for f in t["fields"]]
 
-    def gen(t: Any, ind: str, ns: str | None, spec: Spec | None, tail: bool = False) -> str:
+    def gen(t: Any, ind: str, ns: str | None, spec: Spec | None, tail: bool = False, path: str = "") -> str:
         """Code reading a ``t`` into a fresh variable, returned; ``tail``: nothing after this
         value is read, so its own unwanted trailing fields need not be stepped over."""
         t, ns = resolve(t, ns)
         if t in ("long", "int"):
-            v = var()
+            v = leaves[path] = var()
             long_(ind, v)
             return v
         if t == "string":
-            v = var()
+            v = leaves[path] = var()
             length(ind)
             lines.append(f"{ind}{v} = buf[p:p + n].decode()")
             lines.append(f"{ind}p += n")
@@ -151,7 +218,8 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
             for i, f in enumerate(t["fields"]):
                 if want[i]:
                     sub = None if spec is None else spec[f["name"]]
-                    parts.append((f["name"], gen(f["type"], ind, inner, sub, tail and i == last)))
+                    parts.append((f["name"], gen(f["type"], ind, inner, sub, tail and i == last,
+                                                 f"{path}.{f['name']}" if path else f["name"])))
                 elif tail and i > last:
                     resolve(f["type"], inner)  # names it defines may be used later: keep them known
                     _define(f["type"], inner)
@@ -171,7 +239,7 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
             lines.append(f"{ind}        {c} = -{c}")
             long_(ind + "        ", "_")
             lines.append(f"{ind}    for _i in range({c}):")
-            item = gen(t["items"], ind + "        ", ns, None)
+            item = gen(t["items"], ind + "        ", ns, None, path=path + "[]")
             lines.append(f"{ind}        {v}.append({item})")
             return v
         raise Unsupported(repr(t)[:80])
@@ -217,14 +285,8 @@ def compile_decoder(schema_text: str, fields: Spec | None = None) -> Callable[[b
         else:
             raise Unsupported(repr(t)[:80])
 
-    result = gen(json.loads(schema_text), "    ", None, fields, tail=fields is not None)
-    src = "\n".join(["def decode(buf, p):", *lines,
-                     "    if p > len(buf):",
-                     "        raise EOFError('truncated Avro record')",
-                     f"    return {result}", ""])
-    scope: dict[str, Any] = {}
-    exec(compile(src, "<generated avro decoder>", "exec"), scope)
-    return scope["decode"]
+    result = gen(json.loads(schema_text), base, None, fields, tail=fields is not None)
+    return lines, result, leaves
 
 
 class EventDecoder:
@@ -236,6 +298,7 @@ class EventDecoder:
         self._codec = codec if isinstance(codec, Codec) else None
         self._plain = codec.decode if isinstance(codec, Codec) else codec
         self._fns: dict[tuple[str, str], Callable[[bytes, int], dict[str, Any]]] = {}
+        self._chunks: dict[tuple[str, str], ChunkDecoder] = {}
 
     def for_topic(self, topic: str, fields: Spec | None = None) -> Callable[[bytes, int], dict[str, Any]]:
         key = (topic, repr(fields))
@@ -244,12 +307,45 @@ class EventDecoder:
             fn = self._fns[key] = self._make(topic, fields)
         return fn
 
-    def _make(self, topic: str, fields: Spec | None) -> Callable[[bytes, int], dict[str, Any]]:
+    def for_chunk(self, topic: str, fields: Spec | None = None) -> ChunkDecoder:
+        """``decode_chunk(values, off, i, out)`` of embedded-log record values (see
+        ``compile_chunk_decoder``); a loop over ``for_topic`` where no code can be generated."""
+        key = (topic, repr(fields))
+        fn = self._chunks.get(key)
+        if fn is None:
+            fn = self._chunks[key] = self._make_chunk(topic, fields)
+        return fn
+
+    def _make_chunk(self, topic: str, fields: Spec | None) -> ChunkDecoder:
+        one, height_of = self.for_topic(topic, fields), _height_fn(topic)
+        head = _HEAD.unpack_from
+        size = _HEAD.size
+
+        def loop(values: list[bytes], off: int, i: int, out: list[Any]) -> None:
+            for v in values:
+                ev = one(v, size + head(v)[1])
+                out.append((height_of(ev), i, off, ev))
+                off += 1
+
+        if self._codec is None:
+            return loop
+        try:
+            sid = self._codec.schema_id(topic)
+            schema = self._codec.registry.by_id[sid].schema
+            return compile_chunk_decoder(schema, fields, _HEIGHT_PATH.get(topic, "stamp_height"),
+                                         struct.pack(">bI", 0, sid), self._slow(topic), height_of)
+        except (KeyError, Unsupported):
+            return loop
+
+    def _slow(self, topic: str) -> Callable[[bytes, int], dict[str, Any]]:
         plain = self._plain
 
         def slow(buf: bytes, p: int) -> dict[str, Any]:
             return plain(topic, buf[p:] if p else buf)
+        return slow
 
+    def _make(self, topic: str, fields: Spec | None) -> Callable[[bytes, int], dict[str, Any]]:
+        slow = self._slow(topic)
         if self._codec is None:
             return slow
         try:
@@ -269,6 +365,7 @@ class EventDecoder:
 # -- the feed -----------------------------------------------------------------------------------
 #: the fields ``engine.movements.event_height`` reads, decoded whatever a Spec says
 HEIGHT_FIELDS: dict[str, Spec] = {T.BLOCKS: {"header": {"height": None}}, T.TRANSACTIONS: {"height": None}}
+_HEIGHT_PATH = {T.BLOCKS: "header.height", T.TRANSACTIONS: "height"}  # others: stamp_height
 _STAMP: Spec = {"stamp_height": None}
 
 
@@ -288,6 +385,7 @@ class Feed:
         self.low = list(self._next)  # next offset to take (everything before it was taken)
         self._buf: list[list[Entry]] = [[] for _ in self.tps]
         self._start = [0] * len(self.tps)  # taken entries at the front of each buffer
+        self._chunks: list[ChunkDecoder | None] = [None] * len(self.tps)
         self._db = log.raw()  # the embedded store: read record values straight from it
         self.picked: list[Entry] = []  # what the last ``select`` picked: the events' coordinates
 
@@ -302,16 +400,16 @@ class Feed:
         if self._start[i]:
             del buf[:self._start[i]]
             self._start[i] = 0
-        dec = self._decoder.for_topic(topic, self._fields.get(topic))
-        height_of = _height_fn(topic)
         got = self._read_embedded(topic, p, start, n) if self._db is not None else None
         if got is not None:
-            head, size = _HEAD.unpack_from, _HEAD.size
-            for off, v in enumerate(got, start):
-                ev = dec(v, size + head(v)[1])
-                buf.append((height_of(ev), i, off, ev))
+            chunk = self._chunks[i]
+            if chunk is None:
+                chunk = self._chunks[i] = self._decoder.for_chunk(topic, self._fields.get(topic))
+            chunk(got, start, i, buf)
             self._next[i] = start + len(got)
             return
+        dec = self._decoder.for_topic(topic, self._fields.get(topic))
+        height_of = _height_fn(topic)
         recs = self.log.read(topic, p, start, n)
         for r in recs:
             ev = dec(r.value, 0)

@@ -1,98 +1,193 @@
-"""Building projections in parallel processes: one process per group of projections, each
-following the embedded log as a RocksDB secondary instance (no lock, so it works beside a node).
+"""Building projections in parallel processes, each following the embedded log as a RocksDB
+secondary instance (no lock, so it works beside a node).
 
-Folds are independent per projection, so a rebuild of several projections uses every core;
-the work is split by the estimated cost of each projection's records (a process reads and decodes
-a record once for all of its projections, so the split also keeps projections that share topics
-apart only when it must). The caller folds one group itself while the others run in children."""
+The work is split into units: a projection, or one shard of a SHARDABLE one (its state split by
+account: every shard reads and decodes all of the projection's records but folds and writes only
+its accounts, and the shards' stores are merged at the end). Units are spread over the processes
+by estimated cost (a process reads and decodes a record once for all of its units, so units that
+share topics stay together unless the balance needs them apart), and sharding is used only when
+it lowers the costliest process. The caller folds the costliest group itself while the others run
+in children forked from a fork server that has ledgerlog imported (a child starts in
+milliseconds, not the half second of a fresh interpreter, and no thread of the caller is forked).
+Every unit folds up to the same log ends, so shards can be merged; the caller then folds the rest.
+"""
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import os
+import shutil
 import time
 from collections.abc import Callable
 from itertools import product
 from typing import Any
 
 from ledgerlog import projections
+from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 
-__all__ = ["groups_by_work", "build_parallel", "ParallelBuild"]
+from .runner import Runner
+from .store import ProjectionStore
 
+__all__ = ["Unit", "plan_groups", "groups_by_work", "build_bulk", "catch_up_parallel", "ParallelBuild", "warm"]
+
+log = logging.getLogger("ledgerlog.parallel")
+
+#: (projection, shard index, shard count); (name, 0, 1) is the whole projection
+Unit = tuple[str, int, int]
 #: Relative cost of folding one record, per projection (measured on the bench history: chainstate
 #: writes a block's whole event and a row per transaction and submission); others count 1.
 FOLD_COST = {"chainstate": 1.35}
 #: Relative cost of reading and decoding one record, paid once per process that reads its topic.
 READ_COST = 0.6
+#: Relative cost, per record of a sharded projection, of merging its shards' stores afterwards.
+MERGE_COST = 0.1
+#: Below this many records a projection is not worth splitting (process and merge overheads);
+#: the environment variable overrides it (tests split small logs).
+MIN_SHARD_RECORDS = 20_000
+MIN_SHARD_RECORDS_ENV = "LEDGERLOG_SHARD_MIN_RECORDS"
+#: A first fold further behind than this many records (all projections) is built in parallel.
+FIRST_FOLD_MIN_LAG = 50_000
+SHARDS_DIR = "shards"
 
 
-def groups_by_work(log: Log, names: list[str], workers: int) -> list[list[str]]:
-    """Split ``names`` into at most ``workers`` groups of similar estimated cost, costliest group
-    first (the caller folds that one: it starts at once, while children are still starting)."""
-    records = {t: sum(log.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS}
+def _context() -> Any:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # no effect once the server runs
+    return ctx
 
-    def cost(group: list[str]) -> float:
-        topics = {t for n in group for t in projections.ALL[n].TOPICS}
-        return (READ_COST * sum(records[t] for t in topics)
-                + sum(FOLD_COST.get(n, 1.0) * records[t] for n in group for t in projections.ALL[n].TOPICS))
 
-    k = max(1, min(workers, len(names)))
-    if k ** len(names) <= 50_000:  # small: try every assignment
-        best: list[list[str]] | None = None
+def warm() -> None:
+    """Start the fork server now, so it imports ledgerlog while the caller gets ready."""
+    from multiprocessing import forkserver
+    _context()
+    forkserver.ensure_running()
+
+
+def shard_paths(path: str, count: int) -> list[str]:
+    """Where the shards of the store at ``path`` are built (inside its directory, so removing a
+    build removes its shards too)."""
+    return [os.path.join(path, SHARDS_DIR, f"{i}-of-{count}") for i in range(count)]
+
+
+def _cost_fn(log_: Log, names: list[str]) -> Callable[[list[Unit]], float]:
+    records = {t: sum(log_.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS}
+
+    def cost(group: list[Unit]) -> float:
+        topics = {t for n, _, _ in group for t in projections.ALL[n].TOPICS}
+        fold = sum(FOLD_COST.get(n, 1.0) * records[t] * (1 / k + (MERGE_COST if k > 1 else 0))
+                   for n, _, k in group for t in projections.ALL[n].TOPICS)
+        return READ_COST * sum(records[t] for t in topics) + fold
+    return cost
+
+
+def _assign(units: list[Unit], k: int, cost: Callable[[list[Unit]], float]) -> list[list[Unit]]:
+    """``units`` in at most ``k`` groups with the lowest costliest group (shards of one projection
+    in different groups)."""
+    def valid(groups: list[list[Unit]]) -> bool:
+        return all(len({n for n, _, _ in g}) == len(g) for g in groups)
+
+    if k ** len(units) <= 50_000:  # small: try every assignment
+        best: list[list[Unit]] | None = None
         best_cost = float("inf")
-        for assign in product(range(k), repeat=len(names)):
-            groups = [[n for n, g in zip(names, assign) if g == i] for i in range(k)]
+        for assign in product(range(k), repeat=len(units)):
+            groups = [[u for u, g in zip(units, assign) if g == i] for i in range(k)]
+            if not valid(groups):
+                continue
             worst = max(cost(g) for g in groups if g)
             if worst < best_cost - 1e-9:
                 best, best_cost = groups, worst
-        groups = best or [names]
-    else:  # greedy: costliest projection to the cheapest group
-        groups = [[] for _ in range(k)]
-        for n in sorted(names, key=lambda x: -cost([x])):
-            min(groups, key=cost).append(n)
-    return sorted((g for g in groups if g), key=cost, reverse=True)
+        return best or [units]
+    greedy: list[list[Unit]] = [[] for _ in range(k)]  # costliest unit to the cheapest group
+    for u in sorted(units, key=lambda x: -cost([x])):
+        fits = [g for g in greedy if all(n != u[0] for n, _, _ in g)] or greedy
+        min(fits, key=cost).append(u)
+    return greedy
 
 
-def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, paths: dict[str, str],
-           batch: int, counter: Any, results: Any, tuning: Any) -> None:
+def plan_groups(log_: Log, names: list[str], workers: int, *, shard: bool = True) -> list[list[Unit]]:
+    """Split the work of building ``names`` into at most ``workers`` groups of similar estimated
+    cost, costliest group first (the caller folds that one: it starts at once). SHARDABLE
+    projections are split into ``workers`` shards when that lowers the costliest group."""
+    cost = _cost_fn(log_, names)
+    k = max(1, workers)
+    whole = [(n, 0, 1) for n in names]
+    options = [_assign(whole, min(k, len(names)), cost)]
+    records = {n: sum(sum(log_.end_offsets(t)) for t in projections.ALL[n].TOPICS) for n in names}
+    if shard and k > 1:
+        split = [(n, i, k) for n in names if getattr(projections.ALL[n], "SHARDABLE", False)
+                 and records[n] >= _min_shard_records() for i in range(k)]
+        if split:
+            sharded = {n for n, _, _ in split}
+            options.append(_assign([u for u in whole if u[0] not in sharded] + split, k, cost))
+    best = min(options, key=lambda gs: max(cost(g) for g in gs if g))
+    return sorted((g for g in best if g), key=cost, reverse=True)
+
+
+def _min_shard_records() -> int:
+    return int(os.environ.get(MIN_SHARD_RECORDS_ENV, MIN_SHARD_RECORDS))
+
+
+def groups_by_work(log_: Log, names: list[str], workers: int) -> list[list[str]]:
+    """Whole projections only: ``plan_groups`` without shards, as names."""
+    return [[n for n, _, _ in g] for g in plan_groups(log_, names, workers, shard=False)]
+
+
+def _runner_args(units: list[Unit], paths: dict[str, str]) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """(name -> store path, name -> shard) for a Runner folding ``units``."""
+    where, shards = {}, {}
+    for n, i, k in units:
+        if k > 1:
+            where[n] = shard_paths(paths[n], k)[i]
+            shards[n] = (i, k)
+        else:
+            where[n] = paths[n]
+    return where, shards
+
+
+def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, units: list[Unit],
+           paths: dict[str, str], until: dict[str, list[int]], batch: int, counter: Any, results: Any,
+           tuning: Any) -> None:
     from ledgerlog.engine.procs import exit_with_parent
     exit_with_parent()  # a killed reproject must not leave builds running (and stores locked)
     from ledgerlog.engine import rocks
-    rocks.configure(tuning)  # the parent's RocksDB sizes (spawned: nothing is inherited)
+    rocks.configure(tuning)  # the parent's RocksDB sizes (nothing is inherited from the caller)
     from ledgerlog.engine.codec import Codec, Registry
-    from ledgerlog.engine.genesis import Genesis
     from ledgerlog.engine.log.embedded import EmbeddedLog
 
-    from .runner import Runner
-
-    log = EmbeddedLog(log_path, secondary=True)
+    log_ = EmbeddedLog(log_path, secondary=True)
     try:
-        runner = Runner(log, Codec(Registry(log)), Genesis.from_dict(genesis_raw), projections_dir,
-                        names=list(paths), batch=batch, paths=paths, bulk=True)
+        where, shards = _runner_args(units, paths)
+        runner = Runner(log_, Codec(Registry(log_)), Genesis.from_dict(genesis_raw), projections_dir,
+                        names=list(where), batch=batch, paths=where, bulk=True, shards=shards)
 
         def tick(n: int) -> None:
             with counter.get_lock():
                 counter.value += n
-        runner.catch_up(progress=tick)
-        results.put({name: h.events for name, h in runner.handles.items()})
+        runner.catch_up(until=until, progress=tick)
+        results.put({f"{n}/{i}/{k}": runner.handles[n].events for n, i, k in units})
         runner.close()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which falls back to folding itself
         results.put({"error": f"{type(exc).__name__}: {exc}"})
     finally:
-        log.close()
+        log_.close()
 
 
 class ParallelBuild:
-    """Fold each group (name -> build path) in its own process. ``poll`` reports progress,
-    ``wait`` returns events folded per projection or raises RuntimeError if a child failed (the
-    caller then folds its projections itself, from what the child committed)."""
+    """Fold each group of units in its own process, up to the log ends ``until``. ``poll``
+    reports progress, ``wait`` returns events folded per unit ("name/i/k") or raises
+    RuntimeError if a child failed (the caller then folds its projections itself, from what the
+    child committed)."""
 
     def __init__(self, log_path: str, genesis_raw: dict[str, Any], projections_dir: str,
-                 groups: list[dict[str, str]], batch: int) -> None:
-        ctx = mp.get_context("spawn")  # the caller may have threads (a node): never fork them
+                 groups: list[list[Unit]], paths: dict[str, str], until: dict[str, list[int]],
+                 batch: int) -> None:
+        ctx = _context()
         self._counter, self._results = ctx.Value("q", 0), ctx.Queue()
         from ledgerlog.engine.rocks import tuning
-        self._procs = [ctx.Process(target=_child, args=(log_path, genesis_raw, projections_dir, g, batch,
-                                                        self._counter, self._results, tuning()),
+        self._procs = [ctx.Process(target=_child, args=(log_path, genesis_raw, projections_dir, g, paths, until,
+                                                        batch, self._counter, self._results, tuning()),
                                    daemon=True, name=f"ledgerlog-build-{i}") for i, g in enumerate(groups)]
         self._expected = sum(len(g) for g in groups)
         self._seen = 0
@@ -118,7 +213,7 @@ class ParallelBuild:
         try:
             while any(p.is_alive() for p in self._procs) or not self._results.empty():
                 self.poll(progress)
-                time.sleep(0.05)
+                time.sleep(0.02)
             self.poll(progress)
         finally:
             for p in self._procs:
@@ -131,9 +226,115 @@ class ParallelBuild:
         return self._out
 
 
-def build_parallel(log_path: str, genesis_raw: dict[str, Any], projections_dir: str,
-                   groups: list[dict[str, str]], batch: int,
-                   progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Fold each group (name -> build path) in its own process; events folded per projection.
-    Raises RuntimeError if a child fails (the caller then builds in-process)."""
-    return ParallelBuild(log_path, genesis_raw, projections_dir, groups, batch).start().wait(progress)
+def _shardable(log_: Log, path: str) -> bool:
+    """May the build at ``path`` be folded in shards? Not on a pruned log (builds start from the
+    anchor there), nor once the store itself was started whole (a resumed unsharded build)."""
+    if log_.prune_point() is not None:
+        return False
+    if not ProjectionStore.exists(path):
+        return True
+    store = ProjectionStore(path, read_only=True)
+    try:
+        folded = bool(store.positions())
+        merged = store.initialised and folded
+    finally:
+        store.close()
+    if not os.path.isdir(os.path.join(path, SHARDS_DIR)):
+        return not folded  # a new store (its initial state alone): the merge replaces it
+    if merged:  # killed after the merge committed, before its shards were removed
+        shutil.rmtree(os.path.join(path, SHARDS_DIR), ignore_errors=True)
+    return not merged
+
+
+def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, paths: dict[str, str],
+               batch: int, workers: int, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """The bulk of building the stores at ``paths`` (name -> store path) in parallel, when the log
+    is embedded and there are cores to spread the work over: this process folds the costliest
+    group while children fold the others, all up to the log's ends as of now; sharded
+    projections are then merged. Events folded per projection; nothing when it does not apply
+    (the caller folds everything in-process)."""
+    if workers < 2 or not log_.supports_parallel_rebuild or log_.path is None or not paths:
+        return {}
+    names = list(paths)
+    shard_ok = {n: _shardable(log_, paths[n]) for n in names}
+    groups = plan_groups(log_, names, workers)
+    if any(k > 1 and not shard_ok[n] for g in groups for n, _, k in g):
+        groups = plan_groups(log_, names, workers, shard=False)
+    if len(groups) < 2:
+        return {}
+    warm()
+    until = {t: log_.end_offsets(t) for t in {t for n in names for t in projections.ALL[n].TOPICS}}
+    job = ParallelBuild(log_.path, genesis.raw, projections_dir, groups[1:], paths, until, batch).start()
+    folded: dict[str, int] = {}
+    ok = True
+    try:
+        where, shards = _runner_args(groups[0], paths)
+        mine = Runner(log_, codec, genesis, projections_dir, names=list(where), batch=batch, paths=where,
+                      bulk=True, shards=shards)
+        try:
+            def tick(n: int) -> None:
+                if progress is not None:
+                    progress(n)
+                job.poll(progress)
+            mine.catch_up(until=until, progress=tick)
+            folded.update((f"{n}/{i}/{k}", mine.handles[n].events) for n, i, k in groups[0])
+        finally:
+            mine.close()
+    finally:
+        try:
+            folded.update(job.wait(progress))
+        except RuntimeError as exc:
+            ok = False
+            log.warning("%s; folding in this process instead", exc)
+    return _merge(paths, groups, folded, ok)
+
+
+def _merge(paths: dict[str, str], groups: list[list[Unit]], folded: dict[str, int], ok: bool) -> dict[str, int]:
+    """Merge the shards of each sharded projection into its store; events folded per projection
+    (a shard's count: each shard folds every event of its projection)."""
+    out: dict[str, int] = {}
+    sharded = {n: k for g in groups for n, _, k in g if k > 1}
+    for n, k in sharded.items():
+        if not ok:  # a shard is behind: the merge waits for a later build (which resumes the shards)
+            continue
+        store = ProjectionStore(paths[n], bulk=True)
+        try:
+            store.absorb(shard_paths(paths[n], k))
+        finally:
+            store.close()
+        shutil.rmtree(os.path.join(paths[n], SHARDS_DIR), ignore_errors=True)
+    for key, events in folded.items():
+        n, _, count = key.split("/")
+        if count == "1":
+            out[n] = events
+        elif ok:
+            out[n] = max(out.get(n, 0), events)
+    return out
+
+
+def catch_up_parallel(runner: Runner, workers: int, progress: Callable[[int], None] | None = None) -> int:
+    """``runner.catch_up()``, with the bulk of it in ``workers`` processes when its projections
+    are far behind (a node's first fold): the stores of the projections behind are closed, built
+    in place as a rebuild builds (``build_bulk``), and opened again; the runner folds the rest."""
+    log_ = runner.log
+    lag = runner.lag()
+    behind = [n for n, h in runner.handles.items() if h.failed is None and lag[n] > 0]
+    if (workers < 2 or runner.read_only or not log_.supports_parallel_rebuild or log_.path is None
+            or sum(lag[n] for n in behind) < FIRST_FOLD_MIN_LAG or len(plan_groups(log_, behind, workers)) < 2):
+        return runner.catch_up(progress=progress)
+    order = list(runner.handles)
+    kept = {n: runner.handles.pop(n) for n in behind}
+    runner.reset_feeds()
+    paths = {n: h.store.path for n, h in kept.items()}
+    folded: dict[str, int] = {}
+    try:
+        for h in kept.values():
+            h.store.close()
+        folded = build_bulk(log_, runner.codec, runner.genesis, runner.projections_dir, paths, runner.batch,
+                            workers, progress)
+    finally:
+        for n, h in kept.items():
+            runner.handles[n] = runner.open_handle(h.module, paths[n], h.version)
+            runner.handles[n].events = h.events + folded.get(n, 0)
+        runner.handles = {n: runner.handles[n] for n in order}  # the order they had
+    return sum(folded.values()) + runner.catch_up(progress=progress)

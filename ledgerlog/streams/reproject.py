@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import threading
 import time
@@ -25,7 +24,7 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 
 from . import layout
-from .parallel import ParallelBuild, groups_by_work
+from .parallel import build_bulk
 from .runner import Runner
 from .store import ProjectionStore
 
@@ -101,6 +100,7 @@ def _build_dir(projections_dir: str, name: str, log: Log) -> tuple[str, bool]:
     if ptr:  # a rebuild by other code, or a broken pointer: start over
         layout.clear_pointer(projections_dir, name, "building", remove_dir=not live or ptr["dir"] != live["dir"])
     build = layout.new_build_dir(projections_dir, module)
+    os.makedirs(os.path.join(projections_dir, name, build))  # a build killed before its store opens resumes
     layout.write_pointer(projections_dir, name, "building", build, module.VERSION)
     return build, False
 
@@ -122,18 +122,18 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
 def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
                chosen: list[str], keep: bool, swap_lock: threading.Lock | None, workers: int,
                progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
-    for name in chosen:
-        _settle_retirements(projections_dir, name)  # a store swapped out just now may sit in a build dir
     builds = {n: _build_dir(projections_dir, n, log) for n in chosen}
     paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()
-    folded = _build_bulk(log, codec, genesis, projections_dir, paths, live.batch, workers, progress)
+    folded = build_bulk(log, codec, genesis, projections_dir, paths, live.batch, workers, progress)
     build = Runner(log, codec, genesis, projections_dir, names=chosen, batch=live.batch, paths=paths, bulk=True)
     for name, n in folded.items():
         build.handles[name].events += n
     try:
         build.catch_up(progress=progress)  # the rest, while the live runner keeps folding
         build.end_bulk()  # the stores go live: flushed, and logged writes from here on
+        for name in chosen:  # the swap may remove a store swapped out just now: let it close first
+            _settle_retirements(projections_dir, name)
         with swap_lock or nullcontext():
             targets = {t: log.end_offsets(t) for t in log.topics()}
             build.catch_up(until=targets, progress=progress)
@@ -151,39 +151,6 @@ def _refuse_failed(build: Runner) -> None:
     failed = build.failures()
     if failed:
         raise ProjectionFailedError("; ".join(f.message for f in failed.values()))
-
-
-def _build_bulk(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, paths: dict[str, str],
-                batch: int, workers: int, progress: Callable[[int], None] | None) -> dict[str, int]:
-    """The bulk of a rebuild in parallel, when the log is embedded and there are cores and
-    projections to spread: this process folds the costliest group of projections while child
-    processes fold the others. Otherwise nothing (the caller folds everything in-process)."""
-    if workers < 2 or len(paths) < 2 or not log.supports_parallel_rebuild or log.path is None:
-        return {}
-    groups = groups_by_work(log, list(paths), workers)
-    if len(groups) < 2:
-        return {}
-    own = {n: paths[n] for n in groups[0]}
-    job = ParallelBuild(log.path, genesis.raw, projections_dir,
-                        [{n: paths[n] for n in g} for g in groups[1:]], batch).start()
-    folded: dict[str, int] = {}
-    try:
-        mine = Runner(log, codec, genesis, projections_dir, names=list(own), batch=batch, paths=own, bulk=True)
-        try:
-            def tick(n: int) -> None:
-                if progress is not None:
-                    progress(n)
-                job.poll(progress)
-            mine.catch_up(progress=tick)
-            folded.update((name, h.events) for name, h in mine.handles.items())
-        finally:
-            mine.close()
-    finally:
-        try:
-            folded.update(job.wait(progress))
-        except RuntimeError as exc:
-            logging.getLogger("ledgerlog.reproject").warning("%s; folding in this process instead", exc)
-    return folded
 
 
 def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: tuple[str, bool],

@@ -76,6 +76,7 @@ class ProjectionHandle:
     last_commit: float = 0.0
     feed: Feed | None = None  # read-ahead of its partitions, created on first fold
     failed: FoldFailure | None = None  # its fold raised: it folds no more until rebuilt
+    shard: tuple[int, int] | None = None  # (index, count): it folds that shard of the state only
 
     @property
     def stale(self) -> bool:
@@ -93,17 +94,22 @@ class Runner:
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
                  names: Iterable[str] | None = None, batch: int = 20_000, read_only: bool = False,
                  paths: dict[str, str] | None = None, skip_corrupt: bool = False,
-                 anchor_dir: str | None = None, bulk: bool = False) -> None:
+                 anchor_dir: str | None = None, bulk: bool = False,
+                 shards: dict[str, tuple[int, int]] | None = None) -> None:
         """``skip_corrupt``: leave out live stores that fail to open as corrupt, ahead of the log
         or behind its start (listed in ``corrupt``) instead of failing, so a rebuild can replace
         them. ``anchor_dir``: where the anchor of a pruned log is (default: beside
         ``projections_dir``); a store created new starts as a copy of its anchor store. ``bulk``:
-        the stores write without RocksDB's write-ahead log until ``end_bulk`` (a rebuild)."""
+        the stores write without RocksDB's write-ahead log until ``end_bulk`` (a rebuild).
+        ``shards``: name -> (index, count) for stores (at ``paths``) that hold one shard of a
+        SHARDABLE projection (a parallel rebuild merges them afterwards)."""
         self.log, self.codec, self.genesis = log, codec, genesis
         self.anchor_dir = anchor_dir or anchor_root(projections_dir)
         self.batch = batch
         self.read_only = read_only
         self.bulk = bulk
+        self.shards = shards or {}
+        self._progress = 0  # events folded, for progress reports (a shard's count its share)
         self.handles: dict[str, ProjectionHandle] = {}
         self._cond = threading.Condition()
         self.projections_dir = projections_dir
@@ -133,6 +139,19 @@ class Runner:
             raise
 
     def open_handle(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
+        """Open (creating and initialising if new) one projection store, or one shard's store."""
+        shard = self.shards.get(module.NAME)
+        if shard is None:
+            return self._open_live(module, path, version)
+        # a shard of a build: no anchor (shards are not used on a pruned log)
+        store = ProjectionStore(path, bulk=self.bulk)
+        if not store.initialised:
+            txn = store.begin()
+            module.initial(self.genesis, txn, shard)
+            store.commit(txn, {}, initialised=True)
+        return ProjectionHandle(module, store, version, shard=shard)
+
+    def _open_live(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
         """Open (creating and initialising if new) one projection store. On a pruned log a new
         store starts as a copy of the anchor's (a fold from offset 0 would miss what was pruned)."""
         if not self.read_only and not ProjectionStore.exists(path):
@@ -211,12 +230,20 @@ class Runner:
                 "ledgerlog.projection": handle.name, "ledgerlog.events": len(events)}):
             txn = handle.store.begin()
             try:
-                handle.module.fold(self.genesis, events, txn)
+                if handle.shard is None:
+                    handle.module.fold(self.genesis, events, txn)
+                else:
+                    handle.module.fold(self.genesis, events, txn, handle.shard)
             except Exception as exc:  # noqa: BLE001 - a bug in one fold must not stop the others
                 self._stop_failed(handle, feed, events, exc)
                 return 0
             handle.store.commit(txn, new_positions, height=height)
         handle.events += len(events)
+        if handle.shard is None:
+            self._progress += len(events)
+        else:  # every shard folds every event: each counts its share, so progress adds up to them
+            i, k = handle.shard
+            self._progress += len(events) // k + (i < len(events) % k)
         handle.last_commit = time.time()
         with self._cond:
             self._cond.notify_all()
@@ -232,7 +259,10 @@ class Runner:
         picked = feed.picked
         for i, ev in enumerate(events):
             try:
-                handle.module.fold(self.genesis, [ev], scratch)
+                if handle.shard is None:
+                    handle.module.fold(self.genesis, [ev], scratch)
+                else:
+                    handle.module.fold(self.genesis, [ev], scratch, handle.shard)
             except Exception as one:  # noqa: BLE001
                 if i < len(picked):
                     topic, partition = feed.tps[picked[i][1]]
@@ -308,10 +338,11 @@ class Runner:
         total = 0
         trimmed = time.monotonic()
         while True:
+            before = self._progress
             n = self.step(until)
             total += n
-            if progress is not None and n:
-                progress(n)
+            if progress is not None and self._progress > before:
+                progress(self._progress - before)
             if n == 0 or (deadline is not None and time.monotonic() > deadline):
                 _trim_heap()
                 return total
@@ -351,6 +382,12 @@ class Runner:
         pos = h.store.positions()
         return all(pos.get((t, p), 0) >= end for t in h.module.TOPICS
                    for p, end in enumerate(targets.get(t, [])))
+
+    def reset_feeds(self) -> None:
+        """Forget the read-ahead of every projection (their stores are about to change under them)."""
+        self._feed, self._feed_handles = None, []
+        for h in self.handles.values():
+            h.feed = None
 
     def end_bulk(self) -> None:
         """Flush the stores written in bulk; they write with RocksDB's write-ahead log from now on."""

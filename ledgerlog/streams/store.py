@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 from ledgerlog.engine import storekeys as K
-from ledgerlog.engine.digest import digest_hex, update_digest
+from ledgerlog.engine.digest import DIGEST_MOD, digest_hex, update_digest
 from ledgerlog.engine.rocks import (
     Rdict,
     WriteBatch,
@@ -36,6 +36,8 @@ __all__ = ["ProjectionStore", "OverlayTxn"]
 _INIT_KEY = K.META_PREFIX + b"initialised"
 _HEIGHT_KEY = K.META_PREFIX + b"height"
 _STATE_FROM = b"\x01"  # state keys never start with 0x00 (FORMAT_KEY and META_PREFIX do)
+_STATE_END = b"\xff" * 16  # ... and are printable: below this
+_MERGE_BATCH = 20_000
 
 
 class KeyFilter:
@@ -174,7 +176,7 @@ class ProjectionStore:
         self.bulk = False
         if bulk and not read_only:
             self.bulk = True
-            self._wo.disable_wal = True
+            self._wo.disable_wal = True  # type: ignore[method-assign, assignment]  # a property (stub: a method)
         self._guard = WriteGuard(path, self._reopen)
         self._load()
 
@@ -299,6 +301,41 @@ class ProjectionStore:
             keys.add(added)
             if keys.bytes > self.FILTER_MAX_BYTES:
                 self._keys = None
+
+    def absorb(self, parts: list[str]) -> None:
+        """Become the union of the shard stores at ``parts``: their state keys (disjoint), the sum
+        of their digests, their positions (equal: they were folded to the same ends) and the
+        highest height, committed last. State this store held before is dropped first, so a
+        merge killed halfway is simply done again."""
+        stores = [ProjectionStore(p, read_only=True) for p in parts]
+        try:
+            positions = stores[0].positions()
+            if any(s.positions() != positions for s in stores[1:]):
+                raise ValueError(f"shards of {self.path} were folded to different positions")
+            self.db.delete_range(_STATE_FROM, _STATE_END)
+            wb, n = WriteBatch(raw_mode=True), 0
+            for part in stores:
+                it = part.db.iter()
+                it.seek(_STATE_FROM)
+                while it.valid():
+                    wb.put(it.key(), it.value())
+                    n += 1
+                    if n == _MERGE_BATCH:
+                        self._guard.write(self.db, wb, self._wo)
+                        wb, n = WriteBatch(raw_mode=True), 0
+                    it.next()
+                it.status()
+            digest = sum(s.digest for s in stores) % DIGEST_MOD
+            wb.put(K.DIGEST_KEY, digest_hex(digest).encode())
+            for (topic, p), off in positions.items():
+                wb.put(K.pos_key(topic, p), K.U64.pack(off))
+            wb.put(_INIT_KEY, b"1")
+            wb.put(_HEIGHT_KEY, K.U64.pack(max(s.height for s in stores)))
+            self._guard.write(self.db, wb, self._wo)
+        finally:
+            for part in stores:
+                part.close()
+        self._load()
 
     @property
     def writable(self) -> bool:

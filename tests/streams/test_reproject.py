@@ -91,7 +91,7 @@ def test_reproject_killed_at_random_points_resumes_with_same_digests(data):
         assert p["identical"], p
         resumed_any |= p["resumed"]
         if b is not None:
-            assert p["resumed"] and p["dir"] == b["dir"]
+            assert p["resumed"] and p["dir"] == b["dir"], (p, b)
     assert resumed_any, "no kill landed mid-rebuild; nothing was resumed"
     assert cli(data, "status")["provenance"]["digest"] == live["chainstate"]
 

@@ -35,6 +35,7 @@ from ledgerlog.ops.node.retention import retention_loop
 from ledgerlog.ops.node.snapshots import SnapshotSchedule
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.projections import chainstate, payouts
+from ledgerlog.streams.parallel import catch_up_parallel
 from ledgerlog.streams.reproject import reproject
 from ledgerlog.streams.runner import Runner
 
@@ -68,7 +69,7 @@ class Node:
         if stale:  # code moved on: rebuild those (blue/green) rather than serve stale state
             log.info("projections %s were built by an older version; rebuilding", stale)
             self.reproject(stale)
-        self.runner.catch_up()
+        catch_up_parallel(self.runner, config.fold_workers)  # a first fold far behind uses every core
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
         self.jobs = Jobs()  # long admin actions' progress, shown by GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance, heads=self.chain.heads,
