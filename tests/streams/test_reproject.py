@@ -70,28 +70,45 @@ def test_reproject_all_gives_same_digests_and_answers(data, history):
     assert dirs == [out2["dir"]] and first_previous not in dirs
 
 
-def test_reproject_killed_at_random_points_resumes_with_same_digests(data):
+@pytest.mark.parametrize("split", ["whole", "sharded"])
+def test_reproject_killed_at_random_points_resumes_with_same_digests(data, split):
+    """kill -9 of a parallel reproject (two processes) at random points, then resumed: the live
+    (sequentially folded) digests. ``whole``: all projections, spread over the processes;
+    ``sharded``: balances alone, split into account shards that are merged at the end."""
+    pdir = os.path.join(data, "projections")
     live = {p: cli(data, "status")["provenance"]["digest"] for p in ["chainstate"]}
-    env = {"LEDGERLOG_FOLD_BATCH": "300"}
+    env = {"LEDGERLOG_FOLD_BATCH": "300", "LEDGERLOG_FOLD_WORKERS": "2"}
+    names = NAMES
+    if split == "sharded":
+        env["LEDGERLOG_SHARD_MIN_RECORDS"] = "0"
+        names = ["balances"]
     rng = random.Random(int(os.environ.get("LEDGERLOG_CRASH_SEED", "11")))
     resumed_any = False
-    for _ in range(3):
-        proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "reproject"], env=cli_env(**env),
+    shards_left = False
+    for attempt in range(8):
+        if attempt >= 3 and (shards_left or split == "whole"):
+            break
+        proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "reproject", *names], env=cli_env(**env),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20  # kill once a rebuild is under way, at a random point
         while time.monotonic() < deadline and proc.poll() is None and not any(
-                layout.read_pointer(os.path.join(data, "projections"), n, "building") for n in NAMES):
+                layout.read_pointer(pdir, n, "building") for n in names):
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    building = [layout.read_pointer(os.path.join(data, "projections"), n, "building") for n in NAMES]
-    out = cli(data, "reproject", env=env)["projections"]
+        ptr = layout.read_pointer(pdir, "balances", "building")
+        shards_left |= bool(ptr) and os.path.isdir(os.path.join(pdir, "balances", ptr["dir"], "shards"))
+    assert shards_left or split == "whole", "no kill landed while balances was folded in shards"
+    building = [layout.read_pointer(pdir, n, "building") for n in names]
+    out = cli(data, "reproject", *names, env=env)["projections"]
+    assert [p["projection"] for p in out] == names
     for p, b in zip(out, building):
         assert p["identical"], p
         resumed_any |= p["resumed"]
         if b is not None:
             assert p["resumed"] and p["dir"] == b["dir"], (p, b)
+        assert not os.path.isdir(os.path.join(pdir, p["projection"], p["dir"], "shards"))
     assert resumed_any, "no kill landed mid-rebuild; nothing was resumed"
     assert cli(data, "status")["provenance"]["digest"] == live["chainstate"]
 

@@ -1,0 +1,171 @@
+"""Parallel builds (streams/parallel.py): the work is split by cost, balances into account shards
+that are merged afterwards; a parallel reproject and a parallel first fold give exactly the
+digests of a sequential fold. (Killed and resumed: tests/streams/test_reproject.py.)"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from ledgerlog import projections
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.ops.devtools.histgen import generate, make_genesis
+from ledgerlog.streams import parallel
+from ledgerlog.streams.parallel import catch_up_parallel, plan_groups, shard_paths
+from ledgerlog.streams.reproject import reproject
+from ledgerlog.streams.runner import Runner
+from ledgerlog.streams.store import ProjectionStore
+
+NAMES = list(projections.ALL)
+
+
+class Ends:
+    """A log as plan_groups sees it: end offsets per topic."""
+
+    def __init__(self, counts: dict[str, list[int]]) -> None:
+        self.counts = counts
+
+    def end_offsets(self, topic: str) -> list[int]:
+        return self.counts.get(topic, [0])
+
+
+#: the bench history's shape (100k events)
+BENCH = Ends({T.BLOCKS: [3535], T.TRANSACTIONS: [12011, 24986, 19670, 13004], T.MEMPOOL: [1497, 3101, 2568, 1638],
+              T.SHARES: [3582, 5292, 0, 1794], T.PAYOUTS: [583, 892, 0, 296], T.PROVIDERS: [130, 160, 127, 158],
+              T.READINGS: [732, 979, 700, 1076], T.SETTLEMENTS: [289, 426, 307, 470]})
+
+
+def _complete(groups: list[list[tuple[str, int, int]]], names: list[str]) -> None:
+    """Every projection is built once: whole, or as all of its shards, each in another group."""
+    units = [u for g in groups for u in g]
+    assert sorted({n for n, _, _ in units}) == sorted(names)
+    for n in names:
+        mine = sorted((i, k) for m, i, k in units if m == n)
+        k = mine[0][1]
+        assert mine == [(i, k) for i in range(k)]
+    for g in groups:
+        assert len({n for n, _, _ in g}) == len(g)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 4])
+def test_plans_build_every_projection_once_and_balance_the_work(workers: int) -> None:
+    groups = plan_groups(BENCH, NAMES, workers)  # type: ignore[arg-type]
+    _complete(groups, NAMES)
+    assert len(groups) <= workers
+    cost = parallel._cost_fn(BENCH, NAMES)  # type: ignore[arg-type]
+    costs = [cost(g) for g in groups]
+    assert costs == sorted(costs, reverse=True)  # the caller folds the costliest group
+    if workers > 1:
+        assert len(groups) > 1 and max(costs) < 0.6 * sum(costs)
+
+
+def test_balances_alone_is_split_into_shards_and_small_logs_are_not() -> None:
+    groups = plan_groups(BENCH, ["balances"], 2)  # type: ignore[arg-type]
+    assert sorted(groups) == [[("balances", 0, 2)], [("balances", 1, 2)]]
+    small = Ends({t: [100] for t in T.EVENT_TOPICS})
+    assert plan_groups(small, ["balances"], 2) == [[("balances", 0, 1)]]  # type: ignore[arg-type]
+    assert parallel.groups_by_work(BENCH, ["balances"], 2) == [["balances"]]  # type: ignore[arg-type]
+
+
+# -- equal digests ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chain_dir(tmp_path_factory: Any) -> Config:
+    genesis, keys = make_genesis(31, wallets=16)
+    cfg = Config(data_dir=str(tmp_path_factory.mktemp("par") / "data"), sync=False)
+    init_chain(cfg, genesis)
+    with open_chain(cfg) as chain:
+        assert chain.admitter.admit(generate(genesis, keys, events=3000, seed=31)).rejected == 0
+    return cfg
+
+
+@pytest.fixture
+def sharded(monkeypatch: Any) -> list[list[list[tuple[str, int, int]]]]:
+    """Shard even a small log; the plans build_bulk made."""
+    monkeypatch.setenv(parallel.MIN_SHARD_RECORDS_ENV, "0")
+    plans: list[Any] = []
+    real = parallel.plan_groups
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        plans.append(real(*args, **kw))
+        return plans[-1]
+    monkeypatch.setattr(parallel, "plan_groups", spy)
+    return plans
+
+
+def test_parallel_reproject_and_first_fold_give_the_sequential_digests(chain_dir: Config, tmp_path: Any,
+                                                                       monkeypatch: Any, sharded: Any) -> None:
+    cfg = chain_dir
+    with open_chain(cfg, read_only=True) as chain:
+        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=500)
+        try:
+            live.catch_up()  # sequential, one process
+            want = live.digests()
+            for names in (None, ["balances"], ["balances", "payouts"]):
+                out = reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, names,
+                                keep=False, workers=2)
+                assert all(p["identical"] and p["digest_after"] == want[p["projection"]] for p in out), out
+                assert all(not os.path.isdir(shard_paths(os.path.join(cfg.projections_dir, p["projection"],
+                                                                      p["dir"]), 2)[0]) for p in out)
+            assert live.digests() == want
+        finally:
+            live.close()
+        assert any(("balances", 1, 2) in g for plan in sharded for g in plan), sharded  # it was sharded
+
+        # a first fold far behind, built in parallel into the live stores
+        monkeypatch.setattr(parallel, "FIRST_FOLD_MIN_LAG", 0)
+        fresh = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path / "projections"), batch=500)
+        try:
+            before = len(sharded)
+            assert catch_up_parallel(fresh, 2) > 0
+            assert len(sharded) > before and fresh.lag() == dict.fromkeys(NAMES, 0)
+            assert fresh.digests() == want and list(fresh.handles) == NAMES
+            assert fresh.step() == 0
+        finally:
+            fresh.close()
+
+
+def test_a_shard_merge_killed_halfway_is_done_again(chain_dir: Config, tmp_path: Any, sharded: Any) -> None:
+    """Shards are folded; the merge into the build store dies after writing part of the state:
+    the next build sees the shards, merges again, and the digest is the sequential one."""
+    cfg = chain_dir
+    with open_chain(cfg, read_only=True) as chain:
+        seq = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path / "seq"), names=["balances"], batch=500)
+        try:
+            seq.catch_up()
+            want = seq.digests()["balances"]
+        finally:
+            seq.close()
+        path = str(tmp_path / "build")
+        parts = shard_paths(path, 2)
+        for i, part in enumerate(parts):
+            r = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path), names=["balances"], batch=500,
+                       paths={"balances": part}, shards={"balances": (i, 2)}, bulk=True)
+            try:
+                r.catch_up()
+            finally:
+                r.close()
+        half = ProjectionStore(path)  # as if a merge had written part of the state, then died
+        src = ProjectionStore(parts[0], read_only=True)
+        try:
+            txn = half.begin()
+            for k, v in list(src.view().items(b"a/"))[:5]:
+                txn.put(k, v)
+            txn.put(b"a/stale", b"[1,0,0,0]")
+            half.commit(txn, {})
+        finally:
+            src.close()
+            half.close()
+        assert parallel._shardable(chain.log, path)
+        assert parallel._merge({"balances": path}, [[("balances", 0, 2)], [("balances", 1, 2)]], {}, True) == {}
+        merged = ProjectionStore(path, read_only=True)
+        try:
+            assert merged.digest_hex() == want and merged.initialised
+            assert merged.positions() == {(t, p): end for t in projections.balances.TOPICS
+                                          for p, end in enumerate(chain.log.end_offsets(t)) if end}
+            assert merged.view().get(b"a/stale") is None
+        finally:
+            merged.close()
+        assert not os.path.isdir(os.path.join(path, parallel.SHARDS_DIR))
