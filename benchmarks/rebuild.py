@@ -2,12 +2,16 @@
 beside the live stores, compare digests, swap) of every projection and of balances alone — the
 operator's replacement for "delete chainstate and resync".
 
-Reprojects use ``fold.workers`` processes as ``ledgerlog reproject`` does (projections spread
-over processes; one projection is one process): each figure says how many it used, and the
-figure for all projections also gives the rate of one process (``one_process``)."""
+Each figure is steady (``common.steady``): the whole operation repeats until a run has lasted
+the plan's floor (2 s), three runs, median rate with the runs' spread. The first fold and the
+reprojects use ``fold.workers`` processes as a node and ``ledgerlog reproject`` do (the work
+spread by cost, balances split into account shards when that helps); each figure says how many,
+and the figure for all projections also gives the rate of one process (``one_process``)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -15,10 +19,11 @@ from ledgerlog import projections
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.log.base import Log
+from ledgerlog.streams.parallel import catch_up_parallel
 from ledgerlog.streams.reproject import reproject, total_records
 from ledgerlog.streams.runner import Runner
 
-from .common import rate
+from .common import steady
 from .rss import RssSampler
 
 __all__ = ["rebuild"]
@@ -30,36 +35,59 @@ def _events(log: Log, names: list[str]) -> int:
     return sum(sum(log.end_offsets(t)) for t in topics)
 
 
-def _figure(log: Log, names: list[str], secs: float, extra: dict[str, Any]) -> dict[str, Any]:
+def _figure(log: Log, names: list[str], fig: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     events = _events(log, names)
+    per_s = fig["per_s"]
     return {"projections": names, "events": events, "records_folded": total_records(log, names),
-            "seconds": round(secs, 3), "events_per_s": rate(events, secs), **extra}
+            "seconds": round(events / per_s, 3) if per_s else None, "events_per_s": per_s,
+            "steady": {k: fig[k] for k in ("runs_per_s", "spread", "units", "seconds")}, **extra}
 
 
 def rebuild(data_dir: str) -> dict[str, dict[str, Any]]:
-    """Fold the live projections (left in place for the query step), then time reprojects."""
+    """Time first folds (into scratch stores), fold the live projections (left in place for the
+    query step), then time reprojects."""
     cfg = Config(data_dir=data_dir)
     out: dict[str, dict[str, Any]] = {}
     with open_chain(cfg, read_only=True) as chain:
         log, names = chain.log, list(projections.ALL)
-        workers_all = cfg.fold_workers or (os.cpu_count() or 1)  # as `ledgerlog reproject` resolves it
+        workers = cfg.fold_workers or (os.cpu_count() or 1)  # as a node and `ledgerlog reproject` resolve it
+        events = _events(log, names)
+
+        def first_fold() -> tuple[float, float]:
+            scratch = tempfile.mkdtemp(prefix="first-fold-", dir=data_dir)
+            runner = Runner(log, chain.codec, chain.genesis, scratch, batch=cfg.fold_batch)
+            try:
+                t = time.perf_counter()
+                catch_up_parallel(runner, workers)
+                secs = time.perf_counter() - t
+            finally:
+                runner.close()
+                shutil.rmtree(scratch, ignore_errors=True)
+            return events, secs
+
+        out["first_fold"] = _figure(log, names, steady(first_fold), {"workers": workers})
         live = Runner(log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch)
         try:
-            t = time.perf_counter()
-            live.catch_up()
-            out["first_fold"] = _figure(log, names, time.perf_counter() - t, {})
+            catch_up_parallel(live, workers)
             for key, chosen in (("rebuild_all", names), ("rebuild_balances", ["balances"])):
-                runs = [workers_all, 1] if key == "rebuild_all" and workers_all > 1 else [1]
+                runs = [workers, 1] if key == "rebuild_all" and workers > 1 else [workers]
                 figs = []
-                for workers in runs:
-                    t = time.perf_counter()
-                    with RssSampler() as rss:  # this process and its build processes
+                for n in runs:
+                    identical: list[bool] = []
+
+                    def one(chosen: list[str] = chosen, n: int = n, identical: list[bool] = identical
+                            ) -> tuple[float, float]:
+                        t = time.perf_counter()
                         res = reproject(log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
-                                        keep=False, workers=workers)
-                    secs = time.perf_counter() - t
-                    figs.append(_figure(log, chosen, secs, {"identical_digests": all(r["identical"] for r in res),
-                                                            "workers": min(workers, len(chosen)),
-                                                            "rss": rss.summary()}))
+                                        keep=False, workers=n)
+                        secs = time.perf_counter() - t
+                        identical.extend(r["identical"] for r in res)
+                        return _events(log, chosen), secs
+
+                    with RssSampler() as rss:  # this process and its build processes
+                        fig = steady(one)
+                    figs.append(_figure(log, chosen, fig, {"identical_digests": all(identical),
+                                                           "workers": n, "rss": rss.summary()}))
                 out[key] = figs[0]
                 if len(figs) > 1:
                     out[key]["one_process"] = figs[1]

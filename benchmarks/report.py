@@ -60,7 +60,8 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     flat = (mem["last_quarter_mean_mib"] <= 1.15 * mem["first_quarter_mean_mib"]
             if mem and mem.get("samples", 0) >= 20 else None)
     rows = [
-        ("rebuild all projections vs naive SQLite rebuild", ">= 1.5x", r.get("rebuild_all_vs_sqlite"), 1.5),
+        ("rebuild all projections vs naive SQLite rebuild", ">= 1.0x", r.get("rebuild_all_vs_sqlite"), 1.0),
+        ("rebuild balances vs naive SQLite rebuild", ">= 1.5x", r.get("rebuild_balances_vs_sqlite"), 1.5),
         ("rebuild all projections vs quixstreams", ">= 10x", r.get("rebuild_all_vs_quixstreams"), 10),
         ("rebuild all projections vs faust-streaming", ">= 10x", r.get("rebuild_all_vs_faust"), 10),
         ("rebuild all projections vs eventsourcing", ">= 50x", r.get("rebuild_all_vs_eventsourcing"), 50),
@@ -115,8 +116,8 @@ def table(res: dict[str, Any]) -> str:
     _row(rows, "ledgerlog first fold, all projections", rb.get("first_fold"))
     _row(rows, "ledgerlog reproject, all projections", rb.get("all"))
     _row(rows, "ledgerlog reproject, balances", rb.get("balances"))
-    _row(rows, "ceiling: fastavro+rocksdict fold", ce.get("fold"), r.get("rebuild_balances_vs_ceiling_fold"),
-         "ratio: reproject balances / this")
+    _row(rows, f"ceiling: simple fold loop, {ce.get('fold', {}).get('processes', 1)} process(es)", ce.get("fold"),
+         r.get("rebuild_balances_vs_ceiling_fold"), "ratio: reproject balances / this (never above 1)")
     _row(rows, "ceiling: fastavro+rocksdict append", ce.get("append"), r.get("ingest_unsigned_vs_ceiling_append"),
          "ratio: unsigned ingest / this")
     for name, peer in res.get("peers", {}).items():
@@ -163,7 +164,23 @@ def table(res: dict[str, Any]) -> str:
                      f"{pr['inclusion']['p99_ms']} ms), consistency {_num(pr['consistency']['per_s'])}; tree store "
                      f"{_num(sto['tree_bytes_per_million_records'])} bytes per 1M records "
                      f"({sto['tree_vs_records']:.1%} of the records)")
-    lines.append("goals (issues 5, 15):")
+    fold = ce.get("fold", {})
+    if fold.get("events_per_s"):
+        lines.append(f"ceiling: iterate the log's values, decode the fields read (generated decoder), fold balances "
+                     f"in a dict, write dirty keys every {fold.get('write_every')} events synced: "
+                     f"{_num(fold.get('one_core', {}).get('events_per_s'))}/s on one core, "
+                     f"{_num(fold.get('events_per_s'))}/s on {fold.get('processes')}; iterate "
+                     f"{_num(fold.get('iterate_per_s'))}/s, +decode {_num(fold.get('iterate_decode_per_s'))}/s "
+                     f"(fastavro {_num(fold.get('fastavro_decode_per_s'))}/s)")
+    spreads = [(label, d.get("steady", {}).get("spread")) for label, d in (
+        ("first fold", rb.get("first_fold", {})), ("reproject all", rb.get("all", {})),
+        ("reproject balances", rb.get("balances", {})), ("ceiling", fold),
+        ("sqlite rebuild", res.get("peers", {}).get("sqlite", {}).get("rebuild", {})))]
+    shown = [f"{label} {x:.0%}" for label, x in spreads if isinstance(x, (int, float))]
+    if shown:
+        lines.append("rebuild figures are the median of 3 runs of >= "
+                     f"{res.get('plan', {}).get('min_seconds', 2)} s; spread (max-min)/median: " + ", ".join(shown))
+    lines.append("goals (issues 5, 15, 17):")
     for g in res.get("goals", []):
         mark = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
         m = g["measured"]

@@ -43,10 +43,11 @@ FOLD_COST = {"chainstate": 1.35}
 READ_COST = 0.6
 #: Relative cost, per record of a sharded projection, of merging its shards' stores afterwards.
 MERGE_COST = 0.1
-#: Below this many records a projection is not worth splitting (process and merge overheads);
-#: the environment variable overrides it (tests split small logs).
-MIN_SHARD_RECORDS = 20_000
-MIN_SHARD_RECORDS_ENV = "LEDGERLOG_SHARD_MIN_RECORDS"
+#: Below this many records a build is not worth spreading over processes, nor a projection worth
+#: splitting into shards (process start and merge overheads); the environment variable overrides
+#: it (tests spread small logs).
+MIN_PARALLEL_RECORDS = 20_000
+MIN_PARALLEL_RECORDS_ENV = "LEDGERLOG_PARALLEL_MIN_RECORDS"
 #: A first fold further behind than this many records (all projections) is built in parallel.
 FIRST_FOLD_MIN_LAG = 50_000
 SHARDS_DIR = "shards"
@@ -117,7 +118,7 @@ def plan_groups(log_: Log, names: list[str], workers: int, *, shard: bool = True
     records = {n: sum(sum(log_.end_offsets(t)) for t in projections.ALL[n].TOPICS) for n in names}
     if shard and k > 1:
         split = [(n, i, k) for n in names if getattr(projections.ALL[n], "SHARDABLE", False)
-                 and records[n] >= _min_shard_records() for i in range(k)]
+                 and records[n] >= min_parallel_records() for i in range(k)]
         if split:
             sharded = {n for n, _, _ in split}
             options.append(_assign([u for u in whole if u[0] not in sharded] + split, k, cost))
@@ -125,8 +126,8 @@ def plan_groups(log_: Log, names: list[str], workers: int, *, shard: bool = True
     return sorted((g for g in best if g), key=cost, reverse=True)
 
 
-def _min_shard_records() -> int:
-    return int(os.environ.get(MIN_SHARD_RECORDS_ENV, MIN_SHARD_RECORDS))
+def min_parallel_records() -> int:
+    return int(os.environ.get(MIN_PARALLEL_RECORDS_ENV, MIN_PARALLEL_RECORDS))
 
 
 def groups_by_work(log_: Log, names: list[str], workers: int) -> list[list[str]]:
@@ -256,6 +257,9 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     if workers < 2 or not log_.supports_parallel_rebuild or log_.path is None or not paths:
         return {}
     names = list(paths)
+    if sum(sum(log_.end_offsets(t)) for t in {t for n in names for t in projections.ALL[n].TOPICS}) \
+            < min_parallel_records():
+        return {}
     shard_ok = {n: _shardable(log_, paths[n]) for n in names}
     groups = plan_groups(log_, names, workers)
     if any(k > 1 and not shard_ok[n] for g in groups for n, _, k in g):

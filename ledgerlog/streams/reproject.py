@@ -132,8 +132,6 @@ def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, l
     try:
         build.catch_up(progress=progress)  # the rest, while the live runner keeps folding
         build.end_bulk()  # the stores go live: flushed, and logged writes from here on
-        for name in chosen:  # the swap may remove a store swapped out just now: let it close first
-            _settle_retirements(projections_dir, name)
         with swap_lock or nullcontext():
             targets = {t: log.end_offsets(t) for t in log.topics()}
             build.catch_up(until=targets, progress=progress)
@@ -183,6 +181,7 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
             _RETIRING[os.path.abspath(old.store.path)] = timer
         timer.start()
     if stale_previous and stale_previous["dir"] not in (built[0], summary.get("previous")):
+        _settle_retirement(os.path.join(projections_dir, name, stale_previous["dir"]))
         _remove(projections_dir, name, stale_previous["dir"])
     if not keep:
         layout.clear_pointer(projections_dir, name, "previous")
@@ -204,13 +203,13 @@ def _retire(store: Any, projections_dir: str, name: str, remove: str | None) -> 
         _remove(projections_dir, name, remove)
 
 
-def _settle_retirements(projections_dir: str, name: str) -> None:
-    """Wait for the stores of ``name`` swapped out less than a second ago to close: a rebuild
-    right after may reuse or remove their directories, which their open handles still lock."""
-    prefix = os.path.abspath(os.path.join(projections_dir, name)) + os.sep
+def _settle_retirement(path: str) -> None:
+    """Wait for the store at ``path``, if it was swapped out less than a second ago, to close:
+    its directory is about to be removed, which its open handle still locks. (Only then: back to
+    back reprojects otherwise never wait for the previous one's retirements.)"""
     with _RETIRING_LOCK:
-        pending = [t for path, t in _RETIRING.items() if path.startswith(prefix)]
-    for timer in pending:
+        timer = _RETIRING.get(os.path.abspath(path))
+    if timer is not None:
         timer.join()
 
 

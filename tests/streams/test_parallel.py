@@ -84,7 +84,7 @@ def chain_dir(tmp_path_factory: Any) -> Config:
 @pytest.fixture
 def sharded(monkeypatch: Any) -> list[list[list[tuple[str, int, int]]]]:
     """Shard even a small log; the plans build_bulk made."""
-    monkeypatch.setenv(parallel.MIN_SHARD_RECORDS_ENV, "0")
+    monkeypatch.setenv(parallel.MIN_PARALLEL_RECORDS_ENV, "0")
     plans: list[Any] = []
     real = parallel.plan_groups
 

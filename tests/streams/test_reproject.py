@@ -77,11 +77,9 @@ def test_reproject_killed_at_random_points_resumes_with_same_digests(data, split
     ``sharded``: balances alone, split into account shards that are merged at the end."""
     pdir = os.path.join(data, "projections")
     live = {p: cli(data, "status")["provenance"]["digest"] for p in ["chainstate"]}
-    env = {"LEDGERLOG_FOLD_BATCH": "300", "LEDGERLOG_FOLD_WORKERS": "2"}
-    names = NAMES
-    if split == "sharded":
-        env["LEDGERLOG_SHARD_MIN_RECORDS"] = "0"
-        names = ["balances"]
+    # spread over two processes however small the log
+    env = {"LEDGERLOG_FOLD_BATCH": "300", "LEDGERLOG_FOLD_WORKERS": "2", "LEDGERLOG_PARALLEL_MIN_RECORDS": "0"}
+    names = NAMES if split == "whole" else ["balances"]
     rng = random.Random(int(os.environ.get("LEDGERLOG_CRASH_SEED", "11")))
     resumed_any = False
     shards_left = False
