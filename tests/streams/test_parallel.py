@@ -96,8 +96,10 @@ def sharded(monkeypatch: Any) -> list[list[list[tuple[str, int, int]]]]:
 
 
 def test_parallel_reproject_and_first_fold_give_the_sequential_digests(chain_dir: Config, tmp_path: Any,
-                                                                       monkeypatch: Any, sharded: Any) -> None:
+                                                                       monkeypatch: Any, sharded: Any,
+                                                                       caplog: Any) -> None:
     cfg = chain_dir
+    cpu = parallel.CHILD_CPU_SECONDS
     with open_chain(cfg, read_only=True) as chain:
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=500)
         try:
@@ -125,6 +127,8 @@ def test_parallel_reproject_and_first_fold_give_the_sequential_digests(chain_dir
             assert fresh.step() == 0
         finally:
             fresh.close()
+    # the children did fold (no fallback to this process), and reported what they used
+    assert "parallel build failed" not in caplog.text and parallel.CHILD_CPU_SECONDS > cpu
 
 
 def test_a_shard_merge_killed_halfway_is_done_again(chain_dir: Config, tmp_path: Any, sharded: Any) -> None:
