@@ -156,8 +156,8 @@ def check_answers(workers: list[Worker], reference: dict[str, Any]) -> None:
     assert redirected > 0 or len(workers) == 1
 
 
-def _chain(tmp_path, kafka_bootstrap: str, genesis: dict[str, Any]) -> Config:
-    cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=CHUNK,
+def _chain(tmp_path, bootstrap: str, genesis: dict[str, Any]) -> Config:
+    cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{bootstrap}", sync=False, ingest_chunk=CHUNK,
                  kafka={"ledgerlog.topic_prefix": f"sw-{uuid.uuid4().hex[:10]}."})
     init_chain(cfg, genesis)  # writes config.toml (log.url, [kafka]) for the worker processes
     return cfg

@@ -53,6 +53,7 @@ class ShardEngine:
         self._lock = threading.Lock()        # ownership, snapshots
         self._batch_lock = threading.Lock()  # held while a batch folds: a revoke waits for it
         self._stop = threading.Event()
+        self._wake = threading.Event()       # an assignment changed: the fold thread looks at once
         self._owned: dict[int, _Owned] = {}
         self._derive = False
         self._shards: dict[int, Shard] = {}
@@ -67,6 +68,8 @@ class ShardEngine:
         self._reader: ProgressReader | None = None
         self._fold_thread = threading.Thread(target=self._guard, args=(self._fold_loop,), name="ledgerlog-shards", daemon=True)
         self._derive_thread = threading.Thread(target=self._guard, args=(self._derive_loop,), name="ledgerlog-deriver", daemon=True)
+        self._progress_thread = threading.Thread(target=self._guard, args=(self._progress_loop,),
+                                                 name="ledgerlog-progress", daemon=True)
 
     # -- ownership ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,9 +79,12 @@ class ShardEngine:
             "group.id": f"ledgerlog-shard-reader-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 2, "fetch.queue.backoff.ms": 5,
             "enable.partition.eof": False}))
+        # librdkafka waits ~1 s for a topic's metadata on its first assign; asking first takes a millisecond
+        self._consumer.list_topics(self.names.movements, timeout=30)
         self._reader = ProgressReader(self.kafka, self.names)
         self._fold_thread.start()
         self._derive_thread.start()
+        self._progress_thread.start()
 
     def assign(self, leases: Iterable[int]) -> None:
         """The full new assignment (lease partitions): newly gained shards start catching up."""
@@ -92,6 +98,7 @@ class ShardEngine:
                 if k < self.partitions and k not in self._owned:
                     self._owned[k] = _Owned(gained_at=now)
             self._derive = self.partitions in leases
+        self._wake.set()
         _log.info("assigned shards %s%s", sorted(k for k in leases if k < self.partitions),
                   " and the deriver" if self.partitions in leases else "")
 
@@ -133,6 +140,15 @@ class ShardEngine:
         if self.deriver is not None:
             self.deriver.close()
 
+    def _progress_loop(self) -> None:
+        """Keep ``progress`` at the newest progress record (a read of the topic's tail takes a few
+        fetch round trips: off the fold thread)."""
+        assert self._reader is not None
+        while not self._stop.is_set():
+            self.progress = self._reader.latest()
+            self._progress_at = time.monotonic()
+            self._stop.wait(self.progress_every)
+
     def _fold_loop(self) -> None:
         from confluent_kafka import TopicPartition as KTP
 
@@ -162,24 +178,22 @@ class ShardEngine:
                     if shard is not None:
                         shard.fold(recs)
             if not owned:
-                self._stop.wait(self.idle_wait)
+                self._wake.wait(self.idle_wait)
+            self._wake.clear()
             self._refresh()
 
     def _refresh(self) -> None:
         """States and snapshots of the owned shards against the newest progress record."""
         now = time.monotonic()
-        if now - self._progress_at >= self.progress_every and self._reader is not None:
-            self.progress = self._reader.latest()
-            self._progress_at = now
         ends = self.progress.ends if self.progress is not None else [0] * self.partitions
         with self._lock:
             for k, own in self._owned.items():
                 shard = self._shards.get(k)
                 if shard is None:
                     continue
-                if own.target is None:
+                if own.target is None and self._progress_at > own.gained_at:  # progress read since the gain
                     own.target = ends[k]
-                if own.state == "catching_up" and shard.position >= own.target:
+                if own.state == "catching_up" and own.target is not None and shard.position >= own.target:
                     own.state, own.catch_up_s = "serving", round(now - own.gained_at, 3)
                     self.gains.append({"shard": k, "catch_up_s": own.catch_up_s, "resumed_from": shard.resumed_from,
                                        "target": own.target})
@@ -228,7 +242,8 @@ class ShardEngine:
 
     def stop(self) -> None:
         self._stop.set()
-        for t in (self._fold_thread, self._derive_thread):
+        self._wake.set()
+        for t in (self._fold_thread, self._derive_thread, self._progress_thread):
             if t.is_alive():
                 t.join(timeout=30)
         for s in self._shards.values():
