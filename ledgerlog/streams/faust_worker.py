@@ -4,7 +4,8 @@ the work, each worker keeping its stores in its own directory.
 Unit of ownership: a whole projection. Folds need whole-chain views (chainstate reads the
 one-partition ``ledger.blocks``; balances of one address come from five topics keyed differently;
 chainstate's pending count and the digests are global), so splitting a projection by event
-partition would need cross-worker joins. Instead a *lease topic* with one partition per
+partition would need cross-worker joins (the one projection kept per account, balances, can instead be
+spread over many workers through a repartition topic: streams/shards). Instead a *lease topic* with one partition per
 projection (``sorted(projections.ALL)[p]`` owns partition ``p``) is consumed by a faust agent in
 the worker group: Kafka's group protocol and faust's assignor hand each partition to exactly one
 live member, so the projections split across workers, and a member that leaves (even by

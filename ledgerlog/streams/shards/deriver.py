@@ -29,6 +29,8 @@ from .topics import Progress, ProgressReader
 __all__ = ["Deriver"]
 
 _log = logging.getLogger("ledgerlog.shards.deriver")
+#: records read from a source partition at a time
+READ_CHUNK = 10_000
 
 
 class Deriver:
@@ -46,7 +48,8 @@ class Deriver:
             raise LogError(f"{names.progress} speaks of {len(self.progress.ends)} partitions, "
                            f"{names.movements} has {partitions}")
         self.resumed_from = dict(self.progress.positions)
-        self.feed = Feed(log, EventDecoder(codec), SOURCES, self.progress.positions,
+        # big chunks: on Kafka each chunk of a partition is a reassignment and a fetch round trip
+        self.feed = Feed(log, EventDecoder(codec), SOURCES, self.progress.positions, chunk=READ_CHUNK,
                          fields={t: spec_of(balances.FIELDS[t]) for t in SOURCES})
         self.producer = Producer(kafka.librdkafka("producer", {
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.num.messages": 10_000,
