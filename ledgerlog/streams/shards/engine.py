@@ -171,7 +171,10 @@ class ShardEngine:
                 for m in msgs:
                     err = m.error()
                     if err is not None:
-                        raise RuntimeError(f"reading {self.names.movements}: {err}")
+                        if err.fatal():
+                            raise RuntimeError(f"reading {self.names.movements}: {err}")
+                        _log.warning("reading %s: %s", self.names.movements, err)  # librdkafka retries
+                        continue
                     by_part.setdefault(m.partition(), []).append((m.offset(), m.key(), m.value()))
                 for k, recs in by_part.items():
                     shard = self._shards.get(k)
