@@ -65,8 +65,19 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
                 "rebuild_balances_vs_sqlite", "rebuild_all_vs_sqlite", "ingest_signed_vs_sqlite", "ingest_unsigned_vs_sqlite"):
         _positive(r, key)
 
+    kw = res["kafka_workers"]  # the balances shards on Tansu: figures, or an error entry without a broker
+    if "error" in kw:
+        assert r["kafka_workers_2_vs_1"] is None
+    else:
+        for key in ("one_worker", "two_workers"):
+            _positive(kw[key], "events", "events_per_s", "cores_busy")
+        _positive(kw["derive"], "events", "rows", "events_per_s")
+        assert kw["digests_equal"] is True and kw["digest_equals_embedded"] is True
+        _positive(r, "kafka_workers_2_vs_1")
+        assert b"kafka: balances shards, 2 worker processes" in proc.stdout
+
     goals = {g["goal"]: g for g in res["goals"]}
-    assert len(goals) == 12 and b"goals (issues 5, 15):" in proc.stdout
+    assert len(goals) == 13 and b"goals (issues 5, 15):" in proc.stdout
     trees = res["trees"]
     _positive(trees["ingest_unsigned_events_per_s"], "with_trees", "without_trees")
     _positive(trees, "upkeep_share")

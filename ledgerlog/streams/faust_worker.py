@@ -4,7 +4,8 @@ the work, each worker keeping its stores in its own directory.
 Unit of ownership: a whole projection. Folds need whole-chain views (chainstate reads the
 one-partition ``ledger.blocks``; balances of one address come from five topics keyed differently;
 chainstate's pending count and the digests are global), so splitting a projection by event
-partition would need cross-worker joins. Instead a *lease topic* with one partition per
+partition would need cross-worker joins (the one projection kept per account, balances, can instead be
+spread over many workers through a repartition topic: streams/shards). Instead a *lease topic* with one partition per
 projection (``sorted(projections.ALL)[p]`` owns partition ``p``) is consumed by a faust agent in
 the worker group: Kafka's group protocol and faust's assignor hand each partition to exactly one
 live member, so the projections split across workers, and a member that leaves (even by
@@ -38,6 +39,7 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +54,7 @@ from ledgerlog.engine.log.kafka_config import KafkaConfig, Tls
 from .runner import Runner
 
 __all__ = ["NAMES", "FoldEngine", "broker_credentials", "build_app", "ensure_lease_topic",
-           "group_id", "ssl_context"]
+           "group_id", "lease_app", "ssl_context"]
 
 _log = logging.getLogger("ledgerlog.worker")
 
@@ -134,7 +136,7 @@ def broker_credentials(kafka: KafkaConfig) -> Any:
                       f"(use {', '.join(_SASL_PASSWORD)} or GSSAPI)")
 
 
-def ensure_lease_topic(config: Config, topic: str) -> None:
+def ensure_lease_topic(config: Config, topic: str, partitions: int = len(NAMES)) -> None:
     """Create the lease topic (one partition per projection) unless it exists with that many."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -144,7 +146,7 @@ def ensure_lease_topic(config: Config, topic: str) -> None:
     kafka = connection(config)
     admin = AdminClient(kafka.librdkafka("admin"))
     replication = kafka.replication
-    fut = admin.create_topics([NewTopic(topic, len(NAMES), replication, config=dict(TOPIC_CONFIG))])[topic]
+    fut = admin.create_topics([NewTopic(topic, partitions, replication, config=dict(TOPIC_CONFIG))])[topic]
     try:
         fut.result(timeout=30)
     except KafkaException as exc:
@@ -155,8 +157,8 @@ def ensure_lease_topic(config: Config, topic: str) -> None:
     while True:  # metadata may lag the creation
         md = admin.list_topics(topic, timeout=10).topics.get(topic)
         if md is not None and md.error is None and md.partitions:
-            if len(md.partitions) != len(NAMES):
-                raise LogError(f"lease topic {topic} has {len(md.partitions)} partitions, not {len(NAMES)}")
+            if len(md.partitions) != partitions:
+                raise LogError(f"lease topic {topic} has {len(md.partitions)} partitions, not {partitions}")
             return
         if time.monotonic() > deadline:
             raise LogError(f"lease topic {topic} not in the metadata after 30 s")
@@ -297,10 +299,31 @@ class FoldEngine:
 def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_dir: str, url: str,
               session_timeout: float = 6.0) -> Any:
     """The faust app: one agent on the lease topic; assignment signals drive the fold engine."""
-    import faust
-
     app_id = group_id(config, genesis)
     lease = f"{app_id}.leases"
+
+    def names_of(parts: set[int]) -> set[str]:
+        return {NAMES[p] for p in parts if p < len(NAMES)}
+
+    app = lease_app(config, app_id=app_id, lease=lease, partitions=len(NAMES),
+                    assign=lambda parts: engine.assign(names_of(parts)),
+                    revoke=lambda parts: engine.revoke(names_of(parts)),
+                    failed=lambda: engine.error, worker_dir=worker_dir, url=url, session_timeout=session_timeout)
+    owner = app.ledgerlog_owner
+    app.ledgerlog_route = lambda name: owner(NAMES.index(name))
+    return app
+
+
+def lease_app(config: Config, *, app_id: str, lease: str, partitions: int, assign: Callable[[set[int]], None],
+              revoke: Callable[[set[int]], None], failed: Callable[[], str | None], worker_dir: str, url: str,
+              session_timeout: float = 6.0) -> Any:
+    """A faust app whose one agent consumes the record-less ``lease`` topic in group ``app_id``:
+    ``assign`` gets the full new set of lease partitions this member holds, ``revoke`` the ones it
+    loses (called on an executor: it may wait for a batch). ``app.ledgerlog_owner(p)`` is the URL
+    of the member holding lease partition ``p`` (faust's assignor shares each member's
+    ``canonical_url``); ``failed()`` returning an error takes the worker down, releasing its leases."""
+    import faust
+
     brokers = [f"kafka://{h.strip()}" for h in connection(config).bootstrap.split(",") if h.strip()]
     credentials = broker_credentials(connection(config))  # TLS / SASL from the [kafka] table
     app = faust.App(app_id, broker=brokers, broker_session_timeout=session_timeout,
@@ -309,36 +332,36 @@ def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_di
                     canonical_url=url, topic_allow_declare=False, topic_disable_leader=True,
                     store="memory://", value_serializer="raw", consumer_auto_offset_reset="earliest",
                     datadir=os.path.join(worker_dir, "faust"), autodiscover=False)
-    topic = app.topic(lease, partitions=len(NAMES), value_serializer="raw", key_serializer="raw")
+    topic = app.topic(lease, partitions=partitions, value_serializer="raw", key_serializer="raw")
 
     @app.agent(topic, name="lease")
     async def _lease(stream: Any) -> None:  # the lease topic carries no records
         async for _ in stream:
             pass
 
-    def names_of(tps: Any) -> set[str]:
-        return {NAMES[tp.partition] for tp in tps if tp.topic == lease and tp.partition < len(NAMES)}
+    def parts_of(tps: Any) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == lease and tp.partition < partitions}
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust: handler(sender, tps, signal=...)
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, engine.revoke, names_of(revoked))
+        await asyncio.get_running_loop().run_in_executor(None, revoke, parts_of(revoked))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        engine.assign(names_of(assigned))
+        assign(parts_of(assigned))
 
-    def route(name: str) -> str | None:
-        p = NAMES.index(name)
-        for owner, tps in dict(getattr(app.assignor, "external_topic_distribution", None) or {}).items():
+    def owner(p: int) -> str | None:
+        for member, tps in dict(getattr(app.assignor, "external_topic_distribution", None) or {}).items():
             if p in tps.get(lease, ()):
-                return str(owner)
+                return str(member)
         return None
 
     @app.timer(1.0)
     async def _watch() -> None:  # a failed fold thread takes the worker down, releasing its leases
-        if engine.error is not None:
-            await app.crash(RuntimeError(f"fold thread failed: {engine.error}"))
+        error = failed()
+        if error is not None:
+            await app.crash(RuntimeError(f"fold thread failed: {error}"))
 
-    app.ledgerlog_route = route  # type: ignore[attr-defined]
+    app.ledgerlog_owner = owner  # type: ignore[attr-defined]
     app.ledgerlog_lease = lease  # type: ignore[attr-defined]
     return app

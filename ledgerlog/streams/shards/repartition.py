@@ -1,0 +1,98 @@
+"""The balances repartition topic: the rows ``projections.balances.rows_of`` makes of each event,
+keyed by account, so an account's whole history lands in one partition and a worker owning that
+partition folds it alone.
+
+Each row's value carries its *source coordinate*: the source topic (its index in
+``balances.TOPICS``), partition, offset and the row's index within its event. A deriver that dies
+and resumes from its last recorded progress writes some rows a second time; a worker skips every
+row whose coordinate is not above the highest one it folded from that source partition (its
+*mark*, stored with its state). That is exact because the first copy of a coordinate always
+precedes every row with a higher one of the same source partition in a repartition partition (a
+deriver writes in source order, and records progress only after its rows are acknowledged): see
+docs/KAFKA.md, "Exactly once"."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ledgerlog.engine.digest import DIGEST_MOD, digest_hex
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.intjson import dumps, loads
+from ledgerlog.engine.partitioner import partition_for
+from ledgerlog.projections import balances
+
+__all__ = ["ROWS_PER_EVENT", "SOURCES", "Names", "combine_digests", "decode_row", "encode_rows",
+           "mark_of", "partition_of"]
+
+#: The topics the deriver reads: the balances projection's, in its order (a row's source index).
+SOURCES: tuple[str, ...] = tuple(balances.TOPICS)
+_SOURCE_INDEX = {t: i for i, t in enumerate(SOURCES)}
+#: At most this many rows come of one event (engine.movements makes at most two).
+ROWS_PER_EVENT = 4
+
+
+@dataclass(frozen=True)
+class Names:
+    """The broker names of one chain's sharded projection. They start with ``__``, so the chain's
+    topic listing (and with it verify, audit and the Merkle trees) leaves them out."""
+
+    prefix: str          # the chain's ``ledgerlog.topic_prefix``
+    chain: str           # the genesis hash (its first 16 hex digits name the chain)
+    projection: str = balances.NAME
+
+    @property
+    def base(self) -> str:
+        return f"__ledgerlog-shards.{self.prefix}{self.chain[:16]}.{self.projection}"
+
+    @property
+    def group(self) -> str:
+        """The workers' consumer group (faust app id)."""
+        return self.base
+
+    @property
+    def movements(self) -> str:
+        """The repartition topic: rows keyed by account."""
+        return f"{self.base}.movements"
+
+    @property
+    def progress(self) -> str:
+        """One partition: the deriver's progress, one record per acknowledged batch."""
+        return f"{self.base}.progress"
+
+    @property
+    def leases(self) -> str:
+        """The record-less lease topic: partition k < N leases shard k, partition N the deriver."""
+        return f"{self.base}.leases"
+
+
+def partition_of(address: str, partitions: int) -> int:
+    """The repartition partition of an account: Kafka's murmur2 of its address, as producers place it."""
+    return partition_for(address.encode(), partitions)
+
+
+def mark_of(offset: int, index: int) -> int:
+    """A row's coordinate within its source partition as one number, ordered as (offset, index);
+    0 is below every row."""
+    return offset * ROWS_PER_EVENT + index + 1
+
+
+def encode_rows(genesis: Genesis, topic: str, partition: int, offset: int,
+                ev: dict[str, Any]) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of each row one source event makes, in row order."""
+    src = _SOURCE_INDEX[topic]
+    for i, (addr, height, d_bal, d_staked, nonce) in enumerate(balances.rows_of(genesis, topic, ev)):
+        yield addr.encode(), dumps([src, partition, offset, i, height, d_bal, d_staked, nonce])
+
+
+def decode_row(key: bytes, value: bytes) -> tuple[tuple[int, int], int, balances.Row]:
+    """((source index, source partition), the row's mark, the row)."""
+    src, p, off, i, height, d_bal, d_staked, nonce = loads(value)
+    return (src, p), mark_of(off, i), (key.decode(), height, d_bal, d_staked, nonce)
+
+
+def combine_digests(digests: Iterable[str]) -> str:
+    """The digest of the union of shards' states: digests are sums of per-entry hashes modulo
+    2**128 (engine/digest.py) and every state key lives in exactly one shard, so the sum of the
+    shards' digests is the digest of the whole state: the embedded fold's."""
+    return digest_hex(sum(int(d, 16) for d in digests) % DIGEST_MOD)
