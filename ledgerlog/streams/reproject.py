@@ -161,7 +161,7 @@ def _build_bulk(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     processes fold the others. Otherwise nothing (the caller folds everything in-process)."""
     if workers < 2 or len(paths) < 2 or not log.supports_parallel_rebuild or log.path is None:
         return {}
-    groups = groups_by_work(log, list(paths), workers)
+    groups = groups_by_work(log, list(paths), workers, projections_dir)
     if len(groups) < 2:
         return {}
     own = {n: paths[n] for n in groups[0]}

@@ -109,6 +109,10 @@ def test_the_example_equals_an_independent_count(data, template, tmp_path) -> No
     elsewhere.mkdir()
     assert ok_json(run(data, "projections", "get", "tx_count", one, cwd=elsewhere))["value"] == expected[one]
     assert ok_json(run(data, "verify", cwd=elsewhere))["ok"] is True
+    # a reproject of everything spreads the user projection over processes like the built-ins
+    again = ok_json(run(data, "reproject", cwd=elsewhere, env=cli_env(LEDGERLOG_FOLD_WORKERS="2")))["projections"]
+    assert {r["projection"] for r in again} == {"chainstate", "balances", "energy", "payouts", "tx_count"}
+    assert all(r["identical"] and r["swapped"] for r in again), again
 
 
 def test_bad_modules_are_refused_with_a_code_and_change_nothing(data, tmp_path) -> None:
