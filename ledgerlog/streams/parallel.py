@@ -13,8 +13,9 @@ from collections.abc import Callable
 from itertools import product
 from typing import Any
 
-from ledgerlog import projections
 from ledgerlog.engine.log.base import Log
+
+from . import catalog
 
 __all__ = ["groups_by_work", "build_parallel", "ParallelBuild"]
 
@@ -25,15 +26,17 @@ FOLD_COST = {"chainstate": 1.35}
 READ_COST = 0.6
 
 
-def groups_by_work(log: Log, names: list[str], workers: int) -> list[list[str]]:
-    """Split ``names`` into at most ``workers`` groups of similar estimated cost, costliest group
-    first (the caller folds that one: it starts at once, while children are still starting)."""
-    records = {t: sum(log.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS}
+def groups_by_work(log: Log, names: list[str], workers: int, projections_dir: str | None = None) -> list[list[str]]:
+    """Split ``names`` (built-in or registered in ``projections_dir``) into at most ``workers``
+    groups of similar estimated cost, costliest group first (the caller folds that one: it starts
+    at once, while children are still starting)."""
+    mods = catalog.modules(projections_dir)
+    records = {t: sum(log.end_offsets(t)) for n in names for t in mods[n].TOPICS}
 
     def cost(group: list[str]) -> float:
-        topics = {t for n in group for t in projections.ALL[n].TOPICS}
+        topics = {t for n in group for t in mods[n].TOPICS}
         return (READ_COST * sum(records[t] for t in topics)
-                + sum(FOLD_COST.get(n, 1.0) * records[t] for n in group for t in projections.ALL[n].TOPICS))
+                + sum(FOLD_COST.get(n, 1.0) * records[t] for n in group for t in mods[n].TOPICS))
 
     k = max(1, min(workers, len(names)))
     if k ** len(names) <= 50_000:  # small: try every assignment

@@ -11,6 +11,7 @@ from ledgerlog import __version__
 from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.engine.treehead import HeadPublisher
+from ledgerlog.ops.query import userviews
 from ledgerlog.ops.query.proofs import LogProofs
 from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, block_series
 from ledgerlog.projections import balances, chainstate, energy, payouts
@@ -225,6 +226,17 @@ class Queries:
         self._as_of(height, "the governance parameters")
         return {"parameters": energy.parameters(self._view("energy"), self.runner.genesis, height), **_at(height),
                 "provenance": self.provenance("energy")}
+
+    # -- any projection's raw state (user projections; ops/query/userviews.py) --------------------
+    def projections(self) -> dict[str, Any]:
+        return userviews.listing(self)
+
+    def projection_entry(self, name: str, key: str) -> dict[str, Any]:
+        return userviews.entry(self, name, key)
+
+    def projection_page(self, name: str, prefix: str | None = None, start: str | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+        return userviews.page(self, name, prefix, start, limit)
 
     def _part(self, name: str, read: Any) -> Any:
         """A dashboard section read from ``name``; None while that projection is failed."""
