@@ -13,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..crypto import h_bytes, verify
-from ..errors import Code, Rejection
+from ..errors import Code, Rejection, error_code
 from .encoding import share_head
 from .lines import I64, BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine, parse_line
 
-__all__ = ["prepare_lines", "rebuild", "signature_key"]
+__all__ = ["Prepared", "prepare_lines", "rebuild", "signature_key"]
 
 _REJECTED, _SHARE, _BLOCK, _SIGNED, _ROTATION = range(5)
 #: Signature keys a worker has verified: mempool submissions it checked itself and those the
@@ -26,6 +26,8 @@ _KNOWN: dict[bytes, None] = {}
 _KNOWN_MAX = 100_000
 
 _Flat = tuple[Any, ...]
+#: A slice's prepared lines and how many signatures known keys spared
+Prepared = tuple[list[_Flat], int]
 
 
 def signature_key(pubkey: str, signature: str, canonical: bytes) -> bytes:
@@ -57,7 +59,7 @@ def _flat(s: Signed, counts: list[int], *, cached: bool = False, remember: bool 
     return (s.name, s.body, s.pubkey, s.signature, s.where, canonical, s.id, ok)
 
 
-def prepare_lines(lines: Sequence[bytes | str], known: Iterable[bytes] = ()) -> tuple[list[_Flat], int]:
+def prepare_lines(lines: Sequence[bytes | str], known: Iterable[bytes] = ()) -> Prepared:
     """Each line parsed, hashed and verified, as plain tuples; with the number of signatures the
     known keys (``known``: verified elsewhere) spared."""
     for key in known:
@@ -68,7 +70,7 @@ def prepare_lines(lines: Sequence[bytes | str], known: Iterable[bytes] = ()) -> 
         try:
             item = parse_line(line)
         except Rejection as rej:
-            out.append((_REJECTED, rej.code.value, rej.message))
+            out.append((_REJECTED, error_code(rej), rej.message))
             continue
         if isinstance(item, ShareLine):
             out.append((_SHARE, item.obj, item.address, item.id, _share_head(item)))

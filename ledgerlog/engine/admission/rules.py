@@ -11,10 +11,10 @@ from ..errors import Code, Rejection
 from ..genesis import Genesis
 from ..governance import PARAMETERS, out_of_range
 from ..movements import confirmed_nonce, movements
+from .encoding import share_event, signed_event
 from .lines import BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
 from .roles import genesis_identity, identity_of
 from .state import Account, Tip, WriteState
-from .encoding import share_event, signed_event
 from .verify import SignatureCache
 
 __all__ = ["Out", "Rules"]

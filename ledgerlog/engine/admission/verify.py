@@ -15,7 +15,7 @@ from itertools import islice
 from ..errors import Rejection
 from ..procs import exit_with_parent
 from .lines import Item, Signed
-from .prepare import prepare_lines, rebuild, signature_key
+from .prepare import Prepared, prepare_lines, rebuild, signature_key
 
 __all__ = ["Verifier", "Pending", "SignatureCache"]
 
@@ -61,7 +61,7 @@ class SignatureCache:
 class Pending:
     """A chunk's lines being prepared in the pool; ``items`` waits and rebuilds them in order."""
 
-    def __init__(self, futures: list[Future[tuple[list[tuple], int]]], cache: SignatureCache) -> None:
+    def __init__(self, futures: list[Future[Prepared]], cache: SignatureCache) -> None:
         self.futures = futures
         self.cache = cache
 
@@ -100,7 +100,8 @@ class Verifier:
         known = self.cache.recent(_RECENT_KEYS)
         slices = self.workers * 2
         target = sum(map(len, lines)) / slices
-        futures, start, size = [], 0, 0
+        futures: list[Future[Prepared]] = []
+        start, size = 0, 0
         for i, line in enumerate(lines):
             size += len(line)
             if size >= target and len(futures) < slices - 1:
