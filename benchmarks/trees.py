@@ -118,12 +118,12 @@ def trees(work: str, genesis: dict[str, Any], shares_path: str, shares_stats: di
             data = os.path.join(work, f"trees-{label}-{i}")
             if label == "with_trees":
                 spent = [0.0]
-                with _timed_upkeep(spent):
-                    got = ingest(data, genesis, shares_path, shares_stats)
+                with _timed_upkeep(spent):  # one run (its passes): upkeep / the run's seconds
+                    got = ingest(data, genesis, shares_path, shares_stats, runs=1)
                 shares.append(spent[0] / got["seconds"])
             else:
                 with _no_trees():
-                    got = ingest(data, genesis, shares_path, shares_stats)
+                    got = ingest(data, genesis, shares_path, shares_stats, runs=1)
             runs[label].append(got["events_per_s"])
             if label == "with_trees" and i == 1 and signed_data is None:
                 os.replace(data, keep)

@@ -109,6 +109,7 @@ class Signed:
     where: str = "body"
     _canonical: bytes | None = field(default=None, repr=False)
     sig_ok: bool | None = field(default=None, repr=False)  # filled by a bulk pre-check, if any
+    _id: str | None = field(default=None, repr=False)
 
     def canonical(self) -> bytes:
         if self._canonical is None:
@@ -120,7 +121,9 @@ class Signed:
 
     @property
     def id(self) -> str:
-        return H(self.canonical())
+        if self._id is None:
+            self._id = H(self.canonical())
+        return self._id
 
     def signed_record(self) -> dict[str, Any]:
         return {"body": self.body, "pubkey": self.pubkey, "signature": self.signature}
@@ -135,13 +138,20 @@ class BlockLine:
 
 @dataclass(slots=True)
 class ShareLine:
+    """A share line; ``head``, when a worker computed it, is the Avro encoding of the share's
+    event up to (not including) its ``stamp_height``, which only admission knows."""
+
     obj: dict[str, Any]
     address: str
     kind: str = "share"
+    _id: str | None = field(default=None, repr=False)
+    head: bytes | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
-        return H(canonical_json_flat(self.obj))
+        if self._id is None:
+            self._id = H(canonical_json_flat(self.obj))
+        return self._id
 
 
 @dataclass(slots=True)

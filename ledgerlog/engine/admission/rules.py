@@ -11,6 +11,7 @@ from ..errors import Code, Rejection
 from ..genesis import Genesis
 from ..governance import PARAMETERS, out_of_range
 from ..movements import confirmed_nonce, movements
+from .encoding import share_event, signed_event
 from .lines import BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
 from .roles import genesis_identity, identity_of
 from .state import Account, Tip, WriteState
@@ -26,6 +27,13 @@ class Out(NamedTuple):  # a tuple: one per admitted event, and a frozen dataclas
     key: str
     event: dict[str, Any]
     timestamp: int
+    #: the event's Avro bytes when already made from parts at hand (``encoding.py``); else None
+    encoded: bytes | None = None
+
+
+def _signed_out(topic: str, key: str, s: Signed, event: dict[str, Any], timestamp: int) -> Out:
+    """The Out of an event whose first field is ``s``'s body, encoded from its canonical bytes."""
+    return Out(topic, key, event, timestamp, signed_event(topic, s.canonical(), event))
 
 
 def _dup(what: str) -> Rejection:
@@ -159,7 +167,7 @@ class Rules:
             event = {**tx.signed_record(), "txid": txid, "height": height, "index": i, "block_hash": block_hash}
             self._apply(T.TRANSACTIONS, event, accounts)
             fees += body["fee"]
-            outs.append(Out(T.TRANSACTIONS, sender, event, body["timestamp"]))
+            outs.append(_signed_out(T.TRANSACTIONS, sender, tx, event, body["timestamp"]))
 
         block_ev = {"header": hdr, "hash": block_hash, "pubkey": b.header.pubkey,
                     "signature": b.header.signature, "txids": txids, "fees": fees,
@@ -172,7 +180,7 @@ class Rules:
         self.st.set_block_hash(height, block_hash)
         if hdr["producer"] == self.g.pool.address:
             self.st.set_pool_round(height, self.g.block_reward + fees, 0)
-        return [Out(T.BLOCKS, self.g.chain_id, block_ev, hdr["timestamp"]), *outs]
+        return [_signed_out(T.BLOCKS, self.g.chain_id, b.header, block_ev, hdr["timestamp"]), *outs]
 
     def _check_tx(self, tx: Signed, where: str) -> None:
         body = tx.body
@@ -229,7 +237,7 @@ class Rules:
         self.st.set_tx_status(txid, "m")
         self.st.set_mempool_tx(txid, {"type": "transaction", **tx.signed_record()})
         event = {**tx.signed_record(), "txid": txid, "stamp_height": self.st.tip().height}
-        return [Out(T.MEMPOOL, sender, event, body["timestamp"])]
+        return [_signed_out(T.MEMPOOL, sender, tx, event, body["timestamp"])]
 
     # -- shares -----------------------------------------------------------------------------
     def share(self, s: ShareLine) -> list[Out]:
@@ -243,10 +251,11 @@ class Rules:
             if not -(1 << 63) <= o[f] < (1 << 63):
                 raise Rejection(Code.BAD_AMOUNT, f"share.{f} is outside the signed 64-bit range")
         self.st.mark_seen("s", share_id, share_id)
+        stamp = self.st.tip().height
         event = {"share_id": share_id, "worker": o["worker"], "address": s.address, "job_id": o["job_id"],
                  "height": o["height"], "difficulty": o["difficulty"], "accepted": o["accepted"],
-                 "timestamp": o["timestamp"], "stamp_height": self.st.tip().height}
-        return [Out(T.SHARES, s.address, event, o["timestamp"])]
+                 "timestamp": o["timestamp"], "stamp_height": stamp}
+        return [Out(T.SHARES, s.address, event, o["timestamp"], None if s.head is None else share_event(s.head, stamp))]
 
     # -- energy -----------------------------------------------------------------------------
     def reading(self, r: Signed) -> list[Out]:
@@ -267,7 +276,7 @@ class Rules:
         self.st.set_provider(body["provider_id"], {**prov, "credited": prov["credited"] + body["milli_kwh"]})
         self.st.mark_seen("r", reading_id, reading_id)
         event = {**r.signed_record(), "reading_id": reading_id, "stamp_height": self.st.tip().height}
-        return [Out(T.READINGS, body["provider_id"], event, body["timestamp"])]
+        return [_signed_out(T.READINGS, body["provider_id"], r, event, body["timestamp"])]
 
     def _provider(self, provider_id: str) -> dict[str, Any]:
         prov = self.st.provider(provider_id)
@@ -295,7 +304,7 @@ class Rules:
         self.st.mark_seen("v", pid, body_hash)
         self.st.set_provider(pid, {"owner": body["owner"], "meter_id": body["meter_id"],
                                    "price_per_kwh": body["price_per_kwh"], "credited": 0, "settled": 0})
-        return [Out(T.PROVIDERS, pid, event, body["timestamp"])]
+        return [_signed_out(T.PROVIDERS, pid, p, event, body["timestamp"])]
 
     def settlement(self, s: Signed) -> list[Out]:
         body = s.body
@@ -316,7 +325,7 @@ class Rules:
         self._apply(T.SETTLEMENTS, event)
         self.st.mark_seen("t", sid, body_hash)
         self.st.set_provider(body["provider_id"], {**prov, "settled": prov["settled"] + body["milli_kwh"]})
-        return [Out(T.SETTLEMENTS, body["provider_id"], event, body["timestamp"])]
+        return [_signed_out(T.SETTLEMENTS, body["provider_id"], s, event, body["timestamp"])]
 
     # -- pool payouts -----------------------------------------------------------------------
     def payout(self, p: Signed) -> list[Out]:
@@ -338,7 +347,7 @@ class Rules:
         self._apply(T.PAYOUTS, event)
         self.st.mark_seen("p", pid, body_hash)
         self.st.set_pool_round(body["round_height"], cap, paid + body["amount"])
-        return [Out(T.PAYOUTS, body["address"], event, body["timestamp"])]
+        return [_signed_out(T.PAYOUTS, body["address"], p, event, body["timestamp"])]
 
     # -- governance (docs/PROTOCOL.md §8.5) -------------------------------------------------
     def governance(self, c: Signed) -> list[Out]:
@@ -363,7 +372,7 @@ class Rules:
         self.st.mark_seen("g", change_id, change_id)
         event = {**c.signed_record(), "change_id": change_id, "previous": previous, "seq": seq,
                  "stamp_height": self.st.tip().height}
-        return [Out(T.GOVERNANCE, name, event, body["timestamp"])]
+        return [_signed_out(T.GOVERNANCE, name, c, event, body["timestamp"])]
 
     # -- key rotations (docs/PROTOCOL.md §8) ------------------------------------------------
     def rotation(self, r: RotationLine) -> list[Out]:
@@ -389,4 +398,4 @@ class Rules:
         self.st.mark_seen("k", rotation_id, rotation_id)
         event = {**s.signed_record(), "rotation_id": rotation_id, "new_signature": r.new_signature,
                  "identity": identity, "stamp_height": self.st.tip().height}
-        return [Out(T.KEYS, role, event, body["timestamp"])]
+        return [_signed_out(T.KEYS, role, s, event, body["timestamp"])]
