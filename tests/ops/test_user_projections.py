@@ -109,6 +109,17 @@ def test_the_example_equals_an_independent_count(data, template, tmp_path) -> No
     elsewhere.mkdir()
     assert ok_json(run(data, "projections", "get", "tx_count", one, cwd=elsewhere))["value"] == expected[one]
     assert ok_json(run(data, "verify", cwd=elsewhere))["ok"] is True
+    # exported as JSON lines, every key once, in key order; DuckDB reads it as a table
+    exported = ok_json(run(data, "projections", "export", "tx_count", "--out", str(tmp_path / "tx.jsonl"),
+                           cwd=elsewhere))
+    rows = [json.loads(ln) for ln in (tmp_path / "tx.jsonl").read_bytes().splitlines()]
+    assert exported["lines"] == len(rows) == len(expected) and [r["key"] for r in rows] == sorted(expected)
+    assert {r["key"]: r["value"] for r in rows} == dict(expected)
+    piped = run(data, "projections", "export", "tx_count", cwd=elsewhere)
+    assert piped.returncode == 0 and piped.stdout == (tmp_path / "tx.jsonl").read_bytes()
+    duckdb = pytest.importorskip("duckdb")
+    total = duckdb.connect().execute(f"SELECT sum(value) FROM read_json('{tmp_path / 'tx.jsonl'}')").fetchone()
+    assert total is not None and total[0] == sum(expected.values())
     # a reproject of everything spreads the user projection over processes like the built-ins
     again = ok_json(run(data, "reproject", cwd=elsewhere, env=cli_env(LEDGERLOG_FOLD_WORKERS="2")))["projections"]
     assert {r["projection"] for r in again} == {"chainstate", "balances", "energy", "payouts", "tx_count"}
@@ -148,7 +159,7 @@ def test_bad_modules_are_refused_with_a_code_and_change_nothing(data, tmp_path) 
     names = [p["name"] for p in ok_json(run(data, "projections", "list", cwd=tmp_path))["projections"]]
     assert names == ["chainstate", "balances", "energy", "payouts"]
     assert error(run(data, "projections", "get", "nope", "x", cwd=tmp_path))["code"] == "UNKNOWN_PROJECTION"
-    assert error(run(data, "reproject", "nope", cwd=tmp_path))["code"] == "UNKNOWN_PROJECTION"
+    assert error(run(data, "reproject", "nope", cwd=tmp_path))["code"] == "USAGE"  # a wrong argument
     assert error(run(data, "projections", "remove", "balances", cwd=tmp_path))["code"] == "BAD_PROJECTION"
 
 
