@@ -8,6 +8,7 @@ process pool, a slice of the chunk per task, while the admitter checks the rules
 chunks."""
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
@@ -96,7 +97,10 @@ class Verifier:
         """Start preparing ``lines`` in the pool, in slices of about equal bytes (two per worker,
         so a slow slice does not leave a worker idle)."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, initializer=exit_with_parent)
+            # forkserver, never fork: the caller has threads (a node's HTTP server, Kafka clients,
+            # OpenTelemetry), and a child forked while one of them holds a lock can crash or hang
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
+                                             initializer=exit_with_parent)
         known = self.cache.recent(_RECENT_KEYS)
         slices = self.workers * 2
         target = sum(map(len, lines)) / slices
