@@ -19,7 +19,7 @@ from typing import Any
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import open_chain
-from ledgerlog.engine.config import Config
+from ledgerlog.engine.config import load_config
 from ledgerlog.engine.errors import BadRequest, ProjectionFailedError
 from ledgerlog.ops.data.prune import first_at_height
 from ledgerlog.ops.query.userviews import key_text, value_of
@@ -92,7 +92,7 @@ def replay(projection: str | ModuleType | Any, data_dir: str = "./data", *, heig
         raise BadRequest(f"height must be a non-negative integer, not {height!r}")
     owned = scratch is None
     where = scratch or tempfile.mkdtemp(prefix=f"ledgerlog-replay-{mod.NAME}-")
-    chain = open_chain(Config(data_dir=data_dir), read_only=True)
+    chain = open_chain(load_config(data_dir, os.environ, {}), read_only=True)  # its config.toml: a Kafka chain too
     try:
         log, codec = chain.log, chain.codec
         until = {t: log.end_offsets(t) for t in mod.TOPICS}

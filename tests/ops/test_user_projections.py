@@ -108,7 +108,10 @@ def test_the_example_equals_an_independent_count(data, template, tmp_path) -> No
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert ok_json(run(data, "projections", "get", "tx_count", one, cwd=elsewhere))["value"] == expected[one]
-    assert ok_json(run(data, "verify", cwd=elsewhere))["ok"] is True
+    verified = ok_json(run(data, "verify", cwd=elsewhere))
+    assert verified["ok"] is True
+    mine = verified["projections"]["projections"]["tx_count"]  # replayed and compared like the built-ins
+    assert mine["compared"] and mine["replay_digest"] == mine["live_digest"]
     # exported as JSON lines, every key once, in key order; DuckDB reads it as a table
     exported = ok_json(run(data, "projections", "export", "tx_count", "--out", str(tmp_path / "tx.jsonl"),
                            cwd=elsewhere))
