@@ -276,7 +276,7 @@ def test_the_node_folds_serves_and_isolates_user_projections(data, template, tmp
     assert removed == {"removed": "fragile"} and not (data / "projections" / "fragile").exists()
 
 
-def test_the_notebook_api_folds_up_to_a_height(data, template, tmp_path) -> None:
+def test_the_notebook_api_folds_up_to_a_height(data, template, tmp_path, capsys) -> None:
     from ledgerlog.ops.notebook import replay
 
     write_module(tmp_path)
@@ -294,5 +294,6 @@ def test_the_notebook_api_folds_up_to_a_height(data, template, tmp_path) -> None
         assert view.get(key) == str(expected[key]).encode() and view.get(b"\x00pos") is None
         scratch = view.path
     assert not os.path.exists(scratch)  # its own scratch dir is removed on close
-    with replay("balances", str(data), progress=False) as whole:  # a built-in, by name, to the end
+    with replay("balances", str(data)) as whole:  # a built-in, by name, to the end, with its bar
+        assert "replay balances" in capsys.readouterr().err
         assert whole.digest == ok_json(run(data, "projections", "list", cwd=tmp_path))["projections"][1]["digest"]

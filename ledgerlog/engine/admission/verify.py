@@ -97,9 +97,11 @@ class Verifier:
         """Start preparing ``lines`` in the pool, in slices of about equal bytes (two per worker,
         so a slow slice does not leave a worker idle)."""
         if self._pool is None:
-            # forkserver, never fork: the caller has threads (a node's HTTP server, Kafka clients,
-            # OpenTelemetry), and a child forked while one of them holds a lock can crash or hang
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
+            # spawned, never forked: the caller has threads (a node's HTTP server, Kafka clients,
+            # OpenTelemetry), and a child forked while one of them holds a lock crashed or hung.
+            # Not a fork server either: its children hold its lifeline pipe and it is their parent,
+            # so a killed caller left both waiting for each other (exit_with_parent never fired)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=exit_with_parent)
         known = self.cache.recent(_RECENT_KEYS)
         slices = self.workers * 2
