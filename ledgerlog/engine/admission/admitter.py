@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 
@@ -216,10 +216,10 @@ class Admitter:
     @_tracer.start_as_current_span("ledgerlog.log_append")
     def _commit(self, outs: list[Out]) -> None:
         encode, wire = self.codec.encode, self.codec.wire
+        # an Out carries its record's value, or its event's Avro bytes, or else its event
         records = [Record(o.topic, o.key.encode(), o.value, o.timestamp, None, o.leaf) if o.value is not None
-                   else Record(o.topic, o.key.encode(),
-                               encode(o.topic, o.event) if o.encoded is None else wire(o.topic, o.encoded),
-                               o.timestamp)
+                   else Record(o.topic, o.key.encode(), wire(o.topic, o.encoded) if o.encoded is not None
+                               else encode(o.topic, cast("dict[str, Any]", o.event)), o.timestamp)
                    for o in outs]
         trace.get_current_span().set_attribute("ledgerlog.records", len(records))
         try:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import topics as T
-from ..crypto import H, address_of, address_of_hex, tx_root, verify
 from ..avro_codegen import long_bytes
+from ..crypto import H, address_of, address_of_hex, tx_root, verify
 from ..errors import Code, Rejection
 from ..genesis import Genesis
 from ..governance import PARAMETERS, out_of_range
@@ -173,8 +173,10 @@ class Rules:
             to = accounts.get(recipient) or account(recipient)
             accounts[recipient] = Account(to.balance + amount, to.staked, to.nonce)
             fees += fee
-            event = {**tx.signed_record(), "txid": txid, "height": height, "index": i, "block_hash": block_hash}
-            outs.append(_signed_out(T.TRANSACTIONS, sender, tx, event, body["timestamp"]))
+            # the event but its body, which its canonical bytes give (listeners read topics and timestamps)
+            rest = {"txid": txid, "pubkey": tx.pubkey, "signature": tx.signature, "height": height, "index": i,
+                    "block_hash": block_hash}
+            outs.append(Out(T.TRANSACTIONS, sender, None, body["timestamp"], signed_event(T.TRANSACTIONS, tx.canonical(), rest)))
 
         block_ev = {"header": hdr, "hash": block_hash, "pubkey": b.header.pubkey,
                     "signature": b.header.signature, "txids": txids, "fees": fees,
@@ -259,9 +261,10 @@ class Rules:
         o = s.obj
         if o["difficulty"] <= 0:
             raise Rejection(Code.BAD_AMOUNT, f"difficulty must be positive, got {o['difficulty']}")
-        for f in ("height", "difficulty", "timestamp"):
-            if not -(1 << 63) <= o[f] < (1 << 63):
-                raise Rejection(Code.BAD_AMOUNT, f"share.{f} is outside the signed 64-bit range")
+        if s.value is None:  # a share made ahead was in range
+            for f in ("height", "difficulty", "timestamp"):
+                if not -(1 << 63) <= o[f] < (1 << 63):
+                    raise Rejection(Code.BAD_AMOUNT, f"share.{f} is outside the signed 64-bit range")
         self.st.mark_seen("s", share_id, share_id)
         stamp = self.st.tip_height()
         value = s.value
