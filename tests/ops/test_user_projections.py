@@ -15,25 +15,24 @@ from pathlib import Path
 import httpx
 import pytest
 from clitools import LEDGERLOG, cli, cli_env, ok_json, wait_node_url
-from nodetools import history
+from nodetools import TX_COUNT, history
 
 from ledgerlog.ops.devtools.histkeys import write_genesis
 
-TX_COUNT = '''# tx_count.py: confirmed transactions per sender
-NAME, VERSION, TOPICS = "tx_count", {version}, ("ledger.transactions",)
+SLOW = "    __import__('time').sleep(0.02)  # a slow fold, so a kill lands mid-fold\n"
 
-def fold(genesis, events, txn):
-    for _topic, e in events:
-        key = e["body"]["sender"].encode()
-        txn.put(key, str(int(txn.get(key) or b"0") + {step}).encode()){slow}
-'''
-SLOW = "\n    __import__('time').sleep(0.02)  # a slow fold, so a kill lands mid-fold"
+
+def module_text(*, version: int = 1, step: int = 1, slow: bool = False) -> str:
+    """The docs' example (nodetools.TX_COUNT) at another version, counting by ``step``."""
+    text = TX_COUNT.replace('"tx_count", 1,', f'"tx_count", {version},').replace("+ 1)", f"+ {step})")
+    assert text != TX_COUNT or (version, step) == (1, 1)
+    return text + (SLOW if slow else "")
 
 
 def write_module(where: Path, name: str = "tx_count", *, version: int = 1, step: int = 1, slow: bool = False,
                  text: str | None = None) -> Path:
     path = where / f"{name}.py"
-    path.write_text(text or TX_COUNT.format(version=version, step=step, slow=SLOW if slow else ""))
+    path.write_text(text or module_text(version=version, step=step, slow=slow))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # an edit within the same tick still counts
     return path
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from clitools import LEDGERLOG, cli_env
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
+from nodetools import TX_COUNT
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import init_chain, open_chain
@@ -180,15 +181,6 @@ def test_two_workers_split_survive_kill_and_match_embedded(tmp_path, kafka_boots
     finally:
         for w in workers:
             w.stop()
-
-
-TX_COUNT = '''NAME, VERSION, TOPICS = "tx_count", 1, ("ledger.transactions",)
-
-def fold(genesis, events, txn):
-    for _topic, e in events:
-        key = e["body"]["sender"].encode()
-        txn.put(key, str(int(txn.get(key) or b"0") + 1).encode())
-'''
 
 
 def test_a_worker_folds_the_data_dirs_user_projections(tmp_path, kafka_bootstrap, history):  # noqa: F811

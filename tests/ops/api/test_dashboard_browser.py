@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from clitools import LEDGERLOG, cli_env, running_node, wait_node_url
+from nodetools import TX_COUNT
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -77,15 +78,6 @@ def _until(check: Callable[[], Any], what: str, limit: float = 60) -> Any:
             return got
         assert time.monotonic() < deadline, f"{what} within {limit} s"
         time.sleep(0.3)
-
-
-TX_COUNT = """NAME, VERSION, TOPICS = "tx_count", 1, ("ledger.transactions",)
-
-def fold(genesis, events, txn):
-    for _topic, e in events:
-        key = e["body"]["sender"].encode()
-        txn.put(key, str(int(txn.get(key) or b"0") + 1).encode())
-"""
 
 
 class SimulatedNode:
