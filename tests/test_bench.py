@@ -80,7 +80,8 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
     assert len(goals) == 13 and b"goals (issues 5, 15):" in proc.stdout
     trees = res["trees"]
     _positive(trees["ingest_unsigned_events_per_s"], "with_trees", "without_trees")
-    _positive(trees, "upkeep_share")
+    # the appending process's share; with the leaves of shares hashed by the workers it may round to 0
+    assert isinstance(trees["upkeep_share"], float) and 0 <= trees["upkeep_share"] < 1, trees
     _positive(trees["proofs"]["inclusion"], "proofs", "per_s", "p99_ms")
     _positive(trees["proofs"]["consistency"], "proofs", "per_s", "p99_ms")
     _positive(trees["storage"], "records", "tree_bytes", "tree_bytes_per_million_records")
