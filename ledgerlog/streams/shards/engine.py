@@ -1,11 +1,13 @@
 """A sharded worker's engine: folds the repartition partitions it owns, each into its own Shard,
-from one consumer assigned exactly those partitions at the positions their stores hold; and, when
-it holds the deriver's lease, runs the deriver on a second thread. Ownership comes from the group
+from one consumer assigned exactly those partitions at the positions their stores hold; and, for
+the derive leases it holds (source partitions), runs the deriver on a second thread. Ownership comes from the group
 (group.py) or, in tests and benchmarks, from ``assign`` directly.
 
 A gained partition resumes from this worker's store of it (offset 0, i.e. rebuilt from the
 repartition topic, if it never had it) and is ``catching_up`` until it reaches the end the newest
-progress record gave at the gain, then ``serving``. A revoke returns once no batch of the revoked
+progress records gave at the gain, then ``serving``. The progress records (one per source
+partition, read every ``progress_every`` seconds) also give each shard the height bounds it folds
+in order by (shard.py). A revoke returns once no batch of the revoked
 partitions is in flight, so two workers never fold a partition at once through the same store."""
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 
 from .deriver import Deriver
-from .repartition import Names, combine_digests, partition_of
-from .shard import Shard, shard_path
+from .repartition import SOURCES, Names, combine_digests, partition_of, source_partitions
+from .shard import Bounds, Shard, shard_path
 from .topics import Progress, ProgressReader
 
 __all__ = ["ShardEngine"]
@@ -41,8 +43,8 @@ class _Owned:
 
 
 class ShardEngine:
-    """Folds owned shards (``assign``: partition numbers; ``partitions`` itself stands for the
-    deriver's lease) under ``shards_dir``."""
+    """Folds owned shards under ``shards_dir`` and derives held source partitions (``assign``:
+    lease numbers: k < ``partitions`` is shard k, ``partitions`` + j the j-th source partition)."""
 
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, kafka: KafkaConfig, names: Names,
                  partitions: int, shards_dir: str, *, batch: int = 5000, idle_wait: float = 0.1,
@@ -50,16 +52,20 @@ class ShardEngine:
         self.log, self.codec, self.genesis, self.kafka, self.names = log, codec, genesis, kafka, names
         self.partitions, self.shards_dir, self.batch, self.idle_wait = partitions, shards_dir, batch, idle_wait
         self.progress_every = progress_every
+        self.sources = source_partitions(log)
+        self.leases = partitions + len(self.sources)  # the lease topic's partitions
+        self._source_ids = [(SOURCES.index(t), p) for t, p in self.sources]
         self._lock = threading.Lock()        # ownership, snapshots
         self._batch_lock = threading.Lock()  # held while a batch folds: a revoke waits for it
+        self._derive_lock = threading.Lock()  # held while the deriver steps: a revoke waits for it
         self._stop = threading.Event()
         self._wake = threading.Event()       # an assignment changed: the fold thread looks at once
         self._owned: dict[int, _Owned] = {}
-        self._derive = False
+        self._derive: set[int] = set()  # held derive leases (source partition numbers)
         self._shards: dict[int, Shard] = {}
         self._assigned: tuple[int, ...] | None = None
         self._snap: dict[int, dict[str, Any]] = {}
-        self.progress: Progress | None = None
+        self.progress: dict[int, Progress] = {}  # per source partition, its newest progress record
         self._progress_at = 0.0
         self.deriver: Deriver | None = None
         self.gains: list[dict[str, Any]] = []
@@ -97,10 +103,10 @@ class ShardEngine:
             for k in leases:
                 if k < self.partitions and k not in self._owned:
                     self._owned[k] = _Owned(gained_at=now)
-            self._derive = self.partitions in leases
+            self._derive = {k - self.partitions for k in leases if k >= self.partitions}
         self._wake.set()
-        _log.info("assigned shards %s%s", sorted(k for k in leases if k < self.partitions),
-                  " and the deriver" if self.partitions in leases else "")
+        _log.info("assigned shards %s, derive leases %s", sorted(k for k in leases if k < self.partitions),
+                  sorted(k - self.partitions for k in leases if k >= self.partitions))
 
     def revoke(self, leases: Iterable[int]) -> None:
         """Stop folding (and deriving) what ``leases`` names; returns once no batch is in flight."""
@@ -108,8 +114,9 @@ class ShardEngine:
         with self._lock:
             for k in leases:
                 self._owned.pop(k, None)
-            if self.partitions in leases:
-                self._derive = False
+            self._derive -= {k - self.partitions for k in leases}
+        with self._derive_lock:  # the deriver's step in flight, if any, has finished
+            pass
         with self._batch_lock:
             pass
         _log.info("revoked %s", sorted(leases))
@@ -124,18 +131,21 @@ class ShardEngine:
 
     def _derive_loop(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                wanted = self._derive
-            if not wanted:
-                if self.deriver is not None:
-                    self.deriver.close()
-                    self.deriver = None
-                self._stop.wait(self.idle_wait)
-                continue
-            if self.deriver is None:  # resumes from the newest progress record
-                self.deriver = Deriver(self.log, self.codec, self.genesis, self.kafka, self.names,
-                                       self.partitions, batch=self.batch)
-            if not self.deriver.step():
+            with self._derive_lock:
+                with self._lock:
+                    wanted = set(self._derive)
+                if not wanted:
+                    if self.deriver is not None:
+                        self.deriver.close()
+                        self.deriver = None
+                    stepped = 0
+                else:
+                    if self.deriver is None:  # each lease resumes from its newest progress record
+                        self.deriver = Deriver(self.log, self.codec, self.genesis, self.kafka, self.names,
+                                               self.partitions, leases=wanted, batch=self.batch)
+                    self.deriver.hold(wanted)
+                    stepped = self.deriver.step()
+            if not stepped:
                 self._stop.wait(self.idle_wait)
         if self.deriver is not None:
             self.deriver.close()
@@ -144,8 +154,9 @@ class ShardEngine:
         """Keep ``progress`` at the newest progress record (a read of the topic's tail takes a few
         fetch round trips: off the fold thread)."""
         assert self._reader is not None
+        every = list(range(len(self.sources)))
         while not self._stop.is_set():
-            self.progress = self._reader.latest()
+            self.progress = self._reader.latest_of(every)
             self._progress_at = time.monotonic()
             self._stop.wait(self.progress_every)
 
@@ -164,7 +175,7 @@ class ShardEngine:
                         if k not in self._shards:
                             self._shards[k] = Shard(shard_path(self.shards_dir, self.partitions, k), self.genesis,
                                                     self.names.movements, k, self.partitions)
-                    c.assign([KTP(self.names.movements, k, self._shards[k].position) for k in owned])
+                    c.assign([KTP(self.names.movements, k, self._shards[k].read_to) for k in owned])
                     self._assigned = owned
                 msgs = c.consume(self.batch, self.idle_wait) if owned else []
                 by_part: dict[int, list[tuple[int, bytes, bytes]]] = {}
@@ -176,19 +187,29 @@ class ShardEngine:
                         _log.warning("reading %s: %s", self.names.movements, err)  # librdkafka retries
                         continue
                     by_part.setdefault(m.partition(), []).append((m.offset(), m.key(), m.value()))
-                for k, recs in by_part.items():
-                    shard = self._shards.get(k)
-                    if shard is not None:
-                        shard.fold(recs)
+                progress = self.progress
+                for k, shard in self._shards.items():
+                    recs = by_part.get(k)
+                    if recs or shard.held:
+                        shard.fold(recs or (), self._bounds(progress, k))
             if not owned:
                 self._wake.wait(self.idle_wait)
             self._wake.clear()
             self._refresh()
 
+    def _bounds(self, progress: dict[int, Progress], k: int) -> Bounds:
+        """Per source partition, (the bound of its later rows, the end of its rows in partition k)."""
+        out: Bounds = {}
+        for j, src in enumerate(self._source_ids):
+            rec = progress.get(j)
+            out[src] = None if rec is None else (rec.bound, rec.ends[k])
+        return out
+
     def _refresh(self) -> None:
-        """States and snapshots of the owned shards against the newest progress record."""
+        """States and snapshots of the owned shards against the newest progress records."""
         now = time.monotonic()
-        ends = self.progress.ends if self.progress is not None else [0] * self.partitions
+        records = list(self.progress.values())
+        ends = [max((r.ends[k] for r in records), default=0) for k in range(self.partitions)]
         with self._lock:
             for k, own in self._owned.items():
                 shard = self._shards.get(k)
@@ -203,6 +224,7 @@ class ShardEngine:
                 self._snap[k] = {"state": own.state, "digest": shard.digest_hex(), "position": shard.position,
                                  "lag": max(0, ends[k] - shard.position), "height": shard.store.height,
                                  "rows_folded": shard.folded, "duplicates_skipped": shard.skipped,
+                                 "rows_held": len(shard.held),
                                  "resumed_from": shard.resumed_from, "catch_up_s": own.catch_up_s}
             for k in [k for k in self._snap if k not in self._owned]:
                 del self._snap[k]
@@ -211,12 +233,15 @@ class ShardEngine:
     def status(self) -> dict[str, Any]:
         with self._lock:
             deriver = self.deriver.status() if self.deriver is not None and self._derive else None
-            progress = self.progress
+            records = list(self.progress.values())
+            derived = None if not records else {
+                "events": sum(r.events for r in records), "leases_recorded": len(records),
+                "leases": len(self.sources), "bound": min(r.bound for r in records),
+                "height": max(r.height for r in records),
+                "ends": [max(r.ends[k] for r in records) for k in range(self.partitions)]}
             return {"mode": "shards", "projection": self.names.projection, "partitions": self.partitions,
                     "shards": {str(k): dict(v) for k, v in sorted(self._snap.items())},
-                    "deriver": deriver, "gains": list(self.gains), "error": self.error,
-                    "derived": None if progress is None else {"height": progress.height, "events": progress.events,
-                                                              "ends": list(progress.ends)}}
+                    "deriver": deriver, "gains": list(self.gains), "error": self.error, "derived": derived}
 
     def answer(self, name: str) -> dict[str, Any] | None:
         """Whole projections are not served by a sharded worker (see ``account``)."""

@@ -1,6 +1,6 @@
 """The sharded workers' consumer group: a faust app (streams/faust_worker.py ``lease_app``) on the
 record-less lease topic, whose partition k < N leases repartition partition k (with its state)
-and partition N the deriver. Kafka's group protocol hands each lease to one live member and moves
+and partition N + j the deriving of the j-th source partition. Kafka's group protocol hands each lease to one live member and moves
 a dead member's after the session timeout; the engine follows the assignment."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def build_shard_app(config: Config, engine: ShardEngine, *, worker_dir: str, url
     """The app; ``app.ledgerlog_account_route(address)`` is the URL of the worker owning the
     address's shard (None while nobody does)."""
     names = engine.names
-    app = lease_app(config, app_id=names.group, lease=names.leases, partitions=engine.partitions + 1,
+    app = lease_app(config, app_id=names.group, lease=names.leases, partitions=engine.leases,
                     assign=engine.assign, revoke=engine.revoke, failed=lambda: engine.error,
                     worker_dir=worker_dir, url=url, session_timeout=session_timeout)
     owner = app.ledgerlog_owner

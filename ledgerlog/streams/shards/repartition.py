@@ -19,11 +19,12 @@ from typing import Any
 from ledgerlog.engine.digest import DIGEST_MOD, digest_hex
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.intjson import dumps, loads
+from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.projections import balances
 
 __all__ = ["ROWS_PER_EVENT", "SOURCES", "Names", "combine_digests", "decode_row", "encode_rows",
-           "mark_of", "partition_of"]
+           "mark_of", "partition_of", "source_partitions"]
 
 #: The topics the deriver reads: the balances projection's, in its order (a row's source index).
 SOURCES: tuple[str, ...] = tuple(balances.TOPICS)
@@ -57,13 +58,20 @@ class Names:
 
     @property
     def progress(self) -> str:
-        """One partition: the deriver's progress, one record per acknowledged batch."""
+        """One partition per derive lease (source partition): its deriver's progress records, one
+        per acknowledged batch."""
         return f"{self.base}.progress"
 
     @property
     def leases(self) -> str:
-        """The record-less lease topic: partition k < N leases shard k, partition N the deriver."""
+        """The record-less lease topic: partition k < N leases shard k, partition N + j the
+        deriving of source partition j (``source_partitions``)."""
         return f"{self.base}.leases"
+
+
+def source_partitions(log: Log) -> list[tuple[str, int]]:
+    """The derive leases: every partition of the balances topics, lease j being the j-th."""
+    return [(t, p) for t in SOURCES for p in range(len(log.end_offsets(t)))]
 
 
 def partition_of(address: str, partitions: int) -> int:
