@@ -119,7 +119,7 @@ class Deriver:
         tip = self._tip_height()  # read before the ends: whatever lands after them is at least this high
         topics = {self.sources[j][0] for j in self.leases}
         self._ends = {t: self.log.end_offsets(t) for t in topics}
-        per_lease = max(100, self.batch // len(self.leases))
+        per_lease = -(-self.batch // len(self.leases))
         errors: list[str] = []
         produce, poll, topic, n = self.producer.produce, self.producer.poll, self.names.movements, self.partitions
         genesis = self.genesis
