@@ -12,12 +12,18 @@ import pytest
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
+from ledgerlog.engine.intjson import loads
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.projections import balances
 from ledgerlog.streams.feed import EventDecoder, Feed
 from ledgerlog.streams.runner import Runner
-from ledgerlog.engine.intjson import loads
-from ledgerlog.streams.shards.repartition import SOURCES, combine_digests, encode_rows, partition_of
+from ledgerlog.streams.shards.repartition import (
+    SOURCES,
+    LeaseLayout,
+    combine_digests,
+    encode_rows,
+    partition_of,
+)
 from ledgerlog.streams.shards.shard import Bounds, Shard, shard_path
 
 SEED = 31
@@ -77,9 +83,8 @@ def _topic(chain: dict[str, Any], n: int, resumes: int, rng: random.Random) -> t
         if stop == len(events):
             del todo[i]
     bounds: Bounds = {}
-    for i, (t, p) in enumerate(chain["tps"]):
-        src = (SOURCES.index(t), p)
-        bounds[src] = (chain["tip"], 0)  # a source partition without events: its record still comes
+    for t, p in chain["tps"]:
+        bounds[(SOURCES.index(t), p)] = (chain["tip"], 0)  # a source partition without events: its record still comes
     for i, ends in last_end.items():
         t, p = chain["tps"][i]
         bounds[(SOURCES.index(t), p)] = (chain["tip"], max(ends))
@@ -140,3 +145,17 @@ def test_shards_sum_to_the_embedded_fold(tmp_path, chain_dir, n, resumes, ordere
     finally:
         for s in shards:
             s.close()
+
+
+@pytest.mark.parametrize("shards,sources", [(1, 1), (4, 17), (8, 17), (16, 5), (3, 40)])
+def test_lease_layout_spreads_shards_among_derive_leases(shards, sources) -> None:
+    """Every lease partition stands for exactly one shard or source partition, and each half of
+    the lease topic (an assignor's contiguous range for two members) holds shards."""
+    layout = LeaseLayout(shards, sources)
+    got_shards, got_derive = layout.split(range(layout.total))
+    assert got_shards == set(range(shards)) and got_derive == set(range(sources))
+    assert [layout.split([layout.of_shard(k)]) for k in range(shards)] == [({k}, set()) for k in range(shards)]
+    if shards >= 2:
+        half = layout.total // 2
+        assert layout.split(range(half))[0] and layout.split(range(half, layout.total))[0]
+        assert layout.split(range(half))[1] and layout.split(range(half, layout.total))[1]

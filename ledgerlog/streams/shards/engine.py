@@ -25,7 +25,14 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 
 from .deriver import Deriver
-from .repartition import SOURCES, Names, combine_digests, partition_of, source_partitions
+from .repartition import (
+    SOURCES,
+    LeaseLayout,
+    Names,
+    combine_digests,
+    partition_of,
+    source_partitions,
+)
 from .shard import Bounds, Shard, shard_path
 from .topics import Progress, ProgressReader
 
@@ -44,7 +51,7 @@ class _Owned:
 
 class ShardEngine:
     """Folds owned shards under ``shards_dir`` and derives held source partitions (``assign``:
-    lease numbers: k < ``partitions`` is shard k, ``partitions`` + j the j-th source partition)."""
+    lease topic partitions, as ``layout`` maps them to shards and source partitions)."""
 
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, kafka: KafkaConfig, names: Names,
                  partitions: int, shards_dir: str, *, batch: int = 5000, idle_wait: float = 0.1,
@@ -53,7 +60,8 @@ class ShardEngine:
         self.partitions, self.shards_dir, self.batch, self.idle_wait = partitions, shards_dir, batch, idle_wait
         self.progress_every = progress_every
         self.sources = source_partitions(log)
-        self.leases = partitions + len(self.sources)  # the lease topic's partitions
+        self.layout = LeaseLayout(partitions, len(self.sources))
+        self.leases = self.layout.total  # the lease topic's partitions
         self._source_ids = [(SOURCES.index(t), p) for t, p in self.sources]
         self._lock = threading.Lock()        # ownership, snapshots
         self._batch_lock = threading.Lock()  # held while a batch folds: a revoke waits for it
@@ -92,34 +100,41 @@ class ShardEngine:
         self._derive_thread.start()
         self._progress_thread.start()
 
-    def assign(self, leases: Iterable[int]) -> None:
-        """The full new assignment (lease partitions): newly gained shards start catching up."""
-        leases = set(leases)
+    def assign(self, shards: Iterable[int], derive: Iterable[int] = ()) -> None:
+        """The full new assignment: the shards to fold (newly gained ones start catching up) and the
+        source partitions to derive (numbers in ``sources``)."""
+        shards, derive = set(shards), set(derive)
         now = time.monotonic()
         with self._lock:
             for k in list(self._owned):
-                if k not in leases:
+                if k not in shards:
                     del self._owned[k]
-            for k in leases:
+            for k in shards:
                 if k < self.partitions and k not in self._owned:
                     self._owned[k] = _Owned(gained_at=now)
-            self._derive = {k - self.partitions for k in leases if k >= self.partitions}
+            self._derive = {j for j in derive if j < len(self.sources)}
         self._wake.set()
-        _log.info("assigned shards %s, derive leases %s", sorted(k for k in leases if k < self.partitions),
-                  sorted(k - self.partitions for k in leases if k >= self.partitions))
+        _log.info("assigned shards %s, derive leases %s", sorted(shards), sorted(derive))
 
-    def revoke(self, leases: Iterable[int]) -> None:
-        """Stop folding (and deriving) what ``leases`` names; returns once no batch is in flight."""
-        leases = set(leases)
+    def revoke(self, shards: Iterable[int], derive: Iterable[int] = ()) -> None:
+        """Stop folding and deriving what is named; returns once no batch of it is in flight."""
+        shards, derive = set(shards), set(derive)
         with self._lock:
-            for k in leases:
+            for k in shards:
                 self._owned.pop(k, None)
-            self._derive -= {k - self.partitions for k in leases}
+            self._derive -= derive
         with self._derive_lock:  # the deriver's step in flight, if any, has finished
             pass
         with self._batch_lock:
             pass
-        _log.info("revoked %s", sorted(leases))
+        _log.info("revoked shards %s, derive leases %s", sorted(shards), sorted(derive))
+
+    def assign_leases(self, leases: Iterable[int]) -> None:
+        """``assign`` by lease topic partitions (the group's assignment)."""
+        self.assign(*self.layout.split(leases))
+
+    def revoke_leases(self, leases: Iterable[int]) -> None:
+        self.revoke(*self.layout.split(leases))
 
     # -- threads --------------------------------------------------------------------------------
     def _guard(self, loop: Any) -> None:

@@ -23,7 +23,7 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.projections import balances
 
-__all__ = ["ROWS_PER_EVENT", "SOURCES", "Names", "combine_digests", "decode_row", "encode_rows",
+__all__ = ["ROWS_PER_EVENT", "SOURCES", "LeaseLayout", "Names", "combine_digests", "decode_row", "encode_rows",
            "mark_of", "partition_of", "source_partitions"]
 
 #: The topics the deriver reads: the balances projection's, in its order (a row's source index).
@@ -64,9 +64,38 @@ class Names:
 
     @property
     def leases(self) -> str:
-        """The record-less lease topic: partition k < N leases shard k, partition N + j the
-        deriving of source partition j (``source_partitions``)."""
+        """The record-less lease topic: one partition per shard and one per source partition
+        (``source_partitions``) to derive, laid out by ``LeaseLayout``."""
         return f"{self.base}.leases"
+
+
+class LeaseLayout:
+    """Which lease topic partition leases what: the ``shards`` shard leases sit evenly spread among
+    the ``sources`` derive leases, so the range of lease partitions a group member is given (Kafka's
+    assignors hand out contiguous ranges of a topic) holds its share of both kinds."""
+
+    def __init__(self, shards: int, sources: int) -> None:
+        self.shards, self.sources = shards, sources
+        self.total = shards + sources
+        self._shard_at = [(2 * k + 1) * self.total // (2 * shards) for k in range(shards)]
+        at = set(self._shard_at)
+        derive = [i for i in range(self.total) if i not in at]
+        self._role: dict[int, tuple[bool, int]] = {i: (True, k) for k, i in enumerate(self._shard_at)}
+        self._role.update({i: (False, j) for j, i in enumerate(derive)})
+
+    def of_shard(self, k: int) -> int:
+        """The lease partition of shard ``k``."""
+        return self._shard_at[k]
+
+    def split(self, leases: Iterable[int]) -> tuple[set[int], set[int]]:
+        """(shards, derive leases i.e. source partition numbers) that lease partitions stand for."""
+        shards: set[int] = set()
+        derive: set[int] = set()
+        for i in leases:
+            role = self._role.get(i)
+            if role is not None:
+                (shards if role[0] else derive).add(role[1])
+        return shards, derive
 
 
 def source_partitions(log: Log) -> list[tuple[str, int]]:
