@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from typing import Any
 
 from ledgerlog.engine.errors import LedgerError
@@ -166,7 +167,7 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
         for _ in range(3):  # alternate, so each figure sees the same load
             for mode in ("e2e", "fold"):
                 for w in (1, 2):
-                    figs.setdefault((mode, w), []).append(steady(lambda m=mode, k=w: one_pass(m, k), runs=1))
+                    figs.setdefault((mode, w), []).append(steady(partial(one_pass, mode, w), runs=1))
     fold_only: dict[str, Any] = {}
     for (mode, w), got in figs.items():
         fig = _median(got)

@@ -5,8 +5,8 @@ a batch's rows, writes one progress record per lease that moved: the source offs
 repartition partition the end of that lease's rows, and the height bound its later rows respect
 (topics.Progress). A lease resumes from its newest progress record, wherever it runs.
 
-Each lease reads its one source partition in offset order, in which heights never fall (admission
-stamps the tip), so its rows are in height order; the rows of different leases interleave in a
+One consumer reads every held source partition (each in offset order, in which heights never fall:
+admission stamps the tip), so each lease's rows are in height order; the rows of different leases interleave in a
 repartition partition as the derivers happen to run, and the shard merges them back into height
 order with the bounds (shard.py). No broker transactions are needed (Tansu shows aborted ones to
 read_committed readers anyway): a lease killed between its rows and its progress record writes
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,20 +40,18 @@ from .topics import Progress, ProgressReader
 __all__ = ["Deriver"]
 
 _log = logging.getLogger("ledgerlog.shards.deriver")
-#: records read from a source partition at a time (on Kafka each read is an assignment and a fetch)
-READ_CHUNK = 5000
-
 
 @dataclass
 class _Lease:
     """One held source partition: what its newest progress record says (``recorded``), where this
-    deriver is (``now``), and the events read ahead: (offset, height, event)."""
+    deriver is (``now``), and the events read but not derived yet: (offset, height, event)."""
 
     j: int
     recorded: Progress
     now: Progress
     ahead: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
-    read_to: int = 0  # the offset after the last record read ahead
+    read_to: int = 0  # the offset after the last record read
+    at_end: bool = False  # the consumer reported the partition's end at ``read_to``
     recorded_once: bool = False  # a progress record exists (else the first step writes one)
 
 
@@ -63,7 +62,7 @@ class Deriver:
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, kafka: KafkaConfig, names: Names,
                  partitions: int, *, leases: Iterable[int] | None = None, batch: int = 20_000,
                  timeout: float = 30.0) -> None:
-        from confluent_kafka import Producer
+        from confluent_kafka import Consumer, Producer
 
         self.log, self.genesis, self.names = log, genesis, names
         self.partitions, self.batch, self.timeout = partitions, batch, timeout
@@ -71,23 +70,35 @@ class Deriver:
         self.reader = ProgressReader(kafka, names, timeout)
         decoder = EventDecoder(codec)
         self._decode = {t: decoder.for_topic(t, spec_of(balances.FIELDS[t])) for t in balances.TOPICS}
+        # one consumer assigned every held source partition: fetches of all of them in flight at once
+        self.consumer = Consumer(kafka.librdkafka("consumer", {
+            "group.id": f"ledgerlog-deriver-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 5, "fetch.queue.backoff.ms": 5}))
+        self._real = {t: kafka.topic_prefix + t for t in balances.TOPICS}
+        self._logical = {r: t for t, r in self._real.items()}
+        for real in self._real.values():  # librdkafka waits ~1 s for metadata on a first assign otherwise
+            self.consumer.list_topics(real, timeout=timeout)
         self.producer = Producer(kafka.librdkafka("producer", {
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144}))
         self.leases: dict[int, _Lease] = {}
         self.rows = 0  # written by this deriver (duplicates of a resumed lease included)
         self._tip: tuple[int, int] = (-1, 0)  # (ledger.blocks' end offset, the tip height there)
-        self._ends: dict[str, list[int]] = {}
+        self._by_tp: dict[tuple[str, int], _Lease] = {}
         self.hold(range(len(self.sources)) if leases is None else leases)
 
     # -- leases ---------------------------------------------------------------------------------
     def hold(self, leases: Iterable[int]) -> None:
         """Derive exactly ``leases`` from now on; a newly held one resumes from its newest record."""
         want = set(leases)
-        for j in [j for j in self.leases if j not in want]:
+        gone = [j for j in self.leases if j not in want]
+        for j in gone:
             del self.leases[j]
         new = sorted(j for j in want if j not in self.leases)
         if not new:
+            if gone:
+                self._assign()
             return
         found = self.reader.latest_of(new)
         for j in new:
@@ -98,6 +109,13 @@ class Deriver:
                                f"over {len(rec.ends)} partitions, not {t}/{p} over {self.partitions}: delete the "
                                f"{self.names.base} topics and the workers' shards/ directories")
             self.leases[j] = _Lease(j, rec, _copy(rec), read_to=rec.position, recorded_once=j in found)
+        self._assign()
+
+    def _assign(self) -> None:
+        from confluent_kafka import TopicPartition as KTP
+
+        self._by_tp = {(self._real[lz.now.topic], lz.now.partition): lz for lz in self.leases.values()}
+        self.consumer.assign([KTP(t, p, lz.read_to) for (t, p), lz in self._by_tp.items()])
 
     @property
     def events(self) -> int:
@@ -112,25 +130,24 @@ class Deriver:
 
     # -- deriving -------------------------------------------------------------------------------
     def step(self) -> int:
-        """Derive up to ``batch`` source events over the held leases; returns how many (0: nothing
-        new). Records the progress of every lease that moved (or whose bound rose)."""
+        """Derive what the consumer has of the held leases (up to ``batch`` records); returns how
+        many events (0: nothing new). Records the progress of every lease that moved (or whose
+        bound rose)."""
         if not self.leases:
             return 0
-        tip = self._tip_height()  # read before the ends: whatever lands after them is at least this high
-        topics = {self.sources[j][0] for j in self.leases}
-        self._ends = {t: self.log.end_offsets(t) for t in topics}
-        per_lease = -(-self.batch // len(self.leases))
+        tip = self._tip_height()  # read before the ends are seen: what lands after is at least this high
+        self._read()
         errors: list[str] = []
         produce, poll, topic, n = self.producer.produce, self.producer.poll, self.names.movements, self.partitions
         genesis = self.genesis
         count = rows = 0
         for lease in self.leases.values():
+            if not lease.ahead:
+                continue
             now = lease.now
             t, p = now.topic, now.partition
-            end = self._ends[t][p]
-            ends = now.ends
 
-            def delivered(err: Any, msg: Any, ends: list[int] = ends) -> None:
+            def delivered(err: Any, msg: Any, ends: list[int] = now.ends) -> None:
                 if err is not None:
                     errors.append(str(err))
                 else:
@@ -138,7 +155,7 @@ class Deriver:
                     if off >= ends[k]:
                         ends[k] = off + 1
 
-            taken = self._take(lease, per_lease, end)
+            taken, lease.ahead = lease.ahead, []
             for off, _height, ev in taken:
                 for key, value in encode_rows(genesis, t, p, off, ev):
                     k = partition_for(key, n)
@@ -149,17 +166,16 @@ class Deriver:
                         except BufferError:  # the local queue is full: let it drain
                             poll(0.05)
                     rows += 1
-            if taken:
-                now.position, now.height, now.events = taken[-1][0] + 1, taken[-1][1], now.events + len(taken)
-                count += len(taken)
-        self._flush(errors, "rows")
+            now.position, now.height, now.events = taken[-1][0] + 1, taken[-1][1], now.events + len(taken)
+            count += len(taken)
+        if rows:
+            self._flush(errors, "rows")
         self.rows += rows
         moved = []
         for lease in self.leases.values():
             now = lease.now
-            if not lease.ahead and lease.read_to < self._ends[now.topic][now.partition]:
-                self._read_ahead(lease, self._ends[now.topic][now.partition])  # the next event's height
-            now.bound = self._bound(lease, tip)
+            # heights never fall along a partition: its last event's bounds the rest; at its end, the tip
+            now.bound = max(tip if lease.at_end else now.height, now.height, now.bound)
             if not lease.recorded_once or (now.position, now.bound) != (lease.recorded.position, lease.recorded.bound):
                 moved.append(lease)
         for lease in moved:
@@ -170,40 +186,33 @@ class Deriver:
                 lease.recorded, lease.recorded_once = _copy(lease.now), True
         return count
 
-    def _take(self, lease: _Lease, limit: int, end: int) -> list[tuple[int, int, dict[str, Any]]]:
-        """Up to ``limit`` events of the lease's partition, read ahead as needed."""
-        out: list[tuple[int, int, dict[str, Any]]] = []
-        while len(out) < limit:
-            if not lease.ahead and not self._read_ahead(lease, end):
-                break
-            room = limit - len(out)
-            out.extend(lease.ahead[:room])
-            del lease.ahead[:room]
-        return out
+    def _read(self) -> None:
+        """Consume what has arrived (up to ``batch`` records) into the leases' buffers, decoded."""
+        from confluent_kafka import KafkaError
 
-    def _read_ahead(self, lease: _Lease, end: int) -> int:
-        """Read and decode the next chunk of the lease's partition before ``end``; how many."""
-        t, p = lease.now.topic, lease.now.partition
-        if lease.read_to >= end:
-            return 0
-        decode = self._decode[t]
-        recs = self.log.read(t, p, lease.read_to, min(READ_CHUNK, end - lease.read_to))
-        for r in recs:
-            ev = decode(r.value, 0)
-            lease.ahead.append((r.offset, event_height(t, ev), ev))
-        if recs:
-            lease.read_to = recs[-1].offset + 1
-        return len(recs)
-
-    def _bound(self, lease: _Lease, tip: int) -> int:
-        """A height no later row of the lease is below: its next event's, else (all derived) the
-        tip read before the ends, else its last event's (heights never fall along a partition)."""
-        now = lease.now
-        if lease.ahead:
-            return lease.ahead[0][1]
-        if now.position >= self._ends[now.topic][now.partition]:
-            return max(tip, now.height, now.bound)
-        return max(now.height, now.bound)
+        decode, logical, by_tp = self._decode, self._logical, self._by_tp
+        msgs: list[Any] = self.consumer.consume(self.batch, 0.05)  # (the stubs make every field Optional)
+        for m in msgs:
+            lease = by_tp.get((m.topic(), m.partition()))
+            if lease is None:
+                continue  # left over from an earlier assignment
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    # the end (past a transaction's commit marker, so maybe above read_to)
+                    lease.at_end = (m.offset() or 0) >= lease.read_to
+                    continue
+                if err.fatal():
+                    raise LogError(f"deriver: reading {m.topic()}: {err}")
+                _log.warning("deriver: reading %s: %s", m.topic(), err)  # librdkafka retries
+                continue
+            off = m.offset()
+            if off < lease.read_to:
+                continue
+            t = logical[m.topic()]
+            ev = decode[t](m.value(), 0)
+            lease.ahead.append((off, event_height(t, ev), ev))
+            lease.read_to, lease.at_end = off + 1, False
 
     def _tip_height(self) -> int:
         """The height of the last block on ``ledger.blocks`` (0 before the first)."""
@@ -233,10 +242,15 @@ class Deriver:
             n = self.step()
             total += n
             if not n:
-                if until_idle:
+                if until_idle and self.idle():
                     break
-                time.sleep(idle_wait)
+                if not until_idle:
+                    time.sleep(idle_wait)
         return total
+
+    def idle(self) -> bool:
+        """Has every held lease derived all its partition had (as the consumer last saw its end)?"""
+        return all(lz.at_end and not lz.ahead for lz in self.leases.values())
 
     def status(self) -> dict[str, Any]:
         return {"leases": {str(j): {"source": f"{lz.now.topic}/{lz.now.partition}", "position": lz.now.position,
@@ -249,6 +263,7 @@ class Deriver:
             self.producer.flush(self.timeout)
         finally:
             self.reader.close()
+            self.consumer.close()
 
 
 def _copy(p: Progress) -> Progress:

@@ -180,10 +180,10 @@ class ShardEngine:
 
         c = self._consumer
         while not self._stop.is_set():
-            with self._batch_lock:
-                with self._lock:
-                    owned = tuple(sorted(self._owned))
-                if owned != self._assigned:
+            with self._lock:
+                owned = tuple(sorted(self._owned))
+            if owned != self._assigned:
+                with self._batch_lock:
                     for k in [k for k in self._shards if k not in owned]:
                         self._shards.pop(k).close()
                     for k in owned:
@@ -192,20 +192,27 @@ class ShardEngine:
                                                     self.names.movements, k, self.partitions)
                     c.assign([KTP(self.names.movements, k, self._shards[k].read_to) for k in owned])
                     self._assigned = owned
-                msgs = c.consume(self.batch, self.idle_wait) if owned else []
-                by_part: dict[int, list[tuple[int, bytes, bytes]]] = {}
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.fatal():
-                            raise RuntimeError(f"reading {self.names.movements}: {err}")
-                        _log.warning("reading %s: %s", self.names.movements, err)  # librdkafka retries
-                        continue
-                    by_part.setdefault(m.partition(), []).append((m.offset(), m.key(), m.value()))
-                progress = self.progress
+            # wait for records without the batch lock: queries and revokes need it only while folding
+            msgs = c.consume(self.batch, self.idle_wait) if owned else []
+            by_part: dict[int, list[tuple[int, bytes, bytes]]] = {}
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.fatal():
+                        raise RuntimeError(f"reading {self.names.movements}: {err}")
+                    _log.warning("reading %s: %s", self.names.movements, err)  # librdkafka retries
+                    continue
+                by_part.setdefault(m.partition(), []).append((m.offset(), m.key(), m.value()))
+            progress = self.progress
+            with self._batch_lock:
+                with self._lock:
+                    still = set(self._owned)  # a shard revoked while reading is not folded
                 for k, shard in self._shards.items():
                     recs = by_part.get(k)
-                    if recs or shard.held:
+                    if k not in still:
+                        if recs:  # not taken: the next assignment reads them again from read_to
+                            self._assigned = None
+                    elif recs or shard.held:
                         shard.fold(recs or (), self._bounds(progress, k))
             if not owned:
                 self._wake.wait(self.idle_wait)
