@@ -130,7 +130,7 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
             derived = deriver.run(until_idle=True)
             secs, cpu = time.perf_counter() - t, time.process_time() - cpu
             ends = [max(lz.now.ends[k] for lz in deriver.leases.values()) for k in range(n)]
-            out["derive"] = {"events": derived, "rows": sum(ends), "seconds": round(secs, 3),
+            out["derive"] = {"events": derived, "records": sum(ends), "seconds": round(secs, 3),
                              "events_per_s": rate(derived, secs), "cpu_seconds": round(cpu, 2),
                              "note": "one process deriving every source partition"}
         finally:

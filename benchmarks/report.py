@@ -114,7 +114,7 @@ def _kafka_rows(rows: list[tuple[str, ...]], kw: dict[str, Any], ratio: float | 
         _row(rows, "kafka: balances by 1 / 2 workers", kw)
         return
     _row(rows, "kafka: deriver alone (repartition by account)", kw.get("derive"), None,
-         f"{_num(kw.get('derive', {}).get('rows'))} rows to {kw.get('partitions')} partitions, 1 process")
+         f"{_num(kw.get('derive', {}).get('records'))} records of rows to {kw.get('partitions')} partitions, 1 process")
     same = {True: "digests equal the embedded fold", False: "DIGEST MISMATCH", None: "digests equal across passes"}
     verdict = same[kw.get("digest_equals_embedded")] if kw.get("digests_equal") else "DIGESTS DIFFER BETWEEN PASSES"
     fold = kw.get("fold_only", {})

@@ -72,7 +72,7 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
         for fig in (kw["one_worker"], kw["two_workers"], kw["fold_only"]["one_worker"], kw["fold_only"]["two_workers"]):
             _positive(fig, "events", "events_per_s", "cores_busy", "cpu_us_per_event")
             assert fig["events"] == kw["balances_events"] == kw["derive"]["events"]  # every pass does all of it
-        _positive(kw["derive"], "events", "rows", "events_per_s")
+        _positive(kw["derive"], "events", "records", "events_per_s")
         _positive(kw["fold_only"], "ratio_2_vs_1")
         assert kw["digests_equal"] is True and kw["digest_equals_embedded"] is True
         _positive(r, "kafka_workers_2_vs_1")

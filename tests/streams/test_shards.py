@@ -21,7 +21,7 @@ from ledgerlog.streams.shards.repartition import (
     SOURCES,
     LeaseLayout,
     combine_digests,
-    encode_rows,
+    pack_rows,
     partition_of,
 )
 from ledgerlog.streams.shards.shard import Bounds, Shard, shard_path
@@ -51,9 +51,9 @@ def chain_dir(tmp_path_factory) -> dict[str, Any]:
             runner.close()
         feed = Feed(chain.log, EventDecoder(chain.codec), SOURCES, {})
         ends = {t: chain.log.end_offsets(t) for t in SOURCES}
-        by_source: dict[int, list[tuple[int, list[tuple[bytes, bytes]]]]] = {}
-        for h, i, off, ev in feed.take_raw(1 << 30, ends):  # each source partition's events, in offset order
-            by_source.setdefault(i, []).append((h, list(encode_rows(chain.genesis, *feed.tps[i], off, ev))))
+        by_source: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for _h, i, off, ev in feed.take_raw(1 << 30, ends):  # each source partition's events, in offset order
+            by_source.setdefault(i, []).append((off, ev))
         return {"genesis": chain.genesis, "by_source": by_source, "tps": feed.tps, "answers": answers,
                 "digest": digest, "tip": height}
 
@@ -74,11 +74,9 @@ def _topic(chain: dict[str, Any], n: int, resumes: int, rng: random.Random) -> t
             resumes -= 1
             at = max(0, at - rng.randint(1, 120))
         stop = min(len(events), at + rng.randint(1, 150))
-        for _h, rows in events[at:stop]:
-            for key, value in rows:
-                k = partition_of(key.decode(), n)
-                parts[k].append((len(parts[k]), key, value))
-                last_end[i][k] = len(parts[k])
+        for k, key, value in pack_rows(chain["genesis"], *chain["tps"][i], events[at:stop], n):
+            parts[k].append((len(parts[k]), key, value))
+            last_end[i][k] = len(parts[k])
         todo[i] = stop
         if stop == len(events):
             del todo[i]

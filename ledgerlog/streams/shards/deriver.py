@@ -30,11 +30,10 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 from ledgerlog.engine.movements import event_height
-from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.projections import balances
 
 from ..feed import EventDecoder, spec_of
-from .repartition import Names, encode_rows, source_partitions
+from .repartition import Names, pack_rows, source_partitions
 from .topics import Progress, ProgressReader
 
 __all__ = ["Deriver"]
@@ -83,7 +82,7 @@ class Deriver:
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144}))
         self.leases: dict[int, _Lease] = {}
-        self.rows = 0  # written by this deriver (duplicates of a resumed lease included)
+        self.records = 0  # row records written by this deriver (duplicates of a resumed lease included)
         self._tip: tuple[int, int] = (-1, 0)  # (ledger.blocks' end offset, the tip height there)
         self._by_tp: dict[tuple[str, int], _Lease] = {}
         self.hold(range(len(self.sources)) if leases is None else leases)
@@ -140,7 +139,7 @@ class Deriver:
         errors: list[str] = []
         produce, poll, topic, n = self.producer.produce, self.producer.poll, self.names.movements, self.partitions
         genesis = self.genesis
-        count = rows = 0
+        count = rows = 0  # events, records
         for lease in self.leases.values():
             if not lease.ahead:
                 continue
@@ -156,21 +155,19 @@ class Deriver:
                         ends[k] = off + 1
 
             taken, lease.ahead = lease.ahead, []
-            for off, _height, ev in taken:
-                for key, value in encode_rows(genesis, t, p, off, ev):
-                    k = partition_for(key, n)
-                    while True:
-                        try:
-                            produce(topic, value, key, k, on_delivery=delivered)
-                            break
-                        except BufferError:  # the local queue is full: let it drain
-                            poll(0.05)
-                    rows += 1
+            for k, key, value in pack_rows(genesis, t, p, [(off, ev) for off, _h, ev in taken], n):
+                while True:
+                    try:
+                        produce(topic, value, key, k, on_delivery=delivered)
+                        break
+                    except BufferError:  # the local queue is full: let it drain
+                        poll(0.05)
+                rows += 1
             now.position, now.height, now.events = taken[-1][0] + 1, taken[-1][1], now.events + len(taken)
             count += len(taken)
         if rows:
             self._flush(errors, "rows")
-        self.rows += rows
+        self.records += rows
         moved = []
         for lease in self.leases.values():
             now = lease.now
@@ -256,7 +253,7 @@ class Deriver:
         return {"leases": {str(j): {"source": f"{lz.now.topic}/{lz.now.partition}", "position": lz.now.position,
                                     "height": lz.now.height, "bound": lz.now.bound, "events": lz.now.events}
                            for j, lz in sorted(self.leases.items())},
-                "events": self.events, "rows_written": self.rows}
+                "events": self.events, "records_written": self.records}
 
     def close(self) -> None:
         try:

@@ -20,7 +20,7 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.projections import balances
 
 from ..store import ProjectionStore
-from .repartition import SOURCES, decode_row, partition_of
+from .repartition import SOURCES, partition_of, unpack_rows
 
 __all__ = ["HOLD_CAP", "MARK", "Bounds", "Shard", "shard_path"]
 
@@ -82,18 +82,21 @@ class Shard:
         ``bounds`` release (``release``). Returns the rows folded."""
         seen, seen_height, held = self.seen, self.seen_height, self.held
         last = -1
-        for off, key, value in records:
+        for off, _key, value in records:
             if off < self.read_to:
                 continue  # left over from before a reassignment
             last = off
-            src, mark, row = decode_row(key, value)
-            if mark <= seen.get(src, 0):
-                self.skipped += 1
-                continue
-            seen[src] = mark
-            if row[1] > seen_height.get(src, -1):
-                seen_height[src] = row[1]
-            held.append((row[1], off, src, mark, row))
+            src, rows = unpack_rows(value)
+            top, high = seen.get(src, 0), seen_height.get(src, -1)
+            for mark, row in rows:
+                if mark <= top:
+                    self.skipped += 1
+                    continue
+                top = mark
+                if row[1] > high:
+                    high = row[1]
+                held.append((row[1], off, src, mark, row))
+            seen[src], seen_height[src] = top, high
         if last >= 0:
             self.read_to = last + 1
         return self.release(bounds)
