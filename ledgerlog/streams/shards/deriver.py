@@ -33,7 +33,7 @@ from ledgerlog.engine.movements import event_height
 from ledgerlog.projections import balances
 
 from ..feed import EventDecoder, spec_of
-from .repartition import Names, pack_rows, source_partitions
+from .repartition import FETCH_WAIT_MS, Names, pack_rows, source_partitions
 from .topics import Progress, ProgressReader
 
 __all__ = ["Deriver"]
@@ -73,7 +73,7 @@ class Deriver:
         self.consumer = Consumer(kafka.librdkafka("consumer", {
             "group.id": f"ledgerlog-deriver-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 5, "fetch.queue.backoff.ms": 5}))
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5}))
         self._real = {t: kafka.topic_prefix + t for t in balances.TOPICS}
         self._logical = {r: t for t, r in self._real.items()}
         for real in self._real.values():  # librdkafka waits ~1 s for metadata on a first assign otherwise

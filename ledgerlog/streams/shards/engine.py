@@ -26,6 +26,7 @@ from ledgerlog.engine.log.kafka_config import KafkaConfig
 
 from .deriver import Deriver
 from .repartition import (
+    FETCH_WAIT_MS,
     SOURCES,
     LeaseLayout,
     Names,
@@ -91,7 +92,7 @@ class ShardEngine:
 
         self._consumer = Consumer(self.kafka.librdkafka("consumer", {
             "group.id": f"ledgerlog-shard-reader-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 2, "fetch.queue.backoff.ms": 5,
+            "auto.offset.reset": "earliest", "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5,
             "enable.partition.eof": False}))
         # librdkafka waits ~1 s for a topic's metadata on its first assign; asking first takes a millisecond
         self._consumer.list_topics(self.names.movements, timeout=30)

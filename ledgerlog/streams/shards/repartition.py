@@ -26,7 +26,7 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.projections import balances
 
-__all__ = ["BATCH_ROWS", "ROWS_PER_EVENT", "SOURCES", "LeaseLayout", "Names", "combine_digests", "mark_of",
+__all__ = ["BATCH_ROWS", "FETCH_WAIT_MS", "ROWS_PER_EVENT", "SOURCES", "LeaseLayout", "Names", "combine_digests", "mark_of",
            "pack_rows", "partition_of", "source_partitions", "unpack_rows"]
 
 #: The topics the deriver reads: the balances projection's, in its order (a row's source index).
@@ -34,6 +34,10 @@ SOURCES: tuple[str, ...] = tuple(balances.TOPICS)
 _SOURCE_INDEX = {t: i for i, t in enumerate(SOURCES)}
 #: At most this many rows come of one event (engine.movements makes at most two).
 ROWS_PER_EVENT = 4
+#: How long the workers' consumers let the broker hold a fetch. Tansu holds every fetch this long
+#: even with data at hand, so it bounds a consumer's fetches per second (each a little broker CPU,
+#: empty ones included); records pack up to ``BATCH_ROWS`` rows, so few fetches carry many rows.
+FETCH_WAIT_MS = 25
 #: Rows in one record at most (about 70 bytes each: records stay far below the broker's 1 MB).
 BATCH_ROWS = 2000
 
