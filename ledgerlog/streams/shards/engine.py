@@ -167,14 +167,15 @@ class ShardEngine:
             self.deriver.close()
 
     def _progress_loop(self) -> None:
-        """Keep ``progress`` at the newest progress record (a read of the topic's tail takes a few
-        fetch round trips: off the fold thread)."""
+        """Keep ``progress`` at the newest progress record of every source partition: the reader
+        follows the progress topic from its tails (off the fold thread)."""
         assert self._reader is not None
-        every = list(range(len(self.sources)))
+        self._reader.follow(list(range(len(self.sources))))
         while not self._stop.is_set():
-            self.progress = self._reader.latest_of(every)
+            got = self._reader.poll(self.progress_every)
+            if got:
+                self.progress = {**self.progress, **got}
             self._progress_at = time.monotonic()
-            self._stop.wait(self.progress_every)
 
     def _fold_loop(self) -> None:
         from confluent_kafka import TopicPartition as KTP

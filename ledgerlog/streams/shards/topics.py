@@ -12,7 +12,7 @@ from ledgerlog.engine.errors import LogError
 from ledgerlog.engine.intjson import dumps, loads
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 
-from .repartition import Names
+from .repartition import FETCH_WAIT_MS, Names
 
 __all__ = ["Progress", "ProgressReader", "ensure_topics"]
 
@@ -95,7 +95,36 @@ class ProgressReader:
         self._consumer = Consumer(kafka.librdkafka("consumer", {
             "group.id": f"ledgerlog-progress-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 2, "fetch.queue.backoff.ms": 5}))
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5}))
+        self._following: set[int] = set()
+
+    def follow(self, leases: list[int]) -> None:
+        """Read ``leases``' records from a few before their tails on, as ``poll`` is called: one
+        assignment kept, no offset requests (what the workers do all along)."""
+        from confluent_kafka import TopicPartition as KTP
+
+        c = self._consumer
+        starts = []
+        for j in leases:
+            low, high = c.get_watermark_offsets(KTP(self.topic, j), timeout=self.timeout)
+            starts.append(KTP(self.topic, j, max(low, high - 4)))  # Tansu may list an end below the true one
+        c.assign(starts)
+        self._following = set(leases)
+
+    def poll(self, timeout: float) -> dict[int, Progress]:
+        """The newest record of each followed lease that wrote one since the last call."""
+        from confluent_kafka import KafkaError
+
+        got: dict[int, bytes] = {}
+        for m in self._consumer.consume(1000, timeout):
+            err = m.error()
+            if err is None:
+                j, value = m.partition(), m.value()
+                if j in self._following and value is not None:
+                    got[j] = value  # a partition's records come in offset order: the last one stays
+            elif err.code() != KafkaError._PARTITION_EOF and err.fatal():
+                raise LogError(f"reading {self.topic}: {err}")
+        return {j: Progress.decode(raw) for j, raw in got.items()}
 
     def latest(self, lease: int = 0) -> Progress | None:
         return self.latest_of([lease]).get(lease)
