@@ -37,7 +37,7 @@ ROWS_PER_EVENT = 4
 #: How long the workers' consumers let the broker hold a fetch. Tansu holds every fetch this long
 #: even with data at hand, so it bounds a consumer's fetches per second (each a little broker CPU,
 #: empty ones included); records pack up to ``BATCH_ROWS`` rows, so few fetches carry many rows.
-FETCH_WAIT_MS = 25
+FETCH_WAIT_MS = 100
 #: Rows in one record at most (about 70 bytes each: records stay far below the broker's 1 MB).
 BATCH_ROWS = 2000
 
