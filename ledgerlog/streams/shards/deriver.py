@@ -88,8 +88,10 @@ class Deriver:
         self.hold(range(len(self.sources)) if leases is None else leases)
 
     # -- leases ---------------------------------------------------------------------------------
-    def hold(self, leases: Iterable[int]) -> None:
-        """Derive exactly ``leases`` from now on; a newly held one resumes from its newest record."""
+    def hold(self, leases: Iterable[int], known: dict[int, Progress] | None = None) -> None:
+        """Derive exactly ``leases`` from now on; a newly held one resumes from its newest record
+        (``known`` ones from the record given: an older record than the newest only makes rows
+        that are written twice, which the shards skip)."""
         want = set(leases)
         gone = [j for j in self.leases if j not in want]
         for j in gone:
@@ -99,7 +101,10 @@ class Deriver:
             if gone:
                 self._assign()
             return
-        found = self.reader.latest_of(new)
+        found = {j: known[j] for j in new if known and j in known}
+        missing = [j for j in new if j not in found]
+        if missing:
+            found.update(self.reader.latest_of(missing))
         for j in new:
             t, p = self.sources[j]
             rec = found.get(j) or Progress(t, p, 0, [0] * self.partitions)
@@ -252,7 +257,7 @@ class Deriver:
     def status(self) -> dict[str, Any]:
         return {"leases": {str(j): {"source": f"{lz.now.topic}/{lz.now.partition}", "position": lz.now.position,
                                     "height": lz.now.height, "bound": lz.now.bound, "events": lz.now.events}
-                           for j, lz in sorted(self.leases.items())},
+                           for j, lz in sorted(list(self.leases.items()))},  # (list: one step under the GIL)
                 "events": self.events, "records_written": self.records}
 
     def close(self) -> None:

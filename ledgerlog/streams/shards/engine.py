@@ -97,6 +97,9 @@ class ShardEngine:
         # librdkafka waits ~1 s for a topic's metadata on its first assign; asking first takes a millisecond
         self._consumer.list_topics(self.names.movements, timeout=30)
         self._reader = ProgressReader(self.kafka, self.names)
+        # ready before any lease comes: a gained lease starts deriving at once
+        self.deriver = Deriver(self.log, self.codec, self.genesis, self.kafka, self.names, self.partitions,
+                               leases=(), batch=self.batch)
         self._fold_thread.start()
         self._derive_thread.start()
         self._progress_thread.start()
@@ -146,25 +149,20 @@ class ShardEngine:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _derive_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._derive_lock:
-                with self._lock:
-                    wanted = set(self._derive)
-                if not wanted:
-                    if self.deriver is not None:
-                        self.deriver.close()
-                        self.deriver = None
-                    stepped = 0
-                else:
-                    if self.deriver is None:  # each lease resumes from its newest progress record
-                        self.deriver = Deriver(self.log, self.codec, self.genesis, self.kafka, self.names,
-                                               self.partitions, leases=wanted, batch=self.batch)
-                    self.deriver.hold(wanted)
-                    stepped = self.deriver.step()
-            if not stepped:
-                self._stop.wait(self.idle_wait)
-        if self.deriver is not None:
-            self.deriver.close()
+        deriver = self.deriver
+        assert deriver is not None
+        try:
+            while not self._stop.is_set():
+                with self._derive_lock:
+                    with self._lock:
+                        wanted = set(self._derive)
+                    if wanted != set(deriver.leases):  # a gained lease resumes from its newest record
+                        deriver.hold(wanted, known=self.progress)
+                    stepped = deriver.step() if wanted else 0
+                if not stepped:
+                    self._stop.wait(self.idle_wait)
+        finally:
+            deriver.close()
 
     def _progress_loop(self) -> None:
         """Keep ``progress`` at the newest progress record of every source partition: the reader
