@@ -1,9 +1,9 @@
 """`ledgerlog stream-worker --shard balances` on Kafka: workers share the balances projection by
 account through a consumer group. A second worker joining mid-fold takes half the shards (rebuilt
-from the repartition topic); a worker killed (-9) mid-fold has its shards (and the deriver, when
-it held it) taken by the survivor. Either way the shards' digests sum to the embedded fold's, and
-every account's answer, now and as of past heights, asked of either worker (routed by 307 to the
-owner), equals the embedded one."""
+from the repartition topic) and half the source partitions to derive; a worker killed (-9)
+mid-fold has its shards and its derive leases taken by the survivor. Either way the shards'
+digests sum to the embedded fold's, and every account's answer, now and as of past heights, asked
+of either worker (routed by 307 to the owner), equals the embedded one."""
 from __future__ import annotations
 
 import http.client
@@ -181,8 +181,11 @@ def test_a_second_worker_joins_mid_fold(tmp_path, kafka_bootstrap, history, refe
                           lambda: (m := split(workers)) and combine_digests(m.values()) == reference["digest"] and m,
                           60, workers)
         assert combine_digests(merged.values()) == reference["digest"]
-        st_b = b.status() or {}
+        st_a, st_b = a.status() or {}, b.status() or {}
         assert st_b["shards"] and all(g["resumed_from"] == 0 for g in st_b["gains"])  # rebuilt from the topic
+        leases_a, leases_b = (set((st.get("deriver") or {}).get("leases", {})) for st in (st_a, st_b))
+        assert leases_a and leases_b and not leases_a & leases_b  # both derive: the source partitions split
+        assert len(leases_a | leases_b) == st_b["derived"]["leases"]
         check_answers(workers, reference)
     finally:
         for w in workers:
@@ -208,8 +211,10 @@ def test_a_killed_worker_s_shards_move_to_the_survivor(tmp_path, kafka_bootstrap
         workers = [b]
         wait_for("the survivor to fold every shard to the embedded digest",
                  lambda: len(m := b.serving()) == N and combine_digests(m.values()) == reference["digest"], 60, workers)
-        gains = {int(g["shard"]) for g in (b.status() or {})["gains"]}
+        st_b = b.status() or {}
+        gains = {int(g["shard"]) for g in st_b["gains"]}
         assert {int(k) for k in owned_a} <= gains
+        assert len(st_b["deriver"]["leases"]) == st_b["derived"]["leases"]  # the dead one's derive leases too
         check_answers(workers, reference)
     finally:
         for w in workers:
