@@ -1,14 +1,14 @@
 """A sharded worker's engine: folds the repartition partitions it owns, each into its own Shard,
 from one consumer assigned exactly those partitions at the positions their stores hold; and, for
-the derive leases it holds (source partitions), runs the deriver on a second thread. Ownership comes from the group
-(group.py) or, in tests and benchmarks, from ``assign`` directly.
+the derive leases it holds (source partitions), runs the deriver on a second thread. Ownership
+comes from the group (group.py) or, in tests and benchmarks, from ``assign`` directly.
 
 A gained partition resumes from this worker's store of it (offset 0, i.e. rebuilt from the
 repartition topic, if it never had it) and is ``catching_up`` until it reaches the end the newest
 progress records gave at the gain, then ``serving``. The progress records (one per source
-partition, read every ``progress_every`` seconds) also give each shard the height bounds it folds
-in order by (shard.py). A revoke returns once no batch of the revoked
-partitions is in flight, so two workers never fold a partition at once through the same store."""
+partition, followed as they are written) also give each shard the height bounds it folds in
+order by (shard.py). A revoke returns once no batch of the revoked partitions is in flight, so
+two workers never fold a partition at once through the same store."""
 from __future__ import annotations
 
 import logging
