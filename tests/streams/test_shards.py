@@ -17,6 +17,7 @@ from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.projections import balances
 from ledgerlog.streams.feed import EventDecoder, Feed
 from ledgerlog.streams.runner import Runner
+from ledgerlog.streams.shards import shard as shard_module
 from ledgerlog.streams.shards.repartition import (
     SOURCES,
     LeaseLayout,
@@ -157,3 +158,28 @@ def test_lease_layout_spreads_shards_among_derive_leases(shards, sources) -> Non
         half = layout.total // 2
         assert layout.split(range(half))[0] and layout.split(range(half, layout.total))[0]
         assert layout.split(range(half))[1] and layout.split(range(half, layout.total))[1]
+
+
+def test_a_silent_source_holds_rows_up_to_the_cap(tmp_path, chain_dir, monkeypatch) -> None:
+    """A source partition with no progress record (its deriver not started, or dead) holds every
+    row back; past HOLD_CAP the lowest fold anyway, and once the rows are released the state is
+    still the embedded fold's (the fold is order-independent)."""
+    monkeypatch.setattr(shard_module, "HOLD_CAP", 60)
+    n = 3
+    rng = random.Random(7)
+    parts, bounds = _topic(chain_dir, n, 2, rng)
+    shards = [Shard(shard_path(str(tmp_path), n, k), chain_dir["genesis"], TOPIC, k, n) for k in range(n)]
+    try:
+        for k, recs in enumerate(parts):
+            given = _per_partition(bounds, parts, k, n, chain_dir)
+            given[(len(SOURCES), 0)] = None  # a source that never recorded progress
+            for i in range(0, len(recs), 7):
+                shards[k].fold(recs[i:i + 7], given)
+                assert len(shards[k].held) <= 60 + 7 * 2000  # the cap, plus what one batch brought
+            assert shards[k].held and shards[k].folded > 0  # held back, and folded past the cap
+            shards[k].release(None)  # the source is gone for good (its rows would be folded in any order)
+            assert not shards[k].held
+        assert combine_digests(s.digest_hex() for s in shards) == chain_dir["digest"]
+    finally:
+        for s in shards:
+            s.close()
