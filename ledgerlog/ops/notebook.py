@@ -19,8 +19,9 @@ from typing import Any
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import open_chain
-from ledgerlog.engine.config import Config
+from ledgerlog.engine.config import load_config
 from ledgerlog.engine.errors import BadRequest, ProjectionFailedError
+from ledgerlog.ops.cli.progress import notebook_bar
 from ledgerlog.ops.data.prune import first_at_height
 from ledgerlog.ops.query.userviews import key_text, value_of
 from ledgerlog.streams import catalog
@@ -92,7 +93,7 @@ def replay(projection: str | ModuleType | Any, data_dir: str = "./data", *, heig
         raise BadRequest(f"height must be a non-negative integer, not {height!r}")
     owned = scratch is None
     where = scratch or tempfile.mkdtemp(prefix=f"ledgerlog-replay-{mod.NAME}-")
-    chain = open_chain(Config(data_dir=data_dir), read_only=True)
+    chain = open_chain(load_config(data_dir, os.environ, {}), read_only=True)  # its config.toml: a Kafka chain too
     try:
         log, codec = chain.log, chain.codec
         until = {t: log.end_offsets(t) for t in mod.TOPICS}
@@ -103,9 +104,8 @@ def replay(projection: str | ModuleType | Any, data_dir: str = "./data", *, heig
                         modules={mod.NAME: mod}, batch=batch)
         try:
             total = sum(sum(v) for v in until.values())
-            from tqdm.auto import tqdm
-            with tqdm(total=total, desc=f"replay {mod.NAME}", unit=" events", disable=not progress) as bar:
-                runner.catch_up(until=until, progress=bar.update)
+            with notebook_bar(f"replay {mod.NAME}", total=total, unit=" events", quiet=not progress) as bar:
+                runner.catch_up(until=until, progress=bar)
             failed = runner.failures()
             if failed:
                 raise ProjectionFailedError(failed[mod.NAME].message)

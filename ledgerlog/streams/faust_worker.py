@@ -51,15 +51,24 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.kafka_config import KafkaConfig, Tls
 
+from . import catalog
 from .runner import Runner
 
 __all__ = ["NAMES", "FoldEngine", "broker_credentials", "build_app", "ensure_lease_topic",
-           "group_id", "lease_app", "ssl_context"]
+           "group_id", "lease_app", "lease_names", "ssl_context"]
 
 _log = logging.getLogger("ledgerlog.worker")
 
-#: Lease partition p -> projection NAMES[p].
+#: Lease partition p -> projection NAMES[p] for the built-ins; the data dir's user projections
+#: (streams/catalog.py) follow in name order (``lease_names``).
 NAMES: tuple[str, ...] = tuple(sorted(projections.ALL))
+
+
+def lease_names(projections_dir: str | None) -> tuple[str, ...]:
+    """The projections the workers fold, in lease partition order: the built-ins, then the user
+    projections registered in the data dir (so registering one only adds a partition)."""
+    users = sorted(n for n, m in catalog.modules(projections_dir).items() if catalog.is_user(m))
+    return NAMES + tuple(users)
 
 
 def group_id(config: Config, genesis: Genesis) -> str:
@@ -137,9 +146,10 @@ def broker_credentials(kafka: KafkaConfig) -> Any:
 
 
 def ensure_lease_topic(config: Config, topic: str, partitions: int = len(NAMES)) -> None:
-    """Create the lease topic (one partition per projection) unless it exists with that many."""
+    """Create the lease topic (one partition per projection), or grow it to that many when a user
+    projection was registered since (a partition beyond the names leases nothing)."""
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
     from ledgerlog.engine.log.kafka import TOPIC_CONFIG
 
@@ -157,8 +167,14 @@ def ensure_lease_topic(config: Config, topic: str, partitions: int = len(NAMES))
     while True:  # metadata may lag the creation
         md = admin.list_topics(topic, timeout=10).topics.get(topic)
         if md is not None and md.error is None and md.partitions:
-            if len(md.partitions) != partitions:
-                raise LogError(f"lease topic {topic} has {len(md.partitions)} partitions, not {partitions}")
+            if len(md.partitions) < partitions:
+                grow = admin.create_partitions([NewPartitions(topic, partitions)])[topic]
+                try:
+                    grow.result(timeout=30)
+                except KafkaException as exc:  # another worker grew it first: the metadata says
+                    _log.info("growing lease topic %s: %s", topic, exc)
+                time.sleep(0.1)
+                continue
             return
         if time.monotonic() > deadline:
             raise LogError(f"lease topic {topic} not in the metadata after 30 s")
@@ -179,8 +195,10 @@ class FoldEngine:
     """Folds the owned projections on one thread; ownership changes come from the group."""
 
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
-                 batch: int = 5000, idle_wait: float = 0.1) -> None:
+                 batch: int = 5000, idle_wait: float = 0.1, modules: dict[str, Any] | None = None) -> None:
+        """``modules``: the user projections to fold beside the built-ins (the data dir's)."""
         self.log, self.codec, self.genesis = log, codec, genesis
+        self.modules = dict(modules or {})
         self.projections_dir, self.batch, self.idle_wait = projections_dir, batch, idle_wait
         self._lock = threading.Lock()        # ownership and snapshots
         self._batch_lock = threading.Lock()  # held while a batch folds: a revoke waits for it
@@ -242,7 +260,7 @@ class FoldEngine:
         r = self._runners.get(name)
         if r is None:
             r = self._runners[name] = Runner(self.log, self.codec, self.genesis, self.projections_dir,
-                                             names=[name], batch=self.batch)
+                                             names=[name], batch=self.batch, modules=self.modules)
         return r
 
     def _step(self, name: str, own: _Owned) -> int:
@@ -297,20 +315,22 @@ class FoldEngine:
 
 
 def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_dir: str, url: str,
-              session_timeout: float = 6.0) -> Any:
-    """The faust app: one agent on the lease topic; assignment signals drive the fold engine."""
+              session_timeout: float = 6.0, names: tuple[str, ...] = NAMES) -> Any:
+    """The faust app: one agent on the lease topic; assignment signals drive the fold engine.
+    ``names``: the projections by lease partition (``lease_names``); every worker of a chain must
+    have the same (the same user projections registered)."""
     app_id = group_id(config, genesis)
     lease = f"{app_id}.leases"
 
     def names_of(parts: set[int]) -> set[str]:
-        return {NAMES[p] for p in parts if p < len(NAMES)}
+        return {names[p] for p in parts if p < len(names)}
 
-    app = lease_app(config, app_id=app_id, lease=lease, partitions=len(NAMES),
+    app = lease_app(config, app_id=app_id, lease=lease, partitions=len(names),
                     assign=lambda parts: engine.assign(names_of(parts)),
                     revoke=lambda parts: engine.revoke(names_of(parts)),
                     failed=lambda: engine.error, worker_dir=worker_dir, url=url, session_timeout=session_timeout)
     owner = app.ledgerlog_owner
-    app.ledgerlog_route = lambda name: owner(NAMES.index(name))
+    app.ledgerlog_route = lambda name: owner(names.index(name)) if name in names else None
     return app
 
 

@@ -1,7 +1,8 @@
 """Parallel admission (lines prepared and signatures checked in worker processes) admits and
 rejects exactly as sequential admission: the same summaries (codes, messages, line order), the
-same log records byte for byte and the same write-side state, over mixed valid and invalid
-chunks, whatever the chunk size."""
+same log records byte for byte, the same Merkle trees and the same write-side state, over mixed
+valid and invalid chunks, whatever the chunk size (shares made ahead for a stamp height that
+a block in the same chunk then changes included)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_admission import ALICE, BOB, bad_sig
 
+from ledgerlog.engine.admission.lines import ShareLine
+from ledgerlog.engine.admission.prepare import prepare_lines, rebuild
 from ledgerlog.engine.admission.verify import Verifier
 from ledgerlog.engine.chain import Chain, init_chain, open_chain
 from ledgerlog.engine.config import Config
@@ -40,6 +43,11 @@ def _records(ch: Chain) -> list[tuple[str, int, int, bytes, bytes, int]]:
         for p in range(ch.log.partition_count(topic)):
             out += [(topic, p, r.offset, r.key, r.value, r.timestamp) for r in ch.log.scan(topic, p)]
     return out
+
+
+def _trees(ch: Chain) -> dict[tuple[str, int], bytes]:
+    """Every partition's Merkle root, as the append folded it (from leaves the workers may have hashed)."""
+    return {tp: state.root() for tp, state in ch.log.trees.states().items()}
 
 
 def _state(ch: Chain) -> list[tuple[bytes, bytes]]:
@@ -144,6 +152,7 @@ def test_parallel_admission_equals_sequential(chain, keys, lines, tmp_path_facto
         got = par.admitter.admit_numbered(enumerate(history.out, 1), ids=True).to_dict()
         assert got == want
         assert _records(par) == _records(seq)
+        assert _trees(par) == _trees(seq)
         assert _state(par) == _state(seq)
     finally:
         seq.close()
@@ -162,5 +171,43 @@ def test_parallel_admission_uses_the_workers(chain, keys, lines, tmp_path) -> No
         want = admit(chain, *batch)
         assert got.to_dict() == want.to_dict()
         assert _records(par) == _records(chain)
+    finally:
+        par.close()
+
+
+def test_a_share_made_ahead_for_another_stamp_height_gets_its_own(chain, keys, lines, tmp_path) -> None:
+    """A worker makes a share's record for the stamp height it guesses; admitted at another
+    height, the share's record is the one inline admission makes, and so is its Merkle leaf."""
+    shares = [encode(lines.share(ALICE, job_id=job)) for job in "xyz"]
+    other = _open(str(tmp_path / "other"), chain.genesis.raw, workers=1, chunk=1000)
+    try:
+        for share, guess in zip(shares, (7, 0, 2**40)):
+            [flat], _ = prepare_lines([share], (), chain.admitter._ahead()._replace(stamp=guess))
+            item = rebuild(flat)
+            assert isinstance(item, ShareLine) and item.stamp == guess and item.value is not None
+            assert other.admitter._admit_chunk([1], [item]).accepted == 1
+        admit(chain, *shares)
+        assert _records(other) == _records(chain)
+        assert _trees(other) == _trees(chain)
+    finally:
+        other.close()
+
+
+def test_shares_after_a_block_in_the_same_chunk(chain, keys, lines, tmp_path) -> None:
+    """Shares sent with the tip of before a block (in another slice, or after a block that is then
+    rejected) are stamped with the tip they are admitted at."""
+    f = keys.faucet
+    block = lines.block([lines.tx(f, BOB, 5, nonce=1)])
+    bad_root = {**block, "header": {**block["header"], "tx_root": "0" * 64}}
+    batch = [lines.share(ALICE, job_id="a"), bad_root, lines.share(ALICE, job_id="b"), block,
+             lines.share(BOB, job_id="c"), lines.share(BOB, job_id="d")]
+    par = _open(str(tmp_path / "par"), chain.genesis.raw, workers=2, chunk=len(batch))
+    try:
+        got = admit(par, *batch)
+        assert par.admitter.verifier.prepared_lines == len(batch)
+        want = admit(chain, *batch)
+        assert got.to_dict() == want.to_dict() and want.accepted == 5
+        assert _records(par) == _records(chain)
+        assert _trees(par) == _trees(chain)
     finally:
         par.close()

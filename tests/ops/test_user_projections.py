@@ -15,25 +15,24 @@ from pathlib import Path
 import httpx
 import pytest
 from clitools import LEDGERLOG, cli, cli_env, ok_json, wait_node_url
-from nodetools import history
+from nodetools import TX_COUNT, history
 
 from ledgerlog.ops.devtools.histkeys import write_genesis
 
-TX_COUNT = '''# tx_count.py: confirmed transactions per sender
-NAME, VERSION, TOPICS = "tx_count", {version}, ("ledger.transactions",)
+SLOW = "    __import__('time').sleep(0.02)  # a slow fold, so a kill lands mid-fold\n"
 
-def fold(genesis, events, txn):
-    for _topic, e in events:
-        key = e["body"]["sender"].encode()
-        txn.put(key, str(int(txn.get(key) or b"0") + {step}).encode()){slow}
-'''
-SLOW = "\n    __import__('time').sleep(0.02)  # a slow fold, so a kill lands mid-fold"
+
+def module_text(*, version: int = 1, step: int = 1, slow: bool = False) -> str:
+    """The docs' example (nodetools.TX_COUNT) at another version, counting by ``step``."""
+    text = TX_COUNT.replace('"tx_count", 1,', f'"tx_count", {version},').replace("+ 1)", f"+ {step})")
+    assert text != TX_COUNT or (version, step) == (1, 1)
+    return text + (SLOW if slow else "")
 
 
 def write_module(where: Path, name: str = "tx_count", *, version: int = 1, step: int = 1, slow: bool = False,
                  text: str | None = None) -> Path:
     path = where / f"{name}.py"
-    path.write_text(text or TX_COUNT.format(version=version, step=step, slow=SLOW if slow else ""))
+    path.write_text(text or module_text(version=version, step=step, slow=slow))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # an edit within the same tick still counts
     return path
 
@@ -108,7 +107,21 @@ def test_the_example_equals_an_independent_count(data, template, tmp_path) -> No
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert ok_json(run(data, "projections", "get", "tx_count", one, cwd=elsewhere))["value"] == expected[one]
-    assert ok_json(run(data, "verify", cwd=elsewhere))["ok"] is True
+    verified = ok_json(run(data, "verify", cwd=elsewhere))
+    assert verified["ok"] is True
+    mine = verified["projections"]["projections"]["tx_count"]  # replayed and compared like the built-ins
+    assert mine["compared"] and mine["replay_digest"] == mine["live_digest"]
+    # exported as JSON lines, every key once, in key order; DuckDB reads it as a table
+    exported = ok_json(run(data, "projections", "export", "tx_count", "--out", str(tmp_path / "tx.jsonl"),
+                           cwd=elsewhere))
+    rows = [json.loads(ln) for ln in (tmp_path / "tx.jsonl").read_bytes().splitlines()]
+    assert exported["lines"] == len(rows) == len(expected) and [r["key"] for r in rows] == sorted(expected)
+    assert {r["key"]: r["value"] for r in rows} == dict(expected)
+    piped = run(data, "projections", "export", "tx_count", cwd=elsewhere)
+    assert piped.returncode == 0 and piped.stdout == (tmp_path / "tx.jsonl").read_bytes()
+    duckdb = pytest.importorskip("duckdb")
+    total = duckdb.connect().execute(f"SELECT sum(value) FROM read_json('{tmp_path / 'tx.jsonl'}')").fetchone()
+    assert total is not None and total[0] == sum(expected.values())
     # a reproject of everything spreads the user projection over processes like the built-ins
     again = ok_json(run(data, "reproject", cwd=elsewhere, env=cli_env(LEDGERLOG_FOLD_WORKERS="2")))["projections"]
     assert {r["projection"] for r in again} == {"chainstate", "balances", "energy", "payouts", "tx_count"}
@@ -148,7 +161,7 @@ def test_bad_modules_are_refused_with_a_code_and_change_nothing(data, tmp_path) 
     names = [p["name"] for p in ok_json(run(data, "projections", "list", cwd=tmp_path))["projections"]]
     assert names == ["chainstate", "balances", "energy", "payouts"]
     assert error(run(data, "projections", "get", "nope", "x", cwd=tmp_path))["code"] == "UNKNOWN_PROJECTION"
-    assert error(run(data, "reproject", "nope", cwd=tmp_path))["code"] == "UNKNOWN_PROJECTION"
+    assert error(run(data, "reproject", "nope", cwd=tmp_path))["code"] == "USAGE"  # a wrong argument
     assert error(run(data, "projections", "remove", "balances", cwd=tmp_path))["code"] == "BAD_PROJECTION"
 
 
@@ -262,7 +275,7 @@ def test_the_node_folds_serves_and_isolates_user_projections(data, template, tmp
     assert removed == {"removed": "fragile"} and not (data / "projections" / "fragile").exists()
 
 
-def test_the_notebook_api_folds_up_to_a_height(data, template, tmp_path) -> None:
+def test_the_notebook_api_folds_up_to_a_height(data, template, tmp_path, capsys) -> None:
     from ledgerlog.ops.notebook import replay
 
     write_module(tmp_path)
@@ -280,5 +293,6 @@ def test_the_notebook_api_folds_up_to_a_height(data, template, tmp_path) -> None
         assert view.get(key) == str(expected[key]).encode() and view.get(b"\x00pos") is None
         scratch = view.path
     assert not os.path.exists(scratch)  # its own scratch dir is removed on close
-    with replay("balances", str(data), progress=False) as whole:  # a built-in, by name, to the end
+    with replay("balances", str(data)) as whole:  # a built-in, by name, to the end, with its bar
+        assert "replay balances" in capsys.readouterr().err
         assert whole.digest == ok_json(run(data, "projections", "list", cwd=tmp_path))["projections"][1]["digest"]

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from clitools import LEDGERLOG, cli_env
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
+from nodetools import TX_COUNT
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import init_chain, open_chain
@@ -180,3 +181,33 @@ def test_two_workers_split_survive_kill_and_match_embedded(tmp_path, kafka_boots
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_worker_folds_the_data_dirs_user_projections(tmp_path, kafka_bootstrap, history):  # noqa: F811
+    """A user projection registered with the data dir (docs/PROJECTIONS.md) gets a lease partition of
+    its own; the worker folds it to the digest the runner's replay gives over the same log."""
+    from ledgerlog.ops.notebook import replay
+
+    genesis, lines = history
+    data = str(tmp_path / "data")
+    cfg = Config(data_dir=data, log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=CHUNK,
+                 kafka={"ledgerlog.topic_prefix": f"fu-{uuid.uuid4().hex[:10]}."})
+    init_chain(cfg, genesis)
+    with open_chain(cfg) as chain:
+        chain.admitter.admit(lines[:1200])
+    (tmp_path / "tx_count.py").write_text(TX_COUNT)
+    added = subprocess.run([LEDGERLOG, "--data-dir", data, "projections", "add", "tx_count"], cwd=tmp_path,
+                           capture_output=True, env=cli_env(), timeout=120, check=False)
+    assert added.returncode == 0, added.stderr
+    w = Worker(data, str(tmp_path / "w"), "U")
+    try:
+        wait_for("the worker to serve the built-ins and tx_count",
+                 lambda: set(w.serving()) == ALL | {"tx_count"}, 90, [w])
+        with replay(str(tmp_path / "tx_count.py"), data, progress=False) as clean:
+            assert clean.events > 0
+            assert w.serving()["tx_count"] == clean.digest
+        code, body, _ = get(w.url, "/projections/tx_count")  # type: ignore[arg-type]
+        assert code == 200 and body["projection"] == "tx_count" and body["lag"] == 0
+        assert w.status()["projections"][-1] == "tx_count"  # its lease follows the built-ins'
+    finally:
+        w.stop()

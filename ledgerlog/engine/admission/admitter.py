@@ -12,15 +12,17 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 
+from .. import topics as T
 from ..codec import Codec
 from ..errors import Code, Rejection, error_code
 from ..genesis import Genesis
 from ..log.base import Log, Record
 from .lines import Item, item_id, parse_line
+from .prepare import Ahead
 from .rules import Out, Rules
 from .state import WriteState
 from .verify import Pending, Verifier
@@ -140,7 +142,7 @@ class Admitter:
             return None
         numbers, raw = [n for n, _ in chunk], [line for _, line in chunk]
         if self.verifier.parallel(raw):
-            return numbers, [], self.verifier.prepare(raw)
+            return numbers, [], self.verifier.prepare(raw, self._ahead())
         parsed: list[Item | Rejection] = []
         for line in raw:
             try:
@@ -148,6 +150,12 @@ class Admitter:
             except Rejection as rej:
                 parsed.append(rej)
         return numbers, parsed, None
+
+    def _ahead(self) -> Ahead:
+        """What workers need to make records ahead: value prefixes, and the tip height now (the
+        likely stamp of the shares sent; a guess, read without the lock)."""
+        wire = self.codec.wire
+        return Ahead({T.SHARES: wire(T.SHARES, b"")}, self.state.tip().height)
 
     @_tracer.start_as_current_span("ledgerlog.admit_chunk")
     def _admit_chunk(self, numbers: list[int], parsed: list[Item | Rejection], *, ids: bool = False) -> Summary:
@@ -208,8 +216,10 @@ class Admitter:
     @_tracer.start_as_current_span("ledgerlog.log_append")
     def _commit(self, outs: list[Out]) -> None:
         encode, wire = self.codec.encode, self.codec.wire
-        records = [Record(o.topic, o.key.encode(),
-                          encode(o.topic, o.event) if o.encoded is None else wire(o.topic, o.encoded), o.timestamp)
+        # an Out carries its record's value, or its event's Avro bytes, or else its event
+        records = [Record(o.topic, o.key.encode(), o.value, o.timestamp, None, o.leaf) if o.value is not None
+                   else Record(o.topic, o.key.encode(), wire(o.topic, o.encoded) if o.encoded is not None
+                               else encode(o.topic, cast("dict[str, Any]", o.event)), o.timestamp)
                    for o in outs]
         trace.get_current_span().set_attribute("ledgerlog.records", len(records))
         try:

@@ -3,7 +3,7 @@
 Every signed event's record starts with its signed body (or header), whose Avro bytes are the
 canonical bytes that were hashed and verified: the event's bytes are those followed by the
 encoding of its other fields. A share's event is known but for its ``stamp_height`` (its last
-field) before admission, so a worker encodes the rest ahead (``share_head``)."""
+field) before admission, so a worker encodes it ahead (``share_head``; ``prepare.py``)."""
 from __future__ import annotations
 
 from typing import Any

@@ -131,21 +131,27 @@ class Signed:
 
 @dataclass(slots=True)
 class BlockLine:
+    """A block line; ``root`` is its transactions' tx_root when a worker computed it ahead."""
+
     header: Signed
     transactions: list[Signed]
     kind: str = "block"
+    root: str | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
 class ShareLine:
-    """A share line; ``head``, when a worker computed it, is the Avro encoding of the share's
-    event up to (not including) its ``stamp_height``, which only admission knows."""
+    """A share line; ``value``, when a worker made it ahead, is its ShareSubmitted record's
+    value (wire format) for a guessed ``stamp_height`` of ``stamp`` (its last field, which only
+    admission knows), and ``leaf`` that record's Merkle leaf hash."""
 
     obj: dict[str, Any]
     address: str
     kind: str = "share"
     _id: str | None = field(default=None, repr=False)
-    head: bytes | None = field(default=None, repr=False)
+    value: bytes | None = field(default=None, repr=False)
+    stamp: int = field(default=0, repr=False)
+    leaf: bytes | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:

@@ -8,6 +8,7 @@ process pool, a slice of the chunk per task, while the admitter checks the rules
 chunks."""
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
@@ -15,7 +16,7 @@ from itertools import islice
 from ..errors import Rejection
 from ..procs import exit_with_parent
 from .lines import Item, Signed
-from .prepare import Prepared, prepare_lines, rebuild, signature_key
+from .prepare import Ahead, Prepared, prepare_lines, rebuild, signature_key
 
 __all__ = ["Verifier", "Pending", "SignatureCache"]
 
@@ -92,11 +93,17 @@ class Verifier:
         return self.workers > 1 and (len(lines) >= self.min_parallel
                                      or sum(map(len, lines)) >= _PARALLEL_BYTES)
 
-    def prepare(self, lines: Sequence[bytes | str]) -> Pending:
+    def prepare(self, lines: Sequence[bytes | str], ahead: Ahead | None = None) -> Pending:
         """Start preparing ``lines`` in the pool, in slices of about equal bytes (two per worker,
-        so a slow slice does not leave a worker idle)."""
+        so a slow slice does not leave a worker idle); with ``ahead``, the workers also make the
+        records they can (``prepare.py``)."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, initializer=exit_with_parent)
+            # spawned, never forked: the caller has threads (a node's HTTP server, Kafka clients,
+            # OpenTelemetry), and a child forked while one of them holds a lock crashed or hung.
+            # Not a fork server either: its children hold its lifeline pipe and it is their parent,
+            # so a killed caller left both waiting for each other (exit_with_parent never fired)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=exit_with_parent)
         known = self.cache.recent(_RECENT_KEYS)
         slices = self.workers * 2
         target = sum(map(len, lines)) / slices
@@ -105,10 +112,10 @@ class Verifier:
         for i, line in enumerate(lines):
             size += len(line)
             if size >= target and len(futures) < slices - 1:
-                futures.append(self._pool.submit(prepare_lines, lines[start:i + 1], known))
+                futures.append(self._pool.submit(prepare_lines, lines[start:i + 1], known, ahead))
                 start, size = i + 1, 0
         if start < len(lines) or not futures:
-            futures.append(self._pool.submit(prepare_lines, lines[start:], known))
+            futures.append(self._pool.submit(prepare_lines, lines[start:], known, ahead))
         self.prepared_lines += len(lines)
         return Pending(futures, self.cache)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import typer
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import NodeRunningError
+from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.ops.cli import app, config_of, emit
 from ledgerlog.ops.query.client import NodeClient, open_queries
 from ledgerlog.ops.query.userviews import PAGE_MAX, key_bytes
@@ -77,3 +79,29 @@ def keys(ctx: typer.Context, name: str,
     with open_queries(config_of(ctx)) as q:
         emit(q.projection_page(name, prefix, start, limit))
 
+
+
+@projections_app.command("export")
+def export(ctx: typer.Context, name: str,
+           out: str = typer.Option("-", "--out", "-o", help="File to write (default: standard output)."),
+           prefix: str | None = typer.Option(None, "--prefix", help="Only keys starting with this (text or hex:<hex>).")) -> None:
+    """A projection's state as JSON lines {"key", "value", "encoding"} in key order, read page by
+    page (through the node if one runs); DuckDB turns it into Parquet (docs/PROJECTIONS.md)."""
+    with open_queries(config_of(ctx)) as q:
+        sink = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115 - closed below
+        try:
+            start, lines = None, 0
+            while True:
+                page = q.projection_page(name, prefix, start, PAGE_MAX)
+                for item in page["items"]:
+                    sink.write(dumps_any(item) + b"\n")  # integers of any size, exactly
+                lines += len(page["items"])
+                if page["next"] is None:
+                    break
+                start = page["next"]
+        finally:
+            if sink is not sys.stdout.buffer:
+                sink.close()
+    if out != "-":
+        emit({"projection": name, "lines": lines, "out": os.path.abspath(out),
+              "provenance": page["provenance"]})

@@ -6,6 +6,7 @@ import typer
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.errors import UnknownProjectionError
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.cli.progress import admin_with_progress, progress_bar, quiet_option
 from ledgerlog.ops.query.client import NodeClient
@@ -29,7 +30,10 @@ def reproject(ctx: typer.Context,
     and keeps answering queries meanwhile (its progress drawn from the node's status). One at a time: exit 1, code REPROJECT_RUNNING, when
     another reproject of the data dir runs."""
     cfg = config_of(ctx)
-    chosen = catalog.check_names(cfg.projections_dir, names or catalog.names(cfg.projections_dir))
+    try:
+        chosen = catalog.check_names(cfg.projections_dir, names or catalog.names(cfg.projections_dir))
+    except UnknownProjectionError as exc:  # a wrong argument of the command: USAGE, exit 2
+        fail(str(exc), 2)
     node = NodeClient.find(cfg)
     if node is not None:
         try:

@@ -27,6 +27,7 @@ I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit 
 #: providers a page of ``GET /v1/energy/providers`` holds by default, and at most
 PROVIDERS_PAGE, PROVIDERS_PAGE_MAX = 100, 1000
 MAX_PROVIDER_ID = 256  # characters (engine/admission/lines.py)
+DASHBOARD_KEYS = 8  # keys the dashboard shows of each user projection
 
 
 def bad_request(message: str) -> BadRequest:
@@ -277,4 +278,19 @@ class Queries:
             "providers": self._part("energy", lambda v: energy.providers(v, 10)),
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
+            "user_projections": self._user_panels(),
         }
+
+    def _user_panels(self) -> list[dict[str, Any]]:
+        """The dashboard's look at each user projection: its first keys in key order."""
+        out: list[dict[str, Any]] = []
+        for name, h in self.runner.handles.items():
+            if not getattr(h.module, "USER", False):
+                continue
+            row: dict[str, Any] = {"name": name, "version": h.module.VERSION}
+            if h.failed is not None:
+                row["failed"] = h.failed.message
+            else:
+                row["items"] = userviews.page(self, name, limit=DASHBOARD_KEYS)["items"]
+            out.append(row)
+        return out

@@ -52,7 +52,7 @@ class WorkerHttp:
 
         @app.get("/projections/{name}")
         async def projection(name: str) -> Response:
-            if name not in projections.ALL:
+            if name not in self.info.get("projections", projections.ALL):
                 return JSONResponse(error_body("NOT_FOUND", f"unknown projection {name[:64]!r}"), 404)
             got = self.engine.answer(name)
             if got is not None:

@@ -15,12 +15,14 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log import open_log
 from ledgerlog.engine.log.base import Log
 from ledgerlog.ops.worker.http import WorkerHttp
+from ledgerlog.streams import catalog
 from ledgerlog.streams.faust_worker import (
     FoldEngine,
     build_app,
     connection,
     ensure_lease_topic,
     group_id,
+    lease_names,
 )
 from ledgerlog.streams.shards.engine import ShardEngine
 from ledgerlog.streams.shards.group import build_shard_app
@@ -51,9 +53,12 @@ def run_worker(config: Config, worker_dir: str, *, worker_id: str | None = None,
         codec = Codec(Registry(log))
         info: dict[str, Any] = {"id": worker_id or f"{os.uname().nodename}-{os.getpid()}", "pid": os.getpid(),
                                 "chain_id": genesis.chain_id}
+        names = lease_names(config.projections_dir)  # the built-ins and the data dir's user projections
         if shard is None:
-            engine = FoldEngine(log, codec, genesis, os.path.join(worker_dir, "projections"), batch=batch)
-            info["group"] = group_id(config, genesis)
+            mods = catalog.modules(config.projections_dir)
+            engine = FoldEngine(log, codec, genesis, os.path.join(worker_dir, "projections"), batch=batch,
+                                modules={n: mods[n] for n in names if n in mods})
+            info.update(group=group_id(config, genesis), projections=list(names))
         else:
             engine = sharded = _shard_engine(config, log, codec, genesis, worker_dir, shard, partitions, batch)
             info.update(group=sharded.names.group, shard=shard, partitions=sharded.partitions)
@@ -62,8 +67,8 @@ def run_worker(config: Config, worker_dir: str, *, worker_id: str | None = None,
         info["url"] = f"http://{host if ':' not in host else '[' + host + ']'}:{server.port}"
         if isinstance(engine, FoldEngine):
             app = build_app(config, genesis, engine, worker_dir=worker_dir, url=info["url"],
-                            session_timeout=session_timeout)
-            ensure_lease_topic(config, app.ledgerlog_lease)
+                            session_timeout=session_timeout, names=names)
+            ensure_lease_topic(config, app.ledgerlog_lease, len(names))
         else:
             app = build_shard_app(config, sharded, worker_dir=worker_dir, url=info["url"],
                                   session_timeout=session_timeout)
