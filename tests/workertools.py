@@ -86,3 +86,30 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float, workers: list[W
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}: " + " | ".join(
         f"{w.wid}: {w.status()} {w.tail()[-1500:]}" for w in workers))
+
+
+def embedded_balances(data_dir: str, genesis: dict[str, Any], lines: list[bytes],
+                      heights: Callable[[int], list[int]]) -> tuple[str, dict[tuple[str, int | None], Any], int]:
+    """What the embedded fold says of ``lines``: the balances digest, every account's answer now
+    (height None) and at ``heights(tip)``, and the tip height (the reference of the Kafka tests)."""
+    from ledgerlog.engine.chain import init_chain, open_chain
+    from ledgerlog.engine.config import Config
+    from ledgerlog.projections import balances
+    from ledgerlog.streams.runner import Runner
+
+    cfg = Config(data_dir=data_dir, sync=False, ingest_chunk=100)
+    init_chain(cfg, genesis)
+    with open_chain(cfg) as chain:
+        chain.admitter.admit(lines)
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
+        try:
+            runner.catch_up()
+            store = runner.handles["balances"].store
+            view = store.view()
+            addrs = sorted(k[2:].decode() for k, _ in view.items(b"a/"))
+            answers: dict[tuple[str, int | None], Any] = {
+                (a, h): balances.account(view, a, h) for a in addrs for h in heights(store.height)}
+            answers.update({(a, None): balances.account(view, a) for a in addrs})
+            return runner.digests()["balances"], answers, store.height
+        finally:
+            runner.close()

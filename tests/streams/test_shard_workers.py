@@ -12,13 +12,11 @@ from typing import Any
 
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
-from workertools import Worker, get, wait_for
+from workertools import Worker, embedded_balances, get, wait_for
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
-from ledgerlog.projections import balances
-from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.shards.repartition import combine_digests
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -39,21 +37,9 @@ def history() -> tuple[dict[str, Any], list[bytes]]:
 def reference(tmp_path_factory, history) -> dict[str, Any]:
     """The embedded fold's balances digest, and answers for every account at a few heights."""
     genesis, lines = history
-    cfg = Config(data_dir=str(tmp_path_factory.mktemp("embedded") / "data"), sync=False, ingest_chunk=CHUNK)
-    init_chain(cfg, genesis)
-    with open_chain(cfg) as chain:
-        chain.admitter.admit(lines)
-        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
-        try:
-            runner.catch_up()
-            store = runner.handles["balances"].store
-            view = store.view()
-            addrs = sorted(k[2:].decode() for k, _ in view.items(b"a/"))
-            heights = [None, 0, 1, store.height // 3, store.height // 2, store.height]
-            return {"digest": runner.digests()["balances"],
-                    "answers": {(a, h): balances.account(view, a, h) for a in addrs for h in heights}}
-        finally:
-            runner.close()
+    digest, answers, _tip = embedded_balances(str(tmp_path_factory.mktemp("embedded") / "data"), genesis, lines,
+                                              lambda tip: [0, 1, tip // 3, tip // 2, tip])
+    return {"digest": digest, "answers": answers}
 
 
 class ShardWorker(Worker):

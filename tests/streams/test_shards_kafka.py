@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
+from workertools import embedded_balances
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import LogError
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
-from ledgerlog.projections import balances
-from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.shards.deriver import Deriver
 from ledgerlog.streams.shards.engine import ShardEngine
 from ledgerlog.streams.shards.repartition import Names, combine_digests, source_partitions
@@ -40,22 +39,9 @@ def history() -> tuple[dict[str, Any], list[bytes]]:
 def reference(tmp_path, history) -> tuple[str, dict[tuple[str, int | None], dict[str, Any]]]:
     """The embedded fold's balances digest and answers (every account, now and every 5th height)."""
     genesis, lines = history
-    cfg = Config(data_dir=str(tmp_path / "embedded"), sync=False, ingest_chunk=100)
-    init_chain(cfg, genesis)
-    with open_chain(cfg) as chain:
-        chain.admitter.admit(lines)
-        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
-        try:
-            runner.catch_up()
-            store = runner.handles["balances"].store
-            view = store.view()
-            addrs = sorted(k[2:].decode() for k, _ in view.items(b"a/"))
-            answers: dict[tuple[str, int | None], dict[str, Any]] = {
-                (a, h): balances.account(view, a, h) for a in addrs for h in range(0, store.height + 2, 5)}
-            answers.update({(a, None): balances.account(view, a) for a in addrs})
-            return runner.digests()["balances"], answers
-        finally:
-            runner.close()
+    digest, answers, _tip = embedded_balances(str(tmp_path / "embedded"), genesis, lines,
+                                              lambda tip: list(range(0, tip + 2, 5)))
+    return digest, answers
 
 
 def wait_for(what: str, cond: Callable[[], Any], timeout: float, engines: list[ShardEngine]) -> Any:
