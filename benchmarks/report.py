@@ -108,18 +108,24 @@ def _row(rows: list[tuple[str, ...]], what: str, fig: Any, ratio: float | None =
 
 
 def _kafka_rows(rows: list[tuple[str, ...]], kw: dict[str, Any], ratio: float | None) -> None:
-    """The sharded balances on Kafka: the deriver's pass, then 1 and 2 worker processes."""
+    """The sharded balances on Kafka: the deriver's pass; 1 and 2 worker processes end to end
+    (derive + fold: the ratio), then folding an already derived topic."""
     if "error" in kw:
         _row(rows, "kafka: balances by 1 / 2 workers", kw)
         return
-    _row(rows, "kafka: deriver (repartition by account)", kw.get("derive"), None,
-         f"{_num(kw.get('derive', {}).get('rows'))} rows to {kw.get('partitions')} partitions")
+    _row(rows, "kafka: deriver alone (repartition by account)", kw.get("derive"), None,
+         f"{_num(kw.get('derive', {}).get('records'))} records of rows to {kw.get('partitions')} partitions, 1 process")
     same = {True: "digests equal the embedded fold", False: "DIGEST MISMATCH", None: "digests equal across passes"}
     verdict = same[kw.get("digest_equals_embedded")] if kw.get("digests_equal") else "DIGESTS DIFFER BETWEEN PASSES"
-    for key, label in (("one_worker", "1 worker process"), ("two_workers", "2 worker processes")):
-        fig = kw.get(key, {})
-        _row(rows, f"kafka: balances shards, {label}", fig, ratio if key == "two_workers" else None,
-             f"cores busy {fig.get('cores_busy')}" + ("; ratio: 2 workers / 1; " + verdict if key == "two_workers" else ""))
+    fold = kw.get("fold_only", {})
+    for group, what, r in ((kw, "derive + fold", ratio), (fold, "fold only", fold.get("ratio_2_vs_1"))):
+        for key, label in (("one_worker", "1 worker process"), ("two_workers", "2 worker processes")):
+            fig = group.get(key, {})
+            note = (f"cores busy {fig.get('cores_busy')} (+ broker {fig.get('broker_cores_busy')}), "
+                    f"{fig.get('cpu_us_per_event')} us CPU/event, spread {fig.get('spread')}")
+            if key == "two_workers":
+                note += "; ratio: 2 workers / 1" + ("; " + verdict if group is kw else "")
+            _row(rows, f"kafka: balances shards, {what}, {label}", fig, r if key == "two_workers" else None, note)
 
 
 def table(res: dict[str, Any]) -> str:

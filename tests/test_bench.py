@@ -69,12 +69,15 @@ def test_tiny_run_writes_every_figure(tmp_path) -> None:
     if "error" in kw:
         assert r["kafka_workers_2_vs_1"] is None
     else:
-        for key in ("one_worker", "two_workers"):
-            _positive(kw[key], "events", "events_per_s", "cores_busy")
-        _positive(kw["derive"], "events", "rows", "events_per_s")
+        for fig in (kw["one_worker"], kw["two_workers"], kw["fold_only"]["one_worker"], kw["fold_only"]["two_workers"]):
+            _positive(fig, "events", "events_per_s", "cores_busy", "cpu_us_per_event")
+            assert fig["events"] == kw["balances_events"] == kw["derive"]["events"]  # every pass does all of it
+        _positive(kw["derive"], "events", "records", "events_per_s")
+        _positive(kw["fold_only"], "ratio_2_vs_1")
         assert kw["digests_equal"] is True and kw["digest_equals_embedded"] is True
         _positive(r, "kafka_workers_2_vs_1")
-        assert b"kafka: balances shards, 2 worker processes" in proc.stdout
+        assert b"kafka: balances shards, derive + fold, 2 worker processes" in proc.stdout
+        assert b"kafka: balances shards, fold only, 2 worker processes" in proc.stdout
 
     goals = {g["goal"]: g for g in res["goals"]}
     assert len(goals) == 13 and b"goals (issues 5, 15):" in proc.stdout

@@ -1,30 +1,22 @@
 """`ledgerlog stream-worker --shard balances` on Kafka: workers share the balances projection by
 account through a consumer group. A second worker joining mid-fold takes half the shards (rebuilt
-from the repartition topic); a worker killed (-9) mid-fold has its shards (and the deriver, when
-it held it) taken by the survivor. Either way the shards' digests sum to the embedded fold's, and
-every account's answer, now and as of past heights, asked of either worker (routed by 307 to the
-owner), equals the embedded one."""
+from the repartition topic) and half the source partitions to derive; a worker killed (-9)
+mid-fold has its shards and its derive leases taken by the survivor. Either way the shards'
+digests sum to the embedded fold's, and every account's answer, now and as of past heights, asked
+of either worker (routed by 307 to the owner), equals the embedded one."""
 from __future__ import annotations
 
-import http.client
-import json
-import os
 import signal
-import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from clitools import LEDGERLOG, cli_env
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
+from workertools import Worker, embedded_balances, get, wait_for
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
-from ledgerlog.projections import balances
-from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.shards.repartition import combine_digests
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -45,93 +37,22 @@ def history() -> tuple[dict[str, Any], list[bytes]]:
 def reference(tmp_path_factory, history) -> dict[str, Any]:
     """The embedded fold's balances digest, and answers for every account at a few heights."""
     genesis, lines = history
-    cfg = Config(data_dir=str(tmp_path_factory.mktemp("embedded") / "data"), sync=False, ingest_chunk=CHUNK)
-    init_chain(cfg, genesis)
-    with open_chain(cfg) as chain:
-        chain.admitter.admit(lines)
-        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
-        try:
-            runner.catch_up()
-            store = runner.handles["balances"].store
-            view = store.view()
-            addrs = sorted(k[2:].decode() for k, _ in view.items(b"a/"))
-            heights = [None, 0, 1, store.height // 3, store.height // 2, store.height]
-            return {"digest": runner.digests()["balances"],
-                    "answers": {(a, h): balances.account(view, a, h) for a in addrs for h in heights}}
-        finally:
-            runner.close()
+    digest, answers, _tip = embedded_balances(str(tmp_path_factory.mktemp("embedded") / "data"), genesis, lines,
+                                              lambda tip: [0, 1, tip // 3, tip // 2, tip])
+    return {"digest": digest, "answers": answers}
 
 
-class Worker:
+class ShardWorker(Worker):
     def __init__(self, data: str, wdir: str, wid: str) -> None:
-        self.wdir, self.wid = wdir, wid
-        self.err = open(os.path.join(os.path.dirname(wdir), f"{wid}.err"), "ab")
-        self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "stream-worker", "--worker-dir", wdir, "--id", wid,
-                                      "--shard", "balances", "--partitions", str(N), "--batch", "100"],
-                                     stdout=subprocess.DEVNULL, stderr=self.err, stdin=subprocess.DEVNULL,
-                                     env=cli_env(LEDGERLOG_LOG_LEVEL="WARNING"))
-        self.url: str | None = None
-
-    def status(self) -> dict[str, Any] | None:
-        if self.url is None:
-            try:
-                with open(os.path.join(self.wdir, "worker.json"), encoding="utf-8") as f:
-                    info = json.load(f)
-                if info["pid"] != self.proc.pid:
-                    return None
-                self.url = info["url"]
-            except (OSError, ValueError, KeyError):
-                return None
-        code, body, _ = get(self.url, "/status")
-        return body if code == 200 else None
+        super().__init__(data, wdir, wid, "--shard", "balances", "--partitions", str(N), "--batch", "100")
 
     def serving(self) -> dict[str, str]:
         """Digests of the shards it serves, folded to the end the deriver has written."""
         st = self.status() or {"shards": {}}
         return {k: s["digest"] for k, s in st["shards"].items() if s["state"] == "serving" and s["lag"] == 0}
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.err.close()
 
-    def tail(self) -> str:
-        with open(self.err.name, "rb") as f:
-            return f.read()[-2000:].decode(errors="replace")
-
-
-def get(url: str, path: str) -> tuple[int, Any, str | None]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, (json.loads(data) if data else None), resp.getheader("Location")
-    except OSError:
-        return 0, None, None
-    finally:
-        conn.close()
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float, workers: list[Worker]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        for w in workers:
-            assert w.proc.poll() is None, f"worker {w.wid} exited {w.proc.returncode}: {w.tail()}"
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}: " + " | ".join(f"{w.wid}: {w.status()} {w.tail()}" for w in workers))
-
-
-def split(workers: list[Worker]) -> dict[str, str] | None:
+def split(workers: list[ShardWorker]) -> dict[str, str] | None:
     """Every shard served by exactly one of ``workers``, each serving some: the merged digests."""
     got = [w.serving() for w in workers]
     keys = [set(g) for g in got]
@@ -140,7 +61,7 @@ def split(workers: list[Worker]) -> dict[str, str] | None:
     return {k: v for g in got for k, v in g.items()}
 
 
-def check_answers(workers: list[Worker], reference: dict[str, Any]) -> None:
+def check_answers(workers: list[ShardWorker], reference: dict[str, Any]) -> None:
     """Every reference answer, asked of each worker in turn, redirected to the owner when needed."""
     urls = {w.url for w in workers}
     redirected = 0
@@ -166,23 +87,26 @@ def _chain(tmp_path, bootstrap: str, genesis: dict[str, Any]) -> Config:
 def test_a_second_worker_joins_mid_fold(tmp_path, kafka_bootstrap, history, reference):  # noqa: F811
     genesis, lines = history
     cfg = _chain(tmp_path, kafka_bootstrap, genesis)
-    workers: list[Worker] = []
+    workers: list[ShardWorker] = []
     try:
         with open_chain(cfg) as chain:
             chain.admitter.admit(lines[:500])
-            a = Worker(cfg.data_dir, str(tmp_path / "wA"), "A")
+            a = ShardWorker(cfg.data_dir, str(tmp_path / "wA"), "A")
             workers = [a]
             wait_for("A to serve every shard", lambda: len(a.serving()) == N, 60, workers)
             chain.admitter.admit(lines[500:1000])
-            b = Worker(cfg.data_dir, str(tmp_path / "wB"), "B")  # joins while A folds the new events
+            b = ShardWorker(cfg.data_dir, str(tmp_path / "wB"), "B")  # joins while A folds the new events
             workers = [a, b]
             chain.admitter.admit(lines[1000:])
         merged = wait_for("A and B to split the shards, folded to the end",
                           lambda: (m := split(workers)) and combine_digests(m.values()) == reference["digest"] and m,
                           60, workers)
         assert combine_digests(merged.values()) == reference["digest"]
-        st_b = b.status() or {}
+        st_a, st_b = a.status() or {}, b.status() or {}
         assert st_b["shards"] and all(g["resumed_from"] == 0 for g in st_b["gains"])  # rebuilt from the topic
+        leases_a, leases_b = (set((st.get("deriver") or {}).get("leases", {})) for st in (st_a, st_b))
+        assert leases_a and leases_b and not leases_a & leases_b  # both derive: the source partitions split
+        assert len(leases_a | leases_b) == st_b["derived"]["leases"]
         check_answers(workers, reference)
     finally:
         for w in workers:
@@ -192,12 +116,12 @@ def test_a_second_worker_joins_mid_fold(tmp_path, kafka_bootstrap, history, refe
 def test_a_killed_worker_s_shards_move_to_the_survivor(tmp_path, kafka_bootstrap, history, reference):  # noqa: F811
     genesis, lines = history
     cfg = _chain(tmp_path, kafka_bootstrap, genesis)
-    workers: list[Worker] = []
+    workers: list[ShardWorker] = []
     try:
         with open_chain(cfg) as chain:
             chain.admitter.admit(lines[:500])
-            a = Worker(cfg.data_dir, str(tmp_path / "wA"), "A")
-            b = Worker(cfg.data_dir, str(tmp_path / "wB"), "B")
+            a = ShardWorker(cfg.data_dir, str(tmp_path / "wA"), "A")
+            b = ShardWorker(cfg.data_dir, str(tmp_path / "wB"), "B")
             workers = [a, b]
             wait_for("A and B to split the shards", lambda: split(workers), 60, workers)
             owned_a = set(a.serving())
@@ -208,8 +132,10 @@ def test_a_killed_worker_s_shards_move_to_the_survivor(tmp_path, kafka_bootstrap
         workers = [b]
         wait_for("the survivor to fold every shard to the embedded digest",
                  lambda: len(m := b.serving()) == N and combine_digests(m.values()) == reference["digest"], 60, workers)
-        gains = {int(g["shard"]) for g in (b.status() or {})["gains"]}
+        st_b = b.status() or {}
+        gains = {int(g["shard"]) for g in st_b["gains"]}
         assert {int(k) for k in owned_a} <= gains
+        assert len(st_b["deriver"]["leases"]) == st_b["derived"]["leases"]  # the dead one's derive leases too
         check_answers(workers, reference)
     finally:
         for w in workers:

@@ -26,7 +26,7 @@ from ledgerlog.streams.faust_worker import (
 )
 from ledgerlog.streams.shards.engine import ShardEngine
 from ledgerlog.streams.shards.group import build_shard_app
-from ledgerlog.streams.shards.repartition import Names
+from ledgerlog.streams.shards.repartition import Names, source_partitions
 from ledgerlog.streams.shards.topics import ensure_topics
 
 __all__ = ["run_worker"]
@@ -103,5 +103,5 @@ def _shard_engine(config: Config, log: Log, codec: Codec, genesis: Genesis, work
         raise ConfigError(f"--partitions {partitions}: give at least 1")
     kafka = connection(config)
     names = Names(kafka.topic_prefix, genesis.hash)
-    n = ensure_topics(kafka, names, partitions)
+    n = ensure_topics(kafka, names, partitions, len(source_partitions(log)))
     return ShardEngine(log, codec, genesis, kafka, names, n, os.path.join(worker_dir, "shards"), batch=batch)

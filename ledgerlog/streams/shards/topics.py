@@ -12,15 +12,15 @@ from ledgerlog.engine.errors import LogError
 from ledgerlog.engine.intjson import dumps, loads
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 
-from .repartition import Names
+from .repartition import FETCH_WAIT_MS, Names
 
 __all__ = ["Progress", "ProgressReader", "ensure_topics"]
 
 
-def ensure_topics(kafka: KafkaConfig, names: Names, partitions: int) -> int:
+def ensure_topics(kafka: KafkaConfig, names: Names, partitions: int, sources: int) -> int:
     """Create the repartition topic (``partitions`` unless it exists: then its own count, which is
-    returned), the progress topic and the lease topic (one partition per shard, one for the
-    deriver)."""
+    returned), the progress topic (one partition per derive lease: per source partition, ``sources``
+    of them) and the lease topic (one partition per shard, then one per derive lease)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -48,36 +48,45 @@ def ensure_topics(kafka: KafkaConfig, names: Names, partitions: int) -> int:
         return got
 
     n = count(names.movements) or create(names.movements, partitions)
-    create(names.progress, 1)
-    leases = create(names.leases, n + 1)
-    if leases != n + 1:
-        raise LogError(f"lease topic {names.leases} has {leases} partitions, not {n + 1} "
-                       f"({names.movements} has {n}): delete it, it holds no records")
+    for topic, want in ((names.progress, sources), (names.leases, n + sources)):
+        got = create(topic, want)
+        if got != want:
+            raise LogError(f"SHARD_TOPICS: {topic} has {got} partitions, not {want} ({names.movements} has {n}, "
+                           f"the chain's balances topics {sources}): delete the {names.base} topics and the "
+                           "workers' shards/ directories, then start the workers again")
     return n
 
 
 @dataclass
 class Progress:
-    """What the deriver has written, as one progress record says: the source positions it has
-    derived up to, and per repartition partition the end of what it had written then."""
+    """What the deriver of one source partition (a derive lease) has written, as its newest
+    progress record says: the source offset it has derived up to, per repartition partition the end
+    of the rows it had written then, and ``bound``: a height no row it writes later is below (the
+    next event's height, or the tip when it had derived everything), which lets a shard fold the
+    rows of all sources in height order (shard.py)."""
 
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    topic: str = ""
+    partition: int = 0
+    position: int = 0
     ends: list[int] = field(default_factory=list)
-    height: int = 0
-    events: int = 0
+    bound: int = 0
+    height: int = -1   # the last derived event's height (-1: none yet)
+    events: int = 0    # events derived (duplicates of a resumed deriver not counted twice)
 
     def encode(self) -> bytes:
-        return dumps({"positions": sorted([t, p, o] for (t, p), o in self.positions.items()),
-                      "ends": self.ends, "height": self.height, "events": self.events})
+        return dumps({"source": [self.topic, self.partition], "position": self.position, "ends": self.ends,
+                      "bound": self.bound, "height": self.height, "events": self.events})
 
     @classmethod
     def decode(cls, raw: bytes) -> Progress:
         d: dict[str, Any] = loads(raw)
-        return cls({(t, p): o for t, p, o in d["positions"]}, list(d["ends"]), d["height"], d["events"])
+        t, p = d["source"]
+        return cls(t, p, d["position"], list(d["ends"]), d["bound"], d["height"], d["events"])
 
 
 class ProgressReader:
-    """The newest progress record (read from the tail of the one-partition progress topic)."""
+    """The newest progress record of each derive lease (partition j of the progress topic holds
+    lease j's records), read from the partitions' tails."""
 
     def __init__(self, kafka: KafkaConfig, names: Names, timeout: float = 30.0) -> None:
         from confluent_kafka import Consumer
@@ -86,40 +95,86 @@ class ProgressReader:
         self._consumer = Consumer(kafka.librdkafka("consumer", {
             "group.id": f"ledgerlog-progress-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 2, "fetch.queue.backoff.ms": 5}))
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5}))
+        self._following: set[int] = set()
 
-    def latest(self) -> Progress | None:
+    def follow(self, leases: list[int]) -> None:
+        """Read ``leases``' records from a few before their tails on, as ``poll`` is called: one
+        assignment kept, no offset requests (what the workers do all along)."""
+        from confluent_kafka import TopicPartition as KTP
+
+        c = self._consumer
+        starts = []
+        for j in leases:
+            low, high = c.get_watermark_offsets(KTP(self.topic, j), timeout=self.timeout)
+            starts.append(KTP(self.topic, j, max(low, high - 4)))  # Tansu may list an end below the true one
+        c.assign(starts)
+        self._following = set(leases)
+
+    def poll(self, timeout: float) -> dict[int, Progress]:
+        """The newest record of each followed lease that wrote one since the last call."""
+        from confluent_kafka import KafkaError
+
+        got: dict[int, bytes] = {}
+        for m in self._consumer.consume(1000, timeout):
+            err = m.error()
+            if err is None:
+                j, value = m.partition(), m.value()
+                if j in self._following and value is not None:
+                    got[j] = value  # a partition's records come in offset order: the last one stays
+            elif err.code() != KafkaError._PARTITION_EOF and err.fatal():
+                raise LogError(f"reading {self.topic}: {err}")
+        return {j: Progress.decode(raw) for j, raw in got.items()}
+
+    def latest(self, lease: int = 0) -> Progress | None:
+        return self.latest_of([lease]).get(lease)
+
+    def latest_of(self, leases: list[int]) -> dict[int, Progress]:
+        """The newest record of each of ``leases`` that has one. A tail is read from a few records
+        before the listed end to the partition's EOF (Tansu may list an end below the true one),
+        further back when that window holds no record."""
+        from confluent_kafka import TopicPartition as KTP
+
+        c = self._consumer
+        marks = {j: c.get_watermark_offsets(KTP(self.topic, j), timeout=self.timeout) for j in leases}
+        window = 4
+        todo = {j: max(low, high - window) for j, (low, high) in marks.items() if high > low}
+        out: dict[int, Progress] = {}
+        while todo:
+            found = self._tails(todo)
+            out.update({j: Progress.decode(raw) for j, raw in found.items()})
+            window *= 4
+            todo = {j: max(marks[j][0], marks[j][1] - window) for j, start in todo.items()
+                    if j not in found and start > marks[j][0]}
+        return out
+
+    def _tails(self, starts: dict[int, int]) -> dict[int, bytes]:
+        """The last record of each partition read from its start offset to its EOF."""
         from confluent_kafka import KafkaError
         from confluent_kafka import TopicPartition as KTP
 
         c = self._consumer
-        low, high = c.get_watermark_offsets(KTP(self.topic, 0), timeout=self.timeout)
-        if high <= low:
-            return None
-        start, window = max(low, high - 4), 4
-        while True:
-            c.assign([KTP(self.topic, 0, start)])
-            last: bytes | None = None
-            deadline = time.monotonic() + self.timeout
-            done = False
-            while not done:
+        c.assign([KTP(self.topic, j, o) for j, o in starts.items()])
+        last: dict[int, bytes] = {}
+        left = set(starts)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while left:
                 for m in c.consume(500, 0.2):
                     err = m.error()
                     if err is None:
-                        last = m.value()
+                        j, value = m.partition(), m.value()
+                        if j is not None and value is not None:
+                            last[j] = value
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        done = True
+                        left.discard(m.partition())
                     else:
                         raise LogError(f"reading {self.topic}: {err}")
                 if time.monotonic() > deadline:
                     raise LogError(f"reading {self.topic}: no end within {self.timeout:.0f} s")
+        finally:
             c.unassign()
-            if last is not None:
-                return Progress.decode(last)
-            if start == low:
-                return None
-            window *= 4
-            start = max(low, high - window)
+        return last
 
     def close(self) -> None:
         self._consumer.close()
