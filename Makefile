@@ -25,7 +25,7 @@ run: venv
 	$(BIN)/ledgerlog --data-dir $(DATA) run --simulate --host $(HOST) --port $(PORT)
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile  # every core; a file stays on one worker (module fixtures once)
 
 # Peers (quixstreams pins an older confluent-kafka) get their own venv, so .venv stays as tested.
 BENCH_VENV := .venv-bench

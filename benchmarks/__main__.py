@@ -1,6 +1,7 @@
 """``python -m benchmarks --size tiny|small|full|N``: one run, on one generated history, of
 ledgerlog's ingest (signed, and unsigned shares), rebuild (first fold, reproject all and
-balances alone) and HTTP queries; the framework-free ceilings on the same bytes; and the peers
+balances alone), balances sharded over 1 and 2 Kafka worker processes (on Tansu) and HTTP
+queries; the framework-free ceilings on the same bytes; and the peers
 (naive SQLite, eventsourcing, quixstreams, faust-streaming) folding the same transfer events.
 Prints one table and writes ``<out>/results.json``. Timings are for reading, never asserted."""
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ledgerlog.ops.devtools.tansu import version as tansu_version
 from . import ceiling, history, report
 from .common import MIN_SECONDS_ENV, machine, plan_for, versions
 from .ingest import ingest
+from .kafka_workers import kafka_workers
 from .peers import PEERS, run_peers
 from .query import query
 from .rebuild import rebuild
@@ -75,6 +77,9 @@ def run(size: str, out: str, peers: list[str], keep: str | None, query_rate: flo
         res["rebuild"] = {"first_fold": rb["first_fold"], "all": rb["rebuild_all"], "balances": rb["rebuild_balances"]}
 
         cfg = Config(data_dir=data)
+        _step(res, "kafka workers: balances sharded by account, 1 vs 2 worker processes (Tansu)")
+        res["kafka_workers"] = kafka_workers(inputs["genesis"], inputs["path"], work,
+                                             reference_digest=_balances_digest(cfg))
         transfers = os.path.join(work, "transfers.jsonl")
         with open_chain(cfg, read_only=True) as chain:
             n_transfers = history.export_transfers(chain.log, chain.codec, transfers)
@@ -111,6 +116,18 @@ def run(size: str, out: str, peers: list[str], keep: str | None, query_rate: flo
     print(report.table(res))
     print(f"results: {path} ({res['seconds_total']} s)")
     return res
+
+
+def _balances_digest(cfg: Config) -> str | None:
+    """The embedded balances digest the rebuild step left (what the Kafka shards must sum to)."""
+    from ledgerlog.streams.runner import Runner
+
+    with open_chain(cfg, read_only=True) as chain:
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"], read_only=True)
+        try:
+            return runner.digests().get("balances")
+        finally:
+            runner.close()
 
 
 def main() -> None:

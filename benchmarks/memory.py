@@ -50,7 +50,7 @@ def run(events: int, work: str, data: str | None = None) -> dict[str, Any]:
         out["generate_seconds"] = inputs["seconds"]
         data = os.path.join(work, "data")
         _step("ingest", t0)
-        out["ingest"] = ingest(data, inputs["genesis"], inputs["path"], inputs["stats"])
+        out["ingest"] = ingest(data, inputs["genesis"], inputs["path"], inputs["stats"], runs=1, min_seconds=0)
         os.remove(inputs["path"])
     cfg = Config(data_dir=data)
     with open_chain(cfg, read_only=True) as chain:

@@ -36,6 +36,8 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
         "rebuild_all_vs_ceiling_fold": _ratio(rb_all, _per_s(res, "ceiling", "fold", "events_per_s")),
         "ingest_unsigned_vs_ceiling_append": _ratio(unsigned, _per_s(res, "ceiling", "append", "events_per_s")),
         "ingest_signatures_vs_verify_all_cores": _ratio(signatures, verify * cpus if verify else None),
+        "kafka_workers_2_vs_1": _ratio(_per_s(res, "kafka_workers", "two_workers", "events_per_s"),
+                                       _per_s(res, "kafka_workers", "one_worker", "events_per_s")),
     }
     for name, peer in res.get("peers", {}).items():
         p_ingest = _per_s(peer, "ingest", "events_per_s")
@@ -71,6 +73,7 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
         ("unsigned ingest, events/s (durable)", ">= 60,000",
          res.get("ingest", {}).get("unsigned", {}).get("events_per_s"), 60_000),
         ("account lookups/s, flat out", ">= 3,000", q.get("max", {}).get("rate"), 3_000),
+        ("Kafka (Tansu): balances derived + folded by 2 worker processes vs 1", ">= 1.6x", r.get("kafka_workers_2_vs_1"), 1.6),
     ]
     out = [{"goal": g, "target": t, "measured": m, "met": None if m is None else m >= x} for g, t, m, x in rows]
     p99 = q.get("fixed", {}).get("p99_ms")
@@ -105,6 +108,27 @@ def _row(rows: list[tuple[str, ...]], what: str, fig: Any, ratio: float | None =
                  "-" if ratio is None else f"{ratio:.2f}", note))
 
 
+def _kafka_rows(rows: list[tuple[str, ...]], kw: dict[str, Any], ratio: float | None) -> None:
+    """The sharded balances on Kafka: the deriver's pass; 1 and 2 worker processes end to end
+    (derive + fold: the ratio), then folding an already derived topic."""
+    if "error" in kw:
+        _row(rows, "kafka: balances by 1 / 2 workers", kw)
+        return
+    _row(rows, "kafka: deriver alone (repartition by account)", kw.get("derive"), None,
+         f"{_num(kw.get('derive', {}).get('records'))} records of rows to {kw.get('partitions')} partitions, 1 process")
+    same = {True: "digests equal the embedded fold", False: "DIGEST MISMATCH", None: "digests equal across passes"}
+    verdict = same[kw.get("digest_equals_embedded")] if kw.get("digests_equal") else "DIGESTS DIFFER BETWEEN PASSES"
+    fold = kw.get("fold_only", {})
+    for group, what, r in ((kw, "derive + fold", ratio), (fold, "fold only", fold.get("ratio_2_vs_1"))):
+        for key, label in (("one_worker", "1 worker process"), ("two_workers", "2 worker processes")):
+            fig = group.get(key, {})
+            note = (f"cores busy {fig.get('cores_busy')} (+ broker {fig.get('broker_cores_busy')}), "
+                    f"{fig.get('cpu_us_per_event')} us CPU/event, spread {fig.get('spread')}")
+            if key == "two_workers":
+                note += "; ratio: 2 workers / 1" + ("; " + verdict if group is kw else "")
+            _row(rows, f"kafka: balances shards, {what}, {label}", fig, r if key == "two_workers" else None, note)
+
+
 def table(res: dict[str, Any]) -> str:
     """One aligned table: what, events, seconds, events/s, ledgerlog / this, note."""
     r = res.get("ratios", {})
@@ -120,6 +144,9 @@ def table(res: dict[str, Any]) -> str:
          r.get("rebuild_balances_vs_ceiling_fold"), "ratio: reproject balances / this (never above 1)")
     _row(rows, "ceiling: fastavro+rocksdict append", ce.get("append"), r.get("ingest_unsigned_vs_ceiling_append"),
          "ratio: unsigned ingest / this")
+    kw = res.get("kafka_workers")
+    if kw is not None:
+        _kafka_rows(rows, kw, r.get("kafka_workers_2_vs_1"))
     for name, peer in res.get("peers", {}).items():
         cap = f", first {peer['capped_at']:,}" if isinstance(peer, dict) and peer.get("capped_at") else ""
         ok = "" if not isinstance(peer, dict) or peer.get("checksum_ok") is not False else ", CHECKSUM MISMATCH"

@@ -85,3 +85,14 @@ def ingest_all(client: TestClient, lines: list[bytes]) -> None:
         assert r.status_code == 200, r.text
     r = client.post("/v1/ingest", content=lines[0] + b"\n{not json\n", headers=NDJSON)
     assert r.status_code == 422 and r.json()["duplicates"] == 1 and r.json()["rejected"] == 1, r.text
+
+
+#: The user projection of docs/PROJECTIONS.md, as a data team writes it: confirmed transactions per sender.
+TX_COUNT = """# tx_count.py: confirmed transactions per sender
+NAME, VERSION, TOPICS = "tx_count", 1, ("ledger.transactions",)
+
+def fold(genesis, events, txn):
+    for _topic, e in events:
+        key = e["body"]["sender"].encode()
+        txn.put(key, str(int(txn.get(key) or b"0") + 1).encode())
+"""

@@ -15,7 +15,7 @@ from . import avro_codegen
 from .errors import SchemaError
 
 __all__ = [
-    "NAMESPACE", "BODY_NAMES", "EVENT_NAMES", "HEAD_NAMES", "schema_json", "parsed", "encode", "decode",
+    "NAMESPACE", "BODY_NAMES", "EVENT_NAMES", "HEAD_NAMES", "schema_json", "parsed", "encode", "decode", "fields_encoder",
     "check_backward_compatible", "registered_versions",
 ]
 
@@ -79,6 +79,15 @@ def parse_text(text: str) -> Any:
 def encoder(name: str) -> Callable[[dict[str, Any]], bytes]:
     """The schema's generated encoder (engine/avro_codegen.py: fastavro's bytes, faster)."""
     return avro_codegen.encoder(schema_json(name))
+
+
+@cache
+def fields_encoder(name: str, start: int, stop: int | None = None) -> Callable[[dict[str, Any]], bytes]:
+    """An encoder of the record schema's fields ``[start:stop]`` alone. A record's Avro bytes are
+    its fields' bytes one after the other, so these bytes joined to those of the other fields
+    (a signed body's canonical bytes, say) are the whole record's."""
+    schema = json.loads(schema_json(name))
+    return avro_codegen.encoder(json.dumps({**schema, "fields": schema["fields"][start:stop]}))
 
 
 def encode(name: str, record: dict[str, Any]) -> bytes:

@@ -21,7 +21,7 @@ from ledgerlog.engine.errors import (
     Unsupported,  # the schema uses a type the generated code does not handle
 )
 
-__all__ = ["SchemaNames", "Unsupported", "compile_encoder", "encoder"]
+__all__ = ["SchemaNames", "Unsupported", "compile_encoder", "encoder", "long_bytes"]
 
 _PRIMITIVES = ("long", "int", "string", "boolean")
 #: varints of the zig-zag values below 128: one byte each
@@ -75,6 +75,14 @@ def _varint(z: int) -> bytes | bytearray:
         z >>= 7
     out.append(z)
     return out
+
+
+def long_bytes(n: int) -> bytes:
+    """The Avro encoding of the long ``n`` (zig-zag varint); OverflowError outside 64 bits."""
+    z = (n << 1) ^ (n >> 63)
+    if z < 0:
+        raise OverflowError("long out of range")
+    return _ONE[z] if z < 128 else bytes(_varint(z))
 
 
 def compile_encoder(schema: Any) -> Callable[[dict[str, Any]], bytes]:

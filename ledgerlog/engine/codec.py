@@ -146,6 +146,10 @@ class Codec:
     def encode(self, topic: str, event: dict[str, Any]) -> bytes:
         return self._writer[topic][0] + self._encode[topic](event)
 
+    def wire(self, topic: str, avro_bytes: bytes) -> bytes:
+        """The record value of an event of ``topic`` already encoded (current schema) as ``avro_bytes``."""
+        return self._writer[topic][0] + avro_bytes
+
     def decode(self, topic: str, value: bytes) -> dict[str, Any]:
         if len(value) < 5 or value[0] != 0:
             raise SchemaError(f"{topic}: value is not in the Confluent wire format")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 __all__ = [
-    "H", "h_bytes", "address_of", "canonical_json", "canonical_json_flat", "tx_root", "tx_branch", "tx_root_from", "verify", "sign", "new_key",
+    "H", "h_bytes", "address_of", "address_of_hex", "canonical_json", "canonical_json_flat", "tx_root", "tx_branch", "tx_root_from", "verify", "sign", "new_key",
     "signing_key", "pubkey_hex", "EMPTY_ROOT",
 ]
 
@@ -29,6 +30,12 @@ def H(data: bytes) -> str:
 
 def address_of(pubkey: bytes) -> str:
     return hashlib.blake2b(pubkey, digest_size=20).hexdigest()
+
+
+@lru_cache(maxsize=65536)  # signers repeat (wallets, producers, oracles): hash each key once
+def address_of_hex(pubkey: str) -> str:
+    """``address_of`` a public key given as hex (ValueError if it is not hex)."""
+    return address_of(bytes.fromhex(pubkey))
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -7,7 +7,8 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── UsageError                    USAGE 400 2         a command was used wrongly (arguments, flags)
     │   ├── ExportError               BAD_EXPORT 400 2    an export's topic, range or format does not fit the log
     │   ├── PruneHeightError          BAD_PRUNE_HEIGHT 400 2  a prune height above the tip, or not above the last prune
-    │   └── AuditInputError           BAD_AUDIT_INPUT 400 2  audit's records or state file cannot be read or parsed
+    │   ├── AuditInputError           BAD_AUDIT_INPUT 400 2  audit's records or state file cannot be read or parsed
+    │   └── ProjectionInvalidError    BAD_PROJECTION 400 2  a user projection does not import or breaks the contract
     ├── BadRequest                    BAD_REQUEST 400 2   a query argument or request body is malformed
     │   ├── SnapshotDirRefusedError   SNAPSHOT_DIR_REFUSED 400 2  a node writes snapshots under snapshot.dir only
     │   └── BadKeyError               BAD_KEY 400 2       a key file or seed given to import is malformed
@@ -25,6 +26,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── PrunedError                   PRUNED 410 1        what was asked lies below the log's prune point (archived)
     ├── SchemaError                   SCHEMA_ERROR 503 1  unknown schema id, or a value not in the wire format
     ├── NotFoundError                 NOT_FOUND 404 1     a queried block, tx, account, route ... does not exist
+    │   └── UnknownProjectionError    UNKNOWN_PROJECTION 404 1  no built-in or registered projection has that name
     ├── InvalidSchemaError            INVALID_SCHEMA 422 1  a schema sent to the Schema Registry API is not Avro (42201)
     ├── InvalidVersionError           INVALID_VERSION 422 1  a Schema Registry version that is neither 1.. nor latest (42202)
     ├── RegistryReadOnlyError         REGISTRY_READ_ONLY 422 1  the Schema Registry API does not register, delete or configure (42205)
@@ -33,6 +35,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── RotationRefusedError          ROTATION_REFUSED 409 1   a key rotation cannot be done
     ├── InsufficientFundsError        INSUFFICIENT_FUNDS 409 1  the sending key cannot pay (faucet top-up)
     ├── ProjectionFailedError         PROJECTION_FAILED 503 1  a projection's fold stopped on an event
+    ├── NondeterministicFoldError     NONDETERMINISTIC 409 1  two replays of a user projection's fold disagree
     ├── Rejection                     REJECTED 422 1      an input line was refused; its code is the protocol's (§5)
     ├── ProofError                    BAD_PROOF 422 1     a Merkle proof does not verify
     ├── RpcError                      RPC_ERROR 400 1     a JSON-RPC call failed; ``rpc_code`` is its JSON-RPC code
@@ -80,7 +83,7 @@ __all__ = [
     "SnapshotDirRefusedError", "BadKeyError", "ConfigError",
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
     "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "PruneUnsupportedError", "PrunedError",
-    "SchemaError", "NotFoundError",
+    "SchemaError", "NotFoundError", "UnknownProjectionError", "ProjectionInvalidError", "NondeterministicFoldError",
     "InvalidSchemaError", "InvalidVersionError", "RegistryReadOnlyError", "REGISTRY_ERRORS", "registry_error",
     "ReprojectRunningError", "PruneRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
     "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
@@ -166,6 +169,13 @@ class AuditInputError(UsageError):
     is not a record as `tail --raw` prints it."""
 
     code = "BAD_AUDIT_INPUT"
+
+
+class ProjectionInvalidError(UsageError):
+    """A user projection module that does not import, breaks the contract (NAME, VERSION, TOPICS,
+    fold), takes a built-in's name, or raises on the sample folded at ``projections add``."""
+
+    code = "BAD_PROJECTION"
 
 
 class BadRequest(LedgerError):
@@ -288,6 +298,12 @@ class NotFoundError(LedgerError):
     http_status = 404
 
 
+class UnknownProjectionError(NotFoundError):
+    """No built-in or registered projection has the name asked for."""
+
+    code = "UNKNOWN_PROJECTION"
+
+
 # -- the Schema Registry API (ops/api/registry.py) -----------------------------------------------------
 class InvalidSchemaError(LedgerError):
     """A schema sent to the Schema Registry API (lookup, compatibility) is not Avro, or not a
@@ -363,6 +379,15 @@ class ProjectionFailedError(LedgerError):
     """A query needs a projection whose fold stopped on an event (it names where and the fix)."""
 
     code = "PROJECTION_FAILED"
+
+
+class NondeterministicFoldError(LedgerError):
+    """Two replays of a user projection's fold over the same events disagree (a clock, randomness,
+    iteration over a set, state kept between calls): refused at ``projections add``, and a
+    rebuild of the same version that disagrees with the live store is not swapped in."""
+
+    code = "NONDETERMINISTIC"
+    http_status = 409
 
 
 class Code(str, Enum):

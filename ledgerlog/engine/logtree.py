@@ -128,18 +128,23 @@ class TreeFold:
         self.extend(((offset, key, timestamp, value),))
 
     def extend(self, records: Iterable[tuple[int, bytes, int, bytes]]) -> None:
-        """Append (offset, key, timestamp, value) records as leaves: the frontier's carries
-        written out inline, this being on every append's path."""
+        """Append (offset, key, timestamp, value) records as leaves."""
+        sha, head, u64 = hashlib.sha256, _LEAF_PREFIX.pack, _TS.pack
+        self.extend_leaves((offset, sha(head(0, len(key)) + key + u64(ts & _U64_MASK) + value).digest())
+                           for offset, key, ts, value in records)
+
+    def extend_leaves(self, leaves: Iterable[tuple[int, bytes]]) -> None:
+        """Append leaves given as (offset, leaf hash) (``leaf_of`` of the record at that offset):
+        the frontier's carries written out inline, this being on every append's path."""
         f, writes, tp = self._frontier, self._writes, self._tp
-        nodes, size, sha, head, u64 = f.nodes, f.size, hashlib.sha256, _LEAF_PREFIX.pack, _TS.pack
+        nodes, size, sha = f.nodes, f.size, hashlib.sha256
         node_key, chunk_key = K.TREE_NODE_PREFIX + tp, K.TREE_CHUNK_PREFIX + tp
         offset = self._next - 1
-        for offset, key, ts, value in records:
+        for offset, h in leaves:
             if not size & _CHUNK_MASK:
                 self._chunk = offset
                 if not self._contiguous:
                     writes[chunk_key + K.U64.pack(size >> CHUNK_LEVEL)] = K.U64.pack(offset)
-            h = sha(head(0, len(key)) + key + u64(ts & _U64_MASK) + value).digest()
             carry, level = size, 0
             while carry & 1:  # merge with the equal-sized complete subtree on the left
                 h = sha(b"\x01" + nodes.pop() + h).digest()

@@ -33,7 +33,11 @@ FIELDS = {
     T.PAYOUTS: ("body.address", "body.amount", "stamp_height"),
 }
 
-__all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "account", "richest"]
+__all__ = ["NAME", "VERSION", "TOPICS", "Row", "initial", "fold", "rows_of", "fold_rows", "account", "richest"]
+
+#: One account's change by one event: (address, height, balance delta, staked delta, nonce it
+#: confirms or 0). ``fold`` folds events; a sharded worker folds these rows (streams/shards).
+Row = tuple[str, int, int, int, int]
 
 
 def _akey(addr: str) -> bytes:
@@ -117,6 +121,23 @@ def fold(genesis: Genesis, events: Iterable[Event], txn: Txn, shard: Shard | Non
                 if not mine:
                     continue
             apply(addr, height, d_bal, d_staked, nonce[1] if nonce and nonce[0] == addr else 0)
+    batch.flush()
+
+
+def rows_of(genesis: Genesis, topic: str, ev: dict[str, Any]) -> list[Row]:
+    """The rows one event folds into, in the order ``fold`` applies them."""
+    height = event_height(topic, ev)
+    nonce = confirmed_nonce(topic, ev)
+    return [(addr, height, d_bal, d_staked, nonce[1] if nonce and nonce[0] == addr else 0)
+            for addr, d_bal, d_staked in movements(topic, ev, genesis)]
+
+
+def fold_rows(rows: Iterable[Row], txn: Txn) -> None:
+    """Fold rows (``rows_of``) as ``fold`` folds their events: the same state whatever the order."""
+    batch = _Batch(txn)
+    apply = batch.apply
+    for row in rows:
+        apply(*row)
     batch.flush()
 
 

@@ -4,7 +4,8 @@ the work, each worker keeping its stores in its own directory.
 Unit of ownership: a whole projection. Folds need whole-chain views (chainstate reads the
 one-partition ``ledger.blocks``; balances of one address come from five topics keyed differently;
 chainstate's pending count and the digests are global), so splitting a projection by event
-partition would need cross-worker joins. Instead a *lease topic* with one partition per
+partition would need cross-worker joins (the one projection kept per account, balances, can instead be
+spread over many workers through a repartition topic: streams/shards). Instead a *lease topic* with one partition per
 projection (``sorted(projections.ALL)[p]`` owns partition ``p``) is consumed by a faust agent in
 the worker group: Kafka's group protocol and faust's assignor hand each partition to exactly one
 live member, so the projections split across workers, and a member that leaves (even by
@@ -38,6 +39,7 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,15 +51,24 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.kafka_config import KafkaConfig, Tls
 
+from . import catalog
 from .runner import Runner
 
 __all__ = ["NAMES", "FoldEngine", "broker_credentials", "build_app", "ensure_lease_topic",
-           "group_id", "ssl_context"]
+           "group_id", "lease_app", "lease_names", "ssl_context"]
 
 _log = logging.getLogger("ledgerlog.worker")
 
-#: Lease partition p -> projection NAMES[p].
+#: Lease partition p -> projection NAMES[p] for the built-ins; the data dir's user projections
+#: (streams/catalog.py) follow in name order (``lease_names``).
 NAMES: tuple[str, ...] = tuple(sorted(projections.ALL))
+
+
+def lease_names(projections_dir: str | None) -> tuple[str, ...]:
+    """The projections the workers fold, in lease partition order: the built-ins, then the user
+    projections registered in the data dir (so registering one only adds a partition)."""
+    users = sorted(n for n, m in catalog.modules(projections_dir).items() if catalog.is_user(m))
+    return NAMES + tuple(users)
 
 
 def group_id(config: Config, genesis: Genesis) -> str:
@@ -134,17 +145,18 @@ def broker_credentials(kafka: KafkaConfig) -> Any:
                       f"(use {', '.join(_SASL_PASSWORD)} or GSSAPI)")
 
 
-def ensure_lease_topic(config: Config, topic: str) -> None:
-    """Create the lease topic (one partition per projection) unless it exists with that many."""
+def ensure_lease_topic(config: Config, topic: str, partitions: int = len(NAMES)) -> None:
+    """Create the lease topic (one partition per projection), or grow it to that many when a user
+    projection was registered since (a partition beyond the names leases nothing)."""
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
     from ledgerlog.engine.log.kafka import TOPIC_CONFIG
 
     kafka = connection(config)
     admin = AdminClient(kafka.librdkafka("admin"))
     replication = kafka.replication
-    fut = admin.create_topics([NewTopic(topic, len(NAMES), replication, config=dict(TOPIC_CONFIG))])[topic]
+    fut = admin.create_topics([NewTopic(topic, partitions, replication, config=dict(TOPIC_CONFIG))])[topic]
     try:
         fut.result(timeout=30)
     except KafkaException as exc:
@@ -155,8 +167,14 @@ def ensure_lease_topic(config: Config, topic: str) -> None:
     while True:  # metadata may lag the creation
         md = admin.list_topics(topic, timeout=10).topics.get(topic)
         if md is not None and md.error is None and md.partitions:
-            if len(md.partitions) != len(NAMES):
-                raise LogError(f"lease topic {topic} has {len(md.partitions)} partitions, not {len(NAMES)}")
+            if len(md.partitions) < partitions:
+                grow = admin.create_partitions([NewPartitions(topic, partitions)])[topic]
+                try:
+                    grow.result(timeout=30)
+                except KafkaException as exc:  # another worker grew it first: the metadata says
+                    _log.info("growing lease topic %s: %s", topic, exc)
+                time.sleep(0.1)
+                continue
             return
         if time.monotonic() > deadline:
             raise LogError(f"lease topic {topic} not in the metadata after 30 s")
@@ -177,8 +195,10 @@ class FoldEngine:
     """Folds the owned projections on one thread; ownership changes come from the group."""
 
     def __init__(self, log: Log, codec: Codec, genesis: Genesis, projections_dir: str, *,
-                 batch: int = 5000, idle_wait: float = 0.1) -> None:
+                 batch: int = 5000, idle_wait: float = 0.1, modules: dict[str, Any] | None = None) -> None:
+        """``modules``: the user projections to fold beside the built-ins (the data dir's)."""
         self.log, self.codec, self.genesis = log, codec, genesis
+        self.modules = dict(modules or {})
         self.projections_dir, self.batch, self.idle_wait = projections_dir, batch, idle_wait
         self._lock = threading.Lock()        # ownership and snapshots
         self._batch_lock = threading.Lock()  # held while a batch folds: a revoke waits for it
@@ -240,7 +260,7 @@ class FoldEngine:
         r = self._runners.get(name)
         if r is None:
             r = self._runners[name] = Runner(self.log, self.codec, self.genesis, self.projections_dir,
-                                             names=[name], batch=self.batch)
+                                             names=[name], batch=self.batch, modules=self.modules)
         return r
 
     def _step(self, name: str, own: _Owned) -> int:
@@ -295,12 +315,35 @@ class FoldEngine:
 
 
 def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_dir: str, url: str,
-              session_timeout: float = 6.0) -> Any:
-    """The faust app: one agent on the lease topic; assignment signals drive the fold engine."""
-    import faust
-
+              session_timeout: float = 6.0, names: tuple[str, ...] = NAMES) -> Any:
+    """The faust app: one agent on the lease topic; assignment signals drive the fold engine.
+    ``names``: the projections by lease partition (``lease_names``); every worker of a chain must
+    have the same (the same user projections registered)."""
     app_id = group_id(config, genesis)
     lease = f"{app_id}.leases"
+
+    def names_of(parts: set[int]) -> set[str]:
+        return {names[p] for p in parts if p < len(names)}
+
+    app = lease_app(config, app_id=app_id, lease=lease, partitions=len(names),
+                    assign=lambda parts: engine.assign(names_of(parts)),
+                    revoke=lambda parts: engine.revoke(names_of(parts)),
+                    failed=lambda: engine.error, worker_dir=worker_dir, url=url, session_timeout=session_timeout)
+    owner = app.ledgerlog_owner
+    app.ledgerlog_route = lambda name: owner(names.index(name)) if name in names else None
+    return app
+
+
+def lease_app(config: Config, *, app_id: str, lease: str, partitions: int, assign: Callable[[set[int]], None],
+              revoke: Callable[[set[int]], None], failed: Callable[[], str | None], worker_dir: str, url: str,
+              session_timeout: float = 6.0) -> Any:
+    """A faust app whose one agent consumes the record-less ``lease`` topic in group ``app_id``:
+    ``assign`` gets the full new set of lease partitions this member holds, ``revoke`` the ones it
+    loses (called on an executor: it may wait for a batch). ``app.ledgerlog_owner(p)`` is the URL
+    of the member holding lease partition ``p`` (faust's assignor shares each member's
+    ``canonical_url``); ``failed()`` returning an error takes the worker down, releasing its leases."""
+    import faust
+
     brokers = [f"kafka://{h.strip()}" for h in connection(config).bootstrap.split(",") if h.strip()]
     credentials = broker_credentials(connection(config))  # TLS / SASL from the [kafka] table
     app = faust.App(app_id, broker=brokers, broker_session_timeout=session_timeout,
@@ -309,36 +352,36 @@ def build_app(config: Config, genesis: Genesis, engine: FoldEngine, *, worker_di
                     canonical_url=url, topic_allow_declare=False, topic_disable_leader=True,
                     store="memory://", value_serializer="raw", consumer_auto_offset_reset="earliest",
                     datadir=os.path.join(worker_dir, "faust"), autodiscover=False)
-    topic = app.topic(lease, partitions=len(NAMES), value_serializer="raw", key_serializer="raw")
+    topic = app.topic(lease, partitions=partitions, value_serializer="raw", key_serializer="raw")
 
     @app.agent(topic, name="lease")
     async def _lease(stream: Any) -> None:  # the lease topic carries no records
         async for _ in stream:
             pass
 
-    def names_of(tps: Any) -> set[str]:
-        return {NAMES[tp.partition] for tp in tps if tp.topic == lease and tp.partition < len(NAMES)}
+    def parts_of(tps: Any) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == lease and tp.partition < partitions}
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust: handler(sender, tps, signal=...)
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, engine.revoke, names_of(revoked))
+        await asyncio.get_running_loop().run_in_executor(None, revoke, parts_of(revoked))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        engine.assign(names_of(assigned))
+        assign(parts_of(assigned))
 
-    def route(name: str) -> str | None:
-        p = NAMES.index(name)
-        for owner, tps in dict(getattr(app.assignor, "external_topic_distribution", None) or {}).items():
+    def owner(p: int) -> str | None:
+        for member, tps in dict(getattr(app.assignor, "external_topic_distribution", None) or {}).items():
             if p in tps.get(lease, ()):
-                return str(owner)
+                return str(member)
         return None
 
     @app.timer(1.0)
     async def _watch() -> None:  # a failed fold thread takes the worker down, releasing its leases
-        if engine.error is not None:
-            await app.crash(RuntimeError(f"fold thread failed: {engine.error}"))
+        error = failed()
+        if error is not None:
+            await app.crash(RuntimeError(f"fold thread failed: {error}"))
 
-    app.ledgerlog_route = route  # type: ignore[attr-defined]
+    app.ledgerlog_owner = owner  # type: ignore[attr-defined]
     app.ledgerlog_lease = lease  # type: ignore[attr-defined]
     return app

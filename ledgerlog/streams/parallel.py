@@ -23,11 +23,11 @@ from collections.abc import Callable
 from itertools import product
 from typing import Any
 
-from ledgerlog import projections
 from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 
+from . import catalog
 from .runner import Runner
 from .store import ProjectionStore
 
@@ -80,14 +80,14 @@ def shard_paths(path: str, count: int) -> list[str]:
     return [os.path.join(path, SHARDS_DIR, f"{i}-of-{count}") for i in range(count)]
 
 
-def _cost_fn(log_: Log, names: list[str]) -> Callable[[list[Unit]], float]:
-    records = {t: sum(log_.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS}
+def _cost_fn(log_: Log, names: list[str], mods: dict[str, Any]) -> Callable[[list[Unit]], float]:
+    records = {t: sum(log_.end_offsets(t)) for n in names for t in mods[n].TOPICS}
 
     def cost(group: list[Unit]) -> float:
-        topics = {t for n, _, _ in group for t in projections.ALL[n].TOPICS}
+        topics = {t for n, _, _ in group for t in mods[n].TOPICS}
         fold = sum(FOLD_COST.get(n, 1.0) * records[t] * (1.0 if k == 1 else SHARD_FIXED + (1 - SHARD_FIXED) / k
                                                          + MERGE_COST)
-                   for n, _, k in group for t in projections.ALL[n].TOPICS)
+                   for n, _, k in group for t in mods[n].TOPICS)
         return READ_COST * sum(records[t] for t in topics) + fold
     return cost
 
@@ -116,17 +116,20 @@ def _assign(units: list[Unit], k: int, cost: Callable[[list[Unit]], float]) -> l
     return greedy
 
 
-def plan_groups(log_: Log, names: list[str], workers: int, *, shard: bool = True) -> list[list[Unit]]:
-    """Split the work of building ``names`` into at most ``workers`` groups of similar estimated
-    cost, costliest group first (the caller folds that one: it starts at once). SHARDABLE
-    projections are split into ``workers`` shards when that lowers the costliest group."""
-    cost = _cost_fn(log_, names)
+def plan_groups(log_: Log, names: list[str], workers: int, *, shard: bool = True,
+                projections_dir: str | None = None) -> list[list[Unit]]:
+    """Split the work of building ``names`` (built-in, or registered in ``projections_dir``) into
+    at most ``workers`` groups of similar estimated cost, costliest group first (the caller folds
+    that one: it starts at once). SHARDABLE projections are split into ``workers`` shards when
+    that lowers the costliest group."""
+    mods = catalog.modules(projections_dir)
+    cost = _cost_fn(log_, names, mods)
     k = max(1, workers)
     whole = [(n, 0, 1) for n in names]
     options = [_assign(whole, min(k, len(names)), cost)]
-    records = {n: sum(sum(log_.end_offsets(t)) for t in projections.ALL[n].TOPICS) for n in names}
+    records = {n: sum(sum(log_.end_offsets(t)) for t in mods[n].TOPICS) for n in names}
     if shard and k > 1:
-        split = [(n, i, k) for n in names if getattr(projections.ALL[n], "SHARDABLE", False)
+        split = [(n, i, k) for n in names if getattr(mods[n], "SHARDABLE", False)
                  and records[n] >= min_parallel_records() for i in range(k)]
         if split:
             sharded = {n for n, _, _ in split}
@@ -139,9 +142,10 @@ def min_parallel_records() -> int:
     return int(os.environ.get(MIN_PARALLEL_RECORDS_ENV, MIN_PARALLEL_RECORDS))
 
 
-def groups_by_work(log_: Log, names: list[str], workers: int) -> list[list[str]]:
+def groups_by_work(log_: Log, names: list[str], workers: int, projections_dir: str | None = None) -> list[list[str]]:
     """Whole projections only: ``plan_groups`` without shards, as names."""
-    return [[n for n, _, _ in g] for g in plan_groups(log_, names, workers, shard=False)]
+    return [[n for n, _, _ in g] for g in plan_groups(log_, names, workers, shard=False,
+                                                      projections_dir=projections_dir)]
 
 
 def _runner_args(units: list[Unit], paths: dict[str, str]) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
@@ -158,9 +162,9 @@ def _runner_args(units: list[Unit], paths: dict[str, str]) -> tuple[dict[str, st
 
 def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, units: list[Unit],
            paths: dict[str, str], until: dict[str, list[int]], batch: int, counter: Any, results: Any,
-           tuning: Any) -> None:
+           tuning: Any, owner: int) -> None:
     from ledgerlog.engine.procs import exit_with_parent
-    exit_with_parent()  # a killed reproject must not leave builds running (and stores locked)
+    exit_with_parent(owner)  # a killed reproject must not leave builds running (and stores locked)
     from ledgerlog.engine import rocks
     rocks.configure(tuning)  # the parent's RocksDB sizes (nothing is inherited from the caller)
     from ledgerlog.engine.codec import Codec, Registry
@@ -199,7 +203,8 @@ class ParallelBuild:
         self._counter, self._results = ctx.Value("q", 0), ctx.Queue()
         from ledgerlog.engine.rocks import tuning
         self._procs = [ctx.Process(target=_child, args=(log_path, genesis_raw, projections_dir, g, paths, until,
-                                                        batch, self._counter, self._results, tuning()),
+                                                        batch, self._counter, self._results, tuning(),
+                                                        os.getpid()),
                                    daemon=True, name=f"ledgerlog-build-{i}") for i, g in enumerate(groups)]
         self._expected = sum(len(g) for g in groups)
         self._seen = 0
@@ -270,17 +275,18 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     if workers < 2 or not log_.supports_parallel_rebuild or log_.path is None or not paths:
         return {}
     names = list(paths)
-    if sum(sum(log_.end_offsets(t)) for t in {t for n in names for t in projections.ALL[n].TOPICS}) \
-            < min_parallel_records():
+    mods = catalog.modules(projections_dir)
+    topics = {t for n in names for t in mods[n].TOPICS}
+    if sum(sum(log_.end_offsets(t)) for t in topics) < min_parallel_records():
         return {}
     shard_ok = {n: _shardable(log_, paths[n]) for n in names}
-    groups = plan_groups(log_, names, workers)
+    groups = plan_groups(log_, names, workers, projections_dir=projections_dir)
     if any(k > 1 and not shard_ok[n] for g in groups for n, _, k in g):
-        groups = plan_groups(log_, names, workers, shard=False)
+        groups = plan_groups(log_, names, workers, shard=False, projections_dir=projections_dir)
     if len(groups) < 2:
         return {}
     warm()
-    until = {t: log_.end_offsets(t) for t in {t for n in names for t in projections.ALL[n].TOPICS}}
+    until = {t: log_.end_offsets(t) for t in topics}
     job = ParallelBuild(log_.path, genesis.raw, projections_dir, groups[1:], paths, until, batch).start()
     folded: dict[str, int] = {}
     ok = True
@@ -337,7 +343,8 @@ def catch_up_parallel(runner: Runner, workers: int, progress: Callable[[int], No
     lag = runner.lag()
     behind = [n for n, h in runner.handles.items() if h.failed is None and lag[n] > 0]
     if (workers < 2 or runner.read_only or not log_.supports_parallel_rebuild or log_.path is None
-            or sum(lag[n] for n in behind) < FIRST_FOLD_MIN_LAG or len(plan_groups(log_, behind, workers)) < 2):
+            or sum(lag[n] for n in behind) < FIRST_FOLD_MIN_LAG
+            or len(plan_groups(log_, behind, workers, projections_dir=runner.projections_dir)) < 2):
         return runner.catch_up(progress=progress)
     order = list(runner.handles)
     kept = {n: runner.handles.pop(n) for n in behind}

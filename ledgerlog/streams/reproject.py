@@ -17,13 +17,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from typing import Any
 
-from ledgerlog import projections
 from ledgerlog.engine.codec import Codec
-from ledgerlog.engine.errors import ProjectionFailedError, ReprojectRunningError
+from ledgerlog.engine.errors import (
+    NondeterministicFoldError,
+    ProjectionFailedError,
+    ReprojectRunningError,
+)
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 
-from . import layout
+from . import catalog, layout
 from .parallel import build_bulk
 from .runner import Runner
 from .store import ProjectionStore
@@ -69,9 +72,11 @@ def reproject_lock(projections_dir: str) -> Iterator[None]:
                 os.close(fd)  # releases the flock
 
 
-def total_records(log: Log, names: Iterable[str]) -> int:
-    """Records the named projections read from offset 0 (a rebuild's progress total)."""
-    return sum(sum(log.end_offsets(t)) for n in names for t in projections.ALL[n].TOPICS)
+def total_records(log: Log, names: Iterable[str], projections_dir: str | None = None) -> int:
+    """Records the named projections read from offset 0 (a rebuild's progress total); user
+    projections are looked up in ``projections_dir``'s registry."""
+    mods = catalog.modules(projections_dir)
+    return sum(sum(log.end_offsets(t)) for n in names for t in mods[n].TOPICS)
 
 
 def _behind_start(log: Log, path: str, topics: tuple[str, ...]) -> bool:
@@ -90,7 +95,7 @@ def _behind_start(log: Log, path: str, topics: tuple[str, ...]) -> bool:
 def _build_dir(projections_dir: str, name: str, log: Log) -> tuple[str, bool]:
     """The build directory to (re)use for ``name``: (dir name, resumed). A build killed before a
     prune that deleted what it would fold next starts over (from the anchor)."""
-    module = projections.ALL[name]
+    module = catalog.module(projections_dir, name)
     ptr = layout.read_pointer(projections_dir, name, "building")
     live = layout.read_pointer(projections_dir, name, "live")
     if (ptr and ptr.get("version") == module.VERSION and (live is None or ptr["dir"] != live["dir"])
@@ -111,10 +116,7 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
               progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection.
     ReprojectRunningError when another reproject of ``projections_dir`` runs."""
-    chosen = list(names) if names is not None else list(projections.ALL)
-    unknown = [n for n in chosen if n not in projections.ALL]
-    if unknown:
-        raise ValueError(f"unknown projections {unknown}; have {sorted(projections.ALL)}")
+    chosen = catalog.check_names(projections_dir, names if names is not None else catalog.names(projections_dir))
     with reproject_lock(projections_dir):
         return _reproject(log, codec, genesis, projections_dir, live, chosen, keep, swap_lock, workers, progress)
 
@@ -153,9 +155,11 @@ def _refuse_failed(build: Runner) -> None:
 
 def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: tuple[str, bool],
           keep: bool, seconds: float) -> dict[str, Any]:
-    module = projections.ALL[name]
     new = build.handles.pop(name)
+    module = new.module
     old = live.handles.get(name)
+    if _disagrees(live, name, old, new):
+        return _refuse_nondeterministic(projections_dir, name, built[0], module.VERSION, old, new)
     before = old.store.digest_hex() if old else None
     old_dir = os.path.basename(old.store.path) if old else None
     summary = {"projection": name, "version": module.VERSION, "replaced_corrupt": name in live.corrupt,
@@ -186,6 +190,28 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
     if not keep:
         layout.clear_pointer(projections_dir, name, "previous")
     return summary
+
+
+def _disagrees(live: Runner, name: str, old: Any, new: Any) -> bool:
+    """A user projection rebuilt at its live version over the same records, to another state:
+    its fold is not deterministic (built-ins are checked by the suite instead)."""
+    return (catalog.is_user(new.module) and old is not None and not old.stale and old.failed is None
+            and name not in live.corrupt and old.store.positions() == new.store.positions()
+            and old.store.digest_hex() != new.store.digest_hex())
+
+
+def _refuse_nondeterministic(projections_dir: str, name: str, build_dir: str, version: int, old: Any,
+                             new: Any) -> dict[str, Any]:
+    """Keep the live store; drop the build (a rerun folds again rather than resume a wrong state)."""
+    error = NondeterministicFoldError(
+        f"projection {name} rebuilt at version {version} to digest {new.store.digest_hex()}, but the live store "
+        f"folded the same records to {old.store.digest_hex()}: its fold is not deterministic; fix it and bump VERSION")
+    new.store.close()
+    layout.clear_pointer(projections_dir, name, "building")
+    _remove(projections_dir, name, build_dir)
+    return {"projection": name, "version": version, "swapped": False, "identical": False,
+            "digest_before": old.store.digest_hex(), "digest_after": None,
+            "error": {"code": error.code, "message": str(error)}}
 
 
 #: store path -> the timer that closes it: stores swapped out, which queries may still be reading

@@ -22,7 +22,6 @@ from typing import Any
 
 from opentelemetry import trace
 
-from ledgerlog import projections
 from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.errors import (
     AheadOfLogError,
@@ -33,7 +32,7 @@ from ledgerlog.engine.errors import (
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log, ahead_error
 
-from . import layout
+from . import catalog, layout
 from .anchor import Anchor, anchor_root, seed
 from .feed import EventDecoder, Feed, Spec, merge_specs, spec_of
 from .store import ProjectionStore
@@ -95,14 +94,16 @@ class Runner:
                  names: Iterable[str] | None = None, batch: int = 20_000, read_only: bool = False,
                  paths: dict[str, str] | None = None, skip_corrupt: bool = False,
                  anchor_dir: str | None = None, bulk: bool = False,
-                 shards: dict[str, tuple[int, int]] | None = None) -> None:
+                 shards: dict[str, tuple[int, int]] | None = None,
+                 modules: dict[str, ModuleType] | None = None) -> None:
         """``skip_corrupt``: leave out live stores that fail to open as corrupt, ahead of the log
         or behind its start (listed in ``corrupt``) instead of failing, so a rebuild can replace
         them. ``anchor_dir``: where the anchor of a pruned log is (default: beside
         ``projections_dir``); a store created new starts as a copy of its anchor store. ``bulk``:
         the stores write without RocksDB's write-ahead log until ``end_bulk`` (a rebuild).
         ``shards``: name -> (index, count) for stores (at ``paths``) that hold one shard of a
-        SHARDABLE projection (a parallel rebuild merges them afterwards)."""
+        SHARDABLE projection (a parallel rebuild merges them afterwards). ``modules``: projections
+        to fold beside the built-ins and the registered ones (a notebook's)."""
         self.log, self.codec, self.genesis = log, codec, genesis
         self.anchor_dir = anchor_dir or anchor_root(projections_dir)
         self.batch = batch
@@ -117,10 +118,11 @@ class Runner:
         self._decoder = EventDecoder(codec)
         self._feed: Feed | None = None  # shared by all handles (step)
         self._feed_handles: list[ProjectionHandle] = []
-        chosen = list(names) if names is not None else list(projections.ALL)
+        available = {**catalog.modules(projections_dir), **(modules or {})}  # built-ins, registered, given
+        chosen = list(names) if names is not None else list(available)
         try:
             for name in chosen:
-                module = projections.ALL[name]
+                module = available[name] if name in available else catalog.module(projections_dir, name)
                 if paths and name in paths:
                     self.handles[name] = self.open_handle(module, paths[name], module.VERSION)
                     continue

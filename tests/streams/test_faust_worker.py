@@ -5,19 +5,17 @@ digest equal to the embedded runner's over the same history. A restarted worker 
 resumes from its stored positions with the same digests."""
 from __future__ import annotations
 
-import http.client
-import json
-import os
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from clitools import LEDGERLOG, cli_env
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
+from nodetools import TX_COUNT
+from workertools import Worker, get, wait_for
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import init_chain, open_chain
@@ -55,73 +53,13 @@ def reference(tmp_path_factory, history) -> dict[str, str]:
             runner.close()
 
 
-class Worker:
+class ProjectionWorker(Worker):
     def __init__(self, data: str, wdir: str, wid: str) -> None:
-        self.wdir, self.wid = wdir, wid
-        self.err = open(os.path.join(os.path.dirname(wdir), f"{wid}.err"), "ab")
-        env = cli_env(LEDGERLOG_LOG_LEVEL="WARNING")
-        self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "stream-worker", "--worker-dir", wdir, "--id", wid,
-                                      "--batch", "200"],
-                                     stdout=subprocess.DEVNULL, stderr=self.err, stdin=subprocess.DEVNULL, env=env)
-        self.url: str | None = None
-
-    def status(self) -> dict[str, Any] | None:
-        if self.url is None:
-            try:
-                with open(os.path.join(self.wdir, "worker.json"), encoding="utf-8") as f:
-                    info = json.load(f)
-                if info["pid"] != self.proc.pid:
-                    return None
-                self.url = info["url"]
-            except (OSError, ValueError, KeyError):
-                return None
-        code, body, _ = get(self.url, "/status")
-        return body if code == 200 else None
+        super().__init__(data, wdir, wid, "--batch", "200")
 
     def serving(self) -> dict[str, str]:
         st = self.status() or {"owned": {}}
         return {n: o["digest"] for n, o in st["owned"].items() if o.get("state") == "serving" and o.get("lag") == 0}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.err.close()
-
-    def tail(self) -> str:
-        with open(self.err.name, "rb") as f:
-            return f.read()[-3000:].decode(errors="replace")
-
-
-def get(url: str, path: str) -> tuple[int, Any, str | None]:
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, (json.loads(data) if data else None), resp.getheader("Location")
-    except OSError:
-        return 0, None, None
-    finally:
-        conn.close()
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float, workers: list[Worker]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        for w in workers:
-            assert w.proc.poll() is None, f"worker {w.wid} exited {w.proc.returncode}: {w.tail()}"
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}: " + " | ".join(
-        f"{w.wid}: {w.status()} {w.tail()[-1500:]}" for w in workers))
 
 
 def test_two_workers_split_survive_kill_and_match_embedded(tmp_path, kafka_bootstrap, history,  # noqa: F811
@@ -132,12 +70,12 @@ def test_two_workers_split_survive_kill_and_match_embedded(tmp_path, kafka_boots
                  kafka={"ledgerlog.topic_prefix": f"fw-{uuid.uuid4().hex[:10]}."})
     init_chain(cfg, genesis)  # writes config.toml (log.url, [kafka]) for the worker processes
     first = 800
-    workers: list[Worker] = []
+    workers: list[ProjectionWorker] = []
     try:
         with open_chain(cfg) as chain:
             chain.admitter.admit(lines[:first])
-            a = Worker(data, str(tmp_path / "wA"), "A")
-            b = Worker(data, str(tmp_path / "wB"), "B")
+            a = ProjectionWorker(data, str(tmp_path / "wA"), "A")
+            b = ProjectionWorker(data, str(tmp_path / "wB"), "B")
             workers = [a, b]
 
             def split() -> bool:  # each owns (and serves) a share, together all of them
@@ -170,7 +108,7 @@ def test_two_workers_split_survive_kill_and_match_embedded(tmp_path, kafka_boots
               f"catch-up: {[(g['projection'], g['catch_up_s'], g['target']) for g in gains.values()]}")
 
         # A restarts on its own directory: rejoins, resumes from its stored positions, same digests
-        a = Worker(data, str(tmp_path / "wA"), "A")
+        a = ProjectionWorker(data, str(tmp_path / "wA"), "A")
         workers = [a, b]
 
         def rejoined() -> bool:
@@ -180,3 +118,33 @@ def test_two_workers_split_survive_kill_and_match_embedded(tmp_path, kafka_boots
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_worker_folds_the_data_dirs_user_projections(tmp_path, kafka_bootstrap, history):  # noqa: F811
+    """A user projection registered with the data dir (docs/PROJECTIONS.md) gets a lease partition of
+    its own; the worker folds it to the digest the runner's replay gives over the same log."""
+    from ledgerlog.ops.notebook import replay
+
+    genesis, lines = history
+    data = str(tmp_path / "data")
+    cfg = Config(data_dir=data, log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=CHUNK,
+                 kafka={"ledgerlog.topic_prefix": f"fu-{uuid.uuid4().hex[:10]}."})
+    init_chain(cfg, genesis)
+    with open_chain(cfg) as chain:
+        chain.admitter.admit(lines[:1200])
+    (tmp_path / "tx_count.py").write_text(TX_COUNT)
+    added = subprocess.run([LEDGERLOG, "--data-dir", data, "projections", "add", "tx_count"], cwd=tmp_path,
+                           capture_output=True, env=cli_env(), timeout=120, check=False)
+    assert added.returncode == 0, added.stderr
+    w = ProjectionWorker(data, str(tmp_path / "w"), "U")
+    try:
+        wait_for("the worker to serve the built-ins and tx_count",
+                 lambda: set(w.serving()) == ALL | {"tx_count"}, 90, [w])
+        with replay(str(tmp_path / "tx_count.py"), data, progress=False) as clean:
+            assert clean.events > 0
+            assert w.serving()["tx_count"] == clean.digest
+        code, body, _ = get(w.url, "/projections/tx_count")  # type: ignore[arg-type]
+        assert code == 200 and body["projection"] == "tx_count" and body["lag"] == 0
+        assert w.status()["projections"][-1] == "tx_count"  # its lease follows the built-ins'
+    finally:
+        w.stop()

@@ -8,19 +8,21 @@ durable, and a crash can never split events from the state that admitted them.
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 
+from .. import topics as T
 from ..codec import Codec
 from ..errors import Code, Rejection, error_code
 from ..genesis import Genesis
 from ..log.base import Log, Record
 from .lines import Item, item_id, parse_line
+from .prepare import Ahead
 from .rules import Out, Rules
 from .state import WriteState
 from .verify import Pending, Verifier
@@ -32,8 +34,10 @@ __all__ = ["MAX_REJECTIONS", "Summary", "Admitter"]
 MAX_REJECTIONS = 1000
 MAX_MESSAGE = 300  # characters of a rejection's message
 
-#: (line numbers, parsed lines or their rejections, signature checks under way)
+#: (line numbers, parsed lines or their rejections, or their preparation under way in the pool)
 _Prepared = tuple[list[int], list["Item | Rejection"], "Pending | None"]
+#: Chunks prepared ahead of the one whose rules run (their work overlaps those rules)
+_LOOKAHEAD = 2
 
 _tracer = trace.get_tracer("ledgerlog.admission")  # API only: no-op spans unless ops sets up the SDK
 
@@ -108,40 +112,54 @@ class Admitter:
         """Like ``admit`` for (line number, line) pairs, so callers may skip blank lines; with
         ``ids`` the summary lists the id of every admitted line.
 
-        Pipelined: chunk k+1 is parsed and its signatures go to the verifier's pool before the
-        rules of chunk k run, so verification overlaps the sequential checks."""
+        Pipelined: the next chunks go to the verifier's workers (parsing, hashing, signatures)
+        before the rules of this one run, so that work overlaps the sequential checks."""
         total = Summary(ids=[] if ids else None)
         it: Iterator[tuple[int, bytes | str]] = iter(lines)
-        ahead = self._prepare(it)
-        while ahead is not None:
-            current, ahead = ahead, None
-            if len(current[0]) == self.chunk:
-                ahead = self._prepare(it)
-            total.merge(self._admit_chunk(*current, ids=ids))
+        ahead: deque[_Prepared] = deque()
+        more = True
+        while True:
+            while more and len(ahead) < _LOOKAHEAD:
+                prepared = self._prepare(it)
+                if prepared is None:
+                    more = False
+                    break
+                ahead.append(prepared)
+                more = len(prepared[0]) == self.chunk
+                if prepared[2] is None:
+                    break  # prepared inline: nothing runs meanwhile, so no point in reading ahead
+            if not ahead:
+                return total
+            numbers, parsed, pending = ahead.popleft()
+            total.merge(self._admit_chunk(numbers, parsed if pending is None else pending.items(), ids=ids))
             if progress:
-                progress(len(current[0]))
-        return total
+                progress(len(numbers))
 
     def _prepare(self, it: Iterator[tuple[int, bytes | str]]) -> _Prepared | None:
-        """The next chunk's line numbers, parsed lines and pending signature checks."""
+        """The next chunk's line numbers and either its parsed lines or their preparation under way."""
         chunk = list(islice(it, self.chunk))
         if not chunk:
             return None
+        numbers, raw = [n for n, _ in chunk], [line for _, line in chunk]
+        if self.verifier.parallel(raw):
+            return numbers, [], self.verifier.prepare(raw, self._ahead())
         parsed: list[Item | Rejection] = []
-        for _, line in chunk:
+        for line in raw:
             try:
                 parsed.append(parse_line(line))
             except Rejection as rej:
                 parsed.append(rej)
-        pending = self.verifier.submit([p for p in parsed if not isinstance(p, Rejection)])
-        return [n for n, _ in chunk], parsed, pending
+        return numbers, parsed, None
+
+    def _ahead(self) -> Ahead:
+        """What workers need to make records ahead: value prefixes, and the tip height now (the
+        likely stamp of the shares sent; a guess, read without the lock)."""
+        wire = self.codec.wire
+        return Ahead({T.SHARES: wire(T.SHARES, b"")}, self.state.tip().height)
 
     @_tracer.start_as_current_span("ledgerlog.admit_chunk")
-    def _admit_chunk(self, numbers: list[int], parsed: list[Item | Rejection],
-                     pending: Pending | None, *, ids: bool = False) -> Summary:
+    def _admit_chunk(self, numbers: list[int], parsed: list[Item | Rejection], *, ids: bool = False) -> Summary:
         summary = Summary(ids=[] if ids else None)
-        if pending is not None:
-            pending.apply()
         with self._lock:
             try:
                 outs, counts = self._check_all(parsed, numbers, summary)
@@ -197,7 +215,11 @@ class Admitter:
 
     @_tracer.start_as_current_span("ledgerlog.log_append")
     def _commit(self, outs: list[Out]) -> None:
-        records = [Record(o.topic, o.key.encode(), self.codec.encode(o.topic, o.event), o.timestamp)
+        encode, wire = self.codec.encode, self.codec.wire
+        # an Out carries its record's value, or its event's Avro bytes, or else its event
+        records = [Record(o.topic, o.key.encode(), o.value, o.timestamp, None, o.leaf) if o.value is not None
+                   else Record(o.topic, o.key.encode(), wire(o.topic, o.encoded) if o.encoded is not None
+                               else encode(o.topic, cast("dict[str, Any]", o.event)), o.timestamp)
                    for o in outs]
         trace.get_current_span().set_attribute("ledgerlog.records", len(records))
         try:

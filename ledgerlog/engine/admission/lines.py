@@ -109,6 +109,7 @@ class Signed:
     where: str = "body"
     _canonical: bytes | None = field(default=None, repr=False)
     sig_ok: bool | None = field(default=None, repr=False)  # filled by a bulk pre-check, if any
+    _id: str | None = field(default=None, repr=False)
 
     def canonical(self) -> bytes:
         if self._canonical is None:
@@ -120,7 +121,9 @@ class Signed:
 
     @property
     def id(self) -> str:
-        return H(self.canonical())
+        if self._id is None:
+            self._id = H(self.canonical())
+        return self._id
 
     def signed_record(self) -> dict[str, Any]:
         return {"body": self.body, "pubkey": self.pubkey, "signature": self.signature}
@@ -128,20 +131,33 @@ class Signed:
 
 @dataclass(slots=True)
 class BlockLine:
+    """A block line; ``root`` is its transactions' tx_root when a worker computed it ahead."""
+
     header: Signed
     transactions: list[Signed]
     kind: str = "block"
+    root: str | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
 class ShareLine:
+    """A share line; ``value``, when a worker made it ahead, is its ShareSubmitted record's
+    value (wire format) for a guessed ``stamp_height`` of ``stamp`` (its last field, which only
+    admission knows), and ``leaf`` that record's Merkle leaf hash."""
+
     obj: dict[str, Any]
     address: str
     kind: str = "share"
+    _id: str | None = field(default=None, repr=False)
+    value: bytes | None = field(default=None, repr=False)
+    stamp: int = field(default=0, repr=False)
+    leaf: bytes | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
-        return H(canonical_json_flat(self.obj))
+        if self._id is None:
+            self._id = H(canonical_json_flat(self.obj))
+        return self._id
 
 
 @dataclass(slots=True)

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import topics as T
-from ..crypto import H, address_of, tx_root, verify
+from ..avro_codegen import long_bytes
+from ..crypto import H, address_of, address_of_hex, tx_root, verify
 from ..errors import Code, Rejection
 from ..genesis import Genesis
 from ..governance import PARAMETERS, out_of_range
 from ..movements import confirmed_nonce, movements
+from .encoding import share_event, signed_event
 from .lines import BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
 from .roles import genesis_identity, identity_of
 from .state import Account, Tip, WriteState
@@ -20,12 +22,23 @@ __all__ = ["Out", "Rules"]
 
 
 class Out(NamedTuple):  # a tuple: one per admitted event, and a frozen dataclass costs 4x
-    """One event to append: topic, partition key, event record, record timestamp."""
+    """One event to append: topic, partition key, event record (None when ``value`` is given),
+    record timestamp."""
 
     topic: str
     key: str
-    event: dict[str, Any]
+    event: dict[str, Any] | None
     timestamp: int
+    #: the event's Avro bytes when already made from parts at hand (``encoding.py``); else None
+    encoded: bytes | None = None
+    #: the whole record value (wire format) and its Merkle leaf hash, when a worker made them
+    value: bytes | None = None
+    leaf: bytes | None = None
+
+
+def _signed_out(topic: str, key: str, s: Signed, event: dict[str, Any], timestamp: int) -> Out:
+    """The Out of an event whose first field is ``s``'s body, encoded from its canonical bytes."""
+    return Out(topic, key, event, timestamp, signed_event(topic, s.canonical(), event))
 
 
 def _dup(what: str) -> Rejection:
@@ -52,7 +65,7 @@ class Rules:
             ok = s.sig_ok = verify(bytes.fromhex(s.pubkey), s.canonical(), bytes.fromhex(s.signature))
         if not ok:
             raise Rejection(Code.BAD_SIGNATURE, f"{where}: signature does not verify")
-        if signer is not None and address_of(bytes.fromhex(s.pubkey)) != signer:
+        if signer is not None and address_of_hex(s.pubkey) != signer:
             raise Rejection(Code.BAD_SIGNATURE, f"{where}: pubkey is not the key of {signer}")
 
     def _given_id(self, kind: str, ident: str, s: Signed, what: str) -> str:
@@ -136,30 +149,34 @@ class Rules:
         txids = [t.id for t in b.transactions]
         if hdr["tx_count"] != len(txids):
             raise Rejection(Code.BAD_TX_ROOT, f"tx_count {hdr['tx_count']} but {len(txids)} transactions")
-        root = tx_root(txids)
+        root = tx_root(txids) if b.root is None else b.root
         if root != hdr["tx_root"]:
             raise Rejection(Code.BAD_TX_ROOT, f"tx_root {hdr['tx_root']} but transactions give {root}")
 
         accounts: dict[str, Account] = {}
         outs: list[Out] = []
         fees = 0
+        account = self.st.account
         for i, (tx, txid) in enumerate(zip(b.transactions, txids)):
             body = tx.body
             where = f"transaction {i} ({txid[:16]})"
             self._check_tx(tx, where)
-            sender = body["sender"]
-            acct = accounts.get(sender) or self.st.account(sender)
-            accounts.setdefault(sender, acct)
-            accounts.setdefault(body["recipient"], self.st.account(body["recipient"]))
+            sender, recipient, amount, fee = body["sender"], body["recipient"], body["amount"], body["fee"]
+            acct = accounts.get(sender) or account(sender)
             if body["nonce"] != acct.nonce + 1:
                 raise Rejection(Code.BAD_NONCE, f"{where}: nonce {body['nonce']}, expected {acct.nonce + 1}")
-            if acct.balance < body["amount"] + body["fee"]:
+            if acct.balance < amount + fee:
                 raise Rejection(Code.INSUFFICIENT_FUNDS,
-                                f"{where}: {sender} has {acct.balance}, needs {body['amount'] + body['fee']}")
-            event = {**tx.signed_record(), "txid": txid, "height": height, "index": i, "block_hash": block_hash}
-            self._apply(T.TRANSACTIONS, event, accounts)
-            fees += body["fee"]
-            outs.append(Out(T.TRANSACTIONS, sender, event, body["timestamp"]))
+                                f"{where}: {sender} has {acct.balance}, needs {amount + fee}")
+            # movements() of a confirmed transaction (sender, then recipient), then its nonce
+            accounts[sender] = Account(acct.balance - (amount + fee), acct.staked, max(acct.nonce, body["nonce"]))
+            to = accounts.get(recipient) or account(recipient)
+            accounts[recipient] = Account(to.balance + amount, to.staked, to.nonce)
+            fees += fee
+            # the event but its body, which its canonical bytes give (listeners read topics and timestamps)
+            rest = {"txid": txid, "pubkey": tx.pubkey, "signature": tx.signature, "height": height, "index": i,
+                    "block_hash": block_hash}
+            outs.append(Out(T.TRANSACTIONS, sender, None, body["timestamp"], signed_event(T.TRANSACTIONS, tx.canonical(), rest)))
 
         block_ev = {"header": hdr, "hash": block_hash, "pubkey": b.header.pubkey,
                     "signature": b.header.signature, "txids": txids, "fees": fees,
@@ -172,7 +189,7 @@ class Rules:
         self.st.set_block_hash(height, block_hash)
         if hdr["producer"] == self.g.pool.address:
             self.st.set_pool_round(height, self.g.block_reward + fees, 0)
-        return [Out(T.BLOCKS, self.g.chain_id, block_ev, hdr["timestamp"]), *outs]
+        return [_signed_out(T.BLOCKS, self.g.chain_id, b.header, block_ev, hdr["timestamp"]), *outs]
 
     def _check_tx(self, tx: Signed, where: str) -> None:
         body = tx.body
@@ -185,17 +202,21 @@ class Rules:
     def _settle_mempool(self, confirmed: set[str], senders: set[str]) -> list[str]:
         """After a block: confirmed txs leave the mempool; pending txs of its senders that can no
         longer apply (stale nonce, gap, or unaffordable) are evicted. Returns evicted txids."""
+        st = self.st
+        pending_of = {sender: st.pending(sender) for sender in sorted(senders)}
         # a txid is in the mempool iff it is pending under its sender (one get per sender, not per tx)
-        pending = {txid for sender in senders for _, txid, _ in self.st.pending(sender)}
+        pending = {txid for entries in pending_of.values() for _, txid, _ in entries}
         for txid in confirmed:
             if txid in pending:
-                self.st.set_mempool_tx(txid, None)
-            self.st.set_tx_status(txid, "c")
+                st.set_mempool_tx(txid, None)
+            st.set_tx_status(txid, "c")
         evicted = []
-        for sender in sorted(senders):
-            acct = self.st.account(sender)
+        for sender, entries in pending_of.items():
+            if not entries:
+                continue  # nothing pending: nothing to keep or evict
+            acct = st.account(sender)
             keep, budget, expected = [], acct.balance, acct.nonce + 1
-            for nonce, txid, cost in self.st.pending(sender):
+            for nonce, txid, cost in entries:
                 if txid in confirmed:
                     continue
                 if nonce == expected and cost <= budget:
@@ -204,9 +225,10 @@ class Rules:
                     expected += 1
                 else:
                     evicted.append(txid)
-                    self.st.set_tx_status(txid, "e")
-                    self.st.set_mempool_tx(txid, None)
-            self.st.set_pending(sender, tuple(keep))
+                    st.set_tx_status(txid, "e")
+                    st.set_mempool_tx(txid, None)
+            if len(keep) != len(entries):
+                st.set_pending(sender, tuple(keep))
         return evicted
 
     # -- mempool ----------------------------------------------------------------------------
@@ -228,8 +250,8 @@ class Rules:
         self.st.set_pending(sender, (*pending, (body["nonce"], txid, cost)))
         self.st.set_tx_status(txid, "m")
         self.st.set_mempool_tx(txid, {"type": "transaction", **tx.signed_record()})
-        event = {**tx.signed_record(), "txid": txid, "stamp_height": self.st.tip().height}
-        return [Out(T.MEMPOOL, sender, event, body["timestamp"])]
+        event = {**tx.signed_record(), "txid": txid, "stamp_height": self.st.tip_height()}
+        return [_signed_out(T.MEMPOOL, sender, tx, event, body["timestamp"])]
 
     # -- shares -----------------------------------------------------------------------------
     def share(self, s: ShareLine) -> list[Out]:
@@ -239,13 +261,21 @@ class Rules:
         o = s.obj
         if o["difficulty"] <= 0:
             raise Rejection(Code.BAD_AMOUNT, f"difficulty must be positive, got {o['difficulty']}")
-        for f in ("height", "difficulty", "timestamp"):
-            if not -(1 << 63) <= o[f] < (1 << 63):
-                raise Rejection(Code.BAD_AMOUNT, f"share.{f} is outside the signed 64-bit range")
+        if s.value is None:  # a share made ahead was in range
+            for f in ("height", "difficulty", "timestamp"):
+                if not -(1 << 63) <= o[f] < (1 << 63):
+                    raise Rejection(Code.BAD_AMOUNT, f"share.{f} is outside the signed 64-bit range")
         self.st.mark_seen("s", share_id, share_id)
+        stamp = self.st.tip_height()
+        value = s.value
+        if value is not None:  # made ahead for stamp height s.stamp: it needs another end if that was wrong
+            if stamp == s.stamp:
+                return [Out(T.SHARES, s.address, None, o["timestamp"], None, value, s.leaf)]
+            value = share_event(value[:-len(long_bytes(s.stamp))], stamp)
+            return [Out(T.SHARES, s.address, None, o["timestamp"], None, value)]
         event = {"share_id": share_id, "worker": o["worker"], "address": s.address, "job_id": o["job_id"],
                  "height": o["height"], "difficulty": o["difficulty"], "accepted": o["accepted"],
-                 "timestamp": o["timestamp"], "stamp_height": self.st.tip().height}
+                 "timestamp": o["timestamp"], "stamp_height": stamp}
         return [Out(T.SHARES, s.address, event, o["timestamp"])]
 
     # -- energy -----------------------------------------------------------------------------
@@ -266,8 +296,8 @@ class Rules:
                             f"meter {body['meter_id']!r} is not provider {body['provider_id']!r}'s meter")
         self.st.set_provider(body["provider_id"], {**prov, "credited": prov["credited"] + body["milli_kwh"]})
         self.st.mark_seen("r", reading_id, reading_id)
-        event = {**r.signed_record(), "reading_id": reading_id, "stamp_height": self.st.tip().height}
-        return [Out(T.READINGS, body["provider_id"], event, body["timestamp"])]
+        event = {**r.signed_record(), "reading_id": reading_id, "stamp_height": self.st.tip_height()}
+        return [_signed_out(T.READINGS, body["provider_id"], r, event, body["timestamp"])]
 
     def _provider(self, provider_id: str) -> dict[str, Any]:
         prov = self.st.provider(provider_id)
@@ -290,12 +320,12 @@ class Rules:
             raise Rejection(Code.PRICE_TOO_HIGH,
                             f"price_per_kwh {body['price_per_kwh']} is above max_price_per_kwh {max_price}")
         self._funds(body["owner"], body["stake"], "stake")
-        event = {**p.signed_record(), "stamp_height": self.st.tip().height}
+        event = {**p.signed_record(), "stamp_height": self.st.tip_height()}
         self._apply(T.PROVIDERS, event)
         self.st.mark_seen("v", pid, body_hash)
         self.st.set_provider(pid, {"owner": body["owner"], "meter_id": body["meter_id"],
                                    "price_per_kwh": body["price_per_kwh"], "credited": 0, "settled": 0})
-        return [Out(T.PROVIDERS, pid, event, body["timestamp"])]
+        return [_signed_out(T.PROVIDERS, pid, p, event, body["timestamp"])]
 
     def settlement(self, s: Signed) -> list[Out]:
         body = s.body
@@ -312,11 +342,11 @@ class Rules:
         if body["amount"] != due:
             raise Rejection(Code.OVER_SETTLEMENT, f"amount {body['amount']} != milli_kwh * price // 1000 = {due}")
         self._funds(self.g.energy.treasury, body["amount"], "settlement")
-        event = {**s.signed_record(), "owner": prov["owner"], "stamp_height": self.st.tip().height}
+        event = {**s.signed_record(), "owner": prov["owner"], "stamp_height": self.st.tip_height()}
         self._apply(T.SETTLEMENTS, event)
         self.st.mark_seen("t", sid, body_hash)
         self.st.set_provider(body["provider_id"], {**prov, "settled": prov["settled"] + body["milli_kwh"]})
-        return [Out(T.SETTLEMENTS, body["provider_id"], event, body["timestamp"])]
+        return [_signed_out(T.SETTLEMENTS, body["provider_id"], s, event, body["timestamp"])]
 
     # -- pool payouts -----------------------------------------------------------------------
     def payout(self, p: Signed) -> list[Out]:
@@ -334,11 +364,11 @@ class Rules:
             raise Rejection(Code.BAD_ROUND, f"round {body['round_height']} pays {paid} of {cap}; "
                                             f"{body['amount']} more would exceed it")
         self._funds(self.g.pool.address, body["amount"], "payout")
-        event = {**p.signed_record(), "stamp_height": self.st.tip().height}
+        event = {**p.signed_record(), "stamp_height": self.st.tip_height()}
         self._apply(T.PAYOUTS, event)
         self.st.mark_seen("p", pid, body_hash)
         self.st.set_pool_round(body["round_height"], cap, paid + body["amount"])
-        return [Out(T.PAYOUTS, body["address"], event, body["timestamp"])]
+        return [_signed_out(T.PAYOUTS, body["address"], p, event, body["timestamp"])]
 
     # -- governance (docs/PROTOCOL.md §8.5) -------------------------------------------------
     def governance(self, c: Signed) -> list[Out]:
@@ -362,8 +392,8 @@ class Rules:
         self.st.set_governance_seq(seq)
         self.st.mark_seen("g", change_id, change_id)
         event = {**c.signed_record(), "change_id": change_id, "previous": previous, "seq": seq,
-                 "stamp_height": self.st.tip().height}
-        return [Out(T.GOVERNANCE, name, event, body["timestamp"])]
+                 "stamp_height": self.st.tip_height()}
+        return [_signed_out(T.GOVERNANCE, name, c, event, body["timestamp"])]
 
     # -- key rotations (docs/PROTOCOL.md §8) ------------------------------------------------
     def rotation(self, r: RotationLine) -> list[Out]:
@@ -388,5 +418,5 @@ class Rules:
         self.st.set_role_key(role, new, identity, True)
         self.st.mark_seen("k", rotation_id, rotation_id)
         event = {**s.signed_record(), "rotation_id": rotation_id, "new_signature": r.new_signature,
-                 "identity": identity, "stamp_height": self.st.tip().height}
-        return [Out(T.KEYS, role, event, body["timestamp"])]
+                 "identity": identity, "stamp_height": self.st.tip_height()}
+        return [_signed_out(T.KEYS, role, s, event, body["timestamp"])]

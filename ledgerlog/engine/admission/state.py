@@ -32,6 +32,10 @@ class Account(NamedTuple):
     nonce: int = 0
 
 
+_NO_ACCOUNT = Account()
+_tuple_new = tuple.__new__
+
+
 def _k(prefix: bytes, ident: str) -> bytes:
     return prefix + ident.encode()
 
@@ -88,6 +92,11 @@ class WriteState:
         h, hsh, ts = self._get(b"tip")
         return Tip(h, hsh, ts)
 
+    def tip_height(self) -> int:
+        """``tip().height``, without making the Tip."""
+        h: int = self._get(b"tip")[0]
+        return h
+
     def set_tip(self, tip: Tip) -> None:
         self._put(b"tip", (tip.height, tip.hash, tip.timestamp))
 
@@ -108,11 +117,11 @@ class WriteState:
 
     # -- accounts and mempool -------------------------------------------------------------
     def account(self, address: str) -> Account:
-        v = self._get(_k(b"a/", address))
-        return Account() if v is None else Account(*v)
+        v = self._get(b"a/" + address.encode())
+        return _NO_ACCOUNT if v is None else _tuple_new(Account, v)  # what Account(*v) makes, faster
 
     def set_account(self, address: str, acct: Account) -> None:
-        self._put(_k(b"a/", address), (acct.balance, acct.staked, acct.nonce))
+        self._line[b"a/" + address.encode()] = tuple(acct)  # stored as a plain tuple (JSON array)
 
     def pending(self, sender: str) -> tuple[tuple[int, str, int], ...]:
         """The sender's mempool entries (nonce, txid, amount + fee), by nonce."""
@@ -144,11 +153,11 @@ class WriteState:
     # -- ids, providers -------------------------------------------------------------------
     def seen(self, kind: str, ident: str) -> str | None:
         """Body hash under which an id of ``kind`` was admitted, if it was."""
-        body_hash: str | None = self._get(b"id/" + kind.encode() + b"/" + ident.encode())
+        body_hash: str | None = self._get(f"id/{kind}/{ident}".encode())
         return body_hash
 
     def mark_seen(self, kind: str, ident: str, body_hash: str) -> None:
-        self._put(b"id/" + kind.encode() + b"/" + ident.encode(), body_hash)
+        self._line[f"id/{kind}/{ident}".encode()] = body_hash
 
     def provider(self, provider_id: str) -> dict[str, Any] | None:
         pv: dict[str, Any] | None = self._get(_k(b"pv/", provider_id))

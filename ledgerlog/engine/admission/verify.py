@@ -1,19 +1,29 @@
-"""Ed25519 verification of a chunk's signatures ahead of the sequential checks.
+"""Signature checks, and the parallel stage of admission that carries them.
 
 Signatures are independent of state, so they can be checked in bulk (and in parallel) before
 the rules run; the rules then read ``Signed.sig_ok`` at the point of PROTOCOL.md's check order,
-so the codes reported are the same as with checking inline."""
+so the codes reported are the same as with checking inline. With more than one worker the whole
+state-free part of a chunk (parsing, canonical bytes, ids, signatures: ``prepare.py``) runs in a
+process pool, a slice of the chunk per task, while the admitter checks the rules of earlier
+chunks."""
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import islice
 
-from ..crypto import h_bytes, verify
 from ..errors import Rejection
 from ..procs import exit_with_parent
-from .lines import BlockLine, Item, Signed, SignedLine
+from .lines import Item, Signed
+from .prepare import Ahead, Prepared, prepare_lines, rebuild, signature_key
 
 __all__ = ["Verifier", "Pending", "SignatureCache"]
+
+#: Signature keys the admitter remembered lately, sent with every slice (workers learn them)
+_RECENT_KEYS = 2_000
+#: A chunk this large (bytes) goes to the workers whatever its line count
+_PARALLEL_BYTES = 128 * 1024
 
 
 class SignatureCache:
@@ -30,7 +40,7 @@ class SignatureCache:
 
     @staticmethod
     def _key(s: Signed) -> bytes:
-        return h_bytes(b"%s\0%s\0%s" % (s.pubkey.encode(), s.signature.encode(), s.canonical()))
+        return signature_key(s.pubkey, s.signature, s.canonical())
 
     def remember(self, s: Signed) -> None:
         if len(self._known) >= self.capacity:
@@ -44,68 +54,70 @@ class SignatureCache:
             return True
         return False
 
-
-def _verify_batch(batch: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    return [verify(pk, msg, sig) for pk, msg, sig in batch]
+    def recent(self, n: int) -> list[bytes]:
+        """The keys of the ``n`` signatures remembered last."""
+        return list(islice(reversed(self._known), n))
 
 
 class Pending:
-    """Signature checks of one chunk, running in the pool; ``apply`` waits and stores results."""
+    """A chunk's lines being prepared in the pool; ``items`` waits and rebuilds them in order."""
 
-    def __init__(self, targets: list[Signed], futures: list[Future[list[bool]]]) -> None:
-        self.targets = targets
+    def __init__(self, futures: list[Future[Prepared]], cache: SignatureCache) -> None:
         self.futures = futures
+        self.cache = cache
 
-    def apply(self) -> None:
-        results = [ok for f in self.futures for ok in f.result()]
-        for s, ok in zip(self.targets, results):
-            s.sig_ok = ok
+    def items(self) -> list[Item | Rejection]:
+        out: list[Item | Rejection] = []
+        for f in self.futures:
+            prepared, hits = f.result()
+            self.cache.hits += hits
+            out.extend(map(rebuild, prepared))
+        return out
 
 
 class Verifier:
-    """Checks signatures of parsed lines; with ``workers`` > 1, in a process pool, while the
-    caller goes on (``submit`` returns at once; the admitter checks the rules of the previous
-    chunk meanwhile)."""
+    """Where the state-free work of admission runs. With one worker, inline and lazily (the rules
+    verify a signature when they reach it, so duplicates and early rejections cost none); with
+    more, chunks of at least ``min_parallel`` lines (or 128 KiB) go to a process pool and
+    ``prepare`` returns at once."""
 
     def __init__(self, workers: int = 1, min_parallel: int = 256) -> None:
         self.workers = workers
         self.min_parallel = min_parallel
         self.cache = SignatureCache()
+        self.prepared_lines = 0  # lines that went through the pool (for tests and metrics)
         self._pool: ProcessPoolExecutor | None = None
 
-    def submit(self, items: Sequence[Item]) -> Pending | None:
-        """Start checking the signatures of ``items``; None when they are left to the rules."""
-        signed: list[Signed] = []
-        for item in items:
-            if isinstance(item, BlockLine):
-                signed.append(item.header)
-                signed.extend(item.transactions)
-            elif isinstance(item, SignedLine):
-                signed.append(item.signed)
-        if self.workers <= 1 or len(signed) < self.min_parallel:
-            return None  # inline, lazily: duplicates and early rejections then cost no verification
-        work, targets = [], []
-        known = self.cache.verified
-        for s in signed:
-            try:
-                if known(s):
-                    s.sig_ok = True
-                    continue
-                work.append((bytes.fromhex(s.pubkey), s.canonical(), bytes.fromhex(s.signature)))
-                targets.append(s)
-            except Rejection:
-                continue  # out-of-range value: the rules report it
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, initializer=exit_with_parent)
-        step = -(-len(work) // self.workers)
-        return Pending(targets, [self._pool.submit(_verify_batch, work[i:i + step])
-                                 for i in range(0, len(work), step)])
+    def parallel(self, lines: Sequence[bytes | str]) -> bool:
+        """Whether ``prepare`` sends these lines to the pool."""
+        return self.workers > 1 and (len(lines) >= self.min_parallel
+                                     or sum(map(len, lines)) >= _PARALLEL_BYTES)
 
-    def prefetch(self, items: Sequence[Item]) -> None:
-        """Check now (blocking) what ``submit`` would check in the background."""
-        pending = self.submit(items)
-        if pending is not None:
-            pending.apply()
+    def prepare(self, lines: Sequence[bytes | str], ahead: Ahead | None = None) -> Pending:
+        """Start preparing ``lines`` in the pool, in slices of about equal bytes (two per worker,
+        so a slow slice does not leave a worker idle); with ``ahead``, the workers also make the
+        records they can (``prepare.py``)."""
+        if self._pool is None:
+            # spawned, never forked: the caller has threads (a node's HTTP server, Kafka clients,
+            # OpenTelemetry), and a child forked while one of them holds a lock crashed or hung.
+            # Not a fork server either: its children hold its lifeline pipe and it is their parent,
+            # so a killed caller left both waiting for each other (exit_with_parent never fired)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=exit_with_parent)
+        known = self.cache.recent(_RECENT_KEYS)
+        slices = self.workers * 2
+        target = sum(map(len, lines)) / slices
+        futures: list[Future[Prepared]] = []
+        start, size = 0, 0
+        for i, line in enumerate(lines):
+            size += len(line)
+            if size >= target and len(futures) < slices - 1:
+                futures.append(self._pool.submit(prepare_lines, lines[start:i + 1], known, ahead))
+                start, size = i + 1, 0
+        if start < len(lines) or not futures:
+            futures.append(self._pool.submit(prepare_lines, lines[start:], known, ahead))
+        self.prepared_lines += len(lines)
+        return Pending(futures, self.cache)
 
     def close(self) -> None:
         if self._pool is not None:

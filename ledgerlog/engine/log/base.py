@@ -23,13 +23,16 @@ StateWrites = Mapping[bytes, "bytes | None"]
 
 
 class Record(NamedTuple):  # a tuple: admission makes one per event, and a frozen dataclass costs 4x
-    """A record to append. ``partition`` None means: place it by murmur2 of the key."""
+    """A record to append. ``partition`` None means: place it by murmur2 of the key. ``leaf``,
+    when the writer made it already, is the record's Merkle leaf hash (``logtree.leaf_of`` of
+    its key, timestamp and value); a log that keeps trees may use it instead of hashing again."""
 
     topic: str
     key: bytes
     value: bytes
     timestamp: int
     partition: int | None = None
+    leaf: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

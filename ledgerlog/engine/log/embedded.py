@@ -207,7 +207,7 @@ class EmbeddedLog(Log):
             put, head, u64 = wb.put, _HEAD.pack, K.U64.pack
             ends: dict[TopicPartition, int] = {}
             prefixes: dict[TopicPartition, bytes] = {}
-            leaves: dict[TopicPartition, list[tuple[int, bytes, int, bytes]] | None] = {}
+            leaves: dict[TopicPartition, list[tuple[int, bytes]] | None] = {}
             out = []
             for r in records:
                 p = self.place(r)
@@ -221,7 +221,7 @@ class EmbeddedLog(Log):
                 put(prefixes[tp] + u64(off), head(r.timestamp, len(r.key)) + r.key + r.value)
                 grows = leaves[tp]
                 if grows is not None:
-                    grows.append((off, r.key, r.timestamp, r.value))
+                    grows.append((off, leaf_of(r.key, r.timestamp, r.value) if r.leaf is None else r.leaf))
                 out.append((p, off))
             for (topic, p), end in ends.items():
                 wb.put(K.end_key(topic, p), K.U64.pack(end))
@@ -229,7 +229,7 @@ class EmbeddedLog(Log):
             for (topic, p), grows in leaves.items():
                 if grows:
                     fold = self.trees.fold(topic, p)
-                    fold.extend(grows)
+                    fold.extend_leaves(grows)
                     for node_key, node in fold.writes().items():
                         put(node_key, node)
                     grown[(topic, p)] = fold.state

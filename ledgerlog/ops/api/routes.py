@@ -18,6 +18,7 @@ from ledgerlog.ops.api import handlers as h
 from ledgerlog.ops.api import registry as reg
 from ledgerlog.ops.api.handlers import json_response
 from ledgerlog.ops.query.queries import I64_MAX, MAX_PROVIDER_ID, PROVIDERS_PAGE_MAX
+from ledgerlog.ops.query.userviews import MAX_KEY, PAGE_MAX
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
@@ -99,6 +100,17 @@ ROUTES: tuple[Route, ...] = (
           answer=lambda n: n.queries.market, reads=("energy",), params=(Param("height"),)),
     Route("GET", "/v1/energy/governance", ("energy",), "Governance parameters in force (optionally at a height)",
           answer=lambda n: n.queries.governance, reads=("energy",), params=(Param("height"),)),
+    Route("GET", "/v1/projections", ("projections",),
+          "Every projection: name, version, source, lag, height, digest (user projections too)",
+          answer=lambda n: n.queries.projections, reads=()),
+    Route("GET", "/v1/projections/{name}", ("projections",),
+          "A page of a projection's keys and values in key order (prefix, start, limit; next is the next start)",
+          answer=lambda n: n.queries.projection_page, reads=(),
+          params=(Param("prefix", text=True, max_length=2 * MAX_KEY + 4),
+                  Param("start", text=True, max_length=2 * MAX_KEY + 4), Param("limit", ge=1, le=PAGE_MAX))),
+    Route("GET", "/v1/projections/{name}/keys/{key}", ("projections",),
+          "One key of a projection (hex:<hex> for keys that are not plain text or hold '/')",
+          answer=lambda n: n.queries.projection_entry, reads=()),
     Route("POST", "/v1/ingest", ("ingest",), "Admit ingest lines (application/x-ndjson body)", endpoint=h.ingest,
           openapi=h.INGEST_OPENAPI),
     Route("POST", "/v1/faucet", ("faucet",), "Grant the faucet amount to an address (a signed transaction)",

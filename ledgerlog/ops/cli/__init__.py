@@ -101,6 +101,7 @@ def _register_commands() -> None:
         genesis,
         keys,
         mirror,
+        projections,
         proof,
         prune,
         query,

@@ -24,7 +24,7 @@ import typer
 if TYPE_CHECKING:
     from ledgerlog.ops.query.client import NodeClient
 
-__all__ = ["Bar", "Tick", "admin_with_progress", "progress_bar", "quiet_option", "set_quiet"]
+__all__ = ["Bar", "Tick", "admin_with_progress", "notebook_bar", "progress_bar", "quiet_option", "set_quiet"]
 
 Tick = Callable[[int], None]
 
@@ -90,6 +90,22 @@ def progress_bar(desc: str, *, total: int | None = None, unit: str = " records",
                unit_divisor=1024 if unit.strip() == "B" else 1000, file=out, leave=True,
                dynamic_ncols=sized, ncols=None if sized else 80, nrows=None if sized else 24,
                bar_format=None if total is None else _SIZED)
+    try:
+        yield Bar(bar, desc)
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def notebook_bar(desc: str, *, total: int | None = None, unit: str = " records",
+                 quiet: bool = False) -> Iterator[Bar | None]:
+    """A bar for Python callers (ops/notebook.py): tqdm.auto's widget in Jupyter, text on stderr
+    elsewhere, whatever stderr is (a notebook's is no terminal); None with ``quiet``."""
+    if quiet:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    bar = tqdm(desc=desc, total=total, unit=unit, unit_scale=True, leave=True)
     try:
         yield Bar(bar, desc)
     finally:

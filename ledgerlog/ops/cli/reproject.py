@@ -6,9 +6,11 @@ import typer
 
 from ledgerlog import projections
 from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.errors import UnknownProjectionError
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.cli.progress import admin_with_progress, progress_bar, quiet_option
 from ledgerlog.ops.query.client import NodeClient
+from ledgerlog.streams import catalog
 from ledgerlog.streams.reproject import reproject as run_reproject
 from ledgerlog.streams.reproject import reproject_lock, total_records
 from ledgerlog.streams.runner import Runner
@@ -17,7 +19,8 @@ from ledgerlog.streams.runner import Runner
 @app.command()
 def reproject(ctx: typer.Context,
               names: list[str] | None = typer.Argument(None, metavar="[NAME...]",
-                                                          help=f"Projections (default all): {', '.join(projections.ALL)}."),
+                                                          help=f"Projections (default all): {', '.join(projections.ALL)} "
+                                                               "and the user projections registered with the data dir."),
               keep: bool = typer.Option(True, "--keep/--discard",
                                         help="Keep the replaced version until the next reproject, or delete it."),
               quiet: bool = quiet_option()) -> None:
@@ -27,26 +30,36 @@ def reproject(ctx: typer.Context,
     and keeps answering queries meanwhile (its progress drawn from the node's status). One at a time: exit 1, code REPROJECT_RUNNING, when
     another reproject of the data dir runs."""
     cfg = config_of(ctx)
-    chosen = list(names) if names else list(projections.ALL)
-    unknown = [n for n in chosen if n not in projections.ALL]
-    if unknown:
-        fail(f"unknown projections {unknown}; have {sorted(projections.ALL)}", 2)
+    try:
+        chosen = catalog.check_names(cfg.projections_dir, names or catalog.names(cfg.projections_dir))
+    except UnknownProjectionError as exc:  # a wrong argument of the command: USAGE, exit 2
+        fail(str(exc), 2)
     node = NodeClient.find(cfg)
     if node is not None:
         try:
-            emit(admin_with_progress(node, "reproject", cfg.admin_token, {"names": chosen, "keep": keep},
-                                     "reproject", unit=" events", quiet=quiet))
+            answer = admin_with_progress(node, "reproject", cfg.admin_token, {"names": chosen, "keep": keep},
+                                         "reproject", unit=" events", quiet=quiet)
         finally:
             node.close()
+        emit(answer)
+        _refuse_disagreeing(answer.get("projections", []) if isinstance(answer, dict) else [])
         return
     with reproject_lock(cfg.projections_dir), open_chain(cfg, read_only=True) as chain:
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch,
                       names=chosen, skip_corrupt=True)  # a corrupt live store is what a rebuild replaces
         try:
-            with progress_bar("reproject", total=total_records(chain.log, chosen), unit=" events",
+            with progress_bar("reproject", total=total_records(chain.log, chosen, cfg.projections_dir), unit=" events",
                               quiet=quiet) as tick:
                 result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
                                        keep=keep, workers=cfg.fold_workers, progress=tick)
         finally:
             live.close()
     emit({"projections": result})
+    _refuse_disagreeing(result)
+
+
+def _refuse_disagreeing(result: list[dict]) -> None:
+    """Exit 1 (NONDETERMINISTIC) if a rebuild disagreed with its live store (it was not swapped in)."""
+    refused = [r["error"]["message"] for r in result if isinstance(r, dict) and "error" in r]
+    if refused:
+        fail("; ".join(refused), 1, code="NONDETERMINISTIC")

@@ -25,14 +25,20 @@ def stream_worker(ctx: typer.Context,
                   port: int = typer.Option(0, "--port", help="Port of the status/query endpoint (0: any free; see worker.json)."),
                   batch: int = typer.Option(5000, "--batch", help="Records per fold batch."),
                   session_timeout: float = typer.Option(6.0, "--session-timeout",
-                                                        help="Group session timeout, seconds (a dead worker's share moves after it).")) -> None:
+                                                        help="Group session timeout, seconds (a dead worker's share moves after it)."),
+                  shard: str | None = typer.Option(None, "--shard", help="Fold this projection (balances) "
+                                                   "spread over the group by account, instead of whole projections."),
+                  partitions: int = typer.Option(8, "--partitions", help="With --shard: partitions of the repartition "
+                                                 "topic when it is created (the most workers that can share the fold).")) -> None:
     """Fold projections in a consumer group with the chain's other stream workers (Kafka log only).
     Each owns whole projections, keeps them under WORKER_DIR/projections like the embedded runner,
-    and serves GET /status and /projections/<name> (redirecting to the owner)."""
+    and serves GET /status and /projections/<name> (redirecting to the owner). With --shard balances,
+    the workers share one projection by account (docs/KAFKA.md) and serve GET /accounts/<address>."""
     from ledgerlog.ops.worker.run import run_worker  # faust loads only when a worker runs
 
     if data_dir is not None:
         ctx.find_root().obj["data_dir"] = data_dir
     cfg = config_of(ctx)
     raise typer.Exit(run_worker(cfg, worker_dir, worker_id=worker_id, host=host, port=port, batch=batch,
-                                session_timeout=session_timeout, loglevel=cfg.log_level))
+                                session_timeout=session_timeout, loglevel=cfg.log_level, shard=shard,
+                                partitions=partitions))

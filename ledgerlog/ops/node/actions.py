@@ -21,6 +21,7 @@ from ledgerlog.ops.data.snapshot import snapshot_action
 from ledgerlog.ops.data.snapshot_prune import snapshot_prune_action
 from ledgerlog.ops.data.storage import compact_action
 from ledgerlog.ops.node.keyrotation import rotate_key_action
+from ledgerlog.streams import catalog
 from ledgerlog.streams.reproject import total_records
 
 if TYPE_CHECKING:
@@ -34,13 +35,15 @@ def reproject_action(node: Node, body: dict[str, Any]) -> Any:
     409 REPROJECT_RUNNING while another reproject of the node's projections runs. Its progress
     (events folded of the log's records) shows as job ``job`` (or a new id) in GET /v1/status."""
     names = body.get("names") or None
-    if names is not None:
-        unknown = [n for n in names if not isinstance(n, str) or n not in node.runner.handles]
+    pdir = node.config.projections_dir
+    if names is not None:  # the node's projections, or user projections registered since it started
+        have = catalog.names(pdir)
+        unknown = [n for n in names if not isinstance(n, str) or n not in have]
         if unknown:
-            raise BadRequest(f"names must be projections of this node ({', '.join(sorted(node.runner.handles))}); "
+            raise BadRequest(f"names must be projections of this node ({', '.join(sorted(have))}); "
                              f"unknown: {', '.join(str(n)[:40] for n in unknown[:5])}")
     keep = body.get("keep")
-    total = total_records(node.chain.log, names or list(node.runner.handles))
+    total = total_records(node.chain.log, names or list(node.runner.handles), pdir)
     with node.jobs.run("reproject", body.get("job"), total=total, unit="events") as job:
         return {"projections": node.reproject(names, keep=True if keep is None else keep, progress=job)}
 

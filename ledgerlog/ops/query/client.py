@@ -161,6 +161,16 @@ class NodeClient:
     def tree_head(self, topic: str | None = None, partition: int | None = None) -> dict[str, Any]:
         return self._get("/v1/tree-heads", topic=topic, partition=partition)
 
+    def projections(self) -> dict[str, Any]:
+        return self._get("/v1/projections")
+
+    def projection_entry(self, name: str, key: str) -> dict[str, Any]:
+        return self._get(f"/v1/projections/{name}/keys/{key}")
+
+    def projection_page(self, name: str, prefix: str | None = None, start: str | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+        return self._get(f"/v1/projections/{name}", prefix=prefix, start=start, limit=limit)
+
     def worker(self, address: str) -> dict[str, Any]:
         return self._get(f"/v1/pool/workers/{address}")
 

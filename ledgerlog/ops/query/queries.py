@@ -11,6 +11,7 @@ from ledgerlog import __version__
 from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError
 from ledgerlog.engine.treehead import HeadPublisher
+from ledgerlog.ops.query import userviews
 from ledgerlog.ops.query.proofs import LogProofs
 from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, block_series
 from ledgerlog.projections import balances, chainstate, energy, payouts
@@ -26,6 +27,7 @@ I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit 
 #: providers a page of ``GET /v1/energy/providers`` holds by default, and at most
 PROVIDERS_PAGE, PROVIDERS_PAGE_MAX = 100, 1000
 MAX_PROVIDER_ID = 256  # characters (engine/admission/lines.py)
+DASHBOARD_KEYS = 8  # keys the dashboard shows of each user projection
 
 
 def bad_request(message: str) -> BadRequest:
@@ -226,6 +228,17 @@ class Queries:
         return {"parameters": energy.parameters(self._view("energy"), self.runner.genesis, height), **_at(height),
                 "provenance": self.provenance("energy")}
 
+    # -- any projection's raw state (user projections; ops/query/userviews.py) --------------------
+    def projections(self) -> dict[str, Any]:
+        return userviews.listing(self)
+
+    def projection_entry(self, name: str, key: str) -> dict[str, Any]:
+        return userviews.entry(self, name, key)
+
+    def projection_page(self, name: str, prefix: str | None = None, start: str | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+        return userviews.page(self, name, prefix, start, limit)
+
     def _part(self, name: str, read: Any) -> Any:
         """A dashboard section read from ``name``; None while that projection is failed."""
         h = self.runner.handles[name]
@@ -265,4 +278,19 @@ class Queries:
             "providers": self._part("energy", lambda v: energy.providers(v, 10)),
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
+            "user_projections": self._user_panels(),
         }
+
+    def _user_panels(self) -> list[dict[str, Any]]:
+        """The dashboard's look at each user projection: its first keys in key order."""
+        out: list[dict[str, Any]] = []
+        for name, h in self.runner.handles.items():
+            if not getattr(h.module, "USER", False):
+                continue
+            row: dict[str, Any] = {"name": name, "version": h.module.VERSION}
+            if h.failed is not None:
+                row["failed"] = h.failed.message
+            else:
+                row["items"] = userviews.page(self, name, limit=DASHBOARD_KEYS)["items"]
+            out.append(row)
+        return out

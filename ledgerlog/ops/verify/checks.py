@@ -64,7 +64,7 @@ from ledgerlog.ops.verify.storage import (
     _verified_reads,
     check_stores,
 )
-from ledgerlog.streams import layout
+from ledgerlog.streams import catalog, layout
 from ledgerlog.streams.anchor import Anchor
 from ledgerlog.streams.reproject import total_records
 from ledgerlog.streams.runner import Runner
@@ -169,11 +169,19 @@ def _diff(live: Rdict, replay: Rdict, limit: int = 5) -> list[dict[str, Any]]:
     return out
 
 
+def verified_modules(chain: Chain, config: Config) -> dict[str, Any]:
+    """The projections verify replays: the built-ins, and the data dir's user projections unless
+    the log was pruned (the anchor holds the built-ins only: a user projection has no start)."""
+    if chain.log.prune_point() is not None:
+        return dict(projections.ALL)
+    return catalog.modules(config.projections_dir)
+
+
 def _projections_section(chain: Chain, config: Config, replay: Runner, scratch: str,
                          storage: dict[str, dict[str, Any]], node_running: bool) -> Section:
     sec = Section("projections")
     result: dict[str, Any] = {}
-    for name, module in projections.ALL.items():
+    for name, module in verified_modules(chain, config).items():
         entry: dict[str, Any] = result.setdefault(name, {})
         handle = replay.handles[name]
         replay_digest = handle.store.digest
@@ -323,7 +331,7 @@ def _catch_up_live(chain: Chain, config: Config, storage: dict[str, dict[str, An
     """Bring the sound, current-version live projections to the end of the log (no node runs);
     ``progress`` is told what that adds to the job and of each batch folded."""
     names = []
-    for name, module in projections.ALL.items():
+    for name, module in verified_modules(chain, config).items():
         _path, version = layout.live_path(config.projections_dir, module)
         if storage.get(name, {}).get("ok", True) and version == module.VERSION:
             names.append(name)
@@ -405,8 +413,9 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
                 sections += [_skipped("supply", why), _skipped("projections", why)]
                 return _finish(report, sections, notes, t0)
             try:
-                replay = Runner(chain.log, chain.codec, chain.genesis, scratch,
-                                paths={n: os.path.join(scratch, n) for n in projections.ALL},
+                mods = verified_modules(chain, config)
+                replay = Runner(chain.log, chain.codec, chain.genesis, scratch, names=list(mods), modules=mods,
+                                paths={n: os.path.join(scratch, n) for n in mods},
                                 anchor_dir=config.anchor_dir)  # a pruned log: from the anchor
                 t_replay = time.monotonic()
                 if progress is not None:

@@ -33,6 +33,8 @@ class WorkerHttp:
     def __init__(self, engine: Engine, info: dict[str, Any]) -> None:
         self.engine, self.info = engine, info
         self.route: Callable[[str], str | None] = lambda name: None
+        #: a sharded worker's: the URL of the worker owning an address's shard
+        self.account_route: Callable[[str], str | None] = lambda address: None
         self.app = self._app()
         self.port = 0
         self._server: Any = None
@@ -50,7 +52,7 @@ class WorkerHttp:
 
         @app.get("/projections/{name}")
         async def projection(name: str) -> Response:
-            if name not in projections.ALL:
+            if name not in self.info.get("projections", projections.ALL):
                 return JSONResponse(error_body("NOT_FOUND", f"unknown projection {name[:64]!r}"), 404)
             got = self.engine.answer(name)
             if got is not None:
@@ -59,6 +61,24 @@ class WorkerHttp:
             if owner and owner.rstrip("/") != self.info["url"]:
                 return RedirectResponse(f"{owner.rstrip('/')}/projections/{name}", status_code=307)
             return JSONResponse({**error_body("NOT_SERVING", f"{name} is not served here yet"), "owner": owner}, 503)
+
+        @app.get("/accounts/{address}")
+        def account(address: str, height: int | None = None) -> Response:  # a thread: may wait for a batch
+            answer = getattr(self.engine, "account", None)
+            if answer is None:
+                return JSONResponse(error_body("NOT_FOUND", "accounts are answered by sharded workers "
+                                               "(`stream-worker --shard balances`)"), 404)
+            if height is not None and height < 0:
+                return JSONResponse(error_body("BAD_REQUEST", "height must be >= 0"), 400)
+            got = answer(address, height)
+            if got is not None:
+                return JSONResponse({**got, "worker": self.info["id"]})
+            owner = self.account_route(address)
+            if owner and owner.rstrip("/") != self.info["url"]:
+                query = "" if height is None else f"?height={height}"
+                return RedirectResponse(f"{owner.rstrip('/')}/accounts/{address}{query}", status_code=307)
+            return JSONResponse({**error_body("NOT_SERVING", f"the shard of {address[:64]} is not served here yet"),
+                                 "owner": owner}, 503)
 
         return app
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from clitools import LEDGERLOG, cli_env, running_node, wait_node_url
+from nodetools import TX_COUNT
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -85,6 +86,10 @@ class SimulatedNode:
     def __init__(self, data: Path) -> None:
         self.data = data
         subprocess.run([LEDGERLOG, "--data-dir", str(data), "init"], check=True, capture_output=True, env=cli_env())
+        # a user projection (docs/PROJECTIONS.md), which the dashboard shows in a card of its own
+        (data.parent / "tx_count.py").write_text(TX_COUNT)
+        subprocess.run([LEDGERLOG, "--data-dir", str(data), "projections", "add", "tx_count"], check=True,
+                       capture_output=True, env=cli_env(), cwd=data.parent)
         self.log = open(f"{data}.sim.log", "wb")
         self.proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "run", "--simulate", "--seed", "5",
                                       "--host", "127.0.0.1", "--port", "0"],
@@ -199,4 +204,11 @@ def test_figures_are_the_answers_after_a_restart(node, browser):
             (coins(a["balance"]), a["balance"]) for a in d["richest"]]
         # block figures come from the node's store: full charts on a fresh node's first answer
         assert page["points"]["spark-txs"] == len(d["series"]) >= 10
+        # the user projection's card: its first keys, as GET /v1/projections/tx_count pages them
+        first = httpx.get(url + "/v1/projections/tx_count", params={"limit": 8}, timeout=10).json()["items"]
+        assert first and [p["name"] for p in d["user_projections"]] == ["tx_count"]
+        shown = browser.execute_script("""return [...document.querySelectorAll('tbody[data-projection="tx_count"] tr')]
+            .map(tr => [...tr.cells].map(c => c.textContent))""")
+        assert shown == [[i["key"], str(i["value"])] for i in first]
+        assert browser.find_element(By.ID, "card-user").is_displayed()
         assert console_errors(browser) == []

@@ -1,0 +1,272 @@
+"""The deriver: turns the balances events of the source partitions it holds (derive leases: one per
+partition of the balances topics, so several workers derive in parallel) into rows on the
+repartition topic (key: account; partition: murmur2 of it), and once the broker has acknowledged
+a batch's rows, writes one progress record per lease that moved: the source offset reached, per
+repartition partition the end of that lease's rows, and the height bound its later rows respect
+(topics.Progress). A lease resumes from its newest progress record, wherever it runs.
+
+One consumer reads every held source partition (each in offset order, in which heights never fall:
+admission stamps the tip), so each lease's rows are in height order; the rows of different leases interleave in a
+repartition partition as the derivers happen to run, and the shard merges them back into height
+order with the bounds (shard.py). No broker transactions are needed (Tansu shows aborted ones to
+read_committed readers anyway): a lease killed between its rows and its progress record writes
+those rows again when resumed, and the workers skip them by their source marks (repartition.py).
+The producer is idempotent, so a partition keeps the rows of one producer in produce order. Two
+derivers of one lease at once (a rebalance that has not yet stopped the old owner) only write
+duplicates, which are skipped the same way."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledgerlog.engine import topics as T
+from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.errors import LogError
+from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.kafka_config import KafkaConfig
+from ledgerlog.engine.movements import event_height
+from ledgerlog.projections import balances
+
+from ..feed import EventDecoder, spec_of
+from .repartition import FETCH_WAIT_MS, Names, pack_rows, source_partitions
+from .topics import Progress, ProgressReader
+
+__all__ = ["Deriver"]
+
+_log = logging.getLogger("ledgerlog.shards.deriver")
+
+@dataclass
+class _Lease:
+    """One held source partition: what its newest progress record says (``recorded``), where this
+    deriver is (``now``), and the events read but not derived yet: (offset, height, event)."""
+
+    j: int
+    recorded: Progress
+    now: Progress
+    ahead: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    read_to: int = 0  # the offset after the last record read
+    at_end: bool = False  # the consumer reported the partition's end at ``read_to``
+    recorded_once: bool = False  # a progress record exists (else the first step writes one)
+
+
+class Deriver:
+    """Derives the leases it holds (``hold``; by default every source partition), a batch at a
+    time (``step``)."""
+
+    def __init__(self, log: Log, codec: Codec, genesis: Genesis, kafka: KafkaConfig, names: Names,
+                 partitions: int, *, leases: Iterable[int] | None = None, batch: int = 20_000,
+                 timeout: float = 30.0) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        self.log, self.genesis, self.names = log, genesis, names
+        self.partitions, self.batch, self.timeout = partitions, batch, timeout
+        self.sources = source_partitions(log)
+        self.reader = ProgressReader(kafka, names, timeout)
+        decoder = EventDecoder(codec)
+        self._decode = {t: decoder.for_topic(t, spec_of(balances.FIELDS[t])) for t in balances.TOPICS}
+        # one consumer assigned every held source partition: fetches of all of them in flight at once
+        self.consumer = Consumer(kafka.librdkafka("consumer", {
+            "group.id": f"ledgerlog-deriver-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5}))
+        self._real = {t: kafka.topic_prefix + t for t in balances.TOPICS}
+        self._logical = {r: t for t, r in self._real.items()}
+        for real in self._real.values():  # librdkafka waits ~1 s for metadata on a first assign otherwise
+            self.consumer.list_topics(real, timeout=timeout)
+        self.producer = Producer(kafka.librdkafka("producer", {
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144}))
+        self.leases: dict[int, _Lease] = {}
+        self.records = 0  # row records written by this deriver (duplicates of a resumed lease included)
+        self._tip: tuple[int, int] = (-1, 0)  # (ledger.blocks' end offset, the tip height there)
+        self._by_tp: dict[tuple[str, int], _Lease] = {}
+        self.hold(range(len(self.sources)) if leases is None else leases)
+
+    # -- leases ---------------------------------------------------------------------------------
+    def hold(self, leases: Iterable[int], known: dict[int, Progress] | None = None) -> None:
+        """Derive exactly ``leases`` from now on; a newly held one resumes from its newest record
+        (``known`` ones from the record given: an older record than the newest only makes rows
+        that are written twice, which the shards skip)."""
+        want = set(leases)
+        gone = [j for j in self.leases if j not in want]
+        for j in gone:
+            del self.leases[j]
+        new = sorted(j for j in want if j not in self.leases)
+        if not new:
+            if gone:
+                self._assign()
+            return
+        found = {j: known[j] for j in new if known and j in known}
+        missing = [j for j in new if j not in found]
+        if missing:
+            found.update(self.reader.latest_of(missing))
+        for j in new:
+            t, p = self.sources[j]
+            rec = found.get(j) or Progress(t, p, 0, [0] * self.partitions)
+            if (rec.topic, rec.partition) != (t, p) or len(rec.ends) != self.partitions:
+                raise LogError(f"SHARD_TOPICS: {self.names.progress} partition {j} speaks of {rec.topic}/{rec.partition} "
+                               f"over {len(rec.ends)} partitions, not {t}/{p} over {self.partitions}: delete the "
+                               f"{self.names.base} topics and the workers' shards/ directories")
+            self.leases[j] = _Lease(j, rec, _copy(rec), read_to=rec.position, recorded_once=j in found)
+        self._assign()
+
+    def _assign(self) -> None:
+        from confluent_kafka import TopicPartition as KTP
+
+        self._by_tp = {(self._real[lz.now.topic], lz.now.partition): lz for lz in self.leases.values()}
+        self.consumer.assign([KTP(t, p, lz.read_to) for (t, p), lz in self._by_tp.items()])
+
+    @property
+    def events(self) -> int:
+        """Events the held leases have derived (as their progress records count them)."""
+        return sum(lease.now.events for lease in self.leases.values())
+
+    def lag(self) -> int:
+        """Source records of the held leases not derived yet."""
+        ends = {t: self.log.end_offsets(t) for t in {self.sources[j][0] for j in self.leases}}
+        return sum(max(0, ends[lease.now.topic][lease.now.partition] - lease.now.position)
+                   for lease in self.leases.values())
+
+    # -- deriving -------------------------------------------------------------------------------
+    def step(self) -> int:
+        """Derive what the consumer has of the held leases (up to ``batch`` records); returns how
+        many events (0: nothing new). Records the progress of every lease that moved (or whose
+        bound rose)."""
+        if not self.leases:
+            return 0
+        tip = self._tip_height()  # read before the ends are seen: what lands after is at least this high
+        self._read()
+        errors: list[str] = []
+        produce, poll, topic, n = self.producer.produce, self.producer.poll, self.names.movements, self.partitions
+        genesis = self.genesis
+        count = rows = 0  # events, records
+        for lease in self.leases.values():
+            if not lease.ahead:
+                continue
+            now = lease.now
+            t, p = now.topic, now.partition
+
+            def delivered(err: Any, msg: Any, ends: list[int] = now.ends) -> None:
+                if err is not None:
+                    errors.append(str(err))
+                else:
+                    k, off = msg.partition(), msg.offset()
+                    if off >= ends[k]:
+                        ends[k] = off + 1
+
+            taken, lease.ahead = lease.ahead, []
+            for k, key, value in pack_rows(genesis, t, p, [(off, ev) for off, _h, ev in taken], n):
+                while True:
+                    try:
+                        produce(topic, value, key, k, on_delivery=delivered)
+                        break
+                    except BufferError:  # the local queue is full: let it drain
+                        poll(0.05)
+                rows += 1
+            now.position, now.height, now.events = taken[-1][0] + 1, taken[-1][1], now.events + len(taken)
+            count += len(taken)
+        if rows:
+            self._flush(errors, "rows")
+        self.records += rows
+        moved = []
+        for lease in self.leases.values():
+            now = lease.now
+            # heights never fall along a partition: its last event's bounds the rest; at its end, the tip
+            now.bound = max(tip if lease.at_end else now.height, now.height, now.bound)
+            if not lease.recorded_once or (now.position, now.bound) != (lease.recorded.position, lease.recorded.bound):
+                moved.append(lease)
+        for lease in moved:
+            self.producer.produce(self.names.progress, lease.now.encode(), b"progress", lease.j, on_delivery=self._failed(errors))
+        if moved:
+            self._flush(errors, "progress")
+            for lease in moved:
+                lease.recorded, lease.recorded_once = _copy(lease.now), True
+        return count
+
+    def _read(self) -> None:
+        """Consume what has arrived (up to ``batch`` records) into the leases' buffers, decoded."""
+        from confluent_kafka import KafkaError
+
+        decode, logical, by_tp = self._decode, self._logical, self._by_tp
+        msgs: list[Any] = self.consumer.consume(self.batch, 0.05)  # (the stubs make every field Optional)
+        for m in msgs:
+            lease = by_tp.get((m.topic(), m.partition()))
+            if lease is None:
+                continue  # left over from an earlier assignment
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    # the end (past a transaction's commit marker, so maybe above read_to)
+                    lease.at_end = (m.offset() or 0) >= lease.read_to
+                    continue
+                if err.fatal():
+                    raise LogError(f"deriver: reading {m.topic()}: {err}")
+                _log.warning("deriver: reading %s: %s", m.topic(), err)  # librdkafka retries
+                continue
+            off = m.offset()
+            if off < lease.read_to:
+                continue
+            t = logical[m.topic()]
+            ev = decode[t](m.value(), 0)
+            lease.ahead.append((off, event_height(t, ev), ev))
+            lease.read_to, lease.at_end = off + 1, False
+
+    def _tip_height(self) -> int:
+        """The height of the last block on ``ledger.blocks`` (0 before the first)."""
+        end = self.log.end_offsets(T.BLOCKS)[0]
+        if end != self._tip[0]:
+            recs = self.log.read(T.BLOCKS, 0, end - 1, 1) if end > 0 else []
+            height = event_height(T.BLOCKS, self._decode[T.BLOCKS](recs[-1].value, 0)) if recs else 0
+            self._tip = (end, height)
+        return self._tip[1]
+
+    @staticmethod
+    def _failed(errors: list[str]) -> Any:
+        def report(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+        return report
+
+    def _flush(self, errors: list[str], what: str) -> None:
+        left = self.producer.flush(self.timeout)
+        if left or errors:
+            raise LogError(f"deriver: {left} {what} undelivered to {self.names.base}; errors: {errors[:3]}")
+
+    def run(self, until_idle: bool = False, stop: Any = None, idle_wait: float = 0.1) -> int:
+        """Derive until stopped (``stop.is_set()``), or until nothing is left with ``until_idle``."""
+        total = 0
+        while stop is None or not stop.is_set():
+            n = self.step()
+            total += n
+            if not n:
+                if until_idle and self.idle():
+                    break
+                if not until_idle:
+                    time.sleep(idle_wait)
+        return total
+
+    def idle(self) -> bool:
+        """Has every held lease derived all its partition had (as the consumer last saw its end)?"""
+        return all(lz.at_end and not lz.ahead for lz in self.leases.values())
+
+    def status(self) -> dict[str, Any]:
+        return {"leases": {str(j): {"source": f"{lz.now.topic}/{lz.now.partition}", "position": lz.now.position,
+                                    "height": lz.now.height, "bound": lz.now.bound, "events": lz.now.events}
+                           for j, lz in sorted(list(self.leases.items()))},  # (list: one step under the GIL)
+                "events": self.events, "records_written": self.records}
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(self.timeout)
+        finally:
+            self.reader.close()
+            self.consumer.close()
+
+
+def _copy(p: Progress) -> Progress:
+    return Progress(p.topic, p.partition, p.position, list(p.ends), p.bound, p.height, p.events)
