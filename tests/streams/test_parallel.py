@@ -55,7 +55,7 @@ def test_plans_build_every_projection_once_and_balance_the_work(workers: int) ->
     groups = plan_groups(BENCH, NAMES, workers)  # type: ignore[arg-type]
     _complete(groups, NAMES)
     assert len(groups) <= workers
-    cost = parallel._cost_fn(BENCH, NAMES)  # type: ignore[arg-type]
+    cost = parallel._cost_fn(BENCH, NAMES, dict(projections.ALL))  # type: ignore[arg-type]
     costs = [cost(g) for g in groups]
     assert costs == sorted(costs, reverse=True)  # the caller folds the costliest group
     if workers > 1:
