@@ -211,3 +211,21 @@ def test_shares_after_a_block_in_the_same_chunk(chain, keys, lines, tmp_path) ->
         assert _trees(par) == _trees(chain)
     finally:
         par.close()
+
+
+def test_a_chunk_of_shares_alone_is_admitted_inline(chain, keys, lines, tmp_path) -> None:
+    """Unsigned lines gain nothing from the pool on 2 cores: a chunk without a signature stays
+    inline, a chunk with one goes to the workers, and both admit as sequential admission does."""
+    shares = [lines.share(ALICE, job_id=f"j{i}") for i in range(4)]
+    par = _open(str(tmp_path / "par"), chain.genesis.raw, workers=2, chunk=len(shares))
+    try:
+        got = admit(par, *shares)
+        assert par.admitter.verifier.prepared_lines == 0
+        mixed = [lines.share(BOB, job_id="m"), lines.tx(keys.faucet, ALICE, 5, nonce=1)]
+        got_mixed = admit(par, *mixed)
+        assert par.admitter.verifier.prepared_lines == len(mixed)
+        assert got.to_dict() == admit(chain, *shares).to_dict()
+        assert got_mixed.to_dict() == admit(chain, *mixed).to_dict()
+        assert _records(par) == _records(chain)
+    finally:
+        par.close()

@@ -75,6 +75,9 @@ class Pending:
         return out
 
 
+_SIGNED, _SIGNED_TEXT = b'"signature"', '"signature"'  # in every signed line, in no share
+
+
 class Verifier:
     """Where the state-free work of admission runs. With one worker, inline and lazily (the rules
     verify a signature when they reach it, so duplicates and early rejections cost none); with
@@ -89,9 +92,12 @@ class Verifier:
         self._pool: ProcessPoolExecutor | None = None
 
     def parallel(self, lines: Sequence[bytes | str]) -> bool:
-        """Whether ``prepare`` sends these lines to the pool."""
-        return self.workers > 1 and (len(lines) >= self.min_parallel
-                                     or sum(map(len, lines)) >= _PARALLEL_BYTES)
+        """Whether ``prepare`` sends these lines to the pool: big chunks with a signature to check.
+        A chunk of unsigned lines (shares) admits faster inline on 2 cores than parsed in the pool
+        and sent back (make bench: 26.7k against 22.8k shares/s); the inline path is the reference
+        the pool's must equal, so a signed line this test misses is admitted the same way."""
+        return (self.workers > 1 and (len(lines) >= self.min_parallel or sum(map(len, lines)) >= _PARALLEL_BYTES)
+                and any((_SIGNED in ln) if isinstance(ln, bytes) else (_SIGNED_TEXT in ln) for ln in lines))
 
     def prepare(self, lines: Sequence[bytes | str], ahead: Ahead | None = None) -> Pending:
         """Start preparing ``lines`` in the pool, in slices of about equal bytes (two per worker,
