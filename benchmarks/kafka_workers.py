@@ -64,9 +64,8 @@ def kafka_workers(genesis: dict[str, Any], history_path: str, work: str, *, even
 def _config(work: str, bootstrap: str) -> Any:
     from ledgerlog.engine.config import Config
 
-    # one verify process: a verify pool forked beside librdkafka's threads has crashed (SIGSEGV)
     return Config(data_dir=os.path.join(work, "kw-data"), log_url=f"kafka://{bootstrap}", sync=False,
-                  verify_workers=1, kafka={"ledgerlog.topic_prefix": "kw."})
+                  kafka={"ledgerlog.topic_prefix": "kw."})
 
 
 def _deal(sizes: list[int], workers: int) -> list[list[int]]:

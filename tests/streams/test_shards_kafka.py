@@ -69,9 +69,8 @@ class Dying(Deriver):
 def test_engines_over_a_resumed_deriver_equal_the_embedded_fold(tmp_path, kafka_bootstrap, history):  # noqa: F811
     genesis, lines = history
     digest, answers = reference(tmp_path, history)
-    # verify_workers=1: a verify pool forked beside librdkafka's threads has crashed here (SIGSEGV)
     cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=100,
-                 verify_workers=1, kafka={"ledgerlog.topic_prefix": f"sh-{uuid.uuid4().hex[:10]}."})
+                 kafka={"ledgerlog.topic_prefix": f"sh-{uuid.uuid4().hex[:10]}."})
     init_chain(cfg, genesis)
     kafka = cfg.kafka_connection()
     assert kafka is not None
