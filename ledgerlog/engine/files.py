@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_writer", "write_atomic", "fsync_dir"]
+__all__ = ["atomic_dir", "atomic_writer", "write_atomic", "fsync_dir", "fsync_tree"]
 
 
 def fsync_dir(directory: str) -> None:
@@ -51,3 +52,28 @@ def fsync_tree(root: str, *, files: bool = True) -> None:
         for f in names if files else ():
             fsync_dir(os.path.join(dirpath, f))
         fsync_dir(dirpath)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str, prefix: str, *, clean_stale: bool = False, replace: bool = False) -> Iterator[str]:
+    """A temp directory beside ``dest`` (named ``prefix``...) to build a tree in; on success it is
+    fsynced whole and renamed to ``dest`` (a ``dest`` already there removed first with ``replace``),
+    then the parent is fsynced: readers see no tree or all of it. On error the temp dir goes.
+    ``clean_stale``: first remove temp dirs with ``prefix`` that a crash left."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    if clean_stale:
+        for stale in os.listdir(parent):
+            if stale.startswith(prefix):
+                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if replace and os.path.exists(dest):
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

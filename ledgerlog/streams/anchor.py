@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from ledgerlog.engine.errors import CorruptStoreError, PrunedError
-from ledgerlog.engine.files import fsync_dir, fsync_tree, write_atomic
+from ledgerlog.engine.files import atomic_dir, write_atomic
 
 __all__ = ["ANCHOR_FILE", "Anchor", "anchor_root", "seed", "write_anchor", "remove_others"]
 
@@ -103,10 +102,7 @@ def seed(anchor: Anchor, module: ModuleType, path: str) -> None:
                           f"{'no ' + module.NAME if have is None else f'version {have}'} of it; restore a "
                           "snapshot taken before the prune (or run the ledgerlog version that pruned)")
     src = anchor.store_path(module.NAME)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".seed-{os.path.basename(path)}-")
-    try:
+    with atomic_dir(path, f".seed-{os.path.basename(path)}-") as tmp:
         for name in os.listdir(src):
             s, d = os.path.join(src, name), os.path.join(tmp, name)
             if name.endswith(".sst"):
@@ -116,12 +112,6 @@ def seed(anchor: Anchor, module: ModuleType, path: str) -> None:
                 except OSError:
                     pass
             shutil.copy2(s, d)
-        fsync_tree(tmp)
-        os.rename(tmp, path)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_anchor(root: str, height: int, positions: Mapping[str, list[int]], build: Callable[[str], dict[str, Any]],
@@ -137,21 +127,13 @@ def write_anchor(root: str, height: int, positions: Mapping[str, list[int]], bui
     for stale in os.listdir(root):
         if stale.startswith(TMP_PREFIX):
             shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
-    tmp = tempfile.mkdtemp(dir=root, prefix=f"{TMP_PREFIX}{height}-")
-    try:
+    # replace: a build a crash left at ``final`` before CURRENT moved
+    with atomic_dir(os.path.join(root, final), f"{TMP_PREFIX}{height}-", replace=True) as tmp:
         metas = build(tmp)
         doc = {"format": "ledgerlog-anchor/1", "height": height, "positions": dict(positions),
                "projections": metas, "created_ms": int(time.time() * 1000), **extra}
         with open(os.path.join(tmp, ANCHOR_FILE), "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
-        fsync_tree(tmp)
-        if os.path.exists(os.path.join(root, final)):  # a build a crash left before CURRENT moved
-            shutil.rmtree(os.path.join(root, final))
-        os.rename(tmp, os.path.join(root, final))
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_atomic(os.path.join(root, CURRENT), json.dumps({"dir": final}).encode())
     loaded = Anchor.load(root)
     assert loaded is not None

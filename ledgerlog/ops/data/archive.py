@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -29,7 +27,7 @@ from fastavro import writer as avro_writer
 
 from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.errors import CorruptStoreError, UsageError
-from ledgerlog.engine.files import fsync_dir, fsync_tree
+from ledgerlog.engine.files import atomic_dir
 from ledgerlog.engine.log.base import Log, LogRecord, TopicPartition
 from ledgerlog.engine.movements import event_height
 from ledgerlog.streams.feed import HEIGHT_FIELDS, EventDecoder
@@ -82,14 +80,8 @@ def write_archive(log: Log, codec: Codec, dest: str, ranges: Mapping[TopicPartit
             return manifest
         raise UsageError(f"{dest} already holds another archive (prune height {manifest['prune_height']}); "
                          "move it away or archive elsewhere")
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    for stale in os.listdir(parent):
-        if stale.startswith(f".tmp-{os.path.basename(dest)}-"):
-            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(dest)}-")
     decoder = EventDecoder(codec)  # decodes only the fields a height is read from
-    try:
+    with atomic_dir(dest, f".tmp-{os.path.basename(dest)}-", clean_stale=True) as tmp:
         files: dict[str, Any] = {}
         for (topic, p), (lo, hi) in sorted(ranges.items()):
             if hi <= lo:
@@ -121,12 +113,6 @@ def write_archive(log: Log, codec: Codec, dest: str, ranges: Mapping[TopicPartit
         manifest = {**body, "manifest_sha256": hashlib.sha256(_canonical(body)).hexdigest()}
         with open(os.path.join(tmp, MANIFEST), "wb") as mf:
             mf.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
-        fsync_tree(tmp)
-        os.rename(tmp, dest)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
