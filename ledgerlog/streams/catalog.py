@@ -75,7 +75,7 @@ def _import(entry: dict[str, str]) -> ModuleType:
     if where and where not in sys.path:
         sys.path.append(where)
     mod = importlib.import_module(entry["module"])
-    return importlib.reload(mod) if entry.get("_reload") else mod
+    return importlib.reload(mod)  # a module imported before may have changed since (a version bump)
 
 
 def _mtime(entry: dict[str, str]) -> int:
@@ -107,7 +107,7 @@ def load(source: str, search: str | None = None) -> tuple[ModuleType, dict[str, 
     else:
         entry = {"module": source, "path": os.path.abspath(search or os.getcwd())}
     try:
-        raw = _import({**entry, "_reload": "1"} if "module" in entry else entry)
+        raw = _import(entry)
     except Exception as exc:
         raise ProjectionInvalidError(f"{source} does not import: {type(exc).__name__}: {exc}") from exc
     return adapt(raw, source), entry
@@ -179,7 +179,7 @@ def modules(projections_dir: str | None) -> dict[str, ModuleType]:
             mod = _cache.get(key)
         if mod is None:
             try:
-                mod = adapt(_import({**entry, "_reload": "1"} if "module" in entry else entry), _source_of(entry))
+                mod = adapt(_import(entry), _source_of(entry))
                 if name != mod.NAME:
                     raise ProjectionInvalidError(f"{_source_of(entry)} now declares NAME {mod.NAME!r}, "
                                                  f"registered as {name!r}: remove and add it again")
