@@ -68,7 +68,18 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, dict[str
     return proc.returncode, summary, err.decode(errors="replace")
 
 
-_ABORTED_VISIBLE_CODES = {"BAD_NONCE", "BAD_HEIGHT", "BAD_PREV_HASH", "BAD_TIMESTAMP", "INSUFFICIENT_FUNDS"}
+# what a chain stalled by a partly visible aborted chunk rejects after it: its transactions' nonces
+# are behind, so its block fails, then every later block (BAD_HEIGHT), their transactions and the
+# pool's payouts for rounds that are now no block of the chain (BAD_ROUND)
+_ABORTED_VISIBLE_CODES = {"BAD_NONCE", "BAD_HEIGHT", "BAD_PREV_HASH", "BAD_TIMESTAMP", "INSUFFICIENT_FUNDS",
+                          "BAD_ROUND"}
+
+
+def _stalled_by_an_aborted_chunk(rejections: list[dict[str, Any]]) -> bool:
+    """The re-run's rejections are the cascade of a chain that stopped at one height: only the
+    codes above, and every BAD_HEIGHT expects the same height."""
+    expected = {r["message"].rsplit("expected ", 1)[-1] for r in rejections if r["code"] == "BAD_HEIGHT"}
+    return {r["code"] for r in rejections} <= _ABORTED_VISIBLE_CODES and len(expected) <= 1
 
 
 def _assert_no_record_twice(cfg: Config) -> dict[str, int]:
@@ -148,13 +159,13 @@ def test_ingest_through_a_broker_outage(tmp_path, proxied_broker):
     else:
         pytest.fail(f"ingest kept failing after the restore: {code} {json.dumps(summary)[:3000]} {err[-3000:]}")
     rest = runs[-1]
-    if rest["rejected"] and {r["code"] for r in rest["rejections"]} <= _ABORTED_VISIBLE_CODES:
+    if rest["rejected"] and _stalled_by_an_aborted_chunk(rest["rejections"]):
         # Tansu 0.6 keeps an aborted transaction's records visible to read_committed readers: a
         # cut after part of a chunk's transaction reached the broker leaves that part on the log,
         # so the rest of its lines no longer fit. Nothing may be duplicated even then.
         _assert_no_record_twice(cfg)
         pytest.xfail("the broker kept an aborted transaction visible (Tansu 0.6; real Kafka hides it)")
-    assert rest["rejected"] == 0
+    assert rest["rejected"] == 0, rest["rejections"][:10]
     assert rest["accepted"] + rest["duplicates"] == len(lines)
     assert rest["duplicates"] > 0, "the first run admitted nothing before the cut"
     # everything is there exactly once: a third run finds only duplicates
