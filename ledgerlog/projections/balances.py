@@ -1,8 +1,11 @@
 """Balances: balance, staked and nonce per account, with history by height.
 
 Keys: ``a/<addr>`` -> [balance, staked, nonce, last_height];
-``h/<addr>/<height:8>`` -> [balance, staked, nonce] as of that height, so "balance at H" is one
-seek to the last entry <= H. Money moves by engine.movements, the same rules admission applies.
+``h/<addr>/<span:8>`` -> [[height, balance, staked, nonce], ...]: the account's state as of each
+height it changed at in [span, span + HISTORY_SPAN), ascending (a chunk of history per key: a
+rebuild writes a key per account and span, not per entry), so "balance at H" is one seek to the
+chunk of H's span (or the last one before it) and a search in it. The layout depends on the
+heights alone, never on how events were batched, so equal states have equal digests. Money moves by engine.movements, the same rules admission applies.
 Commutative across partitions: an event older than an account's latest entry adds its delta to
 every later history entry (rare; the runner folds in height order). Every key belongs to one
 account, so the state splits by account into shards (``SHARDABLE``): a shard folds every event
@@ -11,6 +14,7 @@ whole (a rebuild folds them in parallel processes)."""
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +25,9 @@ from ledgerlog.engine.movements import confirmed_nonce, event_height, movements
 from .base import U64, Event, Shard, Txn, View, h8, jdump, jload, shard_of
 
 NAME = "balances"
-VERSION = 1
+VERSION = 2
+#: History chunks: an account's entries of heights [k*SPAN, (k+1)*SPAN) share one key
+HISTORY_SPAN = 64
 SHARDABLE = True
 TOPICS = (T.BLOCKS, T.TRANSACTIONS, T.PROVIDERS, T.SETTLEMENTS, T.PAYOUTS)
 #: the event fields the fold reads (engine.movements: movements, confirmed_nonce, event_height)
@@ -53,16 +59,22 @@ def initial(genesis: Genesis, txn: Txn, shard: Shard | None = None) -> None:
         if shard is not None and shard_of(addr, shard[1]) != shard[0]:
             continue
         txn.put(_akey(addr), jdump([amount, 0, 0, 0]))
-        txn.put(_hprefix(addr) + h8(0), jdump([amount, 0, 0]))
+        txn.put(_hprefix(addr) + h8(0), jdump([[0, amount, 0, 0]]))
+
+
+def _span_of(height: int) -> int:
+    """The first height of the history chunk ``height`` belongs to."""
+    return height - height % HISTORY_SPAN
 
 
 class _Batch:
-    """Accounts and history entries touched by one batch, written once at the end."""
+    """Accounts and history entries touched by one batch, written once at the end: an account's
+    entries go into its chunks, one read and one write per chunk touched, not a key per entry."""
 
     def __init__(self, txn: Txn) -> None:
         self.txn = txn
         self.accts: dict[str, list[int]] = {}
-        self.hist: dict[tuple[str, int], list[int]] = {}
+        self.hist: dict[str, list[list[int]]] = {}  # address -> new [height, balance, staked, nonce], ascending
 
     def apply(self, addr: str, height: int, d_bal: int, d_staked: int, nonce: int) -> None:
         a = self.accts.get(addr)
@@ -74,35 +86,68 @@ class _Batch:
             a[2] = nonce
         if height >= a[3]:
             a[3] = height
-            self.hist[(addr, height)] = a[:3]
+            entries = self.hist.get(addr)
+            if entries is None:
+                self.hist[addr] = [[height, a[0], a[1], a[2]]]
+            elif entries[-1][0] == height:
+                entries[-1] = [height, a[0], a[1], a[2]]
+            else:
+                entries.append([height, a[0], a[1], a[2]])
         else:
             self._rewrite_history(addr, height, d_bal, d_staked, nonce)
 
+    def _write_entries(self, addr: str, entries: list[list[int]]) -> None:
+        """Add ``entries`` (ascending, none below the account's stored ones) to their chunks."""
+        txn, prefix = self.txn, _hprefix(addr)
+        i, n = 0, len(entries)
+        while i < n:
+            span = _span_of(entries[i][0])
+            j = i + 1
+            while j < n and entries[j][0] < span + HISTORY_SPAN:
+                j += 1
+            key = prefix + h8(span)
+            raw = txn.get(key)
+            if raw is None:
+                txn.put(key, jdump(entries[i:j]))
+            else:
+                chunk = jload(raw)
+                if chunk[-1][0] == entries[i][0]:  # the same height, folded on in this batch
+                    chunk.pop()
+                chunk.extend(entries[i:j])
+                txn.put(key, jdump(chunk))
+            i = j
+
     def _rewrite_history(self, addr: str, height: int, d_bal: int, d_staked: int, nonce: int) -> None:
         """An event below the account's latest height: shift every entry from ``height`` on."""
-        prefix = _hprefix(addr)
-        for (a, h), v in list(self.hist.items()):
-            if a == addr:
-                self.txn.put(prefix + h8(h), jdump(v))
-                del self.hist[(a, h)]
-        at = prefix + h8(height)
-        if self.txn.get(at) is None:
-            prev = self.txn.last_at_or_before(prefix, at)
-            self.txn.put(at, prev[1] if prev else jdump([0, 0, 0]))
-        for key, raw in list(self.txn.items(prefix, at)):
-            b, s, n = jload(raw)
-            self.txn.put(key, jdump([b + d_bal, s + d_staked, max(n, nonce)]))
+        pending = self.hist.pop(addr, None)
+        if pending:
+            self._write_entries(addr, pending)
+        txn, prefix = self.txn, _hprefix(addr)
+        at = prefix + h8(_span_of(height))
+        chunk = jload(txn.get(at)) or []
+        if not any(e[0] == height for e in chunk):
+            before = [e for e in chunk if e[0] < height]
+            if before:
+                base = before[-1][1:]
+            else:
+                prev = txn.last_at_or_before(prefix, at[:-8] + h8(_span_of(height) - 1)) if height >= HISTORY_SPAN else None
+                base = jload(prev[1])[-1][1:] if prev else [0, 0, 0]
+            chunk.insert(len(before), [height, *base])
+        txn.put(at, jdump(_shifted(chunk, height, d_bal, d_staked, nonce)))
+        for key, raw in list(txn.items(prefix, at + b"\x00")):
+            txn.put(key, jdump(_shifted(jload(raw), height, d_bal, d_staked, nonce)))
 
     def flush(self) -> None:
-        put, pack = self.txn.put, U64.pack
+        put = self.txn.put
         for addr, a in self.accts.items():
             put(_akey(addr), jdump(a))
-        prefixes: dict[str, bytes] = {}
-        for (addr, height), v in self.hist.items():
-            prefix = prefixes.get(addr)
-            if prefix is None:
-                prefix = prefixes[addr] = _hprefix(addr)
-            put(prefix + pack(height), jdump(v))
+        for addr, entries in self.hist.items():
+            self._write_entries(addr, entries)
+
+
+def _shifted(chunk: list[list[int]], height: int, d_bal: int, d_staked: int, nonce: int) -> list[list[int]]:
+    """``chunk`` with an event's deltas added to every entry from ``height`` on."""
+    return [[h, b + d_bal, s + d_staked, max(n, nonce)] if h >= height else [h, b, s, n] for h, b, s, n in chunk]
 
 
 def fold(genesis: Genesis, events: Iterable[Event], txn: Txn, shard: Shard | None = None) -> None:
@@ -146,10 +191,27 @@ def account(view: View, addr: str, height: int | None = None) -> dict[str, Any]:
     if height is None:
         a = jload(view.get(_akey(addr))) or [0, 0, 0, 0]
         return {"address": addr, "balance": a[0], "staked": a[1], "nonce": a[2], "last_change_height": max(a[3], 0)}
-    prefix = _hprefix(addr)
-    found = view.last_at_or_before(prefix, prefix + h8(height))
-    b, s, n = jload(found[1]) if found else (0, 0, 0)
+    b, s, n = _as_of(view, _hprefix(addr), height)
     return {"address": addr, "balance": b, "staked": s, "nonce": n, "height": height}
+
+
+def _as_of(view: View, prefix: bytes, height: int) -> tuple[int, int, int]:
+    """(balance, staked, nonce) in the last history entry at or below ``height``: in the chunk of
+    its span, or (when that chunk starts above it) the last entry of an earlier chunk."""
+    found = view.last_at_or_before(prefix, prefix + h8(_span_of(height)))
+    while found is not None:
+        chunk = jload(found[1])
+        i = bisect_right(chunk, height, key=_entry_height)
+        if i:
+            _, b, s, n = chunk[i - 1]
+            return b, s, n
+        span = U64.unpack(found[0][-8:])[0]
+        found = view.last_at_or_before(prefix, prefix + h8(span - 1)) if span else None
+    return 0, 0, 0
+
+
+def _entry_height(entry: list[int]) -> int:
+    return entry[0]
 
 
 def richest(view: View, limit: int = 10) -> list[dict[str, Any]]:
