@@ -54,6 +54,15 @@ class _Lease:
     recorded_once: bool = False  # a progress record exists (else the first step writes one)
 
 
+@dataclass
+class _Step:
+    """One step's rows in flight: what each lease it moved will record once they are all
+    acknowledged (``now`` as of the step, and the ends its own rows reached)."""
+
+    moved: list[tuple[_Lease, Progress]]
+    unacked: int = 0
+
+
 class Deriver:
     """Derives the leases it holds (``hold``; by default every source partition), a batch at a
     time (``step``)."""
@@ -82,6 +91,8 @@ class Deriver:
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144}))
         self.leases: dict[int, _Lease] = {}
+        self._steps: list[_Step] = []  # in step order: a step's progress is written after every earlier one's
+        self._errors: list[str] = []  # delivery errors, raised by the next step
         self.records = 0  # row records written by this deriver (duplicates of a resumed lease included)
         self._tip: tuple[int, int] = (-1, 0)  # (ledger.blocks' end offset, the tip height there)
         self._by_tp: dict[tuple[str, int], _Lease] = {}
@@ -92,6 +103,7 @@ class Deriver:
         """Derive exactly ``leases`` from now on; a newly held one resumes from its newest record
         (``known`` ones from the record given: an older record than the newest only makes rows
         that are written twice, which the shards skip)."""
+        self.drain()  # a lease given up has its progress recorded before another deriver takes it
         want = set(leases)
         gone = [j for j in self.leases if j not in want]
         for j in gone:
@@ -135,58 +147,94 @@ class Deriver:
     # -- deriving -------------------------------------------------------------------------------
     def step(self) -> int:
         """Derive what the consumer has of the held leases (up to ``batch`` records); returns how
-        many events (0: nothing new). Records the progress of every lease that moved (or whose
-        bound rose)."""
+        many events (0: nothing new). The rows go out without waiting: each step's progress
+        records (for every lease that moved, or whose bound rose) are written once its rows and
+        every earlier step's are acknowledged, checked at each step; a step with nothing new waits
+        for all of them, so an idle deriver's progress is complete."""
+        self._raise_errors()
         if not self.leases:
             return 0
         tip = self._tip_height()  # read before the ends are seen: what lands after is at least this high
         self._read()
-        errors: list[str] = []
         produce, poll, topic, n = self.producer.produce, self.producer.poll, self.names.movements, self.partitions
         genesis = self.genesis
         count = rows = 0  # events, records
-        for lease in self.leases.values():
-            if not lease.ahead:
-                continue
-            now = lease.now
-            t, p = now.topic, now.partition
-
-            def delivered(err: Any, msg: Any, ends: list[int] = now.ends) -> None:
-                if err is not None:
-                    errors.append(str(err))
-                else:
-                    k, off = msg.partition(), msg.offset()
-                    if off >= ends[k]:
-                        ends[k] = off + 1
-
-            taken, lease.ahead = lease.ahead, []
-            for k, key, value in pack_rows(genesis, t, p, [(off, ev) for off, _h, ev in taken], n):
-                while True:
-                    try:
-                        produce(topic, value, key, k, on_delivery=delivered)
-                        break
-                    except BufferError:  # the local queue is full: let it drain
-                        poll(0.05)
-                rows += 1
-            now.position, now.height, now.events = taken[-1][0] + 1, taken[-1][1], now.events + len(taken)
-            count += len(taken)
-        if rows:
-            self._flush(errors, "rows")
-        self.records += rows
-        moved = []
+        step = _Step([])
         for lease in self.leases.values():
             now = lease.now
+            if lease.ahead:
+                t, p = now.topic, now.partition
+                ends = [0] * n  # the ends this step's rows of the lease reach
+                taken, lease.ahead = lease.ahead, []
+                for k, key, value in pack_rows(genesis, t, p, [(off, ev) for off, _h, ev in taken], n):
+                    while True:
+                        try:
+                            produce(topic, value, key, k, on_delivery=self._delivered(step, ends))
+                            break
+                        except BufferError:  # the local queue is full: let it drain
+                            poll(0.05)
+                    step.unacked += 1
+                    rows += 1
+                now.position, now.height, now.events = taken[-1][0] + 1, taken[-1][1], now.events + len(taken)
+                count += len(taken)
+            else:
+                ends = []
             # heights never fall along a partition: its last event's bounds the rest; at its end, the tip
             now.bound = max(tip if lease.at_end else now.height, now.height, now.bound)
-            if not lease.recorded_once or (now.position, now.bound) != (lease.recorded.position, lease.recorded.bound):
-                moved.append(lease)
-        for lease in moved:
-            self.producer.produce(self.names.progress, lease.now.encode(), b"progress", lease.j, on_delivery=self._failed(errors))
-        if moved:
-            self._flush(errors, "progress")
-            for lease in moved:
-                lease.recorded, lease.recorded_once = _copy(lease.now), True
+            if ends or not lease.recorded_once or (now.position, now.bound) != (lease.recorded.position,
+                                                                                 lease.recorded.bound):
+                step.moved.append((lease, Progress(now.topic, now.partition, now.position, ends, now.bound,
+                                                   now.height, now.events)))
+                lease.recorded, lease.recorded_once = _copy(now), True  # (what it will record)
+        self.records += rows
+        if step.moved:
+            self._steps.append(step)
+        if count:
+            poll(0)  # acknowledgements so far
+            self._record_acknowledged()
+        else:
+            self.drain()
         return count
+
+    def _delivered(self, step: _Step, ends: list[int]) -> Any:
+        def report(err: Any, msg: Any) -> None:
+            if err is not None:
+                self._errors.append(str(err))
+                return
+            k, off = msg.partition(), msg.offset()
+            if off >= ends[k]:
+                ends[k] = off + 1
+            step.unacked -= 1
+        return report
+
+    def _record_acknowledged(self) -> None:
+        """Write the progress records of the leading steps whose rows are all acknowledged."""
+        done = 0
+        for step in self._steps:
+            if step.unacked:
+                break
+            done += 1
+            for lease, rec in step.moved:
+                acked = lease.now.ends  # the ends of every acknowledged step so far
+                for k, end in enumerate(rec.ends):
+                    if end > acked[k]:
+                        acked[k] = end
+                rec.ends = list(acked)
+                self.producer.produce(self.names.progress, rec.encode(), b"progress", lease.j,
+                                      on_delivery=self._failed(self._errors))
+        del self._steps[:done]
+
+    def drain(self) -> None:
+        """Wait until every row written is acknowledged and every progress record is written."""
+        if not self._steps:
+            return
+        self._flush("rows")
+        self._record_acknowledged()
+        self._flush("progress")
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            raise LogError(f"deriver: undelivered to {self.names.base}: {self._errors[:3]}")
 
     def _read(self) -> None:
         """Consume what has arrived (up to ``batch`` records) into the leases' buffers, decoded."""
@@ -232,10 +280,10 @@ class Deriver:
                 errors.append(str(err))
         return report
 
-    def _flush(self, errors: list[str], what: str) -> None:
+    def _flush(self, what: str) -> None:
         left = self.producer.flush(self.timeout)
-        if left or errors:
-            raise LogError(f"deriver: {left} {what} undelivered to {self.names.base}; errors: {errors[:3]}")
+        if left or self._errors:
+            raise LogError(f"deriver: {left} {what} undelivered to {self.names.base}; errors: {self._errors[:3]}")
 
     def run(self, until_idle: bool = False, stop: Any = None, idle_wait: float = 0.1) -> int:
         """Derive until stopped (``stop.is_set()``), or until nothing is left with ``until_idle``."""
@@ -251,8 +299,9 @@ class Deriver:
         return total
 
     def idle(self) -> bool:
-        """Has every held lease derived all its partition had (as the consumer last saw its end)?"""
-        return all(lz.at_end and not lz.ahead for lz in self.leases.values())
+        """Has every held lease derived all its partition had (as the consumer last saw its end),
+        and recorded it?"""
+        return not self._steps and all(lz.at_end and not lz.ahead for lz in self.leases.values())
 
     def status(self) -> dict[str, Any]:
         return {"leases": {str(j): {"source": f"{lz.now.topic}/{lz.now.partition}", "position": lz.now.position,
@@ -262,6 +311,7 @@ class Deriver:
 
     def close(self) -> None:
         try:
+            self.drain()
             self.producer.flush(self.timeout)
         finally:
             self.reader.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.errors import LogError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.kafka_config import KafkaConfig
@@ -127,8 +128,12 @@ class ShardEngine:
             for k in shards:
                 self._owned.pop(k, None)
             self._derive -= derive
-        with self._derive_lock:  # the deriver's step in flight, if any, has finished
-            pass
+        with self._derive_lock:  # the deriver's step in flight, if any, has finished ...
+            if derive and self.deriver is not None:
+                try:  # ... and what it derived is recorded before another worker takes the leases
+                    self.deriver.drain()
+                except LogError as exc:  # the next owner resumes from older records: rows twice, skipped
+                    _log.warning("revoke: progress not recorded: %s", exc)
         with self._batch_lock:
             pass
         _log.info("revoked shards %s, derive leases %s", sorted(shards), sorted(derive))
