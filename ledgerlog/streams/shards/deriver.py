@@ -17,6 +17,7 @@ duplicates, which are skipped the same way."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -39,6 +40,8 @@ from .topics import Progress, ProgressReader
 __all__ = ["Deriver"]
 
 _log = logging.getLogger("ledgerlog.shards.deriver")
+#: How often librdkafka reports the producer's state (``wait_writable`` reads its idempotence state)
+_STATS_MS = 100
 
 @dataclass
 class _Lease:
@@ -87,9 +90,11 @@ class Deriver:
         self._logical = {r: t for t, r in self._real.items()}
         for real in self._real.values():  # librdkafka waits ~1 s for metadata on a first assign otherwise
             self.consumer.list_topics(real, timeout=timeout)
-        self.producer = Producer(kafka.librdkafka("producer", {
+        self._writable = threading.Event()
+        self.producer = Producer({**kafka.librdkafka("producer", {
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144}))
+            "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144,
+            "statistics.interval.ms": _STATS_MS}), "stats_cb": self._stats})
         self.leases: dict[int, _Lease] = {}
         self._steps: list[_Step] = []  # in step order: a step's progress is written after every earlier one's
         self._errors: list[str] = []  # delivery errors, raised by the next step
@@ -97,6 +102,19 @@ class Deriver:
         self._tip: tuple[int, int] = (-1, 0)  # (ledger.blocks' end offset, the tip height there)
         self._by_tp: dict[tuple[str, int], _Lease] = {}
         self.hold(range(len(self.sources)) if leases is None else leases)
+
+    def _stats(self, raw: str) -> None:
+        if not self._writable.is_set() and '"idemp_state":"Assigned"' in raw:
+            self._writable.set()
+
+    def wait_writable(self, timeout: float = 10.0) -> bool:
+        """Wait until the producer has its idempotent producer id (librdkafka asks for it half a
+        second after the producer starts, if no broker was connected yet, and holds every write
+        until then): a worker is ready when it can write, not half a second later."""
+        deadline = time.monotonic() + timeout
+        while not self._writable.is_set() and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+        return self._writable.is_set()
 
     # -- leases ---------------------------------------------------------------------------------
     def hold(self, leases: Iterable[int], known: dict[int, Progress] | None = None) -> None:

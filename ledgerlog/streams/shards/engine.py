@@ -101,6 +101,8 @@ class ShardEngine:
         # ready before any lease comes: a gained lease starts deriving at once
         self.deriver = Deriver(self.log, self.codec, self.genesis, self.kafka, self.names, self.partitions,
                                leases=(), batch=self.batch)
+        if not self.deriver.wait_writable():
+            _log.warning("the deriver's producer has no producer id yet; its first rows wait for it")
         self._fold_thread.start()
         self._derive_thread.start()
         self._progress_thread.start()
