@@ -85,6 +85,7 @@ def test_engines_over_a_resumed_deriver_equal_the_embedded_fold(tmp_path, kafka_
         leases = list(range(len(source_partitions(chain.log))))
         first = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, N, leases=leases[0::2], batch=150)
         second = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, N, leases=leases[1::2], batch=150)
+        assert first.wait_writable() and second.wait_writable()  # their producers have their ids
         assert first.step() > 0 and second.step() > 0 and first.step() > 0
         # a lease moves from the second deriver to a third between steps: a clean handover
         moved = sorted(second.leases)[0]
