@@ -16,6 +16,7 @@ derivers of one lease at once (a rebalance that has not yet stopped the old owne
 duplicates, which are skipped the same way."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -104,7 +105,7 @@ class Deriver:
         self.hold(range(len(self.sources)) if leases is None else leases)
 
     def _stats(self, raw: str) -> None:
-        if not self._writable.is_set() and '"idemp_state":"Assigned"' in raw:
+        if not self._writable.is_set() and json.loads(raw).get("eos", {}).get("idemp_state") == "Assigned":
             self._writable.set()
 
     def wait_writable(self, timeout: float = 10.0) -> bool:
