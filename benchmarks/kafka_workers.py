@@ -125,6 +125,7 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
         n = ensure_topics(kafka, names, PARTITIONS, len(sources))
         deriver = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, n)
         try:
+            deriver.wait_writable()  # setup, as the workers' readiness: the producer's id
             t, cpu = time.perf_counter(), time.process_time()
             derived = deriver.run(until_idle=True)
             secs, cpu = time.perf_counter() - t, time.process_time() - cpu
