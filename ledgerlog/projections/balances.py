@@ -5,7 +5,8 @@ Keys: ``a/<addr>`` -> [balance, staked, nonce, last_height];
 height it changed at in [span, span + HISTORY_SPAN), ascending (a chunk of history per key: a
 rebuild writes a key per account and span, not per entry), so "balance at H" is one seek to the
 chunk of H's span (or the last one before it) and a search in it. The layout depends on the
-heights alone, never on how events were batched, so equal states have equal digests. Money moves by engine.movements, the same rules admission applies.
+heights alone, never on how events were batched, so equal states have equal digests. Money
+moves by engine.movements, the same rules admission applies.
 Commutative across partitions: an event older than an account's latest entry adds its delta to
 every later history entry (rare; the runner folds in height order). Every key belongs to one
 account, so the state splits by account into shards (``SHARDABLE``): a shard folds every event
@@ -130,7 +131,8 @@ class _Batch:
             if before:
                 base = before[-1][1:]
             else:
-                prev = txn.last_at_or_before(prefix, at[:-8] + h8(_span_of(height) - 1)) if height >= HISTORY_SPAN else None
+                span = _span_of(height)  # the last entry of an earlier chunk, if any
+                prev = txn.last_at_or_before(prefix, prefix + h8(span - 1)) if span else None
                 base = jload(prev[1])[-1][1:] if prev else [0, 0, 0]
             chunk.insert(len(before), [height, *base])
         txn.put(at, jdump(_shifted(chunk, height, d_bal, d_staked, nonce)))
