@@ -59,6 +59,17 @@ def wait_node_url(data_dir: str, proc: subprocess.Popen, limit: float = 30) -> s
     raise AssertionError("node did not come up")
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Stop ``proc`` as an operator would: SIGTERM, then SIGKILL if it has not exited in ``timeout`` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 @contextlib.contextmanager
 def running_node(data_dir: str | os.PathLike[str], env: dict[str, str] | None = None,
                  limit: float = 60) -> Iterator[str]:
@@ -72,11 +83,5 @@ def running_node(data_dir: str | os.PathLike[str], env: dict[str, str] | None = 
     try:
         yield wait_node_url(str(data_dir), proc, limit=limit)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        terminate(proc)
     assert proc.returncode == 0, Path(log_path).read_text(errors="replace")[-3000:]

@@ -6,14 +6,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from clitools import LEDGERLOG, cli_env
+from clitools import LEDGERLOG, cli_env, terminate
 
 __all__ = ["Worker", "get", "wait_for"]
 
@@ -45,13 +44,7 @@ class Worker:
         return body if code == 200 else None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc, timeout=20)
         self.err.close()
 
     def tail(self) -> str:

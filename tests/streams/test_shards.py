@@ -9,14 +9,14 @@ import random
 from typing import Any
 
 import pytest
+from workertools import embedded_balances
 
-from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.intjson import loads
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.projections import balances
 from ledgerlog.streams.feed import EventDecoder, Feed
-from ledgerlog.streams.runner import Runner
 from ledgerlog.streams.shards import shard as shard_module
 from ledgerlog.streams.shards.repartition import (
     SOURCES,
@@ -35,21 +35,9 @@ TOPIC = "movements"
 def chain_dir(tmp_path_factory) -> dict[str, Any]:
     genesis, keys = make_genesis(SEED, wallets=10)
     lines = list(generate(genesis, keys, events=1500, seed=SEED, invalid_every=89))
-    cfg = Config(data_dir=str(tmp_path_factory.mktemp("emb") / "data"), sync=False, ingest_chunk=100)
-    init_chain(cfg, genesis)
-    with open_chain(cfg) as chain:
-        chain.admitter.admit(lines)
-        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
-        try:
-            runner.catch_up()
-            view = runner.handles["balances"].store.view()
-            addrs = sorted(k[2:].decode() for k, _ in view.items(b"a/"))
-            height = runner.handles["balances"].store.height
-            answers = {(a, h): balances.account(view, a, h) for a in addrs for h in range(0, height + 2, 7)}
-            answers.update({(a, None): balances.account(view, a) for a in addrs})
-            digest = runner.digests()["balances"]
-        finally:
-            runner.close()
+    data = str(tmp_path_factory.mktemp("emb") / "data")
+    digest, answers, height = embedded_balances(data, genesis, lines, lambda tip: list(range(0, tip + 2, 7)))
+    with open_chain(Config(data_dir=data), read_only=True) as chain:
         feed = Feed(chain.log, EventDecoder(chain.codec), SOURCES, {})
         ends = {t: chain.log.end_offsets(t) for t in SOURCES}
         by_source: dict[int, list[tuple[int, dict[str, Any]]]] = {}

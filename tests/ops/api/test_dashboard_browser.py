@@ -8,7 +8,6 @@ Skips, saying why, where no Chromium or chromedriver is installed (.ci/run insta
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clitools import LEDGERLOG, cli_env, running_node, wait_node_url
+from clitools import LEDGERLOG, cli_env, running_node, terminate, wait_node_url
 from nodetools import TX_COUNT
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
@@ -98,12 +97,7 @@ class SimulatedNode:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            terminate(self.proc)
             self.log.close()
             assert self.proc.returncode == 0, Path(f"{self.data}.sim.log").read_text(errors="replace")[-3000:]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -13,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clitools import LEDGERLOG, cli, cli_env, ok_json, wait_node_url
+from clitools import LEDGERLOG, cli, cli_env, ok_json, terminate, wait_node_url
 
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 
@@ -62,13 +61,7 @@ class Node:
             raise
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
 
 
 def _free_port() -> int:

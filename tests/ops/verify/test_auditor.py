@@ -5,8 +5,6 @@ chain, and the decoded values equal the events on the log."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 import uuid
@@ -15,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from clitools import LEDGERLOG, cli_env
+from clitools import LEDGERLOG, cli_env, terminate
 from kafka_broker import kafka_bootstrap  # noqa: F401  (the session fixture)
 
 from ledgerlog.engine import topics as T
@@ -103,13 +101,7 @@ def test_auditor_reads_the_chain_with_stock_confluent_tooling(tmp_path, kafka_bo
         assert T.subject_of(T.TRANSACTIONS) in subjects
         got = _audit(kafka_bootstrap, prefix, url, cfg.partitions)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        terminate(proc)
 
     with open_chain(cfg, read_only=True) as chain:
         expected = [(r.partition, r.offset, chain.codec.decode(T.TRANSACTIONS, r.value))
