@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any
 
 from ledgerlog.engine import topics as T
@@ -203,17 +204,13 @@ def _as_of(view: View, prefix: bytes, height: int) -> tuple[int, int, int]:
     found = view.last_at_or_before(prefix, prefix + h8(_span_of(height)))
     while found is not None:
         chunk = jload(found[1])
-        i = bisect_right(chunk, height, key=_entry_height)
+        i = bisect_right(chunk, height, key=itemgetter(0))
         if i:
             _, b, s, n = chunk[i - 1]
             return b, s, n
         span = U64.unpack(found[0][-8:])[0]
         found = view.last_at_or_before(prefix, prefix + h8(span - 1)) if span else None
     return 0, 0, 0
-
-
-def _entry_height(entry: list[int]) -> int:
-    return entry[0]
 
 
 def richest(view: View, limit: int = 10) -> list[dict[str, Any]]:

@@ -86,10 +86,10 @@ def shard_paths(path: str, count: int) -> list[str]:
 
 def _cost_fn(log_: Log, names: list[str], mods: dict[str, Any]) -> Callable[[list[Unit]], float]:
     records = {t: sum(log_.end_offsets(t)) for n in names for t in mods[n].TOPICS}
+    fixed = float(os.environ.get(SHARD_FIXED_ENV, SHARD_FIXED))
 
     def cost(group: list[Unit]) -> float:
         topics = {t for n, _, _ in group for t in mods[n].TOPICS}
-        fixed = float(os.environ.get(SHARD_FIXED_ENV, SHARD_FIXED))
         fold = sum(FOLD_COST.get(n, 1.0) * records[t] * (1.0 if k == 1 else fixed + (1 - fixed) / k + MERGE_COST)
                    for n, _, k in group for t in mods[n].TOPICS)
         return READ_COST * sum(records[t] for t in topics) + fold

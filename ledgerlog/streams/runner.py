@@ -232,10 +232,7 @@ class Runner:
                 "ledgerlog.projection": handle.name, "ledgerlog.events": len(events)}):
             txn = handle.store.begin()
             try:
-                if handle.shard is None:
-                    handle.module.fold(self.genesis, events, txn)
-                else:
-                    handle.module.fold(self.genesis, events, txn, handle.shard)
+                self._call_fold(handle, events, txn)
             except Exception as exc:  # noqa: BLE001 - a bug in one fold must not stop the others
                 self._stop_failed(handle, feed, events, exc)
                 return 0
@@ -261,10 +258,7 @@ class Runner:
         picked = feed.picked
         for i, ev in enumerate(events):
             try:
-                if handle.shard is None:
-                    handle.module.fold(self.genesis, [ev], scratch)
-                else:
-                    handle.module.fold(self.genesis, [ev], scratch, handle.shard)
+                self._call_fold(handle, [ev], scratch)
             except Exception as one:  # noqa: BLE001
                 if i < len(picked):
                     topic, partition = feed.tps[picked[i][1]]
@@ -384,6 +378,13 @@ class Runner:
         pos = h.store.positions()
         return all(pos.get((t, p), 0) >= end for t in h.module.TOPICS
                    for p, end in enumerate(targets.get(t, [])))
+
+    def _call_fold(self, handle: ProjectionHandle, events: list[Any], txn: Any) -> None:
+        """The projection's fold over ``events``; a shard's store folds its shard only."""
+        if handle.shard is None:
+            handle.module.fold(self.genesis, events, txn)
+        else:
+            handle.module.fold(self.genesis, events, txn, handle.shard)
 
     def reset_feeds(self) -> None:
         """Forget the read-ahead of every projection (their stores are about to change under them)."""

@@ -240,7 +240,7 @@ class Deriver:
                         acked[k] = end
                 rec.ends = list(acked)
                 self.producer.produce(self.names.progress, rec.encode(), b"progress", lease.j,
-                                      on_delivery=self._failed(self._errors))
+                                      on_delivery=self._progress_delivered)
         del self._steps[:done]
 
     def drain(self) -> None:
@@ -292,12 +292,9 @@ class Deriver:
             self._tip = (end, height)
         return self._tip[1]
 
-    @staticmethod
-    def _failed(errors: list[str]) -> Any:
-        def report(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-        return report
+    def _progress_delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
 
     def _flush(self, what: str) -> None:
         left = self.producer.flush(self.timeout)
