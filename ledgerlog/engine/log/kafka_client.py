@@ -18,7 +18,7 @@ from tenacity import (
 from ..errors import LogError
 from .kafka_config import KafkaConfig, Role, Setting
 
-__all__ = ["Broker", "kafka_error", "transient"]
+__all__ = ["Broker", "arrived", "kafka_error", "transient"]
 
 _log = logging.getLogger("ledgerlog.kafka")
 T = TypeVar("T")
@@ -28,6 +28,19 @@ _TRANSIENT = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROK
               KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
               KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
               KafkaError.CONCURRENT_TRANSACTIONS, KafkaError._WAIT_COORD}
+
+
+def arrived(consumer: Any, limit: int, wait: float) -> list[Any]:
+    """The messages a consumer has fetched, up to ``limit``, waiting at most ``wait`` seconds for
+    the first. (librdkafka's ``consume(limit, timeout)`` waits the whole timeout unless ``limit``
+    messages come: a reader that wants what is there would lose ``timeout`` at every call.)"""
+    msgs: list[Any] = consumer.consume(limit, 0)
+    if msgs or wait <= 0:
+        return msgs
+    first = consumer.poll(wait)
+    if first is None:
+        return []
+    return [first, *consumer.consume(limit - 1, 0)] if limit > 1 else [first]
 
 
 def kafka_error(exc: BaseException) -> KafkaError | None:

@@ -14,7 +14,7 @@ from confluent_kafka import TopicPartition as KTP
 
 from ..errors import LogError
 from .base import LogRecord, TopicPartition
-from .kafka_client import Broker
+from .kafka_client import Broker, arrived
 from .kafka_topics import Topics
 
 __all__ = ["I64", "Reader", "TS_HEADER"]
@@ -113,15 +113,12 @@ class Reader:
         deadline = time.monotonic() + b.timeout
         while len(out) < max_records:
             try:
-                msgs = c.consume(min(max_records - len(out), _READ_BATCH), 0)
+                msgs = arrived(c, min(max_records - len(out), _READ_BATCH), 0.1)
                 if not msgs:
-                    m = c.poll(0.1)
-                    if m is None:
-                        if time.monotonic() > deadline:
-                            raise b.fail(f"reading {topic}[{partition}] at {offset}",
-                                         TimeoutError(f"no answer within {b.timeout:.0f} s"))
-                        continue
-                    msgs = [m]
+                    if time.monotonic() > deadline:
+                        raise b.fail(f"reading {topic}[{partition}] at {offset}",
+                                     TimeoutError(f"no answer within {b.timeout:.0f} s"))
+                    continue
             except KafkaException as exc:
                 raise b.fail(f"reading {topic}[{partition}]", exc) from exc
             deadline = time.monotonic() + b.timeout

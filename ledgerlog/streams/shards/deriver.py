@@ -259,8 +259,10 @@ class Deriver:
         """Consume what has arrived (up to ``batch`` records) into the leases' buffers, decoded."""
         from confluent_kafka import KafkaError
 
+        from ledgerlog.engine.log.kafka_client import arrived
+
         decode, logical, by_tp = self._decode, self._logical, self._by_tp
-        msgs: list[Any] = self.consumer.consume(self.batch, 0.05)  # (the stubs make every field Optional)
+        msgs = arrived(self.consumer, self.batch, 0.05)
         for m in msgs:
             lease = by_tp.get((m.topic(), m.partition()))
             if lease is None:

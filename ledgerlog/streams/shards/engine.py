@@ -70,6 +70,7 @@ class ShardEngine:
         self._derive_lock = threading.Lock()  # held while the deriver steps: a revoke waits for it
         self._stop = threading.Event()
         self._wake = threading.Event()       # an assignment changed: the fold thread looks at once
+        self._derive_wake = threading.Event()  # ... and so does the derive thread
         self._owned: dict[int, _Owned] = {}
         self._derive: set[int] = set()  # held derive leases (source partition numbers)
         self._shards: dict[int, Shard] = {}
@@ -121,6 +122,7 @@ class ShardEngine:
                     self._owned[k] = _Owned(gained_at=now)
             self._derive = {j for j in derive if j < len(self.sources)}
         self._wake.set()
+        self._derive_wake.set()
         _log.info("assigned shards %s, derive leases %s", sorted(shards), sorted(derive))
 
     def revoke(self, shards: Iterable[int], derive: Iterable[int] = ()) -> None:
@@ -167,7 +169,8 @@ class ShardEngine:
                         deriver.hold(wanted, known=self.progress)
                     stepped = deriver.step() if wanted else 0
                 if not stepped:
-                    self._stop.wait(self.idle_wait)
+                    self._derive_wake.wait(self.idle_wait)
+                    self._derive_wake.clear()
         finally:
             deriver.close()
 
@@ -185,6 +188,8 @@ class ShardEngine:
     def _fold_loop(self) -> None:
         from confluent_kafka import TopicPartition as KTP
 
+        from ledgerlog.engine.log.kafka_client import arrived
+
         c = self._consumer
         while not self._stop.is_set():
             with self._lock:
@@ -200,7 +205,9 @@ class ShardEngine:
                     c.assign([KTP(self.names.movements, k, self._shards[k].read_to) for k in owned])
                     self._assigned = owned
             # wait for records without the batch lock: queries and revokes need it only while folding
-            msgs = c.consume(self.batch, self.idle_wait) if owned else []
+            # rows held for other sources' progress: look again soon (the progress thread may release them)
+            wait = 0.01 if any(sh.held for sh in self._shards.values()) else self.idle_wait
+            msgs = arrived(c, self.batch, wait) if owned else []
             by_part: dict[int, list[tuple[int, bytes, bytes]]] = {}
             for m in msgs:
                 err = m.error()
@@ -300,6 +307,7 @@ class ShardEngine:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._derive_wake.set()
         for t in (self._fold_thread, self._derive_thread, self._progress_thread):
             if t.is_alive():
                 t.join(timeout=30)

@@ -115,8 +115,10 @@ class ProgressReader:
         """The newest record of each followed lease that wrote one since the last call."""
         from confluent_kafka import KafkaError
 
+        from ledgerlog.engine.log.kafka_client import arrived
+
         got: dict[int, bytes] = {}
-        for m in self._consumer.consume(1000, timeout):
+        for m in arrived(self._consumer, 1000, timeout):
             err = m.error()
             if err is None:
                 j, value = m.partition(), m.value()
@@ -153,6 +155,8 @@ class ProgressReader:
         from confluent_kafka import KafkaError
         from confluent_kafka import TopicPartition as KTP
 
+        from ledgerlog.engine.log.kafka_client import arrived
+
         c = self._consumer
         c.assign([KTP(self.topic, j, o) for j, o in starts.items()])
         last: dict[int, bytes] = {}
@@ -160,7 +164,7 @@ class ProgressReader:
         deadline = time.monotonic() + self.timeout
         try:
             while left:
-                for m in c.consume(500, 0.2):
+                for m in arrived(c, 500, 0.2):
                     err = m.error()
                     if err is None:
                         j, value = m.partition(), m.value()
