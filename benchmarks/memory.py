@@ -62,7 +62,7 @@ def run(events: int, work: str, data: str | None = None) -> dict[str, Any]:
             with RssSampler(interval=1.0) as rss:
                 live.catch_up()
             secs = time.perf_counter() - t
-            out["first_fold"] = {"seconds": round(secs, 1), "events_per_s": rate(events, secs),
+            out["first_fold"] = {"seconds": round(secs, 3), "events_per_s": rate(events, secs),
                                  "rss": {**rss.summary(), "series_mib": _series(rss)}}
             workers = cfg.fold_workers or (os.cpu_count() or 1)
             _step(f"reproject all, {workers} processes", t0)
@@ -71,7 +71,7 @@ def run(events: int, work: str, data: str | None = None) -> dict[str, Any]:
                 res = reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live,
                                 list(projections.ALL), keep=False, workers=workers)
             secs = time.perf_counter() - t
-            out["reproject_all"] = {"seconds": round(secs, 1), "events_per_s": rate(events, secs),
+            out["reproject_all"] = {"seconds": round(secs, 3), "events_per_s": rate(events, secs),
                                     "workers": workers, "identical_digests": all(r["identical"] for r in res),
                                     "rss": {**rss.summary(), "series_mib": _series(rss)}}
         finally:
