@@ -16,7 +16,8 @@ to at least 2 s, median of three runs with their spread):
 Each pass starts fresh worker processes, waits until every one is ready (imports, broker
 connection, stores opened: excluded) and tells them to go; each worker is the shard engine of
 `ledgerlog stream-worker --shard balances` with its leases given by ``assign`` (the group's join
-delays are not the work's cost). The workers' and the broker's CPU seconds are measured per pass.
+delays are not the work's cost). The workers' and the broker's CPU seconds are measured over each
+pass's work (from the go until the last worker's result).
 The combined digest of every pass is checked against the embedded fold's.
 
 Run alone: ``python -m benchmarks.kafka_workers --events N`` (prints JSON)."""
@@ -157,10 +158,9 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
                 args = {**base, "prefix": "kwf.", "ends": ends}
                 derive = [[] for _ in range(workers)]
             shards = [list(range(w, n, workers)) for w in range(workers)]
-            broker = _broker_cpu()
-            secs, got, cpu = _pass(args, list(zip(shards, derive)), work)
+            secs, got, cpu, broker = _pass(args, list(zip(shards, derive)), work)
             digests.append(got)
-            cpu_of.setdefault((mode, workers), []).append((secs, cpu, _broker_cpu() - broker))
+            cpu_of.setdefault((mode, workers), []).append((secs, cpu, broker))
             return total, secs
 
         figs: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -202,10 +202,12 @@ def _median(figs: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": next(f["seconds"] for f in figs if f["per_s"] == mid)}
 
 
-def _pass(args: dict[str, Any], shares: list[tuple[list[int], list[int]]], work: str) -> tuple[float, str, float]:
+def _pass(args: dict[str, Any], shares: list[tuple[list[int], list[int]]],
+          work: str) -> tuple[float, str, float, float]:
     """Start one worker process per share (shards, source partitions to derive), wait until all
-    are ready, let them go; the seconds until the last is done, the combined digest, and the CPU
-    seconds the workers used until then."""
+    are ready, let them go; the seconds until the last is done, the combined digest, the CPU
+    seconds the workers used until then, and the broker's CPU seconds from the go until the last
+    worker's result came."""
     from ledgerlog.streams.shards.repartition import combine_digests
 
     procs = []
@@ -220,18 +222,26 @@ def _pass(args: dict[str, Any], shares: list[tuple[list[int], list[int]]], work:
             line = p.stdout.readline().strip()
             if line != _READY:
                 raise RuntimeError(f"worker not ready: {line!r}")
-        t = time.perf_counter()
+        broker, t = _broker_cpu(), time.perf_counter()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("GO\n")
             p.stdin.flush()
         results = []
+        for p in procs:  # each prints its result when done, then shuts down
+            assert p.stdout is not None
+            line = ""
+            while not line.startswith(MARK):
+                line = p.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"worker failed (exit {p.wait(timeout=600)})")
+            results.append(json.loads(line[len(MARK):]))
+        broker = _broker_cpu() - broker  # while they worked: their start-up and shutdown are not the work's
         for p in procs:
             assert p.stdout is not None
-            lines = [ln for ln in p.stdout.read().splitlines() if ln.startswith(MARK)]
-            if p.wait(timeout=600) != 0 or not lines:
+            p.stdout.read()
+            if p.wait(timeout=600) != 0:
                 raise RuntimeError(f"worker failed (exit {p.returncode})")
-            results.append(json.loads(lines[-1][len(MARK):]))
         # the work's time: from GO until the last worker was done, as the workers timed it (their
         # shutdown after it, a few hundred ms of joining threads, is not the work's)
         secs = max(r["seconds"] for r in results)
@@ -240,7 +250,7 @@ def _pass(args: dict[str, Any], shares: list[tuple[list[int], list[int]]], work:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return secs, combine_digests(d for r in results for d in r["digests"]), sum(r["cpu_seconds"] for r in results)
+    return secs, combine_digests(d for r in results for d in r["digests"]), sum(r["cpu_seconds"] for r in results), broker
 
 
 def _child(args: dict[str, Any]) -> None:
