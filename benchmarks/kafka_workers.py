@@ -7,9 +7,9 @@ to at least 2 s, median of three runs with their spread):
 
 - **end to end** (``one_worker`` / ``two_workers``; ``ratios.kafka_workers_2_vs_1``): fresh
   repartition topics and empty stores each pass; the workers share the derive leases (source
-  partitions, dealt by size) and the shards, derive and fold at once, and the pass ends when every
-  source partition is derived and every shard has folded all of it. The rate is the chain's
-  balances events (the five source topics) per second.
+  partitions) and the shards as the group deals them (``LeaseLayout.ranges``), derive and fold at
+  once, and the pass ends when every source partition is derived and every shard has folded all
+  of it. The rate is the chain's balances events (the five source topics) per second.
 - **fold only** (``fold_only``): one process derives the repartition topic once (its rate is
   ``derive``), then each pass folds that topic with empty stores, shards split between the workers.
 
@@ -69,17 +69,6 @@ def _config(work: str, bootstrap: str) -> Any:
                   kafka={"ledgerlog.topic_prefix": "kw."})
 
 
-def _deal(sizes: list[int], workers: int) -> list[list[int]]:
-    """Split items (by index) between ``workers``, largest first to the least loaded."""
-    shares: list[list[int]] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for j in sorted(range(len(sizes)), key=lambda j: -sizes[j]):
-        w = loads.index(min(loads))
-        shares[w].append(j)
-        loads[w] += sizes[j]
-    return [sorted(s) for s in shares]
-
-
 def _broker_cpu() -> float:
     """CPU seconds used so far by this process's child brokers (Tansu)."""
     total = 0.0
@@ -103,7 +92,7 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
          reference_digest: str | None) -> dict[str, Any]:
     from ledgerlog.engine.chain import init_chain, open_chain
     from ledgerlog.streams.shards.deriver import Deriver
-    from ledgerlog.streams.shards.repartition import Names, source_partitions
+    from ledgerlog.streams.shards.repartition import LeaseLayout, Names, source_partitions
     from ledgerlog.streams.shards.topics import ensure_topics
 
     cfg = _config(work, bootstrap)
@@ -151,13 +140,15 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
         cpu_of: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
 
         def one_pass(mode: str, workers: int) -> tuple[float, float]:
+            # each worker holds what the group would give it: a contiguous range of the lease topic
+            held = LeaseLayout(n, sources).ranges(workers)
+            shards = [sorted(sh) for sh, _ in held]
             if mode == "e2e":
                 args = {**base, "prefix": fresh_names(), "ends": None}
-                derive = _deal(source_ends, workers)
+                derive = [sorted(de) for _, de in held]
             else:
                 args = {**base, "prefix": "kwf.", "ends": ends}
                 derive = [[] for _ in range(workers)]
-            shards = [list(range(w, n, workers)) for w in range(workers)]
             secs, got, cpu, broker = _pass(args, list(zip(shards, derive)), work)
             digests.append(got)
             cpu_of.setdefault((mode, workers), []).append((secs, cpu, broker))

@@ -134,18 +134,44 @@ def test_shards_sum_to_the_embedded_fold(tmp_path, chain_dir, n, resumes, ordere
             s.close()
 
 
-@pytest.mark.parametrize("shards,sources", [(1, 1), (4, 17), (8, 17), (16, 5), (3, 40)])
-def test_lease_layout_spreads_shards_among_derive_leases(shards, sources) -> None:
+def _sources(spec: dict[str, int]) -> list[tuple[str, int]]:
+    return [(t, p) for t, n in spec.items() for p in range(n)]
+
+
+@pytest.mark.parametrize("shards,spec", [(1, {"a": 1}), (4, {"b": 1, "t": 4, "p": 4, "s": 4, "y": 4}),
+                                         (8, {"b": 1, "t": 4, "p": 4, "s": 4, "y": 4}), (16, {"a": 5}),
+                                         (3, {"a": 8, "b": 32})])
+def test_lease_layout_spreads_shards_among_derive_leases(shards, spec) -> None:
     """Every lease partition stands for exactly one shard or source partition, and each half of
     the lease topic (an assignor's contiguous range for two members) holds shards."""
+    sources = _sources(spec)
     layout = LeaseLayout(shards, sources)
     got_shards, got_derive = layout.split(range(layout.total))
-    assert got_shards == set(range(shards)) and got_derive == set(range(sources))
+    assert got_shards == set(range(shards)) and got_derive == set(range(len(sources)))
     assert [layout.split([layout.of_shard(k)]) for k in range(shards)] == [({k}, set()) for k in range(shards)]
     if shards >= 2:
         half = layout.total // 2
         assert layout.split(range(half))[0] and layout.split(range(half, layout.total))[0]
         assert layout.split(range(half))[1] and layout.split(range(half, layout.total))[1]
+
+
+@pytest.mark.parametrize("shards", [4, 8, 16])
+@pytest.mark.parametrize("members", [2, 3, 4])
+def test_lease_ranges_share_every_source_topic(shards, members) -> None:
+    """Members given contiguous ranges of the lease topic (Kafka's range assignor) each derive an
+    even share of every source topic, not whole topics: the chain's source layout (one block
+    partition, four of each other balances topic)."""
+    sources = _sources({"ledger.blocks": 1, "ledger.transactions": 4, "energy.providers": 4,
+                        "energy.settlements": 4, "pool.payouts": 4})
+    layout = LeaseLayout(shards, sources)
+    shares = layout.ranges(members)
+    assert sorted(k for sh, _ in shares for k in sh) == list(range(shards))
+    assert sorted(j for _, de in shares for j in de) == list(range(len(sources)))
+    for topic in ("ledger.transactions", "energy.providers", "energy.settlements", "pool.payouts"):
+        held = [sum(1 for j in de if sources[j][0] == topic) for _, de in shares]
+        assert max(held) - min(held) <= 1, (topic, held)
+    held = [len(sh) for sh, _ in shares]
+    assert max(held) - min(held) <= 1, held
 
 
 def test_a_silent_source_holds_rows_up_to_the_cap(tmp_path, chain_dir, monkeypatch) -> None:

@@ -62,7 +62,7 @@ class ShardEngine:
         self.partitions, self.shards_dir, self.batch, self.idle_wait = partitions, shards_dir, batch, idle_wait
         self.progress_every = progress_every
         self.sources = source_partitions(log)
-        self.layout = LeaseLayout(partitions, len(self.sources))
+        self.layout = LeaseLayout(partitions, self.sources)
         self.leases = self.layout.total  # the lease topic's partitions
         self._source_ids = [(SOURCES.index(t), p) for t, p in self.sources]
         self._lock = threading.Lock()        # ownership, snapshots

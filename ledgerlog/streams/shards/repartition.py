@@ -14,7 +14,7 @@ deriver writes in source order, and records progress only after its rows are ack
 docs/KAFKA.md, "Exactly once"."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -80,17 +80,20 @@ class Names:
 
 class LeaseLayout:
     """Which lease topic partition leases what: the ``shards`` shard leases sit evenly spread among
-    the ``sources`` derive leases, so the range of lease partitions a group member is given (Kafka's
-    assignors hand out contiguous ranges of a topic) holds its share of both kinds."""
+    the derive leases, so the range of lease partitions a group member is given (Kafka's assignors
+    hand out contiguous ranges of a topic) holds its share of both kinds. The derive leases go
+    along the lease topic stratified by partition (every topic's first partitions, then every
+    topic's next ones), so a range holds a share of each source topic rather than whole topics:
+    in SOURCES order, one member would derive every transaction, nearly all of the work."""
 
-    def __init__(self, shards: int, sources: int) -> None:
-        self.shards, self.sources = shards, sources
-        self.total = shards + sources
+    def __init__(self, shards: int, sources: Sequence[tuple[str, int]]) -> None:
+        self.shards, self.sources = shards, len(sources)
+        self.total = shards + self.sources
         self._shard_at = [(2 * k + 1) * self.total // (2 * shards) for k in range(shards)]
         at = set(self._shard_at)
         derive = [i for i in range(self.total) if i not in at]
         self._role: dict[int, tuple[bool, int]] = {i: (True, k) for k, i in enumerate(self._shard_at)}
-        self._role.update({i: (False, j) for j, i in enumerate(derive)})
+        self._role.update({i: (False, j) for i, j in zip(derive, _stratified(sources))})
 
     def of_shard(self, k: int) -> int:
         """The lease partition of shard ``k``."""
@@ -105,6 +108,26 @@ class LeaseLayout:
             if role is not None:
                 (shards if role[0] else derive).add(role[1])
         return shards, derive
+
+    def ranges(self, members: int) -> list[tuple[set[int], set[int]]]:
+        """What each of ``members`` group members holds when the lease topic is dealt as Kafka's
+        range assignor deals a topic: contiguous ranges, the first ``total % members`` one longer."""
+        out, start = [], 0
+        for m in range(members):
+            n = self.total // members + (1 if m < self.total % members else 0)
+            out.append(self.split(range(start, start + n)))
+            start += n
+        return out
+
+
+def _stratified(sources: Sequence[tuple[str, int]]) -> list[int]:
+    """Source partition numbers (indexes into ``sources``) in the order of where each sits along
+    its topic: partition p of a topic of n at (p + phase) / n, the topics' phases spread over
+    (0, 1) in their order, so every topic's partitions spread evenly and apart from the others'."""
+    topics = list(dict.fromkeys(t for t, _ in sources))
+    count = {t: sum(1 for u, _ in sources if u == t) for t in topics}
+    phase = {t: (i + 0.5) / len(topics) for i, t in enumerate(topics)}
+    return sorted(range(len(sources)), key=lambda j: (sources[j][1] + phase[sources[j][0]]) / count[sources[j][0]])
 
 
 def source_partitions(log: Log) -> list[tuple[str, int]]:
