@@ -7,7 +7,7 @@ to at least 2 s, median of three runs with their spread):
 
 - **end to end** (``one_worker`` / ``two_workers``; ``ratios.kafka_workers_2_vs_1``): fresh
   repartition topics and empty stores each pass; the workers share the derive leases (source
-  partitions) and the shards as the group deals them (``LeaseLayout.ranges``), derive and fold at
+  partitions) and the shards as the group deals them (``LeaseLayout.dealt``), derive and fold at
   once, and the pass ends when every source partition is derived and every shard has folded all
   of it. The rate is the chain's balances events (the five source topics) per second.
 - **fold only** (``fold_only``): one process derives the repartition topic once (its rate is
@@ -140,8 +140,8 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
         cpu_of: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
 
         def one_pass(mode: str, workers: int) -> tuple[float, float]:
-            # each worker holds what the group would give it: a contiguous range of the lease topic
-            held = LeaseLayout(n, sources).ranges(workers)
+            # each worker holds what the group's assignor deals a new group of this size
+            held = LeaseLayout(n, sources).dealt(workers)
             shards = [sorted(sh) for sh, _ in held]
             if mode == "e2e":
                 args = {**base, "prefix": fresh_names(), "ends": None}

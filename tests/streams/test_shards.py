@@ -155,23 +155,28 @@ def test_lease_layout_spreads_shards_among_derive_leases(shards, spec) -> None:
         assert layout.split(range(half))[1] and layout.split(range(half, layout.total))[1]
 
 
-@pytest.mark.parametrize("shards", [4, 8, 16])
+@pytest.mark.parametrize("shards", [8, 16, 32])
 @pytest.mark.parametrize("members", [2, 3, 4])
-def test_lease_ranges_share_every_source_topic(shards, members) -> None:
-    """Members given contiguous ranges of the lease topic (Kafka's range assignor) each derive an
-    even share of every source topic, not whole topics: the chain's source layout (one block
-    partition, four of each other balances topic)."""
+@pytest.mark.parametrize("to_one_first", [False, True])
+def test_the_group_deals_every_member_shards_and_a_share_of_each_source_topic(shards, members, to_one_first) -> None:
+    """As faust's assignor deals the lease topic, to a new group or to members joining one that
+    held it all, each member gets shards and a share of every source topic (laid out topic after
+    topic, one of two members derived all of ledger.transactions, or held every shard); a new
+    group of two splits both evenly (the benchmark's case). The chain's source layout: one block
+    partition, four of each other balances topic; 8 shards and more (the default is 8: with as
+    few shards as members, a new group can leave one member without a shard)."""
     sources = _sources({"ledger.blocks": 1, "ledger.transactions": 4, "energy.providers": 4,
                         "energy.settlements": 4, "pool.payouts": 4})
-    layout = LeaseLayout(shards, sources)
-    shares = layout.ranges(members)
+    shares = LeaseLayout(shards, sources).dealt(members, to_one_first=to_one_first)
     assert sorted(k for sh, _ in shares for k in sh) == list(range(shards))
     assert sorted(j for _, de in shares for j in de) == list(range(len(sources)))
-    for topic in ("ledger.transactions", "energy.providers", "energy.settlements", "pool.payouts"):
-        held = [sum(1 for j in de if sources[j][0] == topic) for _, de in shares]
-        assert max(held) - min(held) <= 1, (topic, held)
     held = [len(sh) for sh, _ in shares]
-    assert max(held) - min(held) <= 1, held
+    assert min(held) >= 1 and max(held) <= 2 * -(-shards // members), held
+    for topic in ("ledger.transactions", "energy.providers", "energy.settlements", "pool.payouts"):
+        derive = [sum(1 for j in de if sources[j][0] == topic) for _, de in shares]
+        assert max(derive) <= -(-4 // members) + 1, (topic, derive)
+        if members == 2 and not to_one_first:
+            assert derive == [2, 2] and held == [shards // 2] * 2, (topic, derive, held)
 
 
 def test_a_silent_source_holds_rows_up_to_the_cap(tmp_path, chain_dir, monkeypatch) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -26,8 +27,8 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.partitioner import partition_for
 from ledgerlog.projections import balances
 
-__all__ = ["BATCH_ROWS", "FETCH_WAIT_MS", "ROWS_PER_EVENT", "SOURCES", "LeaseLayout", "Names", "combine_digests", "mark_of",
-           "pack_rows", "partition_of", "source_partitions", "unpack_rows"]
+__all__ = ["BATCH_ROWS", "FETCH_WAIT_MS", "ROWS_PER_EVENT", "SOURCES", "LeaseLayout", "Names", "combine_digests",
+           "interleave", "mark_of", "pack_rows", "partition_of", "source_partitions", "unpack_rows"]
 
 #: The topics the deriver reads: the balances projection's, in its order (a row's source index).
 SOURCES: tuple[str, ...] = tuple(balances.TOPICS)
@@ -79,21 +80,29 @@ class Names:
 
 
 class LeaseLayout:
-    """Which lease topic partition leases what: the ``shards`` shard leases sit evenly spread among
-    the derive leases, so the range of lease partitions a group member is given (Kafka's assignors
-    hand out contiguous ranges of a topic) holds its share of both kinds. The derive leases go
-    along the lease topic stratified by partition (every topic's first partitions, then every
-    topic's next ones), so a range holds a share of each source topic rather than whole topics:
-    in SOURCES order, one member would derive every transaction, nearly all of the work."""
+    """Which lease topic partition leases what: one partition per shard and one per source
+    partition to derive, interleaved (``interleave``) so that what a group member is dealt, a
+    contiguous range of the lease topic (Kafka's range assignor; about what faust deals members
+    joining a running group) or every m-th partition (faust's round robin for a new group), holds
+    its share of the shards and of each source topic. Laid out topic after topic, one of two
+    members could derive all of ``ledger.transactions`` (nine tenths of the balances events), or
+    hold every shard."""
 
     def __init__(self, shards: int, sources: Sequence[tuple[str, int]]) -> None:
         self.shards, self.sources = shards, len(sources)
         self.total = shards + self.sources
-        self._shard_at = [(2 * k + 1) * self.total // (2 * shards) for k in range(shards)]
-        at = set(self._shard_at)
-        derive = [i for i in range(self.total) if i not in at]
-        self._role: dict[int, tuple[bool, int]] = {i: (True, k) for k, i in enumerate(self._shard_at)}
-        self._role.update({i: (False, j) for i, j in zip(derive, _stratified(sources))})
+        of_topic: dict[str | None, list[int]] = {None: list(range(shards))}  # None: the shards
+        for j, (t, _) in enumerate(sources):
+            of_topic.setdefault(t, []).append(j)
+        taken = dict.fromkeys(of_topic, 0)
+        self._role: dict[int, tuple[bool, int]] = {}
+        self._shard_at = [0] * shards
+        for i, kind in enumerate(interleave({k: len(v) for k, v in of_topic.items()})):
+            n = of_topic[kind][taken[kind]]
+            taken[kind] += 1
+            self._role[i] = (kind is None, n)
+            if kind is None:
+                self._shard_at[n] = i
 
     def of_shard(self, k: int) -> int:
         """The lease partition of shard ``k``."""
@@ -109,25 +118,40 @@ class LeaseLayout:
                 (shards if role[0] else derive).add(role[1])
         return shards, derive
 
-    def ranges(self, members: int) -> list[tuple[set[int], set[int]]]:
-        """What each of ``members`` group members holds when the lease topic is dealt as Kafka's
-        range assignor deals a topic: contiguous ranges, the first ``total % members`` one longer."""
-        out, start = [], 0
-        for m in range(members):
-            n = self.total // members + (1 if m < self.total % members else 0)
-            out.append(self.split(range(start, start + n)))
-            start += n
-        return out
+    def dealt(self, members: int, *, to_one_first: bool = False) -> list[tuple[set[int], set[int]]]:
+        """What each of ``members`` workers holds as the group's assignor (faust's) deals the lease
+        topic: to a new group, or (``to_one_first``) when the others join one that held it all."""
+        from faust.assignor.client_assignment import CopartitionedAssignment
+        from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+
+        held = [CopartitionedAssignment(actives=set(range(self.total)) if to_one_first and m == 0 else None)
+                for m in range(members)]
+        CopartitionedAssignor([], {str(m): a for m, a in enumerate(held)}, self.total, replicas=0).get_assignment()
+        return [self.split(a.actives) for a in held]
 
 
-def _stratified(sources: Sequence[tuple[str, int]]) -> list[int]:
-    """Source partition numbers (indexes into ``sources``) in the order of where each sits along
-    its topic: partition p of a topic of n at (p + phase) / n, the topics' phases spread over
-    (0, 1) in their order, so every topic's partitions spread evenly and apart from the others'."""
-    topics = list(dict.fromkeys(t for t, _ in sources))
-    count = {t: sum(1 for u, _ in sources if u == t) for t in topics}
-    phase = {t: (i + 0.5) / len(topics) for i, t in enumerate(topics)}
-    return sorted(range(len(sources)), key=lambda j: (sources[j][1] + phase[sources[j][0]]) / count[sources[j][0]])
+def interleave(counts: dict[Any, int], members: int = 4) -> list[Any]:
+    """A sequence holding each kind ``counts[kind]`` times, spread so that each contiguous part and
+    each residue class modulo 2..``members`` holds about its share of every kind: at each place,
+    the kind furthest behind an even spread, less how crowded it already is in this place's
+    residue classes (exact fractions: ties go to the first kind)."""
+    total = sum(counts.values())
+    placed = dict.fromkeys(counts, 0)
+    moduli = range(2, members + 1)
+    crowd = {kind: {m: [0] * m for m in moduli} for kind in counts}
+    out: list[Any] = []
+    def urgency(kind: Any, i: int) -> Fraction:
+        behind = Fraction((i + 1) * counts[kind], total) - placed[kind]
+        crowded = sum((crowd[kind][m][i % m] - Fraction(placed[kind], m) for m in moduli), Fraction(0))
+        return behind - crowded / len(moduli)
+
+    for i in range(total):
+        kind = max((k for k in counts if placed[k] < counts[k]), key=lambda k: urgency(k, i))
+        out.append(kind)
+        placed[kind] += 1
+        for m in moduli:
+            crowd[kind][m][i % m] += 1
+    return out
 
 
 def source_partitions(log: Log) -> list[tuple[str, int]]:
