@@ -140,6 +140,7 @@ def interleave(counts: dict[Any, int], members: int = 4) -> list[Any]:
     moduli = range(2, members + 1)
     crowd = {kind: {m: [0] * m for m in moduli} for kind in counts}
     out: list[Any] = []
+
     def urgency(kind: Any, i: int) -> Fraction:
         behind = Fraction((i + 1) * counts[kind], total) - placed[kind]
         crowded = sum((crowd[kind][m][i % m] - Fraction(placed[kind], m) for m in moduli), Fraction(0))
