@@ -139,9 +139,12 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
         digests: list[str] = []
         cpu_of: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
 
+        # each worker holds what the group's assignor deals a new group of this size
+        layout = LeaseLayout(n, sources)
+        dealt = {w: layout.dealt(w) for w in (1, 2)}
+
         def one_pass(mode: str, workers: int) -> tuple[float, float]:
-            # each worker holds what the group's assignor deals a new group of this size
-            held = LeaseLayout(n, sources).dealt(workers)
+            held = dealt[workers]
             shards = [sorted(sh) for sh, _ in held]
             if mode == "e2e":
                 args = {**base, "prefix": fresh_names(), "ends": None}
@@ -157,7 +160,7 @@ def _run(bootstrap: str, genesis: dict[str, Any], history_path: str, work: str, 
         figs: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for _ in range(3):  # alternate, so each figure sees the same load
             for mode in ("e2e", "fold"):
-                for w in (1, 2):
+                for w in dealt:
                     figs.setdefault((mode, w), []).append(steady(partial(one_pass, mode, w), runs=1))
     fold_only: dict[str, Any] = {}
     for (mode, w), got in figs.items():

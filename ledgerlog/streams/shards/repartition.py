@@ -89,20 +89,18 @@ class LeaseLayout:
     hold every shard."""
 
     def __init__(self, shards: int, sources: Sequence[tuple[str, int]]) -> None:
-        self.shards, self.sources = shards, len(sources)
-        self.total = shards + self.sources
-        of_topic: dict[str | None, list[int]] = {None: list(range(shards))}  # None: the shards
+        self.total = shards + len(sources)
+        of_kind: dict[str | None, list[int]] = {None: list(range(shards))}  # None: the shards
         for j, (t, _) in enumerate(sources):
-            of_topic.setdefault(t, []).append(j)
-        taken = dict.fromkeys(of_topic, 0)
-        self._role: dict[int, tuple[bool, int]] = {}
+            of_kind.setdefault(t, []).append(j)
+        left = {kind: iter(numbers) for kind, numbers in of_kind.items()}
+        #: (is a shard, shard or source partition number) of each lease partition
+        self._role = [(kind is None, next(left[kind]))
+                      for kind in interleave({kind: len(numbers) for kind, numbers in of_kind.items()})]
         self._shard_at = [0] * shards
-        for i, kind in enumerate(interleave({k: len(v) for k, v in of_topic.items()})):
-            n = of_topic[kind][taken[kind]]
-            taken[kind] += 1
-            self._role[i] = (kind is None, n)
-            if kind is None:
-                self._shard_at[n] = i
+        for i, (is_shard, k) in enumerate(self._role):
+            if is_shard:
+                self._shard_at[k] = i
 
     def of_shard(self, k: int) -> int:
         """The lease partition of shard ``k``."""
@@ -113,9 +111,9 @@ class LeaseLayout:
         shards: set[int] = set()
         derive: set[int] = set()
         for i in leases:
-            role = self._role.get(i)
-            if role is not None:
-                (shards if role[0] else derive).add(role[1])
+            if 0 <= i < self.total:
+                is_shard, n = self._role[i]
+                (shards if is_shard else derive).add(n)
         return shards, derive
 
     def dealt(self, members: int, *, to_one_first: bool = False) -> list[tuple[set[int], set[int]]]:
