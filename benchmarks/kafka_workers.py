@@ -20,12 +20,14 @@ delays are not the work's cost). The workers' and the broker's CPU seconds are m
 pass's work (from the go until the last worker's result).
 The combined digest of every pass is checked against the embedded fold's.
 
-Run alone: ``python -m benchmarks.kafka_workers --events N`` (prints JSON)."""
+Run alone: ``python -m benchmarks.kafka_workers --events N [--work DIR]`` (prints JSON; its temp
+work directory is removed unless ``--work`` names one)."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -296,17 +298,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.kafka_workers", description=__doc__.split("\n")[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--work", help="work in this directory (default: a temp dir, removed)")
     a = ap.parse_args()
     if a.child:
         _child(json.loads(a.child))
         return
     from ledgerlog.ops.devtools.histgen import make_genesis, write_history
 
-    work = tempfile.mkdtemp(prefix="ll-kw-")
-    genesis, keys = make_genesis(11, wallets=64)
-    path = os.path.join(work, "history.jsonl")
-    write_history(path, genesis, keys, events=a.events, seed=11)
-    print(json.dumps(kafka_workers(genesis, path, work, events=a.events), indent=2))
+    work = a.work or tempfile.mkdtemp(prefix="ll-kw-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        genesis, keys = make_genesis(11, wallets=64)
+        path = os.path.join(work, "history.jsonl")
+        write_history(path, genesis, keys, events=a.events, seed=11)
+        print(json.dumps(kafka_workers(genesis, path, work, events=a.events), indent=2))
+    finally:
+        if a.work is None:  # a run leaves ~200 MB of chain, stores and broker log otherwise
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,15 @@ def test_steady_repeats_each_run_to_the_floor_and_reports_the_median() -> None:
     assert fig["per_s"] == 20.0 and fig["units"] == 40 and fig["seconds"] == 2.0
     assert fig["spread"] == round((30 - 5) / 20, 3)
     assert steady(lambda: (7, 0.01), runs=1, min_seconds=0.0)["runs_per_s"] == [700.0]
+
+
+def test_kafka_workers_run_alone_prints_figures_and_removes_its_work_dir(tmp_path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "LEDGERLOG_BENCH_MIN_SECONDS": "0.01"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kafka_workers", "--events", "400"],
+                          cwd=ROOT, env=env, capture_output=True, check=False, timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    res = json.loads(proc.stdout)
+    assert "error" not in res, res
+    _positive(res["one_worker"], "events_per_s")
+    _positive(res["two_workers"], "events_per_s")
+    assert not list(tmp_path.glob("ll-kw-*"))  # its chain, stores and broker log are gone
