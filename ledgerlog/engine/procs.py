@@ -31,7 +31,10 @@ _stop = threading.Event()
 
 
 def alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    """Whether process ``pid`` runs, ours or another user's (a zombie, killed and not yet
+    reaped, does not)."""
+    if pid <= 0:  # kill(0, 0) would signal our own process group
+        return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rpartition(b")")[2].split()[0] != b"Z"

@@ -24,6 +24,7 @@ from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StorageError
 from ledgerlog.engine.files import fsync_dir, fsync_tree
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.embedded import EmbeddedLog
+from ledgerlog.engine.procs import alive
 from ledgerlog.engine.rocks import open_store
 from ledgerlog.ops.data.snapshot import (
     STEPS,
@@ -35,7 +36,6 @@ from ledgerlog.ops.data.snapshot import (
     verify_snapshot,
 )
 from ledgerlog.ops.jobs import Progress
-from ledgerlog.ops.query.client import pid_alive
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
 
@@ -199,7 +199,7 @@ def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
             pid = int(json.load(f).get("pid", 0))
     except (OSError, ValueError, TypeError, AttributeError):
         pid = 0
-    if pid > 0 and pid_alive(pid):
+    if pid > 0 and alive(pid):
         raise StoreLockedError(f"a node (pid {pid}) runs on {data_dir}; stop it before restoring "
                                f"(or remove a stale {node_file})")
     exists = os.path.exists(target)

@@ -27,29 +27,17 @@ from ledgerlog.engine.errors import (
     TooLargeError,
     error_class_for,
 )
+from ledgerlog.engine.procs import alive
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.streams.parallel import catch_up_parallel
 from ledgerlog.streams.reproject import reproject
 from ledgerlog.streams.runner import Runner
 
-__all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError", "node_error", "open_queries", "pid_alive"]
+__all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError", "node_error", "open_queries"]
 
 #: Bytes of whole lines one ingest POST carries at most (less when the node's cap is lower).
 CHUNK_BYTES = 8 * 1024 * 1024
 _RETRIES = 20  # 429s waited out per chunk
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (ours or another user's)."""
-    if pid <= 0:  # kill(0, 0) would signal our own process group
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def _forget(path: str, seen: bytes) -> None:
@@ -98,7 +86,7 @@ class NodeClient:
             pid, url, instance = int(info.get("pid", 0)), str(info["url"]), info.get("instance")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not pid_alive(pid):
+        if not alive(pid):
             _forget(config.node_file, raw)
             return None
         client = cls(url, ingest_max_body=config.http_ingest_max_body, data_dir=config.data_dir)
