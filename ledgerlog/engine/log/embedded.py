@@ -2,6 +2,7 @@
 consumer-group positions and the write-side state, so one WriteBatch commits them together."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -15,6 +16,7 @@ from rocksdict import Checkpoint, DbClosedError, Rdict
 from .. import storekeys as K
 from ..errors import LogError, PrunedError, StorageError, StoreLockedError
 from ..logtree import Trees, TreeState, has_tree, leaf_of, pruned_leaf
+from ..procs import alive
 from ..prunepoint import PrunePoint
 from ..rocks import (
     WriteBatch,
@@ -39,6 +41,25 @@ def _borrowed(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "borrowed" in str(exc)
 
 
+_SCRATCH_PREFIX = "ledgerlog-secondary-"
+
+
+def _scratch_dir() -> str:
+    """A new directory for a secondary instance's own files (RocksDB's info log), named after this
+    process. Those of processes that no longer run (a build child killed before it closed its
+    log) are removed first, so killed builds do not pile up in the temp dir."""
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        names = []
+    for name in names:
+        pid = name[len(_SCRATCH_PREFIX):].partition("-")[0] if name.startswith(_SCRATCH_PREFIX) else ""
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
+
+
 class EmbeddedLog(Log):
     """Records, ends, group positions, write-side state and the partitions' Merkle trees in one
     local RocksDB: an append's records, state and tree nodes are one WriteBatch."""
@@ -53,7 +74,7 @@ class EmbeddedLog(Log):
         """``secondary``: follow a log another process writes (no lock; ``catch_up()`` to see more)."""
         self.path: str = path
         self.read_only = read_only or secondary
-        self._scratch = tempfile.mkdtemp(prefix="ledgerlog-secondary-") if secondary else None
+        self._scratch = _scratch_dir() if secondary else None
         try:
             self._db = open_store(path, K.LOG_FORMAT, read_only=self.read_only, secondary_dir=self._scratch)
         except BaseException:
