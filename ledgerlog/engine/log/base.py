@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..logtree import Trees
     from ..prunepoint import PrunePoint
 
-__all__ = ["ahead_error", "Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
+__all__ = ["ahead_error", "first_at_height", "Record", "LogRecord", "TopicPartition", "Log", "StateWrites"]
 
 TopicPartition = tuple[str, int]
 #: Write-side state changes committed with an append: key -> value, or None to delete.
@@ -223,6 +223,25 @@ class Log(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def first_at_height(log: Log, topic: str, p: int, lo: int, end: int, height: int,
+                    height_of: Callable[[bytes], int]) -> int:
+    """The first offset in [lo, end) of partition ``p`` whose record's event height
+    (``height_of(value)``) is >= ``height``, or ``end``: a bisection, since heights never
+    decrease along a partition (offsets may have gaps: each probe reads the next record)."""
+    hi = end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        recs = log.read(topic, p, mid, 1)
+        if not recs or recs[0].offset >= end:
+            hi = mid
+            continue
+        if height_of(recs[0].value) < height:
+            lo = recs[0].offset + 1
+        else:
+            hi = mid
+    return lo
 
 
 def ahead_error(what: str, ahead: list[tuple[str, int, int, int]], fix: str) -> AheadOfLogError:

@@ -69,7 +69,7 @@ from ledgerlog.engine.codec import Codec, Registry
 from ledgerlog.engine.config import Config, load_config
 from ledgerlog.engine.errors import ConfigError, ExportError, LogError, SchemaError, StorageError
 from ledgerlog.engine.files import atomic_writer
-from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.base import Log, first_at_height
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.movements import event_height
 from ledgerlog.engine.topics import EVENT_TOPICS, subject_of
@@ -307,7 +307,7 @@ def _bounds(log: Log, topic: str, p: int, start: int, end: int, rng: _Range, dec
     if rng.kind == "offset":
         return max(start, rng.lo or 0), min(end, rng.hi + 1) if rng.hi is not None else end
     if rng.kind == "height" and rng.lo is not None:
-        return _first_at_height(log, topic, p, start, end, rng.lo, decode), end
+        return first_at_height(log, topic, p, start, end, rng.lo, lambda v: event_height(topic, decode(v)[1])), end
     return start, end
 
 
@@ -338,23 +338,6 @@ def _events(log: Log, topic: str, parts: list[int], ends: list[int], rng: _Range
                         sid, h, value)
         if progress is not None:  # the rest of the span: read, or past the end of a height range
             progress(max(0, stop - start) - seen + seen % _PROGRESS_STEP)
-
-
-def _first_at_height(log: Log, topic: str, p: int, lo: int, end: int, height: int, decode: _Decoder) -> int:
-    """The first offset of partition ``p`` in [lo, end) whose event height is >= ``height``
-    (heights are non-decreasing along a partition), or ``end``."""
-    hi = end
-    while lo < hi:
-        mid = (lo + hi) // 2
-        recs = log.read(topic, p, mid, 1)
-        if not recs or recs[0].offset >= end:
-            hi = mid
-            continue
-        if event_height(topic, decode(recs[0].value)[1]) < height:
-            lo = recs[0].offset + 1
-        else:
-            hi = mid
-    return lo
 
 
 # -- export -----------------------------------------------------------------------------------

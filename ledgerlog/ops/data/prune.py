@@ -35,6 +35,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import Chain
 from ledgerlog.engine.errors import BadRequest, PruneHeightError, PruneUnsupportedError
 from ledgerlog.engine.log.base import Log, TopicPartition
+from ledgerlog.engine.log.base import first_at_height as log_first_at_height
 from ledgerlog.engine.movements import event_height
 from ledgerlog.engine.prunepoint import PRUNED_TOPICS, PrunePoint
 from ledgerlog.ops.data.archive import write_archive
@@ -59,20 +60,8 @@ log = logging.getLogger("ledgerlog.prune")
 
 
 def first_at_height(log_: Log, codec: Codec, topic: str, p: int, lo: int, end: int, height: int) -> int:
-    """The first offset in [lo, end) of partition ``p`` whose event height is >= ``height``, or
-    ``end`` (bisection: heights never decrease along a partition)."""
-    hi = end
-    while lo < hi:
-        mid = (lo + hi) // 2
-        recs = log_.read(topic, p, mid, 1)
-        if not recs or recs[0].offset >= end:
-            hi = mid
-            continue
-        if event_height(topic, codec.decode(topic, recs[0].value)) < height:
-            lo = recs[0].offset + 1
-        else:
-            hi = mid
-    return lo
+    """The first offset in [lo, end) of partition ``p`` whose event height is >= ``height``, or ``end``."""
+    return log_first_at_height(log_, topic, p, lo, end, height, lambda v: event_height(topic, codec.decode(topic, v)))
 
 
 class PrunePlan:
