@@ -276,6 +276,13 @@ class LogContract:
         log.append([], state={b"missing": None})  # deleting what is not there is fine
         assert log.state_get(b"missing") is None
 
+    def test_state_read_many_at_once_in_order(self, log):
+        if not log.keeps_state:
+            pytest.skip("backend keeps no write-side state")
+        log.append([], state={b"a/1": b"one", b"a/2": b"two"})
+        assert log.state_get_many([]) == []
+        assert log.state_get_many([b"a/2", b"nope", b"a/1", b"a/2"]) == [b"two", None, b"one", b"two"]
+
 
 class PersistenceContract:
     """For backends whose data a new instance sees after a closed one wrote it."""

@@ -179,6 +179,7 @@ class Admitter:
                    summary: Summary) -> tuple[list[Out], Counter[tuple[str, str]]]:
         outs: list[Out] = []
         counts: Counter[tuple[str, str]] = Counter()
+        self.rules.prefetch(parsed)
         for i, item in enumerate(parsed):
             if isinstance(item, Rejection):
                 self._reject(summary, counts, numbers[i], item)

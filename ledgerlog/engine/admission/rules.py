@@ -108,6 +108,12 @@ class Rules:
             accounts[addr] = Account(accounts[addr].balance, accounts[addr].staked, max(accounts[addr].nonce, n))
 
     # -- dispatch ---------------------------------------------------------------------------
+    def prefetch(self, items: list[Item | Rejection]) -> None:
+        """Read ahead, in one call, the state a chunk's shares look up (whether each id was
+        admitted before): a lookup per share was most of the rules' time on share chunks."""
+        seen_key = self.st.seen_key
+        self.st.prefetch([seen_key("s", it.id) for it in items if isinstance(it, ShareLine)])
+
     def admit(self, item: Item) -> list[Out]:
         if isinstance(item, BlockLine):
             return self.block(item)

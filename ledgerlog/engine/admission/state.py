@@ -66,6 +66,20 @@ class WriteState:
             self._cache[key] = v
         return v
 
+    def prefetch(self, keys: list[bytes]) -> None:
+        """Read the committed values of ``keys`` that no overlay or cache holds, in one call, into
+        the cache: the lookups a chunk's rules will make, batched (the rules still read them in
+        order, through the overlays first)."""
+        line, batch, cache = self._line, self._batch, self._cache
+        todo = [k for k in dict.fromkeys(keys) if k not in line and k not in batch and k not in cache]
+        if not todo:
+            return
+        if len(cache) + len(todo) > _CACHE_MAX:
+            cache.clear()
+        loads = intjson.loads
+        for key, raw in zip(todo, self._log.state_get_many(todo)):
+            cache[key] = None if raw is None else loads(raw)
+
     def _put(self, key: bytes, value: Any) -> None:
         self._line[key] = value
 
@@ -151,13 +165,18 @@ class WriteState:
             yield intjson.loads(raw)
 
     # -- ids, providers -------------------------------------------------------------------
+    @staticmethod
+    def seen_key(kind: str, ident: str) -> bytes:
+        """The state key recording that an id of ``kind`` was admitted."""
+        return f"id/{kind}/{ident}".encode()
+
     def seen(self, kind: str, ident: str) -> str | None:
         """Body hash under which an id of ``kind`` was admitted, if it was."""
-        body_hash: str | None = self._get(f"id/{kind}/{ident}".encode())
+        body_hash: str | None = self._get(self.seen_key(kind, ident))
         return body_hash
 
     def mark_seen(self, kind: str, ident: str, body_hash: str) -> None:
-        self._line[f"id/{kind}/{ident}".encode()] = body_hash
+        self._line[self.seen_key(kind, ident)] = body_hash
 
     def provider(self, provider_id: str) -> dict[str, Any] | None:
         pv: dict[str, Any] | None = self._get(_k(b"pv/", provider_id))

@@ -107,6 +107,10 @@ class Log(abc.ABC):
     def state_get(self, key: bytes) -> bytes | None:
         raise LogError(f"{type(self).__name__} keeps no write-side state")
 
+    def state_get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """``state_get`` of each key, in order (backends read them in one call where they can)."""
+        return [self.state_get(k) for k in keys]
+
     def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         raise LogError(f"{type(self).__name__} keeps no write-side state")
 
