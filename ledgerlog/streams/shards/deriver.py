@@ -93,7 +93,11 @@ class Deriver:
             self.consumer.list_topics(real, timeout=timeout)
         self._writable = threading.Event()
         self.producer = Producer({**kafka.librdkafka("producer", {
-            "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.num.messages": 10_000,
+            # gapless: a row that fails stops the producer rather than leaving a gap that later
+            # rows of its partition jump (a resumed lease's rewrite of it would be taken for a
+            # duplicate and skipped)
+            "enable.idempotence": True, "enable.gapless.guarantee": True, "acks": "all", "linger.ms": 5,
+            "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144,
             "statistics.interval.ms": _STATS_MS}), "stats_cb": self._stats})
         self.leases: dict[int, _Lease] = {}
@@ -244,11 +248,11 @@ class Deriver:
         del self._steps[:done]
 
     def drain(self) -> None:
-        """Wait until every row written is acknowledged and every progress record is written."""
-        if not self._steps:
-            return
-        self._flush("rows")
-        self._record_acknowledged()
+        """Wait until every row written is acknowledged and every progress record is written
+        (also those an earlier step queued once its rows were acknowledged)."""
+        if self._steps:
+            self._flush("rows")
+            self._record_acknowledged()
         self._flush("progress")
 
     def _raise_errors(self) -> None:
