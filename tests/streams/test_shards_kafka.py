@@ -161,5 +161,18 @@ def test_engines_over_a_resumed_deriver_equal_the_embedded_fold(tmp_path, kafka_
     try:
         latest = reader.latest_of(leases)
         assert sorted(latest) == leases and sum(r.events for r in latest.values()) == total
+        # every derive was recorded before the engines started: each shard served only once it had
+        # folded to the end of its rows (a target read from some leases' records alone is lower)
+        for g in a.gains + b.gains:
+            assert g["target"] == max(r.ends[g["shard"]] for r in latest.values()), g
+        # following the tails: caught up once every lease was read to its end, with its newest record
+        reader.follow(leases)
+        assert not reader.caught_up  # nothing read yet: a shard's catch-up target is not known
+        newest: dict[int, Any] = {}
+        deadline = time.monotonic() + 30
+        while not reader.caught_up and time.monotonic() < deadline:
+            newest.update(reader.poll(0.2))
+        assert reader.caught_up
+        assert {j: r.encode() for j, r in newest.items()} == {j: r.encode() for j, r in latest.items()}
     finally:
         reader.close()

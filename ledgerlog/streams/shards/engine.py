@@ -183,7 +183,8 @@ class ShardEngine:
             got = self._reader.poll(self.progress_every)
             if got:
                 self.progress = {**self.progress, **got}
-            self._progress_at = time.monotonic()
+            if self._reader.caught_up:  # before, a shard's catch-up target could be too low (even 0)
+                self._progress_at = time.monotonic()
 
     def _fold_loop(self) -> None:
         from confluent_kafka import TopicPartition as KTP

@@ -97,6 +97,13 @@ class ProgressReader:
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5}))
         self._following: set[int] = set()
+        self._ended: set[int] = set()  # followed leases read to an end since ``follow``
+
+    @property
+    def caught_up(self) -> bool:
+        """Has every followed lease been read to an end since ``follow``? Until then the newest
+        records ``poll`` gave are not every lease's newest: too low to measure a catch-up by."""
+        return self._following <= self._ended
 
     def follow(self, leases: list[int]) -> None:
         """Read ``leases``' records from a few before their tails on, as ``poll`` is called: one
@@ -109,7 +116,7 @@ class ProgressReader:
             low, high = c.get_watermark_offsets(KTP(self.topic, j), timeout=self.timeout)
             starts.append(KTP(self.topic, j, max(low, high - 4)))  # Tansu may list an end below the true one
         c.assign(starts)
-        self._following = set(leases)
+        self._following, self._ended = set(leases), set()
 
     def poll(self, timeout: float) -> dict[int, Progress]:
         """The newest record of each followed lease that wrote one since the last call."""
@@ -124,7 +131,9 @@ class ProgressReader:
                 j, value = m.partition(), m.value()
                 if j in self._following and value is not None:
                     got[j] = value  # a partition's records come in offset order: the last one stays
-            elif err.code() != KafkaError._PARTITION_EOF and err.fatal():
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._ended.add(m.partition())
+            elif err.fatal():
                 raise LogError(f"reading {self.topic}: {err}")
         return {j: Progress.decode(raw) for j, raw in got.items()}
 
