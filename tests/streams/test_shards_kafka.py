@@ -176,3 +176,28 @@ def test_engines_over_a_resumed_deriver_equal_the_embedded_fold(tmp_path, kafka_
         assert {j: r.encode() for j, r in newest.items()} == {j: r.encode() for j, r in latest.items()}
     finally:
         reader.close()
+
+
+def test_drain_writes_the_progress_records_already_queued(tmp_path, kafka_bootstrap, history):  # noqa: F811
+    genesis, lines = history
+    cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=100,
+                 kafka={"ledgerlog.topic_prefix": f"sd-{uuid.uuid4().hex[:10]}."})
+    init_chain(cfg, genesis)
+    kafka = cfg.kafka_connection()
+    assert kafka is not None
+    with open_chain(cfg) as chain:
+        chain.admitter.admit(lines)
+        names = Names(kafka.topic_prefix, chain.genesis.hash)
+        ensure_topics(kafka, names, N, len(source_partitions(chain.log)))
+        deriver = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, N, batch=150)
+        try:
+            assert deriver.wait_writable() and _stepped(deriver)
+            deadline = time.monotonic() + 30
+            while any(s.unacked for s in deriver._steps) and time.monotonic() < deadline:
+                deriver.producer.poll(0.05)  # the rows' acknowledgements
+            deriver._record_acknowledged()  # the step's progress records are queued; no step is left
+            assert not deriver._steps
+            deriver.drain()
+            assert len(deriver.producer) == 0  # written, not left in flight
+        finally:
+            deriver.close()
