@@ -312,9 +312,19 @@ class ShardEngine:
         for t in (self._fold_thread, self._derive_thread, self._progress_thread):
             if t.is_alive():
                 t.join(timeout=30)
-        for s in self._shards.values():
-            s.close()
-        self._shards.clear()
+        # the stores close with no batch folding into them and no query reading them (a fold
+        # thread that outlived its join keeps them open rather than fail in a closed store)
+        if self._batch_lock.acquire(timeout=30):
+            try:
+                with self._lock:
+                    self._owned.clear()
+                    for s in self._shards.values():
+                        s.close()
+                    self._shards.clear()
+            finally:
+                self._batch_lock.release()
+        else:
+            _log.warning("stop: a batch is still folding after 60 s; its shard stores are left open")
         if self._consumer is not None:
             self._consumer.close()
         if self._reader is not None:
