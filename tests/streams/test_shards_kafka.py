@@ -201,3 +201,37 @@ def test_drain_writes_the_progress_records_already_queued(tmp_path, kafka_bootst
             assert len(deriver.producer) == 0  # written, not left in flight
         finally:
             deriver.close()
+
+
+class _FullQueue:
+    """A producer whose local queue never has room (a broker gone for good)."""
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        raise BufferError("Local: Queue full")
+
+    def poll(self, timeout: float = 0) -> int:
+        time.sleep(min(timeout, 0.01))
+        return 0
+
+
+def test_a_step_whose_rows_find_no_room_fails_after_the_timeout(tmp_path, kafka_bootstrap, history):  # noqa: F811
+    """Not a wait without end: a revoke waits for the step in flight (and the group for the revoke)."""
+    genesis, lines = history
+    cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=100,
+                 kafka={"ledgerlog.topic_prefix": f"sq-{uuid.uuid4().hex[:10]}."})
+    init_chain(cfg, genesis)
+    kafka = cfg.kafka_connection()
+    assert kafka is not None
+    with open_chain(cfg) as chain:
+        chain.admitter.admit(lines)
+        names = Names(kafka.topic_prefix, chain.genesis.hash)
+        ensure_topics(kafka, names, N, len(source_partitions(chain.log)))
+        deriver = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, N, batch=150, timeout=1.0)
+        real = deriver.producer
+        deriver.producer = _FullQueue()  # type: ignore[assignment]
+        try:  # before, it waited for room for ever (the module's timeout fails that)
+            with pytest.raises(LogError, match="took no rows for 1 s"):
+                _stepped(deriver)
+        finally:
+            deriver.producer = real
+            deriver.close()

@@ -190,11 +190,16 @@ class Deriver:
                 ends = [0] * n  # the ends this step's rows of the lease reach
                 taken, lease.ahead = lease.ahead, []
                 for k, key, value in pack_rows(genesis, t, p, [(off, ev) for off, _h, ev in taken], n):
+                    full_since = None
                     while True:
                         try:
                             produce(topic, value, key, k, on_delivery=self._delivered(step, ends))
                             break
-                        except BufferError:  # the local queue is full: let it drain
+                        except BufferError:  # the local queue is full: let it drain, for a while
+                            full_since = full_since or time.monotonic()
+                            if time.monotonic() - full_since > self.timeout:  # a revoke waits for this step
+                                raise LogError(f"deriver: {self.names.movements} took no rows for "
+                                               f"{self.timeout:.0f} s (broker unreachable?)") from None
                             poll(0.05)
                     step.unacked += 1
                     rows += 1
