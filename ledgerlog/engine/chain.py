@@ -126,7 +126,10 @@ class Chain:
         return self._admitter
 
     def write_state(self) -> WriteState:
-        return self.admitter.state if self._admitter else WriteState(self.log)
+        """A reader of the committed write-side state, with a cache of its own. Never the
+        admitter's: that one is used under its lock only (read outside it while a chunk's
+        append is in flight, its cache could keep the value the append replaces)."""
+        return WriteState(self.log)
 
     def status(self) -> dict[str, Any]:
         tip = self.write_state().tip()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import Lines, encode, snapshot, supply
+from conftest import Lines, admit, encode, snapshot, supply
 from test_admission import ALICE
 
 from ledgerlog.engine.chain import init_chain, open_chain
@@ -85,3 +85,24 @@ def test_threads_admitting_at_once_interleave_whole_chunks(chain, keys, lines) -
     assert sorted((r.accepted, r.rejected) for r in results) == [(30, 0)] * 4
     assert len(chain.write_state().pending(f.address)) == 30
     assert sum(chain.log.end_offsets("pool.shares")) == 90
+
+
+def test_a_read_of_the_tip_during_an_append_leaves_no_stale_tip(chain, keys, lines, monkeypatch) -> None:
+    """Another caller preparing its chunk reads the tip (the stamp its shares most likely get)
+    without the admission lock, while a block's append is being written: what it read must not
+    stay behind as the tip the rules check the next block against."""
+    real = chain.log.append
+
+    def append(records, state=None):
+        chain.admitter._ahead()  # a concurrent prepare, between the batch taken and its write
+        chain.write_state().tip()  # and a reader of the chain's state (retention, status)
+        return real(records, state)
+    monkeypatch.setattr(chain.log, "append", append)
+    first = lines.block()
+    assert admit(chain, first).accepted == 1
+    monkeypatch.setattr(chain.log, "append", real)
+    assert chain.admitter.state.tip().height == 1
+    again = admit(chain, first)  # the same block again: a duplicate, not a second block at height 1
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert admit(chain, lines.block()).accepted == 1  # and the next height follows on
+    assert chain.admitter.state.tip().height == 2

@@ -154,8 +154,8 @@ class Admitter:
     def _ahead(self) -> Ahead:
         """What workers need to make records ahead: value prefixes, and the tip height now (the
         likely stamp of the shares sent; a guess, read without the lock)."""
-        wire = self.codec.wire
-        return Ahead({T.SHARES: wire(T.SHARES, b"")}, self.state.tip().height)
+        wire = self.codec.wire  # the committed tip, not through self.state: this runs without the lock
+        return Ahead({T.SHARES: wire(T.SHARES, b"")}, WriteState(self.log).tip_height())
 
     @_tracer.start_as_current_span("ledgerlog.admit_chunk")
     def _admit_chunk(self, numbers: list[int], parsed: list[Item | Rejection], *, ids: bool = False) -> Summary:

@@ -41,7 +41,8 @@ def _k(prefix: bytes, ident: str) -> bytes:
 
 
 class WriteState:
-    """Typed access to the write-side state; values in the overlays are immutable objects."""
+    """Typed access to the write-side state; values in the overlays are immutable objects. One
+    writer: the admitter uses its instance under its lock; any other reader makes its own."""
 
     def __init__(self, log: Log) -> None:
         self._log = log
