@@ -73,6 +73,23 @@ def test_payout_round_must_be_a_pool_block(chain_factory):
     admit_ok(chain, ln.payout("p2", ALICE, 10, round_height=2))
 
 
+def test_a_block_whose_fees_sum_past_64_bits_is_bad_amount(chain_factory):
+    """Each fee is in range, but their sum is the block event's ``fees`` (PROTOCOL §7: every
+    integer field of an event is signed 64-bit): a rejection with its code, not an error that
+    refuses the whole chunk."""
+    rich = signer_from_byte(0x44)
+    chain = chain_factory(lambda g: g["allocations"].update({rich.address: 2**64}))  # genesis caps no allocation
+    keys = Keys(*(load_signer(chain.config, n) for n in ("producer", "oracle", "treasury", "faucet")))
+    ln = Lines(chain, keys)
+    over = ln.block([ln.tx(rich, ALICE, 1, nonce=1, fee=2**62), ln.tx(rich, ALICE, 1, nonce=2, fee=2**62)])
+    before = snapshot(chain)
+    s = admit(chain, over, ln.share())
+    assert [r["code"] for r in s.rejections] == ["BAD_AMOUNT"] and s.accepted == 1  # the share still goes in
+    assert "fees" in s.rejections[0]["message"]
+    assert snapshot(chain) != before
+    admit_ok(chain, ln.block([ln.tx(rich, ALICE, 1, nonce=1, fee=2**62), ln.tx(rich, ALICE, 1, nonce=2, fee=2**62 - 1)]))
+
+
 # -- blocks are admitted whole ------------------------------------------------------------
 
 

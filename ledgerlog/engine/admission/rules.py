@@ -13,7 +13,7 @@ from ..genesis import Genesis
 from ..governance import PARAMETERS, out_of_range
 from ..movements import confirmed_nonce, movements
 from .encoding import share_event, signed_event
-from .lines import BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
+from .lines import I64, BlockLine, Item, RotationLine, ShareLine, Signed, SignedLine
 from .roles import genesis_identity, identity_of
 from .state import Account, Tip, WriteState
 from .verify import SignatureCache
@@ -184,6 +184,8 @@ class Rules:
                     "block_hash": block_hash}
             outs.append(Out(T.TRANSACTIONS, sender, None, body["timestamp"], signed_event(T.TRANSACTIONS, tx.canonical(), rest)))
 
+        if fees > I64[1]:  # each fee is in range; their sum is the block event's `fees` (PROTOCOL §7)
+            raise Rejection(Code.BAD_AMOUNT, f"the transactions' fees sum to {fees}, outside the signed 64-bit range")
         block_ev = {"header": hdr, "hash": block_hash, "pubkey": b.header.pubkey,
                     "signature": b.header.signature, "txids": txids, "fees": fees,
                     "reward": self.g.block_reward, "evicted": []}
