@@ -6,6 +6,8 @@ a block in the same chunk then changes included)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -171,6 +173,30 @@ def test_parallel_admission_uses_the_workers(chain, keys, lines, tmp_path) -> No
         want = admit(chain, *batch)
         assert got.to_dict() == want.to_dict()
         assert _records(par) == _records(chain)
+    finally:
+        par.close()
+
+
+def test_a_dead_worker_costs_one_chunk_inline_then_new_workers(chain, keys, lines, tmp_path) -> None:
+    """A verify worker killed (OOM, kill -9) breaks its pool: the chunk in hand is parsed inline,
+    with the same result, and the next chunk gets a new pool; ingest never stops."""
+    f = keys.faucet
+    batch = [lines.tx(f, ALICE, 5 + i, nonce=i + 1) for i in range(6)] + [lines.share(ALICE)]
+    par = _open(str(tmp_path / "par"), chain.genesis.raw, workers=2, chunk=2)
+    try:
+        verifier = par.admitter.verifier
+        assert admit(par, *batch[:2]).accepted == 2  # the pool runs
+        for proc in list(verifier._pool._processes.values()):  # type: ignore[union-attr]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(10)
+        got = admit(par, *batch[2:])
+        assert verifier.pools_lost == 1  # forgotten: the next chunk starts new workers
+        assert got.accepted == len(batch) - 2, got.to_dict()
+        assert admit(chain, *batch).accepted == len(batch)
+        assert _records(par) == _records(chain)
+        before = verifier.prepared_lines
+        assert admit(par, lines.tx(f, BOB, 5, nonce=7), lines.tx(f, BOB, 6, nonce=8)).accepted == 2
+        assert verifier.prepared_lines == before + 2 and verifier.pools_lost == 1  # on the new workers
     finally:
         par.close()
 

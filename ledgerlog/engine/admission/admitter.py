@@ -21,11 +21,11 @@ from ..codec import Codec
 from ..errors import Code, Rejection, error_code
 from ..genesis import Genesis
 from ..log.base import Log, Record
-from .lines import Item, item_id, parse_line
+from .lines import Item, item_id
 from .prepare import Ahead
 from .rules import Out, Rules
 from .state import WriteState
-from .verify import Pending, Verifier
+from .verify import Pending, Verifier, parse_all
 
 __all__ = ["MAX_REJECTIONS", "Summary", "Admitter"]
 
@@ -143,13 +143,7 @@ class Admitter:
         numbers, raw = [n for n, _ in chunk], [line for _, line in chunk]
         if self.verifier.parallel(raw):
             return numbers, [], self.verifier.prepare(raw, self._ahead())
-        parsed: list[Item | Rejection] = []
-        for line in raw:
-            try:
-                parsed.append(parse_line(line))
-            except Rejection as rej:
-                parsed.append(rej)
-        return numbers, parsed, None
+        return numbers, parse_all(raw), None
 
     def _ahead(self) -> Ahead:
         """What workers need to make records ahead: value prefixes, and the tip height now (the

@@ -8,17 +8,22 @@ process pool, a slice of the chunk per task, while the admitter checks the rules
 chunks."""
 from __future__ import annotations
 
+import logging
 import multiprocessing
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 
 from ..errors import Rejection
 from ..procs import exit_with_parent
-from .lines import Item, Signed
+from .lines import Item, Signed, parse_line
 from .prepare import Ahead, Prepared, prepare_lines, rebuild, signature_key
 
-__all__ = ["Verifier", "Pending", "SignatureCache"]
+__all__ = ["Verifier", "Pending", "SignatureCache", "parse_all"]
+
+log = logging.getLogger("ledgerlog.admission")
 
 #: Signature keys the admitter remembered lately, sent with every slice (workers learn them)
 _RECENT_KEYS = 2_000
@@ -59,19 +64,38 @@ class SignatureCache:
         return list(islice(reversed(self._known), n))
 
 
-class Pending:
-    """A chunk's lines being prepared in the pool; ``items`` waits and rebuilds them in order."""
+def parse_all(lines: Sequence[bytes | str]) -> list[Item | Rejection]:
+    """Each line parsed inline, or its rejection: the reference the pool's preparation equals."""
+    out: list[Item | Rejection] = []
+    for line in lines:
+        try:
+            out.append(parse_line(line))
+        except Rejection as rej:
+            out.append(rej)
+    return out
 
-    def __init__(self, futures: list[Future[Prepared]], cache: SignatureCache) -> None:
+
+class Pending:
+    """A chunk's lines being prepared in the pool; ``items`` waits and rebuilds them in order. If
+    the pool broke (a worker died: killed, or out of memory), the chunk is parsed inline instead
+    and ``broken`` is told, so the next chunk gets a new pool."""
+
+    def __init__(self, futures: list[Future[Prepared]], cache: SignatureCache, lines: Sequence[bytes | str],
+                 broken: Callable[[ProcessPoolExecutor | None], None], pool: ProcessPoolExecutor | None) -> None:
         self.futures = futures
         self.cache = cache
+        self._lines, self._broken, self._pool = lines, broken, pool
 
     def items(self) -> list[Item | Rejection]:
         out: list[Item | Rejection] = []
-        for f in self.futures:
-            prepared, hits = f.result()
-            self.cache.hits += hits
-            out.extend(map(rebuild, prepared))
+        try:
+            for f in self.futures:
+                prepared, hits = f.result()
+                self.cache.hits += hits
+                out.extend(map(rebuild, prepared))
+        except BrokenProcessPool:
+            self._broken(self._pool)
+            return parse_all(self._lines)
         return out
 
 
@@ -89,7 +113,9 @@ class Verifier:
         self.min_parallel = min_parallel
         self.cache = SignatureCache()
         self.prepared_lines = 0  # lines that went through the pool (for tests and metrics)
+        self.pools_lost = 0  # pools that broke (a worker died) and were replaced
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()  # ingest threads prepare at once: one pool between them
 
     def parallel(self, lines: Sequence[bytes | str]) -> bool:
         """Whether ``prepare`` sends these lines to the pool: big chunks with a signature to check.
@@ -103,29 +129,55 @@ class Verifier:
         """Start preparing ``lines`` in the pool, in slices of about equal bytes (two per worker,
         so a slow slice does not leave a worker idle); with ``ahead``, the workers also make the
         records they can (``prepare.py``)."""
-        if self._pool is None:
-            # spawned, never forked: the caller has threads (a node's HTTP server, Kafka clients,
-            # OpenTelemetry), and a child forked while one of them holds a lock crashed or hung.
-            # Not a fork server either: its children hold its lifeline pipe and it is their parent,
-            # so a killed caller left both waiting for each other (exit_with_parent never fired)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=exit_with_parent)
+        pool = self._the_pool()
         known = self.cache.recent(_RECENT_KEYS)
         slices = self.workers * 2
         target = sum(map(len, lines)) / slices
         futures: list[Future[Prepared]] = []
         start, size = 0, 0
-        for i, line in enumerate(lines):
-            size += len(line)
-            if size >= target and len(futures) < slices - 1:
-                futures.append(self._pool.submit(prepare_lines, lines[start:i + 1], known, ahead))
-                start, size = i + 1, 0
-        if start < len(lines) or not futures:
-            futures.append(self._pool.submit(prepare_lines, lines[start:], known, ahead))
+        try:
+            for i, line in enumerate(lines):
+                size += len(line)
+                if size >= target and len(futures) < slices - 1:
+                    futures.append(pool.submit(prepare_lines, lines[start:i + 1], known, ahead))
+                    start, size = i + 1, 0
+            if start < len(lines) or not futures:
+                futures.append(pool.submit(prepare_lines, lines[start:], known, ahead))
+        except BrokenProcessPool:  # broke since its last chunk: this one is parsed inline (``items``)
+            futures = [_broken_future()]
         self.prepared_lines += len(lines)
-        return Pending(futures, self.cache)
+        return Pending(futures, self.cache, lines, self._lost, pool)
+
+    def _the_pool(self) -> ProcessPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                # spawned, never forked: the caller has threads (a node's HTTP server, Kafka clients,
+                # OpenTelemetry), and a child forked while one of them holds a lock crashed or hung.
+                # Not a fork server either: its children hold its lifeline pipe and it is their parent,
+                # so a killed caller left both waiting for each other (exit_with_parent never fired)
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=exit_with_parent)
+            return self._pool
+
+    def _lost(self, pool: ProcessPoolExecutor | None) -> None:
+        """``pool`` broke: forget it (once), so the next chunk starts a new one."""
+        with self._pool_lock:
+            if pool is None or pool is not self._pool:
+                return
+            self._pool = None
+            self.pools_lost += 1
+        log.warning("a verify worker died; this chunk is prepared inline and the next gets new workers")
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _broken_future() -> Future[Prepared]:
+    """A future that failed as a broken pool's do (its chunk is then parsed inline)."""
+    f: Future[Prepared] = Future()
+    f.set_exception(BrokenProcessPool("the verify workers' pool broke"))
+    return f
