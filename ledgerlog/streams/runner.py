@@ -12,6 +12,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -148,6 +149,7 @@ class Runner:
         # a shard of a build: no anchor (shards are not used on a pruned log)
         store = ProjectionStore(path, bulk=self.bulk)
         if not store.initialised:
+            store.reset()  # whatever is in it is not a state (a killed merge's part)
             txn = store.begin()
             module.initial(self.genesis, txn, shard)
             store.commit(txn, {}, initialised=True)
@@ -159,6 +161,8 @@ class Runner:
         if not self.read_only and not ProjectionStore.exists(path):
             anchor = Anchor.load(self.anchor_dir)
             if anchor is not None and (anchor.covers(module) or self._pruned(module)):
+                if os.path.isdir(path):  # no store, only what a killed sharded build left: in the way
+                    shutil.rmtree(path)
                 seed(anchor, module, path)
             elif self._pruned(module):
                 point = self.log.prune_point()
@@ -180,6 +184,7 @@ class Runner:
                               f"log's start {start} (pruned): rebuild it from the anchor with "
                               f"`ledgerlog reproject {module.NAME}`")
         if not self.read_only and not store.initialised:
+            store.reset()  # whatever is in it is not a state (a killed merge's part)
             txn = store.begin()
             module.initial(self.genesis, txn)
             store.commit(txn, {}, initialised=True)

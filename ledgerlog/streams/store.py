@@ -228,6 +228,18 @@ class ProjectionStore:
     def initialised(self) -> bool:
         return self.db.get(_INIT_KEY) is not None
 
+    def reset(self) -> None:
+        """Empty the store: no state, positions, digest or height, and not initialised (one
+        batch). A store that is not initialised holds nothing valid (a merge killed halfway
+        leaves one so): opening it for a fold resets it before its initial state is written."""
+        wb = WriteBatch(raw_mode=True)
+        for key in (_INIT_KEY, K.DIGEST_KEY, _HEIGHT_KEY):
+            wb.delete(key)
+        wb.delete_range(K.POS_PREFIX, K.POS_PREFIX + b"\xff")
+        wb.delete_range(_STATE_FROM, _STATE_END)
+        self._guard.write(self.db, wb, self._wo)
+        self._load()
+
     def positions(self) -> dict[tuple[str, int], int]:
         """Consumed log positions; cached (this process is the only writer) unless read-only."""
         if self._positions is None or self.read_only:
@@ -305,14 +317,14 @@ class ProjectionStore:
     def absorb(self, parts: list[str]) -> None:
         """Become the union of the shard stores at ``parts``: their state keys (disjoint), the sum
         of their digests, their positions (equal: they were folded to the same ends) and the
-        highest height, committed last. State this store held before is dropped first, so a
-        merge killed halfway is simply done again."""
+        highest height, committed last. The store is reset first, so a merge killed halfway
+        leaves it uninitialised: merged again, or emptied and folded whole, never used as it is."""
         stores = [ProjectionStore(p, read_only=True) for p in parts]
         try:
             positions = stores[0].positions()
             if any(s.positions() != positions for s in stores[1:]):
                 raise ValueError(f"shards of {self.path} were folded to different positions")
-            self.db.delete_range(_STATE_FROM, _STATE_END)
+            self.reset()
             wb, n = WriteBatch(raw_mode=True), 0
             for part in stores:
                 it = part.db.iter()

@@ -178,3 +178,83 @@ def test_a_shard_merge_killed_halfway_is_done_again(chain_dir: Config, tmp_path:
         finally:
             merged.close()
         assert not os.path.isdir(os.path.join(path, parallel.SHARDS_DIR))
+
+
+def _sequential_balances(chain: Any, path: str) -> str:
+    seq = Runner(chain.log, chain.codec, chain.genesis, path, names=["balances"], batch=500)
+    try:
+        seq.catch_up()
+        return seq.digests()["balances"]
+    finally:
+        seq.close()
+
+
+def _fold_shards(chain: Any, tmp_path: Any, path: str, until: list[dict[str, list[int]] | None]) -> None:
+    for i, part in enumerate(shard_paths(path, len(until))):
+        r = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path), names=["balances"], batch=500,
+                   paths={"balances": part}, shards={"balances": (i, len(until))}, bulk=True)
+        try:
+            r.catch_up(until=until[i])
+        finally:
+            r.close()
+
+
+def test_a_merge_killed_halfway_then_folded_whole_gives_the_sequential_digest(chain_dir: Config, tmp_path: Any,
+                                                                               monkeypatch: Any) -> None:
+    """The merge died after emptying the store and copying part of the shards; the next build
+    does not shard (another worker count): it folds the store whole, from nothing, not on top of
+    the part that was copied."""
+    from ledgerlog.streams import store as store_mod
+    monkeypatch.setattr(store_mod, "_MERGE_BATCH", 10)
+    with open_chain(chain_dir, read_only=True) as chain:
+        want = _sequential_balances(chain, str(tmp_path / "seq"))
+        path = str(tmp_path / "build")
+        _fold_shards(chain, tmp_path, path, [None, None])
+        store = ProjectionStore(path, bulk=True)
+        try:
+            real, writes = store._guard.write, [0]
+
+            def write(db: Any, wb: Any, wo: Any) -> None:  # the reset and a batch of state land, then death
+                writes[0] += 1
+                if writes[0] > 2:
+                    raise OSError("killed")
+                real(db, wb, wo)
+            monkeypatch.setattr(store._guard, "write", write)
+            with pytest.raises(OSError, match="killed"):
+                store.absorb(shard_paths(path, 2))
+        finally:
+            store.close()
+        half = ProjectionStore(path, read_only=True)
+        try:
+            assert not half.initialised and half.positions() == {} and list(half.view().items(b"a/"))
+        finally:
+            half.close()
+        whole = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path), names=["balances"], batch=500,
+                       paths={"balances": path})
+        try:
+            whole.catch_up()
+            assert whole.digests()["balances"] == want
+        finally:
+            whole.close()
+
+
+def test_a_shard_that_stopped_early_is_not_merged_and_the_caller_folds_it_whole(chain_dir: Config,
+                                                                                tmp_path: Any) -> None:
+    """A fold that fails stops in one shard only (the account it failed on): the shards then end
+    at different positions; the merge leaves them and reports nothing for the projection, so
+    the caller folds it in its own process (where a failing fold stops that projection alone)."""
+    with open_chain(chain_dir, read_only=True) as chain:
+        path = str(tmp_path / "build")
+        short = {t: [e // 2 for e in chain.log.end_offsets(t)] for t in projections.balances.TOPICS}
+        _fold_shards(chain, tmp_path, path, [None, short])
+        groups = [[("balances", 0, 2)], [("balances", 1, 2)]]
+        assert parallel._merge({"balances": path}, groups, {"balances/0/2": 9, "balances/1/2": 4}, True) == {}
+        assert os.path.isdir(os.path.join(path, parallel.SHARDS_DIR))
+        want = _sequential_balances(chain, str(tmp_path / "seq"))
+        whole = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path), names=["balances"], batch=500,
+                       paths={"balances": path})
+        try:
+            whole.catch_up()
+            assert whole.digests()["balances"] == want
+        finally:
+            whole.close()
