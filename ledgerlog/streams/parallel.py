@@ -327,14 +327,18 @@ def _merge(paths: dict[str, str], groups: list[list[Unit]], folded: dict[str, in
         store = ProjectionStore(paths[n], bulk=True)
         try:
             store.absorb(shard_paths(paths[n], k))
+        except ValueError as exc:  # a shard stopped early (its fold failed): the caller folds it whole
+            log.warning("%s; folding %s in this process instead", exc, n)
+            continue
         finally:
             store.close()
         shutil.rmtree(os.path.join(paths[n], SHARDS_DIR), ignore_errors=True)
+    merged = {n for n in sharded if ok and not os.path.isdir(os.path.join(paths[n], SHARDS_DIR))}
     for key, events in folded.items():
         n, _, count = key.split("/")
         if count == "1":
             out[n] = events
-        elif ok:
+        elif n in merged:
             out[n] = max(out.get(n, 0), events)
     return out
 
