@@ -170,7 +170,7 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
     stale_previous = layout.read_pointer(projections_dir, name, "previous")
     layout.write_pointer(projections_dir, name, "live", built[0], module.VERSION)
     layout.clear_pointer(projections_dir, name, "building")
-    live.handles[name] = new
+    live.handles = {**live.handles, name: new}  # a new dict: queries iterating the old one go on
     live.corrupt.pop(name, None)
     if old is not None:
         remove = None

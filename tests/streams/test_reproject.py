@@ -229,3 +229,24 @@ def test_reprojects_back_to_back_retire_the_old_stores_cleanly(data, monkeypatch
         assert len([d for d in kept if d.startswith("v")]) == 2, kept  # live + previous; older ones removed
     finally:
         node.stop()
+
+
+def test_a_swap_adding_a_projection_leaves_queries_iterating_the_projections_unharmed(data):
+    """A reproject that adds a projection the live runner lacked (a user projection registered
+    after the node started) swaps in a new mapping: a query thread iterating the projections
+    meanwhile (the list, lags, failures) does not fail with 'dictionary changed size'."""
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.streams.reproject import reproject
+    from ledgerlog.streams.runner import Runner
+
+    cfg = Config(data_dir=data)
+    with open_chain(cfg, read_only=True) as chain:
+        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
+        try:
+            reading = iter(live.handles.items())  # a query, halfway through the projections
+            next(reading)
+            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, ["energy"], keep=False)
+            assert list(reading) == []  # the mapping it iterates did not change under it
+            assert list(live.handles) == ["balances", "energy"]
+        finally:
+            live.close()
