@@ -38,11 +38,12 @@ def loads(raw: bytes) -> Any:
 
 def dumps_any(value: Any, option: int = 0) -> bytes:
     """JSON for an answer (HTTP body, CLI output): orjson with ``option``, or the stdlib for
-    integers beyond 64 bits; never the marker, which is for stored state."""
+    what orjson refuses: integers beyond 64 bits, and strings that are not UTF-8 (a client's
+    lone surrogate echoed back: escaped, as JSON allows); never the marker, which is for stored
+    state."""
     try:
         return orjson.dumps(value, option=option)
     except TypeError:
         indent = 2 if option & orjson.OPT_INDENT_2 else None
-        if indent is None:
-            return _stdlib(value)
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=indent).encode()
+        separators = (",", ":") if indent is None else None
+        return json.dumps(value, allow_nan=False, indent=indent, separators=separators).encode()

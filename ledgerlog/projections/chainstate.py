@@ -80,7 +80,7 @@ def tip(view: View) -> dict[str, Any]:
 
 
 def block(view: View, height_or_hash: str | int) -> dict[str, Any] | None:
-    if isinstance(height_or_hash, str) and not height_or_hash.isdigit():
+    if isinstance(height_or_hash, str) and not (height_or_hash.isascii() and height_or_hash.isdigit()):
         raw = view.get(b"bh/" + height_or_hash.encode())
         if raw is None:
             return None

@@ -27,7 +27,6 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -50,6 +49,7 @@ from ledgerlog.engine.errors import (
     error_code,
     public_message,
 )
+from ledgerlog.engine.intjson import dumps_any
 
 __all__ = ["NDJSON", "REGISTRY_MEDIA", "HostGuard", "registry_path", "error_answer", "error_body", "error_response", "host_name", "check_ingest_headers",
            "install_error_handlers", "public", "public_json", "register_root", "send_error", "split_list"]
@@ -150,14 +150,14 @@ def _media(path: str) -> str:
 def error_response(exc: BaseException, path: str = "") -> Response:
     """The Response answering ``exc`` on ``path``."""
     status, body, headers = error_answer(exc, path)
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=_media(path))
+    return Response(dumps_any(body), status_code=status, headers=headers, media_type=_media(path))
 
 
 async def send_error(send: Callable[[Any], Awaitable[None]], exc: BaseException, *, close: bool = False,
                      path: str = "") -> None:
     """Answer ``exc`` on a raw ASGI ``send`` (middleware that runs before the framework)."""
     status, body, headers = error_answer(exc, path)
-    data = orjson.dumps(body)
+    data = dumps_any(body)  # an error may quote a client's string that is not UTF-8
     raw = [(b"content-type", _media(path).encode()), (b"content-length", str(len(data)).encode()),
            *((k.lower().encode(), v.encode()) for k, v in headers.items())]
     if close:

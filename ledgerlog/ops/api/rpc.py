@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -226,7 +227,7 @@ def _resolve(ctx: Ctx, ident: Any) -> int:
         if raw is None:
             raise RpcError(NOT_FOUND, "Block not found")
         return int.from_bytes(raw, "big")
-    if ident.isdigit() and len(ident) <= 19:
+    if ident.isascii() and ident.isdigit() and len(ident) <= 19:  # not "²" nor "١"
         return ctx.check_height(int(ident))
     raise RpcError(OUT_OF_RANGE, "blockhash must be a 64-hex block hash or a height")
 
@@ -392,12 +393,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent; one too large for a float (1e999) is refused
+    like NaN, not read as infinity (no answer could carry it back)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
 def handle(node: Node, body: bytes, *, local: tuple[str, int] | None = None,
            max_lag: int = 10_000) -> Any:
     """The JSON-RPC answer to an HTTP body: a response object, an array of them, or None (all
     notifications: answer 204)."""
     try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return _error(None, PARSE_ERROR, "Parse error: the body is not valid JSON")
     if isinstance(doc, list):

@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from ledgerlog.engine.errors import LedgerError, OverloadedError, RequestTimeoutError
+from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.ops.api.guard import error_answer
 
 if TYPE_CHECKING:
@@ -121,7 +120,7 @@ class CoalescingTransport:
 def _raw_response(exc: LedgerError) -> bytes:
     """A whole HTTP/1.1 response answering ``exc`` (ops/api/guard.py ``error_answer``), closing."""
     status, body, _ = error_answer(exc)
-    data = orjson.dumps(body)
+    data = dumps_any(body)  # an error may quote a client's string that is not UTF-8
     return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(data)}\r\nconnection: close\r\n\r\n").encode() + data
 

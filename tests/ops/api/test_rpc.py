@@ -296,3 +296,27 @@ def test_rpc_is_in_openapi(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/rpc"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(rpc.METHODS) <= set(body["oneOf"][0]["properties"]["method"]["enum"])
+
+
+@pytest.mark.parametrize("body", [
+    b'{"jsonrpc":"2.0","method":"getblockcount","id":"\\ud800"}',  # a lone surrogate, echoed as the id
+    b'{"jsonrpc":"2.0","method":"nope\\udc00","id":1}',  # ... in the method named by "Method not found"
+    b'[{"jsonrpc":"2.0","method":"getblockcount","id":1e999},'
+    b'{"jsonrpc":"2.0","method":"getblockcount","id":100000000000000000000}]',  # inf, and beyond 64 bits
+    b'{"jsonrpc":"2.0","method":"getblock","params":[1e999],"id":2}',
+])
+def test_odd_ids_and_names_get_json_rpc_answers_not_500(client, node, body):
+    r = client.post("/rpc", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    docs = r.json() if isinstance(r.json(), list) else [r.json()]
+    assert docs and all(d["jsonrpc"] == "2.0" and ("result" in d or "error" in d) for d in docs)
+    assert not any(d.get("error", {}).get("code") == rpc.INTERNAL_ERROR for d in docs), docs
+
+
+def test_block_ids_are_ascii_digits_or_hashes(client, node, chain2):
+    """"²" is a digit to str.isdigit() but not to int(); "١" is read by int() as 1: both are
+    neither a height nor a hash (the REST route answers 400 for them too)."""
+    assert err(client, "getblock", ["\u00b2"]) == rpc.OUT_OF_RANGE
+    assert err(client, "getblock", ["\u0661"]) == rpc.OUT_OF_RANGE
+    assert result(client, "getblock", ["1"])["height"] == 1
+    assert client.get("/v1/blocks/%D9%A1").status_code == 400
