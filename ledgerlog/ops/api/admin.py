@@ -128,6 +128,8 @@ def endpoint(node: NodeContext) -> Callable[..., Any]:
             raise BadRequest("body must be JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")
+        if not _unicode(body):
+            raise BadRequest("body strings must be Unicode text; a lone surrogate escape (\\ud800-\\udfff) is not")
         problem = body_problem(action, name, body)
         if problem is not None:
             raise BadRequest(problem)
@@ -146,6 +148,31 @@ def endpoint(node: NodeContext) -> Callable[..., Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _unicode(doc: Any) -> bool:
+    """Are all the strings in ``doc`` (keys too) encodable as UTF-8? JSON lets a body spell a
+    lone surrogate ("\\ud800"), which no record on the log can hold."""
+    todo = [doc]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return True
+
+
+def _text(value: str) -> str:
+    """``value`` as UTF-8-safe text for the audit record (a file name the OS gave an exception
+    message may hold undecodable bytes as surrogates: they are written as escapes)."""
+    return value.encode("utf-8", "backslashreplace").decode()
 
 
 def _dumps(value: Any) -> str:
@@ -173,7 +200,7 @@ REDACTED = "<redacted>"
 def _record(node: NodeContext, name: str, body: dict[str, Any], client: str, outcome: str, detail: str) -> None:
     secret = node.actions[name].secret
     params = {k: REDACTED if k in secret and v is not None else v for k, v in body.items()}
-    event: dict[str, Any] = {"action": name, "params": _dumps(params),
-             "client": client, "outcome": outcome, "detail": detail[:4096], "node": socket.gethostname(),
+    event: dict[str, Any] = {"action": name, "params": _text(_dumps(params)),
+             "client": client, "outcome": outcome, "detail": _text(detail[:4096]), "node": socket.gethostname(),
              "timestamp": int(time.time() * 1000)}
     node.admitter.record(T.ADMIN, name, event, event["timestamp"])
