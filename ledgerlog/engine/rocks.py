@@ -267,9 +267,10 @@ def write_options(sync: bool) -> WriteOptions:
 
 
 def iter_prefix(db: Rdict, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) pairs whose key starts with ``prefix``, from ``start`` (inclusive) on."""
+    """(key, value) pairs whose key starts with ``prefix``, from ``start`` (inclusive) on; a
+    ``start`` below the prefix starts at the prefix (not at a key outside it, which ends the walk)."""
     it = db.iter()
-    it.seek(start if start is not None else prefix)
+    it.seek(max(prefix, start) if start is not None else prefix)
     while it.valid():
         key = it.key()
         if not key.startswith(prefix):

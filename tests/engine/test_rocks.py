@@ -70,3 +70,24 @@ def test_the_config_tunes_every_store(tmp_path) -> None:
                 load_config(str(data), bad)
     finally:
         rocks.configure(before)
+
+
+@pytest.mark.parametrize("start", [None, b"a", b"h/", b"h/b", b"h/zz", b"i"])
+def test_a_prefix_walk_from_any_start_equals_the_in_memory_store_s(tmp_path, start) -> None:
+    """A start that sorts before the prefix starts at the prefix (it ended the walk at once: an
+    empty page for ?prefix=h/&start=a), one after it gives nothing; the in-memory store agrees."""
+    from ledgerlog.engine.rocks import iter_prefix
+    from ledgerlog.projections.memory import MemoryTxn
+
+    keys = [b"a/1", b"h/a", b"h/b", b"h/c", b"z"]
+    db = open_store(str(tmp_path / "s"), FMT)
+    mem = MemoryTxn()
+    try:
+        for k in keys:
+            db[k] = b"v"
+            mem.put(k, b"v")
+        got = [k for k, _ in iter_prefix(db, b"h/", start)]
+        assert got == [k for k, _ in mem.items(b"h/", start)]
+        assert got == [k for k in keys if k.startswith(b"h/") and (start is None or k >= start)]
+    finally:
+        db.close()
