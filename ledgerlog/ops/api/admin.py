@@ -39,7 +39,7 @@ from ledgerlog.engine.errors import (
     UnauthorizedError,
     storage_error,
 )
-from ledgerlog.ops.api.guard import public_json
+from ledgerlog.ops.api.guard import public_json, unmapped
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
@@ -89,7 +89,7 @@ def _client_allowed(request: Request, networks: list[ipaddress.IPv4Network | ipa
     if not networks:
         return True
     try:
-        ip = ipaddress.ip_address(request.client.host if request.client else "")
+        ip = ipaddress.ip_address(unmapped(request.client.host) if request.client else "")
     except ValueError:
         return False
     return any(ip in net for net in networks)

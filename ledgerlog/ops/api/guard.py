@@ -21,6 +21,7 @@
   answers generic errors) and the type is Confluent's ``application/vnd.schemaregistry.v1+json``."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -226,6 +227,18 @@ def host_name(value: str) -> str | None:
     return name or None
 
 
+def unmapped(address: str) -> str:
+    """An IPv4-mapped IPv6 address (``::ffff:10.0.0.5``, how a dual-stack socket bound to ``::``
+    sees IPv4 peers and its own IPv4 addresses) as its IPv4 address; anything else as it is."""
+    if "." not in address or ":" not in address:
+        return address
+    try:
+        mapped = ipaddress.IPv6Address(address).ipv4_mapped
+    except ValueError:
+        return address
+    return str(mapped) if mapped is not None else address
+
+
 class HostGuard:
     """Which ``Host`` headers the node answers (see the module docstring)."""
 
@@ -245,7 +258,7 @@ class HostGuard:
         if name in self.allowed:
             return True
         server = scope.get("server")
-        return server is not None and name == str(server[0]).lower()
+        return server is not None and name in (str(server[0]).lower(), unmapped(str(server[0])))
 
     async def refuse(self, send: Send, path: str = "") -> None:
         await send_error(send, HostNotAllowedError("this node does not answer to that Host; "

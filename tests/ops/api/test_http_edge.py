@@ -202,6 +202,17 @@ def test_the_nodes_own_names_are_served(client, host):
     assert client.get("/v1/status", headers={"Host": host}).status_code == 200
 
 
+def test_a_dual_stack_node_answers_to_its_ipv4_address(node):
+    """Bound to "::", the node sees its own IPv4 address as ::ffff:a.b.c.d: a Host naming the
+    address the client connected to is the node's own."""
+    from ledgerlog.ops.api.guard import HostGuard
+    guard = HostGuard([])
+    scope = {"headers": [(b"host", b"10.0.0.5:8080")], "server": ("::ffff:10.0.0.5", 8080)}
+    assert guard.allows(scope)
+    assert not guard.allows({**scope, "headers": [(b"host", b"10.0.0.6")]})
+    assert guard.allows({"headers": [(b"host", b"[::ffff:10.0.0.5]")], "server": ("::ffff:10.0.0.5", 8080)})
+
+
 # -- out-of-range numbers: 400, never 500 ---------------------------------------------------------
 BIG = "99999999999999999999999"
 

@@ -338,7 +338,9 @@ def test_admin_allowlist(tmp_path):
         r = outside.post("/v1/admin/pause", headers=AUTH)
         assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN"
         assert state_of(n) == before and n.controls.ingest_paused is False
-        for ip in ("10.1.200.3", "192.168.7.7"):
+        mapped = TestClient(create_app(n, limits=HttpLimits(), faucet=GENEROUS), client=("::ffff:10.2.0.1", 5000))
+        assert mapped.post("/v1/admin/pause", headers=AUTH).status_code == 403  # an IPv4 peer on a dual-stack bind
+        for ip in ("10.1.200.3", "192.168.7.7", "::ffff:10.1.0.9"):
             inside = TestClient(create_app(n, limits=HttpLimits(), faucet=GENEROUS), client=(ip, 5000))
             assert inside.post("/v1/admin/pause", headers=AUTH).status_code == 200
         assert n.controls.ingest_paused is True
