@@ -50,6 +50,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── MethodNotAllowedError         METHOD_NOT_ALLOWED 405 2  the route takes other methods
     ├── RequestTimeoutError           TIMEOUT 408 2       a request head or body not sent in time (closed)
     ├── TooLargeError                 TOO_LARGE 413 2     a request body over its cap
+    ├── HeadTooLargeError             HEAD_TOO_LARGE 431 2  a request head (line and headers) over 64 KiB (closed)
     ├── UnsupportedMediaTypeError     UNSUPPORTED_MEDIA_TYPE 415 2  a body of a type the route does not take
     ├── HostNotAllowedError           HOST_NOT_ALLOWED 421 1  a Host header that is not the node's
     ├── RateLimitedError              RATE_LIMITED 429 1  too many requests; ``retry_after`` seconds
@@ -88,7 +89,7 @@ __all__ = [
     "ReprojectRunningError", "PruneRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
     "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
     "UnauthorizedError", "ForbiddenError", "AdminDisabledError", "OriginNotAllowedError",
-    "MethodNotAllowedError", "RequestTimeoutError", "OverloadedError", "TooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
+    "MethodNotAllowedError", "RequestTimeoutError", "OverloadedError", "TooLargeError", "HeadTooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
     "RateLimitedError", "UnavailableError", "PausedError", "NotReadyError", "FaucetDisabledError",
     "FaucetPausedError", "InsufficientBalanceError", "TopupKeyMissingError", "FaucetRejectedError",
     "InternalError", "Code", "error_code", "storage_error", "public_message", "error_classes", "error_class_for",
@@ -519,6 +520,12 @@ class RequestTimeoutError(LedgerError):
 class TooLargeError(LedgerError):
     code = "TOO_LARGE"
     http_status = 413
+    exit_code = 2
+
+
+class HeadTooLargeError(LedgerError):
+    code = "HEAD_TOO_LARGE"
+    http_status = 431
     exit_code = 2
 
 

@@ -23,6 +23,9 @@ are open, idle ones included, so 1,100 idle sockets starve everyone. Here:
 - **body timeout**: a request has ``body_timeout`` seconds after its head to send its whole body
   (time the server itself stops reading, because the app has not consumed what came, does not
   count); then 408 (if no answer has started) and closed.
+- **head size**: a request head (request line and headers) may carry ``max_head_bytes``
+  (64 KiB); past it 431 ``HEAD_TOO_LARGE`` and closed. uvicorn's httptools protocol appends
+  every chunk of an unfinished URL to the one before (quadratic), and nothing else caps it.
 - **connection cap**: past ``max_connections`` open connections, the one idle longest (between
   requests, or still sending its head) is closed to make room; only when every connection is
   busy in a request does the new one get 503 ``OVERLOADED`` and closed. So idle and slow
@@ -37,7 +40,12 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from ledgerlog.engine.errors import LedgerError, OverloadedError, RequestTimeoutError
+from ledgerlog.engine.errors import (
+    HeadTooLargeError,
+    LedgerError,
+    OverloadedError,
+    RequestTimeoutError,
+)
 from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.ops.api.guard import error_answer
 
@@ -58,6 +66,7 @@ class EdgeSettings:
     header_timeout: float = 10.0  # seconds; 0 = none
     body_timeout: float = 60.0    # seconds; 0 = none
     max_connections: int = 1000   # 0 = no limit
+    max_head_bytes: int = 64 * 1024  # 0 = no limit
 
     @classmethod
     def from_config(cls, config: Config) -> EdgeSettings:
@@ -141,6 +150,7 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
         _body_timer: asyncio.TimerHandle | None = None
         _seen_cycle: Any = None
         _idle_since = 0.0
+        _head_bytes = 0  # bytes received of the request head under way
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -168,10 +178,18 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                 self._cancel("_body_timer")
             if self._idle():  # bytes of a next request head (or stray CRLFs): the head clock runs
                 self._arm_head()
+                self._head_bytes += len(data)
+                if settings.max_head_bytes and self._head_bytes > settings.max_head_bytes:
+                    log.debug("closing %s: a request head over %s bytes", self.client, settings.max_head_bytes)
+                    self._close_with(HeadTooLargeError(
+                        f"a request head (line and headers) may carry at most {settings.max_head_bytes} bytes"))
+            else:
+                self._head_bytes = 0
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._idle_since = time.monotonic()
+            self._head_bytes = 0
 
         # -- state -----------------------------------------------------------------------------
         def _idle(self) -> bool:
