@@ -58,6 +58,7 @@ class Queries:
         self.syncing_lag = syncing_lag  # records of lag above which status says "syncing" (http.ready_max_lag)
         self.jobs = jobs  # a node's long admin actions (ops/jobs.py Jobs.to_dict); None in the CLI
         self.samples = Samples()  # per-height figures no projection keeps; a running node fills it (sample)
+        self._ranks: dict[tuple[str, str], tuple[tuple[str, int], Any]] = {}  # dashboard walks (_ranked)
 
     # -- read-your-writes ------------------------------------------------------------------------
     def sync(self, timeout: float = 5.0) -> bool:
@@ -244,6 +245,21 @@ class Queries:
         h = self.runner.handles[name]
         return None if h.failed is not None else read(h.store.view())
 
+    def _ranked(self, name: str, what: str, read: Any) -> Any:
+        """``_part`` for a section that walks a whole projection (the richest accounts, the top
+        workers and providers): kept until the projection's digest changes, so the dashboard's
+        cost per request does not grow with the number of accounts (one walk per new state)."""
+        h = self.runner.handles[name]
+        if h.failed is not None:
+            return None
+        key = (h.store.path, h.store.digest)
+        hit = self._ranks.get((name, what))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = read(h.store.view())
+        self._ranks[(name, what)] = (key, value)
+        return value
+
     def sample(self) -> None:
         """Note the mempool size and the energy credited at the tip as it is now (for the
         dashboard's series; the node calls this a few times a second)."""
@@ -271,11 +287,11 @@ class Queries:
             "recent_blocks": recent[:20],
             "series": block_series(recent, self.samples, market["credited_milli_kwh"] if market else None),
             "coin": {"decimals": COIN_DECIMALS},
-            "richest": self._part("balances", lambda v: balances.richest(v, 10)),
+            "richest": self._ranked("balances", "richest", lambda v: balances.richest(v, 10)),
             "pool": self._part("payouts", payouts.pool),
-            "workers": self._part("payouts", lambda v: payouts.workers(v, 10)),
+            "workers": self._ranked("payouts", "workers", lambda v: payouts.workers(v, 10)),
             "energy": market,
-            "providers": self._part("energy", lambda v: energy.providers(v, 10)),
+            "providers": self._ranked("energy", "providers", lambda v: energy.providers(v, 10)),
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
             "user_projections": self._user_panels(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from nodetools import ingest_all, observed_node
+from nodetools import NDJSON, ingest_all, observed_node
 
 from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, block_series
 
@@ -97,3 +97,28 @@ def test_docs_and_favicon_are_served_by_the_node(tmp_path):
         page = client.get("/").text
         assert 'rel="icon" href="/favicon.ico"' in page
         assert client.get("/static/no-such-file.js").status_code == 404
+
+
+def test_the_dashboard_walks_a_projection_once_per_state_not_per_request(tmp_path, monkeypatch):
+    """The richest accounts (and top workers and providers) come from a walk of the whole
+    projection: many clients polling the dashboard cost one walk per new state, not one each."""
+    from ledgerlog.projections import balances
+    walks = [0]
+    real = balances.richest
+
+    def counted(view, limit=10):
+        walks[0] += 1
+        return real(view, limit)
+    monkeypatch.setattr(balances, "richest", counted)
+    with observed_node(tmp_path) as w:
+        client, node = w["client"], w["node"]
+        half = len(w["lines"]) // 2
+        r = client.post("/v1/ingest", content=b"\n".join(w["lines"][:half]) + b"\n", headers=NDJSON)
+        assert r.status_code == 200 and node.queries.sync()
+        first = [client.get("/v1/dashboard").json()["richest"] for _ in range(5)]
+        assert walks[0] == 1 and all(f == first[0] for f in first)
+        r = client.post("/v1/ingest", content=b"\n".join(w["lines"][half:]) + b"\n", headers=NDJSON)
+        assert r.status_code == 200 and node.queries.sync()
+        after = client.get("/v1/dashboard").json()["richest"]
+        assert walks[0] == 2  # the state changed: walked again
+        assert after == real(node.runner.handles["balances"].store.view(), 10)
