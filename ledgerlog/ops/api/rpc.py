@@ -97,6 +97,9 @@ MISC_ERROR = -1      # bitcoind RPC_MISC_ERROR (a pruned block)
 OUT_OF_RANGE = -8    # bitcoind RPC_INVALID_PARAMETER
 
 MAX_BATCH = 1000
+#: Rows (transactions, mempool entries) the calls of one request may return together: a batch
+#: of 1,000 getblock verbosity-2 calls on full blocks would otherwise build 10M of them
+MAX_ROWS = 100_000
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED = object()
 
@@ -154,6 +157,14 @@ class Ctx:
         self.local = local
         self.max_lag = max_lag
         self._cs: Any = None
+        self.rows_left = MAX_ROWS
+
+    def take_rows(self, n: int) -> None:
+        """Count ``n`` rows of an answer against the request's budget (MAX_ROWS)."""
+        self.rows_left -= n
+        if self.rows_left < 0:
+            raise RpcError(INVALID_REQUEST, f"the calls of this request return more than {MAX_ROWS} "
+                                            "transactions or mempool entries in all: send fewer per batch")
 
     @property
     def cs(self) -> Any:
@@ -265,6 +276,7 @@ def getblock(ctx: Ctx, blockhash: Any, verbosity: Any = 1) -> Any:
     hdr = ev["header"]
     if v == 0:
         return avro.encode("BlockHeader", hdr).hex()
+    ctx.take_rows(len(ev["txids"]))
     txs: list[Any] = list(ev["txids"])
     if v == 2:
         txs = []
@@ -296,6 +308,7 @@ def getrawmempool(ctx: Ctx, verbose: Any = False) -> Any:
         raise RpcError(INVALID_PARAMS, "verbose must be a boolean")
     # chainstate keys: mp/<txid> marks a pending tx; ms/<txid> -> [stamp_height, sender, nonce]
     txids = [k[3:].decode() for k, _ in ctx.cs.items(b"mp/")]
+    ctx.take_rows(len(txids))
     if not verbose:
         return txids
     out = {}

@@ -320,3 +320,16 @@ def test_block_ids_are_ascii_digits_or_hashes(client, node, chain2):
     assert err(client, "getblock", ["\u0661"]) == rpc.OUT_OF_RANGE
     assert result(client, "getblock", ["1"])["height"] == 1
     assert client.get("/v1/blocks/%D9%A1").status_code == 400
+
+
+def test_a_batch_returning_too_many_rows_in_all_is_cut_with_an_error(client, node, chain2, monkeypatch):
+    """Each call's transactions (getblock) and mempool entries (getrawmempool) count against one
+    budget per request: past it, the calls get an error instead of an answer of any size."""
+    monkeypatch.setattr(rpc, "MAX_ROWS", 3)  # block 1 carries one transaction, the mempool one
+    batch = [{"jsonrpc": "2.0", "method": "getblock", "params": [1, 2], "id": i} for i in range(3)]
+    batch.append({"jsonrpc": "2.0", "method": "getrawmempool", "params": [True], "id": 3})
+    answers = {a["id"]: a for a in client.post("/rpc", json=batch).json()}
+    assert all("result" in answers[i] for i in range(3))
+    assert answers[3]["error"]["code"] == rpc.INVALID_REQUEST and "fewer" in answers[3]["error"]["message"]
+    one = client.post("/rpc", json=batch[3]).json()  # a new request: a new budget
+    assert len(one["result"]) == 1
