@@ -425,6 +425,37 @@ def test_a_request_head_over_64_kib_is_431_and_closed(tmp_path):
         assert big_but_fine.status_code == 200  # a large head under the cap still goes through
 
 
+def test_ingest_requests_past_the_in_flight_cap_are_503_until_one_is_answered(tmp_path):
+    """Bodies of up to 64 MiB are held whole: the node holds INGEST_IN_FLIGHT ingest requests at
+    once and answers the next 503 OVERLOADED (other routes are served meanwhile)."""
+    from ledgerlog.ops.api.handlers import INGEST_IN_FLIGHT
+    with node_process(tmp_path, {"LEDGERLOG_HTTP_BODY_TIMEOUT": "60"}) as (url, _proc):
+        addr = _addr(url)
+        slow = []
+        try:
+            for _ in range(INGEST_IN_FLIGHT):  # heads sent, bodies not: each one is under way
+                s = socket.create_connection(addr, timeout=5)
+                s.sendall(b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
+                          b"Content-Length: 1000\r\n\r\n\n")
+                slow.append(s)
+            deadline = time.monotonic() + 10
+            while True:  # the node reads the heads in its own time
+                r = httpx.post(url + "/v1/ingest", content=b"\n", headers=NDJSON, timeout=5)
+                if r.status_code == 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert r.status_code == 503 and r.json()["code"] == "OVERLOADED", r.text
+            assert httpx.get(url + "/v1/status", timeout=5).status_code == 200
+        finally:
+            for s in slow:
+                s.close()
+        deadline = time.monotonic() + 10
+        while (r := httpx.post(url + "/v1/ingest", content=b"\n", headers=NDJSON, timeout=5)).status_code == 503:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+        assert r.status_code == 200, r.text
+
+
 # -- the real node: memory and answer size ------------------------------------------------------
 def _rss(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
