@@ -73,7 +73,7 @@ class Chain:
         """The tree heads (PROTOCOL.md §9): a writer's open publishes them with the log key (made
         here for a chain made before log keys were); a read-only open only reads them."""
         if self.read_only:
-            return HeadPublisher(self.log, self.codec, self.genesis.chain_id, None)
+            return HeadPublisher(self.log, self.codec, self.genesis.chain_id, None, self._log_keys)
         recorded = self._recorded_log_key()
         missing = not os.path.exists(log_key_path(self.config.keys_dir))
         signer = load_log_key(self.config.keys_dir, create=True)
@@ -85,7 +85,16 @@ class Chain:
                            recorded[:16], self.config.keys_dir, signer.pubkey[:16])
         if self.log.keeps_state:
             record_log_origin(self.log, signer.pubkey)
-        return HeadPublisher(self.log, self.codec, self.genesis.chain_id, signer)
+        return HeadPublisher(self.log, self.codec, self.genesis.chain_id, signer, self._log_keys)
+
+    def _log_keys(self) -> set[str]:
+        """The keys that have held this chain's log role (the state's; else the key file's)."""
+        if self.log.keeps_state:
+            keys = WriteState(self.log).log_keys()
+            if keys:
+                return keys
+        signer = load_log_key(self.config.keys_dir, create=False)
+        return {signer.pubkey} if signer else set()
 
     def _recorded_log_key(self) -> str | None:
         """The key the chain's state says holds the log role now (None without state)."""

@@ -15,6 +15,7 @@ The records' own transaction cannot carry their head: the leaves are fixed only 
 are made per interval and at a clean stop, not per append."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -32,6 +33,8 @@ from .log.base import Log, Record
 from .logtree import TreeState, has_tree
 from .signing import Signer
 from .topics import CHECKPOINTS
+
+logger = logging.getLogger("ledgerlog.treehead")
 
 __all__ = ["LOG_KEY", "log_key_path", "load_log_key", "head_key", "make_head", "sign_head",
            "check_head_signature", "HeadPublisher"]
@@ -86,8 +89,11 @@ class HeadPublisher:
     """Publishes the signed head of each partition whose tree grew since its last head; without
     a ``signer`` (a reader's open) it only reads the published heads."""
 
-    def __init__(self, log: Log, codec: Codec, chain_id: str, signer: Signer | None) -> None:
+    def __init__(self, log: Log, codec: Codec, chain_id: str, signer: Signer | None,
+                 log_keys: Callable[[], Iterable[str]] = lambda: ()) -> None:
+        """``log_keys``: the keys that have held the chain's log role (the writer's own is one)."""
         self.log, self.codec, self.chain_id, self.signer = log, codec, chain_id, signer
+        self._log_keys = log_keys
         self._lock = threading.Lock()
         #: (topic, partition) -> the newest head on _checkpoints (SignedTreeHead)
         self.latest: dict[tuple[str, int], dict[str, Any]] = {}
@@ -97,9 +103,13 @@ class HeadPublisher:
         self.refresh()
 
     def refresh(self) -> None:
-        """Fold heads appended to ``_checkpoints`` since the last look (by anyone)."""
+        """Fold heads appended to ``_checkpoints`` since the last look (by anyone). Only heads of
+        this chain, under their partition's key, signed by one of its log keys count: a forged
+        head (on a Kafka cluster anyone allowed to write the topic can append one, of any size)
+        must neither be served nor stop this node from publishing."""
         if CHECKPOINTS not in self.log.topics():
             return
+        keys: set[str] | None = None
         for rec in self.log.scan(CHECKPOINTS, 0, self._read_to):
             self._read_to = rec.offset + 1
             try:
@@ -108,6 +118,16 @@ class HeadPublisher:
                 continue
             head = signed["head"]
             tp = (head["topic"], head["partition"])
+            if keys is None:
+                keys = set(self._log_keys()) | ({self.signer.pubkey} if self.signer else set())
+            try:
+                if head["chain_id"] != self.chain_id or rec.key != head_key(*tp):
+                    raise ProofError("not this chain's head of that partition")
+                check_head_signature(signed, keys)
+            except ProofError:
+                logger.warning("ignoring the tree head at %s[%s] offset %s: not this chain's, or not signed "
+                               "by its log key (an auditor's `ledgerlog audit` reports it)", CHECKPOINTS, 0, rec.offset)
+                continue
             have = self.latest.get(tp)
             if have is None or head["tree_size"] >= have["head"]["tree_size"]:
                 self.latest[tp] = signed

@@ -225,6 +225,14 @@ class WriteState:
     def set_log_origin(self, pubkey: str) -> None:
         self._put(self.LOG_ORIGIN, pubkey)
 
+    def log_keys(self) -> set[str]:
+        """Every key that has held the ``log`` role: the first one and each a rotation named
+        (retired ones too: the heads they signed stay verifiable)."""
+        prefix = b"rk/log/"
+        keys = {key[len(prefix):].decode() for key, _ in self._log.state_items(prefix)}
+        origin = self.log_origin()
+        return keys | {origin} if origin else keys
+
     def log_key_now(self) -> str | None:
         """The key holding the ``log`` role now: the newest rotation's, else the first log key."""
         prefix = b"rk/log/"
