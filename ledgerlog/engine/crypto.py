@@ -82,7 +82,11 @@ def tx_branch(txids: Sequence[str], index: int) -> list[str]:
 
 
 def tx_root_from(txid: str, index: int, branch: Sequence[str]) -> str:
-    """The tx_root that ``branch`` leads to from ``txid`` at ``index``."""
+    """The tx_root that ``branch`` leads to from ``txid`` at ``index``; ValueError for an index
+    the branch cannot address (below 0, or 2**len(branch) or more: its high bits would be
+    ignored, so one proof would verify at many indexes)."""
+    if not 0 <= index < 1 << len(branch):
+        raise ValueError(f"index {index} is outside the {1 << len(branch)} places a branch of {len(branch)} reaches")
     node = bytes.fromhex(txid)
     for sibling in branch:
         pair = (node, bytes.fromhex(sibling)) if index % 2 == 0 else (bytes.fromhex(sibling), node)

@@ -35,3 +35,17 @@ def test_every_branch_rebuilds_the_root_and_a_tampered_one_does_not(n, data):
 def test_out_of_range_index_is_refused():
     with pytest.raises(ValueError):
         tx_branch([_txid(0)], 1)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_a_branch_verifies_at_its_own_index_only(n):
+    """Bits of the index above the branch's length were ignored: index i + 2**len(branch) verified
+    as i did. (With an odd count the duplicated last txid also rebuilds the root from the place
+    after it: only the header's tx_count tells that place is not a transaction.)"""
+    txids = [_txid(i) for i in range(n)]
+    root, i = tx_root(txids), n - 1
+    branch = tx_branch(txids, i)
+    assert tx_root_from(txids[i], i, branch) == root
+    for wrong in (i + (1 << len(branch)), -1, 1 << len(branch)):
+        with pytest.raises(ValueError):
+            tx_root_from(txids[i], wrong, branch)

@@ -160,8 +160,10 @@ def _parse(line: bytes, name: str, n: int) -> LogRecord:
         rec = LogRecord(doc["topic"], doc["partition"], doc["offset"], bytes.fromhex(doc["key_hex"]),
                         bytes.fromhex(doc["value_hex"]), doc["timestamp"])
         if not (isinstance(rec.topic, str) and all(type(v) is int for v in (rec.partition, rec.offset, rec.timestamp))
-                and rec.partition >= 0 and rec.offset >= 0):
-            raise ValueError("topic is a string; partition, offset and timestamp are integers, not below 0")
+                and rec.partition >= 0 and rec.offset >= 0 and -(1 << 63) <= rec.timestamp < (1 << 63)):
+            # a timestamp outside 64 bits would alias one inside it in the leaf hash (PROTOCOL §9)
+            raise ValueError("topic is a string; partition and offset are integers not below 0, the timestamp "
+                             "a signed 64-bit integer")
     except (ValueError, KeyError, TypeError) as exc:  # orjson's error is a ValueError
         raise AuditInputError(f"{name} line {n} is not a record as `ledgerlog tail --raw` prints it "
                               f"(topic, partition, offset, timestamp, key_hex, value_hex): {exc}") from exc

@@ -444,6 +444,17 @@ def test_unreadable_and_malformed_records_are_one_line(chain, tmp_path):
                                  "BAD_AUDIT_INPUT")
 
 
+def test_a_timestamp_outside_64_bits_is_bad_input_not_an_alias(chain, tmp_path):
+    """The leaf hash writes a timestamp in 64 bits: 2**64 - 5 would hash as -5 does, so a rewritten
+    timestamp would pass; a record's timestamp must be a signed 64-bit integer."""
+    lines = [dict(x) for x in chain["lines"]]
+    row = next(x for x in lines if x["topic"] != "_checkpoints")
+    row["timestamp"] = row["timestamp"] + (1 << 64)
+    path = _write(lines, tmp_path / "wide.jsonl")
+    assert "64-bit" in _one_line(_run("audit", "--log-pubkey", chain["pubkey"], "--records", str(path)),
+                                 "BAD_AUDIT_INPUT")
+
+
 def test_a_malformed_state_file_is_one_line(chain, tmp_path):
     state = tmp_path / "state.json"
     state.write_text('{"heads": {"ledger.blocks/0": {"tree_size": "x"}}}')
