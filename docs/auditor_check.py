@@ -40,8 +40,9 @@ def get(node, path, **params):
         fail(f"GET {url}: {exc.code} {exc.read().decode(errors='replace')[:300]}")
 
 
-def leaf_hash(key, timestamp, value):  # SHA-256(0x00 ‖ u32be(len key) ‖ key ‖ u64be(ts) ‖ value)
-    return hashlib.sha256(b"\0" + struct.pack(">I", len(key)) + key + struct.pack(">Q", timestamp) + value).digest()
+def leaf_hash(key, timestamp, value):  # SHA-256(0x00 ‖ u32be(len key) ‖ key ‖ u64be(ts) ‖ value); ts < 0 wraps
+    ts = struct.pack(">Q", timestamp & 0xFFFFFFFFFFFFFFFF)
+    return hashlib.sha256(b"\0" + struct.pack(">I", len(key)) + key + ts + value).digest()
 
 
 def node_hash(left, right):

@@ -54,6 +54,8 @@ def test_verifiers_agree_with_the_engine_and_refuse_altered_proofs() -> None:
     s = load_script()
     leaves = [leaf_of(b"k%d" % i, 1_700_000_000_000 + i, b"v%d" % i) for i in range(33)]
     assert leaves[5] == s.leaf_hash(b"k5", 1_700_000_000_005, b"v5")
+    for ts in (-1, -(1 << 63), (1 << 63) - 1):  # a share's own timestamp is its record's: any signed 64-bit value
+        assert s.leaf_hash(b"k", ts, b"v") == leaf_of(b"k", ts, b"v")
     sub = lambda a, b: merkle.root_of(leaves[a:b])  # noqa: E731
     bogus = hashlib.sha256(b"bogus").digest()
     for n in range(1, len(leaves) + 1):
