@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,13 @@ def _paths(data_dir: str) -> tuple[str, str, str, str]:
 def tmp_prefix(data_dir: str) -> str:
     """The name prefix of a restore's temp dirs beside ``data_dir``."""
     return f".tmp-restore-{os.path.basename(os.path.abspath(data_dir))}-"
+
+
+def _is_tmp_of(entry: str, data_dir: str) -> bool:
+    """Is ``entry`` a temp dir of a restore into ``data_dir``: the prefix and mkdtemp's suffix
+    alone? (``.tmp-restore-node-b-xyz`` starts with ``node``'s prefix too, and is not ``node``'s.)"""
+    prefix = tmp_prefix(data_dir)
+    return entry.startswith(prefix) and re.fullmatch(r"[a-z0-9_]+", entry[len(prefix):]) is not None
 
 
 @contextlib.contextmanager
@@ -118,9 +126,8 @@ def settle(data_dir: str) -> str | None:
         else:
             outcome = "finished"  # moved in before the crash: only the journal was left
         clear_journal(data_dir)
-    prefix = tmp_prefix(data_dir)
     for entry in os.listdir(parent):
-        if entry.startswith(prefix):
+        if _is_tmp_of(entry, data_dir):
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             outcome = outcome or "cleaned"
     return outcome
@@ -131,7 +138,7 @@ def recover(data_dir: str) -> str | None:
     temp dirs. Cheap when there is nothing to do. StoreLockedError while a restore runs."""
     parent, _name, journal, lock = _paths(data_dir)
     try:
-        pending = os.path.exists(journal) or os.path.exists(lock) or any(e.startswith(tmp_prefix(data_dir)) for e in os.listdir(parent))
+        pending = os.path.exists(journal) or os.path.exists(lock) or any(_is_tmp_of(e, data_dir) for e in os.listdir(parent))
     except OSError:
         return None  # no parent dir (yet): nothing was restored there
     if not pending:

@@ -184,12 +184,15 @@ def test_stale_temp_dirs_are_removed_live_ones_kept(chains, tmp_path) -> None:
     fd = os.open(live, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a create under way in another process holds it
     (tmp_path / ".tmp-restore-data-dead2").mkdir()  # a restore killed while copying
+    other = tmp_path / ".tmp-restore-data-b-live3"  # a restore into the data dir "data-b", not this one's
+    other.mkdir()
     try:
         listed = ok_json(cli(data, "snapshot", "list"))
         assert listed["snapshots"] == []
         assert sorted(os.listdir(snaps)) == [".tmp-snapshot-live1"]
         ok_json(cli(data, "status"))
         assert not (tmp_path / ".tmp-restore-data-dead2").exists()
+        assert other.exists()
     finally:
         os.close(fd)
     created = ok_json(cli(data, "snapshot", "create"))
