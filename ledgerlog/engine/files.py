@@ -8,7 +8,15 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_dir", "atomic_writer", "write_atomic", "fsync_dir", "fsync_tree"]
+__all__ = ["atomic_dir", "atomic_writer", "write_atomic", "fsync_dir", "fsync_tree", "plain_name"]
+
+
+def plain_name(name: object) -> bool:
+    """Is ``name`` one directory entry's name: a non-empty string, not "." or "..", with no path
+    separator? (Pointer files name their targets so; one restored from a foreign snapshot could
+    name "/srv/other" or "../..", which a later removal of that target would follow.)"""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and (os.altsep is None or os.altsep not in name) and "\x00" not in name)
 
 
 def fsync_dir(directory: str) -> None:

@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from ledgerlog.engine.errors import CorruptStoreError, PrunedError
-from ledgerlog.engine.files import atomic_dir, write_atomic
+from ledgerlog.engine.files import atomic_dir, plain_name, write_atomic
 
 __all__ = ["ANCHOR_FILE", "Anchor", "anchor_root", "seed", "write_anchor", "remove_others"]
 
@@ -71,7 +71,11 @@ class Anchor:
         except (OSError, ValueError) as exc:
             raise CorruptStoreError(f"{root}/{CURRENT} is not readable JSON ({exc}): the anchor of this "
                                     "pruned log is damaged; restore it from a snapshot") from exc
-        d = str(ptr.get("dir", "")) if isinstance(ptr, dict) else ""
+        d = ptr.get("dir") if isinstance(ptr, dict) else None
+        if not plain_name(d):
+            raise CorruptStoreError(f"{root}/{CURRENT} names {d!r}, not an anchor directory beside it: the anchor "
+                                    "of this pruned log is damaged; restore it from a snapshot")
+        assert isinstance(d, str)
         try:
             with open(os.path.join(root, d, ANCHOR_FILE), encoding="utf-8") as f:
                 doc = json.load(f)

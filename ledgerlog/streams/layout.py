@@ -8,16 +8,19 @@ Each pointer is JSON ``{"dir": "<build dir name>", "version": <projection versio
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from types import ModuleType
 
 from ledgerlog.engine.chain import write_atomic
+from ledgerlog.engine.files import plain_name
 
 __all__ = ["Pointer", "read_pointer", "write_pointer", "clear_pointer", "live_path", "new_build_dir",
            "build_dirs"]
 
 Pointer = dict  # {"dir": str, "version": int}
+log = logging.getLogger("ledgerlog.layout")
 
 
 def _dir(projections_dir: str, name: str) -> str:
@@ -25,12 +28,19 @@ def _dir(projections_dir: str, name: str) -> str:
 
 
 def read_pointer(projections_dir: str, name: str, which: str) -> Pointer | None:
+    """The pointer, or None when there is none or it does not name a build dir beside it (a
+    path elsewhere, as a foreign snapshot's could: never opened, written to or removed)."""
+    path = os.path.join(_dir(projections_dir, name), which)
     try:
-        with open(os.path.join(_dir(projections_dir, name), which), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             ptr = json.load(f)
-        return ptr if isinstance(ptr, dict) and "dir" in ptr else None
     except (OSError, ValueError):
         return None
+    if not isinstance(ptr, dict) or not plain_name(ptr.get("dir")):
+        if isinstance(ptr, dict) and "dir" in ptr:
+            log.warning("ignoring %s: it names %r, not a build directory beside it", path, ptr["dir"])
+        return None
+    return ptr
 
 
 def write_pointer(projections_dir: str, name: str, which: str, build: str, version: int) -> None:
