@@ -294,11 +294,17 @@ def _check_pruned(log: Log, topic: str, parts: list[int], rng: _Range) -> None:
         return
     if rng.kind == "height" and rng.lo is not None and rng.lo < point.height:
         raise point.error(f"events of {topic} from height {rng.lo}")
-    if rng.kind == "offset" and rng.lo is not None:
+    if rng.kind == "height" and rng.lo is None and rng.hi is not None and rng.hi < point.height:
+        raise point.error(f"events of {topic} up to height {rng.hi}")  # all of them pruned: not an empty export
+    if rng.kind == "offset" and (rng.lo is not None or rng.hi is not None):
         starts = log.start_offsets(topic)
-        below = [p for p in parts if rng.lo < starts[p]]
+        if rng.lo is not None:
+            below, what = [p for p in parts if rng.lo < starts[p]], f"from offset {rng.lo}"
+        else:  # an upper bound alone: refused where every offset it asks for is pruned
+            assert rng.hi is not None
+            below, what = [p for p in parts if rng.hi < starts[p]], f"up to offset {rng.hi}"
         if below:
-            raise point.error(f"{topic} from offset {rng.lo} (partition {below[0]} starts at offset {starts[below[0]]})")
+            raise point.error(f"{topic} {what} (partition {below[0]} starts at offset {starts[below[0]]})")
 
 
 def _bounds(log: Log, topic: str, p: int, start: int, end: int, rng: _Range, decode: _Decoder) -> tuple[int, int]:

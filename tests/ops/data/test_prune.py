@@ -285,6 +285,10 @@ def test_tail_and_export_below_the_log_start_say_pruned(chains, tmp_path) -> Non
                "--out", str(tmp_path / "x.jsonl"))
     assert proc.returncode == 1 and json.loads(proc.stderr)["code"] == "PRUNED"
     assert not (tmp_path / "x.jsonl").exists()
+    for bound in (["--to-height", str(h - 1)], ["--to-offset", "0"]):  # all it asks for is pruned: not an empty file
+        proc = cli(pruned, "export", "--topic", T.BLOCKS, *bound, "--format", "jsonl", "--out", str(tmp_path / "y.jsonl"))
+        assert proc.returncode == 1 and json.loads(proc.stderr)["code"] == "PRUNED", (bound, proc.stderr)
+        assert not (tmp_path / "y.jsonl").exists()
     outs = {}
     for name in ("full", "pruned"):
         out = tmp_path / f"{name}.jsonl"
