@@ -180,13 +180,16 @@ def test_a_shard_merge_killed_halfway_is_done_again(chain_dir: Config, tmp_path:
         assert not os.path.isdir(os.path.join(path, parallel.SHARDS_DIR))
 
 
-def _sequential_balances(chain: Any, path: str) -> str:
-    seq = Runner(chain.log, chain.codec, chain.genesis, path, names=["balances"], batch=500)
+def _folded_balances(chain: Any, projections_dir: str, store: str | None = None) -> str:
+    """The digest of balances folded whole in this process, into ``store`` (default: the live
+    store under ``projections_dir``)."""
+    runner = Runner(chain.log, chain.codec, chain.genesis, projections_dir, names=["balances"], batch=500,
+                    paths={"balances": store} if store else None)
     try:
-        seq.catch_up()
-        return seq.digests()["balances"]
+        runner.catch_up()
+        return runner.digests()["balances"]
     finally:
-        seq.close()
+        runner.close()
 
 
 def _fold_shards(chain: Any, tmp_path: Any, path: str, until: list[dict[str, list[int]] | None]) -> None:
@@ -207,7 +210,7 @@ def test_a_merge_killed_halfway_then_folded_whole_gives_the_sequential_digest(ch
     from ledgerlog.streams import store as store_mod
     monkeypatch.setattr(store_mod, "_MERGE_BATCH", 10)
     with open_chain(chain_dir, read_only=True) as chain:
-        want = _sequential_balances(chain, str(tmp_path / "seq"))
+        want = _folded_balances(chain, str(tmp_path / "seq"))
         path = str(tmp_path / "build")
         _fold_shards(chain, tmp_path, path, [None, None])
         store = ProjectionStore(path, bulk=True)
@@ -229,13 +232,7 @@ def test_a_merge_killed_halfway_then_folded_whole_gives_the_sequential_digest(ch
             assert not half.initialised and half.positions() == {} and list(half.view().items(b"a/"))
         finally:
             half.close()
-        whole = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path), names=["balances"], batch=500,
-                       paths={"balances": path})
-        try:
-            whole.catch_up()
-            assert whole.digests()["balances"] == want
-        finally:
-            whole.close()
+        assert _folded_balances(chain, str(tmp_path), path) == want
 
 
 def test_a_shard_that_stopped_early_is_not_merged_and_the_caller_folds_it_whole(chain_dir: Config,
@@ -250,11 +247,5 @@ def test_a_shard_that_stopped_early_is_not_merged_and_the_caller_folds_it_whole(
         groups = [[("balances", 0, 2)], [("balances", 1, 2)]]
         assert parallel._merge({"balances": path}, groups, {"balances/0/2": 9, "balances/1/2": 4}, True) == {}
         assert os.path.isdir(os.path.join(path, parallel.SHARDS_DIR))
-        want = _sequential_balances(chain, str(tmp_path / "seq"))
-        whole = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path), names=["balances"], batch=500,
-                       paths={"balances": path})
-        try:
-            whole.catch_up()
-            assert whole.digests()["balances"] == want
-        finally:
-            whole.close()
+        want = _folded_balances(chain, str(tmp_path / "seq"))
+        assert _folded_balances(chain, str(tmp_path), path) == want

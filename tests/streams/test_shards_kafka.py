@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -178,9 +179,11 @@ def test_engines_over_a_resumed_deriver_equal_the_embedded_fold(tmp_path, kafka_
         reader.close()
 
 
-def test_drain_writes_the_progress_records_already_queued(tmp_path, kafka_bootstrap, history):  # noqa: F811
+@contextmanager
+def _deriver(tmp_path, bootstrap: str, history, **kw: Any) -> Iterator[Deriver]:
+    """A deriver of every lease over the history on a chain of its own on the broker."""
     genesis, lines = history
-    cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=100,
+    cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{bootstrap}", sync=False, ingest_chunk=100,
                  kafka={"ledgerlog.topic_prefix": f"sd-{uuid.uuid4().hex[:10]}."})
     init_chain(cfg, genesis)
     kafka = cfg.kafka_connection()
@@ -189,18 +192,25 @@ def test_drain_writes_the_progress_records_already_queued(tmp_path, kafka_bootst
         chain.admitter.admit(lines)
         names = Names(kafka.topic_prefix, chain.genesis.hash)
         ensure_topics(kafka, names, N, len(source_partitions(chain.log)))
-        deriver = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, N, batch=150)
+        deriver = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, N, batch=150, **kw)
+        real = deriver.producer
         try:
-            assert deriver.wait_writable() and _stepped(deriver)
-            deadline = time.monotonic() + 30
-            while any(s.unacked for s in deriver._steps) and time.monotonic() < deadline:
-                deriver.producer.poll(0.05)  # the rows' acknowledgements
-            deriver._record_acknowledged()  # the step's progress records are queued; no step is left
-            assert not deriver._steps
-            deriver.drain()
-            assert len(deriver.producer) == 0  # written, not left in flight
+            yield deriver
         finally:
+            deriver.producer = real
             deriver.close()
+
+
+def test_drain_writes_the_progress_records_already_queued(tmp_path, kafka_bootstrap, history):  # noqa: F811
+    with _deriver(tmp_path, kafka_bootstrap, history) as deriver:
+        assert deriver.wait_writable() and _stepped(deriver)
+        deadline = time.monotonic() + 30
+        while any(s.unacked for s in deriver._steps) and time.monotonic() < deadline:
+            deriver.producer.poll(0.05)  # the rows' acknowledgements
+        deriver._record_acknowledged()  # the step's progress records are queued; no step is left
+        assert not deriver._steps
+        deriver.drain()
+        assert len(deriver.producer) == 0  # written, not left in flight
 
 
 class _FullQueue:
@@ -216,22 +226,7 @@ class _FullQueue:
 
 def test_a_step_whose_rows_find_no_room_fails_after_the_timeout(tmp_path, kafka_bootstrap, history):  # noqa: F811
     """Not a wait without end: a revoke waits for the step in flight (and the group for the revoke)."""
-    genesis, lines = history
-    cfg = Config(data_dir=str(tmp_path / "data"), log_url=f"kafka://{kafka_bootstrap}", sync=False, ingest_chunk=100,
-                 kafka={"ledgerlog.topic_prefix": f"sq-{uuid.uuid4().hex[:10]}."})
-    init_chain(cfg, genesis)
-    kafka = cfg.kafka_connection()
-    assert kafka is not None
-    with open_chain(cfg) as chain:
-        chain.admitter.admit(lines)
-        names = Names(kafka.topic_prefix, chain.genesis.hash)
-        ensure_topics(kafka, names, N, len(source_partitions(chain.log)))
-        deriver = Deriver(chain.log, chain.codec, chain.genesis, kafka, names, N, batch=150, timeout=1.0)
-        real = deriver.producer
+    with _deriver(tmp_path, kafka_bootstrap, history, timeout=1.0) as deriver:
         deriver.producer = _FullQueue()  # type: ignore[assignment]
-        try:  # before, it waited for room for ever (the module's timeout fails that)
-            with pytest.raises(LogError, match="took no rows for 1 s"):
-                _stepped(deriver)
-        finally:
-            deriver.producer = real
-            deriver.close()
+        with pytest.raises(LogError, match="took no rows for 1 s"):  # before, it waited for room for ever
+            _stepped(deriver)
