@@ -138,6 +138,10 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
         summary: dict[str, Any] = {"height": height, "tip": plan.tip.height, "records": plan.records}
         if plan.done:
             remove_others(cfg.anchor_dir)  # (a prune killed right after its deletion left them)
+            # the point is recorded before the deletion: once more (idempotent), so a deletion that
+            # failed or was cut short (Kafka's DeleteRecords, a broker timeout) is finished now
+            assert plan.point is not None
+            log_.prune(plan.point)
             return {**summary, "noop": True, "log_start": _starts(plan), "seconds": 0.0}
         bytes_before = dir_bytes(cfg.log_path) if os.path.isdir(cfg.log_path) else None
         if progress is not None:

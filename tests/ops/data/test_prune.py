@@ -275,6 +275,25 @@ def test_prune_heights_are_checked_and_the_same_height_is_a_noop(chains, tmp_pat
     assert again["noop"] is True
 
 
+def test_a_rerun_of_a_done_prune_hands_its_point_to_the_log_again(chains, tmp_path, monkeypatch) -> None:
+    """The point is recorded before the deletion, so a deletion that failed after it (Kafka's
+    DeleteRecords and a broker timeout) left a prune that looks done: the rerun deletes again
+    (idempotent) instead of reporting a noop over records still on the broker."""
+    from ledgerlog.engine.log.embedded import EmbeddedLog
+    victim = tmp_path / "data"
+    shutil.copytree(chains["pruned"], victim)
+    calls: list[Any] = []
+    real = EmbeddedLog.prune
+
+    def spy(self, point, progress=None):
+        calls.append(point)
+        return real(self, point, progress)
+    monkeypatch.setattr(EmbeddedLog, "prune", spy)
+    again = _prune(victim, chains["height"])
+    assert again["noop"] is True
+    assert [p.height for p in calls] == [chains["height"]]
+
+
 def test_tail_and_export_below_the_log_start_say_pruned(chains, tmp_path) -> None:
     pruned, h = chains["pruned"], chains["height"]
     proc = cli(pruned, "tail", T.BLOCKS, "--from-offset", "0", "--limit", "1")
