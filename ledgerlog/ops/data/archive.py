@@ -76,10 +76,11 @@ def write_archive(log: Log, codec: Codec, dest: str, ranges: Mapping[TopicPartit
     if os.path.exists(dest):
         manifest = verify_archive(dest)
         same = {(f["topic"], f["partition"]): (f["first_offset"], f["end_offset"]) for f in manifest["files"].values()}
-        if manifest["prune_height"] == height and same == {tp: r for tp, r in ranges.items() if r[1] > r[0]}:
-            return manifest
-        raise UsageError(f"{dest} already holds another archive (prune height {manifest['prune_height']}); "
-                         "move it away or archive elsewhere")
+        if (manifest["prune_height"] == height and same == {tp: r for tp, r in ranges.items() if r[1] > r[0]}
+                and (manifest.get("chain_id"), manifest.get("genesis_hash")) == (chain_id, genesis_hash)):
+            return manifest  # this chain's, whole: not another chain's of the same heights and ranges
+        raise UsageError(f"{dest} already holds another archive (chain {manifest.get('chain_id')}, prune height "
+                         f"{manifest['prune_height']}); move it away or archive elsewhere")
     decoder = EventDecoder(codec)  # decodes only the fields a height is read from
     with atomic_dir(dest, f".tmp-{os.path.basename(dest)}-", clean_stale=True) as tmp:
         files: dict[str, Any] = {}

@@ -294,6 +294,22 @@ def test_a_rerun_of_a_done_prune_hands_its_point_to_the_log_again(chains, tmp_pa
     assert [p.height for p in calls] == [chains["height"]]
 
 
+def test_an_archive_of_another_chain_is_not_taken_for_this_one(chains, tmp_path) -> None:
+    """A prune run again keeps the archive it wrote; one another chain wrote at the same height and
+    ranges (two chains sharing retention.archive_dir) is refused, not counted as this one's."""
+    from ledgerlog.engine.errors import UsageError
+    from ledgerlog.ops.data.archive import write_archive
+    cfg = _cfg(chains["full"])
+    dest = str(tmp_path / "h5")
+    with open_chain(cfg, read_only=True) as chain:
+        ranges = {(T.BLOCKS, 0): (0, 5)}
+        kw = {"height": 5, "chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash}
+        first = write_archive(chain.log, chain.codec, dest, ranges, **kw)
+        assert write_archive(chain.log, chain.codec, dest, ranges, **kw) == first  # the rerun keeps it
+        with pytest.raises(UsageError, match="another archive"):
+            write_archive(chain.log, chain.codec, dest, ranges, **{**kw, "genesis_hash": "ab" * 32})
+
+
 def test_tail_and_export_below_the_log_start_say_pruned(chains, tmp_path) -> None:
     pruned, h = chains["pruned"], chains["height"]
     proc = cli(pruned, "tail", T.BLOCKS, "--from-offset", "0", "--limit", "1")
