@@ -139,7 +139,7 @@ def adapt(raw: Any, source: str) -> ModuleType:
         raise bad("FIELDS must map some of its TOPICS to the dotted event fields the fold reads")
     mod = ModuleType(f"ledgerlog.user_projections.{name}", getattr(raw, "__doc__", None))
     attrs: dict[str, Any] = {"NAME": name, "VERSION": version, "TOPICS": tuple(dict.fromkeys(topics)),
-                             "USER": True, "SOURCE": source, "initial": initial or _no_initial,
+                             "USER": True, "SOURCE": source, "initial": _guarded_initial(name, initial or _no_initial),
                              "fold": _guarded(name, fold)}
     if fields is not None:
         attrs["FIELDS"] = dict(fields)
@@ -151,15 +151,34 @@ def _no_initial(genesis: Any, txn: Any) -> None:
     """A user projection without ``initial`` starts empty."""
 
 
+def _check_writes(name: str, txn: Any) -> None:
+    """Refuse what a user's fold or initial state wrote that the store cannot take: keys and
+    values that are not bytes, and keys the store keeps for itself (a zero byte first). Raised
+    here, inside the fold, it stops that projection alone; at the commit it stopped the node."""
+    for key, value in getattr(txn, "writes", {}).items():
+        if type(key) is not bytes or (value is not None and type(value) is not bytes):
+            bad = key if type(key) is not bytes else value
+            raise TypeError(f"projection {name} wrote {type(bad).__name__} {str(bad)[:40]!r} as a "
+                            f"{'key' if bad is key else 'value'}: keys and values are bytes (encode them)")
+        if key[:1] == b"\x00":
+            raise ValueError(f"projection {name} wrote key {key[:20]!r}: keys starting with a zero byte "
+                             "are the store's own; pick another prefix")
+
+
 def _guarded(name: str, fold: Callable[..., Any]) -> Callable[..., None]:
-    """The user's fold, refusing keys the store keeps for itself (they start with a zero byte)."""
+    """The user's fold, its writes checked (``_check_writes``)."""
     def fold_checked(genesis: Any, events: Any, txn: Any) -> None:
         fold(genesis, events, txn)
-        for key in getattr(txn, "writes", ()):
-            if key[:1] == b"\x00":
-                raise ValueError(f"projection {name} wrote key {key[:20]!r}: keys starting with a zero byte "
-                                 "are the store's own; pick another prefix")
+        _check_writes(name, txn)
     return fold_checked
+
+
+def _guarded_initial(name: str, initial: Callable[..., Any]) -> Callable[..., None]:
+    """The user's initial state, its writes checked (``_check_writes``)."""
+    def initial_checked(genesis: Any, txn: Any) -> None:
+        initial(genesis, txn)
+        _check_writes(name, txn)
+    return initial_checked
 
 
 def is_user(mod: ModuleType) -> bool:

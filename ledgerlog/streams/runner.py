@@ -44,6 +44,10 @@ _tracer = trace.get_tracer("ledgerlog.streams")  # API only: no-op spans unless 
 log = logging.getLogger("ledgerlog.runner")
 
 
+#: the error of a FoldFailure raised by ``initial``, not by a fold, starts with this
+INITIAL = "initial: "
+
+
 @dataclass(frozen=True)
 class FoldFailure:
     """Where a projection's fold raised on an admitted event (a bug: PROTOCOL §7 says no event
@@ -57,9 +61,13 @@ class FoldFailure:
 
     @property
     def message(self) -> str:
-        where = (f"{self.topic}[{self.partition}] offset {self.offset}" if self.topic is not None
-                 else "a batch it could not narrow to one record")
-        return (f"projection {self.projection} stopped: its fold raised {self.error} at {where}; "
+        if self.error.startswith(INITIAL):
+            what = f"its initial state raised {self.error[len(INITIAL):]}"
+        else:
+            where = (f"{self.topic}[{self.partition}] offset {self.offset}" if self.topic is not None
+                     else "a batch it could not narrow to one record")
+            what = f"its fold raised {self.error} at {where}"
+        return (f"projection {self.projection} stopped: {what}; "
                 f"fix the projection's code, then run `ledgerlog reproject {self.projection}`")
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,12 +156,8 @@ class Runner:
             return self._open_live(module, path, version)
         # a shard of a build: no anchor (shards are not used on a pruned log)
         store = ProjectionStore(path, bulk=self.bulk)
-        if not store.initialised:
-            store.reset()  # whatever is in it is not a state (a killed merge's part)
-            txn = store.begin()
-            module.initial(self.genesis, txn, shard)
-            store.commit(txn, {}, initialised=True)
-        return ProjectionHandle(module, store, version, shard=shard)
+        failed = self._initialise(module, store, shard) if not store.initialised else None
+        return ProjectionHandle(module, store, version, shard=shard, failed=failed)
 
     def _open_live(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
         """Open (creating and initialising if new) one projection store. On a pruned log a new
@@ -183,12 +187,30 @@ class Runner:
             raise PrunedError(f"projection {module.NAME} has folded {t}[{p}] up to offset {off}, below the "
                               f"log's start {start} (pruned): rebuild it from the anchor with "
                               f"`ledgerlog reproject {module.NAME}`")
-        if not self.read_only and not store.initialised:
-            store.reset()  # whatever is in it is not a state (a killed merge's part)
-            txn = store.begin()
-            module.initial(self.genesis, txn)
-            store.commit(txn, {}, initialised=True)
-        return ProjectionHandle(module, store, version)
+        failed = self._initialise(module, store) if not self.read_only and not store.initialised else None
+        return ProjectionHandle(module, store, version, failed=failed)
+
+    def _initialise(self, module: ModuleType, store: ProjectionStore,
+                    shard: tuple[int, int] | None = None) -> FoldFailure | None:
+        """Write the initial state into an uninitialised store (emptied first: whatever is in it is
+        not a state, e.g. a killed merge's part). A user projection whose ``initial`` raises stops
+        alone, as a failing fold does (the store stays uninitialised for its rebuild); a built-in's
+        error propagates."""
+        store.reset()
+        txn = store.begin()
+        try:
+            if shard is None:
+                module.initial(self.genesis, txn)
+            else:
+                module.initial(self.genesis, txn, shard)
+        except Exception as exc:
+            if not catalog.is_user(module):
+                raise
+            failure = FoldFailure(module.NAME, None, None, None, f"{INITIAL}{type(exc).__name__}: {exc}")
+            log.error("%s", failure.message)
+            return failure
+        store.commit(txn, {}, initialised=True)
+        return None
 
     def _pruned(self, module: ModuleType) -> bool:
         """Has the log lost records of a topic ``module`` reads?"""

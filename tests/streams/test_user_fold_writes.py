@@ -1,0 +1,49 @@
+"""A user projection whose fold (or initial state) writes what a store cannot hold (a str key or
+value) stops alone, with the reason, at the event it failed on; the others fold on. The store
+refused it only at the commit, outside the fold's isolation, so the error stopped the node's
+fold loop, and every restart the same way."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import admit_ok
+
+from ledgerlog.streams import catalog
+from ledgerlog.streams.runner import Runner
+
+BAD_VALUE = """NAME, VERSION, TOPICS = "memo_of", 1, ("pool.shares",)
+def fold(genesis, events, txn):
+    for _topic, e in events:
+        txn.put(e["share_id"].encode(), e["worker"])  # a str, not bytes
+"""
+BAD_INITIAL = """NAME, VERSION, TOPICS = "seeded", 1, ("pool.shares",)
+def initial(genesis, txn):
+    txn.put("seed", b"1")  # a str key
+def fold(genesis, events, txn):
+    pass
+"""
+
+
+@pytest.mark.parametrize("name,source,where", [("memo_of", BAD_VALUE, "value"), ("seeded", BAD_INITIAL, "key")])
+def test_a_user_fold_writing_a_str_stops_alone(chain, lines, tmp_path, name: str, source: str, where: str) -> None:
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    projections_dir = chain.config.projections_dir
+    with open(catalog.registry_path(projections_dir), "w") as f:
+        json.dump({"projections": {name: {"file": str(path)}}}, f)
+    for i in range(3):
+        admit_ok(chain, lines.share(job_id=f"j{i}"))
+    runner: Any = None
+    try:
+        runner = Runner(chain.log, chain.codec, chain.genesis, projections_dir)
+        runner.catch_up()  # no exception: the bad projection stops, the others fold on
+        failed = runner.failures()
+        assert set(failed) == {name}, failed
+        assert f"as a {where}" in failed[name].message and "bytes" in failed[name].message
+        assert ("initial state raised" in failed[name].message) == (name == "seeded")
+        assert runner.lag()["payouts"] == 0 and runner.lag()["chainstate"] == 0
+    finally:
+        if runner is not None:
+            runner.close()
