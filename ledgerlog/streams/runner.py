@@ -29,6 +29,7 @@ from ledgerlog.engine.errors import (
     CorruptStoreError,
     ProjectionFailedError,
     PrunedError,
+    StorageError,
 )
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log, ahead_error
@@ -260,6 +261,8 @@ class Runner:
             txn = handle.store.begin()
             try:
                 self._call_fold(handle, events, txn)
+            except StorageError:  # the disk failed a read: the caller's storage fault, not the fold's bug
+                raise
             except Exception as exc:  # noqa: BLE001 - a bug in one fold must not stop the others
                 self._stop_failed(handle, feed, events, exc)
                 return 0

@@ -173,6 +173,9 @@ class Node:
                             h.store.recover()
             except StorageError:
                 continue
+            except Exception:  # a raw RocksDB error of the reopen: probe again, never die
+                log.warning("storage probe: reopening failed; trying again", exc_info=True)
+                continue
             if HEALTH.writable:
                 log.info("storage is writable again")
 

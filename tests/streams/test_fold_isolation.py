@@ -1,7 +1,8 @@
-"""A user projection whose fold (or initial state) writes what a store cannot hold (a str key or
-value) stops alone, with the reason, at the event it failed on; the others fold on. The store
-refused it only at the commit, outside the fold's isolation, so the error stopped the node's
-fold loop, and every restart the same way."""
+"""What stops a projection and what does not. A user projection whose fold (or initial state)
+writes what a store cannot hold (a str key or value) stops alone, with the reason, and the others
+fold on: the store refused it only at the commit, outside the fold's isolation, so the error
+stopped the node's fold loop, and every restart the same way. A read the disk refuses inside a
+fold is the disk's fault, not the projection's: it is retried, not marked failed for good."""
 from __future__ import annotations
 
 import json
@@ -47,3 +48,30 @@ def test_a_user_fold_writing_a_str_stops_alone(chain, lines, tmp_path, name: str
     finally:
         if runner is not None:
             runner.close()
+
+
+def test_a_storage_error_while_folding_is_the_disk_s_not_a_failed_projection(chain, lines, monkeypatch) -> None:
+    """A read the disk refuses inside a fold (an iterator's I/O error is a StorageError) goes to the
+    caller, which retries once the disk is back (the node's fold loop backs off); the projection is
+    not marked failed for good."""
+    from ledgerlog.engine.errors import StorageError
+    from ledgerlog.projections import payouts
+
+    admit_ok(chain, lines.share(job_id="j0"))
+    real, calls = payouts.fold, [0]
+
+    def flaky(genesis: Any, events: Any, txn: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise StorageError("IO error: read failed")
+        real(genesis, events, txn)
+    monkeypatch.setattr(payouts, "fold", flaky)
+    runner = Runner(chain.log, chain.codec, chain.genesis, chain.config.projections_dir, names=["payouts"])
+    try:
+        with pytest.raises(StorageError):
+            runner.catch_up()
+        assert runner.failures() == {}
+        runner.catch_up()  # the disk is back
+        assert runner.lag()["payouts"] == 0 and runner.failures() == {}
+    finally:
+        runner.close()
