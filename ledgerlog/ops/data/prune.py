@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any
 from ledgerlog import projections
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import Chain
-from ledgerlog.engine.errors import BadRequest, PruneHeightError, PruneUnsupportedError
+from ledgerlog.engine.errors import (
+    BadRequest,
+    ProjectionFailedError,
+    PruneHeightError,
+    PruneUnsupportedError,
+)
 from ledgerlog.engine.log.base import Log, TopicPartition
 from ledgerlog.engine.log.base import first_at_height as log_first_at_height
 from ledgerlog.engine.movements import event_height
@@ -151,6 +156,12 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
             runner.catch_up(until=plan.targets)
             for h in runner.handles.values():
                 h.store.flush()
+        stopped = sorted(runner.failures())
+        if stopped:  # they stopped before the targets: pruning would delete records they still need
+            raise ProjectionFailedError(
+                f"projection(s) {', '.join(stopped)} stopped on a failing fold, before the records this prune "
+                "would delete: fix the code and `ledgerlog reproject` them (or `ledgerlog projections remove` "
+                "a user projection), then prune again")
         step("caught_up")
         # 2. the archive
         _phase(progress, "archive")

@@ -310,6 +310,27 @@ def test_an_archive_of_another_chain_is_not_taken_for_this_one(chains, tmp_path)
             write_archive(chain.log, chain.codec, dest, ranges, **{**kw, "genesis_hash": "ab" * 32})
 
 
+def test_a_prune_past_a_stopped_projection_is_refused_and_deletes_nothing(chains, tmp_path, monkeypatch) -> None:
+    """A projection whose fold failed has stopped below the records a prune would delete: the prune
+    is refused (retention tries again later) rather than strand it (its store would be behind the
+    log's start, and the node refuse to open it)."""
+    from ledgerlog.engine.errors import ProjectionFailedError
+    from ledgerlog.streams import catalog
+    victim = tmp_path / "data"
+    shutil.copytree(chains["full"], victim)
+    module = tmp_path / "fragile.py"  # a user projection (the anchor, of the built-ins, does not hold it)
+    module.write_text("NAME, VERSION, TOPICS = 'fragile', 1, ('ledger.blocks',)\n"
+                      "def fold(genesis, events, txn):\n"
+                      "    raise RuntimeError('a bug')\n")
+    with open(catalog.registry_path(_cfg(victim).projections_dir), "w") as f:
+        json.dump({"projections": {"fragile": {"file": str(module)}}}, f)
+    with pytest.raises(ProjectionFailedError, match="fragile"):
+        _prune(victim, chains["height"])
+    cfg = _cfg(victim)
+    with open_chain(cfg, read_only=True) as chain:
+        assert chain.log.prune_point() is None and min(chain.log.start_offsets(T.BLOCKS)) == 0
+
+
 def test_tail_and_export_below_the_log_start_say_pruned(chains, tmp_path) -> None:
     pruned, h = chains["pruned"], chains["height"]
     proc = cli(pruned, "tail", T.BLOCKS, "--from-offset", "0", "--limit", "1")
