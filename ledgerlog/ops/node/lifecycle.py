@@ -45,6 +45,7 @@ log = logging.getLogger("ledgerlog.node")
 
 _MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
 _PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
+_STOP_LOCK_SECONDS = 60.0  # how long stop() waits for an admin action holding the projections
 _SAMPLE_SECONDS = 0.2  # how often the dashboard's per-height samples are taken (ops/query/series.py)
 
 
@@ -279,8 +280,14 @@ class Node:
         for t in self._threads:
             t.join(timeout=30)
         self._threads.clear()
+        # the last fold waits for a swap, a prune's catch-up or a compaction under way (an admin
+        # action can outlive the server's graceful timeout): two folds in one store break its digest
+        locked = self.fold_lock.acquire(timeout=_STOP_LOCK_SECONDS)
         try:
-            if self.runner.handles:
+            if not locked:
+                log.warning("stop: an admin action still holds the projections after %s s; not draining "
+                            "them (the next start folds on from what they committed)", _STOP_LOCK_SECONDS)
+            elif self.runner.handles:
                 self.runner.catch_up()
                 for h in self.runner.handles.values():
                     h.store.flush()
@@ -292,6 +299,8 @@ class Node:
                     close()
                 except StorageError as exc:
                     log.error("closing: %s", exc)
+            if locked:  # released once the stores are closed: an action waiting for it finds them so
+                self.fold_lock.release()
             try:
                 if os.path.exists(self.config.node_file):
                     os.unlink(self.config.node_file)
