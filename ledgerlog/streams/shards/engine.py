@@ -41,6 +41,7 @@ from .topics import Progress, ProgressReader
 __all__ = ["ShardEngine"]
 
 _log = logging.getLogger("ledgerlog.shards")
+_STOP_WAIT = 30.0  # seconds stop() waits for each thread, then for a batch still folding
 
 
 @dataclass
@@ -311,10 +312,10 @@ class ShardEngine:
         self._derive_wake.set()
         for t in (self._fold_thread, self._derive_thread, self._progress_thread):
             if t.is_alive():
-                t.join(timeout=30)
+                t.join(timeout=_STOP_WAIT)
         # the stores close with no batch folding into them and no query reading them (a fold
         # thread that outlived its join keeps them open rather than fail in a closed store)
-        if self._batch_lock.acquire(timeout=30):
+        if self._batch_lock.acquire(timeout=_STOP_WAIT):
             try:
                 with self._lock:
                     self._owned.clear()
@@ -324,7 +325,7 @@ class ShardEngine:
             finally:
                 self._batch_lock.release()
         else:
-            _log.warning("stop: a batch is still folding after 60 s; its shard stores are left open")
+            _log.warning("stop: a batch is still folding after %s s more; its shard stores are left open", _STOP_WAIT)
         if self._consumer is not None:
             self._consumer.close()
         if self._reader is not None:
