@@ -45,25 +45,23 @@ _tracer = trace.get_tracer("ledgerlog.streams")  # API only: no-op spans unless 
 log = logging.getLogger("ledgerlog.runner")
 
 
-#: the error of a FoldFailure raised by ``initial``, not by a fold, starts with this
-INITIAL = "initial: "
-
-
 @dataclass(frozen=True)
 class FoldFailure:
     """Where a projection's fold raised on an admitted event (a bug: PROTOCOL §7 says no event
-    may make a fold fail). The projection stops there; everything else goes on."""
+    may make a fold fail), or (``in_initial``) its initial state did. The projection stops there;
+    everything else goes on."""
 
     projection: str
     topic: str | None
     partition: int | None
     offset: int | None
     error: str
+    in_initial: bool = False
 
     @property
     def message(self) -> str:
-        if self.error.startswith(INITIAL):
-            what = f"its initial state raised {self.error[len(INITIAL):]}"
+        if self.in_initial:
+            what = f"its initial state raised {self.error}"
         else:
             where = (f"{self.topic}[{self.partition}] offset {self.offset}" if self.topic is not None
                      else "a batch it could not narrow to one record")
@@ -207,7 +205,7 @@ class Runner:
         except Exception as exc:
             if not catalog.is_user(module):
                 raise
-            failure = FoldFailure(module.NAME, None, None, None, f"{INITIAL}{type(exc).__name__}: {exc}")
+            failure = FoldFailure(module.NAME, None, None, None, f"{type(exc).__name__}: {exc}", in_initial=True)
             log.error("%s", failure.message)
             return failure
         store.commit(txn, {}, initialised=True)
