@@ -414,25 +414,22 @@ class EmbeddedLog(Log):
 
     def state_get(self, key: bytes) -> bytes | None:
         full = K.STATE_PREFIX + key
-        if self._closing:
-            return self._reading(lambda db: db.get(full))
-        try:
-            return self._db.get(full)
-        except (DbClosedError, RuntimeError):  # swapped by a recovery meanwhile: read the new one
-            return self._reading(lambda db: db.get(full))
+        return self._read_now(lambda db: db.get(full))
 
     def state_get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """One RocksDB multi-get (a chunk's dedupe lookups cost one call, not one per line)."""
         full: list[Any] = [K.STATE_PREFIX + k for k in keys]
+        return self._read_now(lambda db: cast("list[bytes | None]", db[full]))
 
-        def get(db: Rdict) -> list[bytes | None]:
-            return cast("list[bytes | None]", db[full])
+    def _read_now(self, read: Callable[[Rdict], _T]) -> _T:
+        """``read(db)`` on the current database without the ``_reading`` detour unless a recovery
+        is closing it or swapped it meanwhile (the state reads of admission's hot path)."""
         if self._closing:
-            return self._reading(get)
+            return self._reading(read)
         try:
-            return get(self._db)
+            return read(self._db)
         except (DbClosedError, RuntimeError):  # swapped by a recovery meanwhile: read the new one
-            return self._reading(get)
+            return self._reading(read)
 
     def state_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         n = len(K.STATE_PREFIX)
