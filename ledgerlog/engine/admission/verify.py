@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from itertools import islice
 
 from ..errors import Rejection
@@ -81,10 +82,10 @@ class Pending:
     and ``broken`` is told, so the next chunk gets a new pool."""
 
     def __init__(self, futures: list[Future[Prepared]], cache: SignatureCache, lines: Sequence[bytes | str],
-                 broken: Callable[[ProcessPoolExecutor | None], None], pool: ProcessPoolExecutor | None) -> None:
+                 broken: Callable[[], None]) -> None:
         self.futures = futures
         self.cache = cache
-        self._lines, self._broken, self._pool = lines, broken, pool
+        self._lines, self._broken = lines, broken
 
     def items(self) -> list[Item | Rejection]:
         out: list[Item | Rejection] = []
@@ -94,7 +95,7 @@ class Pending:
                 self.cache.hits += hits
                 out.extend(map(rebuild, prepared))
         except BrokenProcessPool:
-            self._broken(self._pool)
+            self._broken()
             return parse_all(self._lines)
         return out
 
@@ -146,7 +147,7 @@ class Verifier:
         except BrokenProcessPool:  # broke since its last chunk: this one is parsed inline (``items``)
             futures = [_broken_future()]
         self.prepared_lines += len(lines)
-        return Pending(futures, self.cache, lines, self._lost, pool)
+        return Pending(futures, self.cache, lines, partial(self._lost, pool))
 
     def _the_pool(self) -> ProcessPoolExecutor:
         with self._pool_lock:
@@ -159,10 +160,10 @@ class Verifier:
                                                  initializer=exit_with_parent)
             return self._pool
 
-    def _lost(self, pool: ProcessPoolExecutor | None) -> None:
+    def _lost(self, pool: ProcessPoolExecutor) -> None:
         """``pool`` broke: forget it (once), so the next chunk starts a new one."""
         with self._pool_lock:
-            if pool is None or pool is not self._pool:
+            if pool is not self._pool:
                 return
             self._pool = None
             self.pools_lost += 1
