@@ -225,20 +225,24 @@ class WriteState:
     def set_log_origin(self, pubkey: str) -> None:
         self._put(self.LOG_ORIGIN, pubkey)
 
+    def _log_role_keys(self) -> Iterator[tuple[str, bool]]:
+        """(pubkey, active) of each key a rotation of the ``log`` role named."""
+        prefix = b"rk/log/"
+        for key, raw in self._log.state_items(prefix):
+            yield key[len(prefix):].decode(), bool(intjson.loads(raw)[1])  # (identity, active)
+
     def log_keys(self) -> set[str]:
         """Every key that has held the ``log`` role: the first one and each a rotation named
         (retired ones too: the heads they signed stay verifiable)."""
-        prefix = b"rk/log/"
-        keys = {key[len(prefix):].decode() for key, _ in self._log.state_items(prefix)}
+        keys = {key for key, _ in self._log_role_keys()}
         origin = self.log_origin()
         return keys | {origin} if origin else keys
 
     def log_key_now(self) -> str | None:
         """The key holding the ``log`` role now: the newest rotation's, else the first log key."""
-        prefix = b"rk/log/"
-        for key, raw in self._log.state_items(prefix):
-            if intjson.loads(raw)[1]:  # (identity, active): exactly one key is active after a rotation
-                return key[len(prefix):].decode()
+        for key, active in self._log_role_keys():
+            if active:  # exactly one key is active after a rotation
+                return key
         return self.log_origin()
 
 
