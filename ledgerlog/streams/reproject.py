@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ from . import catalog, layout
 from .parallel import build_bulk
 from .runner import Runner
 from .store import ProjectionStore
+
+_log = logging.getLogger("ledgerlog.reproject")
 
 __all__ = ["reproject", "reproject_lock", "total_records"]
 
@@ -179,11 +182,12 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
             summary["previous"] = old_dir
         elif old_dir != built[0]:
             remove = old_dir
-        # queries that already hold the old store finish before it closes (then, maybe, goes)
-        timer = threading.Timer(1.0, _retire, (old.store, projections_dir, name, remove))
+        # queries that already hold the old store read on; it closes (then, maybe, goes) after them
+        retiring = threading.Thread(target=_retire, args=(old.store, projections_dir, name, remove),
+                                    name=f"retire-{name}")
         with _RETIRING_LOCK:
-            _RETIRING[os.path.abspath(old.store.path)] = timer
-        timer.start()
+            _RETIRING[os.path.abspath(old.store.path)] = retiring
+        retiring.start()
     if stale_previous and stale_previous["dir"] not in (built[0], summary.get("previous")):
         _settle_retirement(os.path.join(projections_dir, name, stale_previous["dir"]))
         _remove(projections_dir, name, stale_previous["dir"])
@@ -214,12 +218,23 @@ def _refuse_nondeterministic(projections_dir: str, name: str, build_dir: str, ve
             "error": {"code": error.code, "message": str(error)}}
 
 
-#: store path -> the timer that closes it: stores swapped out, which queries may still be reading
-_RETIRING: dict[str, threading.Timer] = {}
+#: store path -> the thread that closes it: stores swapped out, which queries may still be reading
+_RETIRING: dict[str, threading.Thread] = {}
 _RETIRING_LOCK = threading.Lock()
+#: a swapped-out store stays open this long at least (a query may be about to take its view) ...
+RETIRE_GRACE = 1.0
+#: ... and then until its last view is let go, but no longer than this (a view leaked for good)
+RETIRE_MAX_WAIT = 60.0
 
 
 def _retire(store: Any, projections_dir: str, name: str, remove: str | None) -> None:
+    time.sleep(RETIRE_GRACE)
+    deadline = time.monotonic() + RETIRE_MAX_WAIT
+    while store.views() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if store.views():
+        _log.warning("projection %s: closing the store swapped out of it with %d views still held after %.0f s",
+                     name, store.views(), RETIRE_MAX_WAIT)
     try:
         store.close()
     finally:
@@ -230,7 +245,7 @@ def _retire(store: Any, projections_dir: str, name: str, remove: str | None) -> 
 
 
 def _settle_retirement(path: str) -> None:
-    """Wait for the store at ``path``, if it was swapped out less than a second ago, to close:
+    """Wait for the store at ``path``, if it was swapped out and is still open, to close:
     its directory is about to be removed, which its open handle still locks. (Only then: back to
     back reprojects otherwise never wait for the previous one's retirements.)"""
     with _RETIRING_LOCK:

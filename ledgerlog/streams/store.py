@@ -16,6 +16,7 @@ as a live one (a logged write after unflushed unlogged ones could otherwise outl
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 
 from ledgerlog.engine import storekeys as K
@@ -101,7 +102,7 @@ class _DbView:
         return self._db.get(key)
 
     def items(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        return iter_prefix(self._db, prefix, start)
+        yield from iter_prefix(self._db, prefix, start)  # a generator of the view: it holds the view while it walks
 
     def last_at_or_before(self, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
         it = self._db.iter()
@@ -178,6 +179,7 @@ class ProjectionStore:
             self.bulk = True
             self._wo.disable_wal = True  # type: ignore[method-assign, assignment]  # a property (stub: a method)
         self._guard = WriteGuard(path, self._reopen)
+        self._views: weakref.WeakSet[_DbView] = weakref.WeakSet()
         self._load()
 
     def _load(self) -> None:
@@ -255,7 +257,14 @@ class ProjectionStore:
         return out
 
     def view(self) -> _DbView:
-        return _DbView(self.db)
+        """A reader of the store; a store swapped out closes only once no view of it is left."""
+        view = _DbView(self.db)
+        self._views.add(view)
+        return view
+
+    def views(self) -> int:
+        """Views of the store still held (by queries reading it, or their page walks)."""
+        return len(self._views)
 
     def begin(self) -> OverlayTxn:
         return OverlayTxn(self.db, self._keys)

@@ -250,3 +250,39 @@ def test_a_swap_adding_a_projection_leaves_queries_iterating_the_projections_unh
             assert list(live.handles) == ["balances", "energy"]
         finally:
             live.close()
+
+
+def test_a_query_holding_the_swapped_out_store_reads_on_until_it_lets_go(data):
+    """A slow query (a JSON-RPC batch, a long page) that took its view before a swap keeps reading
+    the old store however long it takes; the old store closes, and its directory goes, only once
+    no view of it is left."""
+    import gc
+
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.streams.reproject import reproject
+    from ledgerlog.streams.runner import Runner
+
+    cfg = Config(data_dir=data)
+    with open_chain(cfg, read_only=True) as chain:
+        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
+        try:
+            old = live.handles["balances"].store
+            view = old.view()
+            rows = view.items(b"a/")
+            first = next(rows)
+            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, ["balances"], keep=False)
+            time.sleep(1.5)  # past the retirement's grace period
+            assert view.get(first[0]) == first[1]
+            assert len(list(rows)) > 0  # the page goes on
+            assert os.path.isdir(old.path) and old.db is not None
+            del view, rows
+            gc.collect()
+            deadline = time.monotonic() + 10
+            while old.db is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert old.db is None
+            while os.path.exists(old.path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.exists(old.path)
+        finally:
+            live.close()
