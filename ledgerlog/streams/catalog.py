@@ -26,7 +26,7 @@ from ledgerlog.engine.chain import write_atomic
 from ledgerlog.engine.errors import ProjectionInvalidError, UnknownProjectionError
 
 __all__ = ["REGISTRY_FILE", "NAME_RE", "registry_path", "registered", "load", "modules", "module", "names",
-           "load_errors", "register", "unregister", "is_user"]
+           "load_errors", "register", "unregister", "write_registered", "is_user"]
 
 REGISTRY_FILE = "user-projections.json"
 #: a name that fits a directory, a URL path segment and a CLI argument
@@ -245,7 +245,7 @@ def register(projections_dir: str, mod: ModuleType, entry: dict[str, str]) -> No
     """Add (or replace) a user projection's entry in the registry, atomically."""
     entries = registered(projections_dir)
     entries[mod.NAME] = entry
-    _write(projections_dir, entries)
+    write_registered(projections_dir, entries)
 
 
 def unregister(projections_dir: str, name: str) -> None:
@@ -255,10 +255,11 @@ def unregister(projections_dir: str, name: str) -> None:
             raise ProjectionInvalidError(f"{name} is a built-in projection and cannot be removed")
         raise UnknownProjectionError(f"no user projection {name!r} is registered; have {', '.join(sorted(entries)) or 'none'}")
     del entries[name]
-    _write(projections_dir, entries)
+    write_registered(projections_dir, entries)
 
 
-def _write(projections_dir: str, entries: dict[str, dict[str, str]]) -> None:
+def write_registered(projections_dir: str, entries: dict[str, dict[str, str]]) -> None:
+    """Write the registry of ``projections_dir`` (as ``registered`` reads it), atomically."""
     path = registry_path(projections_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(path, json.dumps({"projections": entries}, indent=2, sort_keys=True).encode() + b"\n")

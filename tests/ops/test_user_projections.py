@@ -296,3 +296,22 @@ def test_the_notebook_api_folds_up_to_a_height(data, template, tmp_path, capsys)
     with replay("balances", str(data)) as whole:  # a built-in, by name, to the end, with its bar
         assert "replay balances" in capsys.readouterr().err
         assert whole.digest == ok_json(run(data, "projections", "list", cwd=tmp_path))["projections"][1]["digest"]
+
+
+def test_a_snapshot_keeps_the_user_projections_and_a_restore_serves_them(data, template, tmp_path) -> None:
+    """A snapshot holds the user projections' stores and their registration: the restored data
+    dir serves them at once (same digest), without `projections add` again or a rebuild."""
+    write_module(tmp_path)
+    ok_json(run(data, "projections", "add", "tx_count", cwd=tmp_path))
+    built = ok_json(run(data, "reproject", "tx_count", cwd=tmp_path))["projections"][0]
+    snap = ok_json(run(data, "snapshot", "create", cwd=tmp_path))
+    assert "tx_count" in snap["projections"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    restored = tmp_path / "restored"
+    ok_json(run(restored, "snapshot", "restore", snap["path"], cwd=elsewhere))
+    listed = {p["name"]: p for p in ok_json(run(restored, "projections", "list", cwd=elsewhere))["projections"]}
+    assert listed["tx_count"]["user"] and listed["tx_count"]["digest"] == built["digest_after"]
+    one = next(iter(confirmed_per_sender(template[1])))
+    assert ok_json(run(restored, "projections", "get", "tx_count", one, cwd=elsewhere))["value"] == \
+        ok_json(run(data, "projections", "get", "tx_count", one, cwd=elsewhere))["value"]

@@ -6,6 +6,7 @@ A snapshot is a directory laid out like a data dir, so restoring is a copy::
     <chain_id>-h<height>-<yyyymmddThhmmssZ>/
         manifest.json                      format, chain, height, positions, every file's sha256
         genesis.json  config.toml  [keys/]
+        [user-projections.json]            the registration of the user projections below
         log/                               RocksDB checkpoint of the embedded log
         anchor/                            a pruned log's anchor (streams/anchor.py), when there is one
         projections/<name>/live            pointer {"dir", "version"}
@@ -60,7 +61,7 @@ from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import map_error
 from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.ops.jobs import Progress
-from ledgerlog.streams import layout
+from ledgerlog.streams import catalog, layout
 from ledgerlog.streams.anchor import Anchor
 from ledgerlog.streams.store import ProjectionStore
 
@@ -378,8 +379,11 @@ def _create(chain: Chain, runner: Runner, tmp: str, out_dir: str, *, with_keys: 
             if any(o > e for o, e in zip(offs, ends.get(t, []))):
                 raise StorageError(f"snapshot inconsistency: projection {name} is ahead of the log on {t}")
 
-    # 3. genesis, config, keys
+    # 3. genesis, config, keys, and the registration of the user projections taken
     shutil.copy2(cfg.genesis_path, os.path.join(tmp, "genesis.json"))
+    users = {n: e for n, e in catalog.registered(cfg.projections_dir).items() if n in taken}
+    if users:
+        catalog.write_registered(pdir, users)
     if os.path.exists(cfg.config_path):
         shutil.copy2(cfg.config_path, os.path.join(tmp, "config.toml"))
     if with_keys and os.path.isdir(cfg.keys_dir):
