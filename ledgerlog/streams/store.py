@@ -140,11 +140,22 @@ class OverlayTxn(_DbView):
         self.writes[key] = None
 
     def items(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """The stored keys merged with the writes, lazily: a walk left early (a fold stopping at a
+        bound) reads no further than it went."""
         lo = start if start is not None else prefix
-        merged: dict[bytes, bytes | None] = dict(iter_prefix(self._db, prefix, lo))
-        merged.update((k, v) for k, v in self.writes.items() if k.startswith(prefix) and k >= lo)
-        for k in sorted(merged):
-            v = merged[k]
+        mine = sorted((k, v) for k, v in self.writes.items() if k.startswith(prefix) and k >= lo)
+        i, n = 0, len(mine)
+        for key, value in iter_prefix(self._db, prefix, lo):
+            while i < n and mine[i][0] <= key:
+                k, v = mine[i]
+                i += 1
+                if v is not None:
+                    yield k, v
+                if k == key:  # written over (or deleted) in this batch
+                    break
+            else:
+                yield key, value
+        for k, v in mine[i:]:
             if v is not None:
                 yield k, v
 

@@ -111,3 +111,74 @@ def test_large_stores_keep_no_filter(tmp_path, monkeypatch) -> None:
     store.commit(txn, {})
     assert store._keys is None and store.digest == content_digest(store)
     store.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(stored=st.dictionaries(st.binary(min_size=1, max_size=3), st.binary(max_size=2), max_size=30),
+       writes=st.dictionaries(st.binary(min_size=1, max_size=3), st.none() | st.binary(max_size=2), max_size=30),
+       prefix=st.binary(max_size=1), start=st.none() | st.binary(max_size=3))
+def test_an_overlay_walk_is_the_store_with_its_writes_in_key_order(tmp_path_factory, stored, writes, prefix,
+                                                                   start) -> None:
+    """items(prefix, start) of a fold's overlay: the stored keys with the uncommitted writes over
+    them (a None write deletes), in key order, from the later of start and prefix."""
+    store = ProjectionStore(str(tmp_path_factory.mktemp("overlay")))
+    try:
+        txn = store.begin()
+        for k, v in stored.items():
+            txn.put(b"\x01" + k, v)
+        store.commit(txn, {})
+        txn = store.begin()
+        for k, v in writes.items():
+            if v is None:
+                txn.delete(b"\x01" + k)
+            else:
+                txn.put(b"\x01" + k, v)
+        full = {b"\x01" + k: v for k, v in stored.items()}
+        full.update({b"\x01" + k: v for k, v in writes.items()})
+        pre = b"\x01" + prefix
+        lo = pre if start is None else max(pre, b"\x01" + start)
+        want = sorted((k, v) for k, v in full.items() if v is not None and k.startswith(pre) and k >= lo)
+        assert list(txn.items(pre, None if start is None else b"\x01" + start)) == want
+    finally:
+        store.close()
+
+
+def test_an_overlay_walk_left_early_reads_no_further_than_it_went(tmp_path) -> None:
+    """A fold that walks keys from a point and stops at a bound (payouts' rounds and weights)
+    reads what it walked, not the whole rest of the prefix: an unsigned share mined far below
+    the tip must not cost a read of the pool's whole history."""
+    store = ProjectionStore(str(tmp_path / "s"))
+    try:
+        txn = store.begin()
+        for i in range(20_000):
+            txn.put(b"w/" + i.to_bytes(4, "big"), b"1")
+        store.commit(txn, {})
+        txn = store.begin()
+        txn.put(b"w/" + (5).to_bytes(4, "big"), b"2")
+
+        class Counting:  # the store's database, counting the records its iterators step over
+            steps = 0
+
+            def __init__(self, db) -> None:
+                self.db = db
+
+            def iter(self):
+                it, outer = self.db.iter(), self
+
+                class Step:
+                    def __getattr__(self, name):
+                        return getattr(it, name)
+
+                    def next(self):
+                        outer.steps += 1
+                        it.next()
+                return Step()
+
+        counting = Counting(txn._db)
+        txn._db = counting
+        walk = txn.items(b"w/", b"w/" + (3).to_bytes(4, "big"))
+        got = [next(walk) for _ in range(4)]
+        assert got[2] == (b"w/" + (5).to_bytes(4, "big"), b"2")
+        assert counting.steps < 100
+    finally:
+        store.close()
