@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import os
+import pickle
 import re
 import sys
 import threading
@@ -26,7 +27,7 @@ from ledgerlog.engine.chain import write_atomic
 from ledgerlog.engine.errors import ProjectionInvalidError, UnknownProjectionError
 
 __all__ = ["REGISTRY_FILE", "NAME_RE", "registry_path", "registered", "load", "modules", "module", "names",
-           "load_errors", "register", "unregister", "write_registered", "is_user"]
+           "load_errors", "register", "unregister", "write_registered", "is_user", "describe", "UserCodeError"]
 
 REGISTRY_FILE = "user-projections.json"
 #: a name that fits a directory, a URL path segment and a CLI argument
@@ -165,18 +166,49 @@ def _check_writes(name: str, txn: Any) -> None:
                              "are the store's own; pick another prefix")
 
 
+class UserCodeError(Exception):
+    """What a user projection's code raised that is not an ``Exception`` (``sys.exit()``, a
+    ``GeneratorExit``), or whose text cannot be told: an ``Exception`` like any other, so it
+    stops that projection alone."""
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: text`` of an exception, whatever its ``__str__`` does (user code's may raise)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - the text of an exception raised by user code
+        text = "(its text could not be read)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _private(genesis: Any, *rest: Any) -> tuple[Any, ...]:
+    """Copies of what a user projection is handed (the genesis, the decoded events): the
+    built-ins fold the same objects, which its code might edit in place."""
+    return pickle.loads(pickle.dumps((genesis, *rest), protocol=pickle.HIGHEST_PROTOCOL))  # type: ignore[no-any-return]
+
+
+def _run_user(call: Callable[..., Any], *args: Any) -> None:
+    """Call user code; what it raises that is not an ``Exception`` comes out as one."""
+    try:
+        call(*args)
+    except (Exception, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() and the like, from user code
+        raise UserCodeError(describe(exc)) from None
+
+
 def _guarded(name: str, fold: Callable[..., Any]) -> Callable[..., None]:
-    """The user's fold, its writes checked (``_check_writes``)."""
+    """The user's fold, on its own copies, its writes checked (``_check_writes``)."""
     def fold_checked(genesis: Any, events: Any, txn: Any) -> None:
-        fold(genesis, events, txn)
+        _run_user(fold, *_private(genesis, events), txn)
         _check_writes(name, txn)
     return fold_checked
 
 
 def _guarded_initial(name: str, initial: Callable[..., Any]) -> Callable[..., None]:
-    """The user's initial state, its writes checked (``_check_writes``)."""
+    """The user's initial state, on its own copy of the genesis, its writes checked."""
     def initial_checked(genesis: Any, txn: Any) -> None:
-        initial(genesis, txn)
+        _run_user(initial, *_private(genesis), txn)
         _check_writes(name, txn)
     return initial_checked
 

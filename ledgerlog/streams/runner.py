@@ -205,7 +205,7 @@ class Runner:
         except Exception as exc:
             if not catalog.is_user(module):
                 raise
-            failure = FoldFailure(module.NAME, None, None, None, f"{type(exc).__name__}: {exc}", in_initial=True)
+            failure = FoldFailure(module.NAME, None, None, None, catalog.describe(exc), in_initial=True)
             log.error("%s", failure.message)
             return failure
         store.commit(txn, {}, initialised=True)
@@ -281,7 +281,7 @@ class Runner:
         """Mark ``handle`` failed at the first event of the batch its fold raises on (found by
         folding the batch again one event at a time into a scratch overlay: only on failure)."""
         coords: tuple[str | None, int | None, int | None] = (None, None, None)
-        error = f"{type(exc).__name__}: {exc}"
+        error = catalog.describe(exc)
         scratch = handle.store.begin()
         picked = feed.picked
         for i, ev in enumerate(events):
@@ -291,7 +291,7 @@ class Runner:
                 if i < len(picked):
                     topic, partition = feed.tps[picked[i][1]]
                     coords = (topic, partition, picked[i][2])
-                error = f"{type(one).__name__}: {one}"
+                error = catalog.describe(one)
                 break
         handle.failed = FoldFailure(handle.name, *coords, error)
         handle.feed = None

@@ -75,3 +75,81 @@ def test_a_storage_error_while_folding_is_the_disk_s_not_a_failed_projection(cha
         assert runner.lag()["payouts"] == 0 and runner.failures() == {}
     finally:
         runner.close()
+
+
+EXITS = """NAME, VERSION, TOPICS = "exits", 1, ("pool.shares",)
+def fold(genesis, events, txn):
+    raise SystemExit("bad event")  # not an Exception: it ended the node's fold thread, silently
+"""
+STR_BOMB = """NAME, VERSION, TOPICS = "bomb", 1, ("pool.shares",)
+class Weird(Exception):
+    def __str__(self):
+        raise RuntimeError("no str")
+def fold(genesis, events, txn):
+    raise Weird()
+"""
+STR_BOMB_INITIAL = STR_BOMB.replace('"bomb"', '"ibomb"').replace("def fold(genesis, events, txn):",
+                                                                 "def initial(genesis, txn):") + """
+def fold(genesis, events, txn):
+    pass
+"""
+
+
+def _register(chain: Any, tmp_path: Any, name: str, source: str) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    projections_dir = chain.config.projections_dir
+    with open(catalog.registry_path(projections_dir), "w") as f:
+        json.dump({"projections": {name: {"file": str(path)}}}, f)
+    return projections_dir
+
+
+@pytest.mark.parametrize("name,source,says", [("exits", EXITS, "SystemExit: bad event"),
+                                              ("bomb", STR_BOMB, "Weird"), ("ibomb", STR_BOMB_INITIAL, "Weird")])
+def test_a_user_fold_exiting_or_raising_the_unprintable_stops_alone(chain, lines, tmp_path, name: str, source: str,
+                                                                     says: str) -> None:
+    """sys.exit() in a fold, or an exception whose str() raises (the node then could not even
+    start again), stop that projection alone, with as much of the reason as can be told."""
+    projections_dir = _register(chain, tmp_path, name, source)
+    for i in range(3):
+        admit_ok(chain, lines.share(job_id=f"j{i}"))
+    runner = Runner(chain.log, chain.codec, chain.genesis, projections_dir)
+    try:
+        runner.catch_up()
+        failed = runner.failures()
+        assert set(failed) == {name} and says in failed[name].message, failed
+        assert runner.lag()["payouts"] == 0 and runner.lag()["chainstate"] == 0
+    finally:
+        runner.close()
+
+
+MEDDLES = """NAME, VERSION, TOPICS = "meddles", 1, ("ledger.transactions", "ledger.blocks")
+def initial(genesis, txn):
+    genesis.allocations.clear()  # what balances' initial state reads
+def fold(genesis, events, txn):
+    for _topic, e in events:
+        if "body" in e:
+            e["body"]["amount"] = 1  # what balances' fold reads
+        else:
+            e["reward"] = 0
+    txn.put(b"n", str(len(events)).encode())
+"""
+
+
+def test_a_user_fold_cannot_change_what_the_built_ins_read(chain, lines, keys, tmp_path) -> None:
+    """A user projection gets its own copy of the events and genesis: one that edits them in
+    place (folded before balances in the same batch) leaves balances' state as it is alone."""
+    for i in range(2):
+        admit_ok(chain, lines.block([lines.tx(keys.treasury, keys.faucet, 500 + i)]))
+    projections_dir = _register(chain, tmp_path, "meddles", MEDDLES)
+    alone = Runner(chain.log, chain.codec, chain.genesis, str(tmp_path / "alone"), names=["balances"])
+    both = Runner(chain.log, chain.codec, chain.genesis, projections_dir, names=["meddles", "balances"])
+    try:
+        alone.catch_up()
+        both.catch_up()
+        assert both.failures() == {} and both.lag()["meddles"] == 0
+        assert both.digests()["balances"] == alone.digests()["balances"]
+        assert chain.genesis.allocations  # the node's own genesis is untouched
+    finally:
+        alone.close()
+        both.close()
