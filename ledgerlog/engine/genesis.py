@@ -13,8 +13,9 @@ from .errors import ConfigError
 
 __all__ = ["Genesis", "PoolParams", "EnergyParams", "dev_genesis", "ADDRESS_RE", "HEX64_RE"]
 
-ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+#: ``\Z``, not ``$``: ``$`` also matches before a final newline
+ADDRESS_RE = re.compile(r"^[0-9a-f]{40}\Z")
+HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
 I64_MAX = (1 << 63) - 1
 
 

@@ -68,10 +68,10 @@ from ledgerlog.engine.errors import (
     RateLimitedError,
     TopupKeyMissingError,
 )
+from ledgerlog.engine.genesis import ADDRESS_RE
 from ledgerlog.engine.signing import Signer
 from ledgerlog.ops.api import faucet_keys
 from ledgerlog.ops.api.faucet_grants import GrantLimits, grants_path
-from ledgerlog.ops.query.queries import ADDRESS_RE
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import ChainContext, NodeContext

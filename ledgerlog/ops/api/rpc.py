@@ -62,8 +62,8 @@ from typing import TYPE_CHECKING, Any
 from ledgerlog.engine import avro
 from ledgerlog.engine.crypto import canonical_json
 from ledgerlog.engine.errors import BadRequest, NotFoundError, PrunedError, RpcError
+from ledgerlog.engine.genesis import ADDRESS_RE, HEX64_RE
 from ledgerlog.ops.api.guard import public
-from ledgerlog.ops.query.queries import ADDRESS_RE
 from ledgerlog.projections import chainstate
 from ledgerlog.projections.base import jload
 
@@ -100,7 +100,6 @@ MAX_BATCH = 1000
 #: Rows (transactions, mempool entries) the calls of one request may return together: a batch
 #: of 1,000 getblock verbosity-2 calls on full blocks would otherwise build 10M of them
 MAX_ROWS = 100_000
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED = object()
 
 

@@ -116,7 +116,7 @@ def _register_commands() -> None:
 def as_ledger_error(exc: BaseException) -> LedgerError:
     """``exc`` as the error of the table users see: a LedgerError as it is; a storage fault the OS
     or RocksDB raised outside a mapped call as its StorageError; a usage error of the command
-    line parser as USAGE; anything else INTERNAL (a bug)."""
+    line parser, or an argument that is not UTF-8, as USAGE; anything else INTERNAL (a bug)."""
     if isinstance(exc, LedgerError):
         return exc
     if isinstance(exc, OSError):
@@ -127,6 +127,9 @@ def as_ledger_error(exc: BaseException) -> LedgerError:
         return UsageError(exc.format_message())
     if isinstance(exc, typer.Abort):
         return UsageError("aborted")
+    if isinstance(exc, UnicodeEncodeError) and "surrogate" in exc.reason:  # argv bytes that are not UTF-8
+        return UsageError(f"an argument is not valid UTF-8 text ({exc.object[exc.start:exc.end]!r}); "
+                          "pass addresses, ids and names as UTF-8")
     return InternalError(f"internal error ({type(exc).__name__}); run again with --debug for the traceback")
 
 

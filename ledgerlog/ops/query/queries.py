@@ -2,7 +2,6 @@
 version, the log positions and height it reflects, and how many records it is behind."""
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from ledgerlog import __version__
 from ledgerlog.engine.crypto import tx_branch
 from ledgerlog.engine.errors import BadRequest, NotFoundError
+from ledgerlog.engine.genesis import ADDRESS_RE
 from ledgerlog.engine.treehead import HeadPublisher
 from ledgerlog.ops.query import userviews
 from ledgerlog.ops.query.proofs import LogProofs
@@ -20,7 +20,6 @@ from ledgerlog.streams.runner import Runner
 __all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "MAX_PROVIDER_ID", "PROVIDERS_PAGE", "PROVIDERS_PAGE_MAX",
            "BadRequest", "bad_request"]
 
-ADDRESS_RE = re.compile(r"^[0-9a-f]{40}$")
 I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
 
 
@@ -147,7 +146,7 @@ class Queries:
                 "provenance": self.provenance("balances")}
 
     def block(self, height_or_hash: str) -> dict[str, Any]:
-        if height_or_hash.isdigit() and (not height_or_hash.isascii() or len(height_or_hash) > 19
+        if height_or_hash.isdigit() and (not height_or_hash.isascii() or len(height_or_hash.lstrip("0")) > 19
                                          or int(height_or_hash) > I64_MAX):
             raise bad_request(f"a block height is a decimal between 0 and {I64_MAX}")
         if height_or_hash.isdigit():

@@ -228,3 +228,29 @@ def test_reproject_lock_is_exclusive_across_threads_and_reentrant_in_one(tmp_pat
     t.start()
     t.join(timeout=10)
     assert len(refused) == 1  # released: the next one gets it
+
+
+@pytest.mark.parametrize("args", [["tx", b"\xff"], ["block", b"\xff"], ["provider", b"\xff"],
+                                  ["providers", "--after", b"\xff", "--limit", "1"]])
+def test_an_argument_that_is_not_utf8_is_a_usage_error_not_an_internal_one(data, args):
+    """The shell hands Python bytes that are not UTF-8 as lone surrogates, which no key can be
+    made of: one line, USAGE, exit 2 (it was INTERNAL)."""
+    proc = subprocess.run([LEDGERLOG, "--data-dir", data, *args], capture_output=True, env=cli_env(),
+                          timeout=TIMEOUT, check=False)
+    assert "UTF-8" in one_line_error(proc, 2, "USAGE")["error"]
+
+
+@pytest.mark.parametrize("address", ["{a}\n", "{a}\n\n"])
+def test_an_address_with_a_trailing_newline_is_refused_not_answered_with_zeros(data, address):
+    """``$`` matched before a final newline: the address plus one gave 200 with a zero balance."""
+    from ledgerlog.engine.genesis import Genesis
+
+    a = sorted(Genesis.load(os.path.join(data, "genesis.json")).allocations)[0]
+    for cmd in ("account", "worker"):
+        proc = subprocess.run([LEDGERLOG, "--data-dir", data, cmd, address.format(a=a)], capture_output=True,
+                              env=cli_env(), timeout=TIMEOUT, check=False)
+        one_line_error(proc, 2, "BAD_REQUEST")
+
+
+def test_a_block_height_with_leading_zeros_is_that_height(data):
+    assert ok_json(cli(data, "block", "0" * 25 + "1"))["height"] == 1
