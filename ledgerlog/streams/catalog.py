@@ -27,7 +27,7 @@ from ledgerlog.engine.chain import write_atomic
 from ledgerlog.engine.errors import ProjectionInvalidError, UnknownProjectionError
 
 __all__ = ["REGISTRY_FILE", "NAME_RE", "registry_path", "registered", "load", "modules", "module", "names",
-           "load_errors", "register", "unregister", "write_registered", "is_user", "describe", "UserCodeError"]
+           "load_errors", "register", "unregister", "write_registered", "is_user", "describe", "UserCodeError", "UserCodeStuck"]
 
 REGISTRY_FILE = "user-projections.json"
 #: a name that fits a directory, a URL path segment and a CLI argument
@@ -187,14 +187,39 @@ def _private(genesis: Any, *rest: Any) -> tuple[Any, ...]:
     return pickle.loads(pickle.dumps((genesis, *rest), protocol=pickle.HIGHEST_PROTOCOL))  # type: ignore[no-any-return]
 
 
+class UserCodeStuck(UserCodeError):
+    """User code that did not return within ``USER_CALL_TIMEOUT``: left running on its own thread
+    (Python cannot stop it), its projection stopped, so the other projections fold on."""
+
+
+#: seconds a user projection's fold of one batch (or its initial state) may take
+USER_CALL_TIMEOUT = 60.0
+
+
 def _run_user(call: Callable[..., Any], *args: Any) -> None:
-    """Call user code; what it raises that is not an ``Exception`` comes out as one."""
-    try:
-        call(*args)
-    except (Exception, KeyboardInterrupt):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - sys.exit() and the like, from user code
-        raise UserCodeError(describe(exc)) from None
+    """Call user code on a thread of its own and wait for it up to ``USER_CALL_TIMEOUT``; what it
+    raises that is not an ``Exception`` comes out as one."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call(*args)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name="user-projection", daemon=True)
+    worker.start()
+    worker.join(USER_CALL_TIMEOUT)
+    if not outcome:
+        raise UserCodeStuck(f"did not return within {USER_CALL_TIMEOUT:g} s (it may loop or wait for ever); "
+                            "it is left running: fix it, then restart the node")
+    exc = outcome[0]
+    if exc is None:
+        return
+    if isinstance(exc, (Exception, KeyboardInterrupt)):
+        raise exc
+    raise UserCodeError(describe(exc)) from None
 
 
 def _guarded(name: str, fold: Callable[..., Any]) -> Callable[..., None]:

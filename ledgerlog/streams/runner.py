@@ -284,7 +284,8 @@ class Runner:
         error = catalog.describe(exc)
         scratch = handle.store.begin()
         picked = feed.picked
-        for i, ev in enumerate(events):
+        stuck = isinstance(exc, catalog.UserCodeStuck)  # each event of a search could be stuck as long
+        for i, ev in enumerate([] if stuck else events):
             try:
                 self._call_fold(handle, [ev], scratch)
             except Exception as one:  # noqa: BLE001

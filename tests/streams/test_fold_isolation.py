@@ -153,3 +153,26 @@ def test_a_user_fold_cannot_change_what_the_built_ins_read(chain, lines, keys, t
     finally:
         alone.close()
         both.close()
+
+
+STUCK = """NAME, VERSION, TOPICS = "stuck", 1, ("pool.shares",)
+def fold(genesis, events, txn):
+    __import__("time").sleep(3600)  # never returns (in this test's time)
+"""
+
+
+def test_a_user_fold_that_never_returns_stops_alone(chain, lines, tmp_path, monkeypatch) -> None:
+    """A fold stuck in a loop or a wait held up every projection behind it (the node's one fold
+    thread): after the timeout it is left running on its own thread and its projection stopped."""
+    monkeypatch.setattr(catalog, "USER_CALL_TIMEOUT", 0.5)
+    projections_dir = _register(chain, tmp_path, "stuck", STUCK)
+    for i in range(3):
+        admit_ok(chain, lines.share(job_id=f"j{i}"))
+    runner = Runner(chain.log, chain.codec, chain.genesis, projections_dir)
+    try:
+        runner.catch_up()
+        failed = runner.failures()
+        assert set(failed) == {"stuck"} and "did not return within 0.5 s" in failed["stuck"].message, failed
+        assert runner.lag()["payouts"] == 0 and runner.lag()["chainstate"] == 0
+    finally:
+        runner.close()
