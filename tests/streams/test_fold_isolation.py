@@ -176,3 +176,30 @@ def test_a_user_fold_that_never_returns_stops_alone(chain, lines, tmp_path, monk
         assert runner.lag()["payouts"] == 0 and runner.lag()["chainstate"] == 0
     finally:
         runner.close()
+
+
+HUGE = """NAME, VERSION, TOPICS = "huge", 1, ("pool.shares",)
+def initial(genesis, txn):
+    txn.put(b"a", b'"' + b"x" * 1_000_000 + b'"')
+    txn.put(b"b", b"7")
+def fold(genesis, events, txn):
+    pass
+"""
+
+
+def test_the_dashboard_shows_the_start_of_a_huge_user_value_not_all_of_it(chain, tmp_path) -> None:
+    """The dashboard, polled every second by every open tab, sent a user projection's values
+    whole (a 4 MB one made a 4 MB answer and an 8 MB page): it shows their first characters."""
+    from ledgerlog.ops.query.queries import DASHBOARD_VALUE_CHARS, Queries
+
+    projections_dir = _register(chain, tmp_path, "huge", HUGE)
+    runner = Runner(chain.log, chain.codec, chain.genesis, projections_dir)
+    try:
+        runner.catch_up()
+        [panel] = Queries(runner, chain.genesis.chain_id).dashboard()["user_projections"]
+        big, small = panel["items"]
+        assert big["key"] == "a" and big["truncated"] and big["bytes"] == 1_000_002
+        assert big["value"].startswith('"xxx') and len(big["value"]) <= DASHBOARD_VALUE_CHARS + 1
+        assert small == {"key": "b", "value": 7, "encoding": "json"}
+    finally:
+        runner.close()

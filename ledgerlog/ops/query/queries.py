@@ -26,7 +26,8 @@ I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit 
 #: providers a page of ``GET /v1/energy/providers`` holds by default, and at most
 PROVIDERS_PAGE, PROVIDERS_PAGE_MAX = 100, 1000
 MAX_PROVIDER_ID = 256  # characters (engine/admission/lines.py)
-DASHBOARD_KEYS = 8  # keys the dashboard shows of each user projection
+DASHBOARD_KEYS = 8  # keys the dashboard shows of each user projection ...
+DASHBOARD_VALUE_CHARS = 200  # ... and of each value, at most this many characters
 
 
 def bad_request(message: str) -> BadRequest:
@@ -306,6 +307,6 @@ class Queries:
             if h.failed is not None:
                 row["failed"] = h.failed.message
             else:
-                row["items"] = userviews.page(self, name, limit=DASHBOARD_KEYS)["items"]
+                row["items"] = userviews.page(self, name, limit=DASHBOARD_KEYS, value_chars=DASHBOARD_VALUE_CHARS)["items"]
             out.append(row)
         return out

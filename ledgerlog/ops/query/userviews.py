@@ -94,9 +94,11 @@ def entry(q: Queries, name: str, key: str) -> dict[str, Any]:
 
 
 def page(q: Queries, name: str, prefix: str | None = None, start: str | None = None,
-         limit: int | None = None) -> dict[str, Any]:
+         limit: int | None = None, value_chars: int | None = None) -> dict[str, Any]:
     """Entries of a projection whose keys start with ``prefix``, in key order from ``start``
-    (inclusive), at most ``limit``; ``next`` is the ``start`` of the next page (None at the end)."""
+    (inclusive), at most ``limit``; ``next`` is the ``start`` of the next page (None at the end).
+    With ``value_chars``, a value longer than that many bytes is shown by its first characters
+    (``"truncated": true`` and its size in ``bytes``)."""
     h = _handle(q, name)
     pre = key_bytes(prefix, "prefix") if prefix else b""
     first = key_bytes(start, "start") if start else None
@@ -113,5 +115,9 @@ def page(q: Queries, name: str, prefix: str | None = None, start: str | None = N
         if len(items) == n:
             nxt = key_text(k)
             break
-        items.append({"key": key_text(k), **value_of(v)})
+        if value_chars is not None and len(v) > value_chars:
+            items.append({"key": key_text(k), "value": v[:value_chars].decode("utf-8", "replace") + "\u2026",
+                          "truncated": True, "bytes": len(v)})
+        else:
+            items.append({"key": key_text(k), **value_of(v)})
     return {"projection": name, "items": items, "next": nxt, "provenance": q.provenance(name)}
