@@ -66,6 +66,8 @@ class LedgerApp(FastAPI):
     host_guard: HostGuard | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            send = _with_safety_headers(send)
         guard = self.host_guard
         if guard is not None and scope["type"] in ("http", "websocket") and not guard.allows(scope):
             await guard.refuse(send, scope.get("path", ""))  # DNS rebinding: a page's requests carry its own name
@@ -77,3 +79,24 @@ class LedgerApp(FastAPI):
                 await lane.serve(send, *hit)
                 return
         await super().__call__(scope, receive, send)
+
+
+#: on every answer: no framing by another site (clickjacking), no sniffing a type, no Referer
+_SAFETY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                   (b"content-security-policy", b"frame-ancestors 'none'"), (b"referrer-policy", b"no-referrer")]
+
+
+def _with_safety_headers(send: Any) -> Any:
+    """``send`` adding _SAFETY_HEADERS to the response head, and ``no-cache`` to an HTML page
+    (revalidated, so an upgrade's page is seen at once)."""
+    async def send_safe(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            names = {k.lower() for k, _ in headers}
+            headers += [h for h in _SAFETY_HEADERS if h[0] not in names]
+            if b"cache-control" not in names and any(k.lower() == b"content-type" and v.startswith(b"text/html")
+                                                     for k, v in headers):
+                headers.append((b"cache-control", b"no-cache"))
+            message = {**message, "headers": headers}
+        await send(message)
+    return send_safe

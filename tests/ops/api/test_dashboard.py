@@ -122,3 +122,23 @@ def test_the_dashboard_walks_a_projection_once_per_state_not_per_request(tmp_pat
         after = client.get("/v1/dashboard").json()["richest"]
         assert walks[0] == 2  # the state changed: walked again
         assert after == real(node.runner.handles["balances"].store.view(), 10)
+
+
+def test_every_answer_forbids_framing_and_sniffing_and_pages_are_revalidated(tmp_path):
+    """The dashboard and /docs cannot be framed by another site (clickjacking), no answer is
+    sniffed into another type, no URL leaks as a Referer, and a page is revalidated after an
+    upgrade: through FastAPI, the fast lane, a 404 and the Host guard's refusal alike."""
+    with observed_node(tmp_path) as w:
+        client = w["client"]
+        addr = sorted(w["genesis"]["allocations"])[0]
+        answers = {p: client.get(p) for p in ("/", "/static/index.html", "/docs", "/v1/status",
+                                              f"/v1/accounts/{addr}", "/v1/nope")}
+        answers["refused"] = client.get("/v1/status", headers={"host": "evil.example"})
+        assert answers["refused"].status_code == 421 and answers[f"/v1/accounts/{addr}"].status_code == 200
+        for path, r in answers.items():
+            h = r.headers
+            assert h["x-content-type-options"] == "nosniff", path
+            assert h["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in h["content-security-policy"], path
+            assert h["referrer-policy"] == "no-referrer", path
+            if h["content-type"].startswith("text/html"):
+                assert h["cache-control"] == "no-cache", path
