@@ -17,7 +17,10 @@ from .rocks import RocksTuning
 from .rocks import configure as configure_rocks
 from .topics import DEFAULT_PARTITIONS
 
-__all__ = ["SETTINGS", "Config", "env_values", "load_config"]
+__all__ = ["SETTINGS", "Config", "MAX_PARTITIONS", "env_values", "load_config"]
+
+#: partitions of a keyed topic, at most (each is folded, read ahead and audited on its own)
+MAX_PARTITIONS = 1024
 
 #: (toml section.key, env var, Config field, type, doc) — the single table docs are made from.
 SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
@@ -331,6 +334,11 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
     cfg = Config(**values)
     if cfg.partitions < 1 or cfg.ingest_chunk < 1 or cfg.fold_batch < 1:
         raise ConfigError("partitions, ingest.chunk and fold.batch must be at least 1")
+    if cfg.partitions > MAX_PARTITIONS:
+        raise ConfigError(f"partitions must be at most {MAX_PARTITIONS} (a topic's partitions are folded and "
+                          "audited one by one)")
+    if not 0 <= cfg.http_port <= 65535:
+        raise ConfigError(f"http.port must be between 0 (any free port) and 65535, not {cfg.http_port}")
     if cfg.snapshot_keep < 1:
         raise ConfigError("snapshot.keep must be at least 1 (the newest snapshot is never pruned)")
     _ = (cfg.snapshot_every_seconds, cfg.snapshot_keep_for_seconds)  # a malformed duration: ConfigError now

@@ -107,7 +107,10 @@ def sign_tx(ctx: typer.Context,
     body = {"chain_id": _chain_id(ctx, chain_id), "sender": signer.address, "recipient": to,
             "amount": amount, "fee": fee, "nonce": nonce if nonce is not None else _pending_nonce(ctx, signer.address),
             "timestamp": timestamp if timestamp is not None else int(time.time() * 1000), "memo": memo}
-    emit(signed_line("transaction", signer, body))
+    try:
+        emit(signed_line("transaction", signer, body))
+    except OverflowError:
+        fail("--amount, --fee, --nonce and --timestamp must be between 0 and 2^63-1", 2)
 
 
 @app.command("sign")
@@ -124,9 +127,11 @@ def sign(ctx: typer.Context,
     except ValueError as exc:
         fail(f"--body is not JSON: {exc}", 2)
         raise
+    if not isinstance(doc, dict):
+        fail("--body must be a JSON object (the body's fields)", 2)
     doc.setdefault("chain_id", _chain_id(ctx, None))
     doc.setdefault("timestamp", int(time.time() * 1000))
     try:
         emit(signed_line(kind, load_signer(key), doc))
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # OverflowError: an integer past 64 bits
         fail(f"body does not fit the {kind} schema: {exc}", 2)

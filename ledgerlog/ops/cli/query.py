@@ -79,7 +79,7 @@ def governance(ctx: typer.Context, height: int | None = _HEIGHT) -> None:
 def run(ctx: typer.Context,
         simulate: bool = typer.Option(False, "--simulate", help="Also run a live simulated workload."),
         host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
-        port: int | None = typer.Option(None, "--port", help="Port (default 8080; 0 picks a free one)."),
+        port: int | None = typer.Option(None, "--port", min=0, max=65535, help="Port (default 8080; 0 picks a free one)."),
         seed: int | None = typer.Option(None, "--seed", help="Simulator seed.")) -> None:
     """Run the node: admission, projections, HTTP API and dashboard. Stops cleanly on SIGINT/SIGTERM."""
     cfg = config_of(ctx, http_host=host, http_port=port)

@@ -254,3 +254,47 @@ def test_an_address_with_a_trailing_newline_is_refused_not_answered_with_zeros(d
 
 def test_a_block_height_with_leading_zeros_is_that_height(data):
     assert ok_json(cli(data, "block", "0" * 25 + "1"))["height"] == 1
+
+
+@pytest.mark.parametrize("args,code", [
+    (["init", "--partitions", "99999999999999999999"], "CONFIG"),
+    (["init", "--partitions", "3000000000"], "CONFIG"),
+    (["run", "--port", "70000"], "USAGE"),
+    (["run", "--port", "-1"], "USAGE"),
+    (["stream-worker", "--worker-dir", "w", "--port", "70000"], "USAGE"),
+    (["stream-worker", "--worker-dir", "w", "--batch", "0"], "USAGE"),
+    (["stream-worker", "--worker-dir", "w", "--session-timeout", "nan"], "USAGE"),
+    (["stream-worker", "--worker-dir", "w", "--shard", "balances", "--partitions", "99999999999999999999"], "USAGE"),
+])
+def test_out_of_range_arguments_are_refused_before_anything_is_written(tmp_path, args, code):
+    """Each was INTERNAL (an OverflowError, a struct.error, an AssertionError), hung (a batch of
+    0 folds nothing, 3e9 partitions are created one by one), and left files behind."""
+    data = tmp_path / "data"
+    proc = subprocess.run([LEDGERLOG, "--data-dir", str(data), *args], capture_output=True, env=cli_env(),
+                          timeout=TIMEOUT, check=False, cwd=tmp_path)
+    one_line_error(proc, 2, code)
+    assert not data.exists() and not (tmp_path / "w").exists()
+
+
+def test_env_port_out_of_range_is_a_config_error(tmp_path):
+    proc = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "d"), "run"], capture_output=True,
+                          env=cli_env(LEDGERLOG_HTTP_PORT="70000"), timeout=TIMEOUT, check=False)
+    assert "65535" in one_line_error(proc, 2, "CONFIG")["error"]
+
+
+@pytest.mark.parametrize("args", [
+    ["sign-tx", "--to", "a" * 40, "--amount", "99999999999999999999999", "--nonce", "1", "--fee", "1",
+     "--chain-id", "c"],
+    ["sign", "transaction", "--body", '{"amount": 99999999999999999999999, "recipient": "%s", "fee": 1, '
+     '"nonce": 1, "memo": "", "chain_id": "c", "timestamp": 1}' % ("b" * 40)],
+    ["sign", "transaction", "--body", "[1]"],
+    ["sign", "transaction", "--body", "null"],
+])
+def test_signing_odd_bodies_is_a_usage_error(tmp_path, args):
+    """An integer past 64 bits (OverflowError in the encoder) or a body that is not an object
+    (AttributeError) was INTERNAL."""
+    key = tmp_path / "k.key"
+    ok_json(cli(tmp_path / "d", "keys", "new", "--out", str(key)))
+    proc = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "d"), *args, "--key", str(key)],
+                          capture_output=True, env=cli_env(), timeout=TIMEOUT, check=False)
+    one_line_error(proc, 2, "USAGE")
