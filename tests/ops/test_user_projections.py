@@ -315,3 +315,14 @@ def test_a_snapshot_keeps_the_user_projections_and_a_restore_serves_them(data, t
     one = next(iter(confirmed_per_sender(template[1])))
     assert ok_json(run(restored, "projections", "get", "tx_count", one, cwd=elsewhere))["value"] == \
         ok_json(run(data, "projections", "get", "tx_count", one, cwd=elsewhere))["value"]
+
+
+@pytest.mark.parametrize("args", [["bogus"], ["balances", "--prefix", "hex:zz"]])
+def test_a_failed_projections_export_leaves_the_out_file_as_it_was(data, tmp_path, args) -> None:
+    """The file was opened (emptied) before the first page was read: an unknown name or a bad
+    prefix left a user's existing file at 0 bytes."""
+    out = tmp_path / "keep.jsonl"
+    out.write_bytes(b"precious\n")
+    proc = run(data, "projections", "export", *args, "--out", str(out), cwd=tmp_path)
+    assert proc.returncode != 0 and out.read_bytes() == b"precious\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keep")] == []

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 
 import typer
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import NodeRunningError
+from ledgerlog.engine.files import atomic_writer
 from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.ops.cli import app, config_of, emit
 from ledgerlog.ops.query.client import NodeClient, open_queries
@@ -87,21 +89,17 @@ def export(ctx: typer.Context, name: str,
            prefix: str | None = typer.Option(None, "--prefix", help="Only keys starting with this (text or hex:<hex>).")) -> None:
     """A projection's state as JSON lines {"key", "value", "encoding"} in key order, read page by
     page (through the node if one runs); DuckDB turns it into Parquet (docs/PROJECTIONS.md)."""
-    with open_queries(config_of(ctx)) as q:
-        sink = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115 - closed below
-        try:
-            start, lines = None, 0
-            while True:
-                page = q.projection_page(name, prefix, start, PAGE_MAX)
-                for item in page["items"]:
-                    sink.write(dumps_any(item) + b"\n")  # integers of any size, exactly
-                lines += len(page["items"])
-                if page["next"] is None:
-                    break
-                start = page["next"]
-        finally:
-            if sink is not sys.stdout.buffer:
-                sink.close()
+    with open_queries(config_of(ctx)) as q, \
+            (nullcontext(sys.stdout.buffer) if out == "-" else atomic_writer(out)) as sink:
+        start, lines = None, 0  # a file is written beside OUT and renamed over it only when whole
+        while True:
+            page = q.projection_page(name, prefix, start, PAGE_MAX)
+            for item in page["items"]:
+                sink.write(dumps_any(item) + b"\n")  # integers of any size, exactly
+            lines += len(page["items"])
+            if page["next"] is None:
+                break
+            start = page["next"]
     if out != "-":
         emit({"projection": name, "lines": lines, "out": os.path.abspath(out),
               "provenance": page["provenance"]})
