@@ -35,6 +35,8 @@ I/O or storage). The tree (code, HTTP status, exit code):
     ├── RotationRefusedError          ROTATION_REFUSED 409 1   a key rotation cannot be done
     ├── InsufficientFundsError        INSUFFICIENT_FUNDS 409 1  the sending key cannot pay (faucet top-up)
     ├── ProjectionFailedError         PROJECTION_FAILED 503 1  a projection's fold stopped on an event
+    │   └── UserCodeError             PROJECTION_FAILED 503 1  a user fold exited, or raised what cannot be told
+    │       └── UserCodeStuck         PROJECTION_FAILED 503 1  a user fold did not return in time
     ├── NondeterministicFoldError     NONDETERMINISTIC 409 1  two replays of a user projection's fold disagree
     ├── Rejection                     REJECTED 422 1      an input line was refused; its code is the protocol's (§5)
     ├── ProofError                    BAD_PROOF 422 1     a Merkle proof does not verify
@@ -87,6 +89,7 @@ __all__ = [
     "SchemaError", "NotFoundError", "UnknownProjectionError", "ProjectionInvalidError", "NondeterministicFoldError",
     "InvalidSchemaError", "InvalidVersionError", "RegistryReadOnlyError", "REGISTRY_ERRORS", "registry_error",
     "ReprojectRunningError", "PruneRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
+    "UserCodeError", "UserCodeStuck",
     "Rejection", "ProofError", "RpcError", "Unsupported", "NodeUnreachableError", "NodeRefusedError", "NodeRunningError",
     "UnauthorizedError", "ForbiddenError", "AdminDisabledError", "OriginNotAllowedError",
     "MethodNotAllowedError", "RequestTimeoutError", "OverloadedError", "TooLargeError", "HeadTooLargeError", "UnsupportedMediaTypeError", "HostNotAllowedError",
@@ -380,6 +383,16 @@ class ProjectionFailedError(LedgerError):
     """A query needs a projection whose fold stopped on an event (it names where and the fix)."""
 
     code = "PROJECTION_FAILED"
+
+
+class UserCodeError(ProjectionFailedError):
+    """What a user projection's code raised that is not an ``Exception`` (``sys.exit()``), or
+    whose text cannot be told: an ``Exception`` like any other, so it stops that projection alone."""
+
+
+class UserCodeStuck(UserCodeError):
+    """User projection code that did not return in time: left running on its own thread (Python
+    cannot stop it), its projection stopped, so the other projections fold on."""
 
 
 class NondeterministicFoldError(LedgerError):

@@ -24,10 +24,15 @@ from typing import Any
 from ledgerlog import projections
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import write_atomic
-from ledgerlog.engine.errors import ProjectionInvalidError, UnknownProjectionError
+from ledgerlog.engine.errors import (
+    ProjectionInvalidError,
+    UnknownProjectionError,
+    UserCodeError,
+    UserCodeStuck,
+)
 
 __all__ = ["REGISTRY_FILE", "NAME_RE", "registry_path", "registered", "load", "modules", "module", "names",
-           "load_errors", "register", "unregister", "write_registered", "is_user", "describe", "UserCodeError", "UserCodeStuck"]
+           "load_errors", "register", "unregister", "write_registered", "is_user", "describe"]
 
 REGISTRY_FILE = "user-projections.json"
 #: a name that fits a directory, a URL path segment and a CLI argument
@@ -166,12 +171,6 @@ def _check_writes(name: str, txn: Any) -> None:
                              "are the store's own; pick another prefix")
 
 
-class UserCodeError(Exception):
-    """What a user projection's code raised that is not an ``Exception`` (``sys.exit()``, a
-    ``GeneratorExit``), or whose text cannot be told: an ``Exception`` like any other, so it
-    stops that projection alone."""
-
-
 def describe(exc: BaseException) -> str:
     """``Type: text`` of an exception, whatever its ``__str__`` does (user code's may raise)."""
     try:
@@ -185,11 +184,6 @@ def _private(genesis: Any, *rest: Any) -> tuple[Any, ...]:
     """Copies of what a user projection is handed (the genesis, the decoded events): the
     built-ins fold the same objects, which its code might edit in place."""
     return pickle.loads(pickle.dumps((genesis, *rest), protocol=pickle.HIGHEST_PROTOCOL))  # type: ignore[no-any-return]
-
-
-class UserCodeStuck(UserCodeError):
-    """User code that did not return within ``USER_CALL_TIMEOUT``: left running on its own thread
-    (Python cannot stop it), its projection stopped, so the other projections fold on."""
 
 
 #: seconds a user projection's fold of one batch (or its initial state) may take

@@ -15,6 +15,7 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 from ledgerlog.projections.memory import MemoryTxn
 
+from . import catalog
 from .feed import EventDecoder, Feed
 from .runner import _fields
 
@@ -66,4 +67,4 @@ def _replay(mod: ModuleType, genesis: Genesis, events: list[tuple[str, dict[str,
     except Exception as exc:
         where = f"event {i + 1} ({events[i][0]})" if i < len(events) else "initial"
         raise ProjectionInvalidError(f"projection {mod.NAME} raised on the sample at {where}: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                                     f"{catalog.describe(exc)}") from exc

@@ -30,6 +30,7 @@ from ledgerlog.engine.errors import (
     ProjectionFailedError,
     PrunedError,
     StorageError,
+    UserCodeStuck,
 )
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log, ahead_error
@@ -284,7 +285,7 @@ class Runner:
         error = catalog.describe(exc)
         scratch = handle.store.begin()
         picked = feed.picked
-        stuck = isinstance(exc, catalog.UserCodeStuck)  # each event of a search could be stuck as long
+        stuck = isinstance(exc, UserCodeStuck)  # each event of a search could be stuck as long
         for i, ev in enumerate([] if stuck else events):
             try:
                 self._call_fold(handle, [ev], scratch)
