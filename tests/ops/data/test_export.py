@@ -409,3 +409,16 @@ def test_tail_follow_prints_what_another_process_appends(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("target", ["log/CURRENT", "config.toml", "genesis.json", "log/x.jsonl"])
+def test_an_export_never_writes_over_the_chain_s_own_files(hist, tmp_path, target):
+    """--out naming the log's CURRENT (the chain then did not open: CORRUPT) or config.toml (the
+    admin token gone) was written over: refused, and the file left as it was."""
+    cfg, _chain = hist
+    path = os.path.join(cfg.data_dir, target)
+    before = open(path, "rb").read() if os.path.exists(path) else None
+    proc = subprocess.run([LEDGERLOG, "--data-dir", cfg.data_dir, "export", "--topic", T.BLOCKS, "--format",
+                           "jsonl", "--out", path], capture_output=True, env=cli_env(), timeout=120, check=False)
+    assert proc.returncode != 0 and "own" in json.loads(proc.stderr)["error"], proc.stderr
+    assert (open(path, "rb").read() if os.path.exists(path) else None) == before

@@ -345,6 +345,12 @@ def test_tail_and_export_below_the_log_start_say_pruned(chains, tmp_path) -> Non
         proc = cli(pruned, "export", "--topic", T.BLOCKS, *bound, "--format", "jsonl", "--out", str(tmp_path / "y.jsonl"))
         assert proc.returncode == 1 and json.loads(proc.stderr)["code"] == "PRUNED", (bound, proc.stderr)
         assert not (tmp_path / "y.jsonl").exists()
+    for topic in (T.KEYS, T.GOVERNANCE, T.ADMIN):  # topics prune keeps whole: all of them is there
+        kept = {name: tmp_path / f"{name}-kept.jsonl" for name in ("full", "pruned")}
+        for name, out in kept.items():
+            ok_json(cli(chains[name], "export", "--topic", topic, "--from-height", "0", "--format", "jsonl",
+                        "--out", str(out)))
+        assert kept["full"].read_bytes() == kept["pruned"].read_bytes(), topic
     outs = {}
     for name in ("full", "pruned"):
         out = tmp_path / f"{name}.jsonl"
