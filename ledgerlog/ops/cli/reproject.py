@@ -44,7 +44,7 @@ def reproject(ctx: typer.Context,
         emit(answer)
         _refuse_disagreeing(answer.get("projections", []) if isinstance(answer, dict) else [])
         return
-    with reproject_lock(cfg.projections_dir), open_chain(cfg, read_only=True) as chain:
+    with open_chain(cfg, read_only=True) as chain, reproject_lock(cfg.projections_dir):  # not a chain: nothing written
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch,
                       names=chosen, skip_corrupt=True)  # a corrupt live store is what a rebuild replaces
         try:

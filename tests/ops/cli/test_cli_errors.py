@@ -298,3 +298,14 @@ def test_signing_odd_bodies_is_a_usage_error(tmp_path, args):
     proc = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "d"), *args, "--key", str(key)],
                           capture_output=True, env=cli_env(), timeout=TIMEOUT, check=False)
     one_line_error(proc, 2, "USAGE")
+
+
+@pytest.mark.parametrize("command", [["reproject"], ["reproject", "balances"]])
+def test_reproject_on_a_directory_that_is_not_a_chain_writes_nothing(tmp_path, command):
+    """It said CONFIG but had made projections/.reproject.lock (and the directory) first."""
+    not_chain = tmp_path / "nc"
+    not_chain.mkdir()
+    proc = subprocess.run([LEDGERLOG, "--data-dir", str(not_chain), *command], capture_output=True, env=cli_env(),
+                          timeout=TIMEOUT, check=False)
+    assert proc.returncode != 0 and json.loads(proc.stderr)["code"] in ("CONFIG", "NOT_INITIALISED", "USAGE"), proc.stderr
+    assert list(not_chain.iterdir()) == []
