@@ -38,6 +38,24 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="ledgerlog: an event-sourced ledger engine on Kafka-style logs.")
 
 
+_DATA_DIR: list[str | None] = [None]  # --data-dir: set by the root callback
+
+
+def real_paths(value: Any) -> Any:
+    """``value`` with ``<data_dir>`` written as the data dir's real path: errors and the answers
+    of prune and export name it so (the HTTP API shows no absolute path); at the command line it
+    is a path the user can use. (Not applied to events: their text is shown as it is.)"""
+    if _DATA_DIR[0] is None:
+        return value
+    if isinstance(value, str):
+        return value.replace("<data_dir>", os.path.abspath(_DATA_DIR[0])) if "<data_dir>" in value else value
+    if isinstance(value, dict):
+        return {k: real_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [real_paths(v) for v in value]
+    return value
+
+
 def emit(obj: Any) -> None:
     sys.stdout.buffer.write(dumps_any(obj, orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0) + b"\n")
     sys.stdout.flush()
@@ -68,7 +86,7 @@ def _root(ctx: typer.Context,
           _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                         help="Print the version and exit.")) -> None:
     ctx.obj = {"data_dir": data_dir, "config": config, "flags": {"log_level": log_level}}
-    _DEBUG[0] = debug
+    _DEBUG[0], _DATA_DIR[0] = debug, data_dir
     from ledgerlog.ops.cli.progress import set_quiet
     set_quiet(quiet)
 
@@ -138,7 +156,7 @@ def report(exc: BaseException) -> int:
     err = as_ledger_error(exc)
     if _DEBUG[0] or "--debug" in sys.argv:  # argv too: a usage error may come before --debug is parsed
         traceback.print_exception(exc, file=sys.stderr)
-    message = " ".join(str(err).split()) or err.code
+    message = real_paths(" ".join(str(err).split())) or err.code
     sys.stderr.write(orjson.dumps({"error": message, "code": error_code(err)}).decode() + "\n")
     return err.exit_code
 

@@ -7,7 +7,7 @@ import typer
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import storage_error
-from ledgerlog.ops.cli import app, config_of, emit, fail
+from ledgerlog.ops.cli import app, config_of, emit, fail, real_paths
 from ledgerlog.ops.cli.progress import progress_bar, quiet_option
 from ledgerlog.ops.data.export import FORMATS
 from ledgerlog.ops.data.export import export as export_events
@@ -49,4 +49,4 @@ def export(ctx: typer.Context,
                                     to_time=to_time, partitions=partition or None, progress=bar)
         except OSError as exc:  # an ExportError goes up as it is (BAD_EXPORT, exit 2)
             raise storage_error(exc, f"cannot write {out}") from exc
-    emit(summary)
+    emit(real_paths(summary))

@@ -4,13 +4,12 @@ the events below a height after archiving them and recording the anchor rebuilds
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import typer
 
 from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import NodeRunningError
-from ledgerlog.ops.cli import app, config_of, emit
+from ledgerlog.ops.cli import app, config_of, emit, real_paths
 from ledgerlog.ops.cli.progress import admin_with_progress, progress_bar, quiet_option
 from ledgerlog.ops.query.client import NodeClient
 
@@ -18,17 +17,6 @@ __all__ = ["prune_command", "archive_verify"]
 
 archive_app = typer.Typer(help="Archives of pruned records: verify.", no_args_is_help=True)
 app.add_typer(archive_app, name="archive")
-
-
-def _paths(value: Any, data_dir: str) -> Any:
-    """Answers name the data dir ``<data_dir>``; print the real path."""
-    if isinstance(value, str):
-        return value.replace("<data_dir>", os.path.abspath(data_dir))
-    if isinstance(value, dict):
-        return {k: _paths(v, data_dir) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_paths(v, data_dir) for v in value]
-    return value
 
 
 @app.command("prune")
@@ -66,7 +54,7 @@ def prune_command(ctx: typer.Context,
                 result = prune(chain, runner, before_height, archive_parent=archive, progress=bar)
         finally:
             runner.close()
-    emit({**_paths(result, cfg.data_dir), "via": "local"})
+    emit({**real_paths(result), "via": "local"})
 
 
 @archive_app.command("verify")

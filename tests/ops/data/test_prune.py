@@ -335,6 +335,8 @@ def test_tail_and_export_below_the_log_start_say_pruned(chains, tmp_path) -> Non
     pruned, h = chains["pruned"], chains["height"]
     proc = cli(pruned, "tail", T.BLOCKS, "--from-offset", "0", "--limit", "1")
     assert proc.returncode == 1 and json.loads(proc.stderr)["code"] == "PRUNED"
+    said = json.loads(proc.stderr)["error"]  # the archive's real path, one a user can open (not <data_dir>/...)
+    assert "<data_dir>" not in said and os.path.join(os.path.abspath(str(pruned)), "archive", f"h{h}") in said, said
     first = ok_json(cli(pruned, "tail", T.BLOCKS, "--limit", "1"))  # from the log's start
     assert first["value"]["header"]["height"] == h
     proc = cli(pruned, "export", "--topic", T.TRANSACTIONS, "--from-height", str(h - 1), "--format", "jsonl",
