@@ -154,6 +154,10 @@ def map_error(exc: Exception, path: str) -> StorageError:
             "or rebuild projections from the log (ledgerlog reproject)."
         )
     low = text.lower()
+    if "read-only file system" in low:  # RocksDB (and rocksdict's own config file) write even on a read-only open
+        return StorageUnavailableError(f"{path}: the disk refused a write: {text}; the data dir is on a read-only "
+                                       "file system: remount it read-write, or copy it (or restore a snapshot) to a "
+                                       "writable disk and use that")
     if any(marker in low for marker in _UNAVAILABLE):
         return StorageUnavailableError(f"{path}: the disk refused a write: {text}")
     return StorageError(f"cannot open {path}: {text}")

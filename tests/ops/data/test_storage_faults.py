@@ -230,6 +230,20 @@ def test_cli_on_a_full_disk_is_one_line_exit_2(small_fs, tmp_path) -> None:
     assert debug.returncode == 2 and "Traceback" in debug.stderr.decode()
 
 
+def test_cli_on_a_read_only_mount_says_how_to_go_on(small_fs) -> None:
+    """A data dir on a read-only mount: RocksDB (and rocksdict's config file) write even on a
+    read-only open, so reads cannot be served there; the one line says what to do."""
+    data = small_fs / "data"
+    init_chain(Config(data_dir=str(data)), make_genesis(13, wallets=4)[0])
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True, capture_output=True)
+    proc = subprocess.run([LEDGERLOG, "--data-dir", str(data), "tail", "ledger.blocks", "--limit", "1"],
+                          capture_output=True, timeout=120, env=cli_env())
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    doc = json.loads(err)
+    assert doc["code"] == "STORAGE_UNAVAILABLE" and "remount it read-write" in doc["error"], doc
+
+
 # -- the faults file: the same seam, switched from outside the process (the torture harness) -----
 
 def test_faults_file_switches_the_seam_from_outside(tmp_path, monkeypatch) -> None:
