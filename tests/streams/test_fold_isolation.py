@@ -203,3 +203,4 @@ def test_the_dashboard_shows_the_start_of_a_huge_user_value_not_all_of_it(chain,
         assert small == {"key": "b", "value": 7, "encoding": "json"}
     finally:
         runner.close()
+

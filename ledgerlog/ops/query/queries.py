@@ -277,7 +277,7 @@ class Queries:
         span = (recent[0]["timestamp"] - recent[-1]["timestamp"]) / 1000 if len(recent) > 1 else 0
         txs = sum(b["tx_count"] for b in recent[:-1]) if len(recent) > 1 else 0
         log = self.runner.log
-        return {
+        return _exact_in_js({
             "status": {"chain_id": self.chain_id, "height": tip["height"], "tip_hash": tip["tip_hash"],
                        "tip_timestamp": tip["tip_timestamp"], "total_txs": tip["total_txs"],
                        "mempool": chainstate.mempool_size(cs)},
@@ -295,7 +295,7 @@ class Queries:
             "lag": self.runner.lag(),
             "log": {t: sum(log.end_offsets(t)) for t in sorted(log.topics())},
             "user_projections": self._user_panels(),
-        }
+        })
 
     def _user_panels(self) -> list[dict[str, Any]]:
         """The dashboard's look at each user projection: its first keys in key order."""
@@ -310,3 +310,18 @@ class Queries:
                 row["items"] = userviews.page(self, name, limit=DASHBOARD_KEYS, value_chars=DASHBOARD_VALUE_CHARS)["items"]
             out.append(row)
         return out
+
+
+_JS_EXACT = 2**53 - 1  # the largest integer a browser's JSON.parse keeps exact
+
+
+def _exact_in_js(value: Any) -> Any:
+    """``value`` with integers beyond ±(2^53 - 1) as decimal strings: the dashboard reads its
+    answer with JSON.parse, which rounds them (its formatters take digit strings exactly)."""
+    if type(value) is int:
+        return str(value) if not -_JS_EXACT <= value <= _JS_EXACT else value
+    if isinstance(value, dict):
+        return {k: _exact_in_js(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exact_in_js(v) for v in value]
+    return value

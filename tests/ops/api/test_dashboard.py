@@ -142,3 +142,27 @@ def test_every_answer_forbids_framing_and_sniffing_and_pages_are_revalidated(tmp
             assert h["referrer-policy"] == "no-referrer", path
             if h["content-type"].startswith("text/html"):
                 assert h["cache-control"] == "no-cache", path
+
+
+def test_dashboard_amounts_beyond_2_53_are_sent_as_exact_digit_strings(tmp_path) -> None:
+    """The dashboard parses its answer with JSON.parse, which rounds integers past 2^53: such
+    amounts come as digit strings (the page's formatters read them exactly), smaller ones as numbers."""
+    from ledgerlog.engine.chain import init_chain, open_chain
+    from ledgerlog.engine.config import Config
+    from ledgerlog.ops.devtools.histgen import make_genesis
+    from ledgerlog.ops.query.queries import Queries
+    from ledgerlog.streams.runner import Runner
+
+    genesis, _keys = make_genesis(3, wallets=2)
+    rich, poor = sorted(genesis["allocations"])[:2]
+    genesis["allocations"][rich], genesis["allocations"][poor] = 123456789012345678, 5
+    cfg = Config(data_dir=str(tmp_path / "d"))
+    init_chain(cfg, genesis)
+    with open_chain(cfg, read_only=True) as chain:
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+        try:
+            runner.catch_up()
+            richest = {a["address"]: a["balance"] for a in Queries(runner, chain.genesis.chain_id).dashboard()["richest"]}
+            assert richest[rich] == "123456789012345678" and richest[poor] == 5
+        finally:
+            runner.close()
