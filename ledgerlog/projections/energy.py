@@ -41,7 +41,7 @@ FIELDS = {
 }
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "provider", "market", "providers", "page",
-           "parameters", "last_settlement_height", "unsettled_since"]
+           "parameters", "last_settlement_height", "unsettled_since", "unsettled"]
 
 # positions in a provider record
 OWNER, METER, STAKE, PRICE, REG_HEIGHT, CREDITED, SETTLED, AMOUNT, READINGS, SETTLEMENTS, LAST = range(11)
@@ -224,6 +224,16 @@ def provider(view: View, provider_id: str, height: int | None = None) -> dict[st
     is not folded yet (or, as of a height, not admitted by then)."""
     p = jload(view.get(_pkey(provider_id)))
     return None if p is None else _as_dict(view, provider_id, p, height)
+
+
+def unsettled(view: View) -> Iterator[tuple[str, int]]:
+    """(provider_id, ``unsettled_since`` height) of every provider with energy not settled yet,
+    in provider_id order (for the settlement gauges: the oldest wait of them all)."""
+    for pid, p in _records(view):
+        if p[CREDITED] > p[SETTLED]:
+            since = unsettled_since(view, pid, p[SETTLED], p[CREDITED], p[LAST])
+            if since is not None:
+                yield pid, since
 
 
 def _records(view: View, after: str | None = None) -> Iterator[tuple[str, list[Any]]]:

@@ -7,13 +7,15 @@ chainstate projections at scrape time:
   now minus the chain time at which the provider's oldest energy not settled yet was credited
   (settlements pay the oldest credit first; a reading credited while block h was the tip counts
   from block h's timestamp, the genesis timestamp for h = 0). Only providers with unsettled
-  energy, at most ``MAX_PROVIDERS`` of them (those with the most credited energy).
-- ``ledgerlog_energy_settlement_lag_seconds``: the largest of those ages (0 when all is settled).
+  energy, at most ``MAX_PROVIDERS`` of them (those waiting longest).
+- ``ledgerlog_energy_settlement_lag_seconds``: the largest of those ages, the oldest wait of every
+  provider (0 when all is settled).
 - ``ledgerlog_energy_last_settlement_age_seconds``: now minus the chain time of the newest settlement
   (of genesis before any), for the settlement-stall alert.
 Chain time is block header time, which admission keeps increasing; the node's clock is "now"."""
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -69,12 +71,12 @@ class SettlementGauges:
 
     def _measure(self) -> dict[str, Any]:
         ev, cs, now = self._view("energy"), self._view("chainstate"), self.clock()
+        waits = heapq.nsmallest(MAX_PROVIDERS, energy.unsettled(ev), key=lambda w: (w[1], w[0]))  # oldest first
         ages: dict[str, float] = {}
-        for p in energy.providers(ev, MAX_PROVIDERS):
-            since = p["unsettled_since_height"]
-            at = None if since is None else self._chain_time(cs, since)
+        for pid, since in waits:
+            at = self._chain_time(cs, since)
             if at is not None:
-                ages[p["provider_id"]] = max(0.0, now - at)
+                ages[pid] = max(0.0, now - at)
         last = energy.last_settlement_height(ev)
         settled_at = self._chain_time(cs, last or 0)
         return {"unsettled_joules": energy.market(ev)["unsettled_milli_kwh"] * JOULES_PER_MILLI_KWH,

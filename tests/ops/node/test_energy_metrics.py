@@ -84,3 +84,19 @@ def test_metrics_are_exported_and_promtool_clean(node):
     mine = "".join(line + "\n" for line in text.splitlines() if any(f in line for f in FAMILIES))
     proc = subprocess.run([promtool, "check", "metrics"], input=mine, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (proc.stdout, proc.stderr)
+
+
+def test_the_lag_counts_every_provider_and_the_series_keep_the_oldest(node, keys, monkeypatch):
+    """The gauges looked only at the MAX_PROVIDERS providers with the most credited energy: a
+    small provider waiting longest was left out of the lag. Now every unsettled provider counts
+    for the lag, and the per-provider series (capped) keep the oldest waits."""
+    from ledgerlog.ops.node import energy_metrics
+
+    summary = node.admitter.admit([orjson.dumps(_settle(node, keys, "s2", "a", 500))])  # a, the larger, all settled
+    assert summary.accepted == 1, summary.to_dict()
+    assert node.queries.sync()
+    monkeypatch.setattr(energy_metrics, "MAX_PROVIDERS", 1)
+    now = _block_time(node, 3) + 100.0
+    got = SettlementGauges(node, clock=lambda: now).read()
+    oldest = now - _block_time(node, 2)
+    assert got["ages"] == {"b": oldest} and got["lag"] == oldest
