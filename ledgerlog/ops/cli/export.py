@@ -34,6 +34,9 @@ def export(ctx: typer.Context,
     either end optional. Records come by partition, then offset. Works beside a running node
     (the log is opened read-only; what was appended before the start is exported). Exit 2 on a
     usage error (unknown topic, mixed range kinds, ...)."""
+    if out == "-":  # elsewhere "-" is standard output; an export is a file, written whole or not at all
+        fail("export writes a file (--out PATH); to stream a topic's records to standard output, use "
+             "`ledgerlog tail TOPIC`", 2)
     if fmt is None:
         fmt = _EXT.get(os.path.splitext(out)[1].lower())
         if fmt is None:

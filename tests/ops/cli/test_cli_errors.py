@@ -309,3 +309,11 @@ def test_reproject_on_a_directory_that_is_not_a_chain_writes_nothing(tmp_path, c
                           timeout=TIMEOUT, check=False)
     assert proc.returncode != 0 and json.loads(proc.stderr)["code"] in ("CONFIG", "NOT_INITIALISED", "USAGE"), proc.stderr
     assert list(not_chain.iterdir()) == []
+
+
+def test_export_to_a_dash_is_refused_not_a_file_named_dash(tmp_path):
+    proc = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "d"), "export", "--topic", "ledger.blocks",
+                           "--format", "jsonl", "--out", "-"], capture_output=True, env=cli_env(), timeout=TIMEOUT,
+                          check=False, cwd=tmp_path)
+    assert "tail" in one_line_error(proc, 2, "USAGE")["error"]
+    assert not (tmp_path / "-").exists()
