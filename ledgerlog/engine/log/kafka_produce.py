@@ -56,10 +56,13 @@ class Transactions:
         errors: list[str] = []
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            offset = msg.offset()
             if err is not None:
                 errors.append(str(err))
+            elif offset is None or offset < 0:  # a retried produce the broker took as a duplicate of one
+                errors.append("delivered without an offset (an answer of the broker was lost)")  # it wrote
             else:
-                got.setdefault((msg.topic() or "", msg.partition() or 0), []).append(msg.offset() or 0)
+                got.setdefault((msg.topic() or "", msg.partition() or 0), []).append(offset)
 
         began = False
         produce = producer.produce
@@ -82,7 +85,7 @@ class Transactions:
             b.retry("committing the transaction", lambda: producer.commit_transaction(b.timeout))
         except (KafkaException, _AppendFailed, LogError, BufferError) as exc:
             if began:
-                self._after_failure(producer, got, exc)
+                self._after_failure(producer, got, len(records), exc)
             else:
                 self.producer = None  # librdkafka releases it when collected
             if isinstance(exc, LogError):
@@ -93,7 +96,7 @@ class Transactions:
         cursor = {tp: iter(sorted(offs)) for tp, offs in got.items()}
         return [(p, next(cursor[(real[r.topic], p)])) for r, p in zip(records, placed)]
 
-    def _after_failure(self, producer: Producer, got: Mapping[tuple[str, int], list[int]],
+    def _after_failure(self, producer: Producer, got: Mapping[tuple[str, int], list[int]], produced: int,
                        exc: BaseException) -> None:
         """Abort what can be aborted; when the outcome is unknown or the broker shows aborted
         records to read_committed readers (Tansu 0.6 does), refuse further appends until the
@@ -105,6 +108,14 @@ class Transactions:
             self.producer = None
             self.poisoned = (f"a transaction failed ({exc}) and could not be aborted ({abort_exc}); "
                              "its records may be on the log: reopen the chain to catch up from it")
+            return
+        if sum(map(len, got.values())) < produced:
+            # records whose outcome is unknown (an answer lost, the queue purged at a timeout):
+            # they may be on the log, and this producer's sequence numbers no longer match the
+            # broker's (its next records could be taken as duplicates and dropped)
+            self.producer = None
+            self.poisoned = (f"a transaction failed ({exc}) with records of unknown outcome; they may be on "
+                             "the log: reopen the chain to catch up from it")
             return
         for (real, p), offs in got.items():
             if not offs or not real.startswith(prefix):

@@ -37,8 +37,11 @@ class LocalState:
                 wb.delete(_STATE + k)
             else:
                 wb.put(_STATE + k, v)
-        for (topic, p), off in positions.items():
-            wb.put(K.kafka_pos_key(topic, p), K.U64.pack(off))
+        for (topic, p), off in positions.items():  # a position never moves back
+            key = K.kafka_pos_key(topic, p)
+            old = self._db.get(key)
+            if old is None or K.U64.unpack(old)[0] < off:
+                wb.put(key, K.U64.pack(off))
         if wb.is_empty():
             return
         try:
