@@ -21,7 +21,7 @@ from ledgerlog.engine.admission.state import Tip, WriteState
 from ledgerlog.engine.chain import open_chain, write_atomic
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
-from ledgerlog.engine.errors import StorageError
+from ledgerlog.engine.errors import LogError, StorageError
 from ledgerlog.ops.api.admin import allowed_networks
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
@@ -128,9 +128,9 @@ class Node:
                 try:
                     with self.fold_lock:
                         folded = self.runner.step()
-                except StorageError as exc:  # a full or failing disk: retry, never stop the node
-                    if not backoff:
-                        log.error("projections cannot commit (%s); retrying with backoff, reads go on", exc)
+                except (StorageError, LogError) as exc:  # a full or failing disk, an unreachable broker:
+                    if not backoff:                       # retry, never stop the node
+                        log.error("projections cannot fold (%s); retrying with backoff, reads go on", exc)
                     backoff = min(_MAX_BACKOFF, max(0.1, backoff * 2))
                     self._stop.wait(backoff)
                     continue

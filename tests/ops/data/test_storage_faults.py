@@ -118,6 +118,28 @@ def test_fold_commit_failure_retries_instead_of_stopping_the_node(tmp_path) -> N
         assert client.get("/v1/ready").status_code == 200
 
 
+def test_a_log_that_cannot_be_read_for_a_while_does_not_stop_the_node(tmp_path, monkeypatch) -> None:
+    """A fold whose log read fails (a Kafka broker unreachable past ledgerlog.timeout.ms: LogError)
+    is retried with backoff, as a disk fault is: the node stopped for good, and stayed down when
+    the broker came back."""
+    from ledgerlog.engine.errors import LogError
+
+    with observed_node(tmp_path) as w:
+        node, lines = w["node"], w["lines"]
+        real, failing = node.runner.step, [True]
+
+        def step(*a: Any, **k: Any) -> int:
+            if failing[0]:
+                raise LogError("reading ledger.blocks[0]: no answer within 5 s")
+            return real(*a, **k)
+        monkeypatch.setattr(node.runner, "step", step)
+        assert node.admitter.admit(lines[:300]).rejected == 0
+        time.sleep(1.0)  # folds fail and retry
+        assert not node._stop.is_set() and all(t.is_alive() for t in node._threads)
+        failing[0] = False
+        _until(lambda: node.runner.lag() == {n: 0 for n in node.runner.handles})
+
+
 def test_cli_storage_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys) -> None:
     """In-process: an ingest whose append the disk refuses."""
     from ledgerlog.ops import cli
