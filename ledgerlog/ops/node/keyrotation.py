@@ -25,6 +25,7 @@ from ledgerlog.engine.errors import BadRequest, ConfigError, RotationRefusedErro
 from ledgerlog.engine.files import fsync_dir, write_atomic
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.signing import Signer, rotation_line
+from ledgerlog.ops.data.locks import rotation_lock
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
@@ -34,9 +35,18 @@ __all__ = ["rotate_key"]
 
 def rotate_key(keys_dir: str, genesis: Genesis, state: WriteState,
                admit: Callable[[list[bytes]], Summary], name: str) -> dict[str, Any]:
-    """Move every role key file ``name`` holds to a new key; returns what was rotated."""
+    """Move every role key file ``name`` holds to a new key; returns what was rotated. One
+    rotation of a data dir at a time (RotationRefusedError while another runs)."""
     if not name or os.sep in name or name.startswith("."):
         raise ConfigError(f"key name {name!r} must be a file name under {keys_dir}")
+    if not os.path.isfile(os.path.join(keys_dir, f"{name}.key")):
+        raise ConfigError(f"no key file {name}.key under {keys_dir}")
+    with rotation_lock(keys_dir):
+        return _rotate(keys_dir, genesis, state, admit, name)
+
+
+def _rotate(keys_dir: str, genesis: Genesis, state: WriteState,
+            admit: Callable[[list[bytes]], Summary], name: str) -> dict[str, Any]:
     path = os.path.join(keys_dir, f"{name}.key")
     try:
         old = Signer.load(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -302,3 +303,38 @@ def test_rotating_the_log_key_signs_new_heads_with_it_and_old_heads_stay_verifia
     node.stop()
     report = verify(node.config, signatures=True)  # verify replays both log rotations from the first key
     assert report["ok"] and report["log"]["problems"] == [], report["log"]["problems"]
+
+
+def test_concurrent_rotations_of_one_key_leave_the_file_holding_the_key_that_signs(node):
+    """Two rotate-key requests at once (a client retrying on a timeout) both wrote the same
+    producer.key.next: the chain rotated to a key whose seed was then overwritten or unlinked,
+    and the producer and pool roles were lost for good. One rotation runs at a time; another
+    meanwhile is refused (ROTATION_REFUSED, 409), so the file always holds the key that signs."""
+    import threading
+
+    from ledgerlog.engine.admission.roles import identity_of
+    from ledgerlog.ops.node.keyrotation import rotate_key_action
+
+    keys_dir = node.config.keys_dir
+    _blocks_by(node, Signer.load(os.path.join(keys_dir, "producer.key")).pubkey)
+    results: list[Any] = []
+
+    def rotate() -> None:
+        try:
+            results.append(rotate_key_action(node, {"key": "producer"}))
+        except Exception as exc:  # collected: a refusal is allowed, a lost key is not
+            results.append(exc)
+    threads = [threading.Thread(target=rotate) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(isinstance(r, dict) or type(r).__name__ == "RotationRefusedError" for r in results), results
+    results = [r for r in results if isinstance(r, dict)]
+    assert results
+    held = Signer.load(os.path.join(keys_dir, "producer.key"))
+    assert held.pubkey in {r["new_pubkey"] for r in results}
+    state = WriteState(node.chain.log)
+    assert identity_of(state, node.genesis, "producer", held.pubkey) is not None
+    assert not os.path.exists(os.path.join(keys_dir, "producer.key.next"))
+    _blocks_by(node, held.pubkey)
