@@ -285,6 +285,8 @@ def test_systemd_unit() -> None:
     assert set(sections) == {"Unit", "Service", "Install"}
     assert svc["Type"] == ["simple"] and svc["KillSignal"] == ["SIGTERM"] and svc["Restart"] == ["on-failure"]
     assert re.fullmatch(r"\S*ledgerlog --data-dir \S+ run( .*)?", svc["ExecStart"][0])
+    # flags would win over config.toml and the LEDGERLOG_HTTP_* the unit says to set
+    assert "--host" not in svc["ExecStart"][0] and "--port" not in svc["ExecStart"][0]
     assert int(svc["TimeoutStopSec"][0]) >= 30
     for hardening in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "ReadWritePaths"):
         assert hardening in svc
