@@ -499,7 +499,8 @@ def snapshot_action(node: NodeContext, body: dict[str, Any]) -> Any:
         manifest = create_snapshot(node.chain, node.runner, where, with_keys=bool(body.get("with_keys", False)),
                                    lock=getattr(node, "fold_lock", None), link=bool(body.get("link", False)),
                                    progress=job)
-    node.snapshots.note_success(manifest["created_ms"])  # the schedule's clock restarts from it
+    if not manifest["linked"] and os.path.realpath(where) == os.path.realpath(root):
+        node.snapshots.note_success(manifest["created_ms"])  # a backup: the schedule's clock restarts from it
     result = summary(manifest, manifest["path"])
     result.pop("path")
     rel = os.path.relpath(os.path.dirname(manifest["path"]), os.path.realpath(root))

@@ -81,7 +81,9 @@ def plan_prune(directory: str, keep: int, older_than: int | None = None, *, gene
         elif genesis_hash is not None and s["genesis_hash"] != genesis_hash:
             plan.ignored.append({"name": s["name"], "reason": f"another chain ({s['chain_id']})"})
         else:
-            chains.setdefault((s["chain_id"], s["genesis_hash"]), []).append(s)
+            # backups and linked snapshots (local checkpoints sharing the live files) are counted apart:
+            # a linked one never takes a backup's place among the kept
+            chains.setdefault((s["chain_id"], s["genesis_hash"], s["independent"]), []).append(s)
     for group in chains.values():
         for i, s in enumerate(reversed(group)):  # list_snapshots sorts oldest first
             age = now - (s["created_ms"] or 0) / 1000

@@ -53,14 +53,15 @@ class SnapshotSchedule:
         self.next_due = (self.last_success or self.started) + self.every
 
     def _newest(self) -> float | None:
-        """Creation time of the chain's newest intact snapshot in snapshot.dir, if any."""
+        """Creation time of the chain's newest intact backup in snapshot.dir, if any (a linked
+        snapshot shares the live files: no backup)."""
         try:
             snaps = list_snapshots(self.dir)
         except OSError as exc:
             log.warning("cannot list snapshot.dir: %s", exc)
             return None
-        return max((s["created_ms"] / 1000 for s in snaps if s["ok"] and s["genesis_hash"] == self.genesis_hash),
-                   default=None)
+        return max((s["created_ms"] / 1000 for s in snaps
+                    if s["ok"] and s["genesis_hash"] == self.genesis_hash and s["independent"]), default=None)
 
     def last_success_or_start(self) -> float:
         """``ledgerlog_snapshot_last_success_timestamp_seconds``: the last success, else the node's start."""

@@ -183,6 +183,25 @@ def test_an_admin_snapshot_restarts_the_clock(node_on) -> None:
         == created
 
 
+def test_a_linked_snapshot_is_no_backup_for_the_schedule_nor_for_retention(node_on, chain_dir) -> None:
+    """A --link snapshot (a fast local checkpoint sharing the live files, not a backup) restarted
+    the clock, so scheduled backups never came and the missed-backup alert stayed quiet; and it
+    counted toward keep, so backups were pruned in its place. Now the schedule counts backups
+    only, and retention counts linked snapshots apart from backups."""
+    node, client = node_on(snapshot_every="1h", snapshot_keep=1, snapshot_keep_for="")
+    sched = node.snapshots
+    backup = os.path.join(node.config.snapshots_dir, "backup")
+    aged(chain_dir, node.config.snapshots_dir, "backup", 60)
+    r = client.post("/v1/admin/snapshot", json={"link": True}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and r.json()["independent"] is False, r.text
+    assert sched.last_success is None and sched.next_due == sched.started + 3600  # no backup was taken
+    found = SnapshotSchedule(node.config, node.chain).last_success  # at a start: the newest backup
+    assert found == read_manifest(backup)["created_ms"] / 1000
+    report = sched.prune()
+    assert report is not None and os.path.isdir(backup)  # the one backup kept: keep counts backups
+    assert {k["name"] for k in report["kept"]} == {"backup", r.json()["name"]}
+
+
 def test_no_schedule_no_thread_and_metrics_say_off(node_on) -> None:
     node, client = node_on()
     assert node.snapshots.every == 0
