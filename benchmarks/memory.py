@@ -64,7 +64,7 @@ def run(events: int, work: str, data: str | None = None) -> dict[str, Any]:
             secs = time.perf_counter() - t
             out["first_fold"] = {"seconds": round(secs, 3), "events_per_s": rate(events, secs),
                                  "rss": {**rss.summary(), "series_mib": _series(rss)}}
-            workers = cfg.fold_workers or (os.cpu_count() or 1)
+            workers = cfg.fold_processes
             _step(f"reproject all, {workers} processes", t0)
             t = time.perf_counter()
             with RssSampler(interval=1.0) as rss:

@@ -47,7 +47,7 @@ def _reproject(cfg: Config) -> float:
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch)
         try:
             t = time.perf_counter()
-            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, workers=cfg.fold_workers)
+            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, workers=cfg.fold_processes)
             return time.perf_counter() - t
         finally:
             live.close()

@@ -9,7 +9,6 @@ spread by cost, balances split into account shards when that helps); each figure
 and the figure for all projections also gives the rate of one process (``one_process``)."""
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -50,7 +49,7 @@ def rebuild(data_dir: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with open_chain(cfg, read_only=True) as chain:
         log, names = chain.log, list(projections.ALL)
-        workers = cfg.fold_workers or (os.cpu_count() or 1)  # as a node and `ledgerlog reproject` resolve it
+        workers = cfg.fold_processes  # as a node and `ledgerlog reproject` resolve it
         events = _events(log, names)
 
         def first_fold() -> tuple[float, float]:

@@ -3,11 +3,13 @@
 it and never reads the environment itself."""
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .durations import parse_duration
@@ -186,6 +188,11 @@ class Config:
                            self.rocksdb_compression)
 
     @property
+    def fold_processes(self) -> int:
+        """Processes a rebuild spreads over: ``fold.workers``, or one per core when it is 0."""
+        return self.fold_workers or (os.cpu_count() or 1)
+
+    @property
     def genesis_path(self) -> str:
         return os.path.join(self.data_dir, "genesis.json")
 
@@ -260,12 +267,17 @@ class Config:
                 section = sec
             v = getattr(self, attr)
             text = (("true" if v else "false") if typ is bool else repr(v) if typ in (int, float)
-                    else f'"{v}"')
+                    else _toml_string(v))
             out.append(f"# {doc}\n{name} = {text}")
         if self.kafka:
             out.append("\n[kafka]")
-            out.extend(f'"{k}" = "{v}"' for k, v in self.kafka.items())
+            out.extend(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in self.kafka.items())
         return "\n".join(out).lstrip() + "\n"
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: JSON's escapes are TOML's (quotes, backslashes, controls)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _duration(text: str, key: str, *, zero_off: bool = False) -> int:
@@ -284,11 +296,14 @@ def _convert(value: Any, typ: type, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
     elif typ is int:
-        try:
-            if not isinstance(value, bool):
+        if isinstance(value, float):  # TOML's 1.7 or inf: only a whole, finite number is an integer
+            if math.isfinite(value) and value.is_integer():
                 return int(value)
-        except (TypeError, ValueError):
-            pass
+        elif not isinstance(value, bool):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                pass
     elif typ is float:
         try:
             if not isinstance(value, bool):
@@ -300,6 +315,61 @@ def _convert(value: Any, typ: type, where: str) -> Any:
     elif isinstance(value, (str, int)) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+
+
+#: the sections and keys config.toml may hold ([kafka] takes any librdkafka property)
+_KNOWN: dict[str, set[str]] = {}
+for _key, *_rest in SETTINGS:
+    _KNOWN.setdefault(_key.split(".")[0], set()).add(_key.split(".")[1])
+
+
+def _check_names(doc: Mapping[str, Any], path: str) -> None:
+    """Every section of ``doc`` a table this version knows, every key one of its settings: a
+    misspelt one was ignored (``[snapshots] every``: no backup was ever taken)."""
+    for sec, table in doc.items():
+        if sec != "kafka" and sec not in _KNOWN:
+            raise ConfigError(f"{path}: unknown section [{sec}]{_did_you_mean(sec, _KNOWN)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{sec}] must be a table of settings, not {table!r}")
+        for name in table if sec != "kafka" else ():
+            if name not in _KNOWN[sec]:
+                raise ConfigError(f"{path}: [{sec}] has no setting {name!r}{_did_you_mean(name, _KNOWN[sec])}")
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+#: setting -> (least, most) it may be (None: no bound); every source's value is checked
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "log.partitions": (1, MAX_PARTITIONS), "ingest.chunk": (1, 1_000_000), "fold.batch": (1, 10_000_000),
+    "ingest.verify_workers": (0, 1024), "fold.workers": (0, 1024),
+    "heads.interval": (0.05, 86_400), "retention.interval": (0.05, 86_400),
+    "rocksdb.block_cache_mb": (0, 1 << 20), "rocksdb.write_buffer_mb": (1, 1 << 16),
+    "rocksdb.max_open_files": (-1, 1 << 20),
+    "http.port": (0, 65535), "http.max_body": (1, None), "http.ingest_max_body": (1, None),
+    "http.ingest_rate": (0, None), "http.ingest_burst": (1, None), "http.ready_max_lag": (0, None),
+    "http.keep_alive_timeout": (0, 86_400), "http.header_timeout": (0, 86_400), "http.body_timeout": (0, 86_400),
+    "http.max_connections": (0, None),
+    "faucet.amount": (1, 2**63 - 1), "faucet.ip_burst": (1, None), "faucet.ip_interval": (0, None),
+    "faucet.address_burst": (1, None), "faucet.address_interval": (0, None),
+    "node.log_max_bytes": (0, None), "node.log_backups": (0, 1000),
+    "snapshot.keep": (1, None), "retention.keep_heights": (0, None), "retention.max_heights": (1, None),
+}
+_ATTR = {key: attr for key, _env, attr, _typ, _doc in SETTINGS}
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (lo, hi) in _RANGES.items():
+        v = getattr(cfg, _ATTR[key])
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{key} must be {bounds}, not {v}")
+    if cfg.log_max_bytes and not cfg.log_backups:
+        raise ConfigError("node.log_backups must be at least 1 while node.log_max_bytes rotates node.log "
+                          "(with none kept it is never rotated and grows for ever); 0 for both leaves "
+                          "rotation to logrotate")
 
 
 def env_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -320,11 +390,12 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
                 doc = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        _check_names(doc, path)
         for key, _env, attr, typ, _doc in SETTINGS:
             sec, name = key.split(".")
             if name in doc.get(sec, {}):
                 values[attr] = _convert(doc[sec][name], typ, f"{path} [{sec}] {name}")
-        if isinstance(doc.get("kafka"), dict):
+        if "kafka" in doc:
             values["kafka"] = {str(k): str(v) for k, v in doc["kafka"].items()}
     values.update(env_values(env))
     known = {f.name for f in fields(Config)}
@@ -332,22 +403,10 @@ def load_config(data_dir: str, env: Mapping[str, str], flags: Mapping[str, Any] 
         if v is not None and attr in known:
             values[attr] = v
     cfg = Config(**values)
-    if cfg.partitions < 1 or cfg.ingest_chunk < 1 or cfg.fold_batch < 1:
-        raise ConfigError("partitions, ingest.chunk and fold.batch must be at least 1")
-    if cfg.partitions > MAX_PARTITIONS:
-        raise ConfigError(f"partitions must be at most {MAX_PARTITIONS} (a topic's partitions are folded and "
-                          "audited one by one)")
-    if not 0 <= cfg.http_port <= 65535:
-        raise ConfigError(f"http.port must be between 0 (any free port) and 65535, not {cfg.http_port}")
-    if cfg.snapshot_keep < 1:
-        raise ConfigError("snapshot.keep must be at least 1 (the newest snapshot is never pruned)")
+    _check_ranges(cfg)
     _ = (cfg.snapshot_every_seconds, cfg.snapshot_keep_for_seconds)  # a malformed duration: ConfigError now
-    if cfg.retention_keep_heights < 0 or cfg.retention_max_heights < 1 or not cfg.retention_interval > 0:
-        raise ConfigError("retention.keep_heights must be 0 (off) or more, retention.max_heights at least 1, "
-                          "retention.interval above 0")
     try:
         configure_rocks(cfg.rocks_tuning())  # every store this process opens from now on
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return replace(cfg, verify_workers=cfg.verify_workers or (os.cpu_count() or 1),
-                   fold_workers=cfg.fold_workers or (os.cpu_count() or 1))
+    return cfg

@@ -180,3 +180,44 @@ def test_faucet_settings_come_from_config_toml_and_env(node_with):
         assert c.get("/v1/faucet").json()["enabled"] is False
         r = c.post("/v1/faucet", json={"address": "ab" * 20})
         assert r.status_code == 503 and r.json()["code"] == "FAUCET_DISABLED"
+
+
+@pytest.mark.parametrize("text,says", [
+    ("[ingest]\nchunk = inf\n", "ingest] chunk"),                  # OverflowError: INTERNAL
+    ("[ingest]\nchunk = 1.7\n", "ingest] chunk"),                  # truncated to 1
+    ("[http]\nport = 8080.5\n", "http] port"),                     # truncated to 8080
+    ("retention = 5\n", "retention"),                              # TypeError: INTERNAL
+    ("[snapshots]\nevery = \"6h\"\n", "snapshot"),                 # ignored: no backups, ever
+    ("[snapshot]\nevry = \"6h\"\n", "every"),                      # ignored
+    ("[heads]\ninterval = 0.0\n", "heads.interval"),               # a core spinning
+    ("[heads]\ninterval = 1e10\n", "heads.interval"),              # the heads thread died
+    ("[retention]\ninterval = 1e-9\n", "retention.interval"),      # a core spinning
+    ("[http]\nmax_connections = -1\n", "http.max_connections"),    # every request 503
+    ("[http]\nmax_body = -1\n", "http.max_body"),                  # every POST 413
+    ("[faucet]\namount = 0\n", "faucet.amount"),                   # every grant refused
+    ("[http]\nheader_timeout = -1\n", "http.header_timeout"),      # slowloris protection off, silently
+    ("[node]\nlog_backups = 0\n", "node.log_backups"),             # node.log never rotated, grows for ever
+    ("[rocksdb]\nmax_open_files = 99999999999\n", "rocksdb.max_open_files"),  # STORAGE_ERROR at open
+])
+def test_settings_out_of_range_or_unknown_are_one_line_config_errors(tmp_path, text, says):
+    """Each was accepted, truncated, ignored or an INTERNAL error, and then hung, spun, stopped a
+    thread or served nothing; now a CONFIG error naming the setting, before anything runs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=says.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
+        load_config(str(data), {})
+
+
+def test_init_writes_strings_toml_can_read_back_and_worker_counts_unresolved(tmp_path):
+    """A token with a quote or a backslash made config.toml unreadable (every command failed
+    after init), a Windows-style path lost its backslashes; the resolved worker counts (this
+    machine's cores) were written where 0 (one per core, wherever it runs) was meant."""
+    cfg = Config(data_dir=str(tmp_path / "data"), admin_token='s3cr\\et"tok', snapshot_dir="C:\\backups\\n1")
+    init_chain(cfg, dev_genesis(cfg.keys_dir))
+    back = load_config(cfg.data_dir, {})
+    assert back.admin_token == 's3cr\\et"tok' and back.snapshot_dir == "C:\\backups\\n1"
+    import tomllib
+    with open(os.path.join(cfg.data_dir, "config.toml"), "rb") as f:
+        doc = tomllib.load(f)
+    assert doc["ingest"]["verify_workers"] == 0 and doc["fold"]["workers"] == 0

@@ -51,7 +51,7 @@ def reproject(ctx: typer.Context,
             with progress_bar("reproject", total=total_records(chain.log, chosen, cfg.projections_dir), unit=" events",
                               quiet=quiet) as tick:
                 result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
-                                       keep=keep, workers=cfg.fold_workers, progress=tick)
+                                       keep=keep, workers=cfg.fold_processes, progress=tick)
         finally:
             live.close()
     emit({"projections": result})

@@ -70,7 +70,7 @@ class Node:
         if stale:  # code moved on: rebuild those (blue/green) rather than serve stale state
             log.info("projections %s were built by an older version; rebuilding", stale)
             self.reproject(stale)
-        catch_up_parallel(self.runner, config.fold_workers)  # a first fold far behind uses every core
+        catch_up_parallel(self.runner, config.fold_processes)  # a first fold far behind uses every core
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
         self.jobs = Jobs()  # long admin actions' progress, shown by GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance, heads=self.chain.heads,
@@ -112,7 +112,7 @@ class Node:
         """Rebuild beside the live stores while serving; pause folding only for the swap."""
         return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
                          self.runner, names, keep=keep, swap_lock=self.fold_lock,
-                         workers=self.config.fold_workers, progress=progress)
+                         workers=self.config.fold_processes, progress=progress)
 
     def _on_commit(self, outs: list[Out]) -> None:
         for o in outs:
