@@ -50,6 +50,10 @@ def test_transactional_id_names_the_chain():
     ({"ledgerlog.replication": "three"}, "integers"),
     ({"ledgerlog.timeout.ms": "1.5"}, "integers"),
     ({"security.protocol": "TLS"}, "security.protocol"),
+    ({"ledgerlog.timeout.ms": "-1"}, "timeout.ms"),   # an infinite wait in confluent-kafka: a hang
+    ({"ledgerlog.timeout.ms": "0"}, "timeout.ms"),    # every call failed, 'Broker transport failure'
+    ({"ledgerlog.replication": "0"}, "replication"),
+    ({"ledgerlog.topic_prefix": "__mine."}, "topic_prefix"),  # every topic hidden as the broker's own
 ])
 def test_invalid_values_are_config_errors(table, match):
     with pytest.raises(ConfigError, match=match):
@@ -60,3 +64,11 @@ def test_config_builds_it_for_kafka_chains_only(tmp_path):
     assert Config(data_dir=str(tmp_path)).kafka_connection() is None
     k = Config(data_dir=str(tmp_path), log_url="kafka://b:9092", kafka={"ledgerlog.topic_prefix": "p."}).kafka_connection()
     assert k is not None and (k.bootstrap, k.topic_prefix) == ("b:9092", "p.")
+
+
+def test_a_client_setting_librdkafka_refuses_is_a_config_error_at_open():
+    """It was INTERNAL (a KafkaException from the admin client's constructor)."""
+    from ledgerlog.engine.log.kafka import KafkaLog
+
+    with pytest.raises(ConfigError, match="socket.timeout.ms"):
+        KafkaLog("127.0.0.1:1", **{"socket.timeout.ms": "abc"})

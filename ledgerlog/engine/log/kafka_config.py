@@ -167,10 +167,17 @@ class KafkaConfig:
             retries = max(1, int(own.get("retries", "4")))
         except ValueError as exc:
             raise ConfigError(f"[kafka] ledgerlog.replication, timeout.ms and retries are integers: {exc}") from exc
+        if not 0 < timeout <= 3600 or replication < 1:  # -1 waited for ever, 0 failed every call
+            raise ConfigError("[kafka] ledgerlog.timeout.ms must be between 1 and 3600000 and "
+                              "ledgerlog.replication at least 1")
+        prefix = own.get("topic_prefix", "")
+        if prefix.startswith("__"):
+            raise ConfigError(f"[kafka] ledgerlog.topic_prefix {prefix!r}: names starting with '__' are the "
+                              "broker's own (its topics are never listed as the chain's)")
         return cls(bootstrap=bootstrap, security=Security.from_librdkafka(common),
                    client=_frozen({k: v for k, v in common.items() if k not in _SECURITY_KEYS}),
                    scoped=MappingProxyType({r: _frozen(s) for r, s in scoped.items()}),
-                   topic_prefix=own.get("topic_prefix", ""), replication=replication, timeout=timeout,
+                   topic_prefix=prefix, replication=replication, timeout=timeout,
                    retries=retries, transactional_id=own.get("transactional.id") or None,
                    state_dir=own.get("state_dir") or None, chain=own.get("chain") or None,
                    delete_records=not _off(own.get("delete_records", "false")))

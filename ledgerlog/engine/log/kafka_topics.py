@@ -16,7 +16,7 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-from ..errors import LogError
+from ..errors import ConfigError, LogError
 from .base import TopicPartition
 from .kafka_client import Broker, kafka_error
 
@@ -32,7 +32,11 @@ class Topics:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.admin = AdminClient(broker.client_conf("admin"))
+        try:  # the first client a log makes: a [kafka] setting librdkafka refuses is found here
+            self.admin = AdminClient(broker.client_conf("admin"))
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"kafka {broker.bootstrap}: the client refuses the [kafka] settings of config.toml "
+                              f"({exc}); fix or remove the setting it names") from exc
         self.known: dict[str, int] = {}
         self._groups: dict[str, Consumer] = {}
 
@@ -123,7 +127,10 @@ class Topics:
         if c is None:
             conf = self.broker.client_conf("consumer", {"group.id": self.broker.real(group),
                                                         "enable.auto.commit": False})
-            c = self._groups[group] = Consumer(conf)
+            try:
+                c = self._groups[group] = Consumer(conf)
+            except (KafkaException, ValueError, TypeError) as exc:
+                raise self.broker.fail("creating the consumer", exc) from exc
         return c
 
     def commit_positions(self, group: str, positions: Mapping[TopicPartition, int]) -> None:
