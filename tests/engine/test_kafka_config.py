@@ -70,5 +70,5 @@ def test_a_client_setting_librdkafka_refuses_is_a_config_error_at_open():
     """It was INTERNAL (a KafkaException from the admin client's constructor)."""
     from ledgerlog.engine.log.kafka import KafkaLog
 
-    with pytest.raises(ConfigError, match="socket.timeout.ms"):
+    with pytest.raises(ConfigError, match=r"socket\.timeout\.ms"):
         KafkaLog("127.0.0.1:1", **{"socket.timeout.ms": "abc"})

@@ -72,7 +72,7 @@ def plan_prune(directory: str, keep: int, older_than: int | None = None, *, gene
     root = os.path.realpath(directory)
     now = time.time() if now is None else now
     plan = Plan(root, keep, older_than)
-    chains: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    chains: dict[tuple[Any, Any, bool], list[dict[str, Any]]] = {}
     for s in list_snapshots(root):
         if not s["ok"]:
             plan.ignored.append({"name": s["name"], "reason": f"not an intact snapshot: {s['error']}"})
