@@ -98,6 +98,7 @@ def _client_allowed(request: Request, networks: list[ipaddress.IPv4Network | ipa
 def check_token(request: Request, token: str,
                 allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None) -> None:
     """Raise unless the request may pass (403 ADMIN_DISABLED or FORBIDDEN, 401 UNAUTHORIZED)."""
+    token = token.strip()  # as the token a client sends is: one with spaces around in config.toml still matches
     if not token:
         raise AdminDisabledError("admin API is disabled: set admin.token")
     if not _client_allowed(request, allow or []):

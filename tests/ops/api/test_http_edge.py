@@ -506,3 +506,20 @@ def test_cli_ingests_a_file_larger_than_the_nodes_body_cap_in_chunks(tmp_path):
             (3, "MALFORMED"), (len(lines) - 1, "MALFORMED"), (len(lines), "MALFORMED")], summary
         status = httpx.get(url + "/v1/status", timeout=10).json()
         assert status["height"] == sum(1 for ln in good if b'"type":"block"' in ln.replace(b" ", b""))
+
+
+def test_a_token_with_spaces_around_in_config_toml_still_matches_the_one_sent():
+    """The token a client sends is stripped; the one from config.toml was not, so a token written
+    with a space around could never match."""
+    from starlette.requests import Request
+
+    from ledgerlog.ops.api.admin import check_token
+
+    def request(auth: str) -> Request:
+        return Request({"type": "http", "method": "POST", "path": "/v1/admin/pause", "query_string": b"",
+                        "headers": [(b"authorization", auth.encode())], "client": ("127.0.0.1", 1)})
+    check_token(request("Bearer s3cret-token"), " s3cret-token\n", [])
+    with pytest.raises(Exception, match="wrong token"):
+        check_token(request("Bearer other"), " s3cret-token ", [])
+    with pytest.raises(Exception, match="disabled"):
+        check_token(request("Bearer x"), "   ", [])
