@@ -13,9 +13,10 @@ import struct
 import threading
 from typing import Self
 
-__all__ = ["LosingProxy", "PRODUCE"]
+__all__ = ["LosingProxy", "PRODUCE", "ADD_PARTITIONS_TO_TXN"]
 
 PRODUCE = 0
+ADD_PARTITIONS_TO_TXN = 24  # a transaction's records are sent only once the broker answered this
 _REQUEST_HEAD = struct.Struct(">ihhi")  # size, api key, api version, correlation id
 _RESPONSE_HEAD = struct.Struct(">ii")   # size, correlation id
 

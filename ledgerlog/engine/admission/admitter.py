@@ -25,6 +25,7 @@ from .lines import Item, item_id
 from .prepare import Ahead
 from .rules import Out, Rules
 from .state import WriteState
+from .state_fold import catch_up
 from .verify import Pending, Verifier, parse_all
 
 __all__ = ["MAX_REJECTIONS", "Summary", "Admitter"]
@@ -155,6 +156,8 @@ class Admitter:
     def _admit_chunk(self, numbers: list[int], parsed: list[Item | Rejection], *, ids: bool = False) -> Summary:
         summary = Summary(ids=[] if ids else None)
         with self._lock:
+            if not self.log.writable and not self.log.atomic_state:
+                self._recover()
             try:
                 outs, counts = self._check_all(parsed, numbers, summary)
             except BaseException:
@@ -195,6 +198,14 @@ class Admitter:
                 summary.ids.append({"line": numbers[i], "kind": item.kind, "id": item_id(item)})
             counts[("admitted", item.kind)] += 1
         return outs, counts
+
+    def _recover(self) -> None:
+        """A log refusing appends after one of unknown outcome (Kafka: its answers lost): recover
+        it, fold into the write-side state whatever of that append the log shows, and read the
+        state afresh, so admission goes on without a restart. LogError while it cannot."""
+        self.log.recover()
+        catch_up(self.log, self.codec, self.genesis)
+        self.state.forget()
 
     @staticmethod
     def _reject(summary: Summary, counts: Counter[tuple[str, str]], line: int, rej: Rejection) -> None:

@@ -95,6 +95,11 @@ class WriteState:
         self._line.clear()
         self._batch.clear()
 
+    def forget(self) -> None:
+        """Drop every value read: the state was written by someone else (a catch-up from the log)."""
+        self.drop_batch()
+        self._cache.clear()
+
     def take_batch(self) -> dict[bytes, bytes | None]:
         out = {k: None if v is None else intjson.dumps(v) for k, v in self._batch.items()}
         for k in out:

@@ -164,8 +164,22 @@ class KafkaLog(Log):
 
     @property
     def writable(self) -> bool:
-        """False once a failed transaction made this log refuse appends until reopened."""
+        """False once a failed transaction made this log refuse appends until reopened (or ``recover``)."""
         return self._tx.poisoned is None
+
+    def recover(self) -> None:
+        """After an append of unknown outcome: what a reopen does, in place. A new producer (its
+        transactions' start fences the old one and aborts what it left open) and the trees caught
+        up from the log; the caller then catches the write-side state up (``state_fold.catch_up``).
+        LogError while the broker cannot be reached (appends stay refused)."""
+        with self._write_lock:
+            if self._tx.poisoned is None:
+                return
+            self._tx.producer = None
+            self._tx.get_producer()
+        self._catch_up_trees(check_ahead=True)
+        with self._write_lock:
+            self._tx.poisoned = None
 
     # -- Merkle trees (kafka_trees.py) --------------------------------------------------------
     def catch_up_trees(self) -> None:
