@@ -30,6 +30,22 @@ class SchemaVersion:
     schema: str  # the standalone Avro schema JSON text
 
 
+def _schema_version(rec: LogRecord) -> SchemaVersion | None:
+    """The schema version a ``_schemas`` record registers; None for what else the topic may hold
+    (Confluent's registry shares its name: NOOP, CONFIG and DELETE records, tombstones, deleted
+    versions), which is skipped."""
+    try:
+        key, doc = orjson.loads(rec.key or b"null"), orjson.loads(rec.value) if rec.value else None
+        if not isinstance(doc, dict) or doc.get("deleted") or (isinstance(key, dict) and key.get("keytype") != "SCHEMA"):
+            return None
+        sv = SchemaVersion(doc["subject"], doc["version"], doc["id"], doc["schema"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    ok = isinstance(sv.subject, str) and isinstance(sv.schema, str) and all(
+        type(n) is int for n in (sv.version, sv.id))
+    return sv if ok else None
+
+
 class Registry:
     """Schema ids and versions, loaded from and appended to ``_schemas``."""
 
@@ -48,8 +64,9 @@ class Registry:
             if SCHEMAS not in self._log.topics():
                 return
             for rec in self._log.scan(SCHEMAS, 0, self._read_offset):
-                self._add(SchemaVersion(**{k: v for k, v in orjson.loads(rec.value).items()
-                                           if k in ("subject", "version", "id", "schema")}))
+                sv = _schema_version(rec)
+                if sv is not None:
+                    self._add(sv)
                 self._read_offset = rec.offset + 1
 
     def _add(self, sv: SchemaVersion) -> None:
@@ -120,16 +137,27 @@ class Codec:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._writer: dict[str, tuple[bytes, Any]] = {}
-        self._reader_for_id: dict[int, tuple[Any, Any]] = {}
+        #: topic -> the wire header of the registered version that is the code's schema (a log an
+        #: older release left, opened read-only, may not have it yet: then nothing is encoded)
+        self._writer: dict[str, bytes] = {}
+        self._reader = {topic: avro.parsed(name) for topic, name in RECORD_SCHEMA.items()}
+        self._reader_for_id: dict[tuple[str, int], tuple[Any, Any]] = {}
         for topic, name in RECORD_SCHEMA.items():
             sv = registry.latest(subject_of(topic))
             if sv is None:
                 if topic not in EVENT_SCHEMA:
                     continue  # tree heads: a chain an older version made gets it at its next writable open
                 raise SchemaError(f"no schema registered for {topic}; run `ledgerlog init`")
-            self._writer[topic] = (_HEADER.pack(0, sv.id), avro.parsed(name))
+            if json.loads(sv.schema) == json.loads(avro.schema_json(name)):
+                self._writer[topic] = _HEADER.pack(0, sv.id)
         self._encode = {topic: avro.encoder(name) for topic, name in RECORD_SCHEMA.items()}
+
+    def _header(self, topic: str) -> bytes:
+        header = self._writer.get(topic)
+        if header is None:
+            raise SchemaError(f"{topic}: this code's schema is not registered on the log yet (an older release "
+                              "wrote it); open the chain writable once (a node's start or `ledgerlog init`)")
+        return header
 
     @classmethod
     def register_all(cls, log: Log) -> Codec:
@@ -140,26 +168,27 @@ class Codec:
         return cls(reg)
 
     def schema_id(self, topic: str) -> int:
-        sid: int = _HEADER.unpack(self._writer[topic][0])[1]
+        """The id of the code's schema for ``topic``; KeyError when it is not registered."""
+        sid: int = _HEADER.unpack(self._writer[topic])[1]
         return sid
 
     def encode(self, topic: str, event: dict[str, Any]) -> bytes:
-        return self._writer[topic][0] + self._encode[topic](event)
+        return self._header(topic) + self._encode[topic](event)
 
     def wire(self, topic: str, avro_bytes: bytes) -> bytes:
         """The record value of an event of ``topic`` already encoded (current schema) as ``avro_bytes``."""
-        return self._writer[topic][0] + avro_bytes
+        return self._header(topic) + avro_bytes
 
     def decode(self, topic: str, value: bytes) -> dict[str, Any]:
         if len(value) < 5 or value[0] != 0:
             raise SchemaError(f"{topic}: value is not in the Confluent wire format")
         schema_id = _HEADER.unpack_from(value)[1]
-        pair = self._reader_for_id.get(schema_id)
+        pair = self._reader_for_id.get((topic, schema_id))
         if pair is None:
             writer = self.registry.parsed(schema_id)
-            current = self._writer.get(topic)
-            same = current is not None and current[0][1:] == value[1:5]
-            pair = self._reader_for_id[schema_id] = (writer, None if same or current is None else current[1])
+            same = self._writer.get(topic) == value[:5]  # written with the code's schema: no resolution
+            reader = self._reader.get(topic)
+            pair = self._reader_for_id[(topic, schema_id)] = (writer, None if same or reader is None else reader)
         # an event schema is a record: its datum is a dict (fastavro types it as any Avro value)
         return cast("dict[str, Any]", schemaless_reader(io.BytesIO(value[5:]), pair[0], pair[1]))
 

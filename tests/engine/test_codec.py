@@ -14,6 +14,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.codec import Codec, Registry
 from ledgerlog.engine.errors import SchemaError
 from ledgerlog.engine.log import MemoryLog
+from ledgerlog.engine.log.base import Record
 from ledgerlog.engine.log.embedded import EmbeddedLog
 
 SUBJECT = "test-value"
@@ -202,3 +203,70 @@ def test_a_new_version_must_be_compatible_with_every_earlier_one(log):
     with pytest.raises(SchemaError):
         reg.register(SUBJECT, text(v3))
     assert log.end_offsets(T.SCHEMAS) == [2]
+
+
+# -- a reader newer than the log's registered schema (a worker or CLI upgraded before the node) ----
+
+def _older_blocks_log() -> tuple[MemoryLog, int, dict]:
+    """A log as an older release left it: BlockAdmitted registered without ``evicted``."""
+    log = MemoryLog()
+    log.create_topics(T.DEFAULT_PARTITIONS)
+    reg = Registry(log)
+    current = json.loads(avro.schema_json("BlockAdmitted"))
+    old = {**current, "fields": [f for f in current["fields"] if f["name"] != "evicted"]}
+    for topic, name in T.RECORD_SCHEMA.items():
+        reg.register(T.subject_of(topic), json.dumps(old) if name == "BlockAdmitted" else avro.schema_json(name))
+    return log, reg.latest(T.subject_of(T.BLOCKS)).id, old
+
+
+def test_a_read_only_codec_newer_than_the_log_resolves_old_records_into_the_code_s_schema():
+    """It took the log's newest id as the code's own: old-layout records came back without the
+    fields the code added (no defaults; chainstate's fold reads ev['evicted']), through the
+    generated decoders too, and encode framed the new layout with the old id."""
+    from ledgerlog.streams.feed import EventDecoder
+
+    log, old_id, old = _older_blocks_log()
+    hdr = {"chain_id": "c", "height": 1, "prev_hash": "0" * 64, "timestamp": 5, "producer": "a" * 40,
+           "tx_root": "0" * 64, "tx_count": 0}
+    ev = {"header": hdr, "hash": "1" * 64, "pubkey": "2" * 64, "signature": "3" * 128, "txids": [], "fees": 0,
+          "reward": 50}
+    value = old_wire(old_id, old, ev)
+    ro = Codec(Registry(log))  # a read-only open: nothing registered
+    assert ro.decode(T.BLOCKS, value)["evicted"] == []
+    assert EventDecoder(ro).for_topic(T.BLOCKS)(value, 0)["evicted"] == []
+    with pytest.raises(SchemaError, match="not registered"):
+        ro.encode(T.BLOCKS, {**ev, "evicted": []})
+    assert ro.decode(T.SHARES, ro.encode(T.SHARES, SHARE)) == SHARE  # unchanged topics go on as before
+
+
+def test_foreign_records_on_the_schemas_topic_are_skipped():
+    """Confluent's registry shares the `_schemas` name: its NOOP, CONFIG and DELETE records, and
+    tombstones or deleted versions, stopped the registry from loading (JSONDecodeError, TypeError)."""
+    log = MemoryLog()
+    log.create_topics(T.DEFAULT_PARTITIONS)
+    Codec.register_all(log)
+    log.append([Record(T.SCHEMAS, b'{"keytype":"NOOP","magic":0}', b"", 0, 0),
+                Record(T.SCHEMAS, b'{"keytype":"CONFIG","subject":null,"magic":0}',
+                       b'{"compatibilityLevel":"BACKWARD"}', 0, 0),
+                Record(T.SCHEMAS, b'{"keytype":"DELETE_SUBJECT","subject":"x-value","magic":0}',
+                       b'{"subject":"x-value","version":1}', 0, 0),
+                Record(T.SCHEMAS, b'{"keytype":"SCHEMA","subject":"y-value","version":1,"magic":1}',
+                       b'{"subject":"y-value","version":1,"id":999,"schema":"\\"string\\"","deleted":true}', 0, 0)])
+    reg = Registry(log)
+    assert "x-value" not in reg.by_subject and 999 not in reg.by_id
+    assert reg.latest(T.subject_of(T.SHARES)) is not None
+
+
+def test_a_value_framed_with_another_topic_s_id_is_refused_whatever_was_decoded_before():
+    """The reader cache was keyed by schema id alone: after a share was decoded, a mempool record
+    framed with the shares id decoded as a share."""
+    log = MemoryLog()
+    log.create_topics(T.DEFAULT_PARTITIONS)
+    codec = Codec.register_all(log)
+    share = codec.encode(T.SHARES, SHARE)
+    fresh = Codec(Registry(log))
+    with pytest.raises(Exception) as first:
+        fresh.decode(T.MEMPOOL, share)
+    fresh.decode(T.SHARES, share)
+    with pytest.raises(type(first.value)):
+        fresh.decode(T.MEMPOOL, share)
