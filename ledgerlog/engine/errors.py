@@ -25,6 +25,7 @@ I/O or storage). The tree (code, HTTP status, exit code):
     │   └── PruneUnsupportedError     PRUNE_UNSUPPORTED 501 2  this log backend (or broker) cannot delete records
     ├── PrunedError                   PRUNED 410 1        what was asked lies below the log's prune point (archived)
     ├── SchemaError                   SCHEMA_ERROR 503 1  unknown schema id, or a value not in the wire format
+    │   └── UndecodableRecordError    SCHEMA_ERROR 503 1  a record on the log cannot be decoded (where it is)
     ├── NotFoundError                 NOT_FOUND 404 1     a queried block, tx, account, route ... does not exist
     │   └── UnknownProjectionError    UNKNOWN_PROJECTION 404 1  no built-in or registered projection has that name
     ├── InvalidSchemaError            INVALID_SCHEMA 422 1  a schema sent to the Schema Registry API is not Avro (42201)
@@ -86,7 +87,7 @@ __all__ = [
     "SnapshotDirRefusedError", "BadKeyError", "ConfigError",
     "GenesisMismatchError", "PortInUseError", "StorageError", "StorageUnavailableError", "StoreLockedError",
     "CorruptStoreError", "FormatVersionError", "AheadOfLogError", "LogError", "PruneUnsupportedError", "PrunedError",
-    "SchemaError", "NotFoundError", "UnknownProjectionError", "ProjectionInvalidError", "NondeterministicFoldError",
+    "SchemaError", "UndecodableRecordError", "NotFoundError", "UnknownProjectionError", "ProjectionInvalidError", "NondeterministicFoldError",
     "InvalidSchemaError", "InvalidVersionError", "RegistryReadOnlyError", "REGISTRY_ERRORS", "registry_error",
     "ReprojectRunningError", "PruneRunningError", "RotationRefusedError", "InsufficientFundsError", "ProjectionFailedError",
     "UserCodeError", "UserCodeStuck",
@@ -295,6 +296,15 @@ class PrunedError(LedgerError):
 
 class SchemaError(LedgerError):
     code = "SCHEMA_ERROR"
+
+
+class UndecodableRecordError(SchemaError):
+    """A record on the log that cannot be decoded (written by something other than ledgerlog, or
+    damaged), and where: the projections reading its topic stop there, the rest goes on."""
+
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
 
 
 class NotFoundError(LedgerError):

@@ -22,7 +22,7 @@ import ast
 import functools
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rocksdict import ReadOptions
@@ -31,6 +31,7 @@ from ledgerlog.engine import storekeys as K
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.avro_codegen import SchemaNames, Unsupported
 from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.errors import LogError, StorageError, UndecodableRecordError
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.movements import event_height
 
@@ -369,6 +370,29 @@ _HEIGHT_PATH = {T.BLOCKS: "header.height", T.TRANSACTIONS: "height"}  # others: 
 _STAMP: Spec = {"stamp_height": None}
 
 
+#: what a decode may raise that is no fault of the record (the registry read from a log that failed)
+_TRANSIENT = (LogError, StorageError)
+
+
+def _undecodable(topic: str, partition: int, first: int, decodes: Sequence[Callable[[], Any]],
+                 exc: Exception) -> UndecodableRecordError:
+    """The typed error for a record of ``topic`` that cannot be decoded: the first of ``decodes``
+    (one per record from offset ``first``) that raises, else the record at ``first``."""
+    offset, error = first, exc
+    for j, decode in enumerate(decodes):
+        try:
+            decode()
+        except Exception as one:  # noqa: BLE001 - this record is the culprit
+            offset, error = first + j, one
+            break
+    err = UndecodableRecordError(
+        f"{topic}[{partition}] offset {offset} cannot be decoded ({type(error).__name__}: {error}): it was "
+        "written by something other than ledgerlog, or damaged; restore the log from a snapshot (on Kafka, "
+        "find the producer that wrote it)")
+    err.topic, err.partition, err.offset = topic, partition, offset
+    return err
+
+
 class Feed:
     def __init__(self, log: Log, decode: Codec | EventDecoder | Callable[[str, bytes], dict[str, Any]],
                  topics: tuple[str, ...] | list[str], positions: dict[TP, int], chunk: int = 2000,
@@ -401,18 +425,35 @@ class Feed:
             del buf[:self._start[i]]
             self._start[i] = 0
         got = self._read_embedded(topic, p, start, n) if self._db is not None else None
+        had = len(buf)
+        dec = self._decoder.for_topic(topic, self._fields.get(topic))
         if got is not None:
             chunk = self._chunks[i]
             if chunk is None:
                 chunk = self._chunks[i] = self._decoder.for_chunk(topic, self._fields.get(topic))
-            chunk(got, start, i, buf)
+            try:
+                chunk(got, start, i, buf)
+            except _TRANSIENT:
+                del buf[had:]
+                raise
+            except Exception as exc:  # a malformed record: found, named, raised typed
+                del buf[had:]
+                size = _HEAD.size
+                decodes = [functools.partial(dec, v, size + _HEAD.unpack_from(v)[1]) for v in got]
+                raise _undecodable(topic, p, start, decodes, exc) from exc
             self._next[i] = start + len(got)
             return
-        dec = self._decoder.for_topic(topic, self._fields.get(topic))
         height_of = _height_fn(topic)
         recs = self.log.read(topic, p, start, n)
         for r in recs:
-            ev = dec(r.value, 0)
+            try:
+                ev = dec(r.value, 0)
+            except _TRANSIENT:
+                del buf[had:]
+                raise
+            except Exception as exc:  # as above
+                del buf[had:]
+                raise _undecodable(topic, p, r.offset, [], exc) from exc
             buf.append((height_of(ev), i, r.offset, ev))
         if recs:
             self._next[i] = recs[-1].offset + 1

@@ -30,6 +30,7 @@ from ledgerlog.engine.errors import (
     ProjectionFailedError,
     PrunedError,
     StorageError,
+    UndecodableRecordError,
     UserCodeStuck,
 )
 from ledgerlog.engine.genesis import Genesis
@@ -58,9 +59,13 @@ class FoldFailure:
     offset: int | None
     error: str
     in_initial: bool = False
+    unreadable: bool = False  # the record at topic/partition/offset cannot be decoded
 
     @property
     def message(self) -> str:
+        if self.unreadable:
+            return (f"projection {self.projection} stopped: {self.error}; it folds on once that record is "
+                    "gone from its log")
         if self.in_initial:
             what = f"its initial state raised {self.error}"
         else:
@@ -246,7 +251,11 @@ class Runner:
         if handle.failed is not None:
             return 0
         with _gc_paused():
-            events, new_positions, height = handle.feed.take(self.batch, ends)
+            try:
+                events, new_positions, height = handle.feed.take(self.batch, ends)
+            except UndecodableRecordError as err:
+                self._stop_unreadable(err)
+                return 0
             return self._fold(handle, handle.feed, events, new_positions, height)
 
     def _fold(self, handle: ProjectionHandle, feed: Feed, events: list[tuple[str, dict[str, Any]]],
@@ -276,6 +285,16 @@ class Runner:
         with self._cond:
             self._cond.notify_all()
         return len(events)
+
+    def _stop_unreadable(self, err: UndecodableRecordError) -> None:
+        """Stop every projection reading the topic of a record that cannot be decoded, there."""
+        for h in self.handles.values():
+            if h.failed is None and err.topic in h.module.TOPICS:
+                h.failed = FoldFailure(h.name, err.topic, err.partition, err.offset, str(err), unreadable=True)
+                log.error("%s", h.failed.message)
+        self.reset_feeds()
+        with self._cond:
+            self._cond.notify_all()
 
     def _stop_failed(self, handle: ProjectionHandle, feed: Feed,
                      events: list[tuple[str, dict[str, Any]]], exc: Exception) -> None:
@@ -342,14 +361,19 @@ class Runner:
             return self._step(until)
 
     def _step(self, until: dict[str, list[int]] | None) -> int:
-        handles = [h for h in self.handles.values() if h.failed is None]
-        if not handles:
-            return 0
-        if len(handles) == 1:
-            return self.fold_batch(handles[0], until)
-        positions = [h.store.positions() for h in handles]
-        feed = self._shared_feed(handles, positions)
-        entries = feed.take_raw(self.batch, self._ends(feed.topics, until))
+        while True:
+            handles = [h for h in self.handles.values() if h.failed is None]
+            if not handles:
+                return 0
+            if len(handles) == 1:
+                return self.fold_batch(handles[0], until)
+            positions = [h.store.positions() for h in handles]
+            feed = self._shared_feed(handles, positions)
+            try:
+                entries = feed.take_raw(self.batch, self._ends(feed.topics, until))
+                break
+            except UndecodableRecordError as err:  # the readers of its topic stop; the rest go on
+                self._stop_unreadable(err)
         if not entries:
             return 0
         total = 0

@@ -204,3 +204,34 @@ def test_the_dashboard_shows_the_start_of_a_huge_user_value_not_all_of_it(chain,
     finally:
         runner.close()
 
+
+
+@pytest.mark.parametrize("kind", ["truncated", "magic", "unknown_id"])
+def test_an_undecodable_record_stops_the_projections_reading_its_topic_not_the_runner(chain, lines, keys,
+                                                                                        kind) -> None:
+    """One malformed record on the log (a foreign producer on Kafka, damage) raised out of the
+    shared feed (IndexError from the generated decoder: INTERNAL) and stopped the node, at every
+    restart. Now the projections reading that topic stop there, naming the record; the others fold on."""
+    import struct
+
+    from ledgerlog.engine import topics as T
+    from ledgerlog.engine.log.base import Record
+
+    admit_ok(chain, lines.block([lines.tx(keys.treasury, keys.faucet, 500)]))
+    value = {"truncated": chain.codec.wire(T.TRANSACTIONS, b"\x02c"), "magic": b"\x01" + b"\x00" * 10,
+             "unknown_id": struct.pack(">bI", 0, 999) + b"\x00" * 10}[kind]
+    (p, off), = chain.log.append([Record(T.TRANSACTIONS, b"k", value, 1_700_000_000_000, 0)])
+    admit_ok(chain, lines.share(job_id="after"))
+    runner = Runner(chain.log, chain.codec, chain.genesis, chain.config.projections_dir)
+    try:
+        runner.catch_up()  # no exception
+        failed = runner.failures()
+        readers = {n for n, h in runner.handles.items() if T.TRANSACTIONS in h.module.TOPICS}
+        assert set(failed) == readers and readers, failed
+        for f in failed.values():
+            assert (f.topic, f.partition, f.offset) == (T.TRANSACTIONS, p, off), f
+            assert "cannot be decoded" in f.message
+        others = set(runner.handles) - readers
+        assert others and all(runner.lag()[n] == 0 for n in others)
+    finally:
+        runner.close()
