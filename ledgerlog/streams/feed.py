@@ -173,6 +173,8 @@ def _generate(schema_text: str, fields: Spec | None, base: str) -> tuple[list[st
         lines.append(f"{ind}        p += 1")
         lines.append(f"{ind}        m |= (c & 127) << s")
         lines.append(f"{ind}        s += 7")
+        lines.append(f"{ind}    if s > 63 and m >> 64:")  # invalid Avro: no long is wider (fastavro wraps it)
+        lines.append(f"{ind}        raise ValueError('a long wider than 64 bits')")
         lines.append(f"{ind}    {target} = (m >> 1) ^ -(m & 1)")
 
     def length(ind: str) -> None:

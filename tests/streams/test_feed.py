@@ -424,3 +424,16 @@ def test_every_projection_declares_fields_its_fold_reads(history, tmp_path) -> N
             assert whole.digests() == alone, name
         finally:
             whole.close()
+
+
+@pytest.mark.parametrize("varint", [b"\xff" * 9 + b"\x02", b"\xff" * 10 + b"\x01"])
+def test_a_long_wider_than_64_bits_is_refused_not_decoded_out_of_range(varint):
+    """A 10-byte varint whose last byte is above 1, or an 11-byte one, is no Avro long: the
+    generated decoder gave 2^64 - 1 and -2^70 (fastavro wraps them); it refuses them now, and
+    the feed names such a record (UndecodableRecordError)."""
+    from ledgerlog.streams.feed import compile_decoder
+
+    schema = json.dumps({"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]})
+    with pytest.raises(ValueError, match="64 bits"):
+        compile_decoder(schema)(varint, 0)
+    assert compile_decoder(schema)(b"\xfe" + b"\xff" * 8 + b"\x01", 0) == {"n": 2**63 - 1}
