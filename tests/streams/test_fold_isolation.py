@@ -104,12 +104,22 @@ def _register(chain: Any, tmp_path: Any, name: str, source: str) -> str:
     return projections_dir
 
 
+STUCK = """NAME, VERSION, TOPICS = "stuck", 1, ("pool.shares",)
+def fold(genesis, events, txn):
+    __import__("time").sleep(3600)  # never returns (in this test's time)
+"""
+
+
 @pytest.mark.parametrize("name,source,says", [("exits", EXITS, "SystemExit: bad event"),
-                                              ("bomb", STR_BOMB, "Weird"), ("ibomb", STR_BOMB_INITIAL, "Weird")])
-def test_a_user_fold_exiting_or_raising_the_unprintable_stops_alone(chain, lines, tmp_path, name: str, source: str,
-                                                                     says: str) -> None:
-    """sys.exit() in a fold, or an exception whose str() raises (the node then could not even
-    start again), stop that projection alone, with as much of the reason as can be told."""
+                                              ("bomb", STR_BOMB, "Weird"), ("ibomb", STR_BOMB_INITIAL, "Weird"),
+                                              ("stuck", STUCK, "did not return within 0.5 s")])
+def test_a_user_fold_exiting_raising_the_unprintable_or_stuck_stops_alone(chain, lines, tmp_path, monkeypatch,
+                                                                           name: str, source: str, says: str) -> None:
+    """sys.exit() in a fold, an exception whose str() raises (the node then could not even start
+    again), or a fold that never returns (it held up every projection behind it on the node's one
+    fold thread; now left running on its own thread after the timeout) stop that projection alone,
+    with as much of the reason as can be told."""
+    monkeypatch.setattr(catalog, "USER_CALL_TIMEOUT", 0.5)
     projections_dir = _register(chain, tmp_path, name, source)
     for i in range(3):
         admit_ok(chain, lines.share(job_id=f"j{i}"))
@@ -153,29 +163,6 @@ def test_a_user_fold_cannot_change_what_the_built_ins_read(chain, lines, keys, t
     finally:
         alone.close()
         both.close()
-
-
-STUCK = """NAME, VERSION, TOPICS = "stuck", 1, ("pool.shares",)
-def fold(genesis, events, txn):
-    __import__("time").sleep(3600)  # never returns (in this test's time)
-"""
-
-
-def test_a_user_fold_that_never_returns_stops_alone(chain, lines, tmp_path, monkeypatch) -> None:
-    """A fold stuck in a loop or a wait held up every projection behind it (the node's one fold
-    thread): after the timeout it is left running on its own thread and its projection stopped."""
-    monkeypatch.setattr(catalog, "USER_CALL_TIMEOUT", 0.5)
-    projections_dir = _register(chain, tmp_path, "stuck", STUCK)
-    for i in range(3):
-        admit_ok(chain, lines.share(job_id=f"j{i}"))
-    runner = Runner(chain.log, chain.codec, chain.genesis, projections_dir)
-    try:
-        runner.catch_up()
-        failed = runner.failures()
-        assert set(failed) == {"stuck"} and "did not return within 0.5 s" in failed["stuck"].message, failed
-        assert runner.lag()["payouts"] == 0 and runner.lag()["chainstate"] == 0
-    finally:
-        runner.close()
 
 
 HUGE = """NAME, VERSION, TOPICS = "huge", 1, ("pool.shares",)
