@@ -24,7 +24,6 @@ from ledgerlog.engine.errors import (
     NodeUnreachableError,
     SchemaError,
     StoreLockedError,
-    TooLargeError,
     error_class_for,
 )
 from ledgerlog.engine.procs import alive
@@ -222,8 +221,10 @@ class NodeClient:
         if answer is not None:
             yield answer
             return
-        if len(lines) < 2:
-            raise TooLargeError(f"node at {self.url} refused line {first} as too large (HTTP 413)")
+        if len(lines) < 2:  # the node's cap is below this CLI's (its settings differ): the line is refused
+            yield Summary(rejected=1, rejections=[{"line": first, "code": "MALFORMED", "message":
+                                                  "line is over the node's request limit (http.ingest_max_body)"}])
+            return
         half = len(lines) // 2
         yield from self._post_lines(first, lines[:half], ids)
         yield from self._post_lines(first + half, lines[half:], ids)

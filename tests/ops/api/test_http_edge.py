@@ -481,7 +481,11 @@ def test_memory_stays_bounded_for_millions_of_tiny_junk_lines(tmp_path):
 
 
 # -- the CLI streams a large file to a running node in chunks ---------------------------------------
-def test_cli_ingests_a_file_larger_than_the_nodes_body_cap_in_chunks(tmp_path):
+@pytest.mark.parametrize("cli_knows_the_cap", [True, False])
+def test_cli_ingests_a_file_larger_than_the_nodes_body_cap_in_chunks(tmp_path, cli_knows_the_cap):
+    """Lines over the node's cap are MALFORMED and the rest admitted, whether the CLI's own
+    settings carry the node's cap or not (the node's came from its environment: the line the node
+    refused with 413 stopped the whole ingest, TOO_LARGE, and the lines after it were never sent)."""
     genesis, keys = make_genesis(7, wallets=4)
     gpath, hpath = tmp_path / "genesis.json", tmp_path / "history.jsonl"
     write_genesis(gpath, genesis)
@@ -496,6 +500,10 @@ def test_cli_ingests_a_file_larger_than_the_nodes_body_cap_in_chunks(tmp_path):
     env = {"LEDGERLOG_INGEST_MAX_BODY": str(cap), "LEDGERLOG_INGEST_RATE": "0"}
     with node_process(tmp_path, env, genesis=gpath) as (url, _proc):
         full = cli_env(**env)
+        if not cli_knows_the_cap:  # the node took its cap from its environment alone (a systemd EnvironmentFile)
+            full = cli_env(LEDGERLOG_INGEST_RATE="0")
+            toml = tmp_path / "data" / "config.toml"
+            toml.write_text("\n".join(ln for ln in toml.read_text().splitlines() if not ln.startswith("ingest_max_body")))
         out = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "data"), "ingest", str(src)],
                              check=False, capture_output=True, env=full, timeout=300)
         assert out.returncode == 1, out.stderr[-2000:]
