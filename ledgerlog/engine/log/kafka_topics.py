@@ -17,6 +17,7 @@ from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from ..errors import ConfigError, LogError
+from ..topics import DEFAULT_PARTITIONS
 from .base import TopicPartition
 from .kafka_client import Broker, kafka_error
 
@@ -25,6 +26,13 @@ __all__ = ["TOPIC_CONFIG", "Topics"]
 #: Set explicitly on every topic created (Tansu reports only configs that were set explicitly).
 TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
                 "message.timestamp.type": "CreateTime"}
+
+
+def _another_chains(name: str) -> bool:
+    """Is ``name`` (this log's prefix taken off) a topic of another chain on the same cluster, one
+    with a longer prefix (``m5.ledger.blocks`` seen by a chain without one)? Not this chain's: it
+    got trees and signed heads, and ``verify`` found them mismatched."""
+    return name not in DEFAULT_PARTITIONS and any(name.endswith("." + t) for t in DEFAULT_PARTITIONS)
 
 
 class Topics:
@@ -51,8 +59,9 @@ class Topics:
             for name, t in md.topics.items():
                 if name.startswith("__") or not name.startswith(b.prefix) or t.error is not None:
                     continue
-                if len(name) > len(b.prefix):
-                    out[name[len(b.prefix):]] = len(t.partitions)
+                rest = name[len(b.prefix):]
+                if rest and not _another_chains(rest):
+                    out[rest] = len(t.partitions)
             return out
         self.known = b.retry("listing topics", fetch)
         return dict(self.known)
