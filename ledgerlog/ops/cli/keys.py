@@ -25,8 +25,8 @@ def load_signer(path: str) -> Signer:
 
 
 @keys_app.command("rotate")
-def keys_rotate(ctx: typer.Context, name: str = typer.Argument(..., help="Key file under <data-dir>/keys: producer, oracle, treasury, ...")) -> None:
-    """Replace a role key (producer, oracle, pool, treasury) by a fresh one, recorded on ledger.keys.
+def keys_rotate(ctx: typer.Context, name: str = typer.Argument(..., help="Key file under <data-dir>/keys: producer, oracle, treasury, log, ...")) -> None:
+    """Replace a role key (producer, oracle, pool, treasury, log) by a fresh one, recorded on ledger.keys.
 
     With a node running on the data dir, the node does it (admin API) and its simulator switches keys."""
     from ledgerlog.ops.node.keyrotation import rotate_key
