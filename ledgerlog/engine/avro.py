@@ -151,8 +151,10 @@ def check_backward_compatible(reader: Any, writer: Any, path: str = "") -> list[
         w_fields = {f["name"]: f for f in writer["fields"]}
         for f in reader["fields"]:
             sub = f"{path}.{f['name']}" if path else f["name"]
-            if f["name"] in w_fields:
-                problems += check_backward_compatible(f["type"], w_fields[f["name"]]["type"], sub)
+            # the writer's field of that name, or of one of its aliases (a renamed field)
+            old = next((w_fields[n] for n in (f["name"], *f.get("aliases", ())) if n in w_fields), None)
+            if old is not None:
+                problems += check_backward_compatible(f["type"], old["type"], sub)
             elif "default" not in f:
                 problems.append(f"{sub}: new field without a default")
         return problems
