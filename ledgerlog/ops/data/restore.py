@@ -188,7 +188,19 @@ def _restore(src: str, path: str, target: str, data_dir: str, force: bool, step:
             "genesis_hash": manifest["genesis_hash"], "height": manifest["height"],
             "tip_hash": manifest["tip_hash"], "files": len(manifest["files"]),
             "size": sum(f["size"] for f in manifest["files"].values()), "replaced": replaced,
-            "seconds": round(time.monotonic() - started, 3)}
+            "replaced_holds": _worth_keeping(replaced), "seconds": round(time.monotonic() - started, 3)}
+
+
+#: what a data dir holds that no snapshot does: backups, archived records, keys
+_KEPT_APART = ("snapshots", "archive", "keys")
+
+
+def _worth_keeping(replaced: str | None) -> list[str]:
+    """What of ``_KEPT_APART`` the data dir moved aside holds: the answer names it, so nobody
+    removes the old data dir with the backups and archives inside it."""
+    if replaced is None:
+        return []
+    return [n for n in _KEPT_APART if os.path.exists(os.path.join(replaced, n))]
 
 
 def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:

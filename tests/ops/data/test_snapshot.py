@@ -235,8 +235,10 @@ def test_create_list_restore_without_a_node(history, tmp_path) -> None:
     with pytest.raises(ConfigError, match="already holds a chain"):
         restore_snapshot(second["path"], str(restored))
     assert sorted(os.listdir(restored)) == before
+    os.makedirs(os.path.join(str(restored), "archive", "h5"))  # what no snapshot holds: the answer names it
     forced = restore_snapshot(second["path"], str(restored), force=True)
     assert forced["replaced"] and os.path.exists(os.path.join(forced["replaced"], "genesis.json"))
+    assert forced["replaced_holds"] == ["archive"]
     assert _accounts(restored, addresses) == _accounts(data, addresses)
 
 
