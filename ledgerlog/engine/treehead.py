@@ -100,6 +100,9 @@ class HeadPublisher:
         #: heads this process published
         self.published = 0
         self._read_to = 0
+        #: (the signer's key, the _checkpoints offset of its first head): after it, another
+        #: (retired) log key's head is not this chain's newest (a leaked key is why one rotates)
+        self._signer_from: tuple[str, int] | None = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -124,6 +127,7 @@ class HeadPublisher:
                 if head["chain_id"] != self.chain_id or rec.key != head_key(*tp):
                     raise ProofError("not this chain's head of that partition")
                 check_head_signature(signed, keys)
+                self._no_retired_key(signed["pubkey"], rec.offset)
             except ProofError:
                 logger.warning("ignoring the tree head at %s[%s] offset %s: not this chain's, or not signed "
                                "by its log key (an auditor's `ledgerlog audit` reports it)", CHECKPOINTS, 0, rec.offset)
@@ -131,6 +135,18 @@ class HeadPublisher:
             have = self.latest.get(tp)
             if have is None or head["tree_size"] >= have["head"]["tree_size"]:
                 self.latest[tp] = signed
+
+    def _no_retired_key(self, pubkey: str, offset: int) -> None:
+        """ProofError for a head that a key other than this writer's signed after the writer's
+        key signed its first; else note that first head."""
+        mine = self.signer.pubkey if self.signer else None
+        if mine is None:
+            return
+        if pubkey == mine:
+            if self._signer_from is None or self._signer_from[0] != mine:
+                self._signer_from = (mine, offset)
+        elif self._signer_from is not None and self._signer_from[0] == mine and offset > self._signer_from[1]:
+            raise ProofError("signed by a retired log key after the current key's first head")
 
     def due(self) -> list[tuple[str, int, TreeState]]:
         """Partitions whose tree is larger than their newest head."""

@@ -6,7 +6,8 @@ topics), then every record of every tree topic, streamed: one ``merkle.Frontier`
 whose root is compared whenever its size reaches a head's ``tree_size``. The auditor trusts only
 the pinned log key, our own schemas and the records' bytes: heads are decoded with our
 SignedTreeHead schema (never the log's ``_schemas``), and a rotation on ``ledger.keys`` extends
-the accepted keys only when the key it retires is accepted and both signatures hold."""
+the accepted keys only when the key it retires is accepted and both signatures hold. A retired key
+signs no head after the first head of a key that replaced it (RETIRED_KEY)."""
 from __future__ import annotations
 
 import struct
@@ -124,6 +125,8 @@ class Auditor:
         self.pinned = log_pubkey
         self.accepted: list[str] = [log_pubkey]
         self.rejected_rotations: list[dict[str, Any]] = []
+        #: accepted key -> the keys that replaced it, directly or by later rotations
+        self.successors: dict[str, set[str]] = {}
         self.remembered = remembered or {}
         self.chain_id = remembered_chain
         self.contiguous = False
@@ -192,9 +195,13 @@ class Auditor:
                 continue
             if new not in self.accepted:
                 self.accepted.append(new)
+            for key, after in [(old, set()), *self.successors.items()]:  # old, and every key before it
+                if key == old or old in after:
+                    self.successors.setdefault(key, set()).update({new, *self.successors.get(new, ())})
 
     def _check_heads(self, heads: list[tuple[int, int, int, bytes, bytes]]) -> None:
         last: dict[tuple[str, int], int] = {}
+        first_by: dict[str, int] = {}  # key -> offset of the first good head it signed
         for cp, index, offset, key, value in heads:
             self.published += 1
 
@@ -219,6 +226,13 @@ class Auditor:
                     f"head of {where} at tree size {size}: {exc}"
                     + ("" if known else " (accepted: the pinned --log-pubkey and its log rotations)"))
                 continue
+            later = [first_by[k] for k in self.successors.get(signed["pubkey"], ()) if k in first_by]
+            if later:  # a rotated-out key (perhaps leaked) signing after the key that replaced it
+                bad("RETIRED_KEY", f"head of {where} at tree size {size} is signed by the retired log key "
+                                   f"{signed['pubkey'][:16]}..., after the head at _checkpoints offset {min(later)} "
+                                   "signed by a key that replaced it")
+                continue
+            first_by.setdefault(signed["pubkey"], offset)
             if self.chain_id is None:
                 self.chain_id = head["chain_id"]
             elif head["chain_id"] != self.chain_id:

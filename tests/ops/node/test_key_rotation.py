@@ -338,3 +338,25 @@ def test_concurrent_rotations_of_one_key_leave_the_file_holding_the_key_that_sig
     assert identity_of(state, node.genesis, "producer", held.pubkey) is not None
     assert not os.path.exists(os.path.join(keys_dir, "producer.key.next"))
     _blocks_by(node, held.pubkey)
+
+
+def test_a_head_the_retired_log_key_signs_after_the_new_key_s_first_is_ignored(node):
+    """A leaked, rotated-out log key could still sign a head (of any size) that the node took as a
+    partition's newest: served, and its publishing stopped for that partition."""
+    from ledgerlog.engine.log.base import Record
+    from ledgerlog.engine.treehead import head_key, sign_head
+
+    keys_dir = node.config.keys_dir
+    old = Signer.load(os.path.join(keys_dir, "log.key"))
+    _blocks_by(node, Signer.load(os.path.join(keys_dir, "producer.key")).pubkey)
+    client = TestClient(create_app(node), raise_server_exceptions=False)
+    r = client.post("/v1/admin/rotate-key", json={"key": "log"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    node.chain.heads.publish()
+    honest = node.chain.heads.latest[(T.KEYS, 0)]
+    assert honest["pubkey"] == r.json()["new_pubkey"]
+    forged = sign_head(old, {**honest["head"], "tree_size": 2**62, "timestamp": honest["head"]["timestamp"] + 1})
+    node.chain.log.append([Record(T.CHECKPOINTS, head_key(T.KEYS, 0), node.chain.codec.encode(T.CHECKPOINTS, forged),
+                                  honest["head"]["timestamp"] + 1, 0)])
+    node.chain.heads.refresh()
+    assert node.chain.heads.latest[(T.KEYS, 0)] == honest

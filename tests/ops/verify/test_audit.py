@@ -417,6 +417,28 @@ def test_a_log_key_rotation_audits_with_the_first_key_pinned(history, tmp_path):
     assert f["code"] == "UNKNOWN_KEY" and f["topic"] == T.CHECKPOINTS
 
 
+def test_a_head_signed_by_a_retired_log_key_after_its_successor_s_first_head_fails(history, tmp_path):
+    """A rotated-out log key (perhaps why it was rotated: it leaked) stayed valid for new heads for
+    ever. A head it signs after the first head of the key that replaced it is refused: here the
+    newest head, re-signed by the first key and appended after it, root and all correct."""
+    import glob
+
+    data = str(tmp_path / "rotated")
+    first = ok_json(cli(data, "init", "--genesis", str(history["genesis"])))["log_pubkey"]
+    _ingest_in_runs(data, history["history"], 2, between=["keys", "rotate", "log"])
+    (retired_file,) = glob.glob(os.path.join(data, "keys", "retired", "log-*.key"))
+    retired = Signer.load(retired_file)
+    assert retired.pubkey == first
+    lines = _raw_lines(data)
+    cp = [x for x in lines if x["topic"] == T.CHECKPOINTS]
+    newest = avro.decode("SignedTreeHead", bytes.fromhex(cp[-1]["value_hex"])[5:])
+    assert newest["pubkey"] != first
+    lines.append(_head_line(lines, sign_head(retired, newest["head"]), cp[-1]))
+    f = _failure(*_audit_lines(lines, tmp_path, first))
+    assert (f["code"], f["topic"]) == ("RETIRED_KEY", T.CHECKPOINTS), f
+    assert f["offset"] == cp[-1]["offset"] + 1
+
+
 # -- bad input --------------------------------------------------------------------------------
 def _one_line(res: subprocess.CompletedProcess[bytes], code: str) -> str:
     err = res.stderr.decode()
