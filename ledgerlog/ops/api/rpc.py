@@ -57,6 +57,7 @@ import re
 import time
 from collections.abc import Callable
 from importlib import metadata
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from ledgerlog.engine import avro
@@ -306,7 +307,8 @@ def getrawmempool(ctx: Ctx, verbose: Any = False) -> Any:
     if not isinstance(verbose, bool):
         raise RpcError(INVALID_PARAMS, "verbose must be a boolean")
     # chainstate keys: mp/<txid> marks a pending tx; ms/<txid> -> [stamp_height, sender, nonce]
-    txids = [k[3:].decode() for k, _ in ctx.cs.items(b"mp/")]
+    # no further than the request's row budget allows (+1 to know it is over): the mempool is unbounded
+    txids = [k[3:].decode() for k, _ in islice(ctx.cs.items(b"mp/"), max(0, ctx.rows_left) + 1)]
     ctx.take_rows(len(txids))
     if not verbose:
         return txids

@@ -333,3 +333,25 @@ def test_a_batch_returning_too_many_rows_in_all_is_cut_with_an_error(client, nod
     assert answers[3]["error"]["code"] == rpc.INVALID_REQUEST and "fewer" in answers[3]["error"]["message"]
     one = client.post("/rpc", json=batch[3]).json()  # a new request: a new budget
     assert len(one["result"]) == 1
+
+
+def test_getrawmempool_walks_no_further_than_the_row_budget(client, node, chain2, lines, monkeypatch):
+    """It read the whole mempool (unbounded: every pending transaction) before counting it
+    against the budget, so each unauthenticated call could cost a walk of all of it."""
+    from ledgerlog.streams import store
+
+    for amount in (701, 702, 703):  # four pending in all
+        admit_ok(node.chain, lines.tx(lines.keys.faucet, chain2["bob"], amount))
+    assert node.queries.sync()
+    monkeypatch.setattr(rpc, "MAX_ROWS", 0)
+    walked = []
+    real = store._DbView.items
+
+    def counting(self, prefix, start=None):
+        for kv in real(self, prefix, start):
+            walked.append(kv)
+            yield kv
+    monkeypatch.setattr(store._DbView, "items", counting)
+    answer = client.post("/rpc", json={"jsonrpc": "2.0", "method": "getrawmempool", "id": 1}).json()
+    assert answer["error"]["code"] == rpc.INVALID_REQUEST
+    assert len(walked) <= 1
