@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.digest import DIGEST_MOD, digest_hex, update_digest
+from ledgerlog.engine.errors import CorruptStoreError
 from ledgerlog.engine.rocks import (
     Rdict,
     WriteBatch,
@@ -112,6 +113,13 @@ class _DbView:
         return None
 
 
+def _read_error(exc: Exception) -> Exception:
+    """What a fold sees of a point read RocksDB failed: the disk's fault (I/O) as a StorageError,
+    which the caller retries; a damaged store as it is, which stops that projection with the reason."""
+    err = map_error(exc, "a projection store")
+    return exc if isinstance(err, CorruptStoreError) else err
+
+
 class OverlayTxn(_DbView):
     """Uncommitted writes over the store; reads see them first."""
 
@@ -130,7 +138,10 @@ class OverlayTxn(_DbView):
         if keys is not None and key not in keys:
             self.stored[key] = None
             return None
-        value = self.stored[key] = self._db.get(key)
+        try:
+            value = self.stored[key] = self._db.get(key)
+        except Exception as exc:
+            raise _read_error(exc) from exc
         return value
 
     def put(self, key: bytes, value: bytes) -> None:

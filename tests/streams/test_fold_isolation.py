@@ -222,3 +222,42 @@ def test_an_undecodable_record_stops_the_projections_reading_its_topic_not_the_r
         assert others and all(runner.lag()[n] == 0 for n in others)
     finally:
         runner.close()
+
+
+def test_a_raw_read_error_of_the_store_inside_a_fold_is_retried_not_a_failed_projection(chain, lines,
+                                                                                          monkeypatch) -> None:
+    """RocksDB's own I/O error on a point read inside a fold (a plain Exception from rocksdict)
+    marked the projection failed for good, like a bug in its code; it is the disk's, and is retried."""
+    from ledgerlog.engine.errors import StorageError
+    from ledgerlog.streams import store
+
+    admit_ok(chain, lines.share(job_id="j0"))
+    real_begin, failing = store.ProjectionStore.begin, [True]
+
+    class Flaky:
+        def __init__(self, db: Any) -> None:
+            self.db = db
+
+        def get(self, key: bytes) -> Any:
+            if failing[0]:
+                failing[0] = False
+                raise Exception("IO error: While pread offset 0 len 4096: /x/000012.sst: Input/output error")
+            return self.db.get(key)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+    def begin(self: Any) -> Any:
+        txn = real_begin(self)
+        txn._db, txn._keys = Flaky(txn._db), None  # no key filter: every read goes to the store
+        return txn
+    monkeypatch.setattr(store.ProjectionStore, "begin", begin)
+    runner = Runner(chain.log, chain.codec, chain.genesis, chain.config.projections_dir, names=["payouts"])
+    try:
+        with pytest.raises(StorageError):
+            runner.catch_up()
+        assert runner.failures() == {}
+        runner.catch_up()  # the disk answers again
+        assert runner.lag()["payouts"] == 0 and runner.failures() == {}
+    finally:
+        runner.close()
