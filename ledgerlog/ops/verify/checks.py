@@ -298,6 +298,9 @@ def _anchor_digests(config: Config, sec: Section) -> None:
             continue
         try:
             content, _n = _content_digest(store.db)
+        except LedgerError as exc:
+            sec.problem("ANCHOR_DAMAGED", f"anchor {name}", f"{exc}; restore the data dir from a snapshot")
+            continue
         finally:
             store.close()
         sec.checked += 1
@@ -395,8 +398,6 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
             report.update({"chain_id": chain.genesis.chain_id, "genesis_hash": chain.genesis.hash})
             if progress is not None:
                 progress.set_total(_planned(chain))
-            if node_url is None and log_ok:
-                notes += _catch_up_live(chain, config, storage, progress)
             log_sec = Section("log")
             checker = _LogChecker(chain, log_sec, signatures, workers)
             if progress is not None:
@@ -412,6 +413,11 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
                        "of it, so supply and projections are not checked")
                 sections += [_skipped("supply", why), _skipped("projections", why)]
                 return _finish(report, sections, notes, t0)
+            if node_url is None and log_sec.ok:  # only a log that checked clean goes into the live stores
+                notes += _catch_up_live(chain, config, storage, progress)
+            elif node_url is None:
+                notes.append("the live projections were not caught up: the log did not check clean, and "
+                             "what it holds past them is not folded into what the node serves")
             try:
                 mods = verified_modules(chain, config)
                 replay = Runner(chain.log, chain.codec, chain.genesis, scratch, names=list(mods), modules=mods,

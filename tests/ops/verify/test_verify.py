@@ -28,6 +28,7 @@ from ledgerlog.engine.rocks import open_store
 from ledgerlog.ops.devtools.histgen import generate, make_genesis
 from ledgerlog.ops.verify.checks import check_stores, verify
 from ledgerlog.streams.runner import Runner
+from ledgerlog.streams.store import ProjectionStore
 
 SEED = 23
 EVENTS = 1000
@@ -244,6 +245,41 @@ def test_tampered_log_record_fails_signature_and_id(data) -> None:
     assert "BAD_ID" in _codes(skipped["log"]) and "BAD_SIGNATURE" not in _codes(skipped["log"])
     trees = [p for p in report["log"]["problems"] if p["code"] == "TREE_MISMATCH"]
     assert [p["where"] for p in trees] == [f"{T.TRANSACTIONS}[0]"], trees  # the Merkle tree no longer fits
+
+
+def test_verify_never_folds_a_tampered_record_into_the_live_stores(data, tmp_path) -> None:
+    """Verify caught the live projections up before it checked the log: a tampered record past
+    their positions went into them (and was then served), and live matched the replay, so the
+    projections were reported sound. Now only a log that checks clean is folded into them."""
+    genesis, lines = _history()
+    cfg = _cfg(tmp_path / "lagging")
+    init_chain(cfg, genesis)
+    half = len(lines) // 2
+    with open_chain(cfg) as chain:
+        assert chain.admitter.admit(lines[:half]).rejected == 0
+    _fold_and_flush(cfg)
+    with open_chain(cfg) as chain:
+        assert chain.admitter.admit(lines[half:]).rejected == 0  # not folded yet
+        off = chain.log.end_offsets(T.TRANSACTIONS)[0] - 1
+        rec = chain.log.read(T.TRANSACTIONS, 0, off, 1)[0]
+        ev = chain.codec.decode(T.TRANSACTIONS, rec.value)
+        ev["body"]["amount"] += 777
+        raw = chain.log.raw()
+        key = K.record_key(T.TRANSACTIONS, 0, off)
+        head = raw.get(key)
+        raw.put(key, head[:12 + int.from_bytes(head[8:12], "big")] + chain.codec.encode(T.TRANSACTIONS, ev))
+        raw.flush()
+    live = json.loads((tmp_path / "lagging" / "projections" / "balances" / "live").read_text())["dir"]
+    store = ProjectionStore(str(tmp_path / "lagging" / "projections" / "balances" / live), read_only=True)
+    before = store.positions()
+    store.close()
+    report = verify(cfg)
+    assert report["ok"] is False and "BAD_ID" in _codes(report["log"])
+    store = ProjectionStore(str(tmp_path / "lagging" / "projections" / "balances" / live), read_only=True)
+    try:
+        assert store.positions() == before  # nothing of the unchecked log went in
+    finally:
+        store.close()
 
 
 def test_a_damaged_tree_store_is_named(data) -> None:
