@@ -117,6 +117,9 @@ class _LogChecker:
         self.sec.extra.update({"records": self.counts, "height": self.height, "tip_hash": self.tip_hash,
                                "signatures_verified": self.sigs.count if self.sigs.enabled else None})
         if self.pruned is not None:
+            for name, why in sorted(self.pruned.damaged.items()):
+                self.sec.problem("ANCHOR_DAMAGED", f"anchor {name}", f"{why}; the anchor cannot be rebuilt from the "
+                                 "pruned log: restore the data dir from a snapshot")
             self.sec.extra["pruned"] = self.pruned.report()
             self.sec.notes.append(f"the log was pruned below height {self.pruned.point.height}: events below it "
                                   "are not re-checked (see pruned)")

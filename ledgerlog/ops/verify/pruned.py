@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ledgerlog.engine.errors import LedgerError
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.prunepoint import PrunePoint
 from ledgerlog.projections import chainstate, energy
@@ -30,6 +31,7 @@ class PrunedPrefix:
         self.log, self.point = log, point
         self.anchor = Anchor.load(anchor_dir)
         self._stores: dict[str, ProjectionStore | None] = {}
+        self.damaged: dict[str, str] = {}  # anchor stores that do not open: name -> why
         self.references = 0  # references resolved in the anchor
 
     def start(self, topic: str, p: int) -> int:
@@ -46,9 +48,16 @@ class PrunedPrefix:
                 yield leaf
 
     def _store(self, name: str) -> ProjectionStore | None:
+        """The anchor's store of ``name``; None when there is none, or it cannot be opened (then
+        ``damaged`` says why, and the report names it instead of the check stopping)."""
         if name not in self._stores:
-            self._stores[name] = (ProjectionStore(self.anchor.store_path(name), read_only=True)
-                                  if self.anchor is not None and name in self.anchor.projections else None)
+            store = None
+            if self.anchor is not None and name in self.anchor.projections:
+                try:
+                    store = ProjectionStore(self.anchor.store_path(name), read_only=True)
+                except LedgerError as exc:
+                    self.damaged[name] = str(exc)
+            self._stores[name] = store
         return self._stores[name]
 
     def provider_owner(self, provider_id: str) -> str | None:

@@ -33,6 +33,7 @@ from ledgerlog.ops.data.export import iter_events
 from ledgerlog.ops.data.prune import STEPS, prune
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.ops.query.client import open_queries
+from ledgerlog.streams.anchor import Anchor
 from ledgerlog.streams.runner import Runner
 
 SEED = 41
@@ -157,6 +158,21 @@ def test_verify_and_reproject_give_the_same_digests_as_before(chains, tmp_path) 
     assert all(p["identical"] for p in rebuilt) and {p["projection"]: p["digest_after"] for p in rebuilt} == full
     shutil.rmtree(copy / "projections")  # deleted by hand: the next open starts them from the anchor
     assert ok_json(cli(copy, "status"))["provenance"]["digest"] == full["chainstate"]
+
+
+def test_verify_names_a_missing_anchor_store_in_its_report(chains, tmp_path) -> None:
+    """A damaged or missing anchor store stopped verify with a bare one-line error (exit 2 for a
+    missing one, as if the command were misused) and no report; it is a problem named in it."""
+    copy = tmp_path / "pruned"
+    shutil.copytree(chains["pruned"], copy)
+    anchor = Anchor.load(str(copy / "anchor"))
+    assert anchor is not None
+    shutil.rmtree(anchor.store_path("energy"))
+    proc = cli(copy, "verify")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    problems = [p for sec in ("log", "projections") for p in report[sec]["problems"]]
+    assert any(p["code"] == "ANCHOR_DAMAGED" and p["where"] == "anchor energy" for p in problems), problems
 
 
 def test_the_archive_holds_the_pruned_records_exactly_and_its_checksums_verify(chains, tmp_path) -> None:
