@@ -326,3 +326,27 @@ def test_a_failed_projections_export_leaves_the_out_file_as_it_was(data, tmp_pat
     proc = run(data, "projections", "export", *args, "--out", str(out), cwd=tmp_path)
     assert proc.returncode != 0 and out.read_bytes() == b"precious\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keep")] == []
+
+
+def test_verify_of_a_pruned_log_still_checks_the_user_projections_stores(data, tmp_path) -> None:
+    """On a pruned log a user projection is not replayed (the anchor holds the built-ins only),
+    and verify said nothing of it, even of a store whose content was edited under its recorded
+    digest: that is now a RECORDED_DIGEST_MISMATCH, and the report says what was not replayed."""
+    from ledgerlog.engine import storekeys as K
+    from ledgerlog.engine.rocks import open_store
+
+    write_module(tmp_path)
+    ok_json(run(data, "projections", "add", "tx_count", cwd=tmp_path))
+    ok_json(run(data, "reproject", "tx_count", cwd=tmp_path))
+    height = ok_json(run(data, "status", cwd=tmp_path))["height"]
+    ok_json(run(data, "prune", "--before-height", str(height // 2), cwd=tmp_path))
+    live = json.loads((data / "projections" / "tx_count" / "live").read_text())["dir"]
+    db = open_store(str(data / "projections" / "tx_count" / live), K.PROJECTION_FORMAT)
+    key = next(k for k, _v in db.items() if not k.startswith(b"\x00"))
+    db.put(key, b"999999")
+    db.close()
+    proc = run(data, "verify", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)["projections"]
+    assert [(p["code"], p["where"]) for p in report["problems"]] == [("RECORDED_DIGEST_MISMATCH", "tx_count live store")]
+    assert any("tx_count" in n and "not replayed" in n for n in report["notes"]), report["notes"]
