@@ -274,7 +274,7 @@ def _projections_section(chain: Chain, config: Config, replay: Runner, scratch: 
                 cur.close()
     sec.extra["projections"] = result
     _unreplayed_user_stores(chain, config, sec)
-    _anchor_digests(config, sec)
+    _anchor_digests(chain, config, sec)
     if node_running:
         sec.notes.append("a node is running: live stores were read read-only and compared with a replay "
                          "stopped at their own positions")
@@ -311,7 +311,7 @@ def _unreplayed_user_stores(chain: Chain, config: Config, sec: Section) -> None:
                          "holds the built-ins only); their stores were checked against their recorded digests")
 
 
-def _anchor_digests(config: Config, sec: Section) -> None:
+def _anchor_digests(chain: Chain, config: Config, sec: Section) -> None:
     """A pruned log's anchor (replays start from it): each store's content must hash to the digest
     anchor.json recorded when the prune folded it (ANCHOR_DIGEST otherwise)."""
     try:
@@ -321,6 +321,14 @@ def _anchor_digests(config: Config, sec: Section) -> None:
         return
     if anchor is None:
         return
+    point = chain.log.prune_point()
+    if point is not None:  # the anchor stands where the log says it was pruned, nowhere else
+        moved = [f"{t}[{p}]" for (t, p), start in sorted(point.starts.items())
+                 if (anchor.positions.get(t) or [])[p:p + 1] != [start]]
+        if anchor.height != point.height or moved:
+            sec.problem("ANCHOR_MISMATCH", "anchor", f"anchor.json says height {anchor.height} and positions that "
+                        f"differ at {moved[:5]}; the log was pruned below height {point.height}: it was changed "
+                        "since the prune; restore the data dir from a snapshot")
     for name, meta in sorted(anchor.projections.items()):
         try:
             store = ProjectionStore(anchor.store_path(name), read_only=True)
@@ -329,11 +337,16 @@ def _anchor_digests(config: Config, sec: Section) -> None:
             continue
         try:
             content, _n = _content_digest(store.db)
+            pos = store.positions()
+            held = {t: [pos.get((t, p), 0) for p in range(len(offs))] for t, offs in meta.get("positions", {}).items()}
         except LedgerError as exc:
             sec.problem("ANCHOR_DAMAGED", f"anchor {name}", f"{exc}; restore the data dir from a snapshot")
             continue
         finally:
             store.close()
+        if held != meta.get("positions"):
+            sec.problem("ANCHOR_MISMATCH", f"anchor {name}", "the anchor store's log positions are not those "
+                        "anchor.json recorded at the prune: it was changed since; restore the data dir from a snapshot")
         sec.checked += 1
         if f"{content:032x}" != meta["digest"]:
             sec.problem("ANCHOR_DIGEST", f"anchor {name}", f"the anchor store's state hashes to {content:032x}, "

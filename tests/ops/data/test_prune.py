@@ -175,6 +175,35 @@ def test_verify_names_a_missing_anchor_store_in_its_report(chains, tmp_path) -> 
     assert any(p["code"] == "ANCHOR_DAMAGED" and p["where"] == "anchor energy" for p in problems), problems
 
 
+@pytest.mark.parametrize("how", ["anchor.json", "store positions"])
+def test_verify_finds_an_anchor_moved_off_the_prune_point(chains, tmp_path, how) -> None:
+    """anchor.json's height and positions, and each anchor store's own positions, were never
+    checked: one moved off the prune point passed verify (and a store's moved positions were
+    blamed on the live store, whose suggested reproject then served the anchor's state)."""
+    from ledgerlog.engine import storekeys as K
+    from ledgerlog.engine.rocks import open_store
+
+    copy = tmp_path / "pruned"
+    shutil.copytree(chains["pruned"], copy)
+    anchor = Anchor.load(str(copy / "anchor"))
+    assert anchor is not None
+    if how == "anchor.json":
+        path = os.path.join(anchor.path, "anchor.json")
+        doc = json.loads(open(path).read())
+        doc["height"] += 1
+        open(path, "w").write(json.dumps(doc))
+    else:
+        db = open_store(anchor.store_path("balances"), K.PROJECTION_FORMAT)
+        key = K.pos_key(T.TRANSACTIONS, 0)
+        db.put(key, K.U64.pack(K.U64.unpack(db.get(key))[0] + 7))
+        db.close()
+    proc = cli(copy, "verify")
+    assert proc.returncode == 1, proc.stderr
+    problems = json.loads(proc.stdout)["projections"]["problems"]
+    want = "anchor" if how == "anchor.json" else "anchor balances"
+    assert ("ANCHOR_MISMATCH", want) in [(p["code"], p["where"]) for p in problems], problems
+
+
 def test_the_archive_holds_the_pruned_records_exactly_and_its_checksums_verify(chains, tmp_path) -> None:
     dest = chains["pruned"] / "archive" / f"h{chains['height']}"
     manifest = verify_archive(str(dest), deep=True)
