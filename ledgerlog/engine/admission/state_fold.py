@@ -18,7 +18,7 @@ their order is the partition's. ``order_key`` encodes this; ``catch_up`` merges 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .. import topics as T
@@ -166,6 +166,23 @@ def _events(log: Log, codec: Codec, topic: str, partition: int, start: int, end:
         yield order_key(topic, ev), index, rec.offset, topic, partition, ev
 
 
+def events_in_order(log: Log, codec: Codec, after: Mapping[TopicPartition, int] | None = None
+                    ) -> Iterator[tuple[int, str, int, dict[str, Any]]]:
+    """(offset, topic, partition, event) of every event the log holds from ``after`` (default:
+    its start), in the order admission applied them (``order_key``)."""
+    topics = log.topics()
+    feeds: list[Iterator[tuple[tuple[int, int], int, int, str, int, dict[str, Any]]]] = []
+    for topic in T.EVENT_TOPICS:
+        if topic not in topics:
+            continue
+        for p, end in enumerate(log.end_offsets(topic)):
+            start = (after or {}).get((topic, p), log.start_offsets(topic)[p])
+            if start < end:
+                feeds.append(_events(log, codec, topic, p, start, end, len(feeds)))
+    for _key, _i, offset, topic, p, ev in heapq.merge(*feeds):
+        yield offset, topic, p, ev
+
+
 def catch_up(log: Log, codec: Codec, genesis: Genesis, *, batch: int = 20_000) -> int:
     """Fold every event the log holds beyond the positions the write-side state reflects into
     that state (seeding genesis first if the store is empty), committing state and positions
@@ -184,18 +201,9 @@ def catch_up(log: Log, codec: Codec, genesis: Genesis, *, batch: int = 20_000) -
         raise ahead_error("the write-side state kept beside this node (<data_dir>/state)", ahead,
                           "point [kafka] at the cluster this node wrote to, or move <data_dir>/state "
                           "aside so the node rebuilds it from the log")
-    topics = log.topics()
-    feeds: list[Iterator[tuple[tuple[int, int], int, int, str, int, dict[str, Any]]]] = []
-    for topic in T.EVENT_TOPICS:
-        if topic not in topics:
-            continue
-        for p, end in enumerate(log.end_offsets(topic)):
-            start = stored.get((topic, p), 0)
-            if start < end:
-                feeds.append(_events(log, codec, topic, p, start, end, len(feeds)))
     positions: dict[TopicPartition, int] = {}
     folded = 0
-    for _key, _i, offset, topic, p, ev in heapq.merge(*feeds):
+    for offset, topic, p, ev in events_in_order(log, codec, stored):
         apply_event(st, topic, ev, genesis)
         positions[(topic, p)] = offset + 1
         folded += 1

@@ -53,6 +53,7 @@ from ledgerlog.engine.digest import DIGEST_MOD, entry_hash
 from ledgerlog.engine.errors import ConfigError, LedgerError, StoreLockedError
 from ledgerlog.ops.jobs import Progress
 from ledgerlog.ops.verify.log import _LogChecker
+from ledgerlog.ops.verify.state import state_section
 from ledgerlog.ops.verify.storage import (
     AUTO_FULL_BYTES,
     MAX_PROBLEMS,
@@ -479,6 +480,9 @@ def verify(config: Config, *, signatures: bool = True, scratch_dir: str | None =
                 if progress is not None:
                     progress.describe("projections")
                 sections.append(_supply_section(chain, replay.handles["balances"].store, checker.height).done())
+                if progress is not None:
+                    progress.describe("write-side state")
+                sections.append(state_section(chain, os.path.join(scratch, "write-state")).done())
                 sections.append(_projections_section(chain, config, replay, scratch, storage,
                                                      node_url is not None).done())
         finally:

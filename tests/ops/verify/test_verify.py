@@ -282,6 +282,34 @@ def test_verify_never_folds_a_tampered_record_into_the_live_stores(data, tmp_pat
         store.close()
 
 
+def test_every_key_of_the_write_side_state_is_checked_against_a_replay(data) -> None:
+    """Only the accounts and the tip's height and hash were compared: a provider's owner, a pool
+    round's cap, a block hash by height, a transaction's status or the tip's time could be changed
+    (and admission then judged new lines against them) and verify said ok."""
+    import orjson
+
+    cfg = _cfg(data)
+    assert verify(cfg)["ok"]  # clean: the replay makes exactly the stored state
+    with open_chain(cfg) as chain:
+        raw = chain.log.raw()
+        prefix = K.STATE_PREFIX
+        victims = [k for k in (next((k for k in raw.keys(from_key=prefix + p) if k.startswith(prefix + p)), None)
+                               for p in (b"pv/", b"bh/", b"tx/")) if k is not None]
+        assert len(victims) == 3, victims
+        raw.put(victims[0], raw.get(victims[0]).replace(b"0", b"1", 1))
+        raw.put(victims[1], orjson.dumps("ab" * 32))
+        raw.delete(victims[2])
+        tip = orjson.loads(raw.get(prefix + b"tip"))
+        tip[2] = 1  # its timestamp
+        raw.put(prefix + b"tip", orjson.dumps(tip))
+        raw.flush()
+    report = verify(cfg)
+    assert report["ok"] is False
+    where = {p["where"] for p in report["write_state"]["problems"] if p["code"] == "WRITE_STATE_MISMATCH"}
+    shown = {f"state {k[len(K.STATE_PREFIX):].decode(errors='backslashreplace')[:120]}" for k in victims}
+    assert shown | {"state tip"} <= where, where
+
+
 def test_a_damaged_tree_store_is_named(data) -> None:
     cfg = _cfg(data)
     with open_chain(cfg) as chain:
