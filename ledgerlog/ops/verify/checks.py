@@ -241,11 +241,7 @@ def _projections_section(chain: Chain, config: Config, replay: Runner, scratch: 
                      if positions.get((t, p), 0) > end}
             entry.update({"live_digest": f"{recorded:032x}", "live_content_digest": f"{content:032x}",
                           "live_keys": nkeys, "live_height": live.height, "at_log_end": at_end})
-            if recorded != content:
-                sec.problem("RECORDED_DIGEST_MISMATCH", f"{name} live store",
-                            f"its state hashes to {content:032x} but its recorded digest is {recorded:032x}: "
-                            "its content was changed outside the fold (tampering or corruption)",
-                            remedy=_remedy("projection", name, path))
+            _recorded_digest(sec, name, path, recorded, content)
             if ahead:
                 sec.problem("POSITIONS_AHEAD", f"{name} live store",
                             f"positions past the end of the log: {ahead}", remedy=_remedy("projection", name, path))
@@ -282,6 +278,15 @@ def _projections_section(chain: Chain, config: Config, replay: Runner, scratch: 
     return sec
 
 
+def _recorded_digest(sec: Section, name: str, path: str, recorded: int, content: int) -> None:
+    """A live store's content must hash to the digest its folds recorded (RECORDED_DIGEST_MISMATCH)."""
+    if recorded != content:
+        sec.problem("RECORDED_DIGEST_MISMATCH", f"{name} live store",
+                    f"its state hashes to {content:032x} but its recorded digest is {recorded:032x}: its "
+                    "content was changed outside the fold (tampering or corruption)",
+                    remedy=_remedy("projection", name, path))
+
+
 def _unreplayed_user_stores(chain: Chain, config: Config, sec: Section) -> None:
     """User projections of a pruned log are not replayed (the anchor holds the built-ins only):
     their live stores are still checked against their own recorded digests, and the report says
@@ -302,11 +307,7 @@ def _unreplayed_user_stores(chain: Chain, config: Config, sec: Section) -> None:
             sec.problem("STORAGE_ERROR", f"{name} live store", f"cannot read {path}: {exc}")
             continue
         sec.checked += 1
-        if recorded != content:
-            sec.problem("RECORDED_DIGEST_MISMATCH", f"{name} live store",
-                        f"its state hashes to {content:032x} but its recorded digest is {recorded:032x}: its "
-                        "content was changed outside the fold (tampering or corruption)",
-                        remedy=_remedy("projection", name, path))
+        _recorded_digest(sec, name, path, recorded, content)
     if skipped:
         sec.notes.append(f"user projection(s) {', '.join(skipped)}: not replayed, the log being pruned (the anchor "
                          "holds the built-ins only); their stores were checked against their recorded digests")
