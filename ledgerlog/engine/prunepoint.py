@@ -42,7 +42,8 @@ class PrunePoint:
     offset it keeps and ``leaves`` how many Merkle leaves lie below it (their hashes are kept, so
     proofs and tree heads stay valid). ``tip`` is (height, hash, timestamp) of the last block
     below ``height``; ``archive`` where the pruned records were written (relative to the data dir
-    when inside it), None if they were not archived."""
+    when inside it), None if they were not archived. ``anchor``: the digest of each projection the
+    prune's anchor folded, so the anchor can be checked against what the log says it was."""
 
     height: int
     starts: Mapping[TopicPartition, int] = field(default_factory=dict)
@@ -50,11 +51,13 @@ class PrunePoint:
     tip: tuple[int, str, int] = (0, "", 0)
     archive: str | None = None
     time_ms: int = 0
+    anchor: Mapping[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return json.dumps({"height": self.height, "starts": {_tp_key(k): v for k, v in sorted(self.starts.items())},
                            "leaves": {_tp_key(k): v for k, v in sorted(self.leaves.items())},
-                           "tip": list(self.tip), "archive": self.archive, "time_ms": self.time_ms},
+                           "tip": list(self.tip), "archive": self.archive, "time_ms": self.time_ms,
+                           "anchor": dict(sorted(self.anchor.items()))},
                           sort_keys=True).encode()
 
     @classmethod
@@ -63,7 +66,7 @@ class PrunePoint:
         return cls(int(doc["height"]), {_tp_of(k): int(v) for k, v in doc["starts"].items()},
                    {_tp_of(k): int(v) for k, v in doc["leaves"].items()},
                    (int(doc["tip"][0]), str(doc["tip"][1]), int(doc["tip"][2])), doc.get("archive"),
-                   int(doc.get("time_ms", 0)))
+                   int(doc.get("time_ms", 0)), {str(k): str(v) for k, v in doc.get("anchor", {}).items()})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON for answers: height, archive, tip below it, start offsets per topic partition."""

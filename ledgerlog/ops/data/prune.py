@@ -189,7 +189,7 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
         t0 = time.monotonic()
         archive_name = _relative(dest, cfg.data_dir)
         point = PrunePoint(height, {tp: hi for tp, (_lo, hi) in plan.ranges.items()}, {}, tip, archive_name,
-                           int(time.time() * 1000))
+                           int(time.time() * 1000), {n: m["digest"] for n, m in anchor.projections.items()})
         log_.prune(point, progress)
         summary["delete_seconds"] = round(time.monotonic() - t0, 3)
         step("pruned")

@@ -346,6 +346,11 @@ def _anchor_digests(chain: Chain, config: Config, sec: Section) -> None:
             continue
         finally:
             store.close()
+        recorded = point.anchor.get(name) if point is not None else None
+        if recorded is not None and recorded != meta.get("digest"):
+            sec.problem("ANCHOR_MISMATCH", f"anchor {name}", f"anchor.json gives its digest as {meta.get('digest')}, "
+                        f"the log's prune point recorded {recorded}: the anchor was changed since the prune; restore "
+                        "the data dir from a snapshot")
         if held != meta.get("positions"):
             sec.problem("ANCHOR_MISMATCH", f"anchor {name}", "the anchor store's log positions are not those "
                         "anchor.json recorded at the prune: it was changed since; restore the data dir from a snapshot")

@@ -204,6 +204,38 @@ def test_verify_finds_an_anchor_moved_off_the_prune_point(chains, tmp_path, how)
     assert ("ANCHOR_MISMATCH", want) in [(p["code"], p["where"]) for p in problems], problems
 
 
+def test_verify_finds_an_anchor_rewritten_with_its_digest(chains, tmp_path) -> None:
+    """An anchor store changed and its digest in anchor.json changed to match passed the anchor's
+    own checks (the errors landed on the live store, whose reproject would serve the change): the
+    prune records each anchor digest on the log, and verify holds anchor.json to it."""
+    from ledgerlog.engine import storekeys as K
+    from ledgerlog.engine.rocks import open_store
+    from ledgerlog.ops.verify.checks import _content_digest
+    from ledgerlog.streams.store import ProjectionStore
+
+    copy = tmp_path / "pruned"
+    shutil.copytree(chains["pruned"], copy)
+    anchor = Anchor.load(str(copy / "anchor"))
+    assert anchor is not None
+    db = open_store(anchor.store_path("balances"), K.PROJECTION_FORMAT)
+    key = next(k for k, _v in db.items() if k.startswith(b"a/"))
+    db.put(key, db.get(key).replace(b"[", b"[1", 1))
+    db.close()
+    store = ProjectionStore(anchor.store_path("balances"), read_only=True)
+    try:
+        content, _n = _content_digest(store.db)
+    finally:
+        store.close()
+    path = os.path.join(anchor.path, "anchor.json")
+    doc = json.loads(open(path).read())
+    doc["projections"]["balances"]["digest"] = f"{content:032x}"
+    open(path, "w").write(json.dumps(doc))
+    proc = cli(copy, "verify")
+    assert proc.returncode == 1, proc.stderr
+    problems = json.loads(proc.stdout)["projections"]["problems"]
+    assert ("ANCHOR_MISMATCH", "anchor balances") in [(p["code"], p["where"]) for p in problems], problems
+
+
 def test_the_archive_holds_the_pruned_records_exactly_and_its_checksums_verify(chains, tmp_path) -> None:
     dest = chains["pruned"] / "archive" / f"h{chains['height']}"
     manifest = verify_archive(str(dest), deep=True)
