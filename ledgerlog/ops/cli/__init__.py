@@ -42,18 +42,10 @@ _DATA_DIR: list[str | None] = [None]  # --data-dir: set by the root callback
 
 
 def real_paths(value: Any) -> Any:
-    """``value`` with ``<data_dir>`` written as the data dir's real path: errors and the answers
-    of prune and export name it so (the HTTP API shows no absolute path); at the command line it
-    is a path the user can use. (Not applied to events: their text is shown as it is.)"""
-    if _DATA_DIR[0] is None:
-        return value
-    if isinstance(value, str):
-        return value.replace("<data_dir>", os.path.abspath(_DATA_DIR[0])) if "<data_dir>" in value else value
-    if isinstance(value, dict):
-        return {k: real_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [real_paths(v) for v in value]
-    return value
+    """``value`` with ``<data_dir>`` written as the data dir's real path (``local_paths``): for
+    errors and the answers of prune and export. (Not applied to events: their text is shown as it is.)"""
+    from ledgerlog.ops.query.client import local_paths
+    return value if _DATA_DIR[0] is None else local_paths(value, os.path.abspath(_DATA_DIR[0]))
 
 
 def emit(obj: Any) -> None:

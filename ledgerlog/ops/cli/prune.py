@@ -42,8 +42,8 @@ def prune_command(ctx: typer.Context,
                 raise NodeRunningError(f"a node is running on {cfg.data_dir} ({node.url}); stop it first, or set "
                                        "admin.token (LEDGERLOG_ADMIN_TOKEN) so the prune runs through the node")
             body = {"before_height": before_height, "archive": os.path.abspath(archive) if archive else None}
-            emit({**real_paths(admin_with_progress(node, "prune", cfg.admin_token, body, f"prune below {before_height}",
-                                                   quiet=quiet)), "via": "node"})
+            emit({**admin_with_progress(node, "prune", cfg.admin_token, body, f"prune below {before_height}",
+                                        quiet=quiet), "via": "node"})  # the client wrote <data_dir> out
         finally:
             node.close()
         return

@@ -184,20 +184,8 @@ class NodeClient:
             raise NodeUnreachableError(f"node at {self.url} did not answer: {exc}") from exc
         if r.status_code >= 400:
             raise node_error(f"node refused admin {action}", r)
-        return self._local_paths(r.json())
-
-    def _local_paths(self, value: Any) -> Any:
-        """The node writes its data dir as ``<data_dir>`` (no absolute path in an answer); the
-        operator's CLI on the same data dir prints the real path again."""
-        if self.data_dir is None:
-            return value
-        if isinstance(value, str):
-            return value.replace("<data_dir>", self.data_dir)
-        if isinstance(value, dict):
-            return {k: self._local_paths(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._local_paths(v) for v in value]
-        return value
+        answer = r.json()
+        return answer if self.data_dir is None else local_paths(answer, self.data_dir)
 
     def ingest(self, stream: IO[bytes], ids: bool = False,
                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -256,6 +244,18 @@ class NodeClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+def local_paths(value: Any, data_dir: str) -> Any:
+    """``value`` with ``<data_dir>`` written as ``data_dir``: the node (and prune and export) name
+    the data dir so, with no absolute path in an answer; at the command line the real path serves."""
+    if isinstance(value, str):
+        return value.replace("<data_dir>", data_dir) if "<data_dir>" in value else value
+    if isinstance(value, dict):
+        return {k: local_paths(v, data_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [local_paths(v, data_dir) for v in value]
+    return value
 
 
 def _chunks(stream: IO[bytes], cap: int) -> Iterator[tuple[int, list[bytes], list[dict[str, Any]]]]:
