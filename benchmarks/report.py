@@ -140,6 +140,11 @@ def table(res: dict[str, Any]) -> str:
     _row(rows, "ledgerlog first fold, all projections", rb.get("first_fold"))
     _row(rows, "ledgerlog reproject, all projections", rb.get("all"))
     _row(rows, "ledgerlog reproject, balances", rb.get("balances"))
+    parts = (rb.get("balances") or {}).get("in_parts")
+    if parts:
+        whole = rb["balances"].get("events_per_s")
+        _row(rows, f"ledgerlog reproject, balances in {parts.get('workers')} parts", parts,
+             _ratio(parts.get("events_per_s"), whole), "split by log partition, merged; ratio: this / as planned")
     _row(rows, f"ceiling: simple fold loop, {ce.get('fold', {}).get('processes', 1)} process(es)", ce.get("fold"),
          r.get("rebuild_balances_vs_ceiling_fold"), "ratio: reproject balances / this (never above 1)")
     _row(rows, "ceiling: fastavro+rocksdict append", ce.get("append"), r.get("ingest_unsigned_vs_ceiling_append"),

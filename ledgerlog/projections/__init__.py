@@ -2,9 +2,10 @@
 
 Each module declares NAME, VERSION, TOPICS, ``initial(genesis, txn)``, ``fold(genesis, events, txn)``
 and read functions over a View; optionally FIELDS (topic -> dotted paths of the event fields its
-fold reads), so the runtime decodes only those (and the event's height); optionally SHARDABLE
-(its state splits by a key into disjoint shards: ``initial`` and ``fold`` then take a ``shard``
-and keep only what it owns, see base.Shard). The runtime (streams/) owns reading, decoding, the
+fold reads), so the runtime decodes only those (and the event's height); optionally
+SPLITS_BY_PARTITION with ``merge(parts)`` (a rebuild may then fold the log's partitions in parts,
+in parallel, the first part from ``initial`` and the others from nothing, and ``merge`` yields
+the state of one fold of them all from the parts' states). The runtime (streams/) owns reading, decoding, the
 WriteBatch, positions and digests. Imports engine only.
 """
 from . import balances, chainstate, energy, payouts

@@ -8,15 +8,16 @@ chunk of H's span (or the last one before it) and a search in it. The layout dep
 heights alone, never on how events were batched, so equal states have equal digests. Money
 moves by engine.movements, the same rules admission applies.
 Commutative across partitions: an event older than an account's latest entry adds its delta to
-every later history entry (rare; the runner folds in height order). Every key belongs to one
-account, so the state splits by account into shards (``SHARDABLE``): a shard folds every event
-but keeps only its accounts' movements, and the shards' states are disjoint and add up to the
-whole (a rebuild folds them in parallel processes)."""
+every later history entry (rare; the runner folds in height order). So a rebuild may fold the
+log's partitions in parts, in parallel processes (``SPLITS_BY_PARTITION``): the first part from
+the genesis state, the others from nothing, and ``merge`` adds them up (balances and stakes sum,
+nonces and heights take the highest) into exactly the state of one fold of them all."""
 from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
@@ -24,13 +25,13 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.movements import confirmed_nonce, event_height, movements
 
-from .base import U64, Event, Shard, Txn, View, h8, jdump, jload, shard_of
+from .base import U64, Event, Txn, View, h8, jdump, jload
 
 NAME = "balances"
 VERSION = 2
 #: History chunks: an account's entries of heights [k*SPAN, (k+1)*SPAN) share one key
 HISTORY_SPAN = 64
-SHARDABLE = True
+SPLITS_BY_PARTITION = True
 TOPICS = (T.BLOCKS, T.TRANSACTIONS, T.PROVIDERS, T.SETTLEMENTS, T.PAYOUTS)
 #: the event fields the fold reads (engine.movements: movements, confirmed_nonce, event_height)
 FIELDS = {
@@ -41,7 +42,8 @@ FIELDS = {
     T.PAYOUTS: ("body.address", "body.amount", "stamp_height"),
 }
 
-__all__ = ["NAME", "VERSION", "TOPICS", "Row", "initial", "fold", "rows_of", "fold_rows", "account", "richest"]
+__all__ = ["NAME", "VERSION", "TOPICS", "Row", "initial", "fold", "merge", "rows_of", "fold_rows", "account",
+           "richest"]
 
 #: One account's change by one event: (address, height, balance delta, staked delta, nonce it
 #: confirms or 0). ``fold`` folds events; a sharded worker folds these rows (streams/shards).
@@ -56,10 +58,8 @@ def _hprefix(addr: str) -> bytes:
     return b"h/" + addr.encode() + b"/"
 
 
-def initial(genesis: Genesis, txn: Txn, shard: Shard | None = None) -> None:
+def initial(genesis: Genesis, txn: Txn) -> None:
     for addr, amount in sorted(genesis.allocations.items()):
-        if shard is not None and shard_of(addr, shard[1]) != shard[0]:
-            continue
         txn.put(_akey(addr), jdump([amount, 0, 0, 0]))
         txn.put(_hprefix(addr) + h8(0), jdump([[0, amount, 0, 0]]))
 
@@ -153,23 +153,58 @@ def _shifted(chunk: list[list[int]], height: int, d_bal: int, d_staked: int, non
     return [[h, b + d_bal, s + d_staked, max(n, nonce)] if h >= height else [h, b, s, n] for h, b, s, n in chunk]
 
 
-def fold(genesis: Genesis, events: Iterable[Event], txn: Txn, shard: Shard | None = None) -> None:
-    """Fold ``events``; with ``shard``, only the movements of the accounts that shard owns."""
+def fold(genesis: Genesis, events: Iterable[Event], txn: Txn) -> None:
     batch = _Batch(txn)
     apply = batch.apply
-    owned: dict[str, bool] = {}
     for topic, ev in events:
         height = event_height(topic, ev)
         nonce = confirmed_nonce(topic, ev)
         for addr, d_bal, d_staked in movements(topic, ev, genesis):
-            if shard is not None:
-                mine = owned.get(addr)
-                if mine is None:
-                    mine = owned[addr] = shard_of(addr, shard[1]) == shard[0]
-                if not mine:
-                    continue
             apply(addr, height, d_bal, d_staked, nonce[1] if nonce and nonce[0] == addr else 0)
     batch.flush()
+
+
+def merge(parts: list[View]) -> Iterator[tuple[bytes, bytes]]:
+    """The state of one fold of every event, from the states of folds of disjoint parts of them
+    (the first from the genesis state, the others from nothing): (key, value) in key order,
+    streamed (one account's history chunk at a time, whatever the size of the state)."""
+    for key, same in groupby(heapq.merge(*(p.items(b"a/") for p in parts)), key=itemgetter(0)):
+        accts = [jload(v) for _, v in same]
+        yield key, jdump([sum(a[0] for a in accts), sum(a[1] for a in accts),
+                          max(a[2] for a in accts), max(a[3] for a in accts)])
+    chunks = heapq.merge(*(_tagged(p.items(b"h/"), i) for i, p in enumerate(parts)))
+    for _, spans in groupby(chunks, key=lambda c: c[0][:-8]):  # one account: h/<addr>/
+        last = [[0, 0, 0]] * len(parts)  # each part's [balance, staked, nonce] as of the last height
+        bal = staked = nonce = 0  # their sums, and the highest nonce (each part's is a running max)
+        for key, group in groupby(spans, key=itemgetter(0)):
+            chunk = list(group)
+            if len(chunk) == 1:  # one part's chunk: as it is, if the others add nothing to it
+                _, i, raw = chunk[0]
+                entries = jload(raw)
+                mine = last[i]
+                if bal == mine[0] and staked == mine[1] and all(
+                        p[2] <= entries[0][3] for j, p in enumerate(last) if j != i):
+                    last[i] = entries[-1][1:]
+                    bal, staked, nonce = last[i][0], last[i][1], max(nonce, last[i][2])
+                    yield key, raw
+                    continue
+            out: list[list[int]] = []
+            for height, i, b, s, n in sorted((e[0], i, e[1], e[2], e[3]) for _, i, v in chunk for e in jload(v)):
+                old = last[i]
+                bal += b - old[0]
+                staked += s - old[1]
+                last[i] = [b, s, n]
+                if n > nonce:
+                    nonce = n
+                if out and out[-1][0] == height:
+                    out[-1] = [height, bal, staked, nonce]
+                else:
+                    out.append([height, bal, staked, nonce])
+            yield key, jdump(out)
+
+
+def _tagged(items: Iterator[tuple[bytes, bytes]], part: int) -> Iterator[tuple[bytes, int, bytes]]:
+    return ((k, part, v) for k, v in items)
 
 
 def rows_of(genesis: Genesis, topic: str, ev: dict[str, Any]) -> list[Row]:

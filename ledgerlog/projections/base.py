@@ -6,28 +6,17 @@ order); the property tests check it."""
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ledgerlog.engine.intjson import dumps as jdump
 from ledgerlog.engine.intjson import loads as _loads
 
-__all__ = ["View", "Txn", "Event", "U64", "h8", "jload", "jdump", "Shard", "shard_of"]
+__all__ = ["View", "Txn", "Event", "U64", "h8", "jload", "jdump"]
 
 U64 = struct.Struct(">Q")
 #: (topic, decoded event)
 Event = tuple[str, dict[str, Any]]
-
-
-#: (index, count): one of ``count`` disjoint parts of a projection's state, folded apart (a
-#: rebuild spreads one projection over processes this way, then merges the parts' stores)
-Shard = tuple[int, int]
-
-
-def shard_of(key: str, count: int) -> int:
-    """The shard (of ``count``) that owns ``key``: the same in every process and every run."""
-    return zlib.crc32(key.encode()) % count
 
 
 def h8(n: int) -> bytes:

@@ -398,14 +398,16 @@ def _undecodable(topic: str, partition: int, first: int, decodes: Sequence[Calla
 class Feed:
     def __init__(self, log: Log, decode: Codec | EventDecoder | Callable[[str, bytes], dict[str, Any]],
                  topics: tuple[str, ...] | list[str], positions: dict[TP, int], chunk: int = 2000,
-                 fields: dict[str, Spec | None] | None = None) -> None:
-        """``fields``: per topic, the Spec of what to decode (topics not in it: everything)."""
+                 fields: dict[str, Spec | None] | None = None, partitions: frozenset[TP] | None = None) -> None:
+        """``fields``: per topic, the Spec of what to decode (topics not in it: everything).
+        ``partitions``: read only these of the topics' partitions (a part of a split rebuild)."""
         self.log, self.chunk = log, chunk
         self.topics = tuple(dict.fromkeys(topics))
         self._fields = {t: merge_specs(spec, HEIGHT_FIELDS.get(t, _STAMP))
                         for t, spec in (fields or {}).items() if spec is not None}
         self._decoder = decode if isinstance(decode, EventDecoder) else EventDecoder(decode)
-        self.tps: list[TP] = [(t, p) for t in self.topics for p in range(len(log.end_offsets(t)))]
+        self.tps: list[TP] = [(t, p) for t in self.topics for p in range(len(log.end_offsets(t)))
+                              if partitions is None or (t, p) in partitions]
         self.index = {tp: i for i, tp in enumerate(self.tps)}
         self._next = [positions.get(tp, 0) for tp in self.tps]  # next offset to read
         self.low = list(self._next)  # next offset to take (everything before it was taken)
@@ -530,11 +532,13 @@ class Feed:
         return out
 
     def select(self, entries: list[Entry], topics: tuple[str, ...] | frozenset[str],
-               positions: dict[TP, int] | None = None) -> tuple[list[tuple[str, dict[str, Any]]], dict[TP, int], int]:
-        """The part of ``entries`` (the last ``take_raw``) a projection reading ``topics`` folds,
-        less what it folded already (``positions``): (events, its new positions, highest height)."""
+               positions: dict[TP, int] | None = None, partitions: frozenset[TP] | None = None,
+               ) -> tuple[list[tuple[str, dict[str, Any]]], dict[TP, int], int]:
+        """The part of ``entries`` (the last ``take_raw``) a projection reading ``topics`` (only
+        ``partitions`` of them, when given) folds, less what it folded already (``positions``):
+        (events, its new positions, highest height)."""
         tps = self.tps
-        want = [tp[0] in topics for tp in tps]
+        want = [tp[0] in topics and (partitions is None or tp in partitions) for tp in tps]
         skip = None
         if positions:
             skip = [positions.get(tp, 0) for tp in tps]
@@ -559,17 +563,21 @@ class Feed:
         highest height)."""
         return self.select(self.take_raw(limit, ends), self.topics)
 
-    def covers(self, topics: tuple[str, ...], positions: dict[TP, int]) -> bool:
-        """Can a projection reading ``topics`` that folded up to ``positions`` take from this feed
-        (it reads them all, and has taken nothing that projection still has to fold)?"""
+    def covers(self, topics: tuple[str, ...], positions: dict[TP, int], partitions: frozenset[TP] | None = None) -> bool:
+        """Can a projection reading ``topics`` (only ``partitions`` of them, when given) that folded
+        up to ``positions`` take from this feed (it reads them all, and has taken nothing that
+        projection still has to fold)?"""
         index = self.index
         for t in topics:
             if t not in self.topics:
                 return False
+        if partitions is not None and not partitions <= index.keys():
+            return False
         for tp, i in index.items():
-            if tp[0] in topics and positions.get(tp, 0) < self.low[i]:
+            if tp[0] in topics and (partitions is None or tp in partitions) and positions.get(tp, 0) < self.low[i]:
                 return False
-        return True
+        return partitions is not None or all((t, p) in index for t in topics
+                                              for p in range(len(self.log.end_offsets(t))))
 
     def aligned(self, positions: dict[TP, int]) -> bool:
         """Has this feed taken exactly what a store at ``positions`` has folded?"""

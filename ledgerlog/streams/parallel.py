@@ -1,15 +1,16 @@
 """Building projections in parallel processes, each following the embedded log as a RocksDB
 secondary instance (no lock, so it works beside a node).
 
-The work is split into units: a projection, or one shard of a SHARDABLE one (its state split by
-account: every shard reads and decodes all of the projection's records but folds and writes only
-its accounts, and the shards' stores are merged at the end). Units are spread over the processes
+The work is split into units: a projection, or one part of one that SPLITS_BY_PARTITION (a part
+reads, decodes and folds only its share of the log's partitions, streams/parts.py, and the parts'
+stores are merged at the end by the projection's ``merge``). Units are spread over the processes
 by estimated cost (a process reads and decodes a record once for all of its units, so units that
-share topics stay together unless the balance needs them apart), and sharding is used only when
-it lowers the costliest process. The caller folds the costliest group itself while the others run
-in children forked from a fork server that has ledgerlog imported (a child starts in
-milliseconds, not the half second of a fresh interpreter, and no thread of the caller is forked).
-Every unit folds up to the same log ends, so shards can be merged; the caller then folds the rest.
+share partitions stay together unless the balance needs them apart), and a projection is split
+only when that lowers the costliest process. The caller folds the costliest group itself while
+the others run in children forked from a fork server that has ledgerlog imported (a child starts
+in milliseconds, not the half second of a fresh interpreter, and no thread of the caller is
+forked). Every unit folds up to the same log ends, so parts can be merged; the caller then folds
+the rest.
 """
 from __future__ import annotations
 
@@ -28,14 +29,16 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 
 from . import catalog
+from .parts import TP, part_of
 from .runner import Runner
 from .store import ProjectionStore
 
-__all__ = ["Unit", "plan_groups", "groups_by_work", "build_bulk", "catch_up_parallel", "ParallelBuild", "warm"]
+__all__ = ["Unit", "plan_groups", "groups_by_work", "build_bulk", "catch_up_parallel", "ParallelBuild", "warm",
+           "part_paths"]
 
 log = logging.getLogger("ledgerlog.parallel")
 
-#: (projection, shard index, shard count); (name, 0, 1) is the whole projection
+#: (projection, part index, part count); (name, 0, 1) is the whole projection
 Unit = tuple[str, int, int]
 #: Relative cost of folding one record, per projection, against balances' (measured on the bench
 #: history, reproject of each alone: chainstate writes a block's whole event and a row per
@@ -43,23 +46,25 @@ Unit = tuple[str, int, int]
 FOLD_COST = {"chainstate": 3.0, "payouts": 1.9, "energy": 2.2}
 #: Relative cost of reading and decoding one record, paid once per process that reads its topic.
 READ_COST = 0.6
-#: Relative cost, per record of a sharded projection, of merging its shards' stores afterwards.
-MERGE_COST = 0.1
-#: The share of a projection's fold cost every shard pays whatever it owns (the per-event work:
-#: heights, movements, the feed's merge); the rest divides among the shards. Measured on the bench
-#: history: a shard of balances in two costs 0.95 of the whole projection's build since its
-#: history is written in chunks (it was 0.8-0.9 with a key per entry), so there sharding no longer
-#: pays; a fold whose writes dominate its reads would.
-SHARD_FIXED = 0.9
-SHARD_FIXED_ENV = "LEDGERLOG_SHARD_FIXED"  # overrides it (tests shard the bench's shape; a measured history)
+#: Relative cost, per record of a split projection, of merging its parts' stores afterwards (in
+#: the caller, once every part is done). Measured: balances' merge took 0.08 s of a 0.36 s build.
+MERGE_COST = 0.4
+#: A split is chosen only where the estimate of its build (the costliest process, then the
+#: merge) is under this share of the best plan without it. Measured on 2 cores, the estimate was
+#: 10% low: both processes run slower together (1.6x one core for two) and the parts end apart,
+#: so on 2 cores a split of balances did not pay (0.40 s against 0.37 s whole); from 3 on it does.
+SPLIT_GAIN = 0.75
+SPLIT_GAIN_ENV = "LEDGERLOG_SPLIT_GAIN"  # overrides it (tests split small logs on 2 cores)
 #: Below this many records a build is not worth spreading over processes, nor a projection worth
-#: splitting into shards (process start and merge overheads); the environment variable overrides
+#: splitting into parts (process start and merge overheads); the environment variable overrides
 #: it (tests spread small logs).
 MIN_PARALLEL_RECORDS = 20_000
 MIN_PARALLEL_RECORDS_ENV = "LEDGERLOG_PARALLEL_MIN_RECORDS"
 #: A first fold further behind than this many records (all projections) is built in parallel.
 FIRST_FOLD_MIN_LAG = 50_000
-SHARDS_DIR = "shards"
+PARTS_DIR = "parts"
+#: Where an older ledgerlog built account shards; a build left so is not resumed from them
+LEGACY_SHARDS_DIR = "shards"
 #: CPU seconds the build processes of this process have used, summed (their parent is the fork
 #: server, so the caller's RUSAGE_CHILDREN never counts them): for benchmarks
 CHILD_CPU_SECONDS = 0.0
@@ -78,26 +83,32 @@ def warm() -> None:
     forkserver.ensure_running()
 
 
-def shard_paths(path: str, count: int) -> list[str]:
-    """Where the shards of the store at ``path`` are built (inside its directory, so removing a
-    build removes its shards too)."""
-    return [os.path.join(path, SHARDS_DIR, f"{i}-of-{count}") for i in range(count)]
+def part_paths(path: str, count: int) -> list[str]:
+    """Where the parts of the store at ``path`` are built (inside its directory, so removing a
+    build removes its parts too)."""
+    return [os.path.join(path, PARTS_DIR, f"{i}-of-{count}") for i in range(count)]
 
 
 def _cost_fn(log_: Log, names: list[str], mods: dict[str, Any]) -> Callable[[list[Unit]], float]:
-    records = {t: sum(log_.end_offsets(t)) for n in names for t in mods[n].TOPICS}
-    fixed = float(os.environ.get(SHARD_FIXED_ENV, SHARD_FIXED))
+    records = {(t, p): end for n in names for t in mods[n].TOPICS for p, end in enumerate(log_.end_offsets(t))}
+
+    def partitions(unit: Unit) -> list[TP]:
+        n, i, k = unit
+        return [(t, p) for t, p in records if t in mods[n].TOPICS and (k == 1 or part_of(t, p, k) == i)]
 
     def cost(group: list[Unit]) -> float:
-        topics = {t for n, _, _ in group for t in mods[n].TOPICS}
-        fold = sum(FOLD_COST.get(n, 1.0) * records[t] * (1.0 if k == 1 else fixed + (1 - fixed) / k + MERGE_COST)
-                   for n, _, k in group for t in mods[n].TOPICS)
-        return READ_COST * sum(records[t] for t in topics) + fold
+        read: set[TP] = set()
+        fold = 0.0
+        for unit in group:
+            mine = partitions(unit)
+            read.update(mine)
+            fold += FOLD_COST.get(unit[0], 1.0) * sum(records[tp] for tp in mine)
+        return READ_COST * sum(records[tp] for tp in read) + fold
     return cost
 
 
 def _assign(units: list[Unit], k: int, cost: Callable[[list[Unit]], float]) -> list[list[Unit]]:
-    """``units`` in at most ``k`` groups with the lowest costliest group (shards of one projection
+    """``units`` in at most ``k`` groups with the lowest costliest group (parts of one projection
     in different groups)."""
     def valid(groups: list[list[Unit]]) -> bool:
         return all(len({n for n, _, _ in g}) == len(g) for g in groups)
@@ -120,25 +131,26 @@ def _assign(units: list[Unit], k: int, cost: Callable[[list[Unit]], float]) -> l
     return greedy
 
 
-def plan_groups(log_: Log, names: list[str], workers: int, *, shard: bool = True,
+def plan_groups(log_: Log, names: list[str], workers: int, *, split: bool = True,
                 projections_dir: str | None = None) -> list[list[Unit]]:
     """Split the work of building ``names`` (built-in, or registered in ``projections_dir``) into
     at most ``workers`` groups of similar estimated cost, costliest group first (the caller folds
-    that one: it starts at once). SHARDABLE projections are split into ``workers`` shards when
-    that lowers the costliest group."""
+    that one: it starts at once). Projections that SPLITS_BY_PARTITION are split into ``workers``
+    parts where that pays (``SPLIT_GAIN``)."""
     mods = catalog.modules(projections_dir)
     cost = _cost_fn(log_, names, mods)
     k = max(1, workers)
     whole = [(n, 0, 1) for n in names]
-    options = [_assign(whole, min(k, len(names)), cost)]
+    best = _assign(whole, min(k, len(names)), cost)
     records = {n: sum(sum(log_.end_offsets(t)) for t in mods[n].TOPICS) for n in names}
-    if shard and k > 1:
-        split = [(n, i, k) for n in names if getattr(mods[n], "SHARDABLE", False)
-                 and records[n] >= min_parallel_records() for i in range(k)]
-        if split:
-            sharded = {n for n, _, _ in split}
-            options.append(_assign([u for u in whole if u[0] not in sharded] + split, k, cost))
-    best = min(options, key=lambda gs: max(cost(g) for g in gs if g))
+    parts = [(n, i, k) for n in names if getattr(mods[n], "SPLITS_BY_PARTITION", False)
+             and records[n] >= min_parallel_records() for i in range(k)] if split and k > 1 else []
+    if parts:
+        parted = {n for n, _, _ in parts}
+        option = _assign([u for u in whole if u[0] not in parted] + parts, k, cost)
+        estimate = max(cost(g) for g in option if g) + MERGE_COST * sum(records[n] for n in parted)
+        if estimate < float(os.environ.get(SPLIT_GAIN_ENV, SPLIT_GAIN)) * max(cost(g) for g in best if g):
+            best = option
     return sorted((g for g in best if g), key=cost, reverse=True)
 
 
@@ -147,21 +159,21 @@ def min_parallel_records() -> int:
 
 
 def groups_by_work(log_: Log, names: list[str], workers: int, projections_dir: str | None = None) -> list[list[str]]:
-    """Whole projections only: ``plan_groups`` without shards, as names."""
-    return [[n for n, _, _ in g] for g in plan_groups(log_, names, workers, shard=False,
+    """Whole projections only: ``plan_groups`` without parts, as names."""
+    return [[n for n, _, _ in g] for g in plan_groups(log_, names, workers, split=False,
                                                       projections_dir=projections_dir)]
 
 
 def _runner_args(units: list[Unit], paths: dict[str, str]) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
-    """(name -> store path, name -> shard) for a Runner folding ``units``."""
-    where, shards = {}, {}
+    """(name -> store path, name -> part) for a Runner folding ``units``."""
+    where, parts = {}, {}
     for n, i, k in units:
         if k > 1:
-            where[n] = shard_paths(paths[n], k)[i]
-            shards[n] = (i, k)
+            where[n] = part_paths(paths[n], k)[i]
+            parts[n] = (i, k)
         else:
             where[n] = paths[n]
-    return where, shards
+    return where, parts
 
 
 def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, units: list[Unit],
@@ -176,9 +188,9 @@ def _child(log_path: str, genesis_raw: dict[str, Any], projections_dir: str, uni
 
     log_ = EmbeddedLog(log_path, secondary=True)
     try:
-        where, shards = _runner_args(units, paths)
+        where, parts = _runner_args(units, paths)
         runner = Runner(log_, Codec(Registry(log_)), Genesis.from_dict(genesis_raw), projections_dir,
-                        names=list(where), batch=batch, paths=where, bulk=True, shards=shards)
+                        names=list(where), batch=batch, paths=where, bulk=True, parts=parts)
 
         def tick(n: int) -> None:
             with counter.get_lock():
@@ -249,9 +261,10 @@ class ParallelBuild:
         return self._out
 
 
-def _shardable(log_: Log, path: str) -> bool:
-    """May the build at ``path`` be folded in shards? Not on a pruned log (builds start from the
-    anchor there), nor once the store itself was started whole (a resumed unsharded build)."""
+def _splittable(log_: Log, path: str) -> bool:
+    """May the build at ``path`` be folded in parts? Not on a pruned log (builds start from the
+    anchor there), nor once the store itself was started whole (a resumed whole build)."""
+    shutil.rmtree(os.path.join(path, LEGACY_SHARDS_DIR), ignore_errors=True)  # never merged as parts
     if log_.prune_point() is not None:
         return False
     if not ProjectionStore.exists(path):
@@ -262,10 +275,10 @@ def _shardable(log_: Log, path: str) -> bool:
         merged = store.initialised and folded
     finally:
         store.close()
-    if not os.path.isdir(os.path.join(path, SHARDS_DIR)):
+    if not os.path.isdir(os.path.join(path, PARTS_DIR)):
         return not folded  # a new store (its initial state alone): the merge replaces it
-    if merged:  # killed after the merge committed, before its shards were removed
-        shutil.rmtree(os.path.join(path, SHARDS_DIR), ignore_errors=True)
+    if merged:  # killed after the merge committed, before its parts were removed
+        shutil.rmtree(os.path.join(path, PARTS_DIR), ignore_errors=True)
     return not merged
 
 
@@ -273,8 +286,8 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
                batch: int, workers: int, progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """The bulk of building the stores at ``paths`` (name -> store path) in parallel, when the log
     is embedded and there are cores to spread the work over: this process folds the costliest
-    group while children fold the others, all up to the log's ends as of now; sharded
-    projections are then merged. Events folded per projection; nothing when it does not apply
+    group while children fold the others, all up to the log's ends as of now; split projections'
+    parts are then merged. Events folded per projection; nothing when it does not apply
     (the caller folds everything in-process)."""
     if workers < 2 or not log_.supports_parallel_rebuild or log_.path is None or not paths:
         return {}
@@ -283,10 +296,10 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     topics = {t for n in names for t in mods[n].TOPICS}
     if sum(sum(log_.end_offsets(t)) for t in topics) < min_parallel_records():
         return {}
-    shard_ok = {n: _shardable(log_, paths[n]) for n in names}
+    split_ok = {n: _splittable(log_, paths[n]) for n in names}
     groups = plan_groups(log_, names, workers, projections_dir=projections_dir)
-    if any(k > 1 and not shard_ok[n] for g in groups for n, _, k in g):
-        groups = plan_groups(log_, names, workers, shard=False, projections_dir=projections_dir)
+    if any(k > 1 and not split_ok[n] for g in groups for n, _, k in g):
+        groups = plan_groups(log_, names, workers, split=False, projections_dir=projections_dir)
     if len(groups) < 2:
         return {}
     warm()
@@ -295,9 +308,9 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     folded: dict[str, int] = {}
     ok = True
     try:
-        where, shards = _runner_args(groups[0], paths)
+        where, parts = _runner_args(groups[0], paths)
         mine = Runner(log_, codec, genesis, projections_dir, names=list(where), batch=batch, paths=where,
-                      bulk=True, shards=shards)
+                      bulk=True, parts=parts)
         try:
             def tick(n: int) -> None:
                 if progress is not None:
@@ -313,33 +326,35 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
         except RuntimeError as exc:
             ok = False
             log.warning("%s; folding in this process instead", exc)
-    return _merge(paths, groups, folded, ok)
+    return _merge(paths, groups, folded, ok, mods, until)
 
 
-def _merge(paths: dict[str, str], groups: list[list[Unit]], folded: dict[str, int], ok: bool) -> dict[str, int]:
-    """Merge the shards of each sharded projection into its store; events folded per projection
-    (a shard's count: each shard folds every event of its projection)."""
+def _merge(paths: dict[str, str], groups: list[list[Unit]], folded: dict[str, int], ok: bool,
+           mods: dict[str, Any], until: dict[str, list[int]]) -> dict[str, int]:
+    """Merge the parts of each split projection into its store; events folded per projection (its
+    parts' counts added up: each folded its own partitions)."""
     out: dict[str, int] = {}
-    sharded = {n: k for g in groups for n, _, k in g if k > 1}
-    for n, k in sharded.items():
-        if not ok:  # a shard is behind: the merge waits for a later build (which resumes the shards)
+    split = {n: k for g in groups for n, _, k in g if k > 1}
+    for n, k in split.items():
+        if not ok:  # a part is behind: the merge waits for a later build (which resumes the parts)
             continue
+        ends = {(t, p): end for t in mods[n].TOPICS for p, end in enumerate(until[t]) if end}
         store = ProjectionStore(paths[n], bulk=True)
         try:
-            store.absorb(shard_paths(paths[n], k))
-        except ValueError as exc:  # a shard stopped early (its fold failed): the caller folds it whole
+            store.absorb(part_paths(paths[n], k), mods[n].merge, ends)
+        except ValueError as exc:  # a part stopped early (its fold failed): the caller folds it whole
             log.warning("%s; folding %s in this process instead", exc, n)
             continue
         finally:
             store.close()
-        shutil.rmtree(os.path.join(paths[n], SHARDS_DIR), ignore_errors=True)
-    merged = {n for n in sharded if ok and not os.path.isdir(os.path.join(paths[n], SHARDS_DIR))}
+        shutil.rmtree(os.path.join(paths[n], PARTS_DIR), ignore_errors=True)
+    merged = {n for n in split if ok and not os.path.isdir(os.path.join(paths[n], PARTS_DIR))}
     for key, events in folded.items():
         n, _, count = key.split("/")
         if count == "1":
             out[n] = events
         elif n in merged:
-            out[n] = max(out.get(n, 0), events)
+            out[n] = out.get(n, 0) + events
     return out
 
 

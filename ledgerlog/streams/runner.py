@@ -39,6 +39,7 @@ from ledgerlog.engine.log.base import Log, ahead_error
 from . import catalog, layout
 from .anchor import Anchor, anchor_root, seed
 from .feed import EventDecoder, Feed, Spec, merge_specs, spec_of
+from .parts import TP, owned
 from .store import ProjectionStore
 
 __all__ = ["FoldFailure", "ProjectionHandle", "Runner"]
@@ -89,7 +90,8 @@ class ProjectionHandle:
     last_commit: float = 0.0
     feed: Feed | None = None  # read-ahead of its partitions, created on first fold
     failed: FoldFailure | None = None  # its fold raised: it folds no more until rebuilt
-    shard: tuple[int, int] | None = None  # (index, count): it folds that shard of the state only
+    part: tuple[int, int] | None = None  # (index, count): it folds that part of a split rebuild only
+    partitions: frozenset[TP] | None = None  # ... which is these partitions of its topics
 
     @property
     def stale(self) -> bool:
@@ -108,23 +110,23 @@ class Runner:
                  names: Iterable[str] | None = None, batch: int = 20_000, read_only: bool = False,
                  paths: dict[str, str] | None = None, skip_corrupt: bool = False,
                  anchor_dir: str | None = None, bulk: bool = False,
-                 shards: dict[str, tuple[int, int]] | None = None,
+                 parts: dict[str, tuple[int, int]] | None = None,
                  modules: dict[str, ModuleType] | None = None) -> None:
         """``skip_corrupt``: leave out live stores that fail to open as corrupt, ahead of the log
         or behind its start (listed in ``corrupt``) instead of failing, so a rebuild can replace
         them. ``anchor_dir``: where the anchor of a pruned log is (default: beside
         ``projections_dir``); a store created new starts as a copy of its anchor store. ``bulk``:
         the stores write without RocksDB's write-ahead log until ``end_bulk`` (a rebuild).
-        ``shards``: name -> (index, count) for stores (at ``paths``) that hold one shard of a
-        SHARDABLE projection (a parallel rebuild merges them afterwards). ``modules``: projections
+        ``parts``: name -> (index, count) for stores (at ``paths``) that fold one part of the
+        partitions of a projection that SPLITS_BY_PARTITION (a parallel rebuild merges them). ``modules``: projections
         to fold beside the built-ins and the registered ones (a notebook's)."""
         self.log, self.codec, self.genesis = log, codec, genesis
         self.anchor_dir = anchor_dir or anchor_root(projections_dir)
         self.batch = batch
         self.read_only = read_only
         self.bulk = bulk
-        self.shards = shards or {}
-        self._progress = 0  # events folded, for progress reports (a shard's count its share)
+        self.parts = parts or {}
+        self._progress = 0  # events folded, for progress reports
         self.handles: dict[str, ProjectionHandle] = {}
         self._cond = threading.Condition()
         self.projections_dir = projections_dir
@@ -155,14 +157,16 @@ class Runner:
             raise
 
     def open_handle(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
-        """Open (creating and initialising if new) one projection store, or one shard's store."""
-        shard = self.shards.get(module.NAME)
-        if shard is None:
+        """Open (creating and initialising if new) one projection store, or one part's store."""
+        part = self.parts.get(module.NAME)
+        if part is None:
             return self._open_live(module, path, version)
-        # a shard of a build: no anchor (shards are not used on a pruned log)
+        # a part of a build: no anchor (builds are not split on a pruned log); the first part
+        # starts from the initial state, the others from nothing (the merge adds them up)
         store = ProjectionStore(path, bulk=self.bulk)
-        failed = self._initialise(module, store, shard) if not store.initialised else None
-        return ProjectionHandle(module, store, version, shard=shard, failed=failed)
+        failed = self._initialise(module, store, initial=part[0] == 0) if not store.initialised else None
+        return ProjectionHandle(module, store, version, part=part, partitions=owned(self.log, module.TOPICS, part),
+                                failed=failed)
 
     def _open_live(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
         """Open (creating and initialising if new) one projection store. On a pruned log a new
@@ -195,8 +199,7 @@ class Runner:
         failed = self._initialise(module, store) if not self.read_only and not store.initialised else None
         return ProjectionHandle(module, store, version, failed=failed)
 
-    def _initialise(self, module: ModuleType, store: ProjectionStore,
-                    shard: tuple[int, int] | None = None) -> FoldFailure | None:
+    def _initialise(self, module: ModuleType, store: ProjectionStore, initial: bool = True) -> FoldFailure | None:
         """Write the initial state into an uninitialised store (emptied first: whatever is in it is
         not a state, e.g. a killed merge's part). A user projection whose ``initial`` raises stops
         alone, as a failing fold does (the store stays uninitialised for its rebuild); a built-in's
@@ -204,10 +207,8 @@ class Runner:
         store.reset()
         txn = store.begin()
         try:
-            if shard is None:
+            if initial:
                 module.initial(self.genesis, txn)
-            else:
-                module.initial(self.genesis, txn, shard)
         except Exception as exc:
             if not catalog.is_user(module):
                 raise
@@ -247,12 +248,14 @@ class Runner:
         positions = handle.store.positions()
         if handle.feed is None or not handle.feed.aligned(positions):
             handle.feed = Feed(self.log, self._decoder, handle.module.TOPICS, positions,
-                               fields=_fields([handle.module]))
+                               fields=_fields([handle.module]), partitions=handle.partitions)
         if handle.failed is not None:
             return 0
         with _gc_paused():
             try:
-                events, new_positions, height = handle.feed.take(self.batch, ends)
+                events, new_positions, height = handle.feed.select(handle.feed.take_raw(self.batch, ends),
+                                                                   handle.module.TOPICS,
+                                                                   partitions=handle.partitions)
             except UndecodableRecordError as err:
                 self._stop_unreadable(err)
                 return 0
@@ -276,11 +279,7 @@ class Runner:
                 return 0
             handle.store.commit(txn, new_positions, height=height)
         handle.events += len(events)
-        if handle.shard is None:
-            self._progress += len(events)
-        else:  # every shard folds every event: each counts its share, so progress adds up to them
-            i, k = handle.shard
-            self._progress += len(events) // k + (i < len(events) % k)
+        self._progress += len(events)
         handle.last_commit = time.time()
         with self._cond:
             self._cond.notify_all()
@@ -339,16 +338,19 @@ class Runner:
         same = len(handles) == len(self._feed_handles) and all(
             a is b for a, b in zip(handles, self._feed_handles))
         if feed is None or not same or not all(
-                feed.covers(h.module.TOPICS, pos) for h, pos in zip(handles, positions)):
+                feed.covers(h.module.TOPICS, pos, h.partitions) for h, pos in zip(handles, positions)):
             topics = [t for h in handles for t in h.module.TOPICS]
             start: dict[tuple[str, int], int] = {}
             for h, pos in zip(handles, positions):
                 for t in h.module.TOPICS:
                     for p in range(len(self.log.end_offsets(t))):
-                        off = pos.get((t, p), 0)
-                        start[(t, p)] = min(start.get((t, p), off), off)
+                        if h.partitions is None or (t, p) in h.partitions:
+                            off = pos.get((t, p), 0)
+                            start[(t, p)] = min(start.get((t, p), off), off)
+            whole = all(h.partitions is None for h in handles)
             feed = self._feed = Feed(self.log, self._decoder, topics, start,
-                                     fields=_fields([h.module for h in handles]))
+                                     fields=_fields([h.module for h in handles]),
+                                     partitions=None if whole else frozenset(start))
             self._feed_handles = list(handles)
         return feed
 
@@ -378,7 +380,7 @@ class Runner:
             return 0
         total = 0
         for h, pos in zip(handles, positions):
-            total += self._fold(h, feed, *feed.select(entries, h.module.TOPICS, pos))
+            total += self._fold(h, feed, *feed.select(entries, h.module.TOPICS, pos, h.partitions))
         return total
 
     def catch_up(self, max_seconds: float | None = None, until: dict[str, list[int]] | None = None,
@@ -434,11 +436,8 @@ class Runner:
                    for p, end in enumerate(targets.get(t, [])))
 
     def _call_fold(self, handle: ProjectionHandle, events: list[Any], txn: Any) -> None:
-        """The projection's fold over ``events``; a shard's store folds its shard only."""
-        if handle.shard is None:
-            handle.module.fold(self.genesis, events, txn)
-        else:
-            handle.module.fold(self.genesis, events, txn, handle.shard)
+        """The projection's fold over ``events``."""
+        handle.module.fold(self.genesis, events, txn)
 
     def reset_feeds(self) -> None:
         """Forget the read-ahead of every projection (their stores are about to change under them)."""

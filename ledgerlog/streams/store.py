@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from ledgerlog.engine import storekeys as K
-from ledgerlog.engine.digest import DIGEST_MOD, digest_hex, update_digest
+from ledgerlog.engine.digest import digest_hex, update_digest
 from ledgerlog.engine.errors import CorruptStoreError
 from ledgerlog.engine.rocks import (
     Rdict,
@@ -345,40 +346,35 @@ class ProjectionStore:
             if keys.bytes > self.FILTER_MAX_BYTES:
                 self._keys = None
 
-    def absorb(self, parts: list[str]) -> None:
-        """Become the union of the shard stores at ``parts``: their state keys (disjoint), the sum
-        of their digests, their positions (equal: they were folded to the same ends) and the
-        highest height, committed last. The store is reset first, so a merge killed halfway
-        leaves it uninitialised: merged again, or emptied and folded whole, never used as it is."""
+    def absorb(self, parts: list[str], merge: Callable[[list[Any]], Iterator[tuple[bytes, bytes]]],
+               positions: dict[tuple[str, int], int]) -> None:
+        """Become the merge of the part stores at ``parts``, which folded disjoint partitions up to
+        ``positions`` between them (ValueError if not: one stopped early): the state ``merge``
+        yields from their views, those positions and the highest height, committed last. The store
+        is reset first, so a merge killed halfway leaves it uninitialised: merged again, or emptied
+        and folded whole, never used as it is."""
         stores = [ProjectionStore(p, read_only=True) for p in parts]
         try:
-            positions = stores[0].positions()
-            if any(s.positions() != positions for s in stores[1:]):
-                raise ValueError(f"shards of {self.path} were folded to different positions")
-            self.reset()
-            wb, n = WriteBatch(raw_mode=True), 0
+            reached: dict[tuple[str, int], int] = {}
             for part in stores:
-                it = part.db.iter()
-                it.seek(_STATE_FROM)
-                while it.valid():
-                    wb.put(it.key(), it.value())
-                    n += 1
-                    if n == _MERGE_BATCH:
-                        self._guard.write(self.db, wb, self._wo)
-                        wb, n = WriteBatch(raw_mode=True), 0
-                    it.next()
-                it.status()
-            digest = sum(s.digest for s in stores) % DIGEST_MOD
-            wb.put(K.DIGEST_KEY, digest_hex(digest).encode())
-            for (topic, p), off in positions.items():
-                wb.put(K.pos_key(topic, p), K.U64.pack(off))
-            wb.put(_INIT_KEY, b"1")
-            wb.put(_HEIGHT_KEY, K.U64.pack(max(s.height for s in stores)))
-            self._guard.write(self.db, wb, self._wo)
+                mine = {tp: off for tp, off in part.positions().items() if off}
+                if reached.keys() & mine.keys():
+                    raise ValueError(f"parts of {self.path} folded the same partitions")
+                reached.update(mine)
+            if reached != positions:
+                raise ValueError(f"parts of {self.path} did not all fold up to the same log ends")
+            self.reset()
+            txn, n = self.begin(), 0
+            for key, value in merge([part.view() for part in stores]):
+                txn.put(key, value)
+                n += 1
+                if n == _MERGE_BATCH:
+                    self.commit(txn, {})
+                    txn, n = self.begin(), 0
+            self.commit(txn, positions, initialised=True, height=max(part.height for part in stores))
         finally:
             for part in stores:
                 part.close()
-        self._load()
 
     @property
     def writable(self) -> bool:

@@ -13,7 +13,8 @@ ADDRS = ("aa", "bb", "cc")
 SPAN = balances.HISTORY_SPAN
 
 rows = st.lists(st.tuples(st.sampled_from(ADDRS), st.integers(0, 4 * SPAN + 3),
-                          st.integers(-10**20, 10**20), st.integers(0, 5), st.integers(0, 50)),
+                          st.one_of(st.integers(-2, 2), st.integers(-10**20, 10**20)), st.integers(0, 5),
+                          st.integers(0, 50)),
                 min_size=1, max_size=60)
 
 
@@ -54,3 +55,45 @@ def test_a_span_without_entries_below_the_height_answers_from_the_chunk_before()
     assert balances.account(txn, "aa", SPAN + 9)["balance"] == 5   # the span's chunk starts above it
     assert balances.account(txn, "aa", SPAN + 10)["balance"] == 12
     assert balances.account(txn, "aa", 2)["balance"] == 0
+
+
+def _in_parts(rows: list[balances.Row], owner: list[int], parts: int) -> list[MemoryTxn]:
+    """Each part folds its own rows (any order); the first also holds the 'genesis' rows."""
+    return [_fold([[r for r, o in zip(rows, owner) if o % parts == i]]) for i in range(parts)]
+
+
+#: few rows of small amounts: parts whose balance and stake add up to nothing, but a nonce
+sparse_rows = st.lists(st.tuples(st.sampled_from(ADDRS[:2]), st.integers(0, 4 * SPAN + 3), st.integers(-1, 1),
+                                 st.integers(0, 1), st.integers(0, 5)), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.one_of(rows, sparse_rows), genesis=st.lists(st.tuples(st.sampled_from(ADDRS), st.integers(1, 10**6)), max_size=3,
+                                   unique_by=lambda g: g[0]),
+       owner=st.lists(st.integers(0, 3), min_size=60, max_size=60), parts=st.integers(1, 4))
+def test_parts_folded_apart_merge_into_the_state_of_one_fold(rows, genesis, owner, parts):
+    """A rebuild split by partition: parts fold disjoint rows (the first from the genesis state),
+    and ``merge`` gives exactly the entries, so the digest, of folding every row at once."""
+    start = [(addr, 0, amount, 0, 0) for addr, amount in genesis]  # initial()'s state, as rows
+    whole = _fold([sorted(start + rows, key=lambda r: r[1])])
+    split = _in_parts(rows, owner, parts)
+    balances.fold_rows(start, split[0])
+    merged = MemoryTxn(dict(balances.merge(split)))
+    assert merged.entries == whole.entries
+    assert merged.digest() == whole.digest()
+    keys = [k for k, _ in balances.merge(split)]
+    assert keys == sorted(keys)  # streamed in key order
+
+
+def test_merge_keeps_an_account_whose_parts_hold_different_spans():
+    split = [_fold([[("aa", 3, 5, 0, 1)]]), _fold([[("aa", 2 * SPAN + 1, -2, 1, 4), ("bb", 9, 1, 0, 0)]])]
+    merged = MemoryTxn(dict(balances.merge(split)))
+    assert merged.entries == _fold([[("aa", 3, 5, 0, 1), ("aa", 2 * SPAN + 1, -2, 1, 4), ("bb", 9, 1, 0, 0)]]).entries
+    assert balances.account(merged, "aa", 2 * SPAN + 1) == {"address": "aa", "balance": 3, "staked": 1, "nonce": 4,
+                                                          "height": 2 * SPAN + 1}
+
+
+def test_merge_carries_a_nonce_from_a_part_whose_balance_did_not_move():
+    rows = [("aa", 3, 0, 0, 50), ("aa", SPAN + 6, 5, 0, 1)]
+    merged = MemoryTxn(dict(balances.merge([_fold([rows[:1]]), _fold([rows[1:]])])))
+    assert merged.entries == _fold([rows]).entries

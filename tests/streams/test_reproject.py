@@ -70,27 +70,27 @@ def test_reproject_all_gives_same_digests_and_answers(data, history):
     assert dirs == [out2["dir"]] and first_previous not in dirs
 
 
-@pytest.mark.parametrize("split", ["whole", "sharded"])
+@pytest.mark.parametrize("split", ["whole", "parts"])
 def test_reproject_killed_at_random_points_resumes_with_same_digests(data, split):
     """kill -9 of a parallel reproject (two processes) at random points, then resumed: the live
     (sequentially folded) digests. ``whole``: all projections, spread over the processes;
-    ``sharded``: balances alone, split into account shards that are merged at the end."""
+    ``parts``: balances alone, split into parts by log partition that are merged at the end."""
     pdir = os.path.join(data, "projections")
     live = {p: cli(data, "status")["provenance"]["digest"] for p in ["chainstate"]}
     # spread over two processes however small the log
     env = {"LEDGERLOG_FOLD_BATCH": "300", "LEDGERLOG_FOLD_WORKERS": "2", "LEDGERLOG_PARALLEL_MIN_RECORDS": "0",
-           "LEDGERLOG_SHARD_FIXED": "0.4"}  # and balances in shards, as on a write-heavy history
+           "LEDGERLOG_SPLIT_GAIN": "10"}  # and balances in parts, as on more cores
     names = NAMES if split == "whole" else ["balances"]
 
     def under_way(name: str) -> bool:
-        """Its build has started (sharded: its shards have)."""
+        """Its build has started (in parts: its parts have)."""
         ptr = layout.read_pointer(pdir, name, "building")
-        return bool(ptr) and (split == "whole" or os.path.isdir(os.path.join(pdir, name, ptr["dir"], "shards")))
+        return bool(ptr) and (split == "whole" or os.path.isdir(os.path.join(pdir, name, ptr["dir"], "parts")))
     rng = random.Random(int(os.environ.get("LEDGERLOG_CRASH_SEED", "11")))
     resumed_any = False
-    shards_left = False
+    parts_left = False
     for attempt in range(8):
-        if attempt >= 3 and (shards_left or split == "whole"):
+        if attempt >= 3 and (parts_left or split == "whole"):
             break
         proc = subprocess.Popen([LEDGERLOG, "--data-dir", data, "reproject", *names], env=cli_env(**env),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -101,8 +101,8 @@ def test_reproject_killed_at_random_points_resumes_with_same_digests(data, split
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         ptr = layout.read_pointer(pdir, "balances", "building")
-        shards_left |= bool(ptr) and os.path.isdir(os.path.join(pdir, "balances", ptr["dir"], "shards"))
-    assert shards_left or split == "whole", "no kill landed while balances was folded in shards"
+        parts_left |= bool(ptr) and os.path.isdir(os.path.join(pdir, "balances", ptr["dir"], "parts"))
+    assert parts_left or split == "whole", "no kill landed while balances was folded in parts"
     building = [layout.read_pointer(pdir, n, "building") for n in names]
     out = cli(data, "reproject", *names, env=env)["projections"]
     assert [p["projection"] for p in out] == names
@@ -111,7 +111,7 @@ def test_reproject_killed_at_random_points_resumes_with_same_digests(data, split
         resumed_any |= p["resumed"]
         if b is not None:
             assert p["resumed"] and p["dir"] == b["dir"], (p, b)
-        assert not os.path.isdir(os.path.join(pdir, p["projection"], p["dir"], "shards"))
+        assert not os.path.isdir(os.path.join(pdir, p["projection"], p["dir"], "parts"))
     assert resumed_any, "no kill landed mid-rebuild; nothing was resumed"
     assert cli(data, "status")["provenance"]["digest"] == live["chainstate"]
 

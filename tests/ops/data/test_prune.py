@@ -513,19 +513,20 @@ def test_a_rebuild_left_behind_the_prune_starts_over_from_the_anchor(chains, tmp
     assert rebuilt["identical"] and rebuilt["resumed"] is False and rebuilt["dir"] != "v9-killed"
 
 
-def test_a_sharded_build_killed_before_its_merge_resumes_from_the_anchor(chains, tmp_path) -> None:
-    """A build dir holding only the shards of a killed sharded build (no store of its own) on a
-    pruned log: the resumed build starts from the anchor (the shards are in its way, and a pruned
-    log is never built in shards), not refused for ever because the directory is not empty."""
+@pytest.mark.parametrize("leftover", ["parts", "shards"])  # shards: account shards of an older ledgerlog
+def test_a_split_build_killed_before_its_merge_resumes_from_the_anchor(chains, tmp_path, leftover) -> None:
+    """A build dir holding only the parts of a killed split build (no store of its own) on a
+    pruned log: the resumed build starts from the anchor (the parts are in its way, and a pruned
+    log is never built in parts), not refused for ever because the directory is not empty."""
     from ledgerlog.streams import layout
     victim = tmp_path / "data"
     shutil.copytree(chains["pruned"], victim)
     cfg = _cfg(victim)
-    leftover = os.path.join(cfg.projections_dir, "balances", "v9-sharded", "shards", "0-of-2")
-    os.makedirs(leftover)
-    with open(os.path.join(leftover, "LOG"), "w") as f:
-        f.write("a shard's store, killed\n")
+    part = os.path.join(cfg.projections_dir, "balances", "v9-sharded", leftover, "0-of-2")
+    os.makedirs(part)
+    with open(os.path.join(part, "LOG"), "w") as f:
+        f.write("a part's store, killed\n")
     layout.write_pointer(cfg.projections_dir, "balances", "building", "v9-sharded", 2)
     [rebuilt] = ok_json(cli(victim, "reproject", "balances"))["projections"]
     assert rebuilt["identical"] and rebuilt["dir"] == "v9-sharded"
-    assert not os.path.exists(os.path.join(cfg.projections_dir, "balances", "v9-sharded", "shards"))
+    assert not os.path.exists(os.path.join(cfg.projections_dir, "balances", "v9-sharded", leftover))
