@@ -261,10 +261,26 @@ class ParallelBuild:
         return self._out
 
 
+def _plan_build(log_: Log, mods: dict[str, Any], projections_dir: str, paths: dict[str, str],
+                workers: int) -> list[list[Unit]]:
+    """The groups ``build_bulk`` folds in parallel; none where it does not apply (one worker, a
+    log other than the embedded one, a small log)."""
+    if workers < 2 or not log_.supports_parallel_rebuild or log_.path is None or not paths:
+        return []
+    names = list(paths)
+    if sum(sum(log_.end_offsets(t)) for t in {t for n in names for t in mods[n].TOPICS}) < min_parallel_records():
+        return []
+    split_ok = {n: _splittable(log_, paths[n]) for n in names}
+    groups = plan_groups(log_, names, workers, projections_dir=projections_dir)
+    if any(k > 1 and not split_ok[n] for g in groups for n, _, k in g):
+        groups = plan_groups(log_, names, workers, split=False, projections_dir=projections_dir)
+    return groups
+
+
 def _splittable(log_: Log, path: str) -> bool:
     """May the build at ``path`` be folded in parts? Not on a pruned log (builds start from the
     anchor there), nor once the store itself was started whole (a resumed whole build)."""
-    shutil.rmtree(os.path.join(path, LEGACY_SHARDS_DIR), ignore_errors=True)  # never merged as parts
+    shutil.rmtree(os.path.join(path, LEGACY_SHARDS_DIR), ignore_errors=True)  # never to be merged as parts
     if log_.prune_point() is not None:
         return False
     if not ProjectionStore.exists(path):
@@ -289,19 +305,16 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     group while children fold the others, all up to the log's ends as of now; split projections'
     parts are then merged. Events folded per projection; nothing when it does not apply
     (the caller folds everything in-process)."""
-    if workers < 2 or not log_.supports_parallel_rebuild or log_.path is None or not paths:
-        return {}
-    names = list(paths)
     mods = catalog.modules(projections_dir)
-    topics = {t for n in names for t in mods[n].TOPICS}
-    if sum(sum(log_.end_offsets(t)) for t in topics) < min_parallel_records():
+    groups = _plan_build(log_, mods, projections_dir, paths, workers)
+    split = {n for g in groups for n, _, k in g if k > 1}
+    for n, path in paths.items():
+        if n not in split:  # folded whole from here: the parts a killed split build left are no use
+            for leftover in (PARTS_DIR, LEGACY_SHARDS_DIR):
+                shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
+    if len(groups) < 2 or log_.path is None:
         return {}
-    split_ok = {n: _splittable(log_, paths[n]) for n in names}
-    groups = plan_groups(log_, names, workers, projections_dir=projections_dir)
-    if any(k > 1 and not split_ok[n] for g in groups for n, _, k in g):
-        groups = plan_groups(log_, names, workers, split=False, projections_dir=projections_dir)
-    if len(groups) < 2:
-        return {}
+    topics = {t for n in paths for t in mods[n].TOPICS}
     warm()
     until = {t: log_.end_offsets(t) for t in topics}
     job = ParallelBuild(log_.path, genesis.raw, projections_dir, groups[1:], paths, until, batch).start()

@@ -90,8 +90,7 @@ class ProjectionHandle:
     last_commit: float = 0.0
     feed: Feed | None = None  # read-ahead of its partitions, created on first fold
     failed: FoldFailure | None = None  # its fold raised: it folds no more until rebuilt
-    part: tuple[int, int] | None = None  # (index, count): it folds that part of a split rebuild only
-    partitions: frozenset[TP] | None = None  # ... which is these partitions of its topics
+    partitions: frozenset[TP] | None = None  # it folds only these (a part of a split rebuild)
 
     @property
     def stale(self) -> bool:
@@ -118,8 +117,9 @@ class Runner:
         ``projections_dir``); a store created new starts as a copy of its anchor store. ``bulk``:
         the stores write without RocksDB's write-ahead log until ``end_bulk`` (a rebuild).
         ``parts``: name -> (index, count) for stores (at ``paths``) that fold one part of the
-        partitions of a projection that SPLITS_BY_PARTITION (a parallel rebuild merges them). ``modules``: projections
-        to fold beside the built-ins and the registered ones (a notebook's)."""
+        partitions of a projection that SPLITS_BY_PARTITION (a parallel rebuild merges them).
+        ``modules``: projections to fold beside the built-ins and the registered ones (a
+        notebook's)."""
         self.log, self.codec, self.genesis = log, codec, genesis
         self.anchor_dir = anchor_dir or anchor_root(projections_dir)
         self.batch = batch
@@ -165,7 +165,7 @@ class Runner:
         # starts from the initial state, the others from nothing (the merge adds them up)
         store = ProjectionStore(path, bulk=self.bulk)
         failed = self._initialise(module, store, initial=part[0] == 0) if not store.initialised else None
-        return ProjectionHandle(module, store, version, part=part, partitions=owned(self.log, module.TOPICS, part),
+        return ProjectionHandle(module, store, version, partitions=owned(self.log, module.TOPICS, part),
                                 failed=failed)
 
     def _open_live(self, module: ModuleType, path: str, version: int) -> ProjectionHandle:
@@ -253,9 +253,7 @@ class Runner:
             return 0
         with _gc_paused():
             try:
-                events, new_positions, height = handle.feed.select(handle.feed.take_raw(self.batch, ends),
-                                                                   handle.module.TOPICS,
-                                                                   partitions=handle.partitions)
+                events, new_positions, height = handle.feed.take(self.batch, ends)
             except UndecodableRecordError as err:
                 self._stop_unreadable(err)
                 return 0

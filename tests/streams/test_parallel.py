@@ -305,3 +305,18 @@ def test_a_part_shares_its_runner_feed_with_whole_projections(chain_dir: Config,
             assert merged.digest_hex() == want["balances"]
         finally:
             merged.close()
+
+
+@pytest.mark.parametrize("leftover", [parallel.PARTS_DIR, parallel.LEGACY_SHARDS_DIR])
+def test_a_build_that_goes_on_whole_drops_the_parts_a_killed_split_build_left(chain_dir: Config, tmp_path: Any,
+                                                                              leftover: str) -> None:
+    """Parts a killed build left are of no use once the build goes on whole (one worker here):
+    they go, rather than sit in the store's directory for ever once it is live."""
+    with open_chain(chain_dir, read_only=True) as chain:
+        path = str(tmp_path / "build")
+        _fold_parts(chain, tmp_path, path, [None, None])
+        if leftover != parallel.PARTS_DIR:
+            os.rename(os.path.join(path, parallel.PARTS_DIR), os.path.join(path, leftover))
+        assert parallel.build_bulk(chain.log, chain.codec, chain.genesis, str(tmp_path), {"balances": path}, 500,
+                                   1) == {}
+        assert not os.path.exists(os.path.join(path, leftover))
