@@ -78,7 +78,7 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "comma-separated host names the node answers to besides its own address, localhost, "
      "127.0.0.1 and ::1 (others: 421 HOST_NOT_ALLOWED)"),
     ("admin.token", "LEDGERLOG_ADMIN_TOKEN", "admin_token", str,
-     "bearer token for /v1/admin/*; admin is disabled when empty"),
+     "bearer token for /v1/admin/*, at least 16 characters; admin is disabled when empty"),
     ("admin.allow", "LEDGERLOG_ADMIN_ALLOW", "admin_allow", str,
      "comma-separated client IPs or CIDR networks allowed to use /v1/admin/* (empty: any, with the token)"),
     ("faucet.enabled", "LEDGERLOG_FAUCET_ENABLED", "faucet_enabled", bool,
@@ -341,6 +341,8 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+#: the shortest admin token taken (ledgerlog init writes 43 characters: 32 random bytes)
+MIN_ADMIN_TOKEN = 16
 #: setting -> (least, most) it may be (None: no bound); every source's value is checked
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "log.partitions": (1, MAX_PARTITIONS), "ingest.chunk": (1, 1_000_000), "fold.batch": (1, 10_000_000),
@@ -366,6 +368,11 @@ def _check_ranges(cfg: Config) -> None:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise ConfigError(f"{key} must be {bounds}, not {v}")
+    if 0 < len(cfg.admin_token.strip()) < MIN_ADMIN_TOKEN:
+        raise ConfigError(f"admin.token must be at least {MIN_ADMIN_TOKEN} characters: the admin API takes "
+                          "unlimited tries, so a short token opens every admin action to anyone who can reach "
+                          "the node; make one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'` "
+                          "(ledgerlog init writes such a token), or leave it empty to turn the admin API off")
     if cfg.log_max_bytes and not cfg.log_backups:
         raise ConfigError("node.log_backups must be at least 1 while node.log_max_bytes rotates node.log "
                           "(with none kept it is never rotated and grows for ever); 0 for both leaves "

@@ -107,7 +107,7 @@ def test_bad_file_value_names_the_key(tmp_path):
 
 
 def test_init_writes_every_key_and_reads_it_back(tmp_path):
-    cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token="x" * 8, http_ingest_rate=1.5,
+    cfg = Config(data_dir=str(tmp_path / "data"), sync=False, admin_token="x" * 16, http_ingest_rate=1.5,
                  faucet_amount=77, faucet_key="/keys/f.key")
     init_chain(cfg, dev_genesis(cfg.keys_dir))
     with open(cfg.config_path, encoding="utf-8") as f:
@@ -198,6 +198,7 @@ def test_faucet_settings_come_from_config_toml_and_env(node_with):
     ("[http]\nheader_timeout = -1\n", "http.header_timeout"),      # slowloris protection off, silently
     ("[node]\nlog_backups = 0\n", "node.log_backups"),             # node.log never rotated, grows for ever
     ("[rocksdb]\nmax_open_files = 99999999999\n", "rocksdb.max_open_files"),  # STORAGE_ERROR at open
+    ("[admin]\ntoken = \"t0ken\"\n", "admin.token"),                # guessed in a few tries: no limit
 ])
 def test_settings_out_of_range_or_unknown_are_one_line_config_errors(tmp_path, text, says):
     """Each was accepted, truncated, ignored or an INTERNAL error, and then hung, spun, stopped a
@@ -213,11 +214,22 @@ def test_init_writes_strings_toml_can_read_back_and_worker_counts_unresolved(tmp
     """A token with a quote or a backslash made config.toml unreadable (every command failed
     after init), a Windows-style path lost its backslashes; the resolved worker counts (this
     machine's cores) were written where 0 (one per core, wherever it runs) was meant."""
-    cfg = Config(data_dir=str(tmp_path / "data"), admin_token='s3cr\\et"tok', snapshot_dir="C:\\backups\\n1")
+    cfg = Config(data_dir=str(tmp_path / "data"), admin_token='s3cr\\et"token-1234', snapshot_dir="C:\\backups\\n1")
     init_chain(cfg, dev_genesis(cfg.keys_dir))
     back = load_config(cfg.data_dir, {})
-    assert back.admin_token == 's3cr\\et"tok' and back.snapshot_dir == "C:\\backups\\n1"
+    assert back.admin_token == 's3cr\\et"token-1234' and back.snapshot_dir == "C:\\backups\\n1"
     import tomllib
     with open(os.path.join(cfg.data_dir, "config.toml"), "rb") as f:
         doc = tomllib.load(f)
     assert doc["ingest"]["verify_workers"] == 0 and doc["fold"]["workers"] == 0
+
+
+def test_an_admin_token_is_long_or_absent_from_every_source(tmp_path):
+    """The admin API takes unlimited tries: a short token from the file or the environment is
+    refused at start; none (admin off) and one of 16 characters are taken."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(ConfigError, match=r"admin\.token must be at least 16 characters.*token_urlsafe"):
+        load_config(str(data), {"LEDGERLOG_ADMIN_TOKEN": " fifteen-chars!! "})
+    assert load_config(str(data), {}).admin_token == ""
+    assert load_config(str(data), {"LEDGERLOG_ADMIN_TOKEN": "x" * 16}).admin_token == "x" * 16
