@@ -49,6 +49,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.errors import ConfigError, LogError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.kafka_client import logged
 from ledgerlog.engine.log.kafka_config import KafkaConfig, Tls
 
 from . import catalog
@@ -154,7 +155,7 @@ def ensure_lease_topic(config: Config, topic: str, partitions: int = len(NAMES))
     from ledgerlog.engine.log.kafka import TOPIC_CONFIG
 
     kafka = connection(config)
-    admin = AdminClient(kafka.librdkafka("admin"))
+    admin = AdminClient(logged(kafka.librdkafka("admin")))
     replication = kafka.replication
     fut = admin.create_topics([NewTopic(topic, partitions, replication, config=dict(TOPIC_CONFIG))])[topic]
     try:

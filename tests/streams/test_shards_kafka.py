@@ -230,3 +230,17 @@ def test_a_step_whose_rows_find_no_room_fails_after_the_timeout(tmp_path, kafka_
         deriver.producer = _FullQueue()  # type: ignore[assignment]
         with pytest.raises(LogError, match="took no rows for 1 s"):  # before, it waited for room for ever
             _stepped(deriver)
+
+
+def test_librdkafka_speaks_through_the_log_not_raw_on_stderr(tmp_path, kafka_bootstrap, history, capfd,  # noqa: F811
+                                                             caplog):
+    """The deriver's clients wrote librdkafka's lines straight to stderr (``%4|...|CONFWARN|...``),
+    around a node's JSON log; its warning that the gapless guarantee, chosen on purpose, is
+    experimental came at every start. Now they go to the ``ledgerlog.kafka`` logger, that one dropped."""
+    import logging
+    with caplog.at_level(logging.DEBUG, logger="ledgerlog.kafka"):
+        with _deriver(tmp_path, kafka_bootstrap, history) as deriver:
+            assert deriver.wait_writable() and _stepped(deriver)
+    err = capfd.readouterr().err
+    assert "|CONFWARN|" not in err and "%4|" not in err, err[-2000:]
+    assert not [r for r in caplog.records if "gapless" in r.getMessage()]

@@ -18,9 +18,28 @@ from tenacity import (
 from ..errors import LogError
 from .kafka_config import KafkaConfig, Role, Setting
 
-__all__ = ["Broker", "arrived", "kafka_error", "transient"]
+__all__ = ["Broker", "arrived", "kafka_error", "logged", "transient"]
 
 _log = logging.getLogger("ledgerlog.kafka")
+
+
+class _Deliberate(logging.Filter):
+    """Drops librdkafka's warning, at every producer's start, that a setting ledgerlog chose on
+    purpose is experimental (the deriver's gapless guarantee): operators can do nothing about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) == 3 and args[0] == "CONFWARN"
+                    and "enable.gapless.guarantee is experimental" in str(args[2]))
+
+
+_log.addFilter(_Deliberate())
+
+
+def logged(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """``conf`` with librdkafka's own log lines sent to the ``ledgerlog.kafka`` logger (a node's
+    JSON log), not written raw to stderr."""
+    return {"logger": _log, **conf}
 T = TypeVar("T")
 
 _TRANSIENT = {KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN,
@@ -76,7 +95,7 @@ class Broker:
     def client_conf(self, role: Role, defaults: Mapping[str, Setting] | None = None) -> dict[str, Any]:
         """librdkafka settings of one client, reporting its errors here (values: strings,
         numbers, the logger and the error callback)."""
-        return {"logger": _log, "error_cb": self._on_error, **self.config.librdkafka(role, defaults)}
+        return {"error_cb": self._on_error, **logged(self.config.librdkafka(role, defaults))}
 
     def _on_error(self, err: KafkaError) -> None:
         self.last_error = str(err)

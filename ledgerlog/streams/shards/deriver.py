@@ -30,6 +30,7 @@ from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.errors import LogError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.kafka_client import logged
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 from ledgerlog.engine.movements import event_height
 from ledgerlog.projections import balances
@@ -83,23 +84,23 @@ class Deriver:
         decoder = EventDecoder(codec)
         self._decode = {t: decoder.for_topic(t, spec_of(balances.FIELDS[t])) for t in balances.TOPICS}
         # one consumer assigned every held source partition: fetches of all of them in flight at once
-        self.consumer = Consumer(kafka.librdkafka("consumer", {
+        self.consumer = Consumer(logged(kafka.librdkafka("consumer", {
             "group.id": f"ledgerlog-deriver-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5}))
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5})))
         self._real = {t: kafka.topic_prefix + t for t in balances.TOPICS}
         self._logical = {r: t for t, r in self._real.items()}
         for real in self._real.values():  # librdkafka waits ~1 s for metadata on a first assign otherwise
             self.consumer.list_topics(real, timeout=timeout)
         self._writable = threading.Event()
-        self.producer = Producer({**kafka.librdkafka("producer", {
+        self.producer = Producer({**logged(kafka.librdkafka("producer", {
             # gapless: a row that fails stops the producer rather than leaving a gap that later
             # rows of its partition jump (a resumed lease's rewrite of it would be taken for a
             # duplicate and skipped)
             "enable.idempotence": True, "enable.gapless.guarantee": True, "acks": "all", "linger.ms": 5,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 262_144,
-            "statistics.interval.ms": _STATS_MS}), "stats_cb": self._stats})
+            "statistics.interval.ms": _STATS_MS})), "stats_cb": self._stats})
         self.leases: dict[int, _Lease] = {}
         self._steps: list[_Step] = []  # in step order: a step's progress is written after every earlier one's
         self._errors: list[str] = []  # delivery errors, raised by the next step

@@ -23,6 +23,7 @@ from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.errors import LogError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
+from ledgerlog.engine.log.kafka_client import logged
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 
 from .deriver import Deriver
@@ -93,10 +94,10 @@ class ShardEngine:
     def start(self) -> None:
         from confluent_kafka import Consumer
 
-        self._consumer = Consumer(self.kafka.librdkafka("consumer", {
+        self._consumer = Consumer(logged(self.kafka.librdkafka("consumer", {
             "group.id": f"ledgerlog-shard-reader-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5,
-            "enable.partition.eof": False}))
+            "enable.partition.eof": False})))
         # librdkafka waits ~1 s for a topic's metadata on its first assign; asking first takes a millisecond
         self._consumer.list_topics(self.names.movements, timeout=30)
         self._reader = ProgressReader(self.kafka, self.names)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ledgerlog.engine.errors import LogError
 from ledgerlog.engine.intjson import dumps, loads
+from ledgerlog.engine.log.kafka_client import logged
 from ledgerlog.engine.log.kafka_config import KafkaConfig
 
 from .repartition import FETCH_WAIT_MS, Names
@@ -26,7 +27,7 @@ def ensure_topics(kafka: KafkaConfig, names: Names, partitions: int, sources: in
 
     from ledgerlog.engine.log.kafka import TOPIC_CONFIG
 
-    admin = AdminClient(kafka.librdkafka("admin"))
+    admin = AdminClient(logged(kafka.librdkafka("admin")))
 
     def count(topic: str) -> int | None:  # all topics: asking for one may auto-create it (Tansu)
         md = admin.list_topics(timeout=10).topics.get(topic)
@@ -92,10 +93,10 @@ class ProgressReader:
         from confluent_kafka import Consumer
 
         self.topic, self.timeout = names.progress, timeout
-        self._consumer = Consumer(kafka.librdkafka("consumer", {
+        self._consumer = Consumer(logged(kafka.librdkafka("consumer", {
             "group.id": f"ledgerlog-progress-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5}))
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.queue.backoff.ms": 5})))
         self._following: set[int] = set()
         self._ended: set[int] = set()  # followed leases read to an end since ``follow``
 
