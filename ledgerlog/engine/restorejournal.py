@@ -10,7 +10,8 @@ Beside the data dir ``D`` (in its parent ``P``)::
 
 After the journal: ``D`` -> ``old`` (moved aside), ``new`` -> ``D`` (moved in), fsync ``P``, then
 the journal is removed. ``recover(D)`` redoes whatever of that a dead process left undone, and
-removes its stale temp dirs.
+removes its stale temp dirs. A data dir given as a symlink is the directory it points at (so the
+renames stay on that directory's disk, and the link keeps pointing at the restored chain).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ __all__ = ["clear_journal", "held", "recover", "settle", "tmp_prefix", "write_jo
 
 
 def _paths(data_dir: str) -> tuple[str, str, str, str]:
-    target = os.path.abspath(data_dir)
+    target = os.path.realpath(data_dir)
     parent, name = os.path.dirname(target), os.path.basename(target)
     return (parent, name, os.path.join(parent, f".{name}.restore.json"),
             os.path.join(parent, f".{name}.restore.lock"))
@@ -38,7 +39,7 @@ def _paths(data_dir: str) -> tuple[str, str, str, str]:
 
 def tmp_prefix(data_dir: str) -> str:
     """The name prefix of a restore's temp dirs beside ``data_dir``."""
-    return f".tmp-restore-{os.path.basename(os.path.abspath(data_dir))}-"
+    return f".tmp-restore-{os.path.basename(os.path.realpath(data_dir))}-"
 
 
 def _is_tmp_of(entry: str, data_dir: str) -> bool:
@@ -54,18 +55,35 @@ def held(data_dir: str) -> Iterator[None]:
     lock file is removed on the way out."""
     parent, _name, _journal, lock = _paths(data_dir)
     os.makedirs(parent, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _lock(lock, data_dir)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreLockedError(f"a restore into {data_dir} is under way in another process") from None
         try:
             yield
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(lock)
     finally:
+        os.close(fd)
+
+
+def _lock(lock: str, data_dir: str) -> int:
+    """An flock on the lock file that is at ``lock`` now: one opened just before its last holder
+    removed it is locked in vain (the next process creates and locks a new file), so that is
+    retried on the file in its place."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"a restore into {data_dir} is under way in another process") from None
+        mine = os.fstat(fd)
+        try:
+            there = os.stat(lock)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
         os.close(fd)
 
 

@@ -74,6 +74,7 @@ from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.movements import event_height
 from ledgerlog.engine.prunepoint import PRUNED_TOPICS
 from ledgerlog.engine.topics import EVENT_TOPICS, subject_of
+from ledgerlog.ops.data.ownpaths import refuse_own_path
 from ledgerlog.ops.jobs import Progress
 
 __all__ = [
@@ -377,8 +378,8 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
     directory = os.path.dirname(out)
     if not os.path.isdir(directory):
         raise ExportError(f"no such directory: {directory}")
-    _refuse_chain_file(out, chain_or_data_dir.config.data_dir if isinstance(chain_or_data_dir, Chain)
-                       else os.fspath(chain_or_data_dir))
+    refuse_own_path(out, chain_or_data_dir.config if isinstance(chain_or_data_dir, Chain)
+                    else _config_for(chain_or_data_dir), ExportError)
     with iter_events(chain_or_data_dir, topic, progress=progress, **range_args) as stream:
         rng = {**stream.range.to_dict(), "partitions": stream.partitions}
         count = 0
@@ -404,21 +405,6 @@ def export(chain_or_data_dir: Chain | str | os.PathLike[str], topic: str, fmt: s
     return {"topic": topic, "format": fmt, "records": count, "path": out,
             "bytes": os.path.getsize(out), "range": rng,
             "schema_id": stream.schema_id, "pruned": point.to_dict() if point is not None else None}
-
-
-#: what a data dir holds that an export must never write over (the log, stores, settings, keys)
-_CHAIN_FILES = ("log", "projections", "anchor", "keys", "archive", "snapshots", "logs", "config.toml",
-                "genesis.json", "node.json", "user-projections.json")
-
-
-def _refuse_chain_file(out: str, data_dir: str) -> None:
-    """An ``out`` that is, or is inside, one of the chain's own files is refused (ExportError):
-    written over, the log's CURRENT or config.toml left the chain unreadable."""
-    real = os.path.realpath(out)
-    for name in _CHAIN_FILES:
-        own = os.path.realpath(os.path.join(data_dir, name))
-        if real == own or real.startswith(own + os.sep):
-            raise ExportError(f"{out} is the chain's own {name}: write the export outside it")
 
 
 def export_schema(value_schema: dict[str, Any]) -> dict[str, Any]:

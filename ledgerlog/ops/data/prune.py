@@ -35,6 +35,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import Chain
 from ledgerlog.engine.errors import (
     BadRequest,
+    ConfigError,
     ProjectionFailedError,
     PruneHeightError,
     PruneUnsupportedError,
@@ -45,6 +46,7 @@ from ledgerlog.engine.movements import event_height
 from ledgerlog.engine.prunepoint import PRUNED_TOPICS, PrunePoint
 from ledgerlog.ops.data.archive import write_archive
 from ledgerlog.ops.data.locks import prune_lock
+from ledgerlog.ops.data.ownpaths import refuse_own_path
 from ledgerlog.ops.data.snapshot import inside
 from ledgerlog.ops.data.storage import dir_bytes
 from ledgerlog.streams import layout
@@ -134,6 +136,7 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
     Returns a summary."""
     cfg, log_ = chain.config, chain.log
     step = on_step or (lambda _name: None)
+    refuse_own_path(archive_parent or cfg.archive_dir, cfg, ConfigError, allow=("archive",))
     why = log_.prune_refusal()
     if why is not None:
         raise PruneUnsupportedError(f"cannot prune this log: {why}")

@@ -136,12 +136,16 @@ def restore_snapshot(path: str, data_dir: str, *, force: bool = False,
     ``progress`` is told the bytes to verify and copy, then of each block."""
     started = time.monotonic()
     step = on_step or (lambda _name: None)
-    src = os.path.abspath(path)
-    target = os.path.abspath(data_dir)
+    src = os.path.realpath(path)
+    target = os.path.realpath(data_dir)  # a symlink: the directory it points at, on its own disk
     if not os.path.isdir(src):
         raise ConfigError(f"no snapshot at {path}")
     if target == src or target.startswith(src + os.sep):
         raise ConfigError(f"cannot restore {path} into itself ({data_dir})")
+    if os.path.ismount(target):  # its own file system: it cannot be renamed aside, nor the copy in
+        raise ConfigError(f"{data_dir} is a mount point, and a restore replaces the data dir by renaming: restore "
+                          f"into a directory inside it (e.g. {os.path.join(data_dir, 'data')}, then point the node's "
+                          "--data-dir there)")
     with reading(src):  # snapshot prune leaves it alone meanwhile
         return _restore(src, path, target, data_dir, force, step, started, progress)
 

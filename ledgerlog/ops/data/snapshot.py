@@ -60,6 +60,7 @@ from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import map_error
 from ledgerlog.ops.data.locks import prune_lock
+from ledgerlog.ops.data.ownpaths import refuse_own_path
 from ledgerlog.ops.jobs import Progress
 from ledgerlog.streams import catalog, layout
 from ledgerlog.streams.anchor import Anchor
@@ -312,6 +313,7 @@ def create_snapshot(chain: Chain, runner: Runner, out_dir: str | None = None, *,
     if not log.supports_checkpoint:
         raise ConfigError("snapshots need the embedded log; a Kafka log is backed up with the broker's tools")
     out_dir = os.path.abspath(out_dir or chain.config.snapshots_dir)
+    refuse_own_path(out_dir, chain.config, ConfigError, allow=("snapshot dir",))
     try:
         if not os.path.isdir(out_dir):
             os.makedirs(out_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -422,3 +423,24 @@ def test_an_export_never_writes_over_the_chain_s_own_files(hist, tmp_path, targe
                            "jsonl", "--out", path], capture_output=True, env=cli_env(), timeout=120, check=False)
     assert proc.returncode != 0 and "own" in json.loads(proc.stderr)["error"], proc.stderr
     assert (open(path, "rb").read() if os.path.exists(path) else None) == before
+
+
+def test_an_export_never_writes_into_the_configured_backups_nor_the_config_file(hist, tmp_path):
+    """The guard knew only the default places under the data dir: with snapshot.dir elsewhere (as
+    OPERATIONS advises) an export wrote over a backup's log/CURRENT (the backup then CORRUPT), and
+    over the config file given with --config (the admin token gone)."""
+    cfg, _chain = hist
+    data, etc, backups = tmp_path / "data", tmp_path / "etc", tmp_path / "backups"
+    shutil.copytree(cfg.data_dir, data)
+    etc.mkdir()
+    os.rename(data / "config.toml", etc / "config.toml")
+    (backups / "snap-1" / "log").mkdir(parents=True)
+    (backups / "snap-1" / "log" / "CURRENT").write_bytes(b"MANIFEST-000001\n")
+    before = {p: p.read_bytes() for p in (etc / "config.toml", backups / "snap-1" / "log" / "CURRENT")}
+    for out in before:
+        proc = subprocess.run([LEDGERLOG, "--config", str(etc / "config.toml"), "--data-dir", str(data), "export",
+                               "--topic", T.BLOCKS, "--format", "jsonl", "--out", str(out)],
+                              capture_output=True, env=cli_env(LEDGERLOG_SNAPSHOT_DIR=str(backups)), timeout=120,
+                              check=False)
+        assert proc.returncode != 0 and "own" in json.loads(proc.stderr)["error"], proc.stderr
+    assert {p: p.read_bytes() for p in before} == before

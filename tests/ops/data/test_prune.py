@@ -530,3 +530,23 @@ def test_a_split_build_killed_before_its_merge_resumes_from_the_anchor(chains, t
     [rebuilt] = ok_json(cli(victim, "reproject", "balances"))["projections"]
     assert rebuilt["identical"] and rebuilt["dir"] == "v9-sharded"
     assert not os.path.exists(os.path.join(cfg.projections_dir, "balances", "v9-sharded", leftover))
+
+
+@pytest.mark.parametrize("command", ["prune", "snapshot"])
+def test_an_archive_or_a_snapshot_is_never_written_where_the_chain_keeps_its_own(chains, tmp_path, command) -> None:
+    """``prune --archive <data>/anchor`` answered with an archive path the anchor build then
+    replaced (the pruned records were gone for good); a snapshot written there was deleted by
+    the next prune without a word. Both are refused before anything is written or deleted."""
+    victim = tmp_path / "data"
+    shutil.copytree(chains["full"], victim)
+    before = ok_json(cli(victim, "status"))
+    for own in ("anchor", "log", "projections", "keys"):
+        args = (("prune", "--before-height", str(chains["height"]), "--archive", str(victim / own))
+                if command == "prune" else ("snapshot", "create", "--out", str(victim / own / "backups")))
+        proc = cli(victim, *args)
+        assert proc.returncode == 2, proc.stderr
+        err = json.loads(proc.stderr)
+        assert err["code"] == "CONFIG" and f"chain's own {own}" in err["error"], err
+    after = ok_json(cli(victim, "status"))
+    assert after["pruned"] == before["pruned"] is None and not (victim / "anchor").exists()
+    assert not (victim / "log" / "backups").exists() and not (victim / "anchor" / "backups").exists()

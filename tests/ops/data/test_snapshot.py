@@ -365,3 +365,80 @@ def test_restore_is_all_or_nothing(small_snapshot, tmp_path, monkeypatch) -> Non
         restore_snapshot(snap, target, force=True)
     out = restore_snapshot(snap, target, force=True)
     assert out["replaced"] and sorted(os.listdir(tmp_path)) == sorted(["target", os.path.basename(out["replaced"])])
+
+
+# -- where a restore lands ------------------------------------------------------------------------
+def test_restore_into_a_symlinked_data_dir_restores_where_it_points(small_snapshot, tmp_path) -> None:
+    """/var/lib/ledgerlog -> /mnt/big/ledgerlog: the journal was written, then renaming the link's
+    target failed (ENOTDIR) at every later open: the data dir was wedged. The restore now works on
+    the directory the link points at; the link stays, and points at the restored chain."""
+    real = tmp_path / "bigdisk" / "ledgerlog"
+    real.mkdir(parents=True)
+    link = tmp_path / "var" / "ledgerlog"
+    link.parent.mkdir()
+    os.symlink(real, link)
+    out = restore_snapshot(small_snapshot["path"], str(link))
+    assert out["data_dir"] == str(real) and os.path.islink(link) and os.path.isdir(real / "log")
+    assert ok_json(cli(link, "status"))["height"] == small_snapshot["manifest"]["height"]
+    (real / "extra").write_text("x")  # --force: the old chain moves aside beside the real directory
+    forced = restore_snapshot(small_snapshot["path"], str(link), force=True)
+    assert os.path.islink(link) and os.path.isdir(real / "log") and not (real / "extra").exists()
+    assert os.path.dirname(forced["replaced"]) == str(real.parent)
+
+
+def test_restore_into_a_mount_point_is_refused_before_anything_is_written(small_snapshot, tmp_path,
+                                                                           monkeypatch) -> None:
+    """A data dir that is its own file system cannot be renamed aside nor the copy into it: the
+    journal then wedged every command on it. Refused up front, naming the way out."""
+    target = tmp_path / "mnt"
+    target.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(restore_mod.os.path, "ismount", lambda p: p == str(target) or real_ismount(p))
+    with pytest.raises(ConfigError, match=r"mount point.*restore into a directory inside it"):
+        restore_snapshot(small_snapshot["path"], str(target))
+    assert os.listdir(tmp_path) == ["mnt"] and os.listdir(target) == []
+
+
+def test_the_restore_lock_is_not_shared_with_one_opened_before_its_holder_removed_it(tmp_path,
+                                                                                       monkeypatch) -> None:
+    """A holder removes the lock file on the way out; a process that had opened it just before got
+    the flock on the removed file, and the next one a flock on a new file: two holders (an open of
+    the data dir then 'settled' a running restore's copy away). The lock is taken on the file in
+    place, or retried."""
+    import fcntl
+    import threading
+
+    from ledgerlog.engine import restorejournal
+    target = str(tmp_path / "data")
+    opened, go = threading.Event(), threading.Event()
+    real_flock = fcntl.flock
+    late: dict[str, Any] = {}
+
+    def flock(fd: int, op: int) -> None:
+        if threading.current_thread() is late.get("thread") and not go.is_set():
+            opened.set()  # the late one has opened the lock file, and waits before its flock
+            go.wait(10)
+        real_flock(fd, op)
+    monkeypatch.setattr(restorejournal.fcntl, "flock", flock)
+
+    def take() -> None:
+        with restorejournal.held(target):
+            late["holding"] = True
+            late["release"].wait(10)
+    late["release"] = threading.Event()
+    with restorejournal.held(target):  # the first holder, leaving
+        late["thread"] = threading.Thread(target=take)
+        late["thread"].start()
+        assert opened.wait(10)
+    go.set()
+    deadline = time.monotonic() + 10
+    while not late.get("holding") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert late.get("holding")
+        with pytest.raises(StoreLockedError):  # a third one, e.g. an open's recover(): refused
+            with restorejournal.held(target):
+                pass
+    finally:
+        late["release"].set()
+        late["thread"].join(10)
