@@ -539,6 +539,24 @@ def _(ln: Lines, k: Keys) -> dict:
     return ln.payout("p", BOB, 100)
 
 
+@case(Code.CONFLICT, "provider_id reused with an integer out of range")  # was BAD_AMOUNT, ahead of its turn
+def _(ln: Lines, k: Keys) -> dict:
+    admit_ok(ln.chain, ln.provider(k.faucet, "prov-1"))
+    return edited(lambda ln, k: ln.provider(k.faucet, "prov-1"), lambda line: line["body"].update(timestamp=2**63))(ln, k)
+
+
+@case(Code.CONFLICT, "payout_id reused with an integer out of range")
+def _(ln: Lines, k: Keys) -> dict:
+    block1(ln)
+    admit_ok(ln.chain, ln.payout("p", ALICE, 100))
+    return edited(lambda ln, k: ln.payout("p", ALICE, 100), lambda line: line["body"].update(round_height=2**63))(ln, k)
+
+
+@case(Code.BAD_AMOUNT, "a new provider_id with an integer out of range")
+def _(ln: Lines, k: Keys) -> dict:
+    return edited(lambda ln, k: ln.provider(k.faucet, "prov-new"), lambda line: line["body"].update(timestamp=-2**63 - 1))(ln, k)
+
+
 @case(Code.CONFLICT, "provider_id reused by another owner")
 def _(ln: Lines, k: Keys) -> dict:
     admit_ok(ln.chain, ln.provider(k.faucet, "shared"))

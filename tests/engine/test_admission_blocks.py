@@ -279,3 +279,17 @@ def test_supply_invariant_over_a_history(chain, keys, lines):
     s = admit(chain, lines.payout("pay-c", BOB, 10**10, round_height=4), lines.tx(BOB, ALICE, 10**15))
     assert [r["code"] for r in s.rejections] == ["BAD_ROUND", "INSUFFICIENT_FUNDS"]
     assert snapshot(chain) == before
+
+
+def test_a_line_at_the_limit_counts_without_its_ending_lf_or_crlf():
+    """A line of exactly the limit was taken with LF but refused with CRLF (the CR counted);
+    one byte over is cut to limit + 1 (admission: MALFORMED) and the rest of it skipped."""
+    import io
+
+    from ledgerlog.ops.data.lines import numbered_lines
+    at, over = b"x" * 8, b"y" * 9
+    for end in (b"\n", b"\r\n"):
+        text = at + end + over + end + b"  \r\n" + at + end + over * 3 + end + b"z"
+        assert list(numbered_lines(io.BytesIO(text), limit=8)) == [
+            (1, at), (2, over), (4, at), (5, over), (6, b"z")]
+    assert list(numbered_lines(io.BytesIO(at + b"\r"), limit=8)) == [(1, at)]  # a last line's lone CR

@@ -69,13 +69,21 @@ class Rules:
             raise Rejection(Code.BAD_SIGNATURE, f"{where}: pubkey is not the key of {signer}")
 
     def _given_id(self, kind: str, ident: str, s: Signed, what: str) -> str:
-        body_hash = H(s.canonical())
+        """The body's hash, once ``ident`` (given in the body, so known before its canonical bytes)
+        is neither a DUPLICATE nor a CONFLICT: those come first (PROTOCOL §5), also for a body
+        with an integer out of range (BAD_AMOUNT otherwise), which no admitted body can equal."""
         seen = self.st.seen(kind, ident)
-        if seen == body_hash:
-            raise _dup(f"{what} {ident!r}")
         if seen is not None:
+            try:
+                same = H(s.canonical()) == seen
+            except Rejection as rej:
+                if rej.code is not Code.BAD_AMOUNT:
+                    raise
+                same = False
+            if same:
+                raise _dup(f"{what} {ident!r}")
             raise Rejection(Code.CONFLICT, f"{what} {ident!r} was admitted with a different body")
-        return body_hash
+        return H(s.canonical())
 
     def _positive(self, body: dict[str, Any], *fields: str, where: str = "body") -> None:
         for f in fields:
