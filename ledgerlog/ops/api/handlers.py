@@ -89,14 +89,16 @@ INGEST_OPENAPI: dict[str, Any] = {
                                        "refuses writes (STORAGE_UNAVAILABLE)"}}}
 
 
-#: Ingest requests a node holds at once, bodies included (admission runs one chunk at a time
-#: anyway): with 64 MiB bodies, what bounds the memory that clients can make it hold
-INGEST_IN_FLIGHT = 4
+#: Ingest bodies of the largest size (``http.ingest_max_body``) a node holds at once, counted in
+#: bytes as they arrive (admission takes a chunk at a time anyway): what bounds the memory clients
+#: can make it hold. A slow client holds only what it has sent: it cannot take the room of others.
+INGEST_BODIES = 4
 
 
 def ingest(edge: Edge) -> Endpoint:
     node = edge.node
-    in_flight = [0]  # ingest requests under way (the event loop's thread alone counts them)
+    room = INGEST_BODIES * edge.limits.max_ingest_body
+    held = [0]  # bytes of ingest bodies held now (the event loop's thread alone counts them)
 
     async def ingest(request: Request) -> Response:
         check_ingest_headers(request.headers, edge.allowed_origins)
@@ -105,20 +107,24 @@ def ingest(edge: Edge) -> Endpoint:
         wait = edge.ingest_buckets.take(client_key(request))
         if wait > 0:
             raise RateLimitedError("too many ingest requests from this client", wait)
-        if in_flight[0] >= INGEST_IN_FLIGHT:
-            raise OverloadedError(f"{INGEST_IN_FLIGHT} ingest requests are under way; send this one again "
-                                  "when one has been answered")
-        in_flight[0] += 1
+        mine = 0
         try:
             # the size cap is BodyLimit's (max_ingest_body); a client gone meanwhile is ClientDisconnect
-            chunks = [chunk async for chunk in request.stream()]
+            chunks = []
+            async for chunk in request.stream():
+                if held[0] + len(chunk) > room:
+                    raise OverloadedError(f"ingest bodies of {held[0]} bytes are under way; send this one "
+                                          "again when one has been answered")
+                held[0] += len(chunk)
+                mine += len(chunk)
+                chunks.append(chunk)
             body = b"".join(chunks)
             del chunks
             # lines are read lazily, a chunk at a time, so memory is the body and one chunk's lines
             ids = request.query_params.get("ids", "").lower() in ("1", "true", "yes")  # list admitted ids
             summary = await run_in_threadpool(node.admit_numbered, numbered_lines(io.BytesIO(body)), ids)
         finally:
-            in_flight[0] -= 1
+            held[0] -= mine
         return json_response(summary, 422 if summary["rejected"] else 200)
     return ingest
 

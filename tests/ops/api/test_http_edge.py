@@ -425,22 +425,46 @@ def test_a_request_head_over_64_kib_is_431_and_closed(tmp_path):
         assert big_but_fine.status_code == 200  # a large head under the cap still goes through
 
 
-def test_ingest_requests_past_the_in_flight_cap_are_503_until_one_is_answered(tmp_path):
-    """Bodies of up to 64 MiB are held whole: the node holds INGEST_IN_FLIGHT ingest requests at
-    once and answers the next 503 OVERLOADED (other routes are served meanwhile)."""
-    from ledgerlog.ops.api.handlers import INGEST_IN_FLIGHT
+def _slow_ingest(addr: tuple[str, int], length: int, sent: bytes) -> socket.socket:
+    """An ingest request whose head and the first bytes of its body are sent, the rest not."""
+    s = socket.create_connection(addr, timeout=5)
+    s.sendall(b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
+              b"Content-Length: %d\r\n\r\n" % length + sent)
+    return s
+
+
+def test_slow_ingest_bodies_do_not_take_the_room_of_others(tmp_path):
+    """Four ingest requests from one peer, sending their bodies slowly, held every ingest slot:
+    everyone else got 503 OVERLOADED for the whole body timeout, again and again. The node now
+    holds bodies by the bytes that arrived: a slow client holds what it sent, not a slot."""
+    from ledgerlog.ops.api.handlers import INGEST_BODIES
     with node_process(tmp_path, {"LEDGERLOG_HTTP_BODY_TIMEOUT": "60"}) as (url, _proc):
+        slow = [_slow_ingest(_addr(url), 1000, b"\n") for _ in range(4 * INGEST_BODIES)]
+        try:
+            time.sleep(0.5)  # the node has read their heads and first bytes
+            r = httpx.post(url + "/v1/ingest", content=b"\n", headers=NDJSON, timeout=5)
+            assert r.status_code == 200, r.text
+        finally:
+            for s in slow:
+                s.close()
+
+
+def test_ingest_bodies_past_the_byte_room_are_503_until_one_is_answered(tmp_path):
+    """What bounds the memory clients make the node hold: bodies (up to http.ingest_max_body each)
+    of INGEST_BODIES full bodies in all, counted as they arrive; past it 503 OVERLOADED (other
+    routes are served meanwhile), and room again once a request has been answered."""
+    from ledgerlog.ops.api.handlers import INGEST_BODIES
+    cap = 4096
+    with node_process(tmp_path, {"LEDGERLOG_HTTP_BODY_TIMEOUT": "60", "LEDGERLOG_INGEST_MAX_BODY": str(cap)}) \
+            as (url, _proc):
         addr = _addr(url)
         slow = []
         try:
-            for _ in range(INGEST_IN_FLIGHT):  # heads sent, bodies not: each one is under way
-                s = socket.create_connection(addr, timeout=5)
-                s.sendall(b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
-                          b"Content-Length: 1000\r\n\r\n\n")
-                slow.append(s)
+            for _ in range(INGEST_BODIES):  # each has sent all but the last byte of a full body
+                slow.append(_slow_ingest(addr, cap, b"\n" * (cap - 1)))
             deadline = time.monotonic() + 10
-            while True:  # the node reads the heads in its own time
-                r = httpx.post(url + "/v1/ingest", content=b"\n", headers=NDJSON, timeout=5)
+            while True:  # the node reads them in its own time; 100 more bytes do not fit
+                r = httpx.post(url + "/v1/ingest", content=b"\n" * 100, headers=NDJSON, timeout=5)
                 if r.status_code == 503 or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
@@ -450,7 +474,8 @@ def test_ingest_requests_past_the_in_flight_cap_are_503_until_one_is_answered(tm
             for s in slow:
                 s.close()
         deadline = time.monotonic() + 10
-        while (r := httpx.post(url + "/v1/ingest", content=b"\n", headers=NDJSON, timeout=5)).status_code == 503:
+        while (r := httpx.post(url + "/v1/ingest", content=b"\n" * 100, headers=NDJSON,
+                               timeout=5)).status_code == 503:
             assert time.monotonic() < deadline, r.text
             time.sleep(0.05)
         assert r.status_code == 200, r.text
