@@ -293,3 +293,17 @@ def test_a_line_at_the_limit_counts_without_its_ending_lf_or_crlf():
         assert list(numbered_lines(io.BytesIO(text), limit=8)) == [
             (1, at), (2, over), (4, at), (5, over), (6, b"z")]
     assert list(numbered_lines(io.BytesIO(at + b"\r"), limit=8)) == [(1, at)]  # a last line's lone CR
+
+
+@pytest.mark.parametrize("digits", [20, 4300, 4301, 100_000])
+def test_an_integer_out_of_range_is_bad_amount_however_many_digits_it_has(chain, keys, lines, digits):
+    """PROTOCOL §7: an integer outside the signed 64-bit range is BAD_AMOUNT. One of more than
+    4300 digits (past what CPython converts) was MALFORMED; now the same, in its turn of §5."""
+    share = encode(lines.share(difficulty=1024)).replace(b'"difficulty":1024', b'"difficulty":' + b"9" * digits)
+    tx = encode(lines.tx(keys.faucet, ALICE, 777)).replace(b'"amount":777', b'"amount":-' + b"9" * digits)
+    before = snapshot(chain)
+    for raw in (share, tx):
+        assert [r["code"] for r in admit(chain, raw).rejections] == ["BAD_AMOUNT"]
+    assert snapshot(chain) == before
+    bad = share.replace(b'"type":"share"', b'"type":"nope"')  # and a line malformed besides stays MALFORMED
+    assert [r["code"] for r in admit(chain, bad).rejections] == ["MALFORMED"]

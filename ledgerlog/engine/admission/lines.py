@@ -9,6 +9,7 @@ so that check keeps its place in §5's order.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from types import GenericAlias
 from typing import Annotated, Any, Literal, Union, get_args
@@ -204,6 +205,10 @@ def parse_line(line: bytes | str) -> Item:
         raise Rejection(Code.MALFORMED, f"line is over the {MAX_LINE_BYTES} byte limit")
     try:
         obj = _DECODER.decode(line)
+    except msgspec.ValidationError as exc:
+        if not str(exc).startswith(_TOO_MANY_DIGITS):
+            raise Rejection(Code.MALFORMED, _fault(line, exc)) from None
+        obj = _decode_capped(line, exc)
     except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError is a DecodeError
         raise Rejection(Code.MALFORMED, _fault(line, exc)) from None
     kind = _SHAPES[type(obj)]
@@ -219,6 +224,33 @@ def parse_line(line: bytes | str) -> Item:
     if kind == "rotation":
         return RotationLine(_signed("KeyRotationBody", obj, "body", obj.body), obj.new_signature)
     return SignedLine(kind, _signed(SIGNED_KINDS[kind], obj, "body", obj.body))
+
+
+#: msgspec's error for an integer literal of more digits than CPython converts (4300)
+_TOO_MANY_DIGITS = "Integer value out of range"
+#: what such a literal is read as: as far outside the signed 64-bit range (BAD_AMOUNT, in its turn)
+_FAR_OUT = 2**64
+
+
+def _capped(literal: str) -> int:
+    """A JSON integer; one too long for CPython to convert (never converted: quadratic) as
+    ``±_FAR_OUT``."""
+    if len(literal) > 4300:
+        return -_FAR_OUT if literal.startswith("-") else _FAR_OUT
+    return int(literal)
+
+
+def _decode_capped(line: bytes | str, exc: Exception) -> Any:
+    """A line with an integer of more than 4300 digits, decoded with it read as ``±_FAR_OUT``: it
+    is out of the 64-bit range like one of 20 digits (PROTOCOL §7: BAD_AMOUNT), not MALFORMED."""
+    try:
+        doc = json.loads(line, parse_int=_capped)
+    except (ValueError, RecursionError):
+        raise Rejection(Code.MALFORMED, _fault(line, exc)) from None
+    try:
+        return _DECODER.decode(json.dumps(doc))
+    except (msgspec.DecodeError, RecursionError) as again:
+        raise Rejection(Code.MALFORMED, _fault(line, again)) from None
 
 
 #: Byte-order marks (UTF-8, UTF-16 LE/BE) a line may not start with: lines are UTF-8 without one.
