@@ -73,7 +73,8 @@ class Chain:
         """The tree heads (PROTOCOL.md §9): a writer's open publishes them with the log key (made
         here for a chain made before log keys were); a read-only open only reads them."""
         if self.read_only:
-            return HeadPublisher(self.log, self.codec, self.genesis.chain_id, None, self._log_keys)
+            return HeadPublisher(self.log, self.codec, self.genesis.chain_id, None, self._log_keys,
+                                 lambda: WriteState(self.log).log_key_now() if self.log.keeps_state else None)
         recorded = self._recorded_log_key()
         missing = not os.path.exists(log_key_path(self.config.keys_dir))
         signer = load_log_key(self.config.keys_dir, create=True)

@@ -90,10 +90,13 @@ class HeadPublisher:
     a ``signer`` (a reader's open) it only reads the published heads."""
 
     def __init__(self, log: Log, codec: Codec, chain_id: str, signer: Signer | None,
-                 log_keys: Callable[[], Iterable[str]] = lambda: ()) -> None:
-        """``log_keys``: the keys that have held the chain's log role (the writer's own is one)."""
+                 log_keys: Callable[[], Iterable[str]] = lambda: (),
+                 key_now: Callable[[], str | None] = lambda: None) -> None:
+        """``log_keys``: the keys that have held the chain's log role (the writer's own is one);
+        ``key_now``: the one that holds it now (a reader's; a writer's is its signer's)."""
         self.log, self.codec, self.chain_id, self.signer = log, codec, chain_id, signer
         self._log_keys = log_keys
+        self._key_now = key_now
         self._lock = threading.Lock()
         #: (topic, partition) -> the newest head on _checkpoints (SignedTreeHead)
         self.latest: dict[tuple[str, int], dict[str, Any]] = {}
@@ -109,10 +112,13 @@ class HeadPublisher:
         """Fold heads appended to ``_checkpoints`` since the last look (by anyone). Only heads of
         this chain, under their partition's key, signed by one of its log keys count: a forged
         head (on a Kafka cluster anyone allowed to write the topic can append one, of any size)
-        must neither be served nor stop this node from publishing."""
+        must neither be served nor stop this node from publishing, nor one of a retired key after
+        the current key's first, nor one larger than the log's own tree (signed by a leaked key,
+        it stopped the heads of its partition for good: none was due until the tree outgrew it)."""
         if CHECKPOINTS not in self.log.topics():
             return
         keys: set[str] | None = None
+        mine = self.signer.pubkey if self.signer else self._key_now()
         for rec in self.log.scan(CHECKPOINTS, 0, self._read_to):
             self._read_to = rec.offset + 1
             try:
@@ -127,19 +133,27 @@ class HeadPublisher:
                 if head["chain_id"] != self.chain_id or rec.key != head_key(*tp):
                     raise ProofError("not this chain's head of that partition")
                 check_head_signature(signed, keys)
-                self._no_retired_key(signed["pubkey"], rec.offset)
-            except ProofError:
-                logger.warning("ignoring the tree head at %s[%s] offset %s: not this chain's, or not signed "
-                               "by its log key (an auditor's `ledgerlog audit` reports it)", CHECKPOINTS, 0, rec.offset)
+                self._no_retired_key(signed["pubkey"], rec.offset, mine)
+                self._within_tree(*tp, head["tree_size"])
+            except ProofError as exc:
+                logger.warning("ignoring the tree head at %s[%s] offset %s: %s (an auditor's `ledgerlog audit` "
+                               "reports it)", CHECKPOINTS, 0, rec.offset, exc)
                 continue
             have = self.latest.get(tp)
             if have is None or head["tree_size"] >= have["head"]["tree_size"]:
                 self.latest[tp] = signed
 
-    def _no_retired_key(self, pubkey: str, offset: int) -> None:
-        """ProofError for a head that a key other than this writer's signed after the writer's
-        key signed its first; else note that first head."""
-        mine = self.signer.pubkey if self.signer else None
+    def _within_tree(self, topic: str, partition: int, size: int) -> None:
+        """ProofError for a head larger than this log's tree of its partition."""
+        trees = self.log.trees
+        if trees is not None and (topic, partition) in trees.states():
+            have = trees.state(topic, partition).size
+            if size > have:
+                raise ProofError(f"a head of {topic}[{partition}] at tree size {size}, beyond the log's {have} leaves")
+
+    def _no_retired_key(self, pubkey: str, offset: int, mine: str | None) -> None:
+        """ProofError for a head that a key other than ``mine`` (the current log key) signed
+        after ``mine`` signed its first; else note that first head."""
         if mine is None:
             return
         if pubkey == mine:

@@ -162,8 +162,7 @@ class Auditor:
                     self.problems.append(Problem("OFFSET_GAP", topic, p, gap, f"offset {gap} of {topic}[{p}] is "
                                                  "missing: a tree head record was dropped", offset=gap))
         self._accept_keys()
-        for p in sorted({h[0] for h in self._heads}):
-            self._check_heads([h for h in self._heads if h[0] == p])
+        self._check_heads(self._heads)
         for (topic, p), (size, root) in self.remembered.items():
             self._part(topic, p).checks.append(_Check(size, root, f"the head remembered at tree size {size} "
                                                       "(--state)", None))
@@ -176,12 +175,15 @@ class Auditor:
             ev = _decode("KeyRotated", rec.value)
         except ValueError:
             return  # not a rotation of ours: the tree check judges the record itself
-        if ev["body"]["role"] == "log":
+        if ev["body"]["role"] == "log" and rec.partition == 0:  # ledger.keys has one partition
             self._rotations.append({**ev, "_where": (rec.partition, rec.offset)})
 
     def _accept_keys(self) -> None:
-        """The pinned key and every key a valid log rotation from an accepted key introduced, in
-        ``ledger.keys`` order (a key stays accepted: its old heads remain verifiable)."""
+        """The pinned key and every key a valid log rotation introduced, in ``ledger.keys`` order:
+        one chain of them (PROTOCOL §8.1: the old key must hold the role now), so a rotation by a
+        retired key (perhaps leaked: that is why one rotates) fails the audit (RETIRED_KEY) and
+        the key it names is not accepted. A key stays accepted: its old heads remain verifiable."""
+        current = self.pinned
         for ev in self._rotations:
             body = ev["body"]
             old, new = body["old_pubkey"], body["new_pubkey"]
@@ -193,6 +195,14 @@ class Auditor:
                 self.rejected_rotations.append({"partition": p, "offset": off, "new_pubkey": new,
                                                 "reason": "a signature does not verify"})
                 continue
+            if old != current:
+                self.rejected_rotations.append({"partition": p, "offset": off, "new_pubkey": new,
+                                                "reason": "signed by a retired log key"})
+                self.problems.append(Problem("RETIRED_KEY", T.KEYS, p, off, f"the log key rotation at {T.KEYS} "
+                                             f"offset {off} is signed by the retired key {old[:16]}..., not the "
+                                             f"key holding the role then ({current[:16]}...)", offset=off))
+                continue
+            current = new
             if new not in self.accepted:
                 self.accepted.append(new)
             for key, after in [(old, set()), *self.successors.items()]:  # old, and every key before it
@@ -207,6 +217,9 @@ class Auditor:
 
             def bad(code: str, message: str, cp: int = cp, index: int = index, offset: int = offset) -> None:
                 self.problems.append(Problem(code, T.CHECKPOINTS, cp, index, message, offset=offset))
+            if cp != 0:  # one partition: heads in one order, whatever the partition a copy claims
+                bad("BAD_HEAD", f"a tree head record on {T.CHECKPOINTS} partition {cp}: the topic has one")
+                continue
             try:
                 signed = _decode("SignedTreeHead", value)
             except ValueError as exc:
