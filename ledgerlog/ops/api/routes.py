@@ -6,13 +6,15 @@ table, through ops/api/guard.py)."""
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ledgerlog.engine.errors import BadRequest
 from ledgerlog.ops.api import docs
 from ledgerlog.ops.api import handlers as h
 from ledgerlog.ops.api import registry as reg
@@ -170,6 +172,21 @@ def path_params(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
 
 
+#: an integer query parameter: decimal digits (leading zeros too), no sign, space, point or _
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+def _plain_params(request: Request, route: Route) -> None:
+    """BadRequest for a parameter given twice, or an integer one spelt other than in plain
+    digits (FastAPI's lax int took " 1", "+1", "1.0" and "1_0" as 1; the fast lane does not)."""
+    for p in route.params:
+        values = request.query_params.getlist(p.name)
+        if len(values) > 1:
+            raise BadRequest(f"{p.name} is given {len(values)} times: give it once")
+        if values and not p.text and not _DECIMAL.fullmatch(values[0]):
+            raise BadRequest(f"{p.name} must be an integer in plain digits, not {values[0][:40]!r}")
+
+
 def _query_endpoint(route: Route, edge: h.Edge) -> Callable[..., Any]:
     """The FastAPI endpoint of a query route: its parameters declared (FastAPI validates them and
     describes them in /openapi.json), its answer read after the projections caught up."""
@@ -182,7 +199,8 @@ def _query_endpoint(route: Route, edge: h.Edge) -> Callable[..., Any]:
         queries.sync()
         return fn(*args)
 
-    async def endpoint(**kw: Any) -> Any:
+    async def endpoint(request: Request, **kw: Any) -> Any:
+        _plain_params(request, route)
         args = tuple(kw[n] for n in names) + tuple(kw[p.name] for p in route.params)
         if route.reads is None:
             return json_response(fn(*args))
@@ -190,7 +208,8 @@ def _query_endpoint(route: Route, edge: h.Edge) -> Callable[..., Any]:
 
     kw_only = inspect.Parameter.KEYWORD_ONLY
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(n, kw_only, annotation=str) for n in names]
+        [inspect.Parameter("request", kw_only, annotation=Request)]
+        + [inspect.Parameter(n, kw_only, annotation=str) for n in names]
         + [inspect.Parameter(p.name, kw_only, annotation=str | None, default=Query(None, max_length=p.max_length))
            if p.text else
            inspect.Parameter(p.name, kw_only, annotation=int | None, default=Query(None, ge=p.ge, le=p.le))
