@@ -25,7 +25,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.movements import confirmed_nonce, event_height, movements
 
-from .base import U64, Event, Txn, View, h8, jdump, jload
+from .base import U64, Event, Txn, View, h8, height_of_key, jdump, jload
 
 NAME = "balances"
 VERSION = 2
@@ -43,7 +43,7 @@ FIELDS = {
 }
 
 __all__ = ["NAME", "VERSION", "TOPICS", "Row", "initial", "fold", "merge", "rows_of", "fold_rows", "account",
-           "richest"]
+           "richest", "below"]
 
 #: One account's change by one event: (address, height, balance delta, staked delta, nonce it
 #: confirms or 0). ``fold`` folds events; a sharded worker folds these rows (streams/shards).
@@ -222,6 +222,12 @@ def fold_rows(rows: Iterable[Row], txn: Txn) -> None:
     for row in rows:
         apply(*row)
     batch.flush()
+
+
+def below(key: bytes, value: bytes, height: int) -> bool:
+    """Does this entry hold history from below ``height`` (a history chunk starting there)?
+    After a prune below it the raw reads leave it out."""
+    return key.startswith(b"h/") and height_of_key(key) < height
 
 
 def account(view: View, addr: str, height: int | None = None) -> dict[str, Any]:

@@ -12,11 +12,16 @@ from typing import Any, Protocol
 from ledgerlog.engine.intjson import dumps as jdump
 from ledgerlog.engine.intjson import loads as _loads
 
-__all__ = ["View", "Txn", "Event", "U64", "h8", "jload", "jdump"]
+__all__ = ["View", "Txn", "Event", "U64", "h8", "height_of_key", "jload", "jdump"]
 
 U64 = struct.Struct(">Q")
 #: (topic, decoded event)
 Event = tuple[str, dict[str, Any]]
+
+
+def height_of_key(key: bytes) -> int:
+    """The height in a key's last 8 bytes (``h8``)."""
+    return int(U64.unpack(key[-8:])[0])
 
 
 def h8(n: int) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis
 
-from .base import Event, Txn, View, h8, jdump, jload
+from .base import U64, Event, Txn, View, h8, height_of_key, jdump, jload
 
 NAME = "chainstate"
 VERSION = 2
@@ -28,7 +28,7 @@ FIELDS = {
 }
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "tip", "block", "tx", "recent_blocks",
-           "mempool_size"]
+           "mempool_size", "below"]
 
 
 def initial(genesis: Genesis, txn: Txn) -> None:
@@ -72,6 +72,18 @@ def fold(genesis: Genesis, events: Iterable[Event], txn: Txn) -> None:
                 pending[0] += 1
     put(b"tip", jdump(tip))
     put(b"mpn", jdump(pending[0]))
+
+
+def below(key: bytes, value: bytes, height: int) -> bool:
+    """Does this entry hold history from below ``height`` (a block, its hash, a transaction, a
+    submission or an eviction there)? After a prune below it the raw reads leave it out."""
+    if key.startswith(b"b/"):
+        return height_of_key(key) < height
+    if key.startswith((b"bh/", b"ev/")):
+        return int(U64.unpack(value)[0]) < height
+    if key.startswith((b"t/", b"ms/")):
+        return int(jload(value)[0]) < height
+    return False
 
 
 def tip(view: View) -> dict[str, Any]:

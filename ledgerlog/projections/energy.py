@@ -26,7 +26,7 @@ from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.governance import PARAMETERS
 
-from .base import Event, Txn, View, h8, jdump, jload
+from .base import Event, Txn, View, h8, height_of_key, jdump, jload
 
 NAME = "energy"
 VERSION = 2
@@ -41,7 +41,7 @@ FIELDS = {
 }
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "provider", "market", "providers", "page",
-           "parameters", "last_settlement_height", "unsettled_since", "unsettled"]
+           "parameters", "last_settlement_height", "unsettled_since", "unsettled", "below"]
 
 # positions in a provider record
 OWNER, METER, STAKE, PRICE, REG_HEIGHT, CREDITED, SETTLED, AMOUNT, READINGS, SETTLEMENTS, LAST = range(11)
@@ -216,6 +216,12 @@ def _as_dict(view: View, provider_id: str, p: list[Any], height: int | None) -> 
         "settled_amount": amount, "readings": readings, "settlements": settlements,
         "unsettled_since_height": unsettled_since(view, provider_id, settled, credited, upto),
     }
+
+
+def below(key: bytes, value: bytes, height: int) -> bool:
+    """Does this entry hold history from below ``height`` (a provider's or a parameter's state as
+    of a height there)? After a prune below it the raw reads leave it out."""
+    return key.startswith((b"h/", b"g/")) and height_of_key(key) < height
 
 
 def provider(view: View, provider_id: str, height: int | None = None) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import Any
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.genesis import Genesis
 
-from .base import Event, Txn, View, h8, jdump, jload
+from .base import Event, Txn, View, h8, height_of_key, jdump, jload
 
 NAME = "payouts"
 VERSION = 1
@@ -32,7 +32,7 @@ FIELDS = {
 }
 
 __all__ = ["NAME", "VERSION", "TOPICS", "initial", "fold", "worker", "pool", "workers",
-           "round_info"]
+           "round_info", "below"]
 
 # positions in a worker record
 CREDITED, PAID, SHARES, REJECTED, DIFFICULTY, RIGS, ROUNDS, PAYOUTS = range(8)
@@ -251,6 +251,14 @@ def _as_dict(addr: str, w: list[Any]) -> dict[str, Any]:
             "pending": w[CREDITED] - w[PAID], "shares": w[SHARES],
             "rejected_shares": w[REJECTED], "difficulty": w[DIFFICULTY], "rigs": w[RIGS],
             "rounds": w[ROUNDS], "payouts": w[PAYOUTS]}
+
+
+def below(key: bytes, value: bytes, height: int) -> bool:
+    """Does this entry hold history from below ``height`` (the shares mined, a round's credits or
+    its payment there)? After a prune below it the raw reads leave it out."""
+    if key.startswith(b"w/"):
+        return height_of_key(key) - _OFF < height
+    return key.startswith((b"r/", b"rp/")) and height_of_key(key) < height
 
 
 def worker(view: View, address: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ledgerlog.engine.errors import BadRequest, NotFoundError, UnknownProjectionError
+from ledgerlog.engine.errors import BadRequest, NotFoundError, PrunedError, UnknownProjectionError
 from ledgerlog.engine.intjson import loads
 from ledgerlog.streams import catalog
 
@@ -21,6 +21,8 @@ __all__ = ["MAX_KEY", "PAGE", "PAGE_MAX", "key_bytes", "key_text", "value_of", "
 
 MAX_KEY = 1024  # bytes of a key asked for
 PAGE, PAGE_MAX = 100, 1000  # entries a page holds by default, and at most
+#: entries a page walks past unserved (pruned history) before it ends, naming where to go on
+SKIP_MAX = 10 * PAGE_MAX
 _HEX = "hex:"
 _INTERNAL = b"\x00"  # the store's own keys (positions, digest) start with it: never served
 
@@ -83,6 +85,13 @@ def listing(q: Queries) -> dict[str, Any]:
     return {"projections": out}
 
 
+def _pruned_below(q: Queries, h: Any) -> int | None:
+    """The prune height, for a built-in projection of a pruned log (its ``below`` tells the entries
+    that hold history from under it, which the log no longer holds: never served raw)."""
+    point = q.runner.log.prune_point()
+    return point.height if point is not None and hasattr(h.module, "below") else None
+
+
 def entry(q: Queries, name: str, key: str) -> dict[str, Any]:
     """One key of a projection: {"projection", "key", "value", "encoding", "provenance"}."""
     h = _handle(q, name)
@@ -90,6 +99,10 @@ def entry(q: Queries, name: str, key: str) -> dict[str, Any]:
     value = None if raw.startswith(_INTERNAL) or not raw else h.store.view().get(raw)
     if value is None:
         raise NotFoundError(f"projection {name} has no key {key_text(raw)!r}")
+    pruned = _pruned_below(q, h)
+    if pruned is not None and h.module.below(raw, value, pruned):
+        raise PrunedError(f"{name} key {key_text(raw)!r} holds history from below height {pruned}, which the log "
+                          "no longer holds (pruned); the operator's archive of it is what holds it now")
     return {"projection": name, "key": key_text(raw), **value_of(value), "provenance": q.provenance(name)}
 
 
@@ -109,8 +122,16 @@ def page(q: Queries, name: str, prefix: str | None = None, start: str | None = N
         first = b"\x01"  # past the store's own keys
     items: list[dict[str, Any]] = []
     nxt = None
+    pruned = _pruned_below(q, h)
+    skipped = 0
     for k, v in h.store.view().items(pre, first):
         if k.startswith(_INTERNAL):
+            continue
+        if pruned is not None and h.module.below(k, v, pruned):
+            skipped += 1
+            if skipped > SKIP_MAX:  # a long run of pruned history: this page ends, the next goes on
+                nxt = key_text(k)
+                break
             continue
         if len(items) == n:
             nxt = key_text(k)

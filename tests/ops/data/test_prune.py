@@ -550,3 +550,39 @@ def test_an_archive_or_a_snapshot_is_never_written_where_the_chain_keeps_its_own
     after = ok_json(cli(victim, "status"))
     assert after["pruned"] == before["pruned"] is None and not (victim / "anchor").exists()
     assert not (victim / "log" / "backups").exists() and not (victim / "anchor" / "backups").exists()
+
+
+def _raw_pages(q: Any, name: str) -> list[tuple[str, Any]]:
+    """Every entry the raw projection routes serve of ``name``, page by page."""
+    out, start = [], None
+    while True:
+        page = q.projection_page(name, start=start, limit=1000)
+        out += [(it["key"], it) for it in page["items"]]
+        if page["next"] is None:
+            return out
+        start = page["next"]
+
+
+def test_the_raw_projection_routes_serve_no_history_from_below_the_prune(chains) -> None:
+    """/v1/projections/<name>[/keys/<key>] read the stores as folded, which still hold what the
+    log no longer does: block 1 whole (header, txids, signature), transactions and balance
+    history below the prune height. Such entries are now left out of pages and 410 PRUNED."""
+    from ledgerlog import projections
+    from ledgerlog.engine.errors import PrunedError
+    from ledgerlog.ops.query.userviews import key_text
+    h = chains["height"]
+    with open_queries(_cfg(chains["pruned"])) as q, open_queries(_cfg(chains["full"])) as full:
+        for name, module in projections.ALL.items():
+            served = _raw_pages(q, name)
+            kept = [k for k, _ in served]
+            below = [key_text(k) for k, v in full.runner.handles[name].store.view().items(b"", b"\x01")
+                     if module.below(k, v, h)]
+            assert served and not set(kept) & set(below), name
+            if name in ("chainstate", "balances", "payouts"):  # this history has some below the prune
+                assert below, name
+        block1 = "hex:" + (b"b/" + (1).to_bytes(8, "big")).hex()
+        with pytest.raises(PrunedError, match="below height"):
+            q.projection_entry("chainstate", block1)
+        assert full.projection_entry("chainstate", block1)["value"]["header"]["height"] == 1
+        above = "hex:" + (b"b/" + h.to_bytes(8, "big")).hex()
+        assert q.projection_entry("chainstate", above)["value"]["header"]["height"] == h
