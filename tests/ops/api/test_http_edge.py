@@ -236,7 +236,9 @@ def test_in_range_heights_still_answer(node, client):
     ("faucet-topup", {"amount": 5, "extra": 1}), ("pause", {"zzz": 1}), ("reproject", {"names": ["nope"]}),
     ("reproject", {"names": "chainstate"}), ("reproject", {"keep": 10**30}), ("snapshot", {"out": 5}),
     ("rotate-key", {"key": 10**30}), ("compact", {"a": 1}), ("faucet-pause", {"x": None}),
-    ("pause", {"\ud800": 1}), ("rotate-key", {"key": "\udc00"})])  # lone surrogates, quoted back in the error
+    ("pause", {"\ud800": 1}), ("rotate-key", {"key": "\udc00"}),  # lone surrogates, quoted back in the error
+    ("snapshot-prune", {"keep": 2**64, "dry_run": True}), ("snapshot-prune", {"keep": 2**63}),  # ran, and were recorded
+    ("snapshot-prune", {"keep": -(2**63) - 1})])
 def test_bad_admin_bodies_are_400_and_change_nothing(node, client, name, body):
     r = client.post(f"/v1/admin/{name}", content=json.dumps(body), headers={**ADMIN, "Content-Type": "application/json"})
     assert_error(r, 400, "BAD_REQUEST")
