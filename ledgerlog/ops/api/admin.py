@@ -71,7 +71,7 @@ def body_problem(action: Action, name: str, body: dict[str, Any]) -> str | None:
         v = body.get(key)
         if v is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
             return f"{key} must be {_TYPE_NAMES.get(typ, typ.__name__)}"
-        if typ is int and v is not None and not -(2**63) <= v < 2**63:
+        if typ is int and isinstance(v, int) and not -(2**63) <= v < 2**63:
             return f"{key} must be a signed 64-bit integer, not {str(v)[:40]}"
     return None
 

@@ -32,6 +32,7 @@ overridable by its environment variable (read once, when the CLI builds the Conf
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -45,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledgerlog.engine.config import Config, env_values
 from ledgerlog.engine.errors import BadRequest, TooLargeError
-from ledgerlog.ops.api.guard import send_error
+from ledgerlog.ops.api.guard import send_error, unmapped
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
@@ -205,8 +206,15 @@ class TokenBuckets:
 
 
 def client_key(request: Request) -> str:
-    """The client a limit applies to: the TCP peer's address (proxies are not trusted)."""
-    return request.client.host if request.client else "unknown"
+    """The client a limit applies to: the TCP peer's address (proxies are not trusted); an IPv6
+    peer by its /64, which one home line or host holds whole (2^64 addresses to go through, a
+    new client at each), an IPv4-mapped one as its IPv4 address."""
+    host = request.client.host if request.client else ""
+    try:
+        ip = ipaddress.ip_address(unmapped(host))
+    except ValueError:
+        return host or "unknown"
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
 
 # -- run-time switches ----------------------------------------------------------------------------

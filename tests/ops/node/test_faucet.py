@@ -138,6 +138,25 @@ def test_rate_limit_per_ip(node):
     assert len(pending) == 3  # the refused request admitted nothing
 
 
+def test_the_ip_limit_holds_an_ipv6_client_by_its_64(node):
+    """Keyed by the full address, one /64 (every home line and host gets one) was a new client at
+    each of its 2^64 addresses: the faucet drained as fast as the request loop. An IPv6 client
+    is its /64; another /64, and an IPv4-mapped address's IPv4 client, are their own."""
+    settings = FaucetSettings(ip_burst=2, ip_interval=3600, address_burst=10)
+    app = create_app(node, limits=HttpLimits(), faucet=settings)
+    codes = []
+    for i in range(4):
+        with TestClient(app, client=(f"2001:db8:1:2::{i + 1:x}", 1)) as c:
+            codes.append(c.post("/v1/faucet", json={"address": signer_from_byte(30 + i).address}).status_code)
+    assert codes == [200, 200, 429, 429]
+    with TestClient(app, client=("2001:db8:1:3::1", 1)) as other, \
+            TestClient(app, client=("::ffff:10.9.9.9", 1)) as mapped, TestClient(app, client=("10.9.9.9", 1)) as v4:
+        assert other.post("/v1/faucet", json={"address": signer_from_byte(40).address}).status_code == 200
+        for b in (41, 42):
+            assert mapped.post("/v1/faucet", json={"address": signer_from_byte(b).address}).status_code == 200
+        assert v4.post("/v1/faucet", json={"address": signer_from_byte(43).address}).status_code == 429
+
+
 def test_rate_limit_per_address(node):
     settings = FaucetSettings(ip_burst=10, address_burst=1, address_interval=3600)
     app = create_app(node, limits=HttpLimits(), faucet=settings)
