@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_dir", "atomic_writer", "write_atomic", "fsync_dir", "fsync_tree", "plain_name"]
+__all__ = ["atomic_dir", "atomic_writer", "write_atomic", "fsync_dir", "fsync_tree", "plain_name", "still_at"]
 
 
 def plain_name(name: object) -> bool:
@@ -17,6 +17,17 @@ def plain_name(name: object) -> bool:
     name "/srv/other" or "../..", which a later removal of that target would follow.)"""
     return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
             and (os.altsep is None or os.altsep not in name) and "\x00" not in name)
+
+
+def still_at(fd: int, path: str) -> bool:
+    """Is the file open as ``fd`` still the one at ``path`` (a lock taken on a file or directory
+    another process removed, or replaced, meanwhile holds nothing)?"""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def fsync_dir(directory: str) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import StorageError, StoreLockedError
-from .files import fsync_dir, write_atomic
+from .files import fsync_dir, still_at, write_atomic
 
 __all__ = ["clear_journal", "held", "recover", "settle", "tmp_prefix", "write_journal"]
 
@@ -77,12 +77,7 @@ def _lock(lock: str, data_dir: str) -> int:
         except BlockingIOError:
             os.close(fd)
             raise StoreLockedError(f"a restore into {data_dir} is under way in another process") from None
-        mine = os.fstat(fd)
-        try:
-            there = os.stat(lock)
-        except FileNotFoundError:
-            there = None
-        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+        if still_at(fd, lock):
             return fd
         os.close(fd)
 

@@ -55,7 +55,7 @@ from ledgerlog.engine.errors import (
     StoreLockedError,
     storage_error,
 )
-from ledgerlog.engine.files import fsync_dir, fsync_tree
+from ledgerlog.engine.files import fsync_dir, fsync_tree, still_at
 from ledgerlog.engine.log.base import Log
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.rocks import map_error
@@ -169,12 +169,7 @@ def reading(path: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreLockedError(f"snapshot {path} is being deleted (snapshot prune)") from None
-        held = os.fstat(fd)
-        try:
-            now = os.stat(path)
-        except FileNotFoundError:
-            now = None
-        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        if not still_at(fd, path):
             raise ConfigError(f"no snapshot at {path}: it was pruned")  # between our open and our lock
         yield
     finally:
