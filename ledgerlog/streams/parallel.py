@@ -280,7 +280,6 @@ def _plan_build(log_: Log, mods: dict[str, Any], projections_dir: str, paths: di
 def _splittable(log_: Log, path: str) -> bool:
     """May the build at ``path`` be folded in parts? Not on a pruned log (builds start from the
     anchor there), nor once the store itself was started whole (a resumed whole build)."""
-    shutil.rmtree(os.path.join(path, LEGACY_SHARDS_DIR), ignore_errors=True)  # never to be merged as parts
     if log_.prune_point() is not None:
         return False
     if not ProjectionStore.exists(path):
@@ -306,12 +305,13 @@ def build_bulk(log_: Log, codec: Codec, genesis: Genesis, projections_dir: str, 
     parts are then merged. Events folded per projection; nothing when it does not apply
     (the caller folds everything in-process)."""
     mods = catalog.modules(projections_dir)
+    for path in paths.values():  # an older ledgerlog's account shards: never merged as parts
+        shutil.rmtree(os.path.join(path, LEGACY_SHARDS_DIR), ignore_errors=True)
     groups = _plan_build(log_, mods, projections_dir, paths, workers)
     split = {n for g in groups for n, _, k in g if k > 1}
     for n, path in paths.items():
         if n not in split:  # folded whole from here: the parts a killed split build left are no use
-            for leftover in (PARTS_DIR, LEGACY_SHARDS_DIR):
-                shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
+            shutil.rmtree(os.path.join(path, PARTS_DIR), ignore_errors=True)
     if len(groups) < 2 or log_.path is None:
         return {}
     topics = {t for n in paths for t in mods[n].TOPICS}
