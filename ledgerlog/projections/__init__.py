@@ -5,7 +5,9 @@ and read functions over a View; optionally FIELDS (topic -> dotted paths of the 
 fold reads), so the runtime decodes only those (and the event's height); optionally
 SPLITS_BY_PARTITION with ``merge(parts)`` (a rebuild may then fold the log's partitions in parts,
 in parallel, the first part from ``initial`` and the others from nothing, and ``merge`` yields
-the state of one fold of them all from the parts' states). The runtime (streams/) owns reading, decoding, the
+the state of one fold of them all from the parts' states); the built-ins also tell, by
+``below(key, value, height)``, which of their entries hold history from below a height (what
+the raw reads leave out after a prune). The runtime (streams/) owns reading, decoding, the
 WriteBatch, positions and digests. Imports engine only.
 """
 from . import balances, chainstate, energy, payouts
