@@ -17,7 +17,7 @@ from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, bl
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
 
-__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "MAX_PROVIDER_ID", "PROVIDERS_PAGE", "PROVIDERS_PAGE_MAX",
+__all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "check_account", "MAX_PROVIDER_ID", "PROVIDERS_PAGE", "PROVIDERS_PAGE_MAX",
            "BadRequest", "bad_request"]
 
 I64_MAX = (1 << 63) - 1  # heights, like every event integer, are signed 64-bit (PROTOCOL.md §7)
@@ -37,6 +37,14 @@ def bad_request(message: str) -> BadRequest:
 def _check_height(height: int | None) -> None:
     if height is not None and not 0 <= height <= I64_MAX:
         raise bad_request(f"height must be between 0 and {I64_MAX}")
+
+
+def check_account(address: str, height: int | None) -> None:
+    """BadRequest unless ``address`` is an address and ``height``, if any, a height: what an
+    account query (the node's, or a sharded worker's) takes."""
+    if not ADDRESS_RE.match(address):
+        raise bad_request(f"{address[:80]!r} is not a 40-hex address")
+    _check_height(height)
 
 
 def _at(height: int | None) -> dict[str, int]:
@@ -137,10 +145,7 @@ class Queries:
         return point.to_dict() if point is not None else None
 
     def account(self, address: str, height: int | None = None) -> dict[str, Any]:
-        if not ADDRESS_RE.match(address):
-            raise bad_request(f"{address!r} is not a 40-hex address")
-        if height is not None and not 0 <= height <= I64_MAX:
-            raise bad_request(f"height must be between 0 and {I64_MAX}")
+        check_account(address, height)
         if height is not None:
             self._below_prune(height, f"the balance of {address} at height {height}")
         return {**balances.account(self._view("balances"), address, height),

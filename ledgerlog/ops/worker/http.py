@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -14,6 +15,7 @@ from ledgerlog import projections
 from ledgerlog.ops.api.guard import error_body, install_error_handlers
 from ledgerlog.ops.api.server import bind, listen, uvicorn_server
 from ledgerlog.ops.api.transport import EdgeSettings
+from ledgerlog.ops.query.queries import I64_MAX, BadRequest, check_account
 
 __all__ = ["WorkerHttp"]
 
@@ -63,20 +65,27 @@ class WorkerHttp:
             return JSONResponse({**error_body("NOT_SERVING", f"{name} is not served here yet"), "owner": owner}, 503)
 
         @app.get("/accounts/{address}")
-        def account(address: str, height: int | None = None) -> Response:  # a thread: may wait for a batch
+        def account(address: str, height: str | None = None) -> Response:  # a thread: may wait for a batch
             answer = getattr(self.engine, "account", None)
             if answer is None:
                 return JSONResponse(error_body("NOT_FOUND", "accounts are answered by sharded workers "
                                                "(`stream-worker --shard balances`)"), 404)
-            if height is not None and height < 0:
-                return JSONResponse(error_body("BAD_REQUEST", "height must be >= 0"), 400)
-            got = answer(address, height)
+            if height is not None and not (height.isascii() and height.isdigit() and len(height) <= 19):
+                return JSONResponse(error_body("BAD_REQUEST", f"height must be an integer from 0 to {I64_MAX}, "
+                                               "in plain digits"), 400)
+            at = None if height is None else int(height)
+            try:
+                check_account(address, at)
+            except BadRequest as exc:  # as the node answers it
+                return JSONResponse(error_body(exc.code, str(exc)), 400)
+            got = answer(address, at)
             if got is not None:
                 return JSONResponse({**got, "worker": self.info["id"]})
             owner = self.account_route(address)
             if owner and owner.rstrip("/") != self.info["url"]:
                 query = "" if height is None else f"?height={height}"
-                return RedirectResponse(f"{owner.rstrip('/')}/accounts/{address}{query}", status_code=307)
+                return RedirectResponse(f"{owner.rstrip('/')}/accounts/{quote(address, safe='')}{query}",
+                                        status_code=307)
             return JSONResponse({**error_body("NOT_SERVING", f"the shard of {address[:64]} is not served here yet"),
                                  "owner": owner}, 503)
 

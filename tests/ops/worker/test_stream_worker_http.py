@@ -75,27 +75,30 @@ def test_the_command_is_stream_worker() -> None:
     assert old.returncode == 2
 
 
+A1, A2, A3 = "a1" * 20, "a2" * 20, "a3" * 20  # addresses: 40 lower-case hex, as the node takes
+
+
 class ShardedEngine(Engine):
     """What the endpoint reads of streams.shards.engine.ShardEngine: accounts of its shard."""
 
     def account(self, address: str, height: int | None = None) -> dict[str, Any] | None:
-        if address != "a1":
+        if address != A1:
             return None
         return {"address": address, "balance": 5 if height is None else 3, "nonce": 0, "staked": 0, "shard": 0}
 
 
 def test_accounts_answered_by_the_owner_of_their_shard() -> None:
     web = WorkerHttp(ShardedEngine(), dict(INFO))
-    web.account_route = {"a2": "http://127.0.0.1:2", "a3": "http://127.0.0.1:1"}.get
+    web.account_route = {A2: "http://127.0.0.1:2", A3: "http://127.0.0.1:1"}.get
     with TestClient(web.app, follow_redirects=False) as c:
-        r = c.get("/accounts/a1")
+        r = c.get(f"/accounts/{A1}")
         assert r.status_code == 200 and r.json()["balance"] == 5 and r.json()["worker"] == "W1"
-        assert c.get("/accounts/a1?height=4").json()["balance"] == 3
-        r = c.get("/accounts/a2?height=4")
-        assert r.status_code == 307 and r.headers["location"] == "http://127.0.0.1:2/accounts/a2?height=4"
-        r = c.get("/accounts/a3")  # its shard is this worker's, not served yet
+        assert c.get(f"/accounts/{A1}?height=4").json()["balance"] == 3
+        r = c.get(f"/accounts/{A2}?height=4")
+        assert r.status_code == 307 and r.headers["location"] == f"http://127.0.0.1:2/accounts/{A2}?height=4"
+        r = c.get(f"/accounts/{A3}")  # its shard is this worker's, not served yet
         assert r.status_code == 503 and r.json()["code"] == "NOT_SERVING" and r.json()["owner"] == "http://127.0.0.1:1"
-        assert c.get("/accounts/a1?height=-1").status_code == 400
+        assert c.get(f"/accounts/{A1}?height=-1").status_code == 400
     with TestClient(WorkerHttp(Engine(), dict(INFO)).app) as c:  # whole-projection workers answer no accounts
         r = c.get("/accounts/a1")
         assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
