@@ -85,6 +85,11 @@ class PrunePlan:
         if height < 1 or height > self.tip.height:
             raise PruneHeightError(f"--before-height must be 1..{self.tip.height} (the tip), not {height}")
         if height < last:
+            if self.point is None or self.point.height < last:  # its anchor is built, the log whole
+                raise PruneHeightError(
+                    f"a prune below height {last} was interrupted (the log still holds everything): finish it "
+                    f"with `ledgerlog prune --before-height {last}`, or prune at a height above it "
+                    f"(up to the tip, {self.tip.height})")
             raise PruneHeightError(f"the log was already pruned below height {last}; prune below a height "
                                    f"above it (up to the tip, {self.tip.height})")
         topics = {t for m in projections.ALL.values() for t in m.TOPICS} | set(PRUNED_TOPICS)

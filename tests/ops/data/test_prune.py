@@ -492,6 +492,24 @@ def test_a_prune_killed_at_each_step_leaves_a_chain_that_serves_and_the_rerun_fi
     assert left == []
 
 
+def test_a_prune_below_an_interrupted_one_names_it_and_how_to_finish_it(chains, tmp_path) -> None:
+    """Killed after its anchor was built, a prune leaves the log whole (status: not pruned); a
+    prune below it then said "already pruned below H". It names the unfinished prune instead."""
+    victim = tmp_path / "data"
+    shutil.copytree(chains["full"], victim)
+    h = chains["height"]
+    proc = subprocess.run([sys.executable, "-c", _KILL, str(victim), str(h), "anchored"],
+                          capture_output=True, timeout=300, env=_env())
+    assert proc.returncode == 9, proc.stderr.decode()[-3000:]
+    assert ok_json(cli(victim, "status")).get("pruned") is None
+    proc = cli(victim, "prune", "--before-height", str(h - 1))
+    err = json.loads(proc.stderr)
+    assert proc.returncode == 2 and err["code"] == "BAD_PRUNE_HEIGHT", err
+    assert "already pruned" not in err["error"] and "interrupted" in err["error"], err
+    assert f"--before-height {h}" in err["error"], err
+    assert ok_json(cli(victim, "prune", "--before-height", str(h)))["noop"] is False
+
+
 def test_a_rebuild_left_behind_the_prune_starts_over_from_the_anchor(chains, tmp_path) -> None:
     from ledgerlog.streams import layout
     victim = tmp_path / "data"
