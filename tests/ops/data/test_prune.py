@@ -424,6 +424,11 @@ def test_tail_and_export_below_the_log_start_say_pruned(chains, tmp_path) -> Non
         proc = cli(pruned, "export", "--topic", T.BLOCKS, *bound, "--format", "jsonl", "--out", str(tmp_path / "y.jsonl"))
         assert proc.returncode == 1 and json.loads(proc.stderr)["code"] == "PRUNED", (bound, proc.stderr)
         assert not (tmp_path / "y.jsonl").exists()
+    # an upper bound alone above the start: from the log's start, saying so
+    got = ok_json(cli(pruned, "export", "--topic", T.BLOCKS, "--to-height", str(h + 5), "--format", "jsonl",
+                      "--out", str(tmp_path / "z.jsonl")))
+    heights = [json.loads(line)["height"] for line in (tmp_path / "z.jsonl").read_text().splitlines()]
+    assert heights == list(range(h, h + 6)) and got["pruned"]["height"] == h
     for topic in (T.KEYS, T.GOVERNANCE, T.ADMIN):  # topics prune keeps whole: all of them is there
         kept = {name: tmp_path / f"{name}-kept.jsonl" for name in ("full", "pruned")}
         for name, out in kept.items():
