@@ -8,11 +8,14 @@ first five null until the registration is folded); ``h/<len:2><provider_id><heig
 [credited, settled, settled amount, readings, settlements] as of that height, so "provider at H"
 is one seek; ``m`` -> [providers, sum of price_per_kwh, total stake, credited, settled milli-kWh,
 settled amount, readings, settlements, credited of registered providers, sum over registered
-providers of price_per_kwh x credited, height of the newest settlement]; ``g/<parameter>/<height:8>``
--> [value, seq, change_id] of the last change (highest seq) stamped at that height.
+providers of price_per_kwh x credited, height of the newest settlement]; ``mh/<height:8>`` -> the
+first ten of those as of that height (an entry at the stamp height of every provider, reading and
+settlement event), so "the market at H" is one seek; ``g/<parameter>/<height:8>`` -> [value, seq,
+change_id] of the last change (highest seq) stamped at that height.
 Commutative: readings and settlements are sums that accumulate whether or not the registration
 was folded yet (an event below a provider's newest history entry adds its delta to every later
-entry); the registration only sets its own fields. Should a provider_id ever be registered twice
+entry, and likewise to every later market entry); the registration only sets its own fields and
+adds its share to the market entries from its height on. Should a provider_id ever be registered twice
 (admission refuses it), the lesser (stamp_height, body fields) wins, so even then the order of
 folding does not matter; governance changes are ordered by their seq."""
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ledgerlog.engine.governance import PARAMETERS
 from .base import Event, Txn, View, h8, height_of_key, jdump, jload
 
 NAME = "energy"
-VERSION = 2
+VERSION = 3  # 3: market history by height (mh/)
 TOPICS = (T.PROVIDERS, T.READINGS, T.SETTLEMENTS, T.GOVERNANCE)
 #: the event fields the fold reads
 FIELDS = {
@@ -49,6 +52,9 @@ OWNER, METER, STAKE, PRICE, REG_HEIGHT, CREDITED, SETTLED, AMOUNT, READINGS, SET
 (M_PROVIDERS, M_PRICE_SUM, M_STAKE, M_CREDITED, M_SETTLED, M_AMOUNT, M_READINGS, M_SETTLEMENTS,
  M_REG_CREDITED, M_WEIGHTED, M_LAST_SETTLED) = range(11)
 _LEN = struct.Struct(">H")
+_MH = b"mh/"  # market history: the first ten fields of the market record as of a height
+_MH_END = _MH + b"\xff" * 8
+_NO_CHANGE = [0] * 10
 
 
 def _pkey(provider_id: str) -> bytes:
@@ -81,6 +87,10 @@ class _Batch:
         self.market: list[int] = jload(txn.get(b"m")) or _no_market()
         self.provs: dict[str, list[Any]] = {}
         self.hist: dict[tuple[str, int], list[int]] = {}
+        newest = txn.last_at_or_before(_MH, _MH_END)
+        self.mtop = height_of_key(newest[0]) if newest else -1  # height of the newest market entry
+        self.mcur: list[int] = jload(newest[1]) if newest else list(_NO_CHANGE)  # the market there
+        self.mhist: dict[int, list[int]] = {}  # market entries this batch made or changed
 
     def prov(self, provider_id: str) -> list[Any]:
         p = self.provs.get(provider_id)
@@ -92,15 +102,65 @@ class _Batch:
         b = ev["body"]
         p, m = self.prov(b["provider_id"]), self.market
         reg = [b["owner"], b["meter_id"], b["stake"], b["price_per_kwh"], ev["stamp_height"]]
+        self._market_from(reg[4], _NO_CHANGE)  # an entry at its height, whichever registration wins
         if p[OWNER] is None:
             m[M_PROVIDERS] += 1
             m[M_REG_CREDITED] += p[CREDITED]
         elif (reg[4], *reg[:4]) >= (p[REG_HEIGHT], *p[:4]):
             return
+        else:
+            self._registered_share(b["provider_id"], p, -1)
         m[M_PRICE_SUM] += reg[PRICE] - (p[PRICE] or 0)
         m[M_STAKE] += reg[STAKE] - (p[STAKE] or 0)
         m[M_WEIGHTED] += (reg[PRICE] - (p[PRICE] or 0)) * p[CREDITED]
         p[:5] = reg
+        self._registered_share(b["provider_id"], p, 1)
+
+    def _registered_share(self, provider_id: str, p: list[Any], sign: int) -> None:
+        """Add (``sign`` 1) or take back (-1) what p's registration adds to the market entries: from
+        its height on, a provider with its price and stake whose credited energy (as of each
+        height) counts in the weighted price."""
+        price, credited, steps = p[PRICE], *self._credited_from(provider_id, p, p[REG_HEIGHT])
+        self._market_from(p[REG_HEIGHT], [sign, sign * price, sign * p[STAKE], 0, 0, 0, 0, 0,
+                                          sign * credited, sign * price * credited])
+        for height, more in steps:
+            self._market_from(height, [0, 0, 0, 0, 0, 0, 0, 0, sign * more, sign * price * more])
+
+    def _credited_from(self, provider_id: str, p: list[Any], height: int) -> tuple[int, list[tuple[int, int]]]:
+        """(p's credited energy as of ``height``, [(h, credited added at h)] for each history
+        entry above it)."""
+        if p[LAST] <= height:  # nothing above it (the usual case: events come in height order)
+            return p[CREDITED], []
+        self._flush_history(provider_id)
+        at, steps, before = 0, [], 0
+        for key, raw in self.txn.items(_hprefix(provider_id)):
+            h, credited = height_of_key(key), jload(raw)[0]
+            if h <= height:
+                at = credited
+            elif credited != before:
+                steps.append((h, credited - before))
+            before = credited
+        return at, steps
+
+    def _market_from(self, height: int, delta: list[int]) -> None:
+        """Add ``delta`` to the market entries at ``height`` and above, making one at ``height``."""
+        if height >= self.mtop:
+            if height > self.mtop:
+                self.mcur, self.mtop = list(self.mcur), height
+            cur = self.mcur
+            for i, d in enumerate(delta):
+                if d:
+                    cur[i] += d
+            self.mhist[height] = cur
+            return
+        self._flush_market()  # below the newest entry (rare): shift every entry from there on
+        at = _MH + h8(height)
+        if self.txn.get(at) is None:
+            prev = self.txn.last_at_or_before(_MH, at)
+            self.txn.put(at, prev[1] if prev else jdump(_NO_CHANGE))
+        for key, raw in list(self.txn.items(_MH, at)):
+            self.txn.put(key, jdump([a + d for a, d in zip(jload(raw), delta)]))
+        self.mcur = jload(self.txn.get(_MH + h8(self.mtop)))
 
     def _history(self, provider_id: str, p: list[Any], height: int, delta: list[int]) -> None:
         """Add ``delta`` to the provider's history from ``height`` on."""
@@ -108,17 +168,27 @@ class _Batch:
             p[LAST] = height
             self.hist[(provider_id, height)] = [p[CREDITED], p[SETTLED], p[AMOUNT], p[READINGS], p[SETTLEMENTS]]
             return
-        prefix = _hprefix(provider_id)  # below the newest entry (rare): shift every later entry
-        for (pid, h), v in list(self.hist.items()):
-            if pid == provider_id:
-                self.txn.put(prefix + h8(h), jdump(v))
-                del self.hist[(pid, h)]
+        self._flush_history(provider_id)  # below the newest entry (rare): shift every later entry
+        prefix = _hprefix(provider_id)
         at = prefix + h8(height)
         if self.txn.get(at) is None:
             prev = self.txn.last_at_or_before(prefix, at)
             self.txn.put(at, prev[1] if prev else jdump([0] * 5))
         for key, raw in list(self.txn.items(prefix, at)):
             self.txn.put(key, jdump([a + d for a, d in zip(jload(raw), delta)]))
+
+    def _flush_history(self, provider_id: str) -> None:
+        """Write the provider's history entries this batch holds (before reading them back)."""
+        prefix = _hprefix(provider_id)
+        for (pid, h), v in list(self.hist.items()):
+            if pid == provider_id:
+                self.txn.put(prefix + h8(h), jdump(v))
+                del self.hist[(pid, h)]
+
+    def _flush_market(self) -> None:
+        for height, v in self.mhist.items():
+            self.txn.put(_MH + h8(height), jdump(v))
+        self.mhist.clear()
 
     def reading(self, ev: dict[str, Any]) -> None:
         b = ev["body"]
@@ -131,7 +201,15 @@ class _Batch:
         if p[OWNER] is not None:
             m[M_REG_CREDITED] += mkwh
             m[M_WEIGHTED] += p[PRICE] * mkwh
-        self._history(pid, p, ev["stamp_height"], [mkwh, 0, 0, 1, 0])
+        height = ev["stamp_height"]
+        self._history(pid, p, height, [mkwh, 0, 0, 1, 0])
+        if p[OWNER] is None:
+            self._market_from(height, [0, 0, 0, mkwh, 0, 0, 1, 0, 0, 0])
+        elif p[REG_HEIGHT] <= height:
+            self._market_from(height, [0, 0, 0, mkwh, 0, 0, 1, 0, mkwh, p[PRICE] * mkwh])
+        else:  # credited below its registration: counts in the weighted price from there on
+            self._market_from(height, [0, 0, 0, mkwh, 0, 0, 1, 0, 0, 0])
+            self._market_from(p[REG_HEIGHT], [0, 0, 0, 0, 0, 0, 0, 0, mkwh, p[PRICE] * mkwh])
 
     def settlement(self, ev: dict[str, Any]) -> None:
         b = ev["body"]
@@ -145,6 +223,7 @@ class _Batch:
         m[M_SETTLEMENTS] += 1
         m[M_LAST_SETTLED] = max(m[M_LAST_SETTLED], ev["stamp_height"])
         self._history(pid, p, ev["stamp_height"], [0, b["milli_kwh"], b["amount"], 0, 1])
+        self._market_from(ev["stamp_height"], [0, 0, 0, 0, b["milli_kwh"], b["amount"], 0, 1, 0, 0])
 
     def governance(self, ev: dict[str, Any]) -> None:
         key = b"g/" + ev["body"]["parameter"].encode() + b"/" + h8(ev["stamp_height"])
@@ -157,6 +236,7 @@ class _Batch:
             self.txn.put(_pkey(provider_id), jdump(p))
         for (provider_id, height), v in self.hist.items():
             self.txn.put(_hprefix(provider_id) + h8(height), jdump(v))
+        self._flush_market()
         self.txn.put(b"m", jdump(self.market))
 
 
@@ -221,7 +301,7 @@ def _as_dict(view: View, provider_id: str, p: list[Any], height: int | None) -> 
 def below(key: bytes, value: bytes, height: int) -> bool:
     """Does this entry hold history from below ``height`` (a provider's or a parameter's state as
     of a height there)? After a prune below it the raw reads leave it out."""
-    return key.startswith((b"h/", b"g/")) and height_of_key(key) < height
+    return key.startswith((b"h/", b"g/", _MH)) and height_of_key(key) < height
 
 
 def provider(view: View, provider_id: str, height: int | None = None) -> dict[str, Any] | None:
@@ -281,24 +361,11 @@ def _market(m: list[int]) -> dict[str, Any]:
 
 
 def market(view: View, height: int | None = None) -> dict[str, Any]:
-    """Market totals now (one read), or as of ``height`` (one seek per provider)."""
+    """Market totals now, or as of ``height``: one read or one seek."""
     if height is None:
         return _market(jload(view.get(b"m")) or _no_market())
-    m = [0] * 11
-    for pid, p in _records(view):
-        sums = _at(view, pid, height)
-        m[M_CREDITED] += sums[0]
-        m[M_SETTLED] += sums[1]
-        m[M_AMOUNT] += sums[2]
-        m[M_READINGS] += sums[3]
-        m[M_SETTLEMENTS] += sums[4]
-        if p[OWNER] is not None and p[REG_HEIGHT] <= height:
-            m[M_PROVIDERS] += 1
-            m[M_PRICE_SUM] += p[PRICE]
-            m[M_STAKE] += p[STAKE]
-            m[M_REG_CREDITED] += sums[0]
-            m[M_WEIGHTED] += p[PRICE] * sums[0]
-    return _market(m)
+    found = view.last_at_or_before(_MH, _MH + h8(height))
+    return _market(jload(found[1]) if found else _NO_CHANGE)
 
 
 def last_settlement_height(view: View) -> int | None:

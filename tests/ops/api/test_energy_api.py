@@ -18,6 +18,7 @@ from ledgerlog.engine.chain import Chain
 from ledgerlog.engine.governance import PARAMETERS
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.node.lifecycle import Node
+from ledgerlog.projections import energy
 
 I64_MAX = (1 << 63) - 1
 PIDS = [f"p-{i:02d}" for i in range(11)] + ["Zeta", "a/b", "é-unicode", "x" * 256]
@@ -129,7 +130,7 @@ def _get(client: TestClient, path: str, **params: Any) -> dict[str, Any]:
     assert r.status_code == 200, (path, params, r.text)
     body = r.json()
     prov = body.pop("provenance")
-    assert (prov["projection"], prov["version"], prov["lag"]) == ("energy", 2, 0)
+    assert (prov["projection"], prov["version"], prov["lag"]) == ("energy", energy.VERSION, 0)
     assert set(prov["positions"]) == {T.PROVIDERS, T.READINGS, T.SETTLEMENTS, T.GOVERNANCE}
     return body
 
