@@ -68,6 +68,8 @@ SETTINGS: tuple[tuple[str, str, str, type, str], ...] = (
      "seconds a connection has to send a whole request head (408 TIMEOUT, then closed)"),
     ("http.body_timeout", "LEDGERLOG_HTTP_BODY_TIMEOUT", "http_body_timeout", float,
      "seconds a request has to send its whole body after its head (408 TIMEOUT, then closed)"),
+    ("http.send_timeout", "LEDGERLOG_HTTP_SEND_TIMEOUT", "http_send_timeout", float,
+     "seconds an answer may wait on a client that does not read it (then the connection is aborted)"),
     ("http.max_connections", "LEDGERLOG_HTTP_MAX_CONNECTIONS", "http_max_connections", int,
      "open connections; past it the longest-idle one is closed, and only when every one is "
      "busy does a new one get 503 (0 = no limit)"),
@@ -154,6 +156,7 @@ class Config:
     http_keep_alive_timeout: float = 5.0
     http_header_timeout: float = 10.0
     http_body_timeout: float = 60.0
+    http_send_timeout: float = 30.0
     http_max_connections: int = 1000
     http_allowed_origins: str = ""
     http_allowed_hosts: str = ""
@@ -353,6 +356,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "http.port": (0, 65535), "http.max_body": (1, None), "http.ingest_max_body": (1, None),
     "http.ingest_rate": (0, None), "http.ingest_burst": (1, None), "http.ready_max_lag": (0, None),
     "http.keep_alive_timeout": (0, 86_400), "http.header_timeout": (0, 86_400), "http.body_timeout": (0, 86_400),
+    "http.send_timeout": (0, 86_400),
     "http.max_connections": (0, None),
     "faucet.amount": (1, 2**63 - 1), "faucet.ip_burst": (1, None), "faucet.ip_interval": (0, None),
     "faucet.address_burst": (1, None), "faucet.address_interval": (0, None),

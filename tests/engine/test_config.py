@@ -33,6 +33,7 @@ CASES = [
     ("http", "max_connections", "50", "LEDGERLOG_HTTP_MAX_CONNECTIONS", "0", "http_max_connections", 50, 0),
     ("http", "header_timeout", "3", "LEDGERLOG_HTTP_HEADER_TIMEOUT", "4.5", "http_header_timeout", 3.0, 4.5),
     ("http", "body_timeout", "30", "LEDGERLOG_HTTP_BODY_TIMEOUT", "90", "http_body_timeout", 30.0, 90.0),
+    ("http", "send_timeout", "20", "LEDGERLOG_HTTP_SEND_TIMEOUT", "45", "http_send_timeout", 20.0, 45.0),
     ("http", "allowed_origins", '"https://a.example"', "LEDGERLOG_HTTP_ALLOWED_ORIGINS", "https://b.example",
      "http_allowed_origins", "https://a.example", "https://b.example"),
     ("http", "allowed_hosts", '"a.example"', "LEDGERLOG_HTTP_ALLOWED_HOSTS", "b.example,c.example",

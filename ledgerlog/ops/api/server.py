@@ -56,7 +56,7 @@ def uvicorn_server(app: Any, edge: EdgeSettings, *, keep_alive: float = 5, grace
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, log_config=None,
                                          http=protocol_class(edge), proxy_headers=False,
                                          timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # a float works
-                                         timeout_graceful_shutdown=int(graceful)))
+                                         timeout_graceful_shutdown=int(graceful), ws="none"))
 
 
 def raise_open_files(connections: int) -> None:

@@ -27,20 +27,37 @@ are open, idle ones included, so 1,100 idle sockets starve everyone. Here:
   (64 KiB); past it 431 ``HEAD_TOO_LARGE`` and closed. uvicorn's httptools protocol appends
   every chunk of an unfinished URL to the one before (quadratic), and nothing else caps it.
 - **connection cap**: past ``max_connections`` open connections, the one idle longest (between
-  requests, or still sending its head) is closed to make room; only when every connection is
-  busy in a request does the new one get 503 ``OVERLOADED`` and closed. So idle and slow
-  clients cannot turn well-behaved ones away.
+  requests, or still sending its head), or else the one whose answer has been stalled longest
+  (the client does not read it), is closed to make room; only when every connection is busy in
+  a request does the new one get 503 ``OVERLOADED`` and closed. So idle and slow clients cannot
+  turn well-behaved ones away.
+- **send timeout**: an answer the client does not read for ``send_timeout`` seconds (the
+  socket's buffer stays full) is given up and the connection aborted; and once the answers so
+  stalled hold more than ``MAX_STALLED_BYTES`` in all, the one stalled longest is aborted at
+  once. So clients that ask and never read cannot pin the node's memory.
+- **pipelining**: at most ``MAX_PIPELINED`` requests wait on one connection; the rest of what
+  it sent waits unparsed (and the socket unread) until answers are out. uvicorn alone parses
+  every request of each 256 KiB read after every answer, so one client grew memory ~100 MB/s.
+- **malformed HTTP** (bad chunk sizes, two lengths, a bad method or URL byte) gets a JSON 400
+  ``BAD_REQUEST`` instead of uvicorn's plain-text one; WebSocket upgrades are not served (the
+  request is answered as plain HTTP, so the Host guard and routes answer it).
+Every refusal above is written, then the write side shut, and the connection closed once the
+client closes or after ``LINGER`` seconds: closing with its request unread would make the
+kernel send a reset, and the client would never see the answer.
 Keep-alive stays uvicorn's (``timeout_keep_alive``)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ledgerlog.engine.errors import (
+    BadRequest,
     HeadTooLargeError,
     LedgerError,
     OverloadedError,
@@ -52,9 +69,14 @@ from ledgerlog.ops.api.guard import error_answer
 if TYPE_CHECKING:
     from ledgerlog.engine.config import Config
 
-__all__ = ["FLUSH_BYTES", "CoalescingTransport", "EdgeSettings", "protocol_class"]
+__all__ = ["FLUSH_BYTES", "MAX_PIPELINED", "MAX_STALLED_BYTES", "CoalescingTransport", "EdgeSettings",
+           "protocol_class"]
 
 FLUSH_BYTES = 64 * 1024
+MAX_PIPELINED = 32  # requests waiting on one connection
+MAX_STALLED_BYTES = 256 * 1024 * 1024  # answers buffered for clients that do not read them, in all
+LINGER = 2.0  # seconds a refused connection stays half-closed for its answer to be read
+_FEED = 16 * 1024  # bytes handed to the parser at a time while requests may pile up
 
 log = logging.getLogger("ledgerlog.http")
 
@@ -67,11 +89,12 @@ class EdgeSettings:
     body_timeout: float = 60.0    # seconds; 0 = none
     max_connections: int = 1000   # 0 = no limit
     max_head_bytes: int = 64 * 1024  # 0 = no limit
+    send_timeout: float = 30.0    # seconds; 0 = none
 
     @classmethod
     def from_config(cls, config: Config) -> EdgeSettings:
         return cls(header_timeout=config.http_header_timeout, body_timeout=config.http_body_timeout,
-                   max_connections=config.http_max_connections)
+                   max_connections=config.http_max_connections, send_timeout=config.http_send_timeout)
 
 
 class CoalescingTransport:
@@ -82,9 +105,10 @@ class CoalescingTransport:
         self._loop = loop
         self._buffer: list[bytes] = []
         self._size = 0
+        self._eof = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
+        if not data or self._eof:  # (an answer still under way when a refusal shut the write side)
             return
         if not self._buffer:
             self._loop.call_soon(self.flush)
@@ -111,6 +135,7 @@ class CoalescingTransport:
 
     def write_eof(self) -> None:
         self.flush()
+        self._eof = True
         self._transport.write_eof()
 
     def close(self) -> None:
@@ -151,6 +176,10 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
         _seen_cycle: Any = None
         _idle_since = 0.0
         _head_bytes = 0  # bytes received of the request head under way
+        _send_timer: asyncio.TimerHandle | None = None
+        _stalled_since: float | None = None  # when the client stopped reading our answer
+        _lingering = False  # refused: the answer written, the write side shut
+        _held = b""  # received but not parsed yet: MAX_PIPELINED requests wait already
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -161,11 +190,32 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
+            self._cancel("_send_timer")
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:  # refused: what still comes is read and dropped
+                return
+            if self._held:
+                self._held += data
+                self.flow.pause_reading()
+                return
+            pipeline = getattr(self, "pipeline", None)
+            if pipeline is None or len(data) <= _FEED:
+                self._parse(data)
+                return
+            for at in range(0, len(data), _FEED):  # a piece at a time: stop once requests pile up
+                if len(pipeline) >= MAX_PIPELINED and not self._refused():
+                    self._held = data[at:]
+                    self.flow.pause_reading()
+                    return
+                self._parse(data[at:at + _FEED])
+                if self._refused():
+                    return
+
+        def _parse(self, data: bytes) -> None:
             super().data_received(data)
-            if self.transport.is_closing():
+            if self._refused():
                 self._cancel_timers()
                 return
             cycle = self.cycle
@@ -190,12 +240,78 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             super().on_response_complete()
             self._idle_since = time.monotonic()
             self._head_bytes = 0
+            if self._held and not self._refused() and len(self.pipeline) < MAX_PIPELINED:
+                held, self._held = self._held, b""
+                self.data_received(held)
+            if self._held:
+                self.flow.pause_reading()
+
+        def on_headers_complete(self) -> None:
+            """A whole head in one read never passed the byte count of ``data_received``."""
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if settings.max_head_bytes and size > settings.max_head_bytes:
+                self._close_with(HeadTooLargeError(
+                    f"a request head (line and headers) may carry at most {settings.max_head_bytes} bytes"))
+                raise _Refused  # stops the parser; uvicorn then calls send_400_response
+            super().on_headers_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._refused():
+                self._close_with(BadRequest(f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}); "
+                                            "send a well-formed request"))
+
+        def _unsupported_upgrade_warning(self) -> None:
+            log.debug("answering an upgrade request from %s as plain HTTP", self.client)
+
+        # -- answers the client does not read --------------------------------------------------
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._stalled_since = time.monotonic()
+            if settings.send_timeout > 0 and self._send_timer is None:
+                self._send_timer = self.loop.call_later(settings.send_timeout, self._send_expired)
+            stalled = [c for c in self.connections if isinstance(c, Guarded) and c._stalled_since is not None
+                       and not c.transport.is_closing()]
+            held = sum(c.transport.get_write_buffer_size() for c in stalled)
+            for c in sorted(stalled, key=lambda c: c._stalled_since or 0.0):
+                if held <= MAX_STALLED_BYTES:
+                    break
+                held -= c.transport.get_write_buffer_size()
+                log.warning("answers stalled on unread connections hold over %d bytes: aborting the one "
+                            "from %s", MAX_STALLED_BYTES, c.client)
+                c._abort()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._stalled_since = None
+            self._cancel("_send_timer")
+
+        def _send_expired(self) -> None:
+            self._send_timer = None
+            if self._stalled_since is not None:
+                log.debug("aborting %s: an answer not read for %s s", self.client, settings.send_timeout)
+                self._abort()
+
+        def _abort(self) -> None:
+            self._cancel_timers()
+            self._cancel("_send_timer")
+            self._stalled_since = None
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # a reset now: a plain close would leave the kernel holding what
+                try:              # the client does not read, and its FIN behind it
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            self.transport.abort()
 
         # -- state -----------------------------------------------------------------------------
         def _idle(self) -> bool:
             """Between requests (or still sending a head): nothing of the app's under way."""
             cycle = self.cycle
             return (cycle is None or cycle.response_complete) and not getattr(self, "pipeline", None)
+
+        def _refused(self) -> bool:
+            """Closed or closing, or refused and waiting for the client to close."""
+            return self._lingering or bool(self.transport.is_closing())
 
         def _arm_head(self) -> None:
             if settings.header_timeout > 0 and self._head_timer is None:
@@ -213,10 +329,20 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
 
         # -- refusals --------------------------------------------------------------------------
         def _close_with(self, exc: LedgerError) -> None:
-            if not self.transport.is_closing():
-                self.transport.write(_raw_response(exc))
-                self.transport.close()
+            """Answer ``exc`` and close: the write side at once, the connection once the client
+            closes (or after LINGER s), so its unread request does not turn the close into a reset."""
             self._cancel_timers()
+            if self._refused():
+                return
+            self._lingering = True
+            self._held = b""
+            self.transport.write(_raw_response(exc))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.flow.resume_reading()  # read (and drop) what comes, to see the client's close
+                self.loop.call_later(LINGER, self.transport.close)
+            else:
+                self.transport.close()
 
         def _head_expired(self) -> None:
             self._head_timer = None
@@ -243,16 +369,24 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
 
         def _make_room(self) -> None:
             """Past the cap: close the connection idle longest; if none is idle, refuse this one."""
-            idle = [c for c in self.connections if c is not self and isinstance(c, Guarded)
-                    and not c.transport.is_closing() and c._idle()]
+            others = [c for c in self.connections if c is not self and isinstance(c, Guarded) and not c._refused()]
+            idle = [c for c in others if c._idle()]
+            stalled = [c for c in others if c._stalled_since is not None]
             if idle:
                 victim = min(idle, key=lambda c: c._idle_since)
                 log.debug("%d connections open: closing the idle one from %s", len(self.connections), victim.client)
                 victim._cancel_timers()
                 victim.transport.close()
+            elif stalled:
+                victim = min(stalled, key=lambda c: c._stalled_since or 0.0)
+                log.debug("%d connections open: aborting %s, which reads no answer", len(self.connections), victim.client)
+                victim._abort()
             else:
                 log.warning("%d connections open, all busy: refusing %s", len(self.connections), self.client)
                 self._close_with(OverloadedError("the node has no free connection; retry shortly"))
+
+    class _Refused(Exception):
+        """Raised in a parser callback to stop parsing a refused connection's bytes."""
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
     return Guarded

@@ -14,6 +14,7 @@ import re
 import resource
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -425,6 +426,155 @@ def test_a_request_head_over_64_kib_is_431_and_closed(tmp_path):
             assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "HEAD_TOO_LARGE"
         big_but_fine = httpx.get(url + "/v1/status", headers={"X-Pad": "p" * 30_000}, timeout=5)
         assert big_but_fine.status_code == 200  # a large head under the cap still goes through
+
+
+def _served(url: str, rounds: int = 3) -> None:
+    """A well-behaved client gets /v1/health within 3 s, each of ``rounds`` times."""
+    with httpx.Client(base_url=url, timeout=3) as c:
+        for _ in range(rounds):
+            assert c.get("/v1/health").status_code == 200
+
+
+def test_one_pipelining_client_cannot_grow_memory_or_starve_others(tmp_path):
+    """One connection pipelines requests as fast as it can and reads the answers: uvicorn queued
+    every request of each 256 KiB read after every answer (memory grew ~100 MB/s, health took
+    seconds); the requests waiting on a connection are now bounded."""
+    with node_process(tmp_path, {}) as (url, proc):
+        httpx.get(url + "/v1/health", timeout=10)
+        before = _rss(proc.pid, "VmRSS")
+        sock = socket.create_connection(_addr(url), timeout=5)
+        block = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 1500  # ~64 KiB
+        stop = time.monotonic() + 5
+        reader = threading.Thread(target=_drain, args=(sock, stop + 5), daemon=True)
+        reader.start()
+        try:
+            sent = 0
+            while time.monotonic() < stop and sent < 400:  # bounded: 5 s, 26 MB
+                try:
+                    sock.sendall(block)
+                except OSError:
+                    break
+                sent += 1
+            _served(url)
+        finally:
+            sock.close()
+        grew = _rss(proc.pid, "VmHWM") - before
+        assert grew < 150 * MiB, f"peak RSS grew by {grew / MiB:.0f} MiB for one pipelining client"
+        _served(url)
+
+
+def _drain(sock: socket.socket, until: float) -> None:
+    sock.settimeout(0.5)
+    while time.monotonic() < until:
+        try:
+            if not sock.recv(1 << 20):
+                return
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+
+
+def test_clients_that_never_read_their_answers_are_closed_and_do_not_starve_others(tmp_path):
+    """Connections that ask for large answers and never read them were "busy" for ever: past the
+    connection cap every newcomer got 503. A connection whose answer makes no progress for
+    http.send_timeout is closed, and one stalled so counts as idle when room is needed."""
+    env = {"LEDGERLOG_HTTP_MAX_CONNECTIONS": "20", "LEDGERLOG_HTTP_SEND_TIMEOUT": "2"}
+    with node_process(tmp_path, env) as (url, _proc):
+        ask = b"GET /static/swagger-ui-bundle.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 10
+        stalled = []
+        try:
+            for _ in range(30):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.settimeout(5)
+                s.connect(_addr(url))
+                s.sendall(ask)
+                stalled.append(s)
+            time.sleep(0.5)
+            _served(url)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not all(map(_reset_or_closed, stalled)):
+                time.sleep(0.5)
+            assert all(map(_reset_or_closed, stalled)), "stalled readers were kept open"
+            _served(url)
+        finally:
+            for s in stalled:
+                s.close()
+
+
+def _reset_or_closed(sock: socket.socket) -> bool:
+    """Whether the server closed or reset ``sock``, by its TCP state (reading it would make the
+    progress the server waits for)."""
+    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state in (7, 8)  # TCP_CLOSE (reset), TCP_CLOSE_WAIT (the server's FIN)
+
+
+def _exchange(addr: tuple[str, int], raw: bytes) -> bytes:
+    """Send ``raw`` in one write (without closing), then read one answer (to its content-length,
+    or until the server closes)."""
+    with socket.create_connection(addr, timeout=5) as sock:
+        sock.sendall(raw)
+        got = b""
+        try:
+            while data := sock.recv(65536):
+                got += data
+                head, sep, body = got.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                if sep and length and len(body) >= int(length[1]):
+                    break
+        except ConnectionResetError:
+            raise AssertionError(f"reset before the answer was read (got {got[:200]!r})") from None
+        return got
+
+
+def _json_error(answer: bytes, status: int, code: str) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status), answer[:300]
+    assert b"content-type: application/json" in head.lower(), head
+    assert json.loads(body)["code"] == code, body
+
+
+@pytest.mark.parametrize("name,raw", [
+    ("two lengths", b"POST /v1/faucet HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"),
+    ("length and chunked", b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("bad chunk size", b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n"),
+    ("unknown method", b"BREW /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    ("byte 0x80 in the path", b"GET /v1/\x80status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+])
+def test_malformed_http_gets_a_json_400_the_client_can_read(tmp_path, name, raw):
+    """uvicorn answered these in plain text; refusals were closed with the request unread, so the
+    kernel reset the connection and the client never saw the answer."""
+    with node_process(tmp_path, {}) as (url, _proc):
+        _json_error(_exchange(_addr(url), raw), 400, "BAD_REQUEST")
+        _served(url, 1)
+
+
+def test_a_head_over_64_kib_in_one_write_is_431_and_read_whole(tmp_path):
+    """A head that arrived whole in one read never passed the byte count: 70 KB of headers were
+    served. And the 431 arrives rather than a reset."""
+    with node_process(tmp_path, {}) as (url, _proc):
+        raw = b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+        _json_error(_exchange(_addr(url), raw), 431, "HEAD_TOO_LARGE")
+        raw = b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+        _json_error(_exchange(_addr(url), raw), 431, "HEAD_TOO_LARGE")
+        _served(url, 1)
+
+
+def test_websocket_upgrades_are_answered_as_plain_http(tmp_path):
+    """A WebSocket upgrade with a foreign Host was a 500 with a traceback logged each time (the
+    Host guard answered a websocket scope with an HTTP response); the node serves no WebSocket."""
+    with node_process(tmp_path, {}) as (url, _proc):
+        upgrade = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        _json_error(_exchange(_addr(url), b"GET /v1/health HTTP/1.1\r\nHost: evil.example\r\n" + upgrade),
+                    421, "HOST_NOT_ALLOWED")
+        answer = _exchange(_addr(url), b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + upgrade)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert "Traceback" not in (tmp_path / "node.log").read_text()
 
 
 def _slow_ingest(addr: tuple[str, int], length: int, sent: bytes) -> socket.socket:
