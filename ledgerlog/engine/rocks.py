@@ -1,7 +1,9 @@
 """Opening RocksDB stores (rocksdict, raw bytes mode) with ledgerlog's options and error mapping."""
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +33,7 @@ from .errors import (
 )
 from .storekeys import FORMAT_KEY
 
-__all__ = ["open_store", "reopen_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard",
+__all__ = ["open_store", "stores_in_use", "reopen_store", "write_options", "iter_prefix", "WriteBatch", "Rdict", "map_error", "WriteGuard",
            "RocksTuning", "configure", "tuning", "COMPRESSIONS"]
 
 #: compression names (``rocksdb.compression``) and their RocksDB types
@@ -290,3 +292,36 @@ def _check_status(it: RdictIter, db: Rdict) -> None:
         it.status()
     except Exception as exc:
         raise map_error(exc, getattr(db, "path", lambda: "store")()) from exc
+
+
+def stores_in_use(root: str) -> list[str]:
+    """The RocksDB stores under ``root`` that a process has open: RocksDB holds a POSIX lock on a
+    store's LOCK file while it is open (also in this process: closing the probe then drops that
+    process's POSIX lock on the file, so call it only on stores about to be replaced)."""
+    busy = []
+    for where, _dirs, files in os.walk(root):
+        if "LOCK" not in files:
+            continue
+        try:
+            fd = os.open(os.path.join(where, "LOCK"), os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            _probe_lock(fd)
+        except OSError:
+            busy.append(where)
+        finally:
+            os.close(fd)
+    return sorted(busy)
+
+
+_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+
+
+def _probe_lock(fd: int) -> None:
+    """Take a write lock on the whole file, or OSError when another holds one. Linux's
+    open-file-description lock also conflicts with this process's own POSIX locks."""
+    if _OFD_SETLK is None:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    fcntl.fcntl(fd, _OFD_SETLK, struct.pack("hh4xqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))

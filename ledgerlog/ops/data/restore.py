@@ -8,24 +8,32 @@ the manifest's height and positions and fsyncs it; then a journal beside the dat
 finished by the next open of the data dir, which is never missing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from ledgerlog.engine import restorejournal
-from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.admission.state import WriteState
-from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StorageError, StoreLockedError
+from ledgerlog.engine.errors import (
+    ConfigError,
+    CorruptStoreError,
+    PruneRunningError,
+    ReprojectRunningError,
+    StorageError,
+    StoreLockedError,
+)
 from ledgerlog.engine.files import fsync_dir, fsync_tree
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.engine.procs import alive
-from ledgerlog.engine.rocks import open_store
+from ledgerlog.engine.rocks import stores_in_use
+from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.ops.data.snapshot import (
     STEPS,
     _copy_hashed,
@@ -37,6 +45,7 @@ from ledgerlog.ops.data.snapshot import (
 )
 from ledgerlog.ops.jobs import Progress
 from ledgerlog.streams import layout
+from ledgerlog.streams.reproject import reproject_lock
 from ledgerlog.streams.store import ProjectionStore
 
 __all__ = ["STEPS", "deep_check", "restore_snapshot"]
@@ -173,19 +182,20 @@ def _restore(src: str, path: str, target: str, data_dir: str, force: bool, step:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        # the commit point: from here a crash is finished by the next open of the data dir
-        restorejournal.write_journal(target, tmp, replaced)
-        step("journaled")
-        if exists:
-            if occupied:
-                os.rename(target, replaced)  # type: ignore[arg-type]
-            else:
-                os.rmdir(target)
+        with _nobody_else_in(target, data_dir, occupied, tmp):
+            # the commit point: from here a crash is finished by the next open of the data dir
+            restorejournal.write_journal(target, tmp, replaced)
+            step("journaled")
+            if exists:
+                if occupied:
+                    os.rename(target, replaced)  # type: ignore[arg-type]
+                else:
+                    os.rmdir(target)
+                fsync_dir(parent)
+            step("moved_aside")
+            os.rename(tmp, target)
             fsync_dir(parent)
-        step("moved_aside")
-        os.rename(tmp, target)
-        fsync_dir(parent)
-        step("moved_in")
+            step("moved_in")
         restorejournal.clear_journal(target)
         step("done")
     return {"restored": src, "data_dir": target, "chain_id": manifest["chain_id"],
@@ -207,6 +217,33 @@ def _worth_keeping(replaced: str | None) -> list[str]:
     return [n for n in _KEPT_APART if os.path.exists(os.path.join(replaced, n))]
 
 
+@contextlib.contextmanager
+def _nobody_else_in(target: str, data_dir: str, occupied: bool, tmp: str) -> Iterator[None]:
+    """Hold the data dir's prune and reproject locks while it is moved aside, and refuse while any
+    of its stores is open elsewhere (a reproject or a query command opens the log read-only and
+    writes its projection stores: moved aside under it, it wrote its next files into the restored
+    data dir by path). On a refusal the copy is removed."""
+    try:
+        with contextlib.ExitStack() as held:
+            if occupied:
+                held.enter_context(prune_lock(target))
+                if os.path.isdir(os.path.join(target, "projections")):
+                    held.enter_context(reproject_lock(os.path.join(target, "projections")))
+                _refuse_open_stores(target, data_dir)
+            yield
+    except (StoreLockedError, PruneRunningError, ReprojectRunningError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _refuse_open_stores(target: str, data_dir: str) -> None:
+    busy = stores_in_use(target)
+    if busy:
+        where = os.path.relpath(busy[0], target)
+        raise StoreLockedError(f"{data_dir}/{where} is open in another process (a reproject, a query command, an "
+                               "ingest...); wait for it to finish or stop it before restoring")
+
+
 def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
     """(exists, occupied) of the data dir to restore into; refusals as restore_snapshot says."""
     node_file = os.path.join(target, "node.json")
@@ -226,11 +263,6 @@ def _check_target(target: str, data_dir: str, force: bool) -> tuple[bool, bool]:
         what = "already holds a chain" if _holds_chain(target) else "is not empty"
         raise ConfigError(f"{data_dir} {what}; restore into a new --data-dir, or pass --force to move "
                           f"it aside (to {data_dir}.replaced-<time>)")
-    if occupied and os.path.exists(os.path.join(target, "log", "CURRENT")):
-        try:  # a process without node.json (an ingest, ...) may hold the log
-            open_store(os.path.join(target, "log"), K.LOG_FORMAT, create=False).close()
-        except StoreLockedError:
-            raise
-        except StorageError:
-            pass  # a broken store is what a restore replaces
+    if occupied:  # a process without node.json (an ingest, a reproject...) may hold its stores
+        _refuse_open_stores(target, data_dir)
     return exists, occupied

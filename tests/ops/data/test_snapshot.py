@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -19,7 +20,12 @@ from clitools import LEDGERLOG, cli, cli_env, ok_json, wait_node_url
 from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
-from ledgerlog.engine.errors import ConfigError, CorruptStoreError, StoreLockedError
+from ledgerlog.engine.errors import (
+    ConfigError,
+    CorruptStoreError,
+    ReprojectRunningError,
+    StoreLockedError,
+)
 from ledgerlog.engine.log.embedded import EmbeddedLog
 from ledgerlog.ops.data import restore as restore_mod
 from ledgerlog.ops.data import snapshot as snapshot_mod
@@ -442,3 +448,46 @@ def test_the_restore_lock_is_not_shared_with_one_opened_before_its_holder_remove
     finally:
         late["release"].set()
         late["thread"].join(10)
+
+
+_HOLD = """
+import sys, time
+from ledgerlog.engine.chain import open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.streams.reproject import reproject_lock
+from ledgerlog.streams.runner import Runner
+data, what = sys.argv[1], sys.argv[2]
+cfg = Config(data_dir=data, sync=False)
+if what == "stores":  # a query command or a reproject: projection stores open, log read-only
+    chain = open_chain(cfg, read_only=True)
+    runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+    print("held", flush=True)
+    time.sleep(60)
+else:
+    with reproject_lock(cfg.projections_dir):
+        print("held", flush=True)
+        time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("what", ["stores", "reproject_lock"])
+def test_restore_force_is_refused_while_another_process_holds_the_data_dir(small_snapshot, tmp_path, what) -> None:
+    """A CLI reproject (log opened read-only, projection stores open) went unnoticed: the data dir
+    was moved aside under it, and it wrote its next files into the restored one by path, which
+    was then corrupt. Every store held open, and the reproject lock, now refuse the restore."""
+    target = tmp_path / "data"
+    restore_snapshot(small_snapshot["path"], str(target))
+    before = sorted(e for e in os.listdir(target) if not e.endswith(".lock"))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(target), what],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        assert holder.stdout is not None and holder.stderr is not None
+        assert holder.stdout.readline() == b"held\n", holder.stderr.read()
+        with pytest.raises((StoreLockedError, ReprojectRunningError)):
+            restore_snapshot(small_snapshot["path"], str(target), force=True)
+        assert sorted(e for e in os.listdir(target) if not e.endswith(".lock")) == before
+        assert not [e for e in os.listdir(tmp_path) if e.startswith("data.replaced")]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert restore_snapshot(small_snapshot["path"], str(target), force=True)["replaced"]
