@@ -27,6 +27,7 @@ from ledgerlog.engine.codec import Codec
 from ledgerlog.engine.errors import (
     AheadOfLogError,
     CorruptStoreError,
+    NotReadyError,
     ProjectionFailedError,
     PrunedError,
     StorageError,
@@ -322,10 +323,17 @@ class Runner:
         return {n: h.failed for n, h in self.handles.items() if h.failed is not None}
 
     def check_usable(self, name: str) -> ProjectionHandle:
-        """The handle of ``name``; ProjectionFailedError if its fold stopped on a bad event."""
+        """The handle of ``name``; ProjectionFailedError if its fold stopped on a bad event,
+        NotReadyError if older code built its store (rebuilt before a node serves it, but a
+        read-only look cannot rebuild it)."""
         h = self.handles[name]
         if h.failed is not None:
             raise ProjectionFailedError(h.failed.message)
+        if h.stale:
+            raise NotReadyError(
+                f"projection {name} was built by version {h.version} and this ledgerlog folds version "
+                f"{h.module.VERSION}; it is rebuilt when the process holding its store is done (or by "
+                f"`ledgerlog reproject {name}`): ask again then")
         return h
 
     def _shared_feed(self, handles: list[ProjectionHandle],

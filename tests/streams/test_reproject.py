@@ -287,3 +287,26 @@ def test_a_query_holding_the_swapped_out_store_reads_on_until_it_lets_go(data):
             assert not os.path.exists(old.path)
         finally:
             live.close()
+
+
+def test_a_read_only_look_at_a_store_built_by_older_code_answers_not_ready(data):
+    """A query command whose stores another process holds reads them read-only and cannot rebuild
+    them: it served a stale store's answers, labelled with the code's version."""
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.engine.errors import NotReadyError
+    from ledgerlog.ops.query.queries import Queries
+    from ledgerlog.streams.runner import Runner
+    pdir = os.path.join(data, "projections")
+    layout.write_pointer(pdir, "energy", "live", layout.read_pointer(pdir, "energy", "live")["dir"], 0)
+    cfg = Config(data_dir=data)
+    with open_chain(cfg, read_only=True) as chain:
+        runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, read_only=True)
+        try:
+            q = Queries(runner, chain.genesis.chain_id)
+            with pytest.raises(NotReadyError, match="version 0"):
+                q.market()
+            assert q.provenance("energy")["version"] == 0
+            assert q.provenance("chainstate")["version"] == runner.handles["chainstate"].module.VERSION
+            assert q.status()["height"] > 0  # the others still answer
+        finally:
+            runner.close()

@@ -104,7 +104,7 @@ class Queries:
             ends = log.end_offsets(t)
             row = positions[t] = [pos.get((t, p), 0) for p in range(len(ends))]
             lag += sum(ends) - sum(row)
-        return {"projection": name, "version": h.module.VERSION, "height": h.store.height,
+        return {"projection": name, "version": h.version, "height": h.store.height,
                 "positions": positions, "lag": lag, "digest": h.store.digest_hex()}
 
     # -- answers ---------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class Queries:
         for name, h in self.runner.handles.items():
             if not getattr(h.module, "USER", False):
                 continue
-            row: dict[str, Any] = {"name": name, "version": h.module.VERSION}
+            row: dict[str, Any] = {"name": name, "version": h.version}
             if h.failed is not None:
                 row["failed"] = h.failed.message
             else:
