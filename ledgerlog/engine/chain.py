@@ -20,6 +20,7 @@ from .files import write_atomic
 from .genesis import Genesis, dev_genesis
 from .genesis_record import OnLog, check_genesis, mismatch, read_on_log, record_genesis
 from .log import KafkaConfig, Log, open_log
+from .pendingkeys import finish_rotations
 from .rocks import configure as configure_rocks
 from .treehead import HeadPublisher, load_log_key, log_key_path
 
@@ -63,6 +64,8 @@ class Chain:
             check_genesis(self.log, self.codec, self.genesis, record=not read_only)
             if not read_only:
                 catch_up(self.log, self.codec, self.genesis)  # Kafka: fold what lies beyond the state
+                if self.log.keeps_state:  # a key rotation killed before its file was renamed
+                    finish_rotations(config.keys_dir, self.genesis, WriteState(self.log))
             self.heads = self._head_publisher()
         except LedgerError:
             self.log.close()

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_dir", "atomic_writer", "write_atomic", "fsync_dir", "fsync_tree", "plain_name", "still_at"]
+__all__ = ["flock_held", "atomic_dir", "atomic_writer", "write_atomic", "fsync_dir", "fsync_tree", "plain_name", "still_at"]
 
 
 def plain_name(name: object) -> bool:
@@ -28,6 +29,20 @@ def still_at(fd: int, path: str) -> bool:
     except FileNotFoundError:
         return False
     return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+@contextlib.contextmanager
+def flock_held(path: str, busy: Exception) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created), or ``busy`` raised at once when another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise busy from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: str) -> None:

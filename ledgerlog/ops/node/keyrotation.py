@@ -6,11 +6,11 @@ role the file's key holds now is moved to one fresh key by ``rotation`` lines, a
 other line, so the rotation is on ``ledger.keys`` for auditors before the file changes. Order,
 for crash safety: the new key is written to ``NAME.key.next``; the lines are admitted; the old
 file is kept under ``keys/retired/``; then ``NAME.key.next`` replaces ``NAME.key``. A crash
-between admission and the rename leaves ``NAME.key.next`` holding the key that now signs."""
+between admission and the rename leaves ``NAME.key.next`` holding the key that now signs: the
+next writable open of the chain (and the next rotation) finishes it (engine/pendingkeys.py)."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,8 +24,8 @@ from ledgerlog.engine.admission.state import WriteState
 from ledgerlog.engine.errors import BadRequest, ConfigError, RotationRefusedError
 from ledgerlog.engine.files import fsync_dir, write_atomic
 from ledgerlog.engine.genesis import Genesis
+from ledgerlog.engine.pendingkeys import finish_rotations, retire, rotation_lock
 from ledgerlog.engine.signing import Signer, rotation_line
-from ledgerlog.ops.data.locks import rotation_lock
 
 if TYPE_CHECKING:
     from ledgerlog.ops.node.context import NodeContext
@@ -41,6 +41,7 @@ def rotate_key(keys_dir: str, genesis: Genesis, state: WriteState,
         raise ConfigError(f"key name {name!r} must be a file name under {keys_dir}")
     if not os.path.isfile(os.path.join(keys_dir, f"{name}.key")):
         raise ConfigError(f"no key file {name}.key under {keys_dir}")
+    finish_rotations(keys_dir, genesis, state)  # one a crash cut short first
     with rotation_lock(keys_dir):
         return _rotate(keys_dir, genesis, state, admit, name)
 
@@ -68,9 +69,7 @@ def _rotate(keys_dir: str, genesis: Genesis, state: WriteState,
     if summary.rejected or summary.accepted != len(lines):
         os.unlink(pending)
         raise ConfigError(f"key rotation refused: {summary.rejections}")
-    retired = os.path.join(keys_dir, "retired")
-    os.makedirs(retired, mode=0o700, exist_ok=True)
-    shutil.copy2(path, os.path.join(retired, f"{name}-{old.pubkey[:16]}.key"))
+    retire(keys_dir, name, old)
     os.replace(pending, path)
     fsync_dir(keys_dir)
     return {"key": name, "old_pubkey": old.pubkey, "new_pubkey": new.pubkey, "identity": new.address,

@@ -360,3 +360,64 @@ def test_a_head_the_retired_log_key_signs_after_the_new_key_s_first_is_ignored(n
                                   honest["head"]["timestamp"] + 1, 0)])
     node.chain.heads.refresh()
     assert node.chain.heads.latest[(T.KEYS, 0)] == honest
+
+
+_KILLED_AT = """
+import os, signal, sys
+from ledgerlog.ops.cli import main
+step = sys.argv.pop(1)
+real_replace = os.replace
+def replace(src, dst, *a, **k):  # killed where the file would be renamed (after admission)
+    if str(src).endswith(".key.next"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *a, **k)
+if step == "renamed":
+    os.replace = replace
+else:  # killed before admission: the .next file written, nothing on the log
+    import ledgerlog.ops.node.keyrotation as kr
+    kr.rotation_line = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+sys.argv[0] = "ledgerlog"
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("step", ["renamed", "admitted"])
+@pytest.mark.parametrize("name", ["log", "producer"])
+def test_a_rotation_killed_before_its_file_was_renamed_is_settled_at_the_next_open(tmp_path, step, name):
+    """Killed after the rotation was admitted but before NAME.key.next replaced NAME.key, the node
+    signed with the retired key (log) or found no producer key and stopped making blocks, and a
+    new rotation was refused (the old key holds no role). The next open finishes it; killed
+    before admission, it is undone."""
+    import subprocess
+    import sys
+
+    from ledgerlog.engine.admission.roles import identity_of
+    from ledgerlog.engine.chain import open_chain
+    data = str(tmp_path / "data")
+    subprocess.run([LEDGERLOG, "--data-dir", data, "init"], check=True, capture_output=True)
+    path = os.path.join(data, "keys", f"{name}.key")
+    old = Signer.load(path)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT, step, "--data-dir", data, "keys", "rotate", name],
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert os.path.exists(path + ".next")
+    pending = Signer.load(path + ".next")
+    status = json.loads(subprocess.run([LEDGERLOG, "--data-dir", data, "status"], capture_output=True,
+                                       text=True, check=True).stdout)
+    cfg = Config(data_dir=data)
+    with open_chain(cfg) as chain:
+        state = WriteState(chain.log)
+        held = Signer.load(path)
+        assert not os.path.exists(path + ".next")
+        if step == "renamed":
+            assert held.pubkey == pending.pubkey != old.pubkey
+            assert os.path.exists(os.path.join(data, "keys", "retired", f"{name}-{old.pubkey[:16]}.key"))
+        else:
+            assert held.pubkey == old.pubkey
+        assert identity_of(state, chain.genesis, name, held.pubkey) is not None
+        if name == "log":
+            assert chain.heads.signer is not None and chain.heads.signer.pubkey == held.pubkey
+    if name == "log" and step == "renamed":
+        assert status["log_pubkey"] in (old.pubkey, held.pubkey)  # (a read-only status settles nothing)
+    again = subprocess.run([LEDGERLOG, "--data-dir", data, "keys", "rotate", name], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
