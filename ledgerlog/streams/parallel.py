@@ -15,6 +15,7 @@ the rest.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -25,6 +26,7 @@ from itertools import product
 from typing import Any
 
 from ledgerlog.engine.codec import Codec
+from ledgerlog.engine.errors import ConfigError
 from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 
@@ -149,13 +151,33 @@ def plan_groups(log_: Log, names: list[str], workers: int, *, split: bool = True
         parted = {n for n, _, _ in parts}
         option = _assign([u for u in whole if u[0] not in parted] + parts, k, cost)
         estimate = max(cost(g) for g in option if g) + MERGE_COST * sum(records[n] for n in parted)
-        if estimate < float(os.environ.get(SPLIT_GAIN_ENV, SPLIT_GAIN)) * max(cost(g) for g in best if g):
+        if estimate < split_gain() * max(cost(g) for g in best if g):
             best = option
     return sorted((g for g in best if g), key=cost, reverse=True)
 
 
 def min_parallel_records() -> int:
-    return int(os.environ.get(MIN_PARALLEL_RECORDS_ENV, MIN_PARALLEL_RECORDS))
+    return int(_tuning(MIN_PARALLEL_RECORDS_ENV, MIN_PARALLEL_RECORDS, int))
+
+
+def split_gain() -> float:
+    return _tuning(SPLIT_GAIN_ENV, SPLIT_GAIN, float)
+
+
+def _tuning(name: str, default: float, kind: type[int] | type[float]) -> float:
+    """A tuning variable: ``default`` when unset or empty (as every LEDGERLOG_ setting), else a
+    finite number >= 0 of ``kind``, or ConfigError naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={raw!r} must be a{'n integer' if kind is int else ' number'} >= 0; "
+                          "fix it or unset it")
+    return value
 
 
 def groups_by_work(log_: Log, names: list[str], workers: int, projections_dir: str | None = None) -> list[list[str]]:

@@ -320,3 +320,20 @@ def test_a_build_that_goes_on_whole_drops_the_parts_a_killed_split_build_left(ch
         assert parallel.build_bulk(chain.log, chain.codec, chain.genesis, str(tmp_path), {"balances": path}, 500,
                                    1) == {}
         assert not os.path.exists(os.path.join(path, leftover))
+
+
+@pytest.mark.parametrize("env,value", [("LEDGERLOG_SPLIT_GAIN", "abc"), ("LEDGERLOG_SPLIT_GAIN", "nan"),
+                                       ("LEDGERLOG_SPLIT_GAIN", "-1"),
+                                       ("LEDGERLOG_PARALLEL_MIN_RECORDS", "abc"),
+                                       ("LEDGERLOG_PARALLEL_MIN_RECORDS", "1e9"),
+                                       ("LEDGERLOG_PARALLEL_MIN_RECORDS", "-5")])
+def test_odd_tuning_variables_are_config_errors_and_empty_ones_unset(monkeypatch: Any, env: str, value: str) -> None:
+    """A bare int()/float() of them was INTERNAL (a node's first fold exited with it); an empty
+    one was an error while every other LEDGERLOG_ variable left empty is unset."""
+    from ledgerlog.engine.errors import ConfigError
+    read = parallel.split_gain if env == parallel.SPLIT_GAIN_ENV else parallel.min_parallel_records
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=env):
+        read()
+    monkeypatch.setenv(env, "")
+    assert read() == (parallel.SPLIT_GAIN if env == parallel.SPLIT_GAIN_ENV else parallel.MIN_PARALLEL_RECORDS)
