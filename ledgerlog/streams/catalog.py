@@ -285,8 +285,9 @@ def module(projections_dir: str | None, name: str) -> ModuleType:
 
 
 def check_names(projections_dir: str | None, chosen: Iterable[str]) -> list[str]:
-    """``chosen`` if every name is a projection here, else UnknownProjectionError."""
-    chosen = list(chosen)
+    """``chosen``, each name once (in first-named order), if every name is a projection here,
+    else UnknownProjectionError. (A name given twice opened its store twice: LOCKED.)"""
+    chosen = list(dict.fromkeys(chosen))
     for n in chosen:
         module(projections_dir, n)
     return chosen

@@ -310,3 +310,9 @@ def test_a_read_only_look_at_a_store_built_by_older_code_answers_not_ready(data)
             assert q.status()["height"] > 0  # the others still answer
         finally:
             runner.close()
+
+
+def test_a_name_given_twice_is_rebuilt_once(data):
+    """`reproject balances balances` opened the store twice and answered LOCKED, blaming another process."""
+    out = cli(data, "reproject", "balances", "chainstate", "balances")["projections"]
+    assert [p["projection"] for p in out] == ["balances", "chainstate"] and all(p["identical"] for p in out)
