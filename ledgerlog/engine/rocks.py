@@ -151,9 +151,12 @@ def map_error(exc: Exception, path: str) -> StorageError:
     if "lock" in text.lower() and ("LOCK" in text or "hold" in text):
         return StoreLockedError(f"{path} is in use by another process (a running node?): {text}")
     if "Corruption" in text or "corrupt" in text.lower() or "checksum" in text.lower():
+        projection = "projection" in path or f"{os.sep}projections{os.sep}" in path
         return CorruptStoreError(
-            f"{path} is corrupt: {text}. Restore it from a snapshot (ledgerlog snapshot restore) "
-            "or rebuild projections from the log (ledgerlog reproject)."
+            f"{path} is corrupt: {text}. " + ("Rebuild it from the log (ledgerlog reproject), or restore a "
+                                              "snapshot (ledgerlog snapshot restore)." if projection else
+                                              "Restore the data dir from a snapshot (ledgerlog snapshot restore); "
+                                              "it cannot be rebuilt from elsewhere.")
         )
     low = text.lower()
     if "read-only file system" in low:  # RocksDB (and rocksdict's own config file) write even on a read-only open

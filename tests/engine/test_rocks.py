@@ -91,3 +91,16 @@ def test_a_prefix_walk_from_any_start_equals_the_in_memory_store_s(tmp_path, sta
         assert got == [k for k in keys if k.startswith(b"h/") and (start is None or k >= start)]
     finally:
         db.close()
+
+
+def test_a_corrupt_log_is_not_sent_to_reproject_and_a_corrupt_projection_is():
+    """The log's CORRUPT message told operators to rebuild it with `ledgerlog reproject`, which
+    rebuilds projections from the log, never the log."""
+    from ledgerlog.engine.errors import CorruptStoreError
+    from ledgerlog.engine.rocks import map_error
+    boom = Exception("Corruption: block checksum mismatch in 000012.sst")
+    log_err = map_error(boom, "/srv/data/log")
+    assert isinstance(log_err, CorruptStoreError) and "reproject" not in str(log_err)
+    assert "snapshot restore" in str(log_err)
+    proj = map_error(boom, "/srv/data/projections/balances/v2-3")
+    assert isinstance(proj, CorruptStoreError) and "ledgerlog reproject" in str(proj)
