@@ -15,14 +15,20 @@ but consistent point. ``end_bulk`` flushes and goes back to logged writes before
 as a live one (a logged write after unflushed unlogged ones could otherwise outlive them)."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from rocksdict import DbClosedError
+
 from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.digest import digest_hex, update_digest
-from ledgerlog.engine.errors import CorruptStoreError
+from ledgerlog.engine.errors import CorruptStoreError, StorageUnavailableError
 from ledgerlog.engine.rocks import (
     Rdict,
     WriteBatch,
@@ -114,6 +120,98 @@ class _DbView:
         return None
 
 
+class _Gate:
+    """Reads share the store's database; a reopen after a disk fault waits for those under way and
+    holds new ones off meanwhile (rocksdict's close() under a read in another thread raised, or
+    hung both threads)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._closing = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._closing:
+                self._cond.wait()
+            self._readers += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def reopening(self) -> Iterator[None]:
+        with self._cond:
+            while self._closing:
+                self._cond.wait()
+            self._closing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closing = False
+                self._cond.notify_all()
+
+
+def _reading(store: ProjectionStore, read: Callable[[Any], Any]) -> Any:
+    """``read(db)`` on the store's open database (never one a reopen is closing)."""
+    gate = store._gate
+    gate.enter()
+    try:
+        db = store.db
+        if db is None:
+            raise StorageUnavailableError(f"{store.path} is closed; retry")
+        return read(db)
+    except DbClosedError:
+        raise StorageUnavailableError(f"{store.path} is closed; retry") from None
+    finally:
+        gate.leave()
+
+
+class _LiveView(_DbView):
+    """A query's view: reads whatever database the store has open (see ``_Gate``); a walk reads
+    a page at a time, each from a fresh seek, so a reopen between pages does not end it."""
+
+    PAGE = 256
+
+    def __init__(self, store: ProjectionStore) -> None:  # (no fixed database: super().__init__ not called)
+        self._store = store
+
+    def get(self, key: bytes) -> bytes | None:
+        return _reading(self._store, lambda db: db.get(key))  # type: ignore[no-any-return]
+
+    def items(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        page = self.PAGE
+        while True:
+            rows: list[tuple[bytes, bytes]] = _reading(self._store, functools.partial(_page, prefix=prefix, start=start,
+                                                                                      size=page))
+            yield from rows
+            if len(rows) < page:
+                return
+            start = rows[-1][0] + b"\x00"
+
+    def last_at_or_before(self, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
+        return _reading(self._store, lambda db: _DbView(db).last_at_or_before(prefix, key))  # type: ignore[no-any-return]
+
+
+def _page(db: Rdict, prefix: bytes, start: bytes | None, size: int) -> list[tuple[bytes, bytes]]:
+    return list(itertools.islice(iter_prefix(db, prefix, start), size))
+
+
+def _load_positions(db: Rdict) -> dict[tuple[str, int], int]:
+    out = {}
+    n = len(K.POS_PREFIX)
+    for key, val in iter_prefix(db, K.POS_PREFIX):
+        rest = key[n:]  # topic, b"\x00", 4-byte partition (which may itself hold \x00 bytes)
+        out[(rest[:-5].decode(), int.from_bytes(rest[-4:], "big"))] = K.U64.unpack(val)[0]
+    return out
+
+
 def _read_error(exc: Exception) -> Exception:
     """What a fold sees of a point read RocksDB failed: the disk's fault (I/O) as a StorageError,
     which the caller retries; a damaged store as it is, which stops that projection with the reason."""
@@ -202,6 +300,7 @@ class ProjectionStore:
             self.bulk = True
             self._wo.disable_wal = True  # type: ignore[method-assign, assignment]  # a property (stub: a method)
         self._guard = WriteGuard(path, self._reopen)
+        self._gate = _Gate()
         self._views: weakref.WeakSet[_DbView] = weakref.WeakSet()
         self._load()
 
@@ -215,14 +314,15 @@ class ProjectionStore:
     def _reopen(self) -> None:
         """After a write the disk refused: open the store anew (RocksDB keeps it stopped until
         then) and reload digest and positions from it; read-only meanwhile if it cannot be."""
-        try:
-            self.db.close()
-        except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
-            pass
         def loaded(db: Rdict) -> None:
             self.db = db
             self._load()
-        reopen_store(self.path, K.PROJECTION_FORMAT, loaded)
+        with self._gate.reopening():
+            try:
+                self.db.close()
+            except Exception:  # noqa: BLE001 - a stopped database reports its error again on close
+                pass
+            reopen_store(self.path, K.PROJECTION_FORMAT, loaded)
 
     def _key_filter(self) -> KeyFilter | None:
         """A KeyFilter of every state key in the store, from a scan of them; None if too many."""
@@ -268,20 +368,12 @@ class ProjectionStore:
     def positions(self) -> dict[tuple[str, int], int]:
         """Consumed log positions; cached (this process is the only writer) unless read-only."""
         if self._positions is None or self.read_only:
-            self._positions = self._load_positions()
+            self._positions = _reading(self, _load_positions)
         return dict(self._positions)
-
-    def _load_positions(self) -> dict[tuple[str, int], int]:
-        out = {}
-        n = len(K.POS_PREFIX)
-        for key, val in iter_prefix(self.db, K.POS_PREFIX):
-            rest = key[n:]  # topic, b"\x00", 4-byte partition (which may itself hold \x00 bytes)
-            out[(rest[:-5].decode(), int.from_bytes(rest[-4:], "big"))] = K.U64.unpack(val)[0]
-        return out
 
     def view(self) -> _DbView:
         """A reader of the store; a store swapped out closes only once no view of it is left."""
-        view = _DbView(self.db)
+        view = _LiveView(self)
         self._views.add(view)
         return view
 
@@ -295,7 +387,7 @@ class ProjectionStore:
     @property
     def height(self) -> int:
         """Highest event height folded so far (0 before any)."""
-        raw = self.db.get(_HEIGHT_KEY)
+        raw = _reading(self, lambda db: db.get(_HEIGHT_KEY))
         return K.U64.unpack(raw)[0] if raw else 0
 
     def commit(self, txn: OverlayTxn, positions: dict[tuple[str, int], int], *, initialised: bool = False,

@@ -182,3 +182,41 @@ def test_an_overlay_walk_left_early_reads_no_further_than_it_went(tmp_path) -> N
         assert counting.steps < 100
     finally:
         store.close()
+
+
+def test_reads_go_on_across_a_reopen_after_a_disk_fault(tmp_path) -> None:
+    """After a refused write the fold reopens the store; a query's view (and the height) still
+    read the closed database: DbClosedError, a 500. Reads follow the store to the reopened one,
+    also while another thread reopens it over and over (rocksdict's close() under a read raised
+    "Already mutably borrowed", or hung both threads)."""
+    import threading
+
+    store = ProjectionStore(str(tmp_path / "s"))
+    txn = store.begin()
+    txn.put(b"k", b"v")
+    store.commit(txn, {("t", 0): 1}, height=7)
+    view = store.view()
+    store._reopen()
+    assert view.get(b"k") == b"v" and list(view.items(b"k")) == [(b"k", b"v")]
+    assert view.last_at_or_before(b"k", b"kz") == (b"k", b"v") and store.height == 7
+    stop = threading.Event()
+    errors: list[Exception] = []
+
+    def reopen() -> None:
+        while not stop.wait(0.002):  # (a fold reopens at most once a second)
+            store._reopen()
+
+    t = threading.Thread(target=reopen)
+    t.start()
+    try:
+        for _ in range(500):
+            try:
+                view = store.view()
+                assert view.get(b"k") == b"v" and store.height == 7 and list(view.items(b"k")) == [(b"k", b"v")]
+            except Exception as exc:
+                errors.append(exc)
+    finally:
+        stop.set()
+        t.join()
+        store.close()
+    assert not errors, errors[:3]
