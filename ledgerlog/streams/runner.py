@@ -424,14 +424,17 @@ class Runner:
         return {t: [pos.get((t, p), 0) for p in range(len(self.log.end_offsets(t)))] for t in h.module.TOPICS}
 
     def wait_caught_up(self, targets: dict[str, list[int]], timeout: float) -> bool:
-        """Block until every projection has folded at least to ``targets`` (topic -> end offsets)."""
+        """Block until every projection has folded at least to ``targets`` (topic -> end offsets);
+        not for ones that cannot fold now (stopped on an event, or a disk refuses writes: reads
+        answer from what it committed rather than each wait out ``timeout``; the folds go on
+        together, so one refused store holds up the others too)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 if all(self._reached(h, targets) for h in self.handles.values() if h.failed is None):
                     return True
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or any(h.store.writes_refused for h in self.handles.values()):
                     return False
                 self._cond.wait(min(left, 0.05))
 

@@ -371,6 +371,11 @@ class ProjectionStore:
             self._positions = _reading(self, _load_positions)
         return dict(self._positions)
 
+    @property
+    def writes_refused(self) -> bool:
+        """The disk refused its last write (it folds again once a probe succeeds)."""
+        return self._guard.error is not None
+
     def view(self) -> _DbView:
         """A reader of the store; a store swapped out closes only once no view of it is left."""
         view = _LiveView(self)

@@ -337,3 +337,23 @@ def test_reads_racing_a_log_reopen_never_fail(tmp_path) -> None:
             t.join(timeout=10)
         log.close()
     assert errors == []
+
+
+def test_reads_do_not_wait_for_projections_whose_disk_refuses_writes(tmp_path) -> None:
+    """The log takes writes, the projections' disk refuses them: every query waited out its 5 s
+    read-your-writes wait for a fold that could not happen. Reads answer from what was committed."""
+    import threading
+    with observed_node(tmp_path) as w:
+        node, client, lines = w["node"], w["client"], w["lines"]
+        assert client.post("/v1/ingest", content=b"\n".join(lines[:100]) + b"\n", headers=NDJSON).status_code == 200
+        _until(lambda: client.get("/v1/ready").status_code == 200)
+        diskfaults.inject(errno.ENOSPC, under=node.config.projections_dir)
+        assert client.post("/v1/ingest", content=b"\n".join(lines[100:200]) + b"\n", headers=NDJSON).status_code == 200
+        _until(lambda: any(h.store.writes_refused for h in node.runner.handles.values()))
+        waited = threading.Thread(target=node.queries.sync, kwargs={"timeout": 3600})
+        waited.start()
+        waited.join(60)  # (it returns at once; an hour's wait would fail here, not hang the suite)
+        assert not waited.is_alive(), "a read waited for a fold the disk refuses"
+        assert client.get("/v1/status").status_code == 200
+        diskfaults.inject(None)
+        _until(lambda: client.get("/v1/ready").status_code == 200)
