@@ -28,13 +28,14 @@ from ledgerlog.engine.genesis import Genesis
 from ledgerlog.engine.log.base import Log
 
 from . import catalog, layout
+from .anchor import Anchor, anchor_root
 from .parallel import build_bulk
 from .runner import Runner
 from .store import ProjectionStore
 
 _log = logging.getLogger("ledgerlog.reproject")
 
-__all__ = ["reproject", "reproject_lock", "total_records"]
+__all__ = ["not_rebuildable", "reproject", "reproject_lock", "total_records"]
 
 LOCK_FILE = ".reproject.lock"
 _held: dict[str, tuple[int, int, int]] = {}  # lock path -> (owner thread, depth, fd)
@@ -119,9 +120,27 @@ def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, li
               progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection.
     ReprojectRunningError when another reproject of ``projections_dir`` runs."""
-    chosen = catalog.check_names(projections_dir, names if names is not None else catalog.names(projections_dir))
+    if names is None:
+        names = [n for n in catalog.names(projections_dir) if n not in not_rebuildable(projections_dir, log)]
+    chosen = catalog.check_names(projections_dir, names)
     with reproject_lock(projections_dir):
         return _reproject(log, codec, genesis, projections_dir, live, chosen, keep, swap_lock, workers, progress)
+
+
+def not_rebuildable(projections_dir: str, log: Log) -> dict[str, str]:
+    """The user projections a pruned log cannot rebuild (the anchor holds the built-ins only),
+    each with why: left out of a plain ``reproject``, they keep folding live."""
+    point = log.prune_point()
+    if point is None:
+        return {}
+    anchor = Anchor.load(anchor_root(projections_dir))
+    out = {}
+    for name in catalog.names(projections_dir):
+        mod = catalog.module(projections_dir, name)
+        if catalog.is_user(mod) and (anchor is None or not anchor.covers(mod)):
+            out[name] = (f"the log was pruned below height {point.height} and the anchor holds the built-in "
+                         "projections only: it keeps folding live, and a snapshot from before the prune rebuilds it")
+    return out
 
 
 def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,

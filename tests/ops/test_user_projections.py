@@ -350,3 +350,22 @@ def test_verify_of_a_pruned_log_still_checks_the_user_projections_stores(data, t
     report = json.loads(proc.stdout)["projections"]
     assert [(p["code"], p["where"]) for p in report["problems"]] == [("RECORDED_DIGEST_MISMATCH", "tx_count live store")]
     assert any("tx_count" in n and "not replayed" in n for n in report["notes"]), report["notes"]
+
+
+def test_after_a_prune_a_plain_reproject_rebuilds_the_built_ins_and_names_what_it_cannot(data, tmp_path) -> None:
+    """A user projection registered before a prune cannot be rebuilt after it (the anchor holds
+    the built-ins only); a plain `reproject` (all) then failed PRUNED and rebuilt nothing. It
+    rebuilds the built-ins and names the user projection; the user projection keeps folding."""
+    write_module(tmp_path)
+    ok_json(run(data, "projections", "add", "tx_count", cwd=tmp_path))
+    ok_json(run(data, "reproject", "tx_count", cwd=tmp_path))
+    height = ok_json(run(data, "status", cwd=tmp_path))["height"]
+    ok_json(run(data, "prune", "--before-height", str(height // 2), cwd=tmp_path))
+    out = ok_json(run(data, "reproject", cwd=tmp_path))
+    assert [p["projection"] for p in out["projections"]] == ["chainstate", "balances", "energy", "payouts"]
+    assert all(p["identical"] for p in out["projections"])
+    [skipped] = out["not_rebuilt"]
+    assert skipped["projection"] == "tx_count" and "pruned" in skipped["why"]
+    proc = run(data, "reproject", "tx_count", cwd=tmp_path)  # named: refused, saying why
+    assert proc.returncode == 1 and error(proc)["code"] == "PRUNED"
+    assert ok_json(run(data, "projections", "list", cwd=tmp_path))  # and it still answers

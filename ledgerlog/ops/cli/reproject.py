@@ -11,8 +11,8 @@ from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.cli.progress import admin_with_progress, progress_bar, quiet_option
 from ledgerlog.ops.query.client import NodeClient
 from ledgerlog.streams import catalog
+from ledgerlog.streams.reproject import not_rebuildable, reproject_lock, total_records
 from ledgerlog.streams.reproject import reproject as run_reproject
-from ledgerlog.streams.reproject import reproject_lock, total_records
 from ledgerlog.streams.runner import Runner
 
 
@@ -30,10 +30,16 @@ def reproject(ctx: typer.Context,
     and keeps answering queries meanwhile (its progress drawn from the node's status). One at a time: exit 1, code REPROJECT_RUNNING, when
     another reproject of the data dir runs."""
     cfg = config_of(ctx)
+    left_out: dict[str, str] = {}
+    if not names:  # all, less the user projections a pruned log cannot rebuild (named in the answer)
+        with open_chain(cfg, read_only=True) as chain:
+            left_out = not_rebuildable(cfg.projections_dir, chain.log)
     try:
-        chosen = catalog.check_names(cfg.projections_dir, names or catalog.names(cfg.projections_dir))
+        chosen = catalog.check_names(cfg.projections_dir,
+                                     names or [n for n in catalog.names(cfg.projections_dir) if n not in left_out])
     except UnknownProjectionError as exc:  # a wrong argument of the command: USAGE, exit 2
         fail(str(exc), 2)
+    not_rebuilt = {"not_rebuilt": [{"projection": n, "why": why} for n, why in left_out.items()]} if left_out else {}
     node = NodeClient.find(cfg)
     if node is not None:
         try:
@@ -41,7 +47,7 @@ def reproject(ctx: typer.Context,
                                          "reproject", unit=" events", quiet=quiet)
         finally:
             node.close()
-        emit(answer)
+        emit({**answer, **not_rebuilt} if isinstance(answer, dict) else answer)
         _refuse_disagreeing(answer.get("projections", []) if isinstance(answer, dict) else [])
         return
     with open_chain(cfg, read_only=True) as chain, reproject_lock(cfg.projections_dir):  # not a chain: nothing written
@@ -54,7 +60,7 @@ def reproject(ctx: typer.Context,
                                        keep=keep, workers=cfg.fold_processes, progress=tick)
         finally:
             live.close()
-    emit({"projections": result})
+    emit({"projections": result, **not_rebuilt})
     _refuse_disagreeing(result)
 
 
