@@ -21,7 +21,7 @@ from ledgerlog.engine.admission.state import Tip, WriteState
 from ledgerlog.engine.chain import open_chain, write_atomic
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
-from ledgerlog.engine.errors import LogError, StorageError
+from ledgerlog.engine.errors import LogError, StorageError, UnavailableError
 from ledgerlog.ops.api.admin import allowed_networks
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
@@ -46,6 +46,9 @@ log = logging.getLogger("ledgerlog.node")
 _MAX_BACKOFF = 5.0    # seconds between fold retries while storage errors repeat
 _PROBE_SECONDS = 1.0  # how often an unwritable disk is probed
 _STOP_LOCK_SECONDS = 60.0  # how long stop() waits for an admin action holding the projections
+#: how long a stopping node lets requests under way finish (a 64 MiB ingest is admitted in ~20 s
+#: on 2 cores); within systemd's default TimeoutStopSec (90 s)
+GRACEFUL_SECONDS = 60.0
 _SAMPLE_SECONDS = 0.2  # how often the dashboard's per-height samples are taken (ops/query/series.py)
 
 
@@ -88,6 +91,8 @@ class Node:
         self.server: uvicorn.Server | None = None
         self.url: str | None = None
         self._closed = False
+        self._admitting = 0  # HTTP ingests being admitted (stop closes the log only after them)
+        self._admitting_done = threading.Condition()
         self.admitter.listeners.append(self._on_commit)
 
     # -- what the HTTP API and metrics read -----------------------------------------------------
@@ -98,7 +103,17 @@ class Node:
         return chainstate.mempool_size(self.runner.handles["chainstate"].store.view())
 
     def admit_numbered(self, lines: Iterable[tuple[int, bytes]], ids: bool = False) -> dict[str, Any]:
-        return self.admitter.admit_numbered(lines, ids=ids).to_dict()
+        """An ingest body, admitted; refused once the node is stopping, and waited for by stop()."""
+        with self._admitting_done:
+            if self._stop.is_set():
+                raise UnavailableError("the node is stopping; send the lines again once it is back")
+            self._admitting += 1
+        try:
+            return self.admitter.admit_numbered(lines, ids=ids).to_dict()
+        finally:
+            with self._admitting_done:
+                self._admitting -= 1
+                self._admitting_done.notify_all()
 
     def keys_rotated(self) -> None:
         """A role key file changed: the simulator and the tree heads sign with what the files hold now."""
@@ -247,7 +262,7 @@ class Node:
         bound = sock.getsockname()[1]
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
         self.server = uvicorn_server(create_app(self), EdgeSettings.from_config(self.config),
-                                     keep_alive=self.config.http_keep_alive_timeout)
+                                     keep_alive=self.config.http_keep_alive_timeout, graceful=GRACEFUL_SECONDS)
         raise_open_files(self.config.http_max_connections)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -275,7 +290,11 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        with self._admitting_done:
+            self._stop.set()
+            if not self._admitting_done.wait_for(lambda: self._admitting == 0, timeout=GRACEFUL_SECONDS):
+                log.warning("stop: an ingest is still being admitted after %s s; closing the log under it "
+                            "(what it appended before is kept; its client gets no answer)", GRACEFUL_SECONDS)
         self._wake.set()
         for t in self._threads:
             t.join(timeout=30)

@@ -693,6 +693,40 @@ def test_cli_ingests_a_file_larger_than_the_nodes_body_cap_in_chunks(tmp_path, c
         assert status["height"] == sum(1 for ln in good if b'"type":"block"' in ln.replace(b" ", b""))
 
 
+def test_sigterm_during_a_long_ingest_answers_it_and_loses_nothing(tmp_path):
+    """SIGTERM while a large ingest was being admitted: after 10 s uvicorn cancelled the request
+    (a text/plain 500 for lines mostly admitted) while admission ran on up to the log's close.
+    The node now lets it finish (a JSON answer, every accepted line on the log after restart) and
+    closes the log only once no admission runs."""
+    genesis, keys = make_genesis(9, wallets=6)
+    gpath, hpath = tmp_path / "genesis.json", tmp_path / "history.jsonl"
+    write_genesis(gpath, genesis)
+    write_history(hpath, genesis, keys, events=250_000, seed=9)  # ~100 MB: admitted in well over 10 s here
+    body = hpath.read_bytes()
+    answer: list[Any] = []
+    env = {"LEDGERLOG_INGEST_RATE": "0", "LEDGERLOG_INGEST_MAX_BODY": str(256 * MiB)}
+    with node_process(tmp_path, env, genesis=gpath) as (url, proc):
+        def post() -> None:
+            try:
+                answer.append(httpx.post(url + "/v1/ingest", content=body, headers=NDJSON, timeout=120))
+            except httpx.HTTPError as exc:
+                answer.append(exc)
+        t = threading.Thread(target=post)
+        t.start()
+        time.sleep(1.0)  # the body is in; admission is under way
+        proc.terminate()
+        t.join(150)
+        assert proc.wait(timeout=120) == 0
+    [r] = answer
+    assert isinstance(r, httpx.Response) and r.status_code == 200, r
+    accepted = r.json()["accepted"]
+    assert accepted > 0 and r.json()["rejected"] == 0
+    again = subprocess.run([LEDGERLOG, "--data-dir", str(tmp_path / "data"), "ingest", str(hpath)],
+                           capture_output=True, env=cli_env(LEDGERLOG_LOG_SYNC="0"), timeout=300, check=False)
+    summary = json.loads(again.stdout)
+    assert summary["duplicates"] == accepted and summary["rejected"] == 0, summary
+
+
 def test_a_token_with_spaces_around_in_config_toml_still_matches_the_one_sent():
     """The token a client sends is stripped; the one from config.toml was not, so a token written
     with a space around could never match."""
