@@ -271,6 +271,10 @@ def check_ingest_headers(headers: Any, allowed_origins: frozenset[str]) -> None:
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != NDJSON:
         raise UnsupportedMediaTypeError(f"send ingest lines with Content-Type: {NDJSON}")
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):  # a compressed body read as lines is all MALFORMED
+        raise UnsupportedMediaTypeError(f"ingest bodies are not decoded (Content-Encoding: {encoding[:40]}); "
+                                        "send the lines uncompressed")
     origin = headers.get("origin")
     if origin is not None and origin.strip().lower().rstrip("/") not in allowed_origins:
         raise OriginNotAllowedError("this web origin may not post ingest lines; add it to http.allowed_origins")

@@ -91,6 +91,19 @@ def test_ingest_refuses_other_content_types_and_admits_nothing(node, client, hea
     assert height(client) == before + 1
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_ingest_refuses_a_compressed_body_and_admits_nothing(node, client, encoding):
+    """A gzip body was read as lines: 422 MALFORMED for every line, as if the client sent junk."""
+    import gzip
+    line = encode(lines_for(node).block([])) + b"\n"
+    before = height(client)
+    assert_error(client.post("/v1/ingest", content=gzip.compress(line), headers={**NDJSON, "Content-Encoding": encoding}),
+                 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert height(client) == before
+    r = client.post("/v1/ingest", content=line, headers={**NDJSON, "Content-Encoding": "identity"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+
+
 @pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1:8080"])
 def test_ingest_refuses_a_foreign_origin_and_admits_nothing(node, client, origin):
     line = encode(lines_for(node).block([])) + b"\n"
