@@ -21,7 +21,12 @@ from ledgerlog.engine.admission.state import Tip, WriteState
 from ledgerlog.engine.chain import open_chain, write_atomic
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
-from ledgerlog.engine.errors import LogError, StorageError, UnavailableError
+from ledgerlog.engine.errors import (
+    LogError,
+    StorageError,
+    StorageUnavailableError,
+    UnavailableError,
+)
 from ledgerlog.ops.api.admin import allowed_networks
 from ledgerlog.ops.api.app import create_app
 from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
@@ -73,7 +78,11 @@ class Node:
         if stale:  # code moved on: rebuild those (blue/green) rather than serve stale state
             log.info("projections %s were built by an older version; rebuilding", stale)
             self.reproject(stale)
-        catch_up_parallel(self.runner, config.fold_processes)  # a first fold far behind uses every core
+        try:
+            catch_up_parallel(self.runner, config.fold_processes)  # a first fold far behind uses every core
+        except StorageUnavailableError as exc:  # a full disk: serve what was committed, fold on later
+            log.error("projections cannot fold at start (%s); serving what they committed, folding on once the "
+                      "disk takes writes", exc)
         self.instance = secrets.token_hex(16)  # who this node is: in node.json and GET /v1/status
         self.jobs = Jobs()  # long admin actions' progress, shown by GET /v1/status
         self.queries = Queries(self.runner, self.genesis.chain_id, self.instance, heads=self.chain.heads,

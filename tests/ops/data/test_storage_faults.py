@@ -357,3 +357,32 @@ def test_reads_do_not_wait_for_projections_whose_disk_refuses_writes(tmp_path) -
         assert client.get("/v1/status").status_code == 200
         diskfaults.inject(None)
         _until(lambda: client.get("/v1/ready").status_code == 200)
+
+
+def test_a_node_starts_and_serves_reads_while_its_projections_disk_is_full(tmp_path) -> None:
+    """A restart with the projections' disk full exited 2 (STORAGE_UNAVAILABLE) at its first fold,
+    instead of serving what they committed and folding on once the disk takes writes again."""
+    from ledgerlog.ops.node.lifecycle import Node
+    with observed_node(tmp_path) as w:
+        client, lines, cfg = w["client"], w["lines"], w["config"]
+        assert client.post("/v1/ingest", content=b"\n".join(lines[:100]) + b"\n", headers=NDJSON).status_code == 200
+        _until(lambda: client.get("/v1/ready").status_code == 200)
+        w["node"].stop()
+    node = Node(cfg)
+    node.start()
+    try:
+        height = node.queries.status()["height"]
+    finally:
+        node.stop()
+    from ledgerlog.engine.chain import open_chain
+    with open_chain(cfg) as chain:  # lines the projections have not folded yet
+        assert chain.admitter.admit(lines[100:200]).rejected == 0
+    diskfaults.inject(errno.ENOSPC, under=cfg.projections_dir)
+    node = Node(cfg)  # its first fold meets the full disk
+    node.start()
+    try:
+        assert node.queries.status()["height"] == height  # what was committed
+        diskfaults.inject(None)
+        _until(lambda: node.queries.status()["height"] > height)
+    finally:
+        node.stop()
