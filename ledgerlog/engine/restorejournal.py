@@ -43,10 +43,13 @@ def tmp_prefix(data_dir: str) -> str:
 
 
 def _is_tmp_of(entry: str, data_dir: str) -> bool:
-    """Is ``entry`` a temp dir of a restore into ``data_dir``: the prefix and mkdtemp's suffix
-    alone? (``.tmp-restore-node-b-xyz`` starts with ``node``'s prefix too, and is not ``node``'s.)"""
+    """Is ``entry`` a temp dir (or a half-written journal) of a restore into ``data_dir``: the
+    prefix and mkdtemp's (mkstemp's) suffix alone? (``.tmp-restore-node-b-xyz`` starts with ``node``'s prefix too, and is not ``node``'s.)"""
     prefix = tmp_prefix(data_dir)
-    return entry.startswith(prefix) and re.fullmatch(r"[a-z0-9_]+", entry[len(prefix):]) is not None
+    if entry.startswith(prefix) and re.fullmatch(r"[a-z0-9_]+", entry[len(prefix):]) is not None:
+        return True
+    journal = f".{os.path.basename(os.path.realpath(data_dir))}.restore.json."  # its journal, half written
+    return entry.startswith(journal) and re.fullmatch(r"[a-z0-9_]+\.tmp", entry[len(journal):]) is not None
 
 
 @contextlib.contextmanager
@@ -141,7 +144,11 @@ def settle(data_dir: str) -> str | None:
         clear_journal(data_dir)
     for entry in os.listdir(parent):
         if _is_tmp_of(entry, data_dir):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            path = os.path.join(parent, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
             outcome = outcome or "cleaned"
     return outcome
 

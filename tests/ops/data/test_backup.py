@@ -184,6 +184,8 @@ def test_stale_temp_dirs_are_removed_live_ones_kept(chains, tmp_path) -> None:
     fd = os.open(live, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a create under way in another process holds it
     (tmp_path / ".tmp-restore-data-dead2").mkdir()  # a restore killed while copying
+    (tmp_path / ".data.restore.json.k2j3h4.tmp").write_text("{")  # one killed writing its journal
+    (tmp_path / ".data-b.restore.json.z9.tmp").write_text("{")  # another data dir's
     other = tmp_path / ".tmp-restore-data-b-live3"  # a restore into the data dir "data-b", not this one's
     other.mkdir()
     try:
@@ -192,7 +194,8 @@ def test_stale_temp_dirs_are_removed_live_ones_kept(chains, tmp_path) -> None:
         assert sorted(os.listdir(snaps)) == [".tmp-snapshot-live1"]
         ok_json(cli(data, "status"))
         assert not (tmp_path / ".tmp-restore-data-dead2").exists()
-        assert other.exists()
+        assert not (tmp_path / ".data.restore.json.k2j3h4.tmp").exists()
+        assert other.exists() and (tmp_path / ".data-b.restore.json.z9.tmp").exists()
     finally:
         os.close(fd)
     created = ok_json(cli(data, "snapshot", "create"))
