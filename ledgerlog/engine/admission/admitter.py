@@ -18,7 +18,7 @@ from opentelemetry import trace
 
 from .. import topics as T
 from ..codec import Codec
-from ..errors import Code, Rejection, error_code
+from ..errors import Code, LedgerError, Rejection, error_code
 from ..genesis import Genesis
 from ..log.base import Log, Record
 from .lines import Item, item_id
@@ -132,7 +132,11 @@ class Admitter:
             if not ahead:
                 return total
             numbers, parsed, pending = ahead.popleft()
-            total.merge(self._admit_chunk(numbers, parsed if pending is None else pending.items(), ids=ids))
+            try:
+                total.merge(self._admit_chunk(numbers, parsed if pending is None else pending.items(), ids=ids))
+            except LedgerError as exc:  # (a disk or broker fault): where it stopped, and what went in before
+                exc.admitted_before = (numbers[0], total.to_dict())  # type: ignore[attr-defined]
+                raise
             if progress:
                 progress(len(numbers))
 

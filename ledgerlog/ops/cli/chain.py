@@ -13,7 +13,7 @@ import typer
 
 from ledgerlog.engine import topics as T
 from ledgerlog.engine.chain import init_chain, open_chain
-from ledgerlog.engine.errors import StoreLockedError
+from ledgerlog.engine.errors import LedgerError, StoreLockedError
 from ledgerlog.engine.treehead import load_log_key
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.cli.progress import progress_bar, quiet_option
@@ -73,6 +73,15 @@ def ingest(ctx: typer.Context, file: str = typer.Argument(..., help="JSONL file 
                         ids=ids).to_dict()
                 except OSError as exc:
                     fail(f"I/O error while ingesting {file}: {exc}", 2)
+                    raise
+                except LedgerError as exc:
+                    where = getattr(exc, "admitted_before", None)
+                    if where is None:
+                        raise
+                    line, done = where
+                    exc.args = (f"{exc}; the lines before line {line} were admitted ({done['accepted']} accepted, "
+                                f"{done['duplicates']} duplicates, {done['rejected']} rejected): once fixed, run the "
+                                "same ingest again (what was admitted comes back as duplicates)",)
                     raise
     emit(summary)
     raise typer.Exit(1 if summary["rejected"] else 0)

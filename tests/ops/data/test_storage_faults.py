@@ -386,3 +386,30 @@ def test_a_node_starts_and_serves_reads_while_its_projections_disk_is_full(tmp_p
         _until(lambda: node.queries.status()["height"] > height)
     finally:
         node.stop()
+
+
+def test_cli_ingest_cut_short_by_the_disk_says_what_was_admitted(tmp_path, monkeypatch, capsys) -> None:
+    """An ingest the disk stopped half-way said only the disk's error: not how much of the file
+    went in, nor that running it again is safe."""
+    from ledgerlog.engine.admission.admitter import Admitter
+    from ledgerlog.ops import cli
+    genesis, keys = make_genesis(7, wallets=4)
+    write_genesis(tmp_path / "genesis.json", genesis)
+    write_history(tmp_path / "h.jsonl", genesis, keys, events=6000, seed=7)
+    data = tmp_path / "data"
+    init_chain(Config(data_dir=str(data), sync=False), genesis)
+    real, chunks = Admitter._admit_chunk, []
+
+    def failing_after_one(self: Any, numbers: list[int], *args: Any, **kwargs: Any) -> Any:
+        chunks.append(numbers[0])
+        if len(chunks) == 2:
+            diskfaults.inject(errno.ENOSPC)
+        return real(self, numbers, *args, **kwargs)
+    monkeypatch.setattr(Admitter, "_admit_chunk", failing_after_one)
+    monkeypatch.setattr("sys.argv", ["ledgerlog", "--data-dir", str(data), "ingest", str(tmp_path / "h.jsonl")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    err = json.loads(capsys.readouterr().err)
+    assert err["code"] == "STORAGE_UNAVAILABLE", err
+    assert f"lines before line {chunks[1]} were admitted" in err["error"] and "again" in err["error"], err
