@@ -10,7 +10,7 @@ is one seek; ``m`` -> [providers, sum of price_per_kwh, total stake, credited, s
 settled amount, readings, settlements, credited of registered providers, sum over registered
 providers of price_per_kwh x credited, height of the newest settlement]; ``mh/<height:8>`` -> the
 first ten of those as of that height (an entry at the stamp height of every provider, reading and
-settlement event), so "the market at H" is one seek; ``g/<parameter>/<height:8>`` -> [value, seq,
+settlement event), so "the market at H" is one seek (``mt`` -> [height, entry] of the newest); ``g/<parameter>/<height:8>`` -> [value, seq,
 change_id] of the last change (highest seq) stamped at that height.
 Commutative: readings and settlements are sums that accumulate whether or not the registration
 was folded yet (an event below a provider's newest history entry adds its delta to every later
@@ -53,7 +53,7 @@ OWNER, METER, STAKE, PRICE, REG_HEIGHT, CREDITED, SETTLED, AMOUNT, READINGS, SET
  M_REG_CREDITED, M_WEIGHTED, M_LAST_SETTLED) = range(11)
 _LEN = struct.Struct(">H")
 _MH = b"mh/"  # market history: the first ten fields of the market record as of a height
-_MH_END = _MH + b"\xff" * 8
+_MTOP = b"mt"  # [height, entry] of the newest market history entry (a batch starts from it)
 _NO_CHANGE = [0] * 10
 
 
@@ -87,9 +87,9 @@ class _Batch:
         self.market: list[int] = jload(txn.get(b"m")) or _no_market()
         self.provs: dict[str, list[Any]] = {}
         self.hist: dict[tuple[str, int], list[int]] = {}
-        newest = txn.last_at_or_before(_MH, _MH_END)
-        self.mtop = height_of_key(newest[0]) if newest else -1  # height of the newest market entry
-        self.mcur: list[int] = jload(newest[1]) if newest else list(_NO_CHANGE)  # the market there
+        newest = jload(txn.get(_MTOP))  # (one read: a seek for the last mh/ key walks a fold's overlay)
+        self.mtop: int = newest[0] if newest else -1  # height of the newest market entry
+        self.mcur: list[int] = newest[1] if newest else list(_NO_CHANGE)  # the market there
         self.mhist: dict[int, list[int]] = {}  # market entries this batch made or changed
 
     def prov(self, provider_id: str) -> list[Any]:
@@ -189,6 +189,8 @@ class _Batch:
         for height, v in self.mhist.items():
             self.txn.put(_MH + h8(height), jdump(v))
         self.mhist.clear()
+        if self.mtop >= 0:
+            self.txn.put(_MTOP, jdump([self.mtop, self.mcur]))
 
     def reading(self, ev: dict[str, Any]) -> None:
         b = ev["body"]
