@@ -100,12 +100,15 @@ class EdgeSettings:
 class CoalescingTransport:
     """A transport proxy that joins the writes of one loop turn (see the module docstring)."""
 
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop, close_timeout: float = 0.0) -> None:
+        """``close_timeout``: a close that leaves answers unsent (the client does not read them)
+        becomes a reset after that many seconds (0: asyncio's close, which waits for ever)."""
         self._transport = transport
         self._loop = loop
         self._buffer: list[bytes] = []
         self._size = 0
         self._eof = False
+        self._close_timeout = close_timeout
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data or self._eof:  # (an answer still under way when a refusal shut the write side)
@@ -141,11 +144,29 @@ class CoalescingTransport:
     def close(self) -> None:
         self.flush()
         self._transport.close()
+        if self._close_timeout > 0 and self._transport.get_write_buffer_size():
+            self._loop.call_later(self._close_timeout, self._reset_if_open)
 
     def abort(self) -> None:
         self._buffer.clear()
         self._size = 0
         self._transport.abort()
+
+    def reset(self) -> None:
+        """Abort with a reset: a plain close would leave the kernel holding what the client does
+        not read, with the FIN queued behind it."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.abort()
+
+    def _reset_if_open(self) -> None:
+        if self._transport.get_write_buffer_size():  # (0 once the close went through)
+            log.debug("resetting a closed connection whose client does not read its last answer")
+            self.reset()
 
     def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
         return getattr(self._transport, name)
@@ -179,10 +200,13 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
         _send_timer: asyncio.TimerHandle | None = None
         _stalled_since: float | None = None  # when the client stopped reading our answer
         _lingering = False  # refused: the answer written, the write side shut
+        _deferred: LedgerError | None = None  # a refusal waiting for the answers before it to go out
         _held = b""  # received but not parsed yet: MAX_PIPELINED requests wait already
+        _in_head = False  # a request head is being parsed
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+            super().connection_made(CoalescingTransport(transport, self.loop,  # type: ignore[arg-type]
+                                                        close_timeout=settings.send_timeout))
             self._idle_since = time.monotonic()
             self._arm_head()
             if settings.max_connections and len(self.connections) > settings.max_connections:
@@ -194,18 +218,15 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._lingering:  # refused: what still comes is read and dropped
+            if self._refused():  # what still comes is read and dropped
                 return
             if self._held:
                 self._held += data
                 self.flow.pause_reading()
                 return
             pipeline = getattr(self, "pipeline", None)
-            if pipeline is None or len(data) <= _FEED:
-                self._parse(data)
-                return
             for at in range(0, len(data), _FEED):  # a piece at a time: stop once requests pile up
-                if len(pipeline) >= MAX_PIPELINED and not self._refused():
+                if pipeline is not None and len(pipeline) >= MAX_PIPELINED:
                     self._held = data[at:]
                     self.flow.pause_reading()
                     return
@@ -226,8 +247,9 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                     self._body_timer = self.loop.call_later(settings.body_timeout, self._body_expired)
             if self._body_timer is not None and (cycle is None or not cycle.more_body):
                 self._cancel("_body_timer")
-            if self._idle():  # bytes of a next request head (or stray CRLFs): the head clock runs
-                self._arm_head()
+            if self._idle() or self._in_head:  # bytes of a request head (or stray CRLFs)
+                if self._idle():  # the head clock runs
+                    self._arm_head()
                 self._head_bytes += len(data)
                 if settings.max_head_bytes and self._head_bytes > settings.max_head_bytes:
                     log.debug("closing %s: a request head over %s bytes", self.client, settings.max_head_bytes)
@@ -240,14 +262,24 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             super().on_response_complete()
             self._idle_since = time.monotonic()
             self._head_bytes = 0
+            if self._deferred is not None and self._idle():  # the answers before it are out
+                exc, self._deferred = self._deferred, None
+                self._close_with(exc)
+                return
             if self._held and not self._refused() and len(self.pipeline) < MAX_PIPELINED:
                 held, self._held = self._held, b""
                 self.data_received(held)
             if self._held:
                 self.flow.pause_reading()
 
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+
         def on_headers_complete(self) -> None:
             """A whole head in one read never passed the byte count of ``data_received``."""
+            self._in_head = False
+            self._head_bytes = 0
             size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
             if settings.max_head_bytes and size > settings.max_head_bytes:
                 self._close_with(HeadTooLargeError(
@@ -256,9 +288,11 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             super().on_headers_complete()
 
         def send_400_response(self, msg: str) -> None:
+            cycle = self.cycle  # its body is what is malformed: the 400 answers the request under way
+            receiving = cycle is not None and cycle.more_body and not cycle.response_started
             if not self._refused():
                 self._close_with(BadRequest(f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}); "
-                                            "send a well-formed request"))
+                                            "send a well-formed request"), answering=receiving)
 
         def _unsupported_upgrade_warning(self) -> None:
             log.debug("answering an upgrade request from %s as plain HTTP", self.client)
@@ -295,13 +329,7 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             self._cancel_timers()
             self._cancel("_send_timer")
             self._stalled_since = None
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:  # a reset now: a plain close would leave the kernel holding what
-                try:              # the client does not read, and its FIN behind it
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-            self.transport.abort()
+            self.transport.reset()  # type: ignore[attr-defined]  # the CoalescingTransport's
 
         # -- state -----------------------------------------------------------------------------
         def _idle(self) -> bool:
@@ -310,8 +338,9 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             return (cycle is None or cycle.response_complete) and not getattr(self, "pipeline", None)
 
         def _refused(self) -> bool:
-            """Closed or closing, or refused and waiting for the client to close."""
-            return self._lingering or bool(self.transport.is_closing())
+            """Closed or closing, refused and waiting for the client to close, or a refusal waits
+            for the answers before it."""
+            return self._lingering or self._deferred is not None or bool(self.transport.is_closing())
 
         def _arm_head(self) -> None:
             if settings.header_timeout > 0 and self._head_timer is None:
@@ -328,11 +357,18 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
             self._cancel("_body_timer")
 
         # -- refusals --------------------------------------------------------------------------
-        def _close_with(self, exc: LedgerError) -> None:
+        def _close_with(self, exc: LedgerError, *, answering: bool = False) -> None:
             """Answer ``exc`` and close: the write side at once, the connection once the client
-            closes (or after LINGER s), so its unread request does not turn the close into a reset."""
+            closes (or after LINGER s), so its unread request does not turn the close into a reset.
+            Unless ``exc`` answers the request under way (``answering``), a refusal of a pipelined
+            request waits for the answers to the requests before it (they keep their order)."""
             self._cancel_timers()
             if self._refused():
+                return
+            if not answering and not self._idle():
+                self._deferred = exc
+                self._held = b""
+                self.flow.pause_reading()
                 return
             self._lingering = True
             self._held = b""
@@ -365,7 +401,7 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                 self._cancel_timers()
             else:
                 self._close_with(RequestTimeoutError(
-                    f"send the whole request body within {settings.body_timeout:g} s of its head"))
+                    f"send the whole request body within {settings.body_timeout:g} s of its head"), answering=True)
 
         def _make_room(self) -> None:
             """Past the cap: close the connection idle longest; if none is idle, refuse this one."""

@@ -173,3 +173,93 @@ def test_one_write_per_response(tmp_path, coalesce):
         assert all(json.loads(w.partition(b"\r\n\r\n")[2])["address"] == "0" * 40 for w in writes)
     else:
         assert len(writes) >= 6  # status line and headers, then the body
+
+
+class _Reads(FakeTransport):
+    """A FakeTransport that also resumes reading (uvicorn calls both)."""
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def test_pipelined_requests_waiting_on_a_connection_are_bounded_whatever_the_read_sizes():
+    """Reads of 16 KiB or less were parsed whole whatever was already queued: one client sending
+    small writes of tiny requests grew the queue (and memory) without bound. Past MAX_PIPELINED
+    waiting requests, what comes stays unparsed and reading pauses."""
+    from ledgerlog.ops.api.transport import MAX_PIPELINED, EdgeSettings
+
+    async def never_answers(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        proto = protocol_class(EdgeSettings())
+        config = uvicorn.Config(never_answers, http=proto, log_level="warning")
+        config.load()
+        from uvicorn.server import ServerState
+        p = proto(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+        fake = _Reads()
+        p.connection_made(fake)
+        tiny = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        read = tiny * (10_000 // len(tiny))  # ~10 KB: one read, under the parser's piece size
+        for _ in range(5):
+            p.data_received(read)
+        assert 0 < len(p.pipeline) <= MAX_PIPELINED + len(read) // len(tiny), len(p.pipeline)
+        assert fake.paused and p._held  # the rest waits unread
+        for task in list(p.tasks):
+            task.cancel()
+        p.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_a_close_that_leaves_answers_unsent_becomes_a_reset_after_the_timeout():
+    """asyncio's close waits for the write buffer to drain: a client that never reads its last
+    answer (kept alive, then closed by the keep-alive timeout or to make room) held its
+    connection, "closing", for good."""
+    async def main() -> None:
+        fake = FakeTransport()  # its write buffer never drains (7 bytes)
+        t = CoalescingTransport(fake, asyncio.get_running_loop(), close_timeout=0.05)
+        t.write(b"an answer nobody reads")
+        t.close()
+        assert fake.closed and not fake.aborted
+        await asyncio.sleep(0.2)
+        assert fake.aborted
+
+    asyncio.run(main())
+
+
+def test_a_refused_pipelined_request_is_answered_after_the_requests_before_it():
+    """A 431 (or 400) for the second of two pipelined requests was written at once, ahead of the
+    first one's answer, which was then dropped: the client read the refusal as the answer to its
+    first request (maybe an ingest that went in)."""
+    from ledgerlog.ops.api.transport import EdgeSettings
+
+    async def main() -> None:
+        go = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await go.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        proto = protocol_class(EdgeSettings())
+        config = uvicorn.Config(app, http=proto, log_level="warning")
+        config.load()
+        from uvicorn.server import ServerState
+        p = proto(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+        fake = _Reads()
+        p.connection_made(fake)
+        big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+        p.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + big[:16_000])
+        p.data_received(big[16_000:])
+        await asyncio.sleep(0.01)
+        assert b"".join(fake.writes) == b""  # nothing before the first answer
+        go.set()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        out = b"".join(fake.writes)
+        assert out.startswith(b"HTTP/1.1 200") and b"ok" in out, out[:200]
+        assert out.index(b"HTTP/1.1 431") > out.index(b"ok"), out[:400]
+        p.connection_lost(None)
+
+    asyncio.run(main())
