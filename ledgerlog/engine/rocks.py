@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -298,33 +297,58 @@ def _check_status(it: RdictIter, db: Rdict) -> None:
 
 
 def stores_in_use(root: str) -> list[str]:
-    """The RocksDB stores under ``root`` that a process has open: RocksDB holds a POSIX lock on a
-    store's LOCK file while it is open (also in this process: closing the probe then drops that
-    process's POSIX lock on the file, so call it only on stores about to be replaced)."""
+    """The RocksDB stores under ``root`` that a process (this one too) has open: RocksDB holds a
+    POSIX lock on a store's LOCK file while it is open. Read from /proc/locks, so nothing is
+    opened: closing a probe of the file would drop the locks this process holds on it."""
+    locks = _held_locks()
     busy = []
     for where, _dirs, files in os.walk(root):
         if "LOCK" not in files:
             continue
+        path = os.path.join(where, "LOCK")
         try:
-            fd = os.open(os.path.join(where, "LOCK"), os.O_RDWR)
+            st = os.stat(path)
         except OSError:
             continue
-        try:
-            _probe_lock(fd)
-        except OSError:
+        if locks is not None:
+            if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locks:
+                busy.append(where)
+        elif _probe_busy(path):
             busy.append(where)
-        finally:
-            os.close(fd)
     return sorted(busy)
 
 
-_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+def _held_locks() -> set[tuple[int, int, int]] | None:
+    """(major, minor, inode) of every file some process holds a lock on; None without /proc/locks."""
+    try:
+        with open("/proc/locks", encoding="ascii") as f:
+            rows = f.read().splitlines()
+    except OSError:
+        return None
+    out = set()
+    for row in rows:  # "1: POSIX  ADVISORY  WRITE 4242 08:01:1234567 0 EOF" (device numbers in hex)
+        for field in row.split()[1:]:
+            parts = field.split(":")
+            if len(parts) == 3 and all(parts):
+                try:
+                    out.add((int(parts[0], 16), int(parts[1], 16), int(parts[2])))
+                except ValueError:
+                    continue
+                break
+    return out
 
 
-def _probe_lock(fd: int) -> None:
-    """Take a write lock on the whole file, or OSError when another holds one. Linux's
-    open-file-description lock also conflicts with this process's own POSIX locks."""
-    if _OFD_SETLK is None:
+def _probe_busy(path: str) -> bool:
+    """Without /proc/locks: try a write lock on the whole file (closing the probe drops any lock
+    this process holds on it)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
-    fcntl.fcntl(fd, _OFD_SETLK, struct.pack("hh4xqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)

@@ -104,3 +104,26 @@ def test_a_corrupt_log_is_not_sent_to_reproject_and_a_corrupt_projection_is():
     assert "snapshot restore" in str(log_err)
     proj = map_error(boom, "/srv/data/projections/balances/v2-3")
     assert isinstance(proj, CorruptStoreError) and "ledgerlog reproject" in str(proj)
+
+
+def test_stores_in_use_sees_this_process_and_others_and_drops_no_lock(tmp_path):
+    """The probe opened and closed each LOCK file, and closing it dropped this process's own
+    RocksDB lock on it: another process could then open the same store."""
+    import subprocess
+    import sys
+
+    from ledgerlog.engine.rocks import stores_in_use
+    path = str(tmp_path / "s")
+    open_store(path, b"test-format").close()
+    assert stores_in_use(str(tmp_path)) == []
+    db = open_store(path, b"test-format")
+    try:
+        assert stores_in_use(str(tmp_path)) == [path]
+        other = subprocess.run([sys.executable, "-c", "import sys\nfrom ledgerlog.engine.rocks import open_store\n"
+                                "from ledgerlog.engine.errors import StoreLockedError\n"
+                                "try:\n    open_store(sys.argv[1], b'test-format')\nexcept StoreLockedError:\n"
+                                "    sys.exit(3)\n", path], capture_output=True, timeout=60)
+        assert other.returncode == 3, other.stderr.decode()[-500:]
+    finally:
+        db.close()
+    assert stores_in_use(str(tmp_path)) == []
