@@ -496,8 +496,13 @@ class ProjectionStore:
             self.bulk = False
 
     def close(self) -> None:
-        if self.db is not None:
+        """Close the database once the reads under way are done (later ones: StorageUnavailableError)."""
+        if self.db is None:
+            return
+        with self._gate.reopening():
             db, self.db = self.db, None  # type: ignore[assignment]
+            if db is None:
+                return
             self._guard.close()
             try:
                 if self.bulk:

@@ -220,3 +220,36 @@ def test_reads_go_on_across_a_reopen_after_a_disk_fault(tmp_path) -> None:
         t.join()
         store.close()
     assert not errors, errors[:3]
+
+
+def test_reads_racing_a_close_get_a_typed_error_never_rocksdicts(tmp_path) -> None:
+    """close() (a swap's retired store, a node's stop) under a read on another thread could raise
+    rocksdict's "Already mutably borrowed" (a 500) or hang: it waits for the reads under way,
+    and later ones get StorageUnavailableError."""
+    import threading
+
+    from ledgerlog.engine.errors import StorageUnavailableError
+    for _ in range(20):
+        store = ProjectionStore(str(tmp_path / "s"))
+        txn = store.begin()
+        txn.put(b"k", b"v")
+        store.commit(txn, {("t", 0): 1}, height=3)
+        view, errors, stop = store.view(), [], threading.Event()
+
+        def read(view=view, errors=errors, stop=stop) -> None:
+            while not stop.is_set():
+                try:
+                    view.get(b"k")
+                except StorageUnavailableError:
+                    return
+                except Exception as exc:  # collected
+                    errors.append(exc)
+                    return
+        readers = [threading.Thread(target=read) for _ in range(3)]
+        for t in readers:
+            t.start()
+        store.close()
+        stop.set()
+        for t in readers:
+            t.join(10)
+        assert not any(t.is_alive() for t in readers) and not errors, errors

@@ -54,6 +54,7 @@ _STOP_LOCK_SECONDS = 60.0  # how long stop() waits for an admin action holding t
 #: how long a stopping node lets requests under way finish (a 64 MiB ingest is admitted in ~20 s
 #: on 2 cores); within systemd's default TimeoutStopSec (90 s)
 GRACEFUL_SECONDS = 60.0
+_ADMISSION_WAIT = 15.0  # then more for an admission the server's graceful stop gave up on
 _SAMPLE_SECONDS = 0.2  # how often the dashboard's per-height samples are taken (ops/query/series.py)
 
 
@@ -301,9 +302,9 @@ class Node:
         self._closed = True
         with self._admitting_done:
             self._stop.set()
-            if not self._admitting_done.wait_for(lambda: self._admitting == 0, timeout=GRACEFUL_SECONDS):
-                log.warning("stop: an ingest is still being admitted after %s s; closing the log under it "
-                            "(what it appended before is kept; its client gets no answer)", GRACEFUL_SECONDS)
+            if not self._admitting_done.wait_for(lambda: self._admitting == 0, timeout=_ADMISSION_WAIT):
+                log.warning("stop: an ingest is still being admitted after %s s more; closing the log under "
+                            "it (what it appended before is kept; its client gets no answer)", _ADMISSION_WAIT)
         self._wake.set()
         for t in self._threads:
             t.join(timeout=30)
