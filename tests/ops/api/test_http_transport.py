@@ -182,23 +182,32 @@ class _Reads(FakeTransport):
         self.paused = False
 
 
+def _connected(app: Any) -> tuple[Any, _Reads]:
+    """The edge protocol (default settings) serving ``app``, connected to a fake transport (call
+    it inside the running loop)."""
+    from uvicorn.server import ServerState
+
+    from ledgerlog.ops.api.transport import EdgeSettings
+    proto = protocol_class(EdgeSettings())
+    config = uvicorn.Config(app, http=proto, log_level="warning")
+    config.load()
+    p = proto(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+    fake = _Reads()
+    p.connection_made(fake)
+    return p, fake
+
+
 def test_pipelined_requests_waiting_on_a_connection_are_bounded_whatever_the_read_sizes():
     """Reads of 16 KiB or less were parsed whole whatever was already queued: one client sending
     small writes of tiny requests grew the queue (and memory) without bound. Past MAX_PIPELINED
     waiting requests, what comes stays unparsed and reading pauses."""
-    from ledgerlog.ops.api.transport import MAX_PIPELINED, EdgeSettings
+    from ledgerlog.ops.api.transport import MAX_PIPELINED
 
     async def never_answers(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.sleep(3600)
 
     async def main() -> None:
-        proto = protocol_class(EdgeSettings())
-        config = uvicorn.Config(never_answers, http=proto, log_level="warning")
-        config.load()
-        from uvicorn.server import ServerState
-        p = proto(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
-        fake = _Reads()
-        p.connection_made(fake)
+        p, fake = _connected(never_answers)
         tiny = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
         read = tiny * (10_000 // len(tiny))  # ~10 KB: one read, under the parser's piece size
         for _ in range(5):
@@ -232,7 +241,6 @@ def test_a_refused_pipelined_request_is_answered_after_the_requests_before_it():
     """A 431 (or 400) for the second of two pipelined requests was written at once, ahead of the
     first one's answer, which was then dropped: the client read the refusal as the answer to its
     first request (maybe an ingest that went in)."""
-    from ledgerlog.ops.api.transport import EdgeSettings
 
     async def main() -> None:
         go = asyncio.Event()
@@ -242,13 +250,7 @@ def test_a_refused_pipelined_request_is_answered_after_the_requests_before_it():
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
             await send({"type": "http.response.body", "body": b"ok"})
 
-        proto = protocol_class(EdgeSettings())
-        config = uvicorn.Config(app, http=proto, log_level="warning")
-        config.load()
-        from uvicorn.server import ServerState
-        p = proto(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
-        fake = _Reads()
-        p.connection_made(fake)
+        p, fake = _connected(app)
         big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
         p.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + big[:16_000])
         p.data_received(big[16_000:])
