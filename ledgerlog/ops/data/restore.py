@@ -223,17 +223,17 @@ def _nobody_else_in(target: str, data_dir: str, occupied: bool, tmp: str) -> Ite
     of its stores is open elsewhere (a reproject or a query command opens the log read-only and
     writes its projection stores: moved aside under it, it wrote its next files into the restored
     data dir by path). On a refusal the copy is removed."""
-    try:
-        with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as held:
+        try:
             if occupied:
                 held.enter_context(prune_lock(target))
                 if os.path.isdir(os.path.join(target, "projections")):
                     held.enter_context(reproject_lock(os.path.join(target, "projections")))
                 _refuse_open_stores(target, data_dir)
-            yield
-    except (StoreLockedError, PruneRunningError, ReprojectRunningError):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except (StoreLockedError, PruneRunningError, ReprojectRunningError):
+            shutil.rmtree(tmp, ignore_errors=True)  # (before the commit point only)
+            raise
+        yield
 
 
 def _refuse_open_stores(target: str, data_dir: str) -> None:
