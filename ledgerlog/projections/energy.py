@@ -154,12 +154,7 @@ class _Batch:
             self.mhist[height] = cur
             return
         self._flush_market()  # below the newest entry (rare): shift every entry from there on
-        at = _MH + h8(height)
-        if self.txn.get(at) is None:
-            prev = self.txn.last_at_or_before(_MH, at)
-            self.txn.put(at, prev[1] if prev else jdump(_NO_CHANGE))
-        for key, raw in list(self.txn.items(_MH, at)):
-            self.txn.put(key, jdump([a + d for a, d in zip(jload(raw), delta)]))
+        self._shift(_MH, height, delta)
         self.mcur = jload(self.txn.get(_MH + h8(self.mtop)))
 
     def _history(self, provider_id: str, p: list[Any], height: int, delta: list[int]) -> None:
@@ -169,11 +164,15 @@ class _Batch:
             self.hist[(provider_id, height)] = [p[CREDITED], p[SETTLED], p[AMOUNT], p[READINGS], p[SETTLEMENTS]]
             return
         self._flush_history(provider_id)  # below the newest entry (rare): shift every later entry
-        prefix = _hprefix(provider_id)
+        self._shift(_hprefix(provider_id), height, delta)
+
+    def _shift(self, prefix: bytes, height: int, delta: list[int]) -> None:
+        """Add ``delta`` to the stored entries under ``prefix`` from ``height`` on, first making
+        one at ``height`` (a copy of the entry below it, or zeros)."""
         at = prefix + h8(height)
         if self.txn.get(at) is None:
             prev = self.txn.last_at_or_before(prefix, at)
-            self.txn.put(at, prev[1] if prev else jdump([0] * 5))
+            self.txn.put(at, prev[1] if prev else jdump([0] * len(delta)))
         for key, raw in list(self.txn.items(prefix, at)):
             self.txn.put(key, jdump([a + d for a, d in zip(jload(raw), delta)]))
 
