@@ -13,8 +13,6 @@ import logging
 import os
 import shutil
 
-from nacl.signing import SigningKey
-
 from ledgerlog.engine.admission.lines import ROLES
 from ledgerlog.engine.admission.roles import identity_of
 from ledgerlog.engine.admission.state import WriteState
@@ -73,7 +71,7 @@ def _settle(keys_dir: str, genesis: Genesis, state: WriteState, name: str) -> st
             doc = json.load(f)
         if "rotation_txid" in doc:
             return None  # the faucet's own rotation (a transfer): ops/api/faucet_keys.py settles it
-        new = Signer(SigningKey(bytes.fromhex(doc["seed"])), doc.get("identity"))
+        new = Signer.from_doc(doc)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # not a key file of ours: left for the operator
     if not any(identity_of(state, genesis, r, new.pubkey) is not None for r in ROLES):

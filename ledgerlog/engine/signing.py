@@ -26,7 +26,11 @@ class Signer:
     def load(cls, path: str) -> Signer:
         """A key file as ``init`` and key rotation write it: JSON with "seed" (and "identity")."""
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+            return cls.from_doc(json.load(f))
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Signer:
+        """A key file's parsed JSON as a Signer."""
         return cls(SigningKey(bytes.fromhex(doc["seed"])), doc.get("identity"))
 
     def to_json(self, name: str) -> str:
