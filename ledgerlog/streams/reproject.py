@@ -117,14 +117,17 @@ def _build_dir(projections_dir: str, name: str, log: Log) -> tuple[str, bool]:
 def reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
               names: Iterable[str] | None = None, *, keep: bool = True,
               swap_lock: threading.Lock | None = None, workers: int = 1,
-              progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+              progress: Callable[[int], None] | None = None, serving: bool = True) -> list[dict[str, Any]]:
     """Rebuild ``names`` (default: all) and swap each into ``live``; one summary per projection.
-    ReprojectRunningError when another reproject of ``projections_dir`` runs."""
+    ReprojectRunningError when another reproject of ``projections_dir`` runs. ``serving``: queries
+    may be reading ``live`` meanwhile (a node), so a swapped-out store closes in the background,
+    once they let go; without them (a CLI command) it closes before this returns."""
     if names is None:
         names = [n for n in catalog.names(projections_dir) if n not in not_rebuildable(projections_dir, log)]
     chosen = catalog.check_names(projections_dir, names)
     with reproject_lock(projections_dir):
-        return _reproject(log, codec, genesis, projections_dir, live, chosen, keep, swap_lock, workers, progress)
+        return _reproject(log, codec, genesis, projections_dir, live, chosen, keep, swap_lock, workers, progress,
+                          serving)
 
 
 def not_rebuildable(projections_dir: str, log: Log) -> dict[str, str]:
@@ -145,7 +148,7 @@ def not_rebuildable(projections_dir: str, log: Log) -> dict[str, str]:
 
 def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, live: Runner,
                chosen: list[str], keep: bool, swap_lock: threading.Lock | None, workers: int,
-               progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
+               progress: Callable[[int], None] | None, serving: bool) -> list[dict[str, Any]]:
     builds = {n: _build_dir(projections_dir, n, log) for n in chosen}
     paths = {n: os.path.join(projections_dir, n, d) for n, (d, _) in builds.items()}
     started = time.monotonic()
@@ -161,7 +164,7 @@ def _reproject(log: Log, codec: Codec, genesis: Genesis, projections_dir: str, l
             build.catch_up(until=targets, progress=progress)
             _refuse_failed(build)
             live.catch_up(until=targets)
-            return [_swap(projections_dir, live, build, n, builds[n], keep, time.monotonic() - started)
+            return [_swap(projections_dir, live, build, n, builds[n], keep, time.monotonic() - started, serving)
                     for n in chosen]
     finally:
         build.close()
@@ -176,7 +179,7 @@ def _refuse_failed(build: Runner) -> None:
 
 
 def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: tuple[str, bool],
-          keep: bool, seconds: float) -> dict[str, Any]:
+          keep: bool, seconds: float, serving: bool) -> dict[str, Any]:
     new = build.handles.pop(name)
     module = new.module
     old = live.handles.get(name)
@@ -201,12 +204,14 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
             summary["previous"] = old_dir
         elif old_dir != built[0]:
             remove = old_dir
-        # queries that already hold the old store read on; it closes (then, maybe, goes) after them
-        retiring = threading.Thread(target=_retire, args=(old.store, projections_dir, name, remove),
-                                    name=f"retire-{name}")
-        with _RETIRING_LOCK:
-            _RETIRING[os.path.abspath(old.store.path)] = retiring
-        retiring.start()
+        if serving:  # queries that already hold the old store read on; it closes (then, maybe, goes) after them
+            retiring = threading.Thread(target=_retire, args=(old.store, projections_dir, name, remove),
+                                        name=f"retire-{name}")
+            with _RETIRING_LOCK:
+                _RETIRING[os.path.abspath(old.store.path)] = retiring
+            retiring.start()
+        else:
+            _retire(old.store, projections_dir, name, remove, grace=0.0)
     if stale_previous and stale_previous["dir"] not in (built[0], summary.get("previous")):
         _settle_retirement(os.path.join(projections_dir, name, stale_previous["dir"]))
         _remove(projections_dir, name, stale_previous["dir"])
@@ -246,8 +251,8 @@ RETIRE_GRACE = 1.0
 RETIRE_MAX_WAIT = 60.0
 
 
-def _retire(store: Any, projections_dir: str, name: str, remove: str | None) -> None:
-    time.sleep(RETIRE_GRACE)
+def _retire(store: Any, projections_dir: str, name: str, remove: str | None, grace: float = RETIRE_GRACE) -> None:
+    time.sleep(grace)
     deadline = time.monotonic() + RETIRE_MAX_WAIT
     while store.views() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -65,7 +65,6 @@ def test_reproject_all_gives_same_digests_and_answers(data, history):
     # a second reproject drops the version kept by the first; --discard keeps none
     first_previous = out[1]["previous"]
     out2 = cli(data, "reproject", "balances", "--discard")["projections"][0]
-    time.sleep(2)  # the replaced store is closed and removed shortly after the swap
     dirs = layout.build_dirs(os.path.join(data, "projections"), "balances")
     assert dirs == [out2["dir"]] and first_previous not in dirs
 
@@ -285,6 +284,32 @@ def test_a_query_holding_the_swapped_out_store_reads_on_until_it_lets_go(data):
             while os.path.exists(old.path) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert not os.path.exists(old.path)
+        finally:
+            live.close()
+
+
+@pytest.mark.parametrize("serving", [True, False])
+def test_a_swapped_out_store_closes_at_once_unless_queries_may_read_it(data, serving):
+    """A node's reproject keeps the old store open a grace period (a query may be about to read it);
+    a CLI one, with no queries, closes and removes it before returning, so the command does not
+    sit out that grace at exit."""
+    from ledgerlog.engine.chain import open_chain
+    from ledgerlog.streams.reproject import RETIRE_GRACE, reproject
+    from ledgerlog.streams.runner import Runner
+
+    cfg = Config(data_dir=data)
+    with open_chain(cfg, read_only=True) as chain:
+        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
+        try:
+            old = live.handles["balances"].store
+            t = time.monotonic()
+            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, ["balances"], keep=False,
+                      serving=serving)
+            if serving and time.monotonic() - t < RETIRE_GRACE:  # still within the grace: open
+                assert old.db is not None and os.path.isdir(old.path)
+            if not serving:
+                assert old.db is None and not os.path.exists(old.path)
+                assert [t.name for t in threading.enumerate() if t.name.startswith("retire-")] == []
         finally:
             live.close()
 

@@ -57,7 +57,7 @@ def reproject(ctx: typer.Context,
             with progress_bar("reproject", total=total_records(chain.log, chosen, cfg.projections_dir), unit=" events",
                               quiet=quiet) as tick:
                 result = run_reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, chosen,
-                                       keep=keep, workers=cfg.fold_processes, progress=tick)
+                                       keep=keep, workers=cfg.fold_processes, progress=tick, serving=False)
         finally:
             live.close()
     emit({"projections": result, **not_rebuilt})

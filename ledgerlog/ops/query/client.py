@@ -305,7 +305,8 @@ def open_queries(config: Config) -> Iterator[Any]:
             if not runner.read_only:
                 stale = [n for n, h in runner.handles.items() if h.stale]
                 if stale:  # built by older projection code: rebuild (blue/green) before answering
-                    reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale)
+                    reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale,
+                              serving=False)  # before any query
                 catch_up_parallel(runner, config.fold_processes)  # a first fold far behind uses every core
             yield Queries(runner, chain.genesis.chain_id, heads=chain.heads, log_pubkey=chain.log_pubkey,
                           syncing_lag=config.http_ready_max_lag)
