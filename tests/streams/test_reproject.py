@@ -2,6 +2,7 @@
 answered during it, and a projection built by older code is rebuilt instead of served."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -231,10 +232,10 @@ def test_reprojects_back_to_back_retire_the_old_stores_cleanly(data, monkeypatch
         node.stop()
 
 
-def test_a_swap_adding_a_projection_leaves_queries_iterating_the_projections_unharmed(data):
-    """A reproject that adds a projection the live runner lacked (a user projection registered
-    after the node started) swaps in a new mapping: a query thread iterating the projections
-    meanwhile (the list, lags, failures) does not fail with 'dictionary changed size'."""
+@contextlib.contextmanager
+def balances_live(data: str):
+    """A live runner of balances on the data dir, and a reproject into it (keep=False) as a node
+    runs one: (live, rebuild(names, **options))."""
     from ledgerlog.engine.chain import open_chain
     from ledgerlog.streams.reproject import reproject
     from ledgerlog.streams.runner import Runner
@@ -243,13 +244,22 @@ def test_a_swap_adding_a_projection_leaves_queries_iterating_the_projections_unh
     with open_chain(cfg, read_only=True) as chain:
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
         try:
-            reading = iter(live.handles.items())  # a query, halfway through the projections
-            next(reading)
-            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, ["energy"], keep=False)
-            assert list(reading) == []  # the mapping it iterates did not change under it
-            assert list(live.handles) == ["balances", "energy"]
+            yield live, lambda names, **kw: reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir,
+                                                      live, names, keep=False, **kw)
         finally:
             live.close()
+
+
+def test_a_swap_adding_a_projection_leaves_queries_iterating_the_projections_unharmed(data):
+    """A reproject that adds a projection the live runner lacked (a user projection registered
+    after the node started) swaps in a new mapping: a query thread iterating the projections
+    meanwhile (the list, lags, failures) does not fail with 'dictionary changed size'."""
+    with balances_live(data) as (live, rebuild):
+        reading = iter(live.handles.items())  # a query, halfway through the projections
+        next(reading)
+        rebuild(["energy"])
+        assert list(reading) == []  # the mapping it iterates did not change under it
+        assert list(live.handles) == ["balances", "energy"]
 
 
 def test_a_query_holding_the_swapped_out_store_reads_on_until_it_lets_go(data):
@@ -258,34 +268,25 @@ def test_a_query_holding_the_swapped_out_store_reads_on_until_it_lets_go(data):
     no view of it is left."""
     import gc
 
-    from ledgerlog.engine.chain import open_chain
-    from ledgerlog.streams.reproject import reproject
-    from ledgerlog.streams.runner import Runner
-
-    cfg = Config(data_dir=data)
-    with open_chain(cfg, read_only=True) as chain:
-        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
-        try:
-            old = live.handles["balances"].store
-            view = old.view()
-            rows = view.items(b"a/")
-            first = next(rows)
-            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, ["balances"], keep=False)
-            time.sleep(1.5)  # past the retirement's grace period
-            assert view.get(first[0]) == first[1]
-            assert len(list(rows)) > 0  # the page goes on
-            assert os.path.isdir(old.path) and old.db is not None
-            del view, rows
-            gc.collect()
-            deadline = time.monotonic() + 10
-            while old.db is not None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert old.db is None
-            while os.path.exists(old.path) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not os.path.exists(old.path)
-        finally:
-            live.close()
+    with balances_live(data) as (live, rebuild):
+        old = live.handles["balances"].store
+        view = old.view()
+        rows = view.items(b"a/")
+        first = next(rows)
+        rebuild(["balances"])
+        time.sleep(1.5)  # past the retirement's grace period
+        assert view.get(first[0]) == first[1]
+        assert len(list(rows)) > 0  # the page goes on
+        assert os.path.isdir(old.path) and old.db is not None
+        del view, rows
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while old.db is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert old.db is None
+        while os.path.exists(old.path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(old.path)
 
 
 @pytest.mark.parametrize("serving", [True, False])
@@ -293,25 +294,17 @@ def test_a_swapped_out_store_closes_at_once_unless_queries_may_read_it(data, ser
     """A node's reproject keeps the old store open a grace period (a query may be about to read it);
     a CLI one, with no queries, closes and removes it before returning, so the command does not
     sit out that grace at exit."""
-    from ledgerlog.engine.chain import open_chain
-    from ledgerlog.streams.reproject import RETIRE_GRACE, reproject
-    from ledgerlog.streams.runner import Runner
+    from ledgerlog.streams.reproject import RETIRE_GRACE
 
-    cfg = Config(data_dir=data)
-    with open_chain(cfg, read_only=True) as chain:
-        live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, names=["balances"])
-        try:
-            old = live.handles["balances"].store
-            t = time.monotonic()
-            reproject(chain.log, chain.codec, chain.genesis, cfg.projections_dir, live, ["balances"], keep=False,
-                      serving=serving)
-            if serving and time.monotonic() - t < RETIRE_GRACE:  # still within the grace: open
-                assert old.db is not None and os.path.isdir(old.path)
-            if not serving:
-                assert old.db is None and not os.path.exists(old.path)
-                assert [t.name for t in threading.enumerate() if t.name.startswith("retire-")] == []
-        finally:
-            live.close()
+    with balances_live(data) as (live, rebuild):
+        old = live.handles["balances"].store
+        t = time.monotonic()
+        rebuild(["balances"], serving=serving)
+        if serving and time.monotonic() - t < RETIRE_GRACE:  # still within the grace: open
+            assert old.db is not None and os.path.isdir(old.path)
+        if not serving:
+            assert old.db is None and not os.path.exists(old.path)
+            assert [t.name for t in threading.enumerate() if t.name.startswith("retire-")] == []
 
 
 def test_a_read_only_look_at_a_store_built_by_older_code_answers_not_ready(data):
