@@ -192,6 +192,7 @@ def _swap(projections_dir: str, live: Runner, build: Runner, name: str, built: t
                "events": new.events, "seconds": round(seconds, 3), "digest_before": before,
                "digest_after": new.store.digest_hex(), "identical": before == new.store.digest_hex(),
                "stale_version": old.version if old and old.stale else None, "swapped": True}
+    new.events = old.events if old else 0  # the live fold's count goes on (the rebuild's is in the summary)
     stale_previous = layout.read_pointer(projections_dir, name, "previous")
     layout.write_pointer(projections_dir, name, "live", built[0], module.VERSION)
     layout.clear_pointer(projections_dir, name, "building")

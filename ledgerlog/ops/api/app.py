@@ -6,6 +6,8 @@ Every request meets the limits of ops/api/limits.py and the guards of ops/api/gu
 error is answered by one handler from the error table (engine/errors.py)."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -55,6 +57,7 @@ def create_app(node: NodeContext, *, limits: HttpLimits | None = None, faucet: F
     instrument_app(app)  # one trace span per request (ops/node/tracing.py)
     app.fast_lane = FastLane(node, node.metrics.on_request, ROUTES)  # plain GETs of the query routes
     app.host_guard = HostGuard([node.config.http_host, *split_list(node.config.http_allowed_hosts)])
+    app.on_refusal = node.metrics.on_request  # what the guard refuses never reaches RequestMetrics
     return app
 
 
@@ -64,13 +67,17 @@ class LedgerApp(FastAPI):
 
     fast_lane: FastLane | None = None
     host_guard: HostGuard | None = None
+    on_refusal: Callable[[str, str, int, float], None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             send = _with_safety_headers(send)
         guard = self.host_guard
         if guard is not None and scope["type"] in ("http", "websocket") and not guard.allows(scope):
+            start = time.perf_counter()
             await guard.refuse(send, scope.get("path", ""))  # DNS rebinding: a page's requests carry its own name
+            if self.on_refusal is not None:
+                self.on_refusal("unmatched", scope.get("method", ""), 421, time.perf_counter() - start)
             return
         lane = self.fast_lane
         if lane is not None and scope["type"] == "http":

@@ -7,6 +7,7 @@ import errno
 import logging
 import resource
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -50,11 +51,13 @@ def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
     return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port")
 
 
-def uvicorn_server(app: Any, edge: EdgeSettings, *, keep_alive: float = 5, graceful: float = 10) -> uvicorn.Server:
-    """A uvicorn server for ``app``: the edge protocol, no proxy headers (per-IP limits trust the
-    TCP peer), uvicorn's logs through ours; run it with ``server.run(sockets=[bind(...)])``."""
+def uvicorn_server(app: Any, edge: EdgeSettings, *, keep_alive: float = 5, graceful: float = 10,
+                   on_refusal: Callable[[str, str, int, float], None] | None = None) -> uvicorn.Server:
+    """A uvicorn server for ``app``: the edge protocol (its refusals counted by ``on_refusal``),
+    no proxy headers (per-IP limits trust the TCP peer), uvicorn's logs through ours; run it
+    with ``server.run(sockets=[bind(...)])``."""
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, log_config=None,
-                                         http=protocol_class(edge), proxy_headers=False,
+                                         http=protocol_class(edge, on_refusal=on_refusal), proxy_headers=False,
                                          timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # a float works
                                          timeout_graceful_shutdown=int(graceful), ws="none"))
 

@@ -39,11 +39,15 @@ are open, idle ones included, so 1,100 idle sockets starve everyone. Here:
   it sent waits unparsed (and the socket unread) until answers are out. uvicorn alone parses
   every request of each 256 KiB read after every answer, so one client grew memory ~100 MB/s.
 - **malformed HTTP** (bad chunk sizes, two lengths, a bad method or URL byte) gets a JSON 400
-  ``BAD_REQUEST`` instead of uvicorn's plain-text one; WebSocket upgrades are not served (the
-  request is answered as plain HTTP, so the Host guard and routes answer it).
+  ``BAD_REQUEST`` instead of uvicorn's plain-text one, and a DEBUG line naming the client
+  instead of uvicorn's WARNING (one per bad request let any client flood the log); WebSocket
+  upgrades are not served (the request is answered as plain HTTP, so the Host guard and routes
+  answer it).
 Every refusal above is written, then the write side shut, and the connection closed once the
 client closes or after ``LINGER`` seconds: closing with its request unread would make the
-kernel send a reset, and the client would never see the answer.
+kernel send a reset, and the client would never see the answer. Each is counted through
+``on_refusal`` (the request metrics, route ``unmatched``), and the warnings of refusals and
+aborts are written at most once per ``WARN_EVERY`` seconds.
 Keep-alive stays uvicorn's (``timeout_keep_alive``)."""
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -77,8 +82,34 @@ MAX_PIPELINED = 32  # requests waiting on one connection
 MAX_STALLED_BYTES = 256 * 1024 * 1024  # answers buffered for clients that do not read them, in all
 LINGER = 2.0  # seconds a refused connection stays half-closed for its answer to be read
 _FEED = 16 * 1024  # bytes handed to the parser at a time while requests may pile up
+WARN_EVERY = 10.0  # seconds between two warnings of one kind that clients can cause
+_UVICORN_INVALID = "Invalid HTTP request received."  # uvicorn's WARNING for each malformed request
 
 log = logging.getLogger("ledgerlog.http")
+
+
+class _Throttled:
+    """A warning logged at most once per ``period`` seconds; the next one says how many like it
+    were held back meanwhile. (Clients cause these: one line each would let them flood the log.)"""
+
+    def __init__(self, period: float = WARN_EVERY) -> None:
+        self.period = period
+        self._last = float("-inf")
+        self._held = 0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.period:
+            self._held += 1
+            return
+        if self._held:
+            msg += f" (and {self._held} more like it in the last {now - self._last:.0f} s)"
+        self._last, self._held = now, 0
+        log.warning(msg, *args)
+
+
+def _drop_uvicorn_invalid_request(record: logging.LogRecord) -> bool:
+    return record.msg != _UVICORN_INVALID
 
 
 @dataclass(frozen=True)
@@ -172,24 +203,31 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def _raw_response(exc: LedgerError) -> bytes:
-    """A whole HTTP/1.1 response answering ``exc`` (ops/api/guard.py ``error_answer``), closing."""
+def _raw_response(exc: LedgerError) -> tuple[int, bytes]:
+    """The status and whole HTTP/1.1 response answering ``exc`` (ops/api/guard.py
+    ``error_answer``), closing."""
     status, body, _ = error_answer(exc)
     data = dumps_any(body)  # an error may quote a client's string that is not UTF-8
-    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(data)}\r\nconnection: close\r\n\r\n").encode() + data
+    return status, (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(data)}\r\nconnection: close\r\n\r\n").encode() + data
 
 
-def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
+def protocol_class(edge: EdgeSettings | None = None, *,
+                   on_refusal: Callable[[str, str, int, float], None] | None = None) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol for this environment (as ``http="auto"`` picks it), writing
     through a ``CoalescingTransport`` and guarding the edge with ``edge`` (default settings
-    when None; see the module docstring)."""
+    when None; see the module docstring). ``on_refusal(route, method, status, seconds)`` counts
+    each refusal (the signature of the request metrics' ``on_request``)."""
     try:
         import httptools  # noqa: F401
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
     settings = edge or EdgeSettings()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if _drop_uvicorn_invalid_request not in uvicorn_log.filters:
+        uvicorn_log.addFilter(_drop_uvicorn_invalid_request)  # send_400_response logs it, at DEBUG
+    refusing, aborting = _Throttled(), _Throttled()
 
     class Guarded(base):  # type: ignore[misc, valid-type]
         _head_timer: asyncio.TimerHandle | None = None
@@ -290,6 +328,7 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
         def send_400_response(self, msg: str) -> None:
             cycle = self.cycle  # its body is what is malformed: the 400 answers the request under way
             receiving = cycle is not None and cycle.more_body and not cycle.response_started
+            log.debug("refusing %s: %s", self.client, msg)
             if not self._refused():
                 self._close_with(BadRequest(f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}); "
                                             "send a well-formed request"), answering=receiving)
@@ -310,8 +349,8 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                 if held <= MAX_STALLED_BYTES:
                     break
                 held -= c.transport.get_write_buffer_size()
-                log.warning("answers stalled on unread connections hold over %d bytes: aborting the one "
-                            "from %s", MAX_STALLED_BYTES, c.client)
+                aborting.warning("answers stalled on unread connections hold over %d bytes: aborting the one "
+                                 "from %s", MAX_STALLED_BYTES, c.client)
                 c._abort()
 
         def resume_writing(self) -> None:
@@ -372,7 +411,10 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                 return
             self._lingering = True
             self._held = b""
-            self.transport.write(_raw_response(exc))
+            status, answer = _raw_response(exc)
+            self.transport.write(answer)
+            if on_refusal is not None:
+                on_refusal("unmatched", "", status, time.monotonic() - self._idle_since)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
                 self.flow.resume_reading()  # read (and drop) what comes, to see the client's close
@@ -418,7 +460,7 @@ def protocol_class(edge: EdgeSettings | None = None) -> type[asyncio.Protocol]:
                 log.debug("%d connections open: aborting %s, which reads no answer", len(self.connections), victim.client)
                 victim._abort()
             else:
-                log.warning("%d connections open, all busy: refusing %s", len(self.connections), self.client)
+                refusing.warning("%d connections open, all busy: refusing %s", len(self.connections), self.client)
                 self._close_with(OverloadedError("the node has no free connection; retry shortly"))
 
     class _Refused(Exception):

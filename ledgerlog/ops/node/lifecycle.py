@@ -272,7 +272,8 @@ class Node:
         bound = sock.getsockname()[1]
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{bound}"
         self.server = uvicorn_server(create_app(self), EdgeSettings.from_config(self.config),
-                                     keep_alive=self.config.http_keep_alive_timeout, graceful=GRACEFUL_SECONDS)
+                                     keep_alive=self.config.http_keep_alive_timeout, graceful=GRACEFUL_SECONDS,
+                                     on_refusal=self.metrics.on_request)
         raise_open_files(self.config.http_max_connections)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -130,6 +130,11 @@ class AppendTimes:
                 self.base = self.entries.popleft()
 
 
+#: RFC 9110's methods; any other counts as ``_OTHER`` (as OpenTelemetry's HTTP conventions have
+#: it), so that no client mints series with methods of its own
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
 class HttpRequestMetrics:
     """``ledgerlog_http_request_duration_seconds`` (histogram, buckets ``_LATENCY_BUCKETS``) and
     ``ledgerlog_http_requests_total`` (counter), by ``method``, ``route`` and ``status``: a
@@ -147,7 +152,7 @@ class HttpRequestMetrics:
         self._lock = threading.Lock()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (method, route, str(status))
+        key = (method if method in _HTTP_METHODS else "_OTHER", route, str(status))
         i = bisect.bisect_left(self.bounds, seconds)  # bucket i holds (bounds[i-1], bounds[i]]
         with self._lock:
             series = self._series.get(key)

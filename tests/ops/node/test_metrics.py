@@ -395,3 +395,26 @@ def test_append_times_coalesce_close_appends() -> None:
         at.note()
     assert len(at.entries) == 1 and at.entries[0] == (100.01, {"a": (5,)})
     assert at.oldest_unfolded(["a"], {("a", 0): 3}) == 100.01
+
+
+def test_events_folded_never_goes_down_across_a_reproject(tmp_path) -> None:
+    """The swap put the rebuild's handle in place with the rebuild's count: the counter fell
+    (16,558 -> 84 after a prune) or, on a node that had folded nothing since its start, jumped by
+    the whole log; Prometheus reads either as a reset, and the fold-rate panel spiked."""
+    from ledgerlog.ops.node.lifecycle import Node
+
+    with observed_node(tmp_path) as w:
+        ingest_all(w["client"], w["lines"])
+        assert w["client"].get("/v1/status").status_code == 200
+        w["node"].stop()
+        node = Node(w["config"])  # restarted: nothing folded since its start
+        node.start()
+        try:
+            node.runner.catch_up()
+            assert {h.events for h in node.runner.handles.values()} == {0}
+            node.reproject(["balances", "chainstate"], keep=False)
+            after = parse_metrics(node.metrics.render().decode())
+            for name in node.runner.handles:
+                assert one(after, "ledgerlog_projection_events_folded_total", projection=name) == 0, name
+        finally:
+            node.stop()
