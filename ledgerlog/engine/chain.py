@@ -77,7 +77,8 @@ class Chain:
         here for a chain made before log keys were); a read-only open only reads them."""
         if self.read_only:
             return HeadPublisher(self.log, self.codec, self.genesis.chain_id, None, self._log_keys,
-                                 lambda: WriteState(self.log).log_key_now() if self.log.keeps_state else None)
+                                 lambda: WriteState(self.log).log_key_now() if self.log.keeps_state else None,
+                                 cache=self.config.heads_cache_path)
         recorded = self._recorded_log_key()
         missing = not os.path.exists(log_key_path(self.config.keys_dir))
         signer = load_log_key(self.config.keys_dir, create=True)
@@ -89,7 +90,8 @@ class Chain:
                            recorded[:16], self.config.keys_dir, signer.pubkey[:16])
         if self.log.keeps_state:
             record_log_origin(self.log, signer.pubkey)
-        return HeadPublisher(self.log, self.codec, self.genesis.chain_id, signer, self._log_keys)
+        return HeadPublisher(self.log, self.codec, self.genesis.chain_id, signer, self._log_keys,
+                             cache=self.config.heads_cache_path)
 
     def _log_keys(self) -> set[str]:
         """The keys that have held this chain's log role (the state's; else the key file's)."""
@@ -155,6 +157,7 @@ class Chain:
         try:
             if publish and self.heads.signer is not None and self.log.writable:
                 self.heads.publish()
+                self.heads.save(force=True)  # the next open reads only heads published after this
         except LedgerError as exc:  # the records are durable; the next writer publishes their heads
             logger.warning("could not publish tree heads at close: %s", exc)
         finally:

@@ -246,6 +246,11 @@ class Config:
         return os.path.join(self.data_dir, "node.json")
 
     @property
+    def heads_cache_path(self) -> str:
+        """Where a writer keeps its fold of the published tree heads (engine/treehead.py)."""
+        return os.path.join(self.data_dir, "heads-cache.json")
+
+    @property
     def resolved_log_url(self) -> str:
         return f"embedded:{self.log_path}" if self.log_url == "embedded" else self.log_url
 

@@ -12,9 +12,18 @@ only (engine/log/kafka_trees.py), and ``publish`` first catches them up to what 
 (``Log.catch_up_trees``), so a head never covers a record a read_committed reader cannot see.
 The records' own transaction cannot carry their head: the leaves are fixed only once it commits
 (commit markers and any other writer's records take offsets, known after the commit), and heads
-are made per interval and at a clean stop, not per append."""
+are made per interval and at a clean stop, not per append.
+
+Finding each partition's newest head means folding ``_checkpoints`` from its start, checking every
+head's signature: ~50 µs a head, so minutes per open once a busy chain has published millions.
+A writer therefore keeps a cache of that fold (``heads-cache.json`` in the data dir: the offset it
+reached, the hash of the record before it, the newest heads, the current key's first head), and
+an open resumes from there. The cache is only a shortcut: an open takes it only when the record it
+names is still on the log with the same bytes and every head in it verifies as on first reading;
+otherwise (another log, a restore, a damaged file) it folds from the start, as without one."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -22,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
@@ -41,6 +51,9 @@ __all__ = ["LOG_KEY", "log_key_path", "load_log_key", "head_key", "make_head", "
 
 #: The log key's file name under the keys dir.
 LOG_KEY = "log"
+#: A writer rewrites its heads cache at most this often (and at a clean close).
+CACHE_SECONDS = 30.0
+_CACHE_VERSION = 1
 
 
 def log_key_path(keys_dir: str) -> str:
@@ -91,21 +104,29 @@ class HeadPublisher:
 
     def __init__(self, log: Log, codec: Codec, chain_id: str, signer: Signer | None,
                  log_keys: Callable[[], Iterable[str]] = lambda: (),
-                 key_now: Callable[[], str | None] = lambda: None) -> None:
+                 key_now: Callable[[], str | None] = lambda: None, cache: str | None = None) -> None:
         """``log_keys``: the keys that have held the chain's log role (the writer's own is one);
-        ``key_now``: the one that holds it now (a reader's; a writer's is its signer's)."""
+        ``key_now``: the one that holds it now (a reader's; a writer's is its signer's);
+        ``cache``: the heads cache's path (a writer keeps it, any open starts from it)."""
         self.log, self.codec, self.chain_id, self.signer = log, codec, chain_id, signer
         self._log_keys = log_keys
         self._key_now = key_now
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         #: (topic, partition) -> the newest head on _checkpoints (SignedTreeHead)
         self.latest: dict[tuple[str, int], dict[str, Any]] = {}
         #: heads this process published
         self.published = 0
         self._read_to = 0
+        self._last_hash = ""  # sha256 of the value of the record at _read_to - 1
         #: (the signer's key, the _checkpoints offset of its first head): after it, another
         #: (retired) log key's head is not this chain's newest (a leaked key is why one rotates)
         self._signer_from: tuple[str, int] | None = None
+        self._cache = cache
+        self._saved = (0, float("-inf"))  # (_read_to, monotonic time) of the last save
+        if cache is not None and CHECKPOINTS in log.topics():
+            self._load(cache)
+        #: where this open's fold of _checkpoints started (0 without a usable cache)
+        self.read_from = self._read_to
         self.refresh()
 
     def refresh(self) -> None:
@@ -117,31 +138,95 @@ class HeadPublisher:
         it stopped the heads of its partition for good: none was due until the tree outgrew it)."""
         if CHECKPOINTS not in self.log.topics():
             return
-        keys: set[str] | None = None
-        mine = self.signer.pubkey if self.signer else self._key_now()
-        for rec in self.log.scan(CHECKPOINTS, 0, self._read_to):
-            self._read_to = rec.offset + 1
+        with self._lock:
+            keys: set[str] | None = None
+            mine = self._mine()
+            for rec in self.log.scan(CHECKPOINTS, 0, self._read_to):
+                self._read_to, self._last_hash = rec.offset + 1, _hash(rec.value)
+                try:
+                    signed = self.codec.decode(CHECKPOINTS, rec.value)
+                except Exception:  # noqa: BLE001 - a foreign record is the auditor's business, not ours
+                    continue
+                if keys is None:
+                    keys = self._keys()
+                try:
+                    self._check(signed, rec.key, keys)
+                    self._no_retired_key(signed["pubkey"], rec.offset, mine)
+                except ProofError as exc:
+                    logger.warning("ignoring the tree head at %s[%s] offset %s: %s (an auditor's `ledgerlog audit` "
+                                   "reports it)", CHECKPOINTS, 0, rec.offset, exc)
+                    continue
+                tp = (signed["head"]["topic"], signed["head"]["partition"])
+                have = self.latest.get(tp)
+                if have is None or signed["head"]["tree_size"] >= have["head"]["tree_size"]:
+                    self.latest[tp] = signed
+
+    def _mine(self) -> str | None:
+        return self.signer.pubkey if self.signer else self._key_now()
+
+    def _keys(self) -> set[str]:
+        return set(self._log_keys()) | ({self.signer.pubkey} if self.signer else set())
+
+    def _check(self, signed: dict[str, Any], key: bytes | None, keys: set[str]) -> None:
+        """ProofError unless ``signed`` is this chain's head, under its partition's ``key``,
+        signed by one of ``keys``, and within the log's tree."""
+        head = signed["head"]
+        tp = (head["topic"], head["partition"])
+        if head["chain_id"] != self.chain_id or key != head_key(*tp):
+            raise ProofError("not this chain's head of that partition")
+        check_head_signature(signed, keys)
+        self._within_tree(*tp, head["tree_size"])
+
+    # -- the cache -------------------------------------------------------------------------------
+    def _load(self, path: str) -> None:
+        """Resume from the cache at ``path`` if it still describes this log; else start at 0."""
+        try:
+            with open(path, "rb") as f:
+                doc = orjson.loads(f.read())
+            read_to, last_hash = int(doc["read_to"]), str(doc["last_hash"])
+            if doc["version"] != _CACHE_VERSION or doc["chain_id"] != self.chain_id or read_to <= 0:
+                return
+            recs = self.log.read(CHECKPOINTS, 0, read_to - 1, 1)
+            if not recs or recs[0].offset != read_to - 1 or _hash(recs[0].value) != last_hash:
+                return  # another log, or a restored one that does not reach that far
+            signer_from = tuple(doc["signer_from"]) if doc["signer_from"] else None
+            mine = self._mine()
+            if signer_from is not None and mine is not None and signer_from[0] != mine:
+                return  # made before the key now in use signed: its first head is not known
+            keys = self._keys()
+            latest = {}
+            for signed in doc["latest"]:
+                head = signed["head"]
+                self._check(signed, head_key(head["topic"], head["partition"]), keys)
+                latest[(head["topic"], head["partition"])] = signed
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:
+            logger.info("not using the tree heads cache %s (%s): reading every head", path, exc)
+            return
+        self.latest, self._read_to, self._last_hash = latest, read_to, last_hash
+        self._signer_from = (str(signer_from[0]), int(signer_from[1])) if signer_from else None
+        self._saved = (read_to, time.monotonic())
+
+    def save(self, *, force: bool = False) -> None:
+        """Write the cache (a writer's; at most every CACHE_SECONDS unless ``force``): a cache
+        is a shortcut, so a failed write only logs."""
+        if self._cache is None or self.signer is None:
+            return
+        with self._lock:
+            if not force and time.monotonic() - self._saved[1] < CACHE_SECONDS:
+                return
+            self.refresh()  # what our own heads' fast path did not cover (another writer's, Kafka's markers)
+            if not self._read_to or self._saved[0] == self._read_to:
+                return
+            doc = {"version": _CACHE_VERSION, "chain_id": self.chain_id, "read_to": self._read_to,
+                   "last_hash": self._last_hash, "signer_from": self._signer_from,
+                   "latest": list(self.latest.values())}
             try:
-                signed = self.codec.decode(CHECKPOINTS, rec.value)
-            except Exception:  # noqa: BLE001 - a foreign record is the auditor's business, not ours
-                continue
-            head = signed["head"]
-            tp = (head["topic"], head["partition"])
-            if keys is None:
-                keys = set(self._log_keys()) | ({self.signer.pubkey} if self.signer else set())
-            try:
-                if head["chain_id"] != self.chain_id or rec.key != head_key(*tp):
-                    raise ProofError("not this chain's head of that partition")
-                check_head_signature(signed, keys)
-                self._no_retired_key(signed["pubkey"], rec.offset, mine)
-                self._within_tree(*tp, head["tree_size"])
-            except ProofError as exc:
-                logger.warning("ignoring the tree head at %s[%s] offset %s: %s (an auditor's `ledgerlog audit` "
-                               "reports it)", CHECKPOINTS, 0, rec.offset, exc)
-                continue
-            have = self.latest.get(tp)
-            if have is None or head["tree_size"] >= have["head"]["tree_size"]:
-                self.latest[tp] = signed
+                write_atomic(self._cache, orjson.dumps(doc), mode=0o600)
+            except OSError as exc:
+                logger.warning("could not write the tree heads cache %s: %s", self._cache, exc)
+            self._saved = (self._read_to, time.monotonic())
 
     def _within_tree(self, topic: str, partition: int, size: int) -> None:
         """ProofError for a head larger than this log's tree of its partition."""
@@ -186,9 +271,20 @@ class HeadPublisher:
             ts = int(now() * 1000)
             signer = self.signer
             signed = [sign_head(signer, make_head(self.chain_id, t, p, st, ts)) for t, p, st in due]
-            self.log.append([Record(CHECKPOINTS, head_key(t, p), self.codec.encode(CHECKPOINTS, s), ts, 0)
-                             for (t, p, _), s in zip(due, signed)])
+            records = [Record(CHECKPOINTS, head_key(t, p), self.codec.encode(CHECKPOINTS, s), ts, 0)
+                       for (t, p, _), s in zip(due, signed)]
+            placed = self.log.append(records)
             for (t, p, _), s in zip(due, signed):
                 self.latest[(t, p)] = s
+            offsets = [off for _, off in placed]
+            if offsets and offsets[0] == self._read_to and offsets == list(range(offsets[0], offsets[-1] + 1)):
+                # nothing else came between: our own heads need no second reading
+                self._no_retired_key(signer.pubkey, offsets[0], signer.pubkey)
+                self._read_to, self._last_hash = offsets[-1] + 1, _hash(records[-1].value)
             self.published += len(signed)
+            self.save()
             return len(signed)
+
+
+def _hash(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()

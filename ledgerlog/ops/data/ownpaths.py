@@ -12,7 +12,7 @@ __all__ = ["refuse_own_path"]
 
 #: what a data dir holds for the chain itself (besides the configured places below)
 _STORES = ("log", "projections", "anchor", "keys", "logs", "config.toml", "genesis.json", "node.json",
-           "user-projections.json")
+           "user-projections.json", "heads-cache.json")
 
 
 def _own(cfg: Config) -> dict[str, str]:
