@@ -8,6 +8,9 @@
   ``Content-Type: application/x-ndjson`` only (415 ``UNSUPPORTED_MEDIA_TYPE``; a form or
   ``text/plain`` post is what a page can send without asking) and an ``Origin``, when present,
   must be in ``http.allowed_origins`` (403 ``ORIGIN_NOT_ALLOWED``; none by default).
+  ``POST /rpc`` takes ``text/plain`` (bitcoind's clients send it), so its ``Origin``, when
+  present, must be the node's own or in ``http.allowed_origins`` (``check_origin``): a page of
+  another site could otherwise make its visitors' browsers post batches to a node on 127.0.0.1.
 - **Paths** (``public``): the message of every error body, and an admin action's result, pass
   through ``public``, which writes the data dir as ``<data_dir>`` and any other absolute
   filesystem path as ``…/<its last name>``.
@@ -52,7 +55,7 @@ from ledgerlog.engine.errors import (
 )
 from ledgerlog.engine.intjson import dumps_any
 
-__all__ = ["NDJSON", "REGISTRY_MEDIA", "HostGuard", "registry_path", "error_answer", "error_body", "error_response", "host_name", "check_ingest_headers",
+__all__ = ["NDJSON", "REGISTRY_MEDIA", "HostGuard", "registry_path", "error_answer", "error_body", "error_response", "host_name", "check_ingest_headers", "check_origin",
            "install_error_handlers", "public", "public_json", "register_root", "send_error", "split_list"]
 
 log = logging.getLogger("ledgerlog.http")
@@ -275,9 +278,21 @@ def check_ingest_headers(headers: Any, allowed_origins: frozenset[str]) -> None:
     if encoding not in ("", "identity"):  # a compressed body read as lines is all MALFORMED
         raise UnsupportedMediaTypeError(f"ingest bodies are not decoded (Content-Encoding: {encoding[:40]}); "
                                         "send the lines uncompressed")
+    check_origin(headers, allowed_origins, "post ingest lines")
+
+
+def check_origin(headers: Any, allowed_origins: frozenset[str], what: str, *, own: bool = False) -> None:
+    """Refuse (403) a request whose ``Origin`` (a browser's, which tools do not send) is not in
+    ``allowed_origins``, nor, with ``own``, the node's own (the pages it serves, e.g. /docs)."""
     origin = headers.get("origin")
-    if origin is not None and origin.strip().lower().rstrip("/") not in allowed_origins:
-        raise OriginNotAllowedError("this web origin may not post ingest lines; add it to http.allowed_origins")
+    if origin is None:
+        return
+    origin = origin.strip().lower().rstrip("/")
+    if origin in allowed_origins:
+        return
+    if own and origin.split("://", 1)[-1] == headers.get("host", "").strip().lower():
+        return
+    raise OriginNotAllowedError(f"this web origin may not {what}; add it to http.allowed_origins")
 
 
 def origins(spec: str) -> frozenset[str]:

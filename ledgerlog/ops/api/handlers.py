@@ -24,7 +24,7 @@ from ledgerlog.engine.errors import (
 )
 from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.ops.api import admin, rpc
-from ledgerlog.ops.api.guard import check_ingest_headers
+from ledgerlog.ops.api.guard import check_ingest_headers, check_origin
 from ledgerlog.ops.api.limits import HttpLimits, TokenBuckets, client_key
 from ledgerlog.ops.data.lines import numbered_lines
 
@@ -160,6 +160,7 @@ def rpc_endpoint(edge: Edge) -> Endpoint:
     node, max_lag = edge.node, edge.limits.ready_max_lag
 
     async def rpc_endpoint(request: Request) -> Response:
+        check_origin(request.headers, edge.allowed_origins, "call /rpc", own=True)
         body = await request.body()
         server = request.scope.get("server")
         local = (str(server[0]), int(server[1])) if server and server[1] is not None else None

@@ -15,9 +15,11 @@ Errors (``error.code``):
 |---|---|
 | -32700 | parse error: the body is not JSON (UTF-8, no NaN/Infinity) |
 | -32600 | invalid request: not an object, ``jsonrpc`` is not "2.0", ``method`` not a string, ``params`` neither array nor object, ``id`` not a string/number/null, empty or oversized batch |
+| 403 (HTTP) | ``ORIGIN_NOT_ALLOWED``: the request carries the ``Origin`` of a web page that is neither the node's own nor in ``http.allowed_origins`` (a page of any site could otherwise make its visitors' browsers post batches to a node on 127.0.0.1); tools send no ``Origin`` |
 | -32601 | method not found |
 | -32602 | invalid params: missing, unknown or too many parameters, or a parameter of the wrong JSON type |
 | -32603 | internal error (details only in the node's log) |
+| -32001 | the answer budget is spent: the calls of one request return at most ``MAX_ROWS`` transactions and mempool entries and ``MAX_ANSWER_BYTES`` bytes of results in all; the calls past it get this instead of their result (send fewer per batch) |
 | -5 | not found: no block with that hash; an address that is not 40 lowercase hex (bitcoind's RPC_INVALID_ADDRESS_OR_KEY) |
 | -8 | out of range / invalid value: height below 0 or above the tip, verbosity not 0-2, a block id that is neither a height nor 64 hex (bitcoind's RPC_INVALID_PARAMETER) |
 | -1 | a block (or a balance as of a height) below the height the log was pruned at: "Block not available (pruned data)" (bitcoind's RPC_MISC_ERROR) |
@@ -64,6 +66,7 @@ from ledgerlog.engine import avro
 from ledgerlog.engine.crypto import canonical_json
 from ledgerlog.engine.errors import BadRequest, NotFoundError, PrunedError, RpcError
 from ledgerlog.engine.genesis import ADDRESS_RE, HEX64_RE
+from ledgerlog.engine.intjson import dumps_any
 from ledgerlog.ops.api.guard import public
 from ledgerlog.projections import chainstate
 from ledgerlog.projections.base import jload
@@ -81,6 +84,7 @@ __all__ = [
     "NOT_FOUND",
     "OUT_OF_RANGE",
     "PARSE_ERROR",
+    "TOO_LARGE",
     "RpcError",
     "handle",
     "openapi_body",
@@ -93,6 +97,7 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+TOO_LARGE = -32001   # a server error (JSON-RPC 2.0 reserves -32000..-32099): the answer budget is spent
 NOT_FOUND = -5       # bitcoind RPC_INVALID_ADDRESS_OR_KEY
 MISC_ERROR = -1      # bitcoind RPC_MISC_ERROR (a pruned block)
 OUT_OF_RANGE = -8    # bitcoind RPC_INVALID_PARAMETER
@@ -101,6 +106,9 @@ MAX_BATCH = 1000
 #: Rows (transactions, mempool entries) the calls of one request may return together: a batch
 #: of 1,000 getblock verbosity-2 calls on full blocks would otherwise build 10M of them
 MAX_ROWS = 100_000
+#: JSON bytes of results the calls of one request may return together: a memo may take up to the
+#: 16 MiB of a line, so 1,000 getblock calls on its block would otherwise build 16 GB
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 _REQUIRED = object()
 
 
@@ -158,13 +166,22 @@ class Ctx:
         self.max_lag = max_lag
         self._cs: Any = None
         self.rows_left = MAX_ROWS
+        self.bytes_left = MAX_ANSWER_BYTES
 
     def take_rows(self, n: int) -> None:
         """Count ``n`` rows of an answer against the request's budget (MAX_ROWS)."""
+        if n > self.rows_left:
+            raise RpcError(TOO_LARGE, f"the calls of this request return more than {MAX_ROWS} "
+                                      "transactions or mempool entries in all: send fewer per batch")
         self.rows_left -= n
-        if self.rows_left < 0:
-            raise RpcError(INVALID_REQUEST, f"the calls of this request return more than {MAX_ROWS} "
-                                            "transactions or mempool entries in all: send fewer per batch")
+
+    def take_bytes(self, result: Any) -> None:
+        """Count the JSON bytes of one call's result against the request's budget (MAX_ANSWER_BYTES)."""
+        n = len(dumps_any(result))
+        if n > self.bytes_left:
+            raise RpcError(TOO_LARGE, f"the calls of this request return more than {MAX_ANSWER_BYTES} bytes "
+                                      "in all: send fewer per batch")
+        self.bytes_left -= n
 
     @property
     def cs(self) -> Any:
@@ -389,6 +406,8 @@ def _call(ctx: Ctx, req: Any) -> dict[str, Any] | None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method[:100]}")
         fn, spec = entry
         result = fn(ctx, **_bind(params, spec))
+        if not notification:
+            ctx.take_bytes(result)
     except RpcError as exc:
         return None if notification else _error(rid, exc.rpc_code, exc.message)
     except NotFoundError as exc:

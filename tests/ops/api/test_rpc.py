@@ -330,7 +330,7 @@ def test_a_batch_returning_too_many_rows_in_all_is_cut_with_an_error(client, nod
     batch.append({"jsonrpc": "2.0", "method": "getrawmempool", "params": [True], "id": 3})
     answers = {a["id"]: a for a in client.post("/rpc", json=batch).json()}
     assert all("result" in answers[i] for i in range(3))
-    assert answers[3]["error"]["code"] == rpc.INVALID_REQUEST and "fewer" in answers[3]["error"]["message"]
+    assert answers[3]["error"]["code"] == rpc.TOO_LARGE and "fewer" in answers[3]["error"]["message"]
     one = client.post("/rpc", json=batch[3]).json()  # a new request: a new budget
     assert len(one["result"]) == 1
 
@@ -353,5 +353,41 @@ def test_getrawmempool_walks_no_further_than_the_row_budget(client, node, chain2
             yield kv
     monkeypatch.setattr(store._DbView, "items", counting)
     answer = client.post("/rpc", json={"jsonrpc": "2.0", "method": "getrawmempool", "id": 1}).json()
-    assert answer["error"]["code"] == rpc.INVALID_REQUEST
+    assert answer["error"]["code"] == rpc.TOO_LARGE
     assert len(walked) <= 1
+
+
+def test_a_batch_answering_too_many_bytes_in_all_is_cut_with_an_error(client, node, chain2, lines, monkeypatch):
+    """The row budget never counted bytes: a 1.4 KB batch of getblock calls on a block whose one
+    transaction carries a 1 MiB memo answered 21 MB (16 MiB memos: gigabytes built in memory)."""
+    memo = "m" * 200_000
+    big = lines.tx(lines.keys.faucet, chain2["bob"], 11, memo=memo)
+    admit_ok(node.chain, lines.block([chain2["pending"], big]))
+    height = node.chain.write_state().tip().height
+    monkeypatch.setattr(rpc, "MAX_ANSWER_BYTES", 1_000_000)
+    batch = [{"jsonrpc": "2.0", "method": "getblock", "params": [height, 2], "id": i} for i in range(20)]
+    r = client.post("/rpc", json=batch)
+    assert r.status_code == 200 and len(r.content) < 1_300_000
+    answers = r.json()
+    cut = [a for a in answers if "error" in a]
+    assert 0 < len(answers) - len(cut) <= 5 and len(answers) == 20
+    assert all(a["result"]["tx"][1]["body"]["memo"] == memo for a in answers if "result" in a)
+    assert {a["error"]["code"] for a in cut} == {rpc.TOO_LARGE}
+    assert "fewer" in cut[0]["error"]["message"]
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1:9"])
+def test_a_web_page_of_another_origin_cannot_call_rpc(client, origin):
+    """A page on any site could make a visitor's browser post text/plain batches to a node on
+    127.0.0.1 (no preflight), each building answers of hundreds of MB."""
+    body = b'{"jsonrpc":"2.0","method":"getblockcount","id":1}'
+    r = client.post("/rpc", content=body, headers={"Content-Type": "text/plain", "Origin": origin})
+    assert r.status_code == 403 and r.json()["code"] == "ORIGIN_NOT_ALLOWED"
+
+
+def test_rpc_from_the_nodes_own_pages_and_from_tools_is_served(client):
+    body = b'{"jsonrpc":"2.0","method":"getblockcount","id":1}'
+    for headers in ({"Content-Type": "text/plain"},  # bitcoind's curl example; no Origin
+                    {"Content-Type": "application/json", "Origin": "http://testserver"}):  # /docs "try it out"
+        r = client.post("/rpc", content=body, headers=headers)
+        assert r.status_code == 200 and "result" in r.json(), (headers, r.text)
