@@ -213,7 +213,7 @@ class Faucet:
             raise FaucetPausedError("the faucet is paused by the operator")
         if address == signer.address:
             raise BadRequest("the faucet does not pay itself")
-        with self._lock:
+        with self.node.external_write(), self._lock:  # (refused if ingest was paused meanwhile)
             by_ip, by_address = self.limits.wait("ip", client), self.limits.wait("address", address)
             if max(by_ip, by_address) > 0:
                 which = "this client" if by_ip > 0 else "this address"

@@ -230,14 +230,21 @@ class Controls:
         return {"ingest_paused": self.ingest_paused, "faucet_paused": self.faucet_paused}
 
 
+#: how long a pause waits for the external writes under way before answering
+PAUSE_WAIT = 30.0
+
+
 def pause_action(node: NodeContext, body: dict[str, Any]) -> Any:
-    """Stop external writes: POST /v1/ingest (and the faucet) answer 503 PAUSED. The node keeps
-    folding and serving queries; its own simulator, if running, keeps admitting."""
+    """Stop external writes: POST /v1/ingest (and the faucet) answer 503 PAUSED. Answers once
+    the writes under way are done (``admitting`` says how many still run after PAUSE_WAIT s),
+    so nothing from outside is admitted after it. The node keeps folding and serving queries;
+    its own simulator, if running, keeps admitting."""
     c = node.controls
     with c.lock:
         was, c.ingest_paused = c.ingest_paused, True
     log.warning("ingest paused by admin")
-    return {"ingest": {"paused": True, "was_paused": was}}
+    running = node.external_writes_settled(PAUSE_WAIT)
+    return {"ingest": {"paused": True, "was_paused": was, **({"admitting": running} if running else {})}}
 
 
 def resume_action(node: NodeContext, body: dict[str, Any]) -> Any:

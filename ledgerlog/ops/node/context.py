@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -83,6 +84,10 @@ class NodeContext(ChainContext, Protocol):
     def storage_status(self) -> dict[str, Any]: ...
 
     def admit_numbered(self, lines: Iterable[tuple[int, bytes]], ids: bool = False) -> dict[str, Any]: ...
+
+    def external_write(self) -> AbstractContextManager[None]: ...
+
+    def external_writes_settled(self, timeout: float) -> int: ...
 
     def tip(self) -> Tip: ...
 

@@ -3,13 +3,14 @@ simulated workload. Stops cleanly on SIGINT/SIGTERM: stop taking requests, drain
 flush and fsync the stores, exit 0."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import signal
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.engine.errors import (
     LogError,
+    PausedError,
     StorageError,
     StorageUnavailableError,
     UnavailableError,
@@ -113,17 +115,33 @@ class Node:
         return chainstate.mempool_size(self.runner.handles["chainstate"].store.view())
 
     def admit_numbered(self, lines: Iterable[tuple[int, bytes]], ids: bool = False) -> dict[str, Any]:
-        """An ingest body, admitted; refused once the node is stopping, and waited for by stop()."""
+        """An ingest body, admitted (an ``external_write``)."""
+        with self.external_write():
+            return self.admitter.admit_numbered(lines, ids=ids).to_dict()
+
+    @contextlib.contextmanager
+    def external_write(self) -> Iterator[None]:
+        """One write from outside (an ingest body, a faucet grant): refused once the node is
+        stopping or ingest is paused, and counted, so that stop() and a pause wait for the ones
+        under way (a body that was still arriving when the pause came is refused here)."""
         with self._admitting_done:
             if self._stop.is_set():
                 raise UnavailableError("the node is stopping; send the lines again once it is back")
+            if self.controls.ingest_paused:
+                raise PausedError("ingest is paused by the operator")
             self._admitting += 1
         try:
-            return self.admitter.admit_numbered(lines, ids=ids).to_dict()
+            yield
         finally:
             with self._admitting_done:
                 self._admitting -= 1
                 self._admitting_done.notify_all()
+
+    def external_writes_settled(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the external writes under way; how many still run."""
+        with self._admitting_done:
+            self._admitting_done.wait_for(lambda: self._admitting == 0, timeout=timeout)
+            return self._admitting
 
     def keys_rotated(self) -> None:
         """A role key file changed: the simulator and the tree heads sign with what the files hold now."""

@@ -381,3 +381,41 @@ def test_the_faucet_lives_on_its_node(node) -> None:
     custom = FaucetSettings(amount=AMOUNT + 1, ip_burst=7)
     create_app(node, limits=HttpLimits(), faucet=custom)
     assert node.faucet.settings == custom and node.faucet.node is node
+
+
+def test_pause_refuses_an_ingest_body_that_arrives_after_it_and_waits_for_one_being_admitted(node):
+    """pause answered "paused" while an ingest whose head came before it was still sending its body:
+    the lines went in afterwards, up to http.body_timeout (60 s) after the operator's pause."""
+    import threading
+
+    from ledgerlog.engine.errors import PausedError
+    from ledgerlog.ops.api.limits import pause_action, resume_action
+
+    lines = Lines(node.chain, keys_of(node))
+    pause_action(node, {})
+    before = end_offsets(node)
+    with pytest.raises(PausedError):  # the body arrived after the pause: refused, nothing admitted
+        node.admit_numbered([(1, encode(lines.block([])))])
+    assert end_offsets(node) == before
+    resume_action(node, {})
+
+    halfway, go_on = threading.Event(), threading.Event()
+
+    def body():  # an admission under way when the pause comes
+        yield 1, encode(lines.block([]))
+        halfway.set()
+        go_on.wait(10)
+
+    admitted: list[dict] = []
+    admitting = threading.Thread(target=lambda: admitted.append(node.admit_numbered(body())))
+    admitting.start()
+    assert halfway.wait(10)
+    answered: list[dict] = []
+    pausing = threading.Thread(target=lambda: answered.append(pause_action(node, {})))
+    pausing.start()
+    pausing.join(0.5)
+    assert pausing.is_alive() and not answered  # "paused" only once nothing external is admitting
+    go_on.set()
+    admitting.join(10)
+    pausing.join(10)
+    assert admitted[0]["accepted"] == 1 and answered[0]["ingest"]["paused"] is True
