@@ -85,8 +85,9 @@ class Jobs:
         else a new one); it stays listed, ``done`` or ``failed``, among the last finished."""
         with self._lock:
             if job_id is None:
-                self._seq += 1
-                job_id = f"{action}-{self._seq}"
+                while job_id is None or job_id in self._jobs:  # (a client may have chosen one like ours)
+                    self._seq += 1
+                    job_id = f"{action}-{self._seq}"
             elif not JOB_ID.fullmatch(job_id):
                 raise BadRequest(f"job must match {JOB_ID.pattern}")
             elif job_id in self._jobs:

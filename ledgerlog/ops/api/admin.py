@@ -131,8 +131,9 @@ def endpoint(node: NodeContext) -> Callable[..., Any]:
             raise BadRequest("body must be JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")
-        if not _unicode(body):
-            raise BadRequest("body strings must be Unicode text; a lone surrogate escape (\\ud800-\\udfff) is not")
+        if not _plain_text(body):
+            raise BadRequest("body strings must be Unicode text without NUL; a lone surrogate escape "
+                             "(\\ud800-\\udfff) is not, nor \\u0000")
         problem = body_problem(action, name, body)
         if problem is not None:
             raise BadRequest(problem)
@@ -153,13 +154,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _unicode(doc: Any) -> bool:
-    """Are all the strings in ``doc`` (keys too) encodable as UTF-8? JSON lets a body spell a
-    lone surrogate ("\\ud800"), which no record on the log can hold."""
+def _plain_text(doc: Any) -> bool:
+    """Are all the strings in ``doc`` (keys too) encodable as UTF-8, and free of NUL? JSON lets a
+    body spell a lone surrogate ("\\ud800"), which no record on the log can hold, and a NUL,
+    which no path (snapshot out, archive dir) can."""
     todo = [doc]
     while todo:
         item = todo.pop()
         if isinstance(item, str):
+            if "\x00" in item:
+                return False
             try:
                 item.encode()
             except UnicodeEncodeError:

@@ -239,7 +239,9 @@ def test_in_range_heights_still_answer(node, client):
     ("rotate-key", {"key": 10**30}), ("compact", {"a": 1}), ("faucet-pause", {"x": None}),
     ("pause", {"\ud800": 1}), ("rotate-key", {"key": "\udc00"}),  # lone surrogates, quoted back in the error
     ("snapshot-prune", {"keep": 2**64, "dry_run": True}), ("snapshot-prune", {"keep": 2**63}),  # ran, and were recorded
-    ("snapshot-prune", {"keep": -(2**63) - 1})])
+    ("snapshot-prune", {"keep": -(2**63) - 1}),
+    ("snapshot", {"out": "x\u0000y"}), ("snapshot-prune", {"keep": 1, "dir": "x\u0000y"}),  # NUL: were 500
+    ("prune", {"before_height": 1, "archive": "x\u0000y"}), ("reproject", {"job": "a\u0000"})])
 def test_bad_admin_bodies_are_400_and_change_nothing(node, client, name, body):
     r = client.post(f"/v1/admin/{name}", content=json.dumps(body), headers={**ADMIN, "Content-Type": "application/json"})
     assert_error(r, 400, "BAD_REQUEST")

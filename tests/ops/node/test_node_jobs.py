@@ -83,3 +83,13 @@ def test_jobs_mark_failures_and_keep_the_last_finished_ones():
             ("running", 40, 100, "replay")
         with pytest.raises(BadRequest), jobs.run("reproject", "live"):
             pass  # an id in use
+
+
+def test_a_new_job_id_never_takes_one_a_client_chose():
+    """A client's "reproject-1" was replaced in the listing by the next unnamed reproject's id."""
+    jobs = Jobs()
+    with jobs.run("reproject", "reproject-1"):
+        pass
+    with jobs.run("reproject") as job:
+        assert job.id != "reproject-1"
+    assert set(jobs.to_dict()) == {"reproject-1", job.id}
