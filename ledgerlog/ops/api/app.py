@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from ledgerlog.ops.api.docs import mount_static
 from ledgerlog.ops.api.fast import FastLane, RequestMetrics
@@ -54,6 +55,10 @@ def create_app(node: NodeContext, *, limits: HttpLimits | None = None, faucet: F
     app.add_middleware(RequestMetrics, on_request=node.metrics.on_request)
     mount(app, edge, ROUTES)
     mount_static(app)
+    if edge.allowed_origins:  # their pages may post ingest lines and read answers (CORS), never send a token
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(edge.allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type"], max_age=600)
+        app.cors_origins = edge.allowed_origins
     instrument_app(app)  # one trace span per request (ops/node/tracing.py)
     app.fast_lane = FastLane(node, node.metrics.on_request, ROUTES)  # plain GETs of the query routes
     app.host_guard = HostGuard([node.config.http_host, *split_list(node.config.http_allowed_hosts)])
@@ -68,6 +73,7 @@ class LedgerApp(FastAPI):
     fast_lane: FastLane | None = None
     host_guard: HostGuard | None = None
     on_refusal: Callable[[str, str, int, float], None] | None = None
+    cors_origins: frozenset[str] = frozenset()  # their requests go through the CORS middleware
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -80,12 +86,19 @@ class LedgerApp(FastAPI):
                 self.on_refusal("unmatched", scope.get("method", ""), 421, time.perf_counter() - start)
             return
         lane = self.fast_lane
-        if lane is not None and scope["type"] == "http":
+        if lane is not None and scope["type"] == "http" and not (self.cors_origins and _origin(scope) in self.cors_origins):
             hit = lane.match(scope)
             if hit is not None:
                 await lane.serve(send, *hit)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _origin(scope: Any) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == b"origin":
+            return str(v.decode("latin-1").strip().lower().rstrip("/"))
+    return None
 
 
 #: on every answer: no framing by another site (clickjacking), no sniffing a type, no Referer

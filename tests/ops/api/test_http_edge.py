@@ -102,6 +102,32 @@ def test_ingest_refuses_a_foreign_origin_and_admits_nothing(node, client, origin
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
 
 
+def test_an_allowed_origin_can_post_ingest_lines_from_a_browser(node, client):
+    """http.allowed_origins let no browser post: application/x-ndjson always asks a CORS preflight,
+    which got 405 and no Access-Control-* header, and the POST's answer was unreadable to the page."""
+    wallet = "https://wallet.example"
+    pre = client.options("/v1/ingest", headers={"Origin": wallet, "Access-Control-Request-Method": "POST",
+                                                "Access-Control-Request-Headers": "content-type"})
+    assert pre.status_code == 200, pre.text
+    assert pre.headers["access-control-allow-origin"] == wallet
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert "content-type" in pre.headers["access-control-allow-headers"].lower()
+    line = encode(lines_for(node).block([])) + b"\n"
+    r = client.post("/v1/ingest", content=line, headers={**NDJSON, "Origin": wallet})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == wallet
+    # another origin, and the admin token, get no such leave
+    for origin, wants in (("https://evil.example", "content-type"), (wallet, "authorization")):
+        pre = client.options("/v1/admin/pause" if wants == "authorization" else "/v1/ingest",
+                             headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                      "Access-Control-Request-Headers": wants})
+        assert pre.headers.get("access-control-allow-origin") is None or wants not in \
+            pre.headers.get("access-control-allow-headers", "").lower(), pre.headers
+    assert client.get("/v1/status", headers={"Origin": "https://evil.example"}).headers.get(
+        "access-control-allow-origin") is None
+    for path in ("/v1/status", "/v1/accounts/" + "ab" * 20):  # the page reads answers, the fast lane's too
+        assert client.get(path, headers={"Origin": wallet}).headers["access-control-allow-origin"] == wallet
+
+
 def test_no_origin_is_allowed_by_default(tmp_path):
     cfg = Config(data_dir=str(tmp_path / "d"), sync=False)
     init_chain(cfg, dev_genesis(cfg.keys_dir))
