@@ -1,7 +1,7 @@
 """``http.allowed_origins`` in a real browser: a page served from an allowed origin posts ingest
 lines to a node on another port of 127.0.0.1 and reads its answers (CORS: the preflight that
 ``application/x-ndjson`` asks is answered), while the same page from another origin is refused
-by the browser. Headless Chromium driven by selenium; skips where none is installed."""
+by the browser (tests/browsertools.py's headless Chromium)."""
 from __future__ import annotations
 
 import subprocess
@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browsertools import chromium, needs_browser
 from clitools import LEDGERLOG, cli_env, running_node
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from test_dashboard_browser import BROWSER, DRIVER, browser  # noqa: E402, F401  (the fixture)
+pytestmark = needs_browser
 
-pytestmark = pytest.mark.skipif(BROWSER is None or DRIVER is None,
-                                reason="no headless browser: apt-get install chromium chromium-driver")
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    yield from chromium()
+
 
 # what the page does: post its ingest line, then read the node's status; each outcome as text
 POST_AND_READ = """
@@ -35,7 +38,7 @@ done(out);
 
 
 class _Page(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         body = b"<!doctype html><title>wallet</title><p>a wallet page"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")

@@ -1,13 +1,10 @@
-"""The dashboard in a real browser: headless Chromium (Debian's ``chromium`` and
-``chromium-driver``, driven by selenium) against `ledgerlog run --simulate` on 127.0.0.1, with
-every host but 127.0.0.1 unresolvable, so nothing may come from the network. Tiles show numbers,
-charts are full on the first answer (the series comes from the node, not from polls the page
-kept), amounts are coins with their base units on hover, the figures are the ones /v1/dashboard
+"""The dashboard in a real browser (tests/browsertools.py's headless Chromium) against
+`ledgerlog run --simulate` on 127.0.0.1. Tiles show numbers, charts are full on the first
+answer (the series comes from the node, not from polls the page kept), amounts are coins with their base units on hover, the figures are the ones /v1/dashboard
 answers, /docs renders Swagger UI, the favicon loads, and the console stays free of errors.
 Skips, saying why, where no Chromium or chromedriver is installed (.ci/run installs both)."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,15 +18,18 @@ from clitools import LEDGERLOG, cli_env, running_node, terminate, wait_node_url
 from nodetools import TX_COUNT
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+from browsertools import chromium, needs_browser  # noqa: E402
 from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-BROWSER = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(BROWSER is None or DRIVER is None,
-                                reason="no headless browser: apt-get install chromium chromium-driver")
+pytestmark = needs_browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    yield from chromium()
+
 
 DASH = "\u2013"
 DECIMALS = 8
@@ -115,22 +115,6 @@ def node(tmp_path_factory) -> Iterator[SimulatedNode]:
         yield n
     finally:
         n.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = BROWSER
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1800", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def console_errors(driver: Any) -> list[dict[str, Any]]:
