@@ -17,6 +17,9 @@ from ledgerlog.ops.query.series import COIN_DECIMALS, SERIES_BLOCKS, Samples, bl
 from ledgerlog.projections import balances, chainstate, energy, payouts
 from ledgerlog.streams.runner import Runner
 
+#: the dashboard's ranked lists (richest, top workers and providers) may lag the state this long
+RANK_SECONDS = 2.0
+
 __all__ = ["Queries", "ADDRESS_RE", "I64_MAX", "check_account", "MAX_PROVIDER_ID", "PROVIDERS_PAGE", "PROVIDERS_PAGE_MAX",
            "BadRequest", "bad_request"]
 
@@ -66,7 +69,8 @@ class Queries:
         self.syncing_lag = syncing_lag  # records of lag above which status says "syncing" (http.ready_max_lag)
         self.jobs = jobs  # a node's long admin actions (ops/jobs.py Jobs.to_dict); None in the CLI
         self.samples = Samples()  # per-height figures no projection keeps; a running node fills it (sample)
-        self._ranks: dict[tuple[str, str], tuple[tuple[str, int], Any]] = {}  # dashboard walks (_ranked)
+        self._ranks: dict[tuple[str, str], tuple[tuple[str, int], float, Any]] = {}  # dashboard walks (_ranked)
+        self.clock: Callable[[], float] = time.monotonic
 
     # -- read-your-writes ------------------------------------------------------------------------
     def sync(self, timeout: float = 5.0) -> bool:
@@ -252,17 +256,18 @@ class Queries:
 
     def _ranked(self, name: str, what: str, read: Any) -> Any:
         """``_part`` for a section that walks a whole projection (the richest accounts, the top
-        workers and providers): kept until the projection's digest changes, so the dashboard's
-        cost per request does not grow with the number of accounts (one walk per new state)."""
+        workers and providers): kept while the projection's state is the same, and for
+        RANK_SECONDS however it changes (a node taking traffic changes it with every fold), so the
+        dashboard's cost per request does not grow with the number of accounts or clients."""
         h = self.runner.handles[name]
         if h.failed is not None:
             return None
-        key = (h.store.path, h.store.digest)
+        key, now = (h.store.path, h.store.digest), self.clock()
         hit = self._ranks.get((name, what))
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        if hit is not None and (hit[0] == key or now - hit[1] < RANK_SECONDS):
+            return hit[2]
         value = read(h.store.view())
-        self._ranks[(name, what)] = (key, value)
+        self._ranks[(name, what)] = (key, now, value)
         return value
 
     def sample(self) -> None:
