@@ -19,7 +19,7 @@ from nodetools import TX_COUNT, history
 
 from ledgerlog.ops.devtools.histkeys import write_genesis
 
-SLOW = "    __import__('time').sleep(0.02)  # a slow fold, so a kill lands mid-fold\n"
+SLOW = "    __import__('time').sleep(0.06)  # a slow fold, so a kill lands mid-fold\n"
 
 
 def module_text(*, version: int = 1, step: int = 1, slow: bool = False) -> str:
@@ -173,7 +173,11 @@ def test_a_reproject_killed_mid_fold_resumes_to_the_clean_digest(data, tmp_path)
     env = cli_env(LEDGERLOG_FOLD_BATCH="20")  # many small commits: the kill lands between and inside them
     proc = subprocess.Popen([LEDGERLOG, "--data-dir", str(data), "reproject", "tx_count"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(2.5)
+    building = data / "projections" / "tx_count" / "building"
+    deadline = time.monotonic() + 60
+    while not building.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the fold (its batches take 0.06 s each, the whole of it several seconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the reproject ended before the kill: make the fold slower"

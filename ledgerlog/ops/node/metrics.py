@@ -448,8 +448,8 @@ class NodeMetrics:
         yield Observation(energy.market(self._view("energy"))["traded_milli_kwh"] * JOULES_PER_MILLI_KWH)
 
     def _settlements(self, _: CallbackOptions) -> Iterable[Observation]:
-        for p in energy.providers(self._view("energy"), MAX_PROVIDER_SERIES):
-            yield Observation(p["settlements"], {"provider": p["provider_id"]})
+        for pid, settlements in energy.settlement_counts(self._view("energy"), MAX_PROVIDER_SERIES):
+            yield Observation(settlements, {"provider": pid})
 
     # -- recorded as it happens -----------------------------------------------------------------
     def _on_commit(self, outs: list[Out]) -> None:
