@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,22 @@ if TYPE_CHECKING:
 __all__ = ["compact_action", "compact_offline", "dir_bytes", "storage_bytes", "storage_stats"]
 
 
+#: an archive's ``h<H>`` directory (a prune's, renamed into place whole) is never written again:
+#: its bytes by path, with the (inode, mtime) they were measured at
+_sealed: dict[str, tuple[tuple[int, int], int]] = {}
+_SEALED_NAME = re.compile(r"h\d+")
+
+
 def storage_bytes(data_dir: str) -> dict[tuple[str, str], int]:
     """Bytes of the files under ``data_dir`` by (component, projection): ("log", ""),
-    ("projection", name) for everything under projections/<name>/, ("other", "")."""
+    ("projection", name) for everything under projections/<name>/, ("other", ""). The
+    archive's ``h<H>`` directories (one per prune: a retained chain gains one a minute) are
+    measured once each, not at every call."""
+    global _sealed
     out: dict[tuple[str, str], int] = {("log", ""): 0, ("other", ""): 0}
     root = os.path.abspath(data_dir)
+    archive = os.path.join(root, "archive")
+    sealed: dict[str, tuple[tuple[int, int], int]] = {}
 
     def walk(path: str, key: tuple[str, str] | None, depth: int) -> None:
         try:
@@ -37,7 +49,13 @@ def storage_bytes(data_dir: str) -> dict[tuple[str, str], int]:
             return
         for e in entries:
             try:
-                if e.is_dir(follow_symlinks=False):
+                if path == archive and _SEALED_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    have = _sealed.get(e.path)
+                    size = have[1] if have and have[0] == (st.st_ino, st.st_mtime_ns) else dir_bytes(e.path)
+                    sealed[e.path] = ((st.st_ino, st.st_mtime_ns), size)
+                    out[("other", "")] += size
+                elif e.is_dir(follow_symlinks=False):
                     k = key
                     if k is None and depth == 0 and e.name == "log":
                         k = ("log", "")
@@ -51,6 +69,7 @@ def storage_bytes(data_dir: str) -> dict[tuple[str, str], int]:
                 continue
 
     walk(root, None, 0)
+    _sealed = {k: v for k, v in _sealed.items() if os.path.dirname(k) != archive} | sealed  # (gone ones drop out)
     return out
 
 

@@ -7,6 +7,7 @@ shared with the monitoring, backup and storage fault tests."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -213,6 +214,31 @@ def test_storage_bytes_by_component(tmp_path) -> None:
     put("genesis.json", 3)
     assert storage_bytes(str(tmp_path)) == {("log", ""): 110, ("projection", "balances"): 39,
                                             ("projection", "energy"): 5, ("other", ""): 14}
+
+
+def test_archived_prunes_are_measured_once_not_at_every_scrape(tmp_path, monkeypatch) -> None:
+    """Retention adds an archive/h<H> directory of ~23 files a minute, and every storage scrape
+    stat-ed all of them: 200 ms per scrape after two days (3,000 of them), growing for good. A
+    directory renamed into place is never written again: measured once."""
+    import shutil
+
+    from ledgerlog.ops.data import storage
+    for h in range(5):
+        d = tmp_path / "archive" / f"h{h * 10}"
+        d.mkdir(parents=True)
+        for i in range(3):
+            (d / f"part-{i}.avro").write_bytes(b"x" * (h + 1))
+    (tmp_path / "archive" / ".tmp-h60-x").mkdir()  # a prune writing its archive: walked each time
+    (tmp_path / "archive" / ".tmp-h60-x" / "part-0.avro").write_bytes(b"y" * 1000)
+    first = storage_bytes(str(tmp_path))
+    assert first[("other", "")] == 3 * (1 + 2 + 3 + 4 + 5) + 1000
+    walked: list[str] = []
+    real = os.scandir
+    monkeypatch.setattr(storage.os, "scandir", lambda path: walked.append(str(path)) or real(path))
+    assert storage_bytes(str(tmp_path)) == first
+    assert not [w for w in walked if os.path.basename(w).startswith("h")], walked
+    shutil.rmtree(tmp_path / "archive" / "h40")  # gone (copied off the machine): no longer counted
+    assert storage_bytes(str(tmp_path))[("other", "")] == first[("other", "")] - 15
 
 
 # -- tracing ------------------------------------------------------------------------------------
