@@ -171,12 +171,21 @@ def _check_writes(name: str, txn: Any) -> None:
                              "are the store's own; pick another prefix")
 
 
+#: characters of an exception's text kept in a projection's failure reason
+MAX_REASON = 1000
+
+
 def describe(exc: BaseException) -> str:
-    """``Type: text`` of an exception, whatever its ``__str__`` does (user code's may raise)."""
+    """``Type: text`` of an exception, whatever its ``__str__`` does (user code's may raise): one
+    line (control characters as spaces: the text may quote event fields, and it goes to the log)
+    of at most MAX_REASON characters."""
     try:
-        text = str(exc)
+        text = str(exc)[:MAX_REASON + 1]
     except Exception:  # noqa: BLE001 - the text of an exception raised by user code
         text = "(its text could not be read)"
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(text) > MAX_REASON:
+        text = text[:MAX_REASON] + "..."
     return f"{type(exc).__name__}: {text}"
 
 

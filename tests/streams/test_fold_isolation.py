@@ -261,3 +261,12 @@ def test_a_raw_read_error_of_the_store_inside_a_fold_is_retried_not_a_failed_pro
         assert runner.lag()["payouts"] == 0 and runner.failures() == {}
     finally:
         runner.close()
+
+
+def test_the_reason_a_user_fold_stopped_is_one_line_of_bounded_size() -> None:
+    """An exception's text is user code's, and may quote event fields a client chose: it went
+    raw into the node's text log and /v1/status, newlines (a forged log line) and megabytes too."""
+    forged = "boom\n2026-12-08 01:00:00 WARNING ledgerlog: forged line\r\x1b[31m" + "x" * 1_000_000
+    text = catalog.describe(ValueError(forged))
+    assert text.startswith("ValueError: boom 2026-12-08 01:00:00 WARNING")
+    assert not any(c in text for c in "\n\r\x1b") and len(text) <= catalog.MAX_REASON + 100
