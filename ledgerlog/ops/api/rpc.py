@@ -169,19 +169,18 @@ class Ctx:
         self.bytes_left = MAX_ANSWER_BYTES
 
     def take_rows(self, n: int) -> None:
-        """Count ``n`` rows of an answer against the request's budget (MAX_ROWS)."""
-        if n > self.rows_left:
+        """Count ``n`` rows of an answer against the request's budget (MAX_ROWS); once it is
+        spent, every later call is refused (without walking: getrawmempool reads rows_left + 1)."""
+        self.rows_left -= n
+        if self.rows_left < 0:
             raise RpcError(TOO_LARGE, f"the calls of this request return more than {MAX_ROWS} "
                                       "transactions or mempool entries in all: send fewer per batch")
-        self.rows_left -= n
 
-    def take_bytes(self, result: Any) -> None:
-        """Count the JSON bytes of one call's result against the request's budget (MAX_ANSWER_BYTES)."""
-        n = len(dumps_any(result))
-        if n > self.bytes_left:
-            raise RpcError(TOO_LARGE, f"the calls of this request return more than {MAX_ANSWER_BYTES} bytes "
-                                      "in all: send fewer per batch")
-        self.bytes_left -= n
+    def take_bytes(self, answer: bytes) -> bool:
+        """Count one call's answer (as sent) against the request's budget (MAX_ANSWER_BYTES):
+        False once it is spent (this call's and every later one's answer is refused)."""
+        self.bytes_left -= len(answer)
+        return self.bytes_left >= 0
 
     @property
     def cs(self) -> Any:
@@ -325,7 +324,8 @@ def getrawmempool(ctx: Ctx, verbose: Any = False) -> Any:
         raise RpcError(INVALID_PARAMS, "verbose must be a boolean")
     # chainstate keys: mp/<txid> marks a pending tx; ms/<txid> -> [stamp_height, sender, nonce]
     # no further than the request's row budget allows (+1 to know it is over): the mempool is unbounded
-    txids = [k[3:].decode() for k, _ in islice(ctx.cs.items(b"mp/"), max(0, ctx.rows_left) + 1)]
+    ctx.take_rows(0)  # and not at all once it is spent
+    txids = [k[3:].decode() for k, _ in islice(ctx.cs.items(b"mp/"), ctx.rows_left + 1)]
     ctx.take_rows(len(txids))
     if not verbose:
         return txids
@@ -385,6 +385,19 @@ def _valid_id(rid: Any) -> bool:
     return rid is None or isinstance(rid, str) or (isinstance(rid, (int, float)) and not isinstance(rid, bool))
 
 
+def _answer(ctx: Ctx, req: Any) -> bytes | None:
+    """One call's answer as sent (None for a notification): a result that would take the
+    request past MAX_ANSWER_BYTES is answered TOO_LARGE instead."""
+    answer = _call(ctx, req)
+    if answer is None:
+        return None
+    data = dumps_any(answer)  # (the stdlib's, escaped, for what orjson refuses: counted as written)
+    if "result" in answer and not ctx.take_bytes(data):
+        return dumps_any(_error(answer["id"], TOO_LARGE, f"the calls of this request return more than "
+                                                         f"{MAX_ANSWER_BYTES} bytes in all: send fewer per batch"))
+    return data
+
+
 def _call(ctx: Ctx, req: Any) -> dict[str, Any] | None:
     if not isinstance(req, dict):
         return _error(None, INVALID_REQUEST, "Invalid Request: expected an object")
@@ -406,8 +419,6 @@ def _call(ctx: Ctx, req: Any) -> dict[str, Any] | None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method[:100]}")
         fn, spec = entry
         result = fn(ctx, **_bind(params, spec))
-        if not notification:
-            ctx.take_bytes(result)
     except RpcError as exc:
         return None if notification else _error(rid, exc.rpc_code, exc.message)
     except NotFoundError as exc:
@@ -436,24 +447,25 @@ def _finite(text: str) -> float:
 
 
 def handle(node: Node, body: bytes, *, local: tuple[str, int] | None = None,
-           max_lag: int = 10_000) -> Any:
-    """The JSON-RPC answer to an HTTP body: a response object, an array of them, or None (all
-    notifications: answer 204)."""
+           max_lag: int = 10_000) -> bytes | None:
+    """The JSON-RPC answer to an HTTP body, as sent: a response object, an array of them, or
+    None (all notifications: answer 204)."""
     try:
         doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        return _error(None, PARSE_ERROR, "Parse error: the body is not valid JSON")
+        return dumps_any(_error(None, PARSE_ERROR, "Parse error: the body is not valid JSON"))
     if isinstance(doc, list):
         if not doc:
-            return _error(None, INVALID_REQUEST, "Invalid Request: empty batch")
+            return dumps_any(_error(None, INVALID_REQUEST, "Invalid Request: empty batch"))
         if len(doc) > MAX_BATCH:
-            return _error(None, INVALID_REQUEST, f"Invalid Request: a batch may hold at most {MAX_BATCH} calls")
+            return dumps_any(_error(None, INVALID_REQUEST,
+                                    f"Invalid Request: a batch may hold at most {MAX_BATCH} calls"))
     node.queries.sync()
     ctx = Ctx(node, local, max_lag)
     if isinstance(doc, list):
-        answers = [a for a in (_call(ctx, req) for req in doc) if a is not None]
-        return answers or None
-    return _call(ctx, doc)
+        answers = [a for a in (_answer(ctx, req) for req in doc) if a is not None]
+        return b"[" + b",".join(answers) + b"]" if answers else None
+    return _answer(ctx, doc)
 
 
 def openapi_body() -> dict[str, Any]:

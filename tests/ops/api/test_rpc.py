@@ -345,22 +345,45 @@ def test_getrawmempool_walks_no_further_than_the_row_budget(client, node, chain2
     assert node.queries.sync()
     monkeypatch.setattr(rpc, "MAX_ROWS", 0)
     walked = []
-    real = store._DbView.items
+    real = store._LiveView.items  # what the calls read of the view (it reads pages of 256 rows under it)
 
     def counting(self, prefix, start=None):
         for kv in real(self, prefix, start):
             walked.append(kv)
             yield kv
-    monkeypatch.setattr(store._DbView, "items", counting)
+    monkeypatch.setattr(store._LiveView, "items", counting)
     answer = client.post("/rpc", json={"jsonrpc": "2.0", "method": "getrawmempool", "id": 1}).json()
     assert answer["error"]["code"] == rpc.TOO_LARGE
     assert len(walked) <= 1
 
 
+def test_calls_past_a_spent_row_budget_walk_nothing(client, node, chain2, lines, monkeypatch):
+    """Once a call was refused, each later getrawmempool of the batch walked the whole budget again
+    (1,000 calls: 1,000 walks of 100,000 keys from a 1.4 KB request)."""
+    from ledgerlog.streams import store
+
+    for amount in (701, 702, 703):  # four pending in all
+        admit_ok(node.chain, lines.tx(lines.keys.faucet, chain2["bob"], amount))
+    assert node.queries.sync()
+    monkeypatch.setattr(rpc, "MAX_ROWS", 2)
+    walked = []
+    real = store._LiveView.items  # what the calls read of the view (it reads pages of 256 rows under it)
+
+    def counting(self, prefix, start=None):
+        for kv in real(self, prefix, start):
+            walked.append(kv)
+            yield kv
+    monkeypatch.setattr(store._LiveView, "items", counting)
+    batch = [{"jsonrpc": "2.0", "method": "getrawmempool", "id": i} for i in range(50)]
+    answers = client.post("/rpc", json=batch).json()
+    assert {a["error"]["code"] for a in answers} == {rpc.TOO_LARGE}
+    assert len(walked) == 3, len(walked)  # the first call's budget + 1; the others none
+
+
 def test_a_batch_answering_too_many_bytes_in_all_is_cut_with_an_error(client, node, chain2, lines, monkeypatch):
     """The row budget never counted bytes: a 1.4 KB batch of getblock calls on a block whose one
     transaction carries a 1 MiB memo answered 21 MB (16 MiB memos: gigabytes built in memory)."""
-    memo = "m" * 200_000
+    memo = "é" * 100_000
     big = lines.tx(lines.keys.faucet, chain2["bob"], 11, memo=memo)
     admit_ok(node.chain, lines.block([chain2["pending"], big]))
     height = node.chain.write_state().tip().height
@@ -374,6 +397,11 @@ def test_a_batch_answering_too_many_bytes_in_all_is_cut_with_an_error(client, no
     assert all(a["result"]["tx"][1]["body"]["memo"] == memo for a in answers if "result" in a)
     assert {a["error"]["code"] for a in cut} == {rpc.TOO_LARGE}
     assert "fewer" in cut[0]["error"]["message"]
+    # the budget counts answers as written: an id orjson cannot write makes the stdlib write its
+    # answer (non-ASCII escaped, 6 bytes a character), which the budget counts as such
+    wide = [{**c, "id": 2**70 + c["id"]} for c in batch]
+    r = client.post("/rpc", json=wide)
+    assert r.status_code == 200 and len(r.content) < 1_300_000
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1:9"])
