@@ -382,10 +382,10 @@ def _check_ranges(cfg: Config) -> None:
                           "unlimited tries, so a short token opens every admin action to anyone who can reach "
                           "the node; make one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'` "
                           "(ledgerlog init writes such a token), or leave it empty to turn the admin API off")
-    if any(not 33 <= ord(c) <= 126 for c in cfg.admin_token.strip()):
-        raise ConfigError("admin.token must be printable ASCII without spaces: an HTTP header carries nothing "
-                          "else, so no request could match it; make one with "
-                          "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    if any(not 32 <= ord(c) <= 126 for c in cfg.admin_token.strip()):
+        raise ConfigError("admin.token must be printable ASCII: the Authorization header a client sends it in "
+                          "is read as latin-1 and compared byte for byte, so other characters never match; make "
+                          "one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     if cfg.log_max_bytes and not cfg.log_backups:
         raise ConfigError("node.log_backups must be at least 1 while node.log_max_bytes rotates node.log "
                           "(with none kept it is never rotated and grows for ever); 0 for both leaves "
