@@ -17,10 +17,14 @@ are made per interval and at a clean stop, not per append.
 Finding each partition's newest head means folding ``_checkpoints`` from its start, checking every
 head's signature: ~50 µs a head, so minutes per open once a busy chain has published millions.
 A writer therefore keeps a cache of that fold (``heads-cache.json`` in the data dir: the offset it
-reached, the hash of the record before it, the newest heads, the current key's first head), and
-an open resumes from there. The cache is only a shortcut: an open takes it only when the record it
-names is still on the log with the same bytes and every head in it verifies as on first reading;
-otherwise (another log, a restore, a damaged file) it folds from the start, as without one."""
+reached, the hash of the record before it, the newest heads with their offsets, the current key's
+first head), and an open resumes from there. The cache is only a shortcut: an open takes it only
+when the record it names is still on the log with the same bytes, and each head it names is the
+record at its offset and passes the fold's checks there (this chain's, its partition's key, a log
+key's signature, within the tree, no retired key after the current one's first); otherwise
+(another log, a restore, a damaged file) it folds from the start, as without one. (A cache put
+back with older genuine heads would have them taken as the newest until the next publish: the
+file is the writer's own, 0600, beside the keys.)"""
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +41,7 @@ from nacl.signing import VerifyKey
 
 from . import avro
 from .codec import Codec
-from .errors import ProofError
+from .errors import LedgerError, ProofError
 from .files import write_atomic
 from .log.base import Log, Record
 from .logtree import TreeState, has_tree
@@ -53,7 +57,7 @@ __all__ = ["LOG_KEY", "log_key_path", "load_log_key", "head_key", "make_head", "
 LOG_KEY = "log"
 #: A writer rewrites its heads cache at most this often (and at a clean close).
 CACHE_SECONDS = 30.0
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def log_key_path(keys_dir: str) -> str:
@@ -118,6 +122,7 @@ class HeadPublisher:
         self.published = 0
         self._read_to = 0
         self._last_hash = ""  # sha256 of the value of the record at _read_to - 1
+        self._at: dict[tuple[str, int], int] = {}  # _checkpoints offset of each head in ``latest``
         #: (the signer's key, the _checkpoints offset of its first head): after it, another
         #: (retired) log key's head is not this chain's newest (a leaked key is why one rotates)
         self._signer_from: tuple[str, int] | None = None
@@ -159,7 +164,7 @@ class HeadPublisher:
                 tp = (signed["head"]["topic"], signed["head"]["partition"])
                 have = self.latest.get(tp)
                 if have is None or signed["head"]["tree_size"] >= have["head"]["tree_size"]:
-                    self.latest[tp] = signed
+                    self.latest[tp], self._at[tp] = signed, rec.offset
 
     def _mine(self) -> str | None:
         return self.signer.pubkey if self.signer else self._key_now()
@@ -183,30 +188,50 @@ class HeadPublisher:
         try:
             with open(path, "rb") as f:
                 doc = orjson.loads(f.read())
-            read_to, last_hash = int(doc["read_to"]), str(doc["last_hash"])
-            if doc["version"] != _CACHE_VERSION or doc["chain_id"] != self.chain_id or read_to <= 0:
+            if doc["version"] != _CACHE_VERSION or doc["chain_id"] != self.chain_id:
                 return
-            recs = self.log.read(CHECKPOINTS, 0, read_to - 1, 1)
-            if not recs or recs[0].offset != read_to - 1 or _hash(recs[0].value) != last_hash:
+            read_to, last_hash = doc["read_to"], doc["last_hash"]
+            if not isinstance(read_to, int) or read_to <= 0 or self._record(read_to - 1) is None \
+                    or _hash(self._record(read_to - 1).value) != last_hash:
                 return  # another log, or a restored one that does not reach that far
-            signer_from = tuple(doc["signer_from"]) if doc["signer_from"] else None
-            mine = self._mine()
-            if signer_from is not None and mine is not None and signer_from[0] != mine:
-                return  # made before the key now in use signed: its first head is not known
-            keys = self._keys()
-            latest = {}
-            for signed in doc["latest"]:
-                head = signed["head"]
-                self._check(signed, head_key(head["topic"], head["partition"]), keys)
-                latest[(head["topic"], head["partition"])] = signed
+            mine, keys = self._mine(), self._keys()
+            signer_from = None
+            if doc["signer_from"] is not None:
+                key, at = doc["signer_from"]
+                if mine is not None and key != mine:
+                    return  # made before the key now in use signed: its first head is not known
+                if self._cached_head(at, read_to, keys).get("pubkey") != key:
+                    raise ProofError(f"no head of {str(key)[:16]}... at {at}")
+                signer_from = (key, at)
+            latest, at_offset = {}, {}
+            for at, signed in doc["latest"]:
+                if self._cached_head(at, read_to, keys) != signed:
+                    raise ProofError(f"the head at {at} is not the one on the log")
+                if mine is not None and signed["pubkey"] != mine and signer_from is not None and at > signer_from[1]:
+                    raise ProofError(f"the head at {at} is signed by a retired log key after the current key's first")
+                tp = (signed["head"]["topic"], signed["head"]["partition"])
+                latest[tp], at_offset[tp] = signed, at
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ProofError, LedgerError) as exc:
             logger.info("not using the tree heads cache %s (%s): reading every head", path, exc)
             return
-        self.latest, self._read_to, self._last_hash = latest, read_to, last_hash
-        self._signer_from = (str(signer_from[0]), int(signer_from[1])) if signer_from else None
+        self.latest, self._at, self._read_to, self._last_hash = latest, at_offset, read_to, last_hash
+        self._signer_from = signer_from
         self._saved = (read_to, time.monotonic())
+
+    def _record(self, offset: int) -> Any:
+        recs = self.log.read(CHECKPOINTS, 0, offset, 1)
+        return recs[0] if recs and recs[0].offset == offset else None
+
+    def _cached_head(self, offset: Any, read_to: int, keys: set[str]) -> dict[str, Any]:
+        """The head the log holds at ``offset`` (below ``read_to``), checked as a fold checks it."""
+        rec = self._record(offset) if isinstance(offset, int) and 0 <= offset < read_to else None
+        if rec is None:
+            raise ProofError(f"no record at {offset}")
+        signed: dict[str, Any] = self.codec.decode(CHECKPOINTS, rec.value)
+        self._check(signed, rec.key, keys)
+        return signed
 
     def save(self, *, force: bool = False) -> None:
         """Write the cache (a writer's; at most every CACHE_SECONDS unless ``force``): a cache
@@ -221,7 +246,7 @@ class HeadPublisher:
                 return
             doc = {"version": _CACHE_VERSION, "chain_id": self.chain_id, "read_to": self._read_to,
                    "last_hash": self._last_hash, "signer_from": self._signer_from,
-                   "latest": list(self.latest.values())}
+                   "latest": [[self._at[tp], signed] for tp, signed in self.latest.items()]}
             try:
                 write_atomic(self._cache, orjson.dumps(doc), mode=0o600)
             except OSError as exc:
@@ -274,9 +299,9 @@ class HeadPublisher:
             records = [Record(CHECKPOINTS, head_key(t, p), self.codec.encode(CHECKPOINTS, s), ts, 0)
                        for (t, p, _), s in zip(due, signed)]
             placed = self.log.append(records)
-            for (t, p, _), s in zip(due, signed):
-                self.latest[(t, p)] = s
             offsets = [off for _, off in placed]
+            for (t, p, _), s, off in zip(due, signed, offsets):
+                self.latest[(t, p)], self._at[(t, p)] = s, off
             if offsets and offsets[0] == self._read_to and offsets == list(range(offsets[0], offsets[-1] + 1)):
                 # nothing else came between: our own heads need no second reading
                 self._no_retired_key(signer.pubkey, offsets[0], signer.pubkey)

@@ -88,7 +88,8 @@ def test_a_cache_behind_the_log_is_resumed_from(config, chain, lines):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "beyond_the_log", "other_record", "forged_head", "other_chain",
-                                    "other_key"])
+                                    "other_key", "signer_from_offset", "signer_from_short", "signer_from_beyond",
+                                    "head_elsewhere", "head_offset_text"])
 def test_a_cache_that_does_not_describe_the_log_is_not_used(config, chain, lines, damage):
     _publish_rounds(chain, lines, 8)
     want = _full_fold(chain)
@@ -99,7 +100,17 @@ def test_a_cache_that_does_not_describe_the_log_is_not_used(config, chain, lines
     elif damage == "other_record":
         doc["read_to"] -= 1  # the hash is of the record after
     elif damage == "forged_head":
-        doc["latest"][0]["head"]["tree_size"] += 1  # its signature no longer verifies
+        doc["latest"][0][1]["head"]["tree_size"] += 1  # its signature no longer verifies
+    elif damage == "signer_from_offset":
+        doc["signer_from"][1] = None  # (was a TypeError: every open failed)
+    elif damage == "signer_from_short":
+        doc["signer_from"] = doc["signer_from"][:1]
+    elif damage == "signer_from_beyond":
+        doc["signer_from"][1] = 10**15  # would switch the retired-key rule off for what follows
+    elif damage == "head_elsewhere":
+        doc["latest"][0][0] = doc["latest"][1][0]  # the record there is another head
+    elif damage == "head_offset_text":
+        doc["latest"][0][0] = "0"
     elif damage == "other_chain":
         doc["chain_id"] = "another"
     elif damage == "other_key":
