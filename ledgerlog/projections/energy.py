@@ -11,9 +11,7 @@ settled amount, readings, settlements, credited of registered providers, sum ove
 providers of price_per_kwh x credited, height of the newest settlement]; ``mh/<height:8>`` -> the
 first ten of those as of that height (an entry at the stamp height of every provider, reading and
 settlement event), so "the market at H" is one seek (``mt`` -> [height, entry] of the newest); ``g/<parameter>/<height:8>`` -> [value, seq,
-change_id] of the last change (highest seq) stamped at that height; ``c/<2^128-1-credited:16><provider_id>``
--> empty, one per provider, so the providers with the most credited energy (ties by id) are the
-first keys of ``c/``.
+change_id] of the last change (highest seq) stamped at that height.
 Commutative: readings and settlements are sums that accumulate whether or not the registration
 was folded yet (an event below a provider's newest history entry adds its delta to every later
 entry, and likewise to every later market entry); the registration only sets its own fields and
@@ -22,7 +20,7 @@ adds its share to the market entries from its height on. Should a provider_id ev
 folding does not matter; governance changes are ordered by their seq."""
 from __future__ import annotations
 
-import itertools
+import heapq
 import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -34,7 +32,7 @@ from ledgerlog.engine.governance import PARAMETERS
 from .base import Event, Txn, View, h8, height_of_key, jdump, jload
 
 NAME = "energy"
-VERSION = 4  # 3: market history by height (mh/); 4: providers ranked by credited energy (c/)
+VERSION = 3  # 3: market history by height (mh/)
 TOPICS = (T.PROVIDERS, T.READINGS, T.SETTLEMENTS, T.GOVERNANCE)
 #: the event fields the fold reads
 FIELDS = {
@@ -57,12 +55,6 @@ _LEN = struct.Struct(">H")
 _MH = b"mh/"  # market history: the first ten fields of the market record as of a height
 _MTOP = b"mt"  # [height, entry] of the newest market history entry (a batch starts from it)
 _NO_CHANGE = [0] * 10
-_RANK = b"c/"  # providers by credited energy, most first
-_RANK_TOP = (1 << 128) - 1
-
-
-def _rkey(credited: int, provider_id: str) -> bytes:
-    return _RANK + (_RANK_TOP - credited).to_bytes(16, "big") + provider_id.encode()
 
 
 def _pkey(provider_id: str) -> bytes:
@@ -94,7 +86,6 @@ class _Batch:
         self.txn = txn
         self.market: list[int] = jload(txn.get(b"m")) or _no_market()
         self.provs: dict[str, list[Any]] = {}
-        self.ranked: dict[str, int | None] = {}  # provider -> its credited energy as stored (None: new)
         self.hist: dict[tuple[str, int], list[int]] = {}
         newest = jload(txn.get(_MTOP))  # (one read: a seek for the last mh/ key walks a fold's overlay)
         self.mtop: int = newest[0] if newest else -1  # height of the newest market entry
@@ -104,9 +95,7 @@ class _Batch:
     def prov(self, provider_id: str) -> list[Any]:
         p = self.provs.get(provider_id)
         if p is None:
-            stored = jload(self.txn.get(_pkey(provider_id)))
-            self.ranked[provider_id] = None if stored is None else stored[CREDITED]
-            p = self.provs[provider_id] = stored or _empty()
+            p = self.provs[provider_id] = jload(self.txn.get(_pkey(provider_id))) or _empty()
         return p
 
     def register(self, ev: dict[str, Any]) -> None:
@@ -246,11 +235,6 @@ class _Batch:
     def flush(self) -> None:
         for provider_id, p in self.provs.items():
             self.txn.put(_pkey(provider_id), jdump(p))
-            was = self.ranked[provider_id]
-            if was != p[CREDITED]:
-                if was is not None:
-                    self.txn.delete(_rkey(was, provider_id))
-                self.txn.put(_rkey(p[CREDITED], provider_id), b"")
         for (provider_id, height), v in self.hist.items():
             self.txn.put(_hprefix(provider_id) + h8(height), jdump(v))
         self._flush_market()
@@ -391,14 +375,9 @@ def last_settlement_height(view: View) -> int | None:
     return None if h < 0 else h
 
 
-def _ranked(view: View, limit: int) -> Iterator[tuple[str, list[Any]]]:
-    """(provider_id, record) of the ``limit`` providers with the most credited energy (ties by
-    id): the first keys of the ranking, however many providers there are."""
-    for key, _ in itertools.islice(view.items(_RANK), limit):
-        pid = key[len(_RANK) + 16:].decode()
-        p = jload(view.get(_pkey(pid)))
-        if p is not None:
-            yield pid, p
+def _ranked(view: View, limit: int) -> list[tuple[str, list[Any]]]:
+    """(provider_id, record) of the ``limit`` providers with the most credited energy (ties by id)."""
+    return [(pid, p) for _, pid, p in heapq.nsmallest(limit, ((-p[CREDITED], pid, p) for pid, p in _records(view)))]
 
 
 def providers(view: View, limit: int = 20) -> list[dict[str, Any]]:
@@ -408,7 +387,8 @@ def providers(view: View, limit: int = 20) -> list[dict[str, Any]]:
 
 def settlement_counts(view: View, limit: int) -> list[tuple[str, int]]:
     """(provider_id, settlements) of the providers with the most credited energy (the metrics'
-    per-provider series): ``providers`` without the rest of each row."""
+    per-provider series): ``providers`` without the rest of each row (its unsettled-since search
+    was most of a scrape's cost)."""
     return [(pid, p[SETTLEMENTS]) for pid, p in _ranked(view, limit)]
 
 
