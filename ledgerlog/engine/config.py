@@ -386,6 +386,9 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("admin.token must be printable ASCII: the Authorization header a client sends it in "
                           "is read as latin-1 and compared byte for byte, so other characters never match; make "
                           "one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    if "*" in (o.strip() for o in cfg.http_allowed_origins.split(",")):
+        raise ConfigError("http.allowed_origins must list the web origins by name (https://app.example): "
+                          "\"*\" would let the pages of every site post ingest lines and call /rpc")
     if cfg.log_max_bytes and not cfg.log_backups:
         raise ConfigError("node.log_backups must be at least 1 while node.log_max_bytes rotates node.log "
                           "(with none kept it is never rotated and grows for ever); 0 for both leaves "

@@ -246,3 +246,12 @@ def test_an_admin_token_no_request_can_carry_is_refused_at_start(tmp_path, token
         load_config(str(data), {"LEDGERLOG_ADMIN_TOKEN": token})
     passphrase = "correct horse battery staple"  # spaces inside: a header carries them
     assert load_config(str(data), {"LEDGERLOG_ADMIN_TOKEN": passphrase}).admin_token == passphrase
+
+
+def test_every_origin_cannot_be_allowed_at_once(tmp_path):
+    """"*" read as a literal origin by the node's own checks, and as every origin by the CORS
+    layer: refused, so an operator lists the sites."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(ConfigError, match=r"http\.allowed_origins must list"):
+        load_config(str(data), {"LEDGERLOG_HTTP_ALLOWED_ORIGINS": "https://a.example, *"})

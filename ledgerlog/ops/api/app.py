@@ -57,7 +57,8 @@ def create_app(node: NodeContext, *, limits: HttpLimits | None = None, faucet: F
     mount_static(app)
     if edge.allowed_origins:  # their pages may post ingest lines and read answers (CORS), never send a token
         app.add_middleware(CORSMiddleware, allow_origins=sorted(edge.allowed_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["content-type"], max_age=600)
+                           allow_headers=["content-type"], max_age=600,
+                           allow_private_network=True)  # a listed public site may reach a node on 127.0.0.1 (Chrome asks)
         app.cors_origins = edge.allowed_origins
     instrument_app(app)  # one trace span per request (ops/node/tracing.py)
     app.fast_lane = FastLane(node, node.metrics.on_request, ROUTES)  # plain GETs of the query routes

@@ -413,7 +413,9 @@ def protocol_class(edge: EdgeSettings | None = None, *,
             self._held = b""
             status, answer = _raw_response(exc)
             self.transport.write(answer)
-            if on_refusal is not None:
+            # counted: a refused request, not one the app counts (``answering``), nor a connection
+            # that never sent a byte of one (a preconnect, a health check) timing out
+            if on_refusal is not None and not answering and (self._head_bytes or status != 408):
                 on_refusal("unmatched", "", status, time.monotonic() - self._idle_since)
             if self.transport.can_write_eof():
                 self.transport.write_eof()

@@ -107,8 +107,10 @@ def test_an_allowed_origin_can_post_ingest_lines_from_a_browser(node, client):
     which got 405 and no Access-Control-* header, and the POST's answer was unreadable to the page."""
     wallet = "https://wallet.example"
     pre = client.options("/v1/ingest", headers={"Origin": wallet, "Access-Control-Request-Method": "POST",
-                                                "Access-Control-Request-Headers": "content-type"})
+                                                "Access-Control-Request-Headers": "content-type",
+                                                "Access-Control-Request-Private-Network": "true"})
     assert pre.status_code == 200, pre.text
+    assert pre.headers["access-control-allow-private-network"] == "true"  # a public site, a node on 127.0.0.1
     assert pre.headers["access-control-allow-origin"] == wallet
     assert "POST" in pre.headers["access-control-allow-methods"]
     assert "content-type" in pre.headers["access-control-allow-headers"].lower()

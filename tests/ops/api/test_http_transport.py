@@ -325,3 +325,28 @@ def test_connections_refused_as_overload_are_counted_and_warned_of_once_a_while(
     assert seen == [503] * 50
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and "refusing" in warned[0], warned
+
+
+def test_an_idle_connection_timed_out_is_not_counted_as_a_request():
+    """A connection that never sent a byte (a browser's preconnect, a TCP health check) got its 408
+    counted as a request, with the header timeout as its latency; one that sent part of a head is
+    a slow request, and counts."""
+    from ledgerlog.ops.api.transport import EdgeSettings
+
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("no request reaches the app")
+
+    async def main() -> None:
+        proto = protocol_class(EdgeSettings(header_timeout=0.05), on_refusal=lambda *a: seen.append(a[2]))
+        idle, idle_fake = _connected(app, proto=proto)
+        slow, slow_fake = _connected(app, proto=proto)
+        slow.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n")  # and no more
+        await asyncio.sleep(0.3)
+        for p, fake in ((idle, idle_fake), (slow, slow_fake)):
+            assert b"".join(fake.writes).startswith(b"HTTP/1.1 408")
+            p.connection_lost(None)
+
+    asyncio.run(main())
+    assert seen == [408]
