@@ -19,7 +19,11 @@ def stats(ctx: typer.Context,
     """Storage statistics: bytes on disk, records per topic, keys, height and lag per projection.
 
     Opens the stores read-only, so it also works while a node runs."""
-    emit(storage_stats(config_of(ctx), exact=exact))
+    cfg = config_of(ctx)
+    node = NodeClient.find(cfg)
+    if node is not None:
+        node.close()
+    emit(storage_stats(cfg, exact=exact, node_running=node is not None))
 
 
 @app.command()

@@ -44,6 +44,7 @@ from ledgerlog.engine.log.base import Log, TopicPartition
 from ledgerlog.engine.log.base import first_at_height as log_first_at_height
 from ledgerlog.engine.movements import event_height
 from ledgerlog.engine.prunepoint import PRUNED_TOPICS, PrunePoint
+from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
 from ledgerlog.ops.data.archive import write_archive
 from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.ops.data.ownpaths import refuse_own_path
@@ -147,6 +148,7 @@ def prune(chain: Chain, runner: Runner, height: int, *, archive_parent: str | No
         raise PruneUnsupportedError(f"cannot prune this log: {why}")
     started = time.monotonic()
     with prune_lock(cfg.data_dir), reproject_lock(cfg.projections_dir):
+        upgrade_anchor(cfg, chain, locked=True)  # the next anchor starts from this one's stores
         plan = PrunePlan(chain, height)
         summary: dict[str, Any] = {"height": height, "tip": plan.tip.height, "records": plan.records}
         if plan.done:

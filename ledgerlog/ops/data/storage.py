@@ -14,7 +14,6 @@ from ledgerlog.engine import storekeys as K
 from ledgerlog.engine.errors import ConfigError, StorageError
 from ledgerlog.engine.log import open_log
 from ledgerlog.engine.rocks import Rdict, iter_prefix, open_store
-from ledgerlog.ops.query.client import NodeClient
 from ledgerlog.streams import layout
 from ledgerlog.streams.store import ProjectionStore
 
@@ -171,21 +170,19 @@ def _projection_stats(cfg: Config, ends: dict[str, list[int]], exact: bool) -> d
     return out
 
 
-def storage_stats(cfg: Config, *, exact: bool = False) -> dict[str, Any]:
-    """What the data dir holds. Opens every store read-only, so it works while a node runs."""
+def storage_stats(cfg: Config, *, exact: bool = False, node_running: bool = False) -> dict[str, Any]:
+    """What the data dir holds. Opens every store read-only, so it works while a node runs
+    (``node_running``: the caller found one, said in the answer)."""
     if not os.path.exists(cfg.genesis_path):
         raise ConfigError(f"{cfg.data_dir} holds no chain; run `ledgerlog init` first")
     sizes = storage_bytes(cfg.data_dir)
     st = os.statvfs(cfg.data_dir)
     log_info = _log_stats(cfg, exact)
     ends = {t: info["end_offsets"] for t, info in log_info["topics"].items()}
-    node = NodeClient.find(cfg)
-    if node is not None:
-        node.close()
     capacity, available = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
     return {
         "data_dir": os.path.abspath(cfg.data_dir),
-        "node_running": node is not None,
+        "node_running": node_running,
         "exact": exact,
         "bytes": {"total": sum(sizes.values()), "log": sizes.get(("log", ""), 0),
                   "projections": sum(n for (c, _), n in sizes.items() if c == "projection"),

@@ -25,6 +25,7 @@ from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.engine.errors import (
     LogError,
     PausedError,
+    PrunedError,
     StorageError,
     StorageUnavailableError,
     UnavailableError,
@@ -35,6 +36,7 @@ from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
 from ledgerlog.ops.api.limits import Controls
 from ledgerlog.ops.api.server import bind, listen, raise_open_files, uvicorn_server
 from ledgerlog.ops.api.transport import EdgeSettings
+from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
 from ledgerlog.ops.jobs import Jobs, Progress
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
@@ -71,6 +73,10 @@ class Node:
         self.admitter = self.chain.admitter
         try:
             self.snapshots = SnapshotSchedule(config, self.chain)  # snapshot.every on a Kafka log: ConfigError
+            try:
+                upgrade_anchor(config, self.chain)  # a pruned log's anchor, up to this code's projections
+            except PrunedError as exc:  # (the rebuild of that projection below says so too)
+                log.error("%s", exc)
             self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
                                  batch=config.fold_batch)
         except BaseException:

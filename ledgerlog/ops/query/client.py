@@ -27,6 +27,7 @@ from ledgerlog.engine.errors import (
     error_class_for,
 )
 from ledgerlog.engine.procs import alive
+from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.streams.parallel import catch_up_parallel
 from ledgerlog.streams.reproject import reproject
@@ -300,6 +301,7 @@ def open_queries(config: Config) -> Iterator[Any]:
         return
     chain = _open_upgraded(config)
     try:
+        upgrade_anchor(config, chain)  # a pruned log's anchor, up to this code's projections
         runner = _open_runner(chain, config)
         try:
             if not runner.read_only:

@@ -1,0 +1,111 @@
+"""A pruned chain upgraded to code whose projection VERSION changed (ops/data/anchorupgrade.py):
+the anchor held the old version's store and the records below the prune were gone, so the
+projection could not be built (PRUNED) and the next prune could not anchor: retention stopped,
+and the projection was lost for good. Now its anchor store is rebuilt from the prunes' archives,
+equal to what the old anchor held when the fold did not change, and everything goes on."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clitools import cli_env, ok_json
+from test_prune import _cfg, _prune, cli
+
+from ledgerlog.engine.chain import init_chain, open_chain
+from ledgerlog.engine.config import Config
+from ledgerlog.engine.errors import PrunedError
+from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
+from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
+from ledgerlog.ops.query.client import open_queries
+from ledgerlog.ops.verify.checks import verify
+from ledgerlog.projections import energy
+from ledgerlog.streams.anchor import Anchor
+
+
+@pytest.fixture(scope="module")
+def pruned_twice(tmp_path_factory) -> dict[str, Any]:
+    """A chain pruned at two heights (two archives), and what its energy queries answer."""
+    root = tmp_path_factory.mktemp("upgrade")
+    genesis, keys = make_genesis(43, wallets=6)
+    write_genesis(root / "genesis.json", genesis)
+    write_history(root / "h.jsonl", genesis, keys, events=2500, seed=43)
+    data = root / "data"
+    init_chain(_cfg(data), genesis)
+    assert ok_json(cli(data, "ingest", str(root / "h.jsonl")))["rejected"] == 0
+    tip = ok_json(cli(data, "status"))["height"]
+    _prune(data, tip // 3)
+    _prune(data, tip // 2)
+    with open_queries(_cfg(data)) as q:
+        market = q.market()
+        providers = q.providers(limit=1000)
+    return {"root": root, "data": data, "tip": tip, "market": market, "providers": providers}
+
+
+def _copy(pruned_twice: dict[str, Any], name: str) -> Path:
+    dest = pruned_twice["root"] / name
+    shutil.copytree(pruned_twice["data"], dest)
+    return dest
+
+
+def _strip(answer: Any) -> Any:
+    """An answer without its provenance (the projection's version and digest change with the code)."""
+    if isinstance(answer, dict):
+        return {k: _strip(v) for k, v in answer.items() if k != "provenance"}
+    if isinstance(answer, list):
+        return [_strip(v) for v in answer]
+    return answer
+
+
+def test_a_projection_whose_version_changed_is_rebuilt_from_the_archives(pruned_twice, monkeypatch):
+    data = _copy(pruned_twice, "bumped")
+    cfg = Config(data_dir=str(data), sync=False, fold_workers=1)
+    before = Anchor.load(cfg.anchor_dir)
+    assert before is not None
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)  # the next release's energy code
+    with open_queries(cfg) as q:  # the stale live store is rebuilt blue/green, seeded from the anchor
+        assert _strip(q.market()) == _strip(pruned_twice["market"])
+        assert _strip(q.providers(limit=1000)) == _strip(pruned_twice["providers"])
+        assert q.market()["provenance"]["version"] == energy.VERSION
+    after = Anchor.load(cfg.anchor_dir)
+    assert after is not None and after.dir == before.dir
+    assert after.projections["energy"]["version"] == energy.VERSION
+    # the fold did not change, so the archives folded to exactly the store the anchor held
+    assert after.projections["energy"]["digest"] == before.projections["energy"]["digest"]
+    assert {n: m for n, m in after.projections.items() if n != "energy"} == \
+        {n: m for n, m in before.projections.items() if n != "energy"}
+    with open_chain(cfg) as chain:
+        assert upgrade_anchor(cfg, chain) == []  # once is enough
+    _prune(data, pruned_twice["tip"] * 2 // 3)  # and retention goes on: the next anchor builds from it
+    report = verify(cfg, workers=1)
+    assert report["ok"], {k: v for k, v in report.items() if isinstance(v, dict) and v.get("ok") is False}
+
+
+def test_the_cli_upgrades_the_anchor_of_a_pruned_chain(pruned_twice, tmp_path):
+    """Through `ledgerlog reproject energy` in a process running the next release's code."""
+    data = _copy(pruned_twice, "cli")
+    bump = tmp_path / "bumped_ledgerlog.py"
+    bump.write_text("from ledgerlog.projections import energy\nenergy.VERSION += 1\n"
+                    "from ledgerlog.ops.cli import main\nmain()\n")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(bump), "--data-dir", str(data), "reproject", "energy"],
+                         capture_output=True, env=cli_env(LEDGERLOG_FOLD_WORKERS="1"), check=False)
+    assert out.returncode == 0, out.stderr.decode()
+    (done,) = json.loads(out.stdout)["projections"]
+    assert done["swapped"] and done["version"] == energy.VERSION + 1
+    assert done["digest_after"] == done["digest_before"]
+
+
+def test_without_every_archive_it_says_which_records_are_missing(pruned_twice, monkeypatch):
+    data = _copy(pruned_twice, "lost")
+    cfg = Config(data_dir=str(data), sync=False, fold_workers=1)
+    first = sorted((data / "archive").iterdir())[0]
+    shutil.move(str(first), str(pruned_twice["root"] / "moved-away"))
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    with open_chain(cfg) as chain, pytest.raises(PrunedError, match=r"energy\.\w+\[\d\] from offset 0.*put every "
+                                                                     r"prune's archive back"):
+        upgrade_anchor(cfg, chain)
+    assert Anchor.load(cfg.anchor_dir).projections["energy"]["version"] == energy.VERSION - 1  # nothing changed
