@@ -373,3 +373,37 @@ def test_after_a_prune_a_plain_reproject_rebuilds_the_built_ins_and_names_what_i
     proc = run(data, "reproject", "tx_count", cwd=tmp_path)  # named: refused, saying why
     assert proc.returncode == 1 and error(proc)["code"] == "PRUNED"
     assert ok_json(run(data, "projections", "list", cwd=tmp_path))  # and it still answers
+
+
+def test_a_module_edited_within_the_second_it_was_compiled_is_read_again(tmp_path, monkeypatch) -> None:
+    """Python validates a cached .pyc by the source's mtime in whole seconds and its size: a module
+    edited within the same second to text of the same length (VERSION 1 -> 2, "+ 1" -> "+ 2")
+    ran the old code, stored under the new version (seen as a flaky version-bump test)."""
+    import sys
+
+    from ledgerlog.streams import catalog
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as in a CLI process: .pyc files are written
+    pdir = tmp_path / "data" / "projections"
+    pdir.mkdir(parents=True)
+    path = write_module(tmp_path, version=1, step=1)
+    t = os.stat(path).st_mtime_ns
+    entry = {"file": str(path)}
+    catalog.write_registered(str(pdir), {"tx_count": entry})
+    first = catalog.module(str(pdir), "tx_count")
+    assert first.VERSION == 1
+    path.write_text(module_text(version=2, step=2))  # same length, same second
+    os.utime(path, ns=(t + 1000, t + 1000))
+    again = catalog.module(str(pdir), "tx_count")
+    assert again.VERSION == 2
+    folded: dict[bytes, bytes] = {}
+
+    class Txn:
+        def get(self, key: bytes) -> bytes | None:
+            return folded.get(key)
+
+        def put(self, key: bytes, value: bytes) -> None:
+            folded[key] = value
+
+    again.fold(None, [("ledger.transactions", {"body": {"sender": "ab" * 20}})], Txn())
+    assert list(folded.values()) == [b"2"], folded  # counted by the new step
