@@ -20,12 +20,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ledgerlog import projections
-from ledgerlog.engine.errors import LogError, ProjectionFailedError, PrunedError, UsageError
+from ledgerlog.engine.errors import LogError, PrunedError, UsageError
 from ledgerlog.engine.files import fsync_tree, write_atomic
 from ledgerlog.engine.log.base import Log, LogRecord, Record, StateWrites, TopicPartition
 from ledgerlog.ops.data.archive import archive_dirs, archive_records, read_manifest
 from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.streams.anchor import ANCHOR_FILE, Anchor
+from ledgerlog.streams.anchorbuild import fold_exactly
 from ledgerlog.streams.runner import Runner
 
 if TYPE_CHECKING:
@@ -146,18 +147,7 @@ def _build(cfg: Config, chain: Chain, anchor: Anchor, stale: list[ModuleType], t
                     names=[m.NAME for m in stale], paths={m.NAME: os.path.join(tmp, m.NAME) for m in stale},
                     anchor_dir=os.path.join(tmp, "no-anchor"), batch=cfg.fold_batch)
     try:
-        runner.catch_up(until=ends)
-        failed = runner.failures()
-        if failed:
-            raise ProjectionFailedError("; ".join(f.message for f in failed.values()))
-        metas = {}
-        for name, h in runner.handles.items():
-            want = {(t, p): off for t in h.module.TOPICS for p, off in enumerate(ends[t])}
-            h.store.commit(h.store.begin(), want)  # (a position stops after its last record: Kafka's markers)
-            h.store.flush()
-            metas[name] = {"version": h.module.VERSION, "digest": h.store.digest_hex(), "height": h.store.height,
-                           "positions": {t: list(ends[t]) for t in h.module.TOPICS}}
-        return metas
+        return fold_exactly(runner, ends)
     finally:
         runner.close()
 

@@ -335,49 +335,43 @@ def test_a_batch_returning_too_many_rows_in_all_is_cut_with_an_error(client, nod
     assert len(one["result"]) == 1
 
 
-def test_getrawmempool_walks_no_further_than_the_row_budget(client, node, chain2, lines, monkeypatch):
+@pytest.fixture
+def mempool_reads(node, chain2, lines, monkeypatch) -> list:
+    """Four transactions pending, and the rows the calls read of the view from now on (it reads
+    pages of 256 rows under them)."""
+    from ledgerlog.streams import store
+
+    for amount in (701, 702, 703):
+        admit_ok(node.chain, lines.tx(lines.keys.faucet, chain2["bob"], amount))
+    assert node.queries.sync()
+    read: list = []
+    real = store._LiveView.items
+
+    def counting(self, prefix, start=None):
+        for kv in real(self, prefix, start):
+            read.append(kv)
+            yield kv
+    monkeypatch.setattr(store._LiveView, "items", counting)
+    return read
+
+
+def test_getrawmempool_walks_no_further_than_the_row_budget(client, mempool_reads, monkeypatch):
     """It read the whole mempool (unbounded: every pending transaction) before counting it
     against the budget, so each unauthenticated call could cost a walk of all of it."""
-    from ledgerlog.streams import store
-
-    for amount in (701, 702, 703):  # four pending in all
-        admit_ok(node.chain, lines.tx(lines.keys.faucet, chain2["bob"], amount))
-    assert node.queries.sync()
     monkeypatch.setattr(rpc, "MAX_ROWS", 0)
-    walked = []
-    real = store._LiveView.items  # what the calls read of the view (it reads pages of 256 rows under it)
-
-    def counting(self, prefix, start=None):
-        for kv in real(self, prefix, start):
-            walked.append(kv)
-            yield kv
-    monkeypatch.setattr(store._LiveView, "items", counting)
     answer = client.post("/rpc", json={"jsonrpc": "2.0", "method": "getrawmempool", "id": 1}).json()
     assert answer["error"]["code"] == rpc.TOO_LARGE
-    assert len(walked) <= 1
+    assert len(mempool_reads) <= 1
 
 
-def test_calls_past_a_spent_row_budget_walk_nothing(client, node, chain2, lines, monkeypatch):
+def test_calls_past_a_spent_row_budget_walk_nothing(client, mempool_reads, monkeypatch):
     """Once a call was refused, each later getrawmempool of the batch walked the whole budget again
     (1,000 calls: 1,000 walks of 100,000 keys from a 1.4 KB request)."""
-    from ledgerlog.streams import store
-
-    for amount in (701, 702, 703):  # four pending in all
-        admit_ok(node.chain, lines.tx(lines.keys.faucet, chain2["bob"], amount))
-    assert node.queries.sync()
     monkeypatch.setattr(rpc, "MAX_ROWS", 2)
-    walked = []
-    real = store._LiveView.items  # what the calls read of the view (it reads pages of 256 rows under it)
-
-    def counting(self, prefix, start=None):
-        for kv in real(self, prefix, start):
-            walked.append(kv)
-            yield kv
-    monkeypatch.setattr(store._LiveView, "items", counting)
     batch = [{"jsonrpc": "2.0", "method": "getrawmempool", "id": i} for i in range(50)]
     answers = client.post("/rpc", json=batch).json()
     assert {a["error"]["code"] for a in answers} == {rpc.TOO_LARGE}
-    assert len(walked) == 3, len(walked)  # the first call's budget + 1; the others none
+    assert len(mempool_reads) == 3, len(mempool_reads)  # the first call's budget + 1; the others none
 
 
 def test_a_batch_answering_too_many_bytes_in_all_is_cut_with_an_error(client, node, chain2, lines, monkeypatch):
