@@ -103,9 +103,10 @@ def seed(anchor: Anchor, module: ModuleType, path: str) -> None:
         have = anchor.projections.get(module.NAME, {}).get("version")
         raise PrunedError(f"projection {module.NAME} version {module.VERSION} cannot be built: the log was "
                           f"pruned below height {anchor.height} and the anchor holds "
-                          f"{'no ' + module.NAME if have is None else f'version {have}'} of it; put every "
-                          "prune's archive under the archive dir (a built-in is then rebuilt from them), restore "
-                          "a snapshot taken before the prune, or run the ledgerlog version that pruned")
+                          f"{'no ' + module.NAME if have is None else f'version {have}'} of it; start the node "
+                          f"or run `ledgerlog reproject {module.NAME}`, which rebuild a built-in's anchor from the "
+                          "prunes' archives when every one is under the archive dir; else restore a snapshot taken "
+                          "before the prune")
     src = anchor.store_path(module.NAME)
     with atomic_dir(path, f".seed-{os.path.basename(path)}-") as tmp:
         for name in os.listdir(src):

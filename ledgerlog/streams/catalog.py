@@ -69,32 +69,37 @@ def _source_of(entry: dict[str, str]) -> str:
 
 def _import(entry: dict[str, str]) -> ModuleType:
     """Import a registered source afresh (a changed file is read again, so a version bump is
-    seen), compiled from its text: Python's cached .pyc is trusted by the source's mtime in whole
-    seconds and its size, so a file edited within the second it was compiled, to text of the same
-    length (VERSION 1 -> 2), ran the old code under the new version."""
+    seen): a ``.py`` source is compiled from its text, since Python trusts a cached .pyc by the
+    source's mtime in whole seconds and its size, and a file edited within the second it was
+    compiled, to text of the same length (VERSION 1 -> 2), ran the old code under the new version.
+    A module imported by name is run again in its own module object, as ``importlib.reload`` does."""
     if "file" in entry:
         path = entry["file"]
         spec = importlib.util.spec_from_file_location(f"ledgerlog_user_{abs(hash(path))}", path)
         if spec is None or spec.loader is None:
             raise ImportError(f"{path} is not a Python file")
+        name = None
     else:
         where = entry.get("path")
         if where and where not in sys.path:
             sys.path.append(where)
         importlib.invalidate_caches()
-        spec = importlib.util.find_spec(entry["module"])
-        if spec is None or spec.origin is None or not spec.has_location:
-            raise ImportError(f"no module named {entry['module']!r}")
-    mod = importlib.util.module_from_spec(spec)
-    with open(str(spec.origin), "rb") as f:
-        code = compile(f.read(), str(spec.origin), "exec", dont_inherit=True)
-    name = entry.get("module")
-    if name is not None:
-        sys.modules[name] = mod  # what `import` of it elsewhere finds, as `import` has it while it runs
+        name = entry["module"]
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"no module named {name!r}")
+    before = sys.modules.get(name) if name else None
+    mod = before or importlib.util.module_from_spec(spec)
+    if name:
+        sys.modules[name] = mod  # as `import` has it while the module runs
     try:
-        exec(code, mod.__dict__)  # the operator's registered projection module
+        if spec.origin and spec.origin.endswith(".py"):
+            with open(spec.origin, "rb") as f:
+                exec(compile(f.read(), spec.origin, "exec", dont_inherit=True), mod.__dict__)  # the operator's module
+        else:  # a sourceless or compiled module: its loader
+            spec.loader.exec_module(mod)
     except BaseException:
-        if name is not None and sys.modules.get(name) is mod:
+        if name and before is None and sys.modules.get(name) is mod:
             del sys.modules[name]
         raise
     return mod

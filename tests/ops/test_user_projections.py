@@ -407,3 +407,34 @@ def test_a_module_edited_within_the_second_it_was_compiled_is_read_again(tmp_pat
 
     again.fold(None, [("ledger.transactions", {"body": {"sender": "ab" * 20}})], Txn())
     assert list(folded.values()) == [b"2"], folded  # counted by the new step
+
+
+def test_modules_by_name_load_as_import_would_have_them(tmp_path, monkeypatch) -> None:
+    """Compiling sources broke what importlib did: a module shipped as a .pyc alone no longer
+    loaded, and a notebook's own `import mod` was replaced in sys.modules (its reload failed)."""
+    import importlib
+    import py_compile
+    import sys
+    import textwrap
+
+    from ledgerlog.streams import catalog
+
+    body = textwrap.dedent("""
+        NAME = "{name}"
+        VERSION = 1
+        TOPICS = ("ledger.transactions",)
+        def fold(genesis, events, txn):
+            pass
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "src_only.py").write_text(body.format(name="pyconly"))
+    py_compile.compile(str(tmp_path / "src_only.py"), cfile=str(tmp_path / "pyconly.pyc"))
+    (tmp_path / "src_only.py").unlink()
+    assert catalog.load("pyconly", str(tmp_path))[0].NAME == "pyconly"  # sourceless: its loader
+    (tmp_path / "nbproj.py").write_text(body.format(name="nbproj"))
+    mine = importlib.import_module("nbproj")
+    catalog.load("nbproj", str(tmp_path))
+    assert sys.modules["nbproj"] is mine
+    importlib.reload(mine)
+    for name in ("pyconly", "nbproj"):
+        monkeypatch.delitem(sys.modules, name, raising=False)

@@ -1,13 +1,18 @@
 """Bringing a pruned log's anchor up to the projection code: a built-in projection whose VERSION
 changed since the prune cannot be seeded from the anchor (it holds the old version's store), and
 its records below the prune point are gone from the log. They are in the prunes' archives: the
-anchor store of each such projection is rebuilt by folding the archived records exactly up to the
-anchor's positions, then put in the anchor beside the others (its anchor.json entry last, so a
-crash leaves the old entry, and the next open builds it again).
+anchor store of each such projection is rebuilt by folding, exactly up to the anchor's positions,
+the archived records of the pruned topics and the log's own records of the topics kept whole
+(``ledger.governance``), then put in the anchor beside the others. Its anchor.json entry, written
+last, names the version and digest it replaced (``upgraded``), which ``verify`` accepts in place of
+the digest the prune recorded; a crash before leaves the old entry, and the next open builds it
+again.
 
-Without every archive since the first prune (moved off the machine, say), it cannot be done:
-PrunedError names the partitions the archives do not cover and the fix (put them back under the
-archive dir, or restore a snapshot taken before the prune)."""
+Only this chain's archives are read (chain id and genesis hash), each checked against its manifest
+(sha256 of every file); a damaged one is left out. Without archives covering every pruned record
+(moved off the machine, say) the upgrade cannot be done: PrunedError names the partitions not
+covered and the fix (put the archives back under the archive dir, or restore a snapshot taken
+before the prune)."""
 from __future__ import annotations
 
 import json
@@ -20,10 +25,11 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ledgerlog import projections
-from ledgerlog.engine.errors import LogError, PrunedError, UsageError
+from ledgerlog.engine.errors import LedgerError, LogError, PrunedError, PruneRunningError
 from ledgerlog.engine.files import fsync_tree, write_atomic
 from ledgerlog.engine.log.base import Log, LogRecord, Record, StateWrites, TopicPartition
-from ledgerlog.ops.data.archive import archive_dirs, archive_records, read_manifest
+from ledgerlog.engine.prunepoint import PRUNED_TOPICS
+from ledgerlog.ops.data.archive import MANIFEST, archive_records, verify_archive
 from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.streams.anchor import ANCHOR_FILE, Anchor
 from ledgerlog.streams.anchorbuild import fold_exactly
@@ -33,56 +39,59 @@ if TYPE_CHECKING:
     from ledgerlog.engine.chain import Chain
     from ledgerlog.engine.config import Config
 
-__all__ = ["ArchiveLog", "upgrade_anchor"]
+__all__ = ["PrunedHistoryLog", "upgrade_anchor"]
 
 logger = logging.getLogger("ledgerlog.anchor")
+_TMP = ".upgrade-"
 
 
-class ArchiveLog(Log):
-    """The records the prunes archived, as a read-only log from offset 0 up to ``ends`` (the
-    anchor's positions): what a fold of the pruned history reads."""
+class PrunedHistoryLog(Log):
+    """A read-only log from offset 0 up to ``ends`` (the anchor's positions): the archived records
+    of the pruned topics (``files``), the log's own records of the others (``log``)."""
 
     contiguous_offsets = False  # (a Kafka log's archived offsets keep its transaction markers' gaps)
     ends_are_local = True
 
-    def __init__(self, files: Mapping[TopicPartition, list[str]], partitions: Mapping[str, int],
-                 ends: Mapping[str, list[int]]) -> None:
-        self._files, self._partitions, self._ends = files, dict(partitions), ends
+    def __init__(self, log: Log, files: Mapping[TopicPartition, list[str]], ends: Mapping[str, list[int]]) -> None:
+        self._log, self._files, self._ends = log, files, ends
         self._cursors: dict[TopicPartition, _Cursor] = {}
 
     def topics(self) -> dict[str, int]:
-        return dict(self._partitions)
+        return {t: len(v) for t, v in self._ends.items()}
 
     def end_offsets(self, topic: str) -> list[int]:
         return list(self._ends[topic])
 
     def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[LogRecord]:
-        """Forward reads stream the partition's archive files once; a read behind that starts over."""
+        end = self._ends[topic][partition]
+        if topic not in PRUNED_TOPICS:  # kept whole by every prune: the log has it
+            return [r for r in self._log.read(topic, partition, offset, max_records) if r.offset < end]
         tp = (topic, partition)
         cur = self._cursors.get(tp)
-        if cur is None or offset < cur.position:
+        if cur is None or offset < cur.position:  # forward reads stream the files once; one behind starts over
             cur = self._cursors[tp] = _Cursor(self._records(tp))
-        return cur.take(offset, max_records, self._ends[topic][partition])
+        return cur.take(offset, max_records, end)
 
     def _records(self, tp: TopicPartition) -> Iterator[LogRecord]:
         for path in self._files.get(tp, []):
             yield from archive_records(path)
 
     def create_topics(self, partitions: Mapping[str, int]) -> None:
-        raise LogError("archives are read only")
+        raise LogError("the pruned history is read only")
 
     def append(self, records: Sequence[Record], state: StateWrites | None = None) -> list[tuple[int, int]]:
-        raise LogError("archives are read only")
+        raise LogError("the pruned history is read only")
 
     def commit_positions(self, group: str, positions: Mapping[TopicPartition, int]) -> None:
-        raise LogError("archives are read only")
+        raise LogError("the pruned history is read only")
 
     def positions(self, group: str) -> dict[TopicPartition, int]:
         return {}
 
 
 class _Cursor:
-    """Where a forward read of one partition's archived records is."""
+    """Where a forward read of one partition's archived records is; an offset two archives both
+    hold (a prune killed after archiving, then one at another height) is read once."""
 
     def __init__(self, records: Iterator[LogRecord]) -> None:
         self.records = records
@@ -92,6 +101,7 @@ class _Cursor:
     def take(self, offset: int, n: int, end: int) -> list[LogRecord]:
         out: list[LogRecord] = []
         held: LogRecord | None = self.held
+        start = max(offset, self.position)
         while len(out) < n:
             rec = held or next(self.records, None)
             held = None
@@ -100,28 +110,42 @@ class _Cursor:
             if rec.offset >= end:
                 held = rec
                 break
-            if rec.offset >= offset:
+            if rec.offset >= start and (not out or rec.offset > out[-1].offset):
                 out.append(rec)
         self.held = held
-        self.position = out[-1].offset + 1 if out else max(self.position, offset)
+        self.position = out[-1].offset + 1 if out else start
         return out
 
 
-def _archived(cfg: Config, anchor: Anchor, topics: set[str]) -> dict[TopicPartition, list[str]]:
-    """The archive files of ``topics`` that together hold every record below the anchor's
+def _archives(root: str, chain: Chain) -> list[tuple[str, dict[str, Any]]]:
+    """(path, manifest) of this chain's archives anywhere under ``root`` whose files match their
+    manifest; the others are left out, a damaged one with a warning."""
+    out = []
+    for where, dirs, files in os.walk(root) if os.path.isdir(root) else ():
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # (an archive a prune is still writing)
+        if MANIFEST not in files:
+            continue
+        try:
+            manifest = verify_archive(where)
+        except LedgerError as exc:
+            logger.warning("leaving out the archive %s: %s", where, exc)
+            continue
+        if (manifest.get("chain_id"), manifest.get("genesis_hash")) == (chain.genesis.chain_id, chain.genesis.hash):
+            out.append((where, manifest))
+    return out
+
+
+def _archived(cfg: Config, chain: Chain, anchor: Anchor, topics: set[str]) -> dict[TopicPartition, list[str]]:
+    """The archive files holding every record of the pruned ``topics`` below the anchor's
     positions, per partition in offset order; PrunedError when they do not."""
     covered: dict[TopicPartition, list[tuple[int, int, str]]] = {}
-    try:
-        dirs = archive_dirs(cfg.archive_dir)
-    except UsageError:
-        dirs = []
-    for d in dirs:
-        for name, meta in read_manifest(d)["files"].items():
+    for where, manifest in _archives(cfg.archive_dir, chain):
+        for name, meta in manifest["files"].items():
             if meta["topic"] in topics:
                 covered.setdefault((meta["topic"], meta["partition"]), []).append(
-                    (meta["first_offset"], meta["end_offset"], os.path.join(d, name)))
+                    (meta["first_offset"], meta["end_offset"], os.path.join(where, name)))
     out, missing = {}, []
-    for topic in sorted(topics):
+    for topic in sorted(topics & set(PRUNED_TOPICS)):
         for p, end in enumerate(anchor.positions.get(topic, [])):
             reached, files = 0, []
             for first, stop, path in sorted(covered.get((topic, p), [])):
@@ -139,36 +163,51 @@ def _archived(cfg: Config, anchor: Anchor, topics: set[str]) -> dict[TopicPartit
 
 
 def _build(cfg: Config, chain: Chain, anchor: Anchor, stale: list[ModuleType], tmp: str) -> dict[str, Any]:
-    """Fold the archived records of ``stale`` into stores under ``tmp``; their anchor entries."""
+    """Fold the pruned history of ``stale`` into stores under ``tmp``; their anchor entries."""
     topics = {t for m in stale for t in m.TOPICS}
     ends = {t: list(anchor.positions[t]) for t in topics}
-    log = ArchiveLog(_archived(cfg, anchor, topics), {t: chain.log.partition_count(t) for t in topics}, ends)
+    log = PrunedHistoryLog(chain.log, _archived(cfg, chain, anchor, topics), ends)
     runner = Runner(log, chain.codec, chain.genesis, os.path.join(tmp, "projections"),
                     names=[m.NAME for m in stale], paths={m.NAME: os.path.join(tmp, m.NAME) for m in stale},
                     anchor_dir=os.path.join(tmp, "no-anchor"), batch=cfg.fold_batch)
     try:
         return fold_exactly(runner, ends)
+    except (OSError, EOFError, ValueError) as exc:  # an archive file unreadable past its checksum
+        raise PrunedError(f"the prunes' archives under {cfg.archive_dir} could not be read ({exc}); restore them, "
+                          "or a snapshot taken before the prune") from exc
     finally:
         runner.close()
 
 
 def upgrade_anchor(cfg: Config, chain: Chain, *, locked: bool = False) -> list[str]:
-    """Rebuild from the archives the anchor stores of the built-in projections whose code version
-    the anchor does not hold (see the module docstring), under the prune lock (``locked``: the
-    caller holds it); the names rebuilt."""
+    """Rebuild from the pruned history the anchor stores of the built-in projections whose code
+    version the anchor does not hold (see the module docstring), under the prune lock
+    (``locked``: the caller holds it; else, if a prune or snapshot holds it, nothing now); the
+    names rebuilt."""
     anchor = Anchor.load(cfg.anchor_dir)
     if anchor is None or all(anchor.covers(m) for m in projections.ALL.values()):
         return []
     if not locked:
-        with prune_lock(cfg.data_dir):
-            return upgrade_anchor(cfg, chain, locked=True)
+        try:
+            with prune_lock(cfg.data_dir):
+                return upgrade_anchor(cfg, chain, locked=True)
+        except PruneRunningError:
+            logger.info("the anchor's upgrade waits for the prune (or snapshot) running: the next open does it")
+            return []
     stale = [m for m in projections.ALL.values() if not anchor.covers(m)]
     logger.info("the anchor holds older versions of %s: rebuilding them from the prunes' archives",
                 [m.NAME for m in stale])
-    tmp = tempfile.mkdtemp(prefix=".upgrade-", dir=anchor.root)
+    for left in os.listdir(anchor.root):  # what an upgrade killed before its swap left
+        if left.startswith(_TMP):
+            shutil.rmtree(os.path.join(anchor.root, left), ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=_TMP, dir=anchor.root)
     try:
         metas = _build(cfg, chain, anchor, stale, tmp)
-        for name in metas:
+        for name, meta in metas.items():
+            was = anchor.projections.get(name)
+            if was is not None:  # what the prune folded (and recorded in the log's prune point)
+                meta["upgraded"] = was.get("upgraded") or {"from_version": was.get("version"),
+                                                           "from_digest": was.get("digest")}
             new, old = os.path.join(tmp, name), anchor.store_path(name)
             fsync_tree(new)
             shutil.rmtree(old, ignore_errors=True)

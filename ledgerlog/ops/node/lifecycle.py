@@ -23,6 +23,7 @@ from ledgerlog.engine.chain import open_chain, write_atomic
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.engine.errors import (
+    LedgerError,
     LogError,
     PausedError,
     PrunedError,
@@ -75,8 +76,8 @@ class Node:
             self.snapshots = SnapshotSchedule(config, self.chain)  # snapshot.every on a Kafka log: ConfigError
             try:
                 upgrade_anchor(config, self.chain)  # a pruned log's anchor, up to this code's projections
-            except PrunedError as exc:  # (the rebuild of that projection below says so too)
-                log.error("%s", exc)
+            except LedgerError as exc:  # (the rebuild of that projection below says so too)
+                log.error("the anchor could not be upgraded: %s", exc)
             self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
                                  batch=config.fold_batch)
         except BaseException:
@@ -86,7 +87,10 @@ class Node:
         stale = [n for n, h in self.runner.handles.items() if h.stale]
         if stale:  # code moved on: rebuild those (blue/green) rather than serve stale state
             log.info("projections %s were built by an older version; rebuilding", stale)
-            self.reproject(stale)
+            try:
+                self.reproject(stale)
+            except PrunedError as exc:  # the pruned history is not at hand: they answer NOT_READY, the rest serve
+                log.error("projections %s cannot be rebuilt: %s", stale, exc)
         try:
             catch_up_parallel(self.runner, config.fold_processes)  # a first fold far behind uses every core
         except StorageUnavailableError as exc:  # a full disk: serve what was committed, fold on later

@@ -347,7 +347,8 @@ def _anchor_digests(chain: Chain, config: Config, sec: Section) -> None:
         finally:
             store.close()
         recorded = point.anchor.get(name) if point is not None else None
-        if recorded is not None and recorded != meta.get("digest"):
+        upgraded = meta.get("upgraded") or {}  # rebuilt from the archives for newer code (ops/data/anchorupgrade.py)
+        if recorded is not None and recorded not in (meta.get("digest"), upgraded.get("from_digest")):
             sec.problem("ANCHOR_MISMATCH", f"anchor {name}", f"anchor.json gives its digest as {meta.get('digest')}, "
                         f"the log's prune point recorded {recorded}: the anchor was changed since the prune; restore "
                         "the data dir from a snapshot")
@@ -360,6 +361,10 @@ def _anchor_digests(chain: Chain, config: Config, sec: Section) -> None:
                         f"anchor.json recorded {meta['digest']} at the prune: it was changed since (tampering or "
                         "corruption); replays starting from it are not to be trusted")
     sec.extra["anchor"] = anchor.to_dict()
+    for name, meta in sorted(anchor.projections.items()):
+        if meta.get("upgraded"):
+            sec.notes.append(f"anchor {name} was rebuilt from the prunes' archives for version {meta.get('version')} "
+                             f"(the prune folded version {meta['upgraded'].get('from_version')})")
     sec.notes.append(f"replays start from the anchor at height {anchor.height} (the log was pruned below it); its "
                      "stores were checked against the digests recorded at the prune")
 

@@ -16,7 +16,7 @@ from test_prune import _cfg, _prune, cli
 
 from ledgerlog.engine.chain import init_chain, open_chain
 from ledgerlog.engine.config import Config
-from ledgerlog.engine.errors import PrunedError
+from ledgerlog.engine.errors import NotReadyError, PrunedError
 from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
 from ledgerlog.ops.devtools.histgen import make_genesis, write_genesis, write_history
 from ledgerlog.ops.query.client import open_queries
@@ -109,3 +109,86 @@ def test_without_every_archive_it_says_which_records_are_missing(pruned_twice, m
                                                                      r"prune's archive back"):
         upgrade_anchor(cfg, chain)
     assert Anchor.load(cfg.anchor_dir).projections["energy"]["version"] == energy.VERSION - 1  # nothing changed
+
+
+def test_energy_upgrades_over_a_governance_change_below_the_prune(chain, lines, monkeypatch):
+    """energy reads ledger.governance, which prunes keep whole (never archived): its anchor
+    could never be upgraded once a governance change lay below the prune."""
+    from conftest import admit_ok, signer_from_byte
+
+    from ledgerlog.ops.data.prune import prune
+    from ledgerlog.streams.runner import Runner
+
+    owner = signer_from_byte(0x71)
+    lines.fund(owner)
+    low = chain.genesis.energy.min_stake
+    admit_ok(chain, lines.provider(owner, "p1", stake=low), lines.governance("min_stake", 5 * low), lines.block())
+    for _ in range(4):
+        admit_ok(chain, lines.reading("p1", 1000, meter_id="meter-1"), lines.block())
+    cfg = Config(data_dir=chain.config.data_dir, sync=False, fold_workers=1)
+    runner = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir)
+    try:
+        prune(chain, runner, chain.write_state().tip().height - 1)
+    finally:
+        runner.close()
+    before = Anchor.load(cfg.anchor_dir).projections["energy"]
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    assert upgrade_anchor(cfg, chain) == ["energy"]
+    after = Anchor.load(cfg.anchor_dir).projections["energy"]
+    assert after["digest"] == before["digest"]
+    assert after["upgraded"] == {"from_version": before["version"], "from_digest": before["digest"]}
+
+
+def test_what_else_lies_in_the_archive_dir_does_not_change_the_anchor(pruned_twice, monkeypatch):
+    """The archives were taken on trust: a second copy of one (a prune killed after archiving,
+    then one at another height) was folded twice, another chain's archive was folded in, one
+    in a subdirectory (the admin prune's {"archive": "monthly"}) was not found, and a damaged or
+    stray manifest stopped the node from starting."""
+    data = _copy(pruned_twice, "crowded")
+    archive = data / "archive"
+    first, second = sorted(archive.iterdir())
+    shutil.copytree(first, archive / "h0-again")  # the same records twice
+    other = _copy(pruned_twice, "other-chain")
+    manifest = json.loads((second / "manifest.json").read_text())
+    foreign = archive / "foreign" / second.name
+    shutil.copytree(second, foreign)  # another chain's (its own manifest, checksummed)
+    doc = {**manifest, "chain_id": "another-chain"}
+    import hashlib
+
+    from ledgerlog.ops.data.archive import _canonical
+    body = {k: v for k, v in doc.items() if k != "manifest_sha256"}
+    doc["manifest_sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
+    (foreign / "manifest.json").write_text(json.dumps(doc))
+    shutil.move(str(second), str(archive / "monthly"))  # the admin prune's own subdirectory
+    (archive / "h99").mkdir()
+    (archive / "h99" / "manifest.json").write_text("{damaged")
+    (Path(Anchor.load(str(data / "anchor")).root) / ".upgrade-left-by-a-crash").mkdir()
+    del other
+    cfg = Config(data_dir=str(data), sync=False, fold_workers=1)
+    before = Anchor.load(cfg.anchor_dir)
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    with open_chain(cfg) as chain:
+        assert upgrade_anchor(cfg, chain) == ["energy"]
+    after = Anchor.load(cfg.anchor_dir)
+    assert after.projections["energy"]["digest"] == before.projections["energy"]["digest"]
+    assert not [p for p in Path(after.root).iterdir() if p.name.startswith(".upgrade-")]
+    report = verify(cfg, workers=1)
+    notes = [n for sec in report.values() if isinstance(sec, dict) for n in sec.get("notes", [])]
+    assert report["ok"] and any("rebuilt from the prunes' archives" in n for n in notes), report
+
+
+def test_a_node_starts_when_the_archives_cannot_rebuild_the_anchor(pruned_twice, monkeypatch):
+    """A damaged archive: the other projections serve; the one that cannot be rebuilt says why."""
+    from ledgerlog.ops.node.lifecycle import Node
+
+    data = _copy(pruned_twice, "damaged")
+    victim = next(f for f in sorted((data / "archive").rglob("energy.readings-*.avro")) if f.stat().st_size > 100)
+    victim.write_bytes(victim.read_bytes()[:100])
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    node = Node(Config(data_dir=str(data), sync=False, fold_workers=1))
+    try:
+        assert node.queries.status()["height"] == pruned_twice["tip"]
+        with pytest.raises(NotReadyError):  # its store is an older version's, and cannot be rebuilt
+            node.queries.market()
+    finally:
+        node.stop()
