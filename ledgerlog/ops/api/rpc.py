@@ -5,9 +5,10 @@ JSON-RPC 2.0 requests); 204 with no body when every call was a notification (no 
 member). Batches (a JSON array) answer an array, in request order, without the notifications'
 entries; an empty batch or one over ``MAX_BATCH`` calls is one ``-32600``. The usual HTTP limits
 apply before any of this (413 for a body over the cap, see ops/limits.py). ``jsonrpc`` must be
-exactly ``"2.0"``. ``params`` may be by position (array) or by name (object). Every call of a
-request reads the same state: the projections are first brought up to everything admitted
-before the request (read-your-writes), as for the REST queries.
+exactly ``"2.0"``. ``params`` may be by position (array) or by name (object). The projections
+are first brought up to everything admitted before the request (read-your-writes), as for the
+REST queries; the calls then read them as they are, so the calls of one batch may see blocks
+folded meanwhile (ask ``getblockcount`` and pass its height to ``getbalance`` for one height).
 
 Errors (``error.code``):
 
