@@ -72,7 +72,9 @@ def _import(entry: dict[str, str]) -> ModuleType:
     seen): a ``.py`` source is compiled from its text, since Python trusts a cached .pyc by the
     source's mtime in whole seconds and its size, and a file edited within the second it was
     compiled, to text of the same length (VERSION 1 -> 2), ran the old code under the new version.
-    A module imported by name is run again in its own module object, as ``importlib.reload`` does."""
+    Each load runs in a fresh module object, so the projection in use keeps its code and globals
+    (even if the new source fails halfway), and what the process itself imported of the module
+    stays in ``sys.modules``."""
     if "file" in entry:
         path = entry["file"]
         spec = importlib.util.spec_from_file_location(f"ledgerlog_user_{abs(hash(path))}", path)
@@ -88,8 +90,8 @@ def _import(entry: dict[str, str]) -> ModuleType:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.loader is None:
             raise ImportError(f"no module named {name!r}")
+    mod = importlib.util.module_from_spec(spec)  # a fresh module: the one in use keeps its code and globals
     before = sys.modules.get(name) if name else None
-    mod = before or importlib.util.module_from_spec(spec)
     if name:
         sys.modules[name] = mod  # as `import` has it while the module runs
     try:
@@ -102,6 +104,9 @@ def _import(entry: dict[str, str]) -> ModuleType:
         if name and before is None and sys.modules.get(name) is mod:
             del sys.modules[name]
         raise
+    finally:
+        if name and before is not None:
+            sys.modules[name] = before  # what the process imported of it stays (a notebook's own `import`)
     return mod
 
 

@@ -438,3 +438,47 @@ def test_modules_by_name_load_as_import_would_have_them(tmp_path, monkeypatch) -
     importlib.reload(mine)
     for name in ("pyconly", "nbproj"):
         monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+@pytest.mark.parametrize("edit", ["version_2", "fails_halfway"])
+def test_the_projection_in_use_keeps_its_code_when_its_module_is_loaded_again(tmp_path, monkeypatch, edit) -> None:
+    """Re-running the new source in the module object in use gave the running v1 fold the new
+    globals: a v1 store got v2's writes (or a half-run broken edit's)."""
+    import sys
+    import textwrap
+
+    from ledgerlog.streams import catalog
+
+    name = f"glob_{edit}"  # (a name of its own: the catalog adds each module's directory to sys.path)
+    text = textwrap.dedent('''
+        NAME = "{name}"
+        VERSION = {v}
+        TOPICS = ("ledger.transactions",)
+        STEP = b"{v}"
+        def fold(genesis, events, txn):
+            for _t, _e in events:
+                txn.put(b"k", STEP)
+    ''')
+    pdir, src = tmp_path / "data" / "projections", tmp_path / "src"
+    pdir.mkdir(parents=True)
+    src.mkdir()
+    (src / f"{name}.py").write_text(text.format(name=name, v=1))
+    catalog.write_registered(str(pdir), {name: {"module": name, "path": str(src)}})
+    in_use = catalog.module(str(pdir), name)
+    new = (text.format(name=name, v=2) if edit == "version_2"
+           else text.format(name=name, v=1) + "STEP = b'half'\nraise RuntimeError('typo')\n")
+    (src / f"{name}.py").write_text(new)
+    os.utime(src / f"{name}.py", ns=(time.time_ns() + 10**9,) * 2)
+    catalog.modules(str(pdir))  # what any later lookup (a query, a reproject) does
+    written: dict[bytes, bytes] = {}
+
+    class Txn:
+        def get(self, key: bytes) -> bytes | None:
+            return written.get(key)
+
+        def put(self, key: bytes, value: bytes) -> None:
+            written[key] = value
+
+    in_use.fold(None, [("ledger.transactions", {})], Txn())
+    assert written == {b"k": b"1"}
+    monkeypatch.delitem(sys.modules, name, raising=False)
