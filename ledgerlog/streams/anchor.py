@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ledgerlog import projections
 from ledgerlog.engine.errors import CorruptStoreError, PrunedError
 from ledgerlog.engine.files import atomic_dir, plain_name, write_atomic
 
-__all__ = ["ANCHOR_FILE", "Anchor", "anchor_root", "seed", "write_anchor", "remove_others"]
+__all__ = ["ANCHOR_FILE", "Anchor", "anchor_root", "copy_store", "seed", "write_anchor", "remove_others"]
 
 ANCHOR_FILE = "anchor.json"
 CURRENT = "CURRENT"
@@ -103,21 +104,28 @@ def seed(anchor: Anchor, module: ModuleType, path: str) -> None:
         have = anchor.projections.get(module.NAME, {}).get("version")
         raise PrunedError(f"projection {module.NAME} version {module.VERSION} cannot be built: the log was "
                           f"pruned below height {anchor.height} and the anchor holds "
-                          f"{'no ' + module.NAME if have is None else f'version {have}'} of it; start the node "
-                          f"or run `ledgerlog reproject {module.NAME}`, which rebuild a built-in's anchor from the "
-                          "prunes' archives when every one is under the archive dir; else restore a snapshot taken "
-                          "before the prune")
-    src = anchor.store_path(module.NAME)
+                          f"{'no ' + module.NAME if have is None else f'version {have}'} of it; "
+                          + (f"start the node or run `ledgerlog reproject {module.NAME}`, which rebuild its anchor "
+                             "from the prunes' archives when every one is under the archive dir; else "
+                             if module.NAME in projections.ALL else "")
+                          + "restore a snapshot taken before the prune")
     with atomic_dir(path, f".seed-{os.path.basename(path)}-") as tmp:
-        for name in os.listdir(src):
-            s, d = os.path.join(src, name), os.path.join(tmp, name)
-            if name.endswith(".sst"):
-                try:
-                    os.link(s, d)
-                    continue
-                except OSError:
-                    pass
-            shutil.copy2(s, d)
+        copy_store(anchor.store_path(module.NAME), tmp)
+
+
+def copy_store(src: str, dest: str) -> None:
+    """Copy the RocksDB store ``src`` into the directory ``dest``: its table files (immutable)
+    hard-linked where the filesystem allows, the rest copied."""
+    os.makedirs(dest, exist_ok=True)
+    for name in os.listdir(src):
+        s, d = os.path.join(src, name), os.path.join(dest, name)
+        if name.endswith(".sst"):
+            try:
+                os.link(s, d)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(s, d)
 
 
 def write_anchor(root: str, height: int, positions: Mapping[str, list[int]], build: Callable[[str], dict[str, Any]],

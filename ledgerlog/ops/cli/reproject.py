@@ -9,7 +9,7 @@ from ledgerlog.engine.chain import open_chain
 from ledgerlog.engine.errors import UnknownProjectionError
 from ledgerlog.ops.cli import app, config_of, emit, fail
 from ledgerlog.ops.cli.progress import admin_with_progress, progress_bar, quiet_option
-from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
+from ledgerlog.ops.data.anchorupgrade import try_upgrade_anchor
 from ledgerlog.ops.query.client import NodeClient
 from ledgerlog.streams import catalog
 from ledgerlog.streams.reproject import not_rebuildable, reproject_lock, total_records
@@ -52,7 +52,7 @@ def reproject(ctx: typer.Context,
         _refuse_disagreeing(answer.get("projections", []) if isinstance(answer, dict) else [])
         return
     with open_chain(cfg, read_only=True) as chain, reproject_lock(cfg.projections_dir):  # not a chain: nothing written
-        upgrade_anchor(cfg, chain)  # a pruned log's anchor, up to this code's projections
+        try_upgrade_anchor(cfg, chain)  # a pruned log's anchor, up to this code's projections
         live = Runner(chain.log, chain.codec, chain.genesis, cfg.projections_dir, batch=cfg.fold_batch,
                       names=chosen, skip_corrupt=True)  # a corrupt live store is what a rebuild replaces
         try:

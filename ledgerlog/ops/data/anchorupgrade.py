@@ -15,6 +15,7 @@ covered and the fix (put the archives back under the archive dir, or restore a s
 before the prune)."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -26,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from ledgerlog import projections
 from ledgerlog.engine.errors import LedgerError, LogError, PrunedError, PruneRunningError
-from ledgerlog.engine.files import fsync_tree, write_atomic
+from ledgerlog.engine.files import atomic_dir, write_atomic
 from ledgerlog.engine.log.base import Log, LogRecord, Record, StateWrites, TopicPartition
+from ledgerlog.engine.logtree import leaf_of
 from ledgerlog.engine.prunepoint import PRUNED_TOPICS
-from ledgerlog.ops.data.archive import MANIFEST, archive_records, verify_archive
+from ledgerlog.ops.data.archive import MANIFEST, archive_records, read_manifest, verify_archive
 from ledgerlog.ops.data.locks import prune_lock
-from ledgerlog.streams.anchor import ANCHOR_FILE, Anchor
+from ledgerlog.streams.anchor import ANCHOR_FILE, CURRENT, Anchor, copy_store, remove_others
 from ledgerlog.streams.anchorbuild import fold_exactly
 from ledgerlog.streams.runner import Runner
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from ledgerlog.engine.chain import Chain
     from ledgerlog.engine.config import Config
 
-__all__ = ["PrunedHistoryLog", "upgrade_anchor"]
+__all__ = ["PrunedHistoryLog", "try_upgrade_anchor", "upgrade_anchor"]
 
 logger = logging.getLogger("ledgerlog.anchor")
 _TMP = ".upgrade-"
@@ -70,7 +72,23 @@ class PrunedHistoryLog(Log):
         cur = self._cursors.get(tp)
         if cur is None or offset < cur.position:  # forward reads stream the files once; one behind starts over
             cur = self._cursors[tp] = _Cursor(self._records(tp))
-        return cur.take(offset, max_records, end)
+        taken = cur.take(offset, max_records, end)
+        self._check_leaves(topic, partition, taken)
+        return [rec for _, rec in taken]
+
+    def _check_leaves(self, topic: str, partition: int, taken: list[tuple[int, LogRecord]]) -> None:
+        """PrunedError unless each record is the one the log pruned at its leaf index: the log
+        kept the hash of every pruned leaf (an archive of another history, a restored chain's
+        say, can carry this chain's id and genesis)."""
+        trees = self._log.trees
+        if not taken or trees is None:
+            return
+        stored = dict(trees.stored_leaves(topic, partition, taken[0][0], taken[-1][0] + 1))
+        for _, rec in taken:
+            if stored.get(rec.offset) != leaf_of(rec.key, rec.timestamp, rec.value):
+                raise PrunedError(f"the archived record {topic}[{partition}] offset {rec.offset} is not the one the "
+                                  "log pruned (its leaf hash differs): an archive of another history is under the "
+                                  "archive dir; move it away")
 
     def _records(self, tp: TopicPartition) -> Iterator[LogRecord]:
         for path in self._files.get(tp, []):
@@ -95,43 +113,49 @@ class _Cursor:
 
     def __init__(self, records: Iterator[LogRecord]) -> None:
         self.records = records
-        self.held: LogRecord | None = None  # read from the files, not returned yet
-        self.position = 0  # the offsets below it were read
+        self.held: LogRecord | None = None  # read from the files, not taken yet
+        self.position = 0  # the offsets below it were taken
+        self.count = 0  # records taken: the leaf index of the next
 
-    def take(self, offset: int, n: int, end: int) -> list[LogRecord]:
-        out: list[LogRecord] = []
-        held: LogRecord | None = self.held
-        start = max(offset, self.position)
+    def take(self, offset: int, n: int, end: int) -> list[tuple[int, LogRecord]]:
+        """Up to ``n`` (leaf index, record) from ``offset`` on, below ``end``."""
+        out: list[tuple[int, LogRecord]] = []
         while len(out) < n:
-            rec = held or next(self.records, None)
-            held = None
+            rec, self.held = self.held or next(self.records, None), None
             if rec is None:
                 break
             if rec.offset >= end:
-                held = rec
+                self.held = rec
                 break
-            if rec.offset >= start and (not out or rec.offset > out[-1].offset):
-                out.append(rec)
-        self.held = held
-        self.position = out[-1].offset + 1 if out else start
+            if rec.offset < self.position:  # a second archive's copy
+                continue
+            index, self.count, self.position = self.count, self.count + 1, rec.offset + 1
+            if rec.offset >= offset:
+                out.append((index, rec))
         return out
 
 
 def _archives(root: str, chain: Chain) -> list[tuple[str, dict[str, Any]]]:
-    """(path, manifest) of this chain's archives anywhere under ``root`` whose files match their
-    manifest; the others are left out, a damaged one with a warning."""
-    out = []
-    for where, dirs, files in os.walk(root) if os.path.isdir(root) else ():
+    """(path, manifest) of this chain's archives anywhere under ``root`` (directory links
+    followed once) whose files match their manifest; a damaged one is left out with a warning,
+    another chain's unread."""
+    out, seen = [], set()
+    for where, dirs, files in os.walk(root, followlinks=True) if os.path.isdir(root) else ():
+        real = os.path.realpath(where)
+        if real in seen:  # (a link back up the tree)
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # (an archive a prune is still writing)
         if MANIFEST not in files:
             continue
         try:
-            manifest = verify_archive(where)
+            manifest = read_manifest(where)
+            if (manifest.get("chain_id"), manifest.get("genesis_hash")) != (chain.genesis.chain_id, chain.genesis.hash):
+                continue
+            out.append((where, verify_archive(where)))
         except LedgerError as exc:
             logger.warning("leaving out the archive %s: %s", where, exc)
-            continue
-        if (manifest.get("chain_id"), manifest.get("genesis_hash")) == (chain.genesis.chain_id, chain.genesis.hash):
-            out.append((where, manifest))
     return out
 
 
@@ -197,9 +221,7 @@ def upgrade_anchor(cfg: Config, chain: Chain, *, locked: bool = False) -> list[s
     stale = [m for m in projections.ALL.values() if not anchor.covers(m)]
     logger.info("the anchor holds older versions of %s: rebuilding them from the prunes' archives",
                 [m.NAME for m in stale])
-    for left in os.listdir(anchor.root):  # what an upgrade killed before its swap left
-        if left.startswith(_TMP):
-            shutil.rmtree(os.path.join(anchor.root, left), ignore_errors=True)
+    remove_others(anchor.root)  # what an upgrade killed before its switch left
     tmp = tempfile.mkdtemp(prefix=_TMP, dir=anchor.root)
     try:
         metas = _build(cfg, chain, anchor, stale, tmp)
@@ -208,12 +230,36 @@ def upgrade_anchor(cfg: Config, chain: Chain, *, locked: bool = False) -> list[s
             if was is not None:  # what the prune folded (and recorded in the log's prune point)
                 meta["upgraded"] = was.get("upgraded") or {"from_version": was.get("version"),
                                                            "from_digest": was.get("digest")}
-            new, old = os.path.join(tmp, name), anchor.store_path(name)
-            fsync_tree(new)
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(new, old)
-        doc = {**anchor.doc, "projections": {**anchor.projections, **metas}}
-        write_atomic(os.path.join(anchor.path, ANCHOR_FILE), json.dumps(doc, indent=1, sort_keys=True).encode())
+        _install(anchor, metas, tmp)
         return sorted(metas)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def try_upgrade_anchor(cfg: Config, chain: Chain) -> None:
+    """``upgrade_anchor`` where its failure must not stop the caller (a node's start, a query, a
+    reproject of other projections): it is logged, and the projection it could not rebuild
+    answers NOT_READY, saying why, until it can."""
+    try:
+        upgrade_anchor(cfg, chain)
+    except LedgerError as exc:
+        logger.error("the anchor could not be brought up to this version's projections: %s", exc)
+
+
+def _install(anchor: Anchor, metas: dict[str, Any], built: str) -> None:
+    """A new anchor directory beside the current one (the stores built in ``built``, copies of
+    the others, anchor.json), then CURRENT names it, then the old one goes: a crash leaves one
+    whole anchor in force, whichever it is."""
+    base = anchor.dir.split(".u", 1)[0]
+    name = next(f"{base}.u{i}" for i in itertools.count(1) if not os.path.exists(os.path.join(anchor.root, f"{base}.u{i}")))
+    with atomic_dir(os.path.join(anchor.root, name), f"{_TMP}{name}-") as tmp:
+        for proj in anchor.projections.keys() | metas.keys():
+            if proj in metas:
+                os.rename(os.path.join(built, proj), os.path.join(tmp, proj))
+            else:
+                copy_store(anchor.store_path(proj), os.path.join(tmp, proj))
+        doc = {**anchor.doc, "projections": {**anchor.projections, **metas}}
+        with open(os.path.join(tmp, ANCHOR_FILE), "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+    write_atomic(os.path.join(anchor.root, CURRENT), json.dumps({"dir": name}).encode())
+    remove_others(anchor.root)

@@ -23,7 +23,6 @@ from ledgerlog.engine.chain import open_chain, write_atomic
 from ledgerlog.engine.config import Config
 from ledgerlog.engine.diskfaults import HEALTH
 from ledgerlog.engine.errors import (
-    LedgerError,
     LogError,
     PausedError,
     PrunedError,
@@ -37,7 +36,7 @@ from ledgerlog.ops.api.faucet import Faucet, FaucetSettings
 from ledgerlog.ops.api.limits import Controls
 from ledgerlog.ops.api.server import bind, listen, raise_open_files, uvicorn_server
 from ledgerlog.ops.api.transport import EdgeSettings
-from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
+from ledgerlog.ops.data.anchorupgrade import try_upgrade_anchor
 from ledgerlog.ops.jobs import Jobs, Progress
 from ledgerlog.ops.node.actions import ACTIONS
 from ledgerlog.ops.node.metrics import NodeMetrics
@@ -74,10 +73,7 @@ class Node:
         self.admitter = self.chain.admitter
         try:
             self.snapshots = SnapshotSchedule(config, self.chain)  # snapshot.every on a Kafka log: ConfigError
-            try:
-                upgrade_anchor(config, self.chain)  # a pruned log's anchor, up to this code's projections
-            except LedgerError as exc:  # (the rebuild of that projection below says so too)
-                log.error("the anchor could not be upgraded: %s", exc)
+            try_upgrade_anchor(config, self.chain)  # a pruned log's anchor, up to this code's projections
             self.runner = Runner(self.chain.log, self.chain.codec, self.genesis, config.projections_dir,
                                  batch=config.fold_batch)
         except BaseException:
@@ -163,6 +159,7 @@ class Node:
     def reproject(self, names: list[str] | None = None, *, keep: bool = True,
                   progress: Progress | None = None) -> list[dict[str, Any]]:
         """Rebuild beside the live stores while serving; pause folding only for the swap."""
+        try_upgrade_anchor(self.config, self.chain)  # (archives put back, a prune lock let go since the start)
         return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
                          self.runner, names, keep=keep, swap_lock=self.fold_lock,
                          workers=self.config.fold_processes, progress=progress)

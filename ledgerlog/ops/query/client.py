@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +23,13 @@ from ledgerlog.engine.errors import (
     LedgerError,
     NodeRefusedError,
     NodeUnreachableError,
+    PrunedError,
     SchemaError,
     StoreLockedError,
     error_class_for,
 )
 from ledgerlog.engine.procs import alive
-from ledgerlog.ops.data.anchorupgrade import upgrade_anchor
+from ledgerlog.ops.data.anchorupgrade import try_upgrade_anchor
 from ledgerlog.ops.query.queries import Queries
 from ledgerlog.streams.parallel import catch_up_parallel
 from ledgerlog.streams.reproject import reproject
@@ -38,6 +40,8 @@ __all__ = ["CHUNK_BYTES", "NodeClient", "NodeRefusedError", "node_error", "open_
 #: Bytes of whole lines one ingest POST carries at most (less when the node's cap is lower).
 CHUNK_BYTES = 8 * 1024 * 1024
 _RETRIES = 20  # 429s waited out per chunk
+
+log = logging.getLogger("ledgerlog.query")
 
 
 def _forget(path: str, seen: bytes) -> None:
@@ -301,14 +305,17 @@ def open_queries(config: Config) -> Iterator[Any]:
         return
     chain = _open_upgraded(config)
     try:
-        upgrade_anchor(config, chain)  # a pruned log's anchor, up to this code's projections
+        try_upgrade_anchor(config, chain)  # a pruned log's anchor, up to this code's projections
         runner = _open_runner(chain, config)
         try:
             if not runner.read_only:
                 stale = [n for n, h in runner.handles.items() if h.stale]
                 if stale:  # built by older projection code: rebuild (blue/green) before answering
-                    reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale,
-                              serving=False)  # before any query
+                    try:
+                        reproject(chain.log, chain.codec, chain.genesis, config.projections_dir, runner, stale,
+                                  serving=False)  # before any query
+                    except PrunedError as exc:  # the pruned history is not at hand: they answer NOT_READY
+                        log.warning("projections %s cannot be rebuilt: %s", stale, exc)
                 catch_up_parallel(runner, config.fold_processes)  # a first fold far behind uses every core
             yield Queries(runner, chain.genesis.chain_id, heads=chain.heads, log_pubkey=chain.log_pubkey,
                           syncing_lag=config.http_ready_max_lag)

@@ -70,7 +70,8 @@ def test_a_projection_whose_version_changed_is_rebuilt_from_the_archives(pruned_
         assert _strip(q.providers(limit=1000)) == _strip(pruned_twice["providers"])
         assert q.market()["provenance"]["version"] == energy.VERSION
     after = Anchor.load(cfg.anchor_dir)
-    assert after is not None and after.dir == before.dir
+    assert after is not None and after.height == before.height
+    assert after.dir != before.dir and not Path(before.path).exists()  # a new anchor dir, switched to whole
     assert after.projections["energy"]["version"] == energy.VERSION
     # the fold did not change, so the archives folded to exactly the store the anchor held
     assert after.projections["energy"]["digest"] == before.projections["energy"]["digest"]
@@ -190,5 +191,45 @@ def test_a_node_starts_when_the_archives_cannot_rebuild_the_anchor(pruned_twice,
         assert node.queries.status()["height"] == pruned_twice["tip"]
         with pytest.raises(NotReadyError):  # its store is an older version's, and cannot be rebuilt
             node.queries.market()
+    finally:
+        node.stop()
+
+
+def test_an_archive_of_another_history_of_this_chain_is_refused(pruned_twice, tmp_path, monkeypatch):
+    """Same genesis, another history (a data dir started again from the same genesis.json, or a
+    pre-prune snapshot restored and the chain gone on differently): its archive has this chain's
+    id, and it was folded into the anchor. Each archived record is checked against the leaf hash
+    the log kept at the prune."""
+    genesis, keys = make_genesis(43, wallets=6)  # the fixture's genesis
+    write_history(tmp_path / "h.jsonl", genesis, keys, events=1500, seed=7)
+    other = tmp_path / "other-life"
+    init_chain(_cfg(other), genesis)
+    assert ok_json(cli(other, "ingest", str(tmp_path / "h.jsonl")))["rejected"] == 0
+    _prune(other, ok_json(cli(other, "status"))["height"] // 4)
+    data = _copy(pruned_twice, "two-lives")
+    shutil.copytree(other / "archive", data / "archive" / "earlier-life")
+    cfg = Config(data_dir=str(data), sync=False, fold_workers=1)
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    with open_chain(cfg) as chain, pytest.raises(PrunedError, match=r"not the one the log pruned.*move it away"):
+        upgrade_anchor(cfg, chain)
+    assert Anchor.load(cfg.anchor_dir).projections["energy"]["version"] == energy.VERSION - 1
+
+
+def test_a_running_node_upgrades_the_anchor_at_a_reproject(pruned_twice, monkeypatch):
+    """An upgrade deferred at the start (a prune or snapshot held the lock) or failed (archives
+    put back since) was never tried again while the node ran: `reproject` answered PRUNED."""
+    from ledgerlog.ops.data.locks import prune_lock
+    from ledgerlog.ops.node.lifecycle import Node
+
+    data = _copy(pruned_twice, "deferred")
+    cfg = Config(data_dir=str(data), sync=False, fold_workers=1)
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    with prune_lock(str(data)):
+        node = Node(cfg)
+    try:
+        with pytest.raises(NotReadyError):
+            node.queries.market()
+        (done,) = node.reproject(["energy"])
+        assert done["swapped"] and _strip(node.queries.market()) == _strip(pruned_twice["market"])
     finally:
         node.stop()
