@@ -26,7 +26,14 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ledgerlog import projections
-from ledgerlog.engine.errors import LedgerError, LogError, PrunedError, PruneRunningError
+from ledgerlog.engine.errors import (
+    LedgerError,
+    LogError,
+    ProofError,
+    PrunedError,
+    PruneRunningError,
+    ReprojectRunningError,
+)
 from ledgerlog.engine.files import atomic_dir, write_atomic
 from ledgerlog.engine.log.base import Log, LogRecord, Record, StateWrites, TopicPartition
 from ledgerlog.engine.logtree import leaf_of
@@ -35,6 +42,7 @@ from ledgerlog.ops.data.archive import MANIFEST, archive_records, read_manifest,
 from ledgerlog.ops.data.locks import prune_lock
 from ledgerlog.streams.anchor import ANCHOR_FILE, CURRENT, Anchor, copy_store, remove_others
 from ledgerlog.streams.anchorbuild import fold_exactly
+from ledgerlog.streams.reproject import reproject_lock
 from ledgerlog.streams.runner import Runner
 
 if TYPE_CHECKING:
@@ -66,8 +74,10 @@ class PrunedHistoryLog(Log):
 
     def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[LogRecord]:
         end = self._ends[topic][partition]
-        if topic not in PRUNED_TOPICS:  # kept whole by every prune: the log has it
+        if topic not in PRUNED_TOPICS or offset >= self._log.start_offsets(topic)[partition]:
+            # kept whole by every prune, or not deleted yet (a prune stopped after its anchor): the log has it
             return [r for r in self._log.read(topic, partition, offset, max_records) if r.offset < end]
+        end = min(end, self._log.start_offsets(topic)[partition])  # the log reads on from its start
         tp = (topic, partition)
         cur = self._cursors.get(tp)
         if cur is None or offset < cur.position:  # forward reads stream the files once; one behind starts over
@@ -154,7 +164,7 @@ def _archives(root: str, chain: Chain) -> list[tuple[str, dict[str, Any]]]:
             if (manifest.get("chain_id"), manifest.get("genesis_hash")) != (chain.genesis.chain_id, chain.genesis.hash):
                 continue
             out.append((where, verify_archive(where)))
-        except LedgerError as exc:
+        except (LedgerError, OSError) as exc:
             logger.warning("leaving out the archive %s: %s", where, exc)
     return out
 
@@ -170,7 +180,9 @@ def _archived(cfg: Config, chain: Chain, anchor: Anchor, topics: set[str]) -> di
                     (meta["first_offset"], meta["end_offset"], os.path.join(where, name)))
     out, missing = {}, []
     for topic in sorted(topics & set(PRUNED_TOPICS)):
-        for p, end in enumerate(anchor.positions.get(topic, [])):
+        starts = chain.log.start_offsets(topic)
+        for p, anchored in enumerate(anchor.positions.get(topic, [])):
+            end = min(anchored, starts[p])  # above the log's start, the log has them
             reached, files = 0, []
             for first, stop, path in sorted(covered.get((topic, p), [])):
                 if first <= reached < stop:
@@ -196,6 +208,8 @@ def _build(cfg: Config, chain: Chain, anchor: Anchor, stale: list[ModuleType], t
                     anchor_dir=os.path.join(tmp, "no-anchor"), batch=cfg.fold_batch)
     try:
         return fold_exactly(runner, ends)
+    except ProofError:  # (a ValueError: the log's own tree store lacks what it should hold)
+        raise
     except (OSError, EOFError, ValueError) as exc:  # an archive file unreadable past its checksum
         raise PrunedError(f"the prunes' archives under {cfg.archive_dir} could not be read ({exc}); restore them, "
                           "or a snapshot taken before the prune") from exc
@@ -205,18 +219,19 @@ def _build(cfg: Config, chain: Chain, anchor: Anchor, stale: list[ModuleType], t
 
 def upgrade_anchor(cfg: Config, chain: Chain, *, locked: bool = False) -> list[str]:
     """Rebuild from the pruned history the anchor stores of the built-in projections whose code
-    version the anchor does not hold (see the module docstring), under the prune lock
-    (``locked``: the caller holds it; else, if a prune or snapshot holds it, nothing now); the
+    version the anchor does not hold (see the module docstring), under the prune and reproject
+    locks (``locked``: the caller holds them; else, while another holds one, nothing now); the
     names rebuilt."""
     anchor = Anchor.load(cfg.anchor_dir)
     if anchor is None or all(anchor.covers(m) for m in projections.ALL.values()):
         return []
     if not locked:
-        try:
-            with prune_lock(cfg.data_dir):
+        try:  # (a reproject may be seeding from the anchor this replaces)
+            with prune_lock(cfg.data_dir), reproject_lock(cfg.projections_dir):
                 return upgrade_anchor(cfg, chain, locked=True)
-        except PruneRunningError:
-            logger.info("the anchor's upgrade waits for the prune (or snapshot) running: the next open does it")
+        except (PruneRunningError, ReprojectRunningError):
+            logger.info("the anchor's upgrade waits for the prune, snapshot or reproject running: the next "
+                        "start, query command or reproject does it")
             return []
     stale = [m for m in projections.ALL.values() if not anchor.covers(m)]
     logger.info("the anchor holds older versions of %s: rebuilding them from the prunes' archives",
@@ -242,7 +257,7 @@ def try_upgrade_anchor(cfg: Config, chain: Chain) -> None:
     answers NOT_READY, saying why, until it can."""
     try:
         upgrade_anchor(cfg, chain)
-    except LedgerError as exc:
+    except (LedgerError, OSError) as exc:
         logger.error("the anchor could not be brought up to this version's projections: %s", exc)
 
 

@@ -233,3 +233,29 @@ def test_a_running_node_upgrades_the_anchor_at_a_reproject(pruned_twice, monkeyp
         assert done["swapped"] and _strip(node.queries.market()) == _strip(pruned_twice["market"])
     finally:
         node.stop()
+
+
+def test_a_prune_stopped_after_its_anchor_is_finished_after_an_upgrade(pruned_twice, monkeypatch):
+    """The records between the log's prune point and an anchor whose prune stopped before its
+    deletion are still in the log, with no stored leaf hash: the upgrade demanded one, failed,
+    and the stopped prune (and every other) could never finish."""
+    data = _copy(pruned_twice, "stopped")
+    tip = pruned_twice["tip"]
+
+    class Stopped(Exception):
+        pass
+
+    def stop_after_anchor(step: str) -> None:
+        if step == "anchored":
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        _prune(data, tip * 2 // 3, on_step=stop_after_anchor)
+    cfg = Config(data_dir=str(data), sync=False, fold_workers=1)
+    before = Anchor.load(cfg.anchor_dir).projections["energy"]
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    with open_chain(cfg) as chain:
+        assert upgrade_anchor(cfg, chain) == ["energy"]
+    assert Anchor.load(cfg.anchor_dir).projections["energy"]["digest"] == before["digest"]
+    _prune(data, tip * 2 // 3)  # the stopped prune finishes
+    assert verify(cfg, workers=1)["ok"]
