@@ -2,16 +2,17 @@
 changed since the prune cannot be seeded from the anchor (it holds the old version's store), and
 its records below the prune point are gone from the log. They are in the prunes' archives: the
 anchor store of each such projection is rebuilt by folding, exactly up to the anchor's positions,
-the archived records of the pruned topics and the log's own records of the topics kept whole
-(``ledger.governance``), then put in the anchor beside the others. Its anchor.json entry, written
-last, names the version and digest it replaced (``upgraded``), which ``verify`` accepts in place of
-the digest the prune recorded; a crash before leaves the old entry, and the next open builds it
-again.
+the archived records of the pruned topics and the log's own records (the topics kept whole, like
+``ledger.governance``, and what a prune stopped before deleting). The new anchor is written whole
+in a directory of its own beside the current one, then ``CURRENT`` names it, so a crash leaves one
+whole anchor in force. Its anchor.json entry names the version and digest it replaced
+(``upgraded``), which ``verify`` accepts in place of the digest the prune recorded.
 
-Only this chain's archives are read (chain id and genesis hash), each checked against its manifest
-(sha256 of every file); a damaged one is left out. Without archives covering every pruned record
-(moved off the machine, say) the upgrade cannot be done: PrunedError names the partitions not
-covered and the fix (put the archives back under the archive dir, or restore a snapshot taken
+Only this chain's archives are read (chain id and genesis hash), anywhere under the archive dir,
+each checked against its manifest (sha256 of every file; a damaged one is left out) and each record
+against the leaf hash the log kept when it pruned it. Without archives covering every pruned
+record (moved off the machine, say) the upgrade cannot be done: PrunedError names the partitions
+not covered and the fix (put the archives back under the archive dir, or restore a snapshot taken
 before the prune)."""
 from __future__ import annotations
 
