@@ -84,7 +84,7 @@ class Node:
         if stale:  # code moved on: rebuild those (blue/green) rather than serve stale state
             log.info("projections %s were built by an older version; rebuilding", stale)
             try:
-                self.reproject(stale)
+                self.reproject(stale, upgrade=False)  # (the anchor's upgrade was tried just above)
             except PrunedError as exc:  # the pruned history is not at hand: they answer NOT_READY, the rest serve
                 log.error("projections %s cannot be rebuilt: %s", stale, exc)
         try:
@@ -157,9 +157,11 @@ class Node:
         self.queries.log_pubkey = self.chain.log_pubkey
 
     def reproject(self, names: list[str] | None = None, *, keep: bool = True,
-                  progress: Progress | None = None) -> list[dict[str, Any]]:
-        """Rebuild beside the live stores while serving; pause folding only for the swap."""
-        try_upgrade_anchor(self.config, self.chain)  # (archives put back, a prune lock let go since the start)
+                  progress: Progress | None = None, upgrade: bool = True) -> list[dict[str, Any]]:
+        """Rebuild beside the live stores while serving; pause folding only for the swap.
+        ``upgrade``: first try the anchor's upgrade again (archives put back, a lock let go)."""
+        if upgrade:
+            try_upgrade_anchor(self.config, self.chain)
         return reproject(self.chain.log, self.chain.codec, self.genesis, self.config.projections_dir,
                          self.runner, names, keep=keep, swap_lock=self.fold_lock,
                          workers=self.config.fold_processes, progress=progress)
