@@ -267,3 +267,17 @@ def test_a_prune_stopped_after_its_anchor_is_finished_after_an_upgrade(pruned_tw
     assert Anchor.load(cfg.anchor_dir).projections["energy"]["digest"] == before["digest"]
     _prune(data, tip * 2 // 3)  # the stopped prune finishes
     assert verify(cfg, workers=1)["ok"]
+
+
+def test_an_unreadable_archive_file_leaves_the_query_commands_working(pruned_twice, monkeypatch):
+    """An OSError (an archive file that is a directory now, a full disk under the new anchor)
+    escaped the upgrade and stopped every query command, not only energy's."""
+    data = _copy(pruned_twice, "unreadable")
+    victim = next(iter(sorted((data / "archive").rglob("energy.readings-*.avro"))))
+    victim.unlink()
+    victim.mkdir()  # reading it: IsADirectoryError
+    monkeypatch.setattr(energy, "VERSION", energy.VERSION + 1)
+    with open_queries(Config(data_dir=str(data), sync=False, fold_workers=1)) as q:
+        assert q.status()["height"] == pruned_twice["tip"]
+        with pytest.raises(NotReadyError):
+            q.market()
