@@ -191,8 +191,8 @@ class HeadPublisher:
             if doc["version"] != _CACHE_VERSION or doc["chain_id"] != self.chain_id:
                 return
             read_to, last_hash = doc["read_to"], doc["last_hash"]
-            if not isinstance(read_to, int) or read_to <= 0 or self._record(read_to - 1) is None \
-                    or _hash(self._record(read_to - 1).value) != last_hash:
+            last = self._record(read_to - 1) if isinstance(read_to, int) and read_to > 0 else None
+            if last is None or _hash(last.value) != last_hash:
                 return  # another log, or a restored one that does not reach that far
             mine, keys = self._mine(), self._keys()
             signer_from = None

@@ -74,11 +74,11 @@ class PrunedHistoryLog(Log):
         return list(self._ends[topic])
 
     def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[LogRecord]:
-        end = self._ends[topic][partition]
-        if topic not in PRUNED_TOPICS or offset >= self._log.start_offsets(topic)[partition]:
+        end, start = self._ends[topic][partition], self._log.start_offsets(topic)[partition]
+        if topic not in PRUNED_TOPICS or offset >= start:
             # kept whole by every prune, or not deleted yet (a prune stopped after its anchor): the log has it
             return [r for r in self._log.read(topic, partition, offset, max_records) if r.offset < end]
-        end = min(end, self._log.start_offsets(topic)[partition])  # the log reads on from its start
+        end = min(end, start)  # the log reads on from its start
         tp = (topic, partition)
         cur = self._cursors.get(tp)
         if cur is None or offset < cur.position:  # forward reads stream the files once; one behind starts over

@@ -328,11 +328,11 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        with self._admitting_done:
+        with self._admitting_done:  # (no new one starts once this is set: external_write)
             self._stop.set()
-            if not self._admitting_done.wait_for(lambda: self._admitting == 0, timeout=_ADMISSION_WAIT):
-                log.warning("stop: an ingest is still being admitted after %s s more; closing the log under "
-                            "it (what it appended before is kept; its client gets no answer)", _ADMISSION_WAIT)
+        if self.external_writes_settled(_ADMISSION_WAIT):
+            log.warning("stop: an ingest is still being admitted after %s s more; closing the log under "
+                        "it (what it appended before is kept; its client gets no answer)", _ADMISSION_WAIT)
         self._wake.set()
         for t in self._threads:
             t.join(timeout=30)
