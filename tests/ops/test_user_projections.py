@@ -375,6 +375,13 @@ def test_after_a_prune_a_plain_reproject_rebuilds_the_built_ins_and_names_what_i
     assert ok_json(run(data, "projections", "list", cwd=tmp_path))  # and it still answers
 
 
+class DictTxn(dict):
+    """The txn a user fold is handed, as a dict (for calling a fold by hand)."""
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self[key] = value
+
+
 def test_a_module_edited_within_the_second_it_was_compiled_is_read_again(tmp_path, monkeypatch) -> None:
     """Python validates a cached .pyc by the source's mtime in whole seconds and its size: a module
     edited within the same second to text of the same length (VERSION 1 -> 2, "+ 1" -> "+ 2")
@@ -396,17 +403,9 @@ def test_a_module_edited_within_the_second_it_was_compiled_is_read_again(tmp_pat
     os.utime(path, ns=(t + 1000, t + 1000))
     again = catalog.module(str(pdir), "tx_count")
     assert again.VERSION == 2
-    folded: dict[bytes, bytes] = {}
-
-    class Txn:
-        def get(self, key: bytes) -> bytes | None:
-            return folded.get(key)
-
-        def put(self, key: bytes, value: bytes) -> None:
-            folded[key] = value
-
-    again.fold(None, [("ledger.transactions", {"body": {"sender": "ab" * 20}})], Txn())
-    assert list(folded.values()) == [b"2"], folded  # counted by the new step
+    txn = DictTxn()
+    again.fold(None, [("ledger.transactions", {"body": {"sender": "ab" * 20}})], txn)
+    assert list(txn.values()) == [b"2"], txn  # counted by the new step
 
 
 def test_modules_by_name_load_as_import_would_have_them(tmp_path, monkeypatch) -> None:
@@ -470,15 +469,7 @@ def test_the_projection_in_use_keeps_its_code_when_its_module_is_loaded_again(tm
     (src / f"{name}.py").write_text(new)
     os.utime(src / f"{name}.py", ns=(time.time_ns() + 10**9,) * 2)
     catalog.modules(str(pdir))  # what any later lookup (a query, a reproject) does
-    written: dict[bytes, bytes] = {}
-
-    class Txn:
-        def get(self, key: bytes) -> bytes | None:
-            return written.get(key)
-
-        def put(self, key: bytes, value: bytes) -> None:
-            written[key] = value
-
-    in_use.fold(None, [("ledger.transactions", {})], Txn())
-    assert written == {b"k": b"1"}
+    txn = DictTxn()
+    in_use.fold(None, [("ledger.transactions", {})], txn)
+    assert txn == {b"k": b"1"}
     monkeypatch.delitem(sys.modules, name, raising=False)
