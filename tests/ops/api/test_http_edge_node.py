@@ -251,7 +251,7 @@ def test_clients_that_never_read_their_answers_are_closed_and_do_not_starve_othe
                 s.connect(_addr(url))
                 s.sendall(ask)
                 stalled.append(s)
-            time.sleep(0.5)
+            time.sleep(2.0)  # until the node has filled their buffers (slower on a loaded CI machine: 0.5 s was not)
             _served(url)
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and not all(map(_reset_or_closed, stalled)):
